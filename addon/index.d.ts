@@ -1,0 +1,118 @@
+// Typed surface of the native helper (addon/build/Release/ckptfs.node).
+// The addon only makes system calls and returns plain values; every policy lives in lib/.
+// Errors are thrown (or promises rejected) as Error objects with `code` set to the errno
+// name ("ESRCH", "EPERM", ...) and `errno` to its number, and a message that names the call.
+//
+// Threads: every ptrace request runs on the addon's own tracer thread (ptrace requests are
+// only valid from the thread that attached). Memory and file calls that may be slow run on
+// libuv's pool. Nothing here blocks the JavaScript thread for long.
+
+export interface NativeError extends Error {
+  code: string
+  errno: number
+}
+
+/** What a stopped thread showed when it was frozen. */
+export interface FrozenThread {
+  tid: number
+  /** The raw wait status of the ptrace stop (for diagnostics). */
+  status: number
+}
+
+/** One system call to run inside a stopped thread, for injectBatch. */
+export interface InjectedCall {
+  nr: number
+  /** Up to six arguments. */
+  args: bigint[]
+  /** Bit i set: args[i] is an offset into the scratch area; the tracee sees scratch base + offset. */
+  scratchArgs?: number
+}
+
+export interface InjectResult {
+  /** Raw return value of each call (negative errno on failure), in order. */
+  results: bigint[]
+  /** The scratch area as it was after the last call. */
+  scratch: Buffer
+}
+
+export interface RseqConfig {
+  pointer: bigint
+  size: number
+  signature: number
+  flags: number
+}
+
+/** One thread's CPU state, read with ptrace while it is stopped. */
+export interface ThreadRegisters {
+  /** struct user_regs_struct, raw (216 bytes on x86-64). */
+  regs: Buffer
+  /** NT_X86_XSTATE regset, raw, at the length the kernel returned. */
+  xstate: Buffer
+  /** PTRACE_GETSIGMASK. */
+  sigmask: bigint
+  rseq: RseqConfig
+}
+
+export interface PagemapRun {
+  /** Start address of a run of pages to store. */
+  start: bigint
+  /** Length in bytes (a multiple of the page size). */
+  length: bigint
+}
+
+export interface Addon {
+  // ---- freezing (tracer thread) ----
+  /**
+   * PTRACE_SEIZE (no options that would kill or disturb the task; no EXITKILL) and
+   * PTRACE_INTERRUPT every thread of `pid`, repeating until /proc/PID/task shows no thread
+   * that is not stopped (threads created meanwhile are caught too). Waits for each stop.
+   * On failure every thread already seized is detached again before the promise rejects.
+   */
+  freeze(pid: number): Promise<FrozenThread[]>
+  /**
+   * Lets every frozen thread of `pid` run on: PTRACE_DETACH each, untouched, so the kernel
+   * restarts interrupted system calls as it would after any stop. With kill = true, sends
+   * SIGKILL first (nothing of the task runs in between) and reaps nothing (not our child).
+   * Threads that vanished meanwhile are ignored.
+   */
+  thaw(pid: number, kill: boolean): Promise<void>
+  /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
+  getThreadRegisters(tid: number): Promise<ThreadRegisters>
+  /** PTRACE_SETREGS on a frozen thread (used to fix up restart state before thaw). */
+  setThreadRegisters(tid: number, regs: Buffer): Promise<void>
+  /**
+   * Runs system calls inside a frozen thread: maps a scratch area of `scratchSize` bytes
+   * (mmap injected), copies `scratchInit` into it, runs each call with orig_rax = -1 through a
+   * `syscall` instruction found in the vdso, reads the scratch area back, unmaps it and
+   * restores the thread's registers exactly. A signal arriving meanwhile stays pending.
+   */
+  injectBatch(tid: number, scratchSize: number, scratchInit: Buffer | null, calls: InjectedCall[]): Promise<InjectResult>
+  /** PTRACE_PEEKSIGINFO: queued siginfo_t records (128 bytes each), per-thread or shared queue. */
+  peekSiginfo(tid: number, shared: boolean): Promise<Buffer>
+
+  // ---- memory (libuv pool) ----
+  /** process_vm_readv of [addr, addr+length) into a new Buffer; short reads are an error. */
+  readMemory(pid: number, addr: bigint, length: number): Promise<Buffer>
+  /** process_vm_readv of several ranges into `into` back to back, in one call where possible. */
+  readMemoryInto(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): Promise<void>
+  /**
+   * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
+   * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the
+   * anonymous copies of a private mapping). Adjacent pages are merged into one run.
+   */
+  scanPagemap(pid: number, start: bigint, end: bigint, privateOnly: boolean): Promise<PagemapRun[]>
+
+  // ---- files (synchronous: each is one fast system call) ----
+  /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */
+  kcmpFile(pid: number, fd1: number, fd2: number): number
+  /** pidfd_open + pidfd_getfd: a duplicate of the task's fd in this process (caller closes it). */
+  getFd(pid: number, fd: number): number
+  /**
+   * The bytes buffered in the pipe or fifo behind the task's `fd` (either end), without
+   * consuming them: a read end is opened through /proc/PID/fd/FD (O_RDONLY|O_NONBLOCK) and the
+   * data is tee()d into a private pipe and read from there. Never blocks.
+   */
+  peekPipe(pid: number, fd: number): Promise<Buffer>
+  /** close(2) of an fd of this process. */
+  close(fd: number): void
+}

@@ -1,0 +1,330 @@
+// The checkpoint model: plain data that capture produces, the tree shows, the image encodes
+// and restore consumes. Nothing here knows about FUSE, protobuf or ptrace.
+//
+// Lazily captured parts are `Lazy<T>` (computed once, on first use) and bulk bytes are
+// `ByteSource` (sized up front, read in pieces), so a live checkpoint and one loaded from a
+// saved tree or image look the same to every consumer.
+
+declare const brand: unique symbol
+type Brand<T, B extends string> = T & { readonly [brand]: B }
+
+export type Pid = Brand<number, 'Pid'>
+export type Tid = Brand<number, 'Tid'>
+/** Identity of one open file description inside a checkpoint (files/OBJREF). */
+export type ObjRef = Brand<number, 'ObjRef'>
+
+export const asPid = (n: number): Pid => n as Pid
+export const asTid = (n: number): Tid => n as Tid
+export const asObjRef = (n: number): ObjRef => n as ObjRef
+
+/** A value computed at most once, when first asked for. */
+export type Lazy<T> = () => Promise<T>
+
+export function lazy<T>(compute: () => Promise<T>): Lazy<T> {
+  let pending: Promise<T> | undefined
+  return () => (pending ??= compute())
+}
+
+/** Bytes of known size that are read in pieces (memory pages, pipe data, file contents). */
+export interface ByteSource {
+  readonly size: number
+  read(offset: number, length: number): Promise<Buffer>
+}
+
+export function bufferSource(data: Buffer): ByteSource {
+  return {
+    size: data.length,
+    read: async (offset, length) => data.subarray(offset, Math.min(data.length, offset + length)),
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file table (reference/004: one object per open file description, fds refer to it)
+
+export type FdType =
+  | 'file' | 'dir' | 'chr' | 'blk' | 'fifo' | 'pipe' | 'socket'
+  | 'epoll' | 'eventfd' | 'signalfd' | 'timerfd' | 'inotify' | 'unknown'
+
+export interface FdEntry {
+  fd: number
+  closeOnExec: boolean
+  objref: ObjRef
+}
+
+/** Why something cannot be checkpointed; undefined when it can. */
+export type NotCheckpointable = string | undefined
+
+interface DescriptionCommon {
+  objref: ObjRef
+  /** What /proc/PID/fd/N shows. */
+  target: string
+  /** f_flags as /proc/PID/fdinfo shows them (octal there). */
+  flags: number
+  /** FMODE_READ (1) | FMODE_WRITE (2), derived from the access mode. */
+  mode: number
+  pos: bigint
+  mntId: number
+  ino: bigint
+  /** Set when this description cannot be checkpointed (sockets, ...): says why. */
+  notCheckpointable: NotCheckpointable
+}
+
+export interface PathDescription extends DescriptionCommon {
+  type: 'file' | 'dir' | 'chr' | 'blk' | 'fifo'
+  /** The path as the task opened it (without " (deleted)"). */
+  path: string
+  dev: bigint
+  /** st_rdev for device files. */
+  rdev: bigint
+  /** st_mode of the inode. */
+  inodeMode: number
+  size: bigint
+  nlink: number
+  /** The path is gone or now names another inode (reference/000). */
+  unlinked: boolean
+  /** Other names of the same inode, found when unlinked (reference/000). */
+  otherLinks: Lazy<string[]>
+  /** Contents of an unlinked regular file (restore recreates it from these). */
+  contents?: ByteSource
+  /** Bytes buffered in a fifo, peeked, never consumed. */
+  buffered?: Lazy<Buffer>
+}
+
+export interface PipeDescription extends DescriptionCommon {
+  type: 'pipe'
+  /** Pipe identity (inode number): both ends of one pipe share it. */
+  pipeId: bigint
+  /** Bytes buffered in the pipe, peeked, never consumed. */
+  buffered: Lazy<Buffer>
+}
+
+export interface EventfdDescription extends DescriptionCommon {
+  type: 'eventfd'
+  count: bigint
+  semaphore: boolean
+}
+
+export interface EpollItem {
+  /** The fd number the item was added with. */
+  tfd: number
+  events: number
+  data: bigint
+  /** The description the item watches, when it is still in the fd table. */
+  targetObjref: ObjRef | undefined
+}
+
+export interface EpollDescription extends DescriptionCommon {
+  type: 'epoll'
+  items: EpollItem[]
+}
+
+export interface SignalfdDescription extends DescriptionCommon {
+  type: 'signalfd'
+  sigmask: bigint
+}
+
+export interface TimerfdDescription extends DescriptionCommon {
+  type: 'timerfd'
+  clockid: number
+  ticks: bigint
+  settimeFlags: number
+  /** Time to the next expiry and the interval, in nanoseconds (0: disarmed / one-shot). */
+  valueNs: bigint
+  intervalNs: bigint
+}
+
+export interface InotifyWatch {
+  wd: number
+  ino: bigint
+  sdev: number
+  mask: number
+  ignoredMask: number
+  /** Path of the watched inode when it could be found. */
+  path: string | undefined
+}
+
+export interface InotifyDescription extends DescriptionCommon {
+  type: 'inotify'
+  watches: InotifyWatch[]
+}
+
+export interface OtherDescription extends DescriptionCommon {
+  type: 'socket' | 'unknown'
+}
+
+export type FileDescription =
+  | PathDescription | PipeDescription | EventfdDescription | EpollDescription
+  | SignalfdDescription | TimerfdDescription | InotifyDescription | OtherDescription
+
+export interface FileTable {
+  fds: FdEntry[]
+  files: FileDescription[]
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+
+export type VmaKind =
+  | 'heap' | 'stack' | 'vdso' | 'vvar' | 'vsyscall' | 'anonymous' | 'shared-anonymous'
+  | 'file-private' | 'file-shared' | 'special'
+
+export interface Vma {
+  start: bigint
+  end: bigint
+  /** "rwxp" as in /proc/PID/maps. */
+  perms: string
+  offset: bigint
+  dev: string
+  inode: bigint
+  /** Backing path, or the bracketed name ([heap], [stack], ...), or '' for anonymous. */
+  path: string
+  kind: VmaKind
+  /** VmFlags from smaps (e.g. "rd wr mr mw me ac nr"). */
+  vmFlags: string
+  /** Runs of pages whose contents are stored, relative to `start`. */
+  stored: StoredRun[]
+  /** The stored pages, back to back, in run order; size = sum of run lengths. */
+  pages: ByteSource
+}
+
+export interface StoredRun {
+  /** Offset from the VMA start, in bytes. */
+  offset: bigint
+  length: bigint
+}
+
+export interface MmFields {
+  startCode: bigint; endCode: bigint
+  startData: bigint; endData: bigint
+  startBrk: bigint; brk: bigint
+  startStack: bigint
+  argStart: bigint; argEnd: bigint
+  envStart: bigint; envEnd: bigint
+  /** /proc/PID/auxv, raw. */
+  auxv: Buffer
+  exe: string
+}
+
+// ---------------------------------------------------------------------------------------
+// Threads and the process
+
+export interface SigAltStack {
+  sp: bigint
+  flags: number
+  size: bigint
+}
+
+export interface SyscallState {
+  /** orig_rax at the stop: the system call the thread was in, or -1. */
+  nr: number
+  /** rax at the stop: the kernel's result or restart code (-512 .. -516). */
+  result: bigint
+}
+
+export interface ThreadState {
+  tid: Tid
+  comm: string
+  /** struct user_regs_struct, raw. */
+  regs: Buffer
+  /** NT_X86_XSTATE, raw. */
+  xstate: Buffer
+  fsBase: bigint
+  gsBase: bigint
+  sigmask: bigint
+  /** Signals pending for this thread only (bit n-1 for signal n) and their siginfo records. */
+  pendingMask: bigint
+  pendingSiginfo: Buffer
+  rseq: { pointer: bigint; size: number; signature: number; flags: number }
+  syscall: SyscallState
+  altstack: SigAltStack
+}
+
+export interface SigAction {
+  signal: number
+  handler: bigint
+  flags: bigint
+  restorer: bigint
+  mask: bigint
+}
+
+export interface Rlimit {
+  resource: number
+  name: string
+  soft: bigint
+  hard: bigint
+}
+
+export interface ITimer {
+  which: 'real' | 'virtual' | 'prof'
+  intervalUs: bigint
+  valueUs: bigint
+}
+
+export interface PosixTimer {
+  id: number
+  signal: number
+  /** sigev_value delivered with each expiry (glibc SIGEV_THREAD timers need it back). */
+  sigevValue: bigint
+  notify: string
+  clockid: number
+  valueNs: bigint
+  intervalNs: bigint
+  overrun: number
+}
+
+export interface Credentials {
+  uid: number; euid: number; suid: number; fsuid: number
+  gid: number; egid: number; sgid: number; fsgid: number
+  groups: number[]
+  capInheritable: bigint
+  capPermitted: bigint
+  capEffective: bigint
+  capBounding: bigint
+  capAmbient: bigint
+  securebits: number
+}
+
+export interface ProcessState {
+  pid: Pid
+  comm: string
+  exe: string
+  cmdline: Buffer
+  environ: Buffer
+  cwd: string
+  root: string
+  umask: number
+  personality: number
+  ppid: number
+  pgid: number
+  sid: number
+  /** Controlling tty device number (0: none). */
+  ttyNr: number
+  noNewPrivs: boolean
+  dumpable: number
+  /** 0 disabled, 1 strict, 2 filter. */
+  seccompMode: number
+  creds: Credentials
+  rlimits: Rlimit[]
+  sigactions: SigAction[]
+  /** Shared (process-wide) pending signals and their siginfo records. */
+  sharedPendingMask: bigint
+  sharedPendingSiginfo: Buffer
+  itimers: ITimer[]
+  posixTimers: PosixTimer[]
+  mm: MmFields
+}
+
+/** Everything about one task that a restore needs, captured lazily part by part. */
+export interface TaskImage {
+  pid: Pid
+  tids: Tid[]
+  process: Lazy<ProcessState>
+  threads: Lazy<ThreadState[]>
+  vmas: Lazy<Vma[]>
+  fileTable: Lazy<FileTable>
+}
+
+export type CheckpointMode = 'lazy' | 'copy'
+
+/** Things that prevent a restore, one line each ("files/7: socket: not checkpointable ..."). */
+export type Problem = { where: string; why: string }

@@ -1,0 +1,183 @@
+// The nodes of the tree the mount shows, and the table helpers that declare each directory
+// (in the manner of procfs' tgid_base_stuff[]): one line per entry, its name, its kind and
+// the function that produces its bytes from the model. The FUSE layer (mount/) only walks
+// these nodes; it knows nothing of checkpoints.
+
+import type { ByteSource } from '../model'
+import { CkptError } from '../errors'
+
+export interface FileNode {
+  kind: 'file'
+  /** Permission bits (0o444 read-only, 0o644 for writable control files). */
+  perm: number
+  /** The exact number of bytes read() will return. */
+  size(): Promise<number>
+  read(offset: number, length: number): Promise<Buffer>
+  /** Control files only (done, the restore area). */
+  write?(offset: number, data: Buffer): Promise<void>
+  truncate?(size: number): Promise<void>
+  /** Content changes over time (status): the mount must not let the kernel cache it. */
+  volatile?: boolean
+}
+
+export interface DirNode {
+  kind: 'dir'
+  perm: number
+  list(): Promise<string[]>
+  lookup(name: string): Promise<Node | undefined>
+  /** Writable directories only (the restore area). */
+  mkdir?(name: string): Promise<void>
+  create?(name: string): Promise<void>
+  remove?(name: string): Promise<void>
+  rename?(from: string, to: DirNode, toName: string): Promise<void>
+}
+
+export type Node = FileNode | DirNode
+
+/** Formats one attribute value as its file contents: the value and a newline. */
+export type AttrValue = string | number | bigint | boolean
+export function attrText(value: AttrValue): string {
+  if (typeof value === 'boolean') return value ? '1\n' : '0\n'
+  return `${value}\n`
+}
+export const octal = (n: number): string => '0' + n.toString(8)
+export const hex = (n: bigint | number): string => '0x' + n.toString(16)
+
+/**
+ * Caches filled file contents by key (the node's path), so a node is computed once however
+ * often the kernel asks for its size and data. The mount owns one, bounded by --cache-size.
+ */
+export interface ContentCache {
+  get(key: string): Buffer | undefined
+  set(key: string, value: Buffer): void
+}
+
+/** The context every table entry receives: the model object it shows, and where to cache. */
+export interface Scope {
+  /** Unique key prefix of the directory being shown, e.g. "c3/task-77/fds/4". */
+  key: string
+  cache: ContentCache
+}
+
+export type EntryFactory<T> = (subject: T, scope: Scope) => Node
+
+export interface TableEntry<T> {
+  name: string
+  make: EntryFactory<T>
+}
+
+/** A file holding one value and a newline, computed when first asked for, then cached. */
+export function attr<T>(name: string, value: (subject: T) => AttrValue | Promise<AttrValue>): TableEntry<T> {
+  return { name, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => Buffer.from(attrText(await value(subject)))) }
+}
+
+/** A file of raw bytes (registers, auxv) computed when first asked for, then cached. */
+export function bytes<T>(name: string, value: (subject: T) => Buffer | Promise<Buffer>): TableEntry<T> {
+  return { name, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => value(subject)) }
+}
+
+/** A large file read in pieces from its source (memory pages, file contents); never cached whole. */
+export function stream<T>(name: string, source: (subject: T) => ByteSource | Promise<ByteSource>): TableEntry<T> {
+  return {
+    name,
+    make: (subject) => {
+      let src: Promise<ByteSource> | undefined
+      const get = () => (src ??= Promise.resolve(source(subject)))
+      return {
+        kind: 'file',
+        perm: 0o444,
+        size: async () => (await get()).size,
+        read: async (offset, length) => {
+          const s = await get()
+          if (offset >= s.size) return Buffer.alloc(0)
+          return s.read(offset, Math.min(length, s.size - offset))
+        },
+      }
+    },
+  }
+}
+
+/** A subdirectory shown by another table over a part of the subject. */
+export function sub<T, U>(name: string, part: (subject: T) => U | Promise<U>, entries: TableEntry<U>[]): TableEntry<T> {
+  return { name, make: (subject, scope) => lazyDir(async () => part(subject), entries, { key: `${scope.key}/${name}`, cache: scope.cache }) }
+}
+
+/** A subdirectory with one child per item of a list (fds/FD, files/OBJREF, threads/TID). */
+export function each<T, U>(name: string, items: (subject: T) => Promise<Map<string, U>>, entries: TableEntry<U>[]): TableEntry<T> {
+  return {
+    name,
+    make: (subject, scope) => {
+      const key = `${scope.key}/${name}`
+      let map: Promise<Map<string, U>> | undefined
+      const get = () => (map ??= items(subject))
+      return {
+        kind: 'dir',
+        perm: 0o555,
+        list: async () => [...(await get()).keys()],
+        lookup: async (child) => {
+          const item = (await get()).get(child)
+          return item === undefined ? undefined : tableDir(item, entries, { key: `${key}/${child}`, cache: scope.cache })
+        },
+      }
+    },
+  }
+}
+
+/** A directory whose entries are given by a table over one subject. */
+export function tableDir<T>(subject: T, entries: TableEntry<T>[], scope: Scope): DirNode {
+  const byName = indexTable(entries)
+  return {
+    kind: 'dir',
+    perm: 0o555,
+    list: async () => entries.map((e) => e.name),
+    lookup: async (name) => byName.get(name)?.make(subject, scope),
+  }
+}
+
+function lazyDir<T>(subject: () => Promise<T>, entries: TableEntry<T>[], scope: Scope): DirNode {
+  const byName = indexTable(entries)
+  return {
+    kind: 'dir',
+    perm: 0o555,
+    list: async () => entries.map((e) => e.name),
+    lookup: async (name) => {
+      const entry = byName.get(name)
+      return entry && entry.make(await subject(), scope)
+    },
+  }
+}
+
+const tableIndexes = new WeakMap<object, Map<string, TableEntry<never>>>()
+function indexTable<T>(entries: TableEntry<T>[]): Map<string, TableEntry<T>> {
+  let index = tableIndexes.get(entries) as Map<string, TableEntry<T>> | undefined
+  if (!index) {
+    index = new Map(entries.map((e) => [e.name, e]))
+    for (const e of entries) if (index.get(e.name) !== e) throw new CkptError(`tree: duplicate entry ${e.name}`)
+    tableIndexes.set(entries, index as Map<string, TableEntry<never>>)
+  }
+  return index
+}
+
+/** A read-only file whose whole contents are computed once and kept in the cache. */
+export function cachedFile(key: string, cache: ContentCache, fill: () => Promise<Buffer>): FileNode {
+  let pending: Promise<Buffer> | undefined
+  const contents = async (): Promise<Buffer> => {
+    const hit = cache.get(key)
+    if (hit) return hit
+    pending ??= fill().then((data) => {
+      cache.set(key, data)
+      pending = undefined
+      return data
+    }, (err) => {
+      pending = undefined
+      throw err
+    })
+    return pending
+  }
+  return {
+    kind: 'file',
+    perm: 0o444,
+    size: async () => (await contents()).length,
+    read: async (offset, length) => (await contents()).subarray(offset, offset + length),
+  }
+}

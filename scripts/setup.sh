@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian machine ready to run ckptfs: system packages, npm packages, the native
+# helper and the TypeScript build. Each step runs only when its result is missing or stale,
+# so every README command can start with it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+ldconfig -p | grep -q 'libfuse\.so\.2 ' || missing+=(libfuse2)
+command -v fusermount >/dev/null || missing+=(fuse)
+command -v gcc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
+command -v python3 >/dev/null || missing+=(python3)
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]} with apt-get" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse
+
+# npm decides by its configuration whether install scripts run; build the addon explicitly.
+if [ ! -e node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ]; then
+  npm install --no-audit --no-fund --ignore-scripts >&2
+fi
+addon=addon/build/Release/ckptfs.node
+if [ ! -e "$addon" ] || [ -n "$(find addon/src addon/binding.gyp -newer "$addon" 2>/dev/null | head -n1)" ]; then
+  npx --no-install node-gyp rebuild --directory=addon >/dev/null 2>addon-build.log || { cat addon-build.log >&2; exit 1; }
+  rm -f addon-build.log
+fi
+npx --no-install tsc -p .
