@@ -1,7 +1,9 @@
 // Typed surface of the native helper (addon/build/Release/ckptfs.node).
 // The addon only makes system calls and returns plain values; every policy lives in lib/.
 // Errors are thrown (or promises rejected) as Error objects with `code` set to the errno
-// name ("ESRCH", "EPERM", ...) and `errno` to its number, and a message that names the call.
+// name ("ESRCH", "EPERM", ...) and `errno` to its (positive) number, and a message that names
+// the call, e.g. "process_vm_readv(pid 123, 0x1000, 4096): Bad address". Functions that return
+// a Promise never throw: argument errors (TypeError, EINVAL, ERANGE) reject the promise too.
 //
 // Threads: every ptrace request runs on the addon's own tracer thread (ptrace requests are
 // only valid from the thread that attached). Memory and file calls that may be slow run on
@@ -26,6 +28,14 @@ export interface InjectedCall {
   args: bigint[]
   /** Bit i set: args[i] is an offset into the scratch area; the tracee sees scratch base + offset. */
   scratchArgs?: number
+}
+
+/** Where injectBatch puts its scratch area and which `syscall` instruction it runs (restore). */
+export interface InjectPlacement {
+  /** Map the scratch area exactly here (MAP_FIXED_NOREPLACE) instead of where the kernel likes. */
+  scratchAddr?: bigint
+  /** Address of a `syscall` instruction (0f 05) to use instead of the one found in the vdso. */
+  syscallAddr?: bigint
 }
 
 export interface InjectResult {
@@ -67,13 +77,22 @@ export interface Addon {
    * PTRACE_INTERRUPT every thread of `pid`, repeating until /proc/PID/task shows no thread
    * that is not stopped (threads created meanwhile are caught too). Waits for each stop.
    * On failure every thread already seized is detached again before the promise rejects.
+   * A signal that a thread dequeues before its interrupt stop is delivered (PTRACE_CONT with
+   * it: handler frame set up, or default action), then the thread stops before running any
+   * user instruction. Rejects EBUSY if `pid` is already frozen, ETIMEDOUT if a thread does
+   * not stop within 5 s (uninterruptible sleep); a zombie main thread is skipped.
    */
   freeze(pid: number): Promise<FrozenThread[]>
   /**
    * Lets every frozen thread of `pid` run on: PTRACE_DETACH each, untouched, so the kernel
    * restarts interrupted system calls as it would after any stop. With kill = true, sends
-   * SIGKILL first (nothing of the task runs in between) and reaps nothing (not our child).
-   * Threads that vanished meanwhile are ignored.
+   * SIGKILL first (nothing of the task runs in between) and collects only the ptrace exit
+   * notifications of its threads (waitpid __WALL, up to 2 s, later in the background), so the
+   * real parent can reap it; the process itself is not our child and is not reaped here.
+   * Threads that vanished meanwhile are ignored. Rejects ESRCH if `pid` is not frozen.
+   * Before detaching, a thread whose epoll_wait/epoll_pwait/epoll_pwait2/rt_sigtimedwait was
+   * turned into -EINTR by our interrupt (and that has no deliverable signal pending) is rewound
+   * so the call is issued again (its timeout restarts from the full value).
    */
   thaw(pid: number, kill: boolean): Promise<void>
   /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
@@ -85,13 +104,22 @@ export interface Addon {
    * (mmap injected), copies `scratchInit` into it, runs each call with orig_rax = -1 through a
    * `syscall` instruction found in the vdso, reads the scratch area back, unmaps it and
    * restores the thread's registers exactly. A signal arriving meanwhile stays pending.
+   * During the batch the thread's signal mask blocks every signal (that is how they stay
+   * pending); rt_sigprocmask calls in the batch are emulated on the thread's real mask, which is
+   * installed at the end. Threads or processes created by an injected clone inherit the
+   * all-blocked mask: set theirs explicitly. An injected call that does not return within 10 s
+   * is interrupted and the batch rejects ETIMEDOUT.
    */
-  injectBatch(tid: number, scratchSize: number, scratchInit: Buffer | null, calls: InjectedCall[]): Promise<InjectResult>
+  injectBatch(tid: number, scratchSize: number, scratchInit: Buffer | null, calls: InjectedCall[], placement?: InjectPlacement): Promise<InjectResult>
   /** PTRACE_PEEKSIGINFO: queued siginfo_t records (128 bytes each), per-thread or shared queue. */
   peekSiginfo(tid: number, shared: boolean): Promise<Buffer>
 
   // ---- memory (libuv pool) ----
-  /** process_vm_readv of [addr, addr+length) into a new Buffer; short reads are an error. */
+  /**
+   * process_vm_readv of [addr, addr+length) into a new Buffer; short reads are an error
+   * (EFAULT naming the first address that could not be read). For this and the other memory
+   * calls `pid` may be any live thread id of the process (needed once the main thread exited).
+   */
   readMemory(pid: number, addr: bigint, length: number): Promise<Buffer>
   /** process_vm_readv of several ranges into `into` back to back, in one call where possible. */
   readMemoryInto(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): Promise<void>
@@ -115,4 +143,29 @@ export interface Addon {
   peekPipe(pid: number, fd: number): Promise<Buffer>
   /** close(2) of an fd of this process. */
   close(fd: number): void
+
+  // ---- restore (tracer thread) ----
+  /**
+   * Starts the process that becomes the restored task (docs/RESTORE.md): an intermediate child
+   * calls clone3 with set_tid = [pid] and exits at once, so the new process is reparented to
+   * init (never our child). `plan` goes into a memfd; the plan, control and reply fds are
+   * placed at workFdBase, workFdBase+1, workFdBase+2 and the new process execs
+   * `stub PLAN_FD CTL_FD REPLY_FD` with env GLIBC_TUNABLES=glibc.pthread.rseq=0 only. It is
+   * seized with PTRACE_O_EXITKILL, told to go (one byte on CTL), and the promise resolves once
+   * the stub has written "ok" and is interrupted (stopped, tracked like a frozen task, so
+   * injectBatch/setThreadState/thaw work on it). Rejects with the stub's own error line
+   * (and kills it), with EEXIST when the PID is taken, or with the failing call.
+   * Before the exec, every other fd is closed, every signal disposition is reset to SIG_DFL and
+   * the signal mask emptied (nothing of the server's, e.g. its ignored SIGPIPE, reaches the
+   * task). "Interrupted" means after the stub closed its working fds (EOF on its reply pipe).
+   * Rejection messages from the stub are "restorer(pid N): error: ..." (code EIO).
+   */
+  spawnRestorer(pid: number, stub: string, plan: Buffer, workFdBase: number): Promise<void>
+  /**
+   * process_vm_writev of `data` at `addr` into a stopped task (writable mappings only: EFAULT
+   * naming the address otherwise). Runs on libuv's pool (it needs no ptrace request).
+   */
+  writeMemory(pid: number, addr: bigint, data: Buffer): Promise<void>
+  /** PTRACE_SETREGSET NT_X86_XSTATE (at the saved length) and PTRACE_SETSIGMASK. */
+  setThreadState(tid: number, xstate: Buffer, sigmask: bigint): Promise<void>
 }

@@ -1,0 +1,27 @@
+{
+  "targets": [
+    {
+      "target_name": "ckptfs",
+      "sources": [
+        "src/module.c",
+        "src/tracer.c",
+        "src/freeze.c",
+        "src/regs.c",
+        "src/inject.c",
+        "src/memory.c",
+        "src/files.c",
+        "src/restore.c"
+      ],
+      "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
+      "cflags_c": ["-std=c11", "-Wall", "-Wextra"]
+    },
+    {
+      # The restorer stub (docs/RESTORE.md): a static executable, build/Release/restorer.
+      "target_name": "restorer",
+      "type": "executable",
+      "sources": ["stub/restorer.c"],
+      "cflags_c": ["-std=c11", "-Wall", "-Wextra"],
+      "ldflags": ["-static"]
+    }
+  ]
+}

@@ -1,0 +1,162 @@
+// File descriptors of another process: kcmp, pidfd_getfd, a non-consuming look into pipes,
+// and close(2) for the fds getFd hands out.
+//
+// kcmpFile, getFd and close are single fast system calls and run synchronously. peekPipe is a
+// handful of calls that never block (everything is O_NONBLOCK) but copies up to the pipe's
+// capacity (1 MiB at most without CAP_SYS_RESOURCE), so it runs on libuv's pool.
+#include "module.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/kcmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+napi_value js_kcmp_file(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t pid, fd1, fd2;
+  if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd1", &fd1) ||
+      !get_i32(env, argv[2], "fd2", &fd2))
+    return NULL;
+  long r = syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd1, fd2);
+  if (r < 0) {
+    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid, pid, fd1, fd2);
+    return NULL;
+  }
+  return make_i32(env, (int32_t)r);
+}
+
+napi_value js_get_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid, fd;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd))
+    return NULL;
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pidfd < 0) {
+    throw_errno(env, errno, "pidfd_open(pid %d)", pid);
+    return NULL;
+  }
+  int r = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);  // the new fd is O_CLOEXEC
+  int e = errno;
+  close(pidfd);
+  if (r < 0) {
+    throw_errno(env, e, "pidfd_getfd(pid %d, fd %d)", pid, fd);
+    return NULL;
+  }
+  return make_i32(env, r);
+}
+
+napi_value js_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!arg_count(env, info, 1, argv) || !get_i32(env, argv[0], "fd", &fd)) return NULL;
+  // No retry on EINTR: on Linux the fd is released even then.
+  if (close(fd) < 0 && errno != EINTR) {
+    throw_errno(env, errno, "close(%d)", fd);
+    return NULL;
+  }
+  return make_undefined(env);
+}
+
+// ---- peekPipe ----
+
+typedef struct {
+  task_t t;
+  pid_t pid;
+  int fd;
+  unsigned char *data;
+  size_t len;
+} pipe_task_t;
+
+static void peek_pipe_run(task_t *t) {
+  pipe_task_t *pt = (pipe_task_t *)t;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/fd/%d", pt->pid, pt->fd);
+  // Opening the magic link gives a new read end of the same pipe, whichever end the task has.
+  int src = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (src < 0) {
+    nerr_set(&t->err, errno, "open(%s, O_RDONLY|O_NONBLOCK)", path);
+    return;
+  }
+  int priv[2] = {-1, -1};
+  int size = fcntl(src, F_GETPIPE_SZ);
+  if (size < 0) {
+    nerr_set(&t->err, errno, "fcntl(%s, F_GETPIPE_SZ)", path);
+    goto out;
+  }
+  if (pipe2(priv, O_NONBLOCK | O_CLOEXEC) < 0) {
+    nerr_set(&t->err, errno, "pipe2(O_NONBLOCK|O_CLOEXEC)");
+    goto out;
+  }
+  // tee duplicates buffer slots, so the private pipe needs as many slots as the source.
+  int have = fcntl(priv[1], F_GETPIPE_SZ);
+  if (have < size && fcntl(priv[1], F_SETPIPE_SZ, size) < 0) {
+    nerr_set(&t->err, errno, "fcntl(pipe, F_SETPIPE_SZ, %d)", size);
+    goto out;
+  }
+  // One tee takes every buffer there is (it never consumes the source; calling it twice
+  // would duplicate the data). An empty pipe gives EAGAIN: zero bytes.
+  ssize_t n = tee(src, priv[1], INT_MAX, SPLICE_F_NONBLOCK);
+  if (n < 0) {
+    if (errno != EAGAIN) {
+      nerr_set(&t->err, errno, "tee(%s, pipe, SPLICE_F_NONBLOCK)", path);
+      goto out;
+    }
+    n = 0;
+  }
+  pt->data = malloc(n ? (size_t)n : 1);
+  if (!pt->data) {
+    nerr_set(&t->err, ENOMEM, "peekPipe(pid %d, fd %d)", pt->pid, pt->fd);
+    goto out;
+  }
+  while (pt->len < (size_t)n) {
+    ssize_t r = read(priv[0], pt->data + pt->len, (size_t)n - pt->len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      nerr_set(&t->err, r < 0 ? errno : EIO, "read(private pipe, %zu)", (size_t)n - pt->len);
+      goto out;
+    }
+    pt->len += (size_t)r;
+  }
+out:
+  close(src);
+  if (priv[0] >= 0) close(priv[0]);
+  if (priv[1] >= 0) close(priv[1]);
+}
+
+static napi_value peek_pipe_settle(napi_env env, task_t *t) {
+  pipe_task_t *pt = (pipe_task_t *)t;
+  napi_value b = make_owned_buffer(env, pt->data, pt->len);
+  pt->data = NULL;
+  return b;
+}
+
+static void peek_pipe_destroy(task_t *t) {
+  free(((pipe_task_t *)t)->data);
+  free(t);
+}
+
+napi_value js_peek_pipe(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid, fd;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd))
+    return NULL;
+  pipe_task_t *pt = calloc(1, sizeof *pt);
+  if (!pt) return NULL;
+  pt->t.run = peek_pipe_run;
+  pt->t.settle = peek_pipe_settle;
+  pt->t.destroy = peek_pipe_destroy;
+  pt->pid = pid;
+  pt->fd = fd;
+  return pool_submit(env, &pt->t);
+}

@@ -1,0 +1,339 @@
+// Memory of another process: process_vm_readv/writev and the /proc/PID/pagemap scan. These
+// need no ptrace stop and may take a while, so they run on libuv's pool (writeMemory too: it
+// is listed with the restore calls, but needs nothing from the tracer thread).
+#include "module.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define IOV_BATCH 1024            // IOV_MAX: the most iovecs one process_vm_readv accepts
+#define READ_CHUNK (1ULL << 30)   // bytes per call, well below MAX_RW_COUNT (2 GiB - 4 KiB)
+#define PAGEMAP_CHUNK 8192        // entries per pread: 64 KiB
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_SWAPPED (1ULL << 62)
+#define PM_FILE_OR_SHARED (1ULL << 61)
+
+typedef struct {
+  uint64_t start, len;
+} range_t;
+
+typedef struct {
+  task_t t;
+  pid_t pid;
+  range_t *ranges;  // readMemoryInto: the ranges; scanPagemap: the runs found
+  size_t nranges, cap;
+  unsigned char *dst;  // readMemory: malloc()ed result; readMemoryInto: into + intoOffset
+  uint64_t addr, len;  // readMemory / scanPagemap [addr, addr + len)
+  int private_only;
+  int owned;  // dst is ours (readMemory)
+} mem_task_t;
+
+static void mem_destroy(task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  free(m->ranges);
+  if (m->owned) free(m->dst);
+  free(m);
+}
+
+static mem_task_t *mem_task(void (*run)(task_t *), napi_value (*settle)(napi_env, task_t *)) {
+  mem_task_t *m = calloc(1, sizeof *m);
+  if (!m) return NULL;
+  m->t.run = run;
+  m->t.settle = settle;
+  m->t.destroy = mem_destroy;
+  return m;
+}
+
+// Reads the ranges back to back into dst. Partial reads continue where they stopped; a read
+// that makes no progress is an error naming the address that failed.
+static void read_ranges(pid_t pid, const range_t *r, size_t n, unsigned char *dst, nerr_t *err) {
+  size_t ri = 0;
+  uint64_t roff = 0;
+  for (;;) {
+    while (ri < n && roff == r[ri].len) ri++, roff = 0;
+    if (ri == n) return;
+    struct iovec remote[IOV_BATCH];
+    size_t cnt = 0;
+    uint64_t total = 0;
+    for (size_t i = ri, o = roff; i < n && cnt < IOV_BATCH && total < READ_CHUNK; i++, o = 0) {
+      uint64_t len = r[i].len - o;
+      if (!len) continue;
+      if (len > READ_CHUNK - total) len = READ_CHUNK - total;
+      remote[cnt].iov_base = (void *)(uintptr_t)(r[i].start + o);
+      remote[cnt].iov_len = len;
+      cnt++;
+      total += len;
+    }
+    struct iovec local = {dst, total};
+    ssize_t got = process_vm_readv(pid, &local, 1, remote, cnt, 0);
+    if (got <= 0) {
+      nerr_set(err, got < 0 ? errno : EFAULT, "process_vm_readv(pid %d, 0x%llx, %llu)", pid,
+               (unsigned long long)(r[ri].start + roff), (unsigned long long)(r[ri].len - roff));
+      return;
+    }
+    dst += got;
+    for (uint64_t left = (uint64_t)got; left;) {
+      uint64_t take = r[ri].len - roff;
+      if (take > left) take = left;
+      roff += take;
+      left -= take;
+      if (roff == r[ri].len) ri++, roff = 0;
+    }
+  }
+}
+
+// ---- readMemory ----
+
+static void read_memory_run(task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  if (!m->len) return;
+  m->dst = malloc(m->len);
+  if (!m->dst) {
+    nerr_set(&t->err, ENOMEM, "readMemory(pid %d, 0x%llx, %llu)", m->pid, (unsigned long long)m->addr,
+             (unsigned long long)m->len);
+    return;
+  }
+  range_t r = {m->addr, m->len};
+  read_ranges(m->pid, &r, 1, m->dst, &t->err);
+}
+
+static napi_value read_memory_settle(napi_env env, task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  napi_value b = make_owned_buffer(env, m->dst, m->len);
+  m->dst = NULL;  // owned by the Buffer now
+  return b;
+}
+
+napi_value js_read_memory(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t pid;
+  uint64_t addr, len;
+  if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) ||
+      !get_u64(env, argv[1], "addr", &addr) || !get_u64(env, argv[2], "length", &len))
+    return NULL;
+  mem_task_t *m = mem_task(read_memory_run, read_memory_settle);
+  if (!m) return NULL;
+  m->pid = pid;
+  m->addr = addr;
+  m->len = len;
+  m->owned = 1;
+  return pool_submit(env, &m->t);
+}
+
+// ---- readMemoryInto ----
+
+static void read_into_run(task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  read_ranges(m->pid, m->ranges, m->nranges, m->dst, &t->err);
+}
+
+napi_value js_read_memory_into(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t pid, off;
+  void *into;
+  size_t into_len;
+  bool is_array;
+  if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid", &pid) ||
+      !get_buffer(env, argv[2], "into", &into, &into_len) || !get_i32(env, argv[3], "intoOffset", &off))
+    return NULL;
+  napi_is_array(env, argv[1], &is_array);
+  if (!is_array) {
+    type_error(env, "ranges must be an array");
+    return NULL;
+  }
+  uint32_t n;
+  napi_get_array_length(env, argv[1], &n);
+  mem_task_t *m = mem_task(read_into_run, NULL);
+  if (!m) return NULL;
+  m->pid = pid;
+  m->ranges = malloc((n ? n : 1) * sizeof *m->ranges);
+  if (!m->ranges) goto bad;
+  m->nranges = n;
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value r, v;
+    napi_get_element(env, argv[1], i, &r);
+    napi_valuetype vt;
+    napi_typeof(env, r, &vt);
+    if (vt != napi_object) {
+      type_error(env, "ranges[%u] must be an object", i);
+      goto bad;
+    }
+    napi_get_named_property(env, r, "start", &v);
+    if (!get_u64(env, v, "ranges[].start", &m->ranges[i].start)) goto bad;
+    napi_get_named_property(env, r, "length", &v);
+    if (!get_u64(env, v, "ranges[].length", &m->ranges[i].len)) goto bad;
+    total += m->ranges[i].len;
+  }
+  if (off < 0 || (uint64_t)off > into_len || total > into_len - (uint64_t)off) {
+    throw_errno(env, ERANGE, "readMemoryInto(pid %d): %llu bytes do not fit at offset %d of a %zu-byte buffer", pid,
+                (unsigned long long)total, off, into_len);
+    goto bad;
+  }
+  m->dst = (unsigned char *)into + off;
+  // Keep the destination alive while a pool thread writes into it.
+  if (napi_create_reference(env, argv[2], 1, &m->t.keep[0]) != napi_ok) goto bad;
+  return pool_submit(env, &m->t);
+bad:
+  if (m->t.keep[0]) napi_delete_reference(env, m->t.keep[0]);
+  mem_destroy(&m->t);
+  return NULL;
+}
+
+// ---- writeMemory ----
+
+static void write_memory_run(task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  // Partial writes continue where they stopped; no progress is an error naming the address
+  // (e.g. a read-only mapping: process_vm_writev does not force writes like /proc/PID/mem).
+  for (uint64_t done = 0; done < m->len;) {
+    uint64_t n = m->len - done;
+    if (n > READ_CHUNK) n = READ_CHUNK;
+    struct iovec local = {m->dst + done, n}, remote = {(void *)(uintptr_t)(m->addr + done), n};
+    ssize_t got = process_vm_writev(m->pid, &local, 1, &remote, 1, 0);
+    if (got <= 0) {
+      nerr_set(&t->err, got < 0 ? errno : EFAULT, "process_vm_writev(pid %d, 0x%llx, %llu)", m->pid,
+               (unsigned long long)(m->addr + done), (unsigned long long)(m->len - done));
+      return;
+    }
+    done += (uint64_t)got;
+  }
+}
+
+napi_value js_write_memory(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t pid;
+  uint64_t addr;
+  void *data;
+  size_t len;
+  if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) ||
+      !get_u64(env, argv[1], "addr", &addr) || !get_buffer(env, argv[2], "data", &data, &len))
+    return NULL;
+  mem_task_t *m = mem_task(write_memory_run, NULL);
+  if (!m) return NULL;
+  m->pid = pid;
+  m->addr = addr;
+  m->len = len;
+  m->dst = data;  // the caller's buffer, read in place (not owned)
+  if (napi_create_reference(env, argv[2], 1, &m->t.keep[0]) != napi_ok) {
+    mem_destroy(&m->t);
+    return NULL;
+  }
+  return pool_submit(env, &m->t);
+}
+
+// ---- scanPagemap ----
+
+static int add_run(mem_task_t *m, uint64_t start, uint64_t len) {
+  if (m->nranges && m->ranges[m->nranges - 1].start + m->ranges[m->nranges - 1].len == start) {
+    m->ranges[m->nranges - 1].len += len;
+    return 0;
+  }
+  if (m->nranges == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 256;
+    range_t *n = realloc(m->ranges, cap * sizeof *n);
+    if (!n) return -1;
+    m->ranges = n;
+    m->cap = cap;
+  }
+  m->ranges[m->nranges++] = (range_t){start, len};
+  return 0;
+}
+
+static void scan_pagemap_run(task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/pagemap", m->pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    nerr_set(&t->err, errno == ENOENT ? ESRCH : errno, "open(%s)", path);
+    return;
+  }
+  uint64_t *buf = malloc(PAGEMAP_CHUNK * sizeof *buf);
+  if (!buf) {
+    close(fd);
+    nerr_set(&t->err, ENOMEM, "scanPagemap(pid %d)", m->pid);
+    return;
+  }
+  uint64_t first = m->addr / page, count = m->len / page;
+  // Current run of kept pages, extended page by page and flushed when it breaks.
+  uint64_t run_start = 0, run_pages = 0;
+  for (uint64_t done = 0; done < count;) {
+    uint64_t want = count - done;
+    if (want > PAGEMAP_CHUNK) want = PAGEMAP_CHUNK;
+    ssize_t got = pread(fd, buf, want * 8, (off_t)((first + done) * 8));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      nerr_set(&t->err, errno, "pread(%s, %llu, 0x%llx)", path, (unsigned long long)want * 8,
+               (unsigned long long)(first + done) * 8);
+      break;
+    }
+    if (got == 0) break;  // past the end of the address space: nothing there
+    uint64_t n = (uint64_t)got / 8;
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t e = buf[i];
+      int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(m->private_only && (e & PM_FILE_OR_SHARED));
+      if (keep) {
+        if (!run_pages) run_start = (first + done + i) * page;
+        run_pages++;
+      } else if (run_pages) {
+        if (add_run(m, run_start, run_pages * page) < 0) goto oom;
+        run_pages = 0;
+      }
+    }
+    done += n;
+  }
+  if (run_pages && add_run(m, run_start, run_pages * page) < 0) goto oom;
+  free(buf);
+  close(fd);
+  return;
+oom:
+  nerr_set(&t->err, ENOMEM, "scanPagemap(pid %d)", m->pid);
+  free(buf);
+  close(fd);
+}
+
+static napi_value scan_pagemap_settle(napi_env env, task_t *t) {
+  mem_task_t *m = (mem_task_t *)t;
+  napi_value arr;
+  napi_create_array_with_length(env, m->nranges, &arr);
+  for (size_t i = 0; i < m->nranges; i++) {
+    napi_value o;
+    napi_create_object(env, &o);
+    napi_set_named_property(env, o, "start", make_u64(env, m->ranges[i].start));
+    napi_set_named_property(env, o, "length", make_u64(env, m->ranges[i].len));
+    napi_set_element(env, arr, (uint32_t)i, o);
+  }
+  return arr;
+}
+
+napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t pid;
+  uint64_t start, end;
+  int private_only;
+  if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid", &pid) ||
+      !get_u64(env, argv[1], "start", &start) || !get_u64(env, argv[2], "end", &end) ||
+      !get_bool(env, argv[3], "privateOnly", &private_only))
+    return NULL;
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  if (end < start || start % page || end % page) {
+    throw_errno(env, EINVAL, "scanPagemap(pid %d, 0x%llx, 0x%llx): range must be page-aligned", pid,
+                (unsigned long long)start, (unsigned long long)end);
+    return NULL;
+  }
+  mem_task_t *m = mem_task(scan_pagemap_run, scan_pagemap_settle);
+  if (!m) return NULL;
+  m->pid = pid;
+  m->addr = start;
+  m->len = end - start;
+  m->private_only = private_only;
+  return pool_submit(env, &m->t);
+}
