@@ -1,0 +1,399 @@
+// The address space of a task: every mapping with its kind and flags, and the page contents a
+// restore needs (touched anonymous pages and dirty private copies, never untouched ones:
+// /proc/PID/pagemap says which). Lazy mode reads contents from the frozen task when `pages`
+// is read; copy mode reads them all at capture. Also the memory/ entries and their loader.
+
+import * as fs from 'fs'
+import type { PagemapRun } from '../../addon/index'
+import type { ByteSource, CheckpointMode, StoredRun, TaskImage, Vma, VmaKind } from '../model'
+import { CkptError, messageOf } from '../errors'
+import type { SavedDir } from '../files/saved'
+import { native } from '../native'
+import { bytes, each, stream, type TableEntry } from '../tree/node'
+import { decimalU64, field, FormatError, hexU64, loadEach, oneOf, readBytes, readLines, readValue, text, type Codec } from './fields'
+import { exclusive } from './inject'
+import { liveThread, parseMaps, procPath, readProcText, type MapsEntry } from './procfs'
+
+export const PAGE_SIZE = 4096
+const PAGE = BigInt(PAGE_SIZE)
+
+// ---------------------------------------------------------------------------------------
+// Kinds and what is stored for each
+
+export const VMA_KINDS: readonly VmaKind[] = [
+  'heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special',
+]
+
+/** The kind of a mapping, from its maps line alone (so a loader can check a saved kind). */
+export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
+  const shared = entry.perms[3] === 's'
+  const { path } = entry
+  switch (path) {
+    case '[heap]': return 'heap'
+    case '[stack]': return 'stack'
+    case '[vdso]': return 'vdso'
+    case '[vvar]': case '[vvar_vclock]': return 'vvar'
+    case '[vsyscall]': return 'vsyscall'
+    case '': return shared ? 'shared-anonymous' : 'anonymous'
+  }
+  // Named anonymous memory (PR_SET_VMA_ANON_NAME, memfd-less shmem).
+  if (path.startsWith('[anon_shmem:')) return 'shared-anonymous'
+  if (path.startsWith('[anon:')) return shared ? 'shared-anonymous' : 'anonymous'
+  if (path.startsWith('[')) return 'special'
+  // Shared anonymous memory is a deleted shmem file: "/dev/zero" for mmap, "/SYSVkey" for SysV shm.
+  if (shared && (path === '/dev/zero (deleted)' || /^\/SYSV[0-9a-f]{8} \(deleted\)$/.test(path))) return 'shared-anonymous'
+  return shared ? 'file-shared' : 'file-private'
+}
+
+/**
+ * Which pages of a mapping are stored: private ones keep only their anonymous copies (the
+ * file or the zero page gives the rest back); shared anonymous memory keeps every present
+ * page; the vdso is stored whole so a restore can compare it; file-shared mappings keep
+ * nothing (the file holds the data) and vvar/vsyscall cannot be read at all.
+ */
+type Storage = 'anonymous-copies' | 'present' | 'whole' | 'nothing'
+
+function storageOf(kind: VmaKind): Storage {
+  switch (kind) {
+    case 'heap': case 'stack': case 'anonymous': case 'file-private': return 'anonymous-copies'
+    case 'shared-anonymous': return 'present'
+    case 'vdso': return 'whole'
+    case 'vvar': case 'vsyscall': case 'file-shared': case 'special': return 'nothing'
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Capture
+
+/** A mapping and the absolute runs of its pages to store, before any contents are read. */
+interface Layout {
+  /** The thread whose /proc files and memory calls show the address space (see liveThread). */
+  reader: number
+  entry: MapsEntry
+  kind: VmaKind
+  runs: PagemapRun[]
+  bytes: number
+}
+
+async function scanLayout(pid: number): Promise<Layout[]> {
+  const reader = await liveThread(pid)
+  return exclusive(pid, async () => {
+    const entries = parseMaps(await readProcText(pid, 'smaps', reader))
+    return Promise.all(entries.map(async (entry): Promise<Layout> => {
+      const kind = vmaKind(entry)
+      const runs = await storedRuns(pid, reader, entry, storageOf(kind))
+      return { reader, entry, kind, runs, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
+    }))
+  })
+}
+
+async function storedRuns(pid: number, reader: number, entry: MapsEntry, storage: Storage): Promise<PagemapRun[]> {
+  switch (storage) {
+    case 'nothing': return []
+    case 'whole': return [{ start: entry.start, length: entry.end - entry.start }]
+    case 'present': case 'anonymous-copies': {
+      // smaps already says when nothing is there: huge untouched reservations cost no scan.
+      const used = storage === 'present' ? entry.rssKb : entry.anonymousKb
+      if (used === 0 && entry.swapKb === 0) return []
+      try {
+        return await native.scanPagemap(reader, entry.start, entry.end, storage === 'anonymous-copies')
+      } catch (err) {
+        throw new CkptError(`task-${pid}: memory ${vmaName(entry)}: cannot scan pagemap: ${messageOf(err)}`)
+      }
+    }
+  }
+}
+
+/**
+ * The bytes a copy-mode capture of `pid` would store if it were frozen now. Safe while the
+ * task runs, so a caller can allocate and touch a buffer of about this size before freezing
+ * and pass it to captureVmas (which rescans after the freeze and allocates any shortfall).
+ */
+export async function planCopy(pid: number): Promise<{ bytes: number }> {
+  const layout = await scanLayout(pid)
+  return { bytes: layout.reduce((sum, l) => sum + l.bytes, 0) }
+}
+
+/**
+ * Captures every mapping of frozen task `pid`. Lazy: `pages` reads the frozen task when read.
+ * Copy: all stored pages are read now, first into `into` (when given), then into new buffers.
+ */
+export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer): Promise<Vma[]> {
+  const layout = await scanLayout(pid)
+  if (mode === 'lazy') return layout.map((l) => toVma(l, taskPages(pid, l)))
+  const arena = new Arena(into, layout.reduce((sum, l) => sum + l.bytes, 0))
+  const vmas: Vma[] = []
+  for (const l of layout) {
+    const pieces = arena.take(l.bytes)
+    await copyPages(pid, l, pieces)
+    vmas.push(toVma(l, piecesSource(pieces)))
+  }
+  return vmas
+}
+
+function toVma({ entry, kind, runs }: Layout, pages: ByteSource): Vma {
+  const { start, end, perms, offset, dev, inode, path, vmFlags } = entry
+  const stored: StoredRun[] = runs.map((r) => ({ offset: r.start - start, length: r.length }))
+  return { start, end, perms, offset, dev, inode, path, kind, vmFlags, stored, pages }
+}
+
+/** A mapping's directory name in memory/vmas/: its range as /proc/PID/maps shows it. */
+export const vmaName = (v: { start: bigint; end: bigint }): string => `${hexDigits(v.start)}-${hexDigits(v.end)}`
+const hexDigits = (n: bigint): string => n.toString(16).padStart(8, '0')
+
+// ---------------------------------------------------------------------------------------
+// Reading stored pages from the task
+
+/** The memory ranges behind bytes [offset, offset+length) of the stored runs laid back to back. */
+export function rangesOf(runs: PagemapRun[], offset: number, length: number): PagemapRun[] {
+  const ranges: PagemapRun[] = []
+  let at = 0
+  for (const run of runs) {
+    const runLength = Number(run.length)
+    const from = Math.max(offset, at)
+    const to = Math.min(offset + length, at + runLength)
+    if (from < to) ranges.push({ start: run.start + BigInt(from - at), length: BigInt(to - from) })
+    at += runLength
+    if (at >= offset + length) break
+  }
+  return ranges
+}
+
+/** Lazy mode: each read goes to the frozen task for just the range asked. */
+function taskPages(pid: number, layout: Layout): ByteSource {
+  return {
+    size: layout.bytes,
+    read: async (offset, length) => {
+      const size = Math.max(0, Math.min(length, layout.bytes - offset))
+      const buf = Buffer.allocUnsafe(size)
+      await readRanges(pid, layout, rangesOf(layout.runs, offset, size), buf)
+      return buf
+    },
+  }
+}
+
+/** process_vm_readv honours protections; /proc/PID/mem reads what the task could not (PROT_NONE). */
+async function readRanges(pid: number, layout: Layout, ranges: PagemapRun[], into: Buffer): Promise<void> {
+  try {
+    if (layout.entry.perms[0] === 'r') {
+      await native.readMemoryInto(layout.reader, ranges, into, 0)
+      return
+    }
+    const mem = await fs.promises.open(procPath(pid, 'mem', layout.reader), 'r')
+    try {
+      let at = 0
+      for (const range of ranges) {
+        const length = Number(range.length)
+        const bytesRead = await preadAt(mem.fd, into, at, length, range.start)
+        if (bytesRead !== length) throw new Error(`short read: ${bytesRead} of ${length} bytes at 0x${range.start.toString(16)}`)
+        at += length
+      }
+    } finally {
+      await mem.close()
+    }
+  } catch (err) {
+    throw new CkptError(`task-${pid}/memory/vmas/${vmaName(layout.entry)}/pages: ${messageOf(err)}`, 'EIO')
+  }
+}
+
+/** pread with a 64-bit position (FileHandle.read takes only numbers, exact below 2^53). */
+function preadAt(fd: number, into: Buffer, at: number, length: number, position: bigint): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, into, at, length, position, (err, bytesRead) => (err ? reject(err) : resolve(bytesRead)))
+  })
+}
+
+/** Copy mode reads in batches of this size, so no single call holds a huge iovec list. */
+const COPY_BATCH = 64 * 1024 * 1024
+
+async function copyPages(pid: number, layout: Layout, pieces: Buffer[]): Promise<void> {
+  let offset = 0
+  for (const piece of pieces) {
+    for (let at = 0; at < piece.length; at += COPY_BATCH) {
+      const part = piece.subarray(at, Math.min(piece.length, at + COPY_BATCH))
+      await readRanges(pid, layout, rangesOf(layout.runs, offset, part.length), part)
+      offset += part.length
+    }
+  }
+}
+
+/** Largest single buffer a copy allocates (Node's own limit is higher, the allocator's may not be). */
+const MAX_PIECE = 1024 * 1024 * 1024
+
+/** Hands out the copy-mode storage: the caller's pre-touched buffer first, then new buffers. */
+class Arena {
+  private readonly free: Buffer[] = []
+
+  constructor(into: Buffer | undefined, total: number) {
+    let missing = total
+    if (into) {
+      this.free.push(into.subarray(0, Math.min(into.length, total)))
+      missing -= this.free[0].length
+    }
+    for (; missing > 0; missing -= MAX_PIECE) this.free.push(Buffer.allocUnsafeSlow(Math.min(missing, MAX_PIECE)))
+  }
+
+  take(size: number): Buffer[] {
+    const pieces: Buffer[] = []
+    while (size > 0) {
+      const head = this.free[0]
+      const n = Math.min(size, head.length)
+      pieces.push(head.subarray(0, n))
+      if (n === head.length) this.free.shift()
+      else this.free[0] = head.subarray(n)
+      size -= n
+    }
+    return pieces
+  }
+}
+
+/** Bytes held in memory as consecutive pieces. */
+function piecesSource(pieces: Buffer[]): ByteSource {
+  const size = pieces.reduce((sum, p) => sum + p.length, 0)
+  return {
+    size,
+    read: async (offset, length) => {
+      const parts: Buffer[] = []
+      let at = 0
+      for (const piece of pieces) {
+        const from = Math.max(offset, at)
+        const to = Math.min(offset + length, at + piece.length)
+        if (from < to) parts.push(piece.subarray(from - at, to - at))
+        at += piece.length
+      }
+      return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tree: memory/
+
+const storedRun: Codec<StoredRun> = {
+  show: (r) => `${hexU64.show(r.offset)} ${hexU64.show(r.length)}`,
+  parse: (line) => {
+    const [offset, length, extra] = line.split(' ')
+    if (offset === undefined || length === undefined || extra !== undefined) throw new FormatError(`not "OFFSET LENGTH": ${line}`)
+    return { offset: hexU64.parse(offset), length: hexU64.parse(length) }
+  },
+}
+
+const permsText = text((v) => (/^[r-][w-][x-][ps]$/.test(v) ? undefined : `not like rw-p: ${v}`))
+const devText = text((v) => (/^[0-9a-f]{2,8}:[0-9a-f]{2,8}$/.test(v) ? undefined : `not MAJOR:MINOR in hexadecimal: ${v}`))
+const vmFlagsText = text((v) => (/^([a-z0-9]{2}( [a-z0-9]{2})*)?$/.test(v) ? undefined : `not two-letter flags separated by spaces: ${v}`))
+const kindText = oneOf(VMA_KINDS)
+const pathText = text()
+
+const vmaEntries: TableEntry<Vma>[] = [
+  field('start', hexU64, (v) => v.start),
+  field('end', hexU64, (v) => v.end),
+  field('perms', permsText, (v) => v.perms),
+  field('offset', hexU64, (v) => v.offset),
+  field('dev', devText, (v) => v.dev),
+  field('inode', decimalU64, (v) => v.inode),
+  field('path', pathText, (v) => v.path),
+  field('kind', kindText, (v) => v.kind),
+  field('vm_flags', vmFlagsText, (v) => v.vmFlags),
+  bytes('stored_runs', (v) => Buffer.from(v.stored.map((r) => storedRun.show(r) + '\n').join(''))),
+  stream('pages', (v) => v.pages),
+]
+
+const MAPS_HEADER = '# start-end perms offset dev inode kind stored_bytes vm_flags path\n'
+
+/** Like /proc/PID/maps, with each mapping's kind, stored bytes and VmFlags (comma separated). */
+export function mapsText(vmas: Vma[]): string {
+  return MAPS_HEADER + vmas.map((v) => [
+    vmaName(v), v.perms, hexDigits(v.offset), v.dev, v.inode, v.kind, v.pages.size, v.vmFlags.replace(/ /g, ',') || '-', v.path,
+  ].join(' ').trimEnd() + '\n').join('')
+}
+
+/** memory/ in task-PID/: listing vmas/ captures the layout (no contents); pages are read on demand. */
+export function memoryEntries(): TableEntry<TaskImage>[] {
+  return [
+    bytes('maps', async (t: TaskImage) => Buffer.from(mapsText(await t.vmas()))),
+    each('vmas', async (t: TaskImage) => new Map((await t.vmas()).map((v) => [vmaName(v), v])), vmaEntries),
+  ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading a saved copy
+
+const MAX_MAPS_BYTES = 64 * 1024 * 1024
+const MAX_RUNS_BYTES = 64 * 1024 * 1024
+const VMA_DIR = /^([0-9a-f]{8,16})-([0-9a-f]{8,16})$/
+
+/** Reads memory/ of a saved task-PID/ back; `pages` stay in their files, read in pieces. */
+export async function loadVmas(dir: SavedDir): Promise<Vma[]> {
+  const vmasDir = await dir.dir('vmas')
+  const named = (await vmasDir.names()).map((name) => {
+    const m = VMA_DIR.exec(name)
+    if (!m) throw vmasDir.fail(name, 'not a START-END range in hexadecimal')
+    return { name, start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]) }
+  }).sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+
+  for (const [i, { name, start }] of named.entries()) {
+    if (i > 0 && start < named[i - 1].end) throw vmasDir.fail(name, `overlaps ${named[i - 1].name}`)
+  }
+  const vmas = await loadEach(named, async ({ name, start, end }) => loadVma(await vmasDir.dir(name), start, end))
+  await vmasDir.finish()
+
+  const maps = (await readBytes(dir, 'maps', MAX_MAPS_BYTES)).toString('utf8')
+  const expected = mapsText(vmas)
+  if (maps !== expected) {
+    const line = firstDifferentLine(maps, expected)
+    throw dir.fail('maps', `line ${line} does not match vmas/ (expected ${JSON.stringify(expected.split('\n')[line - 1] ?? '')})`)
+  }
+  await dir.finish()
+  return vmas
+}
+
+async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> {
+  if (start % PAGE !== 0n || end % PAGE !== 0n || start >= end) throw new CkptError(`${dir.rel}: not a page-aligned, non-empty range`, 'EINVAL')
+  const same = async (name: string, value: bigint) => {
+    const saved = await readValue(dir, name, hexU64)
+    if (saved !== value) throw dir.fail(name, `${hexU64.show(saved)} does not match the directory name`)
+  }
+  await same('start', start)
+  await same('end', end)
+  const perms = await readValue(dir, 'perms', permsText)
+  const offset = await readValue(dir, 'offset', hexU64)
+  if (offset % PAGE !== 0n) throw dir.fail('offset', `${hexU64.show(offset)} is not page-aligned`)
+  const path = await readValue(dir, 'path', pathText)
+  const kind = await readValue(dir, 'kind', kindText)
+  if (kind !== vmaKind({ perms, path })) throw dir.fail('kind', `${kind} does not fit perms ${perms} and path ${JSON.stringify(path)} (${vmaKind({ perms, path })})`)
+
+  const size = end - start
+  const stored = await readLines(dir, 'stored_runs', storedRun, MAX_RUNS_BYTES)
+  let storedBytes = 0n
+  let after = 0n
+  for (const [i, run] of stored.entries()) {
+    const where = `run ${i + 1} (${storedRun.show(run)})`
+    if (run.offset % PAGE !== 0n || run.length % PAGE !== 0n || run.length === 0n) throw dir.fail('stored_runs', `${where} is not whole pages`)
+    if (run.offset < after) throw dir.fail('stored_runs', `${where} overlaps or precedes the run before it`)
+    if (run.offset + run.length > size) throw dir.fail('stored_runs', `${where} ends beyond the mapping (0x${size.toString(16)} bytes)`)
+    after = run.offset + run.length
+    storedBytes += run.length
+  }
+  if (storageOf(kind) === 'nothing' && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
+  const pages = await dir.source('pages')
+  if (BigInt(pages.size) !== storedBytes) throw dir.fail('pages', `${pages.size} bytes, stored runs need ${storedBytes}`)
+
+  const vma: Vma = {
+    start, end, perms, offset,
+    dev: await readValue(dir, 'dev', devText),
+    inode: await readValue(dir, 'inode', decimalU64),
+    path, kind,
+    vmFlags: await readValue(dir, 'vm_flags', vmFlagsText),
+    stored,
+    pages,
+  }
+  await dir.finish()
+  return vma
+}
+
+function firstDifferentLine(a: string, b: string): number {
+  const left = a.split('\n')
+  const right = b.split('\n')
+  const i = left.findIndex((line, n) => line !== right[n])
+  return (i < 0 ? left.length : i) + 1
+}

@@ -1,0 +1,471 @@
+// Process-wide state of a task: identity, credentials, limits, signal actions, timers and the
+// mm fields. Capture (from /proc and injected calls), the task-PID/ entries that show it, and
+// the loader that reads a saved copy back, with the same names in one place.
+
+import type { Credentials, ITimer, MmFields, PosixTimer, Problem, ProcessState, Rlimit, SigAction, TaskImage, ThreadState, Vma } from '../model'
+import { asPid } from '../model'
+import { CkptError } from '../errors'
+import type { SavedDir } from '../files/saved'
+import { native } from '../native'
+import { attr, bytes, each, sub, type TableEntry } from '../tree/node'
+import {
+  absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, hexNumber, hexU64, int32, loadEach,
+  octalNumber, readBytes, readValue, text, uint32, type Codec,
+} from './fields'
+import { inject, succeeded, SYS, type CallWithResult } from './inject'
+import { vmaName } from './memory'
+import {
+  liveThread, parseLimits, parseTimers, readProcBytes, readProcLink, readProcText, RLIM_INFINITY, RLIMITS, STAT, StatFields,
+  StatusFields,
+} from './procfs'
+
+// ---------------------------------------------------------------------------------------
+// Signals
+
+const SIGKILL = 9
+const SIGSTOP = 19
+const SIGNAL_NAMES = [
+  'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGILL', 'SIGTRAP', 'SIGABRT', 'SIGBUS', 'SIGFPE', 'SIGKILL', 'SIGUSR1',
+  'SIGSEGV', 'SIGUSR2', 'SIGPIPE', 'SIGALRM', 'SIGTERM', 'SIGSTKFLT', 'SIGCHLD', 'SIGCONT', 'SIGSTOP', 'SIGTSTP',
+  'SIGTTIN', 'SIGTTOU', 'SIGURG', 'SIGXCPU', 'SIGXFSZ', 'SIGVTALRM', 'SIGPROF', 'SIGWINCH', 'SIGIO', 'SIGPWR', 'SIGSYS',
+]
+
+/** SIGHUP .. SIGSYS by name; real-time signals as SIG32 .. SIG64 (glibc's SIGRTMIN moves). */
+export function signalName(signal: number): string {
+  return SIGNAL_NAMES[signal - 1] ?? `SIG${signal}`
+}
+
+/** Signals whose action can be read and set: all but SIGKILL and SIGSTOP. */
+export const ACTION_SIGNALS = Array.from({ length: 64 }, (_, i) => i + 1).filter((s) => s !== SIGKILL && s !== SIGSTOP)
+
+/** Size of one siginfo_t record as PTRACE_PEEKSIGINFO returns it. */
+export const SIGINFO_SIZE = 128
+
+// ---------------------------------------------------------------------------------------
+// Capture
+
+const PR_GET_DUMPABLE = 3
+const PR_GET_SECUREBITS = 27
+const PR_GET_NO_NEW_PRIVS = 39
+const ITIMER_WHICH = ['real', 'virtual', 'prof'] as const
+/** struct kernel_sigaction {handler, flags, restorer, mask}, itimerval and itimerspec: 4 x u64. */
+const FOUR_WORDS = 32
+
+/**
+ * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen).
+ * A task under seccomp is refused: an injected call could be killed or faked by its filter.
+ */
+export async function captureProcess(pid: number, tids: number[]): Promise<ProcessState> {
+  const live = await liveThread(pid, tids)
+  const [statText, statusText, limitsText, timersText, personalityText, comm, cmdline, environ, auxv, exe, cwd, root] = await Promise.all([
+    readProcText(pid, 'stat', live), readProcText(pid, 'status', live), readProcText(pid, 'limits', live),
+    readProcText(pid, 'timers'), readProcText(pid, 'personality', live), readProcText(pid, 'comm'),
+    readProcBytes(pid, 'cmdline', live), readProcBytes(pid, 'environ', live), readProcBytes(pid, 'auxv', live),
+    readProcLink(pid, 'exe', live), readProcLink(pid, 'cwd', live), readProcLink(pid, 'root', live),
+  ])
+  const stat = new StatFields(statText)
+  const status = new StatusFields(statusText)
+  const seccompMode = status.number('Seccomp')
+  if (seccompMode !== 0) {
+    throw new CkptError(`task-${pid}: seccomp ${seccompMode === 1 ? 'strict mode' : 'filters'}: not checkpointable`, 'ENOTSUP')
+  }
+  const timerListing = parseTimers(timersText)
+
+  const calls: CallWithResult[] = [
+    ...ACTION_SIGNALS.map((signal) => ({ nr: SYS.rt_sigaction, args: [BigInt(signal), 0n, 0n, 8n], out: { arg: 2, size: FOUR_WORDS } })),
+    ...ITIMER_WHICH.map((_, which) => ({ nr: SYS.getitimer, args: [BigInt(which), 0n], out: { arg: 1, size: FOUR_WORDS } })),
+    ...timerListing.flatMap((t) => [
+      { nr: SYS.timer_gettime, args: [BigInt(t.id), 0n], out: { arg: 1, size: FOUR_WORDS } },
+      { nr: SYS.timer_getoverrun, args: [BigInt(t.id)] },
+    ]),
+    { nr: SYS.prctl, args: [BigInt(PR_GET_NO_NEW_PRIVS), 0n, 0n, 0n, 0n] },
+    { nr: SYS.prctl, args: [BigInt(PR_GET_DUMPABLE), 0n, 0n, 0n, 0n] },
+    { nr: SYS.prctl, args: [BigInt(PR_GET_SECUREBITS), 0n, 0n, 0n, 0n] },
+    { nr: SYS.brk, args: [0n] },
+  ]
+  const results = await inject(pid, live, calls)
+  let next = 0
+  const take = (what: string) => succeeded(results[next++], `task-${pid}: ${what}`)
+
+  const sigactions: SigAction[] = ACTION_SIGNALS.map((signal) => {
+    const out = take(`rt_sigaction(${signalName(signal)})`).out
+    return { signal, handler: word(out, 0), flags: word(out, 1), restorer: word(out, 2), mask: word(out, 3) }
+  })
+  const itimers: ITimer[] = ITIMER_WHICH.map((which) => {
+    const out = take(`getitimer(${which})`).out
+    return { which, intervalUs: timeval(out, 0), valueUs: timeval(out, 2) }
+  })
+  const posixTimers: PosixTimer[] = timerListing.map((t) => {
+    const spec = take(`timer_gettime(${t.id})`).out
+    const overrun = Number(take(`timer_getoverrun(${t.id})`).ret)
+    return { ...t, intervalNs: timespec(spec, 0), valueNs: timespec(spec, 2), overrun }
+  })
+  const noNewPrivs = take('prctl(PR_GET_NO_NEW_PRIVS)').ret === 1n
+  const dumpable = Number(take('prctl(PR_GET_DUMPABLE)').ret)
+  const securebits = Number(take('prctl(PR_GET_SECUREBITS)').ret)
+  const brk = take('brk(0)').ret
+
+  const [uid, euid, suid, fsuid] = status.numbers('Uid')
+  const [gid, egid, sgid, fsgid] = status.numbers('Gid')
+  const creds: Credentials = {
+    uid, euid, suid, fsuid, gid, egid, sgid, fsgid,
+    groups: status.numbers('Groups'),
+    capInheritable: status.mask('CapInh'), capPermitted: status.mask('CapPrm'), capEffective: status.mask('CapEff'),
+    capBounding: status.mask('CapBnd'), capAmbient: status.mask('CapAmb'),
+    securebits,
+  }
+  const mm: MmFields = {
+    startCode: stat.bigint(STAT.startCode), endCode: stat.bigint(STAT.endCode),
+    startData: stat.bigint(STAT.startData), endData: stat.bigint(STAT.endData),
+    startBrk: stat.bigint(STAT.startBrk), brk,
+    startStack: stat.bigint(STAT.startStack),
+    argStart: stat.bigint(STAT.argStart), argEnd: stat.bigint(STAT.argEnd),
+    envStart: stat.bigint(STAT.envStart), envEnd: stat.bigint(STAT.envEnd),
+    auxv, exe,
+  }
+  const sharedPendingSiginfo = await native.peekSiginfo(live, true)
+  return {
+    pid: asPid(pid),
+    comm: comm.replace(/\n$/, ''),
+    exe, cmdline, environ, cwd, root,
+    umask: parseInt(status.text('Umask'), 8),
+    personality: parseInt(personalityText.trim(), 16),
+    ppid: stat.number(STAT.ppid),
+    pgid: stat.number(STAT.pgrp),
+    sid: stat.number(STAT.session),
+    ttyNr: stat.number(STAT.ttyNr),
+    noNewPrivs,
+    dumpable,
+    seccompMode,
+    creds,
+    rlimits: parseLimits(limitsText),
+    sigactions,
+    sharedPendingMask: status.mask('ShdPnd'),
+    sharedPendingSiginfo,
+    itimers,
+    posixTimers,
+    mm,
+  }
+}
+
+const word = (buf: Buffer, index: number): bigint => buf.readBigUInt64LE(index * 8)
+const timeval = (buf: Buffer, index: number): bigint => word(buf, index) * 1_000_000n + word(buf, index + 1)
+const timespec = (buf: Buffer, index: number): bigint => word(buf, index) * 1_000_000_000n + word(buf, index + 1)
+
+// ---------------------------------------------------------------------------------------
+// What prevents a restore
+
+/** Everything about the task that a restore cannot bring back, one problem each, named by its place in the tree. */
+export function processProblems(p: ProcessState, threads: ThreadState[], vmas: Vma[]): Problem[] {
+  const task = `task-${p.pid}`
+  const problems: Problem[] = []
+  if (!threads.some((t) => t.tid === Number(p.pid))) {
+    problems.push({ where: `${task}/threads/${p.pid}`, why: 'the main thread has exited: a restore cannot re-create a process without it' })
+  }
+  if (p.seccompMode !== 0) {
+    problems.push({ where: `${task}/seccomp_mode`, why: `seccomp ${p.seccompMode === 1 ? 'strict mode' : 'filters'}: not checkpointable` })
+  }
+  for (const vma of vmas) {
+    const why = vmaProblem(vma)
+    if (why) problems.push({ where: `${task}/memory/vmas/${vmaName(vma)}`, why })
+  }
+  return problems
+}
+
+function vmaProblem(vma: Vma): string | undefined {
+  const flags = vma.vmFlags.split(' ')
+  // The kernel's own mappings (vvar is VM_PFNMAP) are re-created by the kernel, not from the tree.
+  if (vma.kind === 'vvar' || vma.kind === 'vsyscall' || vma.kind === 'vdso') return undefined
+  if (vma.path === '/secretmem (deleted)') return 'memfd_secret memory: its contents cannot be read from outside the task'
+  if (vma.kind === 'special') return `special mapping ${vma.path}: cannot be saved or re-created`
+  if (flags.includes('ht')) return 'hugetlbfs mapping: not supported'
+  if (flags.includes('io') || flags.includes('pf')) return `device memory (${vma.path || 'no path'}): not checkpointable`
+  if ((vma.kind === 'file-private' || vma.kind === 'file-shared') && vma.path.endsWith(' (deleted)')) {
+    return `backing file ${vma.path}: deleted, the mapping cannot be re-created from its path`
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------
+// Value formats
+
+const commText = text((v) => (Buffer.byteLength(v) > 15 || v.includes('\n') ? 'longer than 15 bytes or not one line' : undefined))
+const rlimitValue: Codec<bigint> = {
+  show: (v) => (v === RLIM_INFINITY ? 'unlimited' : v),
+  parse: (value) => (value === 'unlimited' ? RLIM_INFINITY : decimalU64.parse(value)),
+}
+const u32Hex = hexNumber(0xffffffff)
+const notifyText = text((v) => (/^(signal|none|thread)\/(pid|tid)\.\d+$/.test(v) ? undefined : `not KIND/pid.N or KIND/tid.N: ${v}`))
+
+// ---------------------------------------------------------------------------------------
+// Tree: the process part of task-PID/
+
+const credsEntries: TableEntry<Credentials>[] = [
+  field('uid', uint32, (c) => c.uid), field('euid', uint32, (c) => c.euid),
+  field('suid', uint32, (c) => c.suid), field('fsuid', uint32, (c) => c.fsuid),
+  field('gid', uint32, (c) => c.gid), field('egid', uint32, (c) => c.egid),
+  field('sgid', uint32, (c) => c.sgid), field('fsgid', uint32, (c) => c.fsgid),
+  field('groups', decimalList, (c) => c.groups),
+  field('cap_inheritable', hexU64, (c) => c.capInheritable),
+  field('cap_permitted', hexU64, (c) => c.capPermitted),
+  field('cap_effective', hexU64, (c) => c.capEffective),
+  field('cap_bounding', hexU64, (c) => c.capBounding),
+  field('cap_ambient', hexU64, (c) => c.capAmbient),
+  field('securebits', u32Hex, (c) => c.securebits),
+]
+
+const rlimitEntries: TableEntry<Rlimit>[] = [
+  field('soft', rlimitValue, (r) => r.soft),
+  field('hard', rlimitValue, (r) => r.hard),
+]
+
+const actionEntries: TableEntry<SigAction>[] = [
+  attr('name', (a) => signalName(a.signal)),
+  field('handler', hexU64, (a) => a.handler),
+  field('flags', hexU64, (a) => a.flags),
+  field('restorer', hexU64, (a) => a.restorer),
+  field('mask', hexU64, (a) => a.mask),
+]
+
+const signalEntries: TableEntry<ProcessState>[] = [
+  field('pending', hexU64, (p) => p.sharedPendingMask),
+  bytes('pending_siginfo', (p) => p.sharedPendingSiginfo),
+  each('actions', async (p) => new Map(p.sigactions.map((a) => [String(a.signal), a])), actionEntries),
+]
+
+const itimerEntries: TableEntry<ITimer>[] = [
+  field('value_us', decimalU64, (t) => t.valueUs),
+  field('interval_us', decimalU64, (t) => t.intervalUs),
+]
+
+const posixTimerEntries: TableEntry<PosixTimer>[] = [
+  field('signal', decimal(0, 64), (t) => t.signal),
+  field('sigev_value', hexU64, (t) => t.sigevValue),
+  field('notify', notifyText, (t) => t.notify),
+  field('clockid', int32, (t) => t.clockid),
+  field('value_ns', decimalU64, (t) => t.valueNs),
+  field('interval_ns', decimalU64, (t) => t.intervalNs),
+  field('overrun', int32, (t) => t.overrun),
+]
+
+function itimer(p: ProcessState, which: ITimer['which']): ITimer {
+  const found = p.itimers.find((t) => t.which === which)
+  if (!found) throw new CkptError(`task-${p.pid}: no itimer_${which}`)
+  return found
+}
+
+const timerEntries: TableEntry<ProcessState>[] = [
+  ...ITIMER_WHICH.map((which) => sub(`itimer_${which}`, (p: ProcessState) => itimer(p, which), itimerEntries)),
+  each('posix', async (p) => new Map(p.posixTimers.map((t) => [String(t.id), t])), posixTimerEntries),
+]
+
+const MM_ADDRESSES = [
+  ['start_code', 'startCode'], ['end_code', 'endCode'], ['start_data', 'startData'], ['end_data', 'endData'],
+  ['start_brk', 'startBrk'], ['brk', 'brk'], ['start_stack', 'startStack'],
+  ['arg_start', 'argStart'], ['arg_end', 'argEnd'], ['env_start', 'envStart'], ['env_end', 'envEnd'],
+] as const
+
+const mmEntries: TableEntry<MmFields>[] = [
+  ...MM_ADDRESSES.map(([name, key]) => field(name, hexU64, (m: MmFields) => m[key])),
+  bytes('auxv', (m) => m.auxv),
+]
+
+const processFiles: TableEntry<ProcessState>[] = [
+  field('comm', commText, (p) => p.comm),
+  field('exe', absolutePath, (p) => p.exe),
+  field('cwd', absolutePath, (p) => p.cwd),
+  field('root', absolutePath, (p) => p.root),
+  bytes('cmdline', (p) => p.cmdline),
+  bytes('environ', (p) => p.environ),
+  field('umask', octalNumber(0o777), (p) => p.umask),
+  field('personality', u32Hex, (p) => p.personality),
+  field('ppid', uint32, (p) => p.ppid),
+  field('pgid', uint32, (p) => p.pgid),
+  field('sid', uint32, (p) => p.sid),
+  field('tty_nr', uint32, (p) => p.ttyNr),
+  field('no_new_privs', flag, (p) => p.noNewPrivs),
+  field('dumpable', decimal(0, 2), (p) => p.dumpable),
+  field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode),
+]
+
+/** The entries of task-PID/ that show the process part; nothing is captured until one is read. */
+export function processEntries(): TableEntry<TaskImage>[] {
+  return [
+    ...deferred((t: TaskImage) => t.process(), processFiles),
+    sub('creds', async (t: TaskImage) => (await t.process()).creds, credsEntries),
+    each('rlimits', async (t: TaskImage) => new Map((await t.process()).rlimits.map((r) => [r.name, r])), rlimitEntries),
+    sub('signals', (t: TaskImage) => t.process(), signalEntries),
+    sub('timers', (t: TaskImage) => t.process(), timerEntries),
+    sub('mm', async (t: TaskImage) => (await t.process()).mm, mmEntries),
+  ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading a saved copy
+
+const MAX_ARGS_BYTES = 2 * 1024 * 1024
+const MAX_AUXV_BYTES = 4096
+const MAX_QUEUED_SIGINFO = 4096
+
+/** Reads the process part of a saved task-PID/ (`dir`) back, validating every value. */
+export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessState> {
+  const exe = await readValue(dir, 'exe', absolutePath)
+
+  const signals = await dir.dir('signals')
+  const sharedPendingMask = await readValue(signals, 'pending', hexU64)
+  const sharedPendingSiginfo = await loadSiginfo(signals, 'pending_siginfo', sharedPendingMask)
+  const sigactions = await loadActions(await signals.dir('actions'))
+  await signals.finish()
+
+  const timers = await dir.dir('timers')
+  const itimers = await loadItimers(timers)
+  const posixTimers = await loadPosixTimers(await timers.dir('posix'))
+  await timers.finish()
+
+  return {
+    pid: asPid(pid),
+    comm: await readValue(dir, 'comm', commText),
+    exe,
+    cwd: await readValue(dir, 'cwd', absolutePath),
+    root: await readValue(dir, 'root', absolutePath),
+    cmdline: await readBytes(dir, 'cmdline', MAX_ARGS_BYTES),
+    environ: await readBytes(dir, 'environ', MAX_ARGS_BYTES),
+    umask: await readValue(dir, 'umask', octalNumber(0o777)),
+    personality: await readValue(dir, 'personality', u32Hex),
+    ppid: await readValue(dir, 'ppid', uint32),
+    pgid: await readValue(dir, 'pgid', uint32),
+    sid: await readValue(dir, 'sid', uint32),
+    ttyNr: await readValue(dir, 'tty_nr', uint32),
+    noNewPrivs: await readValue(dir, 'no_new_privs', flag),
+    dumpable: await readValue(dir, 'dumpable', decimal(0, 2)),
+    seccompMode: await readValue(dir, 'seccomp_mode', decimal(0, 2)),
+    creds: await loadCreds(await dir.dir('creds')),
+    rlimits: await loadRlimits(await dir.dir('rlimits')),
+    sigactions,
+    sharedPendingMask,
+    sharedPendingSiginfo,
+    itimers,
+    posixTimers,
+    mm: await loadMm(await dir.dir('mm'), exe),
+  }
+}
+
+async function loadCreds(dir: SavedDir): Promise<Credentials> {
+  const creds: Credentials = {
+    uid: await readValue(dir, 'uid', uint32), euid: await readValue(dir, 'euid', uint32),
+    suid: await readValue(dir, 'suid', uint32), fsuid: await readValue(dir, 'fsuid', uint32),
+    gid: await readValue(dir, 'gid', uint32), egid: await readValue(dir, 'egid', uint32),
+    sgid: await readValue(dir, 'sgid', uint32), fsgid: await readValue(dir, 'fsgid', uint32),
+    groups: await readValue(dir, 'groups', decimalList),
+    capInheritable: await readValue(dir, 'cap_inheritable', hexU64),
+    capPermitted: await readValue(dir, 'cap_permitted', hexU64),
+    capEffective: await readValue(dir, 'cap_effective', hexU64),
+    capBounding: await readValue(dir, 'cap_bounding', hexU64),
+    capAmbient: await readValue(dir, 'cap_ambient', hexU64),
+    securebits: await readValue(dir, 'securebits', u32Hex),
+  }
+  await dir.finish()
+  return creds
+}
+
+async function loadRlimits(dir: SavedDir): Promise<Rlimit[]> {
+  const limits = await loadEach([...RLIMITS.entries()], async ([resource, { name }]): Promise<Rlimit> => {
+    const one = await dir.dir(name)
+    const soft = await readValue(one, 'soft', rlimitValue)
+    const hard = await readValue(one, 'hard', rlimitValue)
+    if (soft > hard) throw one.fail('soft', `${soft} is above the hard limit ${hard}`)
+    await one.finish()
+    return { resource, name, soft, hard }
+  })
+  await dir.finish()
+  return limits
+}
+
+async function loadActions(dir: SavedDir): Promise<SigAction[]> {
+  const actions = await loadEach(ACTION_SIGNALS, async (signal): Promise<SigAction> => {
+    const one = await dir.dir(String(signal))
+    const name = await one.text('name')
+    if (name !== signalName(signal)) throw one.fail('name', `${name} is not signal ${signal} (${signalName(signal)})`)
+    const action = {
+      signal,
+      handler: await readValue(one, 'handler', hexU64),
+      flags: await readValue(one, 'flags', hexU64),
+      restorer: await readValue(one, 'restorer', hexU64),
+      mask: await readValue(one, 'mask', hexU64),
+    }
+    await one.finish()
+    return action
+  })
+  await dir.finish()
+  return actions
+}
+
+/** siginfo records: whole 128-byte records, each for a signal set in `mask`. */
+export async function loadSiginfo(dir: SavedDir, name: string, mask: bigint): Promise<Buffer> {
+  const data = await readBytes(dir, name, MAX_QUEUED_SIGINFO * SIGINFO_SIZE)
+  if (data.length % SIGINFO_SIZE !== 0) throw dir.fail(name, `${data.length} bytes is not a whole number of ${SIGINFO_SIZE}-byte siginfo records`)
+  for (let at = 0; at < data.length; at += SIGINFO_SIZE) {
+    const signo = data.readInt32LE(at)
+    if (signo < 1 || signo > 64 || !(mask & (1n << BigInt(signo - 1)))) {
+      throw dir.fail(name, `record ${at / SIGINFO_SIZE} is for signal ${signo}, which is not in the pending mask`)
+    }
+  }
+  return data
+}
+
+async function loadItimers(dir: SavedDir): Promise<ITimer[]> {
+  const timers: ITimer[] = []
+  for (const which of ITIMER_WHICH) {
+    const one = await dir.dir(`itimer_${which}`)
+    timers.push({ which, valueUs: await readValue(one, 'value_us', decimalU64), intervalUs: await readValue(one, 'interval_us', decimalU64) })
+    await one.finish()
+  }
+  return timers
+}
+
+async function loadPosixTimers(dir: SavedDir): Promise<PosixTimer[]> {
+  const timers = await loadEach(await dir.names(), async (entry): Promise<PosixTimer> => {
+    if (!/^(0|[1-9]\d{0,9})$/.test(entry) || Number(entry) > 2 ** 31 - 1) throw dir.fail(entry, 'not a timer ID (decimal)')
+    const one = await dir.dir(entry)
+    const timer = {
+      id: Number(entry),
+      signal: await readValue(one, 'signal', decimal(0, 64)),
+      sigevValue: await readValue(one, 'sigev_value', hexU64),
+      notify: await readValue(one, 'notify', notifyText),
+      clockid: await readValue(one, 'clockid', int32),
+      valueNs: await readValue(one, 'value_ns', decimalU64),
+      intervalNs: await readValue(one, 'interval_ns', decimalU64),
+      overrun: await readValue(one, 'overrun', int32),
+    }
+    await one.finish()
+    return timer
+  })
+  return timers.sort((a, b) => a.id - b.id)
+}
+
+async function loadMm(dir: SavedDir, exe: string): Promise<MmFields> {
+  const at = (name: string) => readValue(dir, name, hexU64)
+  const mm: MmFields = {
+    startCode: await at('start_code'), endCode: await at('end_code'),
+    startData: await at('start_data'), endData: await at('end_data'),
+    startBrk: await at('start_brk'), brk: await at('brk'),
+    startStack: await at('start_stack'),
+    argStart: await at('arg_start'), argEnd: await at('arg_end'),
+    envStart: await at('env_start'), envEnd: await at('env_end'),
+    auxv: await readBytes(dir, 'auxv', MAX_AUXV_BYTES),
+    exe,
+  }
+  await dir.finish()
+  const ordered: Array<[string, bigint, string, bigint]> = [
+    ['end_code', mm.endCode, 'start_code', mm.startCode], ['end_data', mm.endData, 'start_data', mm.startData],
+    ['brk', mm.brk, 'start_brk', mm.startBrk], ['arg_end', mm.argEnd, 'arg_start', mm.argStart],
+    ['env_end', mm.envEnd, 'env_start', mm.envStart],
+  ]
+  for (const [name, value, startName, start] of ordered) {
+    if (value < start) throw dir.fail(name, `0x${value.toString(16)} is below ${startName} 0x${start.toString(16)}`)
+  }
+  if (mm.auxv.length % 16 !== 0 || mm.auxv.length < 16 || mm.auxv.readBigUInt64LE(mm.auxv.length - 16) !== 0n) {
+    throw dir.fail('auxv', `${mm.auxv.length} bytes is not a list of 16-byte entries ending with AT_NULL`)
+  }
+  return mm
+}

@@ -1,0 +1,192 @@
+// Per-thread state: registers, the xsave area, signal mask and pending signals, rseq, the
+// system call a thread was in and its alternate signal stack. Capture, the threads/TID/
+// entries and the loader of a saved copy.
+
+import type { SigAltStack, TaskImage, ThreadState } from '../model'
+import { asTid } from '../model'
+import { CkptError, messageOf } from '../errors'
+import type { SavedDir } from '../files/saved'
+import { native } from '../native'
+import { bytes, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
+import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readBytes, readValue, text, uint32 } from './fields'
+import { inject, succeeded, SYS } from './inject'
+import { loadSiginfo } from './process'
+import { readProcText, StatusFields } from './procfs'
+
+/** struct user_regs_struct on x86-64: 27 words; the ones read here, by index. */
+export const USER_REGS_SIZE = 27 * 8
+const REG = { rax: 10, origRax: 15, rip: 16, cs: 17, rsp: 19, fsBase: 21, gsBase: 22 } as const
+const reg = (regs: Buffer, index: number): bigint => regs.readBigUInt64LE(index * 8)
+
+/** stack_t: {ss_sp u64, ss_flags i32 (+pad), ss_size u64}. */
+const STACK_T_SIZE = 24
+
+/** Captures every thread of task `pid` (all frozen). */
+export async function captureThreads(pid: number, tids: number[]): Promise<ThreadState[]> {
+  return Promise.all(tids.map((tid) => captureThread(pid, tid)))
+}
+
+async function captureThread(pid: number, tid: number): Promise<ThreadState> {
+  const where = `task-${pid}/threads/${tid}`
+  const [cpu, comm, status, pendingSiginfo, [altstack]] = await Promise.all([
+    native.getThreadRegisters(tid).catch((err: unknown) => {
+      throw new CkptError(`${where}: cannot read its registers: ${messageOf(err)}`, 'ESRCH')
+    }),
+    readProcText(pid, 'comm', tid),
+    readProcText(pid, 'status', tid),
+    native.peekSiginfo(tid, false),
+    inject(pid, tid, [{ nr: SYS.sigaltstack, args: [0n, 0n], out: { arg: 1, size: STACK_T_SIZE } }]),
+  ])
+  const stack = succeeded(altstack, `${where}: sigaltstack`).out
+  return {
+    tid: asTid(tid),
+    comm: comm.replace(/\n$/, ''),
+    regs: cpu.regs,
+    xstate: cpu.xstate,
+    ...fromRegs(cpu.regs),
+    sigmask: cpu.sigmask,
+    pendingMask: new StatusFields(status).mask('SigPnd'),
+    pendingSiginfo,
+    rseq: cpu.rseq,
+    altstack: { sp: stack.readBigUInt64LE(0), flags: stack.readInt32LE(8), size: stack.readBigUInt64LE(16) },
+  }
+}
+
+/** The values ThreadState keeps next to the raw registers (they must agree with them). */
+function fromRegs(regs: Buffer): Pick<ThreadState, 'fsBase' | 'gsBase' | 'syscall'> {
+  return {
+    fsBase: reg(regs, REG.fsBase),
+    gsBase: reg(regs, REG.gsBase),
+    syscall: { nr: Number(BigInt.asIntN(64, reg(regs, REG.origRax))), result: BigInt.asIntN(64, reg(regs, REG.rax)) },
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tree: threads/TID/
+
+const commText = text((v) => (Buffer.byteLength(v) > 15 ? 'longer than 15 bytes' : undefined))
+const u32Hex = hexNumber(0xffffffff)
+const SS_ONSTACK = 1
+const SS_DISABLE = 2
+const SS_AUTODISARM = 1 << 31
+const altstackFlags = hexNumber(0xffffffff)
+
+const threadEntries: TableEntry<ThreadState>[] = [
+  field('comm', commText, (t) => t.comm),
+  bytes('regs', (t) => t.regs),
+  bytes('xstate', (t) => t.xstate),
+  field('ip', hexU64, (t) => reg(t.regs, REG.rip)),
+  field('sp', hexU64, (t) => reg(t.regs, REG.rsp)),
+  field('fs_base', hexU64, (t) => t.fsBase),
+  field('gs_base', hexU64, (t) => t.gsBase),
+  field('sigmask', hexU64, (t) => t.sigmask),
+  field('pending', hexU64, (t) => t.pendingMask),
+  bytes('pending_siginfo', (t) => t.pendingSiginfo),
+  field('syscall_nr', int32, (t) => t.syscall.nr),
+  field('syscall_result', decimalS64, (t) => t.syscall.result),
+  field('rseq_pointer', hexU64, (t) => t.rseq.pointer),
+  field('rseq_size', uint32, (t) => t.rseq.size),
+  field('rseq_signature', u32Hex, (t) => t.rseq.signature),
+  field('rseq_flags', u32Hex, (t) => t.rseq.flags),
+  field('altstack_sp', hexU64, (t) => t.altstack.sp),
+  field('altstack_size', decimalU64, (t) => t.altstack.size),
+  field('altstack_flags', altstackFlags, (t) => t.altstack.flags >>> 0),
+]
+
+/**
+ * threads/: lists the thread IDs without capturing anything; looking one up captures the
+ * threads part of the task (registers of all threads, read once).
+ */
+export function threadsEntry(): TableEntry<TaskImage> {
+  return {
+    name: 'threads',
+    make: (task, scope): DirNode => ({
+      kind: 'dir',
+      perm: 0o555,
+      list: async () => task.tids.map(String),
+      lookup: async (name) => {
+        if (!task.tids.some((tid) => String(tid) === name)) return undefined
+        const thread = (await task.threads()).find((t) => String(t.tid) === name)
+        const childScope: Scope = { key: `${scope.key}/threads/${name}`, cache: scope.cache }
+        return thread && tableDir(thread, threadEntries, childScope)
+      },
+    }),
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading a saved copy
+
+/** 512 bytes legacy area + 64 bytes xsave header, at least; AMX-sized areas stay below 16 KiB. */
+const XSTATE_MIN = 576
+const XSTATE_MAX = 16384
+/** The ptrace xsave layout keeps XCR0 (the enabled features) in the first sw_reserved word. */
+const XSAVE_FEATURES_AT = 464
+const XSAVE_HEADER_AT = 512
+
+/** Reads threads/ of a saved task-PID/ back; every thread directory is named by its TID. */
+export async function loadThreads(dir: SavedDir): Promise<ThreadState[]> {
+  const names = await dir.names()
+  if (names.length === 0) throw new CkptError(`${dir.rel}: no threads`, 'EINVAL')
+  const threads = await loadEach(names, async (name) => {
+    if (!/^[1-9]\d{0,9}$/.test(name) || Number(name) > 2 ** 31 - 1) throw dir.fail(name, 'not a thread ID (decimal)')
+    return loadThread(await dir.dir(name), Number(name))
+  })
+  return threads.sort((a, b) => a.tid - b.tid)
+}
+
+async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
+  const regs = await readBytes(dir, 'regs', USER_REGS_SIZE)
+  if (regs.length !== USER_REGS_SIZE) throw dir.fail('regs', `${regs.length} bytes, struct user_regs_struct has ${USER_REGS_SIZE}`)
+  if ((reg(regs, REG.cs) & 3n) !== 3n) throw dir.fail('regs', `cs 0x${reg(regs, REG.cs).toString(16)} is not a user-mode segment`)
+  const derived = fromRegs(regs)
+  const agree = async <V>(name: string, value: V, read: Promise<V>): Promise<void> => {
+    const saved = await read
+    if (saved !== value) throw dir.fail(name, `${String(saved)} does not match regs (${String(value)})`)
+  }
+  await agree('ip', reg(regs, REG.rip), readValue(dir, 'ip', hexU64))
+  await agree('sp', reg(regs, REG.rsp), readValue(dir, 'sp', hexU64))
+  await agree('fs_base', derived.fsBase, readValue(dir, 'fs_base', hexU64))
+  await agree('gs_base', derived.gsBase, readValue(dir, 'gs_base', hexU64))
+  await agree('syscall_nr', derived.syscall.nr, readValue(dir, 'syscall_nr', int32))
+  await agree('syscall_result', derived.syscall.result, readValue(dir, 'syscall_result', decimalS64))
+
+  const xstate = await readBytes(dir, 'xstate', XSTATE_MAX)
+  if (xstate.length < XSTATE_MIN) throw dir.fail('xstate', `${xstate.length} bytes, an xsave area has at least ${XSTATE_MIN}`)
+  const features = xstate.readBigUInt64LE(XSAVE_FEATURES_AT)
+  const present = xstate.readBigUInt64LE(XSAVE_HEADER_AT)
+  if ((present & ~features) !== 0n) {
+    throw dir.fail('xstate', `xstate_bv 0x${present.toString(16)} has components outside the saved XCR0 0x${features.toString(16)}`)
+  }
+
+  const pendingMask = await readValue(dir, 'pending', hexU64)
+  const rseq = {
+    pointer: await readValue(dir, 'rseq_pointer', hexU64),
+    size: await readValue(dir, 'rseq_size', uint32),
+    signature: await readValue(dir, 'rseq_signature', u32Hex),
+    flags: await readValue(dir, 'rseq_flags', u32Hex),
+  }
+  if ((rseq.pointer === 0n) !== (rseq.size === 0)) throw dir.fail('rseq_size', `${rseq.size} with rseq_pointer 0x${rseq.pointer.toString(16)}: both or neither must be 0`)
+  if (rseq.size !== 0 && rseq.size < 32) throw dir.fail('rseq_size', `${rseq.size} is below the 32 bytes of struct rseq`)
+
+  const thread: ThreadState = {
+    tid: asTid(tid),
+    comm: await readValue(dir, 'comm', commText),
+    regs,
+    xstate,
+    ...derived,
+    sigmask: await readValue(dir, 'sigmask', hexU64),
+    pendingMask,
+    pendingSiginfo: await loadSiginfo(dir, 'pending_siginfo', pendingMask),
+    rseq,
+    altstack: await loadAltstack(dir),
+  }
+  await dir.finish()
+  return thread
+}
+
+async function loadAltstack(dir: SavedDir): Promise<SigAltStack> {
+  const flags = await readValue(dir, 'altstack_flags', altstackFlags)
+  if ((flags & ~(SS_ONSTACK | SS_DISABLE | SS_AUTODISARM)) !== 0) throw dir.fail('altstack_flags', `0x${flags.toString(16)} has unknown bits`)
+  return { sp: await readValue(dir, 'altstack_sp', hexU64), size: await readValue(dir, 'altstack_size', decimalU64), flags: flags | 0 }
+}
