@@ -1,0 +1,87 @@
+// Converts a saved checkpoint between its two forms: the expanded tree (a `cp -a` copy of
+// checkpoint-N) and the condensed image. Both go through the model, read and validated by
+// the same loaders a restore uses, so a conversion never carries anything a restore would
+// refuse.
+
+import * as fs from 'fs'
+import { NodeCache } from '../cache'
+import { CkptError } from '../errors'
+import { loadFileTable } from '../fdtable'
+import { fdsDir, filesDir } from '../files/tree'
+import { asTid, type CheckpointMode, type TaskImage } from '../model'
+import { loadTask } from '../task/load'
+import { taskDir } from '../task/tree'
+import { attr, tableDir, type DirNode, type TableEntry } from '../tree/node'
+import { writeTree } from '../tree/write'
+import { readImage } from './decode'
+import { imageSource } from './encode'
+
+const PIECE = 1 << 20
+/** Attribute files are cached while written once each; a few MiB is plenty. */
+const TREE_CACHE_BYTES = 16 << 20
+
+/** A saved tree as a task, validated; `mode` from the tree's `mode` file when it has one. */
+export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mode: CheckpointMode | undefined }> {
+  const names = await fs.promises.readdir(treeRoot).catch((err: NodeJS.ErrnoException) => {
+    throw new CkptError(`${treeRoot}: cannot list: ${err.message}`, err.code === 'ENOENT' ? 'ENOENT' : 'EIO')
+  })
+  const taskDirs = names.filter((n) => /^task-[1-9][0-9]*$/.test(n))
+  if (taskDirs.length !== 1) throw new CkptError(`${treeRoot}: ${taskDirs.length} task-PID directories; a saved checkpoint has one`, 'EINVAL')
+  const { process, threads, vmas } = await loadTask(treeRoot, taskDirs[0])
+  const fileTable = await loadFileTable(treeRoot, taskDirs[0])
+  const task: TaskImage = {
+    pid: process.pid,
+    tids: threads.map((t) => asTid(t.tid)),
+    process: async () => process,
+    threads: async () => threads,
+    vmas: async () => vmas,
+    fileTable: async () => fileTable,
+  }
+  return { task, mode: names.includes('mode') ? await readMode(`${treeRoot}/mode`) : undefined }
+}
+
+async function readMode(file: string): Promise<CheckpointMode> {
+  const text = (await fs.promises.readFile(file, 'utf8')).trim()
+  if (text !== 'lazy' && text !== 'copy') throw new CkptError(`mode: ${JSON.stringify(text.slice(0, 20))} is neither lazy nor copy`, 'EINVAL')
+  return text
+}
+
+/** Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). */
+export async function treeToImage(treeRoot: string, outFile: string): Promise<void> {
+  const { task, mode } = await loadTree(treeRoot)
+  const source = await imageSource(task, { mode })
+  const out = await fs.promises.open(outFile, 'wx', 0o644)
+  try {
+    for (let at = 0; at < source.size; at += PIECE) {
+      const piece = await source.read(at, PIECE)
+      for (let done = 0; done < piece.length;) done += (await out.write(piece, done, piece.length - done, at + done)).bytesWritten
+    }
+  } finally {
+    await out.close()
+  }
+}
+
+/** The parts of checkpoint-N that hold the checkpoint itself: files/, task-PID/ and mode. */
+export function checkpointTree(task: TaskImage, mode: CheckpointMode | undefined): DirNode {
+  const cache = new NodeCache(TREE_CACHE_BYTES)
+  const taskName = `task-${task.pid}`
+  const entries: TableEntry<TaskImage>[] = [
+    { name: 'files', make: (t, s) => filesDir(t.fileTable, { key: `${s.key}/files`, cache: s.cache }) },
+    {
+      name: taskName,
+      make: (t, s) => {
+        const key = `${s.key}/${taskName}`
+        return taskDir(t, { key, cache: s.cache }, fdsDir(t.fileTable, { key: `${key}/fds`, cache: s.cache }))
+      },
+    },
+    ...(mode ? [attr('mode', () => mode)] : []),
+  ]
+  return tableDir(task, entries, { key: 'convert', cache })
+}
+
+/** Writes the image `imageFile` out as a saved tree in `outDir` (created; existing entries are never overwritten). */
+export async function imageToTree(imageFile: string, outDir: string): Promise<void> {
+  const loaded = await readImage(imageFile)
+  const mode = loaded.header.mode === 'unknown' ? undefined : loaded.header.mode
+  await writeTree(checkpointTree(loaded.task, mode), outDir)
+}

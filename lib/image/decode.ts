@@ -1,0 +1,458 @@
+// Reads an `image` file back into the model in one streaming pass, validating all of it
+// before returning: framing, magic and version, every field's range, the references between
+// records, the chunk coverage of every mapping, and the trailer's totals and checksum.
+// Page and file contents are not read: they become ByteSources that read the file at the
+// recorded offsets, so memory stays small whatever the image's size.
+
+import * as fs from 'fs'
+import * as zlib from 'zlib'
+import { CkptError, messageOf } from '../errors'
+import type { ByteSource, FdEntry, FileDescription, FileTable, Pid, ProcessState, TaskImage, ThreadState, Vma } from '../model'
+import { decodeMessage } from './codec'
+import {
+  descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, threadFrom, vmaFrom,
+  type ImageHeader, type RecordedVma,
+} from './records'
+import { CHUNK_SIZE, imageSchema, type ChunkFields, type RecordKind } from './schema'
+import { BufferReader, splitTag, WireError, WireType } from './wire'
+
+export type { ImageHeader } from './records'
+
+/** A checkpoint read from an image: every part resolved and validated. */
+export interface LoadedImage {
+  header: ImageHeader
+  pid: Pid
+  process: ProcessState
+  threads: ThreadState[]
+  vmas: Vma[]
+  fileTable: FileTable
+  /** The same parts as the TaskImage every consumer takes. */
+  task: TaskImage
+}
+
+/** Metadata records larger than this are refused (the largest real ones are a few MiB). */
+const MAX_RECORD = 16 << 20
+/** A record's tag and length fit in 15 bytes (5 + 10). */
+const RECORD_HEAD_MAX = 15
+const WINDOW = 16 << 10
+
+export async function readImage(file: string): Promise<LoadedImage> {
+  const handle = await fs.promises.open(file, 'r').catch((err: unknown) => {
+    throw new CkptError(`image: cannot open ${file}: ${messageOf(err)}`, 'ENOENT')
+  })
+  try {
+    const stat = await handle.stat({ bigint: true })
+    if (!stat.isFile()) throw new CkptError(`image: ${file} is not a regular file`, 'EINVAL')
+    if (stat.size > BigInt(Number.MAX_SAFE_INTEGER)) throw new CkptError(`image: ${file} is too large`, 'EINVAL')
+    const reader = new ImageReader(new WindowedFile(handle, Number(stat.size)))
+    await reader.readAll()
+    return reader.assemble(new ImageFile(file, stat))
+  } finally {
+    await handle.close()
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// File access
+
+/** Reads a file through a small window, so runs of small records cost one read. */
+class WindowedFile {
+  private window: Buffer = Buffer.alloc(0)
+  private windowAt = 0
+
+  constructor(private readonly handle: fs.promises.FileHandle, readonly size: number) {}
+
+  /** Bytes [pos, pos + length), clipped at the end of the file; valid until the next call. */
+  async bytes(pos: number, length: number): Promise<Buffer> {
+    const end = Math.min(this.size, pos + length)
+    if (pos >= this.windowAt && end <= this.windowAt + this.window.length) {
+      return this.window.subarray(pos - this.windowAt, end - this.windowAt)
+    }
+    if (end - pos > WINDOW) return readExactly(this.handle, pos, end - pos)
+    this.window = await readExactly(this.handle, pos, Math.min(WINDOW, this.size - pos))
+    this.windowAt = pos
+    return this.window.subarray(0, end - pos)
+  }
+}
+
+async function readExactly(handle: fs.promises.FileHandle, pos: number, length: number, into = Buffer.allocUnsafe(length), intoAt = 0): Promise<Buffer> {
+  for (let done = 0; done < length;) {
+    const { bytesRead } = await handle.read(into, intoAt + done, length - done, pos + done)
+    if (bytesRead === 0) throw new CkptError(`image: the file ended at byte ${pos + done} while being read (did it change?)`)
+    done += bytesRead
+  }
+  return into
+}
+
+/**
+ * The image file that page and file contents are read from after validation. Each read
+ * opens it anew (so nothing is left open by a consumer that never closes) and refuses a
+ * file that is no longer the one validated.
+ */
+class ImageFile {
+  constructor(private readonly file: string, private readonly validated: fs.BigIntStats) {}
+
+  async read(ranges: Array<{ at: number; length: number }>, total: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(total)
+    const handle = await fs.promises.open(this.file, 'r')
+    try {
+      const now = await handle.stat({ bigint: true })
+      const v = this.validated
+      if (now.dev !== v.dev || now.ino !== v.ino || now.size !== v.size || now.mtimeNs !== v.mtimeNs) {
+        throw new CkptError(`image: ${this.file} changed after it was validated`)
+      }
+      let filled = 0
+      for (const range of ranges) {
+        await readExactly(handle, range.at, range.length, out, filled)
+        filled += range.length
+      }
+      return out
+    } finally {
+      await handle.close()
+    }
+  }
+}
+
+/** Contents cut into CHUNK_SIZE chunks whose data start at the recorded file offsets. */
+function chunkedSource(file: ImageFile, size: number, dataAt: number[]): ByteSource {
+  return {
+    size,
+    read: async (offset, length) => {
+      const end = Math.min(size, offset + length)
+      const ranges: Array<{ at: number; length: number }> = []
+      for (let pos = offset; pos < end;) {
+        const index = Math.floor(pos / CHUNK_SIZE)
+        const chunkEnd = Math.min(end, (index + 1) * CHUNK_SIZE)
+        ranges.push({ at: dataAt[index] + (pos - index * CHUNK_SIZE), length: chunkEnd - pos })
+        pos = chunkEnd
+      }
+      return ranges.length === 0 ? Buffer.alloc(0) : file.read(ranges, end - offset)
+    },
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The streaming pass
+
+/** Contents whose chunks are being collected: the file offset of each chunk's data (-1: not seen). */
+interface Contents {
+  size: number
+  dataAt: number[]
+}
+
+interface VmaEntry {
+  vma: RecordedVma
+  where: string
+  contents: Contents
+}
+
+interface FileEntry {
+  description: FileDescription
+  where: string
+  contents: Contents | undefined
+}
+
+class ImageReader {
+  private readonly schema = imageSchema()
+  private readonly counts = new Map<string, number>()
+  private records = 0
+  private crc = 0
+  private pageBytes = 0
+  private fileBytes = 0
+  /** Bytes of contents announced so far: never more than the image holds. */
+  private announced = 0
+  private header: ImageHeader | undefined
+  private process: ProcessState | undefined
+  private readonly threads: Array<{ thread: ThreadState; where: string }> = []
+  private readonly files = new Map<number, FileEntry>()
+  private readonly fds: Array<{ fd: FdEntry; where: string }> = []
+  private readonly vmas = new Map<bigint, VmaEntry>()
+  private trailerSeen = false
+
+  constructor(private readonly file: WindowedFile) {}
+
+  async readAll(): Promise<void> {
+    if (this.file.size === 0) throw new CkptError('image: the file is empty', 'EINVAL')
+    for (let pos = 0; pos < this.file.size;) {
+      if (this.trailerSeen) throw new CkptError(`image: ${this.file.size - pos} bytes after the trailer, at byte ${pos}`, 'EINVAL')
+      pos = await this.readRecord(pos)
+    }
+    if (!this.trailerSeen) {
+      throw new CkptError(`image: truncated at byte ${this.file.size}: the trailer is missing after ${this.records} records`, 'EINVAL')
+    }
+  }
+
+  /** Reads the record at `at`; returns where the next one starts. */
+  private async readRecord(at: number): Promise<number> {
+    const head = await this.file.bytes(at, RECORD_HEAD_MAX)
+    const r = new BufferReader(head)
+    let id: number
+    let wire: number
+    let length: number
+    try {
+      ;({ field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), 0))
+      length = r.smallVarint('length', Number.MAX_SAFE_INTEGER)
+    } catch (err) {
+      if (err instanceof WireError && head.length < RECORD_HEAD_MAX && /past the end/.test(err.message)) {
+        throw new CkptError(`image: truncated at byte ${this.file.size} (in the record starting at byte ${at})`, 'EINVAL')
+      }
+      throw this.refusal(err, `record at byte ${at}`, at)
+    }
+    const kind = this.schema.recordKinds.get(id)
+    const where = `${kind ? this.label(kind) : `unknown record ${id}`} at byte ${at}`
+    if (at === 0 && kind !== 'header') throw new CkptError(`image: not a ckptfs image (it does not start with a header record)`, 'EINVAL')
+    if (wire !== WireType.Len) throw new CkptError(`image: ${where}: wire type ${wire}, expected ${WireType.Len}`, 'EINVAL')
+    const bodyAt = at + r.pos
+    const end = bodyAt + length
+    if (end > this.file.size) throw new CkptError(`image: truncated at byte ${this.file.size} (${where} needs ${end - this.file.size} more bytes)`, 'EINVAL')
+    if (kind === 'trailer') {
+      await this.readTrailer(head.subarray(0, r.pos), bodyAt, length, where)
+      return end
+    }
+    this.records++
+    this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
+    if (kind === 'pageChunk' || kind === 'fileChunk') await this.readChunk(kind, bodyAt, end, where)
+    else if (kind === undefined) await this.checksum(bodyAt, length)
+    else {
+      if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
+      const body = await this.file.bytes(bodyAt, length)
+      this.crc = zlib.crc32(body, this.crc)
+      let message
+      try {
+        message = decodeMessage(this.schema[schemaName[kind]], body)
+      } catch (err) {
+        throw this.refusal(err, where, bodyAt)
+      }
+      this.take(kind, new Fields(message, where))
+    }
+    return end
+  }
+
+  private take(kind: Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>, f: Fields): void {
+    if (kind === 'header') {
+      if (this.header) f.fail('header', 'a second header')
+      this.header = headerFrom(f)
+      return
+    }
+    if (!this.header) throw new CkptError(`image: ${f.where}: before the header`, 'EINVAL')
+    switch (kind) {
+      case 'process':
+        if (this.process) f.fail('process', 'a second process record')
+        this.process = processFrom(f)
+        if (this.process.pid !== this.header.pid) f.fail('pid', `${this.process.pid}, but the header says ${this.header.pid}`)
+        return
+      case 'thread':
+        this.threads.push({ thread: threadFrom(f), where: f.where })
+        return
+      case 'file': {
+        const { description, contentsSize } = descriptionFrom(f, this.file.size)
+        if (this.files.has(description.objref)) f.fail('objref', `${description.objref} is described twice`)
+        this.files.set(description.objref, { description, where: f.where, contents: contentsSize === undefined ? undefined : this.announce(Number(contentsSize), f, 'pathFile.contentsSize') })
+        return
+      }
+      case 'fd':
+        this.fds.push({ fd: fdEntryFrom(f), where: f.where })
+        return
+      case 'vma': {
+        const vma = vmaFrom(f)
+        if (this.vmas.has(vma.start)) f.fail('start', `a second mapping at 0x${vma.start.toString(16)}`)
+        const stored = vma.stored.reduce((sum, run) => sum + run.length, 0n)
+        if (stored > BigInt(this.file.size)) f.fail('stored', `${stored} bytes, more than the whole image`)
+        this.vmas.set(vma.start, { vma, where: f.where, contents: this.announce(Number(stored), f, 'stored') })
+        return
+      }
+    }
+  }
+
+  /** Starts collecting `size` bytes of contents, refusing more than the image can hold. */
+  private announce(size: number, f: Fields, field: string): Contents {
+    this.announced += size
+    if (this.announced > this.file.size) f.fail(field, `the contents announced so far (${this.announced} bytes) exceed the image's ${this.file.size} bytes`)
+    return { size, dataAt: new Array<number>(Math.ceil(size / CHUNK_SIZE)).fill(-1) }
+  }
+
+  /** A chunk record, read field by field so its data is skipped, not read. */
+  private async readChunk(kind: 'pageChunk' | 'fileChunk', bodyAt: number, end: number, where: string): Promise<void> {
+    const fields: ChunkFields = this.schema.chunks[kind]
+    let key: bigint | undefined
+    let offset: bigint | undefined
+    let data: { at: number; length: number } | undefined
+    for (let pos = bodyAt; pos < end;) {
+      const head = await this.file.bytes(pos, Math.min(end - pos, RECORD_HEAD_MAX))
+      const r = new BufferReader(head)
+      try {
+        const { field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), 0)
+        const field = [fields.key, fields.offset, fields.data].find((f) => f.id === id)
+        if (field === fields.data) {
+          if (wire !== WireType.Len) throw new WireError(`data: wire type ${wire}, expected ${WireType.Len}`, 0)
+          if (data) throw new WireError('data: a second data field', 0)
+          const length = r.smallVarint('data length', end - pos - r.pos)
+          data = { at: pos + r.pos, length }
+          this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
+          pos = data.at + length
+          continue
+        }
+        if (field) {
+          if (wire !== WireType.Varint) throw new WireError(`${field.name}: wire type ${wire}, expected ${WireType.Varint}`, 0)
+          const value = r.varint()
+          if (field.kind === 'uint32' && value > 0xffffffffn) throw new WireError(`${field.name}: ${value} is out of range`, 0)
+          if (field === fields.key) key = value
+          else offset = value
+          this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
+          pos += r.pos
+          continue
+        }
+        if (wire === WireType.Len) {
+          const length = r.smallVarint('length', end - pos - r.pos)
+          this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
+          await this.checksum(pos + r.pos, length)
+          pos += r.pos + length
+          continue
+        }
+        r.skip(wire)
+        this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
+        pos += r.pos
+      } catch (err) {
+        throw this.refusal(err, where, pos)
+      }
+    }
+    if (key === undefined || offset === undefined || data === undefined) {
+      throw new CkptError(`image: ${where}: ${[key === undefined && fields.key.name, offset === undefined && 'offset', data === undefined && 'data'].filter(Boolean).join(', ')} missing`, 'EINVAL')
+    }
+    const contents = kind === 'pageChunk' ? this.vmas.get(key)?.contents : this.files.get(Number(key))?.contents
+    if (!contents) {
+      const owner = kind === 'pageChunk' ? `mapping 0x${key.toString(16)}` : `objref ${key} with contents`
+      throw new CkptError(`image: ${where}: no ${owner} described before it`, 'EINVAL')
+    }
+    const index = Number(offset / BigInt(CHUNK_SIZE))
+    if (offset % BigInt(CHUNK_SIZE) !== 0n || index >= contents.dataAt.length) {
+      throw new CkptError(`image: ${where}: offset ${offset} is not a chunk of the ${contents.size} stored bytes`, 'EINVAL')
+    }
+    const expected = Math.min(CHUNK_SIZE, contents.size - index * CHUNK_SIZE)
+    if (data.length !== expected) throw new CkptError(`image: ${where}: ${data.length} bytes of data at offset ${offset}, expected ${expected}`, 'EINVAL')
+    if (contents.dataAt[index] !== -1) throw new CkptError(`image: ${where}: offset ${offset} was already stored`, 'EINVAL')
+    contents.dataAt[index] = data.at
+    if (kind === 'pageChunk') this.pageBytes += data.length
+    else this.fileBytes += data.length
+  }
+
+  private async readTrailer(head: Buffer, bodyAt: number, length: number, where: string): Promise<void> {
+    const trailerAt = bodyAt - head.length
+    if (length > 4096) throw new CkptError(`image: ${where}: ${length} bytes, too large for a trailer`, 'EINVAL')
+    let f: Fields
+    try {
+      f = new Fields(decodeMessage(this.schema.Trailer, await this.file.bytes(bodyAt, length)), where)
+    } catch (err) {
+      throw this.refusal(err, where, bodyAt)
+    }
+    const expect = (name: string, actual: bigint | number, what: string) => {
+      const recorded = name === 'crc32' ? f.num(name) : f.big(name)
+      if (BigInt(recorded) !== BigInt(actual)) f.fail(name, `${recorded}, but the image has ${actual} ${what}: it is damaged or incomplete`)
+    }
+    expect('offset', trailerAt, 'bytes before the trailer')
+    expect('records', this.records, 'records')
+    expect('pageBytes', this.pageBytes, 'bytes of pages')
+    expect('fileBytes', this.fileBytes, 'bytes of file contents')
+    expect('crc32', this.crc, 'as CRC-32 of its metadata')
+    this.trailerSeen = true
+  }
+
+  /** Feeds bytes that are not kept (unknown records and fields) to the checksum. */
+  private async checksum(at: number, length: number): Promise<void> {
+    for (let pos = at; pos < at + length;) {
+      const piece = await this.file.bytes(pos, Math.min(CHUNK_SIZE, at + length - pos))
+      this.crc = zlib.crc32(piece, this.crc)
+      pos += piece.length
+    }
+  }
+
+  /** "vma #3": the n-th record of its kind. */
+  private label(kind: RecordKind): string {
+    const n = (this.counts.get(kind) ?? 0) + 1
+    this.counts.set(kind, n)
+    return `${recordNames[kind]} #${n}`
+  }
+
+  private refusal(err: unknown, where: string, base: number): Error {
+    if (err instanceof WireError) return new CkptError(`image: ${where}: ${err.message} (byte ${base + err.at})`, 'EINVAL')
+    return err instanceof Error ? err : new CkptError(messageOf(err))
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Checks across records, then the model
+
+  assemble(file: ImageFile): LoadedImage {
+    const header = this.header!
+    const process = this.process
+    if (!process) throw new CkptError('image: no process record', 'EINVAL')
+
+    const listed = new Set(header.tids)
+    const threads = this.threads.map(({ thread, where }) => {
+      if (!listed.has(thread.tid)) throw new CkptError(`image: ${where}: thread ${thread.tid} is not in the header's thread list`, 'EINVAL')
+      return thread
+    })
+    const threadIds = new Set(threads.map((t) => t.tid))
+    if (threadIds.size !== threads.length) throw new CkptError('image: a thread is recorded twice', 'EINVAL')
+    const missing = header.tids.filter((tid) => !threadIds.has(tid))
+    if (missing.length > 0) throw new CkptError(`image: no thread record for thread ${missing.join(', ')}`, 'EINVAL')
+
+    const files: FileDescription[] = []
+    for (const { description, where, contents } of this.files.values()) {
+      if (description.type === 'epoll') {
+        for (const item of description.items) {
+          if (item.targetObjref !== undefined && !this.files.has(item.targetObjref)) {
+            throw new CkptError(`image: ${where}: epoll item for fd ${item.tfd} watches objref ${item.targetObjref}, which is not described`, 'EINVAL')
+          }
+        }
+      }
+      if (contents) {
+        this.complete(contents, `${where}: contents`)
+        if (description.type !== 'file') throw new CkptError(`image: ${where}: contents on a ${description.type}`, 'EINVAL')
+        files.push({ ...description, contents: chunkedSource(file, contents.size, contents.dataAt) })
+      } else files.push(description)
+    }
+    const fdNumbers = new Set<number>()
+    const fds = this.fds.map(({ fd, where }) => {
+      if (fdNumbers.has(fd.fd)) throw new CkptError(`image: ${where}: fd ${fd.fd} is recorded twice`, 'EINVAL')
+      fdNumbers.add(fd.fd)
+      if (!this.files.has(fd.objref)) throw new CkptError(`image: ${where}: fd ${fd.fd} refers to objref ${fd.objref}, which is not described`, 'EINVAL')
+      return fd
+    })
+
+    const vmas: Vma[] = []
+    let previous: VmaEntry | undefined
+    for (const entry of [...this.vmas.values()].sort((a, b) => (a.vma.start < b.vma.start ? -1 : 1))) {
+      if (previous && entry.vma.start < previous.vma.end) {
+        throw new CkptError(`image: ${entry.where}: mapping 0x${entry.vma.start.toString(16)} overlaps the one at 0x${previous.vma.start.toString(16)}`, 'EINVAL')
+      }
+      this.complete(entry.contents, `${entry.where}: pages`)
+      vmas.push({ ...entry.vma, pages: chunkedSource(file, entry.contents.size, entry.contents.dataAt) })
+      previous = entry
+    }
+
+    const fileTable: FileTable = { fds, files }
+    const task: TaskImage = {
+      pid: header.pid,
+      tids: header.tids,
+      process: async () => process,
+      threads: async () => threads,
+      vmas: async () => vmas,
+      fileTable: async () => fileTable,
+    }
+    return { header, pid: header.pid, process, threads, vmas, fileTable, task }
+  }
+
+  private complete(contents: Contents, where: string): void {
+    const gap = contents.dataAt.indexOf(-1)
+    if (gap >= 0) throw new CkptError(`image: ${where}: the chunk at offset ${gap * CHUNK_SIZE} of ${contents.size} bytes is missing`, 'EINVAL')
+  }
+}
+
+const schemaName = {
+  header: 'Header', process: 'Process', thread: 'Thread', file: 'FileDescription', fd: 'FdEntry', vma: 'Vma',
+} as const
+
+const recordNames: Record<RecordKind, string> = {
+  header: 'header', process: 'process', thread: 'thread', file: 'file', fd: 'fd', vma: 'vma',
+  pageChunk: 'page chunk', fileChunk: 'file chunk', trailer: 'trailer',
+}

@@ -1,0 +1,183 @@
+// Encodes a TaskImage as the condensed `image` file (lib/image/ckptfs.proto), as a ByteSource:
+// its exact size is known once the metadata is captured, without reading any page, and
+// reading a range produces just those bytes. Metadata records are encoded once and kept
+// (they are small); page and file contents are read from the model's ByteSources for the
+// range asked, so memory stays bounded whatever the size of the process.
+
+import * as zlib from 'zlib'
+import { CkptError } from '../errors'
+import type { ByteSource, CheckpointMode, FileDescription, TaskImage } from '../model'
+import { encodeMessage } from './codec'
+import { CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, imageSchema, MAGIC, type MessageSchema, type RecordKind } from './schema'
+import { ByteWriter, WireType } from './wire'
+
+export interface ImageOptions {
+  /** Recorded in the header; left out, the header says 'unknown'. */
+  mode?: CheckpointMode
+}
+
+/** One piece of the image: `head` bytes, then optionally `dataLength` bytes of `data`. */
+interface Segment {
+  /** Offset of the segment in the image. */
+  at: number
+  head: Buffer
+  data: ByteSource | undefined
+  dataOffset: number
+  dataLength: number
+}
+
+export async function imageSource(task: TaskImage, options: ImageOptions = {}): Promise<ByteSource> {
+  const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
+  const schema = imageSchema()
+  const image = new ImageBuilder()
+
+  image.record('header', schema.Header, {
+    magic: MAGIC,
+    formatVersion: { major: FORMAT_MAJOR, minor: FORMAT_MINOR },
+    pid: task.pid,
+    tids: task.tids,
+    mode: options.mode ?? 'unknown',
+  })
+  image.record('process', schema.Process, process)
+  for (const thread of threads) image.record('thread', schema.Thread, thread)
+  for (const file of fileTable.files) {
+    image.record('file', schema.FileDescription, await descriptionRecord(file))
+    if (file.type === 'file' || file.type === 'dir' || file.type === 'chr' || file.type === 'blk' || file.type === 'fifo') {
+      if (file.contents) image.chunks('fileChunk', file.objref, file.contents)
+    }
+  }
+  for (const fd of fileTable.fds) image.record('fd', schema.FdEntry, fd)
+  for (const vma of vmas) {
+    const stored = vma.stored.reduce((sum, run) => sum + run.length, 0n)
+    if (BigInt(vma.pages.size) !== stored) {
+      throw new CkptError(`image: mapping ${vma.start.toString(16)}: ${vma.pages.size} bytes of pages for ${stored} stored bytes`)
+    }
+    image.record('vma', schema.Vma, vma)
+  }
+  for (const vma of vmas) image.chunks('pageChunk', vma.start, vma.pages)
+  return image.finish()
+}
+
+/**
+ * The FileDescription message of a description: its common fields and, in the oneof, the
+ * fields only its type has. The codec takes the fields the schema names and ignores the
+ * rest, so the model object itself serves wherever no Lazy part has to be resolved.
+ */
+async function descriptionRecord(file: FileDescription): Promise<object> {
+  switch (file.type) {
+    case 'file': case 'dir': case 'chr': case 'blk': case 'fifo':
+      return {
+        ...file,
+        pathFile: {
+          ...file,
+          otherLinks: await file.otherLinks(),
+          contentsSize: file.contents ? BigInt(file.contents.size) : undefined,
+          buffered: file.buffered ? await file.buffered() : undefined,
+        },
+      }
+    case 'pipe': return { ...file, pipe: { ...file, buffered: await file.buffered() } }
+    case 'eventfd': return { ...file, eventfd: file }
+    case 'epoll': return { ...file, epoll: file }
+    case 'signalfd': return { ...file, signalfd: file }
+    case 'timerfd': return { ...file, timerfd: file }
+    case 'inotify': return { ...file, inotify: file }
+    case 'socket': case 'unknown': return file
+  }
+}
+
+/** Lays the image out as segments, keeping the running CRC the trailer records. */
+class ImageBuilder {
+  private readonly schema = imageSchema()
+  private readonly segments: Segment[] = []
+  private size = 0
+  private records = 0
+  private crc = 0
+  private pageBytes = 0n
+  private fileBytes = 0n
+
+  record(kind: RecordKind, schema: MessageSchema, value: object): void {
+    const body = encodeMessage(schema, value)
+    const out = new ByteWriter().tag(this.recordId(kind), WireType.Len).varint(body.length).raw(body)
+    this.add(out.finish(), undefined, 0, 0)
+  }
+
+  /** One chunk record per CHUNK_SIZE bytes of `source`; `key` is the vma_start or objref. */
+  chunks(kind: 'pageChunk' | 'fileChunk', key: bigint | number, source: ByteSource): void {
+    const { key: keyField, offset: offsetField, data: dataField } = this.schema.chunks[kind]
+    for (let offset = 0; offset < source.size; offset += CHUNK_SIZE) {
+      const length = Math.min(CHUNK_SIZE, source.size - offset)
+      // The chunk's fields are written whatever their value (zero included) so the layout
+      // is the same for every chunk; data comes last so its bytes end the record.
+      const fields = new ByteWriter()
+        .tag(keyField.id, WireType.Varint).varint(key)
+        .tag(offsetField.id, WireType.Varint).varint(offset)
+        .tag(dataField.id, WireType.Len).varint(length)
+      const head = new ByteWriter().tag(this.recordId(kind), WireType.Len).varint(fields.length + length).raw(fields.finish())
+      this.add(head.finish(), source, offset, length)
+      if (kind === 'pageChunk') this.pageBytes += BigInt(length)
+      else this.fileBytes += BigInt(length)
+    }
+  }
+
+  finish(): ByteSource {
+    const trailer = encodeMessage(this.schema.Trailer, {
+      records: BigInt(this.records),
+      offset: BigInt(this.size),
+      pageBytes: this.pageBytes,
+      fileBytes: this.fileBytes,
+      crc32: this.crc,
+    })
+    this.add(new ByteWriter().tag(this.recordId('trailer'), WireType.Len).varint(trailer.length).raw(trailer).finish(), undefined, 0, 0)
+    return segmentSource(this.segments, this.size)
+  }
+
+  private add(head: Buffer, data: ByteSource | undefined, dataOffset: number, dataLength: number): void {
+    this.segments.push({ at: this.size, head, data, dataOffset, dataLength })
+    this.size += head.length + dataLength
+    this.records++
+    this.crc = zlib.crc32(head, this.crc)
+  }
+
+  private recordId(kind: RecordKind): number {
+    return this.schema.recordIds.get(kind)!
+  }
+}
+
+/** Reads ranges of the laid-out image: heads from memory, data from their sources. */
+function segmentSource(segments: Segment[], size: number): ByteSource {
+  const segmentAt = (offset: number): number => {
+    let lo = 0
+    let hi = segments.length - 1
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1
+      if (segments[mid].at <= offset) lo = mid
+      else hi = mid - 1
+    }
+    return lo
+  }
+  return {
+    size,
+    read: async (offset, length) => {
+      const end = Math.min(size, offset + length)
+      const pieces: Buffer[] = []
+      for (let i = segmentAt(offset), pos = offset; pos < end; i++) {
+        const segment = segments[i]
+        const headEnd = segment.at + segment.head.length
+        if (pos < headEnd) {
+          const piece = segment.head.subarray(pos - segment.at, Math.min(end, headEnd) - segment.at)
+          pieces.push(piece)
+          pos += piece.length
+        }
+        if (pos < end && segment.data && pos < headEnd + segment.dataLength) {
+          const from = segment.dataOffset + (pos - headEnd)
+          const want = Math.min(end, headEnd + segment.dataLength) - pos
+          const piece = await segment.data.read(from, want)
+          if (piece.length !== want) throw new CkptError(`image: source of ${want} bytes at ${from} returned ${piece.length}`)
+          pieces.push(piece)
+          pos += want
+        }
+      }
+      return pieces.length === 1 ? pieces[0] : Buffer.concat(pieces)
+    },
+  }
+}
