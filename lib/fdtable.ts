@@ -1,0 +1,257 @@
+// The file table of a task (reference/004): capture from a frozen task, and load back from a
+// saved copy of the tree. Every open file description gets one ObjRef, numbered 1..N in the
+// order of its lowest fd; fds that share a description (dup, fork, SCM_RIGHTS) share it.
+// Per-type work is done by the handlers in lib/files/.
+
+import * as fs from 'fs'
+import { CkptError, messageOf } from './errors'
+import { asObjRef, lazy, type FdEntry, type FdType, type FileDescription, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
+import { native } from './native'
+import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat, type InodeStat } from './procfs'
+import { loadBase, modeFromFlags, parseObjRef } from './files/common'
+import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './files/handler'
+import { handlerFor, handlerForType } from './files/index'
+import { INT_MAX, SavedDir } from './files/saved'
+import { linkFinder } from './files/search'
+
+/** Descriptions captured at once (their handlers read /proc and stat paths). */
+const captureConcurrency = 64
+/** Saved descriptions read at once. */
+const loadConcurrency = 32
+
+/** Runs `fn` over `items` with at most `limit` calls pending; results in item order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length)
+  let next = 0
+  let failed = false
+  const worker = async (): Promise<void> => {
+    while (next < items.length && !failed) {
+      const i = next++
+      try {
+        results[i] = await fn(items[i])
+      } catch (err) {
+        failed = true
+        throw err
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+  return results
+}
+
+// ---------------------------------------------------------------------------------------
+// Capture
+
+interface Sharing {
+  /** The fds of one description, ascending. */
+  probes: FdProbe[]
+  handler: FileHandler
+}
+
+/**
+ * Splits fds into open file descriptions. Candidates are grouped by what every fd of one
+ * description shows alike (mount, inode, flags without O_CLOEXEC, offset, target, handler identity);
+ * only inside a group does kcmp decide, as a sort (its 1/2 answers are a consistent order),
+ * so a table of n fds costs O(n log n) kcmp calls at worst and usually none.
+ */
+function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpFile: (pid: number, fd1: number, fd2: number) => number): Sharing[] {
+  const groups = new Map<string, Sharing>()
+  for (const probe of probes) {
+    const handler = handlerFor(probe)
+    const { mntId, ino, flags, pos } = probe.fdinfo
+    const key = `${mntId}\0${ino}\0${flags & ~O_CLOEXEC}\0${pos}\0${probe.target}\0${handler.identity?.(probe) ?? ''}`
+    const group = groups.get(key)
+    if (group) group.probes.push(probe)
+    else groups.set(key, { probes: [probe], handler })
+  }
+  const kcmp = (a: FdProbe, b: FdProbe): number => {
+    let order: number
+    try {
+      order = kcmpFile(pid, a.fd, b.fd)
+    } catch (err) {
+      throw new CkptError(`task ${pid}: cannot tell whether fds ${a.fd} and ${b.fd} share a file: ${messageOf(err)}`)
+    }
+    if (order === 0) return 0
+    if (order === 1) return -1
+    if (order === 2) return 1
+    throw new CkptError(`task ${pid}: kcmp cannot order fds ${a.fd} and ${b.fd}`)
+  }
+  const shared: Sharing[] = []
+  for (const group of groups.values()) {
+    if (group.probes.length === 1) {
+      shared.push(group)
+      continue
+    }
+    const sorted = [...group.probes].sort(kcmp)
+    let run: FdProbe[] = [sorted[0]]
+    for (let i = 1; i < sorted.length; i++) {
+      if (kcmp(sorted[i - 1], sorted[i]) === 0) run.push(sorted[i])
+      else {
+        shared.push({ probes: run, handler: group.handler })
+        run = [sorted[i]]
+      }
+    }
+    shared.push({ probes: run, handler: group.handler })
+  }
+  for (const s of shared) s.probes.sort((a, b) => a.fd - b.fd)
+  return shared.sort((a, b) => a.probes[0].fd - b.probes[0].fd)
+}
+
+/** fdinfo lists the file locks the task holds on a file ("lock:\t1: POSIX  ADVISORY  WRITE ..."). */
+function lockReason(probe: FdProbe): string | undefined {
+  const lock = probe.fdinfo.extra.find((l) => l.startsWith('lock:'))
+  if (!lock) return undefined
+  const [, kind, how, mode] = lock.slice('lock:'.length).trim().split(/\s+/)
+  return `fd ${probe.fd} holds a ${kind} ${how} ${mode} lock; file locks cannot be checkpointed yet`
+}
+
+/**
+ * Captures the file table of task `pid`, which must be frozen (every thread ptrace-stopped).
+ * Nothing of the task changes: pipes are peeked, files are read through separate opens.
+ * Lazy parts (pipe data, unlinked contents, other links) are read when first asked for, or
+ * all before this returns with `copy`, after which the task may run on.
+ */
+export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promise<FileTable> {
+  const fds = await listFds(pid)
+  const probes = await readFds(pid, fds)
+  // The socket tables take long to generate when there are many sockets: start now, while kcmp sorts.
+  const socketKinds = lazy(() => readSocketKinds(pid))
+  if (probes.some((p) => p.target.startsWith('socket:'))) socketKinds().catch(() => undefined)
+  const shared = shareDescriptions(pid, probes, native.kcmpFile.bind(native))
+
+  const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
+  shared.forEach((s, i) => {
+    for (const probe of s.probes) described.set(probe.fd, { objref: asObjRef(i + 1), probe })
+  })
+  const peeks = new Map<string, Lazy<Buffer>>()
+  const pathStats = new Map<string, Promise<InodeStat | undefined>>()
+  const root = `/proc/${pid}/root`
+  // /proc/PID/fd links show paths as seen from OUR root. For a task whose root is ours (or the
+  // root of another mount namespace, which shows as "/") they resolve below /proc/PID/root; for a
+  // chrooted task they are our paths already (prefixing the chroot would miss every file).
+  const statRoot = (await fs.promises.readlink(root).catch(() => '/')) === '/' ? root : ''
+  const mounts = lazy(() => readMountInfo(pid))
+  const ctx: CaptureContext = {
+    pid,
+    root,
+    statPath: (taskPath) => {
+      let st = pathStats.get(taskPath)
+      if (!st) pathStats.set(taskPath, (st = fs.promises.stat(statRoot + taskPath, { bigint: true }).then(inodeStat, () => undefined)))
+      return st
+    },
+    openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
+    described: (fd) => described.get(fd),
+    socketKinds,
+    mounts,
+    peekOnce: (key, fd) => {
+      let peek = peeks.get(key)
+      if (!peek) peeks.set(key, (peek = lazy(() => native.peekPipe(pid, fd))))
+      return peek
+    },
+    links: linkFinder(root, mounts),
+  }
+
+  const captured = await mapLimit(shared, captureConcurrency, async (s): Promise<[FileHandler, FileDescription]> => {
+    const first = s.probes[0]
+    // fdinfo adds O_CLOEXEC for a close-on-exec fd; the description's own flags are what all its fds show.
+    const flags = s.probes.reduce((all, p) => all & p.fdinfo.flags, -1) >>> 0
+    const base: DescriptionBase = {
+      objref: described.get(first.fd)!.objref,
+      target: first.target,
+      flags,
+      mode: modeFromFlags(flags),
+      pos: first.fdinfo.pos,
+      mntId: first.fdinfo.mntId,
+      ino: first.fdinfo.ino,
+      notCheckpointable: undefined,
+    }
+    let desc: FileDescription
+    try {
+      desc = await s.handler.capture(first, base, ctx)
+    } catch (err) {
+      throw new CkptError(`task ${pid}: fd ${first.fd} (${first.target}): ${messageOf(err)}`)
+    }
+    const locked = s.probes.map(lockReason).find((r) => r !== undefined)
+    return [s.handler, desc.notCheckpointable === undefined && locked ? { ...desc, notCheckpointable: locked } : desc]
+  })
+
+  const files = opts.copy
+    ? await mapLimit(captured, captureConcurrency, async ([handler, desc]) => (handler.settle ? handler.settle(desc) : desc))
+    : captured.map(([, desc]) => desc)
+  const fdEntries: FdEntry[] = probes.map((p) => ({
+    fd: p.fd,
+    closeOnExec: (p.fdinfo.flags & O_CLOEXEC) !== 0,
+    objref: described.get(p.fd)!.objref,
+  }))
+  return { fds: fdEntries, files }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load back from a saved tree
+
+async function loadDescription(dir: SavedDir, objref: ObjRef): Promise<FileDescription> {
+  const type = await dir.text('fd_type')
+  const handler = handlerForType(type)
+  if (!handler) throw dir.fail('fd_type', `unknown fd_type ${JSON.stringify(type)}`)
+  // The registry knows `type`, so it is one of the FdType names.
+  const desc = await handler.load(dir, await loadBase(dir, objref), type as FdType)
+  await dir.finish()
+  return desc
+}
+
+async function loadFd(dir: SavedDir, fd: number, objrefs: Set<number>): Promise<FdEntry> {
+  const nr = await dir.int('fd_nr', 0, INT_MAX)
+  if (nr !== fd) throw dir.fail('fd_nr', `${nr} does not match the directory name ${fd}`)
+  const closeOnExec = await dir.flag('coe')
+  const ref = await dir.text('fd')
+  const objref = parseObjRef(ref)
+  if (objref === undefined) throw dir.fail('fd', `not an object reference: ${JSON.stringify(ref)}`)
+  if (!objrefs.has(objref)) throw dir.fail('fd', `names files/${objref}, which does not exist`)
+  await dir.finish()
+  return { fd, closeOnExec, objref }
+}
+
+/** The one task-PID directory of a saved tree, or the one named. */
+async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<string> {
+  if (taskDir !== undefined) return taskDir
+  const tasks = (await top.names()).filter((n) => /^task-[1-9][0-9]*$/.test(n))
+  if (tasks.length === 1) return tasks[0]
+  if (tasks.length === 0) throw new CkptError('task-PID: missing (the tree has no task directory)', 'EINVAL')
+  throw new CkptError(`task-PID: the tree has ${tasks.length} task directories (${tasks.join(', ')}); name the one to load`, 'EINVAL')
+}
+
+/**
+ * Reads the file table of a saved tree (a copied checkpoint-N directory at `root`):
+ * root/files/OBJREF/ and root/TASK/fds/FD/ (TASK: the only task-PID directory, unless
+ * named), validating every value on the way (SPEC "Restore", reference/004). Errors are
+ * CkptErrors naming the file relative to `root`. Lazy parts read the saved files.
+ */
+export async function loadFileTable(root: string, taskDir?: string): Promise<FileTable> {
+  const top = new SavedDir(root, '')
+  const filesDir = await top.dir('files')
+  const refs = (await filesDir.names()).map((name): [ObjRef, string] => {
+    const objref = parseObjRef(name)
+    if (objref === undefined) throw filesDir.fail(name, 'not an object reference (a positive decimal number)')
+    return [objref, name]
+  }).sort((a, b) => a[0] - b[0])
+  const files = await mapLimit(refs, loadConcurrency, async ([objref, name]) => loadDescription(await filesDir.dir(name), objref))
+  const objrefs = new Set<number>(files.map((d) => d.objref))
+
+  for (const desc of files) {
+    if (desc.type !== 'epoll') continue
+    desc.items.forEach((item, n) => {
+      if (item.targetObjref !== undefined && !objrefs.has(item.targetObjref)) {
+        throw new CkptError(`files/${desc.objref}/items/${n}/target: names files/${item.targetObjref}, which does not exist`, 'EINVAL')
+      }
+    })
+  }
+
+  const fdsDir = await (await top.dir(await taskDirName(top, taskDir))).dir('fds')
+  const fdDirs = await fdsDir.decimalDirs(0)
+  const fds = await mapLimit(fdDirs, loadConcurrency, ([fd, dir]) => loadFd(dir, fd, objrefs))
+
+  const used = new Set<number>(fds.map((e) => e.objref))
+  const unused = files.find((d) => !used.has(d.objref))
+  if (unused) throw filesDir.fail(String(unused.objref), `no fd in ${fdsDir.rel} refers to it`)
+  return { fds, files }
+}

@@ -1,0 +1,82 @@
+// The entries every files/OBJREF directory has, shown and loaded back in one place:
+// fd_type, target, f_flags, f_mode, f_pos, mnt_id, ino, checkpointable.
+
+import { asObjRef, type FileDescription, type FdType, type ObjRef } from '../model'
+import { attr, octal, type TableEntry } from '../tree/node'
+import type { DescriptionBase } from './handler'
+import { INT_MAX, S64_MAX, S64_MIN, U32_MAX, U64_MAX, type SavedDir } from './saved'
+
+export const O_ACCMODE = 0o3
+export const O_CREAT = 0o100
+export const O_EXCL = 0o200
+export const O_NOCTTY = 0o400
+export const O_TRUNC = 0o1000
+export const O_PATH = 0o10000000
+export const FMODE_READ = 1
+export const FMODE_WRITE = 2
+
+/** Open flags that must never come from a saved tree (reference/004, restore_open_fname). */
+const refusedFlags: Array<[number, string]> = [[O_CREAT, 'O_CREAT'], [O_EXCL, 'O_EXCL'], [O_NOCTTY, 'O_NOCTTY'], [O_TRUNC, 'O_TRUNC']]
+
+/** f_mode as the kernel derives it from the access mode (O_PATH and access mode 3 give neither). */
+export function modeFromFlags(flags: number): number {
+  if (flags & O_PATH) return 0
+  switch (flags & O_ACCMODE) {
+    case 0: return FMODE_READ
+    case 1: return FMODE_WRITE
+    case 2: return FMODE_READ | FMODE_WRITE
+    default: return 0
+  }
+}
+
+function checkpointableText(why: string | undefined): string {
+  return why === undefined ? 'yes' : `no: ${why}`
+}
+
+const commonEntries: TableEntry<FileDescription>[] = [
+  attr('fd_type', (d) => d.type),
+  attr('target', (d) => d.target),
+  attr('f_flags', (d) => octal(d.flags)),
+  attr('f_mode', (d) => octal(d.mode)),
+  attr('f_pos', (d) => d.pos),
+  attr('mnt_id', (d) => d.mntId),
+  attr('ino', (d) => d.ino),
+  attr('checkpointable', (d) => checkpointableText(d.notCheckpointable)),
+]
+
+/** A handler's whole table: the common entries, then its own. Build once per table (the tree indexes tables by identity). */
+export function withCommon<D extends FileDescription>(own: TableEntry<D>[]): TableEntry<D>[] {
+  return [...commonEntries, ...own]
+}
+
+/** Parses a files/OBJREF directory name. */
+export function parseObjRef(name: string): ObjRef | undefined {
+  if (!/^[1-9][0-9]*$/.test(name) || Number(name) > INT_MAX) return undefined
+  return asObjRef(Number(name))
+}
+
+/** Reads and validates the common entries of a saved files/OBJREF directory. */
+export async function loadBase(dir: SavedDir, objref: ObjRef): Promise<DescriptionBase> {
+  const target = await dir.text('target')
+  if (target === '') throw dir.fail('target', 'empty')
+  const flags = await dir.octal('f_flags', U32_MAX)
+  const refused = refusedFlags.filter(([bit]) => flags & bit).map(([, name]) => name)
+  if (refused.length) throw dir.fail('f_flags', `${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} refused`)
+  const mode = await dir.octal('f_mode', BigInt(FMODE_READ | FMODE_WRITE))
+  // A saved mode may be narrower than the access mode (a downgraded file), never wider.
+  const allowed = modeFromFlags(flags)
+  if (mode & ~allowed) throw dir.fail('f_mode', `${octal(mode)} grants more than the access mode of f_flags allows (${octal(allowed)})`)
+  const pos = await dir.decimal('f_pos', S64_MIN, S64_MAX)
+  const mntId = await dir.int('mnt_id', 0, INT_MAX)
+  const ino = await dir.decimal('ino', 0n, U64_MAX)
+  const checkpointable = await dir.text('checkpointable')
+  let notCheckpointable: string | undefined
+  if (checkpointable.startsWith('no: ') && checkpointable.length > 4) notCheckpointable = checkpointable.slice(4)
+  else if (checkpointable !== 'yes') throw dir.fail('checkpointable', `neither "yes" nor "no: WHY": ${JSON.stringify(checkpointable)}`)
+  return { objref, target, flags, mode, pos, mntId, ino, notCheckpointable }
+}
+
+/** For types that are never checkpointable (sockets, unknown files): a saved "yes" is inconsistent. */
+export function requireNotCheckpointable(dir: SavedDir, base: DescriptionBase, type: FdType): void {
+  if (base.notCheckpointable === undefined) throw dir.fail('checkpointable', `a ${type} description cannot be checkpointable`)
+}

@@ -1,0 +1,40 @@
+// eventfd: the counter (fdinfo prints it in hex) and whether it counts as a semaphore.
+
+import type { EventfdDescription } from '../model'
+import { fdinfoField, fdinfoFields } from '../procfs'
+import { attr } from '../tree/node'
+import { withCommon } from './common'
+import type { FileHandler } from './handler'
+
+/** The largest value an eventfd counter holds (write(2) refuses more). */
+const EVENTFD_MAX = 0xfffffffffffffffen
+
+const table = withCommon<EventfdDescription>([
+  attr('count', (d) => d.count),
+  attr('semaphore', (d) => d.semaphore),
+])
+
+export const eventfd: FileHandler<EventfdDescription> = {
+  types: ['eventfd'],
+
+  // Each eventfd context has its own id, so fds of different eventfds never need kcmp.
+  identity: (probe) => fdinfoFields(probe.fdinfo.extra).get('eventfd-id') ?? '',
+
+  async capture(probe, base, ctx) {
+    const fields = fdinfoFields(probe.fdinfo.extra)
+    const where = `/proc/${ctx.pid}/fdinfo/${probe.fd}`
+    return {
+      ...base,
+      type: 'eventfd',
+      count: BigInt('0x' + fdinfoField(fields, 'eventfd-count', where)),
+      // Kernels before 6.7 do not show the flag; such eventfds are taken as counters.
+      semaphore: fields.get('eventfd-semaphore') === '1',
+    }
+  },
+
+  entries: () => table,
+
+  async load(dir, base) {
+    return { ...base, type: 'eventfd', count: await dir.decimal('count', 0n, EVENTFD_MAX), semaphore: await dir.flag('semaphore') }
+  },
+}

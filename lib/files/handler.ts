@@ -1,0 +1,58 @@
+// The contract of a per-type file handler (reference/004's f_op->checkpoint, CRIU's files-*.c):
+// one module per kind of open file says how to capture it from a frozen task, which entries
+// its files/OBJREF directory shows, and how to read a saved copy of that directory back.
+// lib/files/index.ts maps what /proc/PID/fd/N shows to the handler.
+
+import type { FileDescription, Lazy, ObjRef, Pid } from '../model'
+import type { InodeStat, MountInfo, RawFd } from '../procfs'
+import type { TableEntry } from '../tree/node'
+import type { SavedDir } from './saved'
+
+/** What capture learned about one fd from /proc before any handler looks at it. */
+export type FdProbe = RawFd
+
+/** The fields every description has (DescriptionCommon of the model). */
+export type DescriptionBase = Pick<FileDescription, 'objref' | 'target' | 'flags' | 'mode' | 'pos' | 'mntId' | 'ino' | 'notCheckpointable'>
+
+/** Paths of inodes, found by a bounded search of the task's filesystem (see search.ts). */
+export interface LinkFinder {
+  /** Registers an inode whose other names are wanted; returns them when first asked for. */
+  want(inode: { dev: bigint; ino: bigint; path: string; mntId: number; count: number; exclude: string | undefined }): Lazy<string[]>
+}
+
+/** What one capture shares between the handlers of its descriptions. */
+export interface CaptureContext {
+  pid: Pid
+  /** Where the task's root directory is seen from here ("/proc/PID/root"): paths are resolved below it. */
+  root: string
+  /** stat(2) of a path as the task sees it, made once per path and capture (undefined: it does not resolve). */
+  statPath(taskPath: string): Promise<InodeStat | undefined>
+  /** The paths the task has files open under (where to look first for an inode's name). */
+  openPaths: readonly string[]
+  /** The description behind one of the task's fd numbers (epoll targets), if that fd is open. */
+  described(fd: number): { objref: ObjRef; probe: FdProbe } | undefined
+  /** Socket inode -> kind, from the task's network namespace. */
+  socketKinds: Lazy<Map<bigint, string>>
+  mounts: Lazy<MountInfo[]>
+  /** The bytes buffered in one pipe or fifo (`key` names it), peeked once however many ends the task holds. */
+  peekOnce(key: string, fd: number): Lazy<Buffer>
+  links: LinkFinder
+}
+
+export interface FileHandler<D extends FileDescription = FileDescription> {
+  /** The fd_type values this handler captures and loads. */
+  readonly types: readonly D['type'][]
+  /**
+   * A cheap fdinfo-derived key that every fd of one description shares (eventfd-id), to
+   * keep the groups that kcmp must sort small. Must not change between two reads.
+   */
+  identity?(probe: FdProbe): string
+  /** The description behind `probe` (its lowest fd); `base` holds the common fields. */
+  capture(probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<D>
+  /** Copy mode: reads every lazy part of the description now, after every description is captured. */
+  settle?(desc: D): Promise<D>
+  /** The whole files/OBJREF table for this description: common entries, then its own. */
+  entries(desc: D): TableEntry<D>[]
+  /** Reads the per-type entries of a saved files/OBJREF back, validating each. */
+  load(dir: SavedDir, base: DescriptionBase, type: D['type']): Promise<D>
+}

@@ -1,0 +1,97 @@
+// What the handlers of files opened by path (regular files, directories, devices, fifos) share:
+// where the file is (and whether that path still names it, reference/000), its inode
+// attributes, and their entries in files/OBJREF.
+
+import { CkptError } from '../errors'
+import { lazy, type Lazy, type PathDescription } from '../model'
+import type { InodeStat } from '../procfs'
+import { attr, bytes, octal, type TableEntry } from '../tree/node'
+import type { CaptureContext, DescriptionBase, FdProbe } from './handler'
+import { S64_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
+
+export type PathType = PathDescription['type']
+
+const S_IFMT = 0o170000
+const fileTypeBits: Record<PathType, number> = { file: 0o100000, dir: 0o040000, chr: 0o020000, blk: 0o060000, fifo: 0o010000 }
+
+/** The path type of an inode mode, or undefined (sockets and symbolic links opened with O_PATH). */
+export function pathTypeOf(mode: number): PathType | undefined {
+  const bits = mode & S_IFMT
+  return (Object.keys(fileTypeBits) as PathType[]).find((t) => fileTypeBits[t] === bits)
+}
+
+const deletedSuffix = ' (deleted)'
+
+/**
+ * The path the file was opened under and whether it is unlinked: the path is gone or now
+ * names another inode.
+ */
+async function whereIs(target: string, st: InodeStat, ctx: CaptureContext): Promise<{ path: string; unlinked: boolean }> {
+  // A name that really ends in " (deleted)" still resolves to the file itself.
+  if (sameInode(await ctx.statPath(target), st)) return { path: target, unlinked: false }
+  const path = target.endsWith(deletedSuffix) ? target.slice(0, -deletedSuffix.length) : target
+  return { path, unlinked: true }
+}
+
+const sameInode = (a: InodeStat | undefined, b: InodeStat): boolean => a !== undefined && a.dev === b.dev && a.ino === b.ino
+
+const noLinks: Lazy<string[]> = async () => []
+
+/** The PathDescription of a file opened by path; handlers add contents and buffered data. */
+export async function capturePath(type: PathType, probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<PathDescription> {
+  const st = probe.stat
+  if (!st) throw new CkptError(`fd ${probe.fd}: ${probe.target} could not be stat'ed`)
+  const { path, unlinked } = await whereIs(probe.target, st, ctx)
+  const nlink = st.nlink
+  // Directories have no other hard links: their nlink counts subdirectories.
+  const others = type === 'dir' ? 0 : nlink - (unlinked ? 0 : 1)
+  const otherLinks = others > 0
+    ? ctx.links.want({ dev: st.dev, ino: st.ino, path, mntId: base.mntId, count: others, exclude: path })
+    : noLinks
+  const notCheckpointable = base.notCheckpointable
+    ?? (path.includes('\n') ? `${type}: the path holds a newline, which the tree cannot show` : undefined)
+    ?? (unlinked && type !== 'file' ? `${type}: ${path} was removed; only regular files are recreated from saved contents` : undefined)
+  return {
+    ...base, type, notCheckpointable,
+    path, dev: st.dev, rdev: st.rdev, inodeMode: st.mode, size: st.size, nlink, unlinked, otherLinks,
+  }
+}
+
+/** Copy mode: finds the other links now. */
+export async function settleLinks(desc: PathDescription): Promise<PathDescription> {
+  const links = await desc.otherLinks()
+  return { ...desc, otherLinks: async () => links }
+}
+
+/** The entries every path type shows, in order. */
+export const pathEntries: TableEntry<PathDescription>[] = [
+  attr('path', (d) => d.path),
+  attr('unlinked', (d) => d.unlinked),
+  attr('dev', (d) => d.dev),
+  attr('inode_mode', (d) => octal(d.inodeMode)),
+  attr('size', (d) => d.size),
+  attr('nlink', (d) => d.nlink),
+]
+
+export const rdevEntry: TableEntry<PathDescription> = attr('rdev', (d) => d.rdev)
+
+/** Other names of the inode, one per line; an empty file when there are none. */
+export const otherLinksEntry: TableEntry<PathDescription> = bytes('other_links', async (d) => Buffer.from((await d.otherLinks()).map((p) => `${p}\n`).join('')))
+
+/** Reads the entries of `pathEntries` back (rdev, other links and data are the handler's). */
+export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): Promise<PathDescription> {
+  const path = await dir.path('path')
+  const unlinked = await dir.flag('unlinked')
+  const dev = await dir.decimal('dev', 0n, U64_MAX)
+  const inodeMode = await dir.octal('inode_mode', 0o177777n)
+  if ((inodeMode & S_IFMT) !== fileTypeBits[type]) throw dir.fail('inode_mode', `${octal(inodeMode)} is not the mode of a ${type}`)
+  const size = await dir.decimal('size', 0n, S64_MAX)
+  const nlink = await dir.int('nlink', 0, Number(U32_MAX))
+  return { ...base, type, path, unlinked, dev, rdev: 0n, inodeMode, size, nlink, otherLinks: noLinks }
+}
+
+/** Reads other_links back. */
+export async function loadOtherLinks(dir: SavedDir): Promise<Lazy<string[]>> {
+  const links = await dir.pathList('other_links')
+  return lazy(async () => links)
+}

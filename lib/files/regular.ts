@@ -1,0 +1,47 @@
+// Regular files, including unlinked ones (reference/000): an unlinked file's contents are
+// read through a separate open of /proc/PID/fd/N (which works for deleted files and memfds and
+// has its own offset), so restore can recreate the file; its other hard links are searched for.
+
+import { CkptError } from '../errors'
+import { bufferSource, type PathDescription } from '../model'
+import { stream, type TableEntry } from '../tree/node'
+import { withCommon } from './common'
+import type { FileHandler } from './handler'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks } from './path'
+import { fileSource, readWhole } from './source'
+
+const linked = withCommon<PathDescription>([...pathEntries, otherLinksEntry])
+const unlinked = withCommon<PathDescription>([
+  ...pathEntries,
+  otherLinksEntry,
+  stream('contents', (d) => {
+    if (!d.contents) throw new CkptError(`files/${d.objref}/contents: not captured`)
+    return d.contents
+  }),
+])
+
+export const regular: FileHandler<PathDescription> = {
+  types: ['file'],
+
+  async capture(probe, base, ctx) {
+    const desc = await capturePath('file', probe, base, ctx)
+    if (!desc.unlinked) return desc
+    return { ...desc, contents: fileSource(`/proc/${ctx.pid}/fd/${probe.fd}`, Number(desc.size)) }
+  },
+
+  async settle(desc) {
+    const settled = await settleLinks(desc)
+    return desc.contents ? { ...settled, contents: bufferSource(await readWhole(desc.contents)) } : settled
+  },
+
+  entries: (desc): TableEntry<PathDescription>[] => (desc.unlinked ? unlinked : linked),
+
+  async load(dir, base) {
+    const desc = await loadPath(dir, base, 'file')
+    const otherLinks = await loadOtherLinks(dir)
+    if (!desc.unlinked) return { ...desc, otherLinks }
+    const contents = await dir.source('contents')
+    if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
+    return { ...desc, otherLinks, contents }
+  },
+}

@@ -1,0 +1,25 @@
+// signalfd: the set of signals it accepts (fdinfo "sigmask:", hex).
+
+import type { SignalfdDescription } from '../model'
+import { fdinfoField, fdinfoFields } from '../procfs'
+import { attr, hex } from '../tree/node'
+import { withCommon } from './common'
+import type { FileHandler } from './handler'
+import { U64_MAX } from './saved'
+
+const table = withCommon<SignalfdDescription>([attr('sigmask', (d) => hex(d.sigmask))])
+
+export const signalfd: FileHandler<SignalfdDescription> = {
+  types: ['signalfd'],
+
+  async capture(probe, base, ctx) {
+    const mask = fdinfoField(fdinfoFields(probe.fdinfo.extra), 'sigmask', `/proc/${ctx.pid}/fdinfo/${probe.fd}`)
+    return { ...base, type: 'signalfd', sigmask: BigInt('0x' + mask) }
+  },
+
+  entries: () => table,
+
+  async load(dir, base) {
+    return { ...base, type: 'signalfd', sigmask: await dir.hex('sigmask', U64_MAX) }
+  },
+}

@@ -1,0 +1,37 @@
+// Byte sources over files read in pieces: a saved tree's contents files, and the contents of
+// a task's open file read through a separate open of /proc/PID/fd/N (its own offset, so the
+// task's file position never moves).
+
+import * as fs from 'fs'
+import type { ByteSource } from '../model'
+
+/**
+ * A file's bytes, read through a fresh open per piece (nothing stays open between reads).
+ * The size is fixed when the source is made; should the file shrink later, the missing tail
+ * reads as zeros so that every reader still sees `size` bytes (the tree promises that).
+ */
+export function fileSource(file: string, size: number): ByteSource {
+  return {
+    size,
+    read: async (offset, length) => {
+      const handle = await fs.promises.open(file, 'r')
+      try {
+        const buf = Buffer.alloc(Math.max(0, Math.min(length, size - offset)))
+        let done = 0
+        while (done < buf.length) {
+          const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done)
+          if (bytesRead === 0) break
+          done += bytesRead
+        }
+        return buf
+      } finally {
+        await handle.close()
+      }
+    },
+  }
+}
+
+/** Every byte of a source, in one buffer (copy mode). */
+export async function readWhole(source: ByteSource): Promise<Buffer> {
+  return source.read(0, source.size)
+}
