@@ -22,7 +22,7 @@ if [ ! -e node_modules/.package-lock.json ] || [ package.json -nt node_modules/.
   npm install --no-audit --no-fund --ignore-scripts >&2
 fi
 addon=addon/build/Release/ckptfs.node
-if [ ! -e "$addon" ] || [ -n "$(find addon/src addon/binding.gyp -newer "$addon" 2>/dev/null | head -n1)" ]; then
+if [ ! -e "$addon" ] || [ -n "$(find addon/src addon/stub addon/binding.gyp -newer "$addon" 2>/dev/null | head -n1)" ]; then
   npx --no-install node-gyp rebuild --directory=addon >/dev/null 2>addon-build.log || { cat addon-build.log >&2; exit 1; }
   rm -f addon-build.log
 fi

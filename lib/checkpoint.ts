@@ -1,0 +1,200 @@
+// One checkpoint of one process: freezing it, capturing it (lazily or all at once), the
+// checkpoint-N directory, and ending it through `done`.
+//
+// Why no task is ever left frozen: threads are seized without PTRACE_O_EXITKILL, so if this
+// server dies for any reason the kernel detaches them and they run on; `done`, `umount` and
+// the server's exit handlers thaw every open checkpoint; a client dying mid-read changes
+// nothing (the task stays frozen until `done`, which still works).
+
+import * as fs from 'fs'
+import { CkptError, messageOf } from './errors'
+import { captureFileTable } from './fdtable'
+import { filesDir, fdsDir } from './files/tree'
+import { imageSource } from './image/encode'
+import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, asTid } from './model'
+import { native } from './native'
+import { captureProcess, processProblems } from './task/process'
+import { captureThreads } from './task/threads'
+import { captureVmas } from './task/memory'
+import { taskDir } from './task/tree'
+import { attr, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry } from './tree/node'
+
+export type CheckpointState = 'frozen' | 'running' | 'ended'
+
+export class Checkpoint {
+  private state: CheckpointState = 'frozen'
+  /** Why the checkpoint failed or the task vanished; shown by `status`. */
+  private failure: string | undefined
+  private ending: Promise<void> | undefined
+  /** The condensed image, sized once and then read in pieces. */
+  readonly image = lazy(() => imageSource(this.task, { mode: this.mode }))
+
+  private constructor(
+    readonly id: number,
+    readonly pid: Pid,
+    readonly mode: CheckpointMode,
+    readonly task: TaskImage,
+  ) {}
+
+  get name(): string {
+    return `checkpoint-${this.id}`
+  }
+
+  get ended(): boolean {
+    return this.state === 'ended'
+  }
+
+  /**
+   * Freezes `pid` and opens a checkpoint of it. In copy mode everything is captured now and
+   * the task runs on before this returns; in lazy mode it stays frozen until end().
+   */
+  static async open(id: number, pid: Pid, mode: CheckpointMode): Promise<Checkpoint> {
+    assertProcessExists(pid)
+    const frozen = await native.freeze(pid).catch((err: unknown) => {
+      throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(err)}`, 'EPERM')
+    })
+    const tids: Tid[] = frozen.map((t) => asTid(t.tid))
+    const copy = mode === 'copy'
+    const task: TaskImage = {
+      pid,
+      tids,
+      process: lazy(() => captureProcess(pid, tids)),
+      threads: lazy(() => captureThreads(pid, tids)),
+      vmas: lazy(() => captureVmas(pid, mode)),
+      fileTable: lazy(() => captureFileTable(pid, { copy })),
+    }
+    const checkpoint = new Checkpoint(id, pid, mode, task)
+    if (copy) {
+      try {
+        await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
+      } catch (err) {
+        await native.thaw(pid, false).catch(() => undefined)
+        throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
+      }
+      await native.thaw(pid, false)
+      checkpoint.state = 'running'
+    }
+    return checkpoint
+  }
+
+  /** Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. */
+  end(action: 'resume' | 'kill'): Promise<void> {
+    this.ending ??= (async () => {
+      const wasFrozen = this.state === 'frozen' && this.failure === undefined
+      this.state = 'ended'
+      if (action === 'kill') {
+        if (wasFrozen) await native.thaw(this.pid, true)
+        else if (this.mode === 'copy') safeKill(this.pid)
+      } else if (wasFrozen) {
+        await native.thaw(this.pid, false)
+      }
+    })()
+    return this.ending
+  }
+
+  /** One line: frozen | running | error: WHY (SPEC "The tree"). */
+  async status(): Promise<string> {
+    if (this.failure) return `error: ${this.failure}`
+    if (this.state === 'frozen' && !isAlive(this.pid)) {
+      this.failure = `process ${this.pid} exited while frozen`
+      // Reaps the ptrace notifications so the real parent can see the exit.
+      await native.thaw(this.pid, false).catch(() => undefined)
+      return `error: ${this.failure}`
+    }
+    const problems = await this.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
+    if (problems.length > 0) {
+      const more = problems.length > 1 ? ` (and ${problems.length - 1} more in problems)` : ''
+      return `error: not checkpointable: ${problems[0].where}: ${problems[0].why}${more}`
+    }
+    return this.state === 'ended' ? 'ended' : this.state
+  }
+
+  /** What would prevent a restore, one per resource. Needs the file table and process state, never memory contents. */
+  async problems(): Promise<Problem[]> {
+    const [table, proc, threads, vmas] = await Promise.all([this.task.fileTable(), this.task.process(), this.task.threads(), this.task.vmas()])
+    const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
+    return [...fileProblems, ...processProblems(proc, threads, vmas)]
+  }
+
+  /** The checkpoint-N directory. */
+  directory(cache: ContentCache, onDone: (data: string) => Promise<void>): DirNode {
+    const scope = { key: `c${this.id}`, cache }
+    const entries: TableEntry<Checkpoint>[] = [
+      { name: 'done', make: () => doneFile(onDone) },
+      { name: 'status', make: (c) => volatileFile(() => c.status()) },
+      stream('image', (c) => c.image()),
+      attr('mode', (c) => c.mode),
+      attr('pid', (c) => c.pid),
+      attr('problems', async (c) => (await c.problems()).map((p) => `${p.where}: ${p.why}`).join('\n')),
+      { name: 'files', make: (c, s) => filesDir(c.task.fileTable, { key: `${s.key}/files`, cache: s.cache }) },
+      {
+        name: `task-${this.pid}`,
+        make: (c, s) => {
+          const key = `${s.key}/task-${c.pid}`
+          return taskDir(c.task, { key, cache: s.cache }, fdsDir(c.task.fileTable, { key: `${key}/fds`, cache: s.cache }))
+        },
+      },
+    ]
+    return tableDir<Checkpoint>(this, entries, scope)
+  }
+}
+
+/** `done`: empty writes change nothing (cp of an empty file); "kill" kills; anything else resumes. */
+function doneFile(onDone: (data: string) => Promise<void>): FileNode {
+  return {
+    kind: 'file',
+    perm: 0o644,
+    volatile: true,
+    size: async () => 0,
+    read: async () => Buffer.alloc(0),
+    truncate: async () => undefined,
+    write: async (_offset, data) => {
+      const text = data.toString('utf8').trim()
+      if (text !== '') await onDone(text)
+    },
+  }
+}
+
+/** A one-line file computed at every read (status). */
+export function volatileFile(line: () => Promise<string>): FileNode {
+  const text = async () => Buffer.from(`${await line()}\n`)
+  return {
+    kind: 'file',
+    perm: 0o444,
+    volatile: true,
+    size: async () => (await text()).length,
+    read: async (offset, length) => (await text()).subarray(offset, offset + length),
+  }
+}
+
+function assertProcessExists(pid: Pid): void {
+  if (!Number.isInteger(pid) || pid <= 0) throw new CkptError(`not a process ID: ${pid}`, 'EINVAL')
+  if (!fs.existsSync(`/proc/${pid}`)) throw new CkptError(`no process ${pid}`, 'ESRCH')
+  if (fs.existsSync(`/proc/${pid}/task/${pid}`) === false) throw new CkptError(`${pid} is a thread, not a process: checkpoint its process`, 'EINVAL')
+  if (pid === process.pid) throw new CkptError(`process ${pid} is this ckptfs server`, 'EINVAL')
+}
+
+function explainFreezeError(err: unknown): string {
+  const code = (err as { code?: string }).code
+  if (code === 'EPERM') return 'not permitted to ptrace it (is it traced already, by a debugger or another checkpoint?)'
+  if (code === 'ESRCH') return 'it exited'
+  return messageOf(err)
+}
+
+function isAlive(pid: Pid): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    return state !== 'Z' && state !== 'X'
+  } catch {
+    return false
+  }
+}
+
+function safeKill(pid: Pid): void {
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {
+    // Already gone: that is what was asked.
+  }
+}

@@ -1,0 +1,148 @@
+// The restore/ directory: a writable area where users copy saved trees (`cp -a`, `tar x`).
+// Its contents live in a private backing directory on disk, so a copied multi-GiB tree never
+// sits in the server's memory. Each top-level entry restore/NAME also shows two virtual files:
+//   done    write 1 to restore NAME (empty writes, as cp makes, change nothing)
+//   status  "saved" | "restoring" | "restored PID" | "error: WHY"
+// The saved copies of done and status that cp writes are accepted and dropped.
+
+import * as fs from 'fs'
+import * as path from 'path'
+import { CkptError, messageOf } from '../errors'
+import type { DirNode, FileNode, Node } from '../tree/node'
+import { restoreSaved } from './index'
+
+const VIRTUAL = new Set(['done', 'status'])
+
+export class RestoreArea {
+  private readonly states = new Map<string, string>()
+  /** Where each directory node of this area lives on disk (for rename between them). */
+  private readonly realPaths = new WeakMap<DirNode, string>()
+
+  constructor(readonly backing: string) {
+    fs.mkdirSync(backing, { recursive: true, mode: 0o700 })
+  }
+
+  dispose(): void {
+    fs.rmSync(this.backing, { recursive: true, force: true })
+  }
+
+  root(): DirNode {
+    return this.dir(this.backing, 0)
+  }
+
+  /** Restores restore/NAME; returns the new PID. Also used by `ckptfs restore`. */
+  async restore(name: string): Promise<number> {
+    if (this.states.get(name) === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
+    this.states.set(name, 'restoring')
+    try {
+      const pid = await restoreSaved(path.join(this.backing, name))
+      this.states.set(name, `restored ${pid}`)
+      return pid
+    } catch (err) {
+      this.states.set(name, `error: ${messageOf(err)}`)
+      throw err instanceof CkptError ? err : new CkptError(messageOf(err))
+    }
+  }
+
+  private dir(real: string, depth: number): DirNode {
+    const topName = depth === 1 ? path.basename(real) : undefined
+    const node: DirNode = {
+      kind: 'dir',
+      perm: 0o755,
+      list: async () => {
+        const names = await fs.promises.readdir(real)
+        return topName ? [...names.filter((n) => !VIRTUAL.has(n)), ...VIRTUAL] : names
+      },
+      lookup: async (name) => {
+        if (topName && VIRTUAL.has(name)) return this.virtual(topName, name)
+        return this.node(path.join(real, name), depth + 1)
+      },
+      mkdir: async (name) => {
+        await fs.promises.mkdir(path.join(real, name), { mode: 0o755 })
+        if (depth === 0) this.states.set(name, 'saved')
+      },
+      create: async (name) => {
+        if (depth === 0) throw new CkptError('restore/: copy a directory (a saved checkpoint-N tree), not a file', 'EPERM')
+        if (topName && VIRTUAL.has(name)) return
+        await (await fs.promises.open(path.join(real, name), 'w', 0o644)).close()
+      },
+      remove: async (name) => {
+        if (topName && VIRTUAL.has(name)) return
+        const target = path.join(real, name)
+        const stat = await fs.promises.lstat(target)
+        if (stat.isDirectory()) await fs.promises.rmdir(target)
+        else await fs.promises.unlink(target)
+        if (depth === 0) this.states.delete(name)
+      },
+      rename: async (from, toDir, toName) => {
+        const dest = this.realPaths.get(toDir)
+        if (!dest) throw new CkptError('restore/: cannot move out of the restore area', 'EPERM')
+        await fs.promises.rename(path.join(real, from), path.join(dest, toName))
+      },
+    }
+    this.realPaths.set(node, real)
+    return node
+  }
+
+  private async node(real: string, depth: number): Promise<Node | undefined> {
+    const stat = await fs.promises.lstat(real).catch(() => undefined)
+    if (!stat) return undefined
+    if (stat.isDirectory()) return this.dir(real, depth)
+    if (!stat.isFile()) return undefined
+    return passthroughFile(real)
+  }
+
+  private virtual(name: string, file: string): FileNode {
+    const status = () => Buffer.from(`${this.states.get(name) ?? 'saved'}\n`)
+    if (file === 'status') {
+      return {
+        kind: 'file',
+        perm: 0o644,
+        volatile: true,
+        size: async () => status().length,
+        read: async (offset, length) => status().subarray(offset, offset + length),
+        write: async () => undefined,
+        truncate: async () => undefined,
+      }
+    }
+    return {
+      kind: 'file',
+      perm: 0o644,
+      volatile: true,
+      size: async () => 0,
+      read: async () => Buffer.alloc(0),
+      truncate: async () => undefined,
+      write: async (_offset, data) => {
+        if (data.toString('utf8').trim() !== '') await this.restore(name)
+      },
+    }
+  }
+}
+
+function passthroughFile(real: string): FileNode {
+  return {
+    kind: 'file',
+    perm: 0o644,
+    volatile: true,
+    size: async () => (await fs.promises.stat(real)).size,
+    read: async (offset, length) => {
+      const handle = await fs.promises.open(real, 'r')
+      try {
+        const buf = Buffer.allocUnsafe(length)
+        const { bytesRead } = await handle.read(buf, 0, length, offset)
+        return buf.subarray(0, bytesRead)
+      } finally {
+        await handle.close()
+      }
+    },
+    write: async (offset, data) => {
+      const handle = await fs.promises.open(real, 'r+')
+      try {
+        await handle.write(data, 0, data.length, offset)
+      } finally {
+        await handle.close()
+      }
+    },
+    truncate: async (size) => fs.promises.truncate(real, size),
+  }
+}

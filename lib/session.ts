@@ -1,0 +1,131 @@
+// Everything one mounted ckptfs server holds: its open checkpoints, the cache of filled nodes,
+// the restore area, and the root directory that shows them.
+//
+// Root layout (SPEC "The tree", plus two control files for shell scripts):
+//   checkpoint-N/   one per open checkpoint
+//   restore/        write a saved tree here to restore it
+//   checkpoint      write "PID" (lazy) or "PID copy" to open a checkpoint of PID
+//   by-pid/PID      "checkpoint-N" of PID's newest checkpoint, or "error: WHY" of the last try
+
+import { EventEmitter } from 'events'
+import { NodeCache } from './cache'
+import { Checkpoint, volatileFile } from './checkpoint'
+import { CkptError, messageOf } from './errors'
+import { asPid, type CheckpointMode } from './model'
+import { RestoreArea } from './restore/area'
+import type { DirNode, FileNode, Node } from './tree/node'
+
+export interface SessionEvents {
+  /** A checkpoint ended: every node under this path is gone. */
+  removed: [path: string]
+}
+
+export class Session extends EventEmitter<SessionEvents> {
+  readonly cache: NodeCache
+  readonly restore: RestoreArea
+  private readonly checkpoints = new Map<number, Checkpoint>()
+  private readonly lastByPid = new Map<number, string>()
+  private nextId = 1
+
+  constructor(cacheBytes: number, restoreBacking: string) {
+    super()
+    this.cache = new NodeCache(cacheBytes)
+    this.restore = new RestoreArea(restoreBacking)
+  }
+
+  /** Opens a checkpoint of `pid`; returns its directory name. */
+  async checkpoint(pid: number, mode: CheckpointMode): Promise<string> {
+    const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
+    if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
+    const id = this.nextId++
+    try {
+      const checkpoint = await Checkpoint.open(id, asPid(pid), mode)
+      this.checkpoints.set(id, checkpoint)
+      this.lastByPid.set(pid, checkpoint.name)
+      return checkpoint.name
+    } catch (err) {
+      throw this.remember(pid, err instanceof CkptError ? err : new CkptError(messageOf(err)))
+    }
+  }
+
+  private remember(pid: number, err: CkptError): CkptError {
+    this.lastByPid.set(pid, `error: ${err.message}`)
+    return err
+  }
+
+  /** Handles a write to checkpoint-N/done. */
+  async done(id: number, text: string): Promise<void> {
+    const checkpoint = this.checkpoints.get(id)
+    if (!checkpoint) throw new CkptError(`checkpoint-${id} has ended`, 'ENOENT')
+    this.checkpoints.delete(id)
+    this.cache.dropPrefix(`c${id}/`)
+    this.emit('removed', `/${checkpoint.name}`)
+    await checkpoint.end(text === 'kill' ? 'kill' : 'resume')
+  }
+
+  /** Ends every checkpoint (frozen tasks resume) and removes what the restore area holds. */
+  async close(): Promise<void> {
+    const all = [...this.checkpoints.values()]
+    this.checkpoints.clear()
+    await Promise.allSettled(all.map((c) => c.end('resume')))
+    this.restore.dispose()
+  }
+
+  root(): DirNode {
+    const fixed: Record<string, () => Node> = {
+      restore: () => this.restore.root(),
+      checkpoint: () => this.controlFile(),
+      'by-pid': () => this.byPidDir(),
+    }
+    return {
+      kind: 'dir',
+      perm: 0o755,
+      list: async () => [...[...this.checkpoints.values()].map((c) => c.name), ...Object.keys(fixed)],
+      lookup: async (name) => {
+        const make = fixed[name]
+        if (make) return make()
+        const match = /^checkpoint-([1-9][0-9]*)$/.exec(name)
+        const checkpoint = match ? this.checkpoints.get(Number(match[1])) : undefined
+        return checkpoint?.directory(this.cache, (text) => this.done(checkpoint.id, text))
+      },
+    }
+  }
+
+  private controlFile(): FileNode {
+    return {
+      kind: 'file',
+      perm: 0o644,
+      volatile: true,
+      size: async () => 0,
+      read: async () => Buffer.alloc(0),
+      truncate: async () => undefined,
+      write: async (_offset, data) => {
+        const text = data.toString('utf8').trim()
+        if (text === '') return
+        const match = /^([0-9]+)(?:\s+(lazy|copy))?$/.exec(text)
+        if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
+        await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')
+      },
+    }
+  }
+
+  private byPidDir(): DirNode {
+    return {
+      kind: 'dir',
+      perm: 0o555,
+      list: async () => [...this.lastByPid.keys()].map(String),
+      lookup: async (name) => {
+        const pid = Number(name)
+        if (!this.lastByPid.has(pid)) return undefined
+        return volatileFile(async () => this.currentNameFor(pid))
+      },
+    }
+  }
+
+  private currentNameFor(pid: number): string {
+    const last = this.lastByPid.get(pid)!
+    const match = /^checkpoint-([0-9]+)$/.exec(last)
+    if (match && !this.checkpoints.has(Number(match[1]))) return `ended: ${last}`
+    return last
+  }
+}

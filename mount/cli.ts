@@ -1,0 +1,292 @@
+// The `ckptfs` command line (SPEC "Command line"). Each command is a thin use of the mount's
+// file interface or of lib; exit status 0 success, 1 failure (one line on stderr), 2 bad usage.
+
+import { spawn } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import { checkProcess } from '../lib/check'
+import { CkptError, messageOf } from '../lib/errors'
+import { showCheckpoint } from '../lib/show'
+import { runDemo } from './demo'
+import { forceUnmount, Server } from './server'
+
+const USAGE = `usage:
+  ckptfs mount MNT [--foreground] [--cache-size BYTES]
+  ckptfs umount MNT
+  ckptfs checkpoint PID [--mount MNT] [--copy]
+  ckptfs restore PATH [--mount MNT]
+  ckptfs check PID
+  ckptfs show PATH
+  ckptfs demo`
+
+const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+
+class UsageError extends Error {}
+
+interface Parsed {
+  args: string[]
+  flags: Map<string, string | true>
+}
+
+/** Splits argv into positional arguments and the flags the command allows. */
+function parse(argv: string[], valued: string[], plain: string[]): Parsed {
+  const args: string[] = []
+  const flags = new Map<string, string | true>()
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    if (!a.startsWith('--')) {
+      args.push(a)
+      continue
+    }
+    const [name, inline] = a.slice(2).split(/=(.*)/s, 2)
+    if (valued.includes(name)) {
+      const value = inline ?? argv[++i]
+      if (value === undefined) throw new UsageError(`--${name} needs a value`)
+      flags.set(name, value)
+    } else if (plain.includes(name) && inline === undefined) {
+      flags.set(name, true)
+    } else {
+      throw new UsageError(`unknown option ${a}`)
+    }
+  }
+  return { args, flags }
+}
+
+function exactly(parsed: Parsed, n: number, what: string): string[] {
+  if (parsed.args.length !== n) throw new UsageError(`expected ${what}`)
+  return parsed.args
+}
+
+function parseBytes(text: string): number {
+  const m = /^([0-9]+)([kmg]?)(i?b)?$/i.exec(text.trim())
+  if (!m) throw new UsageError(`--cache-size: not a size in bytes: ${text}`)
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g']
+  const bytes = Number(m[1]) * unit
+  if (bytes < 1024 * 1024) throw new UsageError('--cache-size: at least 1 MiB')
+  return bytes
+}
+
+function parsePid(text: string): number {
+  if (!/^[1-9][0-9]*$/.test(text)) throw new UsageError(`not a process ID: ${text}`)
+  return Number(text)
+}
+
+// ---- mounts ----
+
+function unescapeMountField(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)))
+}
+
+/** Mount points of every active ckptfs mount. */
+export function ckptfsMounts(): string[] {
+  return fs.readFileSync('/proc/mounts', 'utf8').split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => f[2] === 'fuse.ckptfs')
+    .map((f) => unescapeMountField(f[1]))
+}
+
+function chooseMount(given: string | true | undefined): string {
+  const mounts = ckptfsMounts()
+  if (typeof given === 'string') {
+    const mnt = path.resolve(given)
+    if (!mounts.includes(mnt)) throw new CkptError(`${mnt} is not a ckptfs mount`)
+    return mnt
+  }
+  if (mounts.length === 1) return mounts[0]
+  if (mounts.length === 0) throw new CkptError('no ckptfs mount is active: run `ckptfs mount MNT` first')
+  throw new CkptError(`${mounts.length} ckptfs mounts are active (${mounts.join(', ')}): choose one with --mount`)
+}
+
+/** PIDs of the servers serving `mnt` (found by their command line). */
+function serversOf(mnt: string): number[] {
+  const found: number[] = []
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(entry)) continue
+    let argv: string[]
+    try {
+      argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
+    } catch {
+      continue
+    }
+    const i = argv.indexOf('mount')
+    if (i > 0 && argv[i - 1].endsWith(path.join('mount', 'cli.js')) && argv[i + 1] === mnt && argv.includes('--foreground')) found.push(Number(entry))
+  }
+  return found
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+// ---- commands ----
+
+async function mount(parsed: Parsed): Promise<void> {
+  const [given] = exactly(parsed, 1, 'MNT')
+  const mnt = path.resolve(given)
+  const cacheSize = parsed.flags.get('cache-size')
+  const cacheBytes = typeof cacheSize === 'string' ? parseBytes(cacheSize) : DEFAULT_CACHE_BYTES
+  if (ckptfsMounts().includes(mnt) && serversOf(mnt).length > 0) throw new CkptError(`${mnt} is a ckptfs mount already`)
+  if (parsed.flags.has('foreground')) return serve(mnt, cacheBytes)
+
+  // Background: run the server as a detached child and return once it says the mount answers.
+  const child = spawn(process.execPath, [__filename, 'mount', mnt, '--foreground', '--cache-size', String(cacheBytes)], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: { ...process.env, CKPTFS_READY_FD: '3' },
+  })
+  const channel = child.stdio[3] as NodeJS.ReadableStream
+  let said = ''
+  channel.setEncoding('utf8')
+  channel.on('data', (chunk: string) => (said += chunk))
+  await new Promise<void>((resolve) => {
+    channel.on('end', resolve)
+    child.on('exit', () => resolve())
+  })
+  if (said.trim() !== 'ok') throw new CkptError(said.trim().replace(/^error: /, '') || 'the server exited before the mount answered')
+  child.unref()
+}
+
+async function serve(mnt: string, cacheBytes: number): Promise<void> {
+  const readyFd = process.env.CKPTFS_READY_FD ? Number(process.env.CKPTFS_READY_FD) : undefined
+  const tell = (line: string) => {
+    if (readyFd === undefined) return
+    try {
+      fs.writeSync(readyFd, line + '\n')
+      fs.closeSync(readyFd)
+    } catch {
+      // The parent is gone: nothing to tell.
+    }
+  }
+  const server = new Server(mnt, { cacheBytes })
+  let closing: Promise<void> | undefined
+  const shutdown = (code: number) => {
+    closing ??= server.close().catch((err) => console.error(`ckptfs: unmount: ${messageOf(err)}`)).finally(() => process.exit(code))
+  }
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => shutdown(0))
+  process.on('uncaughtException', (err) => {
+    console.error(`ckptfs: server: ${messageOf(err)}`)
+    shutdown(1)
+  })
+  try {
+    await server.mount()
+  } catch (err) {
+    tell(`error: cannot mount ${mnt}: ${messageOf(err)}`)
+    await server.close().catch(() => undefined)
+    throw new CkptError(`cannot mount ${mnt}: ${messageOf(err)}`)
+  }
+  tell('ok')
+}
+
+async function umount(parsed: Parsed): Promise<void> {
+  const [given] = exactly(parsed, 1, 'MNT')
+  const mnt = path.resolve(given)
+  const servers = serversOf(mnt)
+  if (servers.length === 0) {
+    if (!ckptfsMounts().includes(mnt)) throw new CkptError(`${mnt} is not a ckptfs mount`)
+    await forceUnmount(mnt) // its server died: only the kernel's mount is left
+    return
+  }
+  for (const pid of servers) process.kill(pid, 'SIGTERM')
+  for (let waited = 0; servers.some((pid) => fs.existsSync(`/proc/${pid}`)); waited += 50) {
+    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${servers.join(', ')}) did not exit within 30 s`)
+    await sleep(50)
+  }
+  if (ckptfsMounts().includes(mnt)) await forceUnmount(mnt)
+}
+
+async function checkpoint(parsed: Parsed): Promise<void> {
+  const [pidText] = exactly(parsed, 1, 'PID')
+  const pid = parsePid(pidText)
+  const mnt = chooseMount(parsed.flags.get('mount'))
+  const request = parsed.flags.has('copy') ? `${pid} copy\n` : `${pid}\n`
+  try {
+    fs.writeFileSync(path.join(mnt, 'checkpoint'), request)
+  } catch (err) {
+    const why = readOrUndefined(path.join(mnt, 'by-pid', String(pid)))
+    throw new CkptError(why?.startsWith('error: ') ? why.slice(7) : `checkpoint of ${pid}: ${messageOf(err)}`)
+  }
+  const name = fs.readFileSync(path.join(mnt, 'by-pid', String(pid)), 'utf8').trim()
+  process.stdout.write(path.join(mnt, name) + '\n')
+}
+
+async function restore(parsed: Parsed): Promise<void> {
+  const [given] = exactly(parsed, 1, 'PATH')
+  const source = path.resolve(given)
+  const mnt = chooseMount(parsed.flags.get('mount'))
+  const area = path.join(mnt, 'restore')
+  let dir: string
+  if (path.dirname(source) === area) {
+    dir = source
+  } else {
+    if (!fs.existsSync(source)) throw new CkptError(`${source}: no such file or directory`)
+    const base = path.basename(source).replace(/\.[^.]*$/, '') || 'saved'
+    let name = base
+    for (let n = 2; fs.existsSync(path.join(area, name)); n++) name = `${base}-${n}`
+    dir = path.join(area, name)
+    if (fs.statSync(source).isDirectory()) {
+      fs.cpSync(source, dir, { recursive: true })
+    } else {
+      fs.mkdirSync(dir)
+      fs.copyFileSync(source, path.join(dir, 'image'))
+    }
+  }
+  try {
+    fs.writeFileSync(path.join(dir, 'done'), '1\n')
+  } catch (err) {
+    const status = readOrUndefined(path.join(dir, 'status'))
+    throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
+  }
+  const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+  const m = /^restored ([0-9]+)$/.exec(status)
+  if (!m) throw new CkptError(`restore of ${source}: ${status}`)
+  process.stdout.write(m[1] + '\n')
+}
+
+async function check(parsed: Parsed): Promise<void> {
+  const [pidText] = exactly(parsed, 1, 'PID')
+  process.stdout.write((await checkProcess(parsePid(pidText))).join('\n') + '\n')
+}
+
+async function show(parsed: Parsed): Promise<void> {
+  const [given] = exactly(parsed, 1, 'PATH')
+  process.stdout.write(await showCheckpoint(path.resolve(given)))
+}
+
+function readOrUndefined(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: string[]; plain: string[] }> = {
+  mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
+  umount: { run: umount, valued: [], plain: [] },
+  checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy'] },
+  restore: { run: restore, valued: ['mount'], plain: [] },
+  check: { run: check, valued: [], plain: [] },
+  show: { run: show, valued: [], plain: [] },
+  demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv
+  const command = name === undefined ? undefined : COMMANDS[name]
+  if (!command) {
+    process.stderr.write(`${name === undefined || name === '--help' ? '' : `ckptfs: unknown command ${name}\n`}${USAGE}\n`)
+    process.exitCode = name === '--help' ? 0 : 2
+    return
+  }
+  try {
+    await command.run(parse(rest, command.valued, command.plain))
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`ckptfs ${name}: ${err.message}\n${USAGE}\n`)
+      process.exitCode = 2
+    } else {
+      process.stderr.write(`ckptfs ${name}: ${messageOf(err)}\n`)
+      process.exitCode = 1
+    }
+  }
+}
+
+if (require.main === module) void main(process.argv.slice(2))

@@ -1,0 +1,224 @@
+// The FUSE server: maps paths and file operations onto the session's tree of nodes
+// (lib/tree/node.ts). It knows nothing of checkpoints; everything it shows comes from lib.
+
+import * as fs from 'fs'
+import * as os from 'os'
+import * as path from 'path'
+import { CkptError, errnoOf, messageOf, type ErrnoName } from '../lib/errors'
+import { Session } from '../lib/session'
+import type { DirNode, FileNode, Node } from '../lib/tree/node'
+
+// fuse-native has no type declarations; this is the part of its API we use.
+interface FuseInstance {
+  mount(cb: (err: Error | null) => void): void
+  unmount(cb: (err: Error | null) => void): void
+}
+type FuseConstructor = new (mnt: string, ops: Record<string, unknown>, opts: Record<string, unknown>) => FuseInstance
+const Fuse: FuseConstructor & { unmount(mnt: string, cb: (err: Error | null) => void): void } = require('fuse-native')
+
+type Reply = (code: number, ...values: unknown[]) => void
+
+const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
+
+export interface ServerOptions {
+  cacheBytes: number
+}
+
+export class Server {
+  readonly session: Session
+  private fuse: FuseInstance | undefined
+  /** Resolved nodes of the read-only checkpoint trees, so each path is looked up once. */
+  private readonly nodes = new Map<string, Node>()
+  private readonly open = new Map<number, FileNode>()
+  private nextHandle = 1
+  private readonly started = new Date()
+  private readonly uid = process.getuid?.() ?? 0
+  private readonly gid = process.getgid?.() ?? 0
+
+  constructor(readonly mnt: string, opts: ServerOptions) {
+    const backing = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-restore-'))
+    this.session = new Session(opts.cacheBytes, backing)
+    this.session.on('removed', (prefix) => {
+      for (const key of this.nodes.keys()) if (key === prefix || key.startsWith(prefix + '/')) this.nodes.delete(key)
+    })
+  }
+
+  async mount(): Promise<void> {
+    const fuse = new Fuse(this.mnt, this.operations(), {
+      mkdir: true,
+      force: true,
+      timeout: 120_000,
+      // fuse-native has no direct_io option and drops zero-valued ones; libfuse takes both from
+      // the fsname string. direct_io doubles read throughput (no page-cache copy) and lets
+      // files whose size changes (status) be read whole. attr_timeout=0: a checkpoint-N that
+      // ended must vanish at once, so every stat asks the server.
+      fsname: 'ckptfs,direct_io,attr_timeout=0',
+      subtype: 'ckptfs',
+    })
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
+    this.fuse = fuse
+  }
+
+  /** Thaws every frozen task, unmounts, and removes the restore area's backing files. */
+  async close(): Promise<void> {
+    await this.session.close()
+    const fuse = this.fuse
+    this.fuse = undefined
+    if (fuse) await new Promise<void>((resolve) => fuse.unmount(() => resolve()))
+  }
+
+  // ---- path resolution ----
+
+  private async resolve(p: string): Promise<Node | undefined> {
+    if (p === '/') return this.session.root()
+    const cached = this.nodes.get(p)
+    if (cached) return cached
+    const slash = p.lastIndexOf('/')
+    const parent = await this.resolve(slash === 0 ? '/' : p.slice(0, slash))
+    if (!parent || parent.kind !== 'dir') return undefined
+    const node = await parent.lookup(p.slice(slash + 1))
+    // Checkpoint trees never change while they exist; everything else is looked up afresh.
+    if (node && p.startsWith('/checkpoint-')) this.nodes.set(p, node)
+    return node
+  }
+
+  private async resolveDir(p: string): Promise<DirNode> {
+    const node = await this.resolve(p)
+    if (!node) throw new CkptError(`${p}: no such directory`, 'ENOENT')
+    if (node.kind !== 'dir') throw new CkptError(`${p}: not a directory`, 'ENOTDIR')
+    return node
+  }
+
+  private async resolveFile(p: string): Promise<FileNode> {
+    const node = await this.resolve(p)
+    if (!node) throw new CkptError(`${p}: no such file`, 'ENOENT')
+    if (node.kind !== 'file') throw new CkptError(`${p}: is a directory`, 'EISDIR')
+    return node
+  }
+
+  private async stat(node: Node): Promise<Record<string, unknown>> {
+    const common = { mtime: this.started, atime: this.started, ctime: this.started, uid: this.uid, gid: this.gid }
+    if (node.kind === 'dir') return { ...common, mode: S_IFDIR | node.perm, size: 4096, nlink: 2 }
+    const size = await node.size()
+    // A true block count keeps cp and tar from treating the file as sparse.
+    return { ...common, mode: S_IFREG | node.perm, size, blocks: Math.ceil(size / 512), blksize: 131072, nlink: 1 }
+  }
+
+  // ---- FUSE operations ----
+
+  private operations(): Record<string, unknown> {
+    const parentOf = (p: string) => {
+      const slash = p.lastIndexOf('/')
+      return { dir: slash === 0 ? '/' : p.slice(0, slash), name: p.slice(slash + 1) }
+    }
+    const writable = (p: string) => p === '/restore' || p.startsWith('/restore/')
+    return {
+      getattr: (p: string, cb: Reply) => this.answer(cb, async () => {
+        const node = await this.resolve(p)
+        if (!node) throw new CkptError(`${p}: no such file`, 'ENOENT')
+        return [await this.stat(node)]
+      }),
+      readdir: (p: string, cb: Reply) => this.answer(cb, async () => [await (await this.resolveDir(p)).list()]),
+      open: (p: string, flags: number, cb: Reply) => this.answer(cb, async () => {
+        const node = await this.resolveFile(p)
+        const wantsWrite = (flags & 3) !== fs.constants.O_RDONLY
+        if (wantsWrite && !node.write) throw new CkptError(`${p}: read-only`, 'EACCES')
+        return [this.remember(node)]
+      }),
+      release: (_p: string, handle: number, cb: Reply) => {
+        this.open.delete(handle)
+        cb(0)
+      },
+      read: (p: string, handle: number, buf: Buffer, len: number, pos: number, cb: Reply) => this.answer(cb, async () => {
+        const node = this.open.get(handle) ?? (await this.resolveFile(p))
+        const data = await node.read(pos, len)
+        data.copy(buf, 0, 0, Math.min(len, data.length))
+        return Math.min(len, data.length)
+      }),
+      write: (p: string, handle: number, buf: Buffer, len: number, pos: number, cb: Reply) => this.answer(cb, async () => {
+        const node = this.open.get(handle) ?? (await this.resolveFile(p))
+        if (!node.write) throw new CkptError(`${p}: read-only`, 'EACCES')
+        await node.write(pos, Buffer.from(buf.subarray(0, len)))
+        return len
+      }),
+      truncate: (p: string, size: number, cb: Reply) => this.answer(cb, async () => {
+        const node = await this.resolveFile(p)
+        if (!node.truncate) throw new CkptError(`${p}: read-only`, 'EACCES')
+        await node.truncate(size)
+        return []
+      }),
+      ftruncate: (p: string, _handle: number, size: number, cb: Reply) => this.answer(cb, async () => {
+        const node = await this.resolveFile(p)
+        if (!node.truncate) throw new CkptError(`${p}: read-only`, 'EACCES')
+        await node.truncate(size)
+        return []
+      }),
+      create: (p: string, _mode: number, cb: Reply) => this.answer(cb, async () => {
+        const { dir, name } = parentOf(p)
+        const parent = await this.resolveDir(dir)
+        if (!parent.create) throw new CkptError(`${p}: read-only`, 'EACCES')
+        await parent.create(name)
+        return [this.remember(await this.resolveFile(p))]
+      }),
+      mkdir: (p: string, _mode: number, cb: Reply) => this.answer(cb, async () => {
+        const { dir, name } = parentOf(p)
+        const parent = await this.resolveDir(dir)
+        if (!parent.mkdir) throw new CkptError(`${p}: read-only`, 'EACCES')
+        await parent.mkdir(name)
+        return []
+      }),
+      unlink: (p: string, cb: Reply) => this.answer(cb, () => this.remove(p)),
+      rmdir: (p: string, cb: Reply) => this.answer(cb, () => this.remove(p)),
+      rename: (src: string, dest: string, cb: Reply) => this.answer(cb, async () => {
+        const from = parentOf(src)
+        const to = parentOf(dest)
+        const parent = await this.resolveDir(from.dir)
+        if (!parent.rename) throw new CkptError(`${src}: read-only`, 'EACCES')
+        await parent.rename(from.name, await this.resolveDir(to.dir), to.name)
+        return []
+      }),
+      // Metadata changes are accepted in the restore area (cp -a, tar restore times and modes;
+      // the restore does not depend on them) and refused everywhere else.
+      chmod: (p: string, _mode: number, cb: Reply) => cb(writable(p) ? 0 : errno('EROFS')),
+      chown: (p: string, _uid: number, _gid: number, cb: Reply) => cb(writable(p) ? 0 : errno('EROFS')),
+      utimens: (p: string, _atime: unknown, _mtime: unknown, cb: Reply) => cb(writable(p) ? 0 : errno('EROFS')),
+      statfs: (_p: string, cb: Reply) => cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255 }),
+    }
+  }
+
+  private async remove(p: string): Promise<[]> {
+    const { dir, name } = { dir: p.slice(0, p.lastIndexOf('/')) || '/', name: p.slice(p.lastIndexOf('/') + 1) }
+    const parent = await this.resolveDir(dir)
+    if (!parent.remove) throw new CkptError(`${p}: read-only`, 'EACCES')
+    await parent.remove(name)
+    return []
+  }
+
+  private remember(node: FileNode): number {
+    const handle = this.nextHandle++
+    this.open.set(handle, node)
+    return handle
+  }
+
+  /** Runs an operation and answers FUSE once: values on success, a negative errno on failure. */
+  private answer(cb: Reply, op: () => Promise<unknown[] | number>): void {
+    op().then(
+      (result) => (typeof result === 'number' ? cb(result) : cb(0, ...result)),
+      (err: unknown) => {
+        const name = errnoOf(err)
+        if (name === 'EIO') console.error(`ckptfs: ${messageOf(err)}`)
+        cb(errno(name))
+      },
+    )
+  }
+}
+
+function errno(name: ErrnoName): number {
+  return -(os.constants.errno as Record<string, number>)[name]
+}
+
+/** Unmounts a mount whose server is gone (the kernel answers ENOTCONN there). */
+export function forceUnmount(mnt: string): Promise<void> {
+  return new Promise((resolve, reject) => Fuse.unmount(mnt, (err) => (err ? reject(err) : resolve())))
+}
