@@ -1,0 +1,470 @@
+// Brings a validated checkpoint back as a running process (docs/RESTORE.md). This module is
+// the order of operations; the addon performs each system call, the stub opens the files.
+
+import * as fs from 'fs'
+import * as path from 'path'
+import type { InjectedCall } from '../../addon/index'
+import { CkptError, messageOf } from '../errors'
+import type { ProcessState, ThreadState, Vma } from '../model'
+import { native } from '../native'
+import { framePlan } from './fdplan'
+import { planFileRecords } from './files'
+import type { SavedCheckpoint } from './load'
+import { SYS } from './syscalls'
+
+const PAGE = 4096n
+/** Where user space ends on x86-64 (47-bit address space; the last page is never mapped). */
+const TASK_SIZE = 0x7ffffffff000n
+const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
+
+const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
+const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN = 0x100
+const MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
+const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
+const O_RDONLY = 0, O_RDWR = 2, O_CLOEXEC = 0o2000000
+const AT_FDCWD = -100n
+const MADV_POPULATE_WRITE = 23
+const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
+const MADVISE_BY_FLAG: Record<string, number> = { dc: 10 /* DONTFORK */, dd: 16 /* DONTDUMP */, hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */ }
+
+/** Index of each register in struct user_regs_struct (x86-64), in 8-byte words. */
+export const REG = { rax: 10, orig_rax: 15, rip: 16, rsp: 19, fs_base: 21, gs_base: 22 } as const
+
+/** The stub built with the addon (addon/build/Release/restorer). */
+function stubPath(): string {
+  for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const candidate = path.join(dir, 'addon', 'build', 'Release', 'restorer')
+    if (fs.existsSync(candidate)) return candidate
+  }
+  throw new CkptError('restorer stub not built: run `npm run setup` (addon/build/Release/restorer is missing)')
+}
+
+/** Restores `saved` (already validated by loading it); returns its PID. */
+export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
+  const { process: proc, threads, vmas } = saved
+  const pid = proc.pid
+  refuseUnsupported(saved)
+  assertIdsFree(saved)
+  const records = await planFileRecords(saved.fileTable)
+  const plan = framePlan(saved.fileTable, proc, records)
+  await native.spawnRestorer(pid, stubPath(), plan.bytes, plan.workFdBase).catch((err: unknown) => {
+    if ((err as { code?: string }).code === 'EEXIST') throw new CkptError(`restore: PID ${pid} is taken (by a process that started meanwhile)`, 'EEXIST')
+    throw new CkptError(`restore of ${pid}: ${messageOf(err)}`)
+  })
+  try {
+    const layout = new Layout(vmas)
+    await restoreMemory(pid, vmas, proc, layout)
+    await restoreProcessState(pid, proc, threads[0], layout)
+    await restoreRegisters(threads[0], layout)
+    await native.thaw(pid, false)
+    return pid
+  } catch (err) {
+    await native.thaw(pid, true).catch(() => undefined)
+    throw err instanceof CkptError ? err : new CkptError(`restore of ${pid}: ${messageOf(err)}`)
+  }
+}
+
+function refuseUnsupported(saved: SavedCheckpoint): void {
+  const { process: proc, threads, vmas } = saved
+  if (threads.length !== 1) throw new CkptError(`task-${proc.pid}/threads: ${threads.length} threads; restoring multi-threaded processes is not supported yet`, 'ENOTSUP')
+  if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
+  if (proc.posixTimers.length > 0) throw new CkptError(`task-${proc.pid}/timers/posix: POSIX timers cannot be restored yet`, 'ENOTSUP')
+  for (const v of vmas) {
+    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
+      throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
+    }
+  }
+}
+
+function assertIdsFree(saved: SavedCheckpoint): void {
+  for (const t of saved.threads) {
+    if (fs.existsSync(`/proc/${t.tid}`)) throw new CkptError(`restore: PID ${t.tid} is taken: ${describeProcess(t.tid)}`, 'EEXIST')
+  }
+}
+
+function describeProcess(pid: number): string {
+  try {
+    return `${fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim()} (pid ${pid}) is running; end it first`
+  } catch {
+    return `pid ${pid} exists`
+  }
+}
+
+export function vmaName(v: Vma): string {
+  return `${v.start.toString(16)}-${v.end.toString(16)}`
+}
+
+function protOf(perms: string): number {
+  return (perms[0] === 'r' ? PROT_READ : 0) | (perms[1] === 'w' ? PROT_WRITE : 0) | (perms[2] === 'x' ? PROT_EXEC : 0)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Addresses the restore itself needs while it works: a page holding a `syscall` instruction
+ * and a scratch area for arguments, both in holes of the saved layout, and a parking area
+ * through which the vdso moves (so its old and new places may overlap).
+ */
+class Layout {
+  readonly codeAddr: bigint
+  readonly scratchAddr: bigint
+  readonly parkAddr: bigint
+  static readonly SCRATCH = 1n << 20n
+  static readonly PARK = 1n << 20n
+
+  constructor(readonly vmas: Vma[]) {
+    const taken = vmas.map((v) => [v.start, v.end] as const)
+    this.codeAddr = this.hole(taken, PAGE)
+    taken.push([this.codeAddr, this.codeAddr + PAGE])
+    this.scratchAddr = this.hole(taken, Layout.SCRATCH)
+    taken.push([this.scratchAddr, this.scratchAddr + Layout.SCRATCH])
+    this.parkAddr = this.hole(taken, Layout.PARK)
+  }
+
+  /** The lowest free range of `size` above 16 MiB (clear of mmap_min_addr and low mappings). */
+  private hole(taken: Array<readonly [bigint, bigint]>, size: bigint): bigint {
+    const sorted = [...taken].sort((a, b) => (a[0] < b[0] ? -1 : 1))
+    let candidate = 0x1000000n
+    for (const [start, end] of sorted) {
+      if (start >= candidate + size) break
+      if (end > candidate) candidate = end
+    }
+    if (candidate + size > TASK_SIZE) throw new CkptError('restore: no free address range for the restorer')
+    return candidate
+  }
+}
+
+interface Call extends InjectedCall {
+  /** What the call does, for the error message. */
+  what: string
+}
+
+/** Runs calls in the task through the restorer's own syscall page and scratch area; any failure names its call. */
+async function inject(tid: number, layout: Layout, calls: Call[], scratch: Buffer | null = null): Promise<bigint[]> {
+  if (calls.length === 0) return []
+  const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr }
+  const size = scratch ? roundUp(BigInt(scratch.length), PAGE) : 0n
+  if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
+  const { results } = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
+  results.forEach((r, i) => {
+    if (r < 0n && r > -4096n) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
+  })
+  return results
+}
+
+function errnoText(errno: number): string {
+  const name = Object.entries(require('os').constants.errno as Record<string, number>).find(([, n]) => n === errno)?.[0]
+  return name ? `${name} (${errno})` : `errno ${errno}`
+}
+
+const roundUp = (n: bigint, to: bigint) => ((n + to - 1n) / to) * to
+
+/** Packs strings and structs into a scratch buffer; each put returns its offset. */
+class Scratch {
+  private readonly parts: Buffer[] = []
+  private size = 0
+
+  put(data: Buffer): bigint {
+    const offset = this.size
+    const padded = (data.length + 7) & ~7
+    const b = Buffer.alloc(padded)
+    data.copy(b)
+    this.parts.push(b)
+    this.size += padded
+    return BigInt(offset)
+  }
+
+  cstring(s: string): bigint {
+    return this.put(Buffer.from(s + '\0', 'utf8'))
+  }
+
+  buffer(): Buffer {
+    return Buffer.concat(this.parts)
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+
+interface StubMaps {
+  /** [vvar], [vvar_vclock], [vdso] as they are in the stub now, in address order. */
+  special: Array<{ name: string; start: bigint; end: bigint }>
+}
+
+function readStubMaps(pid: number): StubMaps {
+  const special = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((line) => {
+    const [range, , , , , ...rest] = line.split(/\s+/)
+    const [start, end] = range.split('-').map((h) => BigInt('0x' + h))
+    return { name: rest.join(' '), start, end }
+  }).filter((m) => SPECIAL.has(m.name))
+  return { special }
+}
+
+async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout): Promise<void> {
+  // 1. A page of our own with a `syscall` instruction: the vdso's moves below.
+  await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])
+  await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05]))
+
+  // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
+  const stub = readStubMaps(pid)
+  const keep: Array<[bigint, bigint]> = [[layout.codeAddr, layout.codeAddr + PAGE], [layout.scratchAddr, layout.scratchAddr + Layout.SCRATCH]]
+  for (const m of stub.special) keep.push([m.start, m.end])
+  keep.sort((a, b) => (a[0] < b[0] ? -1 : 1))
+  const unmap: Call[] = []
+  let from = 0n
+  for (const [start, end] of keep) {
+    if (start > from) unmap.push({ nr: SYS.munmap, args: [from, start - from], what: `munmap the restorer's ${from.toString(16)}-${start.toString(16)}` })
+    from = end > from ? end : from
+  }
+  if (TASK_SIZE > from) unmap.push({ nr: SYS.munmap, args: [from, TASK_SIZE - from], what: `munmap the restorer's ${from.toString(16)}-` })
+  await inject(pid, layout, unmap)
+
+  // 3. The vdso trio goes where the saved program expects it (ld.so cached its addresses).
+  await moveVdso(pid, vmas, stub, layout)
+
+  // 4. Every saved mapping, writable first so its pages can be written. Files are opened
+  //    once each (one batch), mapped and closed (a second batch).
+  const mapped = vmas.filter((v) => !SPECIAL.has(v.path) && v.kind !== 'vsyscall')
+  const fileFds = await openMappedFiles(pid, layout, mapped)
+  const calls: Call[] = []
+  for (const v of mapped) {
+    const len = v.end - v.start
+    const vmFlags = v.vmFlags.split(' ')
+    let flags = MAP_FIXED_NOREPLACE | (vmFlags.includes('nr') ? MAP_NORESERVE : 0)
+    if (vmFlags.includes('gd')) flags |= MAP_GROWSDOWN
+    const what = `map ${vmaName(v)} (${v.path || v.kind})`
+    const prot = BigInt(initialProt(v))
+    if (v.kind === 'file-private' || v.kind === 'file-shared') {
+      const shared = v.kind === 'file-shared'
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
+    } else {
+      const shared = v.kind === 'shared-anonymous'
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE)), -1n, 0n], what })
+    }
+  }
+  for (const fd of fileFds.values()) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
+  await inject(pid, layout, calls)
+
+  // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
+  const populate: Call[] = []
+  for (const v of vmas) {
+    for (const run of v.stored) {
+      if (run.length >= 1n << 20n) populate.push({ nr: SYS.madvise, args: [v.start + run.offset, run.length, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
+    }
+  }
+  await inject(pid, layout, populate)
+  await writePages(pid, vmas)
+
+  // 6. Final protections and madvise flags.
+  const finish: Call[] = []
+  for (const v of vmas) {
+    if (SPECIAL.has(v.path) || v.kind === 'vsyscall') continue
+    const prot = protOf(v.perms)
+    if (prot !== initialProt(v)) finish.push({ nr: SYS.mprotect, args: [v.start, v.end - v.start, BigInt(prot)], what: `mprotect ${vmaName(v)} ${v.perms}` })
+    for (const flag of v.vmFlags.split(' ')) {
+      const advice = MADVISE_BY_FLAG[flag]
+      if (advice !== undefined) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
+    }
+  }
+  await inject(pid, layout, finish)
+
+  // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
+  await setMmMap(pid, proc, layout)
+}
+
+/**
+ * The protection a mapping is created with: the saved one, plus read and write where its
+ * pages are written or where the original was accounted as writable (VmFlags "ac": a private
+ * mapping that was writable once, e.g. RELRO). Private mappings made writable get VM_ACCOUNT,
+ * which the kernel also compares when it merges neighbours: adding write access elsewhere
+ * would merge a read-only text mapping with the RELRO mapping next to it.
+ */
+function initialProt(v: Vma): number {
+  const saved = protOf(v.perms)
+  if (v.kind === 'file-shared') return saved
+  const writes = v.stored.length > 0 || v.vmFlags.split(' ').includes('ac') || v.kind === 'shared-anonymous'
+  return writes ? saved | PROT_READ | PROT_WRITE : saved
+}
+
+const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
+
+/** Opens every file the saved mappings map, once per path and access; returns the fds in the task. */
+async function openMappedFiles(pid: number, layout: Layout, vmas: Vma[]): Promise<Map<string, bigint>> {
+  const scratch = new Scratch()
+  const keys = [...new Set(vmas.filter((v) => v.kind === 'file-private' || v.kind === 'file-shared').map(fileKey))]
+  const calls: Call[] = keys.map((key) => {
+    const [access, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
+    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((access === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it` }
+  })
+  const fds = await inject(pid, layout, calls, scratch.buffer())
+  return new Map(keys.map((k, i) => [k, fds[i]]))
+}
+
+async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout): Promise<void> {
+  const saved = vmas.filter((v) => SPECIAL.has(v.path))
+  const names = stub.special.map((m) => m.name).join(' ')
+  if (saved.map((v) => v.path).join(' ') !== names) {
+    throw new CkptError(`restore: the saved vdso mappings (${saved.map((v) => v.path).join(' ') || 'none'}) differ from this kernel's (${names}): restore on the kernel that made the checkpoint`, 'ENOTSUP')
+  }
+  for (let i = 0; i < saved.length; i++) {
+    if (saved[i].end - saved[i].start !== stub.special[i].end - stub.special[i].start) {
+      throw new CkptError(`restore: ${saved[i].path} has another size on this kernel: restore on the kernel that made the checkpoint`, 'ENOTSUP')
+    }
+  }
+  if (saved.length === 0 || saved[0].start === stub.special[0].start) return
+  const base = stub.special[0].start
+  const park: Call[] = stub.special.map((m) => ({
+    nr: SYS.mremap, args: [m.start, m.end - m.start, m.end - m.start, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), layout.parkAddr + (m.start - base)], what: `park ${m.name}`,
+  }))
+  const place: Call[] = stub.special.map((m, i) => ({
+    nr: SYS.mremap, args: [layout.parkAddr + (m.start - base), m.end - m.start, m.end - m.start, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), saved[i].start], what: `move ${m.name} to ${saved[i].start.toString(16)}`,
+  }))
+  await inject(pid, layout, [...park, ...place])
+}
+
+async function writePages(pid: number, vmas: Vma[]): Promise<void> {
+  const CHUNK = 32 << 20
+  for (const v of vmas) {
+    if (v.pages.size === 0 || SPECIAL.has(v.path)) continue
+    let sourceOffset = 0
+    for (const run of v.stored) {
+      const length = Number(run.length)
+      for (let done = 0; done < length; done += CHUNK) {
+        const n = Math.min(CHUNK, length - done)
+        const data = await v.pages.read(sourceOffset + done, n)
+        if (data.length !== n) throw new CkptError(`restore: ${vmaName(v)}: page data ended early`)
+        await native.writeMemory(pid, v.start + run.offset + BigInt(done), data)
+      }
+      sourceOffset += length
+    }
+  }
+}
+
+async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+  const mm = proc.mm
+  const scratch = new Scratch()
+  const exePath = scratch.cstring(mm.exe)
+  const auxv = scratch.put(mm.auxv)
+  const map = Buffer.alloc(104)
+  const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd]
+  fields.forEach((f, i) => map.writeBigUInt64LE(f, i * 8))
+  const mapOffset = scratch.put(map)
+  const buffer = scratch.buffer()
+  // struct prctl_mm_map: auxv is a pointer into the scratch area, known only once it is mapped.
+  buffer.writeBigUInt64LE(layout.scratchAddr + auxv, Number(mapOffset) + 88)
+  buffer.writeUInt32LE(mm.auxv.length, Number(mapOffset) + 96)
+  const [exeFd] = await inject(pid, layout, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}` }], buffer)
+  buffer.writeInt32LE(Number(exeFd), Number(mapOffset) + 100)
+  await inject(pid, layout, [
+    { nr: SYS.prctl, args: [BigInt(PR_SET_MM), BigInt(PR_SET_MM_MAP), mapOffset, 104n, 0n], scratchArgs: 0b100, what: 'prctl(PR_SET_MM_MAP)' },
+    { nr: SYS.close, args: [exeFd], what: 'close the executable' },
+  ], buffer)
+}
+
+// ---------------------------------------------------------------------------------------
+// Process state and registers
+
+async function restoreProcessState(pid: number, proc: ProcessState, thread: ThreadState, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  const calls: Call[] = []
+  for (const a of proc.sigactions) {
+    if (a.handler === 0n && a.flags === 0n && a.mask === 0n) continue
+    const act = Buffer.alloc(32)
+    act.writeBigUInt64LE(a.handler, 0)
+    act.writeBigUInt64LE(a.flags, 8)
+    act.writeBigUInt64LE(a.restorer, 16)
+    act.writeBigUInt64LE(a.mask, 24)
+    calls.push({ nr: SYS.rt_sigaction, args: [BigInt(a.signal), scratch.put(act), 0n, 8n], scratchArgs: 0b10, what: `sigaction(${a.signal})` })
+  }
+  const which = { real: 0, virtual: 1, prof: 2 }
+  for (const t of proc.itimers) {
+    if (t.valueUs === 0n && t.intervalUs === 0n) continue
+    const val = Buffer.alloc(32)
+    val.writeBigInt64LE(t.intervalUs / 1000000n, 0)
+    val.writeBigInt64LE(t.intervalUs % 1000000n, 8)
+    val.writeBigInt64LE(t.valueUs / 1000000n, 16)
+    val.writeBigInt64LE(t.valueUs % 1000000n, 24)
+    calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
+  }
+  const alt = thread.altstack
+  if (alt.sp !== 0n || alt.size !== 0n || (alt.flags & 2) === 0) {
+    const ss = Buffer.alloc(24)
+    ss.writeBigUInt64LE(alt.sp, 0)
+    ss.writeInt32LE(alt.flags & ~1 /* SS_ONSTACK is a state, not a setting */, 8)
+    ss.writeBigUInt64LE(alt.size, 16)
+    if ((alt.flags & 2) === 0) calls.push({ nr: SYS.sigaltstack, args: [scratch.put(ss), 0n], scratchArgs: 0b1, what: 'sigaltstack' })
+  }
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NAME), scratch.cstring(proc.comm)], scratchArgs: 0b10, what: 'set the name (comm)' })
+  calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
+  calls.push({ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` })
+  if (proc.root !== '/') calls.push({ nr: SYS.chroot, args: [scratch.cstring(proc.root)], scratchArgs: 0b1, what: `chroot ${proc.root}` })
+  if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
+  if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' })
+  for (const r of proc.rlimits) {
+    const lim = Buffer.alloc(16)
+    lim.writeBigUInt64LE(BigInt.asUintN(64, r.soft), 0)
+    lim.writeBigUInt64LE(BigInt.asUintN(64, r.hard), 8)
+    calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
+  }
+  const creds = proc.creds
+  const groups = Buffer.alloc(Math.max(4, creds.groups.length * 4))
+  creds.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4))
+  calls.push({ nr: SYS.setgroups, args: [BigInt(creds.groups.length), scratch.put(groups)], scratchArgs: 0b10, what: 'setgroups' })
+  calls.push({ nr: SYS.setresgid, args: [BigInt(creds.gid), BigInt(creds.egid), BigInt(creds.sgid)], what: 'setresgid' })
+  calls.push({ nr: SYS.setfsgid, args: [BigInt(creds.fsgid)], what: 'setfsgid' })
+  calls.push({ nr: SYS.setresuid, args: [BigInt(creds.uid), BigInt(creds.euid), BigInt(creds.suid)], what: 'setresuid' })
+  calls.push({ nr: SYS.setfsuid, args: [BigInt(creds.fsuid)], what: 'setfsuid' })
+  const results = await inject(pid, layout, calls, scratch.buffer())
+  // setfsuid/setfsgid return the previous id, never an error code: nothing to check there.
+  void results
+  await requeuePending(pid, proc, thread, layout)
+}
+
+/** Pending signals go back in through rt_tgsigqueueinfo from inside the task, with their siginfo. */
+async function requeuePending(pid: number, proc: ProcessState, thread: ThreadState, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  const calls: Call[] = []
+  const queue = (records: Buffer, tid: number) => {
+    for (let off = 0; off + 128 <= records.length; off += 128) {
+      const info = records.subarray(off, off + 128)
+      const sig = info.readInt32LE(0)
+      calls.push({ nr: SYS.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(tid), BigInt(sig), scratch.put(info)], scratchArgs: 0b1000, what: `queue signal ${sig}` })
+    }
+  }
+  queue(proc.sharedPendingSiginfo, pid)
+  queue(thread.pendingSiginfo, thread.tid)
+  await inject(pid, layout, calls, scratch.buffer())
+}
+
+/** The kernel's restart codes: -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK. */
+const RESTART_CODES = new Set([-512n, -513n, -514n, -516n])
+
+/**
+ * A thread stopped inside a system call the kernel would restart is set to issue the call
+ * again (restart-pitfalls §6); orig_rax is always -1 so no restart logic of the restorer's
+ * own state fires.
+ */
+export function restartFixup(regs: Buffer): Buffer {
+  const out = Buffer.from(regs)
+  const origRax = out.readBigInt64LE(REG.orig_rax * 8)
+  const rax = out.readBigInt64LE(REG.rax * 8)
+  if (origRax >= 0n && RESTART_CODES.has(rax)) {
+    out.writeBigInt64LE(origRax, REG.rax * 8)
+    out.writeBigUInt64LE(out.readBigUInt64LE(REG.rip * 8) - 2n, REG.rip * 8)
+  }
+  out.writeBigInt64LE(-1n, REG.orig_rax * 8)
+  return out
+}
+
+async function restoreRegisters(thread: ThreadState, layout: Layout): Promise<void> {
+  const tid = thread.tid
+  // The restorer's page is unmapped through the vdso's own syscall, now at its saved place.
+  await native.injectBatch(tid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
+  if (thread.rseq.pointer !== 0n) {
+    const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.rseq, args: [thread.rseq.pointer, BigInt(thread.rseq.size), 0n, BigInt(thread.rseq.signature)] }])).results
+    if (r < 0n) throw new CkptError(`restore: rseq registration of thread ${tid}: ${errnoText(Number(-r))}`)
+  }
+  await native.setThreadRegisters(tid, restartFixup(thread.regs))
+  await native.setThreadState(tid, thread.xstate, thread.sigmask)
+}
