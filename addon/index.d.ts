@@ -168,4 +168,9 @@ export interface Addon {
   writeMemory(pid: number, addr: bigint, data: Buffer): Promise<void>
   /** PTRACE_SETREGSET NT_X86_XSTATE (at the saved length) and PTRACE_SETSIGMASK. */
   setThreadState(tid: number, xstate: Buffer, sigmask: bigint): Promise<void>
+  /**
+   * Seizes (with the task's ptrace options), interrupts and tracks one more thread of a task
+   * held by freeze or spawnRestorer: a thread a restore created with an injected clone3.
+   */
+  seizeThread(pid: number, tid: number): Promise<void>
 }

@@ -247,6 +247,7 @@ typedef struct {
   task_t t;
   pid_t pid;
   int kill;
+  pid_t tid;  // seizeThread
   frozen_thread_t *out;
   size_t nout;
 } freeze_task_t;
@@ -501,5 +502,49 @@ napi_value js_thaw(napi_env env, napi_callback_info info) {
   ft->t.run = thaw_run;
   ft->pid = pid;
   ft->kill = kill;
+  return tracer_submit(env, &ft->t);
+}
+
+// seizeThread: a thread that a restore created in a task we hold (an injected clone3 whose
+// child spins in place) is seized with the task's options, stopped, and tracked with it.
+static void seize_thread_run(task_t *t) {
+  freeze_task_t *ft = (freeze_task_t *)t;
+  pid_t tid = ft->tid;
+  frozen_proc_t *p = frozen_find(ft->pid);
+  if (!p) {
+    nerr_set(&t->err, ESRCH, "seizeThread(pid %d): not frozen", ft->pid);
+    return;
+  }
+  if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)p->options) < 0) {
+    nerr_set(&t->err, errno, "ptrace(PTRACE_SEIZE, tid %d)", tid);
+    return;
+  }
+  if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0) {
+    nerr_set(&t->err, errno, "ptrace(PTRACE_INTERRUPT, tid %d)", tid);
+    return;
+  }
+  frozen_thread_t th = {.tid = tid};
+  int r = wait_event_stop(&th, mono_ms() + FREEZE_TIMEOUT_MS, &t->err);
+  if (r <= 0) {
+    if (r == 0) nerr_set(&t->err, ESRCH, "seizeThread(tid %d): thread exited", tid);
+    return;
+  }
+  if (proc_add_thread(p, tid) < 0) {
+    nerr_set(&t->err, ENOMEM, "seizeThread(tid %d)", tid);
+    return;
+  }
+  p->threads[p->n - 1] = th;
+}
+
+napi_value js_seize_thread(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid, tid;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "tid", &tid))
+    return NULL;
+  freeze_task_t *ft = calloc(1, sizeof *ft);
+  if (!ft) return NULL;
+  ft->t.run = seize_thread_run;
+  ft->pid = pid;
+  ft->tid = tid;
   return tracer_submit(env, &ft->t);
 }

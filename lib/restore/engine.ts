@@ -54,8 +54,8 @@ export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
   try {
     const layout = new Layout(vmas)
     await restoreMemory(pid, vmas, proc, layout)
-    await restoreProcessState(pid, proc, threads[0], layout)
-    await restoreRegisters(threads[0], layout)
+    await restoreProcessState(pid, proc, layout)
+    await restoreThreads(pid, threads, layout)
     await native.thaw(pid, false)
     return pid
   } catch (err) {
@@ -65,8 +65,7 @@ export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
 }
 
 function refuseUnsupported(saved: SavedCheckpoint): void {
-  const { process: proc, threads, vmas } = saved
-  if (threads.length !== 1) throw new CkptError(`task-${proc.pid}/threads: ${threads.length} threads; restoring multi-threaded processes is not supported yet`, 'ENOTSUP')
+  const { process: proc, vmas } = saved
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
   if (proc.posixTimers.length > 0) throw new CkptError(`task-${proc.pid}/timers/posix: POSIX timers cannot be restored yet`, 'ENOTSUP')
   for (const v of vmas) {
@@ -203,7 +202,9 @@ function readStubMaps(pid: number): StubMaps {
 async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout): Promise<void> {
   // 1. A page of our own with a `syscall` instruction: the vdso's moves below.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])
-  await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05]))
+  // `syscall`, then `jmp .`: a thread made by an injected clone3 returns there and spins
+  // in place until it is seized (createThread).
+  await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -364,7 +365,7 @@ async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promis
 // ---------------------------------------------------------------------------------------
 // Process state and registers
 
-async function restoreProcessState(pid: number, proc: ProcessState, thread: ThreadState, layout: Layout): Promise<void> {
+async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
   const scratch = new Scratch()
   const calls: Call[] = []
   for (const a of proc.sigactions) {
@@ -386,15 +387,6 @@ async function restoreProcessState(pid: number, proc: ProcessState, thread: Thre
     val.writeBigInt64LE(t.valueUs % 1000000n, 24)
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
-  const alt = thread.altstack
-  if (alt.sp !== 0n || alt.size !== 0n || (alt.flags & 2) === 0) {
-    const ss = Buffer.alloc(24)
-    ss.writeBigUInt64LE(alt.sp, 0)
-    ss.writeInt32LE(alt.flags & ~1 /* SS_ONSTACK is a state, not a setting */, 8)
-    ss.writeBigUInt64LE(alt.size, 16)
-    if ((alt.flags & 2) === 0) calls.push({ nr: SYS.sigaltstack, args: [scratch.put(ss), 0n], scratchArgs: 0b1, what: 'sigaltstack' })
-  }
-  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NAME), scratch.cstring(proc.comm)], scratchArgs: 0b10, what: 'set the name (comm)' })
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
   calls.push({ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` })
   if (proc.root !== '/') calls.push({ nr: SYS.chroot, args: [scratch.cstring(proc.root)], scratchArgs: 0b1, what: `chroot ${proc.root}` })
@@ -418,22 +410,18 @@ async function restoreProcessState(pid: number, proc: ProcessState, thread: Thre
   const results = await inject(pid, layout, calls, scratch.buffer())
   // setfsuid/setfsgid return the previous id, never an error code: nothing to check there.
   void results
-  await requeuePending(pid, proc, thread, layout)
+  await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
 }
 
 /** Pending signals go back in through rt_tgsigqueueinfo from inside the task, with their siginfo. */
-async function requeuePending(pid: number, proc: ProcessState, thread: ThreadState, layout: Layout): Promise<void> {
+async function requeue(pid: number, tid: number, records: Buffer, layout: Layout): Promise<void> {
   const scratch = new Scratch()
   const calls: Call[] = []
-  const queue = (records: Buffer, tid: number) => {
-    for (let off = 0; off + 128 <= records.length; off += 128) {
-      const info = records.subarray(off, off + 128)
-      const sig = info.readInt32LE(0)
-      calls.push({ nr: SYS.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(tid), BigInt(sig), scratch.put(info)], scratchArgs: 0b1000, what: `queue signal ${sig}` })
-    }
+  for (let off = 0; off + 128 <= records.length; off += 128) {
+    const info = records.subarray(off, off + 128)
+    const sig = info.readInt32LE(0)
+    calls.push({ nr: SYS.rt_tgsigqueueinfo, args: [BigInt(pid), BigInt(tid), BigInt(sig), scratch.put(info)], scratchArgs: 0b1000, what: `queue signal ${sig} to thread ${tid}` })
   }
-  queue(proc.sharedPendingSiginfo, pid)
-  queue(thread.pendingSiginfo, thread.tid)
   await inject(pid, layout, calls, scratch.buffer())
 }
 
@@ -457,10 +445,56 @@ export function restartFixup(regs: Buffer): Buffer {
   return out
 }
 
-async function restoreRegisters(thread: ThreadState, layout: Layout): Promise<void> {
+// ---------------------------------------------------------------------------------------
+// Threads: the main thread is the stub's; every other one is made by an injected clone3 with
+// its saved TID. Per-thread state is set in each; registers come last, and no thread runs
+// before all are ready (they are released together by thaw).
+
+const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // VM FS FILES SIGHAND THREAD SYSVSEM
+
+async function restoreThreads(pid: number, threads: ThreadState[], layout: Layout): Promise<void> {
+  for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
+  for (const thread of threads) await restoreThreadState(pid, thread, layout)
+  // The restorer's page goes away through the vdso's own syscall, now at its saved place.
+  await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
+  for (const thread of threads) await restoreRegisters(thread)
+}
+
+async function createThread(pid: number, tid: number, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  const setTid = Buffer.alloc(8)
+  setTid.writeBigUInt64LE(BigInt(tid))
+  const tidOffset = scratch.put(setTid)
+  const args = Buffer.alloc(88) // struct clone_args; stack 0: the new thread never uses one before its registers are set
+  args.writeBigUInt64LE(BigInt(CLONE_THREAD_FLAGS), 0)
+  args.writeBigUInt64LE(BigInt(tid), 64) // set_tid, made absolute below
+  args.writeBigUInt64LE(1n, 72)
+  const argsOffset = scratch.put(args)
+  const buffer = scratch.buffer()
+  buffer.writeBigUInt64LE(layout.scratchAddr + tidOffset, Number(argsOffset) + 64)
+  const [created] = await inject(pid, layout, [{ nr: SYS.clone3, args: [argsOffset, 88n], scratchArgs: 0b1, what: `create thread ${tid}` }], buffer)
+  if (created !== BigInt(tid)) throw new CkptError(`restore: thread ${tid} came back as ${created}`)
+  await native.seizeThread(pid, tid)
+}
+
+async function restoreThreadState(pid: number, thread: ThreadState, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  const calls: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_NAME), scratch.cstring(thread.comm)], scratchArgs: 0b10, what: `name thread ${thread.tid}` }]
+  const alt = thread.altstack
+  if ((alt.flags & 2) === 0) {
+    // SS_DISABLE (2) is the default; SS_ONSTACK (1) is a state, not a setting.
+    const ss = Buffer.alloc(24)
+    ss.writeBigUInt64LE(alt.sp, 0)
+    ss.writeInt32LE(alt.flags & ~1, 8)
+    ss.writeBigUInt64LE(alt.size, 16)
+    calls.push({ nr: SYS.sigaltstack, args: [scratch.put(ss), 0n], scratchArgs: 0b1, what: `sigaltstack of thread ${thread.tid}` })
+  }
+  await inject(thread.tid, layout, calls, scratch.buffer())
+  await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
+}
+
+async function restoreRegisters(thread: ThreadState): Promise<void> {
   const tid = thread.tid
-  // The restorer's page is unmapped through the vdso's own syscall, now at its saved place.
-  await native.injectBatch(tid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
   if (thread.rseq.pointer !== 0n) {
     const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.rseq, args: [thread.rseq.pointer, BigInt(thread.rseq.size), 0n, BigInt(thread.rseq.signature)] }])).results
     if (r < 0n) throw new CkptError(`restore: rseq registration of thread ${tid}: ${errnoText(Number(-r))}`)

@@ -24,4 +24,5 @@ export const SYS = {
   prlimit64: 302,
   rseq: 334,
   openat: 257,
+  clone3: 435,
 } as const
