@@ -6,6 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
 import { CkptError, messageOf } from '../lib/errors'
+import { restorePath } from '../lib/restore/index'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
 import { forceUnmount, Server } from './server'
@@ -210,6 +211,11 @@ async function checkpoint(parsed: Parsed): Promise<void> {
 async function restore(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'PATH')
   const source = path.resolve(given)
+  if (!parsed.flags.has('mount') && ckptfsMounts().length === 0) {
+    // No server to ask: this process restores it, and the task is not its child either.
+    process.stdout.write(`${await restorePath(source)}\n`)
+    return
+  }
   const mnt = chooseMount(parsed.flags.get('mount'))
   const area = path.join(mnt, 'restore')
   let dir: string
