@@ -58,7 +58,7 @@ function summary(s: Shown): string {
       ['root', p.root],
       ['ids', `ppid ${p.ppid}, pgid ${p.pgid}, sid ${p.sid}`],
       ['creds', `uid ${p.creds.uid}, gid ${p.creds.gid}, groups ${p.creds.groups.join(',') || '-'}`],
-      ['signals', `${p.sigactions.length} handlers set, pending ${hex(p.sharedPendingMask)}`],
+      ['signals', `${p.sigactions.filter((a) => a.handler !== 0n).length} of ${p.sigactions.length} not default, pending ${hex(p.sharedPendingMask)}`],
     ]),
     '',
     `threads: ${s.threads.length}`,

@@ -63,7 +63,7 @@ export async function runDemo(): Promise<void> {
 
     ckptfs('mount', mnt)
     mounted = true
-    const dir = ckptfs('checkpoint', String(pid))
+    const dir = ckptfs('checkpoint', String(pid), '--mount', mnt)
     const frozenAt = lastCount(log)
     say(`\n# The process is frozen (state ${fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1][0]}); its log stays at ${frozenAt}.`)
     shell(`ls ${dir}`)
@@ -83,7 +83,7 @@ export async function runDemo(): Promise<void> {
     pids = []
 
     say('# Restore it from the saved copy: the program is back with its PID and carries on.')
-    const restored = Number(ckptfs('restore', saved))
+    const restored = Number(ckptfs('restore', saved, '--mount', mnt))
     pids.push(restored)
     await sleep(1200)
     const counts = fs.readFileSync(log, 'utf8').trim().split('\n').map(Number)
