@@ -109,7 +109,7 @@ export interface EpollItem {
   tfd: number
   events: number
   data: bigint
-  /** The description the item watches, when it is still in the fd table. */
+  /** The description of the file the item watches, when an fd of the task holds it (at tfd or another number). */
   targetObjref: ObjRef | undefined
 }
 
@@ -237,6 +237,8 @@ export interface ThreadState {
   rseq: { pointer: bigint; size: number; signature: number; flags: number }
   syscall: SyscallState
   altstack: SigAltStack
+  /** set_tid_address: the word the kernel clears (and futex-wakes) when the thread exits; pthread_join waits on it. */
+  clearChildTid: bigint
 }
 
 export interface SigAction {

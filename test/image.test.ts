@@ -97,6 +97,7 @@ function thread(tid: number, nr: number): ThreadState {
     rseq: { pointer: 0x7f00000020e0n, size: 32, signature: 0x53053053, flags: 0 },
     syscall: { nr, result },
     altstack: { sp: 0n, flags: -2147483646, size: 0n },
+    clearChildTid: fsBase + 0x2d0n,
   }
 }
 
@@ -504,21 +505,15 @@ async function writeSource(source: ByteSource, file: string): Promise<void> {
   }
 }
 
-/** The direct child of `parent` (the fixture runs under sh, so that this process's libuv does not reap its ptrace stops). */
-function childOf(parent: number): number {
-  const children = fs.readFileSync(`/proc/${parent}/task/${parent}/children`, 'utf8').trim().split(/\s+/).map(Number)
-  if (children.length !== 1 || !children[0]) throw new Error(`sh ${parent} has children ${JSON.stringify(children)}`)
-  return children[0]
-}
-
 for (const fixture of ['fdzoo', 'taskzoo']) {
   t.test(`${fixture}: live capture, image and tree are equal`, async (t) => {
     const work = fs.mkdtempSync(path.join(dir, `${fixture}-`))
     const scratch = path.join(work, 'scratch')
     fs.mkdirSync(scratch)
     const binary = buildTarget(fixture)
-    const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, scratch], /^ready$/, { cwd: scratch })
-    const pid = childOf(target.pid)
+    const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, scratch], /^ready/, { cwd: scratch, stdin: 'pipe' })
+    // fdzoo says "ready pid=N", taskzoo a "pid=N" line of its own.
+    const pid = Number(target.lines.map((l) => /(?:^|\s)pid=(\d+)/.exec(l)).find((m) => m)![1])
     let frozen = false
     t.teardown(async () => {
       if (frozen) await native.thaw(pid, true).catch(() => undefined)

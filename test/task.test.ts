@@ -145,7 +145,7 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
   const binary = buildTarget('taskzoo')
   // Started through sh so that it is not this process's child: libuv reaps its own children
   // with waitpid() on SIGCHLD and would swallow the ptrace stops the freeze waits for.
-  const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, work], /^ready$/, { cwd: work })
+  const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, work], /^ready$/, { cwd: work, stdin: 'pipe' })
   const said = new Map(target.lines.filter((l) => l.includes('=')).map((l) => l.split('=') as [string, string]))
   const pid = Number(said.get('pid'))
   let frozen = false
@@ -177,7 +177,7 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
     t.same(proc.environ, fs.readFileSync(`/proc/${pid}/environ`))
     t.equal(proc.umask, 0o027)
     t.equal(proc.personality, 0x0040000, 'ADDR_NO_RANDOMIZE')
-    t.equal(proc.ppid, target.pid, 'the sh that started it')
+    t.equal(proc.ppid, Number(/^PPid:\s+(\d+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))![1]), 'the sh that started it, as /proc/PID/status says')
     t.equal(proc.pgid, Number(statField(pid, 5)))
     t.equal(proc.sid, Number(statField(pid, 6)))
     t.equal(proc.ttyNr, Number(statField(pid, 7)))

@@ -294,6 +294,7 @@ export function threadFrom(f: Fields): ThreadState {
     rseq: { pointer: rseq.big('pointer'), size: rseq.num('size'), signature: rseq.num('signature'), flags: rseq.num('flags') },
     syscall: { nr: syscall.num('nr'), result: syscall.big('result') },
     altstack: { sp: altstack.big('sp'), flags: altstack.num('flags'), size: altstack.big('size') },
+    clearChildTid: f.big('clearChildTid'),
   }
   // ThreadState repeats some registers next to the raw ones: they must agree.
   const agree = (name: string, value: bigint, fromRegs: bigint) => {

@@ -48,11 +48,12 @@ export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
   const records = await planFileRecords(saved.fileTable)
   const plan = framePlan(saved.fileTable, proc, records)
   await native.spawnRestorer(pid, stubPath(), plan.bytes, plan.workFdBase).catch((err: unknown) => {
-    if ((err as { code?: string }).code === 'EEXIST') throw new CkptError(`restore: PID ${pid} is taken (by a process that started meanwhile)`, 'EEXIST')
+    if ((err as { code?: string }).code === 'EEXIST') throw new CkptError(`task-${pid}: PID ${pid} is taken (by a process that started meanwhile)`, 'EEXIST')
     throw new CkptError(`restore of ${pid}: ${messageOf(err)}`)
   })
   try {
-    const layout = new Layout(vmas)
+    // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
+    const layout = new Layout(vmas, mappedRanges(pid))
     await restoreMemory(pid, vmas, proc, layout)
     await restoreProcessState(pid, proc, layout)
     await restoreThreads(pid, threads, layout)
@@ -77,13 +78,17 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
 
 function assertIdsFree(saved: SavedCheckpoint): void {
   for (const t of saved.threads) {
-    if (fs.existsSync(`/proc/${t.tid}`)) throw new CkptError(`restore: PID ${t.tid} is taken: ${describeProcess(t.tid)}`, 'EEXIST')
+    if (fs.existsSync(`/proc/${t.tid}`)) throw new CkptError(`task-${saved.pid}: PID ${t.tid} is taken: ${describeProcess(t.tid)}`, 'EEXIST')
   }
 }
 
 function describeProcess(pid: number): string {
   try {
-    return `${fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim()} (pid ${pid}) is running; end it first`
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (state === 'Z') return `${comm} (pid ${pid}) has exited but its parent (pid ${ppid}) has not reaped it yet`
+    return `${comm} (pid ${pid}) is running; end it first`
   } catch {
     return `pid ${pid} exists`
   }
@@ -111,8 +116,9 @@ class Layout {
   static readonly SCRATCH = 1n << 20n
   static readonly PARK = 1n << 20n
 
-  constructor(readonly vmas: Vma[]) {
-    const taken = vmas.map((v) => [v.start, v.end] as const)
+  /** `avoid`: the restorer's own mappings, still there when the code page and scratch area are mapped. */
+  constructor(readonly vmas: Vma[], avoid: Array<readonly [bigint, bigint]> = []) {
+    const taken = [...vmas.map((v) => [v.start, v.end] as const), ...avoid]
     this.codeAddr = this.hole(taken, PAGE)
     taken.push([this.codeAddr, this.codeAddr + PAGE])
     this.scratchAddr = this.hole(taken, Layout.SCRATCH)
@@ -190,6 +196,14 @@ interface StubMaps {
   special: Array<{ name: string; start: bigint; end: bigint }>
 }
 
+/** Every mapping of a process, as [start, end) ranges. */
+function mappedRanges(pid: number): Array<[bigint, bigint]> {
+  return fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((line) => {
+    const [start, end] = line.slice(0, line.indexOf(' ')).split('-').map((h) => BigInt('0x' + h))
+    return [start, end]
+  })
+}
+
 function readStubMaps(pid: number): StubMaps {
   const special = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((line) => {
     const [range, , , , , ...rest] = line.split(/\s+/)
@@ -201,7 +215,8 @@ function readStubMaps(pid: number): StubMaps {
 
 async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout): Promise<void> {
   // 1. A page of our own with a `syscall` instruction: the vdso's moves below.
-  await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])
+  const [code] = (await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])).results
+  if (code !== layout.codeAddr) throw new CkptError(`restore: map the restorer's code page at ${layout.codeAddr.toString(16)}: ${code < 0n ? errnoText(Number(-code)) : `got ${code.toString(16)}`}`)
   // `syscall`, then `jmp .`: a thread made by an injected clone3 returns there and spins
   // in place until it is seized (createThread).
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
@@ -489,6 +504,8 @@ async function restoreThreadState(pid: number, thread: ThreadState, layout: Layo
     ss.writeBigUInt64LE(alt.size, 16)
     calls.push({ nr: SYS.sigaltstack, args: [scratch.put(ss), 0n], scratchArgs: 0b1, what: `sigaltstack of thread ${thread.tid}` })
   }
+  // pthread_join waits for the kernel to clear this word when the thread exits.
+  calls.push({ nr: SYS.set_tid_address, args: [thread.clearChildTid], what: `set_tid_address of thread ${thread.tid}` })
   await inject(thread.tid, layout, calls, scratch.buffer())
   await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
 }

@@ -25,4 +25,5 @@ export const SYS = {
   rseq: 334,
   openat: 257,
   clone3: 435,
+  set_tid_address: 218,
 } as const

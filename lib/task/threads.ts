@@ -20,6 +20,8 @@ const reg = (regs: Buffer, index: number): bigint => regs.readBigUInt64LE(index 
 
 /** stack_t: {ss_sp u64, ss_flags i32 (+pad), ss_size u64}. */
 const STACK_T_SIZE = 24
+/** prctl(PR_GET_TID_ADDRESS, &out): the thread's clear_child_tid (CONFIG_CHECKPOINT_RESTORE). */
+const PR_GET_TID_ADDRESS = 40
 
 /** Captures every thread of task `pid` (all frozen). */
 export async function captureThreads(pid: number, tids: number[]): Promise<ThreadState[]> {
@@ -28,16 +30,20 @@ export async function captureThreads(pid: number, tids: number[]): Promise<Threa
 
 async function captureThread(pid: number, tid: number): Promise<ThreadState> {
   const where = `task-${pid}/threads/${tid}`
-  const [cpu, comm, status, pendingSiginfo, [altstack]] = await Promise.all([
+  const [cpu, comm, status, pendingSiginfo, altstack] = await Promise.all([
     native.getThreadRegisters(tid).catch((err: unknown) => {
       throw new CkptError(`${where}: cannot read its registers: ${messageOf(err)}`, 'ESRCH')
     }),
     readProcText(pid, 'comm', tid),
     readProcText(pid, 'status', tid),
     native.peekSiginfo(tid, false),
-    inject(pid, tid, [{ nr: SYS.sigaltstack, args: [0n, 0n], out: { arg: 1, size: STACK_T_SIZE } }]),
+    inject(pid, tid, [
+      { nr: SYS.sigaltstack, args: [0n, 0n], out: { arg: 1, size: STACK_T_SIZE } },
+      { nr: SYS.prctl, args: [BigInt(PR_GET_TID_ADDRESS), 0n, 0n, 0n, 0n], out: { arg: 1, size: 8 } },
+    ]),
   ])
-  const stack = succeeded(altstack, `${where}: sigaltstack`).out
+  const stack = succeeded(altstack[0], `${where}: sigaltstack`).out
+  const clearChildTid = succeeded(altstack[1], `${where}: prctl(PR_GET_TID_ADDRESS)`).out.readBigUInt64LE(0)
   return {
     tid: asTid(tid),
     comm: comm.replace(/\n$/, ''),
@@ -49,6 +55,7 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
     pendingSiginfo,
     rseq: cpu.rseq,
     altstack: { sp: stack.readBigUInt64LE(0), flags: stack.readInt32LE(8), size: stack.readBigUInt64LE(16) },
+    clearChildTid,
   }
 }
 
@@ -91,6 +98,7 @@ const threadEntries: TableEntry<ThreadState>[] = [
   field('altstack_sp', hexU64, (t) => t.altstack.sp),
   field('altstack_size', decimalU64, (t) => t.altstack.size),
   field('altstack_flags', altstackFlags, (t) => t.altstack.flags >>> 0),
+  field('clear_child_tid', hexU64, (t) => t.clearChildTid),
 ]
 
 /**
@@ -180,6 +188,7 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
     pendingSiginfo: await loadSiginfo(dir, 'pending_siginfo', pendingMask),
     rseq,
     altstack: await loadAltstack(dir),
+    clearChildTid: await readValue(dir, 'clear_child_tid', hexU64),
   }
   await dir.finish()
   return thread
