@@ -17,7 +17,7 @@ import { captureProcess, processProblems } from './task/process'
 import { captureThreads } from './task/threads'
 import { captureVmas } from './task/memory'
 import { taskDir } from './task/tree'
-import { attr, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry } from './tree/node'
+import { attr, commandFile, lineFile, stream, tableDir, type ContentCache, type DirNode, type TableEntry } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
 
@@ -120,8 +120,9 @@ export class Checkpoint {
   directory(cache: ContentCache, onDone: (data: string) => Promise<void>): DirNode {
     const scope = { key: `c${this.id}`, cache }
     const entries: TableEntry<Checkpoint>[] = [
-      { name: 'done', make: () => doneFile(onDone) },
-      { name: 'status', make: (c) => volatileFile(() => c.status()) },
+      // done: "kill" kills the task; anything else resumes it.
+      { name: 'done', make: () => commandFile(onDone) },
+      { name: 'status', make: (c) => lineFile(() => c.status()) },
       stream('image', (c) => c.image()),
       attr('mode', (c) => c.mode),
       attr('pid', (c) => c.pid),
@@ -136,34 +137,6 @@ export class Checkpoint {
       },
     ]
     return tableDir<Checkpoint>(this, entries, scope)
-  }
-}
-
-/** `done`: empty writes change nothing (cp of an empty file); "kill" kills; anything else resumes. */
-function doneFile(onDone: (data: string) => Promise<void>): FileNode {
-  return {
-    kind: 'file',
-    perm: 0o644,
-    volatile: true,
-    size: async () => 0,
-    read: async () => Buffer.alloc(0),
-    truncate: async () => undefined,
-    write: async (_offset, data) => {
-      const text = data.toString('utf8').trim()
-      if (text !== '') await onDone(text)
-    },
-  }
-}
-
-/** A one-line file computed at every read (status). */
-export function volatileFile(line: () => Promise<string>): FileNode {
-  const text = async () => Buffer.from(`${await line()}\n`)
-  return {
-    kind: 'file',
-    perm: 0o444,
-    volatile: true,
-    size: async () => (await text()).length,
-    read: async (offset, length) => (await text()).subarray(offset, offset + length),
   }
 }
 

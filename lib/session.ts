@@ -9,11 +9,11 @@
 
 import { EventEmitter } from 'events'
 import { NodeCache } from './cache'
-import { Checkpoint, volatileFile } from './checkpoint'
+import { Checkpoint } from './checkpoint'
 import { CkptError, messageOf } from './errors'
 import { asPid, type CheckpointMode } from './model'
 import { RestoreArea } from './restore/area'
-import type { DirNode, FileNode, Node } from './tree/node'
+import { commandFile, lineFile, type DirNode, type FileNode, type Node } from './tree/node'
 
 export interface SessionEvents {
   /** A checkpoint ended: every node under this path is gone. */
@@ -91,22 +91,13 @@ export class Session extends EventEmitter<SessionEvents> {
     }
   }
 
+  /** `checkpoint`: "PID" or "PID copy" opens a checkpoint; a failed one fails the write. */
   private controlFile(): FileNode {
-    return {
-      kind: 'file',
-      perm: 0o644,
-      volatile: true,
-      size: async () => 0,
-      read: async () => Buffer.alloc(0),
-      truncate: async () => undefined,
-      write: async (_offset, data) => {
-        const text = data.toString('utf8').trim()
-        if (text === '') return
-        const match = /^([0-9]+)(?:\s+(lazy|copy))?$/.exec(text)
-        if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
-        await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')
-      },
-    }
+    return commandFile(async (text) => {
+      const match = /^([0-9]+)(?:\s+(lazy|copy))?$/.exec(text)
+      if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
+      await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')
+    })
   }
 
   private byPidDir(): DirNode {
@@ -117,7 +108,7 @@ export class Session extends EventEmitter<SessionEvents> {
       lookup: async (name) => {
         const pid = Number(name)
         if (!this.lastByPid.has(pid)) return undefined
-        return volatileFile(async () => this.currentNameFor(pid))
+        return lineFile(async () => this.currentNameFor(pid))
       },
     }
   }

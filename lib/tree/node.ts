@@ -181,3 +181,34 @@ export function cachedFile(key: string, cache: ContentCache, fill: () => Promise
     read: async (offset, length) => (await contents()).subarray(offset, offset + length),
   }
 }
+
+/**
+ * A write-only control file (done, checkpoint): reads as empty; each non-empty write is one
+ * command, trimmed; an empty write (what cp makes of an empty file) changes nothing.
+ */
+export function commandFile(onCommand: (text: string) => Promise<void>): FileNode {
+  return {
+    kind: 'file',
+    perm: 0o644,
+    volatile: true,
+    size: async () => 0,
+    read: async () => Buffer.alloc(0),
+    truncate: async () => undefined,
+    write: async (_offset, data) => {
+      const text = data.toString('utf8').trim()
+      if (text !== '') await onCommand(text)
+    },
+  }
+}
+
+/** A one-line file computed afresh at every read (status, by-pid/PID). */
+export function lineFile(line: () => Promise<string>): FileNode {
+  const text = async () => Buffer.from(`${await line()}\n`)
+  return {
+    kind: 'file',
+    perm: 0o444,
+    volatile: true,
+    size: async () => (await text()).length,
+    read: async (offset, length) => (await text()).subarray(offset, offset + length),
+  }
+}
