@@ -133,6 +133,12 @@ export interface Addon {
   // ---- files (synchronous: each is one fast system call) ----
   /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */
   kcmpFile(pid: number, fd1: number, fd2: number): number
+  /**
+   * kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {efd, tfd, toff}): 0 when the task's `fd` holds the file
+   * its epoll `efd` watches as item (tfd, toff) (toff: the item's rank among those added with fd
+   * number tfd, in fdinfo order), 1 or 2 otherwise. Throws ENOENT when there is no such item.
+   */
+  kcmpEpollTarget(pid: number, fd: number, efd: number, tfd: number, toff: number): number
   /** pidfd_open + pidfd_getfd: a duplicate of the task's fd in this process (caller closes it). */
   getFd(pid: number, fd: number): number
   /**

@@ -141,6 +141,14 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
     },
     openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
     described: (fd) => described.get(fd),
+    descriptions: shared.map((s, i) => ({ objref: asObjRef(i + 1), probe: s.probes[0] })),
+    epollTargetIs: (fd, efd, tfd, toff) => {
+      try {
+        return native.kcmpEpollTarget(pid, fd, efd, tfd, toff) === 0
+      } catch {
+        return undefined
+      }
+    },
     socketKinds,
     mounts,
     peekOnce: (key, fd) => {

@@ -321,7 +321,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 3];
+  napi_property_descriptor props[NASYNC + 4];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -329,7 +329,8 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 0] = (napi_property_descriptor){"kcmpFile", NULL, js_kcmp_file, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 1] = (napi_property_descriptor){"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 2] = (napi_property_descriptor){"close", NULL, js_close, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 3, props);
+  props[NASYNC + 3] = (napi_property_descriptor){"kcmpEpollTarget", NULL, js_kcmp_epoll_target, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 4, props);
   return exports;
 }
 

@@ -77,6 +77,7 @@ napi_value js_read_memory(napi_env env, napi_callback_info info);
 napi_value js_read_memory_into(napi_env env, napi_callback_info info);
 napi_value js_scan_pagemap(napi_env env, napi_callback_info info);
 napi_value js_kcmp_file(napi_env env, napi_callback_info info);
+napi_value js_kcmp_epoll_target(napi_env env, napi_callback_info info);
 napi_value js_get_fd(napi_env env, napi_callback_info info);
 napi_value js_peek_pipe(napi_env env, napi_callback_info info);
 napi_value js_close(napi_env env, napi_callback_info info);

@@ -10,19 +10,26 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 enum kind { K_PATH = 1, K_UNLINKED = 2, K_MEMFD = 3, K_PIPE = 4, K_FIFO = 5, K_EVENTFD = 6 };
+enum { K_SIGNALFD = 7, K_TIMERFD = 8, K_INOTIFY = 9, K_EPOLL = 10 };
 #define REFUSED_FLAGS (O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
 
 static int reply_fd = -1;
@@ -152,6 +159,199 @@ static int open_unlinked(const char *path, int flags, mode_t mode, const uint8_t
   if (unlink(tmp) < 0) fail("%s: unlink %s: %s", what, tmp, strerror(errno));
   created_count--;
   return reopened;
+}
+
+// ---- signalfd, timerfd, inotify, epoll ----
+
+#ifndef TFD_IOC_SET_TICKS
+#define TFD_IOC_SET_TICKS _IOW('T', 0, uint64_t)
+#endif
+// More unused inotify wd numbers than this before a watch is refused (each costs two calls).
+#define MAX_WD_GAP (1 << 20)
+
+// Makes RLIMIT_NOFILE allow fd number `fd` (an epoll item's number may lie above them all).
+static void room_for(int fd, const char *what) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_NOFILE, &r) < 0) fail("%s: getrlimit(NOFILE): %s", what, strerror(errno));
+  if ((rlim_t)fd < r.rlim_cur) return;
+  r.rlim_cur = (rlim_t)fd + 1;
+  if (r.rlim_max < r.rlim_cur) r.rlim_max = r.rlim_cur;
+  if (setrlimit(RLIMIT_NOFILE, &r) < 0) fail("%s: setrlimit(NOFILE, %d): %s", what, fd + 1, strerror(errno));
+}
+
+static int open_signalfd(uint64_t mask, int flags, const char *what) {
+  int fd = (int)syscall(SYS_signalfd4, -1, &mask, sizeof mask, flags & O_NONBLOCK);
+  if (fd < 0) fail("%s: signalfd: %s", what, strerror(errno));
+  return to_work(fd, what);
+}
+
+static struct timespec ns_to_timespec(uint64_t ns) {
+  return (struct timespec){(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+}
+
+// A timer first expires `value_ns` from now (0: disarmed); with TFD_TIMER_ABSTIME that is made
+// absolute on its clock. Pending expirations go back with TFD_IOC_SET_TICKS, after settime
+// (which clears them).
+static int open_timerfd(int clockid, int flags, int settime_flags, uint64_t value_ns, uint64_t interval_ns, uint64_t ticks, const char *what) {
+  int fd = timerfd_create(clockid, flags & TFD_NONBLOCK);
+  if (fd < 0) fail("%s: timerfd_create(clock %d): %s", what, clockid, strerror(errno));
+  fd = to_work(fd, what);
+  if (value_ns) {
+    struct itimerspec its = {ns_to_timespec(interval_ns), ns_to_timespec(value_ns)};
+    if (settime_flags & TFD_TIMER_ABSTIME) {
+      int base = clockid == CLOCK_REALTIME_ALARM ? CLOCK_REALTIME : clockid == CLOCK_BOOTTIME_ALARM ? CLOCK_BOOTTIME : clockid;
+      struct timespec now;
+      if (clock_gettime(base, &now) < 0) fail("%s: clock_gettime(%d): %s", what, base, strerror(errno));
+      its.it_value.tv_sec += now.tv_sec;
+      its.it_value.tv_nsec += now.tv_nsec;
+      if (its.it_value.tv_nsec >= 1000000000) {
+        its.it_value.tv_sec++;
+        its.it_value.tv_nsec -= 1000000000;
+      }
+    }
+    if (timerfd_settime(fd, settime_flags, &its, NULL) < 0) fail("%s: timerfd_settime: %s", what, strerror(errno));
+  }
+  if (ticks && ioctl(fd, TFD_IOC_SET_TICKS, &ticks) < 0) fail("%s: TFD_IOC_SET_TICKS %llu: %s", what, (unsigned long long)ticks, strerror(errno));
+  return fd;
+}
+
+// Reads and drops every queued event (the IN_IGNORED of placeholder watches).
+static void drain_inotify(int fd, const char *what) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) fail("%s: F_SETFL: %s", what, strerror(errno));
+  char buf[4096] __attribute__((aligned(8)));
+  while (read(fd, buf, sizeof buf) > 0) continue;
+  if (errno != EAGAIN) fail("%s: read placeholder events: %s", what, strerror(errno));
+  set_status_flags(fd, fl, what);
+}
+
+// Watches come in wd order with their saved wd. The kernel hands out wds in increasing order,
+// so a gap (a watch the task removed) is skipped by adding and removing a placeholder watch on
+// a memfd of our own, which no watch of the task can name.
+static int open_inotify(int flags, uint32_t count, const char *what) {
+  int fd = inotify_init1(flags & IN_NONBLOCK);
+  if (fd < 0) fail("%s: inotify_init1: %s", what, strerror(errno));
+  fd = to_work(fd, what);
+  int next = 1, placeholder = -1;
+  char placeholder_path[64];
+  for (uint32_t i = 0; i < count; i++) {
+    int wd = i32("wd");
+    uint32_t mask = u32("mask");
+    char *path = string("path");
+    if (wd < next) fail("%s/watches/%d: watches are not in increasing wd order", what, wd);
+    if (wd - next > MAX_WD_GAP) fail("%s/watches/%d: %d unused wd numbers before it are too many to skip", what, wd, wd - next);
+    while (next < wd) {
+      if (placeholder < 0) {
+        placeholder = (int)syscall(SYS_memfd_create, "ckptfs-wd-placeholder", 0u);
+        if (placeholder < 0) fail("%s: memfd_create: %s", what, strerror(errno));
+        placeholder = to_work(placeholder, what);
+        snprintf(placeholder_path, sizeof placeholder_path, "/proc/self/fd/%d", placeholder);
+      }
+      int got = inotify_add_watch(fd, placeholder_path, IN_ATTRIB);
+      if (got < 0) fail("%s/watches/%d: placeholder watch: %s", what, wd, strerror(errno));
+      if (got != next) fail("%s/watches/%d: the kernel handed out wd %d, not %d", what, wd, got, next);
+      if (inotify_rm_watch(fd, got) < 0) fail("%s/watches/%d: remove placeholder watch %d: %s", what, wd, got, strerror(errno));
+      next++;
+    }
+    int got = inotify_add_watch(fd, path, mask);
+    if (got < 0) fail("%s/watches/%d: inotify_add_watch %s: %s", what, wd, path, strerror(errno));
+    if (got != wd) fail("%s/watches/%d: inotify_add_watch %s gave wd %d (is the inode watched twice?)", what, wd, path, got);
+    next = wd + 1;
+    free(path);
+  }
+  if (placeholder >= 0) {
+    close(placeholder);
+    drain_inotify(fd, what);
+  }
+  return fd;
+}
+
+// Epoll items are added once every fd of the task is in place (reference/003).
+struct epoll_item {
+  int32_t tfd;
+  uint32_t target;  // the object id of the watched file
+  uint32_t events;
+  uint64_t data;
+};
+struct epoll_set {
+  uint32_t id;
+  uint32_t count;
+  struct epoll_item *items;
+};
+static struct epoll_set *epoll_sets;
+static size_t epoll_set_count;
+
+static void defer_epoll_items(uint32_t id, uint32_t count, const char *what) {
+  if (count > (size_t)(plan_end - plan) / 20) fail("%s: %u items do not fit in the plan", what, count);
+  struct epoll_set *grown = realloc(epoll_sets, (epoll_set_count + 1) * sizeof *epoll_sets);
+  if (!grown) fail("out of memory");
+  epoll_sets = grown;
+  struct epoll_set *set = &epoll_sets[epoll_set_count++];
+  set->id = id;
+  set->count = count;
+  set->items = calloc(count ? count : 1, sizeof *set->items);
+  if (!set->items) fail("out of memory");
+  for (uint32_t i = 0; i < count; i++) {
+    set->items[i].tfd = i32("item fd");
+    set->items[i].target = u32("item target");
+    set->items[i].events = u32("item events");
+    set->items[i].data = u64("item data");
+  }
+}
+
+// A working fd moves from `from` to `to`: every reference to it follows.
+static void retarget(int from, int to, int *object_fd, uint32_t objects) {
+  for (uint32_t i = 1; i <= objects; i++)
+    if (object_fd[i] == from) object_fd[i] = to;
+  if (reply_fd == from) reply_fd = to;
+}
+
+// The kernel keys an item by (file, fd number): the watched file goes at the number the item
+// was added with. Where the task holds another file at that number, that file is set aside
+// and put back with its close-on-exec flag; a number the task does not use is closed again
+// (the item stays, bound to the file, as it was in the task).
+static void add_epoll_item(uint32_t epoll_id, const struct epoll_item *item, int *object_fd, uint32_t objects, const char *what) {
+  struct epoll_event ev = {.events = item->events, .data.u64 = item->data};
+  int tfd = item->tfd;
+  pid_t self = getpid();
+  if (syscall(SYS_kcmp, self, self, KCMP_FILE, tfd, object_fd[item->target]) == 0) {
+    if (epoll_ctl(object_fd[epoll_id], EPOLL_CTL_ADD, tfd, &ev) < 0) fail("%s: epoll_ctl(ADD, fd %d): %s", what, tfd, strerror(errno));
+    return;
+  }
+  int held = fcntl(tfd, F_GETFD), aside = -1;
+  if (held >= 0) {
+    room_for(next_work, what);
+    aside = fcntl(tfd, F_DUPFD, next_work);
+    if (aside < 0) fail("%s: F_DUPFD fd %d: %s", what, tfd, strerror(errno));
+    next_work = aside + 1;
+    if (tfd >= work_base) {  // one of ours: it lives on at its new number
+      retarget(tfd, aside, object_fd, objects);
+      aside = -1;
+    }
+  }
+  room_for(tfd, what);
+  if (dup2(object_fd[item->target], tfd) < 0) fail("%s: dup2 to fd %d: %s", what, tfd, strerror(errno));
+  if (epoll_ctl(object_fd[epoll_id], EPOLL_CTL_ADD, tfd, &ev) < 0) fail("%s: epoll_ctl(ADD, fd %d): %s", what, tfd, strerror(errno));
+  if (aside >= 0) {
+    if (dup3(aside, tfd, held & FD_CLOEXEC ? O_CLOEXEC : 0) < 0) fail("%s: dup3 back to fd %d: %s", what, tfd, strerror(errno));
+    close(aside);
+  } else {
+    close(tfd);
+  }
+}
+
+static void add_epoll_items(int *object_fd, uint32_t objects) {
+  for (size_t s = 0; s < epoll_set_count; s++) {
+    const struct epoll_set *set = &epoll_sets[s];
+    for (uint32_t i = 0; i < set->count; i++) {
+      const struct epoll_item *item = &set->items[i];
+      char what[64];
+      snprintf(what, sizeof what, "files/%u/items/%u", set->id, i);
+      if (item->tfd < 0) fail("%s: fd %d is negative", what, item->tfd);
+      if (item->target == 0 || item->target > objects || object_fd[item->target] < 0) fail("%s: names files/%u, which was not opened", what, item->target);
+      add_epoll_item(set->id, item, object_fd, objects, what);
+    }
+  }
 }
 
 // ---- main ----
@@ -309,6 +509,35 @@ int main(int argc, char **argv) {
         object_fd[id] = fd;
         break;
       }
+      case K_SIGNALFD: {
+        uint64_t mask = u64("mask");
+        int flags = i32("flags");
+        object_fd[id] = open_signalfd(mask, flags, what);
+        break;
+      }
+      case K_TIMERFD: {
+        int clockid = i32("clockid"), flags = i32("flags"), settime_flags = i32("settime flags");
+        uint64_t value_ns = u64("value_ns"), interval_ns = u64("interval_ns"), ticks = u64("ticks");
+        object_fd[id] = open_timerfd(clockid, flags, settime_flags, value_ns, interval_ns, ticks, what);
+        break;
+      }
+      case K_INOTIFY: {
+        int flags = i32("flags");
+        uint32_t count = u32("watch count");
+        object_fd[id] = open_inotify(flags, count, what);
+        break;
+      }
+      case K_EPOLL: {
+        int flags = i32("flags");
+        uint32_t count = u32("item count");
+        int fd = epoll_create1(0);
+        if (fd < 0) fail("%s: epoll_create1: %s", what, strerror(errno));
+        fd = to_work(fd, what);
+        if (flags & O_NONBLOCK) set_status_flags(fd, O_NONBLOCK, what);
+        object_fd[id] = fd;
+        defer_epoll_items(id, count, what);
+        break;
+      }
       default:
         fail("%s: unknown object kind %u", what, kind);
     }
@@ -324,6 +553,7 @@ int main(int argc, char **argv) {
     if (dup3(object_fd[id], fd, cloexec ? O_CLOEXEC : 0) < 0) fail("fd %d: dup3: %s", fd, strerror(errno));
   }
   if (plan != plan_end) fail("plan: %ld bytes left over", (long)(plan_end - plan));
+  add_epoll_items(object_fd, objects);
 
   if (write(reply_fd, "ok\n", 3) != 3) _exit(5);
   syscall(SYS_close_range, (unsigned)work_base, ~0u, 0u);

@@ -11,6 +11,7 @@ export const O_CREAT = 0o100
 export const O_EXCL = 0o200
 export const O_NOCTTY = 0o400
 export const O_TRUNC = 0o1000
+export const O_NONBLOCK = 0o4000
 export const O_PATH = 0o10000000
 export const FMODE_READ = 1
 export const FMODE_WRITE = 2

@@ -1,13 +1,16 @@
 // epoll: the watched items (fd number, events, data) from fdinfo. Each item is matched to the
-// description its fd number refers to now when that fd still holds the watched inode; restore
-// adds items back after every other fd exists (reference/003).
+// description of the file it watches: the one its fd number holds now when that is the only
+// description of the watched inode, else the one kcmp (KCMP_EPOLL_TFD) names, which also finds
+// the file after its fd number was closed or reused. Restore adds items back after every
+// other fd exists (reference/003), each at the fd number it was added with.
 
 import { CkptError } from '../errors'
-import type { EpollDescription, EpollItem } from '../model'
+import type { EpollDescription, EpollItem, ObjRef } from '../model'
 import { userDevFromKernel } from '../procfs'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { parseObjRef, withCommon } from './common'
-import type { CaptureContext, FileHandler } from './handler'
+import { O_NONBLOCK, parseObjRef, withCommon } from './common'
+import type { CaptureContext, FdProbe, FileHandler } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
 const itemLine = /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*-?\d+\s+ino:\s*([0-9a-f]+)\s+sdev:\s*([0-9a-f]+)/
@@ -24,16 +27,44 @@ const table = withCommon<EpollDescription>([
   each('items', async (d) => new Map(d.items.map((item, n) => [String(n), item])), itemEntries),
 ])
 
-function parseItem(line: string, where: string, ctx: CaptureContext): EpollItem {
+interface RawItem {
+  tfd: number
+  events: number
+  data: bigint
+  ino: bigint
+  dev: bigint
+}
+
+function parseItem(line: string, where: string): RawItem {
   const m = itemLine.exec(line)
   if (!m) throw new CkptError(`${where}: unexpected epoll item ${JSON.stringify(line)}`)
-  const tfd = Number(m[1])
-  const ino = BigInt('0x' + m[4])
-  const dev = userDevFromKernel(parseInt(m[5], 16))
-  const now = ctx.described(tfd)
-  // The fd may have been closed (the item lives on while the file does) or reused for another file.
-  const same = now !== undefined && now.probe.fdinfo.ino === ino && (now.probe.stat === undefined || now.probe.stat.dev === dev)
-  return { tfd, events: parseInt(m[2], 16), data: BigInt('0x' + m[3]), targetObjref: same ? now.objref : undefined }
+  return { tfd: Number(m[1]), events: parseInt(m[2], 16), data: BigInt('0x' + m[3]), ino: BigInt('0x' + m[4]), dev: userDevFromKernel(parseInt(m[5], 16)) }
+}
+
+type Held = { objref: ObjRef; probe: FdProbe }
+
+const holds = (h: Held, item: RawItem): boolean => h.probe.fdinfo.ino === item.ino && (h.probe.stat === undefined || h.probe.stat.dev === item.dev)
+
+/**
+ * The description of the file that item number `toff` of fd number `item.tfd` watches, or
+ * undefined when no fd of the task holds that file. `byIno` lists the descriptions per inode.
+ */
+function targetOf(item: RawItem, toff: number, efd: number, byIno: Map<bigint, Held[]>, ctx: CaptureContext): ObjRef | undefined {
+  const candidates = (byIno.get(item.ino) ?? []).filter((h) => holds(h, item))
+  const now = ctx.described(item.tfd)
+  const nowHolds = now !== undefined && holds(now, item)
+  // The fd number holds the only description of the inode: that is the file (no kcmp needed).
+  if (nowHolds && candidates.length === 1) return now.objref
+  // Otherwise the fd was closed or reused, or the inode is shared (all anonymous inodes are
+  // one, eventfd and timerfd alike): kcmp compares the files themselves.
+  const order: Array<[number, ObjRef]> = candidates.filter((h) => !nowHolds || h.objref !== now.objref).map((h) => [h.probe.fd, h.objref])
+  if (nowHolds) order.unshift([item.tfd, now.objref])
+  for (const [fd, objref] of order) {
+    const same = ctx.epollTargetIs(fd, efd, item.tfd, toff)
+    if (same === undefined) return nowHolds ? now.objref : candidates.length === 1 ? candidates[0].objref : undefined
+    if (same) return objref
+  }
+  return undefined
 }
 
 async function loadItem(dir: SavedDir): Promise<EpollItem> {
@@ -52,7 +83,20 @@ export const epoll: FileHandler<EpollDescription> = {
 
   async capture(probe, base, ctx) {
     const where = `/proc/${ctx.pid}/fdinfo/${probe.fd}`
-    const items = probe.fdinfo.extra.filter((l) => l.startsWith('tfd:')).map((l) => parseItem(l, where, ctx))
+    const raw = probe.fdinfo.extra.filter((l) => l.startsWith('tfd:')).map((l) => parseItem(l, where))
+    const byIno = new Map<bigint, Held[]>()
+    for (const h of raw.length > 0 ? ctx.descriptions : []) {
+      const same = byIno.get(h.probe.fdinfo.ino)
+      if (same) same.push(h)
+      else byIno.set(h.probe.fdinfo.ino, [h])
+    }
+    // kcmp names an item by its fd number and its rank among the items of that number.
+    const ranks = new Map<number, number>()
+    const items = raw.map((item): EpollItem => {
+      const toff = ranks.get(item.tfd) ?? 0
+      ranks.set(item.tfd, toff + 1)
+      return { tfd: item.tfd, events: item.events, data: item.data, targetObjref: targetOf(item, toff, probe.fd, byIno, ctx) }
+    })
     return { ...base, type: 'epoll', items }
   },
 
@@ -64,5 +108,16 @@ export const epoll: FileHandler<EpollDescription> = {
     for (const itemDir of await itemsDir.numberedDirs()) items.push(await loadItem(itemDir))
     return { ...base, type: 'epoll', items }
   },
-}
 
+  // EPOLL: i32 flags (O_NONBLOCK), u32 count, per item i32 tfd, u32 target objref, u32 events, u64 data.
+  planRestore(d) {
+    const payload = new RecordBuilder().i32(d.flags & O_NONBLOCK).u32(d.items.length)
+    d.items.forEach((item, n) => {
+      if (item.targetObjref === undefined) {
+        throw new CkptError(`files/${d.objref}/items/${n}: watches a file that no fd of the task holds (it was added as fd ${item.tfd}): the item cannot be restored`, 'ENOTSUP')
+      }
+      payload.i32(item.tfd).u32(item.targetObjref).u32(item.events).u64(item.data)
+    })
+    return { kind: ObjectKind.Epoll, objref: d.objref, payload: payload.build() }
+  },
+}

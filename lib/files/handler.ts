@@ -3,8 +3,9 @@
 // its files/OBJREF directory shows, and how to read a saved copy of that directory back.
 // lib/files/index.ts maps what /proc/PID/fd/N shows to the handler.
 
-import type { FileDescription, Lazy, ObjRef, Pid } from '../model'
+import type { FileDescription, FileTable, Lazy, ObjRef, Pid } from '../model'
 import type { InodeStat, MountInfo, RawFd } from '../procfs'
+import type { PlannedRecord } from '../restore/fdplan'
 import type { TableEntry } from '../tree/node'
 import type { SavedDir } from './saved'
 
@@ -31,6 +32,14 @@ export interface CaptureContext {
   openPaths: readonly string[]
   /** The description behind one of the task's fd numbers (epoll targets), if that fd is open. */
   described(fd: number): { objref: ObjRef; probe: FdProbe } | undefined
+  /** Every description of the task, each with the probe of its lowest fd, in objref order. */
+  descriptions: ReadonlyArray<{ objref: ObjRef; probe: FdProbe }>
+  /**
+   * Whether the task's `fd` holds the file that its epoll `efd` watches as item (tfd, toff)
+   * (kcmp KCMP_EPOLL_TFD; toff ranks the items added with fd number tfd in fdinfo order);
+   * undefined when the kernel cannot tell.
+   */
+  epollTargetIs(fd: number, efd: number, tfd: number, toff: number): boolean | undefined
   /** Socket inode -> kind, from the task's network namespace. */
   socketKinds: Lazy<Map<bigint, string>>
   mounts: Lazy<MountInfo[]>
@@ -38,6 +47,15 @@ export interface CaptureContext {
   peekOnce(key: string, fd: number): Lazy<Buffer>
   links: LinkFinder
 }
+
+/** What planning one description's restore may look at besides the description itself. */
+export interface RestorePlanContext {
+  /** The whole saved file table (every objref a record may name is in it). */
+  table: FileTable
+}
+
+/** The stub's record(s) for one description (docs/RESTORE.md, "The stub's plan"). */
+export type RestoreRecords = PlannedRecord | PlannedRecord[]
 
 export interface FileHandler<D extends FileDescription = FileDescription> {
   /** The fd_type values this handler captures and loads. */
@@ -55,4 +73,9 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
   entries(desc: D): TableEntry<D>[]
   /** Reads the per-type entries of a saved files/OBJREF back, validating each. */
   load(dir: SavedDir, base: DescriptionBase, type: D['type']): Promise<D>
+  /**
+   * The restorer stub's record(s) that bring the description back, or a CkptError naming
+   * files/OBJREF/... when it cannot be restored. Types without it are not restorable yet.
+   */
+  planRestore?(desc: D, ctx: RestorePlanContext): RestoreRecords | Promise<RestoreRecords>
 }

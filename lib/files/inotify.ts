@@ -8,8 +8,9 @@ import * as path from 'path'
 import { CkptError } from '../errors'
 import type { InotifyDescription, InotifyWatch } from '../model'
 import { userDevFromKernel } from '../procfs'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { withCommon } from './common'
+import { O_NONBLOCK, withCommon } from './common'
 import type { CaptureContext, FileHandler } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 import { findInodePaths, inodeKey, mountPointsOf } from './search'
@@ -73,6 +74,11 @@ async function loadWatch(dir: SavedDir, wdName: number): Promise<InotifyWatch> {
   return watch
 }
 
+/** The mask bits a watch keeps (IN_ALL_EVENTS, IN_EXCL_UNLINK, IN_ONESHOT); the others are add-time flags. */
+const keptMaskBits = 0xfff | 0x04000000 | 0x80000000
+/** The found path names the watched inode itself (the search never follows symbolic links). */
+const IN_DONT_FOLLOW = 0x02000000
+
 export const inotify: FileHandler<InotifyDescription> = {
   types: ['inotify'],
 
@@ -89,5 +95,19 @@ export const inotify: FileHandler<InotifyDescription> = {
     const watches: InotifyWatch[] = []
     for (const [wd, watchDir] of await watchesDir.decimalDirs(1)) watches.push(await loadWatch(watchDir, wd))
     return { ...base, type: 'inotify', watches }
+  },
+
+  // INOTIFY: i32 flags (IN_NONBLOCK), u32 count, per watch i32 wd, u32 mask, string path, in wd
+  // order: the stub adds them so that each gets its saved wd back.
+  planRestore(d) {
+    const watches = [...d.watches].sort((a, b) => a.wd - b.wd)
+    const payload = new RecordBuilder().i32(d.flags & O_NONBLOCK).u32(watches.length)
+    for (const w of watches) {
+      if (w.path === undefined) {
+        throw new CkptError(`files/${d.objref}/watches/${w.wd}/path: the watched inode (ino ${w.ino}) was not found at checkpoint: the watch cannot be restored`, 'ENOTSUP')
+      }
+      payload.i32(w.wd).u32(((w.mask & keptMaskBits) | IN_DONT_FOLLOW) >>> 0).string(w.path)
+    }
+    return { kind: ObjectKind.Inotify, objref: d.objref, payload: payload.build() }
   },
 }

@@ -2,8 +2,9 @@
 
 import type { SignalfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, hex } from '../tree/node'
-import { withCommon } from './common'
+import { O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { U64_MAX } from './saved'
 
@@ -22,4 +23,7 @@ export const signalfd: FileHandler<SignalfdDescription> = {
   async load(dir, base) {
     return { ...base, type: 'signalfd', sigmask: await dir.hex('sigmask', U64_MAX) }
   },
+
+  // SIGNALFD: u64 mask, i32 flags (SFD_NONBLOCK, which is O_NONBLOCK).
+  planRestore: (d) => ({ kind: ObjectKind.Signalfd, objref: d.objref, payload: new RecordBuilder().u64(d.sigmask).i32(d.flags & O_NONBLOCK).build() }),
 }

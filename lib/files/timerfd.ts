@@ -4,8 +4,9 @@
 import { CkptError } from '../errors'
 import type { TimerfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr } from '../tree/node'
-import { withCommon } from './common'
+import { O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { U64_MAX } from './saved'
 
@@ -27,6 +28,18 @@ function timespecNs(text: string, where: string): bigint {
   const m = /^\((\d+), (\d+)\)$/.exec(text)
   if (!m) throw new CkptError(`${where}: unexpected time ${JSON.stringify(text)}`)
   return BigInt(m[1]) * 1_000_000_000n + BigInt(m[2])
+}
+
+/**
+ * When the restored timer first expires, counted from the restore: the time that was left at
+ * the checkpoint (the pause does not count). A periodic timer whose period ran out unread shows
+ * 0 left (the kernel re-arms it only when it is read): that expiry is pending in `ticks`, which
+ * the restore sets again, so the next one comes an interval later; with no tick pending yet it
+ * was due that very moment and fires at once (1 ns). 0 leaves the timer disarmed.
+ */
+function firstExpiryNs(d: TimerfdDescription): bigint {
+  if (d.valueNs > 0n || d.intervalNs === 0n) return d.valueNs
+  return d.ticks > 0n ? d.intervalNs : 1n
 }
 
 export const timerfd: FileHandler<TimerfdDescription> = {
@@ -58,4 +71,11 @@ export const timerfd: FileHandler<TimerfdDescription> = {
     const intervalNs = await dir.decimal('interval_ns', 0n, U64_MAX)
     return { ...base, type: 'timerfd', clockid, ticks, settimeFlags, valueNs, intervalNs }
   },
+
+  // TIMERFD: i32 clockid, i32 flags (TFD_NONBLOCK), i32 settime_flags, u64 value_ns, u64 interval_ns, u64 ticks.
+  planRestore: (d) => ({
+    kind: ObjectKind.Timerfd,
+    objref: d.objref,
+    payload: new RecordBuilder().i32(d.clockid).i32(d.flags & O_NONBLOCK).i32(d.settimeFlags).u64(firstExpiryNs(d)).u64(d.intervalNs).u64(d.ticks).build(),
+  }),
 }

@@ -11,6 +11,11 @@ export const enum ObjectKind {
   Pipe = 4,
   Fifo = 5,
   Eventfd = 6,
+  Signalfd = 7,
+  Timerfd = 8,
+  Inotify = 9,
+  /** Its items are added in the stub's last pass, once every fd is in place (reference/003). */
+  Epoll = 10,
 }
 
 /** Builds one object record's payload, field by field, in the stub's byte order. */

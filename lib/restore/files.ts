@@ -3,6 +3,7 @@
 // is never upgraded and only restorable types pass.
 
 import { CkptError } from '../errors'
+import { handlerOf } from '../files/index'
 import type { FileDescription, FileTable, PathDescription, PipeDescription } from '../model'
 import { ObjectKind, RecordBuilder, type PlannedRecord } from './fdplan'
 
@@ -95,8 +96,12 @@ export async function planFileRecords(table: FileTable): Promise<PlannedRecord[]
         // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.
         records.push({ kind: ObjectKind.Eventfd, objref: f.objref, payload: new RecordBuilder().u64(f.count).i32((f.flags & 0o4000) | (f.semaphore ? 1 : 0)).build() })
         break
-      default:
-        throw new CkptError(`${where(f)}: ${f.type} files cannot be restored yet`, 'ENOTSUP')
+      default: {
+        // Types whose handler plans its own restore (lib/files/*.ts, planRestore).
+        const planned = await handlerOf(f).planRestore?.(f, { table })
+        if (!planned) throw new CkptError(`${where(f)}: ${f.type} files cannot be restored yet`, 'ENOTSUP')
+        records.push(...[planned].flat())
+      }
     }
   }
   for (const ends of pipes.values()) records.push(await pipeRecord(ends))
