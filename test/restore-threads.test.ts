@@ -75,6 +75,31 @@ t.test('python3 with threads counts on with no gap and no repeat', async (t) => 
   }
 })
 
+t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and no repeat', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t)
+  const log = path.join(dir, 'count.log')
+  fs.writeFileSync(path.join(dir, 'count.js'), [
+    "const fs = require('fs')",
+    "const fd = fs.openSync(process.argv[2], 'a')",
+    'let n = 0',
+    'console.log(`ready pid=${process.pid}`)',
+    'setInterval(() => fs.writeSync(fd, `${++n}\\n`), 40)',
+    '// Keeps the libuv thread pool busy too.',
+    'setInterval(() => fs.readFile(__filename, () => {}), 25)',
+  ].join('\n'))
+  const target = await launch(t, [process.execPath, path.join(dir, 'count.js'), log], { dir })
+  t.ok(threadIds(target.pid).length >= 6, `node has ${threadIds(target.pid).length} threads`)
+  await sleep(300)
+  await checkpointSaveKill(mnt, target.pid, path.join(dir, 'saved'))
+  const before = counts(log).get('')!.length
+  restoreOk(mnt, path.join(dir, 'saved'), target.pid)
+  await sleep(800)
+  const after = counts(log).get('')!
+  t.ok(after.length > before + 5, 'counts on after the restore')
+  t.ok(gapless(after), 'no gap, no repeat')
+})
+
 /** The numbers a single counter appended to `log` after byte `offset`. */
 function appended(log: string, offset: number): number[] {
   return fs.readFileSync(log, 'utf8').slice(offset).split('\n').filter(Boolean).map(Number)
