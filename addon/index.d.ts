@@ -130,9 +130,20 @@ export interface Addon {
    */
   scanPagemap(pid: number, start: bigint, end: bigint, privateOnly: boolean): Promise<PagemapRun[]>
 
+  /**
+   * A zero-filled buffer whose pages are already faulted in (MADV_POPULATE_WRITE): copy-mode
+   * captures copy into it while the task is stopped. Pool thread.
+   */
+  allocTouched(length: number): Promise<Buffer>
+
   // ---- files (synchronous: each is one fast system call) ----
   /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */
   kcmpFile(pid: number, fd1: number, fd2: number): number
+  /**
+   * Sorts `fds` with kcmp(KCMP_FILE) in one call and returns, for each fd (same positions),
+   * the lowest fd sharing its open file description. Throws if kcmp cannot compare two.
+   */
+  kcmpGroups(pid: number, fds: number[]): number[]
   /**
    * kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {efd, tfd, toff}): 0 when the task's `fd` holds the file
    * its epoll `efd` watches as item (tfd, toff) (toff: the item's rank among those added with fd

@@ -13,9 +13,10 @@ import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
 import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, asTid } from './model'
 import { native } from './native'
+import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
 import { captureThreads } from './task/threads'
-import { captureVmas } from './task/memory'
+import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
 import { attr, commandFile, lineFile, stream, tableDir, type ContentCache, type DirNode, type TableEntry } from './tree/node'
 
@@ -50,6 +51,9 @@ export class Checkpoint {
    */
   static async open(id: number, pid: Pid, mode: CheckpointMode): Promise<Checkpoint> {
     assertProcessExists(pid)
+    // Copy mode: the buffer for the pages is sized and touched while the task still runs, so
+    // the task is stopped only for the copy itself (first touches are the costly part here).
+    const arena = mode === 'copy' ? await native.allocTouched(Math.ceil((await planCopy(pid)).bytes * 1.02) + 4096) : undefined
     const frozen = await native.freeze(pid).catch((err: unknown) => {
       throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(err)}`, 'EPERM')
     })
@@ -60,7 +64,7 @@ export class Checkpoint {
       tids,
       process: lazy(() => captureProcess(pid, tids)),
       threads: lazy(() => captureThreads(pid, tids)),
-      vmas: lazy(() => captureVmas(pid, mode)),
+      vmas: lazy(() => captureVmas(pid, mode, arena)),
       fileTable: lazy(() => captureFileTable(pid, { copy })),
     }
     const checkpoint = new Checkpoint(id, pid, mode, task)
@@ -132,7 +136,10 @@ export class Checkpoint {
         name: `task-${this.pid}`,
         make: (c, s) => {
           const key = `${s.key}/task-${c.pid}`
-          return taskDir(c.task, { key, cache: s.cache }, fdsDir(c.task.fileTable, { key: `${key}/fds`, cache: s.cache }))
+          // A frozen task's fd numbers do not change: list them straight from /proc. A task
+          // that runs on (copy mode) is shown as captured.
+          const names = c.mode === 'lazy' ? () => listFds(c.pid) : undefined
+          return taskDir(c.task, { key, cache: s.cache }, fdsDir(c.task.fileTable, { key: `${key}/fds`, cache: s.cache }, names))
         },
       },
     ]

@@ -51,10 +51,11 @@ interface Sharing {
 /**
  * Splits fds into open file descriptions. Candidates are grouped by what every fd of one
  * description shows alike (mount, inode, flags without O_CLOEXEC, offset, target, handler identity);
- * only inside a group does kcmp decide, as a sort (its 1/2 answers are a consistent order),
- * so a table of n fds costs O(n log n) kcmp calls at worst and usually none.
+ * only inside a group does kcmp decide, sorting the group in one native call (its 1/2
+ * answers are a consistent order), so a table of n fds costs O(n log n) kcmp calls at worst
+ * and usually none.
  */
-function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpFile: (pid: number, fd1: number, fd2: number) => number): Sharing[] {
+function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number, fds: number[]) => number[]): Sharing[] {
   const groups = new Map<string, Sharing>()
   for (const probe of probes) {
     const handler = handlerFor(probe)
@@ -64,34 +65,25 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpFile: (pid: number, 
     if (group) group.probes.push(probe)
     else groups.set(key, { probes: [probe], handler })
   }
-  const kcmp = (a: FdProbe, b: FdProbe): number => {
-    let order: number
-    try {
-      order = kcmpFile(pid, a.fd, b.fd)
-    } catch (err) {
-      throw new CkptError(`task ${pid}: cannot tell whether fds ${a.fd} and ${b.fd} share a file: ${messageOf(err)}`)
-    }
-    if (order === 0) return 0
-    if (order === 1) return -1
-    if (order === 2) return 1
-    throw new CkptError(`task ${pid}: kcmp cannot order fds ${a.fd} and ${b.fd}`)
-  }
   const shared: Sharing[] = []
   for (const group of groups.values()) {
     if (group.probes.length === 1) {
       shared.push(group)
       continue
     }
-    const sorted = [...group.probes].sort(kcmp)
-    let run: FdProbe[] = [sorted[0]]
-    for (let i = 1; i < sorted.length; i++) {
-      if (kcmp(sorted[i - 1], sorted[i]) === 0) run.push(sorted[i])
-      else {
-        shared.push({ probes: run, handler: group.handler })
-        run = [sorted[i]]
-      }
+    let lowest: number[]
+    try {
+      lowest = kcmpGroups(pid, group.probes.map((p) => p.fd))
+    } catch (err) {
+      throw new CkptError(`task ${pid}: cannot tell which of fds ${group.probes[0].fd}.. share a file: ${messageOf(err)}`)
     }
-    shared.push({ probes: run, handler: group.handler })
+    const byLowest = new Map<number, FdProbe[]>()
+    group.probes.forEach((probe, i) => {
+      const run = byLowest.get(lowest[i])
+      if (run) run.push(probe)
+      else byLowest.set(lowest[i], [probe])
+    })
+    for (const run of byLowest.values()) shared.push({ probes: run, handler: group.handler })
   }
   for (const s of shared) s.probes.sort((a, b) => a.fd - b.fd)
   return shared.sort((a, b) => a.probes[0].fd - b.probes[0].fd)
@@ -117,7 +109,7 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
   // The socket tables take long to generate when there are many sockets: start now, while kcmp sorts.
   const socketKinds = lazy(() => readSocketKinds(pid))
   if (probes.some((p) => p.target.startsWith('socket:'))) socketKinds().catch(() => undefined)
-  const shared = shareDescriptions(pid, probes, native.kcmpFile.bind(native))
+  const shared = shareDescriptions(pid, probes, native.kcmpGroups.bind(native))
 
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   shared.forEach((s, i) => {

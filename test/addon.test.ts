@@ -397,6 +397,8 @@ t.test('kcmpFile, getFd, close', async t => {
   t.equal(addon.kcmpFile(fx.pid, a, b), 0, 'dup shares the description')
   t.not(addon.kcmpFile(fx.pid, a, c), 0, 'separate opens do not')
   t.throws(() => addon.kcmpFile(fx.pid, a, 999), { code: 'EBADF' })
+  t.same(addon.kcmpGroups(fx.pid, [c, b, a]), [c, Math.min(a, b), Math.min(a, b)], 'kcmpGroups labels each fd with the lowest fd of its description')
+  t.throws(() => addon.kcmpGroups(fx.pid, [a, 999]), { code: 'EBADF' })
   const fd = addon.getFd(fx.pid, a)
   t.equal(fs.readlinkSync(`/proc/self/fd/${fd}`), '/dev/null')
   addon.close(fd)

@@ -36,6 +36,86 @@ napi_value js_kcmp_file(napi_env env, napi_callback_info info) {
   return make_i32(env, (int32_t)r);
 }
 
+// kcmpGroups: sorts fds with kcmp(KCMP_FILE) as the comparator (the kernel's order of the
+// struct file pointers) and labels each fd with the lowest fd of its open file description.
+// One native call instead of n log n calls from JavaScript: 10,000 fds of /dev/null form one
+// candidate group of that size.
+typedef struct {
+  pid_t pid;
+  const int32_t *fds;
+  int err;
+  int32_t bad_a, bad_b;
+} kcmp_sort_t;
+
+static int kcmp_order(const void *a, const void *b, void *arg) {
+  kcmp_sort_t *ks = arg;
+  int32_t fa = ks->fds[*(const int32_t *)a], fb = ks->fds[*(const int32_t *)b];
+  long r = syscall(SYS_kcmp, ks->pid, ks->pid, KCMP_FILE, fa, fb);
+  if (r < 0 || r == 3) {
+    if (!ks->err) {
+      ks->err = r < 0 ? errno : EINVAL;
+      ks->bad_a = fa;
+      ks->bad_b = fb;
+    }
+    return 0;
+  }
+  return r == 0 ? 0 : r == 1 ? -1 : 1;
+}
+
+napi_value js_kcmp_groups(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid)) return NULL;
+  uint32_t n;
+  if (napi_get_array_length(env, argv[1], &n) != napi_ok) {
+    type_error(env, "fds must be an array of numbers");
+    return NULL;
+  }
+  int32_t *fds = malloc((n ? n : 1) * sizeof *fds), *order = malloc((n ? n : 1) * sizeof *order);
+  if (!fds || !order) {
+    free(fds);
+    free(order);
+    throw_errno(env, ENOMEM, "kcmpGroups(%u fds)", n);
+    return NULL;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_get_element(env, argv[1], i, &v);
+    if (!get_i32(env, v, "fd", &fds[i])) {
+      free(fds);
+      free(order);
+      return NULL;
+    }
+    order[i] = (int32_t)i;
+  }
+  kcmp_sort_t ks = {.pid = pid, .fds = fds};
+  qsort_r(order, n, sizeof *order, kcmp_order, &ks);
+  napi_value out = NULL;
+  if (ks.err) {
+    throw_errno(env, ks.err, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid, pid, ks.bad_a, ks.bad_b);
+  } else {
+    napi_create_array_with_length(env, n, &out);
+    for (uint32_t i = 0; i < n;) {
+      // One run of equal entries is one description: label it with its lowest fd.
+      uint32_t j = i + 1;
+      int32_t lowest = fds[order[i]];
+      while (j < n && kcmp_order(&order[j - 1], &order[j], &ks) == 0) {
+        if (fds[order[j]] < lowest) lowest = fds[order[j]];
+        j++;
+      }
+      for (uint32_t k = i; k < j; k++) napi_set_element(env, out, (uint32_t)order[k], make_i32(env, lowest));
+      i = j;
+    }
+    if (ks.err) {
+      throw_errno(env, ks.err, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid, pid, ks.bad_a, ks.bad_b);
+      out = NULL;
+    }
+  }
+  free(fds);
+  free(order);
+  return out;
+}
+
 // kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {efd, tfd, toff}): compares the file at the task's `fd`
 // with the one its epoll `efd` watches as item (tfd, toff), toff counting the items with the
 // same fd number in the order fdinfo lists them. Finds an item's file after its fd was closed.

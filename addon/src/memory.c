@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -336,4 +337,79 @@ napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
   m->len = end - start;
   m->private_only = private_only;
   return pool_submit(env, &m->t);
+}
+
+// allocTouched: a buffer whose pages are already faulted in, for copy-mode captures:
+// faulting fresh memory costs several times the copy itself here, and must not happen while
+// the task is stopped. No MADV_HUGEPAGE: with THP defrag on madvise, compaction made the
+// populate 5x slower on this machine (5.5 s against 1.2 s per GiB). Runs on the pool.
+#define HUGE_PAGE (2UL << 20)  // alignment of the buffer, for fewer page-table pages
+
+typedef struct {
+  task_t t;
+  size_t len;
+  void *map;     // the whole mapping (aligned start inside it)
+  size_t map_len;
+  void *data;
+  int handed;    // the buffer owns the mapping and this record (freed by its finalizer)
+} touched_task_t;
+
+static void touched_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  touched_task_t *tt = hint;
+  munmap(tt->map, tt->map_len);
+  free(tt);
+}
+
+static void touched_run(task_t *t) {
+  touched_task_t *tt = (touched_task_t *)t;
+  tt->map_len = tt->len + HUGE_PAGE;
+  tt->map = mmap(NULL, tt->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (tt->map == MAP_FAILED) {
+    tt->map = NULL;
+    nerr_set(&t->err, errno, "mmap(%zu bytes)", tt->map_len);
+    return;
+  }
+  uintptr_t aligned = ((uintptr_t)tt->map + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+  tt->data = (void *)aligned;
+  if (madvise(tt->data, tt->len, 23 /* MADV_POPULATE_WRITE */) < 0) {
+    // Older kernels: touch each page by hand.
+    for (size_t off = 0; off < tt->len; off += 4096) ((volatile char *)tt->data)[off] = 0;
+  }
+}
+
+static napi_value touched_settle(napi_env env, task_t *t) {
+  touched_task_t *tt = (touched_task_t *)t;
+  napi_value b;
+  if (napi_create_external_buffer(env, tt->len, tt->data, touched_finalize, tt, &b) != napi_ok) {
+    throw_errno(env, ENOMEM, "allocTouched(%zu): external buffers are not allowed here", tt->len);
+    return NULL;
+  }
+  tt->handed = 1;
+  return b;
+}
+
+static void touched_destroy(task_t *t) {
+  touched_task_t *tt = (touched_task_t *)t;
+  if (tt->handed) return;
+  if (tt->map) munmap(tt->map, tt->map_len);
+  free(tt);
+}
+
+napi_value js_alloc_touched(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  uint64_t len;
+  if (!arg_count(env, info, 1, argv) || !get_u64(env, argv[0], "length", &len)) return NULL;
+  if (len == 0 || len > (1ULL << 40)) {
+    throw_errno(env, EINVAL, "allocTouched(%llu)", (unsigned long long)len);
+    return NULL;
+  }
+  touched_task_t *tt = calloc(1, sizeof *tt);
+  if (!tt) return NULL;
+  tt->t.run = touched_run;
+  tt->t.settle = touched_settle;
+  tt->t.destroy = touched_destroy;
+  tt->len = (size_t)len;
+  return pool_submit(env, &tt->t);
 }

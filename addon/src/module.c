@@ -310,18 +310,18 @@ static napi_value async_trampoline(napi_env env, napi_callback_info info) {
 static const async_entry_t async_fns[] = {
   {js_freeze}, {js_thaw}, {js_get_thread_registers}, {js_set_thread_registers}, {js_inject_batch},
   {js_peek_siginfo}, {js_read_memory}, {js_read_memory_into}, {js_scan_pagemap}, {js_peek_pipe},
-  {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread},
+  {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread}, {js_alloc_touched},
 };
 static const char *const async_names[] = {
   "freeze", "thaw", "getThreadRegisters", "setThreadRegisters", "injectBatch",
   "peekSiginfo", "readMemory", "readMemoryInto", "scanPagemap", "peekPipe",
-  "spawnRestorer", "writeMemory", "setThreadState", "seizeThread",
+  "spawnRestorer", "writeMemory", "setThreadState", "seizeThread", "allocTouched",
 };
 
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 4];
+  napi_property_descriptor props[NASYNC + 5];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -330,7 +330,8 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 1] = (napi_property_descriptor){"getFd", NULL, js_get_fd, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 2] = (napi_property_descriptor){"close", NULL, js_close, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 3] = (napi_property_descriptor){"kcmpEpollTarget", NULL, js_kcmp_epoll_target, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 4, props);
+  props[NASYNC + 4] = (napi_property_descriptor){"kcmpGroups", NULL, js_kcmp_groups, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 5, props);
   return exports;
 }
 

@@ -50,7 +50,12 @@ export function filesDir(table: Lazy<FileTable>, scope: Scope): DirNode {
   return keyedDir(async () => indexed(byObjref, await table(), (t) => t.files.map((d) => [String(d.objref), d])), descriptionDir, scope)
 }
 
-/** task-PID/fds: one directory per fd number; `scope` is the fds directory's own. */
-export function fdsDir(table: Lazy<FileTable>, scope: Scope): DirNode {
-  return keyedDir(async () => indexed(byFd, await table(), (t) => t.fds.map((e) => [String(e.fd), e])), fdDir, scope)
+/**
+ * task-PID/fds: one directory per fd number; `scope` is the fds directory's own. `names`, when
+ * given (a frozen task), lists the fd numbers without capturing the table: sharing between
+ * 10,000 fds takes a while to work out, and a listing does not need it.
+ */
+export function fdsDir(table: Lazy<FileTable>, scope: Scope, names?: () => Promise<number[]>): DirNode {
+  const dir = keyedDir(async () => indexed(byFd, await table(), (t) => t.fds.map((e) => [String(e.fd), e])), fdDir, scope)
+  return names ? { ...dir, list: async () => (await names()).map(String) } : dir
 }

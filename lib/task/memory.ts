@@ -120,7 +120,10 @@ export async function planCopy(pid: number): Promise<{ bytes: number }> {
  */
 export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer): Promise<Vma[]> {
   const layout = await scanLayout(pid)
-  if (mode === 'lazy') return layout.map((l) => toVma(l, taskPages(pid, l)))
+  if (mode === 'lazy') {
+    const ahead = new ReadAhead()
+    return layout.map((l) => toVma(l, taskPages(pid, l, ahead)))
+  }
   const arena = new Arena(into, layout.reduce((sum, l) => sum + l.bytes, 0))
   const vmas: Vma[] = []
   for (const l of layout) {
@@ -160,15 +163,30 @@ export function rangesOf(runs: PagemapRun[], offset: number, length: number): Pa
 }
 
 /** Lazy mode: each read goes to the frozen task for just the range asked. */
-function taskPages(pid: number, layout: Layout): ByteSource {
+/**
+ * Read-ahead for one frozen task: sequential readers (cat, cp, the image) ask for 128 KiB at a
+ * time; one process_vm_readv of 4 MiB serves 32 of them. The frozen task's memory does not
+ * change, so a block stays valid; two blocks bound the memory this holds per task.
+ */
+class ReadAhead {
+  static readonly BLOCK = 4 << 20
+  private blocks: Array<{ layout: Layout; offset: number; data: Buffer }> = []
+
+  async read(pid: number, layout: Layout, offset: number, size: number): Promise<Buffer> {
+    const hit = this.blocks.find((b) => b.layout === layout && offset >= b.offset && offset + size <= b.offset + b.data.length)
+    if (hit) return hit.data.subarray(offset - hit.offset, offset - hit.offset + size)
+    const length = Math.min(Math.max(size, ReadAhead.BLOCK), layout.bytes - offset)
+    const data = Buffer.allocUnsafe(length)
+    await readRanges(pid, layout, rangesOf(layout.runs, offset, length), data)
+    this.blocks = [{ layout, offset, data }, ...this.blocks.slice(0, 1)]
+    return data.subarray(0, size)
+  }
+}
+
+function taskPages(pid: number, layout: Layout, ahead: ReadAhead): ByteSource {
   return {
     size: layout.bytes,
-    read: async (offset, length) => {
-      const size = Math.max(0, Math.min(length, layout.bytes - offset))
-      const buf = Buffer.allocUnsafe(size)
-      await readRanges(pid, layout, rangesOf(layout.runs, offset, size), buf)
-      return buf
-    },
+    read: async (offset, length) => ahead.read(pid, layout, offset, Math.max(0, Math.min(length, layout.bytes - offset))),
   }
 }
 
