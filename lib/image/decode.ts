@@ -37,7 +37,8 @@ const RECORD_HEAD_MAX = 15
 const WINDOW = 16 << 10
 
 export async function readImage(file: string): Promise<LoadedImage> {
-  const handle = await fs.promises.open(file, 'r').catch((err: unknown) => {
+  // O_NONBLOCK: a FIFO given as the image must be refused below, not wait for a writer in open().
+  const handle = await fs.promises.open(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK).catch((err: unknown) => {
     throw new CkptError(`image: cannot open ${file}: ${messageOf(err)}`, 'ENOENT')
   })
   try {
@@ -94,7 +95,7 @@ class ImageFile {
 
   async read(ranges: Array<{ at: number; length: number }>, total: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(total)
-    const handle = await fs.promises.open(this.file, 'r')
+    const handle = await fs.promises.open(this.file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
     try {
       const now = await handle.stat({ bigint: true })
       const v = this.validated

@@ -139,6 +139,8 @@ export class Fields {
   }
 
   private mismatch(name: string): never {
+    // A field without a default that the record leaves out (an enum: 0 is never written) decodes as absent.
+    if (this.message[name] === undefined) this.fail(name, 'missing')
     throw new CkptError(`image: schema type of ${this.path}${name} does not match its reader`)
   }
 }
