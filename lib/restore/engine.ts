@@ -402,19 +402,72 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     val.writeBigInt64LE(t.valueUs % 1000000n, 24)
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
+  // The stub's glibc registered a robust futex list in its own TLS, which is gone: the kernel
+  // would walk whatever the restored memory holds there when the task exits. The task's own
+  // list head is not in the checkpoint (yet): none is better than a stale one.
+  calls.push({ nr: SYS.set_robust_list, args: [0n, 24n], what: 'clear the restorer\'s robust futex list' })
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
   calls.push({ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` })
   if (proc.root !== '/') calls.push({ nr: SYS.chroot, args: [scratch.cstring(proc.root)], scratchArgs: 0b1, what: `chroot ${proc.root}` })
   if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
   if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
-  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' })
   for (const r of proc.rlimits) {
     const lim = Buffer.alloc(16)
     lim.writeBigUInt64LE(BigInt.asUintN(64, r.soft), 0)
     lim.writeBigUInt64LE(BigInt.asUintN(64, r.hard), 8)
     calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
   }
+  calls.push(...credentialCalls(pid, proc, scratch))
+  // Changing ids makes a task non-dumpable: the saved value goes last.
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' })
+  const results = await inject(pid, layout, calls, scratch.buffer())
+  // setfsuid/setfsgid return the previous id, never an error code: nothing to check there.
+  void results
+  await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
+}
+
+const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
+const LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+/** A capability mask of a process, from a CapXxx line of /proc/PID/status. */
+function capLine(pid: number, name: string): bigint {
+  const m = new RegExp(`^${name}:\\s*([0-9a-f]+)$`, 'm').exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+  if (!m) throw new CkptError(`restore: /proc/${pid}/status has no ${name}`)
+  return BigInt('0x' + m[1])
+}
+
+/**
+ * Ids and capabilities, in an order that ends exactly in the saved state (a restore must never
+ * leave a task with more privilege than it had): the inheritable set and the bounding set while
+ * the restorer is still fully privileged; the ids with KEEP_CAPS (so the permitted set survives
+ * a change away from uid 0); the effective set back for a moment, to raise the ambient
+ * capabilities and set the securebits (CAP_SETPCAP); then the saved sets, which only lowers.
+ */
+function credentialCalls(pid: number, proc: ProcessState, scratch: Scratch): Call[] {
   const creds = proc.creds
+  const where = `task-${proc.pid}/creds`
+  const full = capLine(pid, 'CapPrm')
+  if (creds.capPermitted & ~full) {
+    throw new CkptError(`${where}/cap_permitted: 0x${creds.capPermitted.toString(16)} holds capabilities the restorer does not have (0x${full.toString(16)})`, 'EPERM')
+  }
+  const capset = (effective: bigint, permitted: bigint, inheritable: bigint, what: string): Call => {
+    const header = Buffer.alloc(8)
+    header.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0)
+    const data = Buffer.alloc(24) // two struct __user_cap_data_struct {effective, permitted, inheritable}
+    for (let i = 0; i < 2; i++) {
+      const word = (mask: bigint) => Number((mask >> BigInt(32 * i)) & 0xffffffffn)
+      data.writeUInt32LE(word(effective), i * 12)
+      data.writeUInt32LE(word(permitted), i * 12 + 4)
+      data.writeUInt32LE(word(inheritable), i * 12 + 8)
+    }
+    return { nr: SYS.capset, args: [scratch.put(header), scratch.put(data)], scratchArgs: 0b11, what: `capset (${what})` }
+  }
+  const calls: Call[] = [capset(full, full, creds.capInheritable, 'inheritable')]
+  const lastCap = Number(fs.readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8').trim())
+  for (let cap = 0; cap <= lastCap; cap++) {
+    if (!((creds.capBounding >> BigInt(cap)) & 1n)) calls.push({ nr: SYS.prctl, args: [BigInt(PR_CAPBSET_DROP), BigInt(cap), 0n, 0n, 0n], what: `drop capability ${cap} from the bounding set` })
+  }
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_KEEPCAPS), 1n, 0n, 0n, 0n], what: 'keep capabilities across the id change' })
   const groups = Buffer.alloc(Math.max(4, creds.groups.length * 4))
   creds.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4))
   calls.push({ nr: SYS.setgroups, args: [BigInt(creds.groups.length), scratch.put(groups)], scratchArgs: 0b10, what: 'setgroups' })
@@ -422,10 +475,15 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
   calls.push({ nr: SYS.setfsgid, args: [BigInt(creds.fsgid)], what: 'setfsgid' })
   calls.push({ nr: SYS.setresuid, args: [BigInt(creds.uid), BigInt(creds.euid), BigInt(creds.suid)], what: 'setresuid' })
   calls.push({ nr: SYS.setfsuid, args: [BigInt(creds.fsuid)], what: 'setfsuid' })
-  const results = await inject(pid, layout, calls, scratch.buffer())
-  // setfsuid/setfsgid return the previous id, never an error code: nothing to check there.
-  void results
-  await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
+  calls.push(capset(full, full, creds.capInheritable, 'effective again'))
+  for (let cap = 0; cap <= lastCap; cap++) {
+    if ((creds.capAmbient >> BigInt(cap)) & 1n) {
+      calls.push({ nr: SYS.prctl, args: [BigInt(PR_CAP_AMBIENT), BigInt(PR_CAP_AMBIENT_RAISE), BigInt(cap), 0n, 0n], what: `raise ambient capability ${cap}` })
+    }
+  }
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_SECUREBITS), BigInt(creds.securebits), 0n, 0n, 0n], what: `securebits 0x${creds.securebits.toString(16)}` })
+  calls.push(capset(creds.capEffective, creds.capPermitted, creds.capInheritable, 'the saved sets'))
+  return calls
 }
 
 /** Pending signals go back in through rt_tgsigqueueinfo from inside the task, with their siginfo. */

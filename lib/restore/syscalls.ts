@@ -16,6 +16,7 @@ export const SYS = {
   setfsuid: 122,
   setfsgid: 123,
   setgroups: 116,
+  capset: 126,
   sigaltstack: 131,
   personality: 135,
   prctl: 157,
@@ -26,4 +27,5 @@ export const SYS = {
   openat: 257,
   clone3: 435,
   set_tid_address: 218,
+  set_robust_list: 273,
 } as const
