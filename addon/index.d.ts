@@ -144,6 +144,8 @@ export interface Addon {
    * the lowest fd sharing its open file description. Throws if kcmp cannot compare two.
    */
   kcmpGroups(pid: number, fds: number[]): number[]
+  /** This CPU's NT_X86_XSTATE size for the features the kernel enabled (CPUID 0xD). */
+  xstateSize(): number
   /**
    * kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {efd, tfd, toff}): 0 when the task's `fd` holds the file
    * its epoll `efd` watches as item (tfd, toff) (toff: the item's rank among those added with fd

@@ -1,7 +1,7 @@
 // The `ckptfs` command line (SPEC "Command line"). Each command is a thin use of the mount's
 // file interface or of lib; exit status 0 success, 1 failure (one line on stderr), 2 bad usage.
 
-import { spawn } from 'child_process'
+import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
@@ -222,13 +222,15 @@ async function restore(parsed: Parsed): Promise<void> {
   if (path.dirname(source) === area) {
     dir = source
   } else {
-    if (!fs.existsSync(source)) throw new CkptError(`${source}: no such file or directory`)
+    const kind = fs.statSync(source, { throwIfNoEntry: false })
+    if (!kind) throw new CkptError(`${source}: no such file or directory`)
+    if (!kind.isDirectory() && !kind.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory) nor an image file`)
     const base = path.basename(source).replace(/\.[^.]*$/, '') || 'saved'
     let name = base
     for (let n = 2; fs.existsSync(path.join(area, name)); n++) name = `${base}-${n}`
     dir = path.join(area, name)
-    if (fs.statSync(source).isDirectory()) {
-      fs.cpSync(source, dir, { recursive: true })
+    if (kind.isDirectory()) {
+      execFileSync('cp', ['-a', source, dir]) // several times faster than fs.cpSync on big trees
     } else {
       fs.mkdirSync(dir)
       fs.copyFileSync(source, path.join(dir, 'image'))

@@ -167,6 +167,7 @@ t.test('freeze and thaw a process blocked in nanosleep', async t => {
   const r = await addon.getThreadRegisters(fx.pid)
   t.equal(r.regs.length, 216)
   t.ok(r.xstate.length > 512, `xstate length ${r.xstate.length}`)
+  t.equal(addon.xstateSize(), r.xstate.length, 'xstateSize (CPUID) is the length ptrace gives')
   const rip = reg(r.regs, REG.rip)
   const rsp = reg(r.regs, REG.rsp)
   const m = maps(fx.pid)

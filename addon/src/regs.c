@@ -2,6 +2,7 @@
 // registration, queued siginfo. All of it through ptrace, so on the tracer thread.
 #include "tracer.h"
 
+#include <cpuid.h>
 #include <elf.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -257,4 +258,17 @@ napi_value js_peek_siginfo(napi_env env, napi_callback_info info) {
   rt->tid = tid;
   rt->shared = shared;
   return tracer_submit(env, &rt->t);
+}
+
+// xstateSize: the size of this CPU's xsave area for the features the kernel enabled (CPUID
+// leaf 0xD, EBX), which is the NT_X86_XSTATE length ptrace reads and accepts here. A saved
+// area of another size cannot be written back: restore refuses it before creating anything.
+napi_value js_xstate_size(napi_env env, napi_callback_info info) {
+  (void)info;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(0xd, 0, &a, &b, &c, &d)) {
+    throw_errno(env, ENOTSUP, "cpuid(0xd): no xsave");
+    return NULL;
+  }
+  return make_i32(env, (int32_t)b);
 }

@@ -67,6 +67,12 @@ export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
 
 function refuseUnsupported(saved: SavedCheckpoint): void {
   const { process: proc, vmas } = saved
+  const xstate = native.xstateSize()
+  for (const t of saved.threads) {
+    if (t.xstate.length !== xstate) {
+      throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
+    }
+  }
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
   if (proc.posixTimers.length > 0) throw new CkptError(`task-${proc.pid}/timers/posix: POSIX timers cannot be restored yet`, 'ENOTSUP')
   for (const v of vmas) {
