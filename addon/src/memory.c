@@ -339,10 +339,10 @@ napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
   return pool_submit(env, &m->t);
 }
 
-// allocTouched: a buffer whose pages are already faulted in, for copy-mode captures:
-// faulting fresh memory costs several times the copy itself here, and must not happen while
-// the task is stopped. No MADV_HUGEPAGE: with THP defrag on madvise, compaction made the
-// populate 5x slower on this machine (5.5 s against 1.2 s per GiB). Runs on the pool.
+// allocTouched: a buffer whose pages are already written once by the kernel, for copy-mode
+// captures: faulting fresh memory costs several times the copy itself here, and must not
+// happen while the task is stopped. No MADV_HUGEPAGE: with THP defrag on madvise,
+// compaction made populating 5x slower on this machine. Runs on the pool.
 #define HUGE_PAGE (2UL << 20)  // alignment of the buffer, for fewer page-table pages
 
 typedef struct {
@@ -373,9 +373,22 @@ static void touched_run(task_t *t) {
   }
   uintptr_t aligned = ((uintptr_t)tt->map + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
   tt->data = (void *)aligned;
-  if (madvise(tt->data, tt->len, 23 /* MADV_POPULATE_WRITE */) < 0) {
-    // Older kernels: touch each page by hand.
-    for (size_t off = 0; off < tt->len; off += 4096) ((volatile char *)tt->data)[off] = 0;
+  // Filled by the kernel from /dev/zero rather than faulted in by madvise or memset: on this
+  // virtual machine the kernel's first write into a page stays slow after a user-space touch,
+  // and a later process_vm_readv into it then costs several times more (measured: 512 MiB
+  // copied in 0.55-1.0 s after MADV_POPULATE_WRITE or memset, 0.11-0.15 s after this).
+  int zero = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+  size_t off = 0;
+  while (zero >= 0 && off < tt->len) {
+    size_t want = tt->len - off > (64UL << 20) ? (64UL << 20) : tt->len - off;
+    ssize_t n = read(zero, (char *)tt->data + off, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += (size_t)n;
+  }
+  if (zero >= 0) close(zero);
+  if (off < tt->len && madvise((char *)tt->data + off, tt->len - off, 23 /* MADV_POPULATE_WRITE */) < 0) {
+    for (; off < tt->len; off += 4096) ((volatile char *)tt->data)[off] = 0;
   }
 }
 

@@ -170,16 +170,23 @@ export function rangesOf(runs: PagemapRun[], offset: number, length: number): Pa
  */
 class ReadAhead {
   static readonly BLOCK = 4 << 20
-  private blocks: Array<{ layout: Layout; offset: number; data: Buffer }> = []
+  /** The two newest blocks; their 4 MiB buffers are reused (fresh pages cost a fault each). */
+  private blocks: Array<{ layout: Layout; offset: number; length: number; buffer: Buffer }> = []
 
   async read(pid: number, layout: Layout, offset: number, size: number): Promise<Buffer> {
-    const hit = this.blocks.find((b) => b.layout === layout && offset >= b.offset && offset + size <= b.offset + b.data.length)
-    if (hit) return hit.data.subarray(offset - hit.offset, offset - hit.offset + size)
+    const hit = this.blocks.find((b) => b.layout === layout && offset >= b.offset && offset + size <= b.offset + b.length)
+    // A copy: the block's buffer is overwritten when it is reused.
+    if (hit) return Buffer.from(hit.buffer.subarray(offset - hit.offset, offset - hit.offset + size))
     const length = Math.min(Math.max(size, ReadAhead.BLOCK), layout.bytes - offset)
-    const data = Buffer.allocUnsafe(length)
-    await readRanges(pid, layout, rangesOf(layout.runs, offset, length), data)
-    this.blocks = [{ layout, offset, data }, ...this.blocks.slice(0, 1)]
-    return data.subarray(0, size)
+    if (length > ReadAhead.BLOCK) {
+      const data = Buffer.allocUnsafe(length)
+      await readRanges(pid, layout, rangesOf(layout.runs, offset, length), data)
+      return data.subarray(0, size)
+    }
+    const buffer = (this.blocks.length >= 2 ? this.blocks.pop()!.buffer : undefined) ?? Buffer.allocUnsafeSlow(ReadAhead.BLOCK)
+    await readRanges(pid, layout, rangesOf(layout.runs, offset, length), buffer.subarray(0, length))
+    this.blocks.unshift({ layout, offset, length, buffer })
+    return Buffer.from(buffer.subarray(0, size))
   }
 }
 
