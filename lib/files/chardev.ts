@@ -6,7 +6,7 @@ import type { PathDescription } from '../model'
 import { majorMinor } from '../procfs'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathTypeOf, rdevEntry, settleLinks, type PathType } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, pathTypeOf, rdevEntry, settleLinks, type PathType } from './path'
 import { U64_MAX } from './saved'
 
 const table = withCommon<PathDescription>([...pathEntries, rdevEntry, otherLinksEntry])
@@ -41,4 +41,6 @@ export const chardev: FileHandler<PathDescription> = {
     const desc = await loadPath(dir, base, type)
     return { ...desc, rdev: await dir.decimal('rdev', 0n, U64_MAX), otherLinks: await loadOtherLinks(dir) }
   },
+
+  planRestore: (d) => pathRecord(d),
 }

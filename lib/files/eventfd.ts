@@ -5,6 +5,7 @@ import { fdinfoField, fdinfoFields } from '../procfs'
 import { attr } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 
 /** The largest value an eventfd counter holds (write(2) refuses more). */
 const EVENTFD_MAX = 0xfffffffffffffffen
@@ -37,4 +38,7 @@ export const eventfd: FileHandler<EventfdDescription> = {
   async load(dir, base) {
     return { ...base, type: 'eventfd', count: await dir.decimal('count', 0n, EVENTFD_MAX), semaphore: await dir.flag('semaphore') }
   },
+
+  // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.
+  planRestore: (d) => ({ kind: ObjectKind.Eventfd, objref: d.objref, payload: new RecordBuilder().u64(d.count).i32((d.flags & 0o4000) | (d.semaphore ? 1 : 0)).build() }),
 }

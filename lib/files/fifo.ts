@@ -6,6 +6,7 @@ import { bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
 import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks } from './path'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 
 const noData = async (): Promise<Buffer> => Buffer.alloc(0)
 
@@ -34,5 +35,13 @@ export const fifo: FileHandler<PathDescription> = {
   async load(dir, base) {
     const desc = await loadPath(dir, base, 'fifo')
     return { ...desc, otherLinks: await loadOtherLinks(dir), buffered: await dir.lazyBytes('buffered') }
+  },
+
+  // The buffered bytes belong to the fifo, not to each open description of it: the one with
+  // the lowest OBJREF puts them back.
+  async planRestore(d, { table }) {
+    const first = table.files.find((f) => f.type === 'fifo' && f.path === d.path)
+    const data = first === d ? await (d.buffered ?? noData)() : Buffer.alloc(0)
+    return { kind: ObjectKind.Fifo, objref: d.objref, payload: new RecordBuilder().i32(d.flags).string(d.path).bytes(data).build() }
   },
 }

@@ -7,6 +7,7 @@ import { lazy, type Lazy, type PathDescription } from '../model'
 import type { InodeStat } from '../procfs'
 import { attr, bytes, octal, type TableEntry } from '../tree/node'
 import type { CaptureContext, DescriptionBase, FdProbe } from './handler'
+import { ObjectKind, RecordBuilder, type PlannedRecord } from '../restore/fdplan'
 import { S64_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
 export type PathType = PathDescription['type']
@@ -94,4 +95,9 @@ export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathT
 export async function loadOtherLinks(dir: SavedDir): Promise<Lazy<string[]>> {
   const links = await dir.pathList('other_links')
   return lazy(async () => links)
+}
+
+/** Restore: reopen by path with the saved flags, then seek to the saved offset. */
+export function pathRecord(d: PathDescription): PlannedRecord {
+  return { kind: ObjectKind.Path, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path).build() }
 }

@@ -6,6 +6,7 @@ import type { PipeDescription } from '../model'
 import { attr, bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { U64_MAX } from './saved'
 
 const table = withCommon<PipeDescription>([
@@ -32,5 +33,26 @@ export const pipe: FileHandler<PipeDescription> = {
 
   async load(dir, base) {
     return { ...base, type: 'pipe', pipeId: await dir.decimal('pipe_id', 0n, U64_MAX), buffered: await dir.lazyBytes('buffered') }
+  },
+
+  // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an
+  // end the task did not hold is closed by the stub.
+  async planRestore(d, { table }) {
+    const ends = table.files.filter((f): f is PipeDescription => f.type === 'pipe' && f.pipeId === d.pipeId)
+    if (ends[0] !== d) return []
+    const read = ends.filter((e) => e.mode & 1)
+    const write = ends.filter((e) => e.mode & 2)
+    if (read.length > 1 || write.length > 1 || read.length + write.length !== ends.length) {
+      throw new CkptError(`files/${d.objref}: pipe ${d.pipeId} has ${ends.length} open descriptions; only one read and one write end can be restored`, 'ENOTSUP')
+    }
+    const payload = new RecordBuilder()
+      .u64(d.pipeId)
+      .bytes(await d.buffered())
+      .u32(read[0]?.objref ?? 0)
+      .i32(read[0]?.flags ?? 0)
+      .u32(write[0]?.objref ?? 0)
+      .i32(write[0]?.flags ?? 0)
+      .build()
+    return { kind: ObjectKind.Pipe, objref: d.objref, payload }
   },
 }

@@ -7,7 +7,8 @@ import { bufferSource, type PathDescription } from '../model'
 import { stream, type TableEntry } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, settleLinks } from './path'
+import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { fileSource, readWhole } from './source'
 
 const linked = withCommon<PathDescription>([...pathEntries, otherLinksEntry])
@@ -43,5 +44,16 @@ export const regular: FileHandler<PathDescription> = {
     const contents = await dir.source('contents')
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
     return { ...desc, otherLinks, contents }
+  },
+
+  // A linked file is reopened by path; an unlinked one is recreated from its contents and
+  // unlinked again (reference/000); a memfd is made anew.
+  async planRestore(d) {
+    if (!d.unlinked) return pathRecord(d)
+    if (!d.contents) throw new CkptError(`files/${d.objref}: unlinked file without saved contents`, 'EINVAL')
+    const data = await readWhole(d.contents)
+    const memfd = /^\/memfd:(.*)$/.exec(d.path)
+    if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).build() }
+    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u64(d.pos).string(d.path).bytes(data).build() }
   },
 }
