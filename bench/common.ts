@@ -6,6 +6,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'child_process
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
+import { serversOf } from '../mount/cli'
 
 export const repo = path.resolve(__dirname, '..', '..')
 export const benchDir = path.join(repo, 'bench')
@@ -217,23 +218,6 @@ export async function mountCkptfs(dir: string): Promise<{ mnt: string; unmount: 
     }
   })
   return { mnt, unmount }
-}
-
-/** PIDs of the ckptfs servers of `mnt`, found by their command line (as `ckptfs umount` does). */
-function serversOf(mnt: string): number[] {
-  const found: number[] = []
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(entry)) continue
-    let argv: string[]
-    try {
-      argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
-    } catch {
-      continue
-    }
-    const i = argv.indexOf('mount')
-    if (i > 0 && argv[i - 1] === cliPath && argv[i + 1] === mnt && argv.includes('--foreground')) found.push(Number(entry))
-  }
-  return found
 }
 
 /** SIGTERM, up to 5 s to exit, then SIGKILL: for processes this benchmark started. */

@@ -99,7 +99,7 @@ function chooseMount(given: string | true | undefined): string {
 }
 
 /** PIDs of the servers serving `mnt` (found by their command line). */
-function serversOf(mnt: string): number[] {
+export function serversOf(mnt: string): number[] {
   const found: number[] = []
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^[0-9]+$/.test(entry)) continue
