@@ -23,12 +23,14 @@ import * as path from 'path'
 import { cleanupAll, log, nowNs, outDir, repo, profileServersInto, seconds, type Options } from './common'
 import { benchFds } from './fds'
 import { benchMemory } from './memory'
+import { benchRestore } from './restore'
 import { summariseProfiles } from './profile'
 import { machineLines, markdownTable, Report, textTable, writeMarkdown } from './report'
 
 const BENCHMARKS: Record<string, { title: string; run: (opts: Options, rep: Report) => Promise<void> }> = {
   fds: { title: '1. File table tree (issue 3)', run: benchFds },
   memory: { title: '2. Memory (issue 4)', run: benchMemory },
+  restore: { title: '3. Restore (issue 6)', run: benchRestore },
 }
 
 const USAGE = 'usage: node dist/bench/run.js [fds|memory ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--profile]'

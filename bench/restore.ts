@@ -1,0 +1,187 @@
+// Benchmark 3, restore (issue 6, "Speed"). Each target is checkpointed lazily, the checkpoint
+// is saved with cp -a to tmpfs (the whole tree, and a directory holding only its `image`),
+// the target is killed through `done`, and each saved copy is restored through the mount:
+// copied into MNT/restore/NAME first (untimed), then the write of "1" to MNT/restore/NAME/done
+// is timed (in this process, so no node start-up is counted). Every restored process must
+// run with the saved PID; it is then killed by PID and we wait until the PID is gone.
+//  (a) a task with 1 GiB of touched memory (bench/memtarget.c), against the floor measured in
+//      the same run by bench/restorefloor.c: MADV_POPULATE_WRITE of a fresh 1 GiB region in
+//      another process plus process_vm_writev of 1 GiB into it;
+//  (b) a task with 10,000 fds (bench/fdtarget.c).
+
+import { spawnSync } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import {
+  buildC, ckptfsOk, log, MiB, mountCkptfs, nowNs, onCleanup, processState, q, scratchDir, seconds, sleep, startTarget,
+  timeShOk, treeTotals, type Options, type Target,
+} from './common'
+import { fmtN, fmtS, fmtX, over, Report } from './report'
+
+const sizeText = (mib: number) => (mib % 1024 === 0 ? `${mib / 1024} GiB` : `${mib} MiB`)
+
+/** Adds its rows to `rep` as it goes, so a failure keeps what was measured. */
+export async function benchRestore(opts: Options, rep: Report): Promise<void> {
+  const memtarget = buildC('memtarget')
+  const fdtarget = buildC('fdtarget')
+  const floorBin = buildC('restorefloor')
+  const work = scratchDir('ckptfs-bench-')
+  const shm = scratchDir('ckptfs-bench-', '/dev/shm')
+
+  // The floor first, while no target spins on a core.
+  const len = opts.memMib * MiB
+  log(`restore: floor (populate + process_vm_writev of ${sizeText(opts.memMib)})`)
+  const r = spawnSync(floorBin, [String(len), '3'], { encoding: 'utf8', timeout: 300_000 })
+  if (r.status !== 0) throw new Error(`restorefloor exited ${r.status}: ${r.stderr}`)
+  const passes = [...r.stdout.matchAll(/^pass \d+ (\d+) (\d+)$/gm)].map((m) => ({ populate: Number(m[1]) / 1e9, write: Number(m[2]) / 1e9 }))
+  const best = passes.reduce((a, b) => (a.populate + a.write <= b.populate + b.write ? a : b))
+  const floor = best.populate + best.write
+  rep.ref(`floor: restore ${sizeText(opts.memMib)} into another process (populate + write)`, fmtS(floor),
+    `bench/restorefloor.c, fastest of ${passes.length} passes, each into a fresh mapping: ` +
+    passes.map((p) => `${fmtS(p.populate)} + ${fmtS(p.write)}`).join('; ') + ' (MADV_POPULATE_WRITE + process_vm_writev, 64 MiB calls)')
+
+  const { mnt, unmount } = await mountCkptfs(work)
+  try {
+    await memoryRestores(rep, opts, memtarget, floorBin, mnt, shm, floor, passes[0].populate + passes[0].write)
+    await fdRestores(rep, opts, fdtarget, work, mnt, shm)
+  } finally {
+    unmount()
+  }
+}
+
+// ---- shared steps ----
+
+async function waitGone(pid: number, ms: number): Promise<number> {
+  const t0 = nowNs()
+  const deadline = Date.now() + ms
+  while (processState(pid) !== undefined) {
+    if (Date.now() > deadline) throw new Error(`PID ${pid} still exists ${ms / 1000} s after it was killed (state ${processState(pid)})`)
+    await sleep(20)
+  }
+  return seconds(t0)
+}
+
+/** Checkpoints the target lazily, saves it to `shm` (tree and image only), and kills it through done. */
+async function saveAndKill(target: Target, mnt: string, shm: string, label: string): Promise<{ tree: string; image: string; treeBytes: number; imageBytes: number }> {
+  const pid = target.pid
+  const dir = ckptfsOk('checkpoint', String(pid), '--mount', mnt).stdout.trim()
+  const tree = path.join(shm, `${label}-tree`)
+  const image = path.join(shm, `${label}-image`)
+  try {
+    log(`restore: saving ${label} (cp -a of the checkpoint, and its image alone)`)
+    const problems = fs.readFileSync(path.join(dir, 'problems'), 'utf8').trim()
+    if (problems) throw new Error(`${label}: the checkpoint lists problems: ${problems.split('\n')[0]}`)
+    timeShOk(`cp -a ${q(dir)} ${q(tree)}`)
+    fs.mkdirSync(image)
+    timeShOk(`cp ${q(path.join(dir, 'image'))} ${q(path.join(image, 'image'))}`)
+  } finally {
+    try {
+      fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
+    } catch (err) {
+      log(`${dir}/done: ${(err as Error).message}`)
+    }
+  }
+  await waitGone(pid, 60_000)
+  target.kill() // the PID is gone; this ends its sh (ours) and forgets the clean-up
+  return { tree, image, treeBytes: treeTotals(tree).bytes, imageBytes: fs.statSync(path.join(image, 'image')).size }
+}
+
+interface Restored {
+  seconds: number
+  pid: number
+  copySeconds: number
+  reapSeconds: number
+}
+
+/**
+ * Copies `saved` into MNT/restore/NAME (untimed), times the write to its done, checks the
+ * task runs with `pid`, runs `check(pid)`, kills it by PID and waits until it is gone.
+ */
+async function restoreOnce(mnt: string, saved: string, name: string, pid: number, check: (pid: number) => void): Promise<Restored> {
+  const dir = path.join(mnt, 'restore', name)
+  const copySeconds = timeShOk(`cp -a ${q(saved)} ${q(dir)}`).seconds
+  let restored = 0
+  const forget = onCleanup(`kill restored ${pid}`, () => {
+    if (restored > 0 && processState(restored) !== undefined) process.kill(restored, 'SIGKILL')
+  })
+  try {
+    log(`restore: restoring ${name}`)
+    const t0 = nowNs()
+    try {
+      fs.writeFileSync(path.join(dir, 'done'), '1\n')
+    } catch (err) {
+      let status = ''
+      try {
+        status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+      } catch { /* none */ }
+      throw new Error(`restore of ${name}: ${(err as Error).message}${status ? ` (status: ${status})` : ''}`)
+    }
+    const s = seconds(t0)
+    const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+    const m = /^restored ([0-9]+)$/.exec(status)
+    if (!m) throw new Error(`restore of ${name}: status "${status}"`)
+    restored = Number(m[1])
+    if (restored !== pid) throw new Error(`restore of ${name}: restored as PID ${restored}, saved PID ${pid}`)
+    const state = processState(pid)
+    if (state === undefined || !'RSD'.includes(state)) throw new Error(`restore of ${name}: PID ${pid} is in state ${state ?? 'gone'}`)
+    check(pid)
+    process.kill(pid, 'SIGKILL')
+    const reapSeconds = await waitGone(pid, 120_000)
+    return { seconds: s, pid, copySeconds, reapSeconds }
+  } finally {
+    forget() // kills it if it still runs (a failure above)
+    if (restored > 0) await waitGone(restored, 120_000).catch((err) => log((err as Error).message))
+    fs.rmSync(dir, { recursive: true, force: true }) // frees the restore area's backing files
+  }
+}
+
+// ---- (a) 1 GiB of touched memory ----
+
+async function memoryRestores(rep: Report, opts: Options, memtarget: string, floorBin: string, mnt: string, shm: string, floor: number, firstPass: number): Promise<void> {
+  const size = sizeText(opts.memMib)
+  log(`restore: starting a ${size} target (touching its memory)`)
+  const target = await startTarget(memtarget, [String(opts.memMib)], 180_000)
+  const ready = target.lines.find((l) => l.startsWith('ready'))!
+  const addr = /addr=(0x[0-9a-f]+)/.exec(ready)![1]
+  const len = Number(/len=([0-9]+)/.exec(ready)![1])
+  const pid = target.pid
+  const saved = await saveAndKill(target, mnt, shm, 'mem')
+  const verify = (p: number) => {
+    const v = spawnSync(floorBin, ['verify', String(p), addr, String(len)], { encoding: 'utf8', timeout: 120_000 })
+    if (v.status !== 0) throw new Error(`the restored memory of ${p} is wrong: ${v.stdout.trim()} ${v.stderr.trim()}`)
+  }
+  for (const [kind, from, bytes] of [['tree', saved.tree, saved.treeBytes], ['image alone', saved.image, saved.imageBytes]] as const) {
+    for (let i = 0; i < opts.repeats; i++) {
+      const r = await restoreOnce(mnt, from, `mem-${kind === 'tree' ? 'tree' : 'image'}-${i + 1}`, pid, verify)
+      const ratio = r.seconds / floor
+      rep.check(`(a) restore of ${size} from the ${kind}${opts.repeats > 1 ? ` #${i + 1}` : ''}: write to done`, fmtS(r.seconds), '< 1.2x floor', ratio < 1.2,
+        over(ratio, 1.2),
+        `${fmtX(ratio)} the floor (${fmtS(floor)}; ${fmtX(r.seconds / firstPass)} its first pass, ${fmtS(firstPass)}); saved ${kind}: ${fmtN(bytes)} bytes, ` +
+        `copied into MNT/restore in ${fmtS(r.copySeconds)} (untimed); PID ${pid} again, memory checked; gone ${fmtS(r.reapSeconds)} after SIGKILL`)
+    }
+  }
+}
+
+// ---- (b) 10,000 fds ----
+
+async function fdRestores(rep: Report, opts: Options, fdtarget: string, work: string, mnt: string, shm: string): Promise<void> {
+  const files = path.join(work, `files-${opts.fds}`)
+  fs.mkdirSync(files, { recursive: true })
+  log(`restore: starting a ${fmtN(opts.fds)}-fd target`)
+  const target = await startTarget(fdtarget, [String(opts.fds), files])
+  const pid = target.pid
+  const held = fs.readdirSync(`/proc/${pid}/fd`).length
+  const saved = await saveAndKill(target, mnt, shm, 'fds')
+  const check = (p: number) => {
+    const n = fs.readdirSync(`/proc/${p}/fd`).length
+    if (n !== held) throw new Error(`the restored ${p} holds ${n} fds, the saved ${held}`)
+  }
+  for (const [kind, from] of [['tree', saved.tree], ['image alone', saved.image]] as const) {
+    for (let i = 0; i < opts.repeats; i++) {
+      const r = await restoreOnce(mnt, from, `fds-${kind === 'tree' ? 'tree' : 'image'}-${i + 1}`, pid, check)
+      rep.check(`(b) restore of ${fmtN(held)} fds from the ${kind}${opts.repeats > 1 ? ` #${i + 1}` : ''}: write to done`, fmtS(r.seconds), '< 0.3 s', r.seconds < 0.3,
+        `${fmtX(r.seconds / 0.3)} the target, ${fmtS(r.seconds - 0.3)} over`,
+        `copied into MNT/restore in ${fmtS(r.copySeconds)} (untimed); PID ${pid} again with ${fmtN(held)} fds; gone ${fmtS(r.reapSeconds)} after SIGKILL`)
+    }
+  }
+}
