@@ -9,6 +9,7 @@ import {
   type CheckpointMode, type Credentials, type EpollItem, type FdEntry, type FdType, type FileDescription,
   type InotifyWatch, type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
   type Rlimit, type SigAction, type StoredRun, type ThreadState, type Tid, type VmaKind,
+  type Vma,
 } from '../model'
 import { isMessage, type FieldValue, type Message } from './codec'
 import { FORMAT_MAJOR, MAGIC, PAGE_SIZE } from './schema'
@@ -41,18 +42,7 @@ export interface RecordedDescription {
 }
 
 /** A mapping's metadata as recorded, before its pages are attached. */
-export interface RecordedVma {
-  start: bigint
-  end: bigint
-  perms: string
-  offset: bigint
-  dev: string
-  inode: bigint
-  path: string
-  kind: VmaKind
-  vmFlags: string
-  stored: StoredRun[]
-}
+export type RecordedVma = Omit<Vma, 'pages'>
 
 /** Typed, checked access to one decoded message; failures name the record and the field. */
 export class Fields {

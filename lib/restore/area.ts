@@ -12,7 +12,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError, messageOf } from '../errors'
-import type { DirNode, FileNode, Node } from '../tree/node'
+import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { restoreSaved } from './index'
 
 const VIRTUAL = new Set(['done', 'status'])
@@ -118,29 +118,10 @@ export class RestoreArea {
   }
 
   private virtual(name: string, file: string): FileNode {
-    const status = () => Buffer.from(`${this.states.get(name) ?? 'saved'}\n`)
-    if (file === 'status') {
-      return {
-        kind: 'file',
-        perm: 0o644,
-        volatile: true,
-        size: async () => status().length,
-        read: async (offset, length) => status().subarray(offset, offset + length),
-        write: async () => undefined,
-        truncate: async () => undefined,
-      }
-    }
-    return {
-      kind: 'file',
-      perm: 0o644,
-      volatile: true,
-      size: async () => 0,
-      read: async () => Buffer.alloc(0),
-      truncate: async () => undefined,
-      write: async (_offset, data) => {
-        if (data.toString('utf8').trim() !== '') await this.restore(name)
-      },
-    }
+    if (file === 'done') return commandFile(() => this.restore(name).then(() => undefined))
+    // The saved status that cp -a copies in is accepted and dropped.
+    const status = lineFile(async () => this.states.get(name) ?? 'saved')
+    return { ...status, perm: 0o644, write: async () => undefined, truncate: async () => undefined }
   }
 }
 
