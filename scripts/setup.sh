@@ -21,8 +21,12 @@ fi
 if [ ! -e node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ]; then
   npm install --no-audit --no-fund --ignore-scripts >&2
 fi
-addon=addon/build/Release/ckptfs.node
-if [ ! -e "$addon" ] || [ -n "$(find addon/src addon/stub addon/binding.gyp -newer "$addon" 2>/dev/null | head -n1)" ]; then
+# Two products: the Node-API module and the restorer stub; a failed build may leave one alone.
+stale=
+for product in addon/build/Release/ckptfs.node addon/build/Release/restorer; do
+  if [ ! -e "$product" ] || [ -n "$(find addon/src addon/stub addon/binding.gyp -newer "$product" 2>/dev/null | head -n1)" ]; then stale=1; fi
+done
+if [ -n "$stale" ]; then
   npx --no-install node-gyp rebuild --directory=addon >/dev/null 2>addon-build.log || { cat addon-build.log >&2; exit 1; }
   rm -f addon-build.log
 fi

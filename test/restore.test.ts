@@ -24,6 +24,7 @@ const bin = {
   files: buildTarget('restore_files'),
   small: buildTarget('restore_small', ['-static']),
   counter: buildTarget('counter'),
+  manymaps: buildTarget('restore_manymaps'),
 }
 
 /** Every expected check passed, none failed, and the fixture finished. */
@@ -82,6 +83,15 @@ t.test('memory: every mapping, its contents, brk, the mm fields and the vdso', a
 })
 
 const CPU_CHECKS = ['mxcsr', 'x87 control word', 'tls (fs base)', 'signal mask', 'sigaltstack', 'rseq registered', 'sched_getcpu follows migrations', 'robust futex list not stale', 'clock_gettime (vdso)']
+
+t.test('a task mapping 300 files with only three fds open comes back (one fd per mapped file while memory is rebuilt)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin.manymaps, dir, '300'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  restoreOk(mnt, saved, target.pid)
+  expectChecks(t, await runChecks(target), ['every mapped file', 'no fd left open by the restore'])
+})
 
 t.test('registers and xsave state in a running AVX loop, fs base, signal mask, altstack, rseq', async (t) => {
   const dir = workdir(t)

@@ -169,6 +169,8 @@ static int open_unlinked(const char *path, int flags, mode_t mode, const uint8_t
 // More unused inotify wd numbers than this before a watch is refused (each costs two calls).
 #define MAX_WD_GAP (1 << 20)
 
+#define MAPPED_FILE_ROOM 65536
+
 // Makes RLIMIT_NOFILE allow fd number `fd` (an epoll item's number may lie above them all).
 static void room_for(int fd, const char *what) {
   struct rlimit r;
@@ -379,13 +381,17 @@ int main(int argc, char **argv) {
   uint32_t objects = u32("object_count"), records = u32("record_count"), fds = u32("fd_count");
   if (objects > (1u << 20)) fail("plan: %u objects is more than the stub handles", objects);
   int session = i32("session"), pgid_self = i32("pgid_self");
-  uint64_t nofile_soft = u64("nofile_soft"), nofile_hard = u64("nofile_hard");
 
-  // Room for the task's fds and the working area; the saved limits are set again at the end.
-  struct rlimit need_files = { (rlim_t)work_base + objects + 16, (rlim_t)work_base + objects + 16 };
-  if (nofile_hard > need_files.rlim_max) need_files.rlim_max = (rlim_t)nofile_hard;
-  if (setrlimit(RLIMIT_NOFILE, &need_files) < 0) fail("setrlimit(NOFILE, %llu): %s", (unsigned long long)need_files.rlim_cur, strerror(errno));
-  (void)nofile_soft;
+  // Room for the task's fds, the working area, and after the stub one fd per file the saved
+  // mappings map (at most one per mapping: vm.max_map_count is 65530 by default), opened
+  // while memory is rebuilt. Only the soft limit moves: raising the hard one needs
+  // CAP_SYS_RESOURCE, which the server may lack. The saved limits are set again at the end.
+  struct rlimit files;
+  if (getrlimit(RLIMIT_NOFILE, &files) < 0) fail("getrlimit(NOFILE): %s", strerror(errno));
+  rlim_t task_fds = (rlim_t)work_base + objects + 16;
+  if (task_fds > files.rlim_max) fail("the task needs %llu fds, more than this server's hard RLIMIT_NOFILE (%llu)", (unsigned long long)task_fds, (unsigned long long)files.rlim_max);
+  files.rlim_cur = task_fds + MAPPED_FILE_ROOM < files.rlim_max ? task_fds + MAPPED_FILE_ROOM : files.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &files) < 0) fail("setrlimit(NOFILE, %llu): %s", (unsigned long long)files.rlim_cur, strerror(errno));
 
   if (session && setsid() < 0) fail("setsid: %s", strerror(errno));
   if (!session && pgid_self && setpgid(0, 0) < 0) fail("setpgid: %s", strerror(errno));

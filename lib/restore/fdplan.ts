@@ -76,7 +76,6 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
   const maxFd = table.fds.reduce((m, f) => Math.max(m, f.fd), -1)
   const maxRef = table.files.reduce((m, f) => Math.max(m, f.objref), 0)
   const workFdBase = Math.max(3, maxFd + 1)
-  const nofile = proc.rlimits.find((r) => r.name === 'nofile')
   const header = new RecordBuilder()
     .u32(1) // version
     .i32(workFdBase)
@@ -85,8 +84,6 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
     .u32(table.fds.length)
     .i32(proc.sid === proc.pid ? 1 : 0)
     .i32(proc.pgid === proc.pid ? 1 : 0)
-    .u64(nofile?.soft ?? 1024n)
-    .u64(nofile?.hard ?? 1024n)
     .build()
   const framed = records.map((r) => Buffer.concat([new RecordBuilder().u32(r.kind).u32(r.objref).u32(r.payload.length).build(), r.payload]))
   const fds = table.fds.map((f) => new RecordBuilder().i32(f.fd).u32(f.objref).u32(f.closeOnExec ? 1 : 0).build())
