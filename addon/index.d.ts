@@ -124,6 +124,11 @@ export interface Addon {
   /** process_vm_readv of several ranges into `into` back to back, in one call where possible. */
   readMemoryInto(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): Promise<void>
   /**
+   * The same, synchronously, for at most 1 MiB: the mount's reads of a frozen task's resident
+   * memory, where a trip through the pool costs more than the copy itself.
+   */
+  readMemoryIntoNow(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): void
+  /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the
    * anonymous copies of a private mapping). Adjacent pages are merged into one run.

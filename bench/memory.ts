@@ -3,14 +3,15 @@
 //  (a) how long a --copy checkpoint keeps the task stopped, against the raw cost of copying
 //      the same bytes with process_vm_readv (bench/rawcopy.c);
 //  (b) lazy checkpoint stop-to-ready, on a small and a large target;
-//  (c) reading the lazy checkpoint (cat image, cp -a) against a trivial fuse-native server
-//      serving one file of the same size, and cat of a tmpfs file.
+//  (c) reading the lazy checkpoint against a trivial fuse-native server: cat image against
+//      one file of the same size, cp -a of the tree against a tree of the same shape; cat
+//      and cp of a tmpfs file for reference.
 
 import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import {
-  buildC, ckptfsOk, GiB, log, median, MiB, mountCkptfs, nowNs, processState, q, scratchDir, seconds, sleep, startTarget,
+  buildC, ckptfsOk, GiB, log, median, MiB, mountCkptfs, nowNs, outDir, processState, q, scratchDir, seconds, shapeFromLs, sleep, startTarget,
   startTrivialServer, timeShOk, treeTotals, type Options, type Target,
 } from './common'
 import { fmtMs, fmtN, fmtRate, fmtS, fmtX, over, Report, under } from './report'
@@ -196,14 +197,21 @@ function copyTree(top: string, shm: string): { seconds: number; bytes: number } 
   return { seconds, bytes }
 }
 
+/**
+ * cat of the image against the trivial server's same-size file; cp -a of the checkpoint
+ * against the trivial server serving a tree of the same shape (the same names and sizes,
+ * image and pages included), so both copies write the same bytes into tmpfs. That matters
+ * here: tmpfs pages the VM never touched cost several times more to fill than reused ones.
+ */
 async function readThroughput(rep: Report, target: Target, mnt: string, shm: string): Promise<void> {
   fs.writeFileSync(path.join(mnt, 'checkpoint'), `${target.pid}\n`)
   const checkpoint = path.join(mnt, fs.readFileSync(path.join(mnt, 'by-pid', String(target.pid)), 'utf8').trim())
   const ours: Reads = { cat: [], cp: [], cpBytes: 0 }
   const trivial: Reads = { cat: [], cp: [], cpBytes: 0 }
+  const trivialTree: Reads = { cat: [], cp: [], cpBytes: 0 }
   const tmpfs: Reads = { cat: [], cp: [], cpBytes: 0 }
   let size = 0
-  let stopTrivial: (() => void) | undefined
+  const stops: Array<() => void> = []
   const tmpfsDir = fs.mkdtempSync(path.join(shm, 'tmpfs-'))
   try {
     size = fs.statSync(path.join(checkpoint, 'image')).size
@@ -214,25 +222,35 @@ async function readThroughput(rep: Report, target: Target, mnt: string, shm: str
     for (let at = 0; at < size; at += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - at))
     fs.closeSync(fd)
     const tmnt = path.join(scratchDir('ckptfs-bench-'), 'mnt')
-    stopTrivial = (await startTrivialServer(tmnt, ['file', 'image', String(size)])).stop
+    stops.push((await startTrivialServer(tmnt, ['file', 'image', String(size)])).stop)
+    // The trivial server serving the checkpoint's shape (listing it fills no page).
+    const lsFile = path.join(shm, 'ls.txt')
+    timeShOk(`ls -laR ${q(checkpoint)} > ${q(lsFile)}`)
+    const shapeFile = path.join(outDir, 'memory-shape.json')
+    fs.writeFileSync(shapeFile, JSON.stringify(shapeFromLs(fs.readFileSync(lsFile, 'utf8'), checkpoint)))
+    fs.rmSync(lsFile)
+    const tmntTree = path.join(scratchDir('ckptfs-bench-'), 'mnt')
+    stops.push((await startTrivialServer(tmntTree, ['tree', shapeFile])).stop)
+    const trivialTop = path.join(tmntTree, path.basename(checkpoint))
 
-    // Interleaved (ckptfs, trivial, tmpfs; twice), so that the machine's load shifts hit all alike.
+    // Interleaved, the order turned round in the second pass, so that load shifts and the
+    // state of the VM's memory hit all alike.
     for (let i = 0; i < 2; i++) {
       log(`memory: (c) cat image ${i + 1}/2: ckptfs, trivial server, tmpfs`)
-      ours.cat.push(timeShOk(`cat ${q(path.join(checkpoint, 'image'))} > /dev/null`).seconds)
-      trivial.cat.push(timeShOk(`cat ${q(path.join(tmnt, 'image'))} > /dev/null`).seconds)
-      tmpfs.cat.push(timeShOk(`cat ${q(tmpfsFile)} > /dev/null`).seconds)
+      const cats: Array<[Reads, string]> = [[ours, path.join(checkpoint, 'image')], [trivial, path.join(tmnt, 'image')], [tmpfs, tmpfsFile]]
+      for (const [reads, file] of i === 0 ? cats : cats.reverse()) reads.cat[i] = timeShOk(`cat ${q(file)} > /dev/null`).seconds
     }
     for (let i = 0; i < 2; i++) {
-      log(`memory: (c) cp -a ${i + 1}/2: ckptfs, trivial server, tmpfs`)
-      for (const [reads, top] of [[ours, checkpoint], [trivial, tmnt], [tmpfs, tmpfsDir]] as const) {
+      log(`memory: (c) cp -a ${i + 1}/2: ckptfs, trivial server (same tree; one file), tmpfs`)
+      const copies: Array<[Reads, string]> = [[ours, checkpoint], [trivialTree, trivialTop], [trivial, tmnt], [tmpfs, tmpfsDir]]
+      for (const [reads, top] of i === 0 ? copies : copies.reverse()) {
         const c = copyTree(top, shm)
-        reads.cp.push(c.seconds)
+        reads.cp[i] = c.seconds
         reads.cpBytes = c.bytes
       }
     }
   } finally {
-    stopTrivial?.()
+    for (const stop of stops) stop()
     release(checkpoint)
     fs.rmSync(tmpfsDir, { recursive: true, force: true })
   }
@@ -244,13 +262,16 @@ async function readThroughput(rep: Report, target: Target, mnt: string, shm: str
     rep.check(`(c) cat image (${gib} GiB), ${which} read: ckptfs / trivial`, `${fmtRate(size, ours.cat[i])} / ${fmtRate(size, trivial.cat[i])}: ${fmtX(a / b)}`,
       '>= 0.8x', a / b >= 0.8, under(a / b, 0.8), `ckptfs ${fmtS(ours.cat[i])}, trivial ${fmtS(trivial.cat[i])}; tmpfs file ${fmtRate(size, tmpfs.cat[i])}`)
   }
-  for (const [i, which] of [[0, 'first'], [1, 'second']] as const) {
-    const a = ours.cpBytes / ours.cp[i]
-    const b = trivial.cpBytes / trivial.cp[i]
-    rep.check(`(c) cp -a to tmpfs, ${which}: ckptfs tree / trivial file`, `${fmtRate(ours.cpBytes, ours.cp[i])} / ${fmtRate(trivial.cpBytes, trivial.cp[i])}: ${fmtX(a / b)}`,
-      '>= 0.8x', a / b >= 0.8, under(a / b, 0.8),
-      `ckptfs ${fmtN(ours.cpBytes)} bytes (image + pages + attributes) in ${fmtS(ours.cp[i])}, trivial ${fmtN(trivial.cpBytes)} in ${fmtS(trivial.cp[i])}; tmpfs file ${fmtRate(tmpfs.cpBytes, tmpfs.cp[i])}`)
-  }
+  // Whichever copy runs first after the last one was removed fills tmpfs pages the VM has
+  // not backed yet, and pays several times more; the order turns round in the second pass, so
+  // the check takes both passes together.
+  const rate = (r: Reads) => (2 * r.cpBytes) / (r.cp[0] + r.cp[1])
+  const cpRatio = rate(ours) / rate(trivialTree)
+  const passes = (r: Reads) => `${fmtRate(r.cpBytes, r.cp[0])} then ${fmtRate(r.cpBytes, r.cp[1])}`
+  rep.check('(c) cp -a to tmpfs, both passes: ckptfs tree / trivial, same tree', `${fmtN(Math.round(rate(ours) / 1e6))} MB/s / ${fmtN(Math.round(rate(trivialTree) / 1e6))} MB/s: ${fmtX(cpRatio)}`,
+    '>= 0.8x', cpRatio >= 0.8, under(cpRatio, 0.8),
+    `${fmtN(ours.cpBytes)} bytes (image + pages + attributes) each; ckptfs ${passes(ours)} (first in pass 1), trivial ${passes(trivialTree)} (first in pass 2); ` +
+    `trivial one ${gib} GiB file ${passes(trivial)}; tmpfs file ${passes(tmpfs)}`)
   rep.ref('(c) reference: cat of a same-size tmpfs file', `${fmtRate(size, tmpfs.cat[0])}, then ${fmtRate(size, tmpfs.cat[1])}`,
     `cp -a of it to tmpfs: ${fmtRate(tmpfs.cpBytes, tmpfs.cp[0])}, then ${fmtRate(tmpfs.cpBytes, tmpfs.cp[1])}`)
 }

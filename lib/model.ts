@@ -28,13 +28,59 @@ export function lazy<T>(compute: () => Promise<T>): Lazy<T> {
 /** Bytes of known size that are read in pieces (memory pages, pipe data, file contents). */
 export interface ByteSource {
   readonly size: number
+  /** Bytes [offset, offset + length), clipped at `size`, in a buffer the caller may keep. */
   read(offset: number, length: number): Promise<Buffer>
+  /**
+   * The same bytes written into `into` at `at`; returns how many. The mount's read path: the
+   * bytes go straight into the FUSE reply buffer, with no buffer allocated on the way (each
+   * fresh buffer costs page faults, which dominate large reads on this kind of machine).
+   * A source that has the bytes at hand answers synchronously: a promise per 128 KiB read
+   * costs more than the copy.
+   */
+  readInto(offset: number, length: number, into: Buffer, at: number): Sized
+  /**
+   * Sources kept in a regular file (a saved tree's files, an image): where the bytes
+   * [offset, offset + length) lie in it, so another process can read them itself (a restore
+   * has the new task read its pages straight from the file, with no copy through us).
+   */
+  extents?(offset: number, length: number): Promise<FileExtent[]>
+}
+
+/** A byte count, at once or later. */
+export type Sized = number | Promise<number>
+
+/** `length` bytes at byte `at` of `file`. */
+export interface FileExtent {
+  file: string
+  at: number
+  length: number
+}
+
+/** The length a read of `length` bytes at `offset` gets from a source of `size` bytes. */
+export const clipped = (size: number, offset: number, length: number): number => Math.max(0, Math.min(length, size - offset))
+
+/** A source defined by its readInto; read allocates a buffer and fills it. */
+export function intoSource(size: number, readInto: ByteSource['readInto']): ByteSource {
+  return {
+    size,
+    readInto: (offset, length, into, at) => {
+      const n = clipped(size, offset, length)
+      return n === 0 ? 0 : readInto(offset, n, into, at)
+    },
+    read: async (offset, length) => {
+      const buf = Buffer.allocUnsafe(clipped(size, offset, length))
+      if (buf.length === 0) return buf
+      const n = await readInto(offset, buf.length, buf, 0)
+      return n === buf.length ? buf : buf.subarray(0, n)
+    },
+  }
 }
 
 export function bufferSource(data: Buffer): ByteSource {
   return {
     size: data.length,
-    read: async (offset, length) => data.subarray(offset, Math.min(data.length, offset + length)),
+    read: async (offset, length) => data.subarray(offset, offset + clipped(data.length, offset, length)),
+    readInto: (offset, length, into, at) => data.copy(into, at, offset, offset + clipped(data.length, offset, length)),
   }
 }
 

@@ -225,14 +225,10 @@ async function restore(parsed: Parsed): Promise<void> {
     const kind = fs.statSync(source, { throwIfNoEntry: false })
     if (!kind) throw new CkptError(`${source}: no such file or directory`)
     if (!kind.isDirectory() && !kind.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory) nor an image file`)
-    const base = path.basename(source).replace(/\.[^.]*$/, '') || 'saved'
-    let name = base
-    for (let n = 2; fs.existsSync(path.join(area, name)); n++) name = `${base}-${n}`
-    dir = path.join(area, name)
+    dir = claimRestoreDir(area, path.basename(source).replace(/\.[^.]*$/, '') || 'saved')
     if (kind.isDirectory()) {
-      execFileSync('cp', ['-a', source, dir]) // several times faster than fs.cpSync on big trees
+      execFileSync('cp', ['-a', `${source}/.`, dir]) // several times faster than fs.cpSync on big trees
     } else {
-      fs.mkdirSync(dir)
       fs.copyFileSync(source, path.join(dir, 'image'))
     }
   }
@@ -246,6 +242,22 @@ async function restore(parsed: Parsed): Promise<void> {
   const m = /^restored ([0-9]+)$/.exec(status)
   if (!m) throw new CkptError(`restore of ${source}: ${status}`)
   process.stdout.write(m[1] + '\n')
+}
+
+/**
+ * Makes a new directory in the restore area named after `base` (base, base-2, ...). mkdir is
+ * the claim: two restores started at once never pick the same name.
+ */
+function claimRestoreDir(area: string, base: string): string {
+  for (let n = 1; ; n++) {
+    const dir = path.join(area, n === 1 ? base : `${base}-${n}`)
+    try {
+      fs.mkdirSync(dir)
+      return dir
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CkptError(`${dir}: ${messageOf(err)}`)
+    }
+  }
 }
 
 async function check(parsed: Parsed): Promise<void> {

@@ -6,6 +6,7 @@ import * as os from 'os'
 import * as path from 'path'
 import { CkptError, errnoOf, messageOf, type ErrnoName } from '../lib/errors'
 import { Session } from '../lib/session'
+import type { Sized } from '../lib/model'
 import type { DirNode, FileNode, Node } from '../lib/tree/node'
 
 // fuse-native has no type declarations; this is the part of its API we use.
@@ -130,12 +131,25 @@ export class Server {
         this.open.delete(handle)
         cb(0)
       },
-      read: (p: string, handle: number, buf: Buffer, len: number, pos: number, cb: Reply) => this.answer(cb, async () => {
-        const node = this.open.get(handle) ?? (await this.resolveFile(p))
-        const data = await node.read(pos, len)
-        data.copy(buf, 0, 0, Math.min(len, data.length))
-        return Math.min(len, data.length)
-      }),
+      read: (p: string, handle: number, buf: Buffer, len: number, pos: number, cb: Reply) => {
+        // The hot path (cat, cp of pages and the image): the bytes go straight into FUSE's
+        // buffer, and no promise is made when the source has them at hand.
+        const open = this.open.get(handle)
+        if (open?.readInto) {
+          let n: Sized
+          try {
+            n = open.readInto(pos, len, buf.subarray(0, len))
+          } catch (err) {
+            return this.fail(cb, err)
+          }
+          return typeof n === 'number' ? cb(n) : this.answer(cb, () => n as Promise<number>)
+        }
+        this.answer(cb, async () => {
+          const node = open ?? (await this.resolveFile(p))
+          const data = await node.read(pos, len)
+          return data.copy(buf, 0, 0, Math.min(len, data.length))
+        })
+      },
       write: (p: string, handle: number, buf: Buffer, len: number, pos: number, cb: Reply) => this.answer(cb, async () => {
         const node = this.open.get(handle) ?? (await this.resolveFile(p))
         if (!node.write) throw new CkptError(`${p}: read-only`, 'EACCES')
@@ -205,12 +219,14 @@ export class Server {
   private answer(cb: Reply, op: () => Promise<unknown[] | number>): void {
     op().then(
       (result) => (typeof result === 'number' ? cb(result) : cb(0, ...result)),
-      (err: unknown) => {
-        const name = errnoOf(err)
-        if (name === 'EIO') console.error(`ckptfs: ${messageOf(err)}`)
-        cb(errno(name))
-      },
+      (err: unknown) => this.fail(cb, err),
     )
+  }
+
+  private fail(cb: Reply, err: unknown): void {
+    const name = errnoOf(err)
+    if (name === 'EIO') console.error(`ckptfs: ${messageOf(err)}`)
+    cb(errno(name))
   }
 }
 

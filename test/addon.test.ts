@@ -356,6 +356,14 @@ t.test('readMemory and readMemoryInto', async t => {
   t.equal(into[9], 0xee, 'nothing written before intoOffset')
   await t.rejects(addon.readMemoryInto(fx.pid, [{ start: addr, length: 200n }], into, 0), { code: 'ERANGE' })
 
+  // The synchronous variant: the same bytes, the same checks, at most 1 MiB.
+  const now = Buffer.alloc(110, 0xee)
+  addon.readMemoryIntoNow(fx.pid, [{ start: addr + 10n, length: 50n }, { start: addr + 5000n, length: 50n }], now, 10)
+  t.ok(now.equals(into), 'readMemoryIntoNow reads what readMemoryInto reads')
+  t.throws(() => addon.readMemoryIntoNow(fx.pid, [{ start: addr, length: 200n }], now, 0), { code: 'ERANGE' })
+  t.throws(() => addon.readMemoryIntoNow(fx.pid, [{ start: 0x1000n, length: 16n }], now, 0), { code: 'EFAULT', message: /^process_vm_readv\(pid \d+, 0x1000, 16\): Bad address$/ })
+  t.throws(() => addon.readMemoryIntoNow(fx.pid, [{ start: addr, length: BigInt(2 << 20) }], Buffer.alloc(2 << 20), 0), { code: 'EINVAL' }, 'more than 1 MiB goes through the pool')
+
   const err = await addon.readMemory(fx.pid, 0x1000n, 4096).then(
     () => null,
     (e: unknown) => e,

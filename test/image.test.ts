@@ -16,7 +16,7 @@ import { imageSource } from '../lib/image/encode'
 import { imageSchema } from '../lib/image/schema'
 import { BufferReader, ByteWriter, WireType } from '../lib/image/wire'
 import {
-  asObjRef, asPid, asTid, lazy,
+  asObjRef, asPid, asTid, intoSource, lazy,
   type ByteSource, type FileDescription, type FileTable, type ProcessState, type TaskImage, type ThreadState, type Vma,
 } from '../lib/model'
 import { native } from '../lib/native'
@@ -36,17 +36,13 @@ function patternSource(size: number, seed: number): ByteSource {
   const pattern = crypto.createHash('sha256').update(String(seed)).digest()
   const base = Buffer.alloc(period)
   for (let i = 0; i < period; i++) base[i] = pattern[i % 32] ^ (i * 131 + seed)
-  return {
-    size,
-    read: async (offset, length) => {
-      const out = Buffer.allocUnsafe(Math.max(0, Math.min(length, size - offset)))
-      for (let done = 0; done < out.length;) {
-        const at = (offset + done) % period
-        done += base.copy(out, done, at, Math.min(period, at + out.length - done))
-      }
-      return out
-    },
-  }
+  return intoSource(size, async (offset, length, into, at) => {
+    for (let done = 0; done < length;) {
+      const from = (offset + done) % period
+      done += base.copy(into, at + done, from, Math.min(period, from + length - done))
+    }
+    return length
+  })
 }
 
 const PAGE = 4096n

@@ -134,7 +134,8 @@ static void read_into_run(task_t *t) {
   read_ranges(m->pid, m->ranges, m->nranges, m->dst, &t->err);
 }
 
-napi_value js_read_memory_into(napi_env env, napi_callback_info info) {
+// Parses (pid, ranges, into, intoOffset) into m; on failure a JS exception is pending.
+static int parse_read_into(napi_env env, napi_callback_info info, const char *name, mem_task_t *m, napi_value *into_value) {
   napi_value argv[4];
   int32_t pid, off;
   void *into;
@@ -142,19 +143,20 @@ napi_value js_read_memory_into(napi_env env, napi_callback_info info) {
   bool is_array;
   if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid", &pid) ||
       !get_buffer(env, argv[2], "into", &into, &into_len) || !get_i32(env, argv[3], "intoOffset", &off))
-    return NULL;
+    return 0;
   napi_is_array(env, argv[1], &is_array);
   if (!is_array) {
     type_error(env, "ranges must be an array");
-    return NULL;
+    return 0;
   }
   uint32_t n;
   napi_get_array_length(env, argv[1], &n);
-  mem_task_t *m = mem_task(read_into_run, NULL);
-  if (!m) return NULL;
   m->pid = pid;
   m->ranges = malloc((n ? n : 1) * sizeof *m->ranges);
-  if (!m->ranges) goto bad;
+  if (!m->ranges) {
+    throw_errno(env, ENOMEM, "%s: %u ranges", name, n);
+    return 0;
+  }
   m->nranges = n;
   uint64_t total = 0;
   for (uint32_t i = 0; i < n; i++) {
@@ -164,25 +166,55 @@ napi_value js_read_memory_into(napi_env env, napi_callback_info info) {
     napi_typeof(env, r, &vt);
     if (vt != napi_object) {
       type_error(env, "ranges[%u] must be an object", i);
-      goto bad;
+      return 0;
     }
     napi_get_named_property(env, r, "start", &v);
-    if (!get_u64(env, v, "ranges[].start", &m->ranges[i].start)) goto bad;
+    if (!get_u64(env, v, "ranges[].start", &m->ranges[i].start)) return 0;
     napi_get_named_property(env, r, "length", &v);
-    if (!get_u64(env, v, "ranges[].length", &m->ranges[i].len)) goto bad;
+    if (!get_u64(env, v, "ranges[].length", &m->ranges[i].len)) return 0;
     total += m->ranges[i].len;
   }
   if (off < 0 || (uint64_t)off > into_len || total > into_len - (uint64_t)off) {
-    throw_errno(env, ERANGE, "readMemoryInto(pid %d): %llu bytes do not fit at offset %d of a %zu-byte buffer", pid,
+    throw_errno(env, ERANGE, "%s(pid %d): %llu bytes do not fit at offset %d of a %zu-byte buffer", name, pid,
                 (unsigned long long)total, off, into_len);
-    goto bad;
+    return 0;
   }
   m->dst = (unsigned char *)into + off;
+  m->len = total;
+  *into_value = argv[2];
+  return 1;
+}
+
+napi_value js_read_memory_into(napi_env env, napi_callback_info info) {
+  mem_task_t *m = mem_task(read_into_run, NULL);
+  if (!m) return NULL;
+  napi_value into;
+  if (!parse_read_into(env, info, "readMemoryInto", m, &into)) goto bad;
   // Keep the destination alive while a pool thread writes into it.
-  if (napi_create_reference(env, argv[2], 1, &m->t.keep[0]) != napi_ok) goto bad;
+  if (napi_create_reference(env, into, 1, &m->t.keep[0]) != napi_ok) goto bad;
   return pool_submit(env, &m->t);
 bad:
   if (m->t.keep[0]) napi_delete_reference(env, m->t.keep[0]);
+  mem_destroy(&m->t);
+  return NULL;
+}
+
+// Synchronous, for small reads of a frozen task's resident memory (the mount's read path):
+// as fast as copying the bytes, where a trip through the pool would cost more than the copy.
+#define READ_NOW_MAX (1u << 20)
+napi_value js_read_memory_into_now(napi_env env, napi_callback_info info) {
+  mem_task_t *m = mem_task(read_into_run, NULL);
+  if (!m) return NULL;
+  napi_value into;
+  if (parse_read_into(env, info, "readMemoryIntoNow", m, &into)) {
+    if (m->len > READ_NOW_MAX) {
+      throw_errno(env, EINVAL, "readMemoryIntoNow(pid %d): %llu bytes is more than the %u it reads at once", m->pid,
+                  (unsigned long long)m->len, READ_NOW_MAX);
+    } else {
+      read_ranges(m->pid, m->ranges, m->nranges, m->dst, &m->t.err);
+      if (m->t.err.code) napi_throw(env, nerr_to_js(env, &m->t.err));
+    }
+  }
   mem_destroy(&m->t);
   return NULL;
 }

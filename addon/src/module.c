@@ -321,7 +321,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 6];
+  napi_property_descriptor props[NASYNC + 7];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -332,7 +332,8 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 3] = (napi_property_descriptor){"kcmpEpollTarget", NULL, js_kcmp_epoll_target, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 4] = (napi_property_descriptor){"kcmpGroups", NULL, js_kcmp_groups, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 5] = (napi_property_descriptor){"xstateSize", NULL, js_xstate_size, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 6, props);
+  props[NASYNC + 6] = (napi_property_descriptor){"readMemoryIntoNow", NULL, js_read_memory_into_now, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 7, props);
   return exports;
 }
 

@@ -76,6 +76,7 @@ napi_value js_inject_batch(napi_env env, napi_callback_info info);
 napi_value js_read_memory(napi_env env, napi_callback_info info);
 napi_value js_alloc_touched(napi_env env, napi_callback_info info);
 napi_value js_read_memory_into(napi_env env, napi_callback_info info);
+napi_value js_read_memory_into_now(napi_env env, napi_callback_info info);
 napi_value js_scan_pagemap(napi_env env, napi_callback_info info);
 napi_value js_kcmp_file(napi_env env, napi_callback_info info);
 napi_value js_kcmp_groups(napi_env env, napi_callback_info info);

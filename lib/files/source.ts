@@ -3,7 +3,7 @@
 // task's file position never moves).
 
 import * as fs from 'fs'
-import type { ByteSource } from '../model'
+import { clipped, intoSource, type ByteSource } from '../model'
 
 /**
  * A file's bytes, read through a fresh open per piece (nothing stays open between reads).
@@ -11,24 +11,23 @@ import type { ByteSource } from '../model'
  * reads as zeros so that every reader still sees `size` bytes (the tree promises that).
  */
 export function fileSource(file: string, size: number): ByteSource {
-  return {
-    size,
-    read: async (offset, length) => {
-      const handle = await fs.promises.open(file, 'r')
-      try {
-        const buf = Buffer.alloc(Math.max(0, Math.min(length, size - offset)))
-        let done = 0
-        while (done < buf.length) {
-          const { bytesRead } = await handle.read(buf, done, buf.length - done, offset + done)
-          if (bytesRead === 0) break
-          done += bytesRead
-        }
-        return buf
-      } finally {
-        await handle.close()
+  const source = intoSource(size, async (offset, length, into, at) => {
+    const handle = await fs.promises.open(file, 'r')
+    try {
+      let done = 0
+      while (done < length) {
+        const { bytesRead } = await handle.read(into, at + done, length - done, offset + done)
+        if (bytesRead === 0) break
+        done += bytesRead
       }
-    },
-  }
+      into.fill(0, at + done, at + length)
+      return length
+    } finally {
+      await handle.close()
+    }
+  })
+  // A reader of extents gets a short read where the file shrank, and must refuse that.
+  return { ...source, extents: async (offset, length) => [{ file, at: offset, length: clipped(size, offset, length) }] }
 }
 
 /** Every byte of a source, in one buffer (copy mode). */

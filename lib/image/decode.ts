@@ -7,7 +7,7 @@
 import * as fs from 'fs'
 import * as zlib from 'zlib'
 import { CkptError, messageOf } from '../errors'
-import type { ByteSource, FdEntry, FileDescription, FileTable, Pid, ProcessState, TaskImage, ThreadState, Vma } from '../model'
+import { clipped, intoSource, type ByteSource, type FileExtent, type FdEntry, type FileDescription, type FileTable, type Pid, type ProcessState, type TaskImage, type ThreadState, type Vma } from '../model'
 import { decodeMessage } from './codec'
 import {
   descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, threadFrom, vmaFrom,
@@ -76,7 +76,7 @@ class WindowedFile {
   }
 }
 
-async function readExactly(handle: fs.promises.FileHandle, pos: number, length: number, into = Buffer.allocUnsafe(length), intoAt = 0): Promise<Buffer> {
+async function readExactly(handle: fs.promises.FileHandle, pos: number, length: number, into: Buffer = Buffer.allocUnsafe(length), intoAt = 0): Promise<Buffer> {
   for (let done = 0; done < length;) {
     const { bytesRead } = await handle.read(into, intoAt + done, length - done, pos + done)
     if (bytesRead === 0) throw new CkptError(`image: the file ended at byte ${pos + done} while being read (did it change?)`)
@@ -93,43 +93,53 @@ async function readExactly(handle: fs.promises.FileHandle, pos: number, length: 
 class ImageFile {
   constructor(private readonly file: string, private readonly validated: fs.BigIntStats) {}
 
-  async read(ranges: Array<{ at: number; length: number }>, total: number): Promise<Buffer> {
-    const out = Buffer.allocUnsafe(total)
+  /** Reads `ranges` of the file back to back into `into` at `intoAt`. */
+  async readInto(ranges: Array<{ at: number; length: number }>, into: Buffer, intoAt: number): Promise<void> {
     const handle = await fs.promises.open(this.file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK)
     try {
-      const now = await handle.stat({ bigint: true })
-      const v = this.validated
-      if (now.dev !== v.dev || now.ino !== v.ino || now.size !== v.size || now.mtimeNs !== v.mtimeNs) {
-        throw new CkptError(`image: ${this.file} changed after it was validated`)
-      }
-      let filled = 0
+      this.unchanged(await handle.stat({ bigint: true }))
+      let filled = intoAt
       for (const range of ranges) {
-        await readExactly(handle, range.at, range.length, out, filled)
+        await readExactly(handle, range.at, range.length, into, filled)
         filled += range.length
       }
-      return out
     } finally {
       await handle.close()
+    }
+  }
+
+  /** `ranges` as extents of the file, once it is checked to be the file validated. */
+  async extents(ranges: Array<{ at: number; length: number }>): Promise<FileExtent[]> {
+    this.unchanged(await fs.promises.stat(this.file, { bigint: true }))
+    return ranges.map((r) => ({ file: this.file, ...r }))
+  }
+
+  private unchanged(now: fs.BigIntStats): void {
+    const v = this.validated
+    if (now.dev !== v.dev || now.ino !== v.ino || now.size !== v.size || now.mtimeNs !== v.mtimeNs) {
+      throw new CkptError(`image: ${this.file} changed after it was validated`)
     }
   }
 }
 
 /** Contents cut into CHUNK_SIZE chunks whose data start at the recorded file offsets. */
 function chunkedSource(file: ImageFile, size: number, dataAt: number[]): ByteSource {
-  return {
-    size,
-    read: async (offset, length) => {
-      const end = Math.min(size, offset + length)
-      const ranges: Array<{ at: number; length: number }> = []
-      for (let pos = offset; pos < end;) {
-        const index = Math.floor(pos / CHUNK_SIZE)
-        const chunkEnd = Math.min(end, (index + 1) * CHUNK_SIZE)
-        ranges.push({ at: dataAt[index] + (pos - index * CHUNK_SIZE), length: chunkEnd - pos })
-        pos = chunkEnd
-      }
-      return ranges.length === 0 ? Buffer.alloc(0) : file.read(ranges, end - offset)
-    },
+  const rangesOf = (offset: number, length: number): Array<{ at: number; length: number }> => {
+    const end = offset + length
+    const ranges: Array<{ at: number; length: number }> = []
+    for (let pos = offset; pos < end;) {
+      const index = Math.floor(pos / CHUNK_SIZE)
+      const chunkEnd = Math.min(end, (index + 1) * CHUNK_SIZE)
+      ranges.push({ at: dataAt[index] + (pos - index * CHUNK_SIZE), length: chunkEnd - pos })
+      pos = chunkEnd
+    }
+    return ranges
   }
+  const source = intoSource(size, async (offset, length, into, at) => {
+    await file.readInto(rangesOf(offset, length), into, at)
+    return length
+  })
+  return { ...source, extents: (offset, length) => file.extents(rangesOf(offset, clipped(size, offset, length))) }
 }
 
 // ---------------------------------------------------------------------------------------

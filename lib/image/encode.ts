@@ -6,7 +6,7 @@
 
 import * as zlib from 'zlib'
 import { CkptError } from '../errors'
-import type { ByteSource, CheckpointMode, FileDescription, TaskImage } from '../model'
+import { intoSource, type ByteSource, type CheckpointMode, type FileDescription, type Sized, type TaskImage } from '../model'
 import { encodeMessage } from './codec'
 import { CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, imageSchema, MAGIC, type MessageSchema, type RecordKind } from './schema'
 import { ByteWriter, WireType } from './wire'
@@ -155,29 +155,27 @@ function segmentSource(segments: Segment[], size: number): ByteSource {
     }
     return lo
   }
-  return {
-    size,
-    read: async (offset, length) => {
-      const end = Math.min(size, offset + length)
-      const pieces: Buffer[] = []
-      for (let i = segmentAt(offset), pos = offset; pos < end; i++) {
-        const segment = segments[i]
-        const headEnd = segment.at + segment.head.length
-        if (pos < headEnd) {
-          const piece = segment.head.subarray(pos - segment.at, Math.min(end, headEnd) - segment.at)
-          pieces.push(piece)
-          pos += piece.length
+  // Synchronous while every source answers at once (heads always do); continues in a promise
+  // from the first source that does not.
+  const fill = (i: number, pos: number, offset: number, end: number, into: Buffer, at: number): Sized => {
+    for (; pos < end; i++) {
+      const segment = segments[i]
+      const headEnd = segment.at + segment.head.length
+      if (pos < headEnd) pos += segment.head.copy(into, at + pos - offset, pos - segment.at, Math.min(end, headEnd) - segment.at)
+      if (pos < end && segment.data && pos < headEnd + segment.dataLength) {
+        const from = segment.dataOffset + (pos - headEnd)
+        const want = Math.min(end, headEnd + segment.dataLength) - pos
+        const got = segment.data.readInto(from, want, into, at + pos - offset)
+        const next = pos + want
+        const check = (n: number) => {
+          if (n !== want) throw new CkptError(`image: source of ${want} bytes at ${from} returned ${n}`)
         }
-        if (pos < end && segment.data && pos < headEnd + segment.dataLength) {
-          const from = segment.dataOffset + (pos - headEnd)
-          const want = Math.min(end, headEnd + segment.dataLength) - pos
-          const piece = await segment.data.read(from, want)
-          if (piece.length !== want) throw new CkptError(`image: source of ${want} bytes at ${from} returned ${piece.length}`)
-          pieces.push(piece)
-          pos += want
-        }
+        if (typeof got !== 'number') return got.then((n) => (check(n), fill(i + 1, next, offset, end, into, at)))
+        check(got)
+        pos = next
       }
-      return pieces.length === 1 ? pieces[0] : Buffer.concat(pieces)
-    },
+    }
+    return end - offset
   }
+  return intoSource(size, (offset, length, into, at) => fill(segmentAt(offset), offset, offset, offset + length, into, at))
 }

@@ -21,7 +21,7 @@ const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
 const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN = 0x100
 const MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
-const O_RDONLY = 0, O_RDWR = 2, O_CLOEXEC = 0o2000000
+const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000
 const AT_FDCWD = -100n
 const MADV_POPULATE_WRITE = 23
 const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
@@ -275,7 +275,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
     }
   }
   await inject(pid, layout, populate)
-  await writePages(pid, vmas)
+  await writePages(pid, vmas, layout)
 
   // 6. Final protections and madvise flags.
   const finish: Call[] = []
@@ -344,20 +344,67 @@ async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout
   await inject(pid, layout, [...park, ...place])
 }
 
-async function writePages(pid: number, vmas: Vma[]): Promise<void> {
-  const CHUNK = 32 << 20
+/** One pread64 the task makes: `length` bytes at `at` of a file, to `addr`. */
+interface PageRead {
+  addr: bigint
+  at: number
+  length: number
+  what: string
+}
+
+/** The kernel moves at most 2 GiB - 4 KiB per read call; larger runs take several. */
+const READ_PIECE = 1 << 30
+/** Pages with no file behind them are copied through a buffer of this size. */
+const COPY_PIECE = 32 << 20
+
+/**
+ * Writes every stored page. Pages kept in a file (a saved tree's pages files, an image) are
+ * read by the task itself with pread64 straight into their place: one copy, from the page
+ * cache, in a handful of injected calls. Others go through us with process_vm_writev.
+ */
+async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<void> {
+  const reads = new Map<string, PageRead[]>()
+  const copies: Array<{ v: Vma; addr: bigint; offset: number; length: number }> = []
   for (const v of vmas) {
     if (v.pages.size === 0 || SPECIAL.has(v.path)) continue
     let sourceOffset = 0
     for (const run of v.stored) {
       const length = Number(run.length)
-      for (let done = 0; done < length; done += CHUNK) {
-        const n = Math.min(CHUNK, length - done)
-        const data = await v.pages.read(sourceOffset + done, n)
-        if (data.length !== n) throw new CkptError(`restore: ${vmaName(v)}: page data ended early`)
-        await native.writeMemory(pid, v.start + run.offset + BigInt(done), data)
+      let addr = v.start + run.offset
+      if (!v.pages.extents) copies.push({ v, addr, offset: sourceOffset, length })
+      else {
+        for (const extent of await v.pages.extents(sourceOffset, length)) {
+          const list = reads.get(extent.file) ?? reads.set(extent.file, []).get(extent.file)!
+          for (let done = 0; done < extent.length; done += READ_PIECE) {
+            const n = Math.min(READ_PIECE, extent.length - done)
+            list.push({ addr: addr + BigInt(done), at: extent.at + done, length: n, what: `read the pages of ${vmaName(v)} from ${extent.file}` })
+          }
+          addr += BigInt(extent.length)
+        }
+        if (addr !== v.start + run.offset + run.length) throw new CkptError(`restore: ${vmaName(v)}: the page data is shorter than its stored runs`)
       }
       sourceOffset += length
+    }
+  }
+
+  for (const [file, list] of reads) {
+    const scratch = new Scratch()
+    const [fd] = await inject(pid, layout, [{
+      nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
+    }], scratch.buffer())
+    const results = await inject(pid, layout, list.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
+    results.forEach((n, i) => {
+      if (n !== BigInt(list[i].length)) throw new CkptError(`restore: ${list[i].what}: ${n} of ${list[i].length} bytes at byte ${list[i].at} (did the file change?)`)
+    })
+    await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: `close ${file}` }])
+  }
+
+  const buffer = copies.length ? Buffer.allocUnsafe(Math.min(COPY_PIECE, Math.max(...copies.map((c) => c.length)))) : Buffer.alloc(0)
+  for (const { v, addr, offset, length } of copies) {
+    for (let done = 0; done < length; done += buffer.length) {
+      const n = Math.min(buffer.length, length - done)
+      if (await v.pages.readInto(offset + done, n, buffer, 0) !== n) throw new CkptError(`restore: ${vmaName(v)}: page data ended early`)
+      await native.writeMemory(pid, addr + BigInt(done), buffer.subarray(0, n))
     }
   }
 }

@@ -5,6 +5,7 @@ export const SYS = {
   mprotect: 10,
   munmap: 11,
   rt_sigaction: 13,
+  pread64: 17,
   mremap: 25,
   madvise: 28,
   dup2: 33,

@@ -156,6 +156,11 @@ export function deferred<S, P>(part: (subject: S) => Promise<P>, entries: TableE
         perm: 0o444,
         size: async () => (await file()).size(),
         read: async (offset, length) => (await file()).read(offset, length),
+        readInto: async (offset, length, into) => {
+          const f = await file()
+          if (f.readInto) return f.readInto(offset, length, into)
+          return (await f.read(offset, length)).copy(into)
+        },
       }
       return proxy
     },

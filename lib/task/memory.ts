@@ -5,7 +5,7 @@
 
 import * as fs from 'fs'
 import type { PagemapRun } from '../../addon/index'
-import type { ByteSource, CheckpointMode, StoredRun, TaskImage, Vma, VmaKind } from '../model'
+import { intoSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
@@ -121,8 +121,7 @@ export async function planCopy(pid: number): Promise<{ bytes: number }> {
 export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer): Promise<Vma[]> {
   const layout = await scanLayout(pid)
   if (mode === 'lazy') {
-    const ahead = new ReadAhead()
-    return layout.map((l) => toVma(l, taskPages(pid, l, ahead)))
+    return layout.map((l) => toVma(l, taskPages(pid, l)))
   }
   const arena = new Arena(into, layout.reduce((sum, l) => sum + l.bytes, 0))
   const vmas: Vma[] = []
@@ -162,39 +161,27 @@ export function rangesOf(runs: PagemapRun[], offset: number, length: number): Pa
   return ranges
 }
 
-/** Lazy mode: each read goes to the frozen task for just the range asked. */
+/** Reads up to this size of readable memory are made synchronously (see readPages). */
+const READ_NOW_MAX = 1 << 20
+
 /**
- * Read-ahead for one frozen task: sequential readers (cat, cp, the image) ask for 128 KiB at a
- * time; one process_vm_readv of 4 MiB serves 32 of them. The frozen task's memory does not
- * change, so a block stays valid; two blocks bound the memory this holds per task.
+ * Lazy mode: each read goes to the frozen task for just the range asked. The mount's reads
+ * (128 KiB) of readable memory are one synchronous process_vm_readv straight into the FUSE
+ * reply buffer: for the frozen task's resident pages that costs what copying them costs,
+ * less than a trip through the addon's pool, and it is the only copy we make. Larger reads,
+ * and PROT_NONE memory (read through /proc/PID/mem), go through the pool.
  */
-class ReadAhead {
-  static readonly BLOCK = 4 << 20
-  /** The two newest blocks; their 4 MiB buffers are reused (fresh pages cost a fault each). */
-  private blocks: Array<{ layout: Layout; offset: number; length: number; buffer: Buffer }> = []
-
-  async read(pid: number, layout: Layout, offset: number, size: number): Promise<Buffer> {
-    const hit = this.blocks.find((b) => b.layout === layout && offset >= b.offset && offset + size <= b.offset + b.length)
-    // A copy: the block's buffer is overwritten when it is reused.
-    if (hit) return Buffer.from(hit.buffer.subarray(offset - hit.offset, offset - hit.offset + size))
-    const length = Math.min(Math.max(size, ReadAhead.BLOCK), layout.bytes - offset)
-    if (length > ReadAhead.BLOCK) {
-      const data = Buffer.allocUnsafe(length)
-      await readRanges(pid, layout, rangesOf(layout.runs, offset, length), data)
-      return data.subarray(0, size)
+function taskPages(pid: number, layout: Layout): ByteSource {
+  return intoSource(layout.bytes, (offset, length, into, at) => {
+    const ranges = rangesOf(layout.runs, offset, length)
+    if (length > READ_NOW_MAX || layout.entry.perms[0] !== 'r') return readRanges(pid, layout, ranges, into.subarray(at, at + length)).then(() => length)
+    try {
+      native.readMemoryIntoNow(layout.reader, ranges, into, at)
+    } catch (err) {
+      return Promise.reject(new CkptError(`task-${pid}/memory/vmas/${vmaName(layout.entry)}/pages: ${messageOf(err)}`, 'EIO'))
     }
-    const buffer = (this.blocks.length >= 2 ? this.blocks.pop()!.buffer : undefined) ?? Buffer.allocUnsafeSlow(ReadAhead.BLOCK)
-    await readRanges(pid, layout, rangesOf(layout.runs, offset, length), buffer.subarray(0, length))
-    this.blocks.unshift({ layout, offset, length, buffer })
-    return Buffer.from(buffer.subarray(0, size))
-  }
-}
-
-function taskPages(pid: number, layout: Layout, ahead: ReadAhead): ByteSource {
-  return {
-    size: layout.bytes,
-    read: async (offset, length) => ahead.read(pid, layout, offset, Math.max(0, Math.min(length, layout.bytes - offset))),
-  }
+    return length
+  })
 }
 
 /** process_vm_readv honours protections; /proc/PID/mem reads what the task could not (PROT_NONE). */
@@ -275,18 +262,27 @@ class Arena {
 /** Bytes held in memory as consecutive pieces. */
 function piecesSource(pieces: Buffer[]): ByteSource {
   const size = pieces.reduce((sum, p) => sum + p.length, 0)
+  const parts = (offset: number, length: number): Buffer[] => {
+    const found: Buffer[] = []
+    let at = 0
+    for (const piece of pieces) {
+      const from = Math.max(offset, at)
+      const to = Math.min(offset + length, at + piece.length)
+      if (from < to) found.push(piece.subarray(from - at, to - at))
+      at += piece.length
+    }
+    return found
+  }
   return {
     size,
     read: async (offset, length) => {
-      const parts: Buffer[] = []
-      let at = 0
-      for (const piece of pieces) {
-        const from = Math.max(offset, at)
-        const to = Math.min(offset + length, at + piece.length)
-        if (from < to) parts.push(piece.subarray(from - at, to - at))
-        at += piece.length
-      }
-      return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+      const found = parts(offset, length)
+      return found.length === 1 ? found[0] : Buffer.concat(found)
+    },
+    readInto: (offset, length, into, at) => {
+      let done = 0
+      for (const part of parts(offset, length)) done += part.copy(into, at + done)
+      return done
     },
   }
 }

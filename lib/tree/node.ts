@@ -3,7 +3,7 @@
 // the function that produces its bytes from the model. The FUSE layer (mount/) only walks
 // these nodes; it knows nothing of checkpoints.
 
-import type { ByteSource } from '../model'
+import type { ByteSource, Sized } from '../model'
 import { CkptError } from '../errors'
 
 export interface FileNode {
@@ -13,6 +13,8 @@ export interface FileNode {
   /** The exact number of bytes read() will return. */
   size(): Promise<number>
   read(offset: number, length: number): Promise<Buffer>
+  /** Large files (stream): the bytes go straight into `into` (the FUSE reply buffer); returns how many. */
+  readInto?(offset: number, length: number, into: Buffer): Sized
   /** Control files only (done, the restore area). */
   write?(offset: number, data: Buffer): Promise<void>
   truncate?(size: number): Promise<void>
@@ -82,16 +84,14 @@ export function stream<T>(name: string, source: (subject: T) => ByteSource | Pro
     name,
     make: (subject) => {
       let src: Promise<ByteSource> | undefined
-      const get = () => (src ??= Promise.resolve(source(subject)))
+      let ready: ByteSource | undefined
+      const get = () => (src ??= Promise.resolve(source(subject)).then((s) => (ready = s)))
       return {
         kind: 'file',
         perm: 0o444,
         size: async () => (await get()).size,
-        read: async (offset, length) => {
-          const s = await get()
-          if (offset >= s.size) return Buffer.alloc(0)
-          return s.read(offset, Math.min(length, s.size - offset))
-        },
+        read: async (offset, length) => (await get()).read(offset, length),
+        readInto: (offset, length, into) => (ready ? ready.readInto(offset, length, into, 0) : get().then((s) => s.readInto(offset, length, into, 0))),
       }
     },
   }
