@@ -28,20 +28,30 @@ int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int64_t mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+// How long a wait yields the CPU in a loop before it starts sleeping. A sleep here lasts
+// 60 us or more whatever is asked, and injected calls (a 1 MiB pread while pages are
+// restored) often take a few hundred microseconds: sleeping would double their cost.
+#define SPIN_US 5000
+
 pid_t tracer_wait(pid_t tid, int *status, int timeout_ms) {
-  int64_t deadline = mono_ms() + timeout_ms;
-  long delay_ns = 5000;
-  int spins = 0;
+  int64_t start = mono_us();
+  int64_t deadline = start + (int64_t)timeout_ms * 1000;
+  long delay_ns = 50000;
   for (;;) {
     pid_t r = waitpid(tid, status, __WALL | WNOHANG);
     if (r != 0) {
       if (r < 0 && errno == EINTR) continue;
       return r;
     }
-    if (mono_ms() >= deadline) return 0;
-    // Stops usually arrive within tens of microseconds: yield first, then back off.
-    if (spins < 50) {
-      spins++;
+    int64_t now = mono_us();
+    if (now >= deadline) return 0;
+    if (now - start < SPIN_US) {
       sched_yield();
       continue;
     }

@@ -1,7 +1,7 @@
 // Named fifos: reopened by path; the bytes buffered in them are peeked (never consumed) so
 // restore can put them back.
 
-import type { PathDescription } from '../model'
+import type { FileDescription, FileTable, PathDescription } from '../model'
 import { bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
@@ -40,8 +40,20 @@ export const fifo: FileHandler<PathDescription> = {
   // The buffered bytes belong to the fifo, not to each open description of it: the one with
   // the lowest OBJREF puts them back.
   async planRestore(d, { table }) {
-    const first = table.files.find((f) => f.type === 'fifo' && f.path === d.path)
+    const first = firstOpens(table).get(d.path)
     const data = first === d ? await (d.buffered ?? noData)() : Buffer.alloc(0)
     return { kind: ObjectKind.Fifo, objref: d.objref, payload: new RecordBuilder().i32(d.flags).string(d.path).bytes(data).build() }
   },
+}
+
+/** The description with the lowest OBJREF of each fifo path; computed once per table. */
+const firstByTable = new WeakMap<FileTable, Map<string, FileDescription>>()
+function firstOpens(table: FileTable): Map<string, FileDescription> {
+  let first = firstByTable.get(table)
+  if (!first) {
+    first = new Map()
+    for (const f of table.files) if (f.type === 'fifo' && !first.has(f.path)) first.set(f.path, f)
+    firstByTable.set(table, first)
+  }
+  return first
 }

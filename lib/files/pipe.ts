@@ -2,7 +2,7 @@
 // in the pipe are peeked through the native helper (tee into a private pipe), never consumed.
 
 import { CkptError } from '../errors'
-import type { PipeDescription } from '../model'
+import type { FileTable, PipeDescription } from '../model'
 import { attr, bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
@@ -38,7 +38,7 @@ export const pipe: FileHandler<PipeDescription> = {
   // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an
   // end the task did not hold is closed by the stub.
   async planRestore(d, { table }) {
-    const ends = table.files.filter((f): f is PipeDescription => f.type === 'pipe' && f.pipeId === d.pipeId)
+    const ends = pipeEnds(table).get(d.pipeId)!
     if (ends[0] !== d) return []
     const read = ends.filter((e) => e.mode & 1)
     const write = ends.filter((e) => e.mode & 2)
@@ -55,4 +55,21 @@ export const pipe: FileHandler<PipeDescription> = {
       .build()
     return { kind: ObjectKind.Pipe, objref: d.objref, payload }
   },
+}
+
+/** The descriptions of each pipe, by pipe identity, in OBJREF order; computed once per table. */
+const endsByTable = new WeakMap<FileTable, Map<bigint, PipeDescription[]>>()
+function pipeEnds(table: FileTable): Map<bigint, PipeDescription[]> {
+  let ends = endsByTable.get(table)
+  if (!ends) {
+    ends = new Map()
+    for (const f of table.files) {
+      if (f.type !== 'pipe') continue
+      const list = ends.get(f.pipeId)
+      if (list) list.push(f)
+      else ends.set(f.pipeId, [f])
+    }
+    endsByTable.set(table, ends)
+  }
+  return ends
 }

@@ -11,6 +11,7 @@ import { framePlan } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
+import { PhaseTimer } from '../trace'
 
 const PAGE = 4096n
 /** Where user space ends on x86-64 (47-bit address space; the last page is never mapped). */
@@ -40,24 +41,30 @@ function stubPath(): string {
 }
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
-export async function restoreProcess(saved: SavedCheckpoint): Promise<number> {
+export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTimer('restore')): Promise<number> {
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   refuseUnsupported(saved)
   assertIdsFree(saved)
   const records = await planFileRecords(saved.fileTable)
   const plan = framePlan(saved.fileTable, proc, records)
+  timer.mark('plan')
   await native.spawnRestorer(pid, stubPath(), plan.bytes, plan.workFdBase).catch((err: unknown) => {
     if ((err as { code?: string }).code === 'EEXIST') throw new CkptError(`task-${pid}: PID ${pid} is taken (by a process that started meanwhile)`, 'EEXIST')
     throw new CkptError(`restore of ${pid}: ${messageOf(err)}`)
   })
+  timer.mark('stub and file table')
   try {
     // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
     const layout = new Layout(vmas, mappedRanges(pid))
-    await restoreMemory(pid, vmas, proc, layout)
+    await restoreMemory(pid, vmas, proc, layout, timer)
     await restoreProcessState(pid, proc, layout)
+    timer.mark('process state')
     await restoreThreads(pid, threads, layout)
+    timer.mark('threads')
     await native.thaw(pid, false)
+    timer.mark('thaw')
+    timer.report(`of ${pid}`)
     return pid
   } catch (err) {
     await native.thaw(pid, true).catch(() => undefined)
@@ -219,7 +226,7 @@ function readStubMaps(pid: number): StubMaps {
   return { special }
 }
 
-async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout): Promise<void> {
+async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
   // 1. A page of our own with a `syscall` instruction: the vdso's moves below.
   const [code] = (await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])).results
   if (code !== layout.codeAddr) throw new CkptError(`restore: map the restorer's code page at ${layout.codeAddr.toString(16)}: ${code < 0n ? errnoText(Number(-code)) : `got ${code.toString(16)}`}`)
@@ -274,8 +281,11 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
       if (run.length >= 1n << 20n) populate.push({ nr: SYS.madvise, args: [v.start + run.offset, run.length, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
     }
   }
+  timer.mark('mappings')
   await inject(pid, layout, populate)
+  timer.mark('populate')
   await writePages(pid, vmas, layout)
+  timer.mark('pages')
 
   // 6. Final protections and madvise flags.
   const finish: Call[] = []
@@ -292,6 +302,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
 
   // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
   await setMmMap(pid, proc, layout)
+  timer.mark('protections and mm')
 }
 
 /**

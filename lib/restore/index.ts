@@ -7,11 +7,15 @@ import { CkptError } from '../errors'
 import { restoreProcess } from './engine'
 import { loadSaved } from './load'
 import { readImage } from '../image/decode'
+import { PhaseTimer } from '../trace'
 
 /** Restores the saved checkpoint in `dir`; returns the PID of the restored process. */
 export async function restoreSaved(dir: string): Promise<number> {
   if (!fs.existsSync(dir)) throw new CkptError(`${path.basename(dir)}: no such saved checkpoint`, 'ENOENT')
-  return restoreProcess(await loadSaved(dir))
+  const timer = new PhaseTimer('restore')
+  const saved = await loadSaved(dir)
+  timer.mark('load and validate')
+  return restoreProcess(saved, timer)
 }
 
 /** Restores from a saved tree directory, a directory holding only `image`, or an image file. */
@@ -19,5 +23,8 @@ export async function restorePath(p: string): Promise<number> {
   const stat = await fs.promises.stat(p).catch(() => undefined)
   if (!stat) throw new CkptError(`${p}: no such file or directory`, 'ENOENT')
   if (stat.isDirectory()) return restoreSaved(p)
-  return restoreProcess(await readImage(p))
+  const timer = new PhaseTimer('restore')
+  const saved = await readImage(p)
+  timer.mark('load and validate')
+  return restoreProcess(saved, timer)
 }
