@@ -285,6 +285,8 @@ export interface ThreadState {
   altstack: SigAltStack
   /** set_tid_address: the word the kernel clears (and futex-wakes) when the thread exits; pthread_join waits on it. */
   clearChildTid: bigint
+  /** set_robust_list: the futexes the kernel releases (owner died) when the thread exits. */
+  robustList: { head: bigint; length: bigint }
 }
 
 export interface SigAction {

@@ -43,6 +43,29 @@ t.test('a process with four threads, each blocked its own way, comes back whole'
   t.equal(checks.ok.length, 6)
 })
 
+t.test('a multi-threaded process running as another user comes back with its credentials in every thread', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t)
+  fs.chmodSync(dir, 0o755) // the fixture, as nobody, looks for DIR/go
+  const argv = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', threadsFixture, dir]
+  const target = await launch(t, argv, { dir, ready: (tg) => /^ready pid=\d+ tids=/m.test(tg.text()) })
+  const creds = (tid: number) => {
+    const status = fs.readFileSync(`/proc/${target.pid}/task/${tid}/status`, 'utf8')
+    return ['Uid', 'Gid', 'Groups', 'CapEff', 'CapPrm', 'NoNewPrivs'].map((k) => status.match(new RegExp(`^${k}:[ \\t]*(.*)$`, 'm'))?.[1].trim()).join(' | ')
+  }
+  const tids = threadIds(target.pid)
+  const before = tids.map(creds)
+  t.match(before[0], /^65534\s+65534\s+65534\s+65534 \| 65534\s+65534\s+65534\s+65534 \|  \| 0+ \| 0+ \| 0$/, 'the fixture runs as nobody with no capabilities')
+  await checkpointSaveKill(mnt, target.pid, path.join(dir, 'saved'))
+  const since = target.text().length
+  restoreOk(mnt, path.join(dir, 'saved'), target.pid)
+  t.same(threadIds(target.pid), tids, 'every thread has its TID again')
+  t.same(tids.map(creds), before, 'every thread has its ids, groups and capabilities again')
+  const checks = await runChecks(target, since)
+  t.ok(checks.done, 'the fixture finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+})
+
 t.test('python3 with threads counts on with no gap and no repeat', async (t) => {
   const mnt = mountFor(t)
   const dir = workdir(t)

@@ -82,7 +82,7 @@ t.test('memory: every mapping, its contents, brk, the mm fields and the vdso', a
   ])
 })
 
-const CPU_CHECKS = ['mxcsr', 'x87 control word', 'tls (fs base)', 'signal mask', 'sigaltstack', 'rseq registered', 'sched_getcpu follows migrations', 'robust futex list not stale', 'clock_gettime (vdso)']
+const CPU_CHECKS = ['mxcsr', 'x87 control word', 'tls (fs base)', 'signal mask', 'sigaltstack', 'rseq registered', 'sched_getcpu follows migrations', 'robust futex list restored', 'clock_gettime (vdso)']
 
 t.test('a task mapping 300 files with only three fds open comes back (one fd per mapped file while memory is rebuilt)', async (t) => {
   const dir = workdir(t)

@@ -39,7 +39,7 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     mode: options.mode ?? 'unknown',
   })
   image.record('process', schema.Process, process)
-  for (const thread of threads) image.record('thread', schema.Thread, thread)
+  for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })
   for (const file of fileTable.files) {
     image.record('file', schema.FileDescription, await descriptionRecord(file))
     if (file.type === 'file' || file.type === 'dir' || file.type === 'chr' || file.type === 'blk' || file.type === 'fifo') {

@@ -287,6 +287,10 @@ export function threadFrom(f: Fields): ThreadState {
     syscall: { nr: syscall.num('nr'), result: syscall.big('result') },
     altstack: { sp: altstack.big('sp'), flags: altstack.num('flags'), size: altstack.big('size') },
     clearChildTid: f.big('clearChildTid'),
+    robustList: { head: f.big('robustListHead'), length: f.big('robustListLen') },
+  }
+  if (thread.robustList.length !== 24n && !(thread.robustList.head === 0n && thread.robustList.length === 0n)) {
+    f.fail('robustListLen', `${thread.robustList.length}: the kernel takes only 24`)
   }
   // ThreadState repeats some registers next to the raw ones: they must agree.
   const agree = (name: string, value: bigint, fromRegs: bigint) => {

@@ -60,7 +60,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     await restoreMemory(pid, vmas, proc, layout, timer)
     await restoreProcessState(pid, proc, layout)
     timer.mark('process state')
-    await restoreThreads(pid, threads, layout)
+    await restoreThreads(pid, proc, threads, layout)
     timer.mark('threads')
     await native.thaw(pid, false)
     timer.mark('thaw')
@@ -466,28 +466,35 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     val.writeBigInt64LE(t.valueUs % 1000000n, 24)
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
-  // The stub's glibc registered a robust futex list in its own TLS, which is gone: the kernel
-  // would walk whatever the restored memory holds there when the task exits. The task's own
-  // list head is not in the checkpoint (yet): none is better than a stale one.
-  calls.push({ nr: SYS.set_robust_list, args: [0n, 24n], what: 'clear the restorer\'s robust futex list' })
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
   calls.push({ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` })
   if (proc.root !== '/') calls.push({ nr: SYS.chroot, args: [scratch.cstring(proc.root)], scratchArgs: 0b1, what: `chroot ${proc.root}` })
   if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
-  if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
   for (const r of proc.rlimits) {
     const lim = Buffer.alloc(16)
     lim.writeBigUInt64LE(BigInt.asUintN(64, r.soft), 0)
     lim.writeBigUInt64LE(BigInt.asUintN(64, r.hard), 8)
     calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
   }
-  calls.push(...credentialCalls(pid, proc, scratch))
-  // Changing ids makes a task non-dumpable: the saved value goes last.
-  calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' })
-  const results = await inject(pid, layout, calls, scratch.buffer())
-  // setfsuid/setfsgid return the previous id, never an error code: nothing to check there.
-  void results
+  await inject(pid, layout, calls, scratch.buffer())
   await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
+}
+
+/**
+ * Credentials, the capability sets and no_new_privs belong to each thread: they are set in
+ * every thread once all exist (creating a thread with a chosen TID takes privileges the saved
+ * credentials may not hold), with the process's saved values. Changing ids makes the task
+ * non-dumpable: the saved dumpable flag goes last.
+ */
+async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
+  for (const thread of [...threads.slice(1), threads[0]]) {
+    const scratch = new Scratch()
+    const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
+    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: `no_new_privs in thread ${thread.tid}` })
+    // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
+    await inject(thread.tid, layout, calls, scratch.buffer())
+  }
+  await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }])
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
@@ -589,9 +596,10 @@ export function restartFixup(regs: Buffer): Buffer {
 
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // VM FS FILES SIGHAND THREAD SYSVSEM
 
-async function restoreThreads(pid: number, threads: ThreadState[], layout: Layout): Promise<void> {
+async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
   for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
+  await restoreCredentials(pid, proc, threads, layout)
   // The restorer's page goes away through the vdso's own syscall, now at its saved place.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
   for (const thread of threads) await restoreRegisters(thread)
@@ -628,6 +636,10 @@ async function restoreThreadState(pid: number, thread: ThreadState, layout: Layo
   }
   // pthread_join waits for the kernel to clear this word when the thread exits.
   calls.push({ nr: SYS.set_tid_address, args: [thread.clearChildTid], what: `set_tid_address of thread ${thread.tid}` })
+  // The thread's robust futex list; in the main thread this also replaces the one the stub's
+  // libc registered in memory that is gone now (a thread that had none gets none).
+  const { head, length } = thread.robustList
+  calls.push({ nr: SYS.set_robust_list, args: [head, head === 0n ? 24n : length], what: `set_robust_list of thread ${thread.tid}` })
   await inject(thread.tid, layout, calls, scratch.buffer())
   await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
 }

@@ -13,16 +13,20 @@ export const SYS = {
   rt_sigaction: 13,
   getitimer: 36,
   sigaltstack: 131,
+  get_robust_list: 274,
   prctl: 157,
   timer_gettime: 224,
   timer_getoverrun: 225,
 } as const
 
-/** One call; `out` names the argument that points at a result area of `size` bytes. */
+/**
+ * One call; `out` names the argument that points at a result area of `size` bytes, and
+ * `second` another argument pointing `at` bytes into the same area (get_robust_list).
+ */
 export interface CallWithResult {
   nr: number
   args: bigint[]
-  out?: { arg: number; size: number }
+  out?: { arg: number; size: number; second?: { arg: number; at: number } }
 }
 
 export interface CallResult {
@@ -61,7 +65,12 @@ export async function inject(pid: number, tid: number, calls: CallWithResult[]):
     placed.push({ offset, size: call.out.size })
     const args = [...call.args]
     args[call.out.arg] = BigInt(offset)
-    return { nr: call.nr, args, scratchArgs: 1 << call.out.arg }
+    let scratchArgs = 1 << call.out.arg
+    if (call.out.second) {
+      args[call.out.second.arg] = BigInt(offset + call.out.second.at)
+      scratchArgs |= 1 << call.out.second.arg
+    }
+    return { nr: call.nr, args, scratchArgs }
   })
   const batch = await exclusive(pid, async () => {
     try {

@@ -40,10 +40,12 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
     inject(pid, tid, [
       { nr: SYS.sigaltstack, args: [0n, 0n], out: { arg: 1, size: STACK_T_SIZE } },
       { nr: SYS.prctl, args: [BigInt(PR_GET_TID_ADDRESS), 0n, 0n, 0n, 0n], out: { arg: 1, size: 8 } },
+      { nr: SYS.get_robust_list, args: [0n, 0n, 0n], out: { arg: 1, size: 16, second: { arg: 2, at: 8 } } },
     ]),
   ])
   const stack = succeeded(altstack[0], `${where}: sigaltstack`).out
   const clearChildTid = succeeded(altstack[1], `${where}: prctl(PR_GET_TID_ADDRESS)`).out.readBigUInt64LE(0)
+  const robust = succeeded(altstack[2], `${where}: get_robust_list`).out
   return {
     tid: asTid(tid),
     comm: comm.replace(/\n$/, ''),
@@ -56,6 +58,7 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
     rseq: cpu.rseq,
     altstack: { sp: stack.readBigUInt64LE(0), flags: stack.readInt32LE(8), size: stack.readBigUInt64LE(16) },
     clearChildTid,
+    robustList: { head: robust.readBigUInt64LE(0), length: robust.readBigUInt64LE(8) },
   }
 }
 
@@ -99,6 +102,8 @@ const threadEntries: TableEntry<ThreadState>[] = [
   field('altstack_size', decimalU64, (t) => t.altstack.size),
   field('altstack_flags', altstackFlags, (t) => t.altstack.flags >>> 0),
   field('clear_child_tid', hexU64, (t) => t.clearChildTid),
+  field('robust_list_head', hexU64, (t) => t.robustList.head),
+  field('robust_list_len', decimalU64, (t) => t.robustList.length),
 ]
 
 /**
@@ -189,9 +194,20 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
     rseq,
     altstack: await loadAltstack(dir),
     clearChildTid: await readValue(dir, 'clear_child_tid', hexU64),
+    robustList: await loadRobustList(dir),
   }
   await dir.finish()
   return thread
+}
+
+/** The kernel takes a list head only with the length of its struct robust_list_head. */
+export const ROBUST_LIST_HEAD_SIZE = 24n
+
+async function loadRobustList(dir: SavedDir): Promise<ThreadState['robustList']> {
+  const head = await readValue(dir, 'robust_list_head', hexU64)
+  const length = await readValue(dir, 'robust_list_len', decimalU64)
+  if (length !== ROBUST_LIST_HEAD_SIZE && !(head === 0n && length === 0n)) throw dir.fail('robust_list_len', `${length}: the kernel takes only ${ROBUST_LIST_HEAD_SIZE}`)
+  return { head, length }
 }
 
 async function loadAltstack(dir: SavedDir): Promise<SigAltStack> {
