@@ -25,6 +25,7 @@ const bin = {
   small: buildTarget('restore_small', ['-static']),
   counter: buildTarget('counter'),
   manymaps: buildTarget('restore_manymaps'),
+  relink: buildTarget('restore_relink'),
 }
 
 /** Every expected check passed, none failed, and the fixture finished. */
@@ -229,6 +230,21 @@ t.test('the file table: numbers, flags, close-on-exec, sharing, offsets, unlinke
   t.ok(marker >= 0 && marker < text.indexOf('ok fd 0\n'), 'the log was appended to after the marker, not overwritten')
   t.match(text, /\nstderr line\n/, 'stderr appends to the log too')
   t.same(listTree(dir).filter((p) => p !== 'go'), before, 'still nothing new in its directory')
+})
+
+t.test('an unlinked file with another hard link is opened through that link again (reference/000)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin.relink, dir], { dir })
+  const saved = path.join(dir, 'saved')
+  const checkpoint = await checkpointSaveKill(mnt, target.pid, saved)
+  const fd3 = path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd')
+  const files = path.join(saved, 'files', fs.readFileSync(fd3, 'utf8').trim())
+  t.equal(fs.readFileSync(path.join(files, 'unlinked'), 'utf8'), '1\n', `${checkpoint}: the file is shown as unlinked`)
+  t.equal(fs.readFileSync(path.join(files, 'other_links'), 'utf8'), `${path.join(dir, 'b')}\n`, 'its other link is recorded')
+  const before = listTree(dir)
+  restoreOk(mnt, saved, target.pid)
+  t.same(listTree(dir), before, 'nothing new in its directory')
+  expectChecks(t, await runChecks(target), ['fd 3 shares its inode with b', 'offset', 'a write through fd 3 reaches b', 'the new a is untouched', 'b is the only link'])
 })
 
 t.test('the restored process is on its own: reparented, and the server can be unmounted', async (t) => {

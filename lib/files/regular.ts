@@ -2,6 +2,7 @@
 // read through a separate open of /proc/PID/fd/N (which works for deleted files and memfds and
 // has its own offset), so restore can recreate the file; its other hard links are searched for.
 
+import * as fs from 'fs'
 import { CkptError } from '../errors'
 import { bufferSource, type PathDescription } from '../model'
 import { stream, type TableEntry } from '../tree/node'
@@ -46,14 +47,37 @@ export const regular: FileHandler<PathDescription> = {
     return { ...desc, otherLinks, contents }
   },
 
-  // A linked file is reopened by path; an unlinked one is recreated from its contents and
-  // unlinked again (reference/000); a memfd is made anew.
+  // A linked file is reopened by path. An unlinked one that has another hard link is opened
+  // through that link, so the task shares the inode with it again (reference/000: a write
+  // must reach "b"); otherwise it is recreated from its contents and unlinked again. A memfd
+  // is made anew.
   async planRestore(d) {
     if (!d.unlinked) return pathRecord(d)
     if (!d.contents) throw new CkptError(`files/${d.objref}: unlinked file without saved contents`, 'EINVAL')
     const data = await readWhole(d.contents)
+    const link = await sameFileAs(d, data)
+    if (link) return pathRecord({ ...d, path: link })
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
     if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).build() }
     return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u64(d.pos).string(d.path).bytes(data).build() }
   },
+}
+
+/**
+ * The first of the saved other links that is still the saved file: the same inode (a restore
+ * on the machine that made the checkpoint), or else a regular file with exactly the saved
+ * contents (a migration that copied the file along). Anything else is another file now.
+ */
+async function sameFileAs(d: PathDescription, data: Buffer): Promise<string | undefined> {
+  const links = await d.otherLinks()
+  const stats = await Promise.all(links.map((link) => fs.promises.lstat(link, { bigint: true }).catch(() => undefined)))
+  const files = links.map((link, i) => ({ link, st: stats[i] })).filter((f): f is { link: string; st: fs.BigIntStats } => f.st?.isFile() === true)
+  const same = files.find(({ st }) => st.dev === d.dev && st.ino === d.ino)
+  if (same) return same.link
+  for (const { link, st } of files) {
+    if (st.size !== BigInt(data.length)) continue
+    const now = await fs.promises.readFile(link).catch(() => undefined)
+    if (now?.equals(data)) return link
+  }
+  return undefined
 }
