@@ -1,4 +1,4 @@
-// restorefloor LEN [PASSES]: the fastest raw way to put LEN bytes of touched memory into
+// restorefloor LEN [PASSES [hold]]: the fastest raw way to put LEN bytes of touched memory into
 // another process, the floor of a memory restore. A forked child maps a fresh private
 // anonymous region of LEN bytes and waits; per pass the parent (1) asks the child to
 // populate it with madvise(MADV_POPULATE_WRITE) and waits for its answer, then (2) writes
@@ -6,6 +6,7 @@
 // touched beforehand, holding the bytes bench/memtarget.c holds (0x5a, each page starting
 // with its offset). Each pass gets a fresh mapping (the child unmaps and maps again, untimed).
 // Prints one line per pass: "pass I POPULATE_NS WRITE_NS" (CLOCK_MONOTONIC nanoseconds).
+// With "hold", it then prints "holding" and keeps its memory until stdin ends.
 //
 // restorefloor verify PID ADDR LEN: reads LEN bytes at ADDR of PID with process_vm_readv and
 // checks they are memtarget's bytes; prints "ok" or the first difference (exit status 1).
@@ -77,11 +78,12 @@ int main(int argc, char **argv) {
   if (argc == 5 && strcmp(argv[1], "verify") == 0)
     return verify((pid_t)strtol(argv[2], NULL, 10), (uintptr_t)strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0));
   if (argc < 2) {
-    fprintf(stderr, "usage: restorefloor LEN [PASSES] | restorefloor verify PID ADDR LEN\n");
+    fprintf(stderr, "usage: restorefloor LEN [PASSES [hold]] | restorefloor verify PID ADDR LEN\n");
     return 2;
   }
   size_t len = strtoull(argv[1], NULL, 0);
   int passes = argc > 2 ? atoi(argv[2]) : 1;
+  int hold = argc > 3 && strcmp(argv[3], "hold") == 0;
   int ask[2], answer[2];
   if (pipe(ask) || pipe(answer)) return perror("restorefloor: pipe"), 1;
   pid_t child = fork();
@@ -144,6 +146,15 @@ int main(int argc, char **argv) {
     uint64_t t2 = now();
     if (status == 0) printf("pass %d %llu %llu\n", p + 1, (unsigned long long)(t1 - t0), (unsigned long long)(t2 - t1));
     fflush(stdout);
+  }
+  if (hold) {
+    // Keeps both regions until stdin ends, so that a restore timed meanwhile cannot reuse
+    // the pages this run just freed (pages the VM has backed are far cheaper to fill).
+    printf("holding\n");
+    fflush(stdout);
+    char c;
+    while (read(0, &c, 1) > 0) {
+    }
   }
   close(ask[1]); // the child exits on EOF
   waitpid(child, NULL, 0);

@@ -150,11 +150,29 @@ interface Budget {
   items: number
 }
 
+/**
+ * A message holding every field's default, made by one constructor per schema so that all
+ * messages of a kind share one shape (a decoder makes tens of thousands of them).
+ */
 function emptyMessage(schema: MessageSchema): Message {
-  const message: Message = {}
-  for (const field of schema.fields) message[field.name] = field.repeated ? [] : field.tracksPresence ? undefined : defaultOf(field.kind)
-  return message
+  let make = makers.get(schema)
+  if (!make) {
+    const repeated = schema.fields.filter((f) => f.repeated).map((f) => f.name)
+    const defaults = schema.fields.map((f): [string, FieldValue] => [f.name, f.repeated ? [] : f.tracksPresence ? undefined : defaultOf(f.kind)])
+    make = () => {
+      const message: Message = {}
+      for (const [name, value] of defaults) message[name] = value
+      for (const name of repeated) message[name] = []
+      return message
+    }
+    makers.set(schema, make)
+  }
+  return make()
 }
+const makers = new WeakMap<MessageSchema, () => Message>()
+
+/** Shared by every message: Buffers are never written in place once decoded. */
+const EMPTY_BYTES = Buffer.alloc(0)
 
 function defaultOf(kind: FieldSchema['kind']): FieldValue {
   switch (kind) {
@@ -162,7 +180,7 @@ function defaultOf(kind: FieldSchema['kind']): FieldValue {
     case 'uint64': case 'int64': return 0n
     case 'bool': return false
     case 'string': return ''
-    case 'bytes': return Buffer.alloc(0)
+    case 'bytes': return EMPTY_BYTES
     default: return undefined
   }
 }
@@ -172,39 +190,48 @@ const utf8 = new TextDecoder('utf-8', { fatal: true })
 function readInto(message: Message, schema: MessageSchema, r: BufferReader, where: string, budget: Budget): void {
   while (!r.done) {
     const tagAt = r.pos
-    let at = where
+    let name: string | undefined
     try {
       const { field: id, wire } = splitTag(r.smallVarint('tag', U32_MAX), tagAt)
       const field = schema.byId.get(id)
-      at = `${where}.${field ? field.name : `<field ${id}>`}`
+      name = field ? field.name : `<field ${id}>`
       // Fields of a newer minor version are skipped.
-      if (field) readField(message, schema, field, wire, r, at, tagAt, budget)
+      if (field) readField(message, schema, field, wire, r, where, tagAt, budget)
       else r.skip(wire)
     } catch (err) {
-      throw err instanceof WireError ? err.inField(at) : err
+      throw err instanceof WireError ? err.inField(name === undefined ? where : `${where}.${name}`) : err
     }
   }
 }
 
-function readField(message: Message, schema: MessageSchema, field: FieldSchema, wire: number, r: BufferReader, at: string, tagAt: number, budget: Budget): void {
+/** `where` names the message; nested messages are named `${where}.${field}` (built only for them). */
+function readField(message: Message, schema: MessageSchema, field: FieldSchema, wire: number, r: BufferReader, where: string, tagAt: number, budget: Budget): void {
+  const list = message[field.name]
+  if (field.kind === 'message' || Array.isArray(list)) return readNested(message, schema, field, wire, r, `${where}.${field.name}`, tagAt, budget)
+  if (field.oneof) clearOneof(message, schema, field)
+  message[field.name] = readScalar(field, wire, r, tagAt)
+}
+
+/** Setting a oneof member clears its siblings. */
+function clearOneof(message: Message, schema: MessageSchema, field: FieldSchema): void {
+  for (const other of schema.fields) if (other.oneof === field.oneof) message[other.name] = undefined
+}
+
+function readNested(message: Message, schema: MessageSchema, field: FieldSchema, wire: number, r: BufferReader, at: string, tagAt: number, budget: Budget): void {
   const list = message[field.name]
   if (Array.isArray(list)) {
     readRepeated(list, field, wire, r, at, tagAt, budget)
     return
   }
-  if (field.oneof) for (const other of schema.fields) if (other.oneof === field.oneof) message[other.name] = undefined
-  if (field.kind === 'message') {
-    expectWire(wire, WireType.Len, tagAt)
-    const length = r.smallVarint('length', r.end - r.pos)
-    const previous = message[field.name]
-    // A message field seen twice is merged, as protobuf specifies.
-    const nested = isMessage(previous) ? previous : emptyMessage(field.message!)
-    readInto(nested, field.message!, new BufferReader(r.buf, r.pos, r.pos + length), at, budget)
-    r.pos += length
-    message[field.name] = nested
-    return
-  }
-  message[field.name] = readScalar(field, wire, r, tagAt)
+  if (field.oneof) clearOneof(message, schema, field)
+  expectWire(wire, WireType.Len, tagAt)
+  const length = r.smallVarint('length', r.end - r.pos)
+  const previous = message[field.name]
+  // A message field seen twice is merged, as protobuf specifies.
+  const nested = isMessage(previous) ? previous : emptyMessage(field.message!)
+  readInto(nested, field.message!, new BufferReader(r.buf, r.pos, r.pos + length), at, budget)
+  r.pos += length
+  message[field.name] = nested
 }
 
 function readRepeated(list: Scalar[] | Message[], field: FieldSchema, wire: number, r: BufferReader, at: string, tagAt: number, budget: Budget): void {
