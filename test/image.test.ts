@@ -227,6 +227,15 @@ async function digest(source: ByteSource): Promise<string> {
 
 const isByteSource = (v: object): v is ByteSource => 'size' in v && 'read' in v && typeof (v as ByteSource).read === 'function'
 
+/** JSON with sorted keys and bigints spelled out: equal for equal data, whatever the key order. */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_, v: unknown) => {
+    if (typeof v === 'bigint') return `${v}n`
+    if (v && typeof v === 'object' && !Array.isArray(v)) return Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1)))
+    return v
+  })
+}
+
 /** Plain data for comparison: lazies resolved, ByteSources digested, undefined keys dropped. */
 async function plain(value: unknown, withContents = true): Promise<unknown> {
   if (typeof value === 'function') return plain(await (value as () => Promise<unknown>)(), withContents)
@@ -380,8 +389,7 @@ t.test('damaged images are refused with a CkptError, never a crash or a hang', a
     if (result !== 'accepted') { problems.push(`flip at ${at}: ${result}`); continue }
     accepted++
     const loaded = await readImage(scratch)
-    if (JSON.stringify(await plain(taskParts(loaded.task), false), (_, v) => (typeof v === 'bigint' ? `${v}n` : v)) !==
-      JSON.stringify(original, (_, v) => (typeof v === 'bigint' ? `${v}n` : v))) {
+    if (canonical(await plain(taskParts(loaded.task), false)) !== canonical(original)) {
       problems.push(`flip at ${at}: accepted with different metadata`)
     }
   }

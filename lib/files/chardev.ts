@@ -39,7 +39,9 @@ export const chardev: FileHandler<PathDescription> = {
 
   async load(dir, base, type) {
     const desc = await loadPath(dir, base, type)
-    return { ...desc, rdev: await dir.decimal('rdev', 0n, U64_MAX), otherLinks: await loadOtherLinks(dir) }
+    desc.rdev = await dir.decimal('rdev', 0n, U64_MAX)
+    desc.otherLinks = await loadOtherLinks(dir)
+    return desc
   },
 
   planRestore: (d) => pathRecord(d),

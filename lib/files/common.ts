@@ -81,3 +81,21 @@ export async function loadBase(dir: SavedDir, objref: ObjRef): Promise<Descripti
 export function requireNotCheckpointable(dir: SavedDir, base: DescriptionBase, type: FdType): void {
   if (base.notCheckpointable === undefined) throw dir.fail('checkpointable', `a ${type} description cannot be checkpointable`)
 }
+
+/**
+ * A description from its common fields and its own. Object spread ({ ...base, ... }) costs
+ * microseconds per object here (it takes V8's slow path), and a restore of 10,000 fds makes
+ * one description per open file: the common fields are assigned to `own` instead.
+ */
+export function described<D extends FileDescription>(base: DescriptionBase, own: Omit<D, keyof DescriptionBase>): D {
+  const d = own as D
+  d.objref = base.objref
+  d.target = base.target
+  d.flags = base.flags
+  d.mode = base.mode
+  d.pos = base.pos
+  d.mntId = base.mntId
+  d.ino = base.ino
+  d.notCheckpointable = base.notCheckpointable
+  return d
+}

@@ -9,7 +9,7 @@ import type { EpollDescription, EpollItem, ObjRef } from '../model'
 import { userDevFromKernel } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { O_NONBLOCK, parseObjRef, withCommon } from './common'
+import { described, O_NONBLOCK, parseObjRef, withCommon } from './common'
 import type { CaptureContext, FdProbe, FileHandler } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
@@ -106,7 +106,7 @@ export const epoll: FileHandler<EpollDescription> = {
     const itemsDir = await dir.dir('items')
     const items: EpollItem[] = []
     for (const itemDir of await itemsDir.numberedDirs()) items.push(await loadItem(itemDir))
-    return { ...base, type: 'epoll', items }
+    return described<EpollDescription>(base, { type: 'epoll', items })
   },
 
   // EPOLL: i32 flags (O_NONBLOCK), u32 count, per item i32 tfd, u32 target objref, u32 events, u64 data.

@@ -3,7 +3,7 @@
 import type { EventfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
 import { attr } from '../tree/node'
-import { withCommon } from './common'
+import { described, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 
@@ -36,7 +36,7 @@ export const eventfd: FileHandler<EventfdDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return { ...base, type: 'eventfd', count: await dir.decimal('count', 0n, EVENTFD_MAX), semaphore: await dir.flag('semaphore') }
+    return described<EventfdDescription>(base, { type: 'eventfd', count: await dir.decimal('count', 0n, EVENTFD_MAX), semaphore: await dir.flag('semaphore') })
   },
 
   // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.

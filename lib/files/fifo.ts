@@ -34,7 +34,9 @@ export const fifo: FileHandler<PathDescription> = {
 
   async load(dir, base) {
     const desc = await loadPath(dir, base, 'fifo')
-    return { ...desc, otherLinks: await loadOtherLinks(dir), buffered: await dir.lazyBytes('buffered') }
+    desc.otherLinks = await loadOtherLinks(dir)
+    desc.buffered = await dir.lazyBytes('buffered')
+    return desc
   },
 
   // The buffered bytes belong to the fifo, not to each open description of it: the one with

@@ -10,7 +10,7 @@ import type { InotifyDescription, InotifyWatch } from '../model'
 import { userDevFromKernel } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { O_NONBLOCK, withCommon } from './common'
+import { described, O_NONBLOCK, withCommon } from './common'
 import type { CaptureContext, FileHandler } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 import { findInodePaths, inodeKey, mountPointsOf } from './search'
@@ -94,7 +94,7 @@ export const inotify: FileHandler<InotifyDescription> = {
     const watchesDir = await dir.dir('watches')
     const watches: InotifyWatch[] = []
     for (const [wd, watchDir] of await watchesDir.decimalDirs(1)) watches.push(await loadWatch(watchDir, wd))
-    return { ...base, type: 'inotify', watches }
+    return described<InotifyDescription>(base, { type: 'inotify', watches })
   },
 
   // INOTIFY: i32 flags (IN_NONBLOCK), u32 count, per watch i32 wd, u32 mask, string path, in wd

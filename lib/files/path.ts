@@ -2,6 +2,7 @@
 // where the file is (and whether that path still names it, reference/000), its inode
 // attributes, and their entries in files/OBJREF.
 
+import { described } from './common'
 import { CkptError } from '../errors'
 import { lazy, type Lazy, type PathDescription } from '../model'
 import type { InodeStat } from '../procfs'
@@ -88,7 +89,7 @@ export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathT
   if ((inodeMode & S_IFMT) !== fileTypeBits[type]) throw dir.fail('inode_mode', `${octal(inodeMode)} is not the mode of a ${type}`)
   const size = await dir.decimal('size', 0n, S64_MAX)
   const nlink = await dir.int('nlink', 0, Number(U32_MAX))
-  return { ...base, type, path, unlinked, dev, rdev: 0n, inodeMode, size, nlink, otherLinks: noLinks }
+  return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, size, nlink, otherLinks: noLinks })
 }
 
 /** Reads other_links back. */

@@ -4,7 +4,7 @@
 import { CkptError } from '../errors'
 import type { FileTable, PipeDescription } from '../model'
 import { attr, bytes } from '../tree/node'
-import { withCommon } from './common'
+import { described, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { U64_MAX } from './saved'
@@ -32,7 +32,7 @@ export const pipe: FileHandler<PipeDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return { ...base, type: 'pipe', pipeId: await dir.decimal('pipe_id', 0n, U64_MAX), buffered: await dir.lazyBytes('buffered') }
+    return described<PipeDescription>(base, { type: 'pipe', pipeId: await dir.decimal('pipe_id', 0n, U64_MAX), buffered: await dir.lazyBytes('buffered') })
   },
 
   // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an

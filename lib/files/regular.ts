@@ -40,11 +40,12 @@ export const regular: FileHandler<PathDescription> = {
 
   async load(dir, base) {
     const desc = await loadPath(dir, base, 'file')
-    const otherLinks = await loadOtherLinks(dir)
-    if (!desc.unlinked) return { ...desc, otherLinks }
+    desc.otherLinks = await loadOtherLinks(dir)
+    if (!desc.unlinked) return desc
     const contents = await dir.source('contents')
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
-    return { ...desc, otherLinks, contents }
+    desc.contents = contents
+    return desc
   },
 
   // A linked file is reopened by path. An unlinked one that has another hard link is opened

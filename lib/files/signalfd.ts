@@ -4,7 +4,7 @@ import type { SignalfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, hex } from '../tree/node'
-import { O_NONBLOCK, withCommon } from './common'
+import { described, O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { U64_MAX } from './saved'
 
@@ -21,7 +21,7 @@ export const signalfd: FileHandler<SignalfdDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return { ...base, type: 'signalfd', sigmask: await dir.hex('sigmask', U64_MAX) }
+    return described<SignalfdDescription>(base, { type: 'signalfd', sigmask: await dir.hex('sigmask', U64_MAX) })
   },
 
   // SIGNALFD: u64 mask, i32 flags (SFD_NONBLOCK, which is O_NONBLOCK).

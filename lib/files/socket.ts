@@ -2,7 +2,7 @@
 // tables of the task's network namespace) so `ckptfs check` can say precisely what is in the way.
 
 import type { OtherDescription } from '../model'
-import { requireNotCheckpointable, withCommon } from './common'
+import { described, requireNotCheckpointable, withCommon } from './common'
 import type { FileHandler } from './handler'
 
 const table = withCommon<OtherDescription>([])
@@ -19,6 +19,6 @@ export const socket: FileHandler<OtherDescription> = {
 
   async load(dir, base) {
     requireNotCheckpointable(dir, base, 'socket')
-    return { ...base, type: 'socket' }
+    return described<OtherDescription>(base, { type: 'socket' })
   },
 }

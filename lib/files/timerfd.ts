@@ -6,7 +6,7 @@ import type { TimerfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr } from '../tree/node'
-import { O_NONBLOCK, withCommon } from './common'
+import { described, O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { U64_MAX } from './saved'
 
@@ -69,7 +69,7 @@ export const timerfd: FileHandler<TimerfdDescription> = {
     const settimeFlags = await dir.int('settime_flags', 0, settimeFlagBits)
     const valueNs = await dir.decimal('value_ns', 0n, U64_MAX)
     const intervalNs = await dir.decimal('interval_ns', 0n, U64_MAX)
-    return { ...base, type: 'timerfd', clockid, ticks, settimeFlags, valueNs, intervalNs }
+    return described<TimerfdDescription>(base, { type: 'timerfd', clockid, ticks, settimeFlags, valueNs, intervalNs })
   },
 
   // TIMERFD: i32 clockid, i32 flags (TFD_NONBLOCK), i32 settime_flags, u64 value_ns, u64 interval_ns, u64 ticks.

@@ -3,7 +3,7 @@
 
 import type { OtherDescription } from '../model'
 import { octal } from '../tree/node'
-import { requireNotCheckpointable, withCommon } from './common'
+import { described, requireNotCheckpointable, withCommon } from './common'
 import type { FileHandler } from './handler'
 
 const table = withCommon<OtherDescription>([])
@@ -20,6 +20,6 @@ export const unknown: FileHandler<OtherDescription> = {
 
   async load(dir, base) {
     requireNotCheckpointable(dir, base, 'unknown')
-    return { ...base, type: 'unknown' }
+    return described<OtherDescription>(base, { type: 'unknown' })
   },
 }

@@ -3,11 +3,12 @@
 // existing objrefs, chunks covering their mapping) are in decode.ts.
 
 import { CkptError } from '../errors'
-import { modeFromFlags, O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC } from '../files/common'
+import { described, modeFromFlags, O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC } from '../files/common'
 import {
   asObjRef, asPid, asTid,
-  type CheckpointMode, type Credentials, type EpollItem, type FdEntry, type FdType, type FileDescription,
-  type InotifyWatch, type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
+  type CheckpointMode, type Credentials, type EpollDescription, type EpollItem, type EventfdDescription, type FdEntry, type FdType,
+  type FileDescription, type InotifyDescription, type InotifyWatch, type OtherDescription, type PathDescription, type PipeDescription,
+  type SignalfdDescription, type TimerfdDescription, type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
   type Rlimit, type SigAction, type StoredRun, type ThreadState, type Tid, type VmaKind,
   type Vma,
 } from '../model'
@@ -345,8 +346,7 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
       if (d.has('buffered') && type !== 'fifo') d.fail('buffered', 'only a fifo has buffered bytes')
       const otherLinks = d.strs('otherLinks')
       const buffered = d.has('buffered') ? d.bytes('buffered') : undefined
-      const description: FileDescription = {
-        ...base,
+      const description = described<PathDescription>(base, {
         type,
         path: d.str('path', true),
         dev: d.big('dev'),
@@ -356,40 +356,39 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
         nlink: d.num('nlink'),
         unlinked: d.bool('unlinked'),
         otherLinks: async () => otherLinks,
-        ...(buffered ? { buffered: async () => buffered } : {}),
-      }
+      })
+      if (buffered) description.buffered = async () => buffered
       return { description, contentsSize }
     }
     case 'pipe': {
       const buffered = details!.bytes('buffered')
-      return { description: { ...base, type, pipeId: details!.big('pipeId'), buffered: async () => buffered }, contentsSize: undefined }
+      return { description: described<PipeDescription>(base, { type, pipeId: details!.big('pipeId'), buffered: async () => buffered }), contentsSize: undefined }
     }
     case 'eventfd':
-      return { description: { ...base, type, count: details!.big('count', { max: U64_MAX - 1n }), semaphore: details!.bool('semaphore') }, contentsSize: undefined }
+      return { description: described<EventfdDescription>(base, { type, count: details!.big('count', { max: U64_MAX - 1n }), semaphore: details!.bool('semaphore') }), contentsSize: undefined }
     case 'epoll':
-      return { description: { ...base, type, items: details!.list('items').map(epollItemFrom) }, contentsSize: undefined }
+      return { description: described<EpollDescription>(base, { type, items: details!.list('items').map(epollItemFrom) }), contentsSize: undefined }
     case 'signalfd':
-      return { description: { ...base, type, sigmask: details!.big('sigmask') }, contentsSize: undefined }
+      return { description: described<SignalfdDescription>(base, { type, sigmask: details!.big('sigmask') }), contentsSize: undefined }
     case 'timerfd': {
       const d = details!
-      const description: FileDescription = {
-        ...base,
+      const description = described<TimerfdDescription>(base, {
         type,
         clockid: d.num('clockid', { min: 0 }),
         ticks: d.big('ticks'),
         settimeFlags: d.num('settimeFlags'),
         valueNs: d.big('valueNs'),
         intervalNs: d.big('intervalNs'),
-      }
+      })
       return { description, contentsSize: undefined }
     }
     case 'inotify': {
       const watches = details!.list('watches').map(inotifyWatchFrom)
       unique(watches, (w) => w.wd, (wd) => details!.fail('watches', `watch ${wd} is listed twice`))
-      return { description: { ...base, type, watches }, contentsSize: undefined }
+      return { description: described<InotifyDescription>(base, { type, watches }), contentsSize: undefined }
     }
     case 'socket': case 'unknown':
-      return { description: { ...base, type }, contentsSize: undefined }
+      return { description: described<OtherDescription>(base, { type }), contentsSize: undefined }
   }
 }
 
