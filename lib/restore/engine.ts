@@ -25,6 +25,10 @@ const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
 const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000
 const AT_FDCWD = -100n
 const MADV_POPULATE_WRITE = 23
+const PR_TIMER_CREATE_RESTORE_IDS = 77
+/** sigev_notify values (the kernel's; SIGEV_THREAD is glibc's and reaches the kernel as SIGEV_THREAD_ID). */
+const SIGEV = { signal: 0, none: 1, thread: 2 } as const
+const SIGEV_THREAD_ID = 4
 const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
 const MADVISE_BY_FLAG: Record<string, number> = { dc: 10 /* DONTFORK */, dd: 16 /* DONTDUMP */, hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */ }
 
@@ -81,7 +85,14 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
     }
   }
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
-  if (proc.posixTimers.length > 0) throw new CkptError(`task-${proc.pid}/timers/posix: POSIX timers cannot be restored yet`, 'ENOTSUP')
+  for (const timer of proc.posixTimers) {
+    const notify = /^(signal|none|thread)\/(pid|tid)\.(\d+)$/.exec(timer.notify)
+    const where = `task-${proc.pid}/timers/posix/${timer.id}/notify`
+    if (!notify) throw new CkptError(`${where}: ${timer.notify} is not KIND/pid.N or KIND/tid.N`, 'EINVAL')
+    if (notify[2] === 'tid' && !saved.threads.some((t) => t.tid === Number(notify[3]))) {
+      throw new CkptError(`${where}: signals thread ${notify[3]}, which is not a thread of the task`, 'EINVAL')
+    }
+  }
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
@@ -481,6 +492,39 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
 }
 
 /**
+ * POSIX timers with their IDs (the kernel takes the ID asked for while
+ * PR_TIMER_CREATE_RESTORE_IDS is on, since Linux 6.17; it needs CAP_CHECKPOINT_RESTORE, so
+ * this comes before the credentials), their clock, their notification (signal, value, the
+ * thread it targets) and the time that was left. Overruns counted before the checkpoint are
+ * not carried over.
+ */
+async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+  if (proc.posixTimers.length === 0) return
+  const scratch = new Scratch()
+  const calls: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_TIMER_CREATE_RESTORE_IDS), 1n, 0n, 0n, 0n], what: 'prctl(PR_TIMER_CREATE_RESTORE_IDS, on): this kernel cannot restore POSIX timer IDs (Linux 6.17 or later can)' }]
+  for (const t of [...proc.posixTimers].sort((a, b) => a.id - b.id)) {
+    const [, kind, target, id] = /^(signal|none|thread)\/(pid|tid)\.(\d+)$/.exec(t.notify)!
+    const sigevent = Buffer.alloc(64)
+    sigevent.writeBigUInt64LE(t.sigevValue, 0)
+    sigevent.writeInt32LE(t.signal, 8)
+    sigevent.writeInt32LE(SIGEV[kind as keyof typeof SIGEV] | (target === 'tid' ? SIGEV_THREAD_ID : 0), 12)
+    if (target === 'tid') sigevent.writeInt32LE(Number(id), 16)
+    const timerId = Buffer.alloc(8)
+    timerId.writeInt32LE(t.id, 0)
+    calls.push({ nr: SYS.timer_create, args: [BigInt(t.clockid), scratch.put(sigevent), scratch.put(timerId)], scratchArgs: 0b110, what: `timer_create(POSIX timer ${t.id})` })
+    if (t.valueNs === 0n) continue
+    const spec = Buffer.alloc(32)
+    spec.writeBigInt64LE(t.intervalNs / 1_000_000_000n, 0)
+    spec.writeBigInt64LE(t.intervalNs % 1_000_000_000n, 8)
+    spec.writeBigInt64LE(t.valueNs / 1_000_000_000n, 16)
+    spec.writeBigInt64LE(t.valueNs % 1_000_000_000n, 24)
+    calls.push({ nr: SYS.timer_settime, args: [BigInt(t.id), 0n, scratch.put(spec), 0n], scratchArgs: 0b100, what: `timer_settime(POSIX timer ${t.id})` })
+  }
+  calls.push({ nr: SYS.prctl, args: [BigInt(PR_TIMER_CREATE_RESTORE_IDS), 0n, 0n, 0n, 0n], what: 'prctl(PR_TIMER_CREATE_RESTORE_IDS, off)' })
+  await inject(pid, layout, calls, scratch.buffer())
+}
+
+/**
  * Credentials, the capability sets and no_new_privs belong to each thread: they are set in
  * every thread once all exist (creating a thread with a chosen TID takes privileges the saved
  * credentials may not hold), with the process's saved values. Changing ids makes the task
@@ -599,6 +643,7 @@ const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // 
 async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
   for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
+  await restorePosixTimers(pid, proc, layout)
   await restoreCredentials(pid, proc, threads, layout)
   // The restorer's page goes away through the vdso's own syscall, now at its saved place.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])

@@ -21,6 +21,8 @@ export const SYS = {
   sigaltstack: 131,
   personality: 135,
   prctl: 157,
+  timer_create: 222,
+  timer_settime: 223,
   chroot: 161,
   rt_tgsigqueueinfo: 297,
   prlimit64: 302,
