@@ -1,6 +1,6 @@
 // A trivial fuse-native server, the baseline the benchmarks compare ckptfs with: the same
 // library and the same mount options as mount/server.ts (direct_io and attr_timeout=0 via
-// fsname, the same timeout), but every answer comes at once from a Map in memory.
+// fsname, the same per-operation timers), but every answer comes at once from memory.
 //
 //   node dist/bench/trivial-server.js MNT tree SHAPE.json
 //       serves the tree SHAPE.json describes (bench/common.ts TreeShape: the same names,
@@ -116,7 +116,8 @@ function main(): void {
   const fuse = new Fuse(mnt, ops, {
     mkdir: true,
     force: true,
-    timeout: 120_000,
+    // The same as mount/server.ts: no timer on reads, a safety net on every other operation.
+    timeout: { default: 120_000, read: false },
     fsname: 'ckptfsbench,direct_io,attr_timeout=0',
     subtype: 'ckptfsbench',
   })
