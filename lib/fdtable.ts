@@ -16,8 +16,8 @@ import { linkFinder } from './files/search'
 
 /** Descriptions captured at once (their handlers read /proc and stat paths). */
 const captureConcurrency = 64
-/** Saved descriptions read at once. */
-const loadConcurrency = 32
+/** How long a saved tree is read without giving the event loop a turn (ms). */
+const loadSlice = 20
 
 /** Runs `fn` over `items` with at most `limit` calls pending; results in item order. */
 async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
@@ -189,6 +189,25 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
 // ---------------------------------------------------------------------------------------
 // Load back from a saved tree
 
+/**
+ * Runs `fn` over `items` one at a time, in order, so the first failure reported is the first
+ * in item order. SavedDir reads synchronously (thousands of small files on local disk or tmpfs
+ * read several times faster than through the thread pool), so the event loop gets a turn
+ * every `loadSlice` ms.
+ */
+async function mapInOrder<T, R>(items: readonly T[], fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length)
+  let slice = performance.now()
+  for (let i = 0; i < items.length; i++) {
+    results[i] = await fn(items[i])
+    if (performance.now() - slice > loadSlice) {
+      await new Promise<void>((resolve) => setImmediate(resolve))
+      slice = performance.now()
+    }
+  }
+  return results
+}
+
 async function loadDescription(dir: SavedDir, objref: ObjRef): Promise<FileDescription> {
   const type = await dir.text('fd_type')
   const handler = handlerForType(type)
@@ -234,7 +253,7 @@ export async function loadFileTable(root: string, taskDir?: string): Promise<Fil
     if (objref === undefined) throw filesDir.fail(name, 'not an object reference (a positive decimal number)')
     return [objref, name]
   }).sort((a, b) => a[0] - b[0])
-  const files = await mapLimit(refs, loadConcurrency, async ([objref, name]) => loadDescription(await filesDir.dir(name), objref))
+  const files = await mapInOrder(refs, async ([objref, name]) => loadDescription(await filesDir.dir(name), objref))
   const objrefs = new Set<number>(files.map((d) => d.objref))
 
   for (const desc of files) {
@@ -248,7 +267,7 @@ export async function loadFileTable(root: string, taskDir?: string): Promise<Fil
 
   const fdsDir = await (await top.dir(await taskDirName(top, taskDir))).dir('fds')
   const fdDirs = await fdsDir.decimalDirs(0)
-  const fds = await mapLimit(fdDirs, loadConcurrency, ([fd, dir]) => loadFd(dir, fd, objrefs))
+  const fds = await mapInOrder(fdDirs, ([fd, dir]) => loadFd(dir, fd, objrefs))
 
   const used = new Set<number>(fds.map((e) => e.objref))
   const unused = files.find((d) => !used.has(d.objref))

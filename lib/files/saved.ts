@@ -21,11 +21,30 @@ export const S64_MIN = -(1n << 63n)
 export const S64_MAX = (1n << 63n) - 1n
 export const INT_MAX = 0x7fffffff
 
+/** What a directory listing says an entry is (symbolic links, fifos, devices: 'other'). */
+type Kind = 'file' | 'dir' | 'other'
+
+/** Only an entry listed as a regular file is opened, and never through a symbolic link, never waiting. */
+const openFlags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK
+/** Values are read into this one buffer (reads are synchronous, and each is decoded at once). */
+const valueBuffer = Buffer.allocUnsafe(maxValueBytes + 1)
+
+// A saved tree lives on local disk or tmpfs, and a task with 10,000 fds has some 180,000
+// small files to read: asynchronously each would cost thread-pool round trips, so every read
+// here is synchronous (a few microseconds). Each directory is listed once with the kind of
+// every entry (what lstat would say), which answers "missing", "not a regular file" and "not
+// a directory" without a stat per entry, and `names` and `finish` reuse the listing.
 export class SavedDir {
   private readonly used = new Set<string>()
+  /** What a name is appended to for its path on disk (as path.join(root, rel, name) makes it). */
+  private readonly prefix: string
+  /** Name -> kind of every entry; undefined until first needed, null when it cannot be listed. */
+  private listing: Map<string, Kind> | null | undefined
 
   /** `rel` is this directory's path below the tree root ("files/7"), used in messages. */
-  constructor(readonly root: string, readonly rel: string) {}
+  constructor(readonly root: string, readonly rel: string) {
+    this.prefix = path.join(root, rel, '_').slice(0, -1)
+  }
 
   where(name: string): string {
     return this.rel ? `${this.rel}/${name}` : name
@@ -36,20 +55,55 @@ export class SavedDir {
   }
 
   private full(name: string): string {
-    return path.join(this.root, this.rel, name)
+    return this.prefix + name
+  }
+
+  private dirPath(): string {
+    return path.join(this.root, this.rel)
+  }
+
+  /** The entries and their kinds, read once (null: the directory cannot be listed). */
+  private list(): Map<string, Kind> | null {
+    if (this.listing === undefined) {
+      try {
+        const listing = new Map<string, Kind>()
+        for (const entry of fs.readdirSync(this.dirPath(), { withFileTypes: true })) {
+          listing.set(entry.name, entry.isFile() ? 'file' : entry.isDirectory() ? 'dir' : 'other')
+        }
+        this.listing = listing
+      } catch {
+        this.listing = null
+      }
+    }
+    return this.listing
   }
 
   /** The entries of this directory, sorted (a missing directory is reported by whoever opened it). */
   async names(): Promise<string[]> {
-    return (await fs.promises.readdir(path.join(this.root, this.rel))).sort()
+    const listing = this.list()
+    // An unlistable directory: list it again for the error.
+    return (listing ? [...listing.keys()] : fs.readdirSync(this.dirPath())).sort()
   }
 
   /** Checks that `name` exists with the given kind (symbolic links are never followed). */
-  private async entry(name: string, kind: 'file' | 'dir'): Promise<fs.Stats> {
+  private entry(name: string, kind: 'file' | 'dir'): void {
     this.used.add(name)
+    const listing = this.list()
+    if (!listing) {
+      this.lstat(name, kind)
+      return
+    }
+    const found = listing.get(name)
+    if (found === undefined) throw this.fail(name, 'missing')
+    if (kind === 'file' && found !== 'file') throw this.fail(name, 'not a regular file')
+    if (kind === 'dir' && found !== 'dir') throw this.fail(name, 'not a directory')
+  }
+
+  /** `entry` by a stat of its own (when the directory cannot be listed, or the listing was wrong). */
+  private lstat(name: string, kind: 'file' | 'dir'): fs.Stats {
     let st: fs.Stats
     try {
-      st = await fs.promises.lstat(this.full(name))
+      st = fs.lstatSync(this.full(name))
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw this.fail(name, 'missing')
       throw this.fail(name, `cannot be read: ${(err as Error).message}`)
@@ -60,8 +114,10 @@ export class SavedDir {
   }
 
   async has(name: string): Promise<boolean> {
+    const listing = this.list()
+    if (listing) return listing.has(name)
     try {
-      await fs.promises.lstat(this.full(name))
+      fs.lstatSync(this.full(name))
       return true
     } catch {
       return false
@@ -69,7 +125,7 @@ export class SavedDir {
   }
 
   async dir(name: string): Promise<SavedDir> {
-    await this.entry(name, 'dir')
+    this.entry(name, 'dir')
     return new SavedDir(this.root, this.where(name))
   }
 
@@ -78,7 +134,8 @@ export class SavedDir {
     const dirs: Array<[number, SavedDir]> = []
     for (const name of await this.names()) {
       if (!/^(0|[1-9][0-9]*)$/.test(name) || Number(name) < min || Number(name) > INT_MAX) throw this.fail(name, 'unknown entry')
-      dirs.push([Number(name), await this.dir(name)])
+      this.entry(name, 'dir')
+      dirs.push([Number(name), new SavedDir(this.root, this.where(name))])
     }
     return dirs.sort((a, b) => a[0] - b[0])
   }
@@ -92,16 +149,45 @@ export class SavedDir {
     return dirs.map(([, dir]) => dir)
   }
 
-  /** The whole file, refused when larger than `limit`. */
-  private async raw(name: string, limit: number): Promise<Buffer> {
-    const st = await this.entry(name, 'file')
-    if (st.size > limit) throw this.fail(name, `too large (${st.size} bytes, at most ${limit} expected)`)
-    return fs.promises.readFile(this.full(name))
+  /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
+  private raw(name: string, limit: number): string {
+    this.entry(name, 'file')
+    let fd: number
+    try {
+      fd = fs.openSync(this.full(name), openFlags)
+    } catch (err) {
+      // Changed since it was listed: say what it is now, as lstat does.
+      this.lstat(name, 'file')
+      throw err
+    }
+    try {
+      // One read of a regular file gives every byte up to the buffer's size; only a file
+      // that fills the buffer needs fstat, for its size (too large, or a list to read on).
+      const first = fs.readSync(fd, valueBuffer, 0, valueBuffer.length, null)
+      if (first < valueBuffer.length) return valueBuffer.toString('utf8', 0, first)
+      const st = fs.fstatSync(fd)
+      if (!st.isFile()) throw this.fail(name, 'not a regular file')
+      if (st.size > limit) throw this.fail(name, `too large (${st.size} bytes, at most ${limit} expected)`)
+      const data = Buffer.allocUnsafe(Math.max(st.size, first))
+      valueBuffer.copy(data, 0, 0, first)
+      let done = first
+      while (done < data.length) {
+        const n = fs.readSync(fd, data, done, data.length - done, null)
+        if (n === 0) break
+        done += n
+      }
+      return data.toString('utf8', 0, done)
+    } catch (err) {
+      if (!(err instanceof CkptError)) this.lstat(name, 'file')
+      throw err
+    } finally {
+      fs.closeSync(fd)
+    }
   }
 
   /** One value and a newline (SPEC): the value, without the newline. */
   async text(name: string): Promise<string> {
-    const data = (await this.raw(name, maxValueBytes)).toString('utf8')
+    const data = this.raw(name, maxValueBytes)
     if (!data.endsWith('\n')) throw this.fail(name, 'value is truncated (no trailing newline)')
     const value = data.slice(0, -1)
     if (value.includes('\n')) throw this.fail(name, 'holds more than one line')
@@ -158,7 +244,7 @@ export class SavedDir {
 
   /** Absolute paths, one per line; an empty file for none. */
   async pathList(name: string): Promise<string[]> {
-    const data = (await this.raw(name, maxListBytes)).toString('utf8')
+    const data = this.raw(name, maxListBytes)
     if (data === '') return []
     if (!data.endsWith('\n')) throw this.fail(name, 'list is truncated (no trailing newline)')
     const paths = data.slice(0, -1).split('\n')
@@ -168,15 +254,15 @@ export class SavedDir {
 
   /** Raw bytes read when first asked for (pipe data); the file must exist now. */
   async lazyBytes(name: string): Promise<Lazy<Buffer>> {
-    await this.entry(name, 'file')
+    this.entry(name, 'file')
     const file = this.full(name)
     return lazy(() => fs.promises.readFile(file))
   }
 
   /** Raw bytes read in pieces (file contents); the size is fixed now. */
   async source(name: string): Promise<ByteSource> {
-    const st = await this.entry(name, 'file')
-    return fileSource(this.full(name), st.size)
+    this.entry(name, 'file')
+    return fileSource(this.full(name), this.lstat(name, 'file').size)
   }
 
   /** Refuses every entry of this directory that no reader asked for. */
