@@ -9,7 +9,7 @@ import { CkptError, messageOf } from '../lib/errors'
 import { restorePath } from '../lib/restore/index'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
-import { forceUnmount, Server } from './server'
+import { forceUnmount, restoreBackingOf, Server } from './server'
 
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
@@ -183,6 +183,7 @@ async function umount(parsed: Parsed): Promise<void> {
   if (servers.length === 0) {
     if (!ckptfsMounts().includes(mnt)) throw new CkptError(`${mnt} is not a ckptfs mount`)
     await forceUnmount(mnt) // its server died: only the kernel's mount is left
+    fs.rmSync(restoreBackingOf(mnt), { recursive: true, force: true })
     return
   }
   for (const pid of servers) process.kill(pid, 'SIGTERM')

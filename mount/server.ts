@@ -1,6 +1,7 @@
 // The FUSE server: maps paths and file operations onto the session's tree of nodes
 // (lib/tree/node.ts). It knows nothing of checkpoints; everything it shows comes from lib.
 
+import { createHash } from 'crypto'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
@@ -38,7 +39,9 @@ export class Server {
   private readonly gid = process.getgid?.() ?? 0
 
   constructor(readonly mnt: string, opts: ServerOptions) {
-    const backing = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-restore-'))
+    // Left over only by a server that was killed (SIGKILL): no live server has this mount.
+    const backing = restoreBackingOf(mnt)
+    fs.rmSync(backing, { recursive: true, force: true })
     this.session = new Session(opts.cacheBytes, backing)
     this.session.on('removed', (prefix) => {
       for (const key of this.nodes.keys()) if (key === prefix || key.startsWith(prefix + '/')) this.nodes.delete(key)
@@ -235,6 +238,15 @@ export class Server {
 
 function errno(name: ErrnoName): number {
   return -(os.constants.errno as Record<string, number>)[name]
+}
+
+/**
+ * Where the restore area of the server of `mnt` keeps its files: one place per mount point,
+ * so that what a killed server left behind is found and removed (by `ckptfs umount`, or by
+ * the next server on that mount point).
+ */
+export function restoreBackingOf(mnt: string): string {
+  return path.join(os.tmpdir(), `ckptfs-restore-${createHash('sha256').update(path.resolve(mnt)).digest('hex').slice(0, 16)}`)
 }
 
 /** Unmounts a mount whose server is gone (the kernel answers ENOTCONN there). */

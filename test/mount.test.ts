@@ -7,6 +7,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
+import { restoreBackingOf } from '../mount/server'
 import { ckptfs, ckptfsOk, mounted, mountFor } from './lib/mount'
 import { buildTarget, sleep, startTarget, threadIds, threadState, type Target } from './lib/targets'
 
@@ -162,8 +163,11 @@ t.test('a server killed with SIGKILL leaves no task frozen', async (t) => {
   t.notOk(allStopped(target.pid), 'the kernel detached the task; it runs')
   const ticks = target.lines.length
   await target.waitFor(new RegExp(`^tick ${ticks + 1}$`))
+  const backing = restoreBackingOf(mnt)
+  t.ok(fs.existsSync(backing), 'the dead server left its restore area behind')
   ckptfsOk('umount', mnt)
   t.notOk(mounted(mnt), 'umount removes a mount whose server died')
+  t.notOk(fs.existsSync(backing), 'and the restore area the server left behind')
 })
 
 t.test('a reader that dies mid-read changes nothing', async (t) => {
