@@ -9,7 +9,7 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfs, ckptfsOk, mounted, mountFor } from './lib/mount'
 import {
-  checkpointSaveKill, collectChecks, exists, launch, listTree, ppidOf, procState, restoreCli, restoreOk, runChecks, sleep, syscallOf, waitUntil,
+  checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, listTree, ppidOf, procState, restoreCli, restoreOk, runChecks, sleep, syscallOf, waitUntil,
   workdir, type Checks,
 } from './lib/restore'
 import { buildTarget } from './lib/targets'
@@ -86,11 +86,7 @@ t.test('memory: every mapping, its contents, brk, the mm fields and the vdso', a
 const CPU_CHECKS = ['mxcsr', 'x87 control word', 'tls (fs base)', 'signal mask', 'sigaltstack', 'rseq registered', 'sched_getcpu follows migrations', 'robust futex list restored', 'clock_gettime (vdso)']
 
 t.test('a task mapping 300 files with only three fds open comes back (one fd per mapped file while memory is rebuilt)', async (t) => {
-  const dir = workdir(t)
-  const target = await launch(t, [bin.manymaps, dir, '300'], { dir })
-  const saved = path.join(dir, 'saved')
-  await checkpointSaveKill(mnt, target.pid, saved)
-  restoreOk(mnt, saved, target.pid)
+  const { target } = await launchSaveRestore(t, mnt, bin.manymaps, ['300'])
   expectChecks(t, await runChecks(target), ['every mapped file', 'no fd left open by the restore'])
 })
 
@@ -171,11 +167,7 @@ t.test('signal actions, pending signals, itimers, credentials, cwd, umask, rlimi
 })
 
 t.test('a root process that gave up capabilities gets none of them back', async (t) => {
-  const dir = workdir(t)
-  const target = await launch(t, [bin.proc, dir, 'caps'], { dir })
-  const saved = path.join(dir, 'saved')
-  await checkpointSaveKill(mnt, target.pid, saved)
-  restoreOk(mnt, saved, target.pid)
+  const { target, saved } = await launchSaveRestore(t, mnt, bin.proc, ['caps'])
   const status = fs.readFileSync(`/proc/${target.pid}/status`, 'utf8')
   for (const [line, file] of [['CapInh', 'cap_inheritable'], ['CapPrm', 'cap_permitted'], ['CapEff', 'cap_effective'], ['CapBnd', 'cap_bounding'], ['CapAmb', 'cap_ambient']]) {
     const savedMask = BigInt(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'creds', file), 'utf8').trim())

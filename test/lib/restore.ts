@@ -151,6 +151,19 @@ export async function checkpointSaveKill(mnt: string, pid: number, saved: string
   return path.basename(dir)
 }
 
+/**
+ * The whole cycle for a fixture taking its work directory: launch `[program, dir, ...args]`,
+ * checkpoint, save to DIR/saved, kill, restore with `ckptfs restore`.
+ */
+export async function launchSaveRestore(t: Teardownable, mnt: string, program: string, args: string[] = []): Promise<{ target: Target; dir: string; saved: string }> {
+  const dir = workdir(t)
+  const target = await launch(t, [program, dir, ...args], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  restoreOk(mnt, saved, target.pid)
+  return { target, dir, saved }
+}
+
 /** `ckptfs restore SAVED --mount MNT`. */
 export function restoreCli(mnt: string, saved: string): CliResult {
   return ckptfs('restore', saved, '--mount', mnt)
