@@ -102,7 +102,7 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     { name: 'flag neither 0 nor 1', ...w(`${task}/no_new_privs`, '2\n'), says: new RegExp(`^${task}/no_new_privs: not 0 or 1`) },
     { name: 'cwd not an absolute path', ...w(`${task}/cwd`, 'relative/dir\n'), says: new RegExp(`^${task}/cwd: not an absolute path`) },
     { name: 'a list with a word in it', ...w(`${task}/creds/groups`, '4 wheel\n'), says: new RegExp(`^${task}/creds/groups: not a decimal number: "wheel"`) },
-    { name: 'a signal name of another signal', ...w(`${task}/signals/actions/10/name`, 'SIGUSR2\n'), says: new RegExp(`^${task}/signals/actions/10/name: SIGUSR2 is not signal 10 \\(SIGUSR1\\)`) },
+    { name: 'a signal name of another signal', ...w(`${task}/signals/actions/10/name`, 'SIGUSR2\n'), says: new RegExp(`^${task}/signals/actions/10/name: "SIGUSR2" is not signal 10 \\(SIGUSR1\\)`) },
     { name: 'a mapping kind that does not fit', ...w(`${task}/memory/vmas/${heap}/kind`, 'stack\n'), says: new RegExp(`^${task}/memory/vmas/${heap}/kind: stack does not fit perms rw-p`) },
     { name: 'altstack flags with unknown bits', ...w(`${thread}/altstack_flags`, '0x10\n'), says: new RegExp(`^${thread}/altstack_flags: 0x10 has unknown bits`) },
     { name: 'an rseq size without its pointer', ...w(`${thread}/rseq_pointer`, '0x0\n'), says: new RegExp(`^${thread}/rseq_size: 32 with rseq_pointer 0x0: both or neither must be 0`) },

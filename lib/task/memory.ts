@@ -294,14 +294,14 @@ const storedRun: Codec<StoredRun> = {
   show: (r) => `${hexU64.show(r.offset)} ${hexU64.show(r.length)}`,
   parse: (line) => {
     const [offset, length, extra] = line.split(' ')
-    if (offset === undefined || length === undefined || extra !== undefined) throw new FormatError(`not "OFFSET LENGTH": ${line}`)
+    if (offset === undefined || length === undefined || extra !== undefined) throw new FormatError(`not "OFFSET LENGTH": ${JSON.stringify(line)}`)
     return { offset: hexU64.parse(offset), length: hexU64.parse(length) }
   },
 }
 
-const permsText = text((v) => (/^[r-][w-][x-][ps]$/.test(v) ? undefined : `not like rw-p: ${v}`))
-const devText = text((v) => (/^[0-9a-f]{2,8}:[0-9a-f]{2,8}$/.test(v) ? undefined : `not MAJOR:MINOR in hexadecimal: ${v}`))
-const vmFlagsText = text((v) => (/^([a-z0-9]{2}( [a-z0-9]{2})*)?$/.test(v) ? undefined : `not two-letter flags separated by spaces: ${v}`))
+const permsText = text((v) => (/^[r-][w-][x-][ps]$/.test(v) ? undefined : `not like rw-p: ${JSON.stringify(v)}`))
+const devText = text((v) => (/^[0-9a-f]{2,8}:[0-9a-f]{2,8}$/.test(v) ? undefined : `not MAJOR:MINOR in hexadecimal: ${JSON.stringify(v)}`))
+const vmFlagsText = text((v) => (/^([a-z0-9]{2}( [a-z0-9]{2})*)?$/.test(v) ? undefined : `not two-letter flags separated by spaces: ${JSON.stringify(v)}`))
 const kindText = oneOf(VMA_KINDS)
 const pathText = text()
 

@@ -195,7 +195,7 @@ const rlimitValue: Codec<bigint> = {
   parse: (value) => (value === 'unlimited' ? RLIM_INFINITY : decimalU64.parse(value)),
 }
 const u32Hex = hexNumber(0xffffffff)
-const notifyText = text((v) => (/^(signal|none|thread)\/(pid|tid)\.\d+$/.test(v) ? undefined : `not KIND/pid.N or KIND/tid.N: ${v}`))
+const notifyText = text((v) => (/^(signal|none|thread)\/(pid|tid)\.\d+$/.test(v) ? undefined : `not KIND/pid.N or KIND/tid.N: ${JSON.stringify(v)}`))
 
 // ---------------------------------------------------------------------------------------
 // Tree: the process part of task-PID/
@@ -385,7 +385,7 @@ async function loadActions(dir: SavedDir): Promise<SigAction[]> {
   const actions = await loadEach(ACTION_SIGNALS, async (signal): Promise<SigAction> => {
     const one = await dir.dir(String(signal))
     const name = await one.text('name')
-    if (name !== signalName(signal)) throw one.fail('name', `${name} is not signal ${signal} (${signalName(signal)})`)
+    if (name !== signalName(signal)) throw one.fail('name', `${JSON.stringify(name)} is not signal ${signal} (${signalName(signal)})`)
     const action = {
       signal,
       handler: await readValue(one, 'handler', hexU64),
