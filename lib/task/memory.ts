@@ -161,7 +161,7 @@ export function rangesOf(runs: PagemapRun[], offset: number, length: number): Pa
   return ranges
 }
 
-/** Reads up to this size of readable memory are made synchronously (see readPages). */
+/** Reads up to this size of readable memory are made synchronously (see taskPages). */
 const READ_NOW_MAX = 1 << 20
 
 /**
