@@ -4,9 +4,9 @@
 import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor, userEnv, cliPath } from './lib/mount'
-import { checkpointSaveKill, launch, restoreOk, runChecks, waitUntil, workdir, exists, sleep } from './lib/restore'
+import { checkpointSaveKill, launch, restoreOk, runChecks, waitUntil, workdir, exists, sleep, type Target } from './lib/restore'
 import { buildTarget, threadIds, threadState } from './lib/targets'
 
 const threadsFixture = buildTarget('restore_threads')
@@ -24,6 +24,25 @@ function counts(file: string): Map<string, number[]> {
 
 function gapless(numbers: number[]): boolean {
   return numbers.every((n, i) => i === 0 || n === numbers[i - 1] + 1)
+}
+
+/**
+ * Lets a counting program run, checkpoints it, saves it to DIR/saved, kills and restores it,
+ * waits `ms`, then checks that every counter (`tags`; '' for an untagged one) went on by
+ * more than three with no gap and no repeat.
+ */
+async function countsOnAfterRestore(t: Test, mnt: string, target: Target, log: string, tags: string[], ms: number): Promise<void> {
+  await sleep(300)
+  await checkpointSaveKill(mnt, target.pid, path.join(target.dir, 'saved'))
+  const before = counts(log)
+  restoreOk(mnt, path.join(target.dir, 'saved'), target.pid)
+  await sleep(ms)
+  const after = counts(log)
+  for (const tag of tags) {
+    const name = tag ? `thread ${tag}` : 'the counter'
+    t.ok(after.get(tag)!.length > before.get(tag)!.length + 3, `${name} counts on`)
+    t.ok(gapless(after.get(tag)!), `${name}: no gap, no repeat`)
+  }
 }
 
 t.test('a process with four threads, each blocked its own way, comes back whole', async (t) => {
@@ -86,16 +105,7 @@ t.test('python3 with threads counts on with no gap and no repeat', async (t) => 
   ].join('\n'))
   const target = await launch(t, ['python3', path.join(dir, 'count.py'), log], { dir })
   t.ok(threadIds(target.pid).length >= 3, 'three threads')
-  await sleep(300)
-  await checkpointSaveKill(mnt, target.pid, path.join(dir, 'saved'))
-  const before = counts(log)
-  restoreOk(mnt, path.join(dir, 'saved'), target.pid)
-  await sleep(600)
-  const after = counts(log)
-  for (const tag of ['a', 'b', 'm']) {
-    t.ok(after.get(tag)!.length > before.get(tag)!.length + 3, `thread ${tag} counts on`)
-    t.ok(gapless(after.get(tag)!), `thread ${tag}: no gap, no repeat`)
-  }
+  await countsOnAfterRestore(t, mnt, target, log, ['a', 'b', 'm'], 600)
 })
 
 t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and no repeat', async (t) => {
@@ -113,14 +123,7 @@ t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and n
   ].join('\n'))
   const target = await launch(t, [process.execPath, path.join(dir, 'count.js'), log], { dir })
   t.ok(threadIds(target.pid).length >= 6, `node has ${threadIds(target.pid).length} threads`)
-  await sleep(300)
-  await checkpointSaveKill(mnt, target.pid, path.join(dir, 'saved'))
-  const before = counts(log).get('')!.length
-  restoreOk(mnt, path.join(dir, 'saved'), target.pid)
-  await sleep(800)
-  const after = counts(log).get('')!
-  t.ok(after.length > before + 5, 'counts on after the restore')
-  t.ok(gapless(after), 'no gap, no repeat')
+  await countsOnAfterRestore(t, mnt, target, log, [''], 800)
 })
 
 /** The numbers a single counter appended to `log` after byte `offset`. */

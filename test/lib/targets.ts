@@ -8,13 +8,16 @@ import * as path from 'path'
 export const repo = path.resolve(__dirname, '..', '..')
 const binDir = path.join(repo, 'test', 'fixtures', 'bin')
 
-/** Compiles test/fixtures/NAME.c (or examples/NAME.c) into test/fixtures/bin/NAME when stale. */
+/** Compiles test/fixtures/NAME.c (or examples/NAME.c) into test/fixtures/bin/NAME when it or a fixture header changed. */
 export function buildTarget(name: string, extraFlags: string[] = []): string {
   const src = [path.join(repo, 'test', 'fixtures', `${name}.c`), path.join(repo, 'examples', `${name}.c`)].find((p) => fs.existsSync(p))
   if (!src) throw new Error(`no fixture source for ${name}`)
   fs.mkdirSync(binDir, { recursive: true })
   const out = path.join(binDir, name)
-  if (!fs.existsSync(out) || fs.statSync(out).mtimeMs < fs.statSync(src).mtimeMs) {
+  // The fixtures' shared headers count too: a change to one rebuilds every fixture.
+  const fixtures = path.join(repo, 'test', 'fixtures')
+  const inputs = [src, ...fs.readdirSync(fixtures).filter((f) => f.endsWith('.h')).map((f) => path.join(fixtures, f))]
+  if (!fs.existsSync(out) || inputs.some((input) => fs.statSync(out).mtimeMs < fs.statSync(input).mtimeMs)) {
     execFileSync('gcc', ['-O1', '-g', '-Wall', '-pthread', '-o', out, src, ...extraFlags], { stdio: 'inherit' })
   }
   return out
