@@ -56,7 +56,10 @@ export async function readImage(file: string): Promise<LoadedImage> {
 // ---------------------------------------------------------------------------------------
 // File access
 
-/** Reads a file through a small window, so runs of small records cost one read. */
+/**
+ * Reads a file through a window, so runs of small records cost one read, and records that
+ * lie inside the window are read with no promise at all (a 10,000-fd image has 20,000).
+ */
 class WindowedFile {
   private window: Buffer = Buffer.alloc(0)
   private windowAt = 0
@@ -66,13 +69,31 @@ class WindowedFile {
   /** Bytes [pos, pos + length), clipped at the end of the file; valid until the next call. */
   async bytes(pos: number, length: number): Promise<Buffer> {
     const end = Math.min(this.size, pos + length)
-    if (pos >= this.windowAt && end <= this.windowAt + this.window.length) {
-      return this.window.subarray(pos - this.windowAt, end - this.windowAt)
-    }
+    if (this.holds(pos, end - pos)) return this.window.subarray(pos - this.windowAt, end - this.windowAt)
     if (end - pos > WINDOW) return readExactly(this.handle, pos, end - pos)
+    await this.fill(pos)
+    return this.window.subarray(0, end - pos)
+  }
+
+  /** Whether [pos, pos + length) (clipped at the end of the file) is in the window. */
+  holds(pos: number, length: number): boolean {
+    const end = Math.min(this.size, pos + length)
+    return pos >= this.windowAt && end <= this.windowAt + this.window.length
+  }
+
+  /** Moves the window to start at `pos`. */
+  async fill(pos: number): Promise<void> {
     this.window = await readExactly(this.handle, pos, Math.min(WINDOW, this.size - pos))
     this.windowAt = pos
-    return this.window.subarray(0, end - pos)
+  }
+
+  /** The window's buffer and the file offset of its first byte, for reading in place. */
+  get buffer(): Buffer {
+    return this.window
+  }
+
+  get bufferAt(): number {
+    return this.windowAt
   }
 }
 
@@ -163,6 +184,19 @@ interface FileEntry {
   contents: Contents | undefined
 }
 
+type MetadataKind = Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>
+
+/** A record's tag and length, read; `headBytes` is valid until the window moves. */
+interface RecordHead {
+  kind: RecordKind | undefined
+  where: string
+  at: number
+  headBytes: Buffer
+  bodyAt: number
+  length: number
+  end: number
+}
+
 class ImageReader {
   private readonly schema = imageSchema()
   private readonly counts = new Map<string, number>()
@@ -186,60 +220,79 @@ class ImageReader {
     if (this.file.size === 0) throw new CkptError('image: the file is empty', 'EINVAL')
     for (let pos = 0; pos < this.file.size;) {
       if (this.trailerSeen) throw new CkptError(`image: ${this.file.size - pos} bytes after the trailer, at byte ${pos}`, 'EINVAL')
-      pos = await this.readRecord(pos)
+      if (!this.file.holds(pos, RECORD_HEAD_MAX)) await this.file.fill(pos)
+      const head = this.readHead(pos)
+      // Most records lie inside the window: they are read with no promise.
+      const pending = this.readBody(head)
+      if (pending) await pending
+      pos = head.end
     }
     if (!this.trailerSeen) {
       throw new CkptError(`image: truncated at byte ${this.file.size}: the trailer is missing after ${this.records} records`, 'EINVAL')
     }
   }
 
-  /** Reads the record at `at`; returns where the next one starts. */
-  private async readRecord(at: number): Promise<number> {
-    const head = await this.file.bytes(at, RECORD_HEAD_MAX)
-    const r = new BufferReader(head)
-    let id: number
-    let wire: number
+  /** The tag and length of the record at `at`, which the window holds. */
+  private readHead(at: number): RecordHead {
+    const window = this.file.buffer
+    const headEnd = Math.min(window.length, at - this.file.bufferAt + RECORD_HEAD_MAX)
+    const r = new BufferReader(window, at - this.file.bufferAt, headEnd)
+    let tag: number
     let length: number
     try {
-      ;({ field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), 0))
+      tag = r.smallVarint('tag', 0xffffffff)
+      if (tag < 8) throw new WireError('field number 0', at - this.file.bufferAt)
       length = r.smallVarint('length', Number.MAX_SAFE_INTEGER)
     } catch (err) {
-      if (err instanceof WireError && head.length < RECORD_HEAD_MAX && /past the end/.test(err.message)) {
+      if (err instanceof WireError && this.file.size - at < RECORD_HEAD_MAX && /past the end/.test(err.message)) {
         throw new CkptError(`image: truncated at byte ${this.file.size} (in the record starting at byte ${at})`, 'EINVAL')
       }
-      throw this.refusal(err, `record at byte ${at}`, at)
+      throw this.refusal(err, `record at byte ${at}`, this.file.bufferAt)
     }
+    const id = Math.floor(tag / 8)
+    const wire = tag & 7
     const kind = this.schema.recordKinds.get(id)
     const where = `${kind ? this.label(kind) : `unknown record ${id}`} at byte ${at}`
     if (at === 0 && kind !== 'header') throw new CkptError(`image: not a ckptfs image (it does not start with a header record)`, 'EINVAL')
     if (wire !== WireType.Len) throw new CkptError(`image: ${where}: wire type ${wire}, expected ${WireType.Len}`, 'EINVAL')
-    const bodyAt = at + r.pos
+    const headLength = r.pos - (at - this.file.bufferAt)
+    const bodyAt = at + headLength
     const end = bodyAt + length
     if (end > this.file.size) throw new CkptError(`image: truncated at byte ${this.file.size} (${where} needs ${end - this.file.size} more bytes)`, 'EINVAL')
-    if (kind === 'trailer') {
-      await this.readTrailer(head.subarray(0, r.pos), bodyAt, length, where)
-      return end
-    }
-    this.records++
-    this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
-    if (kind === 'pageChunk' || kind === 'fileChunk') await this.readChunk(kind, bodyAt, end, where)
-    else if (kind === undefined) await this.checksum(bodyAt, length)
-    else {
-      if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
-      const body = await this.file.bytes(bodyAt, length)
-      this.crc = zlib.crc32(body, this.crc)
-      let message
-      try {
-        message = decodeMessage(this.schema[schemaName[kind]], body)
-      } catch (err) {
-        throw this.refusal(err, where, bodyAt)
-      }
-      this.take(kind, new Fields(message, where))
-    }
-    return end
+    const headBytes = window.subarray(at - this.file.bufferAt, at - this.file.bufferAt + headLength)
+    return { kind, where, at, headBytes, bodyAt, length, end }
   }
 
-  private take(kind: Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>, f: Fields): void {
+  /** Reads a record's body: a promise only when it needs the file (chunks, bodies past the window). */
+  private readBody(head: RecordHead): Promise<void> | undefined {
+    const { kind, where, bodyAt, length, end } = head
+    if (kind === 'trailer') return this.readTrailer(head.headBytes, bodyAt, length, where)
+    this.records++
+    this.crc = zlib.crc32(head.headBytes, this.crc)
+    if (kind === 'pageChunk' || kind === 'fileChunk') return this.readChunk(kind, bodyAt, end, where)
+    if (kind === undefined) return this.checksum(bodyAt, length)
+    if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
+    if (this.file.holds(bodyAt, length)) {
+      const start = bodyAt - this.file.bufferAt
+      this.takeBody(kind, this.file.buffer.subarray(start, start + length), bodyAt, where)
+      return undefined
+    }
+    return this.file.bytes(bodyAt, length).then((body) => this.takeBody(kind, body, bodyAt, where))
+  }
+
+  /** Decodes a metadata record's body (found at byte `bodyAt`) and takes it into the model. */
+  private takeBody(kind: MetadataKind, body: Buffer, bodyAt: number, where: string): void {
+    this.crc = zlib.crc32(body, this.crc)
+    let message
+    try {
+      message = decodeMessage(this.schema[schemaName[kind]], body)
+    } catch (err) {
+      throw this.refusal(err, where, bodyAt)
+    }
+    this.take(kind, new Fields(message, where))
+  }
+
+  private take(kind: MetadataKind, f: Fields): void {
     if (kind === 'header') {
       if (this.header) f.fail('header', 'a second header')
       this.header = headerFrom(f)

@@ -35,9 +35,13 @@ export async function planFileRecords(table: FileTable): Promise<PlannedRecord[]
   for (const f of table.files) {
     if (f.notCheckpointable) throw new CkptError(`${where(f)}: ${f.notCheckpointable}`, 'ENOTSUP')
     checkMode(f)
-    const planned = await handlerOf(f).planRestore?.(f, { table })
-    if (!planned) throw new CkptError(`${where(f)}: ${f.type} files cannot be restored yet`, 'ENOTSUP')
-    records.push(...[planned].flat())
+    const handler = handlerOf(f)
+    if (!handler.planRestore) throw new CkptError(`${where(f)}: ${f.type} files cannot be restored yet`, 'ENOTSUP')
+    // Most handlers plan synchronously: no promise for each of 10,000 /dev/null fds.
+    const result = handler.planRestore(f, { table })
+    const planned = result instanceof Promise ? await result : result
+    if (Array.isArray(planned)) records.push(...planned)
+    else records.push(planned)
   }
   return records
 }
