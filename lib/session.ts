@@ -64,10 +64,19 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   /** Ends every checkpoint (frozen tasks resume) and removes what the restore area holds. */
+  /** Resumes every frozen task and forgets the checkpoints. */
   async close(): Promise<void> {
     const all = [...this.checkpoints.values()]
     this.checkpoints.clear()
     await Promise.allSettled(all.map((c) => c.end('resume')))
+  }
+
+  /**
+   * Removes the restore area's backing files. Called once the mount is gone: with trees of
+   * many small files this takes long on a disk that discards each freed block (minutes for
+   * a few 10,000-fd trees on this machine), and the mount should not linger meanwhile.
+   */
+  disposeRestoreArea(): void {
     this.restore.dispose()
   }
 

@@ -187,11 +187,21 @@ async function umount(parsed: Parsed): Promise<void> {
     return
   }
   for (const pid of servers) process.kill(pid, 'SIGTERM')
-  for (let waited = 0; servers.some((pid) => fs.existsSync(`/proc/${pid}`)); waited += 50) {
-    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${servers.join(', ')}) did not exit within 30 s`)
+  const running = () => servers.some((pid) => fs.existsSync(`/proc/${pid}`))
+  for (let waited = 0; running() && ckptfsMounts().includes(mnt); waited += 50) {
+    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${servers.join(', ')}) did not unmount within 30 s`)
     await sleep(50)
   }
   if (ckptfsMounts().includes(mnt)) await forceUnmount(mnt)
+  // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
+  let told = false
+  for (let waited = 0; running(); waited += 50) {
+    if (waited === 2_000 && !told) {
+      process.stderr.write(`ckptfs umount: ${mnt} is unmounted; waiting for its server to remove the files copied into restore/\n`)
+      told = true
+    }
+    await sleep(50)
+  }
 }
 
 async function checkpoint(parsed: Parsed): Promise<void> {

@@ -67,12 +67,13 @@ export class Server {
     this.fuse = fuse
   }
 
-  /** Thaws every frozen task, unmounts, and removes the restore area's backing files. */
+  /** Thaws every frozen task, unmounts, then removes the restore area's backing files. */
   async close(): Promise<void> {
     await this.session.close()
     const fuse = this.fuse
     this.fuse = undefined
     if (fuse) await new Promise<void>((resolve) => fuse.unmount(() => resolve()))
+    this.session.disposeRestoreArea()
   }
 
   // ---- path resolution ----

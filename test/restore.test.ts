@@ -75,7 +75,7 @@ t.test('memory: every mapping, its contents, brk, the mm fields and the vdso', a
   t.same(layout, layoutOf(path.join(task, 'memory', 'maps')), 'every mapping is back with its address, protection, offset, file and flags')
 
   expectChecks(t, await runChecks(target), [
-    'maps', 'anonymous', 'untouched page reads zero', 'read-only contents', 'PROT_NONE contents', '4 MiB region', 'MAP_NORESERVE region',
+    'maps', 'anonymous', 'untouched page reads zero', 'read-only contents', 'PROT_NONE contents', '4 MiB region', 'MADV_HUGEPAGE region', 'MAP_NORESERVE region',
     'MAP_NORESERVE flag', 'DONTFORK/DONTDUMP flags', 'DONTFORK contents', 'shared anonymous contents', 'shared anonymous is shared',
     'private file mapping: dirty page', 'private file mapping: clean pages', 'private file mapping: a clean page shows the file',
     'private file mapping: the dirty page stays private', 'shared file mapping contents', 'shared file mapping writes reach the file', 'heap blocks', 'brk',

@@ -274,40 +274,35 @@ function readScalar(field: FieldSchema, wire: number, r: BufferReader, tagAt: nu
     expectWire(wire, WireType.Len, tagAt)
     const length = r.smallVarint('length', r.end - r.pos)
     const bytesAt = r.pos
-    const data = r.bytes(length)
     // Copied, so a decoded message never pins the read buffer it came from.
-    if (field.kind === 'bytes') return Buffer.from(data)
-    try {
-      return utf8.decode(data)
-    } catch {
-      throw new WireError('not valid UTF-8', bytesAt)
-    }
+    if (field.kind === 'bytes') return Buffer.from(r.bytes(length))
+    r.bytes(length)
+    return utf8String(r.buf, bytesAt, bytesAt + length)
   }
   expectWire(wire, WireType.Varint, tagAt)
   const valueAt = r.pos
   // A number below 2^49, or a bigint (longer varints: negative int32/int64, large uint64).
   const raw = r.uint()
-  const outOfRange = (shown: bigint | number = raw) => new WireError(`${field.kind} value ${shown} is out of range`, valueAt)
   switch (field.kind) {
     case 'uint32':
-      if (typeof raw !== 'number' || raw > U32_MAX) throw outOfRange()
+      if (typeof raw !== 'number' || raw > U32_MAX) throw outOfRange(field, raw, valueAt)
       return raw
     case 'int32': {
       if (typeof raw === 'number') {
-        if (raw > I32_MAX) throw outOfRange()
+        if (raw > I32_MAX) throw outOfRange(field, raw, valueAt)
         return raw
       }
       // Negative int32 values are sign-extended to ten bytes.
       const signed = BigInt.asIntN(64, raw)
-      if (signed < BigInt(I32_MIN) || signed > BigInt(I32_MAX)) throw outOfRange(signed)
+      if (signed < BigInt(I32_MIN) || signed > BigInt(I32_MAX)) throw outOfRange(field, signed, valueAt)
       return Number(signed)
     }
     case 'uint64':
-      return typeof raw === 'number' ? BigInt(raw) : raw
+      return typeof raw === 'number' ? bigintOf(raw) : raw
     case 'int64':
-      return typeof raw === 'number' ? BigInt(raw) : BigInt.asIntN(64, raw)
+      return typeof raw === 'number' ? bigintOf(raw) : BigInt.asIntN(64, raw)
     case 'bool':
-      if (raw !== 0 && raw !== 1) throw outOfRange()
+      if (raw !== 0 && raw !== 1) throw outOfRange(field, raw, valueAt)
       return raw === 1
     case 'enum': {
       const name = typeof raw === 'number' && raw <= U32_MAX ? field.enumSchema!.byNumber.get(raw) : undefined
@@ -316,6 +311,40 @@ function readScalar(field: FieldSchema, wire: number, r: BufferReader, tagAt: nu
     }
     default:
       throw new WireError(`unexpected ${field.kind}`, valueAt)
+  }
+}
+
+function outOfRange(field: FieldSchema, value: number | bigint, at: number): WireError {
+  return new WireError(`${field.kind} value ${value} is out of range`, at)
+}
+
+/**
+ * Small values as shared bigints (bigints are immutable): offsets, counts and flags are mostly
+ * small, and every bigint is a heap object that a 10,000-fd image would otherwise keep by
+ * the tens of thousands.
+ */
+const SMALL_BIGINTS = Array.from({ length: 4096 }, (_, i) => BigInt(i))
+function bigintOf(n: number): bigint {
+  return n < SMALL_BIGINTS.length ? SMALL_BIGINTS[n] : BigInt(n)
+}
+
+/**
+ * buf[start, end) as UTF-8, refused when it is not valid. ASCII (nearly every path and name)
+ * is read in place; anything else goes through the strict decoder.
+ */
+function utf8String(buf: Buffer, start: number, end: number): string {
+  let ascii = true
+  for (let i = start; i < end; i++) {
+    if (buf[i] >= 0x80) {
+      ascii = false
+      break
+    }
+  }
+  if (ascii) return buf.toString('latin1', start, end)
+  try {
+    return utf8.decode(buf.subarray(start, end))
+  } catch {
+    throw new WireError('not valid UTF-8', start)
   }
 }
 

@@ -10,7 +10,7 @@ import { CkptError, messageOf } from '../errors'
 import { clipped, intoSource, type ByteSource, type FileExtent, type FdEntry, type FileDescription, type FileTable, type Pid, type ProcessState, type TaskImage, type ThreadState, type Vma } from '../model'
 import { decodeMessage } from './codec'
 import {
-  descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, threadFrom, vmaFrom,
+  descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, RecordPlace, threadFrom, vmaFrom,
   type ImageHeader, type RecordedVma,
 } from './records'
 import { CHUNK_SIZE, imageSchema, type ChunkFields, type RecordKind } from './schema'
@@ -35,6 +35,10 @@ const MAX_RECORD = 16 << 20
 /** A record's tag and length fit in 15 bytes (5 + 10). */
 const RECORD_HEAD_MAX = 15
 const WINDOW = 16 << 10
+/** A chunk's fields before its data (key, offset, data's tag and length) fit in this. */
+const CHUNK_FIELDS_READ = 64
+/** Reading yields to the event loop this often (a 10,000-fd image takes 60-250 ms). */
+const YIELD_AFTER_MS = 20
 
 export async function readImage(file: string): Promise<LoadedImage> {
   // O_NONBLOCK: a FIFO given as the image must be refused below, not wait for a writer in open().
@@ -59,19 +63,28 @@ export async function readImage(file: string): Promise<LoadedImage> {
 /**
  * Reads a file through a window, so runs of small records cost one read, and records that
  * lie inside the window are read with no promise at all (a 10,000-fd image has 20,000).
+ * Reads are synchronous, as the tree loader's are (lib/files/saved.ts): the server reads
+ * only images in its restore area, a local directory, and a read of one window costs a few
+ * microseconds where a thread-pool round trip cost tens (a 1 GiB image has 1,024 chunks,
+ * one read each).
  */
 class WindowedFile {
-  private window: Buffer = Buffer.alloc(0)
+  /** The window's memory, reused by every fill. */
+  private readonly store = Buffer.allocUnsafe(WINDOW)
+  private window: Buffer = this.store.subarray(0, 0)
   private windowAt = 0
 
   constructor(private readonly handle: fs.promises.FileHandle, readonly size: number) {}
 
-  /** Bytes [pos, pos + length), clipped at the end of the file; valid until the next call. */
-  async bytes(pos: number, length: number): Promise<Buffer> {
+  /**
+   * Bytes [pos, pos + length), clipped at the end of the file; valid until the next call.
+   * When the window must move, it reads `readAhead` bytes (at least `length`).
+   */
+  bytes(pos: number, length: number, readAhead = WINDOW): Buffer {
     const end = Math.min(this.size, pos + length)
     if (this.holds(pos, end - pos)) return this.window.subarray(pos - this.windowAt, end - this.windowAt)
     if (end - pos > WINDOW) return readExactly(this.handle, pos, end - pos)
-    await this.fill(pos)
+    this.fill(pos, Math.max(end - pos, readAhead))
     return this.window.subarray(0, end - pos)
   }
 
@@ -81,9 +94,11 @@ class WindowedFile {
     return pos >= this.windowAt && end <= this.windowAt + this.window.length
   }
 
-  /** Moves the window to start at `pos`. */
-  async fill(pos: number): Promise<void> {
-    this.window = await readExactly(this.handle, pos, Math.min(WINDOW, this.size - pos))
+  /** Moves the window to start at `pos`, reading `size` bytes (at most WINDOW). */
+  fill(pos: number, size = WINDOW): void {
+    const length = Math.min(size, WINDOW, this.size - pos)
+    readExactly(this.handle, pos, length, this.store, 0)
+    this.window = this.store.subarray(0, length)
     this.windowAt = pos
   }
 
@@ -97,9 +112,9 @@ class WindowedFile {
   }
 }
 
-async function readExactly(handle: fs.promises.FileHandle, pos: number, length: number, into: Buffer = Buffer.allocUnsafe(length), intoAt = 0): Promise<Buffer> {
+function readExactly(handle: fs.promises.FileHandle, pos: number, length: number, into: Buffer = Buffer.allocUnsafe(length), intoAt = 0): Buffer {
   for (let done = 0; done < length;) {
-    const { bytesRead } = await handle.read(into, intoAt + done, length - done, pos + done)
+    const bytesRead = fs.readSync(handle.fd, into, intoAt + done, length - done, pos + done)
     if (bytesRead === 0) throw new CkptError(`image: the file ended at byte ${pos + done} while being read (did it change?)`)
     done += bytesRead
   }
@@ -121,7 +136,12 @@ class ImageFile {
       this.unchanged(await handle.stat({ bigint: true }))
       let filled = intoAt
       for (const range of ranges) {
-        await readExactly(handle, range.at, range.length, into, filled)
+        // Contents may be large (an unlinked file's whole data): read off the main thread.
+        for (let done = 0; done < range.length;) {
+          const { bytesRead } = await handle.read(into, filled + done, range.length - done, range.at + done)
+          if (bytesRead === 0) throw new CkptError(`image: the file ended at byte ${range.at + done} while being read (did it change?)`)
+          done += bytesRead
+        }
         filled += range.length
       }
     } finally {
@@ -174,13 +194,13 @@ interface Contents {
 
 interface VmaEntry {
   vma: RecordedVma
-  where: string
+  where: RecordPlace
   contents: Contents
 }
 
 interface FileEntry {
   description: FileDescription
-  where: string
+  where: RecordPlace
   contents: Contents | undefined
 }
 
@@ -189,9 +209,9 @@ type MetadataKind = Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>
 /** A record's tag and length, read; `headBytes` is valid until the window moves. */
 interface RecordHead {
   kind: RecordKind | undefined
-  where: string
+  where: RecordPlace
   at: number
-  headBytes: Buffer
+  headLength: number
   bodyAt: number
   length: number
   end: number
@@ -199,7 +219,7 @@ interface RecordHead {
 
 class ImageReader {
   private readonly schema = imageSchema()
-  private readonly counts = new Map<string, number>()
+  private readonly counts = new Map<RecordKind, number>()
   private records = 0
   private crc = 0
   private pageBytes = 0
@@ -208,23 +228,31 @@ class ImageReader {
   private announced = 0
   private header: ImageHeader | undefined
   private process: ProcessState | undefined
-  private readonly threads: Array<{ thread: ThreadState; where: string }> = []
+  private readonly threads: Array<{ thread: ThreadState; where: RecordPlace }> = []
   private readonly files = new Map<number, FileEntry>()
-  private readonly fds: Array<{ fd: FdEntry; where: string }> = []
+  private readonly fds: Array<{ fd: FdEntry; where: RecordPlace }> = []
   private readonly vmas = new Map<bigint, VmaEntry>()
   private trailerSeen = false
+  /** Bytes read with a record's head: little after a chunk (what follows is likely another chunk and its data). */
+  private readAhead = WINDOW
 
   constructor(private readonly file: WindowedFile) {}
 
   async readAll(): Promise<void> {
     if (this.file.size === 0) throw new CkptError('image: the file is empty', 'EINVAL')
+    let ranSince = performance.now()
     for (let pos = 0; pos < this.file.size;) {
       if (this.trailerSeen) throw new CkptError(`image: ${this.file.size - pos} bytes after the trailer, at byte ${pos}`, 'EINVAL')
-      if (!this.file.holds(pos, RECORD_HEAD_MAX)) await this.file.fill(pos)
+      if (!this.file.holds(pos, RECORD_HEAD_MAX)) {
+        this.file.fill(pos, this.readAhead)
+        // Let the mount answer other requests now and then while a big image is read.
+        if (performance.now() - ranSince > YIELD_AFTER_MS) {
+          await new Promise((resolve) => setImmediate(resolve))
+          ranSince = performance.now()
+        }
+      }
       const head = this.readHead(pos)
-      // Most records lie inside the window: they are read with no promise.
-      const pending = this.readBody(head)
-      if (pending) await pending
+      this.readBody(head)
       pos = head.end
     }
     if (!this.trailerSeen) {
@@ -252,42 +280,56 @@ class ImageReader {
     const id = Math.floor(tag / 8)
     const wire = tag & 7
     const kind = this.schema.recordKinds.get(id)
-    const where = `${kind ? this.label(kind) : `unknown record ${id}`} at byte ${at}`
+    const where = kind ? this.place(kind, at) : new RecordPlace(`unknown record ${id}`, 0, at)
     if (at === 0 && kind !== 'header') throw new CkptError(`image: not a ckptfs image (it does not start with a header record)`, 'EINVAL')
     if (wire !== WireType.Len) throw new CkptError(`image: ${where}: wire type ${wire}, expected ${WireType.Len}`, 'EINVAL')
     const headLength = r.pos - (at - this.file.bufferAt)
     const bodyAt = at + headLength
     const end = bodyAt + length
     if (end > this.file.size) throw new CkptError(`image: truncated at byte ${this.file.size} (${where} needs ${end - this.file.size} more bytes)`, 'EINVAL')
-    const headBytes = window.subarray(at - this.file.bufferAt, at - this.file.bufferAt + headLength)
-    return { kind, where, at, headBytes, bodyAt, length, end }
+    return { kind, where, at, headLength, bodyAt, length, end }
   }
 
-  /** Reads a record's body: a promise only when it needs the file (chunks, bodies past the window). */
-  private readBody(head: RecordHead): Promise<void> | undefined {
+  /** Feeds a record's tag and length to the checksum; the window still holds them. */
+  private checksumHead(head: RecordHead): Buffer {
+    const start = head.at - this.file.bufferAt
+    const bytes = this.file.buffer.subarray(start, start + head.headLength)
+    this.crc = zlib.crc32(bytes, this.crc)
+    return bytes
+  }
+
+  /** Reads a record's body. */
+  private readBody(head: RecordHead): void {
     const { kind, where, bodyAt, length, end } = head
-    if (kind === 'trailer') return this.readTrailer(head.headBytes, bodyAt, length, where)
+    if (kind === 'trailer') return this.readTrailer(head.headLength, bodyAt, length, where)
     this.records++
-    this.crc = zlib.crc32(head.headBytes, this.crc)
+    if (kind !== 'pageChunk' && kind !== 'fileChunk' && kind !== undefined && this.file.holds(head.at, end - head.at)) {
+      // The common case: a metadata record inside the window, read in place, head and body
+      // checksummed at once.
+      if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
+      const window = this.file.buffer
+      const start = head.at - this.file.bufferAt
+      this.crc = zlib.crc32(window.subarray(start, start + head.headLength + length), this.crc)
+      this.takeBody(kind, window, start + head.headLength, start + head.headLength + length, bodyAt, where)
+      return
+    }
+    this.checksumHead(head)
+    this.readAhead = kind === 'pageChunk' || kind === 'fileChunk' ? CHUNK_FIELDS_READ : WINDOW
     if (kind === 'pageChunk' || kind === 'fileChunk') return this.readChunk(kind, bodyAt, end, where)
     if (kind === undefined) return this.checksum(bodyAt, length)
     if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
-    if (this.file.holds(bodyAt, length)) {
-      const start = bodyAt - this.file.bufferAt
-      this.takeBody(kind, this.file.buffer.subarray(start, start + length), bodyAt, where)
-      return undefined
-    }
-    return this.file.bytes(bodyAt, length).then((body) => this.takeBody(kind, body, bodyAt, where))
+    const body = this.file.bytes(bodyAt, length)
+    this.crc = zlib.crc32(body, this.crc)
+    this.takeBody(kind, body, 0, body.length, bodyAt, where)
   }
 
-  /** Decodes a metadata record's body (found at byte `bodyAt`) and takes it into the model. */
-  private takeBody(kind: MetadataKind, body: Buffer, bodyAt: number, where: string): void {
-    this.crc = zlib.crc32(body, this.crc)
+  /** Decodes a metadata record's body, buf[start, end), found at byte `bodyAt` of the file. */
+  private takeBody(kind: MetadataKind, buf: Buffer, start: number, end: number, bodyAt: number, where: RecordPlace): void {
     let message
     try {
-      message = decodeMessage(this.schema[schemaName[kind]], body)
+      message = decodeMessage(this.schema[schemaName[kind]], buf, start, end)
     } catch (err) {
-      throw this.refusal(err, where, bodyAt)
+      throw this.refusal(err, where, bodyAt - start)
     }
     this.take(kind, new Fields(message, where))
   }
@@ -336,13 +378,13 @@ class ImageReader {
   }
 
   /** A chunk record, read field by field so its data is skipped, not read. */
-  private async readChunk(kind: 'pageChunk' | 'fileChunk', bodyAt: number, end: number, where: string): Promise<void> {
+  private readChunk(kind: 'pageChunk' | 'fileChunk', bodyAt: number, end: number, where: RecordPlace): void {
     const fields: ChunkFields = this.schema.chunks[kind]
     let key: bigint | undefined
     let offset: bigint | undefined
     let data: { at: number; length: number } | undefined
     for (let pos = bodyAt; pos < end;) {
-      const head = await this.file.bytes(pos, Math.min(end - pos, RECORD_HEAD_MAX))
+      const head = this.file.bytes(pos, Math.min(end - pos, RECORD_HEAD_MAX), CHUNK_FIELDS_READ)
       const r = new BufferReader(head)
       try {
         const { field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), 0)
@@ -369,7 +411,7 @@ class ImageReader {
         if (wire === WireType.Len) {
           const length = r.smallVarint('length', end - pos - r.pos)
           this.crc = zlib.crc32(head.subarray(0, r.pos), this.crc)
-          await this.checksum(pos + r.pos, length)
+          this.checksum(pos + r.pos, length)
           pos += r.pos + length
           continue
         }
@@ -400,12 +442,12 @@ class ImageReader {
     else this.fileBytes += data.length
   }
 
-  private async readTrailer(head: Buffer, bodyAt: number, length: number, where: string): Promise<void> {
-    const trailerAt = bodyAt - head.length
+  private readTrailer(headLength: number, bodyAt: number, length: number, where: RecordPlace): void {
+    const trailerAt = bodyAt - headLength
     if (length > 4096) throw new CkptError(`image: ${where}: ${length} bytes, too large for a trailer`, 'EINVAL')
     let f: Fields
     try {
-      f = new Fields(decodeMessage(this.schema.Trailer, await this.file.bytes(bodyAt, length)), where)
+      f = new Fields(decodeMessage(this.schema.Trailer, this.file.bytes(bodyAt, length)), where)
     } catch (err) {
       throw this.refusal(err, where, bodyAt)
     }
@@ -422,22 +464,22 @@ class ImageReader {
   }
 
   /** Feeds bytes that are not kept (unknown records and fields) to the checksum. */
-  private async checksum(at: number, length: number): Promise<void> {
+  private checksum(at: number, length: number): void {
     for (let pos = at; pos < at + length;) {
-      const piece = await this.file.bytes(pos, Math.min(CHUNK_SIZE, at + length - pos))
+      const piece = this.file.bytes(pos, Math.min(CHUNK_SIZE, at + length - pos))
       this.crc = zlib.crc32(piece, this.crc)
       pos += piece.length
     }
   }
 
-  /** "vma #3": the n-th record of its kind. */
-  private label(kind: RecordKind): string {
+  /** "vma #3 at byte 1234": the n-th record of its kind. */
+  private place(kind: RecordKind, at: number): RecordPlace {
     const n = (this.counts.get(kind) ?? 0) + 1
     this.counts.set(kind, n)
-    return `${recordNames[kind]} #${n}`
+    return new RecordPlace(recordNames[kind], n, at)
   }
 
-  private refusal(err: unknown, where: string, base: number): Error {
+  private refusal(err: unknown, where: RecordPlace | string, base: number): Error {
     if (err instanceof WireError) return new CkptError(`image: ${where}: ${err.message} (byte ${base + err.at})`, 'EINVAL')
     return err instanceof Error ? err : new CkptError(messageOf(err))
   }

@@ -31,6 +31,8 @@ const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
 const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
 const MADVISE_BY_FLAG: Record<string, number> = { dc: 10 /* DONTFORK */, dd: 16 /* DONTDUMP */, hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */ }
+/** Advice given before the pages are faulted in (it decides their size), not at the end. */
+const HUGEPAGE_FLAGS = new Set(['hg', 'nh'])
 
 /** Index of each register in struct user_regs_struct (x86-64), in 8-byte words. */
 export const REG = { rax: 10, orig_rax: 15, rip: 16, rsp: 19, fs_base: 21, gs_base: 22 } as const
@@ -286,7 +288,16 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
   await inject(pid, layout, calls)
 
   // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
+  //    A mapping that had huge pages allowed or refused (VmFlags hg, nh) gets that advice
+  //    before it is faulted in, so its pages come back the same size: 2 MiB pages also fault
+  //    and fill about ten times faster here (../shared/notes/restore-pitfalls.md, section 8).
   const populate: Call[] = []
+  for (const v of vmas) {
+    if (SPECIAL.has(v.path) || v.kind === 'vsyscall') continue
+    for (const flag of v.vmFlags.split(' ')) {
+      if (HUGEPAGE_FLAGS.has(flag)) populate.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(MADVISE_BY_FLAG[flag])], what: `madvise ${vmaName(v)} ${flag}` })
+    }
+  }
   for (const v of vmas) {
     for (const run of v.stored) {
       if (run.length >= 1n << 20n) populate.push({ nr: SYS.madvise, args: [v.start + run.offset, run.length, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
@@ -306,7 +317,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
     if (prot !== initialProt(v)) finish.push({ nr: SYS.mprotect, args: [v.start, v.end - v.start, BigInt(prot)], what: `mprotect ${vmaName(v)} ${v.perms}` })
     for (const flag of v.vmFlags.split(' ')) {
       const advice = MADVISE_BY_FLAG[flag]
-      if (advice !== undefined) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
+      if (advice !== undefined && !HUGEPAGE_FLAGS.has(flag)) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
     }
   }
   await inject(pid, layout, finish)
