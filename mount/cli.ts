@@ -194,12 +194,9 @@ async function umount(parsed: Parsed): Promise<void> {
   }
   if (ckptfsMounts().includes(mnt)) await forceUnmount(mnt)
   // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
-  let told = false
   for (let waited = 0; running(); waited += 50) {
-    if (waited === 2_000 && !told) {
-      process.stderr.write(`ckptfs umount: ${mnt} is unmounted; waiting for its server to remove the files copied into restore/\n`)
-      told = true
-    }
+    if (waited === 2_000) process.stderr.write(`ckptfs umount: ${mnt} is unmounted; waiting for its server to remove the files copied into restore/\n`)
+    if (waited > 600_000) throw new CkptError(`${mnt} is unmounted, but its server (pid ${servers.join(', ')}) is still removing ${restoreBackingOf(mnt)} after 10 minutes`)
     await sleep(50)
   }
 }

@@ -215,7 +215,7 @@ t.test('the file table: numbers, flags, close-on-exec, sharing, offsets, unlinke
     ...[0, 1, 2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 900].map((fd) => `fd ${fd}`),
     'dup shares the offset', 'separate open keeps its offset', 'O_APPEND', 'read-only stays read-only (ro.txt)', 'read-only stays read-only (data.txt)',
     'O_TRUNC not applied again', 'directory fd lists its entries', 'unlinked file', 'unlinked file offset', '/dev/null', '/dev/zero', 'fd 900',
-    'pipe keeps its bytes', 'pipe read end is non-blocking', 'pipe ends are connected', 'fifo keeps its bytes', 'fifo ends are connected', 'eventfd counter',
+    'pipe keeps its bytes', 'pipe read end is non-blocking', 'pipe ends are connected', 'pipe with swapped ends and a dup', 'fifo keeps its bytes', 'fifo ends are connected', 'eventfd counter',
     'eventfd semaphore', 'memfd', 'stdout and stderr append',
   ])
   const text = target.text()
