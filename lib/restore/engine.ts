@@ -63,6 +63,11 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   try {
     // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
     const layout = new Layout(vmas, mappedRanges(pid))
+    await mapCodePage(pid, layout)
+    // Every thread takes its ID now, before the slow parts: until then a process starting
+    // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
+    for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
+    timer.mark('threads created')
     await restoreMemory(pid, vmas, proc, layout, timer)
     await restoreProcessState(pid, proc, layout)
     timer.mark('process state')
@@ -239,14 +244,17 @@ function readStubMaps(pid: number): StubMaps {
   return { special }
 }
 
-async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
-  // 1. A page of our own with a `syscall` instruction: the vdso's moves below.
+/** A page of our own with a `syscall` instruction: for the vdso's moves, and for new threads to wait on. */
+async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   const [code] = (await native.injectBatch(pid, 0, null, [{ nr: SYS.mmap, args: [layout.codeAddr, PAGE, BigInt(PROT_READ | PROT_WRITE | PROT_EXEC), BigInt(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1n, 0n] }])).results
   if (code !== layout.codeAddr) throw new CkptError(`restore: map the restorer's code page at ${layout.codeAddr.toString(16)}: ${code < 0n ? errnoText(Number(-code)) : `got ${code.toString(16)}`}`)
   // `syscall`, then `jmp .`: a thread made by an injected clone3 returns there and spins
   // in place until it is seized (createThread).
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
+}
 
+async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
+  // 1. (mapCodePage, before the threads were created.)
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
   const keep: Array<[bigint, bigint]> = [[layout.codeAddr, layout.codeAddr + PAGE], [layout.scratchAddr, layout.scratchAddr + Layout.SCRATCH]]
@@ -651,8 +659,8 @@ export function restartFixup(regs: Buffer): Buffer {
 
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // VM FS FILES SIGHAND THREAD SYSVSEM
 
+/** The threads exist already (created right after the stub, stopped): their state, then the process's. */
 async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
-  for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
   await restorePosixTimers(pid, proc, layout)
   await restoreCredentials(pid, proc, threads, layout)
