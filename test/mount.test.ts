@@ -170,6 +170,21 @@ t.test('a server killed with SIGKILL leaves no task frozen', async (t) => {
   t.notOk(fs.existsSync(backing), 'and the restore area the server left behind')
 })
 
+t.test('umount unmounts first, then the server removes what was copied into restore/ and exits', async (t) => {
+  const mnt = mountFor(t)
+  const server = execFileSync('pgrep', ['-f', `mount ${mnt} --foreground`], { encoding: 'utf8' }).trim().split('\n').map(Number)
+  t.equal(server.length, 1)
+  fs.mkdirSync(path.join(mnt, 'restore', 'copied'))
+  fs.mkdirSync(path.join(mnt, 'restore', 'copied', 'sub'))
+  for (let i = 0; i < 200; i++) fs.writeFileSync(path.join(mnt, 'restore', 'copied', 'sub', `f${i}`), `${i}\n`)
+  const backing = restoreBackingOf(mnt)
+  t.equal(fs.readdirSync(path.join(backing, 'copied', 'sub')).length, 200, 'the copy lives in the backing directory')
+  ckptfsOk('umount', mnt)
+  t.notOk(mounted(mnt), 'unmounted')
+  t.notOk(fs.existsSync(backing), 'the copied files are gone')
+  t.notOk(fs.existsSync(`/proc/${server[0]}`), 'and the server has exited when umount returns')
+})
+
 t.test('a reader that dies mid-read changes nothing', async (t) => {
   const mnt = mountFor(t)
   const target = await spinnerTarget(t, 1, 256)
