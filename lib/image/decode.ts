@@ -233,6 +233,9 @@ class ImageReader {
   private readonly fds: Array<{ fd: FdEntry; where: RecordPlace }> = []
   private readonly vmas = new Map<bigint, VmaEntry>()
   private trailerSeen = false
+  /** File bytes [unsummedFrom, unsummedTo), in the window, read but not yet fed to the checksum. */
+  private unsummedFrom = 0
+  private unsummedTo = 0
   /** Bytes read with a record's head: little after a chunk (what follows is likely another chunk and its data). */
   private readAhead = WINDOW
 
@@ -244,6 +247,7 @@ class ImageReader {
     for (let pos = 0; pos < this.file.size;) {
       if (this.trailerSeen) throw new CkptError(`image: ${this.file.size - pos} bytes after the trailer, at byte ${pos}`, 'EINVAL')
       if (!this.file.holds(pos, RECORD_HEAD_MAX)) {
+        this.flushChecksum()
         this.file.fill(pos, this.readAhead)
         // Let the mount answer other requests now and then while a big image is read.
         if (performance.now() - ranSince > YIELD_AFTER_MS) {
@@ -290,6 +294,19 @@ class ImageReader {
     return { kind, where, at, headLength, bodyAt, length, end }
   }
 
+  /**
+   * Feeds the run of metadata records read in place to the checksum: one call per window
+   * rather than two per record (records are contiguous; a 10,000-fd image has 20,000).
+   * Called before anything else is fed, and before the window moves.
+   */
+  private flushChecksum(): void {
+    if (this.unsummedTo > this.unsummedFrom) {
+      const at = this.file.bufferAt
+      this.crc = zlib.crc32(this.file.buffer.subarray(this.unsummedFrom - at, this.unsummedTo - at), this.crc)
+    }
+    this.unsummedFrom = this.unsummedTo = 0
+  }
+
   /** Feeds a record's tag and length to the checksum; the window still holds them. */
   private checksumHead(head: RecordHead): Buffer {
     const start = head.at - this.file.bufferAt
@@ -301,18 +318,25 @@ class ImageReader {
   /** Reads a record's body. */
   private readBody(head: RecordHead): void {
     const { kind, where, bodyAt, length, end } = head
-    if (kind === 'trailer') return this.readTrailer(head.headLength, bodyAt, length, where)
+    if (kind === 'trailer') {
+      this.flushChecksum()
+      return this.readTrailer(head.headLength, bodyAt, length, where)
+    }
     this.records++
     if (kind !== 'pageChunk' && kind !== 'fileChunk' && kind !== undefined && this.file.holds(head.at, end - head.at)) {
-      // The common case: a metadata record inside the window, read in place, head and body
-      // checksummed at once.
+      // The common case: a metadata record inside the window, read in place; its bytes join
+      // the run the checksum is fed at once.
       if (length > MAX_RECORD) throw new CkptError(`image: ${where}: ${length} bytes, more than the ${MAX_RECORD} a record may have`, 'EINVAL')
-      const window = this.file.buffer
+      if (this.unsummedTo !== head.at) {
+        this.flushChecksum()
+        this.unsummedFrom = head.at
+      }
+      this.unsummedTo = end
       const start = head.at - this.file.bufferAt
-      this.crc = zlib.crc32(window.subarray(start, start + head.headLength + length), this.crc)
-      this.takeBody(kind, window, start + head.headLength, start + head.headLength + length, bodyAt, where)
+      this.takeBody(kind, this.file.buffer, start + head.headLength, start + head.headLength + length, bodyAt, where)
       return
     }
+    this.flushChecksum()
     this.checksumHead(head)
     this.readAhead = kind === 'pageChunk' || kind === 'fileChunk' ? CHUNK_FIELDS_READ : WINDOW
     if (kind === 'pageChunk' || kind === 'fileChunk') return this.readChunk(kind, bodyAt, end, where)
