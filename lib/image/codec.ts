@@ -194,6 +194,7 @@ function readInto(message: Message, schema: MessageSchema, r: BufferReader, wher
     const tagAt = r.pos
     let name: string | undefined
     try {
+      // splitTag (wire.ts) by hand: this runs for every field of every record.
       const tag = r.smallVarint('tag', U32_MAX)
       const id = Math.floor(tag / 8)
       if (id === 0) throw new WireError('field number 0', tagAt)

@@ -206,7 +206,7 @@ interface FileEntry {
 
 type MetadataKind = Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>
 
-/** A record's tag and length, read; `headBytes` is valid until the window moves. */
+/** A record's kind, place and extent, from its tag and length. */
 interface RecordHead {
   kind: RecordKind | undefined
   where: RecordPlace
@@ -269,11 +269,11 @@ class ImageReader {
     const window = this.file.buffer
     const headEnd = Math.min(window.length, at - this.file.bufferAt + RECORD_HEAD_MAX)
     const r = new BufferReader(window, at - this.file.bufferAt, headEnd)
-    let tag: number
+    let id: number
+    let wire: number
     let length: number
     try {
-      tag = r.smallVarint('tag', 0xffffffff)
-      if (tag < 8) throw new WireError('field number 0', at - this.file.bufferAt)
+      ;({ field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), at - this.file.bufferAt))
       length = r.smallVarint('length', Number.MAX_SAFE_INTEGER)
     } catch (err) {
       if (err instanceof WireError && this.file.size - at < RECORD_HEAD_MAX && /past the end/.test(err.message)) {
@@ -281,8 +281,6 @@ class ImageReader {
       }
       throw this.refusal(err, `record at byte ${at}`, this.file.bufferAt)
     }
-    const id = Math.floor(tag / 8)
-    const wire = tag & 7
     const kind = this.schema.recordKinds.get(id)
     const where = kind ? this.place(kind, at) : new RecordPlace(`unknown record ${id}`, 0, at)
     if (at === 0 && kind !== 'header') throw new CkptError(`image: not a ckptfs image (it does not start with a header record)`, 'EINVAL')
