@@ -254,7 +254,7 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
 }
 
 async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
-  // 1. (mapCodePage, before the threads were created.)
+  // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
   const keep: Array<[bigint, bigint]> = [[layout.codeAddr, layout.codeAddr + PAGE], [layout.scratchAddr, layout.scratchAddr + Layout.SCRATCH]]
