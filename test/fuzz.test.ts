@@ -711,9 +711,16 @@ function mutateTreeSome(root: string, info: TreeInfo, rng: Rng, level2: boolean)
   return { what: what.join('; '), touched }
 }
 
-/** Copies `touched` back from `pristine` to `root` (removing what the pristine tree lacks). */
+/**
+ * Copies `touched` back from `pristine` to `root` (removing what the pristine tree lacks). A
+ * path below another touched one is restored with it: one mutation may have replaced its
+ * parent (a file renamed onto the directory holding a file another mutation wrote).
+ */
 function undoTree(root: string, pristine: string, touched: string[]): void {
-  for (const p of touched) {
+  const set = new Set(touched)
+  const covered = (p: string) => p.split('/').slice(0, -1).some((_, i, parts) => set.has(parts.slice(0, i + 1).join('/')))
+  for (const p of set) {
+    if (covered(p)) continue
     fs.rmSync(path.join(root, p), { recursive: true, force: true })
     const from = path.join(pristine, p)
     if (fs.existsSync(from)) fs.cpSync(from, path.join(root, p), { recursive: true })
