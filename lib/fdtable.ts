@@ -11,7 +11,7 @@ import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat,
 import { loadBase, modeFromFlags, parseObjRef } from './files/common'
 import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './files/handler'
 import { handlerFor, handlerForType } from './files/index'
-import { INT_MAX, SavedDir } from './files/saved'
+import { firstBad, INT_MAX, SavedDir, type StoredDir } from './files/saved'
 import { linkFinder } from './files/search'
 
 /** Descriptions captured at once (their handlers read /proc and stat paths). */
@@ -209,51 +209,50 @@ async function mapInOrder<T, R>(items: readonly T[], fn: (item: T) => Promise<R>
 }
 
 async function loadDescription(dir: SavedDir, objref: ObjRef): Promise<FileDescription> {
-  const type = await dir.text('fd_type')
+  const type = dir.text('fd_type')
   const handler = handlerForType(type)
   if (!handler) throw dir.fail('fd_type', `unknown fd_type ${JSON.stringify(type)}`)
   // The registry knows `type`, so it is one of the FdType names.
   const desc = await handler.load(dir, await loadBase(dir, objref), type as FdType)
-  await dir.finish()
+  dir.finish()
   return desc
 }
 
 async function loadFd(dir: SavedDir, fd: number, objrefs: Set<number>): Promise<FdEntry> {
-  const nr = await dir.int('fd_nr', 0, INT_MAX)
+  const nr = dir.int('fd_nr', 0, INT_MAX)
   if (nr !== fd) throw dir.fail('fd_nr', `${nr} does not match the directory name ${fd}`)
-  const closeOnExec = await dir.flag('coe')
-  const ref = await dir.text('fd')
+  const closeOnExec = dir.flag('coe')
+  const ref = dir.text('fd')
   const objref = parseObjRef(ref)
   if (objref === undefined) throw dir.fail('fd', `not an object reference: ${JSON.stringify(ref)}`)
   if (!objrefs.has(objref)) throw dir.fail('fd', `names files/${objref}, which does not exist`)
-  await dir.finish()
+  dir.finish()
   return { fd, closeOnExec, objref }
 }
 
 /** The one task-PID directory of a saved tree, or the one named. */
 async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<string> {
   if (taskDir !== undefined) return taskDir
-  const tasks = (await top.names()).filter((n) => /^task-[1-9][0-9]*$/.test(n))
+  const tasks = top.names().filter((n) => /^task-[1-9][0-9]*$/.test(n))
   if (tasks.length === 1) return tasks[0]
   if (tasks.length === 0) throw new CkptError('task-PID: missing (the tree has no task directory)', 'EINVAL')
   throw new CkptError(`task-PID: the tree has ${tasks.length} task directories (${tasks.join(', ')}); name the one to load`, 'EINVAL')
 }
 
 /**
- * Reads the file table of a saved tree (a copied checkpoint-N directory at `root`):
- * root/files/OBJREF/ and root/TASK/fds/FD/ (TASK: the only task-PID directory, unless
- * named), validating every value on the way (SPEC "Restore", reference/004). Errors are
- * CkptErrors naming the file relative to `root`. Lazy parts read the saved files.
+ * Reads the file table of a saved tree (a copied checkpoint-N directory): files/OBJREF/
+ * and TASK/fds/FD/ (TASK: the only task-PID directory, unless named), validating every
+ * value on the way (SPEC "Restore", reference/004). Errors are CkptErrors naming the file
+ * relative to the tree root. Lazy parts read the saved files.
  */
-export async function loadFileTable(root: string, taskDir?: string): Promise<FileTable> {
+export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<FileTable> {
   const top = new SavedDir(root, '')
-  const filesDir = await top.dir('files')
-  const refs = (await filesDir.names()).map((name): [ObjRef, string] => {
-    const objref = parseObjRef(name)
-    if (objref === undefined) throw filesDir.fail(name, 'not an object reference (a positive decimal number)')
-    return [objref, name]
-  }).sort((a, b) => a[0] - b[0])
-  const files = await mapInOrder(refs, async ([objref, name]) => loadDescription(await filesDir.dir(name), objref))
+  const filesDir = top.dir('files')
+  const names = filesDir.unorderedNames()
+  const notRef = firstBad(names, (name) => parseObjRef(name) === undefined)
+  if (notRef !== undefined) throw filesDir.fail(notRef, 'not an object reference (a positive decimal number)')
+  const refs = names.map((name): [ObjRef, string] => [parseObjRef(name)!, name]).sort((a, b) => a[0] - b[0])
+  const files = await mapInOrder(refs, async ([objref, name]) => loadDescription(filesDir.dir(name), objref))
   const objrefs = new Set<number>(files.map((d) => d.objref))
 
   for (const desc of files) {
@@ -265,8 +264,8 @@ export async function loadFileTable(root: string, taskDir?: string): Promise<Fil
     })
   }
 
-  const fdsDir = await (await top.dir(await taskDirName(top, taskDir))).dir('fds')
-  const fdDirs = await fdsDir.decimalDirs(0)
+  const fdsDir = await (top.dir(await taskDirName(top, taskDir))).dir('fds')
+  const fdDirs = fdsDir.decimalDirs(0)
   const fds = await mapInOrder(fdDirs, ([fd, dir]) => loadFd(dir, fd, objrefs))
 
   const used = new Set<number>(fds.map((e) => e.objref))

@@ -10,6 +10,7 @@ import t, { type Test } from 'tap'
 import { captureFileTable, loadFileTable } from '../lib/fdtable'
 import { fdsDir, filesDir } from '../lib/files/tree'
 import { asPid, type FileDescription, type FileTable, type Lazy } from '../lib/model'
+import { DiskDir } from '../lib/files/saved'
 import { native } from '../lib/native'
 import type { ContentCache, DirNode, Node } from '../lib/tree/node'
 import { buildTarget, startTarget, type Target } from './lib/targets'
@@ -330,9 +331,9 @@ t.test('fdzoo: capture, tree, load-back', async (t) => {
   })
 
   t.test('a saved tree loads back into the same table', async (t) => {
-    const loaded = await loadFileTable(root)
+    const loaded = await loadFileTable(new DiskDir(root))
     t.strictSame(await plain(loaded), captured)
-    t.strictSame(await plain(await loadFileTable(root, taskDir)), captured, 'with the task directory named')
+    t.strictSame(await plain(await loadFileTable(new DiskDir(root), taskDir)), captured, 'with the task directory named')
   })
 
   t.test('a damaged tree is refused, naming the file', async (t) => {
@@ -381,7 +382,7 @@ t.test('fdzoo: capture, tree, load-back', async (t) => {
       const copy = path.join(saved, `damaged-${n++}`)
       fs.cpSync(root, copy, { recursive: true, verbatimSymlinks: true })
       damage(copy)
-      await t.rejects(loadFileTable(copy), { name: 'CkptError', message }, what)
+      await t.rejects(loadFileTable(new DiskDir(copy)), { name: 'CkptError', message }, what)
     }
   })
 })

@@ -37,6 +37,7 @@ import { CkptError } from '../lib/errors'
 import { imageSchema, type FieldSchema, type MessageSchema } from '../lib/image/schema'
 import { framePlan } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
+import { DiskDir } from '../lib/files/saved'
 import { loadSaved } from '../lib/restore/load'
 
 // ---------------------------------------------------------------------------------------
@@ -791,7 +792,7 @@ async function judge(call: () => Promise<unknown>, ms: number, names: RegExp): P
 
 /** What a restore does before it creates anything: load, plan, and read every lazy part. */
 async function loadAndPlan(dir: string): Promise<void> {
-  const saved = await loadSaved(dir)
+  const saved = await loadSaved(new DiskDir(dir), path.basename(dir))
   const records = await planFileRecords(saved.fileTable)
   framePlan(saved.fileTable, saved.process, records)
   for (const v of saved.vmas) await v.pages.read(0, v.pages.size)

@@ -15,6 +15,7 @@ import { captureVmas, PAGE_SIZE, planCopy, rangesOf, vmaKind } from '../lib/task
 import { captureProcess, processProblems } from '../lib/task/process'
 import { captureThreads } from '../lib/task/threads'
 import { parseLimits, parseTimers } from '../lib/task/procfs'
+import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
 import { buildTarget, startTarget, threadIds, threadState } from './lib/targets'
@@ -391,7 +392,7 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
     t.equal(fs.statSync(path.join(saved, taskName, 'memory/vmas', resName, 'pages')).size, 16 * PAGE, 'pages file at its true size')
     t.match(at('memory/maps'), new RegExp(`^${resName} rw-p 00000000 00:00 0 anonymous ${16 * PAGE} rd,wr,mr,mw,me,nr`, 'm'))
 
-    const loaded = await loadTask(saved, taskName)
+    const loaded = await loadTask(new DiskDir(saved), taskName)
     t.same(loaded.process, proc, 'process state round-trips')
     t.same(loaded.threads, threads, 'thread state round-trips')
     t.same(loaded.vmas.map(({ pages: _p, ...rest }) => rest), vmas.map(({ pages: _p, ...rest }) => rest), 'mappings round-trip')
@@ -440,12 +441,12 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
       for (const [what, damage, expected] of damages) {
         const undo = damage()
         try {
-          await t.rejects(loadTask(saved, taskName), { message: expected }, what)
+          await t.rejects(loadTask(new DiskDir(saved), taskName), { message: expected }, what)
         } finally {
           undo()
         }
       }
-      await t.resolves(loadTask(saved, taskName), 'loads again once every damage is undone')
+      await t.resolves(loadTask(new DiskDir(saved), taskName), 'loads again once every damage is undone')
     })
   })
 

@@ -39,7 +39,7 @@ export const chardev: FileHandler<PathDescription> = {
 
   async load(dir, base, type) {
     const desc = await loadPath(dir, base, type)
-    desc.rdev = await dir.decimal('rdev', 0n, U64_MAX)
+    desc.rdev = dir.decimal('rdev', 0n, U64_MAX)
     desc.otherLinks = await loadOtherLinks(dir)
     return desc
   },

@@ -58,19 +58,19 @@ export function parseObjRef(name: string): ObjRef | undefined {
 
 /** Reads and validates the common entries of a saved files/OBJREF directory. */
 export async function loadBase(dir: SavedDir, objref: ObjRef): Promise<DescriptionBase> {
-  const target = await dir.text('target')
+  const target = dir.text('target')
   if (target === '') throw dir.fail('target', 'empty')
-  const flags = await dir.octal('f_flags', U32_MAX)
+  const flags = dir.octal('f_flags', U32_MAX)
   const refused = refusedFlags.filter(([bit]) => flags & bit).map(([, name]) => name)
   if (refused.length) throw dir.fail('f_flags', `${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} refused`)
-  const mode = await dir.octal('f_mode', BigInt(FMODE_READ | FMODE_WRITE))
+  const mode = dir.octal('f_mode', BigInt(FMODE_READ | FMODE_WRITE))
   // A saved mode may be narrower than the access mode (a downgraded file), never wider.
   const allowed = modeFromFlags(flags)
   if (mode & ~allowed) throw dir.fail('f_mode', `${octal(mode)} grants more than the access mode of f_flags allows (${octal(allowed)})`)
-  const pos = await dir.decimal('f_pos', S64_MIN, S64_MAX)
-  const mntId = await dir.int('mnt_id', 0, INT_MAX)
-  const ino = await dir.decimal('ino', 0n, U64_MAX)
-  const checkpointable = await dir.text('checkpointable')
+  const pos = dir.decimal('f_pos', S64_MIN, S64_MAX)
+  const mntId = dir.int('mnt_id', 0, INT_MAX)
+  const ino = dir.decimal('ino', 0n, U64_MAX)
+  const checkpointable = dir.text('checkpointable')
   let notCheckpointable: string | undefined
   if (checkpointable.startsWith('no: ') && checkpointable.length > 4) notCheckpointable = checkpointable.slice(4)
   else if (checkpointable !== 'yes') throw dir.fail('checkpointable', `neither "yes" nor "no: WHY": ${JSON.stringify(checkpointable)}`)

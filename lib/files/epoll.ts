@@ -68,13 +68,13 @@ function targetOf(item: RawItem, toff: number, efd: number, byIno: Map<bigint, H
 }
 
 async function loadItem(dir: SavedDir): Promise<EpollItem> {
-  const tfd = await dir.int('tfd', 0, INT_MAX)
-  const events = Number(await dir.hex('events', U32_MAX))
-  const data = await dir.hex('data', U64_MAX)
-  const target = await dir.text('target')
+  const tfd = dir.int('tfd', 0, INT_MAX)
+  const events = Number(dir.hex('events', U32_MAX))
+  const data = dir.hex('data', U64_MAX)
+  const target = dir.text('target')
   const targetObjref = target === '' ? undefined : parseObjRef(target)
   if (target !== '' && targetObjref === undefined) throw dir.fail('target', `not an object reference or empty: ${JSON.stringify(target)}`)
-  await dir.finish()
+  dir.finish()
   return { tfd, events, data, targetObjref }
 }
 
@@ -103,9 +103,9 @@ export const epoll: FileHandler<EpollDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    const itemsDir = await dir.dir('items')
+    const itemsDir = dir.dir('items')
     const items: EpollItem[] = []
-    for (const itemDir of await itemsDir.numberedDirs()) items.push(await loadItem(itemDir))
+    for (const itemDir of itemsDir.numberedDirs()) items.push(await loadItem(itemDir))
     return described<EpollDescription>(base, { type: 'epoll', items })
   },
 

@@ -36,7 +36,7 @@ export const eventfd: FileHandler<EventfdDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return described<EventfdDescription>(base, { type: 'eventfd', count: await dir.decimal('count', 0n, EVENTFD_MAX), semaphore: await dir.flag('semaphore') })
+    return described<EventfdDescription>(base, { type: 'eventfd', count: dir.decimal('count', 0n, EVENTFD_MAX), semaphore: dir.flag('semaphore') })
   },
 
   // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.

@@ -35,7 +35,7 @@ export const fifo: FileHandler<PathDescription> = {
   async load(dir, base) {
     const desc = await loadPath(dir, base, 'fifo')
     desc.otherLinks = await loadOtherLinks(dir)
-    desc.buffered = await dir.lazyBytes('buffered')
+    desc.buffered = dir.lazyBytes('buffered')
     return desc
   },
 

@@ -60,17 +60,17 @@ async function findWatchedPaths(watches: Array<Omit<InotifyWatch, 'path'>>, ctx:
 }
 
 async function loadWatch(dir: SavedDir, wdName: number): Promise<InotifyWatch> {
-  const wd = await dir.int('wd', 1, INT_MAX)
+  const wd = dir.int('wd', 1, INT_MAX)
   if (wd !== wdName) throw dir.fail('wd', `${wd} does not match the directory name ${wdName}`)
   const watch: InotifyWatch = {
     wd,
-    ino: await dir.decimal('ino', 0n, U64_MAX),
-    sdev: await dir.int('sdev', 0, Number(U32_MAX)),
-    mask: Number(await dir.hex('mask', U32_MAX)),
-    ignoredMask: Number(await dir.hex('ignored_mask', U32_MAX)),
-    path: await dir.optionalPath('path'),
+    ino: dir.decimal('ino', 0n, U64_MAX),
+    sdev: dir.int('sdev', 0, Number(U32_MAX)),
+    mask: Number(dir.hex('mask', U32_MAX)),
+    ignoredMask: Number(dir.hex('ignored_mask', U32_MAX)),
+    path: dir.optionalPath('path'),
   }
-  await dir.finish()
+  dir.finish()
   return watch
 }
 
@@ -91,9 +91,9 @@ export const inotify: FileHandler<InotifyDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    const watchesDir = await dir.dir('watches')
+    const watchesDir = dir.dir('watches')
     const watches: InotifyWatch[] = []
-    for (const [wd, watchDir] of await watchesDir.decimalDirs(1)) watches.push(await loadWatch(watchDir, wd))
+    for (const [wd, watchDir] of watchesDir.decimalDirs(1)) watches.push(await loadWatch(watchDir, wd))
     return described<InotifyDescription>(base, { type: 'inotify', watches })
   },
 

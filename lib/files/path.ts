@@ -82,19 +82,19 @@ export const otherLinksEntry: TableEntry<PathDescription> = bytes('other_links',
 
 /** Reads the entries of `pathEntries` back (rdev, other links and data are the handler's). */
 export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): Promise<PathDescription> {
-  const path = await dir.path('path')
-  const unlinked = await dir.flag('unlinked')
-  const dev = await dir.decimal('dev', 0n, U64_MAX)
-  const inodeMode = await dir.octal('inode_mode', 0o177777n)
+  const path = dir.path('path')
+  const unlinked = dir.flag('unlinked')
+  const dev = dir.decimal('dev', 0n, U64_MAX)
+  const inodeMode = dir.octal('inode_mode', 0o177777n)
   if ((inodeMode & S_IFMT) !== fileTypeBits[type]) throw dir.fail('inode_mode', `${octal(inodeMode)} is not the mode of a ${type}`)
-  const size = await dir.decimal('size', 0n, S64_MAX)
-  const nlink = await dir.int('nlink', 0, Number(U32_MAX))
+  const size = dir.decimal('size', 0n, S64_MAX)
+  const nlink = dir.int('nlink', 0, Number(U32_MAX))
   return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, size, nlink, otherLinks: noLinks })
 }
 
 /** Reads other_links back. */
 export async function loadOtherLinks(dir: SavedDir): Promise<Lazy<string[]>> {
-  const links = await dir.pathList('other_links')
+  const links = dir.pathList('other_links')
   return lazy(async () => links)
 }
 

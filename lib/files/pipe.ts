@@ -32,7 +32,7 @@ export const pipe: FileHandler<PipeDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return described<PipeDescription>(base, { type: 'pipe', pipeId: await dir.decimal('pipe_id', 0n, U64_MAX), buffered: await dir.lazyBytes('buffered') })
+    return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.lazyBytes('buffered') })
   },
 
   // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an

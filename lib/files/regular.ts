@@ -42,7 +42,7 @@ export const regular: FileHandler<PathDescription> = {
     const desc = await loadPath(dir, base, 'file')
     desc.otherLinks = await loadOtherLinks(dir)
     if (!desc.unlinked) return desc
-    const contents = await dir.source('contents')
+    const contents = dir.source('contents')
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
     desc.contents = contents
     return desc

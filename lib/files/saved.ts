@@ -4,7 +4,6 @@
 // A SavedDir remembers which entries were read, so `finish` can refuse the ones nobody knows.
 
 import * as fs from 'fs'
-import * as path from 'path'
 import { CkptError } from '../errors'
 import type { ByteSource, Lazy } from '../model'
 import { lazy } from '../model'
@@ -22,152 +21,85 @@ export const S64_MAX = (1n << 63n) - 1n
 export const INT_MAX = 0x7fffffff
 
 /** What a directory listing says an entry is (symbolic links, fifos, devices: 'other'). */
-type Kind = 'file' | 'dir' | 'other'
+export type EntryKind = 'file' | 'dir' | 'other'
+
+/**
+ * One directory of a saved tree, where its bytes are: on disk (DiskDir below), or in the
+ * restore area's tree in the server's memory (AreaDir, lib/restore/areatree.ts).
+ */
+export interface StoredDir {
+  /** Name -> what each entry is; throws when the directory cannot be listed. */
+  list(): ReadonlyMap<string, { readonly kind: EntryKind }>
+  /** What `name` is, links not followed; undefined when missing; throws when it cannot be checked. */
+  entryKind(name: string): EntryKind | undefined
+  /** The subdirectory `name` (checked by the caller to be one). */
+  dir(name: string): StoredDir
+  /**
+   * The whole regular file as UTF-8, or its size when larger than `limit` (never read then).
+   * `listed` is what list() holds for `name`, when the caller has it (spares a lookup).
+   */
+  text(name: string, limit: number, listed?: { readonly kind: EntryKind }): string | number
+  /** The file's bytes, read when first asked for (pipe data). */
+  lazyBytes(name: string): Lazy<Buffer>
+  /** The file's bytes read in pieces (contents); the size is fixed now. */
+  source(name: string): ByteSource
+  /** A path on disk that holds the file (the image reader's random access). */
+  diskPath(name: string): string
+}
 
 /** Only an entry listed as a regular file is opened, and never through a symbolic link, never waiting. */
 const openFlags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK
 /** Values are read into this one buffer (reads are synchronous, and each is decoded at once). */
 const valueBuffer = Buffer.allocUnsafe(maxValueBytes + 1)
 
-// A saved tree lives on local disk or tmpfs, and a task with 10,000 fds has some 180,000
-// small files to read: asynchronously each would cost thread-pool round trips, so every read
-// here is synchronous (a few microseconds). Each directory is listed once with the kind of
-// every entry (what lstat would say), which answers "missing", "not a regular file" and "not
-// a directory" without a stat per entry, and `names` and `finish` reuse the listing.
-export class SavedDir {
-  private readonly used = new Set<string>()
-  /** What a name is appended to for its path on disk (as path.join(root, rel, name) makes it). */
+const FILE = { kind: 'file' } as const
+const DIR = { kind: 'dir' } as const
+const OTHER = { kind: 'other' } as const
+
+// A saved tree on local disk or tmpfs: a task with 10,000 fds has some 180,000 small files to
+// read, and asynchronously each would cost thread-pool round trips, so every read here is
+// synchronous (a few microseconds).
+export class DiskDir implements StoredDir {
+  /** What a name is appended to for its path. */
   private readonly prefix: string
-  /** Name -> kind of every entry; undefined until first needed, null when it cannot be listed. */
-  private listing: Map<string, Kind> | null | undefined
 
-  /** `rel` is this directory's path below the tree root ("files/7"), used in messages. */
-  constructor(readonly root: string, readonly rel: string) {
-    this.prefix = path.join(root, rel, '_').slice(0, -1)
+  constructor(readonly path: string) {
+    this.prefix = path.endsWith('/') ? path : `${path}/`
   }
 
-  where(name: string): string {
-    return this.rel ? `${this.rel}/${name}` : name
-  }
-
-  fail(name: string, why: string): CkptError {
-    return new CkptError(`${this.where(name)}: ${why}`, 'EINVAL')
-  }
-
-  private full(name: string): string {
-    return this.prefix + name
-  }
-
-  private dirPath(): string {
-    return path.join(this.root, this.rel)
-  }
-
-  /** The entries and their kinds, read once (null: the directory cannot be listed). */
-  private list(): Map<string, Kind> | null {
-    if (this.listing === undefined) {
-      try {
-        const listing = new Map<string, Kind>()
-        for (const entry of fs.readdirSync(this.dirPath(), { withFileTypes: true })) {
-          listing.set(entry.name, entry.isFile() ? 'file' : entry.isDirectory() ? 'dir' : 'other')
-        }
-        this.listing = listing
-      } catch {
-        this.listing = null
-      }
+  list(): Map<string, { kind: EntryKind }> {
+    const listing = new Map<string, { kind: EntryKind }>()
+    for (const entry of fs.readdirSync(this.path, { withFileTypes: true })) {
+      listing.set(entry.name, entry.isFile() ? FILE : entry.isDirectory() ? DIR : OTHER)
     }
-    return this.listing
+    return listing
   }
 
-  /** The entries of this directory, sorted (a missing directory is reported by whoever opened it). */
-  async names(): Promise<string[]> {
-    const listing = this.list()
-    // An unlistable directory: list it again for the error.
-    return (listing ? [...listing.keys()] : fs.readdirSync(this.dirPath())).sort()
-  }
-
-  /** Checks that `name` exists with the given kind (symbolic links are never followed). */
-  private entry(name: string, kind: 'file' | 'dir'): void {
-    this.used.add(name)
-    const listing = this.list()
-    if (!listing) {
-      this.lstat(name, kind)
-      return
-    }
-    const found = listing.get(name)
-    if (found === undefined) throw this.fail(name, 'missing')
-    if (kind === 'file' && found !== 'file') throw this.fail(name, 'not a regular file')
-    if (kind === 'dir' && found !== 'dir') throw this.fail(name, 'not a directory')
-  }
-
-  /** `entry` by a stat of its own (when the directory cannot be listed, or the listing was wrong). */
-  private lstat(name: string, kind: 'file' | 'dir'): fs.Stats {
+  entryKind(name: string): EntryKind | undefined {
     let st: fs.Stats
     try {
-      st = fs.lstatSync(this.full(name))
+      st = fs.lstatSync(this.prefix + name)
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw this.fail(name, 'missing')
-      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
-    }
-    if (kind === 'file' && !st.isFile()) throw this.fail(name, 'not a regular file')
-    if (kind === 'dir' && !st.isDirectory()) throw this.fail(name, 'not a directory')
-    return st
-  }
-
-  async has(name: string): Promise<boolean> {
-    const listing = this.list()
-    if (listing) return listing.has(name)
-    try {
-      fs.lstatSync(this.full(name))
-      return true
-    } catch {
-      return false
-    }
-  }
-
-  async dir(name: string): Promise<SavedDir> {
-    this.entry(name, 'dir')
-    return new SavedDir(this.root, this.where(name))
-  }
-
-  /** Subdirectories named by decimal numbers >= `min`, ascending by number. */
-  async decimalDirs(min: number): Promise<Array<[number, SavedDir]>> {
-    const dirs: Array<[number, SavedDir]> = []
-    for (const name of await this.names()) {
-      if (!/^(0|[1-9][0-9]*)$/.test(name) || Number(name) < min || Number(name) > INT_MAX) throw this.fail(name, 'unknown entry')
-      this.entry(name, 'dir')
-      dirs.push([Number(name), new SavedDir(this.root, this.where(name))])
-    }
-    return dirs.sort((a, b) => a[0] - b[0])
-  }
-
-  /** Subdirectories named 0..n-1, in order (a gap means a lost entry). */
-  async numberedDirs(): Promise<SavedDir[]> {
-    const dirs = await this.decimalDirs(0)
-    dirs.forEach(([n], i) => {
-      if (n !== i) throw this.fail(String(i), `missing (entries are numbered 0 to ${dirs.length - 1})`)
-    })
-    return dirs.map(([, dir]) => dir)
-  }
-
-  /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
-  private raw(name: string, limit: number): string {
-    this.entry(name, 'file')
-    let fd: number
-    try {
-      fd = fs.openSync(this.full(name), openFlags)
-    } catch (err) {
-      // Changed since it was listed: say what it is now, as lstat does.
-      this.lstat(name, 'file')
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw err
     }
+    return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : 'other'
+  }
+
+  dir(name: string): DiskDir {
+    return new DiskDir(this.prefix + name)
+  }
+
+  text(name: string, limit: number): string | number {
+    const fd = fs.openSync(this.prefix + name, openFlags)
     try {
       // One read of a regular file gives every byte up to the buffer's size; only a file
       // that fills the buffer needs fstat, for its size (too large, or a list to read on).
       const first = fs.readSync(fd, valueBuffer, 0, valueBuffer.length, null)
       if (first < valueBuffer.length) return valueBuffer.toString('utf8', 0, first)
       const st = fs.fstatSync(fd)
-      if (!st.isFile()) throw this.fail(name, 'not a regular file')
-      if (st.size > limit) throw this.fail(name, `too large (${st.size} bytes, at most ${limit} expected)`)
+      if (!st.isFile()) throw new Error('not a regular file')
+      if (st.size > limit) return st.size
       const data = Buffer.allocUnsafe(Math.max(st.size, first))
       valueBuffer.copy(data, 0, 0, first)
       let done = first
@@ -177,16 +109,173 @@ export class SavedDir {
         done += n
       }
       return data.toString('utf8', 0, done)
-    } catch (err) {
-      if (!(err instanceof CkptError)) this.lstat(name, 'file')
-      throw err
     } finally {
       fs.closeSync(fd)
     }
   }
 
+  lazyBytes(name: string): Lazy<Buffer> {
+    const file = this.prefix + name
+    return lazy(() => fs.promises.readFile(file))
+  }
+
+  source(name: string): ByteSource {
+    const file = this.prefix + name
+    return fileSource(file, fs.lstatSync(file).size)
+  }
+
+  diskPath(name: string): string {
+    return this.prefix + name
+  }
+}
+
+/**
+ * One directory of a saved tree. Each directory is listed once with the kind of every entry
+ * (what lstat would say), which answers "missing", "not a regular file" and "not a directory"
+ * without a stat per entry, and `names` and `finish` reuse the listing.
+ */
+export class SavedDir {
+  /** Names read so far. */
+  private readonly used = new Set<string>()
+  /** What a name is appended to for its path below the root ("files/7/"). */
+  private readonly prefix: string
+  /** Name -> kind of every entry; undefined until first needed, null when it cannot be listed. */
+  private listing: ReadonlyMap<string, { readonly kind: EntryKind }> | null | undefined
+
+  /** `rel` is this directory's path below the tree root ("files/7"), used in messages. */
+  constructor(readonly stored: StoredDir, readonly rel: string) {
+    this.prefix = rel ? `${rel}/` : ''
+  }
+
+  where(name: string): string {
+    return this.prefix + name
+  }
+
+  fail(name: string, why: string): CkptError {
+    return new CkptError(`${this.where(name)}: ${why}`, 'EINVAL')
+  }
+
+  /** The entries and their kinds, read once (null: the directory cannot be listed). */
+  private list(): ReadonlyMap<string, { readonly kind: EntryKind }> | null {
+    if (this.listing === undefined) {
+      try {
+        this.listing = this.stored.list()
+      } catch {
+        this.listing = null
+      }
+    }
+    return this.listing
+  }
+
+  /** The entries of this directory, sorted (a missing directory is reported by whoever opened it). */
+  names(): string[] {
+    return this.unorderedNames().sort()
+  }
+
+  /**
+   * The entries in the listing's order (sorting the 10,000 names of a big files/ costs more
+   * than reading them). Whoever reports one of them as bad reports the first in sorted order
+   * (`firstBad`), so a message never depends on the order a copy wrote the tree in.
+   */
+  unorderedNames(): string[] {
+    const listing = this.list()
+    // An unlistable directory: list it again for the error.
+    return [...(listing ?? this.stored.list()).keys()]
+  }
+
+  /**
+   * Checks that `name` exists with the given kind (symbolic links are never followed);
+   * returns what the listing holds for it (undefined when the directory cannot be listed).
+   */
+  private entry(name: string, kind: 'file' | 'dir'): { readonly kind: EntryKind } | undefined {
+    this.used.add(name)
+    const listing = this.list()
+    if (!listing) {
+      this.lstat(name, kind)
+      return undefined
+    }
+    const found = listing.get(name)
+    if (found === undefined) throw this.fail(name, 'missing')
+    if (kind === 'file' && found.kind !== 'file') throw this.fail(name, 'not a regular file')
+    if (kind === 'dir' && found.kind !== 'dir') throw this.fail(name, 'not a directory')
+    return found
+  }
+
+  /** `entry` by a stat of its own (when the directory cannot be listed, or the listing was wrong). */
+  private lstat(name: string, kind: 'file' | 'dir'): void {
+    let found: EntryKind | undefined
+    try {
+      found = this.stored.entryKind(name)
+    } catch (err) {
+      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
+    }
+    if (found === undefined) throw this.fail(name, 'missing')
+    if (kind === 'file' && found !== 'file') throw this.fail(name, 'not a regular file')
+    if (kind === 'dir' && found !== 'dir') throw this.fail(name, 'not a directory')
+  }
+
+  has(name: string): boolean {
+    const listing = this.list()
+    if (listing) return listing.has(name)
+    try {
+      return this.stored.entryKind(name) !== undefined
+    } catch {
+      return false
+    }
+  }
+
+  dir(name: string): SavedDir {
+    this.entry(name, 'dir')
+    return new SavedDir(this.stored.dir(name), this.where(name))
+  }
+
+  /** Subdirectories named by decimal numbers >= `min`, ascending by number. */
+  decimalDirs(min: number): Array<[number, SavedDir]> {
+    try {
+      return this.decimalDirsOf(this.unorderedNames(), min)
+    } catch (err) {
+      // Report the first bad entry in sorted order: walk them again in that order.
+      if (err instanceof CkptError) this.decimalDirsOf(this.names(), min)
+      throw err
+    }
+  }
+
+  private decimalDirsOf(names: string[], min: number): Array<[number, SavedDir]> {
+    const dirs: Array<[number, SavedDir]> = []
+    for (const name of names) {
+      if (!/^(0|[1-9][0-9]*)$/.test(name) || Number(name) < min || Number(name) > INT_MAX) throw this.fail(name, 'unknown entry')
+      this.entry(name, 'dir')
+      dirs.push([Number(name), new SavedDir(this.stored.dir(name), this.where(name))])
+    }
+    return dirs.sort((a, b) => a[0] - b[0])
+  }
+
+  /** Subdirectories named 0..n-1, in order (a gap means a lost entry). */
+  numberedDirs(): SavedDir[] {
+    const dirs = this.decimalDirs(0)
+    dirs.forEach(([n], i) => {
+      if (n !== i) throw this.fail(String(i), `missing (entries are numbered 0 to ${dirs.length - 1})`)
+    })
+    return dirs.map(([, dir]) => dir)
+  }
+
+  /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
+  private raw(name: string, limit: number): string {
+    const listed = this.entry(name, 'file')
+    let data: string | number
+    try {
+      data = this.stored.text(name, limit, listed)
+    } catch (err) {
+      // Changed since it was listed: say what it is now, as lstat does.
+      this.lstat(name, 'file')
+      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
+    }
+    if (typeof data === 'number') throw this.fail(name, `too large (${data} bytes, at most ${limit} expected)`)
+    return data
+  }
+
   /** One value and a newline (SPEC): the value, without the newline. */
-  async text(name: string): Promise<string> {
+  text(name: string): string {
     const data = this.raw(name, maxValueBytes)
     if (!data.endsWith('\n')) throw this.fail(name, 'value is truncated (no trailing newline)')
     const value = data.slice(0, -1)
@@ -196,54 +285,63 @@ export class SavedDir {
   }
 
   /** A decimal integer in [min, max], written without leading zeros. */
-  async decimal(name: string, min: bigint, max: bigint): Promise<bigint> {
-    const text = await this.text(name)
+  decimal(name: string, min: bigint, max: bigint): bigint {
+    return this.inRange(name, BigInt(this.decimalText(name)), min, max)
+  }
+
+  private decimalText(name: string): string {
+    const text = this.text(name)
     if (!/^(0|-?[1-9][0-9]*)$/.test(text)) throw this.fail(name, `not a decimal integer: ${JSON.stringify(text)}`)
-    return this.inRange(name, BigInt(text), min, max)
+    return text
   }
 
   /** A decimal integer in [min, max] that fits a JavaScript number. */
-  async int(name: string, min: number, max: number): Promise<number> {
-    return Number(await this.decimal(name, BigInt(min), BigInt(max)))
+  int(name: string, min: number, max: number): number {
+    const text = this.decimalText(name)
+    // Up to 15 digits a number is exact: no bigint needed (most values of a tree are ints).
+    if (text.length > 15) return Number(this.inRange(name, BigInt(text), BigInt(min), BigInt(max)))
+    const value = Number(text)
+    if (value < min || value > max) throw this.fail(name, `${value} is out of range [${min}, ${max}]`)
+    return value
   }
 
   /** An octal integer with a leading 0 ("0100002"), at most `max`. */
-  async octal(name: string, max: bigint): Promise<number> {
-    const text = await this.text(name)
+  octal(name: string, max: bigint): number {
+    const text = this.text(name)
     if (!/^0[0-7]*$/.test(text)) throw this.fail(name, `not octal with a leading 0: ${JSON.stringify(text)}`)
     return Number(this.inRange(name, BigInt('0o' + (text.slice(1) || '0')), 0n, max))
   }
 
   /** A hexadecimal integer with a leading 0x, at most `max`. */
-  async hex(name: string, max: bigint): Promise<bigint> {
-    const text = await this.text(name)
+  hex(name: string, max: bigint): bigint {
+    const text = this.text(name)
     if (!/^0x[0-9a-fA-F]+$/.test(text)) throw this.fail(name, `not hexadecimal with a leading 0x: ${JSON.stringify(text)}`)
     return this.inRange(name, BigInt(text), 0n, max)
   }
 
-  async flag(name: string): Promise<boolean> {
-    const text = await this.text(name)
+  flag(name: string): boolean {
+    const text = this.text(name)
     if (text !== '0' && text !== '1') throw this.fail(name, `not 0 or 1: ${JSON.stringify(text)}`)
     return text === '1'
   }
 
   /** An absolute path. */
-  async path(name: string): Promise<string> {
-    const text = await this.text(name)
+  path(name: string): string {
+    const text = this.text(name)
     checkPath(text, (why) => this.fail(name, why))
     return text
   }
 
   /** An absolute path, or nothing (an empty value). */
-  async optionalPath(name: string): Promise<string | undefined> {
-    const text = await this.text(name)
+  optionalPath(name: string): string | undefined {
+    const text = this.text(name)
     if (text === '') return undefined
     checkPath(text, (why) => this.fail(name, why))
     return text
   }
 
   /** Absolute paths, one per line; an empty file for none. */
-  async pathList(name: string): Promise<string[]> {
+  pathList(name: string): string[] {
     const data = this.raw(name, maxListBytes)
     if (data === '') return []
     if (!data.endsWith('\n')) throw this.fail(name, 'list is truncated (no trailing newline)')
@@ -253,21 +351,22 @@ export class SavedDir {
   }
 
   /** Raw bytes read when first asked for (pipe data); the file must exist now. */
-  async lazyBytes(name: string): Promise<Lazy<Buffer>> {
+  lazyBytes(name: string): Lazy<Buffer> {
     this.entry(name, 'file')
-    const file = this.full(name)
-    return lazy(() => fs.promises.readFile(file))
+    return this.stored.lazyBytes(name)
   }
 
   /** Raw bytes read in pieces (file contents); the size is fixed now. */
-  async source(name: string): Promise<ByteSource> {
+  source(name: string): ByteSource {
     this.entry(name, 'file')
-    return fileSource(this.full(name), this.lstat(name, 'file').size)
+    this.lstat(name, 'file')
+    return this.stored.source(name)
   }
 
   /** Refuses every entry of this directory that no reader asked for. */
-  async finish(): Promise<void> {
-    for (const name of await this.names()) if (!this.used.has(name)) throw this.fail(name, 'unknown entry')
+  finish(): void {
+    const unknown = firstBad(this.unorderedNames(), (name) => !this.used.has(name))
+    if (unknown !== undefined) throw this.fail(unknown, 'unknown entry')
   }
 
   private inRange(name: string, value: bigint, min: bigint, max: bigint): bigint {
@@ -279,4 +378,11 @@ export class SavedDir {
 function checkPath(text: string, fail: (why: string) => CkptError): void {
   if (!text.startsWith('/')) throw fail(`not an absolute path: ${JSON.stringify(text)}`)
   if (text.includes('\0')) throw fail('path holds a NUL byte')
+}
+
+/** Of the names for which `bad` holds, the first in sorted order. */
+export function firstBad(names: readonly string[], bad: (name: string) => boolean): string | undefined {
+  let first: string | undefined
+  for (const name of names) if (bad(name) && (first === undefined || name < first)) first = name
+  return first
 }

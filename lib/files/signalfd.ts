@@ -21,7 +21,7 @@ export const signalfd: FileHandler<SignalfdDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    return described<SignalfdDescription>(base, { type: 'signalfd', sigmask: await dir.hex('sigmask', U64_MAX) })
+    return described<SignalfdDescription>(base, { type: 'signalfd', sigmask: dir.hex('sigmask', U64_MAX) })
   },
 
   // SIGNALFD: u64 mask, i32 flags (SFD_NONBLOCK, which is O_NONBLOCK).

@@ -63,12 +63,12 @@ export const timerfd: FileHandler<TimerfdDescription> = {
   entries: () => table,
 
   async load(dir, base) {
-    const clockid = await dir.int('clockid', 0, 15)
+    const clockid = dir.int('clockid', 0, 15)
     if (!timerfdClocks.has(clockid)) throw dir.fail('clockid', `${clockid} is not a clock a timerfd can use`)
-    const ticks = await dir.decimal('ticks', 0n, U64_MAX)
-    const settimeFlags = await dir.int('settime_flags', 0, settimeFlagBits)
-    const valueNs = await dir.decimal('value_ns', 0n, U64_MAX)
-    const intervalNs = await dir.decimal('interval_ns', 0n, U64_MAX)
+    const ticks = dir.decimal('ticks', 0n, U64_MAX)
+    const settimeFlags = dir.int('settime_flags', 0, settimeFlagBits)
+    const valueNs = dir.decimal('value_ns', 0n, U64_MAX)
+    const intervalNs = dir.decimal('interval_ns', 0n, U64_MAX)
     return described<TimerfdDescription>(base, { type: 'timerfd', clockid, ticks, settimeFlags, valueNs, intervalNs })
   },
 

@@ -7,6 +7,7 @@ import * as fs from 'fs'
 import { NodeCache } from '../cache'
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
+import { DiskDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
@@ -27,8 +28,9 @@ export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mod
   })
   const taskDirs = names.filter((n) => /^task-[1-9][0-9]*$/.test(n))
   if (taskDirs.length !== 1) throw new CkptError(`${treeRoot}: ${taskDirs.length} task-PID directories; a saved checkpoint has one`, 'EINVAL')
-  const { process, threads, vmas } = await loadTask(treeRoot, taskDirs[0])
-  const fileTable = await loadFileTable(treeRoot, taskDirs[0])
+  const root = new DiskDir(treeRoot)
+  const { process, threads, vmas } = await loadTask(root, taskDirs[0])
+  const fileTable = await loadFileTable(root, taskDirs[0])
   const task: TaskImage = {
     pid: process.pid,
     tids: threads.map((t) => asTid(t.tid)),

@@ -12,6 +12,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError, messageOf } from '../errors'
+import { DiskDir } from '../files/saved'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { restoreSaved } from './index'
 
@@ -41,7 +42,7 @@ export class RestoreArea {
     if (this.states.get(name) === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
     this.states.set(name, 'restoring')
     try {
-      const pid = await restoreSaved(path.join(this.backing, name))
+      const pid = await restoreSaved(new DiskDir(path.join(this.backing, name)), name)
       this.states.set(name, `restored ${pid}`)
       return pid
     } catch (err) {

@@ -4,16 +4,16 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
-import { restoreProcess } from './engine'
-import { loadSaved } from './load'
+import { DiskDir, type StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
+import { restoreProcess } from './engine'
+import { loadSaved } from './load'
 
-/** Restores the saved checkpoint in `dir`; returns the PID of the restored process. */
-export async function restoreSaved(dir: string): Promise<number> {
-  if (!fs.existsSync(dir)) throw new CkptError(`${path.basename(dir)}: no such saved checkpoint`, 'ENOENT')
+/** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
+export async function restoreSaved(root: StoredDir, name: string): Promise<number> {
   const timer = new PhaseTimer('restore')
-  const saved = await loadSaved(dir)
+  const saved = await loadSaved(root, name)
   timer.mark('load and validate')
   return restoreProcess(saved, timer)
 }
@@ -22,7 +22,7 @@ export async function restoreSaved(dir: string): Promise<number> {
 export async function restorePath(p: string): Promise<number> {
   const stat = await fs.promises.stat(p).catch(() => undefined)
   if (!stat) throw new CkptError(`${p}: no such file or directory`, 'ENOENT')
-  if (stat.isDirectory()) return restoreSaved(p)
+  if (stat.isDirectory()) return restoreSaved(new DiskDir(p), path.basename(p))
   const timer = new PhaseTimer('restore')
   const saved = await readImage(p)
   timer.mark('load and validate')

@@ -171,13 +171,13 @@ export function deferred<S, P>(part: (subject: S) => Promise<P>, entries: TableE
 // Reading a saved copy (through the shared SavedDir of lib/files/saved.ts)
 
 /** One value, parsed with the codec that wrote it; errors name the file. */
-export async function readValue<V>(dir: SavedDir, name: string, codec: Codec<V>): Promise<V> {
-  return parseAt(dir, name, await dir.text(name), codec)
+export function readValue<V>(dir: SavedDir, name: string, codec: Codec<V>): V {
+  return parseAt(dir, name, dir.text(name), codec)
 }
 
 /** A whole raw file of at most `maxBytes`. */
 export async function readBytes(dir: SavedDir, name: string, maxBytes: number): Promise<Buffer> {
-  const source = await dir.source(name)
+  const source = dir.source(name)
   if (source.size > maxBytes) throw dir.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
   return source.read(0, source.size)
 }

@@ -345,8 +345,8 @@ const VMA_DIR = /^([0-9a-f]{8,16})-([0-9a-f]{8,16})$/
 
 /** Reads memory/ of a saved task-PID/ back; `pages` stay in their files, read in pieces. */
 export async function loadVmas(dir: SavedDir): Promise<Vma[]> {
-  const vmasDir = await dir.dir('vmas')
-  const named = (await vmasDir.names()).map((name) => {
+  const vmasDir = dir.dir('vmas')
+  const named = vmasDir.names().map((name) => {
     const m = VMA_DIR.exec(name)
     if (!m) throw vmasDir.fail(name, 'not a START-END range in hexadecimal')
     return { name, start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]) }
@@ -355,8 +355,8 @@ export async function loadVmas(dir: SavedDir): Promise<Vma[]> {
   for (const [i, { name, start }] of named.entries()) {
     if (i > 0 && start < named[i - 1].end) throw vmasDir.fail(name, `overlaps ${named[i - 1].name}`)
   }
-  const vmas = await loadEach(named, async ({ name, start, end }) => loadVma(await vmasDir.dir(name), start, end))
-  await vmasDir.finish()
+  const vmas = await loadEach(named, async ({ name, start, end }) => loadVma(vmasDir.dir(name), start, end))
+  vmasDir.finish()
 
   const maps = (await readBytes(dir, 'maps', MAX_MAPS_BYTES)).toString('utf8')
   const expected = mapsText(vmas)
@@ -364,23 +364,23 @@ export async function loadVmas(dir: SavedDir): Promise<Vma[]> {
     const line = firstDifferentLine(maps, expected)
     throw dir.fail('maps', `line ${line} does not match vmas/ (expected ${JSON.stringify(expected.split('\n')[line - 1] ?? '')})`)
   }
-  await dir.finish()
+  dir.finish()
   return vmas
 }
 
 async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> {
   if (start % PAGE !== 0n || end % PAGE !== 0n || start >= end) throw new CkptError(`${dir.rel}: not a page-aligned, non-empty range`, 'EINVAL')
   const same = async (name: string, value: bigint) => {
-    const saved = await readValue(dir, name, hexU64)
+    const saved = readValue(dir, name, hexU64)
     if (saved !== value) throw dir.fail(name, `${hexU64.show(saved)} does not match the directory name`)
   }
   await same('start', start)
   await same('end', end)
-  const perms = await readValue(dir, 'perms', permsText)
-  const offset = await readValue(dir, 'offset', hexU64)
+  const perms = readValue(dir, 'perms', permsText)
+  const offset = readValue(dir, 'offset', hexU64)
   if (offset % PAGE !== 0n) throw dir.fail('offset', `${hexU64.show(offset)} is not page-aligned`)
-  const path = await readValue(dir, 'path', pathText)
-  const kind = await readValue(dir, 'kind', kindText)
+  const path = readValue(dir, 'path', pathText)
+  const kind = readValue(dir, 'kind', kindText)
   if (kind !== vmaKind({ perms, path })) throw dir.fail('kind', `${kind} does not fit perms ${perms} and path ${JSON.stringify(path)} (${vmaKind({ perms, path })})`)
 
   const size = end - start
@@ -396,19 +396,19 @@ async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> 
     storedBytes += run.length
   }
   if (storageOf(kind) === 'nothing' && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
-  const pages = await dir.source('pages')
+  const pages = dir.source('pages')
   if (BigInt(pages.size) !== storedBytes) throw dir.fail('pages', `${pages.size} bytes, stored runs need ${storedBytes}`)
 
   const vma: Vma = {
     start, end, perms, offset,
-    dev: await readValue(dir, 'dev', devText),
-    inode: await readValue(dir, 'inode', decimalU64),
+    dev: readValue(dir, 'dev', devText),
+    inode: readValue(dir, 'inode', decimalU64),
     path, kind,
-    vmFlags: await readValue(dir, 'vm_flags', vmFlagsText),
+    vmFlags: readValue(dir, 'vm_flags', vmFlagsText),
     stored,
     pages,
   }
-  await dir.finish()
+  dir.finish()
   return vma
 }
 

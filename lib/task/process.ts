@@ -309,94 +309,94 @@ const MAX_QUEUED_SIGINFO = 4096
 
 /** Reads the process part of a saved task-PID/ (`dir`) back, validating every value. */
 export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessState> {
-  const exe = await readValue(dir, 'exe', absolutePath)
+  const exe = readValue(dir, 'exe', absolutePath)
 
-  const signals = await dir.dir('signals')
-  const sharedPendingMask = await readValue(signals, 'pending', hexU64)
+  const signals = dir.dir('signals')
+  const sharedPendingMask = readValue(signals, 'pending', hexU64)
   const sharedPendingSiginfo = await loadSiginfo(signals, 'pending_siginfo', sharedPendingMask)
-  const sigactions = await loadActions(await signals.dir('actions'))
-  await signals.finish()
+  const sigactions = await loadActions(signals.dir('actions'))
+  signals.finish()
 
-  const timers = await dir.dir('timers')
+  const timers = dir.dir('timers')
   const itimers = await loadItimers(timers)
-  const posixTimers = await loadPosixTimers(await timers.dir('posix'))
-  await timers.finish()
+  const posixTimers = await loadPosixTimers(timers.dir('posix'))
+  timers.finish()
 
   return {
     pid: asPid(pid),
-    comm: await readValue(dir, 'comm', commText),
+    comm: readValue(dir, 'comm', commText),
     exe,
-    cwd: await readValue(dir, 'cwd', absolutePath),
-    root: await readValue(dir, 'root', absolutePath),
+    cwd: readValue(dir, 'cwd', absolutePath),
+    root: readValue(dir, 'root', absolutePath),
     cmdline: await readBytes(dir, 'cmdline', MAX_ARGS_BYTES),
     environ: await readBytes(dir, 'environ', MAX_ARGS_BYTES),
-    umask: await readValue(dir, 'umask', octalNumber(0o777)),
-    personality: await readValue(dir, 'personality', u32Hex),
-    ppid: await readValue(dir, 'ppid', uint32),
-    pgid: await readValue(dir, 'pgid', uint32),
-    sid: await readValue(dir, 'sid', uint32),
-    ttyNr: await readValue(dir, 'tty_nr', uint32),
-    noNewPrivs: await readValue(dir, 'no_new_privs', flag),
-    dumpable: await readValue(dir, 'dumpable', decimal(0, 2)),
-    seccompMode: await readValue(dir, 'seccomp_mode', decimal(0, 2)),
-    creds: await loadCreds(await dir.dir('creds')),
-    rlimits: await loadRlimits(await dir.dir('rlimits')),
+    umask: readValue(dir, 'umask', octalNumber(0o777)),
+    personality: readValue(dir, 'personality', u32Hex),
+    ppid: readValue(dir, 'ppid', uint32),
+    pgid: readValue(dir, 'pgid', uint32),
+    sid: readValue(dir, 'sid', uint32),
+    ttyNr: readValue(dir, 'tty_nr', uint32),
+    noNewPrivs: readValue(dir, 'no_new_privs', flag),
+    dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
+    seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
+    creds: await loadCreds(dir.dir('creds')),
+    rlimits: await loadRlimits(dir.dir('rlimits')),
     sigactions,
     sharedPendingMask,
     sharedPendingSiginfo,
     itimers,
     posixTimers,
-    mm: await loadMm(await dir.dir('mm'), exe),
+    mm: await loadMm(dir.dir('mm'), exe),
   }
 }
 
 async function loadCreds(dir: SavedDir): Promise<Credentials> {
   const creds: Credentials = {
-    uid: await readValue(dir, 'uid', uint32), euid: await readValue(dir, 'euid', uint32),
-    suid: await readValue(dir, 'suid', uint32), fsuid: await readValue(dir, 'fsuid', uint32),
-    gid: await readValue(dir, 'gid', uint32), egid: await readValue(dir, 'egid', uint32),
-    sgid: await readValue(dir, 'sgid', uint32), fsgid: await readValue(dir, 'fsgid', uint32),
-    groups: await readValue(dir, 'groups', decimalList),
-    capInheritable: await readValue(dir, 'cap_inheritable', hexU64),
-    capPermitted: await readValue(dir, 'cap_permitted', hexU64),
-    capEffective: await readValue(dir, 'cap_effective', hexU64),
-    capBounding: await readValue(dir, 'cap_bounding', hexU64),
-    capAmbient: await readValue(dir, 'cap_ambient', hexU64),
-    securebits: await readValue(dir, 'securebits', u32Hex),
+    uid: readValue(dir, 'uid', uint32), euid: readValue(dir, 'euid', uint32),
+    suid: readValue(dir, 'suid', uint32), fsuid: readValue(dir, 'fsuid', uint32),
+    gid: readValue(dir, 'gid', uint32), egid: readValue(dir, 'egid', uint32),
+    sgid: readValue(dir, 'sgid', uint32), fsgid: readValue(dir, 'fsgid', uint32),
+    groups: readValue(dir, 'groups', decimalList),
+    capInheritable: readValue(dir, 'cap_inheritable', hexU64),
+    capPermitted: readValue(dir, 'cap_permitted', hexU64),
+    capEffective: readValue(dir, 'cap_effective', hexU64),
+    capBounding: readValue(dir, 'cap_bounding', hexU64),
+    capAmbient: readValue(dir, 'cap_ambient', hexU64),
+    securebits: readValue(dir, 'securebits', u32Hex),
   }
-  await dir.finish()
+  dir.finish()
   return creds
 }
 
 async function loadRlimits(dir: SavedDir): Promise<Rlimit[]> {
   const limits = await loadEach([...RLIMITS.entries()], async ([resource, { name }]): Promise<Rlimit> => {
-    const one = await dir.dir(name)
-    const soft = await readValue(one, 'soft', rlimitValue)
-    const hard = await readValue(one, 'hard', rlimitValue)
+    const one = dir.dir(name)
+    const soft = readValue(one, 'soft', rlimitValue)
+    const hard = readValue(one, 'hard', rlimitValue)
     if (soft > hard) throw one.fail('soft', `${soft} is above the hard limit ${hard}`)
-    await one.finish()
+    one.finish()
     return { resource, name, soft, hard }
   })
-  await dir.finish()
+  dir.finish()
   return limits
 }
 
 async function loadActions(dir: SavedDir): Promise<SigAction[]> {
   const actions = await loadEach(ACTION_SIGNALS, async (signal): Promise<SigAction> => {
-    const one = await dir.dir(String(signal))
-    const name = await one.text('name')
+    const one = dir.dir(String(signal))
+    const name = one.text('name')
     if (name !== signalName(signal)) throw one.fail('name', `${JSON.stringify(name)} is not signal ${signal} (${signalName(signal)})`)
     const action = {
       signal,
-      handler: await readValue(one, 'handler', hexU64),
-      flags: await readValue(one, 'flags', hexU64),
-      restorer: await readValue(one, 'restorer', hexU64),
-      mask: await readValue(one, 'mask', hexU64),
+      handler: readValue(one, 'handler', hexU64),
+      flags: readValue(one, 'flags', hexU64),
+      restorer: readValue(one, 'restorer', hexU64),
+      mask: readValue(one, 'mask', hexU64),
     }
-    await one.finish()
+    one.finish()
     return action
   })
-  await dir.finish()
+  dir.finish()
   return actions
 }
 
@@ -416,28 +416,28 @@ export async function loadSiginfo(dir: SavedDir, name: string, mask: bigint): Pr
 async function loadItimers(dir: SavedDir): Promise<ITimer[]> {
   const timers: ITimer[] = []
   for (const which of ITIMER_WHICH) {
-    const one = await dir.dir(`itimer_${which}`)
-    timers.push({ which, valueUs: await readValue(one, 'value_us', decimalU64), intervalUs: await readValue(one, 'interval_us', decimalU64) })
-    await one.finish()
+    const one = dir.dir(`itimer_${which}`)
+    timers.push({ which, valueUs: readValue(one, 'value_us', decimalU64), intervalUs: readValue(one, 'interval_us', decimalU64) })
+    one.finish()
   }
   return timers
 }
 
 async function loadPosixTimers(dir: SavedDir): Promise<PosixTimer[]> {
-  const timers = await loadEach(await dir.names(), async (entry): Promise<PosixTimer> => {
+  const timers = await loadEach(dir.names(), async (entry): Promise<PosixTimer> => {
     if (!/^(0|[1-9]\d{0,9})$/.test(entry) || Number(entry) > 2 ** 31 - 1) throw dir.fail(entry, 'not a timer ID (decimal)')
-    const one = await dir.dir(entry)
+    const one = dir.dir(entry)
     const timer = {
       id: Number(entry),
-      signal: await readValue(one, 'signal', decimal(0, 64)),
-      sigevValue: await readValue(one, 'sigev_value', hexU64),
-      notify: await readValue(one, 'notify', notifyText),
-      clockid: await readValue(one, 'clockid', int32),
-      valueNs: await readValue(one, 'value_ns', decimalU64),
-      intervalNs: await readValue(one, 'interval_ns', decimalU64),
-      overrun: await readValue(one, 'overrun', int32),
+      signal: readValue(one, 'signal', decimal(0, 64)),
+      sigevValue: readValue(one, 'sigev_value', hexU64),
+      notify: readValue(one, 'notify', notifyText),
+      clockid: readValue(one, 'clockid', int32),
+      valueNs: readValue(one, 'value_ns', decimalU64),
+      intervalNs: readValue(one, 'interval_ns', decimalU64),
+      overrun: readValue(one, 'overrun', int32),
     }
-    await one.finish()
+    one.finish()
     return timer
   })
   return timers.sort((a, b) => a.id - b.id)
@@ -455,7 +455,7 @@ async function loadMm(dir: SavedDir, exe: string): Promise<MmFields> {
     auxv: await readBytes(dir, 'auxv', MAX_AUXV_BYTES),
     exe,
   }
-  await dir.finish()
+  dir.finish()
   const ordered: Array<[string, bigint, string, bigint]> = [
     ['end_code', mm.endCode, 'start_code', mm.startCode], ['end_data', mm.endData, 'start_data', mm.startData],
     ['brk', mm.brk, 'start_brk', mm.startBrk], ['arg_end', mm.argEnd, 'arg_start', mm.argStart],

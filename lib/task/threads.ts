@@ -139,11 +139,11 @@ const XSAVE_HEADER_AT = 512
 
 /** Reads threads/ of a saved task-PID/ back; every thread directory is named by its TID. */
 export async function loadThreads(dir: SavedDir): Promise<ThreadState[]> {
-  const names = await dir.names()
+  const names = dir.names()
   if (names.length === 0) throw new CkptError(`${dir.rel}: no threads`, 'EINVAL')
   const threads = await loadEach(names, async (name) => {
     if (!/^[1-9]\d{0,9}$/.test(name) || Number(name) > 2 ** 31 - 1) throw dir.fail(name, 'not a thread ID (decimal)')
-    return loadThread(await dir.dir(name), Number(name))
+    return loadThread(dir.dir(name), Number(name))
   })
   return threads.sort((a, b) => a.tid - b.tid)
 }
@@ -153,16 +153,15 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
   if (regs.length !== USER_REGS_SIZE) throw dir.fail('regs', `${regs.length} bytes, struct user_regs_struct has ${USER_REGS_SIZE}`)
   if ((reg(regs, REG.cs) & 3n) !== 3n) throw dir.fail('regs', `cs 0x${reg(regs, REG.cs).toString(16)} is not a user-mode segment`)
   const derived = fromRegs(regs)
-  const agree = async <V>(name: string, value: V, read: Promise<V>): Promise<void> => {
-    const saved = await read
+  const agree = <V>(name: string, value: V, saved: V): void => {
     if (saved !== value) throw dir.fail(name, `${String(saved)} does not match regs (${String(value)})`)
   }
-  await agree('ip', reg(regs, REG.rip), readValue(dir, 'ip', hexU64))
-  await agree('sp', reg(regs, REG.rsp), readValue(dir, 'sp', hexU64))
-  await agree('fs_base', derived.fsBase, readValue(dir, 'fs_base', hexU64))
-  await agree('gs_base', derived.gsBase, readValue(dir, 'gs_base', hexU64))
-  await agree('syscall_nr', derived.syscall.nr, readValue(dir, 'syscall_nr', int32))
-  await agree('syscall_result', derived.syscall.result, readValue(dir, 'syscall_result', decimalS64))
+  agree('ip', reg(regs, REG.rip), readValue(dir, 'ip', hexU64))
+  agree('sp', reg(regs, REG.rsp), readValue(dir, 'sp', hexU64))
+  agree('fs_base', derived.fsBase, readValue(dir, 'fs_base', hexU64))
+  agree('gs_base', derived.gsBase, readValue(dir, 'gs_base', hexU64))
+  agree('syscall_nr', derived.syscall.nr, readValue(dir, 'syscall_nr', int32))
+  agree('syscall_result', derived.syscall.result, readValue(dir, 'syscall_result', decimalS64))
 
   const xstate = await readBytes(dir, 'xstate', XSTATE_MAX)
   if (xstate.length < XSTATE_MIN) throw dir.fail('xstate', `${xstate.length} bytes, an xsave area has at least ${XSTATE_MIN}`)
@@ -172,31 +171,31 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
     throw dir.fail('xstate', `xstate_bv 0x${present.toString(16)} has components outside the saved XCR0 0x${features.toString(16)}`)
   }
 
-  const pendingMask = await readValue(dir, 'pending', hexU64)
+  const pendingMask = readValue(dir, 'pending', hexU64)
   const rseq = {
-    pointer: await readValue(dir, 'rseq_pointer', hexU64),
-    size: await readValue(dir, 'rseq_size', uint32),
-    signature: await readValue(dir, 'rseq_signature', u32Hex),
-    flags: await readValue(dir, 'rseq_flags', u32Hex),
+    pointer: readValue(dir, 'rseq_pointer', hexU64),
+    size: readValue(dir, 'rseq_size', uint32),
+    signature: readValue(dir, 'rseq_signature', u32Hex),
+    flags: readValue(dir, 'rseq_flags', u32Hex),
   }
   if ((rseq.pointer === 0n) !== (rseq.size === 0)) throw dir.fail('rseq_size', `${rseq.size} with rseq_pointer 0x${rseq.pointer.toString(16)}: both or neither must be 0`)
   if (rseq.size !== 0 && rseq.size < 32) throw dir.fail('rseq_size', `${rseq.size} is below the 32 bytes of struct rseq`)
 
   const thread: ThreadState = {
     tid: asTid(tid),
-    comm: await readValue(dir, 'comm', commText),
+    comm: readValue(dir, 'comm', commText),
     regs,
     xstate,
     ...derived,
-    sigmask: await readValue(dir, 'sigmask', hexU64),
+    sigmask: readValue(dir, 'sigmask', hexU64),
     pendingMask,
     pendingSiginfo: await loadSiginfo(dir, 'pending_siginfo', pendingMask),
     rseq,
     altstack: await loadAltstack(dir),
-    clearChildTid: await readValue(dir, 'clear_child_tid', hexU64),
+    clearChildTid: readValue(dir, 'clear_child_tid', hexU64),
     robustList: await loadRobustList(dir),
   }
-  await dir.finish()
+  dir.finish()
   return thread
 }
 
@@ -204,14 +203,14 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
 export const ROBUST_LIST_HEAD_SIZE = 24n
 
 async function loadRobustList(dir: SavedDir): Promise<ThreadState['robustList']> {
-  const head = await readValue(dir, 'robust_list_head', hexU64)
-  const length = await readValue(dir, 'robust_list_len', decimalU64)
+  const head = readValue(dir, 'robust_list_head', hexU64)
+  const length = readValue(dir, 'robust_list_len', decimalU64)
   if (length !== ROBUST_LIST_HEAD_SIZE && !(head === 0n && length === 0n)) throw dir.fail('robust_list_len', `${length}: the kernel takes only ${ROBUST_LIST_HEAD_SIZE}`)
   return { head, length }
 }
 
 async function loadAltstack(dir: SavedDir): Promise<SigAltStack> {
-  const flags = await readValue(dir, 'altstack_flags', altstackFlags)
+  const flags = readValue(dir, 'altstack_flags', altstackFlags)
   if ((flags & ~(SS_ONSTACK | SS_DISABLE | SS_AUTODISARM)) !== 0) throw dir.fail('altstack_flags', `0x${flags.toString(16)} has unknown bits`)
-  return { sp: await readValue(dir, 'altstack_sp', hexU64), size: await readValue(dir, 'altstack_size', decimalU64), flags: flags | 0 }
+  return { sp: readValue(dir, 'altstack_sp', hexU64), size: readValue(dir, 'altstack_size', decimalU64), flags: flags | 0 }
 }
