@@ -12,7 +12,7 @@ import * as path from 'path'
 import type { Duplex } from 'stream'
 import t, { type Test } from 'tap'
 import { asObjRef, type FileTable, type ProcessState } from '../lib/model'
-import { framePlan } from '../lib/restore/fdplan'
+import { framePlan, RecordBuilder } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
 import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
 import { buildTarget, repo, sleep, startTarget, type Target } from './lib/targets'
@@ -145,6 +145,29 @@ t.test('an epoll item whose file no fd holds, or a watch without a path, is refu
   // Undamaged again, the same tree restores.
   const r = ckptfs('restore', saved, '--mount', mnt)
   t.equal(r.status, 0, `the undamaged tree restores: ${r.stderr.trim()}`)
+})
+
+t.test('plan fields are little-endian, as the stub reads them; strings are length and UTF-8 bytes', async (t) => {
+  const cases: Array<[string, (b: RecordBuilder) => RecordBuilder, (b: Buffer) => Buffer]> = [
+    ['u32', (b) => b.u32(0xfedcba98), (e) => (e.writeUInt32LE(0xfedcba98), e.subarray(0, 4))],
+    ['i32 negative', (b) => b.i32(-2), (e) => (e.writeInt32LE(-2), e.subarray(0, 4))],
+    ['u64 above 2^53', (b) => b.u64(0x1234_5678_9abc_def0n), (e) => (e.writeBigUInt64LE(0x1234_5678_9abc_def0n), e.subarray(0, 8))],
+    ['u64 of a negative offset', (b) => b.u64(-5n), (e) => (e.writeBigUInt64LE(2n ** 64n - 5n), e.subarray(0, 8))],
+    ['ASCII string', (b) => b.string('/dev/null'), () => Buffer.concat([Buffer.from([9, 0, 0, 0]), Buffer.from('/dev/null')])],
+    ['UTF-8 string', (b) => b.string('/tmp/ü😀'), () => Buffer.concat([Buffer.from([11, 0, 0, 0]), Buffer.from('/tmp/ü😀')])],
+    ['bytes', (b) => b.bytes(Buffer.from([1, 2, 3])), () => Buffer.from([3, 0, 0, 0, 1, 2, 3])],
+  ]
+  for (const [what, build, expected] of cases) t.strictSame(build(new RecordBuilder()).build(), expected(Buffer.alloc(8)), what)
+  const many = new RecordBuilder()
+  for (let i = 0; i < 1000; i++) many.u32(i).string(`/f${i}`)
+  const built = many.build()
+  let at = 0
+  let ok = true
+  for (let i = 0; i < 1000 && ok; i++) {
+    ok = built.readUInt32LE(at) === i && built.readUInt32LE(at + 4) === `/f${i}`.length && built.toString('utf8', at + 8, at + 8 + `/f${i}`.length) === `/f${i}`
+    at += 8 + `/f${i}`.length
+  }
+  t.ok(ok && at === built.length, 'a builder that grows many times keeps every field in place')
 })
 
 // The stub alone (no ptrace, no engine): a plan from the planners, the stub run as our child

@@ -21,6 +21,8 @@ export const enum ObjectKind {
 /**
  * Builds one object record's payload, field by field, in the stub's byte order, into one
  * growing buffer (a 10,000-fd plan has tens of thousands of fields: no buffer per field).
+ * Bytes are stored by hand: Buffer's write methods check their arguments and cross into C++
+ * for copies, which cost more than the stores themselves at this count (profiled).
  */
 export class RecordBuilder {
   private buf = Buffer.allocUnsafe(64)
@@ -29,40 +31,51 @@ export class RecordBuilder {
   private room(extra: number): void {
     if (this.len + extra <= this.buf.length) return
     const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.len + extra))
-    this.buf.copy(bigger, 0, 0, this.len)
+    bigger.set(this.buf.subarray(0, this.len))
     this.buf = bigger
   }
 
   u32(v: number): this {
     this.room(4)
-    this.len = this.buf.writeUInt32LE(v >>> 0, this.len)
+    const b = this.buf
+    const at = this.len
+    b[at] = v
+    b[at + 1] = v >>> 8
+    b[at + 2] = v >>> 16
+    b[at + 3] = v >>> 24
+    this.len = at + 4
     return this
   }
 
+  /** The same bits as u32: two's complement. */
   i32(v: number): this {
-    this.room(4)
-    this.len = this.buf.writeInt32LE(v | 0, this.len)
-    return this
+    return this.u32(v | 0)
   }
 
   u64(v: bigint): this {
-    this.room(8)
-    this.len = this.buf.writeBigUInt64LE(BigInt.asUintN(64, v), this.len)
-    return this
+    const u = BigInt.asUintN(64, v)
+    this.u32(Number(u & 0xffffffffn))
+    return this.u32(Number(u >> 32n))
   }
 
   bytes(data: Buffer): this {
     this.u32(data.length)
     this.room(data.length)
-    this.len += data.copy(this.buf, this.len)
+    this.buf.set(data, this.len)
+    this.len += data.length
     return this
   }
 
   string(s: string): this {
-    const length = Buffer.byteLength(s, 'utf8')
-    this.u32(length)
-    this.room(length)
-    this.len += this.buf.write(s, this.len, 'utf8')
+    // ASCII (nearly every path) is stored as it is read; anything else is encoded.
+    let ascii = true
+    for (let i = 0; i < s.length && ascii; i++) ascii = s.charCodeAt(i) < 0x80
+    if (!ascii) return this.bytes(Buffer.from(s, 'utf8'))
+    this.u32(s.length)
+    this.room(s.length)
+    const b = this.buf
+    for (let i = 0, at = this.len; i < s.length; i++) b[at + i] = s.charCodeAt(i)
+    this.len += s.length
     return this
   }
 
