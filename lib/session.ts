@@ -63,7 +63,6 @@ export class Session extends EventEmitter<SessionEvents> {
     await checkpoint.end(text === 'kill' ? 'kill' : 'resume')
   }
 
-  /** Ends every checkpoint (frozen tasks resume) and removes what the restore area holds. */
   /** Resumes every frozen task and forgets the checkpoints. */
   async close(): Promise<void> {
     const all = [...this.checkpoints.values()]

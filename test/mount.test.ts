@@ -7,6 +7,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
+import { SMALL_FILE } from '../lib/restore/areatree'
 import { restoreBackingOf } from '../mount/server'
 import { ckptfs, ckptfsOk, mounted, mountFor } from './lib/mount'
 import { buildTarget, sleep, startTarget, threadIds, threadState, type Target } from './lib/targets'
@@ -156,6 +157,9 @@ t.test('a server killed with SIGKILL leaves no task frozen', async (t) => {
   const target = await spinnerTarget(t, 2)
   ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
   t.ok(allStopped(target.pid))
+  // A file too large to be kept in memory: it goes to the restore area's backing directory.
+  fs.mkdirSync(path.join(mnt, 'restore', 'copied'))
+  fs.writeFileSync(path.join(mnt, 'restore', 'copied', 'large'), Buffer.alloc(2 * SMALL_FILE, 7))
   const server = execFileSync('pgrep', ['-f', `mount ${mnt} --foreground`], { encoding: 'utf8' }).trim().split('\n').map(Number)
   t.equal(server.length, 1)
   process.kill(server[0], 'SIGKILL')
@@ -177,8 +181,9 @@ t.test('umount unmounts first, then the server removes what was copied into rest
   fs.mkdirSync(path.join(mnt, 'restore', 'copied'))
   fs.mkdirSync(path.join(mnt, 'restore', 'copied', 'sub'))
   for (let i = 0; i < 200; i++) fs.writeFileSync(path.join(mnt, 'restore', 'copied', 'sub', `f${i}`), `${i}\n`)
+  for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(mnt, 'restore', 'copied', `large${i}`), Buffer.alloc(SMALL_FILE + 1, i))
   const backing = restoreBackingOf(mnt)
-  t.equal(fs.readdirSync(path.join(backing, 'copied', 'sub')).length, 200, 'the copy lives in the backing directory')
+  t.equal(fs.readdirSync(backing).length, 3, 'the large files live in the backing directory, the small ones in memory')
   ckptfsOk('umount', mnt)
   t.notOk(mounted(mnt), 'unmounted')
   t.notOk(fs.existsSync(backing), 'the copied files are gone')

@@ -1,48 +1,54 @@
 // The restore/ directory: a writable area where users copy saved trees (`cp -a`, `tar x`).
-// Its contents live in a private backing directory on disk, so a copied multi-GiB tree never
-// sits in the server's memory. Each top-level entry restore/NAME also has two virtual files:
+// Its contents are an AreaTree (lib/restore/areatree.ts): small files in the server's memory,
+// large ones in a private backing directory on disk. Each top-level entry restore/NAME also
+// has two virtual files:
 //   done    write 1 to restore NAME (empty writes, as cp makes, change nothing)
 //   status  "saved" | "restoring" | "restored PID" | "error: WHY"
 // They appear once they are created (cp and tar create them with O_EXCL: a name that existed
 // already would fail the copy) or, for status, once a restore has started; the saved copies
 // of done and status that cp writes are accepted and dropped.
-// The backing directory is local: its calls are synchronous (each is a few microseconds; going
-// through the thread pool made every FUSE operation of a copy several times slower).
+// While restore/NAME is being restored, its tree cannot be changed (EBUSY).
 
-import * as fs from 'fs'
-import * as path from 'path'
 import { CkptError, messageOf } from '../errors'
-import { DiskDir } from '../files/saved'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
+import { AreaDir, AreaTree, type AreaEntry, type AreaFile } from './areatree'
 import { restoreSaved } from './index'
 
 const VIRTUAL = new Set(['done', 'status'])
 
 export class RestoreArea {
+  private readonly tree: AreaTree
   private readonly states = new Map<string, string>()
   /** Virtual files made visible by a create ("NAME/done", "NAME/status"). */
   private readonly shown = new Set<string>()
-  /** Where each directory node of this area lives on disk (for rename between them). */
-  private readonly realPaths = new WeakMap<DirNode, string>()
+  /** The area directory each directory node shows, and its restore/NAME (for rename between them). */
+  private readonly dirsOf = new WeakMap<DirNode, { dir: AreaDir; top: string | undefined }>()
 
-  constructor(readonly backing: string) {
-    fs.mkdirSync(backing, { recursive: true, mode: 0o700 })
+  constructor(backing: string) {
+    this.tree = new AreaTree(backing)
   }
 
   dispose(): void {
-    fs.rmSync(this.backing, { recursive: true, force: true })
+    this.tree.dispose()
+  }
+
+  /** Bytes of file contents the area holds in memory (the rest is on disk). */
+  get heldBytes(): number {
+    return this.tree.heldBytes
   }
 
   root(): DirNode {
-    return this.dir(this.backing, 0)
+    return this.dir(this.tree.root, undefined)
   }
 
-  /** Restores restore/NAME; returns the new PID. Also used by `ckptfs restore`. */
+  /** Restores restore/NAME; returns the new PID. */
   async restore(name: string): Promise<number> {
     if (this.states.get(name) === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
+    const dir = this.tree.root.entries.get(name)
+    if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
     try {
-      const pid = await restoreSaved(new DiskDir(path.join(this.backing, name)), name)
+      const pid = await restoreSaved(dir, name)
       this.states.set(name, `restored ${pid}`)
       return pid
     } catch (err) {
@@ -57,65 +63,99 @@ export class RestoreArea {
     return file === 'status' && state !== undefined && state !== 'saved'
   }
 
-  private dir(real: string, depth: number): DirNode {
-    const topName = depth === 1 ? path.basename(real) : undefined
+  /** Refuses changes to restore/NAME while it is being restored. */
+  private unchanging(top: string | undefined): void {
+    if (top !== undefined && this.states.get(top) === 'restoring') throw new CkptError(`restore/${top}: a restore of it is running`, 'EBUSY')
+  }
+
+  /** The node of `dir`; `top` is the restore/NAME it is in (undefined for restore/ itself). */
+  private dir(dir: AreaDir, top: string | undefined): DirNode {
+    const atTop = top !== undefined && this.tree.root.entries.get(top) === dir
+    const tree = this.tree
     const node: DirNode = {
       kind: 'dir',
       perm: 0o755,
       list: async () => {
-        const names = fs.readdirSync(real)
-        if (!topName) return names
-        return [...names.filter((n) => !VIRTUAL.has(n)), ...[...VIRTUAL].filter((v) => this.visible(topName, v))]
+        const names = [...dir.entries.keys()]
+        if (!atTop) return names
+        return [...names.filter((n) => !VIRTUAL.has(n)), ...[...VIRTUAL].filter((v) => this.visible(top!, v))]
       },
       lookup: async (name) => {
-        if (topName && VIRTUAL.has(name)) return this.visible(topName, name) ? this.virtual(topName, name) : undefined
-        return this.node(path.join(real, name), depth + 1)
+        if (atTop && VIRTUAL.has(name)) return this.visible(top!, name) ? this.virtual(top!, name) : undefined
+        const entry = dir.entries.get(name)
+        return entry && this.node(entry, top ?? name)
       },
       mkdir: async (name) => {
-        fs.mkdirSync(path.join(real, name), { mode: 0o755 })
-        if (depth === 0) this.states.set(name, 'saved')
+        this.unchanging(top)
+        tree.mkdir(dir, name)
+        if (top === undefined) this.states.set(name, 'saved')
       },
       create: async (name) => {
-        if (depth === 0) throw new CkptError('restore/: copy a directory (a saved checkpoint-N tree), not a file', 'EPERM')
-        if (topName && VIRTUAL.has(name)) {
-          this.shown.add(`${topName}/${name}`)
+        if (top === undefined) throw new CkptError('restore/: copy a directory (a saved checkpoint-N tree), not a file', 'EPERM')
+        if (atTop && VIRTUAL.has(name)) {
+          this.shown.add(`${top}/${name}`)
           return
         }
-        fs.closeSync(fs.openSync(path.join(real, name), 'w', 0o644))
+        this.unchanging(top)
+        tree.create(dir, name)
       },
       remove: async (name) => {
-        if (topName && VIRTUAL.has(name)) {
-          this.shown.delete(`${topName}/${name}`)
+        if (atTop && VIRTUAL.has(name)) {
+          this.shown.delete(`${top}/${name}`)
           return
         }
-        const target = path.join(real, name)
-        if (fs.lstatSync(target).isDirectory()) fs.rmdirSync(target)
-        else fs.unlinkSync(target)
-        if (depth === 0) {
-          this.states.delete(name)
-          for (const v of VIRTUAL) this.shown.delete(`${name}/${v}`)
+        this.unchanging(top ?? name)
+        tree.remove(dir, name)
+        if (top === undefined) this.forget(name)
+      },
+      rename: async (from, toNode, toName) => {
+        const to = this.dirsOf.get(toNode)
+        if (!to) throw new CkptError('restore/: cannot move out of the restore area', 'EPERM')
+        const toRoot = to.top === undefined
+        if (toRoot && dir.entries.get(from)?.kind === 'file') throw new CkptError('restore/: copy a directory (a saved checkpoint-N tree), not a file', 'EPERM')
+        const toAtTop = !toRoot && tree.root.entries.get(to.top!) === to.dir
+        if ((atTop && VIRTUAL.has(from)) || (toAtTop && VIRTUAL.has(toName))) {
+          throw new CkptError(`${atTop && VIRTUAL.has(from) ? from : toName}: the restore area's own control files cannot be moved`, 'EPERM')
+        }
+        this.unchanging(top ?? from)
+        this.unchanging(to.top ?? toName)
+        tree.rename(dir, from, to.dir, toName)
+        if (top === undefined) this.forget(from)
+        if (toRoot) {
+          this.forget(toName)
+          this.states.set(toName, 'saved')
         }
       },
-      rename: async (from, toDir, toName) => {
-        const dest = this.realPaths.get(toDir)
-        if (!dest) throw new CkptError('restore/: cannot move out of the restore area', 'EPERM')
-        fs.renameSync(path.join(real, from), path.join(dest, toName))
-      },
     }
-    this.realPaths.set(node, real)
+    this.dirsOf.set(node, { dir, top })
     return node
   }
 
-  private async node(real: string, depth: number): Promise<Node | undefined> {
-    let stat: fs.Stats
-    try {
-      stat = fs.lstatSync(real)
-    } catch {
-      return undefined
+  private forget(name: string): void {
+    this.states.delete(name)
+    for (const v of VIRTUAL) this.shown.delete(`${name}/${v}`)
+  }
+
+  private node(entry: AreaEntry, top: string): Node {
+    return entry.kind === 'dir' ? this.dir(entry, top) : this.file(entry, top)
+  }
+
+  private file(file: AreaFile, top: string): FileNode {
+    return {
+      kind: 'file',
+      perm: 0o644,
+      volatile: true,
+      size: async () => file.size,
+      read: async (offset, length) => file.read(offset, length),
+      write: async (offset, data) => {
+        this.unchanging(top)
+        file.write(offset, data)
+      },
+      truncate: async (size) => {
+        this.unchanging(top)
+        file.truncate(size)
+      },
     }
-    if (stat.isDirectory()) return this.dir(real, depth)
-    if (!stat.isFile()) return undefined
-    return passthroughFile(real)
   }
 
   private virtual(name: string, file: string): FileNode {
@@ -123,33 +163,5 @@ export class RestoreArea {
     // The saved status that cp -a copies in is accepted and dropped.
     const status = lineFile(async () => this.states.get(name) ?? 'saved')
     return { ...status, perm: 0o644, write: async () => undefined, truncate: async () => undefined }
-  }
-}
-
-function passthroughFile(real: string): FileNode {
-  return {
-    kind: 'file',
-    perm: 0o644,
-    volatile: true,
-    size: async () => fs.statSync(real).size,
-    read: async (offset, length) => {
-      const fd = fs.openSync(real, 'r')
-      try {
-        const buf = Buffer.allocUnsafe(length)
-        const n = fs.readSync(fd, buf, 0, length, offset)
-        return buf.subarray(0, n)
-      } finally {
-        fs.closeSync(fd)
-      }
-    },
-    write: async (offset, data) => {
-      const fd = fs.openSync(real, 'r+')
-      try {
-        for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done, offset + done)
-      } finally {
-        fs.closeSync(fd)
-      }
-    },
-    truncate: async (size) => fs.truncateSync(real, size),
   }
 }
