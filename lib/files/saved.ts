@@ -34,11 +34,8 @@ export interface StoredDir {
   entryKind(name: string): EntryKind | undefined
   /** The subdirectory `name` (checked by the caller to be one). */
   dir(name: string): StoredDir
-  /**
-   * The whole regular file as UTF-8, or its size when larger than `limit` (never read then).
-   * `listed` is what list() holds for `name`, when the caller has it (spares a lookup).
-   */
-  text(name: string, limit: number, listed?: { readonly kind: EntryKind }): string | number
+  /** The whole regular file as UTF-8, or its size when larger than `limit` (never read then). */
+  text(name: string, limit: number): string | number
   /** The file's bytes, read when first asked for (pipe data). */
   lazyBytes(name: string): Lazy<Buffer>
   /** The file's bytes read in pieces (contents); the size is fixed now. */
@@ -183,22 +180,18 @@ export class SavedDir {
     return [...(listing ?? this.stored.list()).keys()]
   }
 
-  /**
-   * Checks that `name` exists with the given kind (symbolic links are never followed);
-   * returns what the listing holds for it (undefined when the directory cannot be listed).
-   */
-  private entry(name: string, kind: 'file' | 'dir'): { readonly kind: EntryKind } | undefined {
+  /** Checks that `name` exists with the given kind (symbolic links are never followed). */
+  private entry(name: string, kind: 'file' | 'dir'): void {
     this.used.add(name)
     const listing = this.list()
     if (!listing) {
       this.lstat(name, kind)
-      return undefined
+      return
     }
-    const found = listing.get(name)
+    const found = listing.get(name)?.kind
     if (found === undefined) throw this.fail(name, 'missing')
-    if (kind === 'file' && found.kind !== 'file') throw this.fail(name, 'not a regular file')
-    if (kind === 'dir' && found.kind !== 'dir') throw this.fail(name, 'not a directory')
-    return found
+    if (kind === 'file' && found !== 'file') throw this.fail(name, 'not a regular file')
+    if (kind === 'dir' && found !== 'dir') throw this.fail(name, 'not a directory')
   }
 
   /** `entry` by a stat of its own (when the directory cannot be listed, or the listing was wrong). */
@@ -261,10 +254,10 @@ export class SavedDir {
 
   /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
   private raw(name: string, limit: number): string {
-    const listed = this.entry(name, 'file')
+    this.entry(name, 'file')
     let data: string | number
     try {
-      data = this.stored.text(name, limit, listed)
+      data = this.stored.text(name, limit)
     } catch (err) {
       // Changed since it was listed: say what it is now, as lstat does.
       this.lstat(name, 'file')

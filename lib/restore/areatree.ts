@@ -46,8 +46,8 @@ export class AreaDir implements StoredDir {
     return entry
   }
 
-  text(name: string, limit: number, listed?: { readonly kind: EntryKind }): string | number {
-    const file = listed instanceof AreaFile ? listed : this.file(name)
+  text(name: string, limit: number): string | number {
+    const file = this.file(name)
     return file.size > limit ? file.size : file.text()
   }
 
