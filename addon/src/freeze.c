@@ -281,8 +281,13 @@ static void freeze_run(task_t *t) {
       if (ptrace(PTRACE_SEIZE, tid, 0, 0) < 0) {
         int e = errno;
         if (e == ESRCH) continue;  // exited meanwhile
-        // A zombie (e.g. a leader that called pthread_exit) cannot be seized and needs no stop.
-        if (e == EPERM && thread_state(pid, tid) == 'Z') continue;
+        // A zombie (e.g. a leader that called pthread_exit) cannot be seized and needs no stop;
+        // nor can a thread that is exiting (the kernel refuses once its exit state is set),
+        // which may be gone (or dead, 'X') by the time we look.
+        if (e == EPERM) {
+          char state = thread_state(pid, tid);
+          if (state == 'Z' || state == 'X' || state == '?') continue;
+        }
         nerr_set(&t->err, e, "ptrace(PTRACE_SEIZE, tid %d)", tid);
         free(tids);
         goto fail;
