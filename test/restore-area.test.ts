@@ -11,7 +11,7 @@ import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { RestoreArea } from '../lib/restore/area'
-import { SMALL_FILE } from '../lib/restore/areatree'
+import { AreaTree, SMALL_FILE, type AreaFile } from '../lib/restore/areatree'
 import type { DirNode, FileNode } from '../lib/tree/node'
 import { restoreBackingOf } from '../mount/server'
 import { mountFor } from './lib/mount'
@@ -165,4 +165,20 @@ t.test('a tree being restored cannot be changed; its status says so', async (t) 
   t.match((await status.read(0, 4096)).toString(), /^error: /, 'status: error: WHY')
   await saved.remove!('stray')
   t.strictSame((await saved.list()).sort(), ['status', 'task-1'], 'once it has ended, the tree can be changed again')
+})
+
+t.test('past its memory limit the area moves files to disk, and gives the memory back', async (t) => {
+  const backing = path.join(scratch(t), 'backing')
+  const limit = 256 << 10
+  const tree = new AreaTree(backing, limit)
+  t.teardown(() => tree.dispose())
+  const dir = tree.mkdir(tree.root, 'saved')
+  const data = Array.from({ length: 10 }, () => randomBytes(40 << 10))
+  data.forEach((d, i) => tree.create(dir, `f${i}`).write(0, d))
+  t.ok(tree.heldBytes <= limit, `at most the limit is held (${tree.heldBytes} bytes)`)
+  t.equal(fs.readdirSync(backing).length, 10 - Math.floor(limit / (40 << 10)), 'the files that did not fit are on disk')
+  data.forEach((d, i) => t.strictSame((dir.entries.get(`f${i}`) as AreaFile).read(0, 1 << 20), d, `f${i} reads back whole`))
+  for (let i = 0; i < 10; i++) tree.remove(dir, `f${i}`)
+  t.equal(tree.heldBytes, 0, 'removing them frees their memory')
+  t.strictSame(fs.readdirSync(backing), [], 'and their backing files')
 })

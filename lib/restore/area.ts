@@ -32,11 +32,6 @@ export class RestoreArea {
     this.tree.dispose()
   }
 
-  /** Bytes of file contents the area holds in memory (the rest is on disk). */
-  get heldBytes(): number {
-    return this.tree.heldBytes
-  }
-
   root(): DirNode {
     return this.dir(this.tree.root, undefined)
   }

@@ -229,7 +229,8 @@ export class AreaTree {
   private nextBacking = 1
   private backingMade = false
 
-  constructor(readonly backing: string) {}
+  /** `memoryLimit`: bytes of contents held in memory at most (tests make it small). */
+  constructor(readonly backing: string, private readonly memoryLimit = MEMORY_LIMIT) {}
 
   /** Bytes of file contents held in memory now. */
   get heldBytes(): number {
@@ -237,7 +238,7 @@ export class AreaTree {
   }
 
   reserve(bytes: number): boolean {
-    if (this.held + bytes > MEMORY_LIMIT) return false
+    if (this.held + bytes > this.memoryLimit) return false
     this.held += bytes
     return true
   }
