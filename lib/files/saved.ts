@@ -254,15 +254,7 @@ export class SavedDir {
 
   /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
   private raw(name: string, limit: number): string {
-    this.entry(name, 'file')
-    let data: string | number
-    try {
-      data = this.stored.text(name, limit)
-    } catch (err) {
-      // Changed since it was listed: say what it is now, as lstat does.
-      this.lstat(name, 'file')
-      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
-    }
+    const data = this.fromFile(name, () => this.stored.text(name, limit))
     if (typeof data === 'number') throw this.fail(name, `too large (${data} bytes, at most ${limit} expected)`)
     return data
   }
@@ -345,15 +337,24 @@ export class SavedDir {
 
   /** Raw bytes read when first asked for (pipe data); the file must exist now. */
   lazyBytes(name: string): Lazy<Buffer> {
-    this.entry(name, 'file')
-    return this.stored.lazyBytes(name)
+    return this.fromFile(name, () => this.stored.lazyBytes(name))
   }
 
   /** Raw bytes read in pieces (file contents); the size is fixed now. */
   source(name: string): ByteSource {
+    return this.fromFile(name, () => this.stored.source(name))
+  }
+
+  /** `read` of the regular file `name`; a failure names the file and what it is now. */
+  private fromFile<T>(name: string, read: () => T): T {
     this.entry(name, 'file')
-    this.lstat(name, 'file')
-    return this.stored.source(name)
+    try {
+      return read()
+    } catch (err) {
+      // Changed since it was listed: say what it is now, as lstat does.
+      this.lstat(name, 'file')
+      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
+    }
   }
 
   /** Refuses every entry of this directory that no reader asked for. */
