@@ -6,7 +6,8 @@
 // run with the saved PID; it is then killed by PID and we wait until the PID is gone.
 //  (a) a task with 1 GiB of touched memory (bench/memtarget.c), against the floor measured in
 //      the same run by bench/restorefloor.c: MADV_POPULATE_WRITE of a fresh 1 GiB region in
-//      another process plus process_vm_writev of 1 GiB into it;
+//      another process plus process_vm_writev of 1 GiB into it; the floor pass and the
+//      restore are each preceded by the same untimed warm-up (restorefloor warm);
 //  (b) a task with 10,000 fds (bench/fdtarget.c).
 
 import { spawn, spawnSync } from 'child_process'
@@ -156,11 +157,20 @@ async function memoryRestores(rep: Report, opts: Options, memtarget: string, flo
   for (const [kind, from, bytes] of [['tree', saved.tree, saved.treeBytes], ['image alone', saved.image, saved.imageBytes]] as const) {
     for (let i = 0; i < opts.repeats; i++) {
       // The floor in the same state of the machine: one pass of a fresh restorefloor run
-      // right before the restore, holding its memory while the restore runs.
+      // right before the restore, holding its memory while the restore runs. Each of the two
+      // is preceded by the same warm-up (restorefloor.c says why), or the floor pass would
+      // take the pages the previous restore freed and leave the restore colder ones.
       let paired = 0
       const r = await restoreOnce(mnt, from, `mem-${kind === 'tree' ? 'tree' : 'image'}-${i + 1}`, pid, verify, async () => {
+        warmPages(floorBin, 2 * len + 256 * MiB)
         const pass = await floorPass(floorBin, len)
         paired = pass.seconds
+        try {
+          warmPages(floorBin, 2 * len + 256 * MiB)
+        } catch (err) {
+          pass.release()
+          throw err
+        }
         return pass.release
       })
       const ratio = r.seconds / paired
@@ -170,6 +180,12 @@ async function memoryRestores(rep: Report, opts: Options, memtarget: string, flo
         `saved ${kind}: ${fmtN(bytes)} bytes, copied into MNT/restore in ${fmtS(r.copySeconds)} (untimed); PID ${pid} again, memory checked; gone ${fmtS(r.reapSeconds)} after SIGKILL`)
     }
   }
+}
+
+/** Faults in and frees `bytes` of memory (untimed), so the next step gets recently used pages. */
+function warmPages(floorBin: string, bytes: number): void {
+  const r = spawnSync(floorBin, ['warm', String(bytes)], { encoding: 'utf8', timeout: 300_000 })
+  if (r.status !== 0) throw new Error(`restorefloor warm exited ${r.status}: ${r.stderr}`)
 }
 
 /** One floor pass by a fresh restorefloor, which holds its memory until `release` is called. */
