@@ -11,7 +11,7 @@ import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat,
 import { loadBase, modeFromFlags, parseObjRef } from './files/common'
 import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './files/handler'
 import { handlerFor, handlerForType } from './files/index'
-import { firstBad, INT_MAX, SavedDir, type StoredDir } from './files/saved'
+import { INT_MAX, SavedDir, type StoredDir } from './files/saved'
 import { linkFinder } from './files/search'
 
 /** Descriptions captured at once (their handlers read /proc and stat paths). */
@@ -195,11 +195,11 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
  * read several times faster than through the thread pool), so the event loop gets a turn
  * every `loadSlice` ms.
  */
-async function mapInOrder<T, R>(items: readonly T[], fn: (item: T) => Promise<R>): Promise<R[]> {
+async function mapInOrder<T, R>(items: readonly T[], fn: (item: T) => R): Promise<R[]> {
   const results = new Array<R>(items.length)
   let slice = performance.now()
   for (let i = 0; i < items.length; i++) {
-    results[i] = await fn(items[i])
+    results[i] = fn(items[i])
     if (performance.now() - slice > loadSlice) {
       await new Promise<void>((resolve) => setImmediate(resolve))
       slice = performance.now()
@@ -208,17 +208,17 @@ async function mapInOrder<T, R>(items: readonly T[], fn: (item: T) => Promise<R>
   return results
 }
 
-async function loadDescription(dir: SavedDir, objref: ObjRef): Promise<FileDescription> {
+function loadDescription(dir: SavedDir, objref: ObjRef): FileDescription {
   const type = dir.text('fd_type')
   const handler = handlerForType(type)
   if (!handler) throw dir.fail('fd_type', `unknown fd_type ${JSON.stringify(type)}`)
   // The registry knows `type`, so it is one of the FdType names.
-  const desc = await handler.load(dir, await loadBase(dir, objref), type as FdType)
+  const desc = handler.load(dir, loadBase(dir, objref), type as FdType)
   dir.finish()
   return desc
 }
 
-async function loadFd(dir: SavedDir, fd: number, objrefs: Set<number>): Promise<FdEntry> {
+function loadFd(dir: SavedDir, fd: number, objrefs: Set<number>): FdEntry {
   const nr = dir.int('fd_nr', 0, INT_MAX)
   if (nr !== fd) throw dir.fail('fd_nr', `${nr} does not match the directory name ${fd}`)
   const closeOnExec = dir.flag('coe')
@@ -248,11 +248,8 @@ async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<
 export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<FileTable> {
   const top = new SavedDir(root, '')
   const filesDir = top.dir('files')
-  const names = filesDir.unorderedNames()
-  const notRef = firstBad(names, (name) => parseObjRef(name) === undefined)
-  if (notRef !== undefined) throw filesDir.fail(notRef, 'not an object reference (a positive decimal number)')
-  const refs = names.map((name): [ObjRef, string] => [parseObjRef(name)!, name]).sort((a, b) => a[0] - b[0])
-  const files = await mapInOrder(refs, async ([objref, name]) => loadDescription(filesDir.dir(name), objref))
+  const refs = filesDir.decimalNames(1, 'not an object reference (a positive decimal number)')
+  const files = await mapInOrder(refs, (objref) => loadDescription(filesDir.numbered(objref), asObjRef(objref)))
   const objrefs = new Set<number>(files.map((d) => d.objref))
 
   for (const desc of files) {
@@ -265,8 +262,7 @@ export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<
   }
 
   const fdsDir = await (top.dir(await taskDirName(top, taskDir))).dir('fds')
-  const fdDirs = fdsDir.decimalDirs(0)
-  const fds = await mapInOrder(fdDirs, ([fd, dir]) => loadFd(dir, fd, objrefs))
+  const fds = await mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd, objrefs))
 
   const used = new Set<number>(fds.map((e) => e.objref))
   const unused = files.find((d) => !used.has(d.objref))

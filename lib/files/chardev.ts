@@ -37,10 +37,10 @@ export const chardev: FileHandler<PathDescription> = {
 
   entries: () => table,
 
-  async load(dir, base, type) {
-    const desc = await loadPath(dir, base, type)
+  load(dir, base, type) {
+    const desc = loadPath(dir, base, type)
     desc.rdev = dir.decimal('rdev', 0n, U64_MAX)
-    desc.otherLinks = await loadOtherLinks(dir)
+    desc.otherLinks = loadOtherLinks(dir)
     return desc
   },
 

@@ -57,7 +57,7 @@ export function parseObjRef(name: string): ObjRef | undefined {
 }
 
 /** Reads and validates the common entries of a saved files/OBJREF directory. */
-export async function loadBase(dir: SavedDir, objref: ObjRef): Promise<DescriptionBase> {
+export function loadBase(dir: SavedDir, objref: ObjRef): DescriptionBase {
   const target = dir.text('target')
   if (target === '') throw dir.fail('target', 'empty')
   const flags = dir.octal('f_flags', U32_MAX)

@@ -67,7 +67,7 @@ function targetOf(item: RawItem, toff: number, efd: number, byIno: Map<bigint, H
   return undefined
 }
 
-async function loadItem(dir: SavedDir): Promise<EpollItem> {
+function loadItem(dir: SavedDir): EpollItem {
   const tfd = dir.int('tfd', 0, INT_MAX)
   const events = Number(dir.hex('events', U32_MAX))
   const data = dir.hex('data', U64_MAX)
@@ -102,10 +102,10 @@ export const epoll: FileHandler<EpollDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     const itemsDir = dir.dir('items')
     const items: EpollItem[] = []
-    for (const itemDir of itemsDir.numberedDirs()) items.push(await loadItem(itemDir))
+    for (const itemDir of itemsDir.numberedDirs()) items.push(loadItem(itemDir))
     return described<EpollDescription>(base, { type: 'epoll', items })
   },
 

@@ -35,7 +35,7 @@ export const eventfd: FileHandler<EventfdDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     return described<EventfdDescription>(base, { type: 'eventfd', count: dir.decimal('count', 0n, EVENTFD_MAX), semaphore: dir.flag('semaphore') })
   },
 

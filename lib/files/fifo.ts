@@ -32,9 +32,9 @@ export const fifo: FileHandler<PathDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
-    const desc = await loadPath(dir, base, 'fifo')
-    desc.otherLinks = await loadOtherLinks(dir)
+  load(dir, base) {
+    const desc = loadPath(dir, base, 'fifo')
+    desc.otherLinks = loadOtherLinks(dir)
     desc.buffered = dir.lazyBytes('buffered')
     return desc
   },

@@ -72,7 +72,7 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
   /** The whole files/OBJREF table for this description: common entries, then its own. */
   entries(desc: D): TableEntry<D>[]
   /** Reads the per-type entries of a saved files/OBJREF back, validating each. */
-  load(dir: SavedDir, base: DescriptionBase, type: D['type']): Promise<D>
+  load(dir: SavedDir, base: DescriptionBase, type: D['type']): D
   /**
    * The restorer stub's record(s) that bring the description back, or a CkptError naming
    * files/OBJREF/... when it cannot be restored. Types without it are not restorable yet.

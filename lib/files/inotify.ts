@@ -59,7 +59,7 @@ async function findWatchedPaths(watches: Array<Omit<InotifyWatch, 'path'>>, ctx:
   return watches.map((w, i) => ({ ...w, path: found.get(inodeKey(wanted[i].dev, w.ino))?.[0] }))
 }
 
-async function loadWatch(dir: SavedDir, wdName: number): Promise<InotifyWatch> {
+function loadWatch(dir: SavedDir, wdName: number): InotifyWatch {
   const wd = dir.int('wd', 1, INT_MAX)
   if (wd !== wdName) throw dir.fail('wd', `${wd} does not match the directory name ${wdName}`)
   const watch: InotifyWatch = {
@@ -90,10 +90,10 @@ export const inotify: FileHandler<InotifyDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     const watchesDir = dir.dir('watches')
     const watches: InotifyWatch[] = []
-    for (const [wd, watchDir] of watchesDir.decimalDirs(1)) watches.push(await loadWatch(watchDir, wd))
+    for (const [wd, watchDir] of watchesDir.decimalDirs(1)) watches.push(loadWatch(watchDir, wd))
     return described<InotifyDescription>(base, { type: 'inotify', watches })
   },
 

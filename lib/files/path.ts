@@ -81,7 +81,7 @@ export const rdevEntry: TableEntry<PathDescription> = attr('rdev', (d) => d.rdev
 export const otherLinksEntry: TableEntry<PathDescription> = bytes('other_links', async (d) => Buffer.from((await d.otherLinks()).map((p) => `${p}\n`).join('')))
 
 /** Reads the entries of `pathEntries` back (rdev, other links and data are the handler's). */
-export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): Promise<PathDescription> {
+export function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): PathDescription {
   const path = dir.path('path')
   const unlinked = dir.flag('unlinked')
   const dev = dir.decimal('dev', 0n, U64_MAX)
@@ -93,9 +93,9 @@ export async function loadPath(dir: SavedDir, base: DescriptionBase, type: PathT
 }
 
 /** Reads other_links back. */
-export async function loadOtherLinks(dir: SavedDir): Promise<Lazy<string[]>> {
+export function loadOtherLinks(dir: SavedDir): Lazy<string[]> {
   const links = dir.pathList('other_links')
-  return lazy(async () => links)
+  return links.length === 0 ? noLinks : lazy(async () => links)
 }
 
 /** Restore: reopen by path with the saved flags, then seek to the saved offset. */

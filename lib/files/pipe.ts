@@ -31,7 +31,7 @@ export const pipe: FileHandler<PipeDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.lazyBytes('buffered') })
   },
 

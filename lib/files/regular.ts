@@ -38,9 +38,9 @@ export const regular: FileHandler<PathDescription> = {
 
   entries: (desc): TableEntry<PathDescription>[] => (desc.unlinked ? unlinked : linked),
 
-  async load(dir, base) {
-    const desc = await loadPath(dir, base, 'file')
-    desc.otherLinks = await loadOtherLinks(dir)
+  load(dir, base) {
+    const desc = loadPath(dir, base, 'file')
+    desc.otherLinks = loadOtherLinks(dir)
     if (!desc.unlinked) return desc
     const contents = dir.source('contents')
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)

@@ -13,6 +13,12 @@ import { fileSource } from './source'
 const maxValueBytes = 8192
 /** Longest list file accepted (other_links). */
 const maxListBytes = 1 << 20
+/** A whole value file holding one number of each form (decimalText, octal, hex say what else is wrong). */
+const decimalLine = /^(0|-?[1-9][0-9]*)\n$/
+const octalLine = /^0[0-7]*\n$/
+const hexLine = /^0x[0-9a-fA-F]+\n$/
+/** Names a SavedDir keeps in a list before it moves them to a Set. */
+const usedListMax = 32
 
 export const U32_MAX = 0xffffffffn
 export const U64_MAX = 0xffffffffffffffffn
@@ -132,20 +138,30 @@ export class DiskDir implements StoredDir {
  * without a stat per entry, and `names` and `finish` reuse the listing.
  */
 export class SavedDir {
-  /** Names read so far. */
-  private readonly used = new Set<string>()
-  /** What a name is appended to for its path below the root ("files/7/"). */
-  private readonly prefix: string
+  /**
+   * Names read so far: a list while short (a directory of values has about twenty, and a
+   * Set for each of the 20,000 directories of a 10,000-fd tree costs more than the reads),
+   * a Set past `usedListMax`.
+   */
+  private used: string[] | Set<string> = []
+  /** Every entry was taken by `decimalDirs`: nothing is left for `finish` to refuse. */
+  private allUsed = false
   /** Name -> kind of every entry; undefined until first needed, null when it cannot be listed. */
   private listing: ReadonlyMap<string, { readonly kind: EntryKind }> | null | undefined
 
-  /** `rel` is this directory's path below the tree root ("files/7"), used in messages. */
-  constructor(readonly stored: StoredDir, readonly rel: string) {
-    this.prefix = rel ? `${rel}/` : ''
+  /**
+   * `rel` is this directory's path below the tree root ("files/7"), for messages; a
+   * subdirectory is named by its parent and its name, and its path is only built for a message.
+   */
+  constructor(readonly stored: StoredDir, private readonly relOrName: string, private readonly parent?: SavedDir) {}
+
+  get rel(): string {
+    return this.parent ? this.parent.where(this.relOrName) : this.relOrName
   }
 
   where(name: string): string {
-    return this.prefix + name
+    const rel = this.rel
+    return rel ? `${rel}/${name}` : name
   }
 
   fail(name: string, why: string): CkptError {
@@ -182,7 +198,23 @@ export class SavedDir {
 
   /** Checks that `name` exists with the given kind (symbolic links are never followed). */
   private entry(name: string, kind: 'file' | 'dir'): void {
-    this.used.add(name)
+    this.markUsed(name)
+    this.check(name, kind)
+  }
+
+  private markUsed(name: string): void {
+    const used = this.used
+    if (!Array.isArray(used)) used.add(name)
+    else if (used.length < usedListMax) used.push(name)
+    else this.used = new Set([...used, name])
+  }
+
+  private isUsed(name: string): boolean {
+    return this.allUsed || (Array.isArray(this.used) ? this.used.includes(name) : this.used.has(name))
+  }
+
+  /** Checks that `name` is listed with the given kind, without counting it as read. */
+  private check(name: string, kind: 'file' | 'dir'): void {
     const listing = this.list()
     if (!listing) {
       this.lstat(name, kind)
@@ -219,28 +251,47 @@ export class SavedDir {
 
   dir(name: string): SavedDir {
     this.entry(name, 'dir')
-    return new SavedDir(this.stored.dir(name), this.where(name))
+    return new SavedDir(this.stored.dir(name), name, this)
   }
 
   /** Subdirectories named by decimal numbers >= `min`, ascending by number. */
   decimalDirs(min: number): Array<[number, SavedDir]> {
+    return this.decimalNames(min).map((n) => [n, this.numbered(n)])
+  }
+
+  /**
+   * The numbers naming the entries, ascending, when every entry is a subdirectory named by a
+   * decimal number >= `min` (else `why` is the message). A big table's loader takes each
+   * directory by `numbered` as it goes: 10,000 directory objects held at once cost more in
+   * garbage collection than they are worth.
+   */
+  decimalNames(min: number, why = 'unknown entry'): number[] {
     try {
-      return this.decimalDirsOf(this.unorderedNames(), min)
+      return this.decimalNamesOf(this.unorderedNames(), min, why)
     } catch (err) {
       // Report the first bad entry in sorted order: walk them again in that order.
-      if (err instanceof CkptError) this.decimalDirsOf(this.names(), min)
+      if (err instanceof CkptError) this.decimalNamesOf(this.names(), min, why)
       throw err
     }
   }
 
-  private decimalDirsOf(names: string[], min: number): Array<[number, SavedDir]> {
-    const dirs: Array<[number, SavedDir]> = []
-    for (const name of names) {
-      if (!/^(0|[1-9][0-9]*)$/.test(name) || Number(name) < min || Number(name) > INT_MAX) throw this.fail(name, 'unknown entry')
-      this.entry(name, 'dir')
-      dirs.push([Number(name), new SavedDir(this.stored.dir(name), this.where(name))])
+  private decimalNamesOf(names: string[], min: number, why: string): number[] {
+    const numbers = new Array<number>(names.length)
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i]
+      const n = Number(name)
+      if (!/^(0|[1-9][0-9]*)$/.test(name) || n < min || n > INT_MAX) throw this.fail(name, why)
+      this.check(name, 'dir')
+      numbers[i] = n
     }
-    return dirs.sort((a, b) => a[0] - b[0])
+    this.allUsed = true
+    return numbers.sort((a, b) => a - b)
+  }
+
+  /** The subdirectory named by `n`, one of the numbers `decimalNames` returned. */
+  numbered(n: number): SavedDir {
+    const name = String(n)
+    return new SavedDir(this.stored.dir(name), name, this)
   }
 
   /** Subdirectories named 0..n-1, in order (a gap means a lost entry). */
@@ -254,7 +305,14 @@ export class SavedDir {
 
   /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
   private raw(name: string, limit: number): string {
-    const data = this.fromFile(name, () => this.stored.text(name, limit))
+    // fromFile's steps, without a closure per value.
+    this.entry(name, 'file')
+    let data: string | number
+    try {
+      data = this.stored.text(name, limit)
+    } catch (err) {
+      throw this.readFailure(name, err)
+    }
     if (typeof data === 'number') throw this.fail(name, `too large (${data} bytes, at most ${limit} expected)`)
     return data
   }
@@ -269,9 +327,16 @@ export class SavedDir {
     return value
   }
 
+  // The number readers first try the whole file against one pattern (the value and its
+  // newline) and convert it as it is: BigInt and Number skip the trailing newline. Anything
+  // else takes the step-by-step path, which names what is wrong. A 10,000-fd tree holds some
+  // 150,000 numbers, and a string cut off each was most of the garbage of a restore.
+
   /** A decimal integer in [min, max], written without leading zeros. */
   decimal(name: string, min: bigint, max: bigint): bigint {
-    return this.inRange(name, BigInt(this.decimalText(name)), min, max)
+    const raw = this.raw(name, maxValueBytes)
+    const value = decimalLine.test(raw) ? BigInt(raw) : BigInt(this.decimalText(name))
+    return this.inRange(name, value, min, max)
   }
 
   private decimalText(name: string): string {
@@ -282,6 +347,12 @@ export class SavedDir {
 
   /** A decimal integer in [min, max] that fits a JavaScript number. */
   int(name: string, min: number, max: number): number {
+    const raw = this.raw(name, maxValueBytes)
+    if (raw.length <= 16 && decimalLine.test(raw)) {
+      const value = Number(raw)
+      if (value < min || value > max) throw this.fail(name, `${value} is out of range [${min}, ${max}]`)
+      return value
+    }
     const text = this.decimalText(name)
     // Up to 15 digits a number is exact: no bigint needed (most values of a tree are ints).
     if (text.length > 15) return Number(this.inRange(name, BigInt(text), BigInt(min), BigInt(max)))
@@ -292,6 +363,9 @@ export class SavedDir {
 
   /** An octal integer with a leading 0 ("0100002"), at most `max`. */
   octal(name: string, max: bigint): number {
+    const raw = this.raw(name, maxValueBytes)
+    // Up to 12 characters (11 digits) parseInt is exact.
+    if (raw.length <= 12 && octalLine.test(raw)) return Number(this.inRange(name, BigInt(parseInt(raw, 8)), 0n, max))
     const text = this.text(name)
     if (!/^0[0-7]*$/.test(text)) throw this.fail(name, `not octal with a leading 0: ${JSON.stringify(text)}`)
     return Number(this.inRange(name, BigInt('0o' + (text.slice(1) || '0')), 0n, max))
@@ -299,12 +373,16 @@ export class SavedDir {
 
   /** A hexadecimal integer with a leading 0x, at most `max`. */
   hex(name: string, max: bigint): bigint {
+    const raw = this.raw(name, maxValueBytes)
+    if (hexLine.test(raw)) return this.inRange(name, BigInt(raw), 0n, max)
     const text = this.text(name)
     if (!/^0x[0-9a-fA-F]+$/.test(text)) throw this.fail(name, `not hexadecimal with a leading 0x: ${JSON.stringify(text)}`)
     return this.inRange(name, BigInt(text), 0n, max)
   }
 
   flag(name: string): boolean {
+    const raw = this.raw(name, maxValueBytes)
+    if (raw === '0\n' || raw === '1\n') return raw === '1\n'
     const text = this.text(name)
     if (text !== '0' && text !== '1') throw this.fail(name, `not 0 or 1: ${JSON.stringify(text)}`)
     return text === '1'
@@ -351,15 +429,20 @@ export class SavedDir {
     try {
       return read()
     } catch (err) {
-      // Changed since it was listed: say what it is now, as lstat does.
-      this.lstat(name, 'file')
-      throw this.fail(name, `cannot be read: ${(err as Error).message}`)
+      throw this.readFailure(name, err)
     }
+  }
+
+  /** A listed file could not be read: it changed since it was listed; say what it is now, as lstat does. */
+  private readFailure(name: string, err: unknown): CkptError {
+    this.lstat(name, 'file')
+    return this.fail(name, `cannot be read: ${(err as Error).message}`)
   }
 
   /** Refuses every entry of this directory that no reader asked for. */
   finish(): void {
-    const unknown = firstBad(this.unorderedNames(), (name) => !this.used.has(name))
+    if (this.allUsed) return
+    const unknown = firstBad(this.unorderedNames(), (name) => !this.isUsed(name))
     if (unknown !== undefined) throw this.fail(unknown, 'unknown entry')
   }
 

@@ -20,7 +20,7 @@ export const signalfd: FileHandler<SignalfdDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     return described<SignalfdDescription>(base, { type: 'signalfd', sigmask: dir.hex('sigmask', U64_MAX) })
   },
 

@@ -17,7 +17,7 @@ export const socket: FileHandler<OtherDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     requireNotCheckpointable(dir, base, 'socket')
     return described<OtherDescription>(base, { type: 'socket' })
   },

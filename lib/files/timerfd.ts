@@ -62,7 +62,7 @@ export const timerfd: FileHandler<TimerfdDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     const clockid = dir.int('clockid', 0, 15)
     if (!timerfdClocks.has(clockid)) throw dir.fail('clockid', `${clockid} is not a clock a timerfd can use`)
     const ticks = dir.decimal('ticks', 0n, U64_MAX)

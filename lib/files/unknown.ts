@@ -18,7 +18,7 @@ export const unknown: FileHandler<OtherDescription> = {
 
   entries: () => table,
 
-  async load(dir, base) {
+  load(dir, base) {
     requireNotCheckpointable(dir, base, 'unknown')
     return described<OtherDescription>(base, { type: 'unknown' })
   },
