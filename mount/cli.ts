@@ -6,6 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
 import { CkptError, messageOf } from '../lib/errors'
+import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
@@ -234,22 +235,40 @@ async function restore(parsed: Parsed): Promise<void> {
     if (!kind) throw new CkptError(`${source}: no such file or directory`)
     if (!kind.isDirectory() && !kind.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory) nor an image file`)
     dir = claimRestoreDir(area, path.basename(source).replace(/\.[^.]*$/, '') || 'saved')
-    if (kind.isDirectory()) {
-      execFileSync('cp', ['-a', `${source}/.`, dir]) // several times faster than fs.cpSync on big trees
-    } else {
-      fs.copyFileSync(source, path.join(dir, 'image'))
+    try {
+      if (kind.isFile()) fs.copyFileSync(source, path.join(dir, 'image'))
+      else if (holdsTaskDir(source)) {
+        // A saved tree goes in as the image made from it (read and validated here, as a
+        // restore would): one file through the mount instead of one per value, seconds
+        // instead of minutes for a 10,000-fd tree's 181,065 files.
+        await treeToImage(source, path.join(dir, 'image'))
+      } else execFileSync('cp', ['-a', `${source}/.`, dir]) // a directory holding an image
+    } catch (err) {
+      fs.rmSync(dir, { recursive: true, force: true })
+      throw err
     }
   }
   try {
-    fs.writeFileSync(path.join(dir, 'done'), '1\n')
-  } catch (err) {
-    const status = readOrUndefined(path.join(dir, 'status'))
-    throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
+    try {
+      fs.writeFileSync(path.join(dir, 'done'), '1\n')
+    } catch (err) {
+      const status = readOrUndefined(path.join(dir, 'status'))
+      throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
+    }
+    const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+    const m = /^restored ([0-9]+)$/.exec(status)
+    if (!m) throw new CkptError(`restore of ${source}: ${status}`)
+    process.stdout.write(m[1] + '\n')
+  } finally {
+    // A copy made here has given its answer (printed above); kept, it would hold the
+    // server's memory or disk until the unmount.
+    if (dir !== source) fs.rmSync(dir, { recursive: true, force: true })
   }
-  const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
-  const m = /^restored ([0-9]+)$/.exec(status)
-  if (!m) throw new CkptError(`restore of ${source}: ${status}`)
-  process.stdout.write(m[1] + '\n')
+}
+
+/** Whether `dir` holds a task-PID directory (a saved tree rather than a directory holding an image). */
+function holdsTaskDir(dir: string): boolean {
+  return fs.readdirSync(dir).some((name) => /^task-[0-9]+$/.test(name))
 }
 
 /**

@@ -318,6 +318,8 @@ t.test('nothing is left behind after a failed restore, and the server keeps answ
   await checkpointSaveKill(mnt, target.pid, saved)
   const server = serverPid(mnt)
   const before = listTree(dir)
+  const area = path.join(mnt, 'restore')
+  const areaBefore = fs.readdirSync(area)
 
   const failing = async (what: string, expected: RegExp, damage: () => void, undo: () => void) => {
     damage()
@@ -330,6 +332,7 @@ t.test('nothing is left behind after a failed restore, and the server keeps answ
     t.same(childrenOf(server), [], `${what}: the server has no children left`)
     t.same(listTree(dir), before, `${what}: no stray file (${listTree(dir).filter((p) => !before.includes(p)).join(', ') || 'none'})`)
     t.ok(fs.readdirSync(mnt).includes('restore'), `${what}: the server still answers`)
+    t.same(fs.readdirSync(area), areaBefore, `${what}: the copy ckptfs restore made in restore/ is gone`)
   }
 
   // 1. The stub fails after creating the unlinked file's temporary name (reopening it fails).
@@ -348,9 +351,15 @@ t.test('nothing is left behind after a failed restore, and the server keeps answ
   // 3. The process state fails late (after the memory is in place): the cwd is gone.
   await failing('the cwd is gone', new RegExp(`^ckptfs restore: restore: chdir ${sub}: ENOENT`), () => fs.rmdirSync(sub), () => fs.mkdirSync(sub))
 
+  // 4. The tree itself is refused while ckptfs restore turns it into an image, before anything goes into restore/.
+  const posFile = path.join(saved, 'files', unlinked, 'f_pos')
+  const pos = fs.readFileSync(posFile, 'utf8')
+  await failing('a value is malformed', new RegExp(`^ckptfs restore: files/${unlinked}/f_pos: not a decimal integer: "x"\n$`), () => fs.writeFileSync(posFile, 'x\n'), () => fs.writeFileSync(posFile, pos))
+
   // After all that, the saved tree restores and the program is whole.
   restoreOk(mnt, saved, target.pid)
   expectChecks(t, await runChecks(target), ['data.txt at its offset', 'unlinked file', 'pipe bytes', 'eventfd'])
   t.same(listTree(dir).filter((p) => p !== 'go'), before, 'no stray file after the good restore either')
+  t.same(fs.readdirSync(area), areaBefore, 'nor its copy in restore/')
   t.equal(ckptfs('restore', path.join(dir, 'no-such-tree'), '--mount', mnt).status, 1, 'a path that is not there is refused too')
 })
