@@ -8,7 +8,8 @@
 //      the same run by bench/restorefloor.c: MADV_POPULATE_WRITE of a fresh 1 GiB region in
 //      another process plus process_vm_writev of 1 GiB into it; the floor pass and the
 //      restore are each preceded by the same untimed warm-up (restorefloor warm);
-//  (b) a task with 10,000 fds (bench/fdtarget.c).
+//  (b) a task with 10,000 fds (bench/fdtarget.c); then, untargeted, `ckptfs restore TREE` of
+//      its tree on tmpfs, the whole command.
 
 import { spawn, spawnSync } from 'child_process'
 import * as fs from 'fs'
@@ -232,6 +233,28 @@ async function fdRestores(rep: Report, opts: Options, fdtarget: string, work: st
       rep.check(`(b) restore of ${fmtN(held)} fds from the ${kind}${opts.repeats > 1 ? ` #${i + 1}` : ''}: write to done`, fmtS(r.seconds), '< 0.3 s', r.seconds < 0.3,
         `${fmtX(r.seconds / 0.3)} the target, ${fmtS(r.seconds - 0.3)} over`,
         `copied into MNT/restore in ${fmtS(r.copySeconds)} (untimed); PID ${pid} again with ${fmtN(held)} fds; gone ${fmtS(r.reapSeconds)} after SIGKILL`)
+    }
+  }
+  // What a user waits for with the tree on disk: `ckptfs restore TREE` with the mount (the
+  // command condenses the tree into an image and copies that in), whole, node start-up included.
+  for (let i = 0; i < opts.repeats; i++) {
+    let restored = 0
+    const forget = onCleanup(`kill restored ${pid}`, () => {
+      if (restored > 0 && processState(restored) !== undefined) process.kill(restored, 'SIGKILL')
+    })
+    try {
+      log(`restore: ckptfs restore of the saved tree #${i + 1}`)
+      const r = ckptfsOk('restore', saved.tree, '--mount', mnt)
+      restored = Number(r.stdout.trim())
+      if (restored !== pid) throw new Error(`ckptfs restore answered ${r.stdout.trim()}, the saved PID is ${pid}`)
+      check(pid)
+      process.kill(pid, 'SIGKILL')
+      await waitGone(pid, 120_000)
+      rep.ref(`(b) \`ckptfs restore TREE --mount MNT\` of the ${fmtN(held)}-fd tree on tmpfs${opts.repeats > 1 ? ` #${i + 1}` : ''}`, fmtS(r.seconds),
+        `the whole command (node start-up, reading and condensing the tree, copying the image in, the restore); PID ${pid} again with ${fmtN(held)} fds`)
+    } finally {
+      forget()
+      if (restored > 0) await waitGone(restored, 120_000).catch((err) => log((err as Error).message))
     }
   }
 }
