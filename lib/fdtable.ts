@@ -261,7 +261,7 @@ export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<
     })
   }
 
-  const fdsDir = await (top.dir(await taskDirName(top, taskDir))).dir('fds')
+  const fdsDir = top.dir(await taskDirName(top, taskDir)).dir('fds')
   const fds = await mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd, objrefs))
 
   const used = new Set<number>(fds.map((e) => e.objref))
