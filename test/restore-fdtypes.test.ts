@@ -12,7 +12,7 @@ import * as path from 'path'
 import type { Duplex } from 'stream'
 import t, { type Test } from 'tap'
 import { asObjRef, type FileTable, type ProcessState } from '../lib/model'
-import { framePlan, RecordBuilder } from '../lib/restore/fdplan'
+import { framePlan, RecordBuilder, type PlannedRecord } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
 import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
 import { buildTarget, repo, sleep, startTarget, type Target } from './lib/targets'
@@ -168,6 +168,29 @@ t.test('plan fields are little-endian, as the stub reads them; strings are lengt
     at += 8 + `/f${i}`.length
   }
   t.ok(ok && at === built.length, 'a payload of 2,000 fields keeps every field in place')
+})
+
+t.test('plan records go in the order of the lowest fd naming them, objrefs dense or sparse', async (t) => {
+  const proc = { pid: 1, sid: 2, pgid: 3, rlimits: [] } as unknown as ProcessState
+  // Objrefs [a, b, c]; fd 3 names c, fds 4 and 9 name a, nothing names b: c, a, then b.
+  const order = (a: number, b: number, c: number): number[] => {
+    const table = {
+      fds: [{ fd: 9, closeOnExec: false, objref: asObjRef(a) }, { fd: 3, closeOnExec: false, objref: asObjRef(c) }, { fd: 4, closeOnExec: true, objref: asObjRef(a) }],
+      files: [a, b, c].map((objref) => ({ objref: asObjRef(objref) })),
+    } as unknown as FileTable
+    const records = [a, b, c].map((objref) => ({ kind: 1, objref: asObjRef(objref), payload: new RecordBuilder().u32(objref) }))
+    const plan = framePlan(table, proc, records as PlannedRecord[]).bytes
+    const seen: number[] = []
+    for (let at = 32, i = 0; i < 3; i++, at += 16) {
+      t.equal(plan.readUInt32LE(at + 8), 4, 'payload length')
+      t.equal(plan.readUInt32LE(at + 12), plan.readUInt32LE(at + 4), 'the payload follows its own record')
+      seen.push(plan.readUInt32LE(at + 4))
+    }
+    t.equal(plan.length, 32 + 3 * 16 + 3 * 12, 'header, records, fd table: nothing else')
+    return seen
+  }
+  t.strictSame(order(1, 2, 3), [3, 1, 2], 'objrefs 1..3 (a table by objref)')
+  t.strictSame(order(7, 1_000_000, 2_000_000_000), [2_000_000_000, 7, 1_000_000], 'objrefs up to 2e9 (a map)')
 })
 
 // The stub alone (no ptrace, no engine): a plan from the planners, the stub run as our child

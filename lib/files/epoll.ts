@@ -118,6 +118,6 @@ export const epoll: FileHandler<EpollDescription> = {
       }
       payload.i32(item.tfd).u32(item.targetObjref).u32(item.events).u64(item.data)
     })
-    return { kind: ObjectKind.Epoll, objref: d.objref, payload: payload.build() }
+    return { kind: ObjectKind.Epoll, objref: d.objref, payload }
   },
 }

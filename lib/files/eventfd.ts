@@ -40,5 +40,5 @@ export const eventfd: FileHandler<EventfdDescription> = {
   },
 
   // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.
-  planRestore: (d) => ({ kind: ObjectKind.Eventfd, objref: d.objref, payload: new RecordBuilder().u64(d.count).i32((d.flags & 0o4000) | (d.semaphore ? 1 : 0)).build() }),
+  planRestore: (d) => ({ kind: ObjectKind.Eventfd, objref: d.objref, payload: new RecordBuilder().u64(d.count).i32((d.flags & 0o4000) | (d.semaphore ? 1 : 0)) }),
 }

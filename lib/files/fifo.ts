@@ -44,7 +44,7 @@ export const fifo: FileHandler<PathDescription> = {
   async planRestore(d, { table }) {
     const first = firstOpens(table).get(d.path)
     const data = first === d ? await (d.buffered ?? noData)() : Buffer.alloc(0)
-    return { kind: ObjectKind.Fifo, objref: d.objref, payload: new RecordBuilder().i32(d.flags).string(d.path).bytes(data).build() }
+    return { kind: ObjectKind.Fifo, objref: d.objref, payload: new RecordBuilder().i32(d.flags).string(d.path).bytes(data) }
   },
 }
 

@@ -108,6 +108,6 @@ export const inotify: FileHandler<InotifyDescription> = {
       }
       payload.i32(w.wd).u32(((w.mask & keptMaskBits) | IN_DONT_FOLLOW) >>> 0).string(w.path)
     }
-    return { kind: ObjectKind.Inotify, objref: d.objref, payload: payload.build() }
+    return { kind: ObjectKind.Inotify, objref: d.objref, payload }
   },
 }

@@ -100,5 +100,5 @@ export function loadOtherLinks(dir: SavedDir): Lazy<string[]> {
 
 /** Restore: reopen by path with the saved flags, then seek to the saved offset. */
 export function pathRecord(d: PathDescription): PlannedRecord {
-  return { kind: ObjectKind.Path, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path).build() }
+  return { kind: ObjectKind.Path, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path) }
 }

@@ -52,7 +52,6 @@ export const pipe: FileHandler<PipeDescription> = {
       .i32(read[0]?.flags ?? 0)
       .u32(write[0]?.objref ?? 0)
       .i32(write[0]?.flags ?? 0)
-      .build()
     return { kind: ObjectKind.Pipe, objref: d.objref, payload }
   },
 }

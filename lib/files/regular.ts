@@ -59,8 +59,8 @@ export const regular: FileHandler<PathDescription> = {
     const link = await sameFileAs(d, data)
     if (link) return pathRecord({ ...d, path: link })
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
-    if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).build() }
-    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u64(d.pos).string(d.path).bytes(data).build() }
+    if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data) }
+    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u64(d.pos).string(d.path).bytes(data) }
   },
 }
 

@@ -25,5 +25,5 @@ export const signalfd: FileHandler<SignalfdDescription> = {
   },
 
   // SIGNALFD: u64 mask, i32 flags (SFD_NONBLOCK, which is O_NONBLOCK).
-  planRestore: (d) => ({ kind: ObjectKind.Signalfd, objref: d.objref, payload: new RecordBuilder().u64(d.sigmask).i32(d.flags & O_NONBLOCK).build() }),
+  planRestore: (d) => ({ kind: ObjectKind.Signalfd, objref: d.objref, payload: new RecordBuilder().u64(d.sigmask).i32(d.flags & O_NONBLOCK) }),
 }

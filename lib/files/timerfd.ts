@@ -76,6 +76,6 @@ export const timerfd: FileHandler<TimerfdDescription> = {
   planRestore: (d) => ({
     kind: ObjectKind.Timerfd,
     objref: d.objref,
-    payload: new RecordBuilder().i32(d.clockid).i32(d.flags & O_NONBLOCK).i32(d.settimeFlags).u64(firstExpiryNs(d)).u64(d.intervalNs).u64(d.ticks).build(),
+    payload: new RecordBuilder().i32(d.clockid).i32(d.flags & O_NONBLOCK).i32(d.settimeFlags).u64(firstExpiryNs(d)).u64(d.intervalNs).u64(d.ticks),
   }),
 }

@@ -67,11 +67,6 @@ export class RecordBuilder {
     return this
   }
 
-  /** The payload, done: framePlan writes it into the plan. */
-  build(): this {
-    return this
-  }
-
   /** Writes the fields at the writer's end. */
   writeTo(out: ByteWriter): void {
     for (const field of this.fields) {
@@ -140,6 +135,7 @@ export interface PlannedRecord {
   kind: ObjectKind
   /** The objref the record opens (for a pipe: either end; the payload names both). */
   objref: ObjRef
+  /** Its fields, which framePlan writes into the plan. */
   payload: RecordBuilder
 }
 
@@ -185,6 +181,9 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
   return { bytes: out.done(), workFdBase }
 }
 
+/** The home of a record whose object no fd names (above every fd number). */
+const NO_FD = 2 ** 31
+
 /**
  * Indexes of `records` by the lowest fd naming each record's object (records no fd names
  * last), in their given order where equal. Sorted as numbers, home * 2^21 + index, with
@@ -204,7 +203,7 @@ function homeOrder(records: PlannedRecord[], lowestFd: LowestFd): Iterable<numbe
 }
 
 /**
- * The lowest fd naming each objref (2^31 for none). Objrefs are numbered 1..N by a
+ * The lowest fd naming each objref (NO_FD for none). Objrefs are numbered 1..N by a
  * checkpoint: a table indexed by objref costs a tenth of a Map here. A hand-made tree may
  * number them sparsely, up to 2^31 - 1: then a Map.
  */
@@ -213,7 +212,7 @@ class LowestFd {
   private readonly sparse = new Map<ObjRef, number>()
 
   constructor(maxRef: number, count: number) {
-    if (maxRef <= 4 * count + 64) this.dense = new Float64Array(maxRef + 1).fill(2 ** 31)
+    if (maxRef <= 4 * count + 64) this.dense = new Float64Array(maxRef + 1).fill(NO_FD)
   }
 
   offer(objref: ObjRef, fd: number): void {
@@ -224,6 +223,6 @@ class LowestFd {
 
   of(objref: ObjRef): number {
     if (this.dense && objref < this.dense.length) return this.dense[objref]
-    return this.sparse.get(objref) ?? 2 ** 31
+    return this.sparse.get(objref) ?? NO_FD
   }
 }
