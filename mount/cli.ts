@@ -10,7 +10,10 @@ import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
-import { forceUnmount, restoreBackingOf, Server } from './server'
+import { readRecord, removeLeftovers, serverRuns } from './records'
+import { ckptfsMounts, cleanUpDeadMount, Server } from './server'
+
+export { ckptfsMounts }
 
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
@@ -75,18 +78,6 @@ function parsePid(text: string): number {
 
 // ---- mounts ----
 
-function unescapeMountField(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)))
-}
-
-/** Mount points of every active ckptfs mount. */
-export function ckptfsMounts(): string[] {
-  return fs.readFileSync('/proc/mounts', 'utf8').split('\n')
-    .map((line) => line.split(' '))
-    .filter((f) => f[2] === 'fuse.ckptfs')
-    .map((f) => unescapeMountField(f[1]))
-}
-
 function chooseMount(given: string | true | undefined): string {
   const mounts = ckptfsMounts()
   if (typeof given === 'string') {
@@ -99,21 +90,10 @@ function chooseMount(given: string | true | undefined): string {
   throw new CkptError(`${mounts.length} ckptfs mounts are active (${mounts.join(', ')}): choose one with --mount`)
 }
 
-/** PIDs of the servers serving `mnt` (found by their command line). */
+/** The PID of the running server of `mnt` (found by the record it wrote: mount/records.ts), as a list. */
 export function serversOf(mnt: string): number[] {
-  const found: number[] = []
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^[0-9]+$/.test(entry)) continue
-    let argv: string[]
-    try {
-      argv = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0')
-    } catch {
-      continue
-    }
-    const i = argv.indexOf('mount')
-    if (i > 0 && argv[i - 1].endsWith(path.join('mount', 'cli.js')) && argv[i + 1] === mnt && argv.includes('--foreground')) found.push(Number(entry))
-  }
-  return found
+  const record = readRecord(path.resolve(mnt))
+  return record && serverRuns(record) ? [record.pid] : []
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -125,7 +105,9 @@ async function mount(parsed: Parsed): Promise<void> {
   const mnt = path.resolve(given)
   const cacheSize = parsed.flags.get('cache-size')
   const cacheBytes = typeof cacheSize === 'string' ? parseBytes(cacheSize) : DEFAULT_CACHE_BYTES
-  if (ckptfsMounts().includes(mnt) && serversOf(mnt).length > 0) throw new CkptError(`${mnt} is a ckptfs mount already`)
+  // A dead server's mount and leftovers are cleaned up by the new server (Server.mount).
+  const running = serversOf(mnt)
+  if (running.length > 0) throw new CkptError(`${mnt} is a ckptfs mount already (server pid ${running[0]})`)
   if (parsed.flags.has('foreground')) return serve(mnt, cacheBytes)
 
   // Background: run the server as a detached child and return once it says the mount answers.
@@ -158,6 +140,14 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
     }
   }
   const server = new Server(mnt, { cacheBytes })
+  // However the process ends (short of SIGKILL), its private files go with it.
+  process.on('exit', () => {
+    try {
+      server.removeLeftovers()
+    } catch (err) {
+      console.error(`ckptfs: server: ${messageOf(err)}`)
+    }
+  })
   let closing: Promise<void> | undefined
   const shutdown = (code: number) => {
     closing ??= server.close().catch((err) => console.error(`ckptfs: unmount: ${messageOf(err)}`)).finally(() => process.exit(code))
@@ -180,26 +170,32 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
 async function umount(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'MNT')
   const mnt = path.resolve(given)
-  const servers = serversOf(mnt)
-  if (servers.length === 0) {
-    if (!ckptfsMounts().includes(mnt)) throw new CkptError(`${mnt} is not a ckptfs mount`)
-    await forceUnmount(mnt) // its server died: only the kernel's mount is left
-    fs.rmSync(restoreBackingOf(mnt), { recursive: true, force: true })
+  // The server is the one its record names (mount/records.ts); a zombie one has exited.
+  const record = readRecord(mnt)
+  if (!record || !serverRuns(record)) {
+    // Its server died (or never wrote a record): clean up the kernel's mount and what the
+    // record says the server left.
+    const unmounted = await cleanUpDeadMount(mnt)
+    if (record) removeLeftovers(record)
+    else if (!unmounted) throw new CkptError(`${mnt} is not a ckptfs mount`)
     return
   }
-  for (const pid of servers) process.kill(pid, 'SIGTERM')
-  const running = () => servers.some((pid) => fs.existsSync(`/proc/${pid}`))
+  const server = record.pid
+  process.kill(server, 'SIGTERM')
+  const running = () => serverRuns(record)
   for (let waited = 0; running() && ckptfsMounts().includes(mnt); waited += 50) {
-    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${servers.join(', ')}) did not unmount within 30 s`)
+    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${server}) did not unmount within 30 s`)
     await sleep(50)
   }
-  if (ckptfsMounts().includes(mnt)) await forceUnmount(mnt)
+  if (ckptfsMounts().includes(mnt)) await cleanUpDeadMount(mnt)
   // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
   for (let waited = 0; running(); waited += 50) {
     if (waited === 2_000) process.stderr.write(`ckptfs umount: ${mnt} is unmounted; waiting for its server to remove the files copied into restore/\n`)
-    if (waited > 600_000) throw new CkptError(`${mnt} is unmounted, but its server (pid ${servers.join(', ')}) is still removing ${restoreBackingOf(mnt)} after 10 minutes`)
+    if (waited > 600_000) throw new CkptError(`${mnt} is unmounted, but its server (pid ${server}) is still removing ${record.backing} after 10 minutes`)
     await sleep(50)
   }
+  // A server that died before it removed them (killed meanwhile) leaves them to us.
+  removeLeftovers(record)
 }
 
 async function checkpoint(parsed: Parsed): Promise<void> {

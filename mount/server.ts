@@ -1,14 +1,14 @@
 // The FUSE server: maps paths and file operations onto the session's tree of nodes
 // (lib/tree/node.ts). It knows nothing of checkpoints; everything it shows comes from lib.
 
-import { createHash } from 'crypto'
 import * as fs from 'fs'
 import * as os from 'os'
-import * as path from 'path'
 import { CkptError, errnoOf, messageOf, type ErrnoName } from '../lib/errors'
+import { makePrivateDir } from '../lib/privatedir'
 import { Session } from '../lib/session'
 import type { Sized } from '../lib/model'
 import type { DirNode, FileNode, Node } from '../lib/tree/node'
+import { BACKING_PREFIX, readRecord, removeBacking, removeLeftovers, removeRecord, serverRuns, writeRecord, type ServerRecord } from './records'
 
 // fuse-native has no type declarations; this is the part of its API we use.
 interface FuseInstance {
@@ -38,17 +38,28 @@ export class Server {
   private readonly uid = process.getuid?.() ?? 0
   private readonly gid = process.getgid?.() ?? 0
 
+  /** The restore area's private backing directory, made here when the server starts. */
+  readonly backing: string
+  private record: ServerRecord | undefined
+
   constructor(readonly mnt: string, opts: ServerOptions) {
-    // Left over only by a server that was killed (SIGKILL): no live server has this mount.
-    const backing = restoreBackingOf(mnt)
-    fs.rmSync(backing, { recursive: true, force: true })
-    this.session = new Session(opts.cacheBytes, backing)
+    this.backing = makePrivateDir(os.tmpdir(), BACKING_PREFIX)
+    this.session = new Session(opts.cacheBytes, this.backing)
     this.session.on('removed', (prefix) => {
       for (const key of this.nodes.keys()) if (key === prefix || key.startsWith(prefix + '/')) this.nodes.delete(key)
     })
   }
 
+  /**
+   * Records this server for `mnt` (after cleaning up what a dead server of `mnt` left: its
+   * mount, backing directory and record), then mounts.
+   */
   async mount(): Promise<void> {
+    const before = readRecord(this.mnt)
+    if (before && serverRuns(before)) throw new CkptError(`${this.mnt} is served already (server pid ${before.pid})`, 'EBUSY')
+    await cleanUpDeadMount(this.mnt)
+    if (before) removeLeftovers(before)
+    this.record = writeRecord(this.mnt, this.backing)
     const fuse = new Fuse(this.mnt, this.operations(), {
       mkdir: true,
       force: true,
@@ -67,13 +78,21 @@ export class Server {
     this.fuse = fuse
   }
 
-  /** Thaws every frozen task, unmounts, then removes the restore area's backing files. */
+  /** Thaws every frozen task, unmounts, then removes the restore area's backing files and the record. */
   async close(): Promise<void> {
     await this.session.close()
     const fuse = this.fuse
     this.fuse = undefined
     if (fuse) await new Promise<void>((resolve) => fuse.unmount(() => resolve()))
     this.session.disposeRestoreArea()
+    this.removeLeftovers()
+  }
+
+  /** Removes the backing directory and this server's record; for any exit (synchronous). */
+  removeLeftovers(): void {
+    removeBacking(this.backing)
+    if (this.record) removeRecord(this.record)
+    this.record = undefined
   }
 
   // ---- path resolution ----
@@ -241,16 +260,36 @@ function errno(name: ErrnoName): number {
   return -(os.constants.errno as Record<string, number>)[name]
 }
 
-/**
- * Where the restore area of the server of `mnt` keeps its files: one place per mount point,
- * so that what a killed server left behind is found and removed (by `ckptfs umount`, or by
- * the next server on that mount point).
- */
-export function restoreBackingOf(mnt: string): string {
-  return path.join(os.tmpdir(), `ckptfs-restore-${createHash('sha256').update(path.resolve(mnt)).digest('hex').slice(0, 16)}`)
-}
-
 /** Unmounts a mount whose server is gone (the kernel answers ENOTCONN there). */
 export function forceUnmount(mnt: string): Promise<void> {
   return new Promise((resolve, reject) => Fuse.unmount(mnt, (err) => (err ? reject(err) : resolve())))
+}
+
+function unescapeMountField(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)))
+}
+
+/** Mount points of every active ckptfs mount. */
+export function ckptfsMounts(): string[] {
+  return fs.readFileSync('/proc/mounts', 'utf8').split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => f[2] === 'fuse.ckptfs')
+    .map((f) => unescapeMountField(f[1]))
+}
+
+/**
+ * Unmounts a ckptfs mount at `mnt` whose server is gone: the kernel answers ENOTCONN there.
+ * A mount that still answers has a live server that this one must not take over (one that
+ * wrote no record), and is refused.
+ */
+export async function cleanUpDeadMount(mnt: string): Promise<boolean> {
+  if (!ckptfsMounts().includes(mnt)) return false
+  try {
+    fs.statSync(mnt)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw new CkptError(`${mnt}: ${messageOf(err)}`)
+    await forceUnmount(mnt)
+    return true
+  }
+  throw new CkptError(`${mnt} is a ckptfs mount whose server left no record in /run/ckptfs (started by another version?): stop that server, or unmount it with umount -l`, 'EBUSY')
 }

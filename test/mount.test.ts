@@ -8,7 +8,7 @@ import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { SMALL_FILE } from '../lib/restore/areatree'
-import { restoreBackingOf } from '../mount/server'
+import { readRecord, serverRuns } from '../mount/records'
 import { ckptfs, ckptfsOk, mounted, mountFor } from './lib/mount'
 import { buildTarget, sleep, startTarget, threadIds, threadState, type Target } from './lib/targets'
 
@@ -160,34 +160,33 @@ t.test('a server killed with SIGKILL leaves no task frozen', async (t) => {
   // A file too large to be kept in memory: it goes to the restore area's backing directory.
   fs.mkdirSync(path.join(mnt, 'restore', 'copied'))
   fs.writeFileSync(path.join(mnt, 'restore', 'copied', 'large'), Buffer.alloc(2 * SMALL_FILE, 7))
-  const server = execFileSync('pgrep', ['-f', `mount ${mnt} --foreground`], { encoding: 'utf8' }).trim().split('\n').map(Number)
-  t.equal(server.length, 1)
-  process.kill(server[0], 'SIGKILL')
+  const { pid: server, backing } = readRecord(mnt)!
+  process.kill(server, 'SIGKILL')
   await sleep(300)
   t.notOk(allStopped(target.pid), 'the kernel detached the task; it runs')
   const ticks = target.lines.length
   await target.waitFor(new RegExp(`^tick ${ticks + 1}$`))
-  const backing = restoreBackingOf(mnt)
   t.ok(fs.existsSync(backing), 'the dead server left its restore area behind')
   ckptfsOk('umount', mnt)
   t.notOk(mounted(mnt), 'umount removes a mount whose server died')
   t.notOk(fs.existsSync(backing), 'and the restore area the server left behind')
+  t.equal(readRecord(mnt), undefined, 'and its record')
 })
 
 t.test('umount unmounts first, then the server removes what was copied into restore/ and exits', async (t) => {
   const mnt = mountFor(t)
-  const server = execFileSync('pgrep', ['-f', `mount ${mnt} --foreground`], { encoding: 'utf8' }).trim().split('\n').map(Number)
-  t.equal(server.length, 1)
+  const record = readRecord(mnt)!
+  const { backing } = record
   fs.mkdirSync(path.join(mnt, 'restore', 'copied'))
   fs.mkdirSync(path.join(mnt, 'restore', 'copied', 'sub'))
   for (let i = 0; i < 200; i++) fs.writeFileSync(path.join(mnt, 'restore', 'copied', 'sub', `f${i}`), `${i}\n`)
   for (let i = 0; i < 3; i++) fs.writeFileSync(path.join(mnt, 'restore', 'copied', `large${i}`), Buffer.alloc(SMALL_FILE + 1, i))
-  const backing = restoreBackingOf(mnt)
   t.equal(fs.readdirSync(backing).length, 3, 'the large files live in the backing directory, the small ones in memory')
   ckptfsOk('umount', mnt)
   t.notOk(mounted(mnt), 'unmounted')
   t.notOk(fs.existsSync(backing), 'the copied files are gone')
-  t.notOk(fs.existsSync(`/proc/${server[0]}`), 'and the server has exited when umount returns')
+  t.notOk(serverRuns(record), 'and the server has exited when umount returns (gone, or a zombie not reaped yet)')
+  t.equal(readRecord(mnt), undefined, 'and removed its record')
 })
 
 t.test('a reader that dies mid-read changes nothing', async (t) => {

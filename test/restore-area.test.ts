@@ -13,7 +13,7 @@ import t, { type Test } from 'tap'
 import { RestoreArea } from '../lib/restore/area'
 import { AreaTree, SMALL_FILE, type AreaFile } from '../lib/restore/areatree'
 import type { DirNode, FileNode } from '../lib/tree/node'
-import { restoreBackingOf } from '../mount/server'
+import { readRecord } from '../mount/records'
 import { mountFor } from './lib/mount'
 
 /** Every file and directory under `dir`, relative, with its kind and bytes. */
@@ -59,7 +59,7 @@ t.test('cp -a in and out: every byte, small files in memory, large ones in the b
   const r = spawnSync('cp', ['-a', tree, path.join(mnt, 'restore', 'saved')], { encoding: 'utf8' })
   t.equal(r.status, 0, `cp -a into restore/ ${r.stderr}`)
   t.strictSame(contents(path.join(mnt, 'restore', 'saved')), contents(tree), 'reads back byte for byte')
-  const backing = restoreBackingOf(mnt)
+  const backing = readRecord(mnt)!.backing
   t.equal(fs.readdirSync(backing).length, 2, 'only the two files larger than the in-memory size are on disk')
 
   const out = path.join(src, 'out')
@@ -140,7 +140,7 @@ t.test('rename, rmdir and unlink answer as the system calls do', async (t) => {
 })
 
 t.test('a tree being restored cannot be changed; its status says so', async (t) => {
-  const area = new RestoreArea(path.join(scratch(t), 'backing'))
+  const area = new RestoreArea(scratch(t))
   t.teardown(() => area.dispose())
   const root = area.root()
   await root.mkdir!('saved')
@@ -168,7 +168,7 @@ t.test('a tree being restored cannot be changed; its status says so', async (t) 
 })
 
 t.test('past its memory limit the area moves files to disk, and gives the memory back', async (t) => {
-  const backing = path.join(scratch(t), 'backing')
+  const backing = scratch(t)
   const limit = 256 << 10
   const tree = new AreaTree(backing, limit)
   t.teardown(() => tree.dispose())

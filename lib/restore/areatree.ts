@@ -2,6 +2,8 @@
 // small files live in memory; a file that grows past SMALL_FILE (memory pages, an image, an
 // unlinked file's contents), or any file once MEMORY_LIMIT bytes are held, moves to its own
 // backing file in a private directory on local disk, so a multi-GiB tree never sits in memory.
+// That directory is the server's own (made at its start, mode 0700, checked: lib/privatedir.ts);
+// backing files are made there with O_EXCL and every open refuses a symbolic link.
 // Why memory: a saved task with 10,000 fds is some 180,000 files of a few bytes, and opening,
 // reading and closing each on disk cost about 4 s of system calls per restore here; read from
 // memory, loading the tree costs what parsing its values costs.
@@ -9,10 +11,27 @@
 
 import { isUtf8 } from 'buffer'
 import * as fs from 'fs'
-import { CkptError } from '../errors'
+import { CkptError, messageOf } from '../errors'
 import { bufferSource, lazy, type ByteSource, type Lazy } from '../model'
 import type { EntryKind, StoredDir } from '../files/saved'
 import { fileSource } from '../files/source'
+import { CREATE_NEW } from '../privatedir'
+
+const { O_RDONLY, O_WRONLY, O_RDWR, O_NOFOLLOW } = fs.constants
+
+/** Opens an existing backing file, never through a symbolic link. */
+function openBacking(file: string, flags: number): number {
+  return fs.openSync(file, flags | O_NOFOLLOW)
+}
+
+function readWhole(file: string): Buffer {
+  const fd = openBacking(file, O_RDONLY)
+  try {
+    return fs.readFileSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
 
 /** Files up to this size are kept in memory. */
 export const SMALL_FILE = 64 << 10
@@ -100,7 +119,7 @@ export class AreaFile {
     const n = Math.max(0, Math.min(length, this.size - offset))
     if (n === 0) return Buffer.alloc(0)
     if (this.backing === undefined) return Buffer.from(this.bytes().subarray(offset, offset + n))
-    const fd = fs.openSync(this.backing, 'r')
+    const fd = openBacking(this.backing, O_RDONLY)
     try {
       const buf = Buffer.allocUnsafe(n)
       const got = fs.readSync(fd, buf, 0, n, offset)
@@ -125,7 +144,7 @@ export class AreaFile {
       this.size = Math.max(this.size, end)
       return
     }
-    const fd = fs.openSync(this.backing, 'r+')
+    const fd = openBacking(this.backing, O_RDWR)
     try {
       for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done, offset + done)
     } finally {
@@ -145,20 +164,25 @@ export class AreaFile {
     if (this.backing === undefined) {
       if (size > this.size) this.data!.fill(0, this.size, size)
     } else {
-      fs.truncateSync(this.backing, size)
+      const fd = openBacking(this.backing, O_WRONLY)
+      try {
+        fs.ftruncateSync(fd, size)
+      } finally {
+        fs.closeSync(fd)
+      }
     }
     this.size = size
   }
 
   /** The contents as they are now (a restore reads these whatever is written later). */
   snapshot(): Buffer {
-    return this.backing === undefined ? Buffer.from(this.bytes().subarray(0, this.size)) : fs.readFileSync(this.backing)
+    return this.backing === undefined ? Buffer.from(this.bytes().subarray(0, this.size)) : readWhole(this.backing)
   }
 
   /** The contents decoded as UTF-8. */
   text(): string {
     if (this.string !== undefined) return this.string
-    return this.backing === undefined ? (this.data?.toString('utf8', 0, this.size) ?? '') : fs.readFileSync(this.backing, 'utf8')
+    return this.backing === undefined ? (this.data?.toString('utf8', 0, this.size) ?? '') : readWhole(this.backing).toString('utf8')
   }
 
   /** A path on disk holding the contents (moved there first if they are in memory). */
@@ -215,9 +239,20 @@ export class AreaFile {
     return true
   }
 
+  /** Moves the contents to a new backing file; a move that fails leaves no file behind. */
   private toDisk(): void {
     const file = this.tree.newBackingFile()
-    fs.writeFileSync(file, this.bytes().subarray(0, this.size), { mode: 0o600 })
+    let fd: number | undefined
+    try {
+      fd = fs.openSync(file, CREATE_NEW | O_WRONLY, 0o600)
+      const bytes = this.bytes().subarray(0, this.size)
+      for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done, bytes.length - done, done)
+    } catch (err) {
+      if (fd !== undefined) fs.rmSync(file, { force: true })
+      throw new CkptError(`restore area: cannot move a file of ${this.size} bytes to ${file}: ${messageOf(err)}`, (err as NodeJS.ErrnoException).code === 'ENOSPC' ? 'ENOSPC' : 'EIO')
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd)
+    }
     this.free()
     this.backing = file
   }
@@ -227,9 +262,12 @@ export class AreaTree {
   readonly root = new AreaDir()
   private held = 0
   private nextBacking = 1
-  private backingMade = false
 
-  /** `memoryLimit`: bytes of contents held in memory at most (tests make it small). */
+  /**
+   * `backing`: an existing private directory (lib/privatedir.ts) that this tree owns and
+   * removes on dispose(). `memoryLimit`: bytes of contents held in memory at most (tests make
+   * it small).
+   */
   constructor(readonly backing: string, private readonly memoryLimit = MEMORY_LIMIT) {}
 
   /** Bytes of file contents held in memory now. */
@@ -247,11 +285,8 @@ export class AreaTree {
     this.held -= bytes
   }
 
+  /** The path of a new backing file (not made yet: the caller creates it with O_EXCL). */
   newBackingFile(): string {
-    if (!this.backingMade) {
-      fs.mkdirSync(this.backing, { recursive: true, mode: 0o700 })
-      this.backingMade = true
-    }
     return `${this.backing}/${this.nextBacking++}`
   }
 
