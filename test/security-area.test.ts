@@ -1,8 +1,8 @@
 // Issue 12, hole 1, replayed as an unprivileged user: the restore area's backing directory used
 // to be $TMPDIR/ckptfs-restore-HASH (HASH of the mount point: anybody can compute it), made at
-// the first large file and used whoever owned it. The attacker makes that directory first,
-// with a symbolic link to a root file and 0666 files named 1, 2, 3 ..., and then tries to read
-// and change what root copies into restore/. Now the server makes a fresh private directory
+// the first large file and used whoever owned it. The attacker makes that directory first
+// (once the server runs, before its first large file), with a symbolic link to a root file and
+// 0666 files named 1, 2, 3 ..., and then tries to read and change what root copies into restore/. Now the server makes a fresh private directory
 // when it starts: the planted one is never touched, root's file is unchanged, the attacker
 // can neither read nor write the real one, and a restored process gets the memory it had.
 
@@ -60,10 +60,11 @@ t.test('a backing directory planted under the old predictable name is never used
   const { dir, mnt, planted } = mountPoint(t)
   const victim = path.join(dir, 'victim')
   fs.writeFileSync(victim, "root's own file\n", { mode: 0o644 })
+  // Planted once the server runs (the old server removed that name when it started, and
+  // made it at its first large file).
+  ckptfsOk('mount', mnt)
   plant(planted, victim, 8)
   const before = snapshot(planted)
-
-  ckptfsOk('mount', mnt)
   const tree = path.join(dir, 'tree')
   fs.mkdirSync(tree)
   const large = [1, 2, 3].map((i) => randomBytes(SMALL_FILE * i + 17))
@@ -89,8 +90,8 @@ t.test('another user can neither read nor change restore-area data; a restored p
   const { dir, mnt, planted } = mountPoint(t)
   const victim = path.join(dir, 'victim')
   fs.writeFileSync(victim, "root's own file\n", { mode: 0o644 })
-  plant(planted, victim, 64)
   ckptfsOk('mount', mnt)
+  plant(planted, victim, 64)
 
   const work = workdir(t)
   const target = await launch(t, [memTarget, work], { dir: work })
@@ -99,12 +100,14 @@ t.test('another user can neither read nor change restore-area data; a restored p
   const copy = path.join(mnt, 'restore', 'mem')
   execFileSync('cp', ['-a', saved, copy])
 
-  const { backing } = readRecord(mnt)!
+  // Between the copy and `done`: what the attack did to the pages (the planted files the old
+  // server wrote them into, then the server's real ones).
+  shAs(user, `for f in '${planted}'/*; do [ -L "$f" ] || head -c 8192 /dev/urandom > "$f"; done`)
+  const record = readRecord(mnt)
+  t.ok(record, 'the server recorded itself and its backing directory')
+  const backing = record?.backing ?? planted
   const files = fs.readdirSync(backing)
   t.ok(files.length > 0, `the saved pages went to the backing directory (${files.length} files)`)
-  // Between the copy and `done`: what the attack did to the pages (planted files the old
-  // server wrote into, then the real ones).
-  shAs(user, `for f in '${planted}'/*; do [ -L "$f" ] || head -c 8192 /dev/urandom > "$f"; done`)
   for (const f of files) {
     const file = path.join(backing, f)
     t.not(runAs(user, ['cat', file]).status, 0, `the attacker cannot read backing file ${f}`)
