@@ -139,7 +139,13 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
       // The parent is gone: nothing to tell.
     }
   }
-  const server = new Server(mnt, { cacheBytes })
+  let server: Server
+  try {
+    server = new Server(mnt, { cacheBytes })
+  } catch (err) {
+    tell(`error: cannot mount ${mnt}: ${messageOf(err)}`)
+    throw new CkptError(`cannot mount ${mnt}: ${messageOf(err)}`)
+  }
   // However the process ends (short of SIGKILL), its private files go with it.
   process.on('exit', () => {
     try {

@@ -132,3 +132,28 @@ function spawnCli(args: string[], env: NodeJS.ProcessEnv): { status: number | nu
   const r = spawnSync(process.execPath, [cliPath, ...args], { encoding: 'utf8', env, timeout: 120_000 })
   return { status: r.status, stderr: r.stderr }
 }
+
+t.test('the server keeps its files only below directories nobody else can change', async (t) => {
+  const dir = scratch(t)
+  const open = path.join(dir, 'open')
+  fs.mkdirSync(open)
+  fs.chmodSync(open, 0o777) // world-writable, not sticky: another user could swap its entries
+  const r = spawnCli(['mount', path.join(dir, 'mnt')], { ...userEnv, TMPDIR: open })
+  t.equal(r.status, 1, 'mount refuses')
+  t.match(r.stderr, `${open}: writable by others (mode 777) and not sticky`, 'naming the directory and why')
+  t.strictSame(fs.readdirSync(open), [], 'and leaves nothing there')
+  t.notOk(mounted(path.join(dir, 'mnt')), 'nothing is mounted')
+})
+
+t.test('a server that cannot mount removes its backing directory and record', async (t) => {
+  const dir = scratch(t)
+  const tmp = path.join(dir, 'tmp')
+  fs.mkdirSync(tmp, { mode: 0o700 })
+  const notADir = path.join(dir, 'file')
+  fs.writeFileSync(notADir, 'a regular file, not a mount point\n')
+  const r = spawnCli(['mount', notADir], { ...userEnv, TMPDIR: tmp })
+  t.equal(r.status, 1, `mount fails ${r.stderr}`)
+  t.match(r.stderr, /cannot mount/, 'saying so')
+  t.strictSame(fs.readdirSync(tmp), [], 'the backing directory it made is gone')
+  t.equal(readRecord(notADir), undefined, 'and so is its record')
+})

@@ -4,7 +4,7 @@
 // answer as the system calls do; the restore/ top level takes directories only; a tree being
 // restored cannot be changed.
 
-import { spawnSync } from 'child_process'
+import { execFileSync, spawnSync } from 'child_process'
 import { randomBytes } from 'crypto'
 import * as fs from 'fs'
 import * as os from 'os'
@@ -181,4 +181,27 @@ t.test('past its memory limit the area moves files to disk, and gives the memory
   for (let i = 0; i < 10; i++) tree.remove(dir, `f${i}`)
   t.equal(tree.heldBytes, 0, 'removing them frees their memory')
   t.strictSame(fs.readdirSync(backing), [], 'and their backing files')
+})
+
+t.test('a file that cannot move to disk leaves no backing file behind, and says why', async (t) => {
+  // A backing directory on a tmpfs of 32 KiB: a file grown past the in-memory size does not fit.
+  const backing = scratch(t)
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=32k,mode=0700', 'ckptfs-test', backing])
+  t.teardown(() => execFileSync('umount', [backing]))
+  const tree = new AreaTree(backing)
+  const dir = tree.mkdir(tree.root, 'saved')
+  const file = tree.create(dir, 'pages')
+  const first = randomBytes(SMALL_FILE)
+  file.write(0, first)
+  t.notOk(file.onDisk, 'the first 64 KiB are held in memory')
+  let err: unknown
+  try {
+    file.write(SMALL_FILE, randomBytes(SMALL_FILE))
+  } catch (e) {
+    err = e
+  }
+  t.match(err, { errno: 'ENOSPC', message: new RegExp(`cannot move a file of ${SMALL_FILE} bytes to ${backing}/1: .*ENOSPC`) }, 'growing it fails with ENOSPC, naming the file')
+  t.strictSame(fs.readdirSync(backing), [], 'no partial backing file is left')
+  t.notOk(file.onDisk, 'the file stays in memory')
+  t.ok(file.read(0, 2 * SMALL_FILE).equals(first), 'with the contents it had')
 })
