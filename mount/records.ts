@@ -9,7 +9,7 @@
 import { createHash } from 'crypto'
 import * as fs from 'fs'
 import * as path from 'path'
-import { CkptError, messageOf } from '../lib/errors'
+import { CkptError, errnoOf, messageOf } from '../lib/errors'
 import { checkPrivateDir, CREATE_NEW, ensurePrivateDir } from '../lib/privatedir'
 
 export const STATE_DIR = '/run/ckptfs'
@@ -80,8 +80,8 @@ export function readRecord(mnt: string): ServerRecord | undefined {
       fs.closeSync(fd)
     }
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? errnoOfCkpt(err)
-    if (code === 'ENOENT') return undefined
+    // No state directory yet, or no record in it: no server of `mnt` ever recorded itself.
+    if (errnoOf(err) === 'ENOENT') return undefined
     throw new CkptError(`${file}: ${messageOf(err)}`)
   }
   let record: ServerRecord
@@ -94,10 +94,6 @@ export function readRecord(mnt: string): ServerRecord | undefined {
     record.mnt === mnt && typeof record.backing === 'string' && path.isAbsolute(record.backing) && path.basename(record.backing).startsWith(BACKING_PREFIX)
   if (!valid) throw new CkptError(`${file}: not a server record of ${mnt}: ${text.trim().slice(0, 200)}`)
   return record
-}
-
-function errnoOfCkpt(err: unknown): string | undefined {
-  return err instanceof CkptError ? err.errno : undefined
 }
 
 /**

@@ -11,7 +11,7 @@ import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { SMALL_FILE } from '../lib/restore/areatree'
-import { processStart, readRecord, serverRuns, type ServerRecord } from '../mount/records'
+import { processStart, readRecord, recordPath, serverRuns, STATE_DIR, type ServerRecord } from '../mount/records'
 import { cliPath, ckptfs, ckptfsOk, mounted, mountFor, userEnv } from './lib/mount'
 import { procState, waitUntil } from './lib/restore'
 import { buildTarget, repo, startTarget, threadIds, threadState } from './lib/targets'
@@ -156,4 +156,28 @@ t.test('a server that cannot mount removes its backing directory and record', as
   t.match(r.stderr, /cannot mount/, 'saying so')
   t.strictSame(fs.readdirSync(tmp), [], 'the backing directory it made is gone')
   t.equal(readRecord(notADir), undefined, 'and so is its record')
+})
+
+t.test('umount removes only a backing directory a server made, whatever a record says', async (t) => {
+  const dir = scratch(t)
+  const mnt = path.join(dir, 'mnt')
+  // A directory that is not private (mode 0755) under the name a server would give it.
+  const notPrivate = path.join(dir, 'ckptfs-area-kept')
+  fs.mkdirSync(notPrivate, { mode: 0o755 })
+  fs.chmodSync(notPrivate, 0o755)
+  fs.writeFileSync(path.join(notPrivate, 'data'), 'kept\n')
+  const gone = spawnSync('true').pid! // a PID whose process has exited: the "server" is dead
+  fs.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 })
+  fs.writeFileSync(recordPath(mnt), JSON.stringify({ pid: gone, started: '1', mnt, backing: notPrivate }) + '\n', { mode: 0o600 })
+  t.teardown(() => fs.rmSync(recordPath(mnt), { force: true }))
+  const r = ckptfs('umount', mnt)
+  t.equal(r.status, 1, 'umount refuses')
+  t.match(r.stderr, `${notPrivate}: mode 755, not 700`, 'naming the directory and why')
+  t.equal(fs.readFileSync(path.join(notPrivate, 'data'), 'utf8'), 'kept\n', 'which is left alone')
+
+  fs.writeFileSync(recordPath(mnt), JSON.stringify({ pid: gone, started: '1', mnt, backing: '/etc' }) + '\n', { mode: 0o600 })
+  const other = ckptfs('umount', mnt)
+  t.equal(other.status, 1, 'a record naming any other directory is refused')
+  t.match(other.stderr, 'not a server record of', 'as not a server record')
+  t.ok(fs.existsSync('/etc/passwd'), 'and nothing is removed')
 })
