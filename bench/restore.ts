@@ -75,7 +75,7 @@ async function saveAndKill(target: Target, mnt: string, shm: string, label: stri
     if (problems) throw new Error(`${label}: the checkpoint lists problems: ${problems.split('\n')[0]}`)
     timeShOk(`cp -a ${q(dir)} ${q(tree)}`)
     fs.mkdirSync(image)
-    timeShOk(`cp ${q(path.join(dir, 'image'))} ${q(path.join(image, 'image'))}`)
+    timeShOk(`cp ${q(`${dir}.image`)} ${q(path.join(image, 'image'))}`)
   } finally {
     try {
       fs.writeFileSync(path.join(dir, 'done'), 'kill\n')

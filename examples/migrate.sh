@@ -13,7 +13,7 @@ mnt=$work/mnt
 trap '"$ckptfs" umount "$mnt"; rm -rf "$work"' EXIT
 
 dir=$("$ckptfs" checkpoint "$pid" --mount "$mnt")
-cp "$dir/image" "$work/$pid.img"          # the condensed image: one file, streamed from the frozen task
+cp "$dir.image" "$work/$pid.img"          # the condensed image: one file, streamed from the frozen task
 echo kill > "$dir/done"                    # the original ends without running again
 if [ "$host" = local ]; then
   "$ckptfs" restore "$work/$pid.img" --mount "$mnt"

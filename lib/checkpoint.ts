@@ -18,7 +18,7 @@ import { captureProcess, processProblems } from './task/process'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
-import { attr, commandFile, lineFile, stream, tableDir, type ContentCache, type DirNode, type TableEntry } from './tree/node'
+import { attr, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
 
@@ -35,6 +35,8 @@ export class Checkpoint {
     readonly pid: Pid,
     readonly mode: CheckpointMode,
     readonly task: TaskImage,
+    /** Who the tree and image belong to: whom /proc shows as the owners of /proc/PID and its files. */
+    readonly owner: TaskOwners,
   ) {}
 
   get name(): string {
@@ -58,6 +60,13 @@ export class Checkpoint {
       throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(err)}`, 'EPERM')
     })
     const tids: Tid[] = frozen.map((t) => asTid(t.tid))
+    let owner: TaskOwners
+    try {
+      owner = procOwner(pid)
+    } catch (err) {
+      await native.thaw(pid, false).catch(() => undefined)
+      throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
+    }
     const copy = mode === 'copy'
     const task: TaskImage = {
       pid,
@@ -67,7 +76,7 @@ export class Checkpoint {
       vmas: lazy(() => captureVmas(pid, mode, arena)),
       fileTable: lazy(() => captureFileTable(pid, { copy })),
     }
-    const checkpoint = new Checkpoint(id, pid, mode, task)
+    const checkpoint = new Checkpoint(id, pid, mode, task, owner)
     if (copy) {
       try {
         await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
@@ -120,16 +129,26 @@ export class Checkpoint {
     return [...fileProblems, ...processProblems(proc, threads, vmas)]
   }
 
-  /** The checkpoint-N directory. */
+  /**
+   * checkpoint-N.image, next to the tree rather than in it, so `cp -a checkpoint-N` copies the
+   * checkpoint once. Private to the owner, as the memory and registers in it are in /proc.
+   */
+  imageFile(cache: ContentCache): FileNode {
+    const file = stream('image', (c: Checkpoint) => c.image()).make(this, { key: `c${this.id}.image`, cache }) as FileNode
+    return { ...file, owner: this.owner }
+  }
+
+  /** The checkpoint-N directory: listable by everyone, as /proc/PID is; its private parts are 0400/0500. */
   directory(cache: ContentCache, onDone: (data: string) => Promise<void>): DirNode {
     const scope = { key: `c${this.id}`, cache }
     const entries: TableEntry<Checkpoint>[] = [
-      // done: "kill" kills the task; anything else resumes it.
-      { name: 'done', make: () => commandFile(onDone) },
-      { name: 'status', make: (c) => lineFile(() => c.status()) },
-      stream('image', (c) => c.image()),
-      attr('mode', (c) => c.mode),
-      attr('pid', (c) => c.pid),
+      // done: "kill" kills the task; anything else resumes it. Writable by the owner only (the
+      // mount's owner writes it anyway), and empty, so a copy of it never does anything.
+      { name: 'done', make: () => ({ ...commandFile(onDone), perm: 0o600 }) },
+      // Private: a failure may name the task's files.
+      { name: 'status', make: (c) => ({ ...lineFile(() => c.status()), perm: FILE_PERM.private }) },
+      attr('mode', (c) => c.mode, PUBLIC),
+      attr('pid', (c) => c.pid, PUBLIC),
       attr('problems', async (c) => (await c.problems()).map((p) => `${p.where}: ${p.why}`).join('\n')),
       { name: 'files', make: (c, s) => filesDir(c.task.fileTable, { key: `${s.key}/files`, cache: s.cache }) },
       {
@@ -143,7 +162,7 @@ export class Checkpoint {
         },
       },
     ]
-    return tableDir<Checkpoint>(this, entries, scope)
+    return { ...tableDir<Checkpoint>(this, entries, scope, PUBLIC), owner: this.owner }
   }
 }
 
@@ -152,6 +171,16 @@ function assertProcessExists(pid: Pid): void {
   if (!fs.existsSync(`/proc/${pid}`)) throw new CkptError(`no process ${pid}`, 'ESRCH')
   if (fs.existsSync(`/proc/${pid}/task/${pid}`) === false) throw new CkptError(`${pid} is a thread, not a process: checkpoint its process`, 'EINVAL')
   if (pid === process.pid) throw new CkptError(`process ${pid} is this ckptfs server`, 'EINVAL')
+}
+
+/**
+ * The owners /proc shows: of /proc/PID (the task's euid and egid) and of its private files
+ * (the same, or root when the task is not dumpable). Read while the task is frozen.
+ */
+function procOwner(pid: Pid): TaskOwners {
+  const dir = fs.statSync(`/proc/${pid}`)
+  const data = fs.statSync(`/proc/${pid}/environ`)
+  return { task: { uid: dir.uid, gid: dir.gid }, data: { uid: data.uid, gid: data.gid } }
 }
 
 function explainFreezeError(err: unknown): string {

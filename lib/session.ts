@@ -3,6 +3,7 @@
 //
 // Root layout (SPEC "The tree", plus two control files for shell scripts):
 //   checkpoint-N/   one per open checkpoint
+//   checkpoint-N.image  the same checkpoint as one file, beside its tree
 //   restore/        write a saved tree here to restore it
 //   checkpoint      write "PID" (lazy) or "PID copy" to open a checkpoint of PID
 //   by-pid/PID      "checkpoint-N" of PID's newest checkpoint, or "error: WHY" of the last try
@@ -60,6 +61,7 @@ export class Session extends EventEmitter<SessionEvents> {
     this.checkpoints.delete(id)
     this.cache.dropPrefix(`c${id}/`)
     this.emit('removed', `/${checkpoint.name}`)
+    this.emit('removed', `/${checkpoint.name}.image`)
     await checkpoint.end(text === 'kill' ? 'kill' : 'resume')
   }
 
@@ -88,13 +90,15 @@ export class Session extends EventEmitter<SessionEvents> {
     return {
       kind: 'dir',
       perm: 0o755,
-      list: async () => [...[...this.checkpoints.values()].map((c) => c.name), ...Object.keys(fixed)],
+      list: async () => [...[...this.checkpoints.values()].flatMap((c) => [c.name, `${c.name}.image`]), ...Object.keys(fixed)],
       lookup: async (name) => {
         const make = fixed[name]
         if (make) return make()
-        const match = /^checkpoint-([1-9][0-9]*)$/.exec(name)
+        const match = /^checkpoint-([1-9][0-9]*)(\.image)?$/.exec(name)
         const checkpoint = match ? this.checkpoints.get(Number(match[1])) : undefined
-        return checkpoint?.directory(this.cache, (text) => this.done(checkpoint.id, text))
+        if (!checkpoint) return undefined
+        if (match![2]) return checkpoint.imageFile(this.cache)
+        return checkpoint.directory(this.cache, (text) => this.done(checkpoint.id, text))
       },
     }
   }

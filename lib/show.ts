@@ -1,6 +1,7 @@
 // `ckptfs show PATH`: a human summary of a saved checkpoint (in the manner of CRIU's `crit x`):
 // the process, its threads, its memory mappings and its fds. PATH is a saved tree (a copy
-// of checkpoint-N, with its task-PID/), an image file, or a directory holding only `image`.
+// of checkpoint-N, with its task-PID/), an image file, or a directory holding only an image
+// (`image`, or a copy of checkpoint-N.image).
 
 import * as fs from 'fs'
 import * as path from 'path'
@@ -8,6 +9,7 @@ import { CkptError } from './errors'
 import { loadTree } from './image/convert'
 import { readImage } from './image/decode'
 import type { CheckpointMode, FileDescription, FileTable, ProcessState, ThreadState, Vma } from './model'
+import { imageFileIn } from './restore/load'
 
 interface Shown {
   source: string
@@ -34,8 +36,9 @@ async function load(target: string): Promise<Shown> {
       const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
       return { source: `saved tree ${target}`, mode: mode ?? 'unknown', process, threads, vmas, fileTable }
     }
-    if (!names.includes('image')) throw new CkptError(`${target}: neither a task-PID directory nor an image file: not a saved checkpoint`, 'EINVAL')
-    image = path.join(target, 'image')
+    const found = imageFileIn(names, target)
+    if (found === undefined) throw new CkptError(`${target}: neither a task-PID directory nor an image file: not a saved checkpoint`, 'EINVAL')
+    image = path.join(target, found)
   }
   const loaded = await readImage(image)
   const { major, minor } = loaded.header.formatVersion

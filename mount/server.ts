@@ -7,7 +7,7 @@ import { CkptError, errnoOf, messageOf, type ErrnoName } from '../lib/errors'
 import { makePrivateDir } from '../lib/privatedir'
 import { Session } from '../lib/session'
 import type { Sized } from '../lib/model'
-import type { DirNode, FileNode, Node } from '../lib/tree/node'
+import { ownerOf, type DirNode, type FileNode, type Node, type Owner } from '../lib/tree/node'
 import { BACKING_PREFIX, readRecord, removeBacking, removeLeftovers, removeRecord, serverRuns, writeRecord, type ServerRecord } from './records'
 
 // fuse-native has no type declarations; this is the part of its API we use.
@@ -124,8 +124,19 @@ export class Server {
     return node
   }
 
-  private async stat(node: Node): Promise<Record<string, unknown>> {
-    const common = { mtime: this.started, atime: this.started, ctime: this.started, uid: this.uid, gid: this.gid }
+  /**
+   * Who owns `node` at `p`: a top-level entry that names owners (checkpoint-N, the checkpointed
+   * task's) gives them to everything under it, so `cp -a` copies keep them; the rest belongs
+   * to the mount's owner.
+   */
+  private async ownerOf(p: string, node: Node): Promise<Owner> {
+    const second = p.indexOf('/', 1)
+    const top = p === '/' ? undefined : await this.resolve(second < 0 ? p : p.slice(0, second))
+    return top?.owner ? ownerOf(node, top.owner) : { uid: this.uid, gid: this.gid }
+  }
+
+  private async stat(node: Node, owner: Owner): Promise<Record<string, unknown>> {
+    const common = { mtime: this.started, atime: this.started, ctime: this.started, uid: owner.uid, gid: owner.gid }
     if (node.kind === 'dir') return { ...common, mode: S_IFDIR | node.perm, size: 4096, nlink: 2 }
     const size = await node.size()
     // A true block count keeps cp and tar from treating the file as sparse.
@@ -144,7 +155,7 @@ export class Server {
       getattr: (p: string, cb: Reply) => this.answer(cb, async () => {
         const node = await this.resolve(p)
         if (!node) throw new CkptError(`${p}: no such file`, 'ENOENT')
-        return [await this.stat(node)]
+        return [await this.stat(node, await this.ownerOf(p, node))]
       }),
       readdir: (p: string, cb: Reply) => this.answer(cb, async () => [await (await this.resolveDir(p)).list()]),
       open: (p: string, flags: number, cb: Reply) => this.answer(cb, async () => {

@@ -851,7 +851,7 @@ type FromWorker =
   | { type: 'done'; result: Level1Result }
 
 async function level1(req: Level1Request, post: (m: FromWorker) => void): Promise<Level1Result> {
-  const pristineImage = fs.readFileSync(path.join(req.saved, 'image'))
+  const pristineImage = fs.readFileSync(`${req.saved}.image`)
   const info = treeInfo(req.saved)
   const work = path.join(req.scratch, 'tree')
   const imgDir = path.join(req.scratch, 'image-only')
@@ -887,7 +887,7 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       case 'fifo': execFileSync('mkfifo', [file]); break
       case 'dir': fs.mkdirSync(file); break
       case 'symlink-devzero': fs.symlinkSync('/dev/zero', file); break
-      case 'symlink-good': fs.symlinkSync(path.join(req.saved, 'image'), file); break
+      case 'symlink-good': fs.symlinkSync(`${req.saved}.image`, file); break
       case 'missing': break
     }
   }
@@ -1128,9 +1128,9 @@ function mainThread(): void {
     const saved = path.join(scratch, 'saved')
     const target = await launch(t, [targetExe, dir], { dir })
     const pid = target.pid
-    await R.checkpointSaveKill(mnt, pid, saved)
+    await R.checkpointSaveKill(mnt, pid, saved, { image: true })
     const taskName = `task-${pid}`
-    t.ok(fs.existsSync(path.join(saved, taskName)) && fs.statSync(path.join(saved, 'image')).size > 0, `saved the tree and the image of ${pid}`)
+    t.ok(fs.existsSync(path.join(saved, taskName)) && fs.statSync(`${saved}.image`).size > 0, `saved the tree and the image of ${pid}`)
     const restored: number[] = []
     t.teardown(() => {
       for (const p of restored) {
@@ -1205,7 +1205,7 @@ function mainThread(): void {
     const { mnt, dir, saved, pid, targetExe } = c
     const server = serverPid(mnt)
     const info = treeInfo(saved)
-    const pristineImage = fs.readFileSync(path.join(saved, 'image'))
+    const pristineImage = fs.readFileSync(`${saved}.image`)
     const area = path.join(mnt, 'restore')
     const base = path.join(area, 'base')
     const imgDir = path.join(area, 'img')

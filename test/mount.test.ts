@@ -93,7 +93,8 @@ t.test('lazy checkpoint freezes every thread; done resumes, kill kills', async (
   await sleep(500)
   t.equal(cpuTicks(target.pid), before, 'no CPU time while frozen')
   t.equal(fs.readFileSync(path.join(dir, 'status'), 'utf8'), 'frozen\n')
-  t.same(fs.readdirSync(dir).sort(), ['done', 'files', 'image', 'mode', 'pid', 'problems', 'status', `task-${target.pid}`].sort())
+  t.same(fs.readdirSync(dir).sort(), ['done', 'files', 'mode', 'pid', 'problems', 'status', `task-${target.pid}`].sort())
+  t.same(fs.readdirSync(mnt).filter((n) => n.startsWith('checkpoint-')).sort(), ['checkpoint-1', 'checkpoint-1.image'], 'the image is beside the tree, not in it')
 
   fs.writeFileSync(path.join(dir, 'done'), '')
   t.ok(allStopped(target.pid), 'an empty write to done changes nothing')
@@ -193,7 +194,7 @@ t.test('a reader that dies mid-read changes nothing', async (t) => {
   const mnt = mountFor(t)
   const target = await spinnerTarget(t, 1, 256)
   const dir = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
-  const reader = spawn('cat', [path.join(dir, 'image')], { stdio: ['ignore', 'pipe', 'ignore'] })
+  const reader = spawn('cat', [`${dir}.image`], { stdio: ['ignore', 'pipe', 'ignore'] })
   await new Promise((r) => reader.stdout.once('data', r))
   reader.kill('SIGKILL')
   await new Promise((r) => reader.once('exit', r))

@@ -139,8 +139,8 @@ t.test('restore from the image alone, and without any mount', async (t) => {
   const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
   const frozenAt = Math.max(...appended(log, 0))
   fs.mkdirSync(path.join(dir, 'only-image'))
-  fs.copyFileSync(path.join(checkpoint, 'image'), path.join(dir, 'only-image', 'image'))
-  fs.copyFileSync(path.join(checkpoint, 'image'), path.join(dir, 'saved.img'))
+  fs.copyFileSync(`${checkpoint}.image`, path.join(dir, 'only-image', 'image'))
+  fs.copyFileSync(`${checkpoint}.image`, path.join(dir, 'saved.img'))
   fs.writeFileSync(path.join(checkpoint, 'done'), 'kill')
   await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
 

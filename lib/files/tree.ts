@@ -3,7 +3,7 @@
 // Listing either directory needs only the table itself, never per-file details.
 
 import type { FdEntry, FileDescription, FileTable, Lazy } from '../model'
-import { attr, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
+import { attr, DIR_PERM, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
 import { handlerOf } from './index'
 
 /** The files/OBJREF directory of one description; `scope` is that directory's own. */
@@ -26,7 +26,7 @@ export function fdDir(entry: FdEntry, scope: Scope): DirNode {
 function keyedDir<T>(items: () => Promise<Map<string, T>>, child: (item: T, scope: Scope) => DirNode, scope: Scope): DirNode {
   return {
     kind: 'dir',
-    perm: 0o555,
+    perm: DIR_PERM.private, // as /proc/PID/fd: the open files are the owner's business
     list: async () => [...(await items()).keys()],
     lookup: async (name) => {
       const item = (await items()).get(name)

@@ -1,5 +1,6 @@
 // Reads a saved checkpoint back into the model, validating every value: a tree copied out of
-// the mount (task-PID/ and files/), or a directory holding only the condensed `image`.
+// the mount (task-PID/ and files/), or a directory holding only the condensed image (a copy of
+// checkpoint-N.image, or `image` as older trees held it).
 
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
@@ -26,6 +27,17 @@ export async function loadSaved(root: StoredDir, name: string): Promise<SavedChe
     const fileTable = await loadFileTable(root)
     return { pid: task.process.pid, ...task, fileTable }
   }
-  if (listing.has('image')) return readImage(root.diskPath('image'))
+  const image = imageFileIn([...listing.keys()], name)
+  if (image !== undefined) return readImage(root.diskPath(image))
   throw new CkptError(`${name}: neither a task-PID directory nor an image file: not a saved checkpoint`, 'EINVAL')
+}
+
+/**
+ * The saved image among a directory's names: `image`, or the one NAME.image (a copy of
+ * MNT/checkpoint-N.image); undefined when there is none. `dir` names the directory in errors.
+ */
+export function imageFileIn(names: readonly string[], dir: string): string | undefined {
+  const images = names.filter((n) => n === 'image' || (n.endsWith('.image') && n.length > '.image'.length))
+  if (images.length > 1) throw new CkptError(`${dir}: ${images.length} image files (${images.slice(0, 3).join(', ')}${images.length > 3 ? ', ...' : ''}); a saved checkpoint has one`, 'EINVAL')
+  return images[0]
 }

@@ -3,7 +3,7 @@
 
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
-import { attr, type AttrValue, type FileNode, type TableEntry } from '../tree/node'
+import { attr, FILE_PERM, type Access, type AttrValue, type FileNode, type TableEntry } from '../tree/node'
 
 /** A value format: how it is shown in an attribute file and parsed back (without the newline). */
 export interface Codec<V> {
@@ -132,9 +132,9 @@ function quote(value: string): string {
 // ---------------------------------------------------------------------------------------
 // Tree entries over a part of the subject that is captured on first need
 
-/** An attribute file showing `get(subject)` with `codec`. */
-export function field<S, V>(name: string, codec: Codec<V>, get: (subject: S) => V): TableEntry<S> {
-  return attr(name, (subject) => codec.show(get(subject)))
+/** An attribute file showing `get(subject)` with `codec`; private unless /proc shows it to everyone. */
+export function field<S, V>(name: string, codec: Codec<V>, get: (subject: S) => V, access: Access = 'private'): TableEntry<S> {
+  return attr(name, (subject) => codec.show(get(subject)), access)
 }
 
 /**
@@ -144,6 +144,7 @@ export function field<S, V>(name: string, codec: Codec<V>, get: (subject: S) => 
 export function deferred<S, P>(part: (subject: S) => Promise<P>, entries: TableEntry<P>[]): TableEntry<S>[] {
   return entries.map((entry) => ({
     name: entry.name,
+    access: entry.access,
     make: (subject, scope) => {
       let node: Promise<FileNode> | undefined
       const file = () => (node ??= part(subject).then((p) => {
@@ -153,7 +154,7 @@ export function deferred<S, P>(part: (subject: S) => Promise<P>, entries: TableE
       }))
       const proxy: FileNode = {
         kind: 'file',
-        perm: 0o444,
+        perm: FILE_PERM[entry.access ?? 'private'],
         size: async () => (await file()).size(),
         read: async (offset, length) => (await file()).read(offset, length),
         readInto: async (offset, length, into) => {

@@ -7,7 +7,7 @@ import { asPid } from '../model'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { attr, bytes, each, sub, type TableEntry } from '../tree/node'
+import { attr, bytes, each, PUBLIC, sub, type TableEntry } from '../tree/node'
 import {
   absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, hexNumber, hexU64, int32, loadEach,
   octalNumber, readBytes, readValue, text, uint32, type Codec,
@@ -200,23 +200,25 @@ const notifyText = text((v) => (/^(signal|none|thread)\/(pid|tid)\.\d+$/.test(v)
 // ---------------------------------------------------------------------------------------
 // Tree: the process part of task-PID/
 
+// All of creds/ is in /proc/PID/status, which every user may read.
 const credsEntries: TableEntry<Credentials>[] = [
-  field('uid', uint32, (c) => c.uid), field('euid', uint32, (c) => c.euid),
-  field('suid', uint32, (c) => c.suid), field('fsuid', uint32, (c) => c.fsuid),
-  field('gid', uint32, (c) => c.gid), field('egid', uint32, (c) => c.egid),
-  field('sgid', uint32, (c) => c.sgid), field('fsgid', uint32, (c) => c.fsgid),
-  field('groups', decimalList, (c) => c.groups),
-  field('cap_inheritable', hexU64, (c) => c.capInheritable),
-  field('cap_permitted', hexU64, (c) => c.capPermitted),
-  field('cap_effective', hexU64, (c) => c.capEffective),
-  field('cap_bounding', hexU64, (c) => c.capBounding),
-  field('cap_ambient', hexU64, (c) => c.capAmbient),
-  field('securebits', u32Hex, (c) => c.securebits),
+  field('uid', uint32, (c) => c.uid, PUBLIC), field('euid', uint32, (c) => c.euid, PUBLIC),
+  field('suid', uint32, (c) => c.suid, PUBLIC), field('fsuid', uint32, (c) => c.fsuid, PUBLIC),
+  field('gid', uint32, (c) => c.gid, PUBLIC), field('egid', uint32, (c) => c.egid, PUBLIC),
+  field('sgid', uint32, (c) => c.sgid, PUBLIC), field('fsgid', uint32, (c) => c.fsgid, PUBLIC),
+  field('groups', decimalList, (c) => c.groups, PUBLIC),
+  field('cap_inheritable', hexU64, (c) => c.capInheritable, PUBLIC),
+  field('cap_permitted', hexU64, (c) => c.capPermitted, PUBLIC),
+  field('cap_effective', hexU64, (c) => c.capEffective, PUBLIC),
+  field('cap_bounding', hexU64, (c) => c.capBounding, PUBLIC),
+  field('cap_ambient', hexU64, (c) => c.capAmbient, PUBLIC),
+  field('securebits', u32Hex, (c) => c.securebits, PUBLIC),
 ]
 
 const rlimitEntries: TableEntry<Rlimit>[] = [
-  field('soft', rlimitValue, (r) => r.soft),
-  field('hard', rlimitValue, (r) => r.hard),
+  // /proc/PID/limits is readable by every user.
+  field('soft', rlimitValue, (r) => r.soft, PUBLIC),
+  field('hard', rlimitValue, (r) => r.hard, PUBLIC),
 ]
 
 const actionEntries: TableEntry<SigAction>[] = [
@@ -228,7 +230,8 @@ const actionEntries: TableEntry<SigAction>[] = [
 ]
 
 const signalEntries: TableEntry<ProcessState>[] = [
-  field('pending', hexU64, (p) => p.sharedPendingMask),
+  // The pending set is in /proc/PID/status (ShdPnd); siginfo and handler addresses are not.
+  field('pending', hexU64, (p) => p.sharedPendingMask, PUBLIC),
   bytes('pending_siginfo', (p) => p.sharedPendingSiginfo),
   each('actions', async (p) => new Map(p.sigactions.map((a) => [String(a.signal), a])), actionEntries),
 ]
@@ -270,31 +273,34 @@ const mmEntries: TableEntry<MmFields>[] = [
   bytes('auxv', (m) => m.auxv),
 ]
 
+// Public where /proc shows the value to every user (cmdline; comm, ids, tty in stat; umask,
+// no_new_privs and seccomp mode in status); exe, cwd, root, environ and personality need a
+// ptrace check or the owner there, and stay private.
 const processFiles: TableEntry<ProcessState>[] = [
-  field('comm', commText, (p) => p.comm),
+  field('comm', commText, (p) => p.comm, PUBLIC),
   field('exe', absolutePath, (p) => p.exe),
   field('cwd', absolutePath, (p) => p.cwd),
   field('root', absolutePath, (p) => p.root),
-  bytes('cmdline', (p) => p.cmdline),
+  bytes('cmdline', (p) => p.cmdline, PUBLIC),
   bytes('environ', (p) => p.environ),
-  field('umask', octalNumber(0o777), (p) => p.umask),
+  field('umask', octalNumber(0o777), (p) => p.umask, PUBLIC),
   field('personality', u32Hex, (p) => p.personality),
-  field('ppid', uint32, (p) => p.ppid),
-  field('pgid', uint32, (p) => p.pgid),
-  field('sid', uint32, (p) => p.sid),
-  field('tty_nr', uint32, (p) => p.ttyNr),
-  field('no_new_privs', flag, (p) => p.noNewPrivs),
+  field('ppid', uint32, (p) => p.ppid, PUBLIC),
+  field('pgid', uint32, (p) => p.pgid, PUBLIC),
+  field('sid', uint32, (p) => p.sid, PUBLIC),
+  field('tty_nr', uint32, (p) => p.ttyNr, PUBLIC),
+  field('no_new_privs', flag, (p) => p.noNewPrivs, PUBLIC),
   field('dumpable', decimal(0, 2), (p) => p.dumpable),
-  field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode),
+  field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode, PUBLIC),
 ]
 
 /** The entries of task-PID/ that show the process part; nothing is captured until one is read. */
 export function processEntries(): TableEntry<TaskImage>[] {
   return [
     ...deferred((t: TaskImage) => t.process(), processFiles),
-    sub('creds', async (t: TaskImage) => (await t.process()).creds, credsEntries),
-    each('rlimits', async (t: TaskImage) => new Map((await t.process()).rlimits.map((r) => [r.name, r])), rlimitEntries),
-    sub('signals', (t: TaskImage) => t.process(), signalEntries),
+    sub('creds', async (t: TaskImage) => (await t.process()).creds, credsEntries, PUBLIC),
+    each('rlimits', async (t: TaskImage) => new Map((await t.process()).rlimits.map((r) => [r.name, r])), rlimitEntries, PUBLIC),
+    sub('signals', (t: TaskImage) => t.process(), signalEntries, PUBLIC),
     sub('timers', (t: TaskImage) => t.process(), timerEntries),
     sub('mm', async (t: TaskImage) => (await t.process()).mm, mmEntries),
   ]

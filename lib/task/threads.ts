@@ -7,7 +7,7 @@ import { asTid } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { bytes, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
+import { bytes, DIR_PERM, PUBLIC, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
 import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readBytes, readValue, text, uint32 } from './fields'
 import { inject, succeeded, SYS } from './inject'
 import { loadSiginfo } from './process'
@@ -81,16 +81,18 @@ const SS_DISABLE = 2
 const SS_AUTODISARM = 1 << 31
 const altstackFlags = hexNumber(0xffffffff)
 
+// Public where /proc/PID/task/TID shows the value to every user (comm; the blocked and pending
+// sets in status); registers, addresses and siginfo are private, as /proc keeps them.
 const threadEntries: TableEntry<ThreadState>[] = [
-  field('comm', commText, (t) => t.comm),
+  field('comm', commText, (t) => t.comm, PUBLIC),
   bytes('regs', (t) => t.regs),
   bytes('xstate', (t) => t.xstate),
   field('ip', hexU64, (t) => reg(t.regs, REG.rip)),
   field('sp', hexU64, (t) => reg(t.regs, REG.rsp)),
   field('fs_base', hexU64, (t) => t.fsBase),
   field('gs_base', hexU64, (t) => t.gsBase),
-  field('sigmask', hexU64, (t) => t.sigmask),
-  field('pending', hexU64, (t) => t.pendingMask),
+  field('sigmask', hexU64, (t) => t.sigmask, PUBLIC),
+  field('pending', hexU64, (t) => t.pendingMask, PUBLIC),
   bytes('pending_siginfo', (t) => t.pendingSiginfo),
   field('syscall_nr', int32, (t) => t.syscall.nr),
   field('syscall_result', decimalS64, (t) => t.syscall.result),
@@ -115,13 +117,13 @@ export function threadsEntry(): TableEntry<TaskImage> {
     name: 'threads',
     make: (task, scope): DirNode => ({
       kind: 'dir',
-      perm: 0o555,
+      perm: DIR_PERM.public, // as /proc/PID/task
       list: async () => task.tids.map(String),
       lookup: async (name) => {
         if (!task.tids.some((tid) => String(tid) === name)) return undefined
         const thread = (await task.threads()).find((t) => String(t.tid) === name)
         const childScope: Scope = { key: `${scope.key}/threads/${name}`, cache: scope.cache }
-        return thread && tableDir(thread, threadEntries, childScope)
+        return thread && tableDir(thread, threadEntries, childScope, PUBLIC)
       },
     }),
   }

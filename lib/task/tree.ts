@@ -2,7 +2,7 @@
 // memory) is captured on first need, so listing the directory captures nothing.
 
 import type { TaskImage } from '../model'
-import { sub, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
+import { PUBLIC, sub, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
 import { memoryEntries } from './memory'
 import { processEntries } from './process'
 import { threadsEntry } from './threads'
@@ -13,7 +13,10 @@ const TASK_ENTRIES: TableEntry<TaskImage>[] = [
   sub('memory', (t: TaskImage) => t, memoryEntries()),
 ]
 
-/** task-PID/, with `fds` (the file-table developer's fds/ node) included as it is. */
+/**
+ * task-PID/, with `fds` (the file-table developer's fds/ node) included as it is. Listable by
+ * everyone, as /proc/PID is; memory/ and fds/ inside it are private (lib/tree/node.ts, Access).
+ */
 export function taskDir(task: TaskImage, scope: Scope, fds: DirNode): DirNode {
-  return tableDir(task, [...TASK_ENTRIES, { name: 'fds', make: () => fds }], scope)
+  return tableDir(task, [...TASK_ENTRIES, { name: 'fds', make: () => fds }], scope, PUBLIC)
 }

@@ -6,10 +6,28 @@
 import type { ByteSource, Sized } from '../model'
 import { CkptError } from '../errors'
 
+export interface Owner {
+  uid: number
+  gid: number
+}
+
+/**
+ * Who the nodes of a checkpoint belong to, as /proc decides for /proc/PID: directories that
+ * everyone may list (0555) are the task's (its euid and egid), everything else is the owner of
+ * its data: the same, or root when the task is not dumpable (ssh-agent makes itself so, to
+ * keep even its own user out).
+ */
+export interface TaskOwners {
+  task: Owner
+  data: Owner
+}
+
 export interface FileNode {
   kind: 'file'
-  /** Permission bits (0o444 read-only, 0o644 for writable control files). */
+  /** Permission bits: see Access below; 0o644 or 0o600 for writable control files. */
   perm: number
+  /** Set on a top-level entry (checkpoint-N.image); other nodes inherit (mount/server.ts). */
+  owner?: TaskOwners
   /** The exact number of bytes read() will return. */
   size(): Promise<number>
   read(offset: number, length: number): Promise<Buffer>
@@ -25,6 +43,8 @@ export interface FileNode {
 export interface DirNode {
   kind: 'dir'
   perm: number
+  /** Set on a top-level entry (checkpoint-N): every node under it belongs to these owners too. */
+  owner?: TaskOwners
   list(): Promise<string[]>
   lookup(name: string): Promise<Node | undefined>
   /** Writable directories only (the restore area). */
@@ -66,29 +86,51 @@ export type EntryFactory<T> = (subject: T, scope: Scope) => Node
 export interface TableEntry<T> {
   name: string
   make: EntryFactory<T>
+  /** Who may read the entry's file (for entries that make files before knowing their node). */
+  access?: Access
+}
+
+/**
+ * Who may read a node of a checkpoint, as /proc decides for the same data: 'public' is what
+ * /proc shows every user (cmdline, comm, creds and rlimits in status and limits), 'private'
+ * what it keeps to the owner or behind a ptrace check (environ, auxv, memory, registers, fds
+ * and fdinfo, cwd/exe, addresses). `cp -a` and `tar` keep modes and owners, so a copy of the
+ * tree is as private as the process was. Private is the default: a new entry is shown to
+ * others only when someone decides /proc would show it to them.
+ */
+export type Access = 'public' | 'private'
+/** Shorthand for tables: an entry /proc shows to every user. */
+export const PUBLIC: Access = 'public'
+export const FILE_PERM: Record<Access, number> = { public: 0o444, private: 0o400 }
+export const DIR_PERM: Record<Access, number> = { public: 0o555, private: 0o500 }
+
+/** The owner of `node` among a checkpoint's owners (see TaskOwners). */
+export function ownerOf(node: Node, owners: TaskOwners): Owner {
+  return node.kind === 'dir' && node.perm === DIR_PERM.public ? owners.task : owners.data
 }
 
 /** A file holding one value and a newline, computed when first asked for, then cached. */
-export function attr<T>(name: string, value: (subject: T) => AttrValue | Promise<AttrValue>): TableEntry<T> {
-  return { name, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => Buffer.from(attrText(await value(subject)))) }
+export function attr<T>(name: string, value: (subject: T) => AttrValue | Promise<AttrValue>, access: Access = 'private'): TableEntry<T> {
+  return { name, access, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => Buffer.from(attrText(await value(subject))), FILE_PERM[access]) }
 }
 
 /** A file of raw bytes (registers, auxv) computed when first asked for, then cached. */
-export function bytes<T>(name: string, value: (subject: T) => Buffer | Promise<Buffer>): TableEntry<T> {
-  return { name, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => value(subject)) }
+export function bytes<T>(name: string, value: (subject: T) => Buffer | Promise<Buffer>, access: Access = 'private'): TableEntry<T> {
+  return { name, access, make: (subject, scope) => cachedFile(`${scope.key}/${name}`, scope.cache, async () => value(subject), FILE_PERM[access]) }
 }
 
 /** A large file read in pieces from its source (memory pages, file contents); never cached whole. */
-export function stream<T>(name: string, source: (subject: T) => ByteSource | Promise<ByteSource>): TableEntry<T> {
+export function stream<T>(name: string, source: (subject: T) => ByteSource | Promise<ByteSource>, access: Access = 'private'): TableEntry<T> {
   return {
     name,
+    access,
     make: (subject) => {
       let src: Promise<ByteSource> | undefined
       let ready: ByteSource | undefined
       const get = () => (src ??= Promise.resolve(source(subject)).then((s) => (ready = s)))
       return {
         kind: 'file',
-        perm: 0o444,
+        perm: FILE_PERM[access],
         size: async () => (await get()).size,
         read: async (offset, length) => (await get()).read(offset, length),
         readInto: (offset, length, into) => (ready ? ready.readInto(offset, length, into, 0) : get().then((s) => s.readInto(offset, length, into, 0))),
@@ -98,12 +140,12 @@ export function stream<T>(name: string, source: (subject: T) => ByteSource | Pro
 }
 
 /** A subdirectory shown by another table over a part of the subject. */
-export function sub<T, U>(name: string, part: (subject: T) => U | Promise<U>, entries: TableEntry<U>[]): TableEntry<T> {
-  return { name, make: (subject, scope) => lazyDir(async () => part(subject), entries, { key: `${scope.key}/${name}`, cache: scope.cache }) }
+export function sub<T, U>(name: string, part: (subject: T) => U | Promise<U>, entries: TableEntry<U>[], access: Access = 'private'): TableEntry<T> {
+  return { name, make: (subject, scope) => lazyDir(async () => part(subject), entries, { key: `${scope.key}/${name}`, cache: scope.cache }, access) }
 }
 
-/** A subdirectory with one child per item of a list (fds/FD, files/OBJREF, threads/TID). */
-export function each<T, U>(name: string, items: (subject: T) => Promise<Map<string, U>>, entries: TableEntry<U>[]): TableEntry<T> {
+/** A subdirectory with one child per item of a list (fds/FD, files/OBJREF, threads/TID); it and its children have one access. */
+export function each<T, U>(name: string, items: (subject: T) => Promise<Map<string, U>>, entries: TableEntry<U>[], access: Access = 'private'): TableEntry<T> {
   return {
     name,
     make: (subject, scope) => {
@@ -112,11 +154,11 @@ export function each<T, U>(name: string, items: (subject: T) => Promise<Map<stri
       const get = () => (map ??= items(subject))
       return {
         kind: 'dir',
-        perm: 0o555,
+        perm: DIR_PERM[access],
         list: async () => [...(await get()).keys()],
         lookup: async (child) => {
           const item = (await get()).get(child)
-          return item === undefined ? undefined : tableDir(item, entries, { key: `${key}/${child}`, cache: scope.cache })
+          return item === undefined ? undefined : tableDir(item, entries, { key: `${key}/${child}`, cache: scope.cache }, access)
         },
       }
     },
@@ -124,21 +166,21 @@ export function each<T, U>(name: string, items: (subject: T) => Promise<Map<stri
 }
 
 /** A directory whose entries are given by a table over one subject. */
-export function tableDir<T>(subject: T, entries: TableEntry<T>[], scope: Scope): DirNode {
+export function tableDir<T>(subject: T, entries: TableEntry<T>[], scope: Scope, access: Access = 'private'): DirNode {
   const byName = indexTable(entries)
   return {
     kind: 'dir',
-    perm: 0o555,
+    perm: DIR_PERM[access],
     list: async () => entries.map((e) => e.name),
     lookup: async (name) => byName.get(name)?.make(subject, scope),
   }
 }
 
-function lazyDir<T>(subject: () => Promise<T>, entries: TableEntry<T>[], scope: Scope): DirNode {
+function lazyDir<T>(subject: () => Promise<T>, entries: TableEntry<T>[], scope: Scope, access: Access): DirNode {
   const byName = indexTable(entries)
   return {
     kind: 'dir',
-    perm: 0o555,
+    perm: DIR_PERM[access],
     list: async () => entries.map((e) => e.name),
     lookup: async (name) => {
       const entry = byName.get(name)
@@ -159,7 +201,7 @@ function indexTable<T>(entries: TableEntry<T>[]): Map<string, TableEntry<T>> {
 }
 
 /** A read-only file whose whole contents are computed once and kept in the cache. */
-export function cachedFile(key: string, cache: ContentCache, fill: () => Promise<Buffer>): FileNode {
+export function cachedFile(key: string, cache: ContentCache, fill: () => Promise<Buffer>, perm: number): FileNode {
   let pending: Promise<Buffer> | undefined
   const contents = async (): Promise<Buffer> => {
     const hit = cache.get(key)
@@ -176,7 +218,7 @@ export function cachedFile(key: string, cache: ContentCache, fill: () => Promise
   }
   return {
     kind: 'file',
-    perm: 0o444,
+    perm,
     size: async () => (await contents()).length,
     read: async (offset, length) => (await contents()).subarray(offset, offset + length),
   }

@@ -140,12 +140,14 @@ export async function launch(t: Teardownable, argv: string[], opts: { dir: strin
 }
 
 /**
- * Checkpoints `pid` (lazy mode), copies the tree to `saved` with `cp -a`, ends the checkpoint
+ * Checkpoints `pid` (lazy mode), copies the tree to `saved` with `cp -a` (and, with `image`,
+ * checkpoint-N.image to `saved.image`), ends the checkpoint
  * with `kill` and waits until the PID is free. Returns the checkpoint directory's name.
  */
-export async function checkpointSaveKill(mnt: string, pid: number, saved: string): Promise<string> {
+export async function checkpointSaveKill(mnt: string, pid: number, saved: string, opts: { image?: boolean } = {}): Promise<string> {
   const dir = ckptfsOk('checkpoint', String(pid), '--mount', mnt)
   execFileSync('cp', ['-a', dir, saved])
+  if (opts.image) execFileSync('cp', ['-a', `${dir}.image`, `${saved}.image`])
   fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
   await waitUntil(`PID ${pid} to be gone`, () => !exists(pid))
   return path.basename(dir)
