@@ -794,7 +794,7 @@ async function judge(call: () => Promise<unknown>, ms: number, names: RegExp): P
 async function loadAndPlan(dir: string): Promise<void> {
   const saved = await loadSaved(new DiskDir(dir), path.basename(dir))
   const records = await planFileRecords(saved.fileTable)
-  framePlan(saved.fileTable, saved.process, records)
+  framePlan(saved.fileTable, saved.process, records, { sameBoot: false, allowReplaced: false })
   for (const v of saved.vmas) await v.pages.read(0, v.pages.size)
   for (const f of saved.fileTable.files) {
     const any = f as { contents?: { size: number; read(o: number, l: number): Promise<Buffer> }; buffered?: () => Promise<Buffer>; otherLinks?: () => Promise<string[]> }

@@ -3,6 +3,7 @@
 
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
+import { loadBootId } from '../boot'
 import type { StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import type { FileTable, Pid, ProcessState, ThreadState, Vma } from '../model'
@@ -14,6 +15,8 @@ export interface SavedCheckpoint {
   threads: ThreadState[]
   vmas: Vma[]
   fileTable: FileTable
+  /** The boot that made the checkpoint (lib/boot.ts); undefined when the save does not say. */
+  bootId: string | undefined
 }
 
 /** Loads the saved checkpoint whose top directory is `root`; `name` is how messages call it. */
@@ -24,7 +27,7 @@ export async function loadSaved(root: StoredDir, name: string): Promise<SavedChe
   if (taskDirs.length === 1) {
     const task = await loadTask(root, taskDirs[0])
     const fileTable = await loadFileTable(root)
-    return { pid: task.process.pid, ...task, fileTable }
+    return { pid: task.process.pid, ...task, fileTable, bootId: loadBootId(root) }
   }
   if (listing.has('image')) return readImage(root.diskPath('image'))
   throw new CkptError(`${name}: neither a task-PID directory nor an image file: not a saved checkpoint`, 'EINVAL')
