@@ -37,7 +37,7 @@ function rootDir(tt: Teardownable): string {
 }
 
 /**
- * Starts `script` as the user in `dir` (its cwd); the script ends by exec'ing sleep, and the
+ * Starts `script` as the user in `dir` (its cwd); the script ends by exec'ing sleep (or a copy), and the
  * target is ready once it sleeps. Its output file belongs to the user, as a shell of theirs
  * would have made it.
  */
@@ -49,7 +49,7 @@ async function launchAsUser(tt: Teardownable, dir: string, script: string): Prom
     dir,
     ready: (tg) => {
       try {
-        return fs.readlinkSync(`/proc/${tg.pid}/exe`).endsWith('/sleep') && syscallOf(tg.pid) === 230
+        return /sleep$/.test(fs.readlinkSync(`/proc/${tg.pid}/exe`)) && syscallOf(tg.pid) === 230
       } catch {
         return false
       }
@@ -201,6 +201,33 @@ t.test('an unlinked setuid file comes back unnamed, owned by the user, and only 
   fs.chownSync(work, 0, 0)
   refused(t, saved, target.pid, new RegExp(`fd 4 \\(files/${objref}\\): recreate ${path.join(work, 's')} as an unnamed file in ${work}: Permission denied\\n$`), 'a directory only root may write')
   t.same(fs.readdirSync(work), [], 'nothing was created in it')
+})
+
+t.test('mapped files and the cwd: the saved file, opened as the user; allow-replaced written to done', async (t) => {
+  const dir = userDir(t)
+  const program = path.join(dir, 'mysleep')
+  const sub = path.join(dir, 'sub')
+  const target = await launchAsUser(t, dir, `cp /bin/sleep mysleep && mkdir sub && cd sub && exec ../mysleep 100000`)
+  const saved = await saveAndKill(t, target)
+
+  // An upgrade replaced the program (same owner and mode, a new inode): its mappings refuse it.
+  shAs(user, `cd ${shQuote(dir)} && cp mysleep mysleep.new && mv mysleep.new mysleep`)
+  refused(t, saved, target.pid, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+: ${program} is not the file that was mapped \\(device [0-9a-f:]+ inode [0-9]+, saved [0-9a-f:]+ inode [0-9]+\\); if it was replaced on purpose, restore with --allow-replaced\\n$`), 'a replaced program')
+
+  // Accepted when the user says so, through the mount: allow-replaced written to done.
+  const area = path.join(mnt, 'restore', `sec-${target.pid}`)
+  execFileSync('cp', ['-a', saved, area])
+  t.teardown(() => fs.rmSync(area, { recursive: true, force: true }))
+  fs.writeFileSync(path.join(area, 'done'), 'allow-replaced\n')
+  t.equal(fs.readFileSync(path.join(area, 'status'), 'utf8'), `restored ${target.pid}\n`, 'echo allow-replaced > done restores it')
+  t.equal(fs.readlinkSync(`/proc/${target.pid}/cwd`), sub, 'in its cwd')
+  process.kill(target.pid, 'SIGKILL')
+  await waitUntil('the restored process to end', () => !exists(target.pid))
+
+  // A cwd the user can no longer enter: refused, even with the option.
+  fs.chownSync(sub, 0, 0)
+  fs.chmodSync(sub, 0o700)
+  refused(t, saved, target.pid, new RegExp(`chdir ${sub}: EACCES \\(13\\)\\n$`), 'a cwd only root may enter', ['--allow-replaced'])
 })
 
 t.test('a tree saved before owners were recorded is refused, naming the file', async (t) => {

@@ -39,7 +39,7 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     pid: task.pid,
     tids: task.tids,
     mode: options.mode ?? 'unknown',
-    bootId: options.bootId ?? '',
+    bootId: options.bootId,
   })
   image.record('process', schema.Process, process)
   for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })

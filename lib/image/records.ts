@@ -35,8 +35,8 @@ export interface ImageHeader {
   pid: Pid
   tids: Tid[]
   mode: CheckpointMode | 'unknown'
-  /** The boot that made the checkpoint (lib/boot.ts); undefined when not recorded. */
-  bootId: string | undefined
+  /** The boot that made the checkpoint (lib/boot.ts); absent when not recorded. */
+  bootId?: string
 }
 
 /** A description as recorded; its contents (an unlinked file's bytes) are attached later from file chunks. */
@@ -186,9 +186,13 @@ export function headerFrom(f: Fields): ImageHeader {
   unique(tids, (t) => t, (t) => f.fail('tids', `thread ${t} is listed twice`))
   for (const tid of tids) if (tid < 1 || tid > 0x7fffffff) f.fail('tids', `${tid} is not a thread ID`)
   if (!tids.includes(asTid(pid))) f.fail('tids', `the main thread ${pid} is missing`)
-  const bootId = f.str('bootId')
-  if (bootId !== '' && !BOOT_ID.test(bootId)) f.fail('bootId', `${JSON.stringify(bootId.slice(0, 40))} is not a boot id`)
-  return { formatVersion, pid, tids, mode: f.oneOf('mode', ['lazy', 'copy', 'unknown']), bootId: bootId || undefined }
+  const header: ImageHeader = { formatVersion, pid, tids, mode: f.oneOf('mode', ['lazy', 'copy', 'unknown']) }
+  if (f.has('bootId')) {
+    const bootId = f.str('bootId')
+    if (!BOOT_ID.test(bootId)) f.fail('bootId', `${JSON.stringify(bootId.slice(0, 40))} is not a boot id`)
+    header.bootId = bootId
+  }
+  return header
 }
 
 export function processFrom(f: Fields): ProcessState {
