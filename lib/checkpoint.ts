@@ -7,6 +7,7 @@
 // nothing (the task stays frozen until `done`, which still works).
 
 import * as fs from 'fs'
+import { currentBootId } from './boot'
 import { CkptError, messageOf } from './errors'
 import { captureFileTable } from './fdtable'
 import { filesDir, fdsDir } from './files/tree'
@@ -28,7 +29,9 @@ export class Checkpoint {
   private failure: string | undefined
   private ending: Promise<void> | undefined
   /** The condensed image, sized once and then read in pieces. */
-  readonly image = lazy(() => imageSource(this.task, { mode: this.mode }))
+  readonly image = lazy(() => imageSource(this.task, { mode: this.mode, bootId: this.bootId }))
+  /** The boot this checkpoint was made on (lib/boot.ts). */
+  readonly bootId = currentBootId()
 
   private constructor(
     readonly id: number,
@@ -148,6 +151,7 @@ export class Checkpoint {
       // Private: a failure may name the task's files.
       { name: 'status', make: (c) => ({ ...lineFile(() => c.status()), perm: FILE_PERM.private }) },
       attr('mode', (c) => c.mode, PUBLIC),
+      attr('boot_id', (c) => c.bootId),
       attr('pid', (c) => c.pid, PUBLIC),
       attr('problems', async (c) => (await c.problems()).map((p) => `${p.where}: ${p.why}`).join('\n')),
       { name: 'files', make: (c, s) => filesDir(c.task.fileTable, { key: `${s.key}/files`, cache: s.cache }) },

@@ -124,6 +124,9 @@ export interface PathDescription extends DescriptionCommon {
   rdev: bigint
   /** st_mode of the inode. */
   inodeMode: number
+  /** Owner of the inode: a restore reopens only a file with this owner (and mode, and type). */
+  uid: number
+  gid: number
   size: bigint
   nlink: number
   /** The path is gone or now names another inode (reference/000). */

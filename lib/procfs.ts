@@ -61,6 +61,8 @@ export interface InodeStat {
   dev: bigint
   ino: bigint
   mode: number
+  uid: number
+  gid: number
   nlink: number
   size: bigint
   rdev: bigint
@@ -110,7 +112,7 @@ export async function readFds(pid: Pid, fds: number[]): Promise<RawFd[]> {
 }
 
 export function inodeStat(st: fs.BigIntStats): InodeStat {
-  return { dev: st.dev, ino: st.ino, mode: Number(st.mode), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
+  return { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
 }
 
 async function readFdsAsync(pid: Pid, fds: number[]): Promise<ReadResult[]> {
@@ -204,7 +206,7 @@ function readFdsWorkerMain(): void {
         fsSync.closeSync(handle)
       }
       const st = target.startsWith('/') ? fsSync.statSync(link, { bigint: true }) : undefined
-      const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
+      const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
       return { fd, target, fdinfo, stat }
     } catch (err) {
       return { fd, code: String((err as NodeJS.ErrnoException).code), message: (err as Error).message }

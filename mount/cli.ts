@@ -19,7 +19,7 @@ const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
   ckptfs checkpoint PID [--mount MNT] [--copy]
-  ckptfs restore PATH [--mount MNT]
+  ckptfs restore PATH [--mount MNT] [--allow-replaced]
   ckptfs check PID
   ckptfs show PATH
   ckptfs demo`
@@ -222,9 +222,11 @@ async function checkpoint(parsed: Parsed): Promise<void> {
 async function restore(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'PATH')
   const source = path.resolve(given)
+  // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
+  const allowReplaced = parsed.flags.has('allow-replaced')
   if (!parsed.flags.has('mount') && ckptfsMounts().length === 0) {
     // No server to ask: this process restores it, and the task is not its child either.
-    process.stdout.write(`${await restorePath(source)}\n`)
+    process.stdout.write(`${await restorePath(source, { allowReplaced })}\n`)
     return
   }
   const mnt = chooseMount(parsed.flags.get('mount'))
@@ -252,7 +254,7 @@ async function restore(parsed: Parsed): Promise<void> {
   }
   try {
     try {
-      fs.writeFileSync(path.join(dir, 'done'), '1\n')
+      fs.writeFileSync(path.join(dir, 'done'), allowReplaced ? 'allow-replaced\n' : '1\n')
     } catch (err) {
       const status = readOrUndefined(path.join(dir, 'status'))
       throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
@@ -311,7 +313,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
   checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy'] },
-  restore: { run: restore, valued: ['mount'], plain: [] },
+  restore: { run: restore, valued: ['mount'], plain: ['allow-replaced'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
   demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },

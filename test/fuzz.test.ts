@@ -794,7 +794,7 @@ async function judge(call: () => Promise<unknown>, ms: number, names: RegExp): P
 async function loadAndPlan(dir: string): Promise<void> {
   const saved = await loadSaved(new DiskDir(dir), path.basename(dir))
   const records = await planFileRecords(saved.fileTable)
-  framePlan(saved.fileTable, saved.process, records)
+  framePlan(saved.fileTable, saved.process, records, { sameBoot: false, allowReplaced: false })
   for (const v of saved.vmas) await v.pages.read(0, v.pages.size)
   for (const f of saved.fileTable.files) {
     const any = f as { contents?: { size: number; read(o: number, l: number): Promise<Buffer> }; buffered?: () => Promise<Buffer>; otherLinks?: () => Promise<string[]> }
@@ -859,7 +859,8 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
   fs.cpSync(req.saved, work, { recursive: true })
   fs.mkdirSync(imgDir)
   const taskName = fs.readdirSync(req.saved).find((n) => n.startsWith('task-'))!
-  const treeNames = new RegExp(`^(files|${taskName}|task-[^\\s:/]*|image|${path.basename(work)})(/[^:]*)?: \\S`)
+  // boot_id: the one top-level file a restore reads (which boot made the checkpoint).
+  const treeNames = new RegExp(`^(files|${taskName}|task-[^\\s:/]*|image|boot_id|${path.basename(work)})(/[^:]*)?: \\S`)
   // Checks after loading (planning a restore) name the part as the tree would: files/7/f_mode.
   const imageNames = new RegExp(`^(image|${path.basename(imgDir)}|files/\\d+[^:]*|task-\\d+[^:]*): \\S`)
   const result: Level1Result = {

@@ -151,7 +151,7 @@ function common(objref: number, target: string, flags = 0o2, pos = 0n) {
 }
 
 function fileTable(contentsSize: number): FileTable {
-  const pathCommon = { dev: 0x803n, rdev: 0n, inodeMode: 0o100644, size: 10n, nlink: 1, unlinked: false, otherLinks: lazy(async () => []) }
+  const pathCommon = { dev: 0x803n, rdev: 0n, inodeMode: 0o100644, uid: 1000, gid: 100, size: 10n, nlink: 1, unlinked: false, otherLinks: lazy(async () => []) }
   const files: FileDescription[] = [
     { ...common(1, '/dev/pts/0'), type: 'chr', path: '/dev/pts/0', ...pathCommon, rdev: 0x8800n, inodeMode: 0o20620 },
     { ...common(2, '/tmp/log.txt', 0o102001, 123456789n), type: 'file', path: '/tmp/log.txt', ...pathCommon },

@@ -170,8 +170,14 @@ t.test('plan fields are little-endian, as the stub reads them; strings are lengt
   t.ok(ok && at === built.length, 'a payload of 2,000 fields keeps every field in place')
 })
 
+/** The plan's header with no groups: 8 words, then flags, fsuid, fsgid, the effective set (2 words) and the group count. */
+const PLAN_HEADER = 56
+/** Plans made here run the stub as root with every capability: opens as root (the file checks have tests of their own). */
+const rootFileCreds = { fsuid: 0, fsgid: 0, groups: [], capEffective: (1n << 41n) - 1n }
+const noFileChecks = { sameBoot: false, allowReplaced: false }
+
 t.test('plan records go in the order of the lowest fd naming them, objrefs dense or sparse', async (t) => {
-  const proc = { pid: 1, sid: 2, pgid: 3, rlimits: [] } as unknown as ProcessState
+  const proc = { pid: 1, sid: 2, pgid: 3, rlimits: [], creds: rootFileCreds } as unknown as ProcessState
   // Objrefs [a, b, c]; fd 3 names c, fds 4 and 9 name a, nothing names b: c, a, then b.
   const order = (a: number, b: number, c: number): number[] => {
     const table = {
@@ -179,14 +185,14 @@ t.test('plan records go in the order of the lowest fd naming them, objrefs dense
       files: [a, b, c].map((objref) => ({ objref: asObjRef(objref) })),
     } as unknown as FileTable
     const records = [a, b, c].map((objref) => ({ kind: 1, objref: asObjRef(objref), payload: new RecordBuilder().u32(objref) }))
-    const plan = framePlan(table, proc, records as PlannedRecord[]).bytes
+    const plan = framePlan(table, proc, records as PlannedRecord[], noFileChecks).bytes
     const seen: number[] = []
-    for (let at = 32, i = 0; i < 3; i++, at += 16) {
+    for (let at = PLAN_HEADER, i = 0; i < 3; i++, at += 16) {
       t.equal(plan.readUInt32LE(at + 8), 4, 'payload length')
       t.equal(plan.readUInt32LE(at + 12), plan.readUInt32LE(at + 4), 'the payload follows its own record')
       seen.push(plan.readUInt32LE(at + 4))
     }
-    t.equal(plan.length, 32 + 3 * 16 + 3 * 12, 'header, records, fd table: nothing else')
+    t.equal(plan.length, PLAN_HEADER + 3 * 16 + 3 * 12, 'header, records, fd table: nothing else')
     return seen
   }
   t.strictSame(order(1, 2, 3), [3, 1, 2], 'objrefs 1..3 (a table by objref)')
@@ -211,8 +217,8 @@ t.test('the stub adds epoll items at numbers held by other files, in its working
       { ...common, objref: asObjRef(3), target: 'anon_inode:[timerfd]', type: 'timerfd', clockid: 0, ticks: 2n, settimeFlags: 3, valueNs: 5_000_000_000n, intervalNs: 0n },
     ],
   }
-  const proc = { pid: 1, sid: 2, pgid: 3, rlimits: [] } as unknown as ProcessState
-  const plan = framePlan(table, proc, await planFileRecords(table))
+  const proc = { pid: 1, sid: 2, pgid: 3, rlimits: [], creds: rootFileCreds } as unknown as ProcessState
+  const plan = framePlan(table, proc, await planFileRecords(table), noFileChecks)
   t.equal(plan.workFdBase, 6, 'the working area starts at 6')
   const dir = workdir(t)
   const planFile = path.join(dir, 'plan')

@@ -66,6 +66,9 @@ t.test('a multi-threaded process running as another user comes back with its cre
   const mnt = mountFor(t)
   const dir = workdir(t)
   fs.chmodSync(dir, 0o755) // the fixture, as nobody, looks for DIR/go
+  // Its output file is its own: a restore reopens its fds as nobody, as nobody could open them.
+  fs.writeFileSync(path.join(dir, 'out'), '')
+  fs.chownSync(path.join(dir, 'out'), 65534, 65534)
   const argv = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', threadsFixture, dir]
   const target = await launch(t, argv, { dir, ready: (tg) => /^ready pid=\d+ tids=/m.test(tg.text()) })
   const creds = (tid: number) => {

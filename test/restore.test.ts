@@ -335,11 +335,11 @@ t.test('nothing is left behind after a failed restore, and the server keeps answ
     t.same(fs.readdirSync(area), areaBefore, `${what}: the copy ckptfs restore made in restore/ is gone`)
   }
 
-  // 1. The stub fails after creating the unlinked file's temporary name (reopening it fails).
+  // 1. The stub fails after creating the unlinked file's unnamed copy (reopening it fails).
   const unlinked = fs.readdirSync(path.join(saved, 'files')).find((n) => fs.readFileSync(path.join(saved, 'files', n, 'unlinked'), 'utf8') === '1\n')!
   const flagsFile = path.join(saved, 'files', unlinked, 'f_flags')
   const flags = fs.readFileSync(flagsFile, 'utf8')
-  await failing('the stub fails', new RegExp(`^ckptfs restore: .*files/${unlinked}: open .*\\.ckptfs-restore-${target.pid}-0: Not a directory\\n$`), () => {
+  await failing('the stub fails', new RegExp(`^ckptfs restore: .*fd [0-9]+ \\(files/${unlinked}\\): open /proc/self/fd/[0-9]+: Not a directory\\n$`), () => {
     fs.writeFileSync(flagsFile, `0${(parseInt(flags, 8) | 0o200000).toString(8)}\n`) // O_DIRECTORY
   }, () => fs.writeFileSync(flagsFile, flags))
 

@@ -7,9 +7,15 @@
 // It waits for one byte on CTL_FD (written once the tracer has seized it, so a server that
 // dies before that leaves nothing behind), builds every fd, writes "ok\n" or "error: WHY\n" to
 // REPLY_FD, closes its own fds and pauses.
+//
+// Every file the saved task named by path is opened with the task's own filesystem
+// credentials (fsuid, fsgid, groups, and only the capabilities its effective set held): a
+// restore never opens what the task could not have opened. A reopened file must also be the
+// saved one (check_identity). The stub's own credentials come back before it reports.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/kcmp.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -17,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/fsuid.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
@@ -35,8 +42,6 @@ enum { K_SIGNALFD = 7, K_TIMERFD = 8, K_INOTIFY = 9, K_EPOLL = 10 };
 static int reply_fd = -1;
 static int work_base;        // first fd number of the stub's working area
 static int next_work;        // next free working fd
-static char **created;       // temporary names to remove if the restore fails
-static size_t created_count;
 
 static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void fail(const char *fmt, ...) {
@@ -45,7 +50,6 @@ static void fail(const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg + 7, sizeof msg - 8, fmt, ap);
   va_end(ap);
-  for (size_t i = 0; i < created_count; i++) unlink(created[i]);
   size_t n = strlen(msg);
   msg[n] = '\n';
   if (write(reply_fd, msg, n + 1) < 0) _exit(3);
@@ -224,32 +228,140 @@ static int open_path(const char *path, int flags, int cloexec, const char *what)
   return fd;
 }
 
-static void remember_created(const char *path) {
-  char **grown = realloc(created, (created_count + 1) * sizeof *created);
-  if (!grown) fail("out of memory");
-  created = grown;
-  created[created_count++] = strdup(path);
+// ---- the task's filesystem credentials ----
+//
+// Plan flags: the checkpoint was made on this boot (dev and inode are compared too); the
+// user allowed replaced files (no identity check; the credentials still apply).
+#define PLAN_SAME_BOOT 1u
+#define PLAN_ALLOW_REPLACED 2u
+static uint32_t plan_flags;
+
+struct creds {
+  uid_t fsuid;
+  gid_t fsgid;
+  int ngroups;
+  gid_t *groups;
+  struct __user_cap_data_struct caps[2];
+};
+static struct creds own;  // the stub's (the server's), put back once the files are open
+static struct creds task;  // the saved task's: fsuid, fsgid, groups; caps[].effective
+
+static void get_caps(struct __user_cap_data_struct caps[2]) {
+  struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  if (syscall(SYS_capget, &h, caps) < 0) fail("capget: %s", strerror(errno));
+}
+static void set_caps(struct __user_cap_data_struct caps[2], const char *why) {
+  struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+  if (syscall(SYS_capset, &h, caps) < 0) fail("capset (%s): %s", why, strerror(errno));
 }
 
-// An unlinked file comes back with its contents: created under a free temporary name in its
-// old directory, filled, reopened with the saved flags, and unlinked again.
-static int open_unlinked(const char *path, int flags, int cloexec, mode_t mode, const uint8_t *data, uint32_t len, const char *what) {
-  char tmp[4200];
-  const char *slash = strrchr(path, '/');
-  int dirlen = slash ? (int)(slash - path) : 0;
-  int fd = -1;
-  for (int attempt = 0; fd < 0 && attempt < 100; attempt++) {
-    snprintf(tmp, sizeof tmp, "%.*s/.ckptfs-restore-%d-%d", dirlen, path, getpid(), attempt);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode & 07777);
-    if (fd < 0 && errno != EEXIST) fail("%s: create %s: %s", what, tmp, strerror(errno));
+// setfsuid and setfsgid report no error: the id is read back (a call with -1 changes nothing).
+static void set_fs_ids(uid_t uid, gid_t gid, const char *why) {
+  setfsgid(gid);
+  if ((gid_t)setfsgid((gid_t)-1) != gid) fail("setfsgid(%u) (%s) was refused", (unsigned)gid, why);
+  setfsuid(uid);
+  if ((uid_t)setfsuid((uid_t)-1) != uid) fail("setfsuid(%u) (%s) was refused", (unsigned)uid, why);
+}
+
+// Reads the task's credentials from the plan and keeps the stub's own.
+static void read_creds(void) {
+  task.fsuid = u32("fsuid");
+  task.fsgid = u32("fsgid");
+  uint32_t lo = u32("cap_effective"), hi = u32("cap_effective");
+  task.caps[0].effective = lo;
+  task.caps[1].effective = hi;
+  uint32_t n = u32("group count");
+  if (n > 65536) fail("plan: %u groups is more than NGROUPS_MAX", n);
+  task.ngroups = (int)n;
+  task.groups = calloc(n ? n : 1, sizeof(gid_t));
+  if (!task.groups) fail("out of memory");
+  for (uint32_t i = 0; i < n; i++) task.groups[i] = u32("group");
+  own.fsuid = (uid_t)setfsuid((uid_t)-1);
+  own.fsgid = (gid_t)setfsgid((gid_t)-1);
+  own.ngroups = getgroups(0, NULL);
+  if (own.ngroups < 0) fail("getgroups: %s", strerror(errno));
+  own.groups = calloc(own.ngroups ? (size_t)own.ngroups : 1, sizeof(gid_t));
+  if (!own.groups || getgroups(own.ngroups, own.groups) < 0) fail("getgroups: %s", strerror(errno));
+  get_caps(own.caps);
+}
+
+// From here on, opens and creations are checked as the saved task's would be. The stub is
+// single-threaded: the raw system calls change exactly its credentials.
+static void become_task(void) {
+  if (syscall(SYS_setgroups, (size_t)task.ngroups, task.groups) < 0) fail("setgroups to the task's %d groups: %s", task.ngroups, strerror(errno));
+  set_fs_ids(task.fsuid, task.fsgid, "the task's");
+  struct __user_cap_data_struct caps[2];
+  for (int i = 0; i < 2; i++) {
+    caps[i] = own.caps[i];
+    caps[i].effective = own.caps[i].permitted & task.caps[i].effective;
   }
-  if (fd < 0) fail("%s: no free temporary name next to %s", what, path);
-  remember_created(tmp);
-  write_all(fd, data, len, what);
-  close(fd);
-  int reopened = open_path(tmp, flags, cloexec, what);
-  if (unlink(tmp) < 0) fail("%s: unlink %s: %s", what, tmp, strerror(errno));
-  created_count--;
+  set_caps(caps, "the task's effective set");
+}
+
+static void become_restorer(void) {
+  set_caps(own.caps, "the restorer's own");
+  set_fs_ids(own.fsuid, own.fsgid, "the restorer's own");
+  if (syscall(SYS_setgroups, (size_t)own.ngroups, own.groups) < 0) fail("setgroups back: %s", strerror(errno));
+}
+
+// ---- is it the saved file? ----
+
+struct identity {
+  uint32_t mode, uid, gid;
+  uint64_t dev, ino;
+};
+
+static struct identity read_identity(void) {
+  struct identity id;
+  id.mode = u32("inode_mode");
+  id.uid = u32("uid");
+  id.gid = u32("gid");
+  id.dev = u64("dev");
+  id.ino = u64("ino");
+  return id;
+}
+
+// Refuses a reopened file that is not the one the task had: another type, owner or mode,
+// or (on the boot that saved it) another device or inode. fd N names the task's fd.
+static void check_identity(int fd, const struct identity *want, const char *path, const char *what) {
+  if (plan_flags & PLAN_ALLOW_REPLACED) return;
+  struct stat st;
+  if (fstat(fd, &st) < 0) fail("%s: fstat %s: %s", what, path, strerror(errno));
+  char why[200] = "";
+  if ((st.st_mode & S_IFMT) != (want->mode & S_IFMT)) snprintf(why, sizeof why, "file type 0%o, saved 0%o", st.st_mode & S_IFMT, want->mode & S_IFMT);
+  else if (st.st_uid != want->uid || st.st_gid != want->gid) snprintf(why, sizeof why, "owner %u:%u, saved %u:%u", (unsigned)st.st_uid, (unsigned)st.st_gid, want->uid, want->gid);
+  else if ((st.st_mode & 07777) != (want->mode & 07777)) snprintf(why, sizeof why, "mode 0%o, saved 0%o", st.st_mode & 07777, want->mode & 07777);
+  else if ((plan_flags & PLAN_SAME_BOOT) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
+    snprintf(why, sizeof why, "device %llu inode %llu, saved device %llu inode %llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (unsigned long long)want->dev, (unsigned long long)want->ino);
+  }
+  if (!why[0]) return;
+  fail("%s: %s is not the saved file (%s); if it was replaced on purpose, restore with --allow-replaced", what, path, why);
+}
+
+// An unlinked file comes back with its contents in an O_TMPFILE of its old directory: it
+// never has a name anyone could open, rename or link (O_EXCL: not even later), and it is
+// created with the task's credentials, so only where the task could write. It is reopened
+// with the saved flags, then given the saved owner and mode as the task could: the kernel
+// refuses an owner the task could not give, and drops a setgid bit it could not set.
+static int open_unlinked(const char *path, int flags, int cloexec, mode_t mode, uid_t uid, gid_t gid, const uint8_t *data, uint32_t len, const char *what) {
+  char dir[4200];
+  const char *slash = strrchr(path, '/');
+  if (!slash) fail("%s: %s is not an absolute path", what, path);
+  snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+  int tmp = open(dir, O_TMPFILE | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  if (tmp < 0) fail("%s: recreate %s as an unnamed file in %s: %s", what, path, dir, strerror(errno));
+  tmp = to_work(tmp, what);
+  write_all(tmp, data, len, what);
+  char self[64];
+  snprintf(self, sizeof self, "/proc/self/fd/%d", tmp);
+  int reopened = open_path(self, flags, cloexec, what);
+  struct stat made;
+  if (fstat(tmp, &made) < 0) fail("%s: fstat the recreated %s: %s", what, path, strerror(errno));
+  if ((made.st_uid != uid || made.st_gid != gid) && fchown(tmp, uid, gid) < 0) {
+    fail("%s: give the recreated %s its saved owner %u:%u: %s", what, path, (unsigned)uid, (unsigned)gid, strerror(errno));
+  }
+  if (fchmod(tmp, mode & 07777) < 0) fail("%s: give the recreated %s its saved mode 0%o: %s", what, path, mode & 07777, strerror(errno));
+  close(tmp);
   return reopened;
 }
 
@@ -466,11 +578,13 @@ int main(int argc, char **argv) {
   need(4, "magic");
   if (memcmp(plan, "CKRS", 4) != 0) fail("plan: bad magic");
   plan += 4;
-  if (u32("version") != 1) fail("plan: unknown version");
+  if (u32("version") != 2) fail("plan: unknown version");
   work_base = i32("work_fd_base");
   uint32_t objects = u32("object_count"), records = u32("record_count"), fds = u32("fd_count");
   if (objects > (1u << 20)) fail("plan: %u objects is more than the stub handles", objects);
   int session = i32("session"), pgid_self = i32("pgid_self");
+  plan_flags = u32("flags");
+  read_creds();
 
   // Room for the task's fds, the working area, and after the stub one fd per file the saved
   // mappings map (at most one per mapping: vm.max_map_count is 65530 by default), opened
@@ -502,6 +616,7 @@ int main(int argc, char **argv) {
   if (!object_fd) fail("out of memory");
   for (uint32_t i = 0; i <= objects; i++) object_fd[i] = -1;
 
+  become_task();
   for (uint32_t i = 0; i < records; i++) {
     uint32_t kind = u32("object kind"), id = u32("object id"), length = u32("object length");
     need(length, "object payload");
@@ -511,13 +626,18 @@ int main(int argc, char **argv) {
     if (id == 0 || id > objects) fail("%s: object id out of range", what);
     if (object_fd[id] >= 0) fail("%s: planned twice", what);
     int cloexec = 0;
-    home_of(id, &cloexec);
+    // Refusals name the task's fd too: that is what its owner knows it by.
+    int home = home_of(id, &cloexec);
+    if (home >= 0) snprintf(what, sizeof what, "fd %d (files/%u)", home, id);
     switch (kind) {
       case K_PATH: {
         int flags = i32("flags");
         uint64_t pos = u64("pos");
         char *path = string("path");
-        int fd = settle(open_path(path, flags, cloexec, what), id, cloexec, what);
+        struct identity saved = read_identity();
+        int fd = open_path(path, flags, cloexec, what);
+        check_identity(fd, &saved, path, what);
+        fd = settle(fd, id, cloexec, what);
         seek_to(fd, pos, what);
         object_fd[id] = fd;
         free(path);
@@ -525,12 +645,12 @@ int main(int argc, char **argv) {
       }
       case K_UNLINKED: {
         int flags = i32("flags");
-        uint32_t mode = u32("mode");
+        uint32_t mode = u32("mode"), uid = u32("uid"), gid = u32("gid");
         uint64_t pos = u64("pos");
         char *path = string("path");
         uint32_t len;
         const uint8_t *data = blob("contents", &len);
-        int fd = settle(open_unlinked(path, flags, cloexec, mode, data, len, what), id, cloexec, what);
+        int fd = settle(open_unlinked(path, flags, cloexec, mode, uid, gid, data, len, what), id, cloexec, what);
         seek_to(fd, pos, what);
         object_fd[id] = fd;
         free(path);
@@ -590,14 +710,17 @@ int main(int argc, char **argv) {
       case K_FIFO: {
         int flags = i32("flags");
         char *path = string("path");
+        struct identity saved = read_identity();
         uint32_t len;
         const uint8_t *data = blob("buffered", &len);
         // A temporary read-write end: neither the open below nor the refill can block.
-        int keeper = open(path, O_RDWR | O_NONBLOCK);
+        int keeper = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
         if (keeper < 0) fail("%s: open fifo %s: %s", what, path, strerror(errno));
         keeper = to_work(keeper, what);
+        check_identity(keeper, &saved, path, what);
         write_all(keeper, data, len, what);
         int fd = open_path(path, flags | O_NONBLOCK, cloexec, what);
+        check_identity(fd, &saved, path, what);
         set_status_flags(fd, flags, what);
         close(keeper);
         object_fd[id] = settle(fd, id, cloexec, what);
@@ -655,6 +778,7 @@ int main(int argc, char **argv) {
     if (home >= 0 && object_fd[id] < 0) fail("fd %d: names files/%u, which was not opened", home, id);
   }
   add_epoll_items(object_fd, objects);
+  become_restorer();
 
   if (write(reply_fd, "ok\n", 3) != 3) _exit(5);
   syscall(SYS_close_range, (unsigned)work_base, ~0u, 0u);

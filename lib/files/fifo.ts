@@ -5,7 +5,7 @@ import type { FileDescription, FileTable, PathDescription } from '../model'
 import { bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks, withIdentity } from './path'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 
 const noData = async (): Promise<Buffer> => Buffer.alloc(0)
@@ -44,7 +44,7 @@ export const fifo: FileHandler<PathDescription> = {
   async planRestore(d, { table }) {
     const first = firstOpens(table).get(d.path)
     const data = first === d ? await (d.buffered ?? noData)() : Buffer.alloc(0)
-    return { kind: ObjectKind.Fifo, objref: d.objref, payload: new RecordBuilder().i32(d.flags).string(d.path).bytes(data) }
+    return { kind: ObjectKind.Fifo, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).string(d.path), d).bytes(data) }
   },
 }
 

@@ -55,7 +55,7 @@ export async function capturePath(type: PathType, probe: FdProbe, base: Descript
     ?? (unlinked && type !== 'file' ? `${type}: ${path} was removed; only regular files are recreated from saved contents` : undefined)
   return {
     ...base, type, notCheckpointable,
-    path, dev: st.dev, rdev: st.rdev, inodeMode: st.mode, size: st.size, nlink, unlinked, otherLinks,
+    path, dev: st.dev, rdev: st.rdev, inodeMode: st.mode, uid: st.uid, gid: st.gid, size: st.size, nlink, unlinked, otherLinks,
   }
 }
 
@@ -71,6 +71,8 @@ export const pathEntries: TableEntry<PathDescription>[] = [
   attr('unlinked', (d) => d.unlinked),
   attr('dev', (d) => d.dev),
   attr('inode_mode', (d) => octal(d.inodeMode)),
+  attr('uid', (d) => d.uid),
+  attr('gid', (d) => d.gid),
   attr('size', (d) => d.size),
   attr('nlink', (d) => d.nlink),
 ]
@@ -87,9 +89,16 @@ export function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): 
   const dev = dir.decimal('dev', 0n, U64_MAX)
   const inodeMode = dir.octal('inode_mode', 0o177777n)
   if ((inodeMode & S_IFMT) !== fileTypeBits[type]) throw dir.fail('inode_mode', `${octal(inodeMode)} is not the mode of a ${type}`)
+  // A tree saved before owners were recorded has no uid/gid: refused, as nothing would say
+  // whether the file reopened is the one that was saved.
+  for (const name of ['uid', 'gid']) {
+    if (!dir.has(name)) throw dir.fail(name, 'missing: this tree was saved before ckptfs recorded file owners, and a file is reopened only when its owner, mode and type are the saved ones')
+  }
+  const uid = dir.int('uid', 0, Number(U32_MAX) - 1)
+  const gid = dir.int('gid', 0, Number(U32_MAX) - 1)
   const size = dir.decimal('size', 0n, S64_MAX)
   const nlink = dir.int('nlink', 0, Number(U32_MAX))
-  return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, size, nlink, otherLinks: noLinks })
+  return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, uid, gid, size, nlink, otherLinks: noLinks })
 }
 
 /** Reads other_links back. */
@@ -98,7 +107,15 @@ export function loadOtherLinks(dir: SavedDir): Lazy<string[]> {
   return links.length === 0 ? noLinks : lazy(async () => links)
 }
 
-/** Restore: reopen by path with the saved flags, then seek to the saved offset. */
+/**
+ * What the stub compares a reopened file with (addon/stub/restorer.c, check_identity): type
+ * and permission bits, owner, and device and inode (those only on the boot that saved them).
+ */
+export function withIdentity(b: RecordBuilder, d: PathDescription): RecordBuilder {
+  return b.u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.dev).u64(d.ino)
+}
+
+/** Restore: reopen by path with the saved flags, check it is the saved file, then seek to the saved offset. */
 export function pathRecord(d: PathDescription): PlannedRecord {
-  return { kind: ObjectKind.Path, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path) }
+  return { kind: ObjectKind.Path, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path), d) }
 }

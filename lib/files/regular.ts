@@ -60,7 +60,7 @@ export const regular: FileHandler<PathDescription> = {
     if (link) return pathRecord({ ...d, path: link })
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
     if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data) }
-    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u64(d.pos).string(d.path).bytes(data) }
+    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(data) }
   },
 }
 

@@ -4,6 +4,7 @@
 // refuse.
 
 import * as fs from 'fs'
+import { loadBootId } from '../boot'
 import { NodeCache } from '../cache'
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
@@ -22,7 +23,7 @@ const PIECE = 1 << 20
 const TREE_CACHE_BYTES = 16 << 20
 
 /** A saved tree as a task, validated; `mode` from the tree's `mode` file when it has one. */
-export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mode: CheckpointMode | undefined }> {
+export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mode: CheckpointMode | undefined; bootId: string | undefined }> {
   const names = await fs.promises.readdir(treeRoot).catch((err: NodeJS.ErrnoException) => {
     throw new CkptError(`${treeRoot}: cannot list: ${err.message}`, err.code === 'ENOENT' ? 'ENOENT' : 'EIO')
   })
@@ -39,7 +40,7 @@ export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mod
     vmas: async () => vmas,
     fileTable: async () => fileTable,
   }
-  return { task, mode: names.includes('mode') ? await readMode(`${treeRoot}/mode`) : undefined }
+  return { task, mode: names.includes('mode') ? await readMode(`${treeRoot}/mode`) : undefined, bootId: loadBootId(root) }
 }
 
 async function readMode(file: string): Promise<CheckpointMode> {
@@ -50,8 +51,8 @@ async function readMode(file: string): Promise<CheckpointMode> {
 
 /** Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). */
 export async function treeToImage(treeRoot: string, outFile: string): Promise<void> {
-  const { task, mode } = await loadTree(treeRoot)
-  const source = await imageSource(task, { mode })
+  const { task, mode, bootId } = await loadTree(treeRoot)
+  const source = await imageSource(task, { mode, bootId })
   const out = await fs.promises.open(outFile, 'wx', 0o644)
   try {
     for (let at = 0; at < source.size; at += PIECE) {
@@ -63,8 +64,8 @@ export async function treeToImage(treeRoot: string, outFile: string): Promise<vo
   }
 }
 
-/** The parts of checkpoint-N that hold the checkpoint itself: files/, task-PID/ and mode. */
-export function checkpointTree(task: TaskImage, mode: CheckpointMode | undefined): DirNode {
+/** The parts of checkpoint-N that hold the checkpoint itself: files/, task-PID/, mode and boot_id. */
+export function checkpointTree(task: TaskImage, mode: CheckpointMode | undefined, bootId?: string): DirNode {
   const cache = new NodeCache(TREE_CACHE_BYTES)
   const taskName = `task-${task.pid}`
   const entries: TableEntry<TaskImage>[] = [
@@ -77,6 +78,7 @@ export function checkpointTree(task: TaskImage, mode: CheckpointMode | undefined
       },
     },
     ...(mode ? [attr('mode', () => mode)] : []),
+    ...(bootId ? [attr('boot_id', () => bootId)] : []),
   ]
   return tableDir(task, entries, { key: 'convert', cache })
 }
@@ -85,5 +87,5 @@ export function checkpointTree(task: TaskImage, mode: CheckpointMode | undefined
 export async function imageToTree(imageFile: string, outDir: string): Promise<void> {
   const loaded = await readImage(imageFile)
   const mode = loaded.header.mode === 'unknown' ? undefined : loaded.header.mode
-  await writeTree(checkpointTree(loaded.task, mode), outDir)
+  await writeTree(checkpointTree(loaded.task, mode, loaded.header.bootId), outDir)
 }

@@ -26,6 +26,8 @@ export interface LoadedImage {
   threads: ThreadState[]
   vmas: Vma[]
   fileTable: FileTable
+  /** The boot that made the checkpoint (lib/boot.ts), when the image says. */
+  bootId: string | undefined
   /** The same parts as the TaskImage every consumer takes. */
   task: TaskImage
 }
@@ -567,7 +569,7 @@ class ImageReader {
       vmas: async () => vmas,
       fileTable: async () => fileTable,
     }
-    return { header, pid: header.pid, process, threads, vmas, fileTable, task }
+    return { header, pid: header.pid, bootId: header.bootId, process, threads, vmas, fileTable, task }
   }
 
   private complete(contents: Contents, where: string): void {

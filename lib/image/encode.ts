@@ -14,6 +14,8 @@ import { ByteWriter, WireType } from './wire'
 export interface ImageOptions {
   /** Recorded in the header; left out, the header says 'unknown'. */
   mode?: CheckpointMode
+  /** The boot that made the checkpoint (lib/boot.ts); left out, the header has none. */
+  bootId?: string
 }
 
 /** One piece of the image: `head` bytes, then optionally `dataLength` bytes of `data`. */
@@ -37,6 +39,7 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     pid: task.pid,
     tids: task.tids,
     mode: options.mode ?? 'unknown',
+    bootId: options.bootId,
   })
   image.record('process', schema.Process, process)
   for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })

@@ -14,6 +14,7 @@ import {
 } from '../model'
 import { isMessage, type FieldValue, type Message } from './codec'
 import { FORMAT_MAJOR, MAGIC, PAGE_SIZE } from './schema'
+import { BOOT_ID } from '../boot'
 
 const U64_MAX = (1n << 64n) - 1n
 /** x86-64 struct user_regs_struct, and the words of it that ThreadState repeats. */
@@ -34,6 +35,8 @@ export interface ImageHeader {
   pid: Pid
   tids: Tid[]
   mode: CheckpointMode | 'unknown'
+  /** The boot that made the checkpoint (lib/boot.ts); absent when not recorded. */
+  bootId?: string
 }
 
 /** A description as recorded; its contents (an unlinked file's bytes) are attached later from file chunks. */
@@ -164,6 +167,12 @@ const isPageAligned = (n: bigint) => n % PAGE_SIZE === 0n
 
 // ---------------------------------------------------------------------------------------
 
+/** A file's owner id; an image made before owners were recorded is refused. */
+function ownerId(d: Fields, name: 'uid' | 'gid'): number {
+  if (!d.has(name)) d.fail(name, 'missing: this image was made before ckptfs recorded file owners, and a file is reopened only when its owner, mode and type are the saved ones')
+  return d.num(name, { max: 0xfffffffe })
+}
+
 export function headerFrom(f: Fields): ImageHeader {
   const magic = f.str('magic')
   if (magic !== MAGIC) f.fail('magic', `${JSON.stringify(magic.slice(0, 40))}, expected ${JSON.stringify(MAGIC)}: not a ckptfs image`)
@@ -177,7 +186,13 @@ export function headerFrom(f: Fields): ImageHeader {
   unique(tids, (t) => t, (t) => f.fail('tids', `thread ${t} is listed twice`))
   for (const tid of tids) if (tid < 1 || tid > 0x7fffffff) f.fail('tids', `${tid} is not a thread ID`)
   if (!tids.includes(asTid(pid))) f.fail('tids', `the main thread ${pid} is missing`)
-  return { formatVersion, pid, tids, mode: f.oneOf('mode', ['lazy', 'copy', 'unknown']) }
+  const header: ImageHeader = { formatVersion, pid, tids, mode: f.oneOf('mode', ['lazy', 'copy', 'unknown']) }
+  if (f.has('bootId')) {
+    const bootId = f.str('bootId')
+    if (!BOOT_ID.test(bootId)) f.fail('bootId', `${JSON.stringify(bootId.slice(0, 40))} is not a boot id`)
+    header.bootId = bootId
+  }
+  return header
 }
 
 export function processFrom(f: Fields): ProcessState {
@@ -368,6 +383,8 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
         dev: d.big('dev'),
         rdev: d.big('rdev'),
         inodeMode: d.num('inodeMode'),
+        uid: ownerId(d, 'uid'),
+        gid: ownerId(d, 'gid'),
         size: d.big('size'),
         nlink: d.num('nlink'),
         unlinked: d.bool('unlinked'),

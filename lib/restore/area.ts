@@ -2,7 +2,8 @@
 // Its contents are an AreaTree (lib/restore/areatree.ts): small files in the server's memory,
 // large ones in a private backing directory on disk. Each top-level entry restore/NAME also
 // has two virtual files:
-//   done    write 1 to restore NAME (empty writes, as cp makes, change nothing)
+//   done    write 1 to restore NAME (empty writes, as cp makes, change nothing);
+//           `allow-replaced` restores it accepting files replaced since the checkpoint
 //   status  "saved" | "restoring" | "restored PID" | "error: WHY"
 // They appear once they are created (cp and tar create them with O_EXCL: a name that existed
 // already would fail the copy) or, for status, once a restore has started; the saved copies
@@ -12,6 +13,7 @@
 import { CkptError, messageOf } from '../errors'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { AreaDir, AreaTree, type AreaEntry, type AreaFile } from './areatree'
+import type { RestoreOptions } from './engine'
 import { restoreSaved } from './index'
 
 const VIRTUAL = new Set(['done', 'status'])
@@ -37,13 +39,13 @@ export class RestoreArea {
   }
 
   /** Restores restore/NAME; returns the new PID. */
-  async restore(name: string): Promise<number> {
+  async restore(name: string, options: RestoreOptions = {}): Promise<number> {
     if (this.states.get(name) === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
     const dir = this.tree.root.entries.get(name)
     if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
     try {
-      const pid = await restoreSaved(dir, name)
+      const pid = await restoreSaved(dir, name, options)
       this.states.set(name, `restored ${pid}`)
       return pid
     } catch (err) {
@@ -154,7 +156,7 @@ export class RestoreArea {
   }
 
   private virtual(name: string, file: string): FileNode {
-    if (file === 'done') return commandFile(() => this.restore(name).then(() => undefined))
+    if (file === 'done') return commandFile((text) => this.restore(name, { allowReplaced: text === 'allow-replaced' }).then(() => undefined))
     // The saved status that cp -a copies in is accepted and dropped.
     const status = lineFile(async () => this.states.get(name) ?? 'saved')
     return { ...status, perm: 0o644, write: async () => undefined, truncate: async () => undefined }

@@ -7,7 +7,9 @@ import type { InjectedCall } from '../../addon/index'
 import { CkptError, messageOf } from '../errors'
 import type { ProcessState, ThreadState, Vma } from '../model'
 import { native } from '../native'
-import { framePlan } from './fdplan'
+import { currentBootId } from '../boot'
+import { asTask, checkMappedFile, STAT_SIZE } from './access'
+import { framePlan, type FileAccess } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
@@ -22,7 +24,7 @@ const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
 const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN = 0x100
 const MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
-const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000
+const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_DIRECTORY = 0o200000, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000
 const AT_FDCWD = -100n
 const MADV_POPULATE_WRITE = 23
 const PR_TIMER_CREATE_RESTORE_IDS = 77
@@ -46,14 +48,24 @@ function stubPath(): string {
   throw new CkptError('restorer stub not built: run `npm run setup` (addon/build/Release/restorer is missing)')
 }
 
+export interface RestoreOptions {
+  /**
+   * The user says files named by the saved task may have been replaced on purpose (log
+   * rotation, an editor's rename): a reopened file need not be the saved one. Files are
+   * still opened with the task's own credentials.
+   */
+  allowReplaced?: boolean
+}
+
 /** Restores `saved` (already validated by loading it); returns its PID. */
-export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTimer('restore')): Promise<number> {
+export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTimer('restore'), options: RestoreOptions = {}): Promise<number> {
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   refuseUnsupported(saved)
   assertIdsFree(saved)
+  const access: FileAccess = { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
   const records = await planFileRecords(saved.fileTable)
-  const plan = framePlan(saved.fileTable, proc, records)
+  const plan = framePlan(saved.fileTable, proc, records, access)
   timer.mark('plan')
   await native.spawnRestorer(pid, stubPath(), plan.bytes, plan.workFdBase).catch((err: unknown) => {
     if ((err as { code?: string }).code === 'EEXIST') throw new CkptError(`task-${pid}: PID ${pid} is taken (by a process that started meanwhile)`, 'EEXIST')
@@ -68,7 +80,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
     for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
     timer.mark('threads created')
-    await restoreMemory(pid, vmas, proc, layout, timer)
+    await restoreMemory(pid, vmas, proc, layout, timer, access)
     await restoreProcessState(pid, proc, layout)
     timer.mark('process state')
     await restoreThreads(pid, proc, threads, layout)
@@ -170,22 +182,35 @@ class Layout {
   }
 }
 
-interface Call extends InjectedCall {
+export interface Call extends InjectedCall {
   /** What the call does, for the error message. */
   what: string
 }
 
 /** Runs calls in the task through the restorer's own syscall page and scratch area; any failure names its call. */
 async function inject(tid: number, layout: Layout, calls: Call[], scratch: Buffer | null = null): Promise<bigint[]> {
-  if (calls.length === 0) return []
+  return (await injectReading(tid, layout, calls, scratch)).results
+}
+
+/** inject, also returning the scratch area as the calls left it (what they wrote there). */
+async function injectReading(tid: number, layout: Layout, calls: Call[], scratch: Buffer | null = null): Promise<{ results: bigint[]; scratch: Buffer }> {
+  if (calls.length === 0) return { results: [], scratch: Buffer.alloc(0) }
   const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr }
   const size = scratch ? roundUp(BigInt(scratch.length), PAGE) : 0n
   if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
-  const { results } = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
-  results.forEach((r, i) => {
+  const done = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
+  done.results.forEach((r, i) => {
     if (r < 0n && r > -4096n) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
   })
-  return results
+  return done
+}
+
+/** inject, with the saved task's file credentials around `calls` (lib/restore/access.ts); the results of `calls`. */
+async function injectAsTask(pid: number, proc: ProcessState, layout: Layout, scratch: Scratch, calls: Call[]): Promise<bigint[]> {
+  const wrapped = asTask(pid, proc.creds, scratch, calls)
+  const results = await inject(pid, layout, wrapped.calls, scratch.buffer())
+  wrapped.verify(results)
+  return results.slice(wrapped.first, wrapped.first + calls.length)
 }
 
 function errnoText(errno: number): string {
@@ -196,7 +221,7 @@ function errnoText(errno: number): string {
 const roundUp = (n: bigint, to: bigint) => ((n + to - 1n) / to) * to
 
 /** Packs strings and structs into a scratch buffer; each put returns its offset. */
-class Scratch {
+export class Scratch {
   private readonly parts: Buffer[] = []
   private size = 0
 
@@ -253,7 +278,7 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
+async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess): Promise<void> {
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -275,7 +300,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
   // 4. Every saved mapping, writable first so its pages can be written. Files are opened
   //    once each (one batch), mapped and closed (a second batch).
   const mapped = vmas.filter((v) => !SPECIAL.has(v.path) && v.kind !== 'vsyscall')
-  const fileFds = await openMappedFiles(pid, layout, mapped)
+  const fileFds = await openMappedFiles(pid, proc, layout, mapped, access)
   const calls: Call[] = []
   for (const v of mapped) {
     const len = v.end - v.start
@@ -331,7 +356,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
   await inject(pid, layout, finish)
 
   // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
-  await setMmMap(pid, proc, layout)
+  await setMmMap(pid, proc, vmas, layout, access)
   timer.mark('protections and mm')
 }
 
@@ -351,16 +376,32 @@ function initialProt(v: Vma): number {
 
 const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
 
-/** Opens every file the saved mappings map, once per path and access; returns the fds in the task. */
-async function openMappedFiles(pid: number, layout: Layout, vmas: Vma[]): Promise<Map<string, bigint>> {
+/**
+ * Opens every file the saved mappings map, once per path and access, with the task's own
+ * credentials; on the boot that saved them, each must be the file (dev, inode) that was
+ * mapped. Returns the fds in the task.
+ */
+async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, vmas: Vma[], access: FileAccess): Promise<Map<string, bigint>> {
   const scratch = new Scratch()
-  const keys = [...new Set(vmas.filter((v) => v.kind === 'file-private' || v.kind === 'file-shared').map(fileKey))]
+  const files = vmas.filter((v) => v.kind === 'file-private' || v.kind === 'file-shared')
+  const keys = [...new Set(files.map(fileKey))]
   const calls: Call[] = keys.map((key) => {
-    const [access, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
-    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((access === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it` }
+    const [mode, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
+    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((mode === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it` }
   })
-  const fds = await inject(pid, layout, calls, scratch.buffer())
-  return new Map(keys.map((k, i) => [k, fds[i]]))
+  const fds = await injectAsTask(pid, proc, layout, scratch, calls)
+  const fileFds = new Map(keys.map((k, i) => [k, fds[i]]))
+  if (access.sameBoot && !access.allowReplaced && keys.length > 0) {
+    const stats = new Scratch()
+    const at = keys.map(() => stats.put(Buffer.alloc(STAT_SIZE)))
+    const fstat: Call[] = keys.map((key, i) => ({ nr: SYS.fstat, args: [fileFds.get(key)!, at[i]], scratchArgs: 0b10, what: `fstat ${key.slice(key.indexOf(':') + 1)}` }))
+    const { scratch: read } = await injectReading(pid, layout, fstat, stats.buffer())
+    for (const v of files) {
+      const i = keys.indexOf(fileKey(v))
+      checkMappedFile(proc.pid, v, read.subarray(Number(at[i]), Number(at[i]) + STAT_SIZE), vmaName(v))
+    }
+  }
+  return fileFds
 }
 
 async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout): Promise<void> {
@@ -450,7 +491,7 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
   }
 }
 
-async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: Layout, access: FileAccess): Promise<void> {
   const mm = proc.mm
   const scratch = new Scratch()
   const exePath = scratch.cstring(mm.exe)
@@ -459,11 +500,19 @@ async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promis
   const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd]
   fields.forEach((f, i) => map.writeBigUInt64LE(f, i * 8))
   const mapOffset = scratch.put(map)
+  const [exeFd] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}` }])
+  // On the boot that saved it, the executable must be the file its text mapping had.
+  const text = vmas.find((v) => v.kind === 'file-private' && v.path === mm.exe)
+  if (text && access.sameBoot && !access.allowReplaced) {
+    const stats = new Scratch()
+    const at = stats.put(Buffer.alloc(STAT_SIZE))
+    const { scratch: read } = await injectReading(pid, layout, [{ nr: SYS.fstat, args: [exeFd, at], scratchArgs: 0b10, what: `fstat the executable ${mm.exe}` }], stats.buffer())
+    checkMappedFile(proc.pid, text, read.subarray(Number(at), Number(at) + STAT_SIZE), vmaName(text))
+  }
   const buffer = scratch.buffer()
   // struct prctl_mm_map: auxv is a pointer into the scratch area, known only once it is mapped.
   buffer.writeBigUInt64LE(layout.scratchAddr + auxv, Number(mapOffset) + 88)
   buffer.writeUInt32LE(mm.auxv.length, Number(mapOffset) + 96)
-  const [exeFd] = await inject(pid, layout, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}` }], buffer)
   buffer.writeInt32LE(Number(exeFd), Number(mapOffset) + 100)
   await inject(pid, layout, [
     { nr: SYS.prctl, args: [BigInt(PR_SET_MM), BigInt(PR_SET_MM_MAP), mapOffset, 104n, 0n], scratchArgs: 0b100, what: 'prctl(PR_SET_MM_MAP)' },
@@ -497,8 +546,6 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
-  calls.push({ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` })
-  if (proc.root !== '/') calls.push({ nr: SYS.chroot, args: [scratch.cstring(proc.root)], scratchArgs: 0b1, what: `chroot ${proc.root}` })
   if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
   for (const r of proc.rlimits) {
     const lim = Buffer.alloc(16)
@@ -507,7 +554,39 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
   }
   await inject(pid, layout, calls, scratch.buffer())
+  await restoreCwdAndRoot(pid, proc, layout)
   await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
+}
+
+/**
+ * cwd and root, each entered as the task (the kernel checks its search permission). A root
+ * other than / is opened as the task first and entered through that fd, so the directory
+ * chroot (which needs the restorer's CAP_SYS_CHROOT) takes is the one the task could reach.
+ */
+async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  if (proc.root === '/') {
+    await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` }])
+    return
+  }
+  const dirFlags = BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC)
+  const [rootFd, cwdFd] = await injectAsTask(pid, proc, layout, scratch, [
+    { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(proc.root), dirFlags, 0n], scratchArgs: 0b10, what: `open the root ${proc.root}` },
+    { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(proc.cwd), dirFlags, 0n], scratchArgs: 0b10, what: `open the cwd ${proc.cwd}` },
+  ])
+  const enter = new Scratch()
+  const intoRoot = asTask(pid, proc.creds, enter, [{ nr: SYS.fchdir, args: [rootFd], what: `enter the root ${proc.root}` }])
+  const intoCwd = asTask(pid, proc.creds, enter, [{ nr: SYS.fchdir, args: [cwdFd], what: `chdir ${proc.cwd}` }])
+  const calls: Call[] = [
+    ...intoRoot.calls,
+    { nr: SYS.chroot, args: [enter.cstring('.')], scratchArgs: 0b1, what: `chroot ${proc.root}` },
+    ...intoCwd.calls,
+    { nr: SYS.close, args: [rootFd], what: 'close the root' },
+    { nr: SYS.close, args: [cwdFd], what: 'close the cwd' },
+  ]
+  const results = await inject(pid, layout, calls, enter.buffer())
+  intoRoot.verify(results)
+  intoCwd.verify(results.slice(intoRoot.calls.length + 1))
 }
 
 /**

@@ -139,6 +139,20 @@ export interface PlannedRecord {
   payload: RecordBuilder
 }
 
+/**
+ * How the stub opens files that the saved task named by path: with the task's filesystem
+ * credentials (fsuid, fsgid, groups, and no capability its effective set lacked), and
+ * reopened only when they are the saved file.
+ */
+export interface FileAccess {
+  /** The checkpoint was made on this boot: a reopened file's dev and inode must be the saved ones too. */
+  sameBoot: boolean
+  /** The user said saved files may have been replaced on purpose: the identity check is skipped (never the credential check). */
+  allowReplaced: boolean
+}
+
+const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2
+
 export interface FdPlan {
   bytes: Buffer
   /** First fd number of the stub's working area: above every fd of the task. */
@@ -151,7 +165,7 @@ export interface FdPlan {
  * at that number, and open() hands out the lowest free number, so in this order most opens
  * land where they belong with no further call.
  */
-export function framePlan(table: FileTable, proc: ProcessState, records: PlannedRecord[]): FdPlan {
+export function framePlan(table: FileTable, proc: ProcessState, records: PlannedRecord[], access: FileAccess): FdPlan {
   let maxFd = -1
   let maxRef = 0
   for (const f of table.files) if (f.objref > maxRef) maxRef = f.objref
@@ -161,17 +175,25 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
     lowestFd.offer(f.objref, f.fd)
   }
   const workFdBase = Math.max(3, maxFd + 1)
-  let size = 32 + table.fds.length * 12
+  const creds = proc.creds
+  let size = 56 + creds.groups.length * 4 + table.fds.length * 12
   for (const r of records) size += 12 + r.payload.length
   const out = new ByteWriter(size)
     .u32(0x53524b43) // "CKRS"
-    .u32(1) // version
+    .u32(2) // version
     .i32(workFdBase)
     .u32(maxRef)
     .u32(records.length)
     .u32(table.fds.length)
     .i32(proc.sid === proc.pid ? 1 : 0)
     .i32(proc.pgid === proc.pid ? 1 : 0)
+    .u32((access.sameBoot ? PLAN_SAME_BOOT : 0) | (access.allowReplaced ? PLAN_ALLOW_REPLACED : 0))
+    .u32(creds.fsuid)
+    .u32(creds.fsgid)
+    .u32(Number(creds.capEffective & 0xffffffffn))
+    .u32(Number(creds.capEffective >> 32n))
+    .u32(creds.groups.length)
+  for (const g of creds.groups) out.u32(g)
   for (const i of homeOrder(records, lowestFd)) {
     const r = records[i]
     out.u32(r.kind).u32(r.objref).u32(r.payload.length)

@@ -7,24 +7,24 @@ import { CkptError } from '../errors'
 import { DiskDir, type StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
-import { restoreProcess } from './engine'
+import { restoreProcess, type RestoreOptions } from './engine'
 import { loadSaved } from './load'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
-export async function restoreSaved(root: StoredDir, name: string): Promise<number> {
+export async function restoreSaved(root: StoredDir, name: string, options: RestoreOptions = {}): Promise<number> {
   const timer = new PhaseTimer('restore')
   const saved = await loadSaved(root, name)
   timer.mark('load and validate')
-  return restoreProcess(saved, timer)
+  return restoreProcess(saved, timer, options)
 }
 
 /** Restores from a saved tree directory, a directory holding only `image`, or an image file. */
-export async function restorePath(p: string): Promise<number> {
+export async function restorePath(p: string, options: RestoreOptions = {}): Promise<number> {
   const stat = await fs.promises.stat(p).catch(() => undefined)
   if (!stat) throw new CkptError(`${p}: no such file or directory`, 'ENOENT')
-  if (stat.isDirectory()) return restoreSaved(new DiskDir(p), path.basename(p))
+  if (stat.isDirectory()) return restoreSaved(new DiskDir(p), path.basename(p), options)
   const timer = new PhaseTimer('restore')
   const saved = await readImage(p)
   timer.mark('load and validate')
-  return restoreProcess(saved, timer)
+  return restoreProcess(saved, timer, options)
 }

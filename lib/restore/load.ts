@@ -4,6 +4,7 @@
 
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
+import { loadBootId } from '../boot'
 import type { StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import type { FileTable, Pid, ProcessState, ThreadState, Vma } from '../model'
@@ -15,6 +16,8 @@ export interface SavedCheckpoint {
   threads: ThreadState[]
   vmas: Vma[]
   fileTable: FileTable
+  /** The boot that made the checkpoint (lib/boot.ts); undefined when the save does not say. */
+  bootId: string | undefined
 }
 
 /** Loads the saved checkpoint whose top directory is `root`; `name` is how messages call it. */
@@ -25,7 +28,7 @@ export async function loadSaved(root: StoredDir, name: string): Promise<SavedChe
   if (taskDirs.length === 1) {
     const task = await loadTask(root, taskDirs[0])
     const fileTable = await loadFileTable(root)
-    return { pid: task.process.pid, ...task, fileTable }
+    return { pid: task.process.pid, ...task, fileTable, bootId: loadBootId(root) }
   }
   const image = imageFileIn([...listing.keys()], name)
   if (image !== undefined) return readImage(root.diskPath(image))

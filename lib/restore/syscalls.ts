@@ -1,6 +1,7 @@
 // x86-64 system call numbers the restore injects.
 export const SYS = {
   close: 3,
+  fstat: 5,
   mmap: 9,
   mprotect: 10,
   munmap: 11,
@@ -11,6 +12,7 @@ export const SYS = {
   dup2: 33,
   setitimer: 38,
   chdir: 80,
+  fchdir: 81,
   umask: 95,
   setresuid: 117,
   setresgid: 119,
