@@ -46,8 +46,14 @@ export async function openRestoreInput(given: string): Promise<RestoreInput> {
   throw new CkptError(`${source}: neither a ckptfs image nor a tar of a saved checkpoint`, 'EINVAL')
 }
 
+/**
+ * A tree or image on local disk, used where it is. Errors about a directory name its files
+ * relative to it (task-PID/..., image), as the user sees them there; only an image file
+ * given by another name has "image" replaced by that name.
+ */
 function local(p: string, isDirectory: boolean, label: string): RestoreInput {
-  return { path: p, isDirectory, label, explain: (m) => inUserTerms(m, label, undefined), dispose: () => undefined }
+  const explain = isDirectory ? (m: string) => m : (m: string) => inUserTerms(m, label, undefined)
+  return { path: p, isDirectory, label, explain, dispose: () => undefined }
 }
 
 function readHead(file: string): Buffer {
