@@ -8,7 +8,7 @@
 
 import * as fs from 'fs'
 import { currentBootId } from './boot'
-import { CkptError, messageOf } from './errors'
+import { CkptError, errnoOf, messageOf } from './errors'
 import { captureFileTable } from './fdtable'
 import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
@@ -19,7 +19,7 @@ import { captureProcess, processProblems } from './task/process'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
-import { attr, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
+import { attr, bytes, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
 
@@ -60,7 +60,7 @@ export class Checkpoint {
     // the task is stopped only for the copy itself (first touches are the costly part here).
     const arena = mode === 'copy' ? await native.allocTouched(Math.ceil((await planCopy(pid)).bytes * 1.02) + 4096) : undefined
     const frozen = await native.freeze(pid).catch((err: unknown) => {
-      throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(err)}`, 'EPERM')
+      throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(pid, err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')
     })
     const tids: Tid[] = frozen.map((t) => asTid(t.tid))
     let owner: TaskOwners
@@ -153,7 +153,8 @@ export class Checkpoint {
       attr('mode', (c) => c.mode, PUBLIC),
       attr('boot_id', (c) => c.bootId),
       attr('pid', (c) => c.pid, PUBLIC),
-      attr('problems', async (c) => (await c.problems()).map((p) => `${p.where}: ${p.why}`).join('\n')),
+      // One line per problem; none makes an empty file (not a lone newline), so `[ -s problems ]` tests it.
+      bytes('problems', async (c) => Buffer.from((await c.problems()).map((p) => `${p.where}: ${p.why}\n`).join(''))),
       { name: 'files', make: (c, s) => filesDir(c.task.fileTable, { key: `${s.key}/files`, cache: s.cache }) },
       {
         name: `task-${this.pid}`,
@@ -174,6 +175,8 @@ function assertProcessExists(pid: Pid): void {
   if (!Number.isInteger(pid) || pid <= 0) throw new CkptError(`not a process ID: ${pid}`, 'EINVAL')
   if (!fs.existsSync(`/proc/${pid}`)) throw new CkptError(`no process ${pid}`, 'ESRCH')
   if (fs.existsSync(`/proc/${pid}/task/${pid}`) === false) throw new CkptError(`${pid} is a thread, not a process: checkpoint its process`, 'EINVAL')
+  // Freezing init would stall every process that waits on it (reaping, shutdown).
+  if (pid === 1) throw new CkptError('process 1 is init: it cannot be checkpointed', 'EPERM')
   if (pid === process.pid) throw new CkptError(`process ${pid} is this ckptfs server`, 'EINVAL')
 }
 
@@ -187,11 +190,33 @@ function procOwner(pid: Pid): TaskOwners {
   return { task: { uid: dir.uid, gid: dir.gid }, data: { uid: data.uid, gid: data.gid } }
 }
 
-function explainFreezeError(err: unknown): string {
+function explainFreezeError(pid: Pid, err: unknown): string {
   const code = (err as { code?: string }).code
-  if (code === 'EPERM') return 'not permitted to ptrace it (is it traced already, by a debugger or another checkpoint?)'
+  if (code === 'EPERM') {
+    const tracer = tracerOf(pid)
+    if (tracer) return `it is traced already, by process ${tracer} (${commandOf(tracer)}): a debugger or another checkpoint`
+    return 'not permitted to ptrace it'
+  }
   if (code === 'ESRCH') return 'it exited'
   return messageOf(err)
+}
+
+/** The PID that ptraces `pid` (TracerPid in /proc/PID/status), if any. */
+function tracerOf(pid: Pid): number | undefined {
+  try {
+    const m = /^TracerPid:\s*([0-9]+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m && m[1] !== '0' ? Number(m[1]) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function commandOf(pid: number): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return 'gone'
+  }
 }
 
 function isAlive(pid: Pid): boolean {

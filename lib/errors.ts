@@ -10,7 +10,7 @@ export class CkptError extends Error {
 
 export type ErrnoName =
   | 'EIO' | 'ENOENT' | 'EACCES' | 'EROFS' | 'EINVAL' | 'ESRCH' | 'EPERM' | 'EEXIST'
-  | 'EBUSY' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'ENOSPC' | 'ENOTSUP'
+  | 'EBUSY' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'ENOSPC' | 'ENOTSUP' | 'ECANCELED' | 'ENOTCONN'
 
 /** The message of any thrown value, for one-line reports. */
 export function messageOf(err: unknown): string {
@@ -23,4 +23,13 @@ export function errnoOf(err: unknown): ErrnoName {
   if (err instanceof CkptError) return err.errno
   const code = (err as { code?: unknown })?.code
   return typeof code === 'string' && /^E[A-Z]+$/.test(code) ? (code as ErrnoName) : 'EIO'
+}
+
+/**
+ * `err` as a CkptError whose errno reads well in a shell where a write to a control file
+ * (`checkpoint`, `done`) failed: a bare EIO ("Input/output error") becomes `fallback`.
+ */
+export function asCommandError(err: unknown, fallback: ErrnoName = 'ECANCELED'): CkptError {
+  const errno = errnoOf(err)
+  return new CkptError(messageOf(err), errno === 'EIO' ? fallback : errno)
 }

@@ -11,7 +11,7 @@
 import { EventEmitter } from 'events'
 import { NodeCache } from './cache'
 import { Checkpoint } from './checkpoint'
-import { CkptError, messageOf } from './errors'
+import { asCommandError, CkptError } from './errors'
 import { asPid, type CheckpointMode } from './model'
 import { RestoreArea } from './restore/area'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from './tree/node'
@@ -26,6 +26,8 @@ export class Session extends EventEmitter<SessionEvents> {
   readonly restore: RestoreArea
   private readonly checkpoints = new Map<number, Checkpoint>()
   private readonly lastByPid = new Map<number, string>()
+  /** The request being handled for each PID (settled: never rejects). */
+  private readonly opening = new Map<number, Promise<void>>()
   private nextId = 1
 
   constructor(cacheBytes: number, restoreBacking: string) {
@@ -34,8 +36,23 @@ export class Session extends EventEmitter<SessionEvents> {
     this.restore = new RestoreArea(restoreBacking)
   }
 
-  /** Opens a checkpoint of `pid`; returns its directory name. */
+  /**
+   * Opens a checkpoint of `pid`; returns its directory name. Requests for one PID run one
+   * after the other, so a second request sees the first one's checkpoint and is refused
+   * with its name, instead of racing it to ptrace the task.
+   */
   async checkpoint(pid: number, mode: CheckpointMode): Promise<string> {
+    const before = this.opening.get(pid) ?? Promise.resolve()
+    const attempt = before.then(() => this.openCheckpoint(pid, mode))
+    const settled = attempt.then(() => undefined, () => undefined)
+    this.opening.set(pid, settled)
+    void settled.then(() => {
+      if (this.opening.get(pid) === settled) this.opening.delete(pid)
+    })
+    return attempt
+  }
+
+  private async openCheckpoint(pid: number, mode: CheckpointMode): Promise<string> {
     const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
     if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
     const id = this.nextId++
@@ -45,13 +62,24 @@ export class Session extends EventEmitter<SessionEvents> {
       this.lastByPid.set(pid, checkpoint.name)
       return checkpoint.name
     } catch (err) {
-      throw this.remember(pid, err instanceof CkptError ? err : new CkptError(messageOf(err)))
+      throw this.remember(pid, asCommandError(err))
     }
   }
 
+  /**
+   * by-pid/PID shows a refused request's error only while PID has no open checkpoint: the
+   * name of an open one stays, so a script that reads it after its own request succeeded
+   * never finds another request's error there.
+   */
   private remember(pid: number, err: CkptError): CkptError {
-    this.lastByPid.set(pid, `error: ${err.message}`)
+    if (!this.openCheckpointName(pid)) this.lastByPid.set(pid, `error: ${err.message}`)
     return err
+  }
+
+  /** The name of PID's newest checkpoint if it is still open. */
+  private openCheckpointName(pid: number): string | undefined {
+    const match = /^checkpoint-([0-9]+)$/.exec(this.lastByPid.get(pid) ?? '')
+    return match && this.checkpoints.has(Number(match[1])) ? match[0] : undefined
   }
 
   /** Handles a write to checkpoint-N/done. */
@@ -62,7 +90,9 @@ export class Session extends EventEmitter<SessionEvents> {
     this.cache.dropPrefix(`c${id}/`)
     this.emit('removed', `/${checkpoint.name}`)
     this.emit('removed', `/${checkpoint.name}.image`)
-    await checkpoint.end(text === 'kill' ? 'kill' : 'resume')
+    await checkpoint.end(text === 'kill' ? 'kill' : 'resume').catch((err: unknown) => {
+      throw asCommandError(err)
+    })
   }
 
   /** Resumes every frozen task and forgets the checkpoints. */
@@ -103,13 +133,30 @@ export class Session extends EventEmitter<SessionEvents> {
     }
   }
 
-  /** `checkpoint`: "PID" or "PID copy" opens a checkpoint; a failed one fails the write. */
+  /**
+   * `checkpoint`: "PID" or "PID copy" opens a checkpoint; a failed one fails the write. Each
+   * open of the file gets its own node (paths outside checkpoint-N are looked up afresh), so
+   * reading the same open file after the write returns the answer to that request alone:
+   * "checkpoint-N" or "error: WHY", whatever other requests ran meanwhile.
+   */
   private controlFile(): FileNode {
-    return commandFile(async (text) => {
+    let answer = Buffer.alloc(0)
+    const command = commandFile(async (text) => {
       const match = /^([0-9]+)(?:\s+(lazy|copy))?$/.exec(text)
-      if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
-      await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')
+      try {
+        if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
+        answer = Buffer.from(`${await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')}\n`)
+      } catch (err) {
+        const refused = asCommandError(err)
+        answer = Buffer.from(`error: ${refused.message}\n`)
+        throw refused
+      }
     })
+    return {
+      ...command,
+      size: async () => answer.length,
+      read: async (offset, length) => answer.subarray(offset, offset + length),
+    }
   }
 
   private byPidDir(): DirNode {

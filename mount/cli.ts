@@ -5,11 +5,13 @@ import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
-import { CkptError, messageOf } from '../lib/errors'
+import { CkptError, errnoOf, messageOf } from '../lib/errors'
 import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
+import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
+import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
 import { readRecord, removeLeftovers, serverRuns } from './records'
 import { ckptfsMounts, cleanUpDeadMount, Server } from './server'
 
@@ -19,10 +21,32 @@ const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
   ckptfs checkpoint PID [--mount MNT] [--copy]
-  ckptfs restore PATH [--mount MNT] [--allow-replaced]
+  ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced]
   ckptfs check PID
   ckptfs show PATH
-  ckptfs demo`
+  ckptfs demo
+  ckptfs help [COMMAND] | --help | -h | --version
+
+--mount may be left out while you have exactly one ckptfs mount.
+\`ckptfs COMMAND --help\` says more about one command.`
+
+/** What `ckptfs COMMAND --help` prints, after the command's usage line. */
+const HELP: Record<string, string> = {
+  mount: `Mounts ckptfs at MNT (made if missing) and returns once it answers; the server runs in the
+background unless --foreground. BYTES may end in k, m or g (default 256m).`,
+  umount: 'Resumes every task the server of MNT still holds frozen, unmounts, and ends the server.',
+  checkpoint: `Checkpoints process PID and its threads; prints the path of the new checkpoint-N directory.
+The task stays frozen until \`echo 1 > MNT/checkpoint-N/done\` (or kill); --copy captures it
+all now and lets it run on at once.`,
+  restore: `Restores from PATH: a saved checkpoint-N tree, a directory holding only its image, an image
+file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Prints the PID.
+Through the mount (--mount, or your only mount); with no mount of yours, or --no-mount, this
+command restores by itself. --allow-replaced accepts files replaced since the checkpoint (a
+rotated log, an editor's rename); files are still opened only as the restored process could.`,
+  check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
+  show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
+  demo: 'Runs the whole cycle on a sample program in a temporary mount, as a shell transcript.',
+}
 
 const DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 
@@ -39,10 +63,15 @@ function parse(argv: string[], valued: string[], plain: string[]): Parsed {
   const flags = new Map<string, string | true>()
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
-    if (!a.startsWith('--')) {
-      args.push(a)
+    if (a === '--') {
+      args.push(...argv.slice(i + 1))
+      break
+    }
+    if (!a.startsWith('-') || a === '-') {
+      args.push(a) // `-` is an argument: stdin for restore
       continue
     }
+    if (!a.startsWith('--')) throw new UsageError(`unknown option ${a}`)
     const [name, inline] = a.slice(2).split(/=(.*)/s, 2)
     if (valued.includes(name)) {
       const value = inline ?? argv[++i]
@@ -77,18 +106,6 @@ function parsePid(text: string): number {
 }
 
 // ---- mounts ----
-
-function chooseMount(given: string | true | undefined): string {
-  const mounts = ckptfsMounts()
-  if (typeof given === 'string') {
-    const mnt = path.resolve(given)
-    if (!mounts.includes(mnt)) throw new CkptError(`${mnt} is not a ckptfs mount`)
-    return mnt
-  }
-  if (mounts.length === 1) return mounts[0]
-  if (mounts.length === 0) throw new CkptError('no ckptfs mount is active: run `ckptfs mount MNT` first')
-  throw new CkptError(`${mounts.length} ckptfs mounts are active (${mounts.join(', ')}): choose one with --mount`)
-}
 
 /** The PID of the running server of `mnt` (found by the record it wrote: mount/records.ts), as a list. */
 export function serversOf(mnt: string): number[] {
@@ -207,66 +224,113 @@ async function umount(parsed: Parsed): Promise<void> {
 async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
-  const mnt = chooseMount(parsed.flags.get('mount'))
+  const mnt = chooseMount(mountFlag(parsed))
   const request = parsed.flags.has('copy') ? `${pid} copy\n` : `${pid}\n`
+  // The answer is read back from the same open file: it is this request's own, whatever
+  // other requests for PID run at the same time (by-pid/PID shows only the newest).
+  const control = path.join(mnt, 'checkpoint')
+  const fd = throughMount(mnt, () => fs.openSync(control, 'r+'))
   try {
-    fs.writeFileSync(path.join(mnt, 'checkpoint'), request)
-  } catch (err) {
-    const why = readOrUndefined(path.join(mnt, 'by-pid', String(pid)))
-    throw new CkptError(why?.startsWith('error: ') ? why.slice(7) : `checkpoint of ${pid}: ${messageOf(err)}`)
+    let failure: unknown
+    try {
+      fs.writeSync(fd, request)
+    } catch (err) {
+      failure = err
+    }
+    const answer = throughMount(mnt, () => readAnswer(fd))
+    if (failure !== undefined || !answer.startsWith('checkpoint-')) {
+      throw new CkptError(answer.startsWith('error: ') ? answer.slice(7) : `checkpoint of ${pid}: ${messageOf(failure ?? answer)}`)
+    }
+    process.stdout.write(path.join(mnt, answer) + '\n')
+  } finally {
+    fs.closeSync(fd)
   }
-  const name = fs.readFileSync(path.join(mnt, 'by-pid', String(pid)), 'utf8').trim()
-  process.stdout.write(path.join(mnt, name) + '\n')
+}
+
+/** The one-line answer a control file holds for the request written through `fd`. */
+function readAnswer(fd: number): string {
+  const buf = Buffer.alloc(64 * 1024)
+  return buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8').trim()
+}
+
+/** Runs an operation on the mount; a server that is gone is named as such. */
+function throughMount<T>(mnt: string, op: () => T): T {
+  try {
+    return op()
+  } catch (err) {
+    if (errnoOf(err) === 'ENOTCONN') throw deadMount(mnt)
+    throw err
+  }
+}
+
+function mountFlag(parsed: Parsed): string | undefined {
+  const given = parsed.flags.get('mount')
+  return typeof given === 'string' ? given : undefined
 }
 
 async function restore(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'PATH')
-  const source = path.resolve(given)
+  if (parsed.flags.has('mount') && parsed.flags.has('no-mount')) throw new UsageError('--mount and --no-mount exclude each other')
+  // A directory already in the restore area is restored where it is.
+  const resolved = path.resolve(given)
+  const inArea = given !== '-' && path.basename(path.dirname(resolved)) === 'restore' && ownCkptfsMounts().includes(path.dirname(path.dirname(resolved)))
+  // With no mount of the caller's (or --no-mount) there is no server to ask: this process
+  // restores it, and the task is not its child either.
+  const direct = !inArea && (parsed.flags.has('no-mount') || (!parsed.flags.has('mount') && ownCkptfsMounts().length === 0))
+  const mnt = direct ? undefined : chooseMount(mountFlag(parsed))
+  const input = inArea ? undefined : await openRestoreInput(given)
   // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
   const allowReplaced = parsed.flags.has('allow-replaced')
-  if (!parsed.flags.has('mount') && ckptfsMounts().length === 0) {
-    // No server to ask: this process restores it, and the task is not its child either.
-    process.stdout.write(`${await restorePath(source, { allowReplaced })}\n`)
-    return
+  const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
+  try {
+    const pid = mnt === undefined
+      ? await restorePath(input!.path, { allowReplaced }).catch((err: unknown) => {
+        throw explain(err)
+      })
+      : await restoreThroughMount(mnt, given, input, explain, allowReplaced)
+    process.stdout.write(`${pid}\n`)
+  } finally {
+    input?.dispose()
   }
-  const mnt = chooseMount(parsed.flags.get('mount'))
+}
+
+async function restoreThroughMount(mnt: string, given: string, input: RestoreInput | undefined, explain: (err: unknown) => CkptError, allowReplaced: boolean): Promise<number> {
   const area = path.join(mnt, 'restore')
   let dir: string
-  if (path.dirname(source) === area) {
-    dir = source
+  if (!input) {
+    dir = path.resolve(given)
   } else {
-    const kind = fs.statSync(source, { throwIfNoEntry: false })
-    if (!kind) throw new CkptError(`${source}: no such file or directory`)
-    if (!kind.isDirectory() && !kind.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory) nor an image file`)
-    dir = claimRestoreDir(area, path.basename(source).replace(/\.[^.]*$/, '') || 'saved')
+    const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
+    dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
     try {
-      if (kind.isFile()) fs.copyFileSync(source, path.join(dir, 'image'))
-      else if (holdsTaskDir(source)) {
+      if (!input.isDirectory) fs.copyFileSync(input.path, path.join(dir, 'image'))
+      else if (holdsTaskDir(input.path)) {
         // A saved tree goes in as the image made from it (read and validated here, as a
         // restore would): one file through the mount instead of one per value, seconds
         // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(source, path.join(dir, 'image'))
-      } else execFileSync('cp', ['-a', `${source}/.`, dir]) // a directory holding an image
+        await treeToImage(input.path, path.join(dir, 'image'))
+      } else execFileSync('cp', ['-a', `${input.path}/.`, dir]) // a directory holding an image
     } catch (err) {
       fs.rmSync(dir, { recursive: true, force: true })
-      throw err
+      throw explain(errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err)
     }
   }
   try {
     try {
-      fs.writeFileSync(path.join(dir, 'done'), allowReplaced ? 'allow-replaced\n' : '1\n')
+      throughMount(mnt, () => fs.writeFileSync(path.join(dir, 'done'), allowReplaced ? 'allow-replaced\n' : '1\n'))
     } catch (err) {
+      if (errnoOf(err) === 'ENOTCONN') throw err
       const status = readOrUndefined(path.join(dir, 'status'))
-      throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
+      throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${input?.label ?? dir}: ${messageOf(err)}`)
     }
     const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
     const m = /^restored ([0-9]+)$/.exec(status)
-    if (!m) throw new CkptError(`restore of ${source}: ${status}`)
-    process.stdout.write(m[1] + '\n')
+    if (!m) throw explain(`restore of ${input?.label ?? dir}: ${status}`)
+    return Number(m[1])
   } finally {
     // A copy made here has given its answer (printed above); kept, it would hold the
     // server's memory or disk until the unmount.
-    if (dir !== source) fs.rmSync(dir, { recursive: true, force: true })
+    if (input) fs.rmSync(dir, { recursive: true, force: true })
   }
 }
 
@@ -313,25 +377,61 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
   checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy'] },
-  restore: { run: restore, valued: ['mount'], plain: ['allow-replaced'] },
+  restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
   demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },
 }
 
+const isHelp = (a: string) => a === '--help' || a === '-h' || a === 'help'
+
+function usageOf(name: string): string {
+  const line = USAGE.split('\n').find((l) => l.startsWith(`  ckptfs ${name}`))!.trim()
+  return `usage: ${line}\n${HELP[name]}`
+}
+
+function version(): string {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }
+  return `ckptfs ${pkg.version}`
+}
+
+/** Usage on request goes to stdout with exit 0; a usage error to stderr with exit 2. */
 export async function main(argv: string[]): Promise<void> {
   const [name, ...rest] = argv
-  const command = name === undefined ? undefined : COMMANDS[name]
+  if (name === undefined) {
+    process.stderr.write(`ckptfs: a command is missing\n${USAGE}\n`)
+    process.exitCode = 2
+    return
+  }
+  if (name === '--version' || name === 'version') {
+    process.stdout.write(version() + '\n')
+    return
+  }
+  if (isHelp(name)) {
+    const topic = rest[0]
+    if (topic !== undefined && !COMMANDS[topic]) {
+      process.stderr.write(`ckptfs help: unknown command ${topic}\n${USAGE}\n`)
+      process.exitCode = 2
+      return
+    }
+    process.stdout.write((topic === undefined ? USAGE : usageOf(topic)) + '\n')
+    return
+  }
+  const command = COMMANDS[name]
   if (!command) {
-    process.stderr.write(`${name === undefined || name === '--help' ? '' : `ckptfs: unknown command ${name}\n`}${USAGE}\n`)
-    process.exitCode = name === '--help' ? 0 : 2
+    process.stderr.write(`ckptfs: unknown command ${name}\n${USAGE}\n`)
+    process.exitCode = 2
+    return
+  }
+  if (rest.some((a) => a === '--help' || a === '-h')) {
+    process.stdout.write(usageOf(name) + '\n')
     return
   }
   try {
     await command.run(parse(rest, command.valued, command.plain))
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`ckptfs ${name}: ${err.message}\n${USAGE}\n`)
+      process.stderr.write(`ckptfs ${name}: ${err.message}\n${usageOf(name).split('\n')[0]}\n`)
       process.exitCode = 2
     } else {
       process.stderr.write(`ckptfs ${name}: ${messageOf(err)}\n`)

@@ -30,4 +30,20 @@ if [ -n "$stale" ]; then
   npx --no-install node-gyp rebuild --directory=addon >/dev/null 2>addon-build.log || { cat addon-build.log >&2; exit 1; }
   rm -f addon-build.log
 fi
-npx --no-install tsc -p .
+# TypeScript: compiled only when a source, the configuration or the installed packages changed
+# since the last build that succeeded. The stamp is taken before tsc starts (an edit made while
+# it runs makes the next run compile again) and kept only if tsc succeeds (a failed build is
+# never mistaken for a finished one; tsc writes dist/.tsbuildinfo even when it fails).
+stamp=dist/.setup-tsc-ok
+# Directories count too: a removed or renamed source changes its directory's time.
+if [ ! -e "$stamp" ] || [ ! -e dist/mount/cli.js ] ||
+  [ -n "$(find lib mount bench addon/index.d.ts tsconfig.json package.json node_modules/.package-lock.json -newer "$stamp" \( -name '*.ts' -o -name '*.json' -o -type d \) 2>/dev/null | head -n1)" ]; then
+  echo "setup: compiling the TypeScript" >&2
+  mkdir -p dist
+  rm -f "$stamp"
+  # tsc's incremental record does not notice outputs removed by hand: without them, start over.
+  [ -e dist/mount/cli.js ] || rm -f dist/.tsbuildinfo
+  touch "$stamp.new"
+  npx --no-install tsc -p .
+  mv "$stamp.new" "$stamp"
+fi

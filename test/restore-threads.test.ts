@@ -159,11 +159,11 @@ t.test('restore from the image alone, and without any mount', async (t) => {
   await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
   ckptfsOk('umount', mnt)
 
-  // No mount at all: the command restores by itself, from the image file. The image holds the
-  // state at the checkpoint, so the count starts again from there.
-  t.same(fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes('fuse.ckptfs')), [], 'no ckptfs mount is active')
+  // Without a mount (--no-mount: other ckptfs mounts may exist on a shared machine): the
+  // command restores by itself, from the image file. The image holds the state at the
+  // checkpoint, so the count starts again from there.
   offset = fs.statSync(log).size
-  t.equal(ckptfsOk('restore', path.join(dir, 'saved.img')), String(target.pid), 'restored with its PID')
+  t.equal(ckptfsOk('restore', path.join(dir, 'saved.img'), '--no-mount'), String(target.pid), 'restored with its PID')
   await sleep(300)
   after = appended(log, offset)
   t.ok(after.length > 3 && after.every((n, i) => n === frozenAt + 1 + i), 'counts on from the checkpoint again')

@@ -10,7 +10,7 @@
 // of done and status that cp writes are accepted and dropped.
 // While restore/NAME is being restored, its tree cannot be changed (EBUSY).
 
-import { CkptError, messageOf } from '../errors'
+import { asCommandError, CkptError, messageOf } from '../errors'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { AreaDir, AreaTree, type AreaEntry, type AreaFile } from './areatree'
 import type { RestoreOptions } from './engine'
@@ -38,9 +38,15 @@ export class RestoreArea {
     return this.dir(this.tree.root, undefined)
   }
 
-  /** Restores restore/NAME; returns the new PID. */
+  /**
+   * Restores restore/NAME; returns the new PID. Once restored, NAME stays restored: a second
+   * `done` (two writers at once, or a late retry) is refused and leaves `status` showing the
+   * PID. After an error, a new try is allowed (the cause, such as a taken PID, may be gone).
+   */
   async restore(name: string, options: RestoreOptions = {}): Promise<number> {
-    if (this.states.get(name) === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
+    const state = this.states.get(name)
+    if (state === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
+    if (state?.startsWith('restored ')) throw new CkptError(`restore/${name}: ${state} already`, 'EBUSY')
     const dir = this.tree.root.entries.get(name)
     if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
@@ -50,7 +56,7 @@ export class RestoreArea {
       return pid
     } catch (err) {
       this.states.set(name, `error: ${messageOf(err)}`)
-      throw err instanceof CkptError ? err : new CkptError(messageOf(err))
+      throw asCommandError(err)
     }
   }
 
