@@ -11,6 +11,7 @@ import { DiskDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
+import { validateCheckpoint } from '../restore/validate'
 import { taskDir } from '../task/tree'
 import { attr, tableDir, type DirNode, type TableEntry } from '../tree/node'
 import { writeTree } from '../tree/write'
@@ -31,6 +32,7 @@ export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mod
   const root = new DiskDir(treeRoot)
   const { process, threads, vmas } = await loadTask(root, taskDirs[0])
   const fileTable = await loadFileTable(root, taskDirs[0])
+  await validateCheckpoint({ pid: process.pid, process, threads, vmas, fileTable })
   const task: TaskImage = {
     pid: process.pid,
     tids: threads.map((t) => asTid(t.tid)),
