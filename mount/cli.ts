@@ -241,7 +241,7 @@ async function restore(parsed: Parsed): Promise<void> {
         // A saved tree goes in as the image made from it (read and validated here, as a
         // restore would): one file through the mount instead of one per value, seconds
         // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(source, path.join(dir, 'image'))
+        await treeToImage(source, path.join(dir, 'image'), { validate: true })
       } else execFileSync('cp', ['-a', `${source}/.`, dir]) // a directory holding an image
     } catch (err) {
       fs.rmSync(dir, { recursive: true, force: true })

@@ -996,12 +996,14 @@ const CORPUS: Array<{ name: string; where: (s: SavedCheckpoint) => string; chang
  * and as an image (`scratch`/image-K/image); both must be refused, with one message that names
  * the case's tree path. Returns what went wrong, one line per case.
  */
-async function runCorpus(savedDir: string, scratch: string, ms: number, treeNames: RegExp, imageNames: RegExp): Promise<{ ran: number; failures: string[] }> {
+async function runCorpus(savedDir: string, scratch: string, ms: number, treeNames: RegExp, imageNames: RegExp, post: (m: FromWorker) => void): Promise<{ ran: number; failures: string[] }> {
   const pristine = await parseSaved(new DiskDir(savedDir), path.basename(savedDir))
   const failures: string[] = []
   let k = 0
   for (const c of CORPUS) {
     k++
+    // Word for the watchdog of the main thread: each case takes a few hundred ms.
+    post({ type: 'progress', i: k, kind: 'corpus', what: c.name })
     const treeDir = path.join(scratch, `corpus-tree-${k}`)
     const imageDir = path.join(scratch, `corpus-image-${k}`)
     let where: string
@@ -1130,9 +1132,10 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
     const v = await judge(() => loadAndPlan(dir), req.callMs, kind === 'image' ? imageNames : treeNames)
     result.controls.push(v.ok && v.outcome === 'loaded' ? `${kind}: loads` : `${kind}: ${v.ok ? v.message : v.why}`)
   }
+  post({ type: 'progress', i: 0, kind: 'tree', what: 'the image made from the undamaged tree (control)' })
   const control = await imageVerdictOf(work, compareDir, req.callMs, imageNames)
   result.controls.push(control?.ok && control.outcome === 'loaded' ? 'image made from the tree: loads' : `image made from the tree: ${control === undefined ? 'the tree does not parse' : control.ok ? control.message : control.why}`)
-  if (req.only === undefined) result.corpus = await runCorpus(req.saved, req.scratch, req.callMs, treeNames, imageNames)
+  if (req.only === undefined) result.corpus = await runCorpus(req.saved, req.scratch, req.callMs, treeNames, imageNames, post)
 
   for (let i = req.only?.i ?? 1; req.only !== undefined ? i === req.only.i : Date.now() < deadline; i++) {
     // Each kind gets about half the time (a tree costs ten times an image).
@@ -1156,6 +1159,7 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       post({ type: 'progress', i, kind, what })
       verdict = await judge(() => loadAndPlan(work), req.callMs, treeNames)
       // One validator: the image made from a tree that parses gets the same verdict.
+      if (verdict.ok) post({ type: 'progress', i, kind, what: `${what}: the image made from it` })
       const fromTree = verdict.ok ? await imageVerdictOf(work, compareDir, req.callMs, imageNames) : undefined
       if (fromTree !== undefined) {
         result.compared.trees++
