@@ -21,7 +21,8 @@
 // Both levels run at once (level 1 is CPU work in the worker, level 2 mostly waits).
 // One validator (lib/restore/validate.ts): every mutated tree that parses is also converted
 // into an image, and the image must get the same verdict as the tree (loaded or refused; the
-// same message when the image decoder itself did not refuse first). The corpus (CORPUS below)
+// same message when the image decoder itself did not refuse first); every 8th mutated image that
+// parses is written as a tree, which must get the same outcome. The corpus (CORPUS below)
 // changes the loaded model of the undamaged checkpoint in ways a restore must refuse, writes
 // it both as a tree and as an image, and asserts both are refused with the same message.
 //
@@ -44,6 +45,7 @@ import { framePlan } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
 import { DiskDir } from '../lib/files/saved'
 import { checkpointTree } from '../lib/image/convert'
+import { readImage } from '../lib/image/decode'
 import { imageSource } from '../lib/image/encode'
 import { asObjRef, asTid, type FileDescription, type PathDescription, type TaskImage, type TimerfdDescription } from '../lib/model'
 import { loadSaved, parseSaved, type SavedCheckpoint } from '../lib/restore/load'
@@ -862,6 +864,26 @@ async function imageVerdictOf(treeDir: string, imageDir: string, ms: number, nam
   return judge(() => loadAndPlan(imageDir), ms, names)
 }
 
+/**
+ * The verdict on the tree made from the image `imageFile` (written into `treeDir`), or
+ * undefined when the image does not parse (its decoder refused it: there is no model to show).
+ */
+async function treeVerdictOf(imageFile: string, treeDir: string, ms: number, names: RegExp): Promise<Verdict | undefined> {
+  let task: TaskImage
+  try {
+    task = (await readImage(imageFile)).task
+  } catch {
+    return undefined
+  }
+  fs.rmSync(treeDir, { recursive: true, force: true })
+  try {
+    await writeTree(checkpointTree(task, undefined), treeDir)
+  } catch (err) {
+    return { ok: true, outcome: 'refused', message: `${path.basename(treeDir)}: cannot be made from the image: ${(err as Error).message}`, ms: 0 }
+  }
+  return judge(() => loadAndPlan(treeDir), ms, names)
+}
+
 /** Why the verdicts on a tree and on the image made from it disagree; undefined when they agree. */
 function disagreement(tree: Verdict, image: Verdict): string | undefined {
   if (!image.ok) return `the image made from it: ${image.why}`
@@ -1069,7 +1091,7 @@ interface Level1Result {
   /** The corpus: cases run, and what went wrong with each that failed. */
   corpus: { ran: number; failures: string[] }
   /** Trees that parsed and were compared with the image made from them; how many refusals said the same. */
-  compared: { trees: number; refusedAlike: number; refusedByDecoder: number }
+  compared: { trees: number; refusedAlike: number; refusedByDecoder: number; images: number }
 }
 
 type FromWorker =
@@ -1092,13 +1114,12 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
   const imageNames = new RegExp(`^(image|${path.basename(imgDir)}|files/\\d+[^:]*|task-\\d+[^:]*): \\S`)
   const result: Level1Result = {
     inputs: { image: 0, tree: 0 }, outcomes: {}, errnos: {}, shapes: 0, slowest: { ms: 0, what: '' }, failures: [], controls: [], samples: [], accepted: [],
-    corpus: { ran: 0, failures: [] }, compared: { trees: 0, refusedAlike: 0, refusedByDecoder: 0 },
+    corpus: { ran: 0, failures: [] }, compared: { trees: 0, refusedAlike: 0, refusedByDecoder: 0, images: 0 },
   }
   const compareDir = path.join(req.scratch, 'from-tree')
   fs.mkdirSync(compareDir)
   const shapes = new Map<string, number>()
   const spent = { image: 0, tree: 0 }
-  const deadline = Date.now() + req.seconds * 1000
 
   const keep = (i: number, kind: string, from: string): string => {
     const to = path.join(failuresDir, `${kind}-${i}`)
@@ -1136,6 +1157,8 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
   const control = await imageVerdictOf(work, compareDir, req.callMs, imageNames)
   result.controls.push(control?.ok && control.outcome === 'loaded' ? 'image made from the tree: loads' : `image made from the tree: ${control === undefined ? 'the tree does not parse' : control.ok ? control.message : control.why}`)
   if (req.only === undefined) result.corpus = await runCorpus(req.saved, req.scratch, req.callMs, treeNames, imageNames, post)
+  // The random inputs get their whole time, after the controls and the corpus.
+  const deadline = Date.now() + req.seconds * 1000
 
   for (let i = req.only?.i ?? 1; req.only !== undefined ? i === req.only.i : Date.now() < deadline; i++) {
     // Each kind gets about half the time (a tree costs ten times an image).
@@ -1151,6 +1174,19 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       placeImage(m)
       post({ type: 'progress', i, kind, what })
       verdict = await judge(() => loadAndPlan(imgDir), req.callMs, imageNames)
+      // One validator, the other way round: the tree made from an image that parses gets the same verdict
+      // (its loader may refuse first, in words of its own: the outcome is compared). Writing a
+      // tree costs as much as ten images, so every 8th image is compared.
+      const compareTree = verdict.ok && m.special === undefined && i % 8 === 0
+      if (compareTree) post({ type: 'progress', i, kind, what: `${what}: the tree made from it` })
+      const toTree = compareTree ? await treeVerdictOf(path.join(imgDir, 'image'), path.join(req.scratch, 'from-image'), req.callMs, treeNames) : undefined
+      if (toTree !== undefined && verdict.ok) {
+        result.compared.images++
+        if (!toTree.ok) verdict = { ok: false, why: `the tree made from it: ${toTree.why}`, ms: verdict.ms }
+        else if (toTree.outcome !== verdict.outcome) {
+          verdict = { ok: false, why: `image and tree disagree: the image was ${verdict.outcome}${verdict.message ? ` (${verdict.message})` : ''}, the tree made from it ${toTree.outcome}${toTree.message ? ` (${toTree.message})` : ''}`, ms: verdict.ms }
+        }
+      }
       if (!verdict.ok) kept = keep(i, kind, imgDir)
       if (verdict.ok === false && verdict.hung) releaseFifos(imgDir)
     } else {
@@ -1430,7 +1466,7 @@ function mainThread(): void {
         for (const f of r1.corpus.failures) t.fail(`corpus: ${f}`)
         if (r1.corpus.failures.length === 0) t.pass('corpus: every case is refused from the tree and from its image, with the same message')
       }
-      t.ok(r1.compared.trees > 0 || only !== undefined, `level 1 compared ${r1.compared.trees} parsed trees with the images made from them (refused alike: ${r1.compared.refusedAlike}; refused first by the image decoder: ${r1.compared.refusedByDecoder})`)
+      t.ok(r1.compared.trees > 0 || only !== undefined, `level 1 compared ${r1.compared.trees} parsed trees with the images made from them (refused alike: ${r1.compared.refusedAlike}; refused first by the image decoder: ${r1.compared.refusedByDecoder}), and ${r1.compared.images} parsed images with the trees made from them`)
       t.comment(`level 1: ${r1.inputs.image} images and ${r1.inputs.tree} trees in ${level1Seconds} s: ${JSON.stringify(r1.outcomes)}; ${r1.shapes} different refusals; by errno ${JSON.stringify(r1.errnos)}; slowest ${r1.slowest.ms} ms (${r1.slowest.what.slice(0, 160)})`)
       if (process.env.CKPTFS_FUZZ_VERBOSE) for (const s of [...r1.samples, ...r1.accepted.map((a) => `loaded: ${a}`)]) t.comment(`  ${s}`)
       t.ok(r1.inputs.image + r1.inputs.tree > 0 || only !== undefined, 'level 1 ran inputs')

@@ -3,7 +3,7 @@
 // existing objrefs, chunks covering their mapping) are in decode.ts.
 
 import { CkptError } from '../errors'
-import { described, modeFromFlags, O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC } from '../files/common'
+import { described, modeFromFlags, refusedFlagNames } from '../files/common'
 import { noLinks } from '../files/path'
 import {
   asObjRef, asPid, asTid,
@@ -315,7 +315,6 @@ export function threadFrom(f: Fields): ThreadState {
 }
 
 const fdTypes: readonly FdType[] = ['file', 'dir', 'chr', 'blk', 'fifo', 'pipe', 'socket', 'epoll', 'eventfd', 'signalfd', 'timerfd', 'inotify', 'unknown']
-const refusedFlags: Array<[number, string]> = [[O_CREAT, 'O_CREAT'], [O_EXCL, 'O_EXCL'], [O_NOCTTY, 'O_NOCTTY'], [O_TRUNC, 'O_TRUNC']]
 
 /** The oneof member each fd type carries (sockets and unknown files carry none). */
 const detailsOf: Record<FdType, string | undefined> = {
@@ -329,7 +328,8 @@ const detailNames = [...new Set(Object.values(detailsOf).filter((d) => d !== und
 export function descriptionFrom(f: Fields, fileSize: number): RecordedDescription {
   const type = f.oneOf('type', fdTypes)
   const flags = f.num('flags')
-  for (const [bit, name] of refusedFlags) if (flags & bit) f.fail('flags', `${name} is refused`)
+  const [refused] = refusedFlagNames(flags)
+  if (refused) f.fail('flags', `${refused} is refused`)
   const mode = f.num('mode', { max: 3 })
   if (mode & ~modeFromFlags(flags)) f.fail('mode', `0${mode.toString(8)} grants more than the flags 0${flags.toString(8)} allow`)
   const notCheckpointable = f.has('notCheckpointable') ? f.str('notCheckpointable', true) : undefined
