@@ -219,6 +219,9 @@ function validateVmas(vmas: Vma[], task: string): void {
     if (v.offset % PAGE !== 0n) throw fail(`${where}/offset`, `${hex(v.offset)} is not page-aligned`)
     const kind = vmaKind(v)
     if (v.kind !== kind) throw fail(`${where}/kind`, `${v.kind} does not fit perms ${v.perms} and path ${JSON.stringify(v.path)} (${kind})`)
+    // A file mapping is made again from its path: the restore opens it as it is.
+    const badPath = kind === 'file-private' || kind === 'file-shared' ? pathProblem(v.path) : undefined
+    if (badPath !== undefined) throw fail(`${where}/path`, badPath)
     let stored = 0n
     let after = 0n
     for (const [i, run] of v.stored.entries()) {
