@@ -218,14 +218,13 @@ function loadDescription(dir: SavedDir, objref: ObjRef): FileDescription {
   return desc
 }
 
-function loadFd(dir: SavedDir, fd: number, objrefs: Set<number>): FdEntry {
+function loadFd(dir: SavedDir, fd: number): FdEntry {
   const nr = dir.int('fd_nr', 0, INT_MAX)
   if (nr !== fd) throw dir.fail('fd_nr', `${nr} does not match the directory name ${fd}`)
   const closeOnExec = dir.flag('coe')
   const ref = dir.text('fd')
   const objref = parseObjRef(ref)
   if (objref === undefined) throw dir.fail('fd', `not an object reference: ${JSON.stringify(ref)}`)
-  if (!objrefs.has(objref)) throw dir.fail('fd', `names files/${objref}, which does not exist`)
   dir.finish()
   return { fd, closeOnExec, objref }
 }
@@ -242,30 +241,16 @@ async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<
 /**
  * Reads the file table of a saved tree (a copied checkpoint-N directory): files/OBJREF/
  * and TASK/fds/FD/ (TASK: the only task-PID directory, unless named), validating every
- * value on the way (SPEC "Restore", reference/004). Errors are CkptErrors naming the file
- * relative to the tree root. Lazy parts read the saved files.
+ * value's syntax on the way; what the values mean (references between fds, descriptions and
+ * epoll items, ranges) is checked by lib/restore/validate.ts, for trees and images alike.
+ * Errors are CkptErrors naming the file relative to the tree root. Lazy parts read the saved files.
  */
 export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<FileTable> {
   const top = new SavedDir(root, '')
   const filesDir = top.dir('files')
   const refs = filesDir.decimalNames(1, 'not an object reference (a positive decimal number)')
   const files = await mapInOrder(refs, (objref) => loadDescription(filesDir.numbered(objref), asObjRef(objref)))
-  const objrefs = new Set<number>(files.map((d) => d.objref))
-
-  for (const desc of files) {
-    if (desc.type !== 'epoll') continue
-    desc.items.forEach((item, n) => {
-      if (item.targetObjref !== undefined && !objrefs.has(item.targetObjref)) {
-        throw new CkptError(`files/${desc.objref}/items/${n}/target: names files/${item.targetObjref}, which does not exist`, 'EINVAL')
-      }
-    })
-  }
-
   const fdsDir = top.dir(await taskDirName(top, taskDir)).dir('fds')
-  const fds = await mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd, objrefs))
-
-  const used = new Set<number>(fds.map((e) => e.objref))
-  const unused = files.find((d) => !used.has(d.objref))
-  if (unused) throw filesDir.fail(String(unused.objref), `no fd in ${fdsDir.rel} refers to it`)
+  const fds = await mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd))
   return { fds, files }
 }

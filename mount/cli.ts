@@ -308,7 +308,7 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
         // A saved tree goes in as the image made from it (read and validated here, as a
         // restore would): one file through the mount instead of one per value, seconds
         // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(input.path, path.join(dir, 'image'))
+        await treeToImage(input.path, path.join(dir, 'image'), { validate: true })
       } else execFileSync('cp', ['-a', `${input.path}/.`, dir]) // a directory holding an image
     } catch (err) {
       fs.rmSync(dir, { recursive: true, force: true })

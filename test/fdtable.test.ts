@@ -12,6 +12,7 @@ import { fdsDir, filesDir } from '../lib/files/tree'
 import { asPid, type FileDescription, type FileTable, type Lazy } from '../lib/model'
 import { DiskDir } from '../lib/files/saved'
 import { native } from '../lib/native'
+import { validateFileTable } from '../lib/restore/validate'
 import type { ContentCache, DirNode, Node } from '../lib/tree/node'
 import { buildTarget, startTarget, type Target } from './lib/targets'
 
@@ -382,7 +383,8 @@ t.test('fdzoo: capture, tree, load-back', async (t) => {
       const copy = path.join(saved, `damaged-${n++}`)
       fs.cpSync(root, copy, { recursive: true, verbatimSymlinks: true })
       damage(copy)
-      await t.rejects(loadFileTable(new DiskDir(copy)), { name: 'CkptError', message }, what)
+      // Loading parses; the validator checks meaning (references, flags): both, as a restore does.
+      await t.rejects(loadFileTable(new DiskDir(copy)).then((table) => validateFileTable(table, taskDir)), { name: 'CkptError', message }, what)
     }
   })
 })

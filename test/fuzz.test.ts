@@ -19,6 +19,12 @@
 // directory (such as a .ckptfs-restore-* temporary of the unlinked file). Undamaged controls
 // (first, every 8th, last) must restore and run on.
 // Both levels run at once (level 1 is CPU work in the worker, level 2 mostly waits).
+// One validator (lib/restore/validate.ts): every mutated tree that parses is also converted
+// into an image, and the image must get the same verdict as the tree (loaded or refused; the
+// same message when the image decoder itself did not refuse first); every 32nd mutated image that
+// parses is written as a tree, which must get the same outcome. The corpus (CORPUS below)
+// changes the loaded model of the undamaged checkpoint in ways a restore must refuse, writes
+// it both as a tree and as an image, and asserts both are refused with the same message.
 //
 // Seeded: the seed is printed; CKPTFS_FUZZ_SEED=N replays a run (each input depends only on
 // the seed, its level and its number; CKPTFS_FUZZ_ONLY=image:K or tree:K runs that input of
@@ -38,7 +44,13 @@ import { imageSchema, type FieldSchema, type MessageSchema } from '../lib/image/
 import { framePlan } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
 import { DiskDir } from '../lib/files/saved'
-import { loadSaved } from '../lib/restore/load'
+import { checkpointTree } from '../lib/image/convert'
+import { readImage } from '../lib/image/decode'
+import { imageSource } from '../lib/image/encode'
+import { asObjRef, asTid, type FileDescription, type PathDescription, type TaskImage, type TimerfdDescription } from '../lib/model'
+import { loadSaved, parseSaved, type SavedCheckpoint } from '../lib/restore/load'
+import { vmaName } from '../lib/task/memory'
+import { writeTree } from '../lib/tree/write'
 
 // ---------------------------------------------------------------------------------------
 // Seeded randomness
@@ -810,6 +822,245 @@ function shape(message: string): string {
 }
 
 // ---------------------------------------------------------------------------------------
+// One validator: a tree and the image made from it get the same verdict
+
+/** A loaded checkpoint as the task the encoder and the tree tables take. */
+function taskOf(saved: SavedCheckpoint): TaskImage {
+  return {
+    pid: saved.pid,
+    tids: saved.threads.map((t) => asTid(t.tid)),
+    process: async () => saved.process,
+    threads: async () => saved.threads,
+    vmas: async () => saved.vmas,
+    fileTable: async () => saved.fileTable,
+  }
+}
+
+/** Writes `saved` as the image file `file`. */
+async function writeImageOf(saved: SavedCheckpoint, file: string): Promise<void> {
+  const source = await imageSource(taskOf(saved))
+  fs.writeFileSync(file, await source.read(0, source.size))
+}
+
+/**
+ * The verdict on the image made from the tree at `treeDir` (written into `imageDir`), or
+ * undefined when the tree does not parse (its loader refused it: there is no model to encode).
+ */
+async function imageVerdictOf(treeDir: string, imageDir: string, ms: number, names: RegExp): Promise<Verdict | undefined> {
+  let parsed: SavedCheckpoint
+  try {
+    parsed = await parseSaved(new DiskDir(treeDir), path.basename(treeDir))
+  } catch {
+    return undefined
+  }
+  const file = path.join(imageDir, 'image')
+  fs.rmSync(file, { force: true })
+  try {
+    await writeImageOf(parsed, file)
+  } catch (err) {
+    // A tree that parses but cannot be encoded: `ckptfs restore TREE --mount` could not send it.
+    return { ok: true, outcome: 'refused', message: `image: cannot be made from the tree: ${(err as Error).message}`, ms: 0 }
+  }
+  return judge(() => loadAndPlan(imageDir), ms, names)
+}
+
+/**
+ * The verdict on the tree made from the image `imageFile` (written into `treeDir`), or
+ * undefined when the image does not parse (its decoder refused it: there is no model to show).
+ */
+async function treeVerdictOf(imageFile: string, treeDir: string, ms: number, names: RegExp): Promise<Verdict | undefined> {
+  let task: TaskImage
+  try {
+    task = (await readImage(imageFile)).task
+  } catch {
+    return undefined
+  }
+  fs.rmSync(treeDir, { recursive: true, force: true })
+  try {
+    await writeTree(checkpointTree(task, undefined), treeDir)
+  } catch (err) {
+    return { ok: true, outcome: 'refused', message: `${path.basename(treeDir)}: cannot be made from the image: ${(err as Error).message}`, ms: 0 }
+  }
+  return judge(() => loadAndPlan(treeDir), ms, names)
+}
+
+/** Why the verdicts on a tree and on the image made from it disagree; undefined when they agree. */
+function disagreement(tree: Verdict, image: Verdict): string | undefined {
+  if (!image.ok) return `the image made from it: ${image.why}`
+  if (!tree.ok) return undefined
+  const said = (v: typeof image) => (v.message ? ` (${v.message})` : '')
+  if (tree.outcome !== image.outcome) return `the tree was ${tree.outcome}${said(tree)}, the image made from it ${image.outcome}${said(image)}`
+  // The image decoder checks its own framing and records first; past it, the one validator answers both alike.
+  if (tree.outcome === 'refused' && !image.message!.startsWith('image: ') && image.message !== tree.message) {
+    return `refused with different messages: tree ${JSON.stringify(tree.message)}, image ${JSON.stringify(image.message)}`
+  }
+  return undefined
+}
+
+type ModelChange = (s: SavedCheckpoint) => SavedCheckpoint
+
+/** `s` with one more description (and an fd naming it, unless `named` is false). */
+function withDescription(s: SavedCheckpoint, make: (objref: ReturnType<typeof asObjRef>) => FileDescription, named = true): SavedCheckpoint {
+  const objref = asObjRef(Math.max(...s.fileTable.files.map((f) => f.objref)) + 1)
+  const fd = Math.max(...s.fileTable.fds.map((e) => e.fd)) + 1
+  const fds = named ? [...s.fileTable.fds, { fd, closeOnExec: false, objref }] : s.fileTable.fds
+  return { ...s, fileTable: { fds, files: [...s.fileTable.files, make(objref)] } }
+}
+
+/** A device opened O_RDWR whose saved `checkpointable` says yes (a tree is edited easily). */
+function device(type: 'chr' | 'blk', devicePath: string, major: number, minor: number): (objref: ReturnType<typeof asObjRef>) => PathDescription {
+  return (objref) => ({
+    objref, type, target: devicePath, flags: 0o2, mode: 3, pos: 0n, mntId: 1, ino: 1n, notCheckpointable: undefined,
+    path: devicePath, dev: 5n, rdev: BigInt((major << 8) | minor), inodeMode: (type === 'chr' ? 0o20000 : 0o60000) | 0o660,
+    size: 0n, nlink: 1, unlinked: false, otherLinks: async () => [],
+  })
+}
+
+const withThread0 = (s: SavedCheckpoint, change: (t: SavedCheckpoint['threads'][number]) => SavedCheckpoint['threads'][number]): SavedCheckpoint => ({
+  ...s, threads: s.threads.map((t, i) => (i === 0 ? change(t) : t)),
+})
+const firstFile = (s: SavedCheckpoint, type: FileDescription['type']): FileDescription => {
+  const found = s.fileTable.files.find((f) => f.type === type && !(f.type === 'file' && (f as PathDescription).unlinked))
+  if (!found) throw new Error(`the fuzz target has no ${type} description`)
+  return found
+}
+const replaced = (s: SavedCheckpoint, d: FileDescription): SavedCheckpoint => ({
+  ...s, fileTable: { ...s.fileTable, files: s.fileTable.files.map((f) => (f.objref === d.objref ? d : f)) },
+})
+
+/**
+ * The corpus: what a restore must refuse from a tree and from an image alike (issue 12, hole
+ * 6), each as a change of the undamaged model and the tree path its refusal must name.
+ */
+const CORPUS: Array<{ name: string; where: (s: SavedCheckpoint) => string; change: ModelChange }> = [
+  { name: 'a 20-byte comm', where: (s) => `task-${s.pid}/comm`, change: (s) => ({ ...s, process: { ...s.process, comm: 'twenty-bytes-of-name' } }) },
+  { name: "a thread's 20-byte comm", where: (s) => `task-${s.pid}/threads/${s.threads[0].tid}/comm`, change: (s) => withThread0(s, (t) => ({ ...t, comm: 'twenty-bytes-of-name' })) },
+  {
+    name: 'a relative path that would reach the stub\'s open',
+    where: (s) => `files/${firstFile(s, 'file').objref}/path`,
+    change: (s) => replaced(s, { ...(firstFile(s, 'file') as PathDescription), path: 'data.txt' }),
+  },
+  {
+    name: 'a timerfd clock no timerfd can use (CLOCK_REALTIME_COARSE)',
+    where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}/clockid`,
+    change: (s) => withDescription(s, (objref): TimerfdDescription => ({
+      objref, type: 'timerfd', target: 'anon_inode:[timerfd]', flags: 0o2, mode: 3, pos: 0n, mntId: 15, ino: 1n, notCheckpointable: undefined,
+      clockid: 5, ticks: 0n, settimeFlags: 0, valueNs: 0n, intervalNs: 0n,
+    })),
+  },
+  {
+    name: 'a description no fd names',
+    where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}`,
+    change: (s) => withDescription(s, (objref) => ({ ...firstFile(s, 'eventfd'), objref }), false),
+  },
+  {
+    name: 'a missing signal action (SIGUSR1)',
+    where: (s) => `task-${s.pid}/signals/actions/10`,
+    change: (s) => ({ ...s, process: { ...s.process, sigactions: s.process.sigactions.filter((a) => a.signal !== 10) } }),
+  },
+  {
+    name: 'a hugetlbfs mapping',
+    where: (s) => `task-${s.pid}/memory/vmas/${vmaName(s.vmas.find((v) => v.kind === 'stack')!)}`,
+    change: (s) => ({ ...s, vmas: s.vmas.map((v) => (v.kind === 'stack' ? { ...v, vmFlags: `${v.vmFlags} ht` } : v)) }),
+  },
+  { name: '/dev/kmsg', where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}/rdev`, change: (s) => withDescription(s, device('chr', '/dev/kmsg', 1, 11)) },
+  { name: '/dev/fuse', where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}/rdev`, change: (s) => withDescription(s, device('chr', '/dev/fuse', 10, 229)) },
+  { name: 'a block device', where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}/rdev`, change: (s) => withDescription(s, device('blk', '/dev/sda', 8, 0)) },
+  {
+    name: 'rseq_size 1203533128',
+    where: (s) => `task-${s.pid}/threads/${s.threads[0].tid}/rseq_size`,
+    change: (s) => withThread0(s, (t) => ({ ...t, rseq: { ...t.rseq, pointer: t.rseq.pointer || 0x10000n, size: 1203533128 } })),
+  },
+  {
+    name: 'rseq flags the registration cannot take',
+    where: (s) => `task-${s.pid}/threads/${s.threads[0].tid}/rseq_flags`,
+    change: (s) => withThread0(s, (t) => ({ ...t, rseq: { pointer: t.rseq.pointer || 0x10000n, size: t.rseq.size || 32, signature: t.rseq.signature, flags: 1 } })),
+  },
+  {
+    name: 'an rlimit soft above hard',
+    where: (s) => `task-${s.pid}/rlimits/nofile/soft`,
+    change: (s) => ({ ...s, process: { ...s.process, rlimits: s.process.rlimits.map((r) => (r.name === 'nofile' ? { ...r, soft: r.hard + 1n } : r)) } }),
+  },
+  {
+    name: 'siginfo of a signal not pending',
+    where: (s) => `task-${s.pid}/signals/pending_siginfo`,
+    change: (s) => {
+      const record = Buffer.alloc(128)
+      record.writeInt32LE(10, 0)
+      return { ...s, process: { ...s.process, sharedPendingMask: 0n, sharedPendingSiginfo: record } }
+    },
+  },
+  {
+    name: 'unknown altstack flags',
+    where: (s) => `task-${s.pid}/threads/${s.threads[0].tid}/altstack_flags`,
+    change: (s) => withThread0(s, (t) => ({ ...t, altstack: { ...t.altstack, flags: 0x10 } })),
+  },
+  {
+    name: 'a POSIX timer signalling a thread the task does not have',
+    where: (s) => `task-${s.pid}/timers/posix/0/notify`,
+    change: (s) => ({
+      ...s,
+      process: {
+        ...s.process,
+        posixTimers: [{ id: 0, signal: 14, sigevValue: 0n, notify: 'thread/tid.2147483646', clockid: 1, valueNs: 0n, intervalNs: 0n, overrun: 0 }],
+      },
+    }),
+  },
+  {
+    name: 'a file mapping with a relative path',
+    where: (s) => `task-${s.pid}/memory/vmas/${vmaName(s.vmas.find((v) => v.kind === 'file-private')!)}/path`,
+    change: (s) => ({ ...s, vmas: s.vmas.map((v) => (v === s.vmas.find((w) => w.kind === 'file-private') ? { ...v, path: 'fuzz_target' } : v)) }),
+  },
+  {
+    name: 'brk below start_brk',
+    where: (s) => `task-${s.pid}/mm/brk`,
+    change: (s) => ({ ...s, process: { ...s.process, mm: { ...s.process.mm, brk: s.process.mm.startBrk - 0x1000n } } }),
+  },
+]
+
+/**
+ * Runs the corpus: each change of the undamaged model is written as a tree (`scratch`/tree-K)
+ * and as an image (`scratch`/image-K/image); both must be refused, with one message that names
+ * the case's tree path. Returns what went wrong, one line per case.
+ */
+async function runCorpus(savedDir: string, scratch: string, ms: number, treeNames: RegExp, imageNames: RegExp, post: (m: FromWorker) => void): Promise<{ ran: number; failures: string[] }> {
+  const pristine = await parseSaved(new DiskDir(savedDir), path.basename(savedDir))
+  const failures: string[] = []
+  let k = 0
+  for (const c of CORPUS) {
+    k++
+    // Word for the watchdog of the main thread: each case takes a few hundred ms.
+    post({ type: 'progress', i: k, kind: 'corpus', what: c.name })
+    const treeDir = path.join(scratch, `corpus-tree-${k}`)
+    const imageDir = path.join(scratch, `corpus-image-${k}`)
+    let where: string
+    try {
+      const changed = c.change(pristine)
+      where = c.where(pristine)
+      await writeTree(checkpointTree(taskOf(changed), undefined), treeDir)
+      fs.mkdirSync(imageDir)
+      await writeImageOf(changed, path.join(imageDir, 'image'))
+    } catch (err) {
+      failures.push(`${c.name}: cannot be written: ${(err as Error).stack ?? String(err)}`)
+      continue
+    }
+    const tree = await judge(() => loadAndPlan(treeDir), ms, treeNames)
+    const image = await judge(() => loadAndPlan(imageDir), ms, imageNames)
+    const problems: string[] = []
+    for (const [kind, v] of [['tree', tree], ['image', image]] as const) {
+      if (!v.ok) problems.push(`${kind}: ${v.why}`)
+      else if (v.outcome !== 'refused') problems.push(`${kind}: accepted`)
+      else if (!v.message!.startsWith(`${where}: `)) problems.push(`${kind}: refused naming another place: ${v.message}`)
+    }
+    if (tree.ok && image.ok && tree.message !== image.message) problems.push(`different messages: tree ${JSON.stringify(tree.message)}, image ${JSON.stringify(image.message)}`)
+    if (problems.length > 0) failures.push(`${c.name}: ${problems.join('; ')}`)
+    fs.rmSync(treeDir, { recursive: true, force: true })
+    fs.rmSync(imageDir, { recursive: true, force: true })
+  }
+  return { ran: k, failures }
+}
+
+// ---------------------------------------------------------------------------------------
 // Level 1, in a worker thread
 
 interface Level1Request {
@@ -842,6 +1093,10 @@ interface Level1Result {
   samples: string[]
   /** Mutants that loaded (what validation let through). */
   accepted: string[]
+  /** The corpus: cases run, and what went wrong with each that failed. */
+  corpus: { ran: number; failures: string[] }
+  /** Trees that parsed and were compared with the image made from them; how many refusals said the same. */
+  compared: { trees: number; refusedAlike: number; refusedByDecoder: number; images: number }
 }
 
 type FromWorker =
@@ -865,10 +1120,12 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
   const imageNames = new RegExp(`^(image|${path.basename(imgDir)}|files/\\d+[^:]*|task-\\d+[^:]*): \\S`)
   const result: Level1Result = {
     inputs: { image: 0, tree: 0 }, outcomes: {}, errnos: {}, shapes: 0, slowest: { ms: 0, what: '' }, failures: [], controls: [], samples: [], accepted: [],
+    corpus: { ran: 0, failures: [] }, compared: { trees: 0, refusedAlike: 0, refusedByDecoder: 0, images: 0 },
   }
+  const compareDir = path.join(req.scratch, 'from-tree')
+  fs.mkdirSync(compareDir)
   const shapes = new Map<string, number>()
   const spent = { image: 0, tree: 0 }
-  const deadline = Date.now() + req.seconds * 1000
 
   const keep = (i: number, kind: string, from: string): string => {
     const to = path.join(failuresDir, `${kind}-${i}`)
@@ -902,6 +1159,12 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
     const v = await judge(() => loadAndPlan(dir), req.callMs, kind === 'image' ? imageNames : treeNames)
     result.controls.push(v.ok && v.outcome === 'loaded' ? `${kind}: loads` : `${kind}: ${v.ok ? v.message : v.why}`)
   }
+  post({ type: 'progress', i: 0, kind: 'tree', what: 'the image made from the undamaged tree (control)' })
+  const control = await imageVerdictOf(work, compareDir, req.callMs, imageNames)
+  result.controls.push(control?.ok && control.outcome === 'loaded' ? 'image made from the tree: loads' : `image made from the tree: ${control === undefined ? 'the tree does not parse' : control.ok ? control.message : control.why}`)
+  if (req.only === undefined) result.corpus = await runCorpus(req.saved, req.scratch, req.callMs, treeNames, imageNames, post)
+  // The random inputs get their whole time, after the controls and the corpus.
+  const deadline = Date.now() + req.seconds * 1000
 
   for (let i = req.only?.i ?? 1; req.only !== undefined ? i === req.only.i : Date.now() < deadline; i++) {
     // Each kind gets about half the time (a tree costs ten times an image).
@@ -917,6 +1180,19 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       placeImage(m)
       post({ type: 'progress', i, kind, what })
       verdict = await judge(() => loadAndPlan(imgDir), req.callMs, imageNames)
+      // One validator, the other way round: the tree made from an image that parses gets the same verdict
+      // (its loader may refuse first, in words of its own: the outcome is compared). Writing a
+      // tree costs many times what checking an image does, so every 32nd image is.
+      const compareTree = verdict.ok && m.special === undefined && i % 32 === 0
+      if (compareTree) post({ type: 'progress', i, kind, what: `${what}: the tree made from it` })
+      const toTree = compareTree ? await treeVerdictOf(path.join(imgDir, 'image'), path.join(req.scratch, 'from-image'), req.callMs, treeNames) : undefined
+      if (toTree !== undefined && verdict.ok) {
+        result.compared.images++
+        if (!toTree.ok) verdict = { ok: false, why: `the tree made from it: ${toTree.why}`, ms: verdict.ms }
+        else if (toTree.outcome !== verdict.outcome) {
+          verdict = { ok: false, why: `image and tree disagree: the image was ${verdict.outcome}${verdict.message ? ` (${verdict.message})` : ''}, the tree made from it ${toTree.outcome}${toTree.message ? ` (${toTree.message})` : ''}`, ms: verdict.ms }
+        }
+      }
       if (!verdict.ok) kept = keep(i, kind, imgDir)
       if (verdict.ok === false && verdict.hung) releaseFifos(imgDir)
     } else {
@@ -924,6 +1200,18 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       what = m.what
       post({ type: 'progress', i, kind, what })
       verdict = await judge(() => loadAndPlan(work), req.callMs, treeNames)
+      // One validator: the image made from a tree that parses gets the same verdict.
+      if (verdict.ok) post({ type: 'progress', i, kind, what: `${what}: the image made from it` })
+      const fromTree = verdict.ok ? await imageVerdictOf(work, compareDir, req.callMs, imageNames) : undefined
+      if (fromTree !== undefined) {
+        result.compared.trees++
+        const differs = disagreement(verdict, fromTree)
+        if (differs !== undefined) verdict = { ok: false, why: `tree and image disagree: ${differs}`, ms: verdict.ms }
+        else if (fromTree.ok && fromTree.outcome === 'refused') {
+          if (fromTree.message!.startsWith('image: ')) result.compared.refusedByDecoder++
+          else result.compared.refusedAlike++
+        }
+      }
       if (!verdict.ok) kept = keep(i, kind, work)
       if (verdict.ok === false && verdict.hung) releaseFifos(work)
       undoTree(work, req.saved, m.touched)
@@ -1178,7 +1466,13 @@ function mainThread(): void {
     const [, r2] = await Promise.all([level1Done, level2Done])
 
     if (r1) {
-      for (const c of r1.controls) t.equal(c.replace(/^(image|tree|reframed image): /, ''), 'loads', `level 1 control: ${c}`)
+      for (const c of r1.controls) t.equal(c.replace(/^(image|tree|reframed image|image made from the tree): /, ''), 'loads', `level 1 control: ${c}`)
+      if (only === undefined) {
+        t.equal(r1.corpus.ran, CORPUS.length, `corpus: all ${CORPUS.length} cases ran`)
+        for (const f of r1.corpus.failures) t.fail(`corpus: ${f}`)
+        if (r1.corpus.failures.length === 0) t.pass('corpus: every case is refused from the tree and from its image, with the same message')
+      }
+      t.ok(r1.compared.trees > 0 || only !== undefined, `level 1 compared ${r1.compared.trees} parsed trees with the images made from them (refused alike: ${r1.compared.refusedAlike}; refused first by the image decoder: ${r1.compared.refusedByDecoder}), and ${r1.compared.images} parsed images with the trees made from them`)
       t.comment(`level 1: ${r1.inputs.image} images and ${r1.inputs.tree} trees in ${level1Seconds} s: ${JSON.stringify(r1.outcomes)}; ${r1.shapes} different refusals; by errno ${JSON.stringify(r1.errnos)}; slowest ${r1.slowest.ms} ms (${r1.slowest.what.slice(0, 160)})`)
       if (process.env.CKPTFS_FUZZ_VERBOSE) for (const s of [...r1.samples, ...r1.accepted.map((a) => `loaded: ${a}`)]) t.comment(`  ${s}`)
       t.ok(r1.inputs.image + r1.inputs.tree > 0 || only !== undefined, 'level 1 ran inputs')

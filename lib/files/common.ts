@@ -1,6 +1,7 @@
 // The entries every files/OBJREF directory has, shown and loaded back in one place:
 // fd_type, target, f_flags, f_mode, f_pos, mnt_id, ino, checkpointable.
 
+import { CkptError } from '../errors'
 import { asObjRef, type FileDescription, type FdType, type ObjRef } from '../model'
 import { attr, octal, type TableEntry } from '../tree/node'
 import type { DescriptionBase } from './handler'
@@ -18,6 +19,16 @@ export const FMODE_WRITE = 2
 
 /** Open flags that must never come from a saved tree (reference/004, restore_open_fname). */
 const refusedFlags: Array<[number, string]> = [[O_CREAT, 'O_CREAT'], [O_EXCL, 'O_EXCL'], [O_NOCTTY, 'O_NOCTTY'], [O_TRUNC, 'O_TRUNC']]
+
+/** A refusal of the saved value `name` of a description, named by its tree path (files/7/f_flags). */
+export function invalid(desc: { objref: ObjRef }, name: string, why: string, errno: 'EINVAL' | 'ENOTSUP' = 'EINVAL'): CkptError {
+  return new CkptError(`files/${desc.objref}${name ? `/${name}` : ''}: ${why}`, errno)
+}
+
+/** The refused open flags of `flags`, by name (empty: none). */
+export function refusedFlagNames(flags: number): string[] {
+  return refusedFlags.filter(([bit]) => flags & bit).map(([, name]) => name)
+}
 
 /** f_mode as the kernel derives it from the access mode (O_PATH and access mode 3 give neither). */
 export function modeFromFlags(flags: number): number {
@@ -61,12 +72,7 @@ export function loadBase(dir: SavedDir, objref: ObjRef): DescriptionBase {
   const target = dir.text('target')
   if (target === '') throw dir.fail('target', 'empty')
   const flags = dir.octal('f_flags', U32_MAX)
-  const refused = refusedFlags.filter(([bit]) => flags & bit).map(([, name]) => name)
-  if (refused.length) throw dir.fail('f_flags', `${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} refused`)
   const mode = dir.octal('f_mode', BigInt(FMODE_READ | FMODE_WRITE))
-  // A saved mode may be narrower than the access mode (a downgraded file), never wider.
-  const allowed = modeFromFlags(flags)
-  if (mode & ~allowed) throw dir.fail('f_mode', `${octal(mode)} grants more than the access mode of f_flags allows (${octal(allowed)})`)
   const pos = dir.decimal('f_pos', S64_MIN, S64_MAX)
   const mntId = dir.int('mnt_id', 0, INT_MAX)
   const ino = dir.decimal('ino', 0n, U64_MAX)
@@ -75,6 +81,16 @@ export function loadBase(dir: SavedDir, objref: ObjRef): DescriptionBase {
   if (checkpointable.startsWith('no: ') && checkpointable.length > 4) notCheckpointable = checkpointable.slice(4)
   else if (checkpointable !== 'yes') throw dir.fail('checkpointable', `neither "yes" nor "no: WHY": ${JSON.stringify(checkpointable)}`)
   return { objref, target, flags, mode, pos, mntId, ino, notCheckpointable }
+}
+
+/** The checks every description gets, whatever its type (lib/restore/validate.ts). */
+export function validateCommon(desc: FileDescription): void {
+  if (desc.target === '') throw invalid(desc, 'target', 'empty')
+  const refused = refusedFlagNames(desc.flags)
+  if (refused.length) throw invalid(desc, 'f_flags', `${refused.join(', ')} ${refused.length > 1 ? 'are' : 'is'} refused`)
+  // A saved mode may be narrower than the access mode (a downgraded file), never wider.
+  const allowed = modeFromFlags(desc.flags)
+  if (desc.mode & ~allowed) throw invalid(desc, 'f_mode', `${octal(desc.mode)} grants more than the access mode of f_flags allows (${octal(allowed)})`)
 }
 
 /** For types that are never checkpointable (sockets, unknown files): a saved "yes" is inconsistent. */

@@ -3,7 +3,7 @@
 import type { PathDescription } from '../model'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadPath, pathEntries, pathRecord } from './path'
+import { capturePath, loadPath, pathEntries, pathRecord, validatePath } from './path'
 
 const table = withCommon<PathDescription>(pathEntries)
 
@@ -12,5 +12,6 @@ export const directory: FileHandler<PathDescription> = {
   capture: (probe, base, ctx) => capturePath('dir', probe, base, ctx),
   entries: () => table,
   load: (dir, base) => loadPath(dir, base, 'dir'),
+  validate: validatePath,
   planRestore: (d) => pathRecord(d),
 }

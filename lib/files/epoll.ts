@@ -9,7 +9,7 @@ import type { EpollDescription, EpollItem, ObjRef } from '../model'
 import { userDevFromKernel } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { described, O_NONBLOCK, parseObjRef, withCommon } from './common'
+import { described, invalid, O_NONBLOCK, parseObjRef, withCommon } from './common'
 import type { CaptureContext, FdProbe, FileHandler } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
@@ -107,6 +107,14 @@ export const epoll: FileHandler<EpollDescription> = {
     const items: EpollItem[] = []
     for (const itemDir of itemsDir.numberedDirs()) items.push(loadItem(itemDir))
     return described<EpollDescription>(base, { type: 'epoll', items })
+  },
+
+  validate(d, { objrefs }) {
+    d.items.forEach((item, n) => {
+      if (item.targetObjref !== undefined && !objrefs.has(item.targetObjref)) {
+        throw invalid(d, `items/${n}/target`, `names files/${item.targetObjref}, which does not exist`)
+      }
+    })
   },
 
   // EPOLL: i32 flags (O_NONBLOCK), u32 count, per item i32 tfd, u32 target objref, u32 events, u64 data.

@@ -5,7 +5,7 @@ import type { FileDescription, FileTable, PathDescription } from '../model'
 import { bytes } from '../tree/node'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks, withIdentity } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks, validatePath, withIdentity } from './path'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 
 const noData = async (): Promise<Buffer> => Buffer.alloc(0)
@@ -38,6 +38,8 @@ export const fifo: FileHandler<PathDescription> = {
     desc.buffered = dir.lazyBytes('buffered')
     return desc
   },
+
+  validate: validatePath,
 
   // The buffered bytes belong to the fifo, not to each open description of it: the one with
   // the lowest OBJREF puts them back.

@@ -54,6 +54,14 @@ export interface RestorePlanContext {
   table: FileTable
 }
 
+/** What validating one description may look at besides the description itself. */
+export interface ValidationContext {
+  /** The whole saved file table. */
+  table: FileTable
+  /** The OBJREF of every description in it. */
+  objrefs: ReadonlySet<number>
+}
+
 /** The stub's record(s) for one description (docs/RESTORE.md, "The stub's plan"). */
 export type RestoreRecords = PlannedRecord | PlannedRecord[]
 
@@ -73,6 +81,12 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
   entries(desc: D): TableEntry<D>[]
   /** Reads the per-type entries of a saved files/OBJREF back, validating each. */
   load(dir: SavedDir, base: DescriptionBase, type: D['type']): D
+  /**
+   * The checks of meaning a restore relies on (ranges, allowed values, references), made on
+   * the model once it is loaded from a tree or an image (lib/restore/validate.ts): throws a
+   * CkptError naming the tree path (files/OBJREF/NAME) of the offending value.
+   */
+  validate?(desc: D, ctx: ValidationContext): void | Promise<void>
   /**
    * The restorer stub's record(s) that bring the description back, or a CkptError naming
    * files/OBJREF/... when it cannot be restored. Types without it are not restorable yet.

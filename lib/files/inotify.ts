@@ -10,9 +10,9 @@ import type { InotifyDescription, InotifyWatch } from '../model'
 import { userDevFromKernel } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
-import { described, O_NONBLOCK, withCommon } from './common'
+import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { CaptureContext, FileHandler } from './handler'
-import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
+import { INT_MAX, pathProblem, U32_MAX, U64_MAX, type SavedDir } from './saved'
 import { findInodePaths, inodeKey, mountPointsOf } from './search'
 
 const watchEntries: TableEntry<InotifyWatch>[] = [
@@ -95,6 +95,13 @@ export const inotify: FileHandler<InotifyDescription> = {
     const watches: InotifyWatch[] = []
     for (const [wd, watchDir] of watchesDir.decimalDirs(1)) watches.push(loadWatch(watchDir, wd))
     return described<InotifyDescription>(base, { type: 'inotify', watches })
+  },
+
+  validate(d) {
+    for (const w of d.watches) {
+      const why = w.path === undefined ? undefined : pathProblem(w.path)
+      if (why !== undefined) throw invalid(d, `watches/${w.wd}/path`, why)
+    }
   },
 
   // INOTIFY: i32 flags (IN_NONBLOCK), u32 count, per watch i32 wd, u32 mask, string path, in wd

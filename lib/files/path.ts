@@ -2,14 +2,14 @@
 // where the file is (and whether that path still names it, reference/000), its inode
 // attributes, and their entries in files/OBJREF.
 
-import { described } from './common'
+import { described, invalid } from './common'
 import { CkptError } from '../errors'
 import { lazy, type Lazy, type PathDescription } from '../model'
 import type { InodeStat } from '../procfs'
 import { attr, bytes, octal, type TableEntry } from '../tree/node'
 import type { CaptureContext, DescriptionBase, FdProbe } from './handler'
 import { ObjectKind, RecordBuilder, type PlannedRecord } from '../restore/fdplan'
-import { S64_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
+import { pathProblem, S64_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
 export type PathType = PathDescription['type']
 
@@ -37,7 +37,8 @@ async function whereIs(target: string, st: InodeStat, ctx: CaptureContext): Prom
 
 const sameInode = (a: InodeStat | undefined, b: InodeStat): boolean => a !== undefined && a.dev === b.dev && a.ino === b.ino
 
-const noLinks: Lazy<string[]> = async () => []
+/** Shared by every description without other links (nearly all). */
+export const noLinks: Lazy<string[]> = async () => []
 
 /** The PathDescription of a file opened by path; handlers add contents and buffered data. */
 export async function capturePath(type: PathType, probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<PathDescription> {
@@ -118,4 +119,24 @@ export function withIdentity(b: RecordBuilder, d: PathDescription): RecordBuilde
 /** Restore: reopen by path with the saved flags, check it is the saved file, then seek to the saved offset. */
 export function pathRecord(d: PathDescription): PlannedRecord {
   return { kind: ObjectKind.Path, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path), d) }
+}
+
+/**
+ * The checks every description opened by path gets: an absolute path (the stub opens it as it
+ * is), an inode mode of its type, other links that are paths too; only a regular file comes
+ * back from saved contents when its path is gone.
+ */
+export function validatePath(d: PathDescription): void | Promise<void> {
+  const why = pathProblem(d.path)
+  if (why !== undefined) throw invalid(d, 'path', why)
+  if ((d.inodeMode & S_IFMT) !== fileTypeBits[d.type]) throw invalid(d, 'inode_mode', `${octal(d.inodeMode)} is not the mode of a ${d.type}`)
+  if (d.unlinked && d.type !== 'file' && d.notCheckpointable === undefined) {
+    throw invalid(d, 'unlinked', `${d.type}: ${d.path} was removed; only regular files are recreated from saved contents`, 'ENOTSUP')
+  }
+  // Most files have no other links: no promise for each of 10,000 /dev/null fds.
+  if (d.otherLinks === noLinks) return
+  return d.otherLinks().then((links) => links.forEach((link, i) => {
+    const bad = pathProblem(link)
+    if (bad !== undefined) throw invalid(d, 'other_links', `line ${i + 1}: ${bad}`)
+  }))
 }

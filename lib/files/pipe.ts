@@ -4,7 +4,7 @@
 import { CkptError } from '../errors'
 import type { FileTable, PipeDescription } from '../model'
 import { attr, bytes } from '../tree/node'
-import { described, withCommon } from './common'
+import { described, invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { U64_MAX } from './saved'
@@ -35,16 +35,25 @@ export const pipe: FileHandler<PipeDescription> = {
     return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.lazyBytes('buffered') })
   },
 
+  // The stub makes one pipe2() per pipe: at most one read and one write end each.
+  validate(d, { table }) {
+    const ends = pipeEnds(table).get(d.pipeId)!
+    if (ends[0] !== d) return
+    const read = ends.filter((e) => e.mode & 1)
+    const write = ends.filter((e) => e.mode & 2)
+    if (read.length > 1 || write.length > 1 || read.length + write.length !== ends.length) {
+      throw invalid(d, '', `pipe ${d.pipeId} has ${ends.length} open descriptions; only one read and one write end can be restored`, 'ENOTSUP')
+    }
+  },
+
   // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an
   // end the task did not hold is closed by the stub.
   async planRestore(d, { table }) {
     const ends = pipeEnds(table).get(d.pipeId)!
     if (ends[0] !== d) return []
+    // validate() made sure of one end of each kind at most.
     const read = ends.filter((e) => e.mode & 1)
     const write = ends.filter((e) => e.mode & 2)
-    if (read.length > 1 || write.length > 1 || read.length + write.length !== ends.length) {
-      throw new CkptError(`files/${d.objref}: pipe ${d.pipeId} has ${ends.length} open descriptions; only one read and one write end can be restored`, 'ENOTSUP')
-    }
     const payload = new RecordBuilder()
       .u64(d.pipeId)
       .bytes(await d.buffered())

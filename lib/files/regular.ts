@@ -6,9 +6,9 @@ import * as fs from 'fs'
 import { CkptError } from '../errors'
 import { bufferSource, type PathDescription } from '../model'
 import { stream, type TableEntry } from '../tree/node'
-import { withCommon } from './common'
+import { invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, settleLinks } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, settleLinks, validatePath } from './path'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { fileSource, readWhole } from './source'
 
@@ -46,6 +46,15 @@ export const regular: FileHandler<PathDescription> = {
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
     desc.contents = contents
     return desc
+  },
+
+  // An unlinked file comes back from its contents, which must be all of it.
+  validate(d) {
+    if (d.unlinked) {
+      if (!d.contents) throw invalid(d, 'contents', 'missing')
+      if (BigInt(d.contents.size) !== d.size) throw invalid(d, 'contents', `${d.contents.size} bytes, but size says ${d.size}`)
+    }
+    return validatePath(d)
   },
 
   // A linked file is reopened by path. An unlinked one that has another hard link is opened

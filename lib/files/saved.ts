@@ -453,8 +453,15 @@ export class SavedDir {
 }
 
 function checkPath(text: string, fail: (why: string) => CkptError): void {
-  if (!text.startsWith('/')) throw fail(`not an absolute path: ${JSON.stringify(text)}`)
-  if (text.includes('\0')) throw fail('path holds a NUL byte')
+  const why = pathProblem(text)
+  if (why !== undefined) throw fail(why)
+}
+
+/** What is wrong with a saved path a restore would open (it must be absolute, without NUL); undefined when nothing. */
+export function pathProblem(text: string): string | undefined {
+  if (!text.startsWith('/')) return `not an absolute path: ${JSON.stringify(text)}`
+  if (text.includes('\0')) return 'path holds a NUL byte'
+  return undefined
 }
 
 /** Of the names for which `bad` holds, the first in sorted order. */

@@ -6,9 +6,9 @@ import type { TimerfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr } from '../tree/node'
-import { described, O_NONBLOCK, withCommon } from './common'
+import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
-import { U64_MAX } from './saved'
+import { INT_MAX, U64_MAX } from './saved'
 
 /** CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM. */
 const timerfdClocks = new Set([0, 1, 7, 8, 9])
@@ -63,13 +63,17 @@ export const timerfd: FileHandler<TimerfdDescription> = {
   entries: () => table,
 
   load(dir, base) {
-    const clockid = dir.int('clockid', 0, 15)
-    if (!timerfdClocks.has(clockid)) throw dir.fail('clockid', `${clockid} is not a clock a timerfd can use`)
+    const clockid = dir.int('clockid', 0, INT_MAX)
     const ticks = dir.decimal('ticks', 0n, U64_MAX)
-    const settimeFlags = dir.int('settime_flags', 0, settimeFlagBits)
+    const settimeFlags = dir.int('settime_flags', 0, INT_MAX)
     const valueNs = dir.decimal('value_ns', 0n, U64_MAX)
     const intervalNs = dir.decimal('interval_ns', 0n, U64_MAX)
     return described<TimerfdDescription>(base, { type: 'timerfd', clockid, ticks, settimeFlags, valueNs, intervalNs })
+  },
+
+  validate(d) {
+    if (!timerfdClocks.has(d.clockid)) throw invalid(d, 'clockid', `${d.clockid} is not a clock a timerfd can use`)
+    if (d.settimeFlags & ~settimeFlagBits) throw invalid(d, 'settime_flags', `${d.settimeFlags} has bits other than TFD_TIMER_ABSTIME and TFD_TIMER_CANCEL_ON_SET`)
   },
 
   // TIMERFD: i32 clockid, i32 flags (TFD_NONBLOCK), i32 settime_flags, u64 value_ns, u64 interval_ns, u64 ticks.

@@ -1,7 +1,8 @@
 // Converts a saved checkpoint between its two forms: the expanded tree (a `cp -a` copy of
-// checkpoint-N) and the condensed image. Both go through the model, read and validated by
-// the same loaders a restore uses, so a conversion never carries anything a restore would
-// refuse.
+// checkpoint-N) and the condensed image. Both go through the model, read by the same loaders
+// a restore uses. A conversion is faithful (a checkpoint that cannot be restored converts too);
+// one made for a restore (`ckptfs restore TREE --mount`) asks for the validator a restore runs
+// (lib/restore/validate.ts) first, so it never carries anything the restore would refuse.
 
 import * as fs from 'fs'
 import { loadBootId } from '../boot'
@@ -12,6 +13,7 @@ import { DiskDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
+import { validateCheckpoint } from '../restore/validate'
 import { taskDir } from '../task/tree'
 import { attr, tableDir, type DirNode, type TableEntry } from '../tree/node'
 import { writeTree } from '../tree/write'
@@ -22,7 +24,7 @@ const PIECE = 1 << 20
 /** Attribute files are cached while written once each; a few MiB is plenty. */
 const TREE_CACHE_BYTES = 16 << 20
 
-/** A saved tree as a task, validated; `mode` from the tree's `mode` file when it has one. */
+/** A saved tree as a task, parsed (not validated: `ckptfs show` shows what a restore would refuse too); `mode` from the tree's `mode` file when it has one. */
 export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mode: CheckpointMode | undefined; bootId: string | undefined }> {
   const names = await fs.promises.readdir(treeRoot).catch((err: NodeJS.ErrnoException) => {
     throw new CkptError(`${treeRoot}: cannot list: ${err.message}`, err.code === 'ENOENT' ? 'ENOENT' : 'EIO')
@@ -49,9 +51,17 @@ async function readMode(file: string): Promise<CheckpointMode> {
   return text
 }
 
-/** Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). */
-export async function treeToImage(treeRoot: string, outFile: string): Promise<void> {
+/**
+ * Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). With
+ * `validate`, the tree is first checked by the validator a restore runs, so nothing is written
+ * for a tree the restore would refuse.
+ */
+export async function treeToImage(treeRoot: string, outFile: string, opts: { validate?: boolean } = {}): Promise<void> {
   const { task, mode, bootId } = await loadTree(treeRoot)
+  if (opts.validate) {
+    const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
+    await validateCheckpoint({ pid: task.pid, process, threads, vmas, fileTable })
+  }
   const source = await imageSource(task, { mode, bootId })
   const out = await fs.promises.open(outFile, 'wx', 0o644)
   try {

@@ -104,14 +104,6 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
     }
   }
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
-  for (const timer of proc.posixTimers) {
-    const notify = /^(signal|none|thread)\/(pid|tid)\.(\d+)$/.exec(timer.notify)
-    const where = `task-${proc.pid}/timers/posix/${timer.id}/notify`
-    if (!notify) throw new CkptError(`${where}: ${timer.notify} is not KIND/pid.N or KIND/tid.N`, 'EINVAL')
-    if (notify[2] === 'tid' && !saved.threads.some((t) => t.tid === Number(notify[3]))) {
-      throw new CkptError(`${where}: signals thread ${notify[3]}, which is not a thread of the task`, 'EINVAL')
-    }
-  }
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')

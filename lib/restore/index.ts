@@ -9,6 +9,7 @@ import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
 import { restoreProcess, type RestoreOptions } from './engine'
 import { loadSaved } from './load'
+import { validateCheckpoint } from './validate'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
 export async function restoreSaved(root: StoredDir, name: string, options: RestoreOptions = {}): Promise<number> {
@@ -25,6 +26,7 @@ export async function restorePath(p: string, options: RestoreOptions = {}): Prom
   if (stat.isDirectory()) return restoreSaved(new DiskDir(p), path.basename(p), options)
   const timer = new PhaseTimer('restore')
   const saved = await readImage(p)
+  await validateCheckpoint(saved)
   timer.mark('load and validate')
   return restoreProcess(saved, timer, options)
 }

@@ -1,6 +1,7 @@
-// Reads a saved checkpoint back into the model, validating every value: a tree copied out of
-// the mount (task-PID/ and files/), or a directory holding only the condensed image (a copy of
-// checkpoint-N.image, or `image` as older trees held it).
+// Reads a saved checkpoint back into the model: a tree copied out of the mount (task-PID/ and
+// files/), or a directory holding only the condensed image (a copy of checkpoint-N.image, or
+// `image` as older trees held it). Either loader only parses; one validator (validate.ts) then
+// checks what the values mean, so both get the same verdict.
 
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
@@ -9,6 +10,7 @@ import type { StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import type { FileTable, Pid, ProcessState, ThreadState, Vma } from '../model'
 import { loadTask } from '../task/load'
+import { validateCheckpoint } from './validate'
 
 export interface SavedCheckpoint {
   pid: Pid
@@ -20,8 +22,15 @@ export interface SavedCheckpoint {
   bootId: string | undefined
 }
 
-/** Loads the saved checkpoint whose top directory is `root`; `name` is how messages call it. */
+/** Loads and validates the saved checkpoint whose top directory is `root`; `name` is how messages call it. */
 export async function loadSaved(root: StoredDir, name: string): Promise<SavedCheckpoint> {
+  const saved = await parseSaved(root, name)
+  await validateCheckpoint(saved)
+  return saved
+}
+
+/** Parses the saved checkpoint whose top directory is `root` into the model, not validated yet. */
+export async function parseSaved(root: StoredDir, name: string): Promise<SavedCheckpoint> {
   const listing = root.list()
   const taskDirs = [...listing.keys()].filter((n) => /^task-[0-9]+$/.test(n))
   if (taskDirs.length > 1) throw new CkptError(`${name}: ${taskDirs.length} task directories; a checkpoint holds one process`, 'EINVAL')

@@ -5,7 +5,7 @@ import { CkptError } from '../errors'
 import { SavedDir, type StoredDir } from '../files/saved'
 import type { ProcessState, ThreadState, Vma } from '../model'
 import { loadVmas } from './memory'
-import { loadProcess, processProblems } from './process'
+import { loadProcess } from './process'
 import { loadThreads } from './threads'
 
 export interface LoadedTask {
@@ -15,8 +15,8 @@ export interface LoadedTask {
 }
 
 /**
- * Loads taskDirName (task-PID) of a saved tree. fds/ is left to the file-table loader. A tree that
- * describes something restore cannot bring back (seccomp filters, ...) is refused here too.
+ * Loads taskDirName (task-PID) of a saved tree. fds/ is left to the file-table loader; what the
+ * values mean (ranges, what a restore cannot bring back) is checked by lib/restore/validate.ts.
  */
 export async function loadTask(root: StoredDir, taskDirName: string): Promise<LoadedTask> {
   const m = /^task-([1-9]\d{0,9})$/.exec(taskDirName)
@@ -29,8 +29,5 @@ export async function loadTask(root: StoredDir, taskDirName: string): Promise<Lo
   const vmas = await loadVmas(dir.dir('memory'))
   dir.dir('fds')
   dir.finish()
-
-  const [problem] = processProblems(process, threads, vmas)
-  if (problem) throw new CkptError(`${problem.where}: ${problem.why}`, 'EINVAL')
   return { process, threads, vmas }
 }

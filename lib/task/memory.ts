@@ -53,7 +53,7 @@ export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
  */
 type Storage = 'anonymous-copies' | 'present' | 'whole' | 'nothing'
 
-function storageOf(kind: VmaKind): Storage {
+export function storageOf(kind: VmaKind): Storage {
   switch (kind) {
     case 'heap': case 'stack': case 'anonymous': case 'file-private': return 'anonymous-copies'
     case 'shared-anonymous': return 'present'

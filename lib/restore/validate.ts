@@ -1,0 +1,271 @@
+// The one validator of a saved checkpoint: what the values mean, checked on the model once
+// a loader has parsed a tree (lib/restore/load.ts) or an image (lib/image/decode.ts), so a
+// tree and the image made from it always get the same verdict. Loaders check syntax (is it a
+// number, is the file there); this checks every range and cross-reference a restore relies
+// on. A refusal names the tree path of the offending value for both inputs
+// ("task-42/comm: ...", "files/7/f_flags: ..."): an image has the same structure.
+
+import { CkptError } from '../errors'
+import { validateCommon } from '../files/common'
+import type { ValidationContext } from '../files/handler'
+import { handlerOf } from '../files/index'
+import { pathProblem } from '../files/saved'
+import type { FileTable, ProcessState, ThreadState, Vma } from '../model'
+import { storageOf, vmaKind, vmaName } from '../task/memory'
+import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
+import { RLIMITS } from '../task/procfs'
+import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
+
+/** The parts of a checkpoint the validator reads (lib/restore/load.ts: SavedCheckpoint). */
+export interface CheckpointParts {
+  pid: number
+  process: ProcessState
+  threads: ThreadState[]
+  vmas: Vma[]
+  fileTable: FileTable
+}
+
+const PAGE = 4096n
+/** The end of user space on x86-64 with 4-level page tables (the kernel's TASK_SIZE). */
+const TASK_SIZE = 0x7ffffffff000n
+/** The legacy vsyscall page is the one mapping above TASK_SIZE. */
+const VSYSCALL_START = 0xffffffffff600000n
+const COMM_MAX = 15
+const NGROUPS_MAX = 65536
+const NSIG = 64
+/** struct rseq is 32 bytes and 32-byte aligned; the kernel takes larger areas (new fields), never past a page here. */
+const RSEQ_MIN = 32
+const RSEQ_MAX = 4096
+const SS_ONSTACK = 1
+const SS_DISABLE = 2
+const SS_AUTODISARM = 1 << 31
+/** xsave: the legacy area and the header at least; ptrace keeps XCR0 at 464, xstate_bv at 512. */
+const XSTATE_MIN = 576
+const XSTATE_MAX = 16384
+const XSAVE_FEATURES_AT = 464
+const XSAVE_HEADER_AT = 512
+const CS_INDEX = 17
+
+const fail = (where: string, why: string, errno: 'EINVAL' | 'ENOTSUP' = 'EINVAL'): CkptError => new CkptError(`${where}: ${why}`, errno)
+const hex = (n: bigint | number): string => `0x${n.toString(16)}`
+
+/** Validates a whole loaded checkpoint; throws the first problem, named by its tree path. */
+export async function validateCheckpoint(saved: CheckpointParts): Promise<void> {
+  if (saved.process.pid !== saved.pid) throw fail(`task-${saved.pid}`, `the process record is for PID ${saved.process.pid}`)
+  validateTask(saved)
+  await validateFileTable(saved.fileTable, `task-${saved.pid}`)
+}
+
+/** The process, its threads and its memory (task-PID/ without fds/). */
+export function validateTask(t: Pick<CheckpointParts, 'process' | 'threads' | 'vmas'>): void {
+  const task = `task-${t.process.pid}`
+  validateProcess(t.process, task, t.threads)
+  validateThreads(t.threads, task)
+  validateVmas(t.vmas, task)
+  const [problem] = processProblems(t.process, t.threads, t.vmas)
+  if (problem) throw fail(problem.where, problem.why, 'ENOTSUP')
+}
+
+// ---------------------------------------------------------------------------------------
+// The process
+
+function validateProcess(p: ProcessState, task: string, threads: ThreadState[]): void {
+  checkComm(p.comm, `${task}/comm`)
+  for (const [name, value] of [['exe', p.exe], ['cwd', p.cwd], ['root', p.root]] as const) {
+    const why = pathProblem(value)
+    if (why !== undefined) throw fail(`${task}/${name}`, why)
+  }
+  if (p.mm.exe !== p.exe) throw fail(`${task}/exe`, `${JSON.stringify(p.exe)}, but the mm's exe link is ${JSON.stringify(p.mm.exe)}`)
+  if (p.umask < 0 || p.umask > 0o777) throw fail(`${task}/umask`, `0${p.umask.toString(8)} is not a umask`)
+  if (p.dumpable < 0 || p.dumpable > 2) throw fail(`${task}/dumpable`, `${p.dumpable} is out of range [0, 2]`)
+  if (p.creds.groups.length > NGROUPS_MAX) throw fail(`${task}/creds/groups`, `${p.creds.groups.length} groups, at most ${NGROUPS_MAX}`)
+  validateRlimits(p, task)
+  validateSignals(p, task)
+  validateTimers(p, task, threads)
+  validateMm(p, task)
+}
+
+function checkComm(comm: string, where: string): void {
+  if (Buffer.byteLength(comm) > COMM_MAX) throw fail(where, `longer than ${COMM_MAX} bytes`)
+  if (comm.includes('\n') || comm.includes('\0')) throw fail(where, 'holds a newline or a NUL byte')
+}
+
+function validateRlimits(p: ProcessState, task: string): void {
+  RLIMITS.forEach(({ name }, resource) => {
+    const found = p.rlimits.filter((r) => r.resource === resource)
+    if (found.length === 0) throw fail(`${task}/rlimits/${name}`, 'missing')
+    if (found.length > 1) throw fail(`${task}/rlimits/${name}`, 'given twice')
+    const [limit] = found
+    if (limit.soft > limit.hard) throw fail(`${task}/rlimits/${name}/soft`, `${limit.soft} is above the hard limit ${limit.hard}`)
+  })
+  const unknown = p.rlimits.find((r) => RLIMITS[r.resource] === undefined)
+  if (unknown) throw fail(`${task}/rlimits/${unknown.name}`, `resource ${unknown.resource} is not one this kernel has`)
+}
+
+function validateSignals(p: ProcessState, task: string): void {
+  const actions = `${task}/signals/actions`
+  const extra = p.sigactions.find((a) => !ACTION_SIGNALS.includes(a.signal))
+  if (extra) throw fail(`${actions}/${extra.signal}`, 'unknown entry')
+  for (const signal of ACTION_SIGNALS) {
+    const found = p.sigactions.filter((a) => a.signal === signal).length
+    if (found === 0) throw fail(`${actions}/${signal}`, 'missing')
+    if (found > 1) throw fail(`${actions}/${signal}`, `${signalName(signal)} has ${found} actions`)
+  }
+  checkSiginfo(p.sharedPendingSiginfo, p.sharedPendingMask, `${task}/signals/pending_siginfo`)
+}
+
+/** siginfo records: whole 128-byte records, each for a signal set in `mask`. */
+function checkSiginfo(data: Buffer, mask: bigint, where: string): void {
+  if (data.length % SIGINFO_SIZE !== 0) throw fail(where, `${data.length} bytes is not a whole number of ${SIGINFO_SIZE}-byte siginfo records`)
+  for (let at = 0; at < data.length; at += SIGINFO_SIZE) {
+    const signo = data.readInt32LE(at)
+    if (signo < 1 || signo > NSIG || !(mask & (1n << BigInt(signo - 1)))) {
+      throw fail(where, `record ${at / SIGINFO_SIZE} is for signal ${signo}, which is not in the pending mask`)
+    }
+  }
+}
+
+function validateTimers(p: ProcessState, task: string, threads: ThreadState[]): void {
+  for (const which of ['real', 'virtual', 'prof'] as const) {
+    const n = p.itimers.filter((t) => t.which === which).length
+    if (n !== 1) throw fail(`${task}/timers/itimer_${which}`, n === 0 ? 'missing' : 'given twice')
+  }
+  for (const timer of p.posixTimers) {
+    const where = `${task}/timers/posix/${timer.id}`
+    if (timer.id < 0 || timer.id > 0x7fffffff) throw fail(where, 'not a timer ID')
+    if (timer.signal < 0 || timer.signal > NSIG) throw fail(`${where}/signal`, `${timer.signal} is out of range [0, ${NSIG}]`)
+    const notify = /^(signal|none|thread)\/(pid|tid)\.(\d+)$/.exec(timer.notify)
+    if (!notify) throw fail(`${where}/notify`, `not KIND/pid.N or KIND/tid.N: ${JSON.stringify(timer.notify)}`)
+    if (notify[2] === 'tid' && !threads.some((t) => t.tid === Number(notify[3]))) {
+      throw fail(`${where}/notify`, `signals thread ${notify[3]}, which is not a thread of the task`)
+    }
+  }
+}
+
+function validateMm(p: ProcessState, task: string): void {
+  const mm = p.mm
+  const ordered: Array<[string, bigint, string, bigint]> = [
+    ['end_code', mm.endCode, 'start_code', mm.startCode], ['end_data', mm.endData, 'start_data', mm.startData],
+    ['brk', mm.brk, 'start_brk', mm.startBrk], ['arg_end', mm.argEnd, 'arg_start', mm.argStart],
+    ['env_end', mm.envEnd, 'env_start', mm.envStart],
+  ]
+  for (const [name, value, startName, start] of ordered) {
+    if (value < start) throw fail(`${task}/mm/${name}`, `${hex(value)} is below ${startName} ${hex(start)}`)
+    if (value > TASK_SIZE) throw fail(`${task}/mm/${name}`, `${hex(value)} is not a user-space address`)
+  }
+  if (mm.startStack > TASK_SIZE) throw fail(`${task}/mm/start_stack`, `${hex(mm.startStack)} is not a user-space address`)
+  const auxv = mm.auxv
+  if (auxv.length % 16 !== 0 || auxv.length < 16 || auxv.readBigUInt64LE(auxv.length - 16) !== 0n) {
+    throw fail(`${task}/mm/auxv`, `${auxv.length} bytes is not a list of 16-byte entries ending with AT_NULL`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Threads
+
+function validateThreads(threads: ThreadState[], task: string): void {
+  const seen = new Set<number>()
+  for (const t of threads) {
+    const where = `${task}/threads/${t.tid}`
+    if (seen.has(t.tid)) throw fail(where, 'the thread is given twice')
+    seen.add(t.tid)
+    if (t.tid < 1 || t.tid > 0x7fffffff) throw fail(where, 'not a thread ID')
+    checkComm(t.comm, `${where}/comm`)
+    if (t.regs.length !== USER_REGS_SIZE) throw fail(`${where}/regs`, `${t.regs.length} bytes, struct user_regs_struct has ${USER_REGS_SIZE}`)
+    const cs = t.regs.readBigUInt64LE(CS_INDEX * 8)
+    if ((cs & 3n) !== 3n) throw fail(`${where}/regs`, `cs ${hex(cs)} is not a user-mode segment`)
+    if (t.xstate.length < XSTATE_MIN || t.xstate.length > XSTATE_MAX) throw fail(`${where}/xstate`, `${t.xstate.length} bytes, an xsave area has ${XSTATE_MIN} .. ${XSTATE_MAX}`)
+    const features = t.xstate.readBigUInt64LE(XSAVE_FEATURES_AT)
+    const present = t.xstate.readBigUInt64LE(XSAVE_HEADER_AT)
+    if ((present & ~features) !== 0n) throw fail(`${where}/xstate`, `xstate_bv ${hex(present)} has components outside the saved XCR0 ${hex(features)}`)
+    checkSiginfo(t.pendingSiginfo, t.pendingMask, `${where}/pending_siginfo`)
+    validateRseq(t, where)
+    if ((t.altstack.flags & ~(SS_ONSTACK | SS_DISABLE | SS_AUTODISARM)) !== 0) throw fail(`${where}/altstack_flags`, `${hex(t.altstack.flags >>> 0)} has unknown bits`)
+    const { head, length } = t.robustList
+    if (length !== ROBUST_LIST_HEAD_SIZE && !(head === 0n && length === 0n)) throw fail(`${where}/robust_list_len`, `${length}: the kernel takes only ${ROBUST_LIST_HEAD_SIZE}`)
+    for (const [name, address] of [['robust_list_head', head], ['clear_child_tid', t.clearChildTid]] as const) {
+      if (address >= TASK_SIZE) throw fail(`${where}/${name}`, `${hex(address)} is not a user-space address`)
+    }
+  }
+}
+
+/** The registration the restore makes again: the kernel would take sizes and flags a restore must not pass on. */
+function validateRseq(t: ThreadState, where: string): void {
+  const { pointer, size, flags } = t.rseq
+  if ((pointer === 0n) !== (size === 0)) throw fail(`${where}/rseq_size`, `${size} with rseq_pointer ${hex(pointer)}: both or neither must be 0`)
+  if (size === 0) {
+    if (flags !== 0) throw fail(`${where}/rseq_flags`, `${hex(flags)} without an rseq registration`)
+    return
+  }
+  if (size < RSEQ_MIN || size > RSEQ_MAX) throw fail(`${where}/rseq_size`, `${size} is out of range [${RSEQ_MIN}, ${RSEQ_MAX}] (struct rseq is ${RSEQ_MIN} bytes)`)
+  if (pointer % BigInt(RSEQ_MIN) !== 0n) throw fail(`${where}/rseq_pointer`, `${hex(pointer)} is not aligned to ${RSEQ_MIN} bytes, as struct rseq is`)
+  if (pointer + BigInt(size) > TASK_SIZE) throw fail(`${where}/rseq_pointer`, `${hex(pointer)} + ${size} bytes is not in user space`)
+  if (flags !== 0) throw fail(`${where}/rseq_flags`, `${hex(flags)}: an rseq area is registered with flags 0`)
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory
+
+function validateVmas(vmas: Vma[], task: string): void {
+  let previous: Vma | undefined
+  for (const v of [...vmas].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))) {
+    const where = `${task}/memory/vmas/${vmaName(v)}`
+    if (v.start % PAGE !== 0n || v.end % PAGE !== 0n || v.start >= v.end) throw fail(where, 'not a page-aligned, non-empty range')
+    const inUserSpace = v.end <= TASK_SIZE || (v.kind === 'vsyscall' && v.start === VSYSCALL_START)
+    if (!inUserSpace) throw fail(where, 'not in user space')
+    if (previous && v.start < previous.end) throw fail(where, `overlaps ${vmaName(previous)}`)
+    previous = v
+    if (!/^[r-][w-][x-][ps]$/.test(v.perms)) throw fail(`${where}/perms`, `${JSON.stringify(v.perms)} is not like "rw-p"`)
+    if (v.offset % PAGE !== 0n) throw fail(`${where}/offset`, `${hex(v.offset)} is not page-aligned`)
+    const kind = vmaKind(v)
+    if (v.kind !== kind) throw fail(`${where}/kind`, `${v.kind} does not fit perms ${v.perms} and path ${JSON.stringify(v.path)} (${kind})`)
+    // A file mapping is made again from its path: the restore opens it as it is.
+    const badPath = kind === 'file-private' || kind === 'file-shared' ? pathProblem(v.path) : undefined
+    if (badPath !== undefined) throw fail(`${where}/path`, badPath)
+    let stored = 0n
+    let after = 0n
+    for (const [i, run] of v.stored.entries()) {
+      const what = `run ${i + 1} (${hex(run.offset)} ${hex(run.length)})`
+      if (run.offset % PAGE !== 0n || run.length % PAGE !== 0n || run.length === 0n) throw fail(`${where}/stored_runs`, `${what} is not whole pages`)
+      if (run.offset < after) throw fail(`${where}/stored_runs`, `${what} overlaps or precedes the run before it`)
+      if (run.offset + run.length > v.end - v.start) throw fail(`${where}/stored_runs`, `${what} ends beyond the mapping (${hex(v.end - v.start)} bytes)`)
+      after = run.offset + run.length
+      stored += run.length
+    }
+    if (storageOf(v.kind) === 'nothing' && v.stored.length > 0) throw fail(`${where}/stored_runs`, `a ${v.kind} mapping stores no pages`)
+    if (BigInt(v.pages.size) !== stored) throw fail(`${where}/pages`, `${v.pages.size} bytes, stored runs need ${stored}`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file table
+
+/** The file table of task `task` (task-PID): fds, descriptions and what each type's handler checks. */
+export async function validateFileTable(table: FileTable, task: string): Promise<void> {
+  const objrefs = new Set<number>()
+  for (const d of table.files) {
+    if (d.objref < 1 || d.objref > 0x7fffffff) throw fail(`files/${d.objref}`, 'not an object reference')
+    if (objrefs.has(d.objref)) throw fail(`files/${d.objref}`, 'described twice')
+    objrefs.add(d.objref)
+  }
+  const fdNumbers = new Set<number>()
+  const named = new Set<number>()
+  for (const e of table.fds) {
+    const where = `${task}/fds/${e.fd}`
+    if (e.fd < 0 || e.fd > 0x7fffffff) throw fail(where, 'not an fd number')
+    if (fdNumbers.has(e.fd)) throw fail(where, 'the fd is given twice')
+    fdNumbers.add(e.fd)
+    if (!objrefs.has(e.objref)) throw fail(`${where}/fd`, `names files/${e.objref}, which does not exist`)
+    named.add(e.objref)
+  }
+  const unnamed = table.files.find((d) => !named.has(d.objref))
+  if (unnamed) throw fail(`files/${unnamed.objref}`, `no fd in ${task}/fds refers to it`)
+
+  const ctx: ValidationContext = { table, objrefs }
+  for (const d of table.files) {
+    validateCommon(d)
+    // Most handlers check synchronously: no promise for each of 10,000 /dev/null fds.
+    const checked = handlerOf(d).validate?.(d, ctx)
+    if (checked instanceof Promise) await checked
+  }
+}
