@@ -3,7 +3,8 @@
 
 import { CkptError } from '../errors'
 import type { FileTable, PipeDescription } from '../model'
-import { attr, bytes } from '../tree/node'
+import { attr } from '../tree/node'
+import { checkedBytes } from '../tree/checked'
 import { described, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
@@ -11,7 +12,7 @@ import { U64_MAX } from './saved'
 
 const table = withCommon<PipeDescription>([
   attr('pipe_id', (d) => d.pipeId),
-  bytes('buffered', (d) => d.buffered()),
+  ...checkedBytes('buffered', (d: PipeDescription) => d.buffered()),
 ])
 
 export const pipe: FileHandler<PipeDescription> = {
@@ -32,14 +33,18 @@ export const pipe: FileHandler<PipeDescription> = {
   entries: () => table,
 
   load(dir, base) {
-    return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.lazyBytes('buffered') })
+    return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.checkedLazyBytes('buffered') })
   },
 
   // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an
   // end the task did not hold is closed by the stub.
   async planRestore(d, { table }) {
     const ends = pipeEnds(table).get(d.pipeId)!
-    if (ends[0] !== d) return []
+    if (ends[0] !== d) {
+      // Only the first end's bytes are used, but every saved byte is checked (its checksum, on read).
+      await d.buffered()
+      return []
+    }
     const read = ends.filter((e) => e.mode & 1)
     const write = ends.filter((e) => e.mode & 2)
     if (read.length > 1 || write.length > 1 || read.length + write.length !== ends.length) {

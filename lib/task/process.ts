@@ -7,10 +7,11 @@ import { asPid } from '../model'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { attr, bytes, each, sub, type TableEntry } from '../tree/node'
+import { attr, each, sub, type TableEntry } from '../tree/node'
+import { checkedBytes } from '../tree/checked'
 import {
   absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, hexNumber, hexU64, int32, loadEach,
-  octalNumber, readBytes, readValue, text, uint32, type Codec,
+  octalNumber, readCheckedBytes, readValue, text, uint32, type Codec,
 } from './fields'
 import { inject, succeeded, SYS, type CallWithResult } from './inject'
 import { vmaName } from './memory'
@@ -229,7 +230,7 @@ const actionEntries: TableEntry<SigAction>[] = [
 
 const signalEntries: TableEntry<ProcessState>[] = [
   field('pending', hexU64, (p) => p.sharedPendingMask),
-  bytes('pending_siginfo', (p) => p.sharedPendingSiginfo),
+  ...checkedBytes('pending_siginfo', (p: ProcessState) => p.sharedPendingSiginfo),
   each('actions', async (p) => new Map(p.sigactions.map((a) => [String(a.signal), a])), actionEntries),
 ]
 
@@ -267,7 +268,7 @@ const MM_ADDRESSES = [
 
 const mmEntries: TableEntry<MmFields>[] = [
   ...MM_ADDRESSES.map(([name, key]) => field(name, hexU64, (m: MmFields) => m[key])),
-  bytes('auxv', (m) => m.auxv),
+  ...checkedBytes('auxv', (m: MmFields) => m.auxv),
 ]
 
 const processFiles: TableEntry<ProcessState>[] = [
@@ -275,8 +276,8 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('exe', absolutePath, (p) => p.exe),
   field('cwd', absolutePath, (p) => p.cwd),
   field('root', absolutePath, (p) => p.root),
-  bytes('cmdline', (p) => p.cmdline),
-  bytes('environ', (p) => p.environ),
+  ...checkedBytes('cmdline', (p: ProcessState) => p.cmdline),
+  ...checkedBytes('environ', (p: ProcessState) => p.environ),
   field('umask', octalNumber(0o777), (p) => p.umask),
   field('personality', u32Hex, (p) => p.personality),
   field('ppid', uint32, (p) => p.ppid),
@@ -328,8 +329,8 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     exe,
     cwd: readValue(dir, 'cwd', absolutePath),
     root: readValue(dir, 'root', absolutePath),
-    cmdline: await readBytes(dir, 'cmdline', MAX_ARGS_BYTES),
-    environ: await readBytes(dir, 'environ', MAX_ARGS_BYTES),
+    cmdline: await readCheckedBytes(dir, 'cmdline', MAX_ARGS_BYTES),
+    environ: await readCheckedBytes(dir, 'environ', MAX_ARGS_BYTES),
     umask: readValue(dir, 'umask', octalNumber(0o777)),
     personality: readValue(dir, 'personality', u32Hex),
     ppid: readValue(dir, 'ppid', uint32),
@@ -402,7 +403,7 @@ async function loadActions(dir: SavedDir): Promise<SigAction[]> {
 
 /** siginfo records: whole 128-byte records, each for a signal set in `mask`. */
 export async function loadSiginfo(dir: SavedDir, name: string, mask: bigint): Promise<Buffer> {
-  const data = await readBytes(dir, name, MAX_QUEUED_SIGINFO * SIGINFO_SIZE)
+  const data = await readCheckedBytes(dir, name, MAX_QUEUED_SIGINFO * SIGINFO_SIZE)
   if (data.length % SIGINFO_SIZE !== 0) throw dir.fail(name, `${data.length} bytes is not a whole number of ${SIGINFO_SIZE}-byte siginfo records`)
   for (let at = 0; at < data.length; at += SIGINFO_SIZE) {
     const signo = data.readInt32LE(at)
@@ -452,7 +453,7 @@ async function loadMm(dir: SavedDir, exe: string): Promise<MmFields> {
     startStack: await at('start_stack'),
     argStart: await at('arg_start'), argEnd: await at('arg_end'),
     envStart: await at('env_start'), envEnd: await at('env_end'),
-    auxv: await readBytes(dir, 'auxv', MAX_AUXV_BYTES),
+    auxv: await readCheckedBytes(dir, 'auxv', MAX_AUXV_BYTES),
     exe,
   }
   dir.finish()
