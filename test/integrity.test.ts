@@ -75,6 +75,21 @@ t.test('CRC32C: the RFC 3720 test vectors, and a CRC continued from a seed', asy
   t.equal(crc32c(Buffer.alloc(32)), 0x8a9136aa, '32 zero bytes')
   t.equal(crc32c(Buffer.alloc(32, 0xff)), 0x62a8ab43, '32 bytes of 0xff')
   t.equal(crc32c(Buffer.from(Array.from({ length: 32 }, (_, i) => i))), 0x46dd794e, '32 ascending bytes')
+  // The addon runs three lanes of 8 KiB at once: sizes around their multiples, against a plain table.
+  const table = Array.from({ length: 256 }, (_, i) => {
+    let c = i
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1
+    return c >>> 0
+  })
+  const reference = (b: Buffer) => {
+    let c = 0xffffffff
+    for (const byte of b) c = table[(c ^ byte) & 0xff] ^ (c >>> 8)
+    return ~c >>> 0
+  }
+  for (const n of [1, 7, 8, 24575, 24576, 24577, 49160, 100003]) {
+    const b = Buffer.from(Array.from({ length: n + 1 }, (_, i) => (i * 2654435761) >>> 24)).subarray(1)
+    t.equal(crc32c(b), reference(b), `${n} bytes (not 8-aligned) agree with a plain table`)
+  }
   const data = Buffer.from(Array.from({ length: 3 * CRC_PIECE + 5 }, (_, i) => (i * 7919) & 0xff))
   t.equal(crc32c(data.subarray(1000), crc32c(data.subarray(0, 1000))), crc32c(data), 'continued from a seed = in one go')
   t.same(pieceCrcs(data), [0, 1, 2, 3].map((k) => crc32c(data.subarray(k * CRC_PIECE, (k + 1) * CRC_PIECE))), 'one per MiB, the last one shorter')
