@@ -9,6 +9,7 @@
         "src/regs.c",
         "src/inject.c",
         "src/memory.c",
+        "src/checksum.c",
         "src/files.c",
         "src/restore.c"
       ],

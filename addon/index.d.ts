@@ -128,6 +128,13 @@ export interface Addon {
    * memory, where a trip through the pool costs more than the copy itself.
    */
   readMemoryIntoNow(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): void
+  /** CRC32C (Castagnoli) of `buffer`, continuing from `seed` (the CRC of what came before; 0 to start). */
+  crc32c(buffer: Buffer, seed: number): number
+  /**
+   * CRC32C of `ranges` of pid's memory laid back to back, one per `pieceSize` bytes (the
+   * last piece holds the rest): read with process_vm_readv into one reused buffer, on the pool.
+   */
+  crc32cOfMemory(pid: number, ranges: PagemapRun[], pieceSize: number): Promise<number[]>
   /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the

@@ -44,6 +44,11 @@ export interface ByteSource {
    * has the new task read its pages straight from the file, with no copy through us).
    */
   extents?(offset: number, length: number): Promise<FileExtent[]>
+  /**
+   * Sources loaded from a saved tree or image: the CRC32C its copy recorded for each 1 MiB
+   * piece (lib/checksum.ts). Whoever uses the bytes checks them against these.
+   */
+  readonly crc32c?: readonly number[]
 }
 
 /** A byte count, at once or later. */

@@ -276,7 +276,8 @@ function recordSchema(id: number): { kind: string; schema: MessageSchema } | und
 
 /**
  * Joins records into an image. With `fix`, the first trailer gets the totals and the CRC-32
- * the decoder computes (every byte before it but the contents of chunk data fields).
+ * the decoder computes (every byte before it but the contents of chunk data fields and the
+ * chunks' crc32c fields, which cover the data).
  */
 function joinImage(records: ImageRecord[], fix: boolean): Buffer {
   const s = imageSchema()
@@ -318,13 +319,13 @@ function joinImage(records: ImageRecord[], fix: boolean): Buffer {
         crc = zlib.crc32(enc.subarray(0, enc.length - f.bytes!.length), crc)
         if (kind === 'pageChunk') pageBytes += BigInt(f.bytes!.length)
         else fileBytes += BigInt(f.bytes!.length)
-      } else crc = zlib.crc32(enc, crc)
+      } else if (!(f.id === chunk.crc32c.id && f.wire === 5)) crc = zlib.crc32(enc, crc)
     }
   }
   return Buffer.concat(parts)
 }
 
-/** Byte ranges of an image that are metadata (everything but the contents of chunk data fields). */
+/** Byte ranges of an image that are metadata (everything but the contents of chunk data fields and their crc32c fields). */
 function metadataRanges(image: Buffer): Array<[number, number]> {
   const s = imageSchema()
   const data: Array<[number, number]> = []
@@ -337,6 +338,7 @@ function metadataRanges(image: Buffer): Array<[number, number]> {
     for (const f of (chunk && parseMessage(r.body, undefined)) || []) {
       const length = encodeField(f).length
       if (f.id === chunk!.data.id && f.wire === 2) data.push([at + length - f.bytes!.length, at + length])
+      if (f.id === chunk!.crc32c.id && f.wire === 5) data.push([at, at + length])
       at += length
     }
     pos = bodyAt + r.body.length

@@ -7,6 +7,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
 import * as zlib from 'zlib'
+import { pieceCrcs } from '../lib/checksum'
 import { CkptError } from '../lib/errors'
 import { captureFileTable } from '../lib/fdtable'
 import { encodeMessage } from '../lib/image/codec'
@@ -352,7 +353,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 1 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 2 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')
@@ -376,8 +377,9 @@ t.test('damaged images are refused with a CkptError, never a crash or a hang', a
   const truncated = await expectRefused(image.subarray(0, image.length - 10), 'cut')
   t.match(String(truncated), /image: truncated at byte \d+/)
 
-  // Flip one bit anywhere: refused, or (page and file data carry no checksum) accepted with
-  // exactly the same metadata.
+  // Flip one bit anywhere: refused, or (page and file data are checked where they are used,
+  // against their chunk's crc32c) accepted with exactly the same metadata and a chunk whose
+  // data no longer matches its recorded CRC32C.
   const original = await plain(taskParts(syntheticTask({ contentsSize: 5000, vmas: [vma(0x10000n, 8n, [[1n, 2n], [5n, 1n]])] })), false)
   let accepted = 0
   for (let i = 0; i < 400; i++) {
@@ -392,8 +394,11 @@ t.test('damaged images are refused with a CkptError, never a crash or a hang', a
     if (canonical(await plain(taskParts(loaded.task), false)) !== canonical(original)) {
       problems.push(`flip at ${at}: accepted with different metadata`)
     }
+    const sources = [...loaded.vmas.map((v) => v.pages), ...loaded.fileTable.files.flatMap((f) => ('contents' in f && f.contents ? [f.contents] : []))]
+    const mismatches = await Promise.all(sources.map(async (s) => pieceCrcs(await s.read(0, s.size)).some((crc, k) => crc !== s.crc32c![k])))
+    if (mismatches.filter(Boolean).length !== 1) problems.push(`flip at ${at}: accepted, and ${mismatches.filter(Boolean).length} sources fail their CRC32C (expected 1)`)
   }
-  t.ok(accepted > 0 && accepted < 400, `${accepted} of 400 flips fell in page data and were accepted with intact metadata`)
+  t.ok(accepted > 0 && accepted < 400, `${accepted} of 400 flips fell in page or file data (or their crc32c) and were accepted with intact metadata and one failing CRC32C`)
 
   // Random bytes, and random bytes behind a valid header.
   const headerEnd = recordsOf(image)[0].end

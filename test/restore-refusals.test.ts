@@ -9,6 +9,7 @@ import { execFileSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
+import { pieceCrcs } from '../lib/checksum'
 import { ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
 import { buildTarget } from './lib/targets'
@@ -87,6 +88,17 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     fs.cpSync(path.join(saved, file), path.join(tree, file), { recursive: true })
   }
   const w = (file: string, text: string | Buffer) => ({ apply: (tree: string) => fs.writeFileSync(path.join(tree, file), text), undo: back(file) })
+  // Raw bytes written with a checksum file that matches them, so the checks behind the checksum are reached.
+  const wc = (file: string, data: Buffer) => ({
+    apply: (tree: string) => {
+      fs.writeFileSync(path.join(tree, file), data)
+      fs.writeFileSync(path.join(tree, `${file}_crc32c`), pieceCrcs(data).map((c) => c.toString(16).padStart(8, '0') + '\n').join(''))
+    },
+    undo: (tree: string) => {
+      back(file)(tree)
+      back(`${file}_crc32c`)(tree)
+    },
+  })
   const away = (file: string, to = `${file}.away`) => ({
     apply: (tree: string) => fs.renameSync(path.join(tree, file), path.join(tree, to)),
     undo: (tree: string) => fs.renameSync(path.join(tree, to), path.join(tree, file)),
@@ -110,9 +122,11 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     { name: 'a file missing', ...away(`${task}/creds/gid`), says: new RegExp(`^${task}/creds/gid: missing`) },
     { name: 'a directory missing', ...away('files', 'files.away'), says: /^files: missing/ },
     { name: 'a value without its newline', ...w(`files/${data}/f_pos`, '4'), says: new RegExp(`^files/${data}/f_pos: value is truncated \\(no trailing newline\\)`) },
-    { name: 'regs truncated', ...w(`${thread}/regs`, noise(100, 1)), says: new RegExp(`^${thread}/regs: 100 bytes, struct user_regs_struct has 216`) },
-    { name: 'random bytes in regs', ...w(`${thread}/regs`, noise(216, 2)), says: new RegExp(`^${thread}/(regs: cs 0x[0-9a-f]+ is not a user-mode segment|ip: )`) },
-    { name: 'random bytes in xstate', ...w(`${thread}/xstate`, noise(832, 3)), says: new RegExp(`^${thread}/xstate: xstate_bv 0x[0-9a-f]+ has components outside`) },
+    { name: 'random bytes in regs, its checksum kept', ...w(`${thread}/regs`, noise(216, 2)), says: new RegExp(`^${thread}/regs: bytes 0-215 do not match their CRC32C \\(saved [0-9a-f]{8}, read [0-9a-f]{8}\\): the saved checkpoint is damaged`) },
+    { name: 'a checksum file missing', ...away(`${thread}/xstate_crc32c`), says: new RegExp(`^${thread}/xstate_crc32c: missing`) },
+    { name: 'regs truncated', ...wc(`${thread}/regs`, noise(100, 1)), says: new RegExp(`^${thread}/regs: 100 bytes, struct user_regs_struct has 216`) },
+    { name: 'random bytes in regs', ...wc(`${thread}/regs`, noise(216, 2)), says: new RegExp(`^${thread}/(regs: cs 0x[0-9a-f]+ is not a user-mode segment|ip: )`) },
+    { name: 'random bytes in xstate', ...wc(`${thread}/xstate`, noise(832, 3)), says: new RegExp(`^${thread}/xstate: xstate_bv 0x[0-9a-f]+ has components outside`) },
     { name: 'ip disagrees with regs', ...w(`${thread}/ip`, '0x1\n'), says: new RegExp(`^${thread}/ip: 1 does not match regs`) },
     { name: 'rlimit soft above hard', ...w(`${task}/rlimits/nofile/soft`, 'unlimited\n'), says: new RegExp(`^${task}/rlimits/nofile/soft: .* is above the hard limit`) },
     { name: 'O_TRUNC in f_flags', ...addFlag(data, 0o1000), says: new RegExp(`^files/${data}/f_flags: O_TRUNC is refused`) },

@@ -2,7 +2,7 @@
 // restore can put them back.
 
 import type { FileDescription, FileTable, PathDescription } from '../model'
-import { bytes } from '../tree/node'
+import { checkedBytes } from '../tree/checked'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
 import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks, validatePath, withIdentity } from './path'
@@ -13,7 +13,7 @@ const noData = async (): Promise<Buffer> => Buffer.alloc(0)
 const table = withCommon<PathDescription>([
   ...pathEntries,
   otherLinksEntry,
-  bytes('buffered', (d) => (d.buffered ?? noData)()),
+  ...checkedBytes('buffered', (d: PathDescription) => (d.buffered ?? noData)()),
 ])
 
 export const fifo: FileHandler<PathDescription> = {
@@ -35,7 +35,7 @@ export const fifo: FileHandler<PathDescription> = {
   load(dir, base) {
     const desc = loadPath(dir, base, 'fifo')
     desc.otherLinks = loadOtherLinks(dir)
-    desc.buffered = dir.lazyBytes('buffered')
+    desc.buffered = dir.checkedLazyBytes('buffered')
     return desc
   },
 
@@ -45,7 +45,9 @@ export const fifo: FileHandler<PathDescription> = {
   // the lowest OBJREF puts them back.
   async planRestore(d, { table }) {
     const first = firstOpens(table).get(d.path)
-    const data = first === d ? await (d.buffered ?? noData)() : Buffer.alloc(0)
+    // Every description's saved bytes are read, so each is checked (its checksum, on read); the first's are used.
+    const saved = await (d.buffered ?? noData)()
+    const data = first === d ? saved : Buffer.alloc(0)
     return { kind: ObjectKind.Fifo, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).string(d.path), d).bytes(data) }
   },
 }

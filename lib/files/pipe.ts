@@ -3,7 +3,8 @@
 
 import { CkptError } from '../errors'
 import type { FileTable, PipeDescription } from '../model'
-import { attr, bytes } from '../tree/node'
+import { attr } from '../tree/node'
+import { checkedBytes } from '../tree/checked'
 import { described, invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
@@ -11,7 +12,7 @@ import { U64_MAX } from './saved'
 
 const table = withCommon<PipeDescription>([
   attr('pipe_id', (d) => d.pipeId),
-  bytes('buffered', (d) => d.buffered()),
+  ...checkedBytes('buffered', (d: PipeDescription) => d.buffered()),
 ])
 
 export const pipe: FileHandler<PipeDescription> = {
@@ -32,7 +33,7 @@ export const pipe: FileHandler<PipeDescription> = {
   entries: () => table,
 
   load(dir, base) {
-    return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.lazyBytes('buffered') })
+    return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.checkedLazyBytes('buffered') })
   },
 
   // The stub makes one pipe2() per pipe: at most one read and one write end each.
@@ -50,7 +51,11 @@ export const pipe: FileHandler<PipeDescription> = {
   // end the task did not hold is closed by the stub.
   async planRestore(d, { table }) {
     const ends = pipeEnds(table).get(d.pipeId)!
-    if (ends[0] !== d) return []
+    if (ends[0] !== d) {
+      // Only the first end's bytes are used, but every saved byte is checked (its checksum, on read).
+      await d.buffered()
+      return []
+    }
     // validate() made sure of one end of each kind at most.
     const read = ends.filter((e) => e.mode & 1)
     const write = ends.filter((e) => e.mode & 2)

@@ -5,7 +5,9 @@
 import * as fs from 'fs'
 import { CkptError } from '../errors'
 import { bufferSource, type PathDescription } from '../model'
-import { stream, type TableEntry } from '../tree/node'
+import { type TableEntry } from '../tree/node'
+import { checkedStream } from '../tree/checked'
+import { checkSourceBytes } from '../checksum'
 import { invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, settleLinks, validatePath } from './path'
@@ -16,7 +18,7 @@ const linked = withCommon<PathDescription>([...pathEntries, otherLinksEntry])
 const unlinked = withCommon<PathDescription>([
   ...pathEntries,
   otherLinksEntry,
-  stream('contents', (d) => {
+  ...checkedStream('contents', (d: PathDescription) => {
     if (!d.contents) throw new CkptError(`files/${d.objref}/contents: not captured`)
     return d.contents
   }),
@@ -42,7 +44,7 @@ export const regular: FileHandler<PathDescription> = {
     const desc = loadPath(dir, base, 'file')
     desc.otherLinks = loadOtherLinks(dir)
     if (!desc.unlinked) return desc
-    const contents = dir.source('contents')
+    const contents = dir.checkedSource('contents')
     if (BigInt(contents.size) !== desc.size) throw dir.fail('contents', `${contents.size} bytes, but size says ${desc.size}`)
     desc.contents = contents
     return desc
@@ -65,6 +67,8 @@ export const regular: FileHandler<PathDescription> = {
     if (!d.unlinked) return pathRecord(d)
     if (!d.contents) throw new CkptError(`files/${d.objref}: unlinked file without saved contents`, 'EINVAL')
     const data = await readWhole(d.contents)
+    // Checked in the buffer the stub's plan is made from: what is checked is what is used.
+    checkSourceBytes(d.contents, data, `files/${d.objref}/contents`)
     const link = await sameFileAs(d, data)
     if (link) return pathRecord({ ...d, path: link })
     const memfd = /^\/memfd:(.*)$/.exec(d.path)

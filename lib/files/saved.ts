@@ -8,11 +8,14 @@ import { CkptError } from '../errors'
 import type { ByteSource, Lazy } from '../model'
 import { lazy } from '../model'
 import { fileSource } from './source'
+import { checkBuffer, checkCount, CRC_LINE_BYTES, CRC_SUFFIX, parseCrcText, withCrcs } from '../checksum'
 
 /** Longest single-line value accepted (a path of PATH_MAX bytes and some slack). */
 const maxValueBytes = 8192
 /** Longest list file accepted (other_links). */
 const maxListBytes = 1 << 20
+/** Longest checksum file accepted: one line per MiB of a mapping of up to 64 TiB. */
+const maxCrcBytes = CRC_LINE_BYTES * (64 << 20)
 /** A whole value file holding one number of each form (decimalText, octal, hex say what else is wrong). */
 const decimalLine = /^(0|-?[1-9][0-9]*)\n$/
 const octalLine = /^0[0-7]*\n$/
@@ -411,6 +414,37 @@ export class SavedDir {
     const paths = data.slice(0, -1).split('\n')
     paths.forEach((p, i) => checkPath(p, (why) => this.fail(name, `line ${i + 1}: ${why}`)))
     return paths
+  }
+
+  /**
+   * The CRC32C of each 1 MiB piece of the raw file `name`, from NAME_crc32c next to it
+   * (lib/checksum.ts); required, and read now. The caller checks them against the bytes.
+   */
+  checksums(name: string): number[] {
+    const crcName = name + CRC_SUFFIX
+    const parsed = parseCrcText(this.raw(crcName, maxCrcBytes))
+    if (typeof parsed === 'string') throw this.fail(crcName, parsed)
+    return parsed
+  }
+
+  /** lazyBytes, checked against NAME_crc32c when read. */
+  checkedLazyBytes(name: string): Lazy<Buffer> {
+    const crcs = this.checksums(name)
+    const data = this.lazyBytes(name)
+    const where = this.where(name)
+    return lazy(async () => {
+      const bytes = await data()
+      checkBuffer(bytes, crcs, where)
+      return bytes
+    })
+  }
+
+  /** source, with the checksums of NAME_crc32c attached for whoever reads it (ByteSource.crc32c). */
+  checkedSource(name: string): ByteSource {
+    const crcs = this.checksums(name)
+    const source = this.source(name)
+    checkCount(this.where(name), crcs, source.size)
+    return withCrcs(source, crcs)
   }
 
   /** Raw bytes read when first asked for (pipe data); the file must exist now. */

@@ -83,6 +83,13 @@ function writeSingle(out: ByteWriter, field: FieldSchema, v: unknown, at: string
       out.lengthDelimited(field.id, nested.finish())
       return
     }
+    case 'fixed32': {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > U32_MAX) throw encodeError(at, 'expected a uint32', v)
+      const word = Buffer.allocUnsafe(4)
+      word.writeUInt32LE(v)
+      out.tag(field.id, WireType.Fixed32).raw(word)
+      return
+    }
     default:
       out.tag(field.id, WireType.Varint).varint(varintValue(field, v, at))
   }
@@ -178,7 +185,7 @@ const EMPTY_BYTES = Buffer.alloc(0)
 
 function defaultOf(kind: FieldSchema['kind']): FieldValue {
   switch (kind) {
-    case 'uint32': case 'int32': return 0
+    case 'uint32': case 'int32': case 'fixed32': return 0
     case 'uint64': case 'int64': return 0n
     case 'bool': return false
     case 'string': return ''
@@ -279,6 +286,10 @@ function readScalar(field: FieldSchema, wire: number, r: BufferReader, tagAt: nu
     if (field.kind === 'bytes') return Buffer.from(r.bytes(length))
     r.bytes(length)
     return utf8String(r.buf, bytesAt, bytesAt + length)
+  }
+  if (field.kind === 'fixed32') {
+    expectWire(wire, WireType.Fixed32, tagAt)
+    return r.bytes(4).readUInt32LE(0)
   }
   expectWire(wire, WireType.Varint, tagAt)
   const valueAt = r.pos

@@ -165,8 +165,8 @@ class ImageFile {
   }
 }
 
-/** Contents cut into CHUNK_SIZE chunks whose data start at the recorded file offsets. */
-function chunkedSource(file: ImageFile, size: number, dataAt: number[]): ByteSource {
+/** Contents cut into CHUNK_SIZE chunks whose data start at the recorded file offsets, with their recorded CRC32C. */
+function chunkedSource(file: ImageFile, { size, dataAt, crcs }: Contents): ByteSource {
   const rangesOf = (offset: number, length: number): Array<{ at: number; length: number }> => {
     const end = offset + length
     const ranges: Array<{ at: number; length: number }> = []
@@ -182,7 +182,7 @@ function chunkedSource(file: ImageFile, size: number, dataAt: number[]): ByteSou
     await file.readInto(rangesOf(offset, length), into, at)
     return length
   })
-  return { ...source, extents: (offset, length) => file.extents(rangesOf(offset, clipped(size, offset, length))) }
+  return { ...source, extents: (offset, length) => file.extents(rangesOf(offset, clipped(size, offset, length))), crc32c: crcs }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -192,6 +192,8 @@ function chunkedSource(file: ImageFile, size: number, dataAt: number[]): ByteSou
 interface Contents {
   size: number
   dataAt: number[]
+  /** The crc32c of each chunk's data, as recorded (checked where the data is used). */
+  crcs: number[]
 }
 
 interface VmaEntry {
@@ -398,7 +400,8 @@ class ImageReader {
   private announce(size: number, f: Fields, field: string): Contents {
     this.announced += size
     if (this.announced > this.file.size) f.fail(field, `the contents announced so far (${this.announced} bytes) exceed the image's ${this.file.size} bytes`)
-    return { size, dataAt: new Array<number>(Math.ceil(size / CHUNK_SIZE)).fill(-1) }
+    const chunks = Math.ceil(size / CHUNK_SIZE)
+    return { size, dataAt: new Array<number>(chunks).fill(-1), crcs: new Array<number>(chunks).fill(0) }
   }
 
   /** A chunk record, read field by field so its data is skipped, not read. */
@@ -407,12 +410,21 @@ class ImageReader {
     let key: bigint | undefined
     let offset: bigint | undefined
     let data: { at: number; length: number } | undefined
+    let crc: number | undefined
     for (let pos = bodyAt; pos < end;) {
       const head = this.file.bytes(pos, Math.min(end - pos, RECORD_HEAD_MAX), CHUNK_FIELDS_READ)
       const r = new BufferReader(head)
       try {
         const { field: id, wire } = splitTag(r.smallVarint('tag', 0xffffffff), 0)
-        const field = [fields.key, fields.offset, fields.data].find((f) => f.id === id)
+        const field = [fields.key, fields.offset, fields.data, fields.crc32c].find((f) => f.id === id)
+        if (field === fields.crc32c) {
+          // Covers the data, not the metadata: left out of the trailer's CRC (ckptfs.proto).
+          if (wire !== WireType.Fixed32) throw new WireError(`crc32c: wire type ${wire}, expected ${WireType.Fixed32}`, 0)
+          if (crc !== undefined) throw new WireError('crc32c: a second crc32c field', 0)
+          crc = r.bytes(4).readUInt32LE(0)
+          pos += r.pos
+          continue
+        }
         if (field === fields.data) {
           if (wire !== WireType.Len) throw new WireError(`data: wire type ${wire}, expected ${WireType.Len}`, 0)
           if (data) throw new WireError('data: a second data field', 0)
@@ -446,8 +458,9 @@ class ImageReader {
         throw this.refusal(err, where, pos)
       }
     }
-    if (key === undefined || offset === undefined || data === undefined) {
-      throw new CkptError(`image: ${where}: ${[key === undefined && fields.key.name, offset === undefined && 'offset', data === undefined && 'data'].filter(Boolean).join(', ')} missing`, 'EINVAL')
+    if (key === undefined || offset === undefined || data === undefined || crc === undefined) {
+      const missing = [key === undefined && fields.key.name, offset === undefined && 'offset', data === undefined && 'data', crc === undefined && 'crc32c'].filter(Boolean).join(', ')
+      throw new CkptError(`image: ${where}: ${missing} missing`, 'EINVAL')
     }
     const contents = kind === 'pageChunk' ? this.vmas.get(key)?.contents : this.files.get(Number(key))?.contents
     if (!contents) {
@@ -462,6 +475,7 @@ class ImageReader {
     if (data.length !== expected) throw new CkptError(`image: ${where}: ${data.length} bytes of data at offset ${offset}, expected ${expected}`, 'EINVAL')
     if (contents.dataAt[index] !== -1) throw new CkptError(`image: ${where}: offset ${offset} was already stored`, 'EINVAL')
     contents.dataAt[index] = data.at
+    contents.crcs[index] = crc
     if (kind === 'pageChunk') this.pageBytes += data.length
     else this.fileBytes += data.length
   }
@@ -538,7 +552,7 @@ class ImageReader {
       if (contents) {
         this.complete(contents, `${where}: contents`)
         if (description.type !== 'file') throw new CkptError(`image: ${where}: contents on a ${description.type}`, 'EINVAL')
-        files.push({ ...description, contents: chunkedSource(file, contents.size, contents.dataAt) })
+        files.push({ ...description, contents: chunkedSource(file, contents) })
       } else files.push(description)
     }
     const fdNumbers = new Set<number>()
@@ -556,7 +570,7 @@ class ImageReader {
         throw new CkptError(`image: ${entry.where}: mapping 0x${entry.vma.start.toString(16)} overlaps the one at 0x${previous.vma.start.toString(16)}`, 'EINVAL')
       }
       this.complete(entry.contents, `${entry.where}: pages`)
-      vmas.push({ ...entry.vma, pages: chunkedSource(file, entry.contents.size, entry.contents.dataAt) })
+      vmas.push({ ...entry.vma, pages: chunkedSource(file, entry.contents) })
       previous = entry
     }
 

@@ -5,6 +5,7 @@
 // range asked, so memory stays bounded whatever the size of the process.
 
 import * as zlib from 'zlib'
+import { crc32c, knownPieceCrc, notePieceCrc } from '../checksum'
 import { CkptError } from '../errors'
 import { intoSource, type ByteSource, type CheckpointMode, type FileDescription, type Sized, type TaskImage } from '../model'
 import { encodeMessage } from './codec'
@@ -26,6 +27,63 @@ interface Segment {
   data: ByteSource | undefined
   dataOffset: number
   dataLength: number
+  /** A chunk's crc32c field, after its data. */
+  tail: ChunkTail | undefined
+}
+
+/** A chunk's crc32c field: its tag and 4 bytes (fixed32). */
+const TAIL_LENGTH = 5
+
+/**
+ * The crc32c field that ends a chunk record. Its value is the one the source recorded (a
+ * loaded tree or image), else computed from the data as it is served: a reader that reads
+ * the image in order (cat, cp) has its CRC fed from the bytes it was given, so the task's
+ * memory is read once; any other order reads the chunk again to compute it.
+ */
+class ChunkTail {
+  private fed = 0
+  private running = 0
+  private value: number | undefined
+
+  private readonly piece: number
+
+  constructor(private readonly tag: number, private readonly source: ByteSource, private readonly dataOffset: number, private readonly dataLength: number, recorded: number | undefined) {
+    this.value = recorded
+    this.piece = dataOffset / CHUNK_SIZE
+  }
+
+  /** Bytes [from, from + data.length) of the chunk's data were just served from `data`. */
+  feed(from: number, data: Buffer): void {
+    if (this.value !== undefined || from !== this.fed) return
+    this.running = crc32c(data, this.running)
+    this.fed += data.length
+    if (this.fed === this.dataLength) {
+      this.value = this.running
+      notePieceCrc(this.source, this.piece, this.value)
+    }
+  }
+
+  bytes(): Buffer | Promise<Buffer> {
+    this.value ??= knownPieceCrc(this.source, this.piece)
+    if (this.value !== undefined) return this.encode(this.value)
+    return this.compute().then((crc) => this.encode(crc))
+  }
+
+  private async compute(): Promise<number> {
+    const data = Buffer.allocUnsafe(this.dataLength)
+    const got = await this.source.readInto(this.dataOffset, this.dataLength, data, 0)
+    if (got !== this.dataLength) throw new CkptError(`image: source of ${this.dataLength} bytes at ${this.dataOffset} returned ${got}`)
+    this.value ??= crc32c(data)
+    notePieceCrc(this.source, this.piece, this.value)
+    return this.value
+  }
+
+  private encode(crc: number): Buffer {
+    const out = Buffer.allocUnsafe(TAIL_LENGTH)
+    out[0] = this.tag
+    out.writeUInt32LE(crc, 1)
+    return out
+  }
 }
 
 export async function imageSource(task: TaskImage, options: ImageOptions = {}): Promise<ByteSource> {
@@ -101,22 +159,25 @@ class ImageBuilder {
   record(kind: RecordKind, schema: MessageSchema, value: object): void {
     const body = encodeMessage(schema, value)
     const out = new ByteWriter().tag(this.recordId(kind), WireType.Len).varint(body.length).raw(body)
-    this.add(out.finish(), undefined, 0, 0)
+    this.add(out.finish(), undefined, 0, 0, undefined)
   }
 
   /** One chunk record per CHUNK_SIZE bytes of `source`; `key` is the vma_start or objref. */
   chunks(kind: 'pageChunk' | 'fileChunk', key: bigint | number, source: ByteSource): void {
-    const { key: keyField, offset: offsetField, data: dataField } = this.schema.chunks[kind]
+    const { key: keyField, offset: offsetField, data: dataField, crc32c: crcField } = this.schema.chunks[kind]
+    const crcTag = new ByteWriter().tag(crcField.id, WireType.Fixed32).finish()
+    if (crcTag.length !== 1) throw new CkptError(`image schema: ${kind}.crc32c needs a one-byte tag`)
     for (let offset = 0; offset < source.size; offset += CHUNK_SIZE) {
       const length = Math.min(CHUNK_SIZE, source.size - offset)
       // The chunk's fields are written whatever their value (zero included) so the layout
-      // is the same for every chunk; data comes last so its bytes end the record.
+      // is the same for every chunk; data comes next, then its crc32c, which ends the record.
       const fields = new ByteWriter()
         .tag(keyField.id, WireType.Varint).varint(key)
         .tag(offsetField.id, WireType.Varint).varint(offset)
         .tag(dataField.id, WireType.Len).varint(length)
-      const head = new ByteWriter().tag(this.recordId(kind), WireType.Len).varint(fields.length + length).raw(fields.finish())
-      this.add(head.finish(), source, offset, length)
+      const head = new ByteWriter().tag(this.recordId(kind), WireType.Len).varint(fields.length + length + TAIL_LENGTH).raw(fields.finish())
+      const tail = new ChunkTail(crcTag[0], source, offset, length, source.crc32c?.[offset / CHUNK_SIZE])
+      this.add(head.finish(), source, offset, length, tail)
       if (kind === 'pageChunk') this.pageBytes += BigInt(length)
       else this.fileBytes += BigInt(length)
     }
@@ -130,13 +191,14 @@ class ImageBuilder {
       fileBytes: this.fileBytes,
       crc32: this.crc,
     })
-    this.add(new ByteWriter().tag(this.recordId('trailer'), WireType.Len).varint(trailer.length).raw(trailer).finish(), undefined, 0, 0)
+    this.add(new ByteWriter().tag(this.recordId('trailer'), WireType.Len).varint(trailer.length).raw(trailer).finish(), undefined, 0, 0, undefined)
     return segmentSource(this.segments, this.size)
   }
 
-  private add(head: Buffer, data: ByteSource | undefined, dataOffset: number, dataLength: number): void {
-    this.segments.push({ at: this.size, head, data, dataOffset, dataLength })
-    this.size += head.length + dataLength
+  /** Adds a segment; the running CRC (metadata only) takes its head, never data or tail. */
+  private add(head: Buffer, data: ByteSource | undefined, dataOffset: number, dataLength: number, tail: ChunkTail | undefined): void {
+    this.segments.push({ at: this.size, head, data, dataOffset, dataLength, tail })
+    this.size += head.length + dataLength + (tail ? TAIL_LENGTH : 0)
     this.records++
     this.crc = zlib.crc32(head, this.crc)
   }
@@ -162,23 +224,39 @@ function segmentSource(segments: Segment[], size: number): ByteSource {
   // from the first source that does not.
   const fill = (i: number, pos: number, offset: number, end: number, into: Buffer, at: number): Sized => {
     for (; pos < end; i++) {
-      const segment = segments[i]
-      const headEnd = segment.at + segment.head.length
-      if (pos < headEnd) pos += segment.head.copy(into, at + pos - offset, pos - segment.at, Math.min(end, headEnd) - segment.at)
-      if (pos < end && segment.data && pos < headEnd + segment.dataLength) {
-        const from = segment.dataOffset + (pos - headEnd)
-        const want = Math.min(end, headEnd + segment.dataLength) - pos
-        const got = segment.data.readInto(from, want, into, at + pos - offset)
-        const next = pos + want
-        const check = (n: number) => {
-          if (n !== want) throw new CkptError(`image: source of ${want} bytes at ${from} returned ${n}`)
-        }
-        if (typeof got !== 'number') return got.then((n) => (check(n), fill(i + 1, next, offset, end, into, at)))
-        check(got)
-        pos = next
-      }
+      const reached = fillSegment(segments[i], pos, offset, end, into, at)
+      if (typeof reached !== 'number') return reached.then((p) => fill(i + 1, p, offset, end, into, at))
+      pos = reached
     }
     return end - offset
+  }
+  /** Copies what [pos, end) holds of one segment into `into`; returns where it stopped. */
+  const fillSegment = (segment: Segment, pos: number, offset: number, end: number, into: Buffer, at: number): number | Promise<number> => {
+    const headEnd = segment.at + segment.head.length
+    if (pos < headEnd) pos += segment.head.copy(into, at + pos - offset, pos - segment.at, Math.min(end, headEnd) - segment.at)
+    if (pos < end && segment.data && pos < headEnd + segment.dataLength) {
+      const from = segment.dataOffset + (pos - headEnd)
+      const want = Math.min(end, headEnd + segment.dataLength) - pos
+      const intoAt = at + pos - offset
+      const got = segment.data.readInto(from, want, into, intoAt)
+      const dataPos = pos - headEnd
+      const next = pos + want
+      const served = (n: number) => {
+        if (n !== want) throw new CkptError(`image: source of ${want} bytes at ${from} returned ${n}`)
+        segment.tail?.feed(dataPos, into.subarray(intoAt, intoAt + want))
+        return fillTail(segment, next, offset, end, into, at)
+      }
+      return typeof got === 'number' ? served(got) : got.then(served)
+    }
+    return fillTail(segment, pos, offset, end, into, at)
+  }
+  const fillTail = (segment: Segment, pos: number, offset: number, end: number, into: Buffer, at: number): number | Promise<number> => {
+    const tailAt = segment.at + segment.head.length + segment.dataLength
+    if (!segment.tail || pos >= end || pos < tailAt) return pos
+    const stop = Math.min(end, tailAt + TAIL_LENGTH)
+    const put = (tail: Buffer) => pos + tail.copy(into, at + pos - offset, pos - tailAt, stop - tailAt)
+    const tail = segment.tail.bytes()
+    return tail instanceof Promise ? tail.then(put) : put(tail)
   }
   return intoSource(size, (offset, length, into, at) => fill(segmentAt(offset), offset, offset, offset + length, into, at))
 }

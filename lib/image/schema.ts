@@ -8,7 +8,7 @@ import * as protobuf from 'protobufjs'
 import { CkptError } from '../errors'
 
 export const FORMAT_MAJOR = 1
-export const FORMAT_MINOR = 1
+export const FORMAT_MINOR = 2
 export const MAGIC = 'ckptfs-image'
 /** Page and file contents are cut into records of this size; chunk k starts at k * CHUNK_SIZE. */
 export const CHUNK_SIZE = 1 << 20
@@ -18,8 +18,8 @@ export const PAGE_SIZE = 4096n
 export const recordKinds = ['header', 'process', 'thread', 'file', 'fd', 'vma', 'pageChunk', 'fileChunk', 'trailer'] as const
 export type RecordKind = (typeof recordKinds)[number]
 
-export type ScalarKind = 'uint32' | 'int32' | 'uint64' | 'int64' | 'bool' | 'string' | 'bytes'
-const scalarKinds: ReadonlySet<string> = new Set<ScalarKind>(['uint32', 'int32', 'uint64', 'int64', 'bool', 'string', 'bytes'])
+export type ScalarKind = 'uint32' | 'int32' | 'uint64' | 'int64' | 'bool' | 'string' | 'bytes' | 'fixed32'
+const scalarKinds: ReadonlySet<string> = new Set<ScalarKind>(['uint32', 'int32', 'uint64', 'int64', 'bool', 'string', 'bytes', 'fixed32'])
 
 export interface EnumSchema {
   name: string
@@ -63,6 +63,8 @@ export interface ChunkFields {
   key: FieldSchema
   offset: FieldSchema
   data: FieldSchema
+  /** CRC32C of data (fixed32, after data: see ckptfs.proto). */
+  crc32c: FieldSchema
 }
 
 export interface ImageSchema {
@@ -155,7 +157,7 @@ function chunkFields(schema: MessageSchema, keyName: string): ChunkFields {
     if (!found || found.repeated || !kinds.includes(found.kind)) throw new CkptError(`image schema: ${schema.name}.${name} must be a single ${kinds.join(' or ')}`)
     return found
   }
-  return { key: field(keyName, ['uint64', 'uint32']), offset: field('offset', ['uint64']), data: field('data', ['bytes']) }
+  return { key: field(keyName, ['uint64', 'uint32']), offset: field('offset', ['uint64']), data: field('data', ['bytes']), crc32c: field('crc32c', ['fixed32']) }
 }
 
 /** Maps VMA_KIND_FILE_PRIVATE to "file-private": the prefix is that of the enum's 0 value. */

@@ -13,6 +13,7 @@ import { framePlan, type FileAccess } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
+import { verifyPages } from './verify'
 import { PhaseTimer } from '../trace'
 
 const PAGE = 4096n
@@ -333,6 +334,8 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
   timer.mark('populate')
   await writePages(pid, vmas, layout)
   timer.mark('pages')
+  await verifyPages(pid, vmas)
+  timer.mark('pages checked')
 
   // 6. Final protections and madvise flags.
   const finish: Call[] = []

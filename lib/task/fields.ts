@@ -1,6 +1,7 @@
 // How task-PID values are written as files and read back from a saved copy: one codec per
 // value format, shared by the tree tables and the loaders so both agree byte for byte.
 
+import { checkBuffer } from '../checksum'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { attr, FILE_PERM, type Access, type AttrValue, type FileNode, type TableEntry } from '../tree/node'
@@ -181,6 +182,14 @@ export async function readBytes(dir: SavedDir, name: string, maxBytes: number): 
   const source = dir.source(name)
   if (source.size > maxBytes) throw dir.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
   return source.read(0, source.size)
+}
+
+/** A whole raw file of at most `maxBytes`, checked against its NAME_crc32c. */
+export async function readCheckedBytes(dir: SavedDir, name: string, maxBytes: number): Promise<Buffer> {
+  const crcs = dir.checksums(name)
+  const data = await readBytes(dir, name, maxBytes)
+  checkBuffer(data, crcs, dir.where(name))
+  return data
 }
 
 /** Values one per line (an empty file: none). */

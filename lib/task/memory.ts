@@ -9,7 +9,8 @@ import { intoSource, type ByteSource, type CheckpointMode, type StoredRun, type 
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { bytes, each, stream, type TableEntry } from '../tree/node'
+import { bytes, each, type TableEntry } from '../tree/node'
+import { checkedStream } from '../tree/checked'
 import { decimalU64, field, FormatError, hexU64, loadEach, oneOf, readBytes, readLines, readValue, text, type Codec } from './fields'
 import { exclusive } from './inject'
 import { liveThread, parseMaps, procPath, readProcText, type MapsEntry } from './procfs'
@@ -316,7 +317,7 @@ const vmaEntries: TableEntry<Vma>[] = [
   field('kind', kindText, (v) => v.kind),
   field('vm_flags', vmFlagsText, (v) => v.vmFlags),
   bytes('stored_runs', (v) => Buffer.from(v.stored.map((r) => storedRun.show(r) + '\n').join(''))),
-  stream('pages', (v) => v.pages),
+  ...checkedStream('pages', (v: Vma) => v.pages),
 ]
 
 const MAPS_HEADER = '# start-end perms offset dev inode kind stored_bytes vm_flags path\n'
@@ -396,7 +397,7 @@ async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> 
     storedBytes += run.length
   }
   if (storageOf(kind) === 'nothing' && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
-  const pages = dir.source('pages')
+  const pages = dir.checkedSource('pages')
   if (BigInt(pages.size) !== storedBytes) throw dir.fail('pages', `${pages.size} bytes, stored runs need ${storedBytes}`)
 
   const vma: Vma = {

@@ -7,10 +7,11 @@ import { asPid } from '../model'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { attr, bytes, each, PUBLIC, sub, type TableEntry } from '../tree/node'
+import { attr, each, PUBLIC, sub, type TableEntry } from '../tree/node'
+import { checkedBytes } from '../tree/checked'
 import {
   absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, hexNumber, hexU64, int32, loadEach,
-  octalNumber, readBytes, readValue, text, uint32, type Codec,
+  octalNumber, readCheckedBytes, readValue, text, uint32, type Codec,
 } from './fields'
 import { inject, succeeded, SYS, type CallWithResult } from './inject'
 import { vmaName } from './memory'
@@ -233,7 +234,7 @@ const actionEntries: TableEntry<SigAction>[] = [
 const signalEntries: TableEntry<ProcessState>[] = [
   // The pending set is in /proc/PID/status (ShdPnd); siginfo and handler addresses are not.
   field('pending', hexU64, (p) => p.sharedPendingMask, PUBLIC),
-  bytes('pending_siginfo', (p) => p.sharedPendingSiginfo),
+  ...checkedBytes('pending_siginfo', (p: ProcessState) => p.sharedPendingSiginfo),
   each('actions', async (p) => new Map(p.sigactions.map((a) => [String(a.signal), a])), actionEntries),
 ]
 
@@ -271,7 +272,7 @@ const MM_ADDRESSES = [
 
 const mmEntries: TableEntry<MmFields>[] = [
   ...MM_ADDRESSES.map(([name, key]) => field(name, hexU64, (m: MmFields) => m[key])),
-  bytes('auxv', (m) => m.auxv),
+  ...checkedBytes('auxv', (m: MmFields) => m.auxv),
 ]
 
 // Public where /proc shows the value to every user (cmdline; comm, ids, tty in stat; umask,
@@ -282,8 +283,8 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('exe', absolutePath, (p) => p.exe),
   field('cwd', absolutePath, (p) => p.cwd),
   field('root', absolutePath, (p) => p.root),
-  bytes('cmdline', (p) => p.cmdline, PUBLIC),
-  bytes('environ', (p) => p.environ),
+  ...checkedBytes('cmdline', (p: ProcessState) => p.cmdline, PUBLIC),
+  ...checkedBytes('environ', (p: ProcessState) => p.environ),
   field('umask', octalNumber(0o777), (p) => p.umask, PUBLIC),
   field('personality', u32Hex, (p) => p.personality),
   field('ppid', uint32, (p) => p.ppid, PUBLIC),
@@ -335,8 +336,8 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     exe,
     cwd: readValue(dir, 'cwd', absolutePath),
     root: readValue(dir, 'root', absolutePath),
-    cmdline: await readBytes(dir, 'cmdline', MAX_ARGS_BYTES),
-    environ: await readBytes(dir, 'environ', MAX_ARGS_BYTES),
+    cmdline: await readCheckedBytes(dir, 'cmdline', MAX_ARGS_BYTES),
+    environ: await readCheckedBytes(dir, 'environ', MAX_ARGS_BYTES),
     umask: readValue(dir, 'umask', octalNumber(0o777)),
     personality: readValue(dir, 'personality', u32Hex),
     ppid: readValue(dir, 'ppid', uint32),
@@ -408,7 +409,7 @@ async function loadActions(dir: SavedDir): Promise<SigAction[]> {
 
 /** siginfo records (lib/restore/validate.ts checks they are whole and for pending signals). */
 export async function loadSiginfo(dir: SavedDir, name: string): Promise<Buffer> {
-  return readBytes(dir, name, MAX_QUEUED_SIGINFO * SIGINFO_SIZE)
+  return readCheckedBytes(dir, name, MAX_QUEUED_SIGINFO * SIGINFO_SIZE)
 }
 
 async function loadItimers(dir: SavedDir): Promise<ITimer[]> {
@@ -450,7 +451,7 @@ async function loadMm(dir: SavedDir, exe: string): Promise<MmFields> {
     startStack: await at('start_stack'),
     argStart: await at('arg_start'), argEnd: await at('arg_end'),
     envStart: await at('env_start'), envEnd: await at('env_end'),
-    auxv: await readBytes(dir, 'auxv', MAX_AUXV_BYTES),
+    auxv: await readCheckedBytes(dir, 'auxv', MAX_AUXV_BYTES),
     exe,
   }
   dir.finish()

@@ -7,8 +7,9 @@ import { asTid } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { native } from '../native'
-import { bytes, DIR_PERM, PUBLIC, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
-import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readBytes, readValue, text, uint32 } from './fields'
+import { checkedBytes } from '../tree/checked'
+import { DIR_PERM, PUBLIC, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
+import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readCheckedBytes, readValue, text, uint32 } from './fields'
 import { inject, succeeded, SYS } from './inject'
 import { loadSiginfo } from './process'
 import { readProcText, StatusFields } from './procfs'
@@ -84,15 +85,15 @@ const altstackFlags = hexNumber(0xffffffff)
 // sets in status); registers, addresses and siginfo are private, as /proc keeps them.
 const threadEntries: TableEntry<ThreadState>[] = [
   field('comm', commText, (t) => t.comm, PUBLIC),
-  bytes('regs', (t) => t.regs),
-  bytes('xstate', (t) => t.xstate),
+  ...checkedBytes('regs', (t: ThreadState) => t.regs),
+  ...checkedBytes('xstate', (t: ThreadState) => t.xstate),
   field('ip', hexU64, (t) => reg(t.regs, REG.rip)),
   field('sp', hexU64, (t) => reg(t.regs, REG.rsp)),
   field('fs_base', hexU64, (t) => t.fsBase),
   field('gs_base', hexU64, (t) => t.gsBase),
   field('sigmask', hexU64, (t) => t.sigmask, PUBLIC),
   field('pending', hexU64, (t) => t.pendingMask, PUBLIC),
-  bytes('pending_siginfo', (t) => t.pendingSiginfo),
+  ...checkedBytes('pending_siginfo', (t: ThreadState) => t.pendingSiginfo),
   field('syscall_nr', int32, (t) => t.syscall.nr),
   field('syscall_result', decimalS64, (t) => t.syscall.result),
   field('rseq_pointer', hexU64, (t) => t.rseq.pointer),
@@ -150,7 +151,7 @@ export async function loadThreads(dir: SavedDir): Promise<ThreadState[]> {
 }
 
 async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
-  const regs = await readBytes(dir, 'regs', USER_REGS_SIZE)
+  const regs = await readCheckedBytes(dir, 'regs', USER_REGS_SIZE)
   if (regs.length !== USER_REGS_SIZE) throw dir.fail('regs', `${regs.length} bytes, struct user_regs_struct has ${USER_REGS_SIZE}`)
   if ((reg(regs, REG.cs) & 3n) !== 3n) throw dir.fail('regs', `cs 0x${reg(regs, REG.cs).toString(16)} is not a user-mode segment`)
   const derived = fromRegs(regs)
@@ -164,7 +165,7 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
   agree('syscall_nr', derived.syscall.nr, readValue(dir, 'syscall_nr', int32))
   agree('syscall_result', derived.syscall.result, readValue(dir, 'syscall_result', decimalS64))
 
-  const xstate = await readBytes(dir, 'xstate', XSTATE_MAX)
+  const xstate = await readCheckedBytes(dir, 'xstate', XSTATE_MAX)
   if (xstate.length < XSTATE_MIN) throw dir.fail('xstate', `${xstate.length} bytes, an xsave area has at least ${XSTATE_MIN}`)
   const features = xstate.readBigUInt64LE(XSAVE_FEATURES_AT)
   const present = xstate.readBigUInt64LE(XSAVE_HEADER_AT)
