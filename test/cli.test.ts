@@ -207,6 +207,12 @@ t.test('two done writes to one restore/NAME: the restored PID stays in status', 
   t.not(late.status, 0, 'a later done is refused too')
   t.equal(fs.readFileSync(path.join(area, 'status'), 'utf8'), `restored ${target.pid}\n`, 'and changes nothing')
   t.ok(exists(target.pid), 'the restored process runs')
+  // Once the restored process has ended, the same saved tree may be restored again.
+  process.kill(target.pid, 'SIGKILL')
+  for (let i = 0; i < 200 && exists(target.pid); i++) await new Promise((r) => setTimeout(r, 50))
+  const again = spawnSync('bash', ['-c', `echo 1 > ${area}/done`], { encoding: 'utf8' })
+  t.equal(again.status, 0, `after that process ended, a new done restores again (${again.stderr.trim()})`)
+  t.equal(fs.readFileSync(path.join(area, 'status'), 'utf8'), `restored ${target.pid}\n`, 'status names the new restore')
 })
 
 t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and without a mount', async (t) => {

@@ -10,6 +10,7 @@
 // of done and status that cp writes are accepted and dropped.
 // While restore/NAME is being restored, its tree cannot be changed (EBUSY).
 
+import * as fs from 'fs'
 import { asCommandError, CkptError, messageOf } from '../errors'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { AreaDir, AreaTree, type AreaEntry, type AreaFile } from './areatree'
@@ -17,6 +18,16 @@ import type { RestoreOptions } from './engine'
 import { restoreSaved } from './index'
 
 const VIRTUAL = new Set(['done', 'status'])
+
+/** Whether process `pid` exists and has not exited (a zombie has). */
+function running(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2))
+  } catch {
+    return false
+  }
+}
 
 export class RestoreArea {
   private readonly tree: AreaTree
@@ -39,14 +50,15 @@ export class RestoreArea {
   }
 
   /**
-   * Restores restore/NAME; returns the new PID. Once restored, NAME stays restored: a second
-   * `done` (two writers at once, or a late retry) is refused and leaves `status` showing the
-   * PID. After an error, a new try is allowed (the cause, such as a taken PID, may be gone).
+   * Restores restore/NAME; returns the new PID. While the process restored from NAME runs, a
+   * second `done` (two writers at once, or a late retry) is refused and leaves `status`
+   * showing its PID. Once that process has ended, or after an error, NAME may be restored again.
    */
   async restore(name: string, options: RestoreOptions = {}): Promise<number> {
     const state = this.states.get(name)
     if (state === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
-    if (state?.startsWith('restored ')) throw new CkptError(`restore/${name}: ${state} already`, 'EBUSY')
+    const restored = /^restored ([0-9]+)$/.exec(state ?? '')
+    if (restored && running(Number(restored[1]))) throw new CkptError(`restore/${name}: ${state} already, and that process still runs`, 'EBUSY')
     const dir = this.tree.root.entries.get(name)
     if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
