@@ -224,7 +224,7 @@ t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and witho
   const image = path.join(target.dir, 'saved.image')
   execFileSync('tar', ['-C', mnt, '-cf', tarFile, path.basename(dir)])
   execFileSync('tar', ['-C', mnt, '--format=posix', '-czf', paxFile, path.basename(dir)])
-  fs.copyFileSync(path.join(dir, 'image'), image)
+  fs.copyFileSync(`${dir}.image`, image)
   fs.writeFileSync(path.join(dir, 'done'), 'kill')
   await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
 
