@@ -12,6 +12,7 @@ import { captureFileTable } from './fdtable'
 import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
 import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, asTid } from './model'
+import { lifeState, waitUntil } from './lifecycle'
 import { native } from './native'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
@@ -21,6 +22,9 @@ import { taskDir } from './task/tree'
 import { attr, commandFile, lineFile, stream, tableDir, type ContentCache, type DirNode, type TableEntry } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
+
+/** How long `kill` waits for the killed task's threads to die. */
+const KILL_WAIT_MS = 10_000
 
 export class Checkpoint {
   private state: CheckpointState = 'frozen'
@@ -81,7 +85,11 @@ export class Checkpoint {
     return checkpoint
   }
 
-  /** Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. */
+  /**
+   * Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. A kill
+   * returns once every thread is dead (gone, or a zombie only its parent can reap), so a
+   * script may restore right after it.
+   */
   end(action: 'resume' | 'kill'): Promise<void> {
     this.ending ??= (async () => {
       const wasFrozen = this.state === 'frozen' && this.failure === undefined
@@ -89,11 +97,30 @@ export class Checkpoint {
       if (action === 'kill') {
         if (wasFrozen) await native.thaw(this.pid, true)
         else if (this.mode === 'copy') safeKill(this.pid)
+        await this.awaitDeath()
       } else if (wasFrozen) {
         await native.thaw(this.pid, false)
       }
     })()
     return this.ending
+  }
+
+  private async awaitDeath(): Promise<void> {
+    const ids = [this.pid, ...this.task.tids]
+    const dead = await waitUntil(() => ids.every((id) => lifeState(id) !== 'alive'), { limitMs: KILL_WAIT_MS })
+    if (!dead) throw new CkptError(`process ${this.pid} was sent SIGKILL but is still alive after ${KILL_WAIT_MS / 1000} s`, 'EBUSY')
+  }
+
+  /**
+   * Why a plain `kill` must be refused: the reasons this checkpoint cannot be restored, while
+   * the process still lives (killing it would lose it). Empty when a kill loses nothing.
+   */
+  async killRefusal(): Promise<string | undefined> {
+    if (lifeState(this.pid) !== 'alive' || this.failure !== undefined) return undefined
+    const problems = await this.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
+    if (problems.length === 0) return undefined
+    const more = problems.length > 1 ? ` (and ${problems.length - 1} more in ${this.name}/problems)` : ''
+    return `${this.name} cannot be restored (${problems[0].where}: ${problems[0].why}${more}), so a plain kill would lose process ${this.pid}: write "kill!" to done to kill it anyway, or "resume" to let it run`
   }
 
   /** One line: frozen | running | error: WHY (SPEC "The tree"). */
@@ -124,7 +151,8 @@ export class Checkpoint {
   directory(cache: ContentCache, onDone: (data: string) => Promise<void>): DirNode {
     const scope = { key: `c${this.id}`, cache }
     const entries: TableEntry<Checkpoint>[] = [
-      // done: "kill" kills the task; anything else resumes it.
+      // done: "kill" kills the task (refused while `problems` is not empty), "kill!" kills it
+      // whatever the problems; anything else resumes it.
       { name: 'done', make: () => commandFile(onDone) },
       { name: 'status', make: (c) => lineFile(() => c.status()) },
       stream('image', (c) => c.image()),

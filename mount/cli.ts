@@ -6,6 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
 import { CkptError, messageOf } from '../lib/errors'
+import { ancestryOf } from '../lib/lifecycle'
 import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
 import { showCheckpoint } from '../lib/show'
@@ -15,7 +16,7 @@ import { forceUnmount, restoreBackingOf, Server } from './server'
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
-  ckptfs checkpoint PID [--mount MNT] [--copy]
+  ckptfs checkpoint PID [--mount MNT] [--copy] [--inspect]
   ckptfs restore PATH [--mount MNT]
   ckptfs check PID
   ckptfs show PATH
@@ -202,19 +203,34 @@ async function umount(parsed: Parsed): Promise<void> {
   }
 }
 
+/**
+ * Opens a checkpoint and prints its path. One that cannot be restored is still opened (and
+ * printed, for inspection) but fails with its reasons, unless --inspect says that is expected.
+ */
 async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
+  const copy = parsed.flags.has('copy')
+  if (!copy && ancestryOf(process.pid).includes(pid)) {
+    throw new CkptError(`process ${pid} is an ancestor of this command (its shell?): freezing it would freeze this terminal for good; use --copy to inspect it`)
+  }
   const mnt = chooseMount(parsed.flags.get('mount'))
-  const request = parsed.flags.has('copy') ? `${pid} copy\n` : `${pid}\n`
+  // Always asked as an inspection: the problems are read and judged here, so the user sees them.
+  const request = `${pid}${copy ? ' copy' : ''} inspect\n`
   try {
     fs.writeFileSync(path.join(mnt, 'checkpoint'), request)
   } catch (err) {
     const why = readOrUndefined(path.join(mnt, 'by-pid', String(pid)))
     throw new CkptError(why?.startsWith('error: ') ? why.slice(7) : `checkpoint of ${pid}: ${messageOf(err)}`)
   }
-  const name = fs.readFileSync(path.join(mnt, 'by-pid', String(pid)), 'utf8').trim()
-  process.stdout.write(path.join(mnt, name) + '\n')
+  const dir = path.join(mnt, fs.readFileSync(path.join(mnt, 'by-pid', String(pid)), 'utf8').trim())
+  process.stdout.write(dir + '\n')
+  if (parsed.flags.has('inspect')) return
+  const problems = (readOrUndefined(path.join(dir, 'problems')) ?? '').split('\n').filter(Boolean)
+  if (problems.length === 0) return
+  const more = problems.length > 1 ? ` (and ${problems.length - 1} more in ${dir}/problems)` : ''
+  const release = copy ? `end it with "echo resume > ${dir}/done"` : `it stays frozen for inspection: release it with "echo resume > ${dir}/done"`
+  throw new CkptError(`process ${pid} cannot be restored from this checkpoint: ${problems[0]}${more}; ${release} (--inspect: such a checkpoint is expected)`)
 }
 
 async function restore(parsed: Parsed): Promise<void> {
@@ -250,7 +266,7 @@ async function restore(parsed: Parsed): Promise<void> {
   }
   try {
     try {
-      fs.writeFileSync(path.join(dir, 'done'), '1\n')
+      await startRestore(dir)
     } catch (err) {
       const status = readOrUndefined(path.join(dir, 'status'))
       throw new CkptError(status?.startsWith('error: ') ? status.slice(7) : `restore of ${source}: ${messageOf(err)}`)
@@ -263,6 +279,28 @@ async function restore(parsed: Parsed): Promise<void> {
     // A copy made here has given its answer (printed above); kept, it would hold the
     // server's memory or disk until the unmount.
     if (dir !== source) fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * Writes `1` to restore/NAME/done; while the server works on it, passes on what the restore
+ * waits for (`status` reads "restoring: WHAT") to stderr, once, so the user knows why.
+ */
+async function startRestore(dir: string): Promise<void> {
+  let told = false
+  const watch = setInterval(() => {
+    fs.promises.readFile(path.join(dir, 'status'), 'utf8').then((status) => {
+      const wait = /^restoring: (.+)$/.exec(status.trim())
+      if (wait && !told) {
+        told = true
+        process.stderr.write(`ckptfs restore: ${wait[1]}\n`)
+      }
+    }, () => undefined)
+  }, 250)
+  try {
+    await fs.promises.writeFile(path.join(dir, 'done'), '1\n')
+  } finally {
+    clearInterval(watch)
   }
 }
 
@@ -308,7 +346,7 @@ function readOrUndefined(file: string): string | undefined {
 const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: string[]; plain: string[] }> = {
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
-  checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy'] },
+  checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy', 'inspect'] },
   restore: { run: restore, valued: ['mount'], plain: [] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },

@@ -7,15 +7,15 @@ import { CkptError } from '../errors'
 import { DiskDir, type StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
-import { restoreProcess } from './engine'
+import { restoreProcess, type RestoreNote } from './engine'
 import { loadSaved } from './load'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
-export async function restoreSaved(root: StoredDir, name: string): Promise<number> {
+export async function restoreSaved(root: StoredDir, name: string, note?: RestoreNote): Promise<number> {
   const timer = new PhaseTimer('restore')
   const saved = await loadSaved(root, name)
   timer.mark('load and validate')
-  return restoreProcess(saved, timer)
+  return restoreProcess(saved, timer, note)
 }
 
 /** Restores from a saved tree directory, a directory holding only `image`, or an image file. */
