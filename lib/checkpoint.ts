@@ -140,11 +140,16 @@ export class Checkpoint {
     return this.state === 'ended' ? 'ended' : this.state
   }
 
-  /** What would prevent a restore, one per resource. Needs the file table and process state, never memory contents. */
+  /**
+   * What would prevent a restore, one per resource. Needs the file table and process state,
+   * never memory contents nor the threads' state: capturing that injects calls into every
+   * thread, which a checkpoint that only asks whether it could be restored must not do.
+   */
   async problems(): Promise<Problem[]> {
-    const [table, proc, threads, vmas] = await Promise.all([this.task.fileTable(), this.task.process(), this.task.threads(), this.task.vmas()])
+    const [table, proc, vmas] = await Promise.all([this.task.fileTable(), this.task.process(), this.task.vmas()])
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
-    return [...fileProblems, ...processProblems(proc, threads, vmas)]
+    const liveTids = this.task.tids.filter((tid) => threadAlive(this.pid, tid))
+    return [...fileProblems, ...processProblems(proc, liveTids, vmas)]
   }
 
   /** The checkpoint-N directory. */
@@ -192,6 +197,17 @@ function explainFreezeError(err: unknown): string {
 function isAlive(pid: Pid): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    return state !== 'Z' && state !== 'X'
+  } catch {
+    return false
+  }
+}
+
+/** Whether thread `tid` of `pid` has not exited (a leader that exited shows as a zombie). */
+function threadAlive(pid: Pid, tid: Tid): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
     return state !== 'Z' && state !== 'X'
   } catch {

@@ -30,7 +30,7 @@ export async function loadTask(root: StoredDir, taskDirName: string): Promise<Lo
   dir.dir('fds')
   dir.finish()
 
-  const [problem] = processProblems(process, threads, vmas)
+  const [problem] = processProblems(process, threads.map((t) => t.tid), vmas)
   if (problem) throw new CkptError(`${problem.where}: ${problem.why}`, 'EINVAL')
   return { process, threads, vmas }
 }
