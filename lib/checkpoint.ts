@@ -16,6 +16,7 @@ import { lifeState, waitUntil } from './lifecycle'
 import { native } from './native'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
+import { readProcText, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
@@ -141,15 +142,25 @@ export class Checkpoint {
   }
 
   /**
-   * What would prevent a restore, one per resource. Needs the file table and process state,
-   * never memory contents nor the threads' state: capturing that injects calls into every
-   * thread, which a checkpoint that only asks whether it could be restored must not do.
+   * What would prevent a restore, one per resource. Needs the file table, the memory map and
+   * /proc, never memory contents nor a capture that injects system calls (process and thread
+   * state): every checkpoint asks this at once, and an injection leaves its marks (a thread
+   * blocked in a call is seen elsewhere, a single-step trap kills the task if the server dies).
    */
   async problems(): Promise<Problem[]> {
-    const [table, proc, vmas] = await Promise.all([this.task.fileTable(), this.task.process(), this.task.vmas()])
+    const [table, vmas, state] = await Promise.all([this.task.fileTable(), this.task.vmas(), this.processFacts()])
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
-    const liveTids = this.task.tids.filter((tid) => threadAlive(this.pid, tid))
-    return [...fileProblems, ...processProblems(proc, liveTids, vmas)]
+    return [...fileProblems, ...processProblems({ pid: this.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)]
+  }
+
+  /** Seccomp mode and live threads: as captured in copy mode (the task runs on), else from /proc. */
+  private async processFacts(): Promise<{ seccompMode: number; liveTids: number[] }> {
+    if (this.mode === 'copy') {
+      const [proc, threads] = await Promise.all([this.task.process(), this.task.threads()])
+      return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
+    }
+    const status = new StatusFields(await readProcText(this.pid, 'status'))
+    return { seccompMode: status.number('Seccomp'), liveTids: this.task.tids.filter((tid) => threadAlive(this.pid, tid)) }
   }
 
   /** The checkpoint-N directory. */

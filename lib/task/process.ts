@@ -157,7 +157,7 @@ const timespec = (buf: Buffer, index: number): bigint => word(buf, index) * 1_00
 
 /** Everything about the task that a restore cannot bring back, one problem each, named by its place in the tree. */
 /** `liveTids`: the threads that have not exited (the captured ones, or those /proc shows). */
-export function processProblems(p: ProcessState, liveTids: readonly number[], vmas: Vma[]): Problem[] {
+export function processProblems(p: Pick<ProcessState, 'pid' | 'seccompMode'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
   const task = `task-${p.pid}`
   const problems: Problem[] = []
   if (!liveTids.includes(Number(p.pid))) {
