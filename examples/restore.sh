@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Restores a process saved by backup.sh (a tar of a checkpoint tree), or a saved tree
-# directory, or an image file. Prints the restored PID.
+# directory, or an image file. Prints the restored PID. Never removes what it is given (a
+# tar is unpacked into a temporary directory, which is removed).
 #   examples/restore.sh SAVED.tar|SAVED_DIR|IMAGE
+# Uses the mount CKPTFS_MOUNT if set, or mounts one in a temporary directory for the duration.
 set -euo pipefail
 saved=${1:?usage: restore.sh SAVED.tar|SAVED_DIR|IMAGE}
 ckptfs=${CKPTFS:-ckptfs}
 work=$(mktemp -d)
+mnt=${CKPTFS_MOUNT:-}
 own_mount=
-mnt=$(awk '$3 == "fuse.ckptfs" {print $2}' /proc/mounts | head -n1)
 if [ -z "$mnt" ]; then
   mnt=$work/mnt
   "$ckptfs" mount "$mnt"
   own_mount=1
 fi
-cleanup() { [ -n "$own_mount" ] && "$ckptfs" umount "$mnt"; rm -rf "$work"; }
+cleanup() { if [ -n "$own_mount" ]; then "$ckptfs" umount "$mnt"; fi; rm -rf "$work"; }
 trap cleanup EXIT
 
 case "$saved" in

@@ -13,15 +13,20 @@ import { captureFileTable } from './fdtable'
 import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
 import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, asTid } from './model'
+import { lifeState, waitUntil } from './lifecycle'
 import { native } from './native'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
+import { readProcText, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
 import { attr, bytes, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
+
+/** How long `kill` waits for the killed task's threads to die. */
+const KILL_WAIT_MS = 10_000
 
 export class Checkpoint {
   private state: CheckpointState = 'frozen'
@@ -93,7 +98,11 @@ export class Checkpoint {
     return checkpoint
   }
 
-  /** Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. */
+  /**
+   * Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. A kill
+   * returns once every thread is dead (gone, or a zombie only its parent can reap), so a
+   * script may restore right after it.
+   */
   end(action: 'resume' | 'kill'): Promise<void> {
     this.ending ??= (async () => {
       const wasFrozen = this.state === 'frozen' && this.failure === undefined
@@ -101,11 +110,30 @@ export class Checkpoint {
       if (action === 'kill') {
         if (wasFrozen) await native.thaw(this.pid, true)
         else if (this.mode === 'copy') safeKill(this.pid)
+        await this.awaitDeath()
       } else if (wasFrozen) {
         await native.thaw(this.pid, false)
       }
     })()
     return this.ending
+  }
+
+  private async awaitDeath(): Promise<void> {
+    const ids = [this.pid, ...this.task.tids]
+    const dead = await waitUntil(() => ids.every((id) => lifeState(id) !== 'alive'), { limitMs: KILL_WAIT_MS })
+    if (!dead) throw new CkptError(`process ${this.pid} was sent SIGKILL but is still alive after ${KILL_WAIT_MS / 1000} s`, 'EBUSY')
+  }
+
+  /**
+   * Why a plain `kill` must be refused: the reasons this checkpoint cannot be restored, while
+   * the process still lives (killing it would lose it). Empty when a kill loses nothing.
+   */
+  async killRefusal(): Promise<string | undefined> {
+    if (lifeState(this.pid) !== 'alive' || this.failure !== undefined) return undefined
+    const problems = await this.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
+    if (problems.length === 0) return undefined
+    const more = problems.length > 1 ? ` (and ${problems.length - 1} more in ${this.name}/problems)` : ''
+    return `${this.name} cannot be restored (${problems[0].where}: ${problems[0].why}${more}), so a plain kill would lose process ${this.pid}: write "kill!" to done to kill it anyway, or "resume" to let it run`
   }
 
   /** One line: frozen | running | error: WHY (SPEC "The tree"). */
@@ -125,11 +153,26 @@ export class Checkpoint {
     return this.state === 'ended' ? 'ended' : this.state
   }
 
-  /** What would prevent a restore, one per resource. Needs the file table and process state, never memory contents. */
+  /**
+   * What would prevent a restore, one per resource. Needs the file table, the memory map and
+   * /proc, never memory contents nor a capture that injects system calls (process and thread
+   * state): every checkpoint asks this at once, and an injection leaves its marks (a thread
+   * blocked in a call is seen elsewhere, a single-step trap kills the task if the server dies).
+   */
   async problems(): Promise<Problem[]> {
-    const [table, proc, threads, vmas] = await Promise.all([this.task.fileTable(), this.task.process(), this.task.threads(), this.task.vmas()])
+    const [table, vmas, state] = await Promise.all([this.task.fileTable(), this.task.vmas(), this.processFacts()])
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
-    return [...fileProblems, ...processProblems(proc, threads, vmas)]
+    return [...fileProblems, ...processProblems({ pid: this.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)]
+  }
+
+  /** Seccomp mode and live threads: as captured in copy mode (the task runs on), else from /proc. */
+  private async processFacts(): Promise<{ seccompMode: number; liveTids: number[] }> {
+    if (this.mode === 'copy') {
+      const [proc, threads] = await Promise.all([this.task.process(), this.task.threads()])
+      return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
+    }
+    const status = new StatusFields(await readProcText(this.pid, 'status'))
+    return { seccompMode: status.number('Seccomp'), liveTids: this.task.tids.filter((tid) => threadAlive(this.pid, tid)) }
   }
 
   /**
@@ -145,7 +188,8 @@ export class Checkpoint {
   directory(cache: ContentCache, onDone: (data: string) => Promise<void>): DirNode {
     const scope = { key: `c${this.id}`, cache }
     const entries: TableEntry<Checkpoint>[] = [
-      // done: "kill" kills the task; anything else resumes it. Writable by the owner only (the
+      // done: "kill" kills the task (refused while `problems` is not empty), "kill!" kills it
+      // whatever the problems; anything else resumes it. Writable by the owner only (the
       // mount's owner writes it anyway), and empty, so a copy of it never does anything.
       { name: 'done', make: () => ({ ...commandFile(onDone), perm: 0o600 }) },
       // Private: a failure may name the task's files.
@@ -222,6 +266,17 @@ function commandOf(pid: number): string {
 function isAlive(pid: Pid): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    return state !== 'Z' && state !== 'X'
+  } catch {
+    return false
+  }
+}
+
+/** Whether thread `tid` of `pid` has not exited (a leader that exited shows as a zombie). */
+function threadAlive(pid: Pid, tid: Tid): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
     return state !== 'Z' && state !== 'X'
   } catch {

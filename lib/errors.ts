@@ -11,6 +11,7 @@ export class CkptError extends Error {
 export type ErrnoName =
   | 'EIO' | 'ENOENT' | 'EACCES' | 'EROFS' | 'EINVAL' | 'ESRCH' | 'EPERM' | 'EEXIST'
   | 'EBUSY' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'ENOSPC' | 'ENOTSUP' | 'ECANCELED' | 'ENOTCONN'
+  | 'EDEADLK' | 'ENOTRECOVERABLE'
 
 /** The message of any thrown value, for one-line reports. */
 export function messageOf(err: unknown): string {

@@ -5,13 +5,15 @@
 //   checkpoint-N/   one per open checkpoint
 //   checkpoint-N.image  the same checkpoint as one file, beside its tree
 //   restore/        write a saved tree here to restore it
-//   checkpoint      write "PID" (lazy) or "PID copy" to open a checkpoint of PID
+//   checkpoint      write "PID" (lazy) or "PID copy" to open a checkpoint of PID; add
+//                   " inspect" when a checkpoint that cannot be restored is expected
 //   by-pid/PID      "checkpoint-N" of PID's newest checkpoint, or "error: WHY" of the last try
 
 import { EventEmitter } from 'events'
 import { NodeCache } from './cache'
 import { Checkpoint } from './checkpoint'
-import { asCommandError, CkptError } from './errors'
+import { asCommandError, CkptError, messageOf } from './errors'
+import { descendantsOf, holds } from './lifecycle'
 import { asPid, type CheckpointMode } from './model'
 import { RestoreArea } from './restore/area'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from './tree/node'
@@ -29,6 +31,11 @@ export class Session extends EventEmitter<SessionEvents> {
   /** The request being handled for each PID (settled: never rejects). */
   private readonly opening = new Map<number, Promise<void>>()
   private nextId = 1
+  /**
+   * The `checkpoint` control file's path as /proc/PID/fd shows it (set by the server): whoever
+   * holds it open is the one asking, and must not be frozen by its own request.
+   */
+  controlFilePath: string | undefined
 
   constructor(cacheBytes: number, restoreBacking: string) {
     super()
@@ -39,11 +46,13 @@ export class Session extends EventEmitter<SessionEvents> {
   /**
    * Opens a checkpoint of `pid`; returns its directory name. Requests for one PID run one
    * after the other, so a second request sees the first one's checkpoint and is refused
-   * with its name, instead of racing it to ptrace the task.
+   * with its name, instead of racing it to ptrace the task. Unless `inspect`, one that could
+   * not be restored fails (ENOTRECOVERABLE) but stays open, frozen as any checkpoint, for
+   * inspection: by-pid/PID names it and its `problems` say why.
    */
-  async checkpoint(pid: number, mode: CheckpointMode): Promise<string> {
+  async checkpoint(pid: number, mode: CheckpointMode, inspect = false): Promise<string> {
     const before = this.opening.get(pid) ?? Promise.resolve()
-    const attempt = before.then(() => this.openCheckpoint(pid, mode))
+    const attempt = before.then(() => this.openCheckpoint(pid, mode, inspect))
     const settled = attempt.then(() => undefined, () => undefined)
     this.opening.set(pid, settled)
     void settled.then(() => {
@@ -52,18 +61,40 @@ export class Session extends EventEmitter<SessionEvents> {
     return attempt
   }
 
-  private async openCheckpoint(pid: number, mode: CheckpointMode): Promise<string> {
+  private async openCheckpoint(pid: number, mode: CheckpointMode, inspect: boolean): Promise<string> {
     const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
     if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
+    if (mode === 'lazy') this.refuseCallerAncestor(pid)
     const id = this.nextId++
+    let checkpoint: Checkpoint
     try {
-      const checkpoint = await Checkpoint.open(id, asPid(pid), mode)
-      this.checkpoints.set(id, checkpoint)
-      this.lastByPid.set(pid, checkpoint.name)
-      return checkpoint.name
+      checkpoint = await Checkpoint.open(id, asPid(pid), mode)
     } catch (err) {
       throw this.remember(pid, asCommandError(err))
     }
+    this.checkpoints.set(id, checkpoint)
+    this.lastByPid.set(pid, checkpoint.name)
+    if (!inspect) {
+      const problems = await checkpoint.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
+      if (problems.length > 0) {
+        const more = problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''
+        throw new CkptError(`process ${pid} cannot be restored: ${problems[0].where}: ${problems[0].why}${more}; ${checkpoint.name} stays open for inspection`, 'ENOTRECOVERABLE')
+      }
+    }
+    return checkpoint.name
+  }
+
+  /**
+   * A lazy checkpoint freezes PID and its descendants until `done`: if the one asking is among
+   * them (its shell, or any ancestor of the command), nothing could ever write `done`.
+   */
+  private refuseCallerAncestor(pid: number): void {
+    const file = this.controlFilePath
+    if (file === undefined) return
+    const caller = [pid, ...descendantsOf(pid)].find((p) => p !== process.pid && holds(p, file))
+    if (caller === undefined) return
+    const who = caller === pid ? 'the process asking for it' : `an ancestor of the process asking for it (pid ${caller})`
+    throw this.remember(pid, new CkptError(`process ${pid} is ${who}: freezing it would freeze the caller for good; use --copy (write "${pid} copy") to inspect it`, 'EDEADLK'))
   }
 
   /**
@@ -82,15 +113,26 @@ export class Session extends EventEmitter<SessionEvents> {
     return match && this.checkpoints.has(Number(match[1])) ? match[0] : undefined
   }
 
-  /** Handles a write to checkpoint-N/done. */
+  /**
+   * Handles a write to checkpoint-N/done. `kill` of a checkpoint that could not be restored is
+   * refused (EPERM, the checkpoint stays open) unless written as `kill!`.
+   */
   async done(id: number, text: string): Promise<void> {
-    const checkpoint = this.checkpoints.get(id)
+    let checkpoint = this.checkpoints.get(id)
     if (!checkpoint) throw new CkptError(`checkpoint-${id} has ended`, 'ENOENT')
+    const kill = text === 'kill' || text === 'kill!'
+    if (text === 'kill') {
+      const refusal = await checkpoint.killRefusal()
+      if (refusal) throw new CkptError(refusal, 'EPERM')
+      // Another write of done may have ended it meanwhile.
+      checkpoint = this.checkpoints.get(id)
+      if (!checkpoint) throw new CkptError(`checkpoint-${id} has ended`, 'ENOENT')
+    }
     this.checkpoints.delete(id)
     this.cache.dropPrefix(`c${id}/`)
     this.emit('removed', `/${checkpoint.name}`)
     this.emit('removed', `/${checkpoint.name}.image`)
-    await checkpoint.end(text === 'kill' ? 'kill' : 'resume').catch((err: unknown) => {
+    await checkpoint.end(kill ? 'kill' : 'resume').catch((err: unknown) => {
       throw asCommandError(err)
     })
   }
@@ -134,7 +176,7 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   /**
-   * `checkpoint`: "PID" or "PID copy" opens a checkpoint; a failed one fails the write. Each
+   * `checkpoint`: "PID [copy] [inspect]" opens a checkpoint; a failed one fails the write. Each
    * open of the file gets its own node (paths outside checkpoint-N are looked up afresh), so
    * reading the same open file after the write returns the answer to that request alone:
    * "checkpoint-N" or "error: WHY", whatever other requests ran meanwhile.
@@ -142,10 +184,10 @@ export class Session extends EventEmitter<SessionEvents> {
   private controlFile(): FileNode {
     let answer = Buffer.alloc(0)
     const command = commandFile(async (text) => {
-      const match = /^([0-9]+)(?:\s+(lazy|copy))?$/.exec(text)
+      const match = /^([0-9]+)(?:\s+(lazy|copy))?(\s+inspect)?$/.exec(text)
       try {
-        if (!match) throw new CkptError(`checkpoint: expected "PID" or "PID copy", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
-        answer = Buffer.from(`${await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy')}\n`)
+        if (!match) throw new CkptError(`checkpoint: expected "PID", "PID copy" or either followed by " inspect", got ${JSON.stringify(text.slice(0, 40))}`, 'EINVAL')
+        answer = Buffer.from(`${await this.checkpoint(Number(match[1]), (match[2] as CheckpointMode | undefined) ?? 'lazy', match[3] !== undefined)}\n`)
       } catch (err) {
         const refused = asCommandError(err)
         answer = Buffer.from(`error: ${refused.message}\n`)

@@ -6,6 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
 import { CkptError, errnoOf, messageOf } from '../lib/errors'
+import { ancestryOf } from '../lib/lifecycle'
 import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
 import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
@@ -20,7 +21,7 @@ export { ckptfsMounts }
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
-  ckptfs checkpoint PID [--mount MNT] [--copy]
+  ckptfs checkpoint PID [--mount MNT] [--copy] [--inspect]
   ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced]
   ckptfs check PID
   ckptfs show PATH
@@ -37,7 +38,9 @@ background unless --foreground. BYTES may end in k, m or g (default 256m).`,
   umount: 'Resumes every task the server of MNT still holds frozen, unmounts, and ends the server.',
   checkpoint: `Checkpoints process PID and its threads; prints the path of the new checkpoint-N directory.
 The task stays frozen until \`echo 1 > MNT/checkpoint-N/done\` (or kill); --copy captures it
-all now and lets it run on at once.`,
+all now and lets it run on at once. A checkpoint that could not be restored (its problems file
+is not empty) is still made, but the command fails and names the reason, unless --inspect says
+such a checkpoint is expected; a lazy checkpoint of this command's own ancestor is refused.`,
   restore: `Restores from PATH: a saved checkpoint-N tree, a directory holding only its image, an image
 file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Prints the PID.
 Through the mount (--mount, or your only mount); with no mount of yours, or --no-mount, this
@@ -221,15 +224,25 @@ async function umount(parsed: Parsed): Promise<void> {
   removeLeftovers(record)
 }
 
+/**
+ * Opens a checkpoint and prints its path. One that cannot be restored is still opened (and
+ * printed, for inspection) but fails with its reasons, unless --inspect says that is expected.
+ */
 async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
+  const copy = parsed.flags.has('copy')
+  if (!copy && ancestryOf(process.pid).includes(pid)) {
+    throw new CkptError(`process ${pid} is an ancestor of this command (its shell?): freezing it would freeze this terminal for good; use --copy to inspect it`)
+  }
   const mnt = chooseMount(mountFlag(parsed))
-  const request = parsed.flags.has('copy') ? `${pid} copy\n` : `${pid}\n`
+  // Always asked as an inspection: the problems are read and judged here, so the user sees them.
+  const request = `${pid}${copy ? ' copy' : ''} inspect\n`
   // The answer is read back from the same open file: it is this request's own, whatever
   // other requests for PID run at the same time (by-pid/PID shows only the newest).
   const control = path.join(mnt, 'checkpoint')
   const fd = throughMount(mnt, () => fs.openSync(control, 'r+'))
+  let dir: string
   try {
     let failure: unknown
     try {
@@ -241,10 +254,17 @@ async function checkpoint(parsed: Parsed): Promise<void> {
     if (failure !== undefined || !answer.startsWith('checkpoint-')) {
       throw new CkptError(answer.startsWith('error: ') ? answer.slice(7) : `checkpoint of ${pid}: ${messageOf(failure ?? answer)}`)
     }
-    process.stdout.write(path.join(mnt, answer) + '\n')
+    dir = path.join(mnt, answer)
+    process.stdout.write(dir + '\n')
   } finally {
     fs.closeSync(fd)
   }
+  if (parsed.flags.has('inspect')) return
+  const problems = (readOrUndefined(path.join(dir, 'problems')) ?? '').split('\n').filter(Boolean)
+  if (problems.length === 0) return
+  const more = problems.length > 1 ? ` (and ${problems.length - 1} more in ${dir}/problems)` : ''
+  const release = copy ? `end it with "echo resume > ${dir}/done"` : `it stays frozen for inspection: release it with "echo resume > ${dir}/done"`
+  throw new CkptError(`process ${pid} cannot be restored from this checkpoint: ${problems[0]}${more}; ${release} (--inspect: such a checkpoint is expected)`)
 }
 
 /** The one-line answer a control file holds for the request written through `fd`. */
@@ -317,7 +337,9 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
   }
   try {
     try {
-      throughMount(mnt, () => fs.writeFileSync(path.join(dir, 'done'), allowReplaced ? 'allow-replaced\n' : '1\n'))
+      await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
+        throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
+      })
     } catch (err) {
       if (errnoOf(err) === 'ENOTCONN') throw err
       const status = readOrUndefined(path.join(dir, 'status'))
@@ -331,6 +353,28 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
     // A copy made here has given its answer (printed above); kept, it would hold the
     // server's memory or disk until the unmount.
     if (input) fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * Writes `1` to restore/NAME/done; while the server works on it, passes on what the restore
+ * waits for (`status` reads "restoring: WHAT") to stderr, once, so the user knows why.
+ */
+async function startRestore(dir: string, word: string): Promise<void> {
+  let told = false
+  const watch = setInterval(() => {
+    fs.promises.readFile(path.join(dir, 'status'), 'utf8').then((status) => {
+      const wait = /^restoring: (.+)$/.exec(status.trim())
+      if (wait && !told) {
+        told = true
+        process.stderr.write(`ckptfs restore: ${wait[1]}\n`)
+      }
+    }, () => undefined)
+  }, 250)
+  try {
+    await fs.promises.writeFile(path.join(dir, 'done'), word)
+  } finally {
+    clearInterval(watch)
   }
 }
 
@@ -376,7 +420,7 @@ function readOrUndefined(file: string): string | undefined {
 const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: string[]; plain: string[] }> = {
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
-  checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy'] },
+  checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy', 'inspect'] },
   restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },

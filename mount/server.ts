@@ -3,6 +3,7 @@
 
 import * as fs from 'fs'
 import * as os from 'os'
+import * as path from 'path'
 import { CkptError, errnoOf, messageOf, type ErrnoName } from '../lib/errors'
 import { makePrivateDir } from '../lib/privatedir'
 import { Session } from '../lib/session'
@@ -45,6 +46,7 @@ export class Server {
   constructor(readonly mnt: string, opts: ServerOptions) {
     this.backing = makePrivateDir(os.tmpdir(), BACKING_PREFIX)
     this.session = new Session(opts.cacheBytes, this.backing)
+    this.session.controlFilePath = path.join(realParent(mnt), path.basename(mnt), 'checkpoint')
     this.session.on('removed', (prefix) => {
       for (const key of this.nodes.keys()) if (key === prefix || key.startsWith(prefix + '/')) this.nodes.delete(key)
     })
@@ -267,8 +269,23 @@ export class Server {
   }
 }
 
+/**
+ * `mnt`'s parent with symlinks resolved, as /proc/PID/fd shows paths under the mount (the
+ * mount point itself is never resolved here: that would ask this very server, and wait).
+ */
+function realParent(mnt: string): string {
+  try {
+    return fs.realpathSync(path.dirname(path.resolve(mnt)))
+  } catch {
+    return path.dirname(path.resolve(mnt))
+  }
+}
+
+/** Linux errnos that Node's os.constants leaves out. */
+const MISSING_ERRNOS: Partial<Record<ErrnoName, number>> = { ENOTRECOVERABLE: 131 }
+
 function errno(name: ErrnoName): number {
-  return -(os.constants.errno as Record<string, number>)[name]
+  return -((os.constants.errno as Record<string, number>)[name] ?? MISSING_ERRNOS[name] ?? os.constants.errno.EIO)
 }
 
 /** Unmounts a mount whose server is gone (the kernel answers ENOTCONN there). */

@@ -223,7 +223,11 @@ t.test('a socket is not checkpointable: its tree is refused', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [small, dir, 'socket'], { dir })
   const saved = path.join(dir, 'saved')
-  await checkpointSaveKill(mnt, target.pid, saved)
+  // Expected not to be restorable: --inspect, and `kill!` (a plain kill is refused).
+  const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  execFileSync('cp', ['-a', checkpoint, saved])
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'kill!\n')
+  await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
   const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '8', 'fd'), 'utf8').trim()
   t.match(fs.readFileSync(path.join(saved, 'files', ref, 'checkpointable'), 'utf8'), /^no: socket: /)
   const before = listTree(dir)

@@ -167,7 +167,7 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
   t.ok(tids.every((tid) => threadState(pid, tid) === 't'), 'all in tracing stop')
 
   const [proc, threads, vmas] = await Promise.all([captureProcess(pid, tids), captureThreads(pid, tids), captureVmas(pid, 'lazy')])
-  t.same(processProblems(proc, threads, vmas), [], 'nothing prevents a restore')
+  t.same(processProblems(proc, threads.map((th) => th.tid), vmas), [], 'nothing prevents a restore')
 
   t.test('process', async (t) => {
     t.equal(proc.pid, pid)

@@ -13,6 +13,7 @@
 // restore never opens what the task could not have opened. A reopened file must also be the
 // saved one (check_identity). The stub's own credentials come back before it reports.
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -215,6 +216,59 @@ static void seek_to(int fd, uint64_t pos, const char *what) {
 }
 
 // Sets the status flags fcntl can change (O_APPEND, O_NONBLOCK, O_DIRECT, O_NOATIME, O_ASYNC).
+// The "ino:" line of /proc/PID/fdinfo/FD (read without touching the file's filesystem).
+static unsigned long long fdinfo_ino(const char *fdinfo) {
+  char buf[4096];
+  int fd = open(fdinfo, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *line = strstr(buf, "\nino:");
+  return line ? strtoull(line + 5, NULL, 10) : 0;
+}
+
+// Whether a process other than this one has the fifo open as `keeper` does: an fd whose link
+// names the same path and whose fdinfo names the same inode. Links and fdinfo are read from
+// /proc only, so a process holding a file of a hung filesystem cannot block this.
+static int fifo_held_elsewhere(int keeper, const char *path, const char *what) {
+  char self_link[64], self_info[64], target[4096], link[4096];
+  snprintf(self_link, sizeof self_link, "/proc/self/fd/%d", keeper);
+  snprintf(self_info, sizeof self_info, "/proc/self/fdinfo/%d", keeper);
+  ssize_t tn = readlink(self_link, target, sizeof target - 1);
+  unsigned long long ino = fdinfo_ino(self_info);
+  if (tn < 0 || ino == 0) fail("%s: fifo %s: cannot read its own fd in /proc: %s", what, path, strerror(errno));
+  target[tn] = 0;
+  DIR *procs = opendir("/proc");
+  if (!procs) fail("%s: fifo %s: opendir /proc: %s", what, path, strerror(errno));
+  pid_t self = getpid();
+  int held = 0;
+  struct dirent *p;
+  while (!held && (p = readdir(procs))) {
+    char *end;
+    long pid = strtol(p->d_name, &end, 10);
+    if (*end || pid <= 0 || pid == self) continue;
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%ld/fd", pid);
+    DIR *fds = opendir(dir);
+    if (!fds) continue;  // gone meanwhile, or a kernel thread
+    struct dirent *f;
+    while (!held && (f = readdir(fds))) {
+      if (f->d_name[0] == '.') continue;
+      char name[128], info[128];
+      snprintf(name, sizeof name, "/proc/%ld/fd/%s", pid, f->d_name);
+      ssize_t n = readlink(name, link, sizeof link - 1);
+      if (n != tn || memcmp(link, target, (size_t)n) != 0) continue;
+      snprintf(info, sizeof info, "/proc/%ld/fdinfo/%s", pid, f->d_name);
+      held = fdinfo_ino(info) == ino;
+    }
+    closedir(fds);
+  }
+  closedir(procs);
+  return held;
+}
+
 static void set_status_flags(int fd, int flags, const char *what) {
   if (fcntl(fd, F_SETFL, flags) < 0) fail("%s: F_SETFL: %s", what, strerror(errno));
 }
@@ -713,12 +767,16 @@ int main(int argc, char **argv) {
         struct identity saved = read_identity();
         uint32_t len;
         const uint8_t *data = blob("buffered", &len);
-        // A temporary read-write end: neither the open below nor the refill can block.
+        // A temporary read-write end: neither the open below nor the refill can block. Held
+        // from here on, it also keeps the fifo's buffer from vanishing while this decides.
         int keeper = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
         if (keeper < 0) fail("%s: open fifo %s: %s", what, path, strerror(errno));
         keeper = to_work(keeper, what);
         check_identity(keeper, &saved, path, what);
-        write_all(keeper, data, len, what);
+        // Exactly once: if another process holds the fifo open, the kernel kept its buffer
+        // (the saved bytes are still there, or were read by then); only a fifo nobody held
+        // lost its buffer and gets the saved bytes back.
+        if (len > 0 && !fifo_held_elsewhere(keeper, path, what)) write_all(keeper, data, len, what);
         int fd = open_path(path, flags | O_NONBLOCK, cloexec, what);
         check_identity(fd, &saved, path, what);
         set_status_flags(fd, flags, what);

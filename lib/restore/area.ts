@@ -4,7 +4,7 @@
 // has two virtual files:
 //   done    write 1 to restore NAME (empty writes, as cp makes, change nothing);
 //           `allow-replaced` restores it accepting files replaced since the checkpoint
-//   status  "saved" | "restoring" | "restored PID" | "error: WHY"
+//   status  "saved" | "restoring" | "restoring: WHAT IT WAITS FOR" | "restored PID" | "error: WHY"
 // They appear once they are created (cp and tar create them with O_EXCL: a name that existed
 // already would fail the copy) or, for status, once a restore has started; the saved copies
 // of done and status that cp writes are accepted and dropped.
@@ -32,6 +32,8 @@ function running(pid: number): boolean {
 export class RestoreArea {
   private readonly tree: AreaTree
   private readonly states = new Map<string, string>()
+  /** What a running restore waits for (a zombie holding its PID), shown after "restoring: ". */
+  private readonly waits = new Map<string, string>()
   /** Virtual files made visible by a create ("NAME/done", "NAME/status"). */
   private readonly shown = new Set<string>()
   /** The area directory each directory node shows, and its restore/NAME (for rename between them). */
@@ -63,12 +65,14 @@ export class RestoreArea {
     if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
     try {
-      const pid = await restoreSaved(dir, name, options)
+      const pid = await restoreSaved(dir, name, { ...options, note: (line) => this.waits.set(name, line) })
       this.states.set(name, `restored ${pid}`)
       return pid
     } catch (err) {
       this.states.set(name, `error: ${messageOf(err)}`)
       throw asCommandError(err)
+    } finally {
+      this.waits.delete(name)
     }
   }
 
@@ -176,7 +180,11 @@ export class RestoreArea {
   private virtual(name: string, file: string): FileNode {
     if (file === 'done') return commandFile((text) => this.restore(name, { allowReplaced: text === 'allow-replaced' }).then(() => undefined))
     // The saved status that cp -a copies in is accepted and dropped.
-    const status = lineFile(async () => this.states.get(name) ?? 'saved')
+    const status = lineFile(async () => {
+      const state = this.states.get(name) ?? 'saved'
+      const wait = this.waits.get(name)
+      return state === 'restoring' && wait ? `restoring: ${wait}` : state
+    })
     return { ...status, perm: 0o644, write: async () => undefined, truncate: async () => undefined }
   }
 }

@@ -5,6 +5,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import type { InjectedCall } from '../../addon/index'
 import { CkptError, messageOf } from '../errors'
+import { lifeState, waitUntil } from '../lifecycle'
 import type { ProcessState, ThreadState, Vma } from '../model'
 import { native } from '../native'
 import { currentBootId } from '../boot'
@@ -49,6 +50,10 @@ function stubPath(): string {
   throw new CkptError('restorer stub not built: run `npm run setup` (addon/build/Release/restorer is missing)')
 }
 
+/** Where a restore says what it is waiting for: the user's stderr unless the caller says otherwise. */
+export type RestoreNote = (line: string) => void
+const toStderr: RestoreNote = (line) => process.stderr.write(`ckptfs restore: ${line}\n`)
+
 export interface RestoreOptions {
   /**
    * The user says files named by the saved task may have been replaced on purpose (log
@@ -56,6 +61,8 @@ export interface RestoreOptions {
    * still opened with the task's own credentials.
    */
   allowReplaced?: boolean
+  /** Where to say what the restore waits for (a zombie holding its PID); stderr by default. */
+  note?: RestoreNote
 }
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
@@ -63,7 +70,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   refuseUnsupported(saved)
-  assertIdsFree(saved)
+  await awaitIdsFree(saved, options.note ?? toStderr)
   const access: FileAccess = { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
   const records = await planFileRecords(saved.fileTable)
   const plan = framePlan(saved.fileTable, proc, records, access)
@@ -112,9 +119,21 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
   }
 }
 
-function assertIdsFree(saved: SavedCheckpoint): void {
+/** How long a restore waits for a zombie holding one of its IDs to be reaped by its parent. */
+export const ZOMBIE_WAIT_MS = 10_000
+
+/**
+ * Checks that every saved PID/TID is free. One held by a zombie (the original, killed just
+ * before, that its parent or init has not reaped yet: 1-1.5 s here) is waited for, up to
+ * ZOMBIE_WAIT_MS, with a note past one second; one held by a live process is refused at once.
+ */
+async function awaitIdsFree(saved: SavedCheckpoint, note: RestoreNote): Promise<void> {
   for (const t of saved.threads) {
-    if (fs.existsSync(`/proc/${t.tid}`)) throw new CkptError(`task-${saved.pid}: PID ${t.tid} is taken: ${describeProcess(t.tid)}`, 'EEXIST')
+    if (lifeState(t.tid) === 'zombie') {
+      const tell = () => note(`waiting up to ${ZOMBIE_WAIT_MS / 1000} s for ${describeProcess(t.tid)}`)
+      await waitUntil(() => lifeState(t.tid) !== 'zombie', { limitMs: ZOMBIE_WAIT_MS, note: tell, noteAfterMs: 1000 })
+    }
+    if (lifeState(t.tid) !== 'gone') throw new CkptError(`task-${saved.pid}: PID ${t.tid} is taken: ${describeProcess(t.tid)}`, 'EEXIST')
   }
 }
 
@@ -123,7 +142,7 @@ function describeProcess(pid: number): string {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
     const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    if (state === 'Z') return `${comm} (pid ${pid}) has exited but its parent (pid ${ppid}) has not reaped it yet`
+    if (state === 'Z' || state === 'X') return `${comm} (pid ${pid}) has exited but its parent (pid ${ppid}) has not reaped it yet`
     return `${comm} (pid ${pid}) is running; end it first`
   } catch {
     return `pid ${pid} exists`

@@ -62,7 +62,7 @@ export function validateTask(t: Pick<CheckpointParts, 'process' | 'threads' | 'v
   validateProcess(t.process, task, t.threads)
   validateThreads(t.threads, task)
   validateVmas(t.vmas, task)
-  const [problem] = processProblems(t.process, t.threads, t.vmas)
+  const [problem] = processProblems(t.process, t.threads.map((th) => th.tid), t.vmas)
   if (problem) throw fail(problem.where, problem.why, 'ENOTSUP')
 }
 

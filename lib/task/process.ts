@@ -2,7 +2,7 @@
 // mm fields. Capture (from /proc and injected calls), the task-PID/ entries that show it, and
 // the loader that reads a saved copy back, with the same names in one place.
 
-import type { Credentials, ITimer, MmFields, PosixTimer, Problem, ProcessState, Rlimit, SigAction, TaskImage, ThreadState, Vma } from '../model'
+import type { Credentials, ITimer, MmFields, PosixTimer, Problem, ProcessState, Rlimit, SigAction, TaskImage, Vma } from '../model'
 import { asPid } from '../model'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
@@ -157,10 +157,11 @@ const timespec = (buf: Buffer, index: number): bigint => word(buf, index) * 1_00
 // What prevents a restore
 
 /** Everything about the task that a restore cannot bring back, one problem each, named by its place in the tree. */
-export function processProblems(p: ProcessState, threads: ThreadState[], vmas: Vma[]): Problem[] {
+/** `liveTids`: the threads that have not exited (the captured ones, or those /proc shows). */
+export function processProblems(p: Pick<ProcessState, 'pid' | 'seccompMode'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
   const task = `task-${p.pid}`
   const problems: Problem[] = []
-  if (!threads.some((t) => t.tid === Number(p.pid))) {
+  if (!liveTids.includes(Number(p.pid))) {
     problems.push({ where: `${task}/threads/${p.pid}`, why: 'the main thread has exited: a restore cannot re-create a process without it' })
   }
   if (p.seccompMode !== 0) {
