@@ -64,7 +64,8 @@ export class Session extends EventEmitter<SessionEvents> {
   private async openCheckpoint(pid: number, mode: CheckpointMode, inspect: boolean): Promise<string> {
     const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
     if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
-    if (mode === 'lazy') this.refuseCallerAncestor(pid)
+    // PID 1 is everyone's ancestor: Checkpoint.open refuses it with its own reason.
+    if (mode === 'lazy' && pid !== 1) this.refuseCallerAncestor(pid)
     const id = this.nextId++
     let checkpoint: Checkpoint
     try {

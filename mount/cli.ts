@@ -232,7 +232,8 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
   const copy = parsed.flags.has('copy')
-  if (!copy && ancestryOf(process.pid).includes(pid)) {
+  // PID 1 is everyone's ancestor: the server refuses it with its own reason.
+  if (!copy && pid !== 1 && ancestryOf(process.pid).includes(pid)) {
     throw new CkptError(`process ${pid} is an ancestor of this command (its shell?): freezing it would freeze this terminal for good; use --copy to inspect it`)
   }
   const mnt = chooseMount(mountFlag(parsed))

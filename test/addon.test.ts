@@ -569,7 +569,7 @@ const fs = require('fs')
 const stat = (pid) => { const s = fs.readFileSync('/proc/' + pid + '/stat', 'utf8'); return s.slice(s.lastIndexOf(')') + 2).split(' ') }
 const status = (pid, f) => fs.readFileSync('/proc/' + pid + '/status', 'utf8').match(new RegExp('^' + f + ':\\\\s*(\\\\S+)', 'm'))[1]
 const freePid = () => { for (;;) { const p = 20000 + Math.floor(Math.random() * 12000); if (!fs.existsSync('/proc/' + p)) return p } }
-const plan = (magic) => { const b = Buffer.alloc(32); b.write(magic, 0); b.writeUInt32LE(1, 4); b.writeInt32LE(10, 8); return b }
+const plan = (magic) => { const b = Buffer.alloc(56); b.write(magic, 0); b.writeUInt32LE(2, 4); b.writeInt32LE(10, 8); return b }
 const gone = async (pid) => { for (let i = 0; i < 200; i++) { if (!fs.existsSync('/proc/' + pid)) return true; await new Promise(r => setTimeout(r, 10)) } return false }
 ;(async () => {
   const out = {}
