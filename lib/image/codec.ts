@@ -6,6 +6,7 @@
 import { CkptError } from '../errors'
 import { BufferReader, ByteWriter, WireError, WireType } from './wire'
 import type { FieldSchema, MessageSchema } from './schema'
+import { U64_MAX } from '../abi'
 
 export type Scalar = number | bigint | boolean | string | Buffer
 export type FieldValue = Scalar | Message | Scalar[] | Message[] | undefined
@@ -17,7 +18,6 @@ export interface Message {
 const U32_MAX = 0xffffffff
 const I32_MIN = -0x80000000
 const I32_MAX = 0x7fffffff
-const U64_MAX = (1n << 64n) - 1n
 const I64_MIN = -(1n << 63n)
 const I64_MAX = (1n << 63n) - 1n
 

@@ -16,20 +16,13 @@ import {
 import { isMessage, type FieldValue, type Message } from './codec'
 import { FORMAT_MAJOR, MAGIC, PAGE_SIZE } from './schema'
 import { BOOT_ID } from '../boot'
+import { NGROUPS_MAX, NSIG, U64_MAX, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
 
-const U64_MAX = (1n << 64n) - 1n
 /** x86-64 struct user_regs_struct, and the words of it that ThreadState repeats. */
 const USER_REGS_SIZE = 216
 const REG = { rax: 10, origRax: 15, cs: 17, fsBase: 21, gsBase: 22 } as const
-/** An xsave area: 512 bytes legacy area and 64 bytes header at least; below 16 KiB even with AMX. */
-const XSTATE_MIN = 576
-const XSTATE_MAX = 16384
-/** ptrace's xsave layout keeps XCR0 (enabled features) in sw_reserved, xstate_bv in the header. */
-const XSAVE_FEATURES_AT = 464
 const XSAVE_HEADER_AT = 512
-const NSIG = 64
 const RLIM_NLIMITS = 16
-const NGROUPS_MAX = 65536
 
 export interface ImageHeader {
   formatVersion: { major: number; minor: number }

@@ -9,17 +9,16 @@ import { lifeState, waitUntil } from '../lifecycle'
 import type { ProcessState, ThreadState, Vma } from '../model'
 import { native } from '../native'
 import { currentBootId } from '../boot'
-import { asTask, checkMappedFile, STAT_SIZE } from './access'
+import { asTask, capsetCall, checkMappedFile, STAT_SIZE } from './access'
 import { framePlan, type FileAccess } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
 import { PhaseTimer } from '../trace'
+import { TASK_SIZE } from '../abi'
 
 const PAGE = 4096n
-/** Where user space ends on x86-64 (47-bit address space; the last page is never mapped). */
-const TASK_SIZE = 0x7ffffffff000n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
 
 const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
@@ -654,7 +653,6 @@ async function restoreCredentials(pid: number, proc: ProcessState, threads: Thre
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
-const LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 /** A capability mask of a process, from a CapXxx line of /proc/PID/status. */
 function capLine(pid: number, name: string): bigint {
@@ -677,18 +675,7 @@ function credentialCalls(pid: number, proc: ProcessState, scratch: Scratch): Cal
   if (creds.capPermitted & ~full) {
     throw new CkptError(`${where}/cap_permitted: 0x${creds.capPermitted.toString(16)} holds capabilities the restorer does not have (0x${full.toString(16)})`, 'EPERM')
   }
-  const capset = (effective: bigint, permitted: bigint, inheritable: bigint, what: string): Call => {
-    const header = Buffer.alloc(8)
-    header.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0)
-    const data = Buffer.alloc(24) // two struct __user_cap_data_struct {effective, permitted, inheritable}
-    for (let i = 0; i < 2; i++) {
-      const word = (mask: bigint) => Number((mask >> BigInt(32 * i)) & 0xffffffffn)
-      data.writeUInt32LE(word(effective), i * 12)
-      data.writeUInt32LE(word(permitted), i * 12 + 4)
-      data.writeUInt32LE(word(inheritable), i * 12 + 8)
-    }
-    return { nr: SYS.capset, args: [scratch.put(header), scratch.put(data)], scratchArgs: 0b11, what: `capset (${what})` }
-  }
+  const capset = (effective: bigint, permitted: bigint, inheritable: bigint, what: string): Call => capsetCall(scratch, effective, permitted, inheritable, what)
   const calls: Call[] = [capset(full, full, creds.capInheritable, 'inheritable')]
   const lastCap = Number(fs.readFileSync('/proc/sys/kernel/cap_last_cap', 'utf8').trim())
   for (let cap = 0; cap <= lastCap; cap++) {

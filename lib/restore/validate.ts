@@ -15,6 +15,7 @@ import { storageOf, vmaKind, vmaName } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
+import { NGROUPS_MAX, NSIG, TASK_SIZE, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
 
 /** The parts of a checkpoint the validator reads (lib/restore/load.ts: SavedCheckpoint). */
 export interface CheckpointParts {
@@ -26,23 +27,15 @@ export interface CheckpointParts {
 }
 
 const PAGE = 4096n
-/** The end of user space on x86-64 with 4-level page tables (the kernel's TASK_SIZE). */
-const TASK_SIZE = 0x7ffffffff000n
 /** The legacy vsyscall page is the one mapping above TASK_SIZE. */
 const VSYSCALL_START = 0xffffffffff600000n
 const COMM_MAX = 15
-const NGROUPS_MAX = 65536
-const NSIG = 64
 /** struct rseq is 32 bytes and 32-byte aligned; the kernel takes larger areas (new fields), never past a page here. */
 const RSEQ_MIN = 32
 const RSEQ_MAX = 4096
 const SS_ONSTACK = 1
 const SS_DISABLE = 2
 const SS_AUTODISARM = 1 << 31
-/** xsave: the legacy area and the header at least; ptrace keeps XCR0 at 464, xstate_bv at 512. */
-const XSTATE_MIN = 576
-const XSTATE_MAX = 16384
-const XSAVE_FEATURES_AT = 464
 const XSAVE_HEADER_AT = 512
 const CS_INDEX = 17
 

@@ -5,6 +5,7 @@ import { checkBuffer } from '../checksum'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { attr, FILE_PERM, type Access, type AttrValue, type FileNode, type TableEntry } from '../tree/node'
+import { U64_MAX } from '../abi'
 
 /** A value format: how it is shown in an attribute file and parsed back (without the newline). */
 export interface Codec<V> {
@@ -16,7 +17,6 @@ export interface Codec<V> {
 /** A malformed value; readValue turns it into a CkptError naming the file. */
 export class FormatError extends Error {}
 
-const U64_MAX = (1n << 64n) - 1n
 /** Decimal as written by the tree: no leading zeros, no plus sign. */
 const DECIMAL = /^(0|-?[1-9]\d{0,19})$/
 

@@ -13,6 +13,7 @@ import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, read
 import { inject, succeeded, SYS } from './inject'
 import { loadSiginfo } from './process'
 import { readProcText, StatusFields } from './procfs'
+import { XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
 
 /** struct user_regs_struct on x86-64: 27 words; the ones read here, by index. */
 export const USER_REGS_SIZE = 27 * 8
@@ -132,11 +133,6 @@ export function threadsEntry(): TableEntry<TaskImage> {
 // ---------------------------------------------------------------------------------------
 // Loading a saved copy
 
-/** 512 bytes legacy area + 64 bytes xsave header, at least; AMX-sized areas stay below 16 KiB. */
-const XSTATE_MIN = 576
-const XSTATE_MAX = 16384
-/** The ptrace xsave layout keeps XCR0 (the enabled features) in the first sw_reserved word. */
-const XSAVE_FEATURES_AT = 464
 const XSAVE_HEADER_AT = 512
 
 /** Reads threads/ of a saved task-PID/ back; every thread directory is named by its TID. */
