@@ -37,6 +37,10 @@ export interface Options {
   smallMemMib: number
   /** Times the copy-mode and lazy checkpoints are repeated (the median is shown). */
   repeats: number
+  /** checkpoint/done cycles of the leak benchmark (issue 13: 5,000). */
+  leakCycles: number
+  /** The cycle whose server RSS is the leak benchmark's baseline (issue 13: 500). */
+  leakEarly: number
   /** Run the ckptfs server under node --cpu-prof and summarise where its time went. */
   profile: boolean
 }

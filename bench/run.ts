@@ -2,7 +2,9 @@
 //
 //   fds       1. the file table tree (issue 3)
 //   memory    2. memory: copy-mode stop time, lazy stop-to-ready, read throughput (issue 4)
-//   (none)    both
+//   restore   3. restore (issue 6)
+//   leak      4. the server's RSS after --leak-early and --leak-cycles checkpoint/done cycles (issue 13)
+//   (none)    all of them
 //
 // Options:
 //   --fds N          fds of the target whose first listing is timed (default 10000)
@@ -12,6 +14,8 @@
 //   --mem-mib N      MiB of the large memory target (default 1024)
 //   --small-mib N    MiB of the small memory target (default 64)
 //   --repeats N      repetitions of the copy and lazy checkpoints (default 3; the median shows)
+//   --leak-cycles N  checkpoint/done cycles of the leak benchmark (default 5000)
+//   --leak-early N   the cycle whose RSS is the baseline (default 500)
 //   --profile        run the ckptfs server under node --cpu-prof and print where its time went
 //
 // Prints a table (date, machine, each figure, each ratio vs its target: meets or misses) and
@@ -24,6 +28,7 @@ import { cleanupAll, log, nowNs, outDir, repo, profileServersInto, seconds, type
 import { benchFds } from './fds'
 import { benchMemory } from './memory'
 import { benchRestore } from './restore'
+import { benchLeak } from './leak'
 import { summariseProfiles } from './profile'
 import { machineLines, markdownTable, Report, textTable, writeMarkdown } from './report'
 
@@ -31,13 +36,14 @@ const BENCHMARKS: Record<string, { title: string; run: (opts: Options, rep: Repo
   fds: { title: '1. File table tree (issue 3)', run: benchFds },
   memory: { title: '2. Memory (issue 4)', run: benchMemory },
   restore: { title: '3. Restore (issue 6)', run: benchRestore },
+  leak: { title: '4. Server memory over many checkpoints (issue 13)', run: benchLeak },
 }
 
-const USAGE = 'usage: node dist/bench/run.js [fds|memory ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--profile]'
+const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--profile]'
 
 function parseArgs(argv: string[]): { names: string[]; opts: Options } {
-  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, profile: false }
-  const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats' }
+  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, profile: false }
+  const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats', '--leak-cycles': 'leakCycles', '--leak-early': 'leakEarly' }
   const names: string[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
