@@ -351,6 +351,11 @@ export interface ProcessState {
   ttyNr: number
   noNewPrivs: boolean
   dumpable: number
+  /**
+   * prctl(PR_GET_THP_DISABLE), per process: 0 transparent huge pages allowed, 1 disabled,
+   * 3 disabled except in mappings advised MADV_HUGEPAGE (PR_THP_DISABLE_EXCEPT_ADVISED).
+   */
+  thpDisable: number
   /** 0 disabled, 1 strict, 2 filter. */
   seccompMode: number
   creds: Credentials

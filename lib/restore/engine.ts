@@ -20,7 +20,8 @@ const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
 
 const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
 const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN = 0x100
-const MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
+const MAP_DROPPABLE = 0x08, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
+const MLOCK_ONFAULT = 1
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
 const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000
 const AT_FDCWD = -100n
@@ -29,8 +30,12 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 /** sigev_notify values (the kernel's; SIGEV_THREAD is glibc's and reaches the kernel as SIGEV_THREAD_ID). */
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
+const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
 const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
-const MADVISE_BY_FLAG: Record<string, number> = { dc: 10 /* DONTFORK */, dd: 16 /* DONTDUMP */, hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */ }
+const MADVISE_BY_FLAG: Record<string, number> = {
+  rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
+  hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
+}
 /** Advice given before the pages are faulted in (it decides their size), not at the end. */
 const HUGEPAGE_FLAGS = new Set(['hg', 'nh'])
 
@@ -68,6 +73,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
     for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
     timer.mark('threads created')
+    await restoreThpDisable(pid, proc, layout)
     await restoreMemory(pid, vmas, proc, layout, timer)
     await restoreProcessState(pid, proc, layout)
     timer.mark('process state')
@@ -100,9 +106,31 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`${where}: signals thread ${notify[3]}, which is not a thread of the task`, 'EINVAL')
     }
   }
+  refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
+    }
+  }
+}
+
+const CAP_IPC_LOCK = 14n
+const isLocked = (v: Vma) => /(^| )lo( |$)/.test(v.vmFlags)
+
+/**
+ * The restore locks memory with the server's CAP_IPC_LOCK: it locks no more than the saved
+ * process could have locked itself (its RLIMIT_MEMLOCK, unless it holds CAP_IPC_LOCK), as the
+ * kernel's mlock would have checked.
+ */
+function refuseLockedOverLimit(saved: SavedCheckpoint): void {
+  const { process: proc, vmas } = saved
+  if (proc.creds.capEffective & (1n << CAP_IPC_LOCK)) return
+  const limit = proc.rlimits.find((r) => r.name === 'memlock')?.soft ?? 0n
+  let locked = 0n
+  for (const v of vmas.filter(isLocked)) {
+    locked += v.end - v.start
+    if (locked > limit) {
+      throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}/vm_flags: locked (lo), ${locked} bytes locked in all, over the saved RLIMIT_MEMLOCK (${limit}) of a process without CAP_IPC_LOCK`, 'EPERM')
     }
   }
 }
@@ -288,8 +316,9 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
       const shared = v.kind === 'file-shared'
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
     } else {
-      const shared = v.kind === 'shared-anonymous'
-      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE)), -1n, 0n], what })
+      // A droppable mapping (VmFlags dp, MAP_DROPPABLE) is a mapping type of its own, like private or shared.
+      const type = v.kind === 'shared-anonymous' ? MAP_SHARED : vmFlags.includes('dp') ? MAP_DROPPABLE : MAP_PRIVATE
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | type), -1n, 0n], what })
     }
   }
   for (const fd of fileFds.values()) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
@@ -326,6 +355,12 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
     for (const flag of v.vmFlags.split(' ')) {
       const advice = MADVISE_BY_FLAG[flag]
       if (advice !== undefined && !HUGEPAGE_FLAGS.has(flag)) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
+    }
+    // Locked memory (VmFlags lo, and lf for MLOCK_ONFAULT): locked last, once its pages are in.
+    // The restore still runs with the server's CAP_IPC_LOCK; the saved RLIMIT_MEMLOCK comes later.
+    if (isLocked(v)) {
+      const onFault = /(^| )lf( |$)/.test(v.vmFlags)
+      finish.push({ nr: SYS.mlock2, args: [v.start, v.end - v.start, BigInt(onFault ? MLOCK_ONFAULT : 0)], what: `mlock ${vmaName(v)}${onFault ? ' (on fault)' : ''}` })
     }
   }
   await inject(pid, layout, finish)
@@ -473,6 +508,16 @@ async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promis
 
 // ---------------------------------------------------------------------------------------
 // Process state and registers
+
+/**
+ * PR_SET_THP_DISABLE is a flag of the whole mm: set before the memory is rebuilt, so the
+ * pages are faulted in at the size the process had (no huge pages where it refused them).
+ */
+async function restoreThpDisable(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+  if (proc.thpDisable === 0) return
+  const exceptAdvised = proc.thpDisable & PR_THP_DISABLE_EXCEPT_ADVISED
+  await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_THP_DISABLE), 1n, BigInt(exceptAdvised), 0n, 0n], what: `prctl(PR_SET_THP_DISABLE, 1, ${exceptAdvised})` }])
+}
 
 async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
   const scratch = new Scratch()

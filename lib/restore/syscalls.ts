@@ -8,6 +8,7 @@ export const SYS = {
   pread64: 17,
   mremap: 25,
   madvise: 28,
+  mlock2: 325,
   dup2: 33,
   setitimer: 38,
   chdir: 80,

@@ -1,0 +1,50 @@
+// Single-process fidelity (issue 15): state that CRIU's zdtm tests check, each set up by
+// test/fixtures/restore_fidelity.c, checkpointed through the real mount, saved with `cp -a`,
+// killed, restored with `ckptfs restore`, and then checked by the process itself.
+
+import * as fs from 'fs'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, launchSaveRestore, restoreCli, runChecks, workdir, type Checks } from './lib/restore'
+import { buildTarget } from './lib/targets'
+
+const mnt = mountFor(t)
+const bin = buildTarget('restore_fidelity')
+
+/** Every expected check passed, none failed, and the fixture finished. */
+function expectChecks(t: Test, checks: Checks, expected: string[]): void {
+  t.ok(checks.done, 'the fixture finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+  for (const name of expected) t.ok(checks.ok.includes(name), `ok ${name}`)
+}
+
+for (const value of ['1', '3']) {
+  t.test(`PR_SET_THP_DISABLE (PR_GET_THP_DISABLE ${value}) is kept (zdtm thp_disable)`, async (t) => {
+    const { target, saved } = await launchSaveRestore(t, mnt, bin, ['thp', value])
+    t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'thp_disable'), 'utf8'), `${value}\n`, 'task-PID/thp_disable')
+    expectChecks(t, await runChecks(target), ['thp_disable'])
+  })
+}
+
+const MADVISED = ['dontfork', 'locked sequential', 'noreserve dontdump', 'random', 'hugepage', 'nohugepage', 'mergeable', 'wipeonfork', 'droppable', 'mlock', 'mlock onfault']
+
+t.test('mmap flags, madvise advice and locks of each mapping are kept (zdtm maps02)', async (t) => {
+  const { target } = await launchSaveRestore(t, mnt, bin, ['madvise'])
+  expectChecks(t, await runChecks(target), MADVISED.map((m) => `VmFlags ${m}`))
+})
+
+t.test('a saved tree that locks more memory than its process could is refused', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'madvise'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const task = path.join(saved, `task-${target.pid}`)
+  // As if the process had neither CAP_IPC_LOCK nor room under its RLIMIT_MEMLOCK.
+  fs.writeFileSync(path.join(task, 'creds', 'cap_effective'), '0x0\n')
+  fs.writeFileSync(path.join(task, 'rlimits', 'memlock', 'soft'), '4096\n')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+/vm_flags: locked \\(lo\\), \\d+ bytes locked in all, over the saved RLIMIT_MEMLOCK \\(4096\\)`), 'names the mapping and the limit')
+  t.notOk(exists(target.pid), 'no process is left')
+})
