@@ -48,3 +48,23 @@ t.test('a saved tree that locks more memory than its process could is refused', 
   t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+/vm_flags: locked \\(lo\\), \\d+ bytes locked in all, over the saved RLIMIT_MEMLOCK \\(4096\\)`), 'names the mapping and the limit')
   t.notOk(exists(target.pid), 'no process is left')
 })
+
+t.test("a memfd keeps its mode (zdtm memfd00)", async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['memfd'])
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'inode_mode'), 'utf8'), '0100642\n', 'files/N/inode_mode')
+  expectChecks(t, await runChecks(target), ['memfd mode', 'memfd contents', 'memfd offset'])
+})
+
+t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as root)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'memfd'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  fs.writeFileSync(path.join(saved, 'files', ref, 'inode_mode'), '0104755\n')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`files/${ref}/inode_mode: 0104755: a memfd with setuid, setgid or sticky bits is not restored`), 'names the file and the bits')
+  t.notOk(exists(target.pid), 'no process is left')
+})

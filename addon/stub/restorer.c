@@ -542,9 +542,12 @@ int main(int argc, char **argv) {
         char *name = string("name");
         uint32_t len;
         const uint8_t *data = blob("contents", &len);
+        // Permission bits only: the memfd is made by root here, never setuid or setgid.
+        uint32_t mode = u32("mode") & 0777;
         int fd = (int)syscall(SYS_memfd_create, name, 0u);
         if (fd < 0) fail("%s: memfd_create: %s", what, strerror(errno));
         fd = settle(fd, id, 0, what);
+        if (fchmod(fd, mode) < 0) fail("%s: fchmod %o: %s", what, mode, strerror(errno));
         write_all(fd, data, len, what);
         seek_to(fd, pos, what);
         set_status_flags(fd, flags, what);
