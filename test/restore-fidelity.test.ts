@@ -68,3 +68,14 @@ t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as roo
   t.match(r.stderr, new RegExp(`files/${ref}/inode_mode: 0104755: a memfd with setuid, setgid or sticky bits is not restored`), 'names the file and the bits')
   t.notOk(exists(target.pid), 'no process is left')
 })
+
+t.test('a pipe with more than one open file description per end comes back with all of them (zdtm pipe01, pipe02)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['pipes'])
+  const refs = [3, 4, 5, 6, 7].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
+  t.equal(new Set(refs).size, 5, 'five open file descriptions')
+  expectChecks(t, await runChecks(target), [
+    'pipe access modes', 'pipe O_NONBLOCK per description', 'pipe descriptions share one pipe', 'pipe descriptions are not shared',
+    'pipe data through a reopened read end', 'pipe writes through the read-write and the write end', 'pipe data through the first read end',
+    'end of file once every writer is closed',
+  ])
+})
