@@ -79,3 +79,12 @@ t.test('a pipe with more than one open file description per end comes back with 
     'end of file once every writer is closed',
   ])
 })
+
+t.test('an inotify watch on a deleted file that the task holds open comes back on the restored file (zdtm inotify00)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['inotify'])
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'watches', '2', 'path'), 'utf8'), '\n', 'the deleted inode has no path')
+  expectChecks(t, await runChecks(target), [
+    'inotify: the watch on the deleted file sees its close', 'inotify: the directory watch sees a new file', 'inotify: a new watch gets wd 3',
+  ])
+})
