@@ -212,7 +212,7 @@ export interface FileTable {
 
 export type VmaKind =
   | 'heap' | 'stack' | 'vdso' | 'vvar' | 'vsyscall' | 'anonymous' | 'shared-anonymous'
-  | 'file-private' | 'file-shared' | 'special'
+  | 'file-private' | 'file-shared' | 'special' | 'aio'
 
 export interface Vma {
   start: bigint

@@ -88,3 +88,21 @@ t.test('an inotify watch on a deleted file that the task holds open comes back o
     'inotify: the watch on the deleted file sees its close', 'inotify: the directory watch sees a new file', 'inotify: a new watch gets wd 3',
   ])
 })
+
+t.test('an AIO context comes back at its address and works (zdtm aio00)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['aio'])
+  const kinds = fs.readdirSync(path.join(saved, `task-${target.pid}`, 'memory', 'vmas')).map((v) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'memory', 'vmas', v, 'kind'), 'utf8'))
+  t.equal(kinds.filter((k) => k === 'aio\n').length, 1, 'one aio mapping')
+  expectChecks(t, await runChecks(target), ['aio: the context is there, with no event', 'aio: a read submitted after the restore completes', 'aio: io_destroy'])
+})
+
+t.test('an AIO ring holding a completed event not read yet is refused', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'aio', 'pending'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+: AIO ring with 1 completed events not read yet`), 'names the ring and why')
+  t.notOk(exists(target.pid), 'no process is left')
+})

@@ -439,7 +439,7 @@ export function fdEntryFrom(f: Fields): FdEntry {
   return { fd: f.num('fd', { min: 0 }), closeOnExec: f.bool('closeOnExec'), objref: asObjRef(f.num('objref')) }
 }
 
-const vmaKinds: readonly VmaKind[] = ['heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special']
+const vmaKinds: readonly VmaKind[] = ['heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special', 'aio']
 
 export function vmaFrom(f: Fields): RecordedVma {
   const start = f.big('start')

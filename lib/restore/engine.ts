@@ -11,6 +11,7 @@ import { framePlan } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
+import { AIO_RING_PATH } from '../task/memory'
 import { PhaseTimer } from '../trace'
 
 const PAGE = 4096n
@@ -56,6 +57,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   refuseUnsupported(saved)
+  await refusePendingAioEvents(saved)
   assertIdsFree(saved)
   const records = await planFileRecords(saved.fileTable)
   const plan = framePlan(saved.fileTable, proc, records)
@@ -108,7 +110,7 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
   }
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
-    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
+    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio') {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
     }
   }
@@ -132,6 +134,23 @@ function refuseLockedOverLimit(saved: SavedCheckpoint): void {
     if (locked > limit) {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}/vm_flags: locked (lo), ${locked} bytes locked in all, over the saved RLIMIT_MEMLOCK (${limit}) of a process without CAP_IPC_LOCK`, 'EPERM')
     }
+  }
+}
+
+/** struct aio_ring: id, nr, head, tail, magic, compat and incompat features, header length. */
+const AIO_RING_HEADER = 32, AIO_RING_MAGIC = 0xa10a10a1
+
+/**
+ * An AIO context comes back empty (io_setup): a completed event still waiting in the saved
+ * ring (head != tail) would be lost, so such a ring is refused.
+ */
+async function refusePendingAioEvents(saved: SavedCheckpoint): Promise<void> {
+  for (const v of saved.vmas.filter((m) => m.kind === 'aio')) {
+    const where = `task-${saved.pid}/memory/vmas/${vmaName(v)}`
+    const header = await v.pages.read(0, AIO_RING_HEADER)
+    if (header.length !== AIO_RING_HEADER || header.readUInt32LE(16) !== AIO_RING_MAGIC) throw new CkptError(`${where}/pages: not an AIO ring (no aio_ring header)`, 'EINVAL')
+    const head = header.readUInt32LE(8), tail = header.readUInt32LE(12)
+    if (head !== tail) throw new CkptError(`${where}: AIO ring with ${(tail - head) >>> 0} completed events not read yet (head ${head}, tail ${tail}): they cannot be restored`, 'ENOTSUP')
   }
 }
 
@@ -281,7 +300,9 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
+async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer): Promise<void> {
+  // AIO rings are made by io_setup, not mapped: the last step.
+  const vmas = allVmas.filter((v) => v.kind !== 'aio')
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -364,6 +385,7 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
     }
   }
   await inject(pid, layout, finish)
+  await restoreAioRings(pid, allVmas.filter((v) => v.kind === 'aio'), layout)
 
   // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
   await setMmMap(pid, proc, layout)
@@ -504,6 +526,38 @@ async function setMmMap(pid: number, proc: ProcessState, layout: Layout): Promis
     { nr: SYS.prctl, args: [BigInt(PR_SET_MM), BigInt(PR_SET_MM_MAP), mapOffset, 104n, 0n], scratchArgs: 0b100, what: 'prctl(PR_SET_MM_MAP)' },
     { nr: SYS.close, args: [exeFd], what: 'close the executable' },
   ], buffer)
+}
+
+/**
+ * Each AIO context is made anew, empty (refusePendingAioEvents), by an injected io_setup, and
+ * its ring moved to the saved address with mremap (the kernel then takes that address as the
+ * context's ID, which the program holds). io_setup sizes the ring from the number of events
+ * asked for: the largest number whose ring has the saved size. Requests in flight at the
+ * checkpoint are not known from user space and are not restored.
+ */
+async function restoreAioRings(pid: number, rings: Vma[], layout: Layout): Promise<void> {
+  const placed = new Set<bigint>()
+  for (const v of rings) {
+    const length = v.end - v.start
+    // ioctx_alloc: events = 2 * max(asked, 4 * CPUs) + 2, ring = 32 + 32 * events bytes in whole pages.
+    const asked = (length - 96n) / 64n
+    const scratch = new Scratch()
+    const ctx = scratch.put(Buffer.alloc(8))
+    await inject(pid, layout, [{ nr: SYS.io_setup, args: [asked, ctx], scratchArgs: 0b10, what: `io_setup(${asked}) for the AIO ring ${vmaName(v)}` }], scratch.buffer())
+    const made = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((line) => line.endsWith(` ${AIO_RING_PATH}`)).map((line) => {
+      const [start, end] = line.slice(0, line.indexOf(' ')).split('-').map((h) => BigInt('0x' + h))
+      return { start, end }
+    }).filter((m) => !placed.has(m.start))
+    if (made.length !== 1) throw new CkptError(`restore: io_setup for the AIO ring ${vmaName(v)}: ${made.length} new rings in /proc/${pid}/maps, expected one`)
+    const [ring] = made
+    if (ring.end - ring.start !== length) {
+      throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}: io_setup made a ring of ${ring.end - ring.start} bytes, the saved one has ${length} (another number of CPUs?)`, 'ENOTSUP')
+    }
+    if (ring.start !== v.start) {
+      await inject(pid, layout, [{ nr: SYS.mremap, args: [ring.start, length, length, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), v.start], what: `move the AIO ring to ${vmaName(v)}` }])
+    }
+    placed.add(v.start)
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ export const SYS = {
   rt_sigaction: 13,
   pread64: 17,
   mremap: 25,
+  io_setup: 206,
   madvise: 28,
   mlock2: 325,
   dup2: 33,
