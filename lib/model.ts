@@ -220,7 +220,7 @@ export interface FileTable {
 
 export type VmaKind =
   | 'heap' | 'stack' | 'vdso' | 'vvar' | 'vsyscall' | 'anonymous' | 'shared-anonymous'
-  | 'file-private' | 'file-shared' | 'special'
+  | 'file-private' | 'file-shared' | 'special' | 'aio'
 
 export interface Vma {
   start: bigint
@@ -359,6 +359,11 @@ export interface ProcessState {
   ttyNr: number
   noNewPrivs: boolean
   dumpable: number
+  /**
+   * prctl(PR_GET_THP_DISABLE), per process: 0 transparent huge pages allowed, 1 disabled,
+   * 3 disabled except in mappings advised MADV_HUGEPAGE (PR_THP_DISABLE_EXCEPT_ADVISED).
+   */
+  thpDisable: number
   /** 0 disabled, 1 strict, 2 filter. */
   seccompMode: number
   creds: Credentials

@@ -115,6 +115,7 @@ const processState = (pid: number): ProcessState => ({
   ttyNr: 34816,
   noNewPrivs: true,
   dumpable: 1,
+  thpDisable: 3,
   seccompMode: 0,
   creds: {
     uid: 1000, euid: 1000, suid: 1000, fsuid: 1000, gid: 100, egid: 100, sgid: 100, fsgid: 100,

@@ -140,7 +140,7 @@ t.test('an epoll item whose file no fd holds, or a watch without a path, is refu
   refused('an epoll item without its file', path.join(itemsDir, item20, 'target'),
     new RegExp(`^ckptfs restore: .*files/${ep}/items/${item20}: watches a file that no fd of the task holds \\(it was added as fd 20\\): the item cannot be restored\\n$`))
   refused('an inotify watch without a path', path.join(saved, 'files', inotify, 'watches', '3', 'path'),
-    new RegExp(`^ckptfs restore: .*files/${inotify}/watches/3/path: the watched inode \\(ino \\d+\\) was not found at checkpoint: the watch cannot be restored\\n$`))
+    new RegExp(`^ckptfs restore: .*files/${inotify}/watches/3/path: the watched inode \\(ino \\d+\\) was not found at checkpoint and no fd of the task holds it: the watch cannot be restored\\n$`))
 
   // Undamaged again, the same tree restores.
   const r = ckptfs('restore', saved, '--mount', mnt)

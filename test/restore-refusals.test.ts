@@ -112,6 +112,7 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     { name: 'uid not a number', ...w(`${task}/creds/uid`, 'root\n'), says: new RegExp(`^${task}/creds/uid: not a decimal number`) },
     { name: 'handler not hexadecimal', ...w(`${task}/signals/actions/10/handler`, '0xZZ\n'), says: new RegExp(`^${task}/signals/actions/10/handler: not a hexadecimal`) },
     { name: 'flag neither 0 nor 1', ...w(`${task}/no_new_privs`, '2\n'), says: new RegExp(`^${task}/no_new_privs: not 0 or 1`) },
+    { name: 'thp_disable not a PR_GET_THP_DISABLE value', ...w(`${task}/thp_disable`, '2\n'), says: new RegExp(`^${task}/thp_disable: 2 is not a PR_GET_THP_DISABLE value`) },
     { name: 'cwd not an absolute path', ...w(`${task}/cwd`, 'relative/dir\n'), says: new RegExp(`^${task}/cwd: not an absolute path`) },
     { name: 'a list with a word in it', ...w(`${task}/creds/groups`, '4 wheel\n'), says: new RegExp(`^${task}/creds/groups: not a decimal number: "wheel"`) },
     { name: 'a signal name of another signal', ...w(`${task}/signals/actions/10/name`, 'SIGUSR2\n'), says: new RegExp(`^${task}/signals/actions/10/name: "SIGUSR2" is not signal 10 \\(SIGUSR1\\)`) },

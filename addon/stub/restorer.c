@@ -282,6 +282,25 @@ static int open_path(const char *path, int flags, int cloexec, const char *what)
   return fd;
 }
 
+// More open file descriptions of one pipe than its two ends (a task that opened
+// /proc/self/fd/N of an end): each is reopened the same way, through /proc/self/fd of the new
+// pipe, while both of its ends are still open (so the open never waits for the other side).
+// Payload: u32 count, then per description u32 object id, i32 open flags (with the access mode).
+static void open_pipe_extras(const int p[2], int *object_fd, uint32_t objects, const char *what) {
+  uint32_t count = u32("extra description count");
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", p[0]);
+  for (uint32_t i = 0; i < count; i++) {
+    uint32_t id = u32("extra description");
+    int flags = i32("extra description flags");
+    if (id == 0 || id > objects) fail("%s: extra description id out of range", what);
+    if (object_fd[id] >= 0) fail("%s: files/%u is planned twice", what, id);
+    char one[64];
+    snprintf(one, sizeof one, "%s (files/%u)", what, id);
+    object_fd[id] = settle(open_path(path, flags, 0, one), id, 0, one);
+  }
+}
+
 // ---- the task's filesystem credentials ----
 //
 // Plan flags: the checkpoint was made on this boot (dev and inode are compared too); the
@@ -716,9 +735,12 @@ int main(int argc, char **argv) {
         char *name = string("name");
         uint32_t len;
         const uint8_t *data = blob("contents", &len);
+        // Permission bits only: the memfd is made by root here, never setuid or setgid.
+        uint32_t mode = u32("mode") & 0777;
         int fd = (int)syscall(SYS_memfd_create, name, 0u);
         if (fd < 0) fail("%s: memfd_create: %s", what, strerror(errno));
         fd = settle(fd, id, 0, what);
+        if (fchmod(fd, mode) < 0) fail("%s: fchmod %o: %s", what, mode, strerror(errno));
         write_all(fd, data, len, what);
         seek_to(fd, pos, what);
         set_status_flags(fd, flags, what);
@@ -747,6 +769,7 @@ int main(int argc, char **argv) {
         }
         if (len > 65536 && fcntl(p[1], F_SETPIPE_SZ, (int)len) < 0) fail("%s: F_SETPIPE_SZ %u: %s", what, len, strerror(errno));
         write_all(p[1], data, len, what);
+        open_pipe_extras(p, object_fd, objects, what);
         if (read_id) {
           set_status_flags(p[0], read_flags, what);
           object_fd[read_id] = settle(p[0], read_id, 0, what);

@@ -6,7 +6,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
-import type { InotifyDescription, InotifyWatch } from '../model'
+import type { FileTable, InotifyDescription, InotifyWatch, PathDescription } from '../model'
 import { userDevFromKernel } from '../procfs'
 import { ObjectKind, RecordBuilder } from '../restore/fdplan'
 import { attr, each, hex, type TableEntry } from '../tree/node'
@@ -105,16 +105,40 @@ export const inotify: FileHandler<InotifyDescription> = {
   },
 
   // INOTIFY: i32 flags (IN_NONBLOCK), u32 count, per watch i32 wd, u32 mask, string path, in wd
-  // order: the stub adds them so that each gets its saved wd back.
-  planRestore(d) {
+  // order: the stub adds them so that each gets its saved wd back. A watch whose inode has no
+  // path (deleted, or not found by the search) but is held open by an fd of the task is added
+  // through /proc/self/fd of that fd, so the record goes after every other one (`last`).
+  planRestore(d, { table }) {
     const watches = [...d.watches].sort((a, b) => a.wd - b.wd)
     const payload = new RecordBuilder().i32(d.flags & O_NONBLOCK).u32(watches.length)
+    let throughFd = false
     for (const w of watches) {
-      if (w.path === undefined) {
-        throw new CkptError(`files/${d.objref}/watches/${w.wd}/path: the watched inode (ino ${w.ino}) was not found at checkpoint: the watch cannot be restored`, 'ENOTSUP')
+      if (w.path !== undefined) {
+        payload.i32(w.wd).u32(((w.mask & keptMaskBits) | IN_DONT_FOLLOW) >>> 0).string(w.path)
+        continue
       }
-      payload.i32(w.wd).u32(((w.mask & keptMaskBits) | IN_DONT_FOLLOW) >>> 0).string(w.path)
+      const fd = fdHoldingInode(table, w)
+      if (fd === undefined) {
+        throw new CkptError(`files/${d.objref}/watches/${w.wd}/path: the watched inode (ino ${w.ino}) was not found at checkpoint and no fd of the task holds it: the watch cannot be restored`, 'ENOTSUP')
+      }
+      // The magic link must be followed to reach the inode: no IN_DONT_FOLLOW here.
+      payload.i32(w.wd).u32((w.mask & keptMaskBits) >>> 0).string(`/proc/self/fd/${fd}`)
+      throughFd = true
     }
-    return { kind: ObjectKind.Inotify, objref: d.objref, payload }
+    return { kind: ObjectKind.Inotify, objref: d.objref, payload, last: throughFd }
   },
 }
+
+/** The lowest fd of the task whose file (a path-type description) is the watched inode. */
+function fdHoldingInode(table: FileTable, w: InotifyWatch): number | undefined {
+  const dev = userDevFromKernel(w.sdev)
+  const holders = new Set<number>()
+  for (const f of table.files) {
+    if (PATH_TYPES.has(f.type) && f.ino === w.ino && (f as PathDescription).dev === dev) holders.add(f.objref)
+  }
+  let lowest: number | undefined
+  for (const entry of table.fds) if (holders.has(entry.objref) && (lowest === undefined || entry.fd < lowest)) lowest = entry.fd
+  return lowest
+}
+
+const PATH_TYPES: ReadonlySet<string> = new Set(['file', 'dir', 'chr', 'blk', 'fifo'])

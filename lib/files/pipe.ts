@@ -36,19 +36,17 @@ export const pipe: FileHandler<PipeDescription> = {
     return described<PipeDescription>(base, { type: 'pipe', pipeId: dir.decimal('pipe_id', 0n, U64_MAX), buffered: dir.checkedLazyBytes('buffered') })
   },
 
-  // The stub makes one pipe2() per pipe: at most one read and one write end each.
-  validate(d, { table }) {
-    const ends = pipeEnds(table).get(d.pipeId)!
-    if (ends[0] !== d) return
-    const read = ends.filter((e) => e.mode & 1)
-    const write = ends.filter((e) => e.mode & 2)
-    if (read.length > 1 || write.length > 1 || read.length + write.length !== ends.length) {
-      throw invalid(d, '', `pipe ${d.pipeId} has ${ends.length} open descriptions; only one read and one write end can be restored`, 'ENOTSUP')
+  // Any number of descriptions per pipe is restored (planRestore); each is read, write or both.
+  validate(d) {
+    if (d.mode !== FMODE_READ_ONLY && d.mode !== FMODE_WRITE_ONLY && d.mode !== FMODE_READ_WRITE) {
+      throw invalid(d, 'f_mode', `0${d.mode.toString(8)}: a pipe description is read, write or both`, 'EINVAL')
     }
   },
 
-  // One record per pipe, planned by its end with the lowest OBJREF and naming both ends; an
-  // end the task did not hold is closed by the stub.
+  // One record per pipe, planned by its description with the lowest OBJREF and naming them
+  // all: the first read-only and the first write-only description are the two ends pipe2()
+  // makes (an end the task did not hold is closed by the stub); every other description (a
+  // reopen of /proc/self/fd/N, read-write ones included) is reopened by the stub the same way.
   async planRestore(d, { table }) {
     const ends = pipeEnds(table).get(d.pipeId)!
     if (ends[0] !== d) {
@@ -56,19 +54,27 @@ export const pipe: FileHandler<PipeDescription> = {
       await d.buffered()
       return []
     }
-    // validate() made sure of one end of each kind at most.
-    const read = ends.filter((e) => e.mode & 1)
-    const write = ends.filter((e) => e.mode & 2)
+    const read = ends.find((e) => e.mode === FMODE_READ_ONLY)
+    const write = ends.find((e) => e.mode === FMODE_WRITE_ONLY)
+    const extras = ends.filter((e) => e !== read && e !== write)
     const payload = new RecordBuilder()
       .u64(d.pipeId)
       .bytes(await d.buffered())
-      .u32(read[0]?.objref ?? 0)
-      .i32(read[0]?.flags ?? 0)
-      .u32(write[0]?.objref ?? 0)
-      .i32(write[0]?.flags ?? 0)
+      .u32(read?.objref ?? 0)
+      .i32(read?.flags ?? 0)
+      .u32(write?.objref ?? 0)
+      .i32(write?.flags ?? 0)
+      .u32(extras.length)
+    // The access mode comes from f_mode (what the kernel checks), the other flags from f_flags.
+    for (const e of extras) payload.u32(e.objref).i32((e.flags & ~O_ACCMODE) | ACCESS_BY_MODE[e.mode])
     return { kind: ObjectKind.Pipe, objref: d.objref, payload }
   },
 }
+
+/** f_mode of a description: FMODE_READ 1, FMODE_WRITE 2; and the open(2) access mode of each. */
+const FMODE_READ_ONLY = 1, FMODE_WRITE_ONLY = 2, FMODE_READ_WRITE = 3
+const O_ACCMODE = 3
+const ACCESS_BY_MODE: Record<number, number> = { [FMODE_READ_ONLY]: 0 /* O_RDONLY */, [FMODE_WRITE_ONLY]: 1 /* O_WRONLY */, [FMODE_READ_WRITE]: 2 /* O_RDWR */ }
 
 /** The descriptions of each pipe, by pipe identity, in OBJREF order; computed once per table. */
 const endsByTable = new WeakMap<FileTable, Map<bigint, PipeDescription[]>>()

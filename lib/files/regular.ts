@@ -72,7 +72,11 @@ export const regular: FileHandler<PathDescription> = {
     const link = await sameFileAs(d, data)
     if (link) return pathRecord({ ...d, path: link })
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
-    if (memfd) return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data) }
+    if (memfd) {
+      // The stub makes the memfd as root: a setuid, setgid or sticky bit would be root's.
+      if (d.inodeMode & 0o7000) throw new CkptError(`files/${d.objref}/inode_mode: 0${d.inodeMode.toString(8)}: a memfd with setuid, setgid or sticky bits is not restored`, 'EPERM')
+      return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777) }
+    }
     return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(data) }
   },
 }

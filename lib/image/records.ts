@@ -208,6 +208,7 @@ export function processFrom(f: Fields): ProcessState {
     ttyNr: f.num('ttyNr'),
     noNewPrivs: f.bool('noNewPrivs'),
     dumpable: f.num('dumpable', { max: 2 }),
+    thpDisable: thpDisableFrom(f),
     seccompMode: f.num('seccompMode', { max: 2 }),
     creds: credentialsFrom(creds),
     rlimits: unique(f.list('rlimits').map(rlimitFrom), (r) => r.resource, (r) => f.fail('rlimits', `resource ${r} is listed twice`)),
@@ -218,6 +219,12 @@ export function processFrom(f: Fields): ProcessState {
     posixTimers: unique(f.list('posixTimers').map(posixTimerFrom), (t) => t.id, (id) => f.fail('posixTimers', `timer ${id} is listed twice`)),
     mm: mmFrom(mm),
   }
+}
+
+function thpDisableFrom(f: Fields): number {
+  const value = f.num('thpDisable', { max: 3 })
+  if (value === 2) f.fail('thpDisable', '2 is not a PR_GET_THP_DISABLE value (0, 1 or 3)')
+  return value
 }
 
 function credentialsFrom(f: Fields): Credentials {
@@ -436,7 +443,7 @@ export function fdEntryFrom(f: Fields): FdEntry {
   return { fd: f.num('fd', { min: 0 }), closeOnExec: f.bool('closeOnExec'), objref: asObjRef(f.num('objref')) }
 }
 
-const vmaKinds: readonly VmaKind[] = ['heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special']
+const vmaKinds: readonly VmaKind[] = ['heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special', 'aio']
 
 export function vmaFrom(f: Fields): RecordedVma {
   const start = f.big('start')

@@ -15,6 +15,7 @@ import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
+import { AIO_RING_PATH } from '../task/memory'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 
@@ -23,7 +24,8 @@ const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
 
 const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4
 const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN = 0x100
-const MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
+const MAP_DROPPABLE = 0x08, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
+const MLOCK_ONFAULT = 1
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
 const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_DIRECTORY = 0o200000, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000
 const AT_FDCWD = -100n
@@ -32,8 +34,12 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 /** sigev_notify values (the kernel's; SIGEV_THREAD is glibc's and reaches the kernel as SIGEV_THREAD_ID). */
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
+const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
 const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
-const MADVISE_BY_FLAG: Record<string, number> = { dc: 10 /* DONTFORK */, dd: 16 /* DONTDUMP */, hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */ }
+const MADVISE_BY_FLAG: Record<string, number> = {
+  rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
+  hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
+}
 /** Advice given before the pages are faulted in (it decides their size), not at the end. */
 const HUGEPAGE_FLAGS = new Set(['hg', 'nh'])
 
@@ -69,6 +75,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   refuseUnsupported(saved)
+  await refusePendingAioEvents(saved)
   await awaitIdsFree(saved, options.note ?? toStderr)
   const access: FileAccess = { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
   const records = await planFileRecords(saved.fileTable)
@@ -87,6 +94,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
     for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
     timer.mark('threads created')
+    await restoreThpDisable(pid, proc, layout)
     await restoreMemory(pid, vmas, proc, layout, timer, access)
     await restoreProcessState(pid, proc, layout)
     timer.mark('process state')
@@ -111,10 +119,49 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
     }
   }
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
+  refuseLockedOverLimit(saved)
   for (const v of vmas) {
-    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous') {
+    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio') {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
     }
+  }
+}
+
+const CAP_IPC_LOCK = 14n
+const isLocked = (v: Vma) => /(^| )lo( |$)/.test(v.vmFlags)
+
+/**
+ * The restore locks memory with the server's CAP_IPC_LOCK: it locks no more than the saved
+ * process could have locked itself (its RLIMIT_MEMLOCK, unless it holds CAP_IPC_LOCK), as the
+ * kernel's mlock would have checked.
+ */
+function refuseLockedOverLimit(saved: SavedCheckpoint): void {
+  const { process: proc, vmas } = saved
+  if (proc.creds.capEffective & (1n << CAP_IPC_LOCK)) return
+  const limit = proc.rlimits.find((r) => r.name === 'memlock')?.soft ?? 0n
+  let locked = 0n
+  for (const v of vmas.filter(isLocked)) {
+    locked += v.end - v.start
+    if (locked > limit) {
+      throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}/vm_flags: locked (lo), ${locked} bytes locked in all, over the saved RLIMIT_MEMLOCK (${limit}) of a process without CAP_IPC_LOCK`, 'EPERM')
+    }
+  }
+}
+
+/** struct aio_ring: id, nr, head, tail, magic, compat and incompat features, header length. */
+const AIO_RING_HEADER = 32, AIO_RING_MAGIC = 0xa10a10a1
+
+/**
+ * An AIO context comes back empty (io_setup): a completed event still waiting in the saved
+ * ring (head != tail) would be lost, so such a ring is refused.
+ */
+async function refusePendingAioEvents(saved: SavedCheckpoint): Promise<void> {
+  for (const v of saved.vmas.filter((m) => m.kind === 'aio')) {
+    const where = `task-${saved.pid}/memory/vmas/${vmaName(v)}`
+    const header = await v.pages.read(0, AIO_RING_HEADER)
+    if (header.length !== AIO_RING_HEADER || header.readUInt32LE(16) !== AIO_RING_MAGIC) throw new CkptError(`${where}/pages: not an AIO ring (no aio_ring header)`, 'EINVAL')
+    const head = header.readUInt32LE(8), tail = header.readUInt32LE(12)
+    if (head !== tail) throw new CkptError(`${where}: AIO ring with ${(tail - head) >>> 0} completed events not read yet (head ${head}, tail ${tail}): they cannot be restored`, 'ENOTSUP')
   }
 }
 
@@ -289,7 +336,9 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess): Promise<void> {
+async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess): Promise<void> {
+  // AIO rings are made by io_setup, not mapped: the last step.
+  const vmas = allVmas.filter((v) => v.kind !== 'aio')
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -324,8 +373,9 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
       const shared = v.kind === 'file-shared'
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
     } else {
-      const shared = v.kind === 'shared-anonymous'
-      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE)), -1n, 0n], what })
+      // A droppable mapping (VmFlags dp, MAP_DROPPABLE) is a mapping type of its own, like private or shared.
+      const type = v.kind === 'shared-anonymous' ? MAP_SHARED : vmFlags.includes('dp') ? MAP_DROPPABLE : MAP_PRIVATE
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | type), -1n, 0n], what })
     }
   }
   for (const fd of fileFds.values()) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
@@ -365,8 +415,15 @@ async function restoreMemory(pid: number, vmas: Vma[], proc: ProcessState, layou
       const advice = MADVISE_BY_FLAG[flag]
       if (advice !== undefined && !HUGEPAGE_FLAGS.has(flag)) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
     }
+    // Locked memory (VmFlags lo, and lf for MLOCK_ONFAULT): locked last, once its pages are in.
+    // The restore still runs with the server's CAP_IPC_LOCK; the saved RLIMIT_MEMLOCK comes later.
+    if (isLocked(v)) {
+      const onFault = /(^| )lf( |$)/.test(v.vmFlags)
+      finish.push({ nr: SYS.mlock2, args: [v.start, v.end - v.start, BigInt(onFault ? MLOCK_ONFAULT : 0)], what: `mlock ${vmaName(v)}${onFault ? ' (on fault)' : ''}` })
+    }
   }
   await inject(pid, layout, finish)
+  await restoreAioRings(pid, allVmas.filter((v) => v.kind === 'aio'), layout)
 
   // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
   await setMmMap(pid, proc, vmas, layout, access)
@@ -533,8 +590,50 @@ async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: La
   ], buffer)
 }
 
+/**
+ * Each AIO context is made anew, empty (refusePendingAioEvents), by an injected io_setup, and
+ * its ring moved to the saved address with mremap (the kernel then takes that address as the
+ * context's ID, which the program holds). io_setup sizes the ring from the number of events
+ * asked for: the largest number whose ring has the saved size. Requests in flight at the
+ * checkpoint are not known from user space and are not restored.
+ */
+async function restoreAioRings(pid: number, rings: Vma[], layout: Layout): Promise<void> {
+  const placed = new Set<bigint>()
+  for (const v of rings) {
+    const length = v.end - v.start
+    // ioctx_alloc: events = 2 * max(asked, 4 * CPUs) + 2, ring = 32 + 32 * events bytes in whole pages.
+    const asked = (length - 96n) / 64n
+    const scratch = new Scratch()
+    const ctx = scratch.put(Buffer.alloc(8))
+    await inject(pid, layout, [{ nr: SYS.io_setup, args: [asked, ctx], scratchArgs: 0b10, what: `io_setup(${asked}) for the AIO ring ${vmaName(v)}` }], scratch.buffer())
+    const made = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((line) => line.endsWith(` ${AIO_RING_PATH}`)).map((line) => {
+      const [start, end] = line.slice(0, line.indexOf(' ')).split('-').map((h) => BigInt('0x' + h))
+      return { start, end }
+    }).filter((m) => !placed.has(m.start))
+    if (made.length !== 1) throw new CkptError(`restore: io_setup for the AIO ring ${vmaName(v)}: ${made.length} new rings in /proc/${pid}/maps, expected one`)
+    const [ring] = made
+    if (ring.end - ring.start !== length) {
+      throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}: io_setup made a ring of ${ring.end - ring.start} bytes, the saved one has ${length} (another number of CPUs?)`, 'ENOTSUP')
+    }
+    if (ring.start !== v.start) {
+      await inject(pid, layout, [{ nr: SYS.mremap, args: [ring.start, length, length, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), v.start], what: `move the AIO ring to ${vmaName(v)}` }])
+    }
+    placed.add(v.start)
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Process state and registers
+
+/**
+ * PR_SET_THP_DISABLE is a flag of the whole mm: set before the memory is rebuilt, so the
+ * pages are faulted in at the size the process had (no huge pages where it refused them).
+ */
+async function restoreThpDisable(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+  if (proc.thpDisable === 0) return
+  const exceptAdvised = proc.thpDisable & PR_THP_DISABLE_EXCEPT_ADVISED
+  await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_THP_DISABLE), 1n, BigInt(exceptAdvised), 0n, 0n], what: `prctl(PR_SET_THP_DISABLE, 1, ${exceptAdvised})` }])
+}
 
 async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
   const scratch = new Scratch()

@@ -137,6 +137,8 @@ export interface PlannedRecord {
   objref: ObjRef
   /** Its fields, which framePlan writes into the plan. */
   payload: RecordBuilder
+  /** Planned after every other record: its payload names fds of other objects (/proc/self/fd/N). */
+  last?: boolean
 }
 
 /**
@@ -205,6 +207,8 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
 
 /** The home of a record whose object no fd names (above every fd number). */
 const NO_FD = 2 ** 31
+/** Where a `last` record sorts: after those too (still exact in a double once shifted by 2^21). */
+const AFTER_ALL = NO_FD + 1
 
 /**
  * Indexes of `records` by the lowest fd naming each record's object (records no fd names
@@ -216,7 +220,7 @@ function homeOrder(records: PlannedRecord[], lowestFd: LowestFd): Iterable<numbe
   let sorted = true
   for (let i = 0; i < records.length; i++) {
     // An fd is below 2^31, an index below 2^21 (the kernel's fd limit is 2^20): exact in a double.
-    keys[i] = lowestFd.of(records[i].objref) * 2 ** 21 + i
+    keys[i] = (records[i].last ? AFTER_ALL : lowestFd.of(records[i].objref)) * 2 ** 21 + i
     if (i > 0 && keys[i] < keys[i - 1]) sorted = false
   }
   if (sorted) return records.keys()

@@ -22,8 +22,10 @@ const PAGE = BigInt(PAGE_SIZE)
 // Kinds and what is stored for each
 
 export const VMA_KINDS: readonly VmaKind[] = [
-  'heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special',
+  'heap', 'stack', 'vdso', 'vvar', 'vsyscall', 'anonymous', 'shared-anonymous', 'file-private', 'file-shared', 'special', 'aio',
 ]
+
+export const AIO_RING_PATH = '/[aio] (deleted)'
 
 /** The kind of a mapping, from its maps line alone (so a loader can check a saved kind). */
 export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
@@ -42,6 +44,8 @@ export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
   if (path.startsWith('[anon:')) return shared ? 'shared-anonymous' : 'anonymous'
   if (path.startsWith('[')) return 'special'
   // Shared anonymous memory is a deleted shmem file: "/dev/zero" for mmap, "/SYSVkey" for SysV shm.
+  // The ring of an AIO context: a file of the kernel's internal aio filesystem.
+  if (shared && path === AIO_RING_PATH) return 'aio'
   if (shared && (path === '/dev/zero (deleted)' || /^\/SYSV[0-9a-f]{8} \(deleted\)$/.test(path))) return 'shared-anonymous'
   return shared ? 'file-shared' : 'file-private'
 }
@@ -49,7 +53,8 @@ export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
 /**
  * Which pages of a mapping are stored: private ones keep only their anonymous copies (the
  * file or the zero page gives the rest back); shared anonymous memory keeps every present
- * page; the vdso is stored whole so a restore can compare it; file-shared mappings keep
+ * page; the vdso is stored whole so a restore can compare it, and an AIO ring so a restore can
+ * check that no completed event waits in it; file-shared mappings keep
  * nothing (the file holds the data) and vvar/vsyscall cannot be read at all.
  */
 type Storage = 'anonymous-copies' | 'present' | 'whole' | 'nothing'
@@ -58,7 +63,7 @@ export function storageOf(kind: VmaKind): Storage {
   switch (kind) {
     case 'heap': case 'stack': case 'anonymous': case 'file-private': return 'anonymous-copies'
     case 'shared-anonymous': return 'present'
-    case 'vdso': return 'whole'
+    case 'vdso': case 'aio': return 'whole'
     case 'vvar': case 'vsyscall': case 'file-shared': case 'special': return 'nothing'
   }
 }

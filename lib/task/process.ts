@@ -10,7 +10,7 @@ import { native } from '../native'
 import { attr, each, PUBLIC, sub, type TableEntry } from '../tree/node'
 import { checkedBytes } from '../tree/checked'
 import {
-  absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, hexNumber, hexU64, int32, loadEach,
+  absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, FormatError, hexNumber, hexU64, int32, loadEach,
   octalNumber, readCheckedBytes, readValue, text, uint32, type Codec,
 } from './fields'
 import { inject, succeeded, SYS, type CallWithResult } from './inject'
@@ -48,6 +48,7 @@ export const SIGINFO_SIZE = 128
 const PR_GET_DUMPABLE = 3
 const PR_GET_SECUREBITS = 27
 const PR_GET_NO_NEW_PRIVS = 39
+const PR_GET_THP_DISABLE = 42
 const ITIMER_WHICH = ['real', 'virtual', 'prof'] as const
 /** struct kernel_sigaction {handler, flags, restorer, mask}, itimerval and itimerspec: 4 x u64. */
 const FOUR_WORDS = 32
@@ -82,6 +83,7 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
     { nr: SYS.prctl, args: [BigInt(PR_GET_NO_NEW_PRIVS), 0n, 0n, 0n, 0n] },
     { nr: SYS.prctl, args: [BigInt(PR_GET_DUMPABLE), 0n, 0n, 0n, 0n] },
     { nr: SYS.prctl, args: [BigInt(PR_GET_SECUREBITS), 0n, 0n, 0n, 0n] },
+    { nr: SYS.prctl, args: [BigInt(PR_GET_THP_DISABLE), 0n, 0n, 0n, 0n] },
     { nr: SYS.brk, args: [0n] },
   ]
   const results = await inject(pid, live, calls)
@@ -104,6 +106,7 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
   const noNewPrivs = take('prctl(PR_GET_NO_NEW_PRIVS)').ret === 1n
   const dumpable = Number(take('prctl(PR_GET_DUMPABLE)').ret)
   const securebits = Number(take('prctl(PR_GET_SECUREBITS)').ret)
+  const thpDisable = Number(take('prctl(PR_GET_THP_DISABLE)').ret)
   const brk = take('brk(0)').ret
 
   const [uid, euid, suid, fsuid] = status.numbers('Uid')
@@ -137,6 +140,7 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
     ttyNr: stat.number(STAT.ttyNr),
     noNewPrivs,
     dumpable,
+    thpDisable,
     seccompMode,
     creds,
     rlimits: parseLimits(limitsText),
@@ -198,6 +202,15 @@ const rlimitValue: Codec<bigint> = {
   parse: (value) => (value === 'unlimited' ? RLIM_INFINITY : decimalU64.parse(value)),
 }
 const u32Hex = hexNumber(0xffffffff)
+/** What prctl(PR_GET_THP_DISABLE) returns: 0, 1, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2). */
+const thpDisableValue: Codec<number> = {
+  show: (v) => v,
+  parse: (value) => {
+    const v = decimal(0, 3).parse(value)
+    if (v === 2) throw new FormatError('2 is not a PR_GET_THP_DISABLE value (0, 1 or 3)')
+    return v
+  },
+}
 const notifyText = text((v) => (/^(signal|none|thread)\/(pid|tid)\.\d+$/.test(v) ? undefined : `not KIND/pid.N or KIND/tid.N: ${JSON.stringify(v)}`))
 
 // ---------------------------------------------------------------------------------------
@@ -294,6 +307,7 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('tty_nr', uint32, (p) => p.ttyNr, PUBLIC),
   field('no_new_privs', flag, (p) => p.noNewPrivs, PUBLIC),
   field('dumpable', decimal(0, 2), (p) => p.dumpable),
+  field('thp_disable', thpDisableValue, (p) => p.thpDisable),
   field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode, PUBLIC),
 ]
 
@@ -347,6 +361,7 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     ttyNr: readValue(dir, 'tty_nr', uint32),
     noNewPrivs: readValue(dir, 'no_new_privs', flag),
     dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
+    thpDisable: readValue(dir, 'thp_disable', thpDisableValue),
     seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
     creds: await loadCreds(dir.dir('creds')),
     rlimits: await loadRlimits(dir.dir('rlimits')),

@@ -1,0 +1,108 @@
+// Single-process fidelity (issue 15): state that CRIU's zdtm tests check, each set up by
+// test/fixtures/restore_fidelity.c, checkpointed through the real mount, saved with `cp -a`,
+// killed, restored with `ckptfs restore`, and then checked by the process itself.
+
+import * as fs from 'fs'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, launchSaveRestore, restoreCli, runChecks, workdir, type Checks } from './lib/restore'
+import { buildTarget } from './lib/targets'
+
+const mnt = mountFor(t)
+const bin = buildTarget('restore_fidelity')
+
+/** Every expected check passed, none failed, and the fixture finished. */
+function expectChecks(t: Test, checks: Checks, expected: string[]): void {
+  t.ok(checks.done, 'the fixture finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+  for (const name of expected) t.ok(checks.ok.includes(name), `ok ${name}`)
+}
+
+for (const value of ['1', '3']) {
+  t.test(`PR_SET_THP_DISABLE (PR_GET_THP_DISABLE ${value}) is kept (zdtm thp_disable)`, async (t) => {
+    const { target, saved } = await launchSaveRestore(t, mnt, bin, ['thp', value])
+    t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'thp_disable'), 'utf8'), `${value}\n`, 'task-PID/thp_disable')
+    expectChecks(t, await runChecks(target), ['thp_disable'])
+  })
+}
+
+const MADVISED = ['dontfork', 'locked sequential', 'noreserve dontdump', 'random', 'hugepage', 'nohugepage', 'mergeable', 'wipeonfork', 'droppable', 'mlock', 'mlock onfault']
+
+t.test('mmap flags, madvise advice and locks of each mapping are kept (zdtm maps02)', async (t) => {
+  const { target } = await launchSaveRestore(t, mnt, bin, ['madvise'])
+  expectChecks(t, await runChecks(target), MADVISED.map((m) => `VmFlags ${m}`))
+})
+
+t.test('a saved tree that locks more memory than its process could is refused', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'madvise'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const task = path.join(saved, `task-${target.pid}`)
+  // As if the process had neither CAP_IPC_LOCK nor room under its RLIMIT_MEMLOCK.
+  fs.writeFileSync(path.join(task, 'creds', 'cap_effective'), '0x0\n')
+  fs.writeFileSync(path.join(task, 'rlimits', 'memlock', 'soft'), '4096\n')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+/vm_flags: locked \\(lo\\), \\d+ bytes locked in all, over the saved RLIMIT_MEMLOCK \\(4096\\)`), 'names the mapping and the limit')
+  t.notOk(exists(target.pid), 'no process is left')
+})
+
+t.test("a memfd keeps its mode (zdtm memfd00)", async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['memfd'])
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'inode_mode'), 'utf8'), '0100642\n', 'files/N/inode_mode')
+  expectChecks(t, await runChecks(target), ['memfd mode', 'memfd contents', 'memfd offset'])
+})
+
+t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as root)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'memfd'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  fs.writeFileSync(path.join(saved, 'files', ref, 'inode_mode'), '0104755\n')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`files/${ref}/inode_mode: 0104755: a memfd with setuid, setgid or sticky bits is not restored`), 'names the file and the bits')
+  t.notOk(exists(target.pid), 'no process is left')
+})
+
+t.test('a pipe with more than one open file description per end comes back with all of them (zdtm pipe01, pipe02)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['pipes'])
+  const refs = [3, 4, 5, 6, 7].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
+  t.equal(new Set(refs).size, 5, 'five open file descriptions')
+  expectChecks(t, await runChecks(target), [
+    'pipe access modes', 'pipe O_NONBLOCK per description', 'pipe descriptions share one pipe', 'pipe descriptions are not shared',
+    'pipe data through a reopened read end', 'pipe writes through the read-write and the write end', 'pipe data through the first read end',
+    'end of file once every writer is closed',
+  ])
+})
+
+t.test('an inotify watch on a deleted file that the task holds open comes back on the restored file (zdtm inotify00)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['inotify'])
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'watches', '2', 'path'), 'utf8'), '\n', 'the deleted inode has no path')
+  expectChecks(t, await runChecks(target), [
+    'inotify: the watch on the deleted file sees its close', 'inotify: the directory watch sees a new file', 'inotify: a new watch gets wd 3',
+  ])
+})
+
+t.test('an AIO context comes back at its address and works (zdtm aio00)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['aio'])
+  const kinds = fs.readdirSync(path.join(saved, `task-${target.pid}`, 'memory', 'vmas')).map((v) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'memory', 'vmas', v, 'kind'), 'utf8'))
+  t.equal(kinds.filter((k) => k === 'aio\n').length, 1, 'one aio mapping')
+  expectChecks(t, await runChecks(target), ['aio: the context is there, with no event', 'aio: a read submitted after the restore completes', 'aio: io_destroy'])
+})
+
+t.test('an AIO ring holding a completed event not read yet is refused', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'aio', 'pending'], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'ckptfs restore fails')
+  t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+: AIO ring with 1 completed events not read yet`), 'names the ring and why')
+  t.notOk(exists(target.pid), 'no process is left')
+})
