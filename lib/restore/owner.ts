@@ -5,7 +5,6 @@
 // root alone owns comes back as saved: root trusts what root stored.
 
 import * as fs from 'fs'
-import * as path from 'path'
 import { CkptError } from '../errors'
 import { readImage } from '../image/decode'
 import type { Credentials, Pid } from '../model'
@@ -113,6 +112,3 @@ function groupsOf(uid: number): Set<number> {
 function readLines(file: string): string[] {
   return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('#'))
 }
-
-/** How messages name a directory's saved credentials: `DIR/task-PID/...`. */
-export const inDirectory = (dir: string) => `${path.resolve(dir)}/`
