@@ -148,6 +148,19 @@ t.test("what root alone stored restores with root's credentials; a file others m
   t.equal(ckptfsOk('restore', `${saved}.image`, '--mount', mnt), String(pid), 'the root-owned image restores through the mount')
   await killAndWait(pid)
 
+  // Root's own copy, in a directory of the user's: the user could swap it for another
+  // between the check and the read, so it comes back only as the user.
+  const users = path.join(dir, 'users')
+  fs.mkdirSync(users, { mode: 0o755 })
+  fs.chownSync(users, user.uid, user.gid)
+  execFileSync('cp', ['-a', saved, path.join(users, 'saved')])
+  for (const how of [['--no-mount'], ['--mount', mnt]]) {
+    const r = ckptfs('restore', path.join(users, 'saved'), ...how)
+    t.equal(r.status, 1, `root's tree in the user's directory, ${how[0]}: refused`)
+    t.equal(r.stderr.trim(), `ckptfs restore: ${users}/saved/task-${pid}/creds/uid: 0, but ${users} is owned by uid ${user.uid} (${user.name}): ${RULE}`, `${how[0]}: names the directory that decided`)
+    t.notOk(exists(pid), `${how[0]}: no process ${pid}`)
+  }
+
   const comm = path.join(saved, `task-${pid}`, 'comm')
   for (const mode of [0o464, 0o446]) {
     fs.chmodSync(comm, mode)

@@ -5,6 +5,7 @@
 // root alone owns comes back as saved: root trusts what root stored.
 
 import * as fs from 'fs'
+import * as path from 'path'
 import { CkptError } from '../errors'
 import { readImage } from '../image/decode'
 import type { Credentials, Pid } from '../model'
@@ -23,9 +24,9 @@ const RULE = "a checkpoint stored in a user's files comes back only as that user
 
 /**
  * Walks the saved checkpoint at `top` (a tree, a directory holding an image, an image or tar
- * file): every entry from `top` down, by lstat, so a symbolic link is never followed (the
- * loaders do not follow them either) and counts by its own owner. Refuses a group- or
- * other-writable entry and entries owned by two different users.
+ * file): every entry from `top` down, then the directories above it, by lstat, so a symbolic
+ * link is never followed (the loaders do not follow them either) and counts by its own owner.
+ * Refuses a group- or other-writable entry and entries owned by two different users.
  */
 export function storedByOwners(top: string): StoredBy {
   const st = fs.statSync(top) // the path the caller named: its target is what is read
@@ -41,8 +42,7 @@ export function storedByOwners(top: string): StoredBy {
     }
   }
   consider(top, st)
-  if (!st.isDirectory()) return found
-  const pending = [top]
+  const pending = st.isDirectory() ? [top] : []
   for (let dir = pending.pop(); dir !== undefined; dir = pending.pop()) {
     for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
       const file = `${dir}/${entry.name}`
@@ -50,7 +50,28 @@ export function storedByOwners(top: string): StoredBy {
       if (entry.isDirectory()) pending.push(file)
     }
   }
+  // Whoever may rename entries in a directory above could swap the checkpoint for another
+  // between this walk and the read: each directory on the way to it (as named, and its real
+  // path) counts as an owner too, and one others may write is refused unless root's and
+  // sticky (/tmp), where only an entry's owner may rename it.
+  for (const dir of ancestors(top)) {
+    const s = fs.lstatSync(dir)
+    if (s.isDirectory() && (s.mode & 0o1000) !== 0 && s.uid === 0) continue
+    consider(dir, s)
+  }
   return found
+}
+
+/** The directories above `top`, from / down, as named and as its real path resolves them. */
+function ancestors(top: string): string[] {
+  const chain = (p: string) => {
+    const out: string[] = []
+    for (let dir = path.dirname(p); ; dir = path.dirname(dir)) {
+      out.unshift(dir)
+      if (dir === path.dirname(dir)) return out
+    }
+  }
+  return [...new Set([...chain(path.resolve(top)), ...chain(fs.realpathSync(top))])]
 }
 
 /**
