@@ -10,6 +10,8 @@ import { ancestryOf } from '../lib/lifecycle'
 import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
 import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
+import { imageFileIn } from '../lib/restore/load'
+import { checkImageCredentials } from '../lib/restore/owner'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
 import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
@@ -305,7 +307,7 @@ async function restore(parsed: Parsed): Promise<void> {
   const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
   try {
     const pid = mnt === undefined
-      ? await restorePath(input!.path, { allowReplaced }).catch((err: unknown) => {
+      ? await restorePath(input!.path, { allowReplaced }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
       : await restoreThroughMount(mnt, given, input, explain, allowReplaced)
@@ -324,13 +326,22 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
     const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
     dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
     try {
-      if (!input.isDirectory) fs.copyFileSync(input.path, path.join(dir, 'image'))
-      else if (holdsTaskDir(input.path)) {
+      // The restore area trusts what is copied in (the mount's owner chose it); what is read
+      // here from the user's disk is first held to its owners' rule (lib/restore/owner.ts).
+      if (!input.isDirectory) {
+        await checkImageCredentials(input.path, input.storedBy, input.path)
+        fs.copyFileSync(input.path, path.join(dir, 'image'))
+      } else if (holdsTaskDir(input.path)) {
         // A saved tree goes in as the image made from it (read and validated here, as a
         // restore would): one file through the mount instead of one per value, seconds
         // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(input.path, path.join(dir, 'image'), { validate: true })
-      } else execFileSync('cp', ['-a', `${input.path}/.`, dir]) // a directory holding an image
+        await treeToImage(input.path, path.join(dir, 'image'), { validate: true, storedBy: input.storedBy })
+      } else {
+        // a directory holding an image
+        const image = imageFileIn(fs.readdirSync(input.path), input.path)
+        if (image !== undefined) await checkImageCredentials(path.join(input.path, image), input.storedBy, path.join(input.path, image))
+        execFileSync('cp', ['-a', `${input.path}/.`, dir])
+      }
     } catch (err) {
       fs.rmSync(dir, { recursive: true, force: true })
       throw explain(errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err)

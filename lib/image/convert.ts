@@ -13,6 +13,7 @@ import { DiskDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
+import { checkStoredCredentials, type StoredBy } from '../restore/owner'
 import { validateCheckpoint } from '../restore/validate'
 import { taskDir } from '../task/tree'
 import { attr, tableDir, type DirNode, type TableEntry } from '../tree/node'
@@ -54,14 +55,16 @@ async function readMode(file: string): Promise<CheckpointMode> {
 /**
  * Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). With
  * `validate`, the tree is first checked by the validator a restore runs, so nothing is written
- * for a tree the restore would refuse.
+ * for a tree the restore would refuse; with `storedBy`, its credentials are held to what its
+ * files' owners allow (lib/restore/owner.ts), as a restore would.
  */
-export async function treeToImage(treeRoot: string, outFile: string, opts: { validate?: boolean } = {}): Promise<void> {
+export async function treeToImage(treeRoot: string, outFile: string, opts: { validate?: boolean; storedBy?: StoredBy } = {}): Promise<void> {
   const { task, mode, bootId } = await loadTree(treeRoot)
   if (opts.validate) {
     const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
     await validateCheckpoint({ pid: task.pid, process, threads, vmas, fileTable })
   }
+  if (opts.storedBy) checkStoredCredentials((await task.process()).creds, task.pid, opts.storedBy, `${treeRoot}/`)
   const source = await imageSource(task, { mode, bootId })
   const out = await fs.promises.open(outFile, 'wx', 0o644)
   try {

@@ -9,6 +9,7 @@ import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
 import { restoreProcess, type RestoreOptions } from './engine'
 import { loadSaved } from './load'
+import { checkStoredCredentials, storedByOwners, type StoredBy } from './owner'
 import { validateCheckpoint } from './validate'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
@@ -19,14 +20,28 @@ export async function restoreSaved(root: StoredDir, name: string, options: Resto
   return restoreProcess(saved, timer, options)
 }
 
-/** Restores from a saved tree directory, a directory holding only `image`, or an image file. */
-export async function restorePath(p: string, options: RestoreOptions = {}): Promise<number> {
+/**
+ * Restores from a saved tree directory, a directory holding only `image`, or an image file.
+ * Its files' owners decide which credentials it may come back with (owner.ts); `storedBy`
+ * says it instead when the files read here are not the ones the user gave (an unpacked tar,
+ * stdin).
+ */
+export async function restorePath(p: string, options: RestoreOptions = {}, storedBy?: StoredBy): Promise<number> {
   const stat = await fs.promises.stat(p).catch(() => undefined)
   if (!stat) throw new CkptError(`${p}: no such file or directory`, 'ENOENT')
-  if (stat.isDirectory()) return restoreSaved(new DiskDir(p), path.basename(p), options)
+  const trust = storedBy ?? storedByOwners(p)
   const timer = new PhaseTimer('restore')
+  if (stat.isDirectory()) {
+    const root = new DiskDir(p)
+    const isTree = [...root.list().keys()].some((n) => /^task-[0-9]+$/.test(n))
+    const saved = await loadSaved(root, path.basename(p))
+    checkStoredCredentials(saved.process.creds, saved.pid, trust, isTree ? `${p}/` : `${p}: `)
+    timer.mark('load and validate')
+    return restoreProcess(saved, timer, options)
+  }
   const saved = await readImage(p)
   await validateCheckpoint(saved)
+  checkStoredCredentials(saved.process.creds, saved.pid, trust, `${p}: `)
   timer.mark('load and validate')
   return restoreProcess(saved, timer, options)
 }

@@ -12,12 +12,19 @@ import { Readable } from 'stream'
 import { pipeline } from 'stream/promises'
 import { createGunzip } from 'zlib'
 import { CkptError, messageOf } from '../errors'
+import { CALLERS_CHOICE, storedByOwners, type StoredBy } from './owner'
 import { extractTar, isTarHeader } from './tar'
 
 export interface RestoreInput {
   /** A saved tree or a directory holding an image (isDirectory), or an image file. */
   path: string
   isDirectory: boolean
+  /**
+   * Who could have written what the user gave (owner.ts): the owners and modes of the tree or
+   * image file, or of the tar file (its entries' owners are whatever its maker wrote); stdin
+   * is the caller's choice.
+   */
+  storedBy: StoredBy
   /** What the user gave (`stdin` for `-`), for messages. */
   label: string
   /** Says `message` in the user's terms: scratch paths become the name the user gave. */
@@ -34,15 +41,15 @@ const isGzip = (head: Buffer) => head.length >= 2 && head[0] === 0x1f && head[1]
 const MAX_WRAPPING = 8
 
 export async function openRestoreInput(given: string): Promise<RestoreInput> {
-  if (given === '-') return fromStream(process.stdin, 'stdin')
+  if (given === '-') return fromStream(process.stdin, 'stdin', CALLERS_CHOICE)
   const source = path.resolve(given)
   const stat = fs.statSync(source, { throwIfNoEntry: false })
   if (!stat) throw new CkptError(`${source}: no such file or directory`, 'ENOENT')
-  if (stat.isDirectory()) return local(source, true, source)
+  if (stat.isDirectory()) return local(source, true, source, storedByOwners(source))
   if (!stat.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory), an image file nor a tar`, 'EINVAL')
   const head = readHead(source)
-  if (isImage(head)) return local(source, false, source)
-  if (isTarHeader(head) || isGzip(head)) return fromStream(fs.createReadStream(source), source)
+  if (isImage(head)) return local(source, false, source, storedByOwners(source))
+  if (isTarHeader(head) || isGzip(head)) return fromStream(fs.createReadStream(source), source, storedByOwners(source))
   throw new CkptError(`${source}: neither a ckptfs image nor a tar of a saved checkpoint`, 'EINVAL')
 }
 
@@ -51,9 +58,9 @@ export async function openRestoreInput(given: string): Promise<RestoreInput> {
  * relative to it (task-PID/..., image), as the user sees them there; only an image file
  * given by another name has "image" replaced by that name.
  */
-function local(p: string, isDirectory: boolean, label: string): RestoreInput {
+function local(p: string, isDirectory: boolean, label: string, storedBy: StoredBy): RestoreInput {
   const explain = isDirectory ? (m: string) => m : (m: string) => inUserTerms(m, label, undefined)
-  return { path: p, isDirectory, label, explain, dispose: () => undefined }
+  return { path: p, isDirectory, storedBy, label, explain, dispose: () => undefined }
 }
 
 function readHead(file: string): Buffer {
@@ -67,12 +74,12 @@ function readHead(file: string): Buffer {
 }
 
 /** An image or a (gzipped) tar read from a stream, kept in a private scratch directory. */
-async function fromStream(stream: Readable, label: string): Promise<RestoreInput> {
+async function fromStream(stream: Readable, label: string, storedBy: StoredBy): Promise<RestoreInput> {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-input-')) // mode 0700
   const dispose = () => fs.rmSync(scratch, { recursive: true, force: true })
   try {
     const found = await unpack(stream, scratch, label)
-    return { ...found, label, explain: (m) => inUserTerms(m, label, scratch), dispose }
+    return { ...found, storedBy, label, explain: (m) => inUserTerms(m, label, scratch), dispose }
   } catch (err) {
     dispose()
     throw err

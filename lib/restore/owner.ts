@@ -1,0 +1,135 @@
+// Who stored a saved checkpoint decides which credentials it may come back with. A saved tree
+// or image is code: restoring it runs what its memory holds with the credentials it names, so
+// one kept in a user's files comes back only as that user (no capabilities, only their uid and
+// groups), and one that anyone could have changed (group- or other-writable) not at all. What
+// root alone owns comes back as saved: root trusts what root stored.
+
+import * as fs from 'fs'
+import * as path from 'path'
+import { CkptError } from '../errors'
+import { readImage } from '../image/decode'
+import type { Credentials, Pid } from '../model'
+
+/** Who could have written a saved checkpoint, as found from its files' owners and modes. */
+export type StoredBy =
+  /** Root alone (or the caller chose the bytes, as with stdin): any saved credentials. */
+  | { kind: 'root'; reason: string }
+  /** A user owns at least one file: only that user's credentials. `file` is the one that decided. */
+  | { kind: 'user'; uid: number; file: string }
+
+const ROOT_ONLY: StoredBy = { kind: 'root', reason: 'owned by root' }
+/** `ckptfs restore -`: no file, no owner; what was piped in is the caller's choice. */
+export const CALLERS_CHOICE: StoredBy = { kind: 'root', reason: 'read from stdin' }
+const RULE = "a checkpoint stored in a user's files comes back only as that user"
+
+/**
+ * Walks the saved checkpoint at `top` (a tree, a directory holding an image, an image or tar
+ * file): every entry from `top` down, then the directories above it, by lstat, so a symbolic
+ * link is never followed (the loaders do not follow them either) and counts by its own owner.
+ * Refuses a group- or other-writable entry and entries owned by two different users.
+ */
+export function storedByOwners(top: string): StoredBy {
+  const st = fs.statSync(top) // the path the caller named: its target is what is read
+  let found: StoredBy = ROOT_ONLY
+  const consider = (file: string, s: fs.Stats) => {
+    if (!s.isSymbolicLink() && (s.mode & 0o022) !== 0) {
+      throw new CkptError(`${file}: writable by others (mode 0${(s.mode & 0o7777).toString(8)}): anyone could have changed it; a restore does not trust it`, 'EPERM')
+    }
+    if (s.uid === 0) return
+    if (found.kind === 'root') found = { kind: 'user', uid: s.uid, file }
+    else if (found.uid !== s.uid) {
+      throw new CkptError(`${file}: owned by uid ${s.uid} (${userName(s.uid)}), but ${found.file} by uid ${found.uid} (${userName(found.uid)}): a saved checkpoint is stored by root or by one user`, 'EPERM')
+    }
+  }
+  consider(top, st)
+  const pending = st.isDirectory() ? [top] : []
+  for (let dir = pending.pop(); dir !== undefined; dir = pending.pop()) {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+      const file = `${dir}/${entry.name}`
+      consider(file, fs.lstatSync(file))
+      if (entry.isDirectory()) pending.push(file)
+    }
+  }
+  // Whoever may rename entries in a directory above could swap the checkpoint for another
+  // between this walk and the read: each directory on the way to it (as named, and its real
+  // path) counts as an owner too, and one others may write is refused unless root's and
+  // sticky (/tmp), where only an entry's owner may rename it.
+  for (const dir of ancestors(top)) {
+    const s = fs.lstatSync(dir)
+    if (s.isDirectory() && (s.mode & 0o1000) !== 0 && s.uid === 0) continue
+    consider(dir, s)
+  }
+  return found
+}
+
+/** The directories above `top`, from / down, as named and as its real path resolves them. */
+function ancestors(top: string): string[] {
+  const chain = (p: string) => {
+    const out: string[] = []
+    for (let dir = path.dirname(p); ; dir = path.dirname(dir)) {
+      out.unshift(dir)
+      if (dir === path.dirname(dir)) return out
+    }
+  }
+  return [...new Set([...chain(path.resolve(top)), ...chain(fs.realpathSync(top))])]
+}
+
+/**
+ * Refuses saved credentials that `storedBy` does not allow: for a user U, every uid must be
+ * U, every gid one of U's groups, and no capability set may hold anything. `where` names the
+ * saved checkpoint in messages (a tree's path, or an image file's).
+ */
+export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root') return
+  const { uid, file } = storedBy
+  const owner = `${file} is owned by uid ${uid} (${userName(uid)})`
+  const refuse = (name: string, value: string) => {
+    throw new CkptError(`${where}task-${pid}/creds/${name}: ${value}, but ${owner}: ${RULE}`, 'EPERM')
+  }
+  for (const name of ['uid', 'euid', 'suid', 'fsuid'] as const) {
+    if (creds[name] !== uid) refuse(name, String(creds[name]))
+  }
+  const groups = groupsOf(uid)
+  for (const name of ['gid', 'egid', 'sgid', 'fsgid'] as const) {
+    if (!groups.has(creds[name])) refuse(name, `${creds[name]} (not a group of uid ${uid})`)
+  }
+  for (const gid of creds.groups) {
+    if (!groups.has(gid)) refuse('groups', `${gid} (not a group of uid ${uid})`)
+  }
+  const caps = [['cap_permitted', creds.capPermitted], ['cap_effective', creds.capEffective], ['cap_inheritable', creds.capInheritable], ['cap_ambient', creds.capAmbient]] as const
+  for (const [name, set] of caps) {
+    if (set !== 0n) refuse(name, `0x${set.toString(16)} (capabilities)`)
+  }
+}
+
+/** Reads the image file `image` and checks its saved credentials against `storedBy` (nothing is read when root stored it). */
+export async function checkImageCredentials(image: string, storedBy: StoredBy, label: string): Promise<void> {
+  if (storedBy.kind === 'root') return
+  const loaded = await readImage(image)
+  checkStoredCredentials(loaded.process.creds, loaded.pid, storedBy, `${label}: `)
+}
+
+/** A user's name from /etc/passwd, or `no account` when it has none. */
+function userName(uid: number): string {
+  return passwdEntry(uid)?.[0] ?? 'no account'
+}
+
+function passwdEntry(uid: number): string[] | undefined {
+  return readLines('/etc/passwd').map((l) => l.split(':')).find((f) => f.length >= 4 && Number(f[2]) === uid && f[2] !== '')
+}
+
+/** The gids a user belongs to: its primary group (/etc/passwd) and those listing it in /etc/group. */
+function groupsOf(uid: number): Set<number> {
+  const entry = passwdEntry(uid)
+  const groups = new Set<number>()
+  if (!entry) return groups
+  groups.add(Number(entry[3]))
+  for (const f of readLines('/etc/group').map((l) => l.split(':'))) {
+    if (f.length >= 4 && f[3].split(',').includes(entry[0])) groups.add(Number(f[2]))
+  }
+  return groups
+}
+
+function readLines(file: string): string[] {
+  return fs.readFileSync(file, 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('#'))
+}
