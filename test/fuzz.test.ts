@@ -1014,6 +1014,12 @@ const CORPUS: Array<{ name: string; where: (s: SavedCheckpoint) => string; chang
     change: (s) => ({ ...s, vmas: s.vmas.map((v) => (v === s.vmas.find((w) => w.kind === 'file-private') ? { ...v, path: 'fuzz_target' } : v)) }),
   },
   {
+    // Found by the fuzz (seed 910966809, image 64): the image took any string.
+    name: 'VmFlags that are not two-letter flags',
+    where: (s) => `task-${s.pid}/memory/vmas/${vmaName(s.vmas.find((v) => v.kind === 'stack')!)}/vm_flags`,
+    change: (s) => ({ ...s, vmas: s.vmas.map((v) => (v.kind === 'stack' ? { ...v, vmFlags: 'xxxxxxxxxxxxxxxxxxxx' } : v)) }),
+  },
+  {
     name: 'brk below start_brk',
     where: (s) => `task-${s.pid}/mm/brk`,
     change: (s) => ({ ...s, process: { ...s.process, mm: { ...s.process.mm, brk: s.process.mm.startBrk - 0x1000n } } }),

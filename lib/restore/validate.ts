@@ -11,7 +11,7 @@ import type { ValidationContext } from '../files/handler'
 import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
 import type { FileTable, ProcessState, ThreadState, Vma } from '../model'
-import { storageOf, vmaKind, vmaName } from '../task/memory'
+import { storageOf, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
@@ -210,6 +210,8 @@ function validateVmas(vmas: Vma[], task: string): void {
     previous = v
     if (!/^[r-][w-][x-][ps]$/.test(v.perms)) throw fail(`${where}/perms`, `${JSON.stringify(v.perms)} is not like "rw-p"`)
     if (v.offset % PAGE !== 0n) throw fail(`${where}/offset`, `${hex(v.offset)} is not page-aligned`)
+    const badFlags = vmFlagsProblem(v.vmFlags)
+    if (badFlags !== undefined) throw fail(`${where}/vm_flags`, badFlags)
     const kind = vmaKind(v)
     if (v.kind !== kind) throw fail(`${where}/kind`, `${v.kind} does not fit perms ${v.perms} and path ${JSON.stringify(v.path)} (${kind})`)
     // A file mapping is made again from its path: the restore opens it as it is.
