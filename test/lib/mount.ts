@@ -23,7 +23,10 @@ export const userEnv = (() => {
 })()
 
 export function ckptfs(...args: string[]): CliResult {
-  const r = spawnSync(process.execPath, [cliPath, ...args], { encoding: 'utf8', timeout: 120_000, env: userEnv })
+  // tap wraps child_process and puts its process-info loader back into every child's
+  // NODE_OPTIONS; `env -u` drops it, so the CLI runs as a user's would (with the loader, one
+  // run in several hundred hung for good at exit in Node 20's loader thread).
+  const r = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, cliPath, ...args], { encoding: 'utf8', timeout: 120_000, env: userEnv })
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
 }
 
