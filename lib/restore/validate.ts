@@ -85,14 +85,15 @@ function checkComm(comm: string, where: string): void {
 
 function validateRlimits(p: ProcessState, task: string): void {
   RLIMITS.forEach(({ name }, resource) => {
-    const found = p.rlimits.filter((r) => r.resource === resource)
+    // By number and name alike: a tree names each by its directory, an image carries both.
+    const found = p.rlimits.filter((r) => r.resource === resource && r.name === name)
     if (found.length === 0) throw fail(`${task}/rlimits/${name}`, 'missing')
     if (found.length > 1) throw fail(`${task}/rlimits/${name}`, 'given twice')
     const [limit] = found
     if (limit.soft > limit.hard) throw fail(`${task}/rlimits/${name}/soft`, `${limit.soft} is above the hard limit ${limit.hard}`)
   })
-  const unknown = p.rlimits.find((r) => RLIMITS[r.resource] === undefined)
-  if (unknown) throw fail(`${task}/rlimits/${unknown.name}`, `resource ${unknown.resource} is not one this kernel has`)
+  const unknown = p.rlimits.find((r) => RLIMITS[r.resource]?.name !== r.name)
+  if (unknown) throw fail(`${task}/rlimits/${unknown.name}`, `resource ${unknown.resource} is not one this kernel has by that name`)
 }
 
 function validateSignals(p: ProcessState, task: string): void {
