@@ -11,7 +11,7 @@ import type { ValidationContext } from '../files/handler'
 import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
 import type { FileTable, ProcessState, ThreadState, Vma } from '../model'
-import { storageOf, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
+import { storageOf, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
@@ -209,8 +209,10 @@ function validateVmas(vmas: Vma[], task: string): void {
     if (!inUserSpace) throw fail(where, 'not in user space')
     if (previous && v.start < previous.end) throw fail(where, `overlaps ${vmaName(previous)}`)
     previous = v
-    if (!/^[r-][w-][x-][ps]$/.test(v.perms)) throw fail(`${where}/perms`, `${JSON.stringify(v.perms)} is not like "rw-p"`)
+    if (!/^[r-][w-][x-][ps]$/.test(v.perms)) throw fail(`${where}/perms`, `not like rw-p: ${JSON.stringify(v.perms)}`)
     if (v.offset % PAGE !== 0n) throw fail(`${where}/offset`, `${hex(v.offset)} is not page-aligned`)
+    const badDev = vmaDevProblem(v.dev)
+    if (badDev !== undefined) throw fail(`${where}/dev`, badDev)
     const badFlags = vmFlagsProblem(v.vmFlags)
     if (badFlags !== undefined) throw fail(`${where}/vm_flags`, badFlags)
     const kind = vmaKind(v)

@@ -306,7 +306,11 @@ const storedRun: Codec<StoredRun> = {
 }
 
 const permsText = text((v) => (/^[r-][w-][x-][ps]$/.test(v) ? undefined : `not like rw-p: ${JSON.stringify(v)}`))
-const devText = text((v) => (/^[0-9a-f]{2,8}:[0-9a-f]{2,8}$/.test(v) ? undefined : `not MAJOR:MINOR in hexadecimal: ${JSON.stringify(v)}`))
+/** What is wrong with a mapping's device (MAJOR:MINOR in hexadecimal, as /proc/PID/maps shows it), if anything. */
+export function vmaDevProblem(v: string): string | undefined {
+  return /^[0-9a-f]{2,8}:[0-9a-f]{2,8}$/.test(v) ? undefined : `not MAJOR:MINOR in hexadecimal: ${JSON.stringify(v)}`
+}
+const devText = text(vmaDevProblem)
 /** What is wrong with a VmFlags line, if anything (the tree loader and the validator both ask). */
 export function vmFlagsProblem(v: string): string | undefined {
   return /^([a-z0-9]{2}( [a-z0-9]{2})*)?$/.test(v) ? undefined : `not two-letter flags separated by spaces: ${JSON.stringify(v)}`
