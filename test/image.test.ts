@@ -455,7 +455,7 @@ t.test('values out of range are refused', async (t) => {
     ['vma start not page aligned', (task) => ({ ...task, vmas: lazy(async () => [vma(0x400010n, 1n, [])]) }), /vma #1 at byte \d+: start: 0x400010 is not page aligned/],
     ['stored run past the end', (task) => ({ ...task, vmas: lazy(async () => [vma(0x400000n, 2n, [[1n, 2n]])]) }), /vma #1 at byte \d+: stored\[0\]: ends at 12288, past the mapping's 8192 bytes/],
     ['overlapping mappings', (task) => ({ ...task, vmas: lazy(async () => [vma(0x400000n, 2n, []), vma(0x401000n, 2n, [])]) }), /overlaps the one at 0x400000/],
-    ['bad perms', (task) => ({ ...task, vmas: lazy(async () => [vma(0x400000n, 2n, [], { perms: 'rwz' })]) }), /perms: not like rw-p: "rwz"/],
+    ['bad perms', (task) => ({ ...task, vmas: lazy(async () => [vma(0x400000n, 2n, [], { perms: 'rwz' })]) }), /perms: "rwz" is not like "rw-p"/],
     ['short registers', (task) => ({ ...task, threads: lazy(async () => (task.threads().then((ts) => ts.map((th) => ({ ...th, regs: Buffer.alloc(8) }))))) }), /thread #1 at byte \d+: regs: 8 bytes, expected 216/],
     ['signal 65', (task) => ({ ...task, process: lazy(async () => ({ ...(await task.process()), sigactions: [{ signal: 65, handler: 0n, flags: 0n, restorer: 0n, mask: 0n }] })) }), /process #1 at byte \d+: sigactions\[0\]\.signal: 65 is out of range \(1 \.\. 64\)/],
     ['O_TRUNC', (task) => ({ ...task, fileTable: lazy(async () => { const ft = await task.fileTable(); return { ...ft, files: ft.files.map((f) => (f.objref === 2 ? { ...f, flags: f.flags | 0o1000 } : f)) } }) }), /file #2 at byte \d+: flags: O_TRUNC is refused/],
