@@ -86,7 +86,8 @@ function restoreReleasingZombie(argv: string[], release: string): Promise<{ stat
   })
 }
 
-t.test('a restore right after `kill` waits for the zombie of the original to be reaped, and says so', async (t) => {
+/** A counter whose parent reaps it only once `release` exists, checkpointed while it counts. */
+async function countingUnderSlowReaper(t: Test) {
   const dir = workdir(t)
   const log = path.join(dir, 'log')
   const release = path.join(dir, 'release')
@@ -94,6 +95,11 @@ t.test('a restore right after `kill` waits for the zombie of the original to be 
   killAtTeardown(t, pid, counter)
   await waitUntil('the counter to count', () => fs.existsSync(log) && numbers(log).length >= 3)
   const checkpoint = ckptfsOk('checkpoint', String(pid), '--mount', mnt)
+  return { dir, log, release, pid, checkpoint }
+}
+
+t.test('a restore right after `kill` waits for the zombie of the original to be reaped, and says so', async (t) => {
+  const { dir, log, release, pid, checkpoint } = await countingUnderSlowReaper(t)
   const saved = path.join(dir, 'saved')
   spawnSync('cp', ['-a', checkpoint, saved])
   fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
@@ -110,13 +116,7 @@ t.test('a restore right after `kill` waits for the zombie of the original to be 
 })
 
 t.test('a restore without a mount waits for the zombie too, with the note on its own stderr', async (t) => {
-  const dir = workdir(t)
-  const log = path.join(dir, 'log')
-  const release = path.join(dir, 'release')
-  const pid = await startWithSlowReaper(t, [counter, log, '50'], release)
-  killAtTeardown(t, pid, counter)
-  await waitUntil('the counter to count', () => fs.existsSync(log) && numbers(log).length >= 3)
-  const checkpoint = ckptfsOk('checkpoint', String(pid), '--mount', mnt)
+  const { dir, log, release, pid, checkpoint } = await countingUnderSlowReaper(t)
   const image = path.join(dir, 'saved.image')
   fs.copyFileSync(`${checkpoint}.image`, image)
   fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
