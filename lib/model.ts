@@ -134,6 +134,11 @@ export interface PathDescription extends DescriptionCommon {
   gid: number
   size: bigint
   nlink: number
+  /**
+   * Birth time in ns since the epoch, 0n where the filesystem keeps none: with dev and inode
+   * it tells the saved file from a new one that was given the freed inode number.
+   */
+  btime: bigint
   /** The path is gone or now names another inode (reference/000). */
   unlinked: boolean
   /** Other names of the same inode, found when unlinked (reference/000). */

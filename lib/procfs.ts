@@ -66,6 +66,8 @@ export interface InodeStat {
   nlink: number
   size: bigint
   rdev: bigint
+  /** Birth time in ns since the epoch (statx); 0n where the filesystem keeps none. */
+  btime: bigint
 }
 
 /** One fd of a task as /proc shows it. */
@@ -112,7 +114,7 @@ export async function readFds(pid: Pid, fds: number[]): Promise<RawFd[]> {
 }
 
 export function inodeStat(st: fs.BigIntStats): InodeStat {
-  return { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
+  return { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
 }
 
 async function readFdsAsync(pid: Pid, fds: number[]): Promise<ReadResult[]> {
@@ -206,7 +208,7 @@ function readFdsWorkerMain(): void {
         fsSync.closeSync(handle)
       }
       const st = target.startsWith('/') ? fsSync.statSync(link, { bigint: true }) : undefined
-      const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev }
+      const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
       return { fd, target, fdinfo, stat }
     } catch (err) {
       return { fd, code: String((err as NodeJS.ErrnoException).code), message: (err as Error).message }

@@ -914,7 +914,7 @@ function device(type: 'chr' | 'blk', devicePath: string, major: number, minor: n
   return (objref) => ({
     objref, type, target: devicePath, flags: 0o2, mode: 3, pos: 0n, mntId: 1, ino: 1n, notCheckpointable: undefined,
     path: devicePath, dev: 5n, rdev: BigInt((major << 8) | minor), inodeMode: (type === 'chr' ? 0o20000 : 0o60000) | 0o660,
-    size: 0n, nlink: 1, uid: 0, gid: 0, unlinked: false, otherLinks: async () => [],
+    size: 0n, nlink: 1, btime: 0n, uid: 0, gid: 0, unlinked: false, otherLinks: async () => [],
   })
 }
 

@@ -153,7 +153,7 @@ function common(objref: number, target: string, flags = 0o2, pos = 0n) {
 }
 
 function fileTable(contentsSize: number): FileTable {
-  const pathCommon = { dev: 0x803n, rdev: 0n, inodeMode: 0o100644, uid: 1000, gid: 100, size: 10n, nlink: 1, unlinked: false, otherLinks: lazy(async () => []) }
+  const pathCommon = { dev: 0x803n, rdev: 0n, inodeMode: 0o100644, uid: 1000, gid: 100, size: 10n, nlink: 1, btime: 1796608822105099142n, unlinked: false, otherLinks: lazy(async () => []) }
   const files: FileDescription[] = [
     { ...common(1, '/dev/pts/0'), type: 'chr', path: '/dev/pts/0', ...pathCommon, rdev: 0x8800n, inodeMode: 0o20620 },
     { ...common(2, '/tmp/log.txt', 0o102001, 123456789n), type: 'file', path: '/tmp/log.txt', ...pathCommon },
@@ -354,7 +354,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 2 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 3 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')

@@ -11,7 +11,7 @@ import t from 'tap'
 type Tap = Pick<typeof t, 'equal' | 'match' | 'notOk'>
 import { ckptfs, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, syscallOf, waitUntil, workdir, type Target } from './lib/restore'
-import { asUser, attacker, shAs } from './lib/unprivileged'
+import { asUser, attacker, runAs, shAs } from './lib/unprivileged'
 
 interface Teardownable {
   teardown(fn: () => void | Promise<void>): void
@@ -139,10 +139,67 @@ t.test('a file swapped for a link to a root-only file is never reopened', async 
   // identity check refuses it on this boot; the option accepts it.
   const savedMode = (parseInt(fs.readFileSync(path.join(saved, 'files', objref, 'inode_mode'), 'utf8'), 8) & 0o7777).toString(8)
   shAs(user, `cd ${shQuote(dir)} && rm data.txt && printf 'edited\\n' > data.txt.new && chmod ${savedMode} data.txt.new && mv data.txt.new data.txt`)
-  refused(t, saved, target.pid, new RegExp(`fd 3 \\(files/${objref}\\): ${data} is not the saved file \\(device [0-9]+ inode [0-9]+, saved device [0-9]+ inode [0-9]+\\)`), 'the user\'s file replaced by a rename')
+  // (The new file may be given the saved one's freed inode number: then its birth time tells.)
+  refused(t, saved, target.pid, new RegExp(`fd 3 \\(files/${objref}\\): ${data} is not the saved file \\((device [0-9]+ inode [0-9]+, saved device [0-9]+ inode [0-9]+|${newFileWithSavedNumber})\\)`), 'the user\'s file replaced by a rename')
   restoredOk(saved, target.pid, ['--allow-replaced'])
   t.equal(fdInfo(target.pid, 3).data, 'edited\n', 'with --allow-replaced the restored process has the new data.txt')
   t.equal(fs.readFileSync(`/proc/${target.pid}/status`, 'utf8').match(/^Uid:\s+(\d+)/m)![1], String(user.uid), 'as the user')
+})
+
+/** What the stub says of a file with the saved inode number but another birth time. */
+const newFileWithSavedNumber = 'inode [0-9]+ born at [0-9]+ ns, saved born at [0-9]+ ns: a new file given the saved inode number'
+
+/**
+ * As the user, in `dir`: creates files until one is given inode number `ino` (freed when the
+ * saved file was removed), names it `name` with mode `mode`, and removes the others. False
+ * when the filesystem did not hand the number out again.
+ */
+function newFileWithInode(dir: string, ino: bigint, name: string, mode: number): boolean {
+  const script = `
+import os, sys
+d, want, name, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4], 8)
+made = []
+found = False
+for i in range(20000):
+    p = os.path.join(d, 'candidate.%d' % i)
+    fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    ino = os.fstat(fd).st_ino
+    if ino == want:
+        os.write(fd, b'a new file\\n')
+        os.fchmod(fd, mode)
+        os.close(fd)
+        os.rename(p, os.path.join(d, name))
+        found = True
+        break
+    os.close(fd)
+    made.append(p)
+for p in made:
+    os.unlink(p)
+print('found' if found else 'not found')
+`
+  const r = runAs(user, ['python3', '-c', script, dir, String(ino), name, mode.toString(8)])
+  if (r.status !== 0) throw new Error(`python3 as the user failed: ${r.stderr}`)
+  return r.stdout.trim() === 'found'
+}
+
+t.test('a new file given the saved file\'s inode number is not the saved file', async (t) => {
+  const dir = userDir(t)
+  const data = path.join(dir, 'data.txt')
+  const target = await launchAsUser(t, dir, `printf 'mine\\n' > data.txt && exec 3<>data.txt && exec sleep 100000`)
+  const st = fs.statSync(data, { bigint: true })
+  const saved = await saveAndKill(t, target)
+  const objref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  const btime = fs.readFileSync(path.join(saved, 'files', objref, 'btime'), 'utf8').trim()
+  t.equal(btime, String(st.birthtimeNs), 'the tree records the file\'s birth time')
+  if (st.birthtimeNs === 0n) return t.skip(`${dir}'s filesystem keeps no birth time`)
+
+  shAs(user, `rm ${shQuote(data)}`)
+  if (!newFileWithInode(dir, st.ino, 'data.txt', Number(st.mode) & 0o7777)) return t.skip(`${dir}'s filesystem did not give inode ${st.ino} to a new file`)
+  const now = fs.statSync(data, { bigint: true })
+  t.match({ ino: now.ino, uid: now.uid, mode: now.mode }, { ino: st.ino, uid: st.uid, mode: st.mode }, 'data.txt is a new file with the saved inode number, owner and mode')
+  refused(t, saved, target.pid, new RegExp(`fd 3 \\(files/${objref}\\): ${data} is not the saved file \\(${newFileWithSavedNumber}\\); if it was replaced on purpose, restore with --allow-replaced\\n$`), 'the new file')
+  restoredOk(saved, target.pid, ['--allow-replaced'])
+  t.equal(fdInfo(target.pid, 3).data, 'a new file\n', 'with --allow-replaced the restored process has the new data.txt')
 })
 
 t.test('an unlinked setuid file comes back unnamed, owned by the user, and only where the user may write', async (t) => {

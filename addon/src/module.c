@@ -30,7 +30,7 @@ void nerr_set_raw(nerr_t *e, int code, const char *fmt, ...) {
 }
 
 napi_value nerr_to_js(napi_env env, const nerr_t *e) {
-  char text[400];
+  char text[1400];
   if (e->raw)
     snprintf(text, sizeof text, "%s", e->msg);
   else

@@ -15,7 +15,7 @@
 typedef struct nerr {
   int code;       // errno value, 0 = no error
   int raw;        // msg is the whole message (no strerror text appended)
-  char msg[240];  // e.g. "process_vm_readv(pid 123, 0x7f00, 4096)"
+  char msg[1200]; // e.g. "process_vm_readv(pid 123, 0x7f00, 4096)"; a stub's reply names paths
 } nerr_t;
 
 void nerr_set(nerr_t *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -382,6 +382,7 @@ static void become_restorer(void) {
 struct identity {
   uint32_t mode, uid, gid;
   uint64_t dev, ino;
+  uint64_t btime_ns; // 0: not known (the filesystem keeps none, or an older save)
 };
 
 static struct identity read_identity(void) {
@@ -391,6 +392,7 @@ static struct identity read_identity(void) {
   id.gid = u32("gid");
   id.dev = u64("dev");
   id.ino = u64("ino");
+  id.btime_ns = u64("btime");
   return id;
 }
 
@@ -406,6 +408,15 @@ static void check_identity(int fd, const struct identity *want, const char *path
   else if ((st.st_mode & 07777) != (want->mode & 07777)) snprintf(why, sizeof why, "mode 0%o, saved 0%o", st.st_mode & 07777, want->mode & 07777);
   else if ((plan_flags & PLAN_SAME_BOOT) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
     snprintf(why, sizeof why, "device %llu inode %llu, saved device %llu inode %llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (unsigned long long)want->dev, (unsigned long long)want->ino);
+  } else if ((plan_flags & PLAN_SAME_BOOT) && want->btime_ns != 0) {
+    // The same inode number can belong to a new file once the saved one is removed: its
+    // birth time tells them apart where the filesystem keeps one.
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_BTIME, &sx) < 0) fail("%s: statx %s: %s", what, path, strerror(errno));
+    uint64_t born = (uint64_t)sx.stx_btime.tv_sec * 1000000000ull + sx.stx_btime.tv_nsec;
+    if ((sx.stx_mask & STATX_BTIME) && born != want->btime_ns) {
+      snprintf(why, sizeof why, "inode %llu born at %llu ns, saved born at %llu ns: a new file given the saved inode number", (unsigned long long)st.st_ino, (unsigned long long)born, (unsigned long long)want->btime_ns);
+    }
   }
   if (!why[0]) return;
   fail("%s: %s is not the saved file (%s); if it was replaced on purpose, restore with --allow-replaced", what, path, why);

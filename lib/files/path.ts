@@ -56,7 +56,7 @@ export async function capturePath(type: PathType, probe: FdProbe, base: Descript
     ?? (unlinked && type !== 'file' ? `${type}: ${path} was removed; only regular files are recreated from saved contents` : undefined)
   return {
     ...base, type, notCheckpointable,
-    path, dev: st.dev, rdev: st.rdev, inodeMode: st.mode, uid: st.uid, gid: st.gid, size: st.size, nlink, unlinked, otherLinks,
+    path, dev: st.dev, rdev: st.rdev, inodeMode: st.mode, uid: st.uid, gid: st.gid, size: st.size, nlink, btime: st.btime, unlinked, otherLinks,
   }
 }
 
@@ -76,6 +76,7 @@ export const pathEntries: TableEntry<PathDescription>[] = [
   attr('gid', (d) => d.gid),
   attr('size', (d) => d.size),
   attr('nlink', (d) => d.nlink),
+  attr('btime', (d) => d.btime),
 ]
 
 export const rdevEntry: TableEntry<PathDescription> = attr('rdev', (d) => d.rdev)
@@ -99,7 +100,9 @@ export function loadPath(dir: SavedDir, base: DescriptionBase, type: PathType): 
   const gid = dir.int('gid', 0, Number(U32_MAX) - 1)
   const size = dir.decimal('size', 0n, S64_MAX)
   const nlink = dir.int('nlink', 0, Number(U32_MAX))
-  return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, uid, gid, size, nlink, otherLinks: noLinks })
+  // Trees saved before birth times were recorded have none: 0, as for a filesystem without them.
+  const btime = dir.has('btime') ? dir.decimal('btime', 0n, U64_MAX) : 0n
+  return described<PathDescription>(base, { type, path, unlinked, dev, rdev: 0n, inodeMode, uid, gid, size, nlink, btime, otherLinks: noLinks })
 }
 
 /** Reads other_links back. */
@@ -110,10 +113,11 @@ export function loadOtherLinks(dir: SavedDir): Lazy<string[]> {
 
 /**
  * What the stub compares a reopened file with (addon/stub/restorer.c, check_identity): type
- * and permission bits, owner, and device and inode (those only on the boot that saved them).
+ * and permission bits, owner, and device, inode and birth time (those only on the boot that
+ * saved them).
  */
 export function withIdentity(b: RecordBuilder, d: PathDescription): RecordBuilder {
-  return b.u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.dev).u64(d.ino)
+  return b.u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.dev).u64(d.ino).u64(d.btime)
 }
 
 /** Restore: reopen by path with the saved flags, check it is the saved file, then seek to the saved offset. */

@@ -381,6 +381,8 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
         gid: ownerId(d, 'gid'),
         size: d.big('size'),
         nlink: d.num('nlink'),
+        // Images of format 1.2 have no birth time: 0, as for a filesystem without one.
+        btime: d.big('btime'),
         unlinked: d.bool('unlinked'),
         otherLinks: otherLinks.length === 0 ? noLinks : async () => otherLinks,
       })
