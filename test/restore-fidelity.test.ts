@@ -106,3 +106,30 @@ t.test('an AIO ring holding a completed event not read yet is refused', async (t
   t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+: AIO ring with 1 completed events not read yet`), 'names the ring and why')
   t.notOk(exists(target.pid), 'no process is left')
 })
+
+t.test('two open file descriptions of one unlinked file, its names all removed, come back as one file (zdtm unlink_fstat02)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['unlinked-links'])
+  const refs = [3, 4].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
+  t.not(refs[0], refs[1], 'two open file descriptions')
+  for (const ref of refs) t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'unlinked'), 'utf8'), '1\n', `files/${ref} is unlinked`)
+  expectChecks(t, await runChecks(target), [
+    'unlinked: both descriptions are one file', 'unlinked: size, no name, mode', 'unlinked: access modes', 'unlinked: a write through one is read through the other',
+  ])
+  t.equal(fs.readdirSync(path.dirname(saved)).filter((name) => name.startsWith('twice')).length, 0, 'no name was made for it')
+})
+
+t.test('an unlinked sparse file keeps its holes (zdtm ghost_holes00)', async (t) => {
+  const { target } = await launchSaveRestore(t, mnt, bin, ['holes'])
+  expectChecks(t, await runChecks(target), ['holes: size', 'holes: data', 'holes: the hole is a hole (SEEK_HOLE, SEEK_DATA)', 'holes: offset'])
+})
+
+t.test('private mappings of a file unlinked and closed while mapped come back from the saved contents (zdtm unlink_mmap00)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['unlinked-mmap'])
+  const vmas = path.join(saved, `task-${target.pid}`, 'memory', 'vmas')
+  const deleted = fs.readdirSync(vmas).filter((v) => fs.readFileSync(path.join(vmas, v, 'path'), 'utf8').endsWith(' (deleted)\n'))
+  t.equal(deleted.length, 3, 'three mappings of the deleted file')
+  // Every page the file covers is stored (the tail mapping's second page lies beyond its end).
+  const stored = deleted.map((v) => fs.statSync(path.join(vmas, v, 'pages')).size).sort((a, b) => a - b)
+  t.same(stored, [4096, 4096, 4096], 'the pages the file covers are stored')
+  expectChecks(t, await runChecks(target), ['unlinked mmap: the read-only mapping', 'unlinked mmap: the writable mapping and its private copy', 'unlinked mmap: the last page of the file'])
+})

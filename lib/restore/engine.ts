@@ -15,7 +15,7 @@ import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
-import { AIO_RING_PATH } from '../task/memory'
+import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 
@@ -121,7 +121,7 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
-    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio') {
+    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v)) {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
     }
   }
@@ -369,7 +369,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     if (vmFlags.includes('gd')) flags |= MAP_GROWSDOWN
     const what = `map ${vmaName(v)} (${v.path || v.kind})`
     const prot = BigInt(initialProt(v))
-    if (v.kind === 'file-private' || v.kind === 'file-shared') {
+    if (isMappedFromFile(v)) {
       const shared = v.kind === 'file-shared'
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
     } else {
@@ -444,6 +444,9 @@ function initialProt(v: Vma): number {
   return writes ? saved | PROT_READ | PROT_WRITE : saved
 }
 
+/** A file mapping re-made from its path; a deleted file's private mapping is anonymous memory holding its stored pages. */
+const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || v.kind === 'file-shared'
+
 const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
 
 /**
@@ -453,7 +456,7 @@ const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 
  */
 async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, vmas: Vma[], access: FileAccess): Promise<Map<string, bigint>> {
   const scratch = new Scratch()
-  const files = vmas.filter((v) => v.kind === 'file-private' || v.kind === 'file-shared')
+  const files = vmas.filter(isMappedFromFile)
   const keys = [...new Set(files.map(fileKey))]
   const calls: Call[] = keys.map((key) => {
     const [mode, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
