@@ -210,6 +210,32 @@ static void write_all(int fd, const uint8_t *data, uint32_t len, const char *wha
   }
 }
 
+// Writes `data` as the file's contents, leaving every block of zeros a hole (lseek past it,
+// ftruncate to the length at the end), so a sparse file comes back sparse (SEEK_HOLE and
+// SEEK_DATA answer as before) and takes no room for its holes.
+#define SPARSE_BLOCK 4096
+static void write_sparse(int fd, const uint8_t *data, uint32_t len, const char *what) {
+  static const uint8_t zeros[SPARSE_BLOCK];
+  for (uint32_t at = 0; at < len;) {
+    uint32_t n = len - at < SPARSE_BLOCK ? len - at : SPARSE_BLOCK;
+    if (memcmp(data + at, zeros, n) == 0) {
+      at += n;
+      continue;
+    }
+    // Data up to the next block of zeros, in one write.
+    uint32_t end = at + n;
+    while (end < len) {
+      uint32_t m = len - end < SPARSE_BLOCK ? len - end : SPARSE_BLOCK;
+      if (memcmp(data + end, zeros, m) == 0) break;
+      end += m;
+    }
+    if (lseek(fd, (off_t)at, SEEK_SET) < 0) fail("%s: lseek to %u: %s", what, at, strerror(errno));
+    write_all(fd, data + at, end - at, what);
+    at = end;
+  }
+  if (ftruncate(fd, (off_t)len) < 0) fail("%s: ftruncate to %u: %s", what, len, strerror(errno));
+}
+
 static void seek_to(int fd, uint64_t pos, const char *what) {
   if (pos == 0) return;
   if (lseek(fd, (off_t)pos, SEEK_SET) < 0 && errno != ESPIPE) fail("%s: lseek to %llu: %s", what, (unsigned long long)pos, strerror(errno));
@@ -435,7 +461,7 @@ static int open_unlinked(const char *path, int flags, int cloexec, mode_t mode, 
   int tmp = open(dir, O_TMPFILE | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (tmp < 0) fail("%s: recreate %s as an unnamed file in %s: %s", what, path, dir, strerror(errno));
   tmp = to_work(tmp, what);
-  write_all(tmp, data, len, what);
+  write_sparse(tmp, data, len, what);
   char self[64];
   snprintf(self, sizeof self, "/proc/self/fd/%d", tmp);
   int reopened = open_path(self, flags, cloexec, what);
@@ -734,7 +760,19 @@ int main(int argc, char **argv) {
         char *path = string("path");
         uint32_t len;
         const uint8_t *data = blob("contents", &len);
-        int fd = settle(open_unlinked(path, flags, cloexec, mode, uid, gid, data, len, what), id, cloexec, what);
+        // Another open file description of the same inode, made by an earlier record: this
+        // one is opened through it, so both are one file again.
+        uint32_t same_as = u32("same inode as");
+        if (same_as > objects) fail("%s: same inode as files/%u: out of range", what, same_as);
+        int fd;
+        if (same_as) {
+          if (object_fd[same_as] < 0) fail("%s: same inode as files/%u, which is not open yet", what, same_as);
+          char self[64];
+          snprintf(self, sizeof self, "/proc/self/fd/%d", object_fd[same_as]);
+          fd = settle(open_path(self, flags, cloexec, what), id, cloexec, what);
+        } else {
+          fd = settle(open_unlinked(path, flags, cloexec, mode, uid, gid, data, len, what), id, cloexec, what);
+        }
         seek_to(fd, pos, what);
         object_fd[id] = fd;
         free(path);

@@ -4,7 +4,7 @@
 
 import * as fs from 'fs'
 import { CkptError } from '../errors'
-import { bufferSource, type PathDescription } from '../model'
+import { bufferSource, type FileTable, type ObjRef, type PathDescription } from '../model'
 import { type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
 import { checkSourceBytes } from '../checksum'
@@ -63,7 +63,7 @@ export const regular: FileHandler<PathDescription> = {
   // through that link, so the task shares the inode with it again (reference/000: a write
   // must reach "b"); otherwise it is recreated from its contents and unlinked again. A memfd
   // is made anew.
-  async planRestore(d) {
+  async planRestore(d, { table }) {
     if (!d.unlinked) return pathRecord(d)
     if (!d.contents) throw new CkptError(`files/${d.objref}: unlinked file without saved contents`, 'EINVAL')
     const data = await readWhole(d.contents)
@@ -77,8 +77,43 @@ export const regular: FileHandler<PathDescription> = {
       if (d.inodeMode & 0o7000) throw new CkptError(`files/${d.objref}/inode_mode: 0${d.inodeMode.toString(8)}: a memfd with setuid, setgid or sticky bits is not restored`, 'EPERM')
       return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777) }
     }
-    return { kind: ObjectKind.Unlinked, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(data) }
+    // The first description of the inode (by its lowest fd: the stub opens in that order)
+    // recreates the file; the others are opened through it and carry no second copy.
+    const first = firstOfInode(table).get(inodeKey(d)) ?? d.objref
+    const contents = first === d.objref ? data : Buffer.alloc(0)
+    return {
+      kind: ObjectKind.Unlinked, objref: d.objref,
+      payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(contents).u32(first === d.objref ? 0 : first),
+    }
   },
+}
+
+const inodeKey = (d: PathDescription): string => `${d.dev}:${d.ino}`
+const firstOfInodeCache = new WeakMap<FileTable, Map<string, ObjRef>>()
+
+/**
+ * For each unlinked regular file of the table (memfds aside), the description named by the
+ * lowest fd among those of its inode: two opens of a file whose names are all gone must come
+ * back as one file, not as two copies (zdtm unlink_fstat02).
+ */
+function firstOfInode(table: FileTable): Map<string, ObjRef> {
+  const cached = firstOfInodeCache.get(table)
+  if (cached) return cached
+  const lowestFd = new Map<ObjRef, number>()
+  for (const f of table.fds) if (!(lowestFd.get(f.objref)! <= f.fd)) lowestFd.set(f.objref, f.fd)
+  const first = new Map<string, ObjRef>()
+  const firstFd = new Map<string, number>()
+  for (const f of table.files) {
+    if (f.type !== 'file' || !f.unlinked || f.path.startsWith('/memfd:')) continue
+    const key = inodeKey(f)
+    const fd = lowestFd.get(f.objref) ?? Infinity
+    if (!(firstFd.get(key)! <= fd)) {
+      first.set(key, f.objref)
+      firstFd.set(key, fd)
+    }
+  }
+  firstOfInodeCache.set(table, first)
+  return first
 }
 
 /**

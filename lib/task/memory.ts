@@ -68,6 +68,15 @@ export function storageOf(kind: VmaKind): Storage {
   }
 }
 
+/**
+ * A private mapping of a file deleted while mapped (maps shows " (deleted)"): no path can
+ * bring the file back, so every page the file covers is stored as the task sees it (the
+ * file's bytes or the task's private copy) and a restore maps anonymous memory there.
+ */
+export function isDeletedFileCopy(v: { kind: VmaKind; path: string }): boolean {
+  return v.kind === 'file-private' && v.path.endsWith(' (deleted)')
+}
+
 // ---------------------------------------------------------------------------------------
 // Capture
 
@@ -87,7 +96,7 @@ async function scanLayout(pid: number): Promise<Layout[]> {
     const entries = parseMaps(await readProcText(pid, 'smaps', reader))
     return Promise.all(entries.map(async (entry): Promise<Layout> => {
       const kind = vmaKind(entry)
-      const runs = await storedRuns(pid, reader, entry, storageOf(kind))
+      const runs = isDeletedFileCopy({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : await storedRuns(pid, reader, entry, storageOf(kind))
       return { reader, entry, kind, runs, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
     }))
   })
@@ -108,6 +117,22 @@ async function storedRuns(pid: number, reader: number, entry: MapsEntry, storage
       }
     }
   }
+}
+
+/** The pages of a deleted file's mapping that the file covers (beyond its end, a read faults). */
+async function fileCoveredRuns(pid: number, entry: MapsEntry): Promise<PagemapRun[]> {
+  // map_files/ names a mapping by its range without leading zeros; it opens the mapped file itself.
+  const mapFile = `/proc/${pid}/map_files/${entry.start.toString(16)}-${entry.end.toString(16)}`
+  let size: bigint
+  try {
+    size = (await fs.promises.stat(mapFile, { bigint: true })).size
+  } catch (err) {
+    throw new CkptError(`task-${pid}: memory ${vmaName(entry)}: cannot stat the deleted file it maps (${mapFile}): ${messageOf(err)}`)
+  }
+  if (size <= entry.offset) return []
+  const covered = (size - entry.offset + PAGE - 1n) / PAGE * PAGE
+  const length = covered < entry.end - entry.start ? covered : entry.end - entry.start
+  return [{ start: entry.start, length }]
 }
 
 /**
