@@ -26,6 +26,7 @@
 #include <sys/epoll.h>
 #include <sys/fsuid.h>
 #include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -782,6 +783,38 @@ static void open_epoll_object(uint32_t id, int cloexec UNUSED, const char *what)
   defer_epoll_items(id, count, what);
 }
 
+// A fanotify group with its saved fanotify_init flags, and its marks added back by path in the
+// plan's order: the mask, then the ignored mask (a second call: the kernel takes them one at a
+// time). Refusals name a mark by its number in the tree (marks/N). As every
+// open here, with the task's credentials: admin-only flags and mount or filesystem marks need
+// the CAP_SYS_ADMIN the task had.
+#define FANOTIFY_MARK_FLAGS (FAN_MARK_DONT_FOLLOW | FAN_MARK_MOUNT | FAN_MARK_FILESYSTEM | FAN_MARK_EVICTABLE)
+#define FANOTIFY_IGNORE_FLAGS (FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_IGNORE)
+static void open_fanotify_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  uint32_t init_flags = u32("init flags"), event_flags = u32("event flags");
+  int status = i32("status flags");
+  uint32_t count = u32("mark count");
+  int fd = fanotify_init(init_flags, event_flags);
+  if (fd < 0) fail("%s: fanotify_init(0x%x, 0%o): %s", what, init_flags, event_flags, strerror(errno));
+  fd = settle(fd, id, (init_flags & FAN_CLOEXEC) != 0, what);
+  for (uint32_t k = 0; k < count; k++) {
+    uint32_t i = u32("mark number"), flags = u32("mark flags"), mask = u32("mask"), ignore_flags = u32("ignore flags"), ignored = u32("ignored mask");
+    char *path = string("path");
+    if (flags & ~FANOTIFY_MARK_FLAGS) fail("%s/marks/%u: mark flags 0x%x are not for adding a mark", what, i, flags);
+    if (ignore_flags & ~FANOTIFY_IGNORE_FLAGS) fail("%s/marks/%u: ignore flags 0x%x are not for an ignored mask", what, i, ignore_flags);
+    if (mask && fanotify_mark(fd, FAN_MARK_ADD | flags, mask, AT_FDCWD, path) < 0)
+      fail("%s/marks/%u: fanotify_mark %s mask 0x%x: %s", what, i, path, mask, strerror(errno));
+    if (ignored && fanotify_mark(fd, FAN_MARK_ADD | flags | ignore_flags, ignored, AT_FDCWD, path) < 0)
+      fail("%s/marks/%u: fanotify_mark %s ignored mask 0x%x: %s", what, i, path, ignored, strerror(errno));
+    free(path);
+  }
+  // O_NONBLOCK of the file may differ from the group's FAN_NONBLOCK (fcntl after init).
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) fail("%s: F_GETFL: %s", what, strerror(errno));
+  set_status_flags(fd, (fl & ~O_NONBLOCK) | (status & O_NONBLOCK), what);
+  object_fd[id] = fd;
+}
+
 // The object kinds, indexed by the number a plan record carries. The TypeScript handlers
 // (lib/files/*.ts) declare the same numbers and names as their `stubKinds`;
 // `restorer --kinds` prints this table and test/fdkinds.test.ts checks that the two agree.
@@ -800,6 +833,7 @@ static const struct object_kind {
   [8] = {"timerfd", open_timerfd_object},
   [9] = {"inotify", open_inotify_object},
   [10] = {"epoll", open_epoll_object},
+  [11] = {"fanotify", open_fanotify_object},
 };
 
 static void print_kinds(void) {

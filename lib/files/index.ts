@@ -7,6 +7,7 @@ import { chardev } from './chardev'
 import { directory } from './directory'
 import { epoll } from './epoll'
 import { eventfd } from './eventfd'
+import { fanotify } from './fanotify'
 import { fifo } from './fifo'
 import type { FdProbe, FileHandler, StubKinds } from './handler'
 import { inotify } from './inotify'
@@ -41,6 +42,7 @@ const byKind = new Map<string, FileHandler>([
   ['anon_inode:[signalfd]', registered(signalfd)],
   ['anon_inode:[timerfd]', registered(timerfd)],
   ['anon_inode:inotify', registered(inotify)],
+  ['anon_inode:[fanotify]', registered(fanotify)],
 ])
 
 /** The kind of an fd's target (see byKind), or undefined for files no handler knows. */

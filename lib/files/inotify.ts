@@ -49,7 +49,11 @@ function parseWatch(line: string, where: string): Omit<InotifyWatch, 'path'> {
   }
 }
 
-async function findWatchedPaths(watches: Array<Omit<InotifyWatch, 'path'>>, ctx: CaptureContext): Promise<InotifyWatch[]> {
+/**
+ * The path of each watched inode (named by ino and the kernel's sdev, as fdinfo shows them),
+ * or undefined where it was not found. fanotify's inode marks are found the same way.
+ */
+export async function findWatchedPaths<W extends { ino: bigint; sdev: number }>(watches: W[], ctx: CaptureContext): Promise<Array<W & { path: string | undefined }>> {
   if (watches.length === 0) return []
   const wanted = watches.map((w) => ({ dev: userDevFromKernel(w.sdev), ino: w.ino, count: 1, exclude: undefined }))
   const cwd = await fs.promises.readlink(`/proc/${ctx.pid}/cwd`).catch(() => undefined)
@@ -162,7 +166,7 @@ function inotifyWatchFrom(f: Fields): InotifyWatch {
 }
 
 /** The lowest fd of the task whose file (a path-type description) is the watched inode. */
-function fdHoldingInode(table: FileTable, w: InotifyWatch): number | undefined {
+export function fdHoldingInode(table: FileTable, w: { ino: bigint; sdev: number }): number | undefined {
   const dev = userDevFromKernel(w.sdev)
   const holders = new Set<number>()
   for (const f of table.files) {
