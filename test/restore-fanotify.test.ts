@@ -47,7 +47,7 @@ async function runChecks(target: Target): Promise<{ lines: string[]; done: boole
 }
 
 const CHECKS = [
-  'group A: fdinfo as before (flags, marks, masks, handle)', 'group B: fdinfo as before', 'group A: close-on-exec', 'group B: O_NONBLOCK, not close-on-exec',
+  'group A: fdinfo as before (flags, marks, masks, handle)', 'group B: fdinfo as before', "the open /proc/self/fdinfo/10 reads group A's fdinfo", 'group A: close-on-exec', 'group B: O_NONBLOCK, not close-on-exec',
   'group A: inode mark reports open, modify, close-write', 'group A: the ignored mask (FAN_ACCESS) survives the modify',
   'group A: mount mark reports close-write of another file', 'group B: filesystem mark reports a directory created',
   "group C: the unlinked file's mark reports modify",

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/kcmp.h>
+#include <linux/magic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -395,8 +397,17 @@ static struct identity read_identity(void) {
   return id;
 }
 
+// Whether fd is a file of /proc. Its inode numbers are made afresh for each process (a
+// restored task's /proc/PID/fdinfo/N is a new inode): they say nothing about identity there.
+static int on_procfs(int fd, const char *path, const char *what) {
+  struct statfs fs;
+  if (fstatfs(fd, &fs) < 0) fail("%s: fstatfs %s: %s", what, path, strerror(errno));
+  return fs.f_type == PROC_SUPER_MAGIC;
+}
+
 // Refuses a reopened file that is not the one the task had: another type, owner or mode,
-// or (on the boot that saved it) another device or inode. fd N names the task's fd.
+// or (on the boot that saved it) another device or inode, except on /proc (on_procfs). fd N
+// names the task's fd.
 static void check_identity(int fd, const struct identity *want, const char *path, const char *what) {
   if (plan_flags & PLAN_ALLOW_REPLACED) return;
   struct stat st;
@@ -405,7 +416,7 @@ static void check_identity(int fd, const struct identity *want, const char *path
   if ((st.st_mode & S_IFMT) != (want->mode & S_IFMT)) snprintf(why, sizeof why, "file type 0%o, saved 0%o", st.st_mode & S_IFMT, want->mode & S_IFMT);
   else if (st.st_uid != want->uid || st.st_gid != want->gid) snprintf(why, sizeof why, "owner %u:%u, saved %u:%u", (unsigned)st.st_uid, (unsigned)st.st_gid, want->uid, want->gid);
   else if ((st.st_mode & 07777) != (want->mode & 07777)) snprintf(why, sizeof why, "mode 0%o, saved 0%o", st.st_mode & 07777, want->mode & 07777);
-  else if ((plan_flags & PLAN_SAME_BOOT) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
+  else if ((plan_flags & PLAN_SAME_BOOT) && !on_procfs(fd, path, what) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
     snprintf(why, sizeof why, "device %llu inode %llu, saved device %llu inode %llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (unsigned long long)want->dev, (unsigned long long)want->ino);
   }
   if (!why[0]) return;
