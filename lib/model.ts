@@ -92,9 +92,29 @@ export function bufferSource(data: Buffer): ByteSource {
 // ---------------------------------------------------------------------------------------
 // The file table (reference/004: one object per open file description, fds refer to it)
 
-export type FdType =
-  | 'file' | 'dir' | 'chr' | 'blk' | 'fifo' | 'pipe' | 'socket'
-  | 'epoll' | 'eventfd' | 'signalfd' | 'timerfd' | 'inotify' | 'unknown'
+/**
+ * Every fd_type and the description variant it has. A type of its own declares its variant
+ * in its handler's module (lib/files/X.ts) by adding to this interface
+ * (`declare module '../model' { interface FileDescriptionTypes { X: XDescription } }`),
+ * so a new type touches no shared file.
+ */
+export interface FileDescriptionTypes {
+  file: PathDescription
+  dir: PathDescription
+  chr: PathDescription
+  blk: PathDescription
+  fifo: PathDescription
+  pipe: PipeDescription
+  socket: OtherDescription
+  epoll: EpollDescription
+  eventfd: EventfdDescription
+  signalfd: SignalfdDescription
+  timerfd: TimerfdDescription
+  inotify: InotifyDescription
+  unknown: OtherDescription
+}
+
+export type FdType = keyof FileDescriptionTypes
 
 export interface FdEntry {
   fd: number
@@ -105,7 +125,7 @@ export interface FdEntry {
 /** Why something cannot be checkpointed; undefined when it can. */
 export type NotCheckpointable = string | undefined
 
-interface DescriptionCommon {
+export interface DescriptionCommon {
   objref: ObjRef
   /** What /proc/PID/fd/N shows. */
   target: string
@@ -211,9 +231,7 @@ export interface OtherDescription extends DescriptionCommon {
   type: 'socket' | 'unknown'
 }
 
-export type FileDescription =
-  | PathDescription | PipeDescription | EventfdDescription | EpollDescription
-  | SignalfdDescription | TimerfdDescription | InotifyDescription | OtherDescription
+export type FileDescription = FileDescriptionTypes[FdType]
 
 export interface FileTable {
   fds: FdEntry[]

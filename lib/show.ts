@@ -5,7 +5,9 @@
 
 import * as fs from 'fs'
 import * as path from 'path'
+import { byteSize } from './bytesize'
 import { CkptError } from './errors'
+import { handlerOf } from './files/index'
 import { loadTree } from './image/convert'
 import { readImage } from './image/decode'
 import type { CheckpointMode, FileDescription, FileTable, ProcessState, ThreadState, Vma } from './model'
@@ -98,21 +100,10 @@ function summary(s: Shown): string {
   return lines.join('\n') + '\n'
 }
 
-/** The target, and what only this type has that a reader wants at a glance. */
+/** The target, and what only this type has that a reader wants at a glance (its handler says). */
 function targetText(f: FileDescription): string {
-  switch (f.type) {
-    case 'file': case 'dir': case 'chr': case 'blk': case 'fifo': {
-      const unlinked = f.unlinked ? ` (unlinked${f.contents ? `, ${size(f.contents.size)} kept` : ''})` : ''
-      return `${f.path}${unlinked}`
-    }
-    case 'pipe': return `${f.target} (pipe ${f.pipeId})`
-    case 'eventfd': return `${f.target} (count ${f.count}${f.semaphore ? ', semaphore' : ''})`
-    case 'epoll': return `${f.target} (${f.items.length} items: fds ${f.items.map((i) => i.tfd).join(',') || '-'})`
-    case 'signalfd': return `${f.target} (mask ${hex(f.sigmask)})`
-    case 'timerfd': return `${f.target} (clock ${f.clockid}, next ${f.valueNs} ns, every ${f.intervalNs} ns)`
-    case 'inotify': return `${f.target} (${f.watches.length} watches)`
-    case 'socket': case 'unknown': return f.target
-  }
+  const handler = handlerOf(f)
+  return handler.summary ? handler.summary(f) : f.target
 }
 
 // x86-64 struct user_regs_struct: rip and rsp are the 17th and 20th of its 27 words.
@@ -141,17 +132,7 @@ function syscallText(t: ThreadState): string {
 
 const hex = (n: bigint): string => '0x' + n.toString(16)
 
-function size(bytes: bigint | number): string {
-  const n = Number(bytes)
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let value = n
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024
-    unit++
-  }
-  return unit === 0 ? `${n} B` : `${value >= 100 || Number.isInteger(value) ? value.toFixed(0) : value.toFixed(1)} ${units[unit]}`
-}
+const size = byteSize
 
 /** An argument as a shell would need it typed, on one line: bare, 'quoted' or $'escaped'. */
 function quoteArg(arg: string): string {

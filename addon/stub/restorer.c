@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/kcmp.h>
+#include <linux/magic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,23 +27,25 @@
 #include <sys/epoll.h>
 #include <sys/fsuid.h>
 #include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
-enum kind { K_PATH = 1, K_UNLINKED = 2, K_MEMFD = 3, K_PIPE = 4, K_FIFO = 5, K_EVENTFD = 6 };
-enum { K_SIGNALFD = 7, K_TIMERFD = 8, K_INOTIFY = 9, K_EPOLL = 10 };
 #define REFUSED_FLAGS (O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
 
 static int reply_fd = -1;
 static int work_base;        // first fd number of the stub's working area
 static int next_work;        // next free working fd
+static uint32_t objects;     // the plan's object ids are 1..objects
+static int *object_fd;       // object id -> the fd it was opened at (-1: not yet)
 
 static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void fail(const char *fmt, ...) {
@@ -422,8 +425,17 @@ static struct identity read_identity(void) {
   return id;
 }
 
+// Whether fd is a file of /proc. Its inode numbers are made afresh for each process (a
+// restored task's /proc/PID/fdinfo/N is a new inode): they say nothing about identity there.
+static int on_procfs(int fd, const char *path, const char *what) {
+  struct statfs fs;
+  if (fstatfs(fd, &fs) < 0) fail("%s: fstatfs %s: %s", what, path, strerror(errno));
+  return fs.f_type == PROC_SUPER_MAGIC;
+}
+
 // Refuses a reopened file that is not the one the task had: another type, owner or mode,
-// or (on the boot that saved it) another device or inode. fd N names the task's fd.
+// or (on the boot that saved it) another device or inode, except on /proc (on_procfs). fd N
+// names the task's fd.
 static void check_identity(int fd, const struct identity *want, const char *path, const char *what) {
   if (plan_flags & PLAN_ALLOW_REPLACED) return;
   struct stat st;
@@ -432,7 +444,7 @@ static void check_identity(int fd, const struct identity *want, const char *path
   if ((st.st_mode & S_IFMT) != (want->mode & S_IFMT)) snprintf(why, sizeof why, "file type 0%o, saved 0%o", st.st_mode & S_IFMT, want->mode & S_IFMT);
   else if (st.st_uid != want->uid || st.st_gid != want->gid) snprintf(why, sizeof why, "owner %u:%u, saved %u:%u", (unsigned)st.st_uid, (unsigned)st.st_gid, want->uid, want->gid);
   else if ((st.st_mode & 07777) != (want->mode & 07777)) snprintf(why, sizeof why, "mode 0%o, saved 0%o", st.st_mode & 07777, want->mode & 07777);
-  else if ((plan_flags & PLAN_SAME_BOOT) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
+  else if ((plan_flags & PLAN_SAME_BOOT) && !on_procfs(fd, path, what) && ((uint64_t)st.st_dev != want->dev || (uint64_t)st.st_ino != want->ino)) {
     snprintf(why, sizeof why, "device %llu inode %llu, saved device %llu inode %llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino, (unsigned long long)want->dev, (unsigned long long)want->ino);
   } else if ((plan_flags & PLAN_SAME_BOOT) && want->btime_ns != 0) {
     // The same inode number can belong to a new file once the saved one is removed: its
@@ -668,9 +680,234 @@ static void add_epoll_items(int *object_fd, uint32_t objects) {
   }
 }
 
+// ---- one function per kind of object ----
+//
+// Each opens one object of the plan (its payload is next in the plan) and puts it at its
+// home (settle), or, for a pipe, every description of it. `cloexec` is the home fd's flag,
+// which only an open by path needs (settle sets it for the others).
+#define UNUSED __attribute__((unused))
+
+static void open_path_object(uint32_t id, int cloexec, const char *what) {
+  int flags = i32("flags");
+  uint64_t pos = u64("pos");
+  char *path = string("path");
+  struct identity saved = read_identity();
+  int fd = open_path(path, flags, cloexec, what);
+  check_identity(fd, &saved, path, what);
+  fd = settle(fd, id, cloexec, what);
+  seek_to(fd, pos, what);
+  object_fd[id] = fd;
+  free(path);
+}
+
+static void open_unlinked_object(uint32_t id, int cloexec, const char *what) {
+  int flags = i32("flags");
+  uint32_t mode = u32("mode"), uid = u32("uid"), gid = u32("gid");
+  uint64_t pos = u64("pos");
+  char *path = string("path");
+  uint32_t len;
+  const uint8_t *data = blob("contents", &len);
+  // Another open file description of the same inode, made by an earlier record: this
+  // one is opened through it, so both are one file again.
+  uint32_t same_as = u32("same inode as");
+  if (same_as > objects) fail("%s: same inode as files/%u: out of range", what, same_as);
+  int fd;
+  if (same_as) {
+    if (object_fd[same_as] < 0) fail("%s: same inode as files/%u, which is not open yet", what, same_as);
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", object_fd[same_as]);
+    fd = settle(open_path(self, flags, cloexec, what), id, cloexec, what);
+  } else {
+    fd = settle(open_unlinked(path, flags, cloexec, mode, uid, gid, data, len, what), id, cloexec, what);
+  }
+  seek_to(fd, pos, what);
+  object_fd[id] = fd;
+  free(path);
+}
+
+static void open_memfd_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int flags = i32("flags");
+  uint64_t pos = u64("pos");
+  char *name = string("name");
+  uint32_t len;
+  const uint8_t *data = blob("contents", &len);
+  // Permission bits only: the memfd is made by root here, never setuid or setgid.
+  uint32_t mode = u32("mode") & 0777;
+  int fd = (int)syscall(SYS_memfd_create, name, 0u);
+  if (fd < 0) fail("%s: memfd_create: %s", what, strerror(errno));
+  fd = settle(fd, id, 0, what);
+  if (fchmod(fd, mode) < 0) fail("%s: fchmod %o: %s", what, mode, strerror(errno));
+  write_all(fd, data, len, what);
+  seek_to(fd, pos, what);
+  set_status_flags(fd, flags, what);
+  object_fd[id] = fd;
+  free(name);
+}
+
+static void open_pipe_object(uint32_t id UNUSED, int cloexec UNUSED, const char *what) {
+  (void)u64("pipe id");
+  uint32_t len;
+  const uint8_t *data = blob("buffered", &len);
+  uint32_t read_id = u32("read end");
+  int read_flags = i32("read flags");
+  uint32_t write_id = u32("write end");
+  int write_flags = i32("write flags");
+  if (read_id > objects) fail("%s: read end id out of range", what);
+  if (write_id > objects) fail("%s: write end id out of range", what);
+  if ((read_id && object_fd[read_id] >= 0) || (write_id && object_fd[write_id] >= 0)) fail("%s: an end is planned twice", what);
+  int p[2];
+  if (pipe2(p, 0) < 0) fail("%s: pipe2: %s", what, strerror(errno));
+  // The ends stay where pipe2 put them only if both are at home: settling one must
+  // never overwrite the other.
+  if (p[0] != (read_id ? home_of(read_id, NULL) : -1) || p[1] != (write_id ? home_of(write_id, NULL) : -1)) {
+    p[0] = to_work(p[0], what);
+    p[1] = to_work(p[1], what);
+  }
+  if (len > 65536 && fcntl(p[1], F_SETPIPE_SZ, (int)len) < 0) fail("%s: F_SETPIPE_SZ %u: %s", what, len, strerror(errno));
+  write_all(p[1], data, len, what);
+  open_pipe_extras(p, object_fd, objects, what);
+  if (read_id) {
+    set_status_flags(p[0], read_flags, what);
+    object_fd[read_id] = settle(p[0], read_id, 0, what);
+  } else {
+    close(p[0]);
+  }
+  if (write_id) {
+    set_status_flags(p[1], write_flags, what);
+    object_fd[write_id] = settle(p[1], write_id, 0, what);
+  } else {
+    close(p[1]);
+  }
+}
+
+static void open_fifo_object(uint32_t id, int cloexec, const char *what) {
+  int flags = i32("flags");
+  char *path = string("path");
+  struct identity saved = read_identity();
+  uint32_t len;
+  const uint8_t *data = blob("buffered", &len);
+  // A temporary read-write end: neither the open below nor the refill can block. Held
+  // from here on, it also keeps the fifo's buffer from vanishing while this decides.
+  int keeper = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (keeper < 0) fail("%s: open fifo %s: %s", what, path, strerror(errno));
+  keeper = to_work(keeper, what);
+  check_identity(keeper, &saved, path, what);
+  // Exactly once: if another process holds the fifo open, the kernel kept its buffer
+  // (the saved bytes are still there, or were read by then); only a fifo nobody held
+  // lost its buffer and gets the saved bytes back.
+  if (len > 0 && !fifo_held_elsewhere(keeper, path, what)) write_all(keeper, data, len, what);
+  int fd = open_path(path, flags | O_NONBLOCK, cloexec, what);
+  check_identity(fd, &saved, path, what);
+  set_status_flags(fd, flags, what);
+  close(keeper);
+  object_fd[id] = settle(fd, id, cloexec, what);
+  free(path);
+}
+
+static void open_eventfd_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  uint64_t count = u64("count");
+  int flags = i32("flags");
+  int fd = eventfd(0, flags & (EFD_NONBLOCK | EFD_SEMAPHORE));
+  if (fd < 0) fail("%s: eventfd: %s", what, strerror(errno));
+  fd = settle(fd, id, 0, what);
+  if (count && write(fd, &count, 8) != 8) fail("%s: eventfd write: %s", what, strerror(errno));
+  object_fd[id] = fd;
+}
+
+static void open_signalfd_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  uint64_t mask = u64("mask");
+  int flags = i32("flags");
+  object_fd[id] = settle(open_signalfd(mask, flags, what), id, 0, what);
+}
+
+static void open_timerfd_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int clockid = i32("clockid"), flags = i32("flags"), settime_flags = i32("settime flags");
+  uint64_t value_ns = u64("value_ns"), interval_ns = u64("interval_ns"), ticks = u64("ticks");
+  object_fd[id] = settle(open_timerfd(clockid, flags, settime_flags, value_ns, interval_ns, ticks, what), id, 0, what);
+}
+
+static void open_inotify_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int flags = i32("flags");
+  uint32_t count = u32("watch count");
+  object_fd[id] = settle(open_inotify(flags, count, what), id, 0, what);
+}
+
+static void open_epoll_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int flags = i32("flags");
+  uint32_t count = u32("item count");
+  int fd = epoll_create1(0);
+  if (fd < 0) fail("%s: epoll_create1: %s", what, strerror(errno));
+  fd = settle(fd, id, 0, what);
+  if (flags & O_NONBLOCK) set_status_flags(fd, O_NONBLOCK, what);
+  object_fd[id] = fd;
+  defer_epoll_items(id, count, what);
+}
+
+// A fanotify group with its saved fanotify_init flags, and its marks added back by path in the
+// plan's order: the mask, then the ignored mask (a second call: the kernel takes them one at a
+// time). Refusals name a mark by its number in the tree (marks/N). As every
+// open here, with the task's credentials: admin-only flags and mount or filesystem marks need
+// the CAP_SYS_ADMIN the task had.
+#define FANOTIFY_MARK_FLAGS (FAN_MARK_DONT_FOLLOW | FAN_MARK_MOUNT | FAN_MARK_FILESYSTEM | FAN_MARK_EVICTABLE)
+#define FANOTIFY_IGNORE_FLAGS (FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_IGNORE)
+static void open_fanotify_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  uint32_t init_flags = u32("init flags"), event_flags = u32("event flags");
+  int status = i32("status flags");
+  uint32_t count = u32("mark count");
+  int fd = fanotify_init(init_flags, event_flags);
+  if (fd < 0) fail("%s: fanotify_init(0x%x, 0%o): %s", what, init_flags, event_flags, strerror(errno));
+  fd = settle(fd, id, (init_flags & FAN_CLOEXEC) != 0, what);
+  for (uint32_t k = 0; k < count; k++) {
+    uint32_t i = u32("mark number"), flags = u32("mark flags"), mask = u32("mask"), ignore_flags = u32("ignore flags"), ignored = u32("ignored mask");
+    char *path = string("path");
+    if (flags & ~FANOTIFY_MARK_FLAGS) fail("%s/marks/%u: mark flags 0x%x are not for adding a mark", what, i, flags);
+    if (ignore_flags & ~FANOTIFY_IGNORE_FLAGS) fail("%s/marks/%u: ignore flags 0x%x are not for an ignored mask", what, i, ignore_flags);
+    if (mask && fanotify_mark(fd, FAN_MARK_ADD | flags, mask, AT_FDCWD, path) < 0)
+      fail("%s/marks/%u: fanotify_mark %s mask 0x%x: %s", what, i, path, mask, strerror(errno));
+    if (ignored && fanotify_mark(fd, FAN_MARK_ADD | flags | ignore_flags, ignored, AT_FDCWD, path) < 0)
+      fail("%s/marks/%u: fanotify_mark %s ignored mask 0x%x: %s", what, i, path, ignored, strerror(errno));
+    free(path);
+  }
+  // O_NONBLOCK of the file may differ from the group's FAN_NONBLOCK (fcntl after init).
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) fail("%s: F_GETFL: %s", what, strerror(errno));
+  set_status_flags(fd, (fl & ~O_NONBLOCK) | (status & O_NONBLOCK), what);
+  object_fd[id] = fd;
+}
+
+// The object kinds, indexed by the number a plan record carries. The TypeScript handlers
+// (lib/files/*.ts) declare the same numbers and names as their `stubKinds`;
+// `restorer --kinds` prints this table and test/fdkinds.test.ts checks that the two agree.
+typedef void open_object_fn(uint32_t id, int cloexec, const char *what);
+static const struct object_kind {
+  const char *name;
+  open_object_fn *open;
+} object_kinds[] = {
+  [1] = {"path", open_path_object},
+  [2] = {"unlinked", open_unlinked_object},
+  [3] = {"memfd", open_memfd_object},
+  [4] = {"pipe", open_pipe_object},
+  [5] = {"fifo", open_fifo_object},
+  [6] = {"eventfd", open_eventfd_object},
+  [7] = {"signalfd", open_signalfd_object},
+  [8] = {"timerfd", open_timerfd_object},
+  [9] = {"inotify", open_inotify_object},
+  [10] = {"epoll", open_epoll_object},
+  [11] = {"fanotify", open_fanotify_object},
+};
+
+static void print_kinds(void) {
+  for (size_t i = 0; i < sizeof object_kinds / sizeof *object_kinds; i++)
+    if (object_kinds[i].open) printf("%zu %s\n", i, object_kinds[i].name);
+}
+
 // ---- main ----
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--kinds") == 0) {
+    print_kinds();
+    return 0;
+  }
   if (argc != 4) return 2;
   int plan_fd = atoi(argv[1]), ctl_fd = atoi(argv[2]);
   reply_fd = atoi(argv[3]);
@@ -690,7 +927,8 @@ int main(int argc, char **argv) {
   plan += 4;
   if (u32("version") != 2) fail("plan: unknown version");
   work_base = i32("work_fd_base");
-  uint32_t objects = u32("object_count"), records = u32("record_count"), fds = u32("fd_count");
+  objects = u32("object_count");
+  uint32_t records = u32("record_count"), fds = u32("fd_count");
   if (objects > (1u << 20)) fail("plan: %u objects is more than the stub handles", objects);
   int session = i32("session"), pgid_self = i32("pgid_self");
   plan_flags = u32("flags");
@@ -722,7 +960,7 @@ int main(int argc, char **argv) {
   if (next_work < work_base) next_work = work_base;
 
   read_fd_table(objects, records, fds);
-  int *object_fd = calloc(objects + 1, sizeof(int));
+  object_fd = calloc(objects + 1, sizeof(int));
   if (!object_fd) fail("out of memory");
   for (uint32_t i = 0; i <= objects; i++) object_fd[i] = -1;
 
@@ -739,166 +977,8 @@ int main(int argc, char **argv) {
     // Refusals name the task's fd too: that is what its owner knows it by.
     int home = home_of(id, &cloexec);
     if (home >= 0) snprintf(what, sizeof what, "fd %d (files/%u)", home, id);
-    switch (kind) {
-      case K_PATH: {
-        int flags = i32("flags");
-        uint64_t pos = u64("pos");
-        char *path = string("path");
-        struct identity saved = read_identity();
-        int fd = open_path(path, flags, cloexec, what);
-        check_identity(fd, &saved, path, what);
-        fd = settle(fd, id, cloexec, what);
-        seek_to(fd, pos, what);
-        object_fd[id] = fd;
-        free(path);
-        break;
-      }
-      case K_UNLINKED: {
-        int flags = i32("flags");
-        uint32_t mode = u32("mode"), uid = u32("uid"), gid = u32("gid");
-        uint64_t pos = u64("pos");
-        char *path = string("path");
-        uint32_t len;
-        const uint8_t *data = blob("contents", &len);
-        // Another open file description of the same inode, made by an earlier record: this
-        // one is opened through it, so both are one file again.
-        uint32_t same_as = u32("same inode as");
-        if (same_as > objects) fail("%s: same inode as files/%u: out of range", what, same_as);
-        int fd;
-        if (same_as) {
-          if (object_fd[same_as] < 0) fail("%s: same inode as files/%u, which is not open yet", what, same_as);
-          char self[64];
-          snprintf(self, sizeof self, "/proc/self/fd/%d", object_fd[same_as]);
-          fd = settle(open_path(self, flags, cloexec, what), id, cloexec, what);
-        } else {
-          fd = settle(open_unlinked(path, flags, cloexec, mode, uid, gid, data, len, what), id, cloexec, what);
-        }
-        seek_to(fd, pos, what);
-        object_fd[id] = fd;
-        free(path);
-        break;
-      }
-      case K_MEMFD: {
-        int flags = i32("flags");
-        uint64_t pos = u64("pos");
-        char *name = string("name");
-        uint32_t len;
-        const uint8_t *data = blob("contents", &len);
-        // Permission bits only: the memfd is made by root here, never setuid or setgid.
-        uint32_t mode = u32("mode") & 0777;
-        int fd = (int)syscall(SYS_memfd_create, name, 0u);
-        if (fd < 0) fail("%s: memfd_create: %s", what, strerror(errno));
-        fd = settle(fd, id, 0, what);
-        if (fchmod(fd, mode) < 0) fail("%s: fchmod %o: %s", what, mode, strerror(errno));
-        write_all(fd, data, len, what);
-        seek_to(fd, pos, what);
-        set_status_flags(fd, flags, what);
-        object_fd[id] = fd;
-        free(name);
-        break;
-      }
-      case K_PIPE: {
-        (void)u64("pipe id");
-        uint32_t len;
-        const uint8_t *data = blob("buffered", &len);
-        uint32_t read_id = u32("read end");
-        int read_flags = i32("read flags");
-        uint32_t write_id = u32("write end");
-        int write_flags = i32("write flags");
-        if (read_id > objects) fail("%s: read end id out of range", what);
-        if (write_id > objects) fail("%s: write end id out of range", what);
-        if ((read_id && object_fd[read_id] >= 0) || (write_id && object_fd[write_id] >= 0)) fail("%s: an end is planned twice", what);
-        int p[2];
-        if (pipe2(p, 0) < 0) fail("%s: pipe2: %s", what, strerror(errno));
-        // The ends stay where pipe2 put them only if both are at home: settling one must
-        // never overwrite the other.
-        if (p[0] != (read_id ? home_of(read_id, NULL) : -1) || p[1] != (write_id ? home_of(write_id, NULL) : -1)) {
-          p[0] = to_work(p[0], what);
-          p[1] = to_work(p[1], what);
-        }
-        if (len > 65536 && fcntl(p[1], F_SETPIPE_SZ, (int)len) < 0) fail("%s: F_SETPIPE_SZ %u: %s", what, len, strerror(errno));
-        write_all(p[1], data, len, what);
-        open_pipe_extras(p, object_fd, objects, what);
-        if (read_id) {
-          set_status_flags(p[0], read_flags, what);
-          object_fd[read_id] = settle(p[0], read_id, 0, what);
-        } else {
-          close(p[0]);
-        }
-        if (write_id) {
-          set_status_flags(p[1], write_flags, what);
-          object_fd[write_id] = settle(p[1], write_id, 0, what);
-        } else {
-          close(p[1]);
-        }
-        break;
-      }
-      case K_FIFO: {
-        int flags = i32("flags");
-        char *path = string("path");
-        struct identity saved = read_identity();
-        uint32_t len;
-        const uint8_t *data = blob("buffered", &len);
-        // A temporary read-write end: neither the open below nor the refill can block. Held
-        // from here on, it also keeps the fifo's buffer from vanishing while this decides.
-        int keeper = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
-        if (keeper < 0) fail("%s: open fifo %s: %s", what, path, strerror(errno));
-        keeper = to_work(keeper, what);
-        check_identity(keeper, &saved, path, what);
-        // Exactly once: if another process holds the fifo open, the kernel kept its buffer
-        // (the saved bytes are still there, or were read by then); only a fifo nobody held
-        // lost its buffer and gets the saved bytes back.
-        if (len > 0 && !fifo_held_elsewhere(keeper, path, what)) write_all(keeper, data, len, what);
-        int fd = open_path(path, flags | O_NONBLOCK, cloexec, what);
-        check_identity(fd, &saved, path, what);
-        set_status_flags(fd, flags, what);
-        close(keeper);
-        object_fd[id] = settle(fd, id, cloexec, what);
-        free(path);
-        break;
-      }
-      case K_EVENTFD: {
-        uint64_t count = u64("count");
-        int flags = i32("flags");
-        int fd = eventfd(0, flags & (EFD_NONBLOCK | EFD_SEMAPHORE));
-        if (fd < 0) fail("%s: eventfd: %s", what, strerror(errno));
-        fd = settle(fd, id, 0, what);
-        if (count && write(fd, &count, 8) != 8) fail("%s: eventfd write: %s", what, strerror(errno));
-        object_fd[id] = fd;
-        break;
-      }
-      case K_SIGNALFD: {
-        uint64_t mask = u64("mask");
-        int flags = i32("flags");
-        object_fd[id] = settle(open_signalfd(mask, flags, what), id, 0, what);
-        break;
-      }
-      case K_TIMERFD: {
-        int clockid = i32("clockid"), flags = i32("flags"), settime_flags = i32("settime flags");
-        uint64_t value_ns = u64("value_ns"), interval_ns = u64("interval_ns"), ticks = u64("ticks");
-        object_fd[id] = settle(open_timerfd(clockid, flags, settime_flags, value_ns, interval_ns, ticks, what), id, 0, what);
-        break;
-      }
-      case K_INOTIFY: {
-        int flags = i32("flags");
-        uint32_t count = u32("watch count");
-        object_fd[id] = settle(open_inotify(flags, count, what), id, 0, what);
-        break;
-      }
-      case K_EPOLL: {
-        int flags = i32("flags");
-        uint32_t count = u32("item count");
-        int fd = epoll_create1(0);
-        if (fd < 0) fail("%s: epoll_create1: %s", what, strerror(errno));
-        fd = settle(fd, id, 0, what);
-        if (flags & O_NONBLOCK) set_status_flags(fd, O_NONBLOCK, what);
-        object_fd[id] = fd;
-        defer_epoll_items(id, count, what);
-        break;
-      }
-      default:
-        fail("%s: unknown object kind %u", what, kind);
-    }
+    if (kind >= sizeof object_kinds / sizeof *object_kinds || !object_kinds[kind].open) fail("%s: unknown object kind %u", what, kind);
+    object_kinds[kind].open(id, cloexec, what);
     if (plan != end) fail("%s: payload length does not match its kind", what);
   }
 

@@ -5,7 +5,7 @@ import type { PathDescription } from '../model'
 import { invalid, withCommon } from './common'
 import { deviceRefusal } from './devices'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, pathTypeOf, rdevEntry, settleLinks, validatePath, type PathType } from './path'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, PATH_KINDS, pathEntries, pathImage, pathRecord, pathSummary, pathTypeOf, rdevEntry, settleLinks, validatePath, type PathType } from './path'
 import { U64_MAX } from './saved'
 
 const table = withCommon<PathDescription>([...pathEntries, rdevEntry, otherLinksEntry])
@@ -38,4 +38,7 @@ export const chardev: FileHandler<PathDescription> = {
   },
 
   planRestore: (d) => pathRecord(d),
+  stubKinds: PATH_KINDS,
+  image: pathImage,
+  summary: pathSummary,
 }

@@ -3,7 +3,7 @@
 import type { PathDescription } from '../model'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadPath, pathEntries, pathRecord, validatePath } from './path'
+import { capturePath, loadPath, PATH_KINDS, pathEntries, pathImage, pathRecord, pathSummary, validatePath } from './path'
 
 const table = withCommon<PathDescription>(pathEntries)
 
@@ -14,4 +14,7 @@ export const directory: FileHandler<PathDescription> = {
   load: (dir, base) => loadPath(dir, base, 'dir'),
   validate: validatePath,
   planRestore: (d) => pathRecord(d),
+  stubKinds: PATH_KINDS,
+  image: pathImage,
+  summary: pathSummary,
 }

@@ -7,7 +7,12 @@
 import { CkptError } from '../errors'
 import type { EpollDescription, EpollItem, ObjRef } from '../model'
 import { userDevFromKernel } from '../procfs'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { RecordBuilder } from '../restore/fdplan'
+import type { Fields } from '../image/records'
+import { asObjRef } from '../model'
+
+/** The stub's kind; its items are added in the stub's last pass, once every fd is in place (reference/003). */
+const KINDS = { epoll: 10 } as const
 import { attr, each, hex, type TableEntry } from '../tree/node'
 import { described, invalid, O_NONBLOCK, parseObjRef, withCommon } from './common'
 import type { CaptureContext, FdProbe, FileHandler } from './handler'
@@ -126,6 +131,25 @@ export const epoll: FileHandler<EpollDescription> = {
       }
       payload.i32(item.tfd).u32(item.targetObjref).u32(item.events).u64(item.data)
     })
-    return { kind: ObjectKind.Epoll, objref: d.objref, payload }
+    return { kind: KINDS.epoll, objref: d.objref, payload }
   },
+  stubKinds: KINDS,
+
+  image: {
+    field: 'epoll',
+    write: (d) => d,
+    read: (details, base, type) => ({ description: described<EpollDescription>(base, { type, items: details.list('items').map(epollItemFrom) }), contentsSize: undefined }),
+    references: (d) => d.items.flatMap((item) => (item.targetObjref === undefined ? [] : [{ objref: item.targetObjref, what: `epoll item for fd ${item.tfd} watches objref ${item.targetObjref}` }])),
+  },
+
+  summary: (d) => `${d.target} (${d.items.length} items: fds ${d.items.map((i) => i.tfd).join(',') || '-'})`,
+}
+
+function epollItemFrom(f: Fields): EpollItem {
+  return {
+    tfd: f.num('tfd', { min: 0 }),
+    events: f.num('events'),
+    data: f.big('data'),
+    targetObjref: f.has('targetObjref') ? asObjRef(f.num('targetObjref')) : undefined,
+  }
 }

@@ -5,7 +5,10 @@ import { fdinfoField, fdinfoFields } from '../procfs'
 import { attr } from '../tree/node'
 import { described, withCommon } from './common'
 import type { FileHandler } from './handler'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { RecordBuilder } from '../restore/fdplan'
+
+/** The stub's kind (restorer.c, open_eventfd_object). */
+const KINDS = { eventfd: 6 } as const
 
 /** The largest value an eventfd counter holds (write(2) refuses more). */
 const EVENTFD_MAX = 0xfffffffffffffffen
@@ -40,5 +43,14 @@ export const eventfd: FileHandler<EventfdDescription> = {
   },
 
   // The stub takes eventfd(2) flags: EFD_NONBLOCK is O_NONBLOCK, EFD_SEMAPHORE is 1.
-  planRestore: (d) => ({ kind: ObjectKind.Eventfd, objref: d.objref, payload: new RecordBuilder().u64(d.count).i32((d.flags & 0o4000) | (d.semaphore ? 1 : 0)) }),
+  planRestore: (d) => ({ kind: KINDS.eventfd, objref: d.objref, payload: new RecordBuilder().u64(d.count).i32((d.flags & 0o4000) | (d.semaphore ? 1 : 0)) }),
+  stubKinds: KINDS,
+
+  image: {
+    field: 'eventfd',
+    write: (d) => d,
+    read: (details, base, type) => ({ description: described<EventfdDescription>(base, { type, count: details.big('count', { max: EVENTFD_MAX }), semaphore: details.bool('semaphore') }), contentsSize: undefined }),
+  },
+
+  summary: (d) => `${d.target} (count ${d.count}${d.semaphore ? ', semaphore' : ''})`,
 }

@@ -5,8 +5,11 @@ import type { FileDescription, FileTable, PathDescription } from '../model'
 import { checkedBytes } from '../tree/checked'
 import { withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, settleLinks, validatePath, withIdentity } from './path'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathImage, pathSummary, settleLinks, validatePath, withIdentity } from './path'
+import { RecordBuilder } from '../restore/fdplan'
+
+/** The stub's kind that reopens a fifo and refills it (restorer.c, open_fifo_object). */
+const KINDS = { fifo: 5 } as const
 
 const noData = async (): Promise<Buffer> => Buffer.alloc(0)
 
@@ -48,8 +51,12 @@ export const fifo: FileHandler<PathDescription> = {
     // Every description's saved bytes are read, so each is checked (its checksum, on read); the first's are used.
     const saved = await (d.buffered ?? noData)()
     const data = first === d ? saved : Buffer.alloc(0)
-    return { kind: ObjectKind.Fifo, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).string(d.path), d).bytes(data) }
+    return { kind: KINDS.fifo, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).string(d.path), d).bytes(data) }
   },
+
+  stubKinds: KINDS,
+  image: pathImage,
+  summary: pathSummary,
 }
 
 /** The description with the lowest OBJREF of each fifo path; computed once per table. */

@@ -3,7 +3,8 @@
 // its files/OBJREF directory shows, and how to read a saved copy of that directory back.
 // lib/files/index.ts maps what /proc/PID/fd/N shows to the handler.
 
-import type { FileDescription, FileTable, Lazy, ObjRef, Pid } from '../model'
+import type { Fields } from '../image/records'
+import type { ByteSource, FileDescription, FileTable, Lazy, ObjRef, Pid } from '../model'
 import type { InodeStat, MountInfo, RawFd } from '../procfs'
 import type { PlannedRecord } from '../restore/fdplan'
 import type { TableEntry } from '../tree/node'
@@ -65,6 +66,38 @@ export interface ValidationContext {
 /** The stub's record(s) for one description (docs/RESTORE.md, "The stub's plan"). */
 export type RestoreRecords = PlannedRecord | PlannedRecord[]
 
+/**
+ * The stub's object kinds a handler plans, by name and number. The number is the record's
+ * kind in the plan and the index of the kind's function in the stub's table
+ * (addon/stub/restorer.c, object_kinds); test/fdkinds.test.ts checks that the two agree.
+ */
+export type StubKinds = Readonly<Record<string, number>>
+
+/** A description read back from its image record; `contentsSize` bytes of it follow in file_chunk records. */
+export interface RecordedDescription<D extends FileDescription = FileDescription> {
+  description: D
+  contentsSize: bigint | undefined
+}
+
+/**
+ * How a type's descriptions are kept in the image (lib/image/ckptfs.proto): its own message,
+ * a member of FileDescription's `details` oneof. Types with nothing of their own have none.
+ */
+export interface ImageMapping<D extends FileDescription> {
+  /** The oneof member (camelCase, as the codec names it: "pathFile", "eventfd"). */
+  readonly field: string
+  /** That member's value for `desc`; the codec takes the fields the schema names and ignores the rest. */
+  write(desc: D): object | Promise<object>
+  /** The description from that member, each value checked for what the record alone can tell. */
+  read(details: Fields, base: DescriptionBase, type: D['type'], fileSize: number): RecordedDescription<D>
+  /** Bytes written as file_chunk records after the description (an unlinked file's contents). */
+  contents?(desc: D): ByteSource | undefined
+  /** The description with its file_chunk bytes attached (types without `contents` are refused such bytes). */
+  withContents?(desc: D, contents: ByteSource): D
+  /** Other descriptions this one names, which the image must describe too (`what` says which value names it). */
+  references?(desc: D): Array<{ objref: ObjRef; what: string }>
+}
+
 export interface FileHandler<D extends FileDescription = FileDescription> {
   /** The fd_type values this handler captures and loads. */
   readonly types: readonly D['type'][]
@@ -92,4 +125,10 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
    * files/OBJREF/... when it cannot be restored. Types without it are not restorable yet.
    */
   planRestore?(desc: D, ctx: RestorePlanContext): RestoreRecords | Promise<RestoreRecords>
+  /** The kinds planRestore's records use. */
+  readonly stubKinds?: StubKinds
+  /** How the image keeps the type's own fields; absent when it has none (sockets, unknown files). */
+  readonly image?: ImageMapping<D>
+  /** `ckptfs show`'s text for the file: the target and what a reader wants at a glance (default: the target). */
+  summary?(desc: D): string
 }

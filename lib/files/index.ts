@@ -1,14 +1,15 @@
 // The registry of file handlers: which handler captures an fd, from what /proc/PID/fd/N shows
-// and the inode's type, and which one loads a saved fd_type. A new kind of file is one
-// module and one line in `byKind`.
+// and the inode's type, and which one loads a saved fd_type (from a tree or an image). A new
+// kind of file is one module and one line in `byKind`.
 
-import type { FileDescription } from '../model'
+import type { FdType, FileDescription } from '../model'
 import { chardev } from './chardev'
 import { directory } from './directory'
 import { epoll } from './epoll'
 import { eventfd } from './eventfd'
+import { fanotify } from './fanotify'
 import { fifo } from './fifo'
-import type { FdProbe, FileHandler } from './handler'
+import type { FdProbe, FileHandler, StubKinds } from './handler'
 import { inotify } from './inotify'
 import { pathTypeOf } from './path'
 import { pipe } from './pipe'
@@ -41,6 +42,7 @@ const byKind = new Map<string, FileHandler>([
   ['anon_inode:[signalfd]', registered(signalfd)],
   ['anon_inode:[timerfd]', registered(timerfd)],
   ['anon_inode:inotify', registered(inotify)],
+  ['anon_inode:[fanotify]', registered(fanotify)],
 ])
 
 /** The kind of an fd's target (see byKind), or undefined for files no handler knows. */
@@ -58,8 +60,35 @@ export function handlerFor(probe: FdProbe): FileHandler {
   return (kind !== undefined && byKind.get(kind)) || fallback
 }
 
+const handlers = [...new Set([...byKind.values(), fallback])]
 const byType = new Map<string, FileHandler>()
-for (const handler of [...byKind.values(), fallback]) for (const type of handler.types) byType.set(type, handler)
+for (const handler of handlers) for (const type of handler.types) byType.set(type, handler)
+
+/** Every fd_type some handler loads. */
+export const fdTypes = (): FdType[] => [...byType.keys()] as FdType[]
+
+/** The `details` oneof members of the image's FileDescription that handlers use. */
+const detailFields = [...new Set(handlers.flatMap((h) => (h.image ? [h.image.field] : [])))]
+export const imageFields = (): readonly string[] => detailFields
+
+/**
+ * The stub's object kinds of all handlers, name -> number. Two handlers may share a kind
+ * (reopening by path) but never give one name two numbers or one number two names.
+ */
+export function stubKinds(): StubKinds {
+  const kinds: Record<string, number> = {}
+  const names = new Map<number, string>()
+  for (const handler of handlers) {
+    for (const [name, number] of Object.entries(handler.stubKinds ?? {})) {
+      if ((kinds[name] ?? number) !== number || (names.get(number) ?? name) !== name) {
+        throw new Error(`file handlers: stub kind ${name} = ${number} clashes with ${names.get(number) ?? name} = ${kinds[name] ?? number}`)
+      }
+      kinds[name] = number
+      names.set(number, name)
+    }
+  }
+  return kinds
+}
 
 /** The handler of a saved fd_type, or undefined for a type no handler loads. */
 export function handlerForType(type: string): FileHandler | undefined {

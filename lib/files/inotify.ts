@@ -8,7 +8,11 @@ import * as path from 'path'
 import { CkptError } from '../errors'
 import type { FileTable, InotifyDescription, InotifyWatch, PathDescription } from '../model'
 import { userDevFromKernel } from '../procfs'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { RecordBuilder } from '../restore/fdplan'
+import type { Fields } from '../image/records'
+
+/** The stub's kind (restorer.c, open_inotify_object). */
+const KINDS = { inotify: 9 } as const
 import { attr, each, hex, type TableEntry } from '../tree/node'
 import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { CaptureContext, FileHandler } from './handler'
@@ -45,7 +49,11 @@ function parseWatch(line: string, where: string): Omit<InotifyWatch, 'path'> {
   }
 }
 
-async function findWatchedPaths(watches: Array<Omit<InotifyWatch, 'path'>>, ctx: CaptureContext): Promise<InotifyWatch[]> {
+/**
+ * The path of each watched inode (named by ino and the kernel's sdev, as fdinfo shows them),
+ * or undefined where it was not found. fanotify's inode marks are found the same way.
+ */
+export async function findWatchedPaths<W extends { ino: bigint; sdev: number }>(watches: W[], ctx: CaptureContext): Promise<Array<W & { path: string | undefined }>> {
   if (watches.length === 0) return []
   const wanted = watches.map((w) => ({ dev: userDevFromKernel(w.sdev), ino: w.ino, count: 1, exclude: undefined }))
   const cwd = await fs.promises.readlink(`/proc/${ctx.pid}/cwd`).catch(() => undefined)
@@ -125,12 +133,40 @@ export const inotify: FileHandler<InotifyDescription> = {
       payload.i32(w.wd).u32((w.mask & keptMaskBits) >>> 0).string(`/proc/self/fd/${fd}`)
       throughFd = true
     }
-    return { kind: ObjectKind.Inotify, objref: d.objref, payload, last: throughFd }
+    return { kind: KINDS.inotify, objref: d.objref, payload, last: throughFd }
   },
+  stubKinds: KINDS,
+
+  image: {
+    field: 'inotify',
+    write: (d) => d,
+    read(details, base, type) {
+      const watches = details.list('watches').map(inotifyWatchFrom)
+      const seen = new Set<number>()
+      for (const w of watches) {
+        if (seen.has(w.wd)) details.fail('watches', `watch ${w.wd} is listed twice`)
+        seen.add(w.wd)
+      }
+      return { description: described<InotifyDescription>(base, { type, watches }), contentsSize: undefined }
+    },
+  },
+
+  summary: (d) => `${d.target} (${d.watches.length} watches)`,
+}
+
+function inotifyWatchFrom(f: Fields): InotifyWatch {
+  return {
+    wd: f.num('wd', { min: 1 }),
+    ino: f.big('ino'),
+    sdev: f.num('sdev'),
+    mask: f.num('mask'),
+    ignoredMask: f.num('ignoredMask'),
+    path: f.has('path') ? f.str('path') : undefined,
+  }
 }
 
 /** The lowest fd of the task whose file (a path-type description) is the watched inode. */
-function fdHoldingInode(table: FileTable, w: InotifyWatch): number | undefined {
+export function fdHoldingInode(table: FileTable, w: { ino: bigint; sdev: number }): number | undefined {
   const dev = userDevFromKernel(w.sdev)
   const holders = new Set<number>()
   for (const f of table.files) {

@@ -2,13 +2,15 @@
 // where the file is (and whether that path still names it, reference/000), its inode
 // attributes, and their entries in files/OBJREF.
 
+import { byteSize } from '../bytesize'
 import { described, invalid } from './common'
 import { CkptError } from '../errors'
 import { lazy, type Lazy, type PathDescription } from '../model'
 import type { InodeStat } from '../procfs'
 import { attr, bytes, octal, type TableEntry } from '../tree/node'
-import type { CaptureContext, DescriptionBase, FdProbe } from './handler'
-import { ObjectKind, RecordBuilder, type PlannedRecord } from '../restore/fdplan'
+import type { CaptureContext, DescriptionBase, FdProbe, ImageMapping } from './handler'
+import { RecordBuilder, type PlannedRecord } from '../restore/fdplan'
+import type { Fields } from '../image/records'
 import { pathProblem, S64_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
 export type PathType = PathDescription['type']
@@ -120,9 +122,12 @@ export function withIdentity(b: RecordBuilder, d: PathDescription): RecordBuilde
   return b.u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.dev).u64(d.ino).u64(d.btime)
 }
 
+/** The stub's kind that reopens a file by path (restorer.c, open_path_object). */
+export const PATH_KINDS = { path: 1 } as const
+
 /** Restore: reopen by path with the saved flags, check it is the saved file, then seek to the saved offset. */
 export function pathRecord(d: PathDescription): PlannedRecord {
-  return { kind: ObjectKind.Path, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path), d) }
+  return { kind: PATH_KINDS.path, objref: d.objref, payload: withIdentity(new RecordBuilder().i32(d.flags).u64(d.pos).string(d.path), d) }
 }
 
 /**
@@ -143,4 +148,62 @@ export function validatePath(d: PathDescription): void | Promise<void> {
     const bad = pathProblem(link)
     if (bad !== undefined) throw invalid(d, 'other_links', `line ${i + 1}: ${bad}`)
   }))
+}
+
+/** A file's owner id; an image made before owners were recorded is refused. */
+function ownerId(d: Fields, name: 'uid' | 'gid'): number {
+  if (!d.has(name)) d.fail(name, 'missing: this image was made before ckptfs recorded file owners, and a file is reopened only when its owner, mode and type are the saved ones')
+  return d.num(name, { max: 0xfffffffe })
+}
+
+/** Every path type is one PathFile message in the image. */
+export const pathImage: ImageMapping<PathDescription> = {
+  field: 'pathFile',
+
+  async write(d) {
+    return {
+      ...d,
+      otherLinks: await d.otherLinks(),
+      contentsSize: d.contents ? BigInt(d.contents.size) : undefined,
+      buffered: d.buffered ? await d.buffered() : undefined,
+    }
+  },
+
+  read(d, base, type, fileSize) {
+    const contentsSize = d.has('contentsSize') ? d.big('contentsSize', { max: BigInt(fileSize) }) : undefined
+    if (contentsSize !== undefined && (type !== 'file' || !d.bool('unlinked'))) d.fail('contentsSize', 'only an unlinked regular file carries contents')
+    if (d.has('buffered') && type !== 'fifo') d.fail('buffered', 'only a fifo has buffered bytes')
+    const otherLinks = d.strs('otherLinks')
+    const buffered = d.has('buffered') ? d.bytes('buffered') : undefined
+    const description = described<PathDescription>(base, {
+      type,
+      path: d.str('path', true),
+      dev: d.big('dev'),
+      rdev: d.big('rdev'),
+      inodeMode: d.num('inodeMode'),
+      uid: ownerId(d, 'uid'),
+      gid: ownerId(d, 'gid'),
+      size: d.big('size'),
+      nlink: d.num('nlink'),
+      // Images of format 1.2 have no birth time: 0, as for a filesystem without one.
+      btime: d.big('btime'),
+      unlinked: d.bool('unlinked'),
+      otherLinks: otherLinks.length === 0 ? noLinks : async () => otherLinks,
+    })
+    if (buffered) description.buffered = async () => buffered
+    return { description, contentsSize }
+  },
+
+  contents: (d) => d.contents,
+
+  withContents(d, contents) {
+    if (d.type !== 'file') throw new CkptError(`contents on a ${d.type}`, 'EINVAL')
+    return { ...d, contents }
+  },
+}
+
+/** `ckptfs show`'s line: the path, and whether it was unlinked (and its contents kept). */
+export function pathSummary(d: PathDescription): string {
+  const unlinked = d.unlinked ? ` (unlinked${d.contents ? `, ${byteSize(d.contents.size)} kept` : ''})` : ''
+  return `${d.path}${unlinked}`
 }

@@ -7,7 +7,10 @@ import { attr } from '../tree/node'
 import { checkedBytes } from '../tree/checked'
 import { described, invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { RecordBuilder } from '../restore/fdplan'
+
+/** The stub's kind that makes a pipe and every description of it (restorer.c, open_pipe_object). */
+const KINDS = { pipe: 4 } as const
 import { U64_MAX } from './saved'
 
 const table = withCommon<PipeDescription>([
@@ -67,8 +70,21 @@ export const pipe: FileHandler<PipeDescription> = {
       .u32(extras.length)
     // The access mode comes from f_mode (what the kernel checks), the other flags from f_flags.
     for (const e of extras) payload.u32(e.objref).i32((e.flags & ~O_ACCMODE) | ACCESS_BY_MODE[e.mode])
-    return { kind: ObjectKind.Pipe, objref: d.objref, payload }
+    return { kind: KINDS.pipe, objref: d.objref, payload }
   },
+
+  stubKinds: KINDS,
+
+  image: {
+    field: 'pipe',
+    write: async (d) => ({ pipeId: d.pipeId, buffered: await d.buffered() }),
+    read(details, base, type) {
+      const buffered = details.bytes('buffered')
+      return { description: described<PipeDescription>(base, { type, pipeId: details.big('pipeId'), buffered: async () => buffered }), contentsSize: undefined }
+    },
+  },
+
+  summary: (d) => `${d.target} (pipe ${d.pipeId})`,
 }
 
 /** f_mode of a description: FMODE_READ 1, FMODE_WRITE 2; and the open(2) access mode of each. */

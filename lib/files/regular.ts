@@ -10,8 +10,11 @@ import { checkedStream } from '../tree/checked'
 import { checkSourceBytes } from '../checksum'
 import { invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
-import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, pathEntries, pathRecord, settleLinks, validatePath } from './path'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, PATH_KINDS, pathEntries, pathImage, pathRecord, pathSummary, settleLinks, validatePath } from './path'
+import { RecordBuilder } from '../restore/fdplan'
+
+/** The stub's kinds: reopen by path, recreate an unlinked file, make a memfd anew (restorer.c). */
+const KINDS = { ...PATH_KINDS, unlinked: 2, memfd: 3 } as const
 import { fileSource, readWhole } from './source'
 
 const linked = withCommon<PathDescription>([...pathEntries, otherLinksEntry])
@@ -75,17 +78,21 @@ export const regular: FileHandler<PathDescription> = {
     if (memfd) {
       // The stub makes the memfd as root: a setuid, setgid or sticky bit would be root's.
       if (d.inodeMode & 0o7000) throw new CkptError(`files/${d.objref}/inode_mode: 0${d.inodeMode.toString(8)}: a memfd with setuid, setgid or sticky bits is not restored`, 'EPERM')
-      return { kind: ObjectKind.Memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777) }
+      return { kind: KINDS.memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777) }
     }
     // The first description of the inode (by its lowest fd: the stub opens in that order)
     // recreates the file; the others are opened through it and carry no second copy.
     const first = firstOfInode(table).get(inodeKey(d)) ?? d.objref
     const contents = first === d.objref ? data : Buffer.alloc(0)
     return {
-      kind: ObjectKind.Unlinked, objref: d.objref,
+      kind: KINDS.unlinked, objref: d.objref,
       payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(contents).u32(first === d.objref ? 0 : first),
     }
   },
+
+  stubKinds: KINDS,
+  image: pathImage,
+  summary: pathSummary,
 }
 
 const inodeKey = (d: PathDescription): string => `${d.dev}:${d.ino}`

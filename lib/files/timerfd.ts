@@ -4,7 +4,10 @@
 import { CkptError } from '../errors'
 import type { TimerfdDescription } from '../model'
 import { fdinfoField, fdinfoFields } from '../procfs'
-import { ObjectKind, RecordBuilder } from '../restore/fdplan'
+import { RecordBuilder } from '../restore/fdplan'
+
+/** The stub's kind (restorer.c, open_timerfd_object). */
+const KINDS = { timerfd: 8 } as const
 import { attr } from '../tree/node'
 import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { FileHandler } from './handler'
@@ -78,8 +81,27 @@ export const timerfd: FileHandler<TimerfdDescription> = {
 
   // TIMERFD: i32 clockid, i32 flags (TFD_NONBLOCK), i32 settime_flags, u64 value_ns, u64 interval_ns, u64 ticks.
   planRestore: (d) => ({
-    kind: ObjectKind.Timerfd,
+    kind: KINDS.timerfd,
     objref: d.objref,
     payload: new RecordBuilder().i32(d.clockid).i32(d.flags & O_NONBLOCK).i32(d.settimeFlags).u64(firstExpiryNs(d)).u64(d.intervalNs).u64(d.ticks),
   }),
+  stubKinds: KINDS,
+
+  image: {
+    field: 'timerfd',
+    write: (d) => d,
+    read(details, base, type) {
+      const description = described<TimerfdDescription>(base, {
+        type,
+        clockid: details.num('clockid', { min: 0 }),
+        ticks: details.big('ticks'),
+        settimeFlags: details.num('settimeFlags'),
+        valueNs: details.big('valueNs'),
+        intervalNs: details.big('intervalNs'),
+      })
+      return { description, contentsSize: undefined }
+    },
+  },
+
+  summary: (d) => `${d.target} (clock ${d.clockid}, next ${d.valueNs} ns, every ${d.intervalNs} ns)`,
 }

@@ -8,6 +8,7 @@ import * as fs from 'fs'
 import * as zlib from 'zlib'
 import { CkptError, messageOf } from '../errors'
 import { clipped, intoSource, type ByteSource, type FileExtent, type FdEntry, type FileDescription, type FileTable, type Pid, type ProcessState, type TaskImage, type ThreadState, type Vma } from '../model'
+import { handlerOf } from '../files/index'
 import { decodeMessage } from './codec'
 import {
   descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, RecordPlace, threadFrom, vmaFrom,
@@ -542,17 +543,14 @@ class ImageReader {
 
     const files: FileDescription[] = []
     for (const { description, where, contents } of this.files.values()) {
-      if (description.type === 'epoll') {
-        for (const item of description.items) {
-          if (item.targetObjref !== undefined && !this.files.has(item.targetObjref)) {
-            throw new CkptError(`image: ${where}: epoll item for fd ${item.tfd} watches objref ${item.targetObjref}, which is not described`, 'EINVAL')
-          }
-        }
+      const mapping = handlerOf(description).image
+      for (const { objref, what } of mapping?.references?.(description) ?? []) {
+        if (!this.files.has(objref)) throw new CkptError(`image: ${where}: ${what}, which is not described`, 'EINVAL')
       }
       if (contents) {
         this.complete(contents, `${where}: contents`)
-        if (description.type !== 'file') throw new CkptError(`image: ${where}: contents on a ${description.type}`, 'EINVAL')
-        files.push({ ...description, contents: chunkedSource(file, contents) })
+        if (!mapping?.withContents) throw new CkptError(`image: ${where}: contents on a ${description.type}`, 'EINVAL')
+        files.push(withContents(mapping.withContents, description, chunkedSource(file, contents), where))
       } else files.push(description)
     }
     const fdNumbers = new Set<number>()
@@ -599,4 +597,14 @@ const schemaName = {
 const recordNames: Record<RecordKind, string> = {
   header: 'header', process: 'process', thread: 'thread', file: 'file', fd: 'fd', vma: 'vma',
   pageChunk: 'page chunk', fileChunk: 'file chunk', trailer: 'trailer',
+}
+
+/** A description with its file_chunk bytes; the handler's refusal named by the record. */
+function withContents(attach: (desc: FileDescription, contents: ByteSource) => FileDescription, desc: FileDescription, contents: ByteSource, where: unknown): FileDescription {
+  try {
+    return attach(desc, contents)
+  } catch (e) {
+    if (e instanceof CkptError) throw new CkptError(`image: ${where}: ${e.message}`, 'EINVAL')
+    throw e
+  }
 }

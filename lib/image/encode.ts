@@ -7,7 +7,8 @@
 import * as zlib from 'zlib'
 import { crc32c, knownPieceCrc, notePieceCrc } from '../checksum'
 import { CkptError } from '../errors'
-import { intoSource, type ByteSource, type CheckpointMode, type FileDescription, type Sized, type TaskImage } from '../model'
+import { intoSource, type ByteSource, type CheckpointMode, type Sized, type TaskImage } from '../model'
+import { handlerOf } from '../files/index'
 import { encodeMessage } from './codec'
 import { CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, imageSchema, MAGIC, type MessageSchema, type RecordKind } from './schema'
 import { ByteWriter, WireType } from './wire'
@@ -102,10 +103,10 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
   image.record('process', schema.Process, process)
   for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })
   for (const file of fileTable.files) {
-    image.record('file', schema.FileDescription, await descriptionRecord(file))
-    if (file.type === 'file' || file.type === 'dir' || file.type === 'chr' || file.type === 'blk' || file.type === 'fifo') {
-      if (file.contents) image.chunks('fileChunk', file.objref, file.contents)
-    }
+    const mapping = handlerOf(file).image
+    image.record('file', schema.FileDescription, mapping ? { ...file, [mapping.field]: await mapping.write(file) } : file)
+    const contents = mapping?.contents?.(file)
+    if (contents) image.chunks('fileChunk', file.objref, contents)
   }
   for (const fd of fileTable.fds) image.record('fd', schema.FdEntry, fd)
   for (const vma of vmas) {
@@ -117,33 +118,6 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
   }
   for (const vma of vmas) image.chunks('pageChunk', vma.start, vma.pages)
   return image.finish()
-}
-
-/**
- * The FileDescription message of a description: its common fields and, in the oneof, the
- * fields only its type has. The codec takes the fields the schema names and ignores the
- * rest, so the model object itself serves wherever no Lazy part has to be resolved.
- */
-async function descriptionRecord(file: FileDescription): Promise<object> {
-  switch (file.type) {
-    case 'file': case 'dir': case 'chr': case 'blk': case 'fifo':
-      return {
-        ...file,
-        pathFile: {
-          ...file,
-          otherLinks: await file.otherLinks(),
-          contentsSize: file.contents ? BigInt(file.contents.size) : undefined,
-          buffered: file.buffered ? await file.buffered() : undefined,
-        },
-      }
-    case 'pipe': return { ...file, pipe: { ...file, buffered: await file.buffered() } }
-    case 'eventfd': return { ...file, eventfd: file }
-    case 'epoll': return { ...file, epoll: file }
-    case 'signalfd': return { ...file, signalfd: file }
-    case 'timerfd': return { ...file, timerfd: file }
-    case 'inotify': return { ...file, inotify: file }
-    case 'socket': case 'unknown': return file
-  }
 }
 
 /** Lays the image out as segments, keeping the running CRC the trailer records. */

@@ -4,19 +4,19 @@
 
 import { CkptError } from '../errors'
 import { described, modeFromFlags, refusedFlagNames } from '../files/common'
-import { noLinks } from '../files/path'
 import {
   asObjRef, asPid, asTid,
-  type CheckpointMode, type Credentials, type EpollDescription, type EpollItem, type EventfdDescription, type FdEntry, type FdType,
-  type FileDescription, type InotifyDescription, type InotifyWatch, type OtherDescription, type PathDescription, type PipeDescription,
-  type SignalfdDescription, type TimerfdDescription, type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
+  type CheckpointMode, type Credentials, type FdEntry, type FileDescription,
+  type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
   type Rlimit, type SigAction, type StoredRun, type ThreadState, type Tid, type VmaKind,
   type Vma,
 } from '../model'
+import type { RecordedDescription } from '../files/handler'
+import { fdTypes, handlerForType, imageFields } from '../files/index'
 import { isMessage, type FieldValue, type Message } from './codec'
 import { FORMAT_MAJOR, MAGIC, PAGE_SIZE } from './schema'
 import { BOOT_ID } from '../boot'
-import { NGROUPS_MAX, NSIG, U64_MAX, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
+import { NGROUPS_MAX, NSIG, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
 
 /** x86-64 struct user_regs_struct, and the words of it that ThreadState repeats. */
 const USER_REGS_SIZE = 216
@@ -33,11 +33,7 @@ export interface ImageHeader {
   bootId?: string
 }
 
-/** A description as recorded; its contents (an unlinked file's bytes) are attached later from file chunks. */
-export interface RecordedDescription {
-  description: FileDescription
-  contentsSize: bigint | undefined
-}
+export type { RecordedDescription }
 
 /** A mapping's metadata as recorded, before its pages are attached. */
 export type RecordedVma = Omit<Vma, 'pages'>
@@ -160,12 +156,6 @@ function unique<T, K>(items: T[], key: (item: T) => K, fail: (dup: K) => never):
 const isPageAligned = (n: bigint) => n % PAGE_SIZE === 0n
 
 // ---------------------------------------------------------------------------------------
-
-/** A file's owner id; an image made before owners were recorded is refused. */
-function ownerId(d: Fields, name: 'uid' | 'gid'): number {
-  if (!d.has(name)) d.fail(name, 'missing: this image was made before ckptfs recorded file owners, and a file is reopened only when its owner, mode and type are the saved ones')
-  return d.num(name, { max: 0xfffffffe })
-}
 
 export function headerFrom(f: Fields): ImageHeader {
   const magic = f.str('magic')
@@ -329,19 +319,12 @@ export function threadFrom(f: Fields): ThreadState {
   return thread
 }
 
-const fdTypes: readonly FdType[] = ['file', 'dir', 'chr', 'blk', 'fifo', 'pipe', 'socket', 'epoll', 'eventfd', 'signalfd', 'timerfd', 'inotify', 'unknown']
-
-/** The oneof member each fd type carries (sockets and unknown files carry none). */
-const detailsOf: Record<FdType, string | undefined> = {
-  file: 'pathFile', dir: 'pathFile', chr: 'pathFile', blk: 'pathFile', fifo: 'pathFile',
-  pipe: 'pipe', eventfd: 'eventfd', epoll: 'epoll', signalfd: 'signalfd', timerfd: 'timerfd', inotify: 'inotify',
-  socket: undefined, unknown: undefined,
-}
-const detailNames = [...new Set(Object.values(detailsOf).filter((d) => d !== undefined))]
-
-
+/**
+ * A file description record: the common fields here, the type's own (its `details` oneof
+ * member) read by the type's handler (lib/files/*.ts, `image`).
+ */
 export function descriptionFrom(f: Fields, fileSize: number): RecordedDescription {
-  const type = f.oneOf('type', fdTypes)
+  const type = f.oneOf('type', fdTypes())
   const flags = f.num('flags')
   const [refused] = refusedFlagNames(flags)
   if (refused) f.fail('flags', `${refused} is refused`)
@@ -358,87 +341,12 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
     ino: f.big('ino'),
     notCheckpointable,
   }
-  const expected = detailsOf[type]
-  for (const name of detailNames) {
-    if (name !== expected && f.has(name)) f.fail(name, `present in a ${type} description`)
+  const image = handlerForType(type)?.image
+  for (const name of imageFields()) {
+    if (name !== image?.field && f.has(name)) f.fail(name, `present in a ${type} description`)
   }
-  const details = expected === undefined ? undefined : f.msg(expected)
-  switch (type) {
-    case 'file': case 'dir': case 'chr': case 'blk': case 'fifo': {
-      const d = details!
-      const contentsSize = d.has('contentsSize') ? d.big('contentsSize', { max: BigInt(fileSize) }) : undefined
-      if (contentsSize !== undefined && (type !== 'file' || !d.bool('unlinked'))) d.fail('contentsSize', 'only an unlinked regular file carries contents')
-      if (d.has('buffered') && type !== 'fifo') d.fail('buffered', 'only a fifo has buffered bytes')
-      const otherLinks = d.strs('otherLinks')
-      const buffered = d.has('buffered') ? d.bytes('buffered') : undefined
-      const description = described<PathDescription>(base, {
-        type,
-        path: d.str('path', true),
-        dev: d.big('dev'),
-        rdev: d.big('rdev'),
-        inodeMode: d.num('inodeMode'),
-        uid: ownerId(d, 'uid'),
-        gid: ownerId(d, 'gid'),
-        size: d.big('size'),
-        nlink: d.num('nlink'),
-        // Images of format 1.2 have no birth time: 0, as for a filesystem without one.
-        btime: d.big('btime'),
-        unlinked: d.bool('unlinked'),
-        otherLinks: otherLinks.length === 0 ? noLinks : async () => otherLinks,
-      })
-      if (buffered) description.buffered = async () => buffered
-      return { description, contentsSize }
-    }
-    case 'pipe': {
-      const buffered = details!.bytes('buffered')
-      return { description: described<PipeDescription>(base, { type, pipeId: details!.big('pipeId'), buffered: async () => buffered }), contentsSize: undefined }
-    }
-    case 'eventfd':
-      return { description: described<EventfdDescription>(base, { type, count: details!.big('count', { max: U64_MAX - 1n }), semaphore: details!.bool('semaphore') }), contentsSize: undefined }
-    case 'epoll':
-      return { description: described<EpollDescription>(base, { type, items: details!.list('items').map(epollItemFrom) }), contentsSize: undefined }
-    case 'signalfd':
-      return { description: described<SignalfdDescription>(base, { type, sigmask: details!.big('sigmask') }), contentsSize: undefined }
-    case 'timerfd': {
-      const d = details!
-      const description = described<TimerfdDescription>(base, {
-        type,
-        clockid: d.num('clockid', { min: 0 }),
-        ticks: d.big('ticks'),
-        settimeFlags: d.num('settimeFlags'),
-        valueNs: d.big('valueNs'),
-        intervalNs: d.big('intervalNs'),
-      })
-      return { description, contentsSize: undefined }
-    }
-    case 'inotify': {
-      const watches = details!.list('watches').map(inotifyWatchFrom)
-      unique(watches, (w) => w.wd, (wd) => details!.fail('watches', `watch ${wd} is listed twice`))
-      return { description: described<InotifyDescription>(base, { type, watches }), contentsSize: undefined }
-    }
-    case 'socket': case 'unknown':
-      return { description: described<OtherDescription>(base, { type }), contentsSize: undefined }
-  }
-}
-
-function epollItemFrom(f: Fields): EpollItem {
-  return {
-    tfd: f.num('tfd', { min: 0 }),
-    events: f.num('events'),
-    data: f.big('data'),
-    targetObjref: f.has('targetObjref') ? asObjRef(f.num('targetObjref')) : undefined,
-  }
-}
-
-function inotifyWatchFrom(f: Fields): InotifyWatch {
-  return {
-    wd: f.num('wd', { min: 1 }),
-    ino: f.big('ino'),
-    sdev: f.num('sdev'),
-    mask: f.num('mask'),
-    ignoredMask: f.num('ignoredMask'),
-    path: f.has('path') ? f.str('path') : undefined,
-  }
+  if (!image) return { description: described<FileDescription>(base, { type } as Omit<FileDescription, keyof typeof base>), contentsSize: undefined }
+  return image.read(f.msg(image.field), base, type, fileSize)
 }
 
 export function fdEntryFrom(f: Fields): FdEntry {

@@ -4,20 +4,6 @@
 
 import type { FileTable, ObjRef, ProcessState } from '../model'
 
-export const enum ObjectKind {
-  Path = 1,
-  Unlinked = 2,
-  Memfd = 3,
-  Pipe = 4,
-  Fifo = 5,
-  Eventfd = 6,
-  Signalfd = 7,
-  Timerfd = 8,
-  Inotify = 9,
-  /** Its items are added in the stub's last pass, once every fd is in place (reference/003). */
-  Epoll = 10,
-}
-
 /**
  * One object record's payload, field by field, in the stub's byte order. The fields are
  * kept as a list (a number per 32-bit word, a string or Buffer per counted field) and written
@@ -132,7 +118,8 @@ export class ByteWriter {
 }
 
 export interface PlannedRecord {
-  kind: ObjectKind
+  /** The stub's object kind: one of its handler's `stubKinds`. */
+  kind: number
   /** The objref the record opens (for a pipe: either end; the payload names both). */
   objref: ObjRef
   /** Its fields, which framePlan writes into the plan. */

@@ -2,6 +2,7 @@
 // reference/004 asks: a saved access mode is never upgraded and only restorable types pass.
 
 import { CkptError } from '../errors'
+import type { StubKinds } from '../files/handler'
 import { handlerOf } from '../files/index'
 import type { FileDescription, FileTable } from '../model'
 import type { PlannedRecord } from './fdplan'
@@ -40,8 +41,16 @@ export async function planFileRecords(table: FileTable): Promise<PlannedRecord[]
     // Most handlers plan synchronously: no promise for each of 10,000 /dev/null fds.
     const result = handler.planRestore(f, { table })
     const planned = result instanceof Promise ? await result : result
-    if (Array.isArray(planned)) records.push(...planned)
-    else records.push(planned)
+    for (const record of Array.isArray(planned) ? planned : [planned]) {
+      // A kind the handler does not declare would reach a stub function of another type.
+      if (!declares(handler.stubKinds, record.kind)) throw new CkptError(`${where(f)}: ${f.type} planned stub kind ${record.kind}, which its handler does not declare`)
+      records.push(record)
+    }
   }
   return records
+}
+
+function declares(kinds: StubKinds | undefined, kind: number): boolean {
+  for (const name in kinds) if (kinds[name] === kind) return true
+  return false
 }
