@@ -13,6 +13,7 @@ import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './fi
 import { handlerFor, handlerForType } from './files/index'
 import { INT_MAX, SavedDir, type StoredDir } from './files/saved'
 import { linkFinder } from './files/search'
+import { parseLocks } from './files/locks'
 
 /** Descriptions captured at once (their handlers read /proc and stat paths). */
 const captureConcurrency = 64
@@ -89,14 +90,6 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
   return shared.sort((a, b) => a.probes[0].fd - b.probes[0].fd)
 }
 
-/** fdinfo lists the file locks the task holds on a file ("lock:\t1: POSIX  ADVISORY  WRITE ..."). */
-function lockReason(probe: FdProbe): string | undefined {
-  const lock = probe.fdinfo.extra.find((l) => l.startsWith('lock:'))
-  if (!lock) return undefined
-  const [, kind, how, mode] = lock.slice('lock:'.length).trim().split(/\s+/)
-  return `fd ${probe.fd} holds a ${kind} ${how} ${mode} lock; file locks cannot be checkpointed yet`
-}
-
 /**
  * Captures the file table of task `pid`, which must be frozen (every thread ptrace-stopped).
  * Nothing of the task changes: pipes are peeked, files are read through separate opens.
@@ -155,6 +148,7 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
     const first = s.probes[0]
     // fdinfo adds O_CLOEXEC for a close-on-exec fd; the description's own flags are what all its fds show.
     const flags = s.probes.reduce((all, p) => all & p.fdinfo.flags, -1) >>> 0
+    const { locks, refused: locksRefused } = parseLocks(first.fdinfo.extra)
     const base: DescriptionBase = {
       objref: described.get(first.fd)!.objref,
       target: first.target,
@@ -163,7 +157,8 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
       pos: first.fdinfo.pos,
       mntId: first.fdinfo.mntId,
       ino: first.fdinfo.ino,
-      notCheckpointable: undefined,
+      notCheckpointable: locksRefused,
+      locks,
     }
     let desc: FileDescription
     try {
@@ -171,8 +166,7 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
     } catch (err) {
       throw new CkptError(`task ${pid}: fd ${first.fd} (${first.target}): ${messageOf(err)}`)
     }
-    const locked = s.probes.map(lockReason).find((r) => r !== undefined)
-    return [s.handler, desc.notCheckpointable === undefined && locked ? { ...desc, notCheckpointable: locked } : desc]
+    return [s.handler, desc]
   })
 
   const files = opts.copy

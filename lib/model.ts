@@ -138,6 +138,19 @@ export interface DescriptionCommon {
   ino: bigint
   /** Set when this description cannot be checkpointed (sockets, ...): says why. */
   notCheckpointable: NotCheckpointable
+  /** Locks the task holds through this description (lib/files/locks.ts). */
+  locks: FileLock[]
+}
+
+export type FileLockKind = 'posix' | 'flock' | 'ofd'
+
+/** A lock held through an open file description, as /proc/PID/fdinfo shows it. */
+export interface FileLock {
+  kind: FileLockKind
+  write: boolean
+  start: bigint
+  /** The last byte covered (inclusive); undefined: to the end of the file, however long. */
+  end: bigint | undefined
 }
 
 export interface PathDescription extends DescriptionCommon {

@@ -912,7 +912,7 @@ function withDescription(s: SavedCheckpoint, make: (objref: ReturnType<typeof as
 /** A device opened O_RDWR whose saved `checkpointable` says yes (a tree is edited easily). */
 function device(type: 'chr' | 'blk', devicePath: string, major: number, minor: number): (objref: ReturnType<typeof asObjRef>) => PathDescription {
   return (objref) => ({
-    objref, type, target: devicePath, flags: 0o2, mode: 3, pos: 0n, mntId: 1, ino: 1n, notCheckpointable: undefined,
+    objref, type, target: devicePath, flags: 0o2, mode: 3, pos: 0n, mntId: 1, ino: 1n, notCheckpointable: undefined, locks: [],
     path: devicePath, dev: 5n, rdev: BigInt((major << 8) | minor), inodeMode: (type === 'chr' ? 0o20000 : 0o60000) | 0o660,
     size: 0n, nlink: 1, btime: 0n, uid: 0, gid: 0, unlinked: false, otherLinks: async () => [],
   })
@@ -946,7 +946,7 @@ const CORPUS: Array<{ name: string; where: (s: SavedCheckpoint) => string; chang
     name: 'a timerfd clock no timerfd can use (CLOCK_REALTIME_COARSE)',
     where: (s) => `files/${Math.max(...s.fileTable.files.map((f) => f.objref)) + 1}/clockid`,
     change: (s) => withDescription(s, (objref): TimerfdDescription => ({
-      objref, type: 'timerfd', target: 'anon_inode:[timerfd]', flags: 0o2, mode: 3, pos: 0n, mntId: 15, ino: 1n, notCheckpointable: undefined,
+      objref, type: 'timerfd', target: 'anon_inode:[timerfd]', flags: 0o2, mode: 3, pos: 0n, mntId: 15, ino: 1n, notCheckpointable: undefined, locks: [],
       clockid: 5, ticks: 0n, settimeFlags: 0, valueNs: 0n, intervalNs: 0n,
     })),
   },
@@ -1310,7 +1310,9 @@ function mainThread(): void {
   const seed = process.env.CKPTFS_FUZZ_SEED !== undefined ? Number(process.env.CKPTFS_FUZZ_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0
   const level1Seconds = envInt('CKPTFS_FUZZ_SECONDS', 40)
   const level2Seconds = envInt('CKPTFS_FUZZ_MOUNT_SECONDS', 55)
-  const callMs = envInt('CKPTFS_FUZZ_CALL_MS', 5000)
+  // Hang detectors, not timing checks: a load or plan takes milliseconds, but a loaded
+  // two-core machine has stalled one for over 5 s, and a worker's first TypeScript load for 10 s.
+  const callMs = envInt('CKPTFS_FUZZ_CALL_MS', 30_000)
   const onlyMatch = /^(image|tree):(\d+)$/.exec(process.env.CKPTFS_FUZZ_ONLY ?? '')
   const only = onlyMatch ? { kind: onlyMatch[1] as 'image' | 'tree', i: Number(onlyMatch[2]) } : undefined
 
@@ -1464,7 +1466,7 @@ function mainThread(): void {
     t.comment(`checkpoint saved and harness self-tested after ${((Date.now() - testStart) / 1000).toFixed(1)} s`)
     const req: Level1Request = { saved, scratch: fs.mkdtempSync(path.join(scratch, 'l1-')), seed, seconds: level1Seconds, callMs, only }
     let r1: Level1Result | undefined
-    const level1Done = watch(worker, callMs + 5000, (m) => {
+    const level1Done = watch(worker, callMs + 30_000, (m) => {
       if (m.type === 'done') r1 = m.result
       return m.type === 'done'
     }).catch((err: Error) => t.fail(`level 1 (seed ${seed}): ${err.message}`))

@@ -18,7 +18,7 @@ import { imageSchema } from '../lib/image/schema'
 import { BufferReader, ByteWriter, WireType } from '../lib/image/wire'
 import {
   asObjRef, asPid, asTid, intoSource, lazy,
-  type ByteSource, type FileDescription, type FileTable, type ProcessState, type TaskImage, type ThreadState, type Vma,
+  type ByteSource, type FileDescription, type FileLock, type FileTable, type ProcessState, type TaskImage, type ThreadState, type Vma,
 } from '../lib/model'
 import { native } from '../lib/native'
 import { showCheckpoint } from '../lib/show'
@@ -148,7 +148,7 @@ function common(objref: number, target: string, flags = 0o2, pos = 0n) {
   const access = flags & 3
   return {
     objref: asObjRef(objref), target, flags, mode: access === 0 ? 1 : access === 1 ? 2 : 3, pos,
-    mntId: 25, ino: 1000n + BigInt(objref), notCheckpointable: undefined,
+    mntId: 25, ino: 1000n + BigInt(objref), notCheckpointable: undefined, locks: [] as FileLock[],
   }
 }
 
@@ -156,7 +156,10 @@ function fileTable(contentsSize: number): FileTable {
   const pathCommon = { dev: 0x803n, rdev: 0n, inodeMode: 0o100644, uid: 1000, gid: 100, size: 10n, nlink: 1, btime: 1796608822105099142n, unlinked: false, otherLinks: lazy(async () => []) }
   const files: FileDescription[] = [
     { ...common(1, '/dev/pts/0'), type: 'chr', path: '/dev/pts/0', ...pathCommon, rdev: 0x8800n, inodeMode: 0o20620 },
-    { ...common(2, '/tmp/log.txt', 0o102001, 123456789n), type: 'file', path: '/tmp/log.txt', ...pathCommon },
+    {
+      ...common(2, '/tmp/log.txt', 0o102001, 123456789n), type: 'file', path: '/tmp/log.txt', ...pathCommon,
+      locks: [{ kind: 'posix', write: true, start: 0n, end: undefined }, { kind: 'ofd', write: true, start: 10n, end: 19n }, { kind: 'flock', write: false, start: 0n, end: undefined }],
+    },
     {
       ...common(3, '/tmp/gone (deleted)', 0o2, 5n), type: 'file', path: '/tmp/gone', ...pathCommon, unlinked: true, nlink: 0,
       size: BigInt(contentsSize), otherLinks: lazy(async () => ['/tmp/other-name']), contents: patternSource(contentsSize, 3),

@@ -202,7 +202,7 @@ t.test('plan records go in the order of the lowest fd naming them, objrefs dense
 // The stub alone (no ptrace, no engine): a plan from the planners, the stub run as our child
 // with its plan, control and reply fds at the working base, then its fd table read from /proc.
 t.test('the stub adds epoll items at numbers held by other files, in its working area and above the fd limit; absolute timers', async (t) => {
-  const common = { target: 'anon_inode:[eventfd]', flags: 0o2, mode: 3, pos: 0n, mntId: 0, ino: 0n, notCheckpointable: undefined }
+  const common = { target: 'anon_inode:[eventfd]', flags: 0o2, mode: 3, pos: 0n, mntId: 0, ino: 0n, notCheckpointable: undefined, locks: [] }
   const item = (tfd: number, data: bigint) => ({ tfd, events: 0x1 /* EPOLLIN */, data, targetObjref: asObjRef(2) })
   // epoll at fd 4 (objref 1), eventfd at fd 5 (objref 2). Items of the eventfd at: 4 (the
   // epoll's own number), 5 (its own), 9 and 10 (the working area: base 6, plan 6, control 7,

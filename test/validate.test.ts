@@ -53,7 +53,7 @@ const [tree, out, change] = process.argv.slice(2)
     case 'signal-action': s.process.sigactions = s.process.sigactions.filter((a) => a.signal !== 10); where = task + '/signals/actions/10'; break
     case 'hugetlbfs': stack.vmFlags += ' ht'; where = task + '/memory/vmas/' + stack.start.toString(16).padStart(8, '0') + '-' + stack.end.toString(16).padStart(8, '0'); break
     case 'timerfd-clock':
-      add({ type: 'timerfd', target: 'anon_inode:[timerfd]', flags: 2, mode: 3, pos: 0n, mntId: 15, ino: 1n, notCheckpointable: undefined,
+      add({ type: 'timerfd', target: 'anon_inode:[timerfd]', flags: 2, mode: 3, pos: 0n, mntId: 15, ino: 1n, notCheckpointable: undefined, locks: [],
         clockid: 5, ticks: 0n, settimeFlags: 0, valueNs: 0n, intervalNs: 0n })
       where = 'files/' + nextObjref + '/clockid'
       break

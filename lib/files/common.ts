@@ -1,9 +1,10 @@
 // The entries every files/OBJREF directory has, shown and loaded back in one place:
-// fd_type, target, f_flags, f_mode, f_pos, mnt_id, ino, checkpointable.
+// fd_type, target, f_flags, f_mode, f_pos, mnt_id, ino, checkpointable, locks.
 
 import { CkptError } from '../errors'
 import { asObjRef, type FileDescription, type FdType, type ObjRef } from '../model'
-import { attr, octal, type TableEntry } from '../tree/node'
+import { attr, bytes, octal, type TableEntry } from '../tree/node'
+import { locksText, lockProblem, parseLocksText } from './locks'
 import type { DescriptionBase } from './handler'
 import { INT_MAX, S64_MAX, S64_MIN, U32_MAX, U64_MAX, type SavedDir } from './saved'
 
@@ -54,6 +55,7 @@ const commonEntries: TableEntry<FileDescription>[] = [
   attr('mnt_id', (d) => d.mntId),
   attr('ino', (d) => d.ino),
   attr('checkpointable', (d) => checkpointableText(d.notCheckpointable)),
+  bytes('locks', (d) => Buffer.from(locksText(d.locks))),
 ]
 
 /** A handler's whole table: the common entries, then its own. Build once per table (the tree indexes tables by identity). */
@@ -80,7 +82,9 @@ export function loadBase(dir: SavedDir, objref: ObjRef): DescriptionBase {
   let notCheckpointable: string | undefined
   if (checkpointable.startsWith('no: ') && checkpointable.length > 4) notCheckpointable = checkpointable.slice(4)
   else if (checkpointable !== 'yes') throw dir.fail('checkpointable', `neither "yes" nor "no: WHY": ${JSON.stringify(checkpointable)}`)
-  return { objref, target, flags, mode, pos, mntId, ino, notCheckpointable }
+  // A tree saved before locks were recorded has no locks file: it held none ckptfs knew of.
+  const locks = dir.has('locks') ? parseLocksText(dir.listText('locks'), (why) => dir.fail('locks', why)) : []
+  return { objref, target, flags, mode, pos, mntId, ino, notCheckpointable, locks }
 }
 
 /** The checks every description gets, whatever its type (lib/restore/validate.ts). */
@@ -91,6 +95,8 @@ export function validateCommon(desc: FileDescription): void {
   // A saved mode may be narrower than the access mode (a downgraded file), never wider.
   const allowed = modeFromFlags(desc.flags)
   if (desc.mode & ~allowed) throw invalid(desc, 'f_mode', `${octal(desc.mode)} grants more than the access mode of f_flags allows (${octal(allowed)})`)
+  const lockWhy = lockProblem(desc.locks, desc.mode)
+  if (lockWhy !== undefined) throw invalid(desc, 'locks', lockWhy)
 }
 
 /** For types that are never checkpointable (sockets, unknown files): a saved "yes" is inconsistent. */
@@ -113,5 +119,6 @@ export function described<D extends FileDescription>(base: DescriptionBase, own:
   d.mntId = base.mntId
   d.ino = base.ino
   d.notCheckpointable = base.notCheckpointable
+  d.locks = base.locks
   return d
 }

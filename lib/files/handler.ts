@@ -14,7 +14,7 @@ import type { SavedDir } from './saved'
 export type FdProbe = RawFd
 
 /** The fields every description has (DescriptionCommon of the model). */
-export type DescriptionBase = Pick<FileDescription, 'objref' | 'target' | 'flags' | 'mode' | 'pos' | 'mntId' | 'ino' | 'notCheckpointable'>
+export type DescriptionBase = Pick<FileDescription, 'objref' | 'target' | 'flags' | 'mode' | 'pos' | 'mntId' | 'ino' | 'notCheckpointable' | 'locks'>
 
 /** Paths of inodes, found by a bounded search of the task's filesystem (see search.ts). */
 export interface LinkFinder {

@@ -406,6 +406,11 @@ export class SavedDir {
     return text
   }
 
+  /** A list file's whole text (one item per line; the caller parses the lines). */
+  listText(name: string): string {
+    return this.raw(name, maxListBytes)
+  }
+
   /** Absolute paths, one per line; an empty file for none. */
   pathList(name: string): string[] {
     const data = this.raw(name, maxListBytes)

@@ -10,6 +10,7 @@ import {
   type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
   type Rlimit, type SigAction, type StoredRun, type ThreadState, type Tid, type VmaKind,
   type Vma,
+  type FileLock,
 } from '../model'
 import type { RecordedDescription } from '../files/handler'
 import { fdTypes, handlerForType, imageFields } from '../files/index'
@@ -319,6 +320,15 @@ export function threadFrom(f: Fields): ThreadState {
   return thread
 }
 
+function fileLockFrom(f: Fields): FileLock {
+  return {
+    kind: f.oneOf('kind', ['posix', 'flock', 'ofd'] as const),
+    write: f.bool('write'),
+    start: f.big('start'),
+    end: f.has('end') ? f.big('end') : undefined,
+  }
+}
+
 /**
  * A file description record: the common fields here, the type's own (its `details` oneof
  * member) read by the type's handler (lib/files/*.ts, `image`).
@@ -340,6 +350,7 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
     mntId: f.num('mntId'),
     ino: f.big('ino'),
     notCheckpointable,
+    locks: f.list('locks').map(fileLockFrom),
   }
   const image = handlerForType(type)?.image
   for (const name of imageFields()) {

@@ -17,6 +17,7 @@ import { SYS } from './syscalls'
 import { verifyPages } from './verify'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
 import { resumeRegisters } from './restart'
+import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 
@@ -98,6 +99,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     await restoreThpDisable(pid, proc, layout)
     await restoreMemory(pid, vmas, proc, layout, timer, access)
     await restoreProcessState(pid, proc, layout)
+    await restoreLocks(pid, saved, layout)
     timer.mark('process state')
     await restoreThreads(pid, proc, threads, layout)
     timer.mark('threads')
@@ -633,6 +635,13 @@ async function restoreAioRings(pid: number, rings: Vma[], layout: Layout): Promi
  * PR_SET_THP_DISABLE is a flag of the whole mm: set before the memory is rebuilt, so the
  * pages are faulted in at the size the process had (no huge pages where it refused them).
  */
+/** File locks, last of the files (lib/restore/locks.ts): nothing is closed after them. */
+async function restoreLocks(pid: number, saved: SavedCheckpoint, layout: Layout): Promise<void> {
+  const scratch = new Scratch()
+  const calls = lockCalls(saved.fileTable, scratch)
+  if (calls.length) await inject(pid, layout, calls, scratch.buffer())
+}
+
 async function restoreThpDisable(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
   if (proc.thpDisable === 0) return
   const exceptAdvised = proc.thpDisable & PR_THP_DISABLE_EXCEPT_ADVISED

@@ -12,6 +12,8 @@ export const SYS = {
   madvise: 28,
   mlock2: 325,
   dup2: 33,
+  fcntl: 72,
+  flock: 73,
   setitimer: 38,
   chdir: 80,
   fchdir: 81,
