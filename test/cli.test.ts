@@ -10,7 +10,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { serversOf } from '../mount/cli'
-import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv, type CliResult } from './lib/mount'
+import { cliCommand, ckptfs, ckptfsAsync, ckptfsOk, ckptfsWith, mountFor, userEnv, type CliResult } from './lib/mount'
 import { checkpointSaveKill, exists, launch, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 import { attacker } from './lib/unprivileged'
@@ -21,19 +21,6 @@ const counter = buildTarget('counter')
 async function counterTarget(t: Test, dir = workdir(t)): Promise<Target> {
   const log = path.join(dir, 'count.log')
   return launch(t, [counter, log, '20'], { dir, ready: () => fs.existsSync(log) && fs.readFileSync(log, 'utf8').length > 0 })
-}
-
-/** ckptfs run in the background, so that several run at once. */
-function ckptfsAsync(args: string[], input?: Buffer): Promise<CliResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { env: userEnv, stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout!.setEncoding('utf8').on('data', (c: string) => (stdout += c))
-    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c))
-    if (input) child.stdin!.end(input)
-    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }))
-  })
 }
 
 /**
@@ -48,7 +35,7 @@ function ckptfsSeeing(keep: string[], ...args: string[]): CliResult {
     case " $KEEP " in *" $m "*) ;; *) umount -l "$m" ;; esac
   done
   exec "$@"`
-  const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, cliPath, ...args], {
+  const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', ...cliCommand(...args).flat()], {
     encoding: 'utf8', timeout: 120_000, env: { ...userEnv, KEEP: keep.join(' ') },
   })
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
@@ -238,7 +225,7 @@ t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and witho
     { what: 'a tar on stdin, without a mount', args: ['restore', '-', '--no-mount'], input: fs.readFileSync(tarFile) },
   ]
   for (const c of cases) {
-    const r = spawnSync(process.execPath, [cliPath, ...c.args], { encoding: 'utf8', env, input: c.input ?? '', timeout: 120_000 })
+    const r = ckptfsWith({ env, input: c.input ?? '' }, ...c.args)
     t.equal(r.status, 0, `${c.what}: ${r.stderr}`)
     t.equal(r.stdout, `${target.pid}\n`, `${c.what}: restored with its PID`)
     const log = path.join(target.dir, 'count.log')
@@ -280,7 +267,7 @@ t.test('a hostile or broken tar is refused, naming the file and the entry', asyn
   cases.push([path.join(dir, 'fake.image'), /^ckptfs restore: \/.*\/fake\.image: /])
   for (const [file, expected] of cases) {
     for (const args of [['--mount', mnt], ['--no-mount']]) {
-      const r = spawnSync(process.execPath, [cliPath, 'restore', file, ...args], { encoding: 'utf8', env, timeout: 60_000 })
+      const r = ckptfsWith({ env, timeout: 60_000 }, 'restore', file, ...args)
       t.equal(r.status, 1, `${path.basename(file)} ${args[0]}: refused`)
       t.match(r.stderr, expected, `${path.basename(file)} ${args[0]}: ${r.stderr.trim()}`)
       t.notMatch(r.stderr, /(^| )image: /m, 'never a bare "image:" for a file the user named otherwise')

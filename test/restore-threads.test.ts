@@ -5,7 +5,7 @@ import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfsOk, mountFor, userEnv, cliPath } from './lib/mount'
+import { ckptfsOk, cliCommand, mountFor, userEnv, userNode } from './lib/mount'
 import { checkpointSaveKill, launch, restoreOk, runChecks, waitUntil, workdir, exists, sleep, type Target } from './lib/restore'
 import { buildTarget, threadIds, threadState } from './lib/targets'
 
@@ -124,7 +124,7 @@ t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and n
     '// Keeps the libuv thread pool busy too.',
     'setInterval(() => fs.readFile(__filename, () => {}), 25)',
   ].join('\n'))
-  const target = await launch(t, [process.execPath, path.join(dir, 'count.js'), log], { dir })
+  const target = await launch(t, userNode(path.join(dir, 'count.js'), log).flat(), { dir })
   t.ok(threadIds(target.pid).length >= 6, `node has ${threadIds(target.pid).length} threads`)
   await countsOnAfterRestore(t, mnt, target, log, [''], 800)
 })
@@ -183,7 +183,7 @@ t.test('several restores at once, while another checkpoint is open', async (t) =
   const open = ckptfsOk('checkpoint', String(frozen.pid), '--mount', mnt)
 
   const results = await Promise.all(dirs.map((dir) => new Promise<string>((resolve) => {
-    const child = spawn(process.execPath, [cliPath, 'restore', path.join(dir, 'saved'), '--mount', mnt], { env: userEnv, stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(...cliCommand('restore', path.join(dir, 'saved'), '--mount', mnt), { env: userEnv, stdio: ['ignore', 'pipe', 'inherit'] })
     let out = ''
     child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c))
     child.on('exit', () => resolve(out.trim()))

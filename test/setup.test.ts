@@ -25,10 +25,10 @@ t.test('setup.sh compiles the TypeScript only when it is stale, and never skips 
   for (const name of fs.readdirSync(path.join(repo, 'node_modules', '.bin'))) {
     if (name !== 'tsc') fs.symlinkSync(fs.realpathSync(path.join(repo, 'node_modules', '.bin', name)), path.join(modules, '.bin', name))
   }
-  fs.writeFileSync(path.join(modules, '.bin', 'tsc'), `#!/bin/sh\necho run >> ${log}\nexec ${JSON.stringify(process.execPath)} ${path.join(repo, 'node_modules', 'typescript', 'bin', 'tsc')} "$@"\n`, { mode: 0o755 })
+  fs.writeFileSync(path.join(modules, '.bin', 'tsc'), `#!/bin/sh\necho run >> ${log}\nexec env -u NODE_OPTIONS ${JSON.stringify(process.execPath)} ${path.join(repo, 'node_modules', 'typescript', 'bin', 'tsc')} "$@"\n`, { mode: 0o755 })
 
   const runs = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
-  const setup = () => spawnSync('bash', [path.join(copy, 'scripts', 'setup.sh')], { encoding: 'utf8', timeout: 600_000 })
+  const setup = () => spawnSync('env', ['-u', 'NODE_OPTIONS', 'bash', path.join(copy, 'scripts', 'setup.sh')], { encoding: 'utf8', timeout: 600_000 })
 
   let r = setup()
   t.equal(r.status, 0, `first run builds: ${r.stderr}`)
