@@ -8,6 +8,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { cliCommand, cliShellWords, ckptfs, ckptfsOk, distDir, mountFor, userEnv, userNode } from './lib/mount'
+import { runWithTerminalStderr } from './lib/pty'
 import { checkpointSaveKill, exists, launch, procState, restoreCli, restoreOk, waitUntil, workdir } from './lib/restore'
 import { buildTarget, sleep, startTarget, threadState } from './lib/targets'
 
@@ -113,6 +114,28 @@ t.test('a restore right after `kill` waits for the zombie of the original to be 
   await waitUntil('the restored counter to count on', () => numbers(log).length > before.length + 2)
   const all = numbers(log)
   t.same(all, all.map((_, i) => i + 1), 'the count goes on with no gap and no repeat')
+})
+
+t.test('on a terminal the wait is a progress line saying what it waits for, erased at the end', async (t) => {
+  // The same restore with stderr piped prints the wait as one line and nothing else (above).
+  const { dir, log, release, pid, checkpoint } = await countingUnderSlowReaper(t)
+  const saved = path.join(dir, 'saved')
+  spawnSync('cp', ['-a', checkpoint, saved])
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
+  const before = numbers(log)
+  const waitLine = /\r\x1b\[Kckptfs restore: waiting up to 10 s for .*\(pid \d+\) has exited but its parent .* has not reaped it yet, \d+\.\d s/
+  const r = await runWithTerminalStderr(cliCommand('restore', saved, '--mount', mnt), {
+    env: userEnv,
+    watch: (terminal) => {
+      if (waitLine.test(terminal)) fs.writeFileSync(release, '')
+    },
+  })
+  t.equal(r.status, 0, `restore succeeds (terminal: ${JSON.stringify(r.terminal)})`)
+  t.equal(r.stdout, `${pid}\n`, 'stdout holds the PID alone')
+  t.match(r.terminal, waitLine, 'the terminal showed what the restore waited for, with the seconds so far')
+  t.notMatch(r.terminal, /\n/, 'as a line redrawn in place, never scrolled')
+  t.ok(r.terminal.endsWith('\r\x1b[K'), 'and erased once the restore was done')
+  await waitUntil('the restored counter to count on', () => numbers(log).length > before.length + 2)
 })
 
 t.test('a restore without a mount waits for the zombie too, with the note on its own stderr', async (t) => {
