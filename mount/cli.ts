@@ -1,26 +1,19 @@
 // The `ckptfs` command line (SPEC "Command line"). Each command is a thin use of the mount's
 // file interface or of lib; exit status 0 success, 1 failure (one line on stderr), 2 bad usage.
 
+// The modules a command needs are loaded when it runs (`await import`): loading all of lib for
+// every command cost about 0.18 s of CPU per run, more than node itself takes to start.
+
 import { execFile, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import { promisify } from 'util'
-import { checkProcess } from '../lib/check'
 import { CkptError, errnoOf, messageOf } from '../lib/errors'
-import { ancestryOf } from '../lib/lifecycle'
-import { treeToImage } from '../lib/image/convert'
-import { restorePath } from '../lib/restore/index'
-import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
-import { imageFileIn } from '../lib/restore/load'
-import { checkImageCredentials } from '../lib/restore/owner'
-import { showCheckpoint } from '../lib/show'
-import { runDemo } from './demo'
+import type { RestoreInput } from '../lib/restore/input'
 import { Progress } from './progress'
-import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
+import { allCkptfsMounts, chooseMount, deadMount, ownCkptfsMounts } from './mounts'
 import { readRecord, removeLeftovers, serverRuns } from './records'
-import { ckptfsMounts, cleanUpDeadMount, Server } from './server'
-
-export { ckptfsMounts }
+import type { Server } from './server'
 
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
@@ -163,6 +156,7 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
       // The parent is gone: nothing to tell.
     }
   }
+  const { Server } = await import('./server')
   let server: Server
   try {
     server = new Server(mnt, { cacheBytes })
@@ -200,6 +194,9 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
 async function umount(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'MNT')
   const mnt = path.resolve(given)
+  const isMounted = () => allCkptfsMounts().some((m) => m.mnt === mnt)
+  // The server module (fuse-native and all of lib) only for a mount that must be cleaned up.
+  const cleanUpDeadMount = async (m: string) => (await import('./server')).cleanUpDeadMount(m)
   // The server is the one its record names (mount/records.ts); a zombie one has exited.
   const record = readRecord(mnt)
   if (!record || !serverRuns(record)) {
@@ -216,11 +213,11 @@ async function umount(parsed: Parsed): Promise<void> {
   const progress = new Progress('umount')
   try {
     progress.step(`waiting for the server of ${mnt} (pid ${server}) to resume its tasks and unmount`)
-    for (let waited = 0; running() && ckptfsMounts().includes(mnt); waited += 50) {
+    for (let waited = 0; running() && isMounted(); waited += 50) {
       if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${server}) did not unmount within 30 s`)
       await sleep(50)
     }
-    if (ckptfsMounts().includes(mnt)) await cleanUpDeadMount(mnt)
+    if (isMounted()) await cleanUpDeadMount(mnt)
     // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
     progress.step(`${mnt} is unmounted; waiting for its server to remove the files copied into restore/`)
     for (let waited = 0; running(); waited += 50) {
@@ -243,6 +240,7 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
   const copy = parsed.flags.has('copy')
+  const { ancestryOf } = await import('../lib/lifecycle')
   // PID 1 is everyone's ancestor: the server refuses it with its own reason.
   if (!copy && pid !== 1 && ancestryOf(process.pid).includes(pid)) {
     throw new CkptError(`process ${pid} is an ancestor of this command (its shell?): freezing it would freeze this terminal for good; use --copy to inspect it`)
@@ -334,6 +332,7 @@ async function restore(parsed: Parsed): Promise<void> {
     if (!inArea) {
       // A file or a tar is read whole first (a tar or stdin unpacked into a scratch directory).
       progress.step(`reading ${given === '-' ? 'stdin' : resolved}`)
+      const { openRestoreInput } = await import('../lib/restore/input')
       input = await openRestoreInput(given, (done, total) => progress.advance(done, total))
     }
     // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
@@ -342,6 +341,7 @@ async function restore(parsed: Parsed): Promise<void> {
     let pid: number
     if (mnt === undefined) {
       progress.step(`restoring ${input!.label}`)
+      const { restorePath } = await import('../lib/restore/index')
       pid = await restorePath(input!.path, { allowReplaced, note: progress.note }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
@@ -365,6 +365,7 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
     const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
     dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
     try {
+      const { checkImageCredentials } = await import('../lib/restore/owner')
       // The restore area trusts what is copied in (the mount's owner chose it); what is read
       // here from the user's disk is first held to its owners' rule (lib/restore/owner.ts).
       if (!input.isDirectory) {
@@ -377,6 +378,7 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
         // instead of minutes for a 10,000-fd tree's 181,065 files.
         progress.step(`reading and checking ${input.label}`)
         let writing = false
+        const { treeToImage } = await import('../lib/image/convert')
         await treeToImage(input.path, path.join(dir, 'image'), {
           validate: true,
           storedBy: input.storedBy,
@@ -388,6 +390,7 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
         })
       } else {
         // a directory holding an image
+        const { imageFileIn } = await import('../lib/restore/load')
         const image = imageFileIn(fs.readdirSync(input.path), input.path)
         progress.step(`checking ${input.label}`)
         if (image !== undefined) await checkImageCredentials(path.join(input.path, image), input.storedBy, path.join(input.path, image))
@@ -492,11 +495,13 @@ function claimRestoreDir(area: string, base: string): string {
 
 async function check(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
+  const { checkProcess } = await import('../lib/check')
   process.stdout.write((await checkProcess(parsePid(pidText))).join('\n') + '\n')
 }
 
 async function show(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'PATH')
+  const { showCheckpoint } = await import('../lib/show')
   process.stdout.write(await showCheckpoint(path.resolve(given)))
 }
 
@@ -515,7 +520,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
-  demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },
+  demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await (await import('./demo')).runDemo() }, valued: [], plain: [] },
 }
 
 const isHelp = (a: string) => a === '--help' || a === '-h' || a === 'help'

@@ -10,7 +10,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { serversOf } from '../mount/cli'
-import { cliCommand, ckptfs, ckptfsAsync, ckptfsOk, ckptfsWith, mountFor, userEnv, type CliResult } from './lib/mount'
+import { cliCommand, ckptfs, ckptfsAsync, ckptfsOk, ckptfsWith, distDir, mountFor, userEnv, userNode, type CliResult } from './lib/mount'
 import { checkpointSaveKill, exists, launch, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 import { attacker } from './lib/unprivileged'
@@ -55,6 +55,25 @@ function foreignMount(t: Test, uid: number): string {
   })
   return mnt
 }
+
+/** The modules (under dist/ or node_modules/) that `ckptfs ARGS` had loaded when it ended. */
+function modulesLoadedBy(t: Test, ...args: string[]): string[] {
+  const list = path.join(workdir(t), 'loaded.json')
+  const script = `const cli = require(${JSON.stringify(path.join(distDir, 'mount', 'cli.js'))})
+cli.main(${JSON.stringify(args)}).then(() => require('fs').writeFileSync(${JSON.stringify(list)}, JSON.stringify(Object.keys(require.cache))))`
+  const r = spawnSync(...userNode('-e', script), { encoding: 'utf8', env: userEnv, timeout: 120_000 })
+  t.equal(r.status, 0, `ckptfs ${args.join(' ')} ran (${r.stderr.trim()})`)
+  return (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]).map((m) => path.relative(path.dirname(distDir), m))
+}
+
+t.test('a command loads only what it needs: --version, help and umount start without fuse-native or the restore code', async (t) => {
+  const mnt = mountFor(t)
+  for (const args of [['--version'], ['help', 'restore'], ['umount', mnt]]) {
+    const heavy = modulesLoadedBy(t, ...args).filter((m) => /fuse-native|protobufjs|dist\/lib\/(restore|image|task|files)\/|dist\/mount\/server/.test(m))
+    t.same(heavy, [], `ckptfs ${args.join(' ')}: none of the server's or the restore's modules`)
+  }
+  t.notOk(fs.readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} `), 'and umount did unmount')
+})
 
 t.test('help goes to stdout with exit 0; usage errors to stderr with exit 2', async (t) => {
   for (const args of [['--help'], ['-h'], ['help']]) {
