@@ -11,6 +11,9 @@ import { buildTarget, threadIds, threadState } from './lib/targets'
 
 const threadsFixture = buildTarget('restore_threads')
 const counter = buildTarget('counter')
+// One server for every test but the one that unmounts its own (restored processes are
+// reparented to init, never the server's).
+const shared = mountFor(t)
 
 /** The numbers a counting program wrote, per tag ("a 5" -> tag a), or untagged. */
 function counts(file: string): Map<string, number[]> {
@@ -46,7 +49,7 @@ async function countsOnAfterRestore(t: Test, mnt: string, target: Target, log: s
 }
 
 t.test('a process with four threads, each blocked its own way, comes back whole', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const target = await launch(t, [threadsFixture, dir], { dir, ready: (tg) => /^ready pid=\d+ tids=/m.test(tg.text()) })
   const ready = await target.waitFor(/^ready pid=(\d+) tids=([\d,]+)$/m)
@@ -63,7 +66,7 @@ t.test('a process with four threads, each blocked its own way, comes back whole'
 })
 
 t.test('a multi-threaded process running as another user comes back with its credentials in every thread', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   fs.chmodSync(dir, 0o755) // the fixture, as nobody, looks for DIR/go
   // Its output file is its own: a restore reopens its fds as nobody, as nobody could open them.
@@ -89,7 +92,7 @@ t.test('a multi-threaded process running as another user comes back with its cre
 })
 
 t.test('python3 with threads counts on with no gap and no repeat', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const log = path.join(dir, 'count.log')
   fs.writeFileSync(path.join(dir, 'count.py'), [
@@ -112,7 +115,7 @@ t.test('python3 with threads counts on with no gap and no repeat', async (t) => 
 })
 
 t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and no repeat', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const log = path.join(dir, 'count.log')
   fs.writeFileSync(path.join(dir, 'count.js'), [
@@ -170,7 +173,7 @@ t.test('restore from the image alone, and without any mount', async (t) => {
 })
 
 t.test('several restores at once, while another checkpoint is open', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dirs = [workdir(t), workdir(t)]
   const targets = await Promise.all(dirs.map((dir) => {
     const log = path.join(dir, 'count.log')
