@@ -16,6 +16,10 @@ import { buildTarget } from './lib/targets'
 import { attacker } from './lib/unprivileged'
 
 const counter = buildTarget('counter')
+// One server for the tests that need only a working mount of their own choosing (--mount):
+// each uses its own target and leaves restore/ as it found it. Those about which mounts a
+// command sees, or a dead server, make their own.
+const shared = mountFor(t)
 
 /** A counter writing to DIR/count.log: restorable (its stdio are /dev/null and a file). */
 async function counterTarget(t: Test, dir = workdir(t)): Promise<Target> {
@@ -143,7 +147,7 @@ t.test('a mount whose server is gone is named as such', async (t) => {
 })
 
 t.test('two checkpoint requests at once: each caller gets its own answer', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const byPid = path.join(mnt, 'by-pid', String(target.pid))
   for (let round = 1; round <= 8; round++) {
@@ -179,7 +183,7 @@ t.test('two checkpoint requests at once: each caller gets its own answer', async
 })
 
 t.test('errors that read well: PID 1, no such process, empty problems', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const init = ckptfs('checkpoint', '1', '--mount', mnt)
   t.equal(init.status, 1)
   t.equal(init.stderr, 'ckptfs checkpoint: process 1 is init: it cannot be checkpointed\n')
@@ -194,12 +198,14 @@ t.test('errors that read well: PID 1, no such process, empty problems', async (t
 })
 
 t.test('two done writes to one restore/NAME: the restored PID stays in status', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const saved = path.join(target.dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
   const area = path.join(mnt, 'restore', 'twice')
   execFileSync('cp', ['-a', saved, area])
+  // The shared mount's restore/ is left as found (the process restored from it is killed by launch's teardown).
+  t.teardown(() => fs.rmSync(area, { recursive: true, force: true }))
   const writes = await Promise.all([0, 1].map(() => new Promise<{ status: number | null; stderr: string }>((resolve) => {
     const sh = spawn('bash', ['-c', `echo 1 > ${area}/done`], { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
@@ -222,7 +228,7 @@ t.test('two done writes to one restore/NAME: the restored PID stays in status', 
 })
 
 t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and without a mount', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const dir = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
   const tarFile = path.join(target.dir, 'saved.tar')
@@ -258,7 +264,7 @@ t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and witho
 })
 
 t.test('a hostile or broken tar is refused, naming the file and the entry', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const scratch = workdir(t, 'ckptfs-cli-tmp-')
   const env = { ...userEnv, TMPDIR: scratch }
