@@ -41,6 +41,8 @@ export interface Options {
   leakCycles: number
   /** The cycle whose server RSS is the leak benchmark's baseline (issue 13: 500). */
   leakEarly: number
+  /** At each mark, also give the server's free heap memory back (malloc_trim via gdb) and read the RSS left. */
+  leakTrim: boolean
   /** Run the ckptfs server under node --cpu-prof and summarise where its time went. */
   profile: boolean
 }

@@ -16,6 +16,8 @@
 //   --repeats N      repetitions of the copy and lazy checkpoints (default 3; the median shows)
 //   --leak-cycles N  checkpoint/done cycles of the leak benchmark (default 5000)
 //   --leak-early N   the cycle whose RSS is the baseline (default 500)
+//   --leak-trim      also the RSS left at each mark once the server's allocator has given its
+//                    free memory back (malloc_trim(0), called in the server with gdb)
 //   --profile        run the ckptfs server under node --cpu-prof and print where its time went
 //
 // Prints a table (date, machine, each figure, each ratio vs its target: meets or misses) and
@@ -39,15 +41,16 @@ const BENCHMARKS: Record<string, { title: string; run: (opts: Options, rep: Repo
   leak: { title: '4. Server memory over many checkpoints (issue 13)', run: benchLeak },
 }
 
-const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--profile]'
+const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--leak-trim] [--profile]'
 
 function parseArgs(argv: string[]): { names: string[]; opts: Options } {
-  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, profile: false }
+  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, leakTrim: false, profile: false }
   const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats', '--leak-cycles': 'leakCycles', '--leak-early': 'leakEarly' }
   const names: string[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--profile') opts.profile = true
+    else if (a === '--leak-trim') opts.leakTrim = true
     else if (a in numeric) {
       const n = Number(argv[++i])
       if (!Number.isInteger(n) || n <= 0) throw new Error(`${a} needs a positive integer`)

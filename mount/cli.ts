@@ -1,24 +1,19 @@
 // The `ckptfs` command line (SPEC "Command line"). Each command is a thin use of the mount's
 // file interface or of lib; exit status 0 success, 1 failure (one line on stderr), 2 bad usage.
 
-import { execFileSync, spawn } from 'child_process'
+// The modules a command needs are loaded when it runs (`await import`): loading all of lib for
+// every command cost about 0.18 s of CPU per run, more than node itself takes to start.
+
+import { execFile, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
-import { checkProcess } from '../lib/check'
+import { promisify } from 'util'
 import { CkptError, errnoOf, messageOf } from '../lib/errors'
-import { ancestryOf } from '../lib/lifecycle'
-import { treeToImage } from '../lib/image/convert'
-import { restorePath } from '../lib/restore/index'
-import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
-import { imageFileIn } from '../lib/restore/load'
-import { checkImageCredentials } from '../lib/restore/owner'
-import { showCheckpoint } from '../lib/show'
-import { runDemo } from './demo'
-import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
+import type { RestoreInput } from '../lib/restore/input'
+import { Progress } from './progress'
+import { allCkptfsMounts, chooseMount, deadMount, ownCkptfsMounts } from './mounts'
 import { readRecord, removeLeftovers, serverRuns } from './records'
-import { ckptfsMounts, cleanUpDeadMount, Server } from './server'
-
-export { ckptfsMounts }
+import type { Server } from './server'
 
 const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
@@ -161,6 +156,7 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
       // The parent is gone: nothing to tell.
     }
   }
+  const { Server } = await import('./server')
   let server: Server
   try {
     server = new Server(mnt, { cacheBytes })
@@ -198,6 +194,9 @@ async function serve(mnt: string, cacheBytes: number): Promise<void> {
 async function umount(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'MNT')
   const mnt = path.resolve(given)
+  const isMounted = () => allCkptfsMounts().some((m) => m.mnt === mnt)
+  // The server module (fuse-native and all of lib) only for a mount that must be cleaned up.
+  const cleanUpDeadMount = async (m: string) => (await import('./server')).cleanUpDeadMount(m)
   // The server is the one its record names (mount/records.ts); a zombie one has exited.
   const record = readRecord(mnt)
   if (!record || !serverRuns(record)) {
@@ -211,16 +210,23 @@ async function umount(parsed: Parsed): Promise<void> {
   const server = record.pid
   process.kill(server, 'SIGTERM')
   const running = () => serverRuns(record)
-  for (let waited = 0; running() && ckptfsMounts().includes(mnt); waited += 50) {
-    if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${server}) did not unmount within 30 s`)
-    await sleep(50)
-  }
-  if (ckptfsMounts().includes(mnt)) await cleanUpDeadMount(mnt)
-  // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
-  for (let waited = 0; running(); waited += 50) {
-    if (waited === 2_000) process.stderr.write(`ckptfs umount: ${mnt} is unmounted; waiting for its server to remove the files copied into restore/\n`)
-    if (waited > 600_000) throw new CkptError(`${mnt} is unmounted, but its server (pid ${server}) is still removing ${record.backing} after 10 minutes`)
-    await sleep(50)
+  const progress = new Progress('umount')
+  try {
+    progress.step(`waiting for the server of ${mnt} (pid ${server}) to resume its tasks and unmount`)
+    for (let waited = 0; running() && isMounted(); waited += 50) {
+      if (waited > 30_000) throw new CkptError(`the server of ${mnt} (pid ${server}) did not unmount within 30 s`)
+      await sleep(50)
+    }
+    if (isMounted()) await cleanUpDeadMount(mnt)
+    // Unmounted: the server still removes the files copied into restore/ (slow for big trees).
+    progress.step(`${mnt} is unmounted; waiting for its server to remove the files copied into restore/`)
+    for (let waited = 0; running(); waited += 50) {
+      if (waited === 2_000) progress.note(`${mnt} is unmounted; waiting for its server to remove the files copied into restore/`)
+      if (waited > 600_000) throw new CkptError(`${mnt} is unmounted, but its server (pid ${server}) is still removing ${record.backing} after 10 minutes`)
+      await sleep(50)
+    }
+  } finally {
+    progress.finish()
   }
   // A server that died before it removed them (killed meanwhile) leaves them to us.
   removeLeftovers(record)
@@ -234,6 +240,7 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
   const pid = parsePid(pidText)
   const copy = parsed.flags.has('copy')
+  const { ancestryOf } = await import('../lib/lifecycle')
   // PID 1 is everyone's ancestor: the server refuses it with its own reason.
   if (!copy && pid !== 1 && ancestryOf(process.pid).includes(pid)) {
     throw new CkptError(`process ${pid} is an ancestor of this command (its shell?): freezing it would freeze this terminal for good; use --copy to inspect it`)
@@ -244,24 +251,32 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   // The answer is read back from the same open file: it is this request's own, whatever
   // other requests for PID run at the same time (by-pid/PID shows only the newest).
   const control = path.join(mnt, 'checkpoint')
-  const fd = throughMount(mnt, () => fs.openSync(control, 'r+'))
+  const progress = new Progress('checkpoint')
+  // Written asynchronously, so the progress line is drawn while the server works (a --copy of
+  // a big process takes seconds).
+  progress.step(copy ? `capturing process ${pid} whole (--copy)` : `freezing process ${pid}`)
   let dir: string
   try {
-    let failure: unknown
+    const handle = await throughMountAsync(mnt, () => fs.promises.open(control, 'r+'))
     try {
-      fs.writeSync(fd, request)
-    } catch (err) {
-      failure = err
+      let failure: unknown
+      try {
+        await handle.write(request)
+      } catch (err) {
+        failure = err
+      }
+      const answer = await throughMountAsync(mnt, () => readAnswer(handle))
+      if (failure !== undefined || !answer.startsWith('checkpoint-')) {
+        throw new CkptError(answer.startsWith('error: ') ? answer.slice(7) : `checkpoint of ${pid}: ${messageOf(failure ?? answer)}`)
+      }
+      dir = path.join(mnt, answer)
+    } finally {
+      await handle.close()
     }
-    const answer = throughMount(mnt, () => readAnswer(fd))
-    if (failure !== undefined || !answer.startsWith('checkpoint-')) {
-      throw new CkptError(answer.startsWith('error: ') ? answer.slice(7) : `checkpoint of ${pid}: ${messageOf(failure ?? answer)}`)
-    }
-    dir = path.join(mnt, answer)
-    process.stdout.write(dir + '\n')
   } finally {
-    fs.closeSync(fd)
+    progress.finish()
   }
+  process.stdout.write(dir + '\n')
   if (parsed.flags.has('inspect')) return
   const problems = (readOrUndefined(path.join(dir, 'problems')) ?? '').split('\n').filter(Boolean)
   if (problems.length === 0) return
@@ -270,16 +285,26 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   throw new CkptError(`process ${pid} cannot be restored from this checkpoint: ${problems[0]}${more}; ${release} (--inspect: such a checkpoint is expected)`)
 }
 
-/** The one-line answer a control file holds for the request written through `fd`. */
-function readAnswer(fd: number): string {
+/** The one-line answer a control file holds for the request written through `handle`. */
+async function readAnswer(handle: fs.promises.FileHandle): Promise<string> {
   const buf = Buffer.alloc(64 * 1024)
-  return buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8').trim()
+  const { bytesRead } = await handle.read(buf, 0, buf.length, 0)
+  return buf.subarray(0, bytesRead).toString('utf8').trim()
 }
 
 /** Runs an operation on the mount; a server that is gone is named as such. */
 function throughMount<T>(mnt: string, op: () => T): T {
   try {
     return op()
+  } catch (err) {
+    if (errnoOf(err) === 'ENOTCONN') throw deadMount(mnt)
+    throw err
+  }
+}
+
+async function throughMountAsync<T>(mnt: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op()
   } catch (err) {
     if (errnoOf(err) === 'ENOTCONN') throw deadMount(mnt)
     throw err
@@ -301,23 +326,37 @@ async function restore(parsed: Parsed): Promise<void> {
   // restores it, and the task is not its child either.
   const direct = !inArea && (parsed.flags.has('no-mount') || (!parsed.flags.has('mount') && ownCkptfsMounts().length === 0))
   const mnt = direct ? undefined : chooseMount(mountFlag(parsed))
-  const input = inArea ? undefined : await openRestoreInput(given)
-  // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
-  const allowReplaced = parsed.flags.has('allow-replaced')
-  const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
+  const progress = new Progress('restore')
+  let input: RestoreInput | undefined
   try {
-    const pid = mnt === undefined
-      ? await restorePath(input!.path, { allowReplaced }, input!.storedBy).catch((err: unknown) => {
+    if (!inArea) {
+      // A file or a tar is read whole first (a tar or stdin unpacked into a scratch directory).
+      progress.step(`reading ${given === '-' ? 'stdin' : resolved}`)
+      const { openRestoreInput } = await import('../lib/restore/input')
+      input = await openRestoreInput(given, (done, total) => progress.advance(done, total))
+    }
+    // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
+    const allowReplaced = parsed.flags.has('allow-replaced')
+    const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
+    let pid: number
+    if (mnt === undefined) {
+      progress.step(`restoring ${input!.label}`)
+      const { restorePath } = await import('../lib/restore/index')
+      pid = await restorePath(input!.path, { allowReplaced, note: progress.note }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
-      : await restoreThroughMount(mnt, given, input, explain, allowReplaced)
+    } else {
+      pid = await restoreThroughMount(mnt, given, input, explain, allowReplaced, progress)
+    }
+    progress.finish()
     process.stdout.write(`${pid}\n`)
   } finally {
+    progress.finish()
     input?.dispose()
   }
 }
 
-async function restoreThroughMount(mnt: string, given: string, input: RestoreInput | undefined, explain: (err: unknown) => CkptError, allowReplaced: boolean): Promise<number> {
+async function restoreThroughMount(mnt: string, given: string, input: RestoreInput | undefined, explain: (err: unknown) => CkptError, allowReplaced: boolean, progress: Progress): Promise<number> {
   const area = path.join(mnt, 'restore')
   let dir: string
   if (!input) {
@@ -326,21 +365,37 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
     const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
     dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
     try {
+      const { checkImageCredentials } = await import('../lib/restore/owner')
       // The restore area trusts what is copied in (the mount's owner chose it); what is read
       // here from the user's disk is first held to its owners' rule (lib/restore/owner.ts).
       if (!input.isDirectory) {
+        progress.step(`checking ${input.label}`)
         await checkImageCredentials(input.path, input.storedBy, input.path)
-        fs.copyFileSync(input.path, path.join(dir, 'image'))
+        await copyWithProgress(input.path, path.join(dir, 'image'), progress, `copying the image into ${dir}`)
       } else if (holdsTaskDir(input.path)) {
         // A saved tree goes in as the image made from it (read and validated here, as a
         // restore would): one file through the mount instead of one per value, seconds
         // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(input.path, path.join(dir, 'image'), { validate: true, storedBy: input.storedBy })
+        progress.step(`reading and checking ${input.label}`)
+        let writing = false
+        const { treeToImage } = await import('../lib/image/convert')
+        await treeToImage(input.path, path.join(dir, 'image'), {
+          validate: true,
+          storedBy: input.storedBy,
+          onProgress: (written, total) => {
+            if (!writing) progress.step(`writing its image into ${dir}`, total)
+            writing = true
+            progress.advance(written)
+          },
+        })
       } else {
         // a directory holding an image
+        const { imageFileIn } = await import('../lib/restore/load')
         const image = imageFileIn(fs.readdirSync(input.path), input.path)
+        progress.step(`checking ${input.label}`)
         if (image !== undefined) await checkImageCredentials(path.join(input.path, image), input.storedBy, path.join(input.path, image))
-        execFileSync('cp', ['-a', `${input.path}/.`, dir])
+        progress.step(`copying ${input.label} into ${dir}`)
+        await execFileAsync('cp', ['-a', `${input.path}/.`, dir])
       }
     } catch (err) {
       fs.rmSync(dir, { recursive: true, force: true })
@@ -349,7 +404,8 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
   }
   try {
     try {
-      await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
+      progress.step(`restoring ${dir}`)
+      await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n', progress).catch((err: unknown) => {
         throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
       })
     } catch (err) {
@@ -370,16 +426,16 @@ async function restoreThroughMount(mnt: string, given: string, input: RestoreInp
 
 /**
  * Writes `1` to restore/NAME/done; while the server works on it, passes on what the restore
- * waits for (`status` reads "restoring: WHAT") to stderr, once, so the user knows why.
+ * waits for (`status` reads "restoring: WHAT") to `progress`, once, so the user knows why.
  */
-async function startRestore(dir: string, word: string): Promise<void> {
+async function startRestore(dir: string, word: string, progress: Progress): Promise<void> {
   let told = false
   const watch = setInterval(() => {
     fs.promises.readFile(path.join(dir, 'status'), 'utf8').then((status) => {
       const wait = /^restoring: (.+)$/.exec(status.trim())
       if (wait && !told) {
         told = true
-        process.stderr.write(`ckptfs restore: ${wait[1]}\n`)
+        progress.note(wait[1])
       }
     }, () => undefined)
   }, 250)
@@ -389,6 +445,32 @@ async function startRestore(dir: string, word: string): Promise<void> {
     clearInterval(watch)
   }
 }
+
+/** Copies `from` to `to` (a new file) a MiB at a time, telling `progress` how far it got. */
+async function copyWithProgress(from: string, to: string, progress: Progress, what: string): Promise<void> {
+  const source = await fs.promises.open(from, 'r')
+  try {
+    const total = (await source.stat()).size
+    progress.step(what, total)
+    const target = await fs.promises.open(to, 'wx', 0o600)
+    try {
+      const buf = Buffer.alloc(1 << 20)
+      for (let at = 0; at < total;) {
+        const { bytesRead } = await source.read(buf, 0, buf.length, at)
+        if (bytesRead === 0) throw new CkptError(`${from}: shorter than its ${total} bytes while copying it (changed meanwhile?)`, 'EIO')
+        for (let done = 0; done < bytesRead;) done += (await target.write(buf, done, bytesRead - done, at + done)).bytesWritten
+        at += bytesRead
+        progress.advance(at)
+      }
+    } finally {
+      await target.close()
+    }
+  } finally {
+    await source.close()
+  }
+}
+
+const execFileAsync = promisify(execFile)
 
 /** Whether `dir` holds a task-PID directory (a saved tree rather than a directory holding an image). */
 function holdsTaskDir(dir: string): boolean {
@@ -413,11 +495,13 @@ function claimRestoreDir(area: string, base: string): string {
 
 async function check(parsed: Parsed): Promise<void> {
   const [pidText] = exactly(parsed, 1, 'PID')
+  const { checkProcess } = await import('../lib/check')
   process.stdout.write((await checkProcess(parsePid(pidText))).join('\n') + '\n')
 }
 
 async function show(parsed: Parsed): Promise<void> {
   const [given] = exactly(parsed, 1, 'PATH')
+  const { showCheckpoint } = await import('../lib/show')
   process.stdout.write(await showCheckpoint(path.resolve(given)))
 }
 
@@ -436,7 +520,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
-  demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },
+  demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await (await import('./demo')).runDemo() }, valued: [], plain: [] },
 }
 
 const isHelp = (a: string) => a === '--help' || a === '-h' || a === 'help'

@@ -6,6 +6,7 @@ import { ChildProcess, execFileSync, spawn, execFile } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import type { Addon, NativeError } from '../addon/index'
+import { userNode } from './lib/mount'
 
 const addon: Addon = require('../addon/build/Release/ckptfs.node')
 
@@ -620,7 +621,7 @@ t.test('spawnRestorer, placement, setThreadState', async t => {
   const addonPath = path.join(__dirname, '..', 'addon', 'build', 'Release', 'ckptfs.node')
   const stub = path.join(__dirname, '..', 'addon', 'build', 'Release', 'restorer')
   const stdout = await new Promise<string>((resolve, reject) =>
-    execFile(fixtureBin, ['subreaper', process.execPath, '-e', restorerScript(addonPath, stub)], { timeout: 20000 }, (err, out) =>
+    execFile(fixtureBin, ['subreaper', ...userNode('-e', restorerScript(addonPath, stub)).flat()], { timeout: 20000 }, (err, out) =>
       err ? reject(new Error(`${err.message}\n${out}`)) : resolve(out),
     ),
   )
@@ -663,7 +664,7 @@ t.test('an idle tracer does not keep node alive', async t => {
     a.freeze(${fx.pid}).then(() => a.thaw(${fx.pid}, false)).then(() => console.log('done'))
   `
   const out = await new Promise<string>((resolve, reject) =>
-    execFile(process.execPath, ['-e', script], { timeout: 10000 }, (err, stdout) => (err ? reject(err) : resolve(stdout))),
+    execFile(...userNode('-e', script), { timeout: 10000 }, (err, stdout) => (err ? reject(err) : resolve(stdout))),
   )
   t.equal(out.trim(), 'done', 'exited by itself')
   const ticks = lastTick(fx)

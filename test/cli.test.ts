@@ -10,30 +10,21 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { serversOf } from '../mount/cli'
-import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv, type CliResult } from './lib/mount'
+import { cliCommand, ckptfs, ckptfsAsync, ckptfsOk, ckptfsWith, distDir, mountFor, userEnv, userNode, type CliResult } from './lib/mount'
 import { checkpointSaveKill, exists, launch, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 import { attacker } from './lib/unprivileged'
 
 const counter = buildTarget('counter')
+// One server for the tests that need only a working mount of their own choosing (--mount):
+// each uses its own target and leaves restore/ as it found it. Those about which mounts a
+// command sees, or a dead server, make their own.
+const shared = mountFor(t)
 
 /** A counter writing to DIR/count.log: restorable (its stdio are /dev/null and a file). */
 async function counterTarget(t: Test, dir = workdir(t)): Promise<Target> {
   const log = path.join(dir, 'count.log')
   return launch(t, [counter, log, '20'], { dir, ready: () => fs.existsSync(log) && fs.readFileSync(log, 'utf8').length > 0 })
-}
-
-/** ckptfs run in the background, so that several run at once. */
-function ckptfsAsync(args: string[], input?: Buffer): Promise<CliResult> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { env: userEnv, stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout!.setEncoding('utf8').on('data', (c: string) => (stdout += c))
-    child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c))
-    if (input) child.stdin!.end(input)
-    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }))
-  })
 }
 
 /**
@@ -48,7 +39,7 @@ function ckptfsSeeing(keep: string[], ...args: string[]): CliResult {
     case " $KEEP " in *" $m "*) ;; *) umount -l "$m" ;; esac
   done
   exec "$@"`
-  const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, cliPath, ...args], {
+  const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', ...cliCommand(...args).flat()], {
     encoding: 'utf8', timeout: 120_000, env: { ...userEnv, KEEP: keep.join(' ') },
   })
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
@@ -68,6 +59,25 @@ function foreignMount(t: Test, uid: number): string {
   })
   return mnt
 }
+
+/** The modules (under dist/ or node_modules/) that `ckptfs ARGS` had loaded when it ended. */
+function modulesLoadedBy(t: Test, ...args: string[]): string[] {
+  const list = path.join(workdir(t), 'loaded.json')
+  const script = `const cli = require(${JSON.stringify(path.join(distDir, 'mount', 'cli.js'))})
+cli.main(${JSON.stringify(args)}).then(() => require('fs').writeFileSync(${JSON.stringify(list)}, JSON.stringify(Object.keys(require.cache))))`
+  const r = spawnSync(...userNode('-e', script), { encoding: 'utf8', env: userEnv, timeout: 120_000 })
+  t.equal(r.status, 0, `ckptfs ${args.join(' ')} ran (${r.stderr.trim()})`)
+  return (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]).map((m) => path.relative(path.dirname(distDir), m))
+}
+
+t.test('a command loads only what it needs: --version, help and umount start without fuse-native or the restore code', async (t) => {
+  const mnt = mountFor(t)
+  for (const args of [['--version'], ['help', 'restore'], ['umount', mnt]]) {
+    const heavy = modulesLoadedBy(t, ...args).filter((m) => /fuse-native|protobufjs|dist\/lib\/(restore|image|task|files)\/|dist\/mount\/server/.test(m))
+    t.same(heavy, [], `ckptfs ${args.join(' ')}: none of the server's or the restore's modules`)
+  }
+  t.notOk(fs.readFileSync('/proc/mounts', 'utf8').includes(` ${mnt} `), 'and umount did unmount')
+})
 
 t.test('help goes to stdout with exit 0; usage errors to stderr with exit 2', async (t) => {
   for (const args of [['--help'], ['-h'], ['help']]) {
@@ -137,7 +147,7 @@ t.test('a mount whose server is gone is named as such', async (t) => {
 })
 
 t.test('two checkpoint requests at once: each caller gets its own answer', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const byPid = path.join(mnt, 'by-pid', String(target.pid))
   for (let round = 1; round <= 8; round++) {
@@ -173,7 +183,7 @@ t.test('two checkpoint requests at once: each caller gets its own answer', async
 })
 
 t.test('errors that read well: PID 1, no such process, empty problems', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const init = ckptfs('checkpoint', '1', '--mount', mnt)
   t.equal(init.status, 1)
   t.equal(init.stderr, 'ckptfs checkpoint: process 1 is init: it cannot be checkpointed\n')
@@ -188,12 +198,14 @@ t.test('errors that read well: PID 1, no such process, empty problems', async (t
 })
 
 t.test('two done writes to one restore/NAME: the restored PID stays in status', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const saved = path.join(target.dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
   const area = path.join(mnt, 'restore', 'twice')
   execFileSync('cp', ['-a', saved, area])
+  // The shared mount's restore/ is left as found (the process restored from it is killed by launch's teardown).
+  t.teardown(() => fs.rmSync(area, { recursive: true, force: true }))
   const writes = await Promise.all([0, 1].map(() => new Promise<{ status: number | null; stderr: string }>((resolve) => {
     const sh = spawn('bash', ['-c', `echo 1 > ${area}/done`], { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
@@ -216,7 +228,7 @@ t.test('two done writes to one restore/NAME: the restored PID stays in status', 
 })
 
 t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and without a mount', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const target = await counterTarget(t)
   const dir = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
   const tarFile = path.join(target.dir, 'saved.tar')
@@ -238,7 +250,7 @@ t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and witho
     { what: 'a tar on stdin, without a mount', args: ['restore', '-', '--no-mount'], input: fs.readFileSync(tarFile) },
   ]
   for (const c of cases) {
-    const r = spawnSync(process.execPath, [cliPath, ...c.args], { encoding: 'utf8', env, input: c.input ?? '', timeout: 120_000 })
+    const r = ckptfsWith({ env, input: c.input ?? '' }, ...c.args)
     t.equal(r.status, 0, `${c.what}: ${r.stderr}`)
     t.equal(r.stdout, `${target.pid}\n`, `${c.what}: restored with its PID`)
     const log = path.join(target.dir, 'count.log')
@@ -252,7 +264,7 @@ t.test('restore from a tar, from stdin (tar, gzipped tar, image), with and witho
 })
 
 t.test('a hostile or broken tar is refused, naming the file and the entry', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const scratch = workdir(t, 'ckptfs-cli-tmp-')
   const env = { ...userEnv, TMPDIR: scratch }
@@ -280,7 +292,7 @@ t.test('a hostile or broken tar is refused, naming the file and the entry', asyn
   cases.push([path.join(dir, 'fake.image'), /^ckptfs restore: \/.*\/fake\.image: /])
   for (const [file, expected] of cases) {
     for (const args of [['--mount', mnt], ['--no-mount']]) {
-      const r = spawnSync(process.execPath, [cliPath, 'restore', file, ...args], { encoding: 'utf8', env, timeout: 60_000 })
+      const r = ckptfsWith({ env, timeout: 60_000 }, 'restore', file, ...args)
       t.equal(r.status, 1, `${path.basename(file)} ${args[0]}: refused`)
       t.match(r.stderr, expected, `${path.basename(file)} ${args[0]}: ${r.stderr.trim()}`)
       t.notMatch(r.stderr, /(^| )image: /m, 'never a bare "image:" for a file the user named otherwise')

@@ -7,7 +7,7 @@ import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { cliPath, mountFor, userEnv } from './lib/mount'
+import { cliShellWords, ckptfs, mountFor, userEnv } from './lib/mount'
 import { exists, launch, procState, waitUntil, workdir } from './lib/restore'
 import { buildTarget, repo } from './lib/targets'
 
@@ -29,7 +29,7 @@ interface Run {
 function ckptfsCommand(dir: string, failRestore = false): string {
   const file = path.join(dir, failRestore ? 'ckptfs-failing-restore' : 'ckptfs')
   const refuse = failRestore ? 'if [ "$1" = restore ]; then echo "ckptfs restore: simulated failure" >&2; exit 1; fi\n' : ''
-  fs.writeFileSync(file, `#!/bin/sh\n${refuse}exec ${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} "$@"\n`, { mode: 0o755 })
+  fs.writeFileSync(file, `#!/bin/sh\n${refuse}exec ${cliShellWords} "$@"\n`, { mode: 0o755 })
   return file
 }
 
@@ -118,7 +118,7 @@ t.test('migrate.sh keeps the image when the restore fails after the original end
   t.ok(kept[1].startsWith(m.tmp + path.sep), 'in its work directory')
   await waitUntil('the killed counter to be gone', () => !exists(c.pid))
   const before = numbers(c.log).length
-  const r = spawnSync(process.execPath, [cliPath, 'restore', kept[1], '--mount', mnt], { encoding: 'utf8', env: userEnv, timeout: 120_000 })
+  const r = ckptfs('restore', kept[1], '--mount', mnt)
   t.equal(r.status, 0, `the kept image restores (stderr: ${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(c.pid))
   await countsOnWithoutGap(t, c.log, before)

@@ -16,7 +16,7 @@ import { treeToImage } from '../lib/image/convert'
 import { ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
 import { buildTarget } from './lib/targets'
-import { asUser, attacker, shAs } from './lib/unprivileged'
+import { attacker, launchAs, shAs } from './lib/unprivileged'
 
 const mem = buildTarget('restore_mem')
 const small = buildTarget('restore_small', ['-static'])
@@ -243,14 +243,9 @@ t.test('damaged contents, registers, environ and pipe data are refused naming th
 
 t.test('an unprivileged user who damages a tree they own is refused when root restores it', async (t) => {
   const user = attacker()
-  const dir = workdir(t)
   // The user's own process (a root one saved in the user's files is refused for its
   // credentials before its pages are read: test/security-owner.test.ts).
-  fs.chmodSync(dir, 0o755)
-  fs.chownSync(dir, user.uid, user.gid)
-  fs.writeFileSync(path.join(dir, 'out'), '', { mode: 0o644 })
-  fs.chownSync(path.join(dir, 'out'), user.uid, user.gid)
-  const target = await launch(t, asUser(user, [small, dir]), { dir })
+  const { target } = await launchAs(t, user, small)
   const home = fs.mkdtempSync(path.join(user.home, 'integrity-'))
   t.teardown(() => fs.rmSync(home, { recursive: true, force: true }))
   const saved = path.join(home, 'saved')

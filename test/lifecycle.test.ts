@@ -7,7 +7,8 @@ import { spawn, spawnSync, type ChildProcess } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
+import { cliCommand, cliShellWords, ckptfs, ckptfsOk, distDir, mountFor, userEnv, userNode } from './lib/mount'
+import { runWithTerminalStderr } from './lib/pty'
 import { checkpointSaveKill, exists, launch, procState, restoreCli, restoreOk, waitUntil, workdir } from './lib/restore'
 import { buildTarget, sleep, startTarget, threadState } from './lib/targets'
 
@@ -72,9 +73,9 @@ os.waitpid(child, 0)
  * Runs a restore command; once its stderr says it waits for the zombie, creates `release` so
  * the zombie is reaped. Resolves with its exit status and output.
  */
-function restoreReleasingZombie(argv: string[], release: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function restoreReleasingZombie([file, args]: [string, string[]], release: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, argv, { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(file, args, { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c))
@@ -106,13 +107,35 @@ t.test('a restore right after `kill` waits for the zombie of the original to be 
   // `kill` has returned: the task is dead, and its parent holds it as a zombie.
   t.equal(procState(pid), 'Z', 'the killed task is a zombie once `kill` returns')
   const before = numbers(log)
-  const r = await restoreReleasingZombie([cliPath, 'restore', saved, '--mount', mnt], release)
+  const r = await restoreReleasingZombie(cliCommand('restore', saved, '--mount', mnt), release)
   t.equal(r.status, 0, `restore succeeds (stderr: ${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pid), 'it prints the PID')
   t.match(r.stderr, /^ckptfs restore: waiting up to 10 s for .*\(pid \d+\) has exited but its parent .* has not reaped it yet\n$/, 'stderr says what it waits for, once')
   await waitUntil('the restored counter to count on', () => numbers(log).length > before.length + 2)
   const all = numbers(log)
   t.same(all, all.map((_, i) => i + 1), 'the count goes on with no gap and no repeat')
+})
+
+t.test('on a terminal the wait is a progress line saying what it waits for, erased at the end', async (t) => {
+  // The same restore with stderr piped prints the wait as one line and nothing else (above).
+  const { dir, log, release, pid, checkpoint } = await countingUnderSlowReaper(t)
+  const saved = path.join(dir, 'saved')
+  spawnSync('cp', ['-a', checkpoint, saved])
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
+  const before = numbers(log)
+  const waitLine = /\r\x1b\[Kckptfs restore: waiting up to 10 s for .*\(pid \d+\) has exited but its parent .* has not reaped it yet, \d+\.\d s/
+  const r = await runWithTerminalStderr(cliCommand('restore', saved, '--mount', mnt), {
+    env: userEnv,
+    watch: (terminal) => {
+      if (waitLine.test(terminal)) fs.writeFileSync(release, '')
+    },
+  })
+  t.equal(r.status, 0, `restore succeeds (terminal: ${JSON.stringify(r.terminal)})`)
+  t.equal(r.stdout, `${pid}\n`, 'stdout holds the PID alone')
+  t.match(r.terminal, waitLine, 'the terminal showed what the restore waited for, with the seconds so far')
+  t.notMatch(r.terminal, /\n/, 'as a line redrawn in place, never scrolled')
+  t.ok(r.terminal.endsWith('\r\x1b[K'), 'and erased once the restore was done')
+  await waitUntil('the restored counter to count on', () => numbers(log).length > before.length + 2)
 })
 
 t.test('a restore without a mount waits for the zombie too, with the note on its own stderr', async (t) => {
@@ -122,8 +145,8 @@ t.test('a restore without a mount waits for the zombie too, with the note on its
   fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
   const before = numbers(log).length
   // In-process restore (lib/restore/index.ts), the path `ckptfs restore` takes with no mount.
-  const restoreModule = path.join(path.dirname(cliPath), '..', 'lib', 'restore', 'index.js')
-  const r = await restoreReleasingZombie(['-e', `require(${JSON.stringify(restoreModule)}).restorePath(${JSON.stringify(image)}).then((p) => console.log(p), (e) => { console.error(e.message); process.exit(1) })`], release)
+  const restoreModule = path.join(distDir, 'lib', 'restore', 'index.js')
+  const r = await restoreReleasingZombie(userNode('-e', `require(${JSON.stringify(restoreModule)}).restorePath(${JSON.stringify(image)}).then((p) => console.log(p), (e) => { console.error(e.message); process.exit(1) })`), release)
   t.equal(r.status, 0, `restore succeeds (stderr: ${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pid))
   t.match(r.stderr, /^ckptfs restore: waiting up to 10 s for/, 'the note reaches stderr')
@@ -204,9 +227,9 @@ t.test('`echo PID > MNT/checkpoint` fails for such a process unless it says insp
 
 t.test('the caller\'s own shell, or any ancestor of the command, is never frozen', async (t) => {
   // bash, not dash: dash reports every failed write as "I/O error", whatever its errno.
-  const sh = (script: string) => spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 60_000, env: { ...userEnv, CLI: cliPath, NODE: process.execPath, MNT: mnt } })
+  const sh = (script: string) => spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 60_000, env: { ...userEnv, MNT: mnt } })
 
-  const own = sh('"$NODE" "$CLI" checkpoint $$ --mount "$MNT"; echo "rc=$?"')
+  const own = sh(`${cliShellWords} checkpoint $$ --mount "$MNT"; echo "rc=$?"`)
   t.equal(own.status, 0, 'the shell did not hang')
   t.match(own.stdout, /rc=1/, 'ckptfs checkpoint $$ exits 1')
   t.match(own.stderr, /is an ancestor of this command .*freeze this terminal for good; use --copy/, 'with a clear message')
@@ -221,7 +244,7 @@ t.test('the caller\'s own shell, or any ancestor of the command, is never frozen
   t.match(grandparent.stdout, /rc=[1-9]/, 'a write from a child shell naming its parent fails')
   t.match(grandparent.stderr, /Resource deadlock avoided/)
 
-  const copy = sh('"$NODE" "$CLI" checkpoint $$ --mount "$MNT" --copy --inspect && echo ok')
+  const copy = sh(`${cliShellWords} checkpoint $$ --mount "$MNT" --copy --inspect && echo ok`)
   t.match(copy.stdout, /^\/.*checkpoint-\d+\nok$/m, `--copy of the own shell is allowed (stderr: ${copy.stderr.trim()})`)
   const dir = copy.stdout.split('\n')[0]
   if (dir && fs.existsSync(dir)) fs.writeFileSync(path.join(dir, 'done'), 'resume\n')

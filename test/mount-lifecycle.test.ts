@@ -12,7 +12,7 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { SMALL_FILE } from '../lib/restore/areatree'
 import { processStart, readRecord, recordPath, serverRuns, STATE_DIR, type ServerRecord } from '../mount/records'
-import { cliPath, ckptfs, ckptfsOk, mounted, mountFor, userEnv } from './lib/mount'
+import { cliShellWords, ckptfs, ckptfsOk, ckptfsWith, mounted, mountFor, userEnv } from './lib/mount'
 import { procState, waitUntil } from './lib/restore'
 import { buildTarget, repo, startTarget, threadIds, threadState } from './lib/targets'
 
@@ -51,7 +51,7 @@ async function served(mnt: string, child: ChildProcess): Promise<ServerRecord> {
 t.test('a zombie server has exited: umount does not wait for its parent to reap it', async (t) => {
   const mnt = path.join(scratch(t), 'mnt')
   // The shell becomes `sleep`, which never reaps the server it started.
-  const parent = spawn('sh', ['-c', '"$0" "$1" mount "$2" --foreground & exec sleep 600', process.execPath, cliPath, mnt], { stdio: 'ignore', env: userEnv })
+  const parent = spawn('sh', ['-c', `${cliShellWords} mount "$0" --foreground & exec sleep 600`, mnt], { stdio: 'ignore', env: userEnv })
   killAtTeardown(t, parent)
   const record = await served(mnt, parent)
   t.not(record.pid, parent.pid, 'the server is the child of the non-reaping parent')
@@ -69,8 +69,9 @@ t.test('a server started with --foreground is found by umount, which resumes wha
   const dir = scratch(t)
   const mnt = path.join(dir, 'mnt')
   // Through the package's bin, flags first and a relative mount point: nothing in its command
-  // line says "mount/cli.js mount /absolute/mnt --foreground".
-  const server = spawn(path.join(repo, 'bin', 'ckptfs'), ['mount', '--foreground', 'mnt'], { cwd: dir, stdio: 'ignore', env: userEnv })
+  // line says "mount/cli.js mount /absolute/mnt --foreground". (`env -u NODE_OPTIONS`: as
+  // test/lib/mount.ts userNode says why.)
+  const server = spawn('env', ['-u', 'NODE_OPTIONS', path.join(repo, 'bin', 'ckptfs'), 'mount', '--foreground', 'mnt'], { cwd: dir, stdio: 'ignore', env: userEnv })
   killAtTeardown(t, server)
   const exited = new Promise<number | null>((resolve) => server.on('exit', (code) => resolve(code)))
   const record = await served(mnt, server)
@@ -121,24 +122,19 @@ t.test('ckptfs umount of a dead mount removes its leftovers whatever the caller\
   const { mnt, record } = await killedServer(t)
   const otherTmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-othertmp-'))
   t.teardown(() => fs.rmSync(otherTmp, { recursive: true, force: true }))
-  const r = spawnCli(['umount', mnt], { ...userEnv, TMPDIR: otherTmp })
+  const r = ckptfsWith({ env: { ...userEnv, TMPDIR: otherTmp } }, 'umount', mnt)
   t.equal(r.status, 0, `umount succeeds ${r.stderr}`)
   t.notOk(mounted(mnt), 'the dead mount is gone')
   t.notOk(fs.existsSync(record.backing), 'and the backing directory the server left')
   t.equal(readRecord(mnt), undefined, 'and its record')
 })
 
-function spawnCli(args: string[], env: NodeJS.ProcessEnv): { status: number | null; stderr: string } {
-  const r = spawnSync(process.execPath, [cliPath, ...args], { encoding: 'utf8', env, timeout: 120_000 })
-  return { status: r.status, stderr: r.stderr }
-}
-
 t.test('the server keeps its files only below directories nobody else can change', async (t) => {
   const dir = scratch(t)
   const open = path.join(dir, 'open')
   fs.mkdirSync(open)
   fs.chmodSync(open, 0o777) // world-writable, not sticky: another user could swap its entries
-  const r = spawnCli(['mount', path.join(dir, 'mnt')], { ...userEnv, TMPDIR: open })
+  const r = ckptfsWith({ env: { ...userEnv, TMPDIR: open } }, 'mount', path.join(dir, 'mnt'))
   t.equal(r.status, 1, 'mount refuses')
   t.match(r.stderr, `${open}: writable by others (mode 777) and not sticky`, 'naming the directory and why')
   t.strictSame(fs.readdirSync(open), [], 'and leaves nothing there')
@@ -151,7 +147,7 @@ t.test('a server that cannot mount removes its backing directory and record', as
   fs.mkdirSync(tmp, { mode: 0o700 })
   const notADir = path.join(dir, 'file')
   fs.writeFileSync(notADir, 'a regular file, not a mount point\n')
-  const r = spawnCli(['mount', notADir], { ...userEnv, TMPDIR: tmp })
+  const r = ckptfsWith({ env: { ...userEnv, TMPDIR: tmp } }, 'mount', notADir)
   t.equal(r.status, 1, `mount fails ${r.stderr}`)
   t.match(r.stderr, /cannot mount/, 'saying so')
   t.strictSame(fs.readdirSync(tmp), [], 'the backing directory it made is gone')

@@ -5,12 +5,15 @@ import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfsOk, mountFor, userEnv, cliPath } from './lib/mount'
+import { ckptfsOk, cliCommand, mountFor, userEnv, userNode } from './lib/mount'
 import { checkpointSaveKill, launch, restoreOk, runChecks, waitUntil, workdir, exists, sleep, type Target } from './lib/restore'
 import { buildTarget, threadIds, threadState } from './lib/targets'
 
 const threadsFixture = buildTarget('restore_threads')
 const counter = buildTarget('counter')
+// One server for every test but the one that unmounts its own (restored processes are
+// reparented to init, never the server's).
+const shared = mountFor(t)
 
 /** The numbers a counting program wrote, per tag ("a 5" -> tag a), or untagged. */
 function counts(file: string): Map<string, number[]> {
@@ -46,7 +49,7 @@ async function countsOnAfterRestore(t: Test, mnt: string, target: Target, log: s
 }
 
 t.test('a process with four threads, each blocked its own way, comes back whole', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const target = await launch(t, [threadsFixture, dir], { dir, ready: (tg) => /^ready pid=\d+ tids=/m.test(tg.text()) })
   const ready = await target.waitFor(/^ready pid=(\d+) tids=([\d,]+)$/m)
@@ -63,7 +66,7 @@ t.test('a process with four threads, each blocked its own way, comes back whole'
 })
 
 t.test('a multi-threaded process running as another user comes back with its credentials in every thread', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   fs.chmodSync(dir, 0o755) // the fixture, as nobody, looks for DIR/go
   // Its output file is its own: a restore reopens its fds as nobody, as nobody could open them.
@@ -89,7 +92,7 @@ t.test('a multi-threaded process running as another user comes back with its cre
 })
 
 t.test('python3 with threads counts on with no gap and no repeat', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const log = path.join(dir, 'count.log')
   fs.writeFileSync(path.join(dir, 'count.py'), [
@@ -112,7 +115,7 @@ t.test('python3 with threads counts on with no gap and no repeat', async (t) => 
 })
 
 t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and no repeat', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dir = workdir(t)
   const log = path.join(dir, 'count.log')
   fs.writeFileSync(path.join(dir, 'count.js'), [
@@ -124,7 +127,7 @@ t.test('node (V8 and libuv threads, epoll, eventfds) counts on with no gap and n
     '// Keeps the libuv thread pool busy too.',
     'setInterval(() => fs.readFile(__filename, () => {}), 25)',
   ].join('\n'))
-  const target = await launch(t, [process.execPath, path.join(dir, 'count.js'), log], { dir })
+  const target = await launch(t, userNode(path.join(dir, 'count.js'), log).flat(), { dir })
   t.ok(threadIds(target.pid).length >= 6, `node has ${threadIds(target.pid).length} threads`)
   await countsOnAfterRestore(t, mnt, target, log, [''], 800)
 })
@@ -170,7 +173,7 @@ t.test('restore from the image alone, and without any mount', async (t) => {
 })
 
 t.test('several restores at once, while another checkpoint is open', async (t) => {
-  const mnt = mountFor(t)
+  const mnt = shared
   const dirs = [workdir(t), workdir(t)]
   const targets = await Promise.all(dirs.map((dir) => {
     const log = path.join(dir, 'count.log')
@@ -183,7 +186,7 @@ t.test('several restores at once, while another checkpoint is open', async (t) =
   const open = ckptfsOk('checkpoint', String(frozen.pid), '--mount', mnt)
 
   const results = await Promise.all(dirs.map((dir) => new Promise<string>((resolve) => {
-    const child = spawn(process.execPath, [cliPath, 'restore', path.join(dir, 'saved'), '--mount', mnt], { env: userEnv, stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(...cliCommand('restore', path.join(dir, 'saved'), '--mount', mnt), { env: userEnv, stdio: ['ignore', 'pipe', 'inherit'] })
     let out = ''
     child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c))
     child.on('exit', () => resolve(out.trim()))

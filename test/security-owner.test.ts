@@ -14,7 +14,7 @@ import { storedByOwners } from '../lib/restore/owner'
 import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, waitUntil, workdir } from './lib/restore'
 import { buildTarget, repo } from './lib/targets'
-import { asUser, attacker, runAs, shAs } from './lib/unprivileged'
+import { attacker, launchAs, runAs, shAs } from './lib/unprivileged'
 
 const small = buildTarget('restore_small', ['-static'])
 const user = attacker()
@@ -34,13 +34,7 @@ async function killAndWait(pid: number): Promise<void> {
 
 t.test("a user's checkpoint with edited credentials is refused; unchanged it comes back as the user", async (t) => {
   const mnt = mountFor(t)
-  const dir = workdir(t)
-  fs.chmodSync(dir, 0o755)
-  fs.chownSync(dir, user.uid, user.gid)
-  // The log the target writes to is the user's, so the restored process may open it again.
-  fs.writeFileSync(path.join(dir, 'out'), '', { mode: 0o644 })
-  fs.chownSync(path.join(dir, 'out'), user.uid, user.gid)
-  const target = await launch(t, asUser(user, [small, dir]), { dir })
+  const { target, dir } = await launchAs(t, user, small)
   const pid = target.pid
   t.same(uidsOf(pid), [user.uid, user.uid, user.uid, user.uid], `the target ${pid} runs as ${user.name}`)
 

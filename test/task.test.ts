@@ -3,6 +3,7 @@
 // wrote, the task-PID/ tree written out the way `cp -a` would and loaded back, damaged trees
 // refused with the file named, and the program running on unharmed after the thaw.
 
+import { spawn } from 'child_process'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
@@ -15,7 +16,7 @@ import { validateTask } from '../lib/restore/validate'
 import { captureVmas, PAGE_SIZE, planCopy, rangesOf, vmaKind } from '../lib/task/memory'
 import { captureProcess, processProblems } from '../lib/task/process'
 import { captureThreads } from '../lib/task/threads'
-import { parseLimits, parseTimers } from '../lib/task/procfs'
+import { parseLimits, parseTimers, readProcBytes } from '../lib/task/procfs'
 import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
@@ -128,6 +129,37 @@ t.test('stored runs back to back: which memory a pages range is', async (t) => {
   t.same(rangesOf(runs, 0x1800, 0x1000), [{ start: 0x11800n, length: 0x800n }, { start: 0x20000n, length: 0x800n }], 'across a run boundary')
   t.same(rangesOf(runs, 0x3000, 0x100), [{ start: 0x30000n, length: 0x100n }], 'start of the last run')
   t.same(rangesOf(runs, 0x5fff, 10), [{ start: 0x32fffn, length: 1n }], 'clipped at the end')
+})
+
+t.test('/proc files are read whole, in small pieces (no 64 KiB buffer per file: issue 13, server RSS)', async (t) => {
+  // readFile gives each file whose stat size is 0 (all of /proc) a fresh 64 KiB buffer; a
+  // dozen per checkpoint fragmented the server's heap (README, Benchmarks, "Server memory").
+  const sizes: number[] = []
+  const spied = ['allocUnsafe', 'allocUnsafeSlow', 'alloc'] as const
+  const originals = spied.map((name) => Buffer[name])
+  spied.forEach((name, i) => {
+    const original = originals[i] as (size: number) => Buffer
+    ;(Buffer as unknown as Record<string, unknown>)[name] = (size: number, ...rest: unknown[]) => {
+      sizes.push(size)
+      return (original as (...a: unknown[]) => Buffer).call(Buffer, size, ...rest)
+    }
+  })
+  // An idle process, so that what a second read shows is the same.
+  const idle = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => idle.kill('SIGKILL'))
+  await new Promise((r) => idle.once('spawn', r))
+  let status: Buffer
+  let smaps: Buffer
+  try {
+    status = await readProcBytes(idle.pid!, 'status')
+    smaps = await readProcBytes(idle.pid!, 'smaps')
+  } finally {
+    spied.forEach((name, i) => ((Buffer as unknown as Record<string, unknown>)[name] = originals[i]))
+  }
+  t.ok(Math.max(...sizes) < 64 * 1024, `no buffer of 64 KiB or more for a read (largest ${Math.max(...sizes)} bytes)`)
+  t.match(status.toString(), /^Name:\tsleep\n/, 'status read whole')
+  t.ok(smaps.length > 4000, `smaps (${smaps.length} bytes) is longer than one piece`)
+  t.ok(smaps.equals(fs.readFileSync(`/proc/${idle.pid}/smaps`)), 'and read whole, every byte')
 })
 
 t.test('/proc parsers', async (t) => {

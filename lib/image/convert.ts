@@ -56,9 +56,10 @@ async function readMode(file: string): Promise<CheckpointMode> {
  * Writes the image of the saved tree at `treeRoot` to `outFile` (which must not exist). With
  * `validate`, the tree is first checked by the validator a restore runs, so nothing is written
  * for a tree the restore would refuse; with `storedBy`, its credentials are held to what its
- * files' owners allow (lib/restore/owner.ts), as a restore would.
+ * files' owners allow (lib/restore/owner.ts), as a restore would. `onProgress` hears of each
+ * MiB written, for a command's progress line.
  */
-export async function treeToImage(treeRoot: string, outFile: string, opts: { validate?: boolean; storedBy?: StoredBy } = {}): Promise<void> {
+export async function treeToImage(treeRoot: string, outFile: string, opts: { validate?: boolean; storedBy?: StoredBy; onProgress?: (written: number, total: number) => void } = {}): Promise<void> {
   const { task, mode, bootId } = await loadTree(treeRoot)
   if (opts.validate) {
     const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
@@ -71,6 +72,7 @@ export async function treeToImage(treeRoot: string, outFile: string, opts: { val
     for (let at = 0; at < source.size; at += PIECE) {
       const piece = await source.read(at, PIECE)
       for (let done = 0; done < piece.length;) done += (await out.write(piece, done, piece.length - done, at + done)).bytesWritten
+      opts.onProgress?.(at + piece.length, source.size)
     }
   } finally {
     await out.close()

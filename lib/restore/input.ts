@@ -8,7 +8,7 @@
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import { Readable } from 'stream'
+import { Readable, Transform } from 'stream'
 import { pipeline } from 'stream/promises'
 import { createGunzip } from 'zlib'
 import { CkptError, messageOf } from '../errors'
@@ -40,8 +40,9 @@ const isGzip = (head: Buffer) => head.length >= 2 && head[0] === 0x1f && head[1]
 /** How deep a tar may nest its checkpoint (e.g. home/user/saved/checkpoint-1/). */
 const MAX_WRAPPING = 8
 
-export async function openRestoreInput(given: string): Promise<RestoreInput> {
-  if (given === '-') return fromStream(process.stdin, 'stdin', CALLERS_CHOICE)
+/** `onRead` hears how many bytes of a tar or of stdin were read so far (and of how many, for a file). */
+export async function openRestoreInput(given: string, onRead?: (done: number, total: number | undefined) => void): Promise<RestoreInput> {
+  if (given === '-') return fromStream(counted(process.stdin, undefined, onRead), 'stdin', CALLERS_CHOICE)
   const source = path.resolve(given)
   const stat = fs.statSync(source, { throwIfNoEntry: false })
   if (!stat) throw new CkptError(`${source}: no such file or directory`, 'ENOENT')
@@ -49,7 +50,7 @@ export async function openRestoreInput(given: string): Promise<RestoreInput> {
   if (!stat.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory), an image file nor a tar`, 'EINVAL')
   const head = readHead(source)
   if (isImage(head)) return local(source, false, source, storedByOwners(source))
-  if (isTarHeader(head) || isGzip(head)) return fromStream(fs.createReadStream(source), source, storedByOwners(source))
+  if (isTarHeader(head) || isGzip(head)) return fromStream(counted(fs.createReadStream(source), stat.size, onRead), source, storedByOwners(source))
   throw new CkptError(`${source}: neither a ckptfs image nor a tar of a saved checkpoint`, 'EINVAL')
 }
 
@@ -71,6 +72,23 @@ function readHead(file: string): Buffer {
   } finally {
     fs.closeSync(fd)
   }
+}
+
+/** `stream`, telling `onRead` how much of it went through. */
+function counted(stream: Readable, total: number | undefined, onRead?: (done: number, total: number | undefined) => void): Readable {
+  if (!onRead) return stream
+  let done = 0
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, next) {
+      done += chunk.length
+      onRead(done, total)
+      next(null, chunk)
+    },
+  })
+  // Errors of the source reach whoever reads the counter; destroying the counter ends the source.
+  stream.on('error', (err) => counter.destroy(err))
+  counter.on('close', () => stream.destroy())
+  return stream.pipe(counter)
 }
 
 /** An image or a (gzipped) tar read from a stream, kept in a private scratch directory. */

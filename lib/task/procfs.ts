@@ -15,9 +15,36 @@ export async function readProcText(pid: number, file: string, tid?: number): Pro
 export async function readProcBytes(pid: number, file: string, tid?: number): Promise<Buffer> {
   const where = procPath(pid, file, tid)
   try {
-    return await fs.promises.readFile(where)
+    return await readWhole(where)
   } catch (err) {
     throw procError(where, err)
+  }
+}
+
+/**
+ * Below half of Node's pool slab, so small reads share slabs. /proc files say size 0, so
+ * readFile reads each into a fresh 64 KiB buffer, one per file read, which left holes in the
+ * server's heap and its RSS creeping over thousands of checkpoints (README, Benchmarks,
+ * "Server memory").
+ */
+const PROC_PIECE = 4000
+
+/** The whole of a file whose size stat does not know, read a piece at a time until EOF. */
+async function readWhole(where: string): Promise<Buffer> {
+  const handle = await fs.promises.open(where, 'r')
+  try {
+    const pieces: Buffer[] = []
+    let total = 0
+    for (;;) {
+      const piece = Buffer.allocUnsafe(PROC_PIECE)
+      const { bytesRead } = await handle.read(piece, 0, PROC_PIECE, null)
+      if (bytesRead === 0) break
+      pieces.push(piece.subarray(0, bytesRead))
+      total += bytesRead
+    }
+    return Buffer.concat(pieces, total)
+  } finally {
+    await handle.close()
   }
 }
 

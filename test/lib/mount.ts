@@ -1,13 +1,15 @@
 // Test helpers for the real mount: run the built CLI, mount in a temporary directory, and
 // always unmount (which thaws every frozen task) when the test ends, even when it fails.
 
-import { spawnSync } from 'child_process'
+import { spawn, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { repo } from './targets'
 
-export const cliPath = path.join(repo, 'dist', 'mount', 'cli.js')
+const cliPath = path.join(repo, 'dist', 'mount', 'cli.js')
+/** The compiled JavaScript (dist/), for tests that load a module of it in a child process. */
+export const distDir = path.join(repo, 'dist')
 
 export interface CliResult {
   status: number
@@ -22,12 +24,56 @@ export const userEnv = (() => {
   return env
 })()
 
-export function ckptfs(...args: string[]): CliResult {
-  // tap wraps child_process and puts its process-info loader back into every child's
-  // NODE_OPTIONS; `env -u` drops it, so the CLI runs as a user's would (with the loader, one
-  // run in several hundred hung for good at exit in Node 20's loader thread).
-  const r = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, cliPath, ...args], { encoding: 'utf8', timeout: 120_000, env: userEnv })
+/**
+ * `node ARGS` as a user's shell runs it, as [file, args] for spawn. tap wraps child_process
+ * and puts its process-info loader back into every child's NODE_OPTIONS, whatever env is
+ * passed; `env -u` drops it (with the loader, one CLI run in several hundred hung for good at
+ * exit in Node 20's loader thread). Every child node of the tests starts through this.
+ */
+export function userNode(...args: string[]): [string, string[]] {
+  return ['env', ['-u', 'NODE_OPTIONS', process.execPath, ...args]]
+}
+
+/** The built CLI with `args`, as userNode runs it. */
+export const cliCommand = (...args: string[]): [string, string[]] => userNode(cliPath, ...args)
+
+const shellQuote = (word: string) => `'${word.replace(/'/g, `'\\''`)}'`
+
+/** The same command as words for a shell script (a wrapper's `exec`, a `sh -c`): append "$@". */
+export const cliShellWords = ['env', '-u', 'NODE_OPTIONS', process.execPath, cliPath].map(shellQuote).join(' ')
+
+export interface CliOptions {
+  env?: NodeJS.ProcessEnv
+  input?: string | Buffer
+  timeout?: number
+}
+
+/** Runs ckptfs and waits for it; never throws. */
+export function ckptfsWith(opts: CliOptions, ...args: string[]): CliResult {
+  const [file, argv] = cliCommand(...args)
+  const r = spawnSync(file, argv, { encoding: 'utf8', timeout: opts.timeout ?? 120_000, env: opts.env ?? userEnv, input: opts.input })
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
+}
+
+export function ckptfs(...args: string[]): CliResult {
+  return ckptfsWith({}, ...args)
+}
+
+/** ckptfs run in the background, so that several run at once (or the test watches its output meanwhile). */
+export function ckptfsAsync(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: Buffer; onStderr?: (all: string) => void } = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const [file, argv] = cliCommand(...args)
+    const child = spawn(file, argv, { env: opts.env ?? userEnv, stdio: [opts.input ? 'pipe' : 'ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout!.setEncoding('utf8').on('data', (c: string) => (stdout += c))
+    child.stderr!.setEncoding('utf8').on('data', (c: string) => {
+      stderr += c
+      opts.onStderr?.(stderr)
+    })
+    if (opts.input) child.stdin!.end(opts.input)
+    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }))
+  })
 }
 
 /** ckptfs that must succeed: returns its trimmed stdout. */

@@ -3,6 +3,8 @@
 
 import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'child_process'
 import * as fs from 'fs'
+import * as path from 'path'
+import { launch, workdir, type Target } from './restore'
 
 export const ATTACKER = 'ckptfs-attacker'
 
@@ -53,4 +55,24 @@ export function shAs(user: LocalUser, script: string): string {
 export function spawnAs(user: LocalUser, command: string[], cwd = '/') {
   const [file, ...args] = asUser(user, command)
   return spawn(file, args, { cwd, stdio: ['ignore', 'pipe', 'inherit'] })
+}
+
+interface Teardownable {
+  teardown(fn: () => void | Promise<void>): void
+}
+
+/**
+ * The user's own process, the start of every attack on a checkpoint of theirs: `program DIR`
+ * run as `user`, where DIR is a fresh work directory of theirs (mode 0755) and DIR/out, the
+ * log its output goes to, is theirs too (so the restored process may open it again). Killed
+ * at teardown.
+ */
+export async function launchAs(t: Teardownable, user: LocalUser, program: string): Promise<{ target: Target; dir: string }> {
+  const dir = workdir(t)
+  fs.chownSync(dir, user.uid, user.gid)
+  const out = path.join(dir, 'out')
+  fs.writeFileSync(out, '', { mode: 0o644 })
+  fs.chownSync(out, user.uid, user.gid)
+  const target = await launch(t, asUser(user, [program, dir]), { dir })
+  return { target, dir }
 }
