@@ -151,6 +151,8 @@ export interface Addon {
   // ---- files (synchronous: each is one fast system call) ----
   /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */
   kcmpFile(pid: number, fd1: number, fd2: number): number
+  /** kcmp(pid1, pid2, KCMP_FILE, fd1, fd2): the same answer across two processes of a tree. */
+  kcmpFileAcross(pid1: number, fd1: number, pid2: number, fd2: number): number
   /**
    * Sorts `fds` with kcmp(KCMP_FILE) in one call and returns, for each fd (same positions),
    * the lowest fd sharing its open file description. Throws if kcmp cannot compare two.
