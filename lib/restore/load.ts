@@ -33,7 +33,7 @@ export async function loadSaved(root: StoredDir, name: string): Promise<SavedChe
 export async function parseSaved(root: StoredDir, name: string): Promise<SavedCheckpoint> {
   const listing = root.list()
   const taskDirs = [...listing.keys()].filter((n) => /^task-[0-9]+$/.test(n))
-  if (taskDirs.length > 1) throw new CkptError(`${name}: ${taskDirs.length} task directories; a checkpoint holds one process`, 'EINVAL')
+  if (taskDirs.length > 1) throw new CkptError(`${name}: ${taskDirs.length} task-PID directories: a checkpoint of a process tree, which cannot be restored yet (README, Limitations)`, 'EINVAL')
   if (taskDirs.length === 1) {
     const task = await loadTask(root, taskDirs[0])
     const fileTable = await loadFileTable(root)
