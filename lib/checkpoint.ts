@@ -36,7 +36,7 @@ export class Checkpoint {
   private failure: string | undefined
   private ending: Promise<void> | undefined
   /** The condensed image, sized once and then read in pieces. */
-  readonly image = lazy(() => imageSource(this.task, { mode: this.mode, bootId: this.bootId }))
+  readonly image = lazy(() => imageSource(this.task, { mode: this.mode, bootId: this.bootId, others: this.tree.tasks.slice(1), zombies: this.tree.zombies }))
   /** The boot this checkpoint was made on (lib/boot.ts). */
   readonly bootId = currentBootId()
 
@@ -53,11 +53,6 @@ export class Checkpoint {
   /** The root process, PID itself. */
   get task(): TaskImage {
     return this.tree.tasks[0]
-  }
-
-  /** The image format holds one process: a tree of several has none yet. */
-  get hasImage(): boolean {
-    return this.tree.tasks.length === 1 && this.tree.zombies.length === 0 && this.tree.left.length === 0
   }
 
   /** Every live process of the tree, root first. */

@@ -267,6 +267,12 @@ async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<
  * epoll items, ranges) is checked by lib/restore/validate.ts, for trees and images alike.
  * Errors are CkptErrors naming the file relative to the tree root. Lazy parts read the saved files.
  */
+/** Reads TASK/fds/FD/ of a saved tree alone: a tree's other tasks, whose fds name the files loadFileTable read. */
+export async function loadTaskFds(root: StoredDir, taskDir: string): Promise<FdEntry[]> {
+  const fdsDir = new SavedDir(root, '').dir(taskDir).dir('fds')
+  return mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd))
+}
+
 export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<FileTable> {
   const top = new SavedDir(root, '')
   const filesDir = top.dir('files')

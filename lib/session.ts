@@ -172,15 +172,14 @@ export class Session extends EventEmitter<SessionEvents> {
     return {
       kind: 'dir',
       perm: 0o755,
-      // A checkpoint of a process tree has no image yet (README, Limitations).
-      list: async () => [...[...this.checkpoints.values()].flatMap((c) => (c.hasImage ? [c.name, `${c.name}.image`] : [c.name])), ...Object.keys(fixed)],
+      list: async () => [...[...this.checkpoints.values()].flatMap((c) => [c.name, `${c.name}.image`]), ...Object.keys(fixed)],
       lookup: async (name) => {
         const make = fixed[name]
         if (make) return make()
         const match = /^checkpoint-([1-9][0-9]*)(\.image)?$/.exec(name)
         const checkpoint = match ? this.checkpoints.get(Number(match[1])) : undefined
         if (!checkpoint) return undefined
-        if (match![2]) return checkpoint.hasImage ? checkpoint.imageFile(this.cache) : undefined
+        if (match![2]) return checkpoint.imageFile(this.cache)
         return checkpoint.directory(this.cache, (text) => this.done(checkpoint.id, text))
       },
     }

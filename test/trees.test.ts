@@ -11,6 +11,7 @@ import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
 import { exists, launch, waitUntil, workdir } from './lib/restore'
 import { buildTarget, sleep, startTarget, threadState, type Target } from './lib/targets'
 import { childrenOf } from '../lib/pstree'
+import { readImage } from '../lib/image/decode'
 import { lifeState } from '../lib/lifecycle'
 
 const mnt = mountFor(t)
@@ -134,7 +135,6 @@ t.test('a checkpoint holds the whole tree: every process, its links, the zombie,
   const problems = fs.readFileSync(path.join(dir, 'problems'), 'utf8')
   for (const pid of [pids.a, pids.b, pids.g, pids.z]) t.match(problems, new RegExp(`^task-${pid}: .*process trees cannot be restored yet`, 'm'), `problems name task-${pid}`)
   t.match(read(path.join(dir, 'status')), /^error: not checkpointable: task-\d+: /, 'status says why')
-  t.notOk(fs.existsSync(`${dir}.image`), 'a tree has no image (the format holds one process)')
 
   // resume releases every process; the tree still works (the fixture's own check).
   fs.writeFileSync(path.join(dir, 'done'), 'resume')
@@ -214,7 +214,7 @@ t.test('a process waiting for its child: the child is in the checkpoint; a resto
   execFileSync('cp', ['-a', saved, path.join(mnt, 'restore', 'tree')])
   t.teardown(() => fs.rmSync(path.join(mnt, 'restore', 'tree'), { recursive: true, force: true }))
   t.throws(() => fs.writeFileSync(path.join(mnt, 'restore', 'tree', 'done'), '1'), 'echo 1 > restore/NAME/done fails')
-  t.match(read(path.join(mnt, 'restore', 'tree', 'status')), /^error: .*2 task-PID directories: a checkpoint of a process tree/, 'status says why')
+  t.match(read(path.join(mnt, 'restore', 'tree', 'status')), /^error: .*a checkpoint of a process tree \(task-\d+ and 1 more: task-\d+\), which cannot be restored yet/, 'status says why')
   t.notOk(exists(target.pid), 'no parent was made')
   t.notOk(exists(child), 'no child was made')
 })
@@ -230,4 +230,61 @@ t.test('--copy of the asking shell: the tree leaves out the ckptfs command that 
   const tasks = fs.readdirSync(dir).filter((n) => n.startsWith('task-'))
   t.same(tasks.sort(), [`task-${shell}`, `task-${sleeper}`].sort(), 'the shell and its sleep are in it; the command is not')
   t.match(fs.readFileSync(path.join(dir, 'problems'), 'utf8'), new RegExp(`^process \\d+: a descendant of ${shell} left out of the checkpoint, with its own descendants: the process asking for the checkpoint$`, 'm'), 'problems say who was left out')
+})
+
+t.test('the image holds the whole tree; a restore validates it, then refuses it whole', async (t) => {
+  const { pids } = await startTree(t)
+  const dir = ckptfsOk('checkpoint', String(pids.p), '--mount', mnt, '--inspect')
+  endAtTeardown(t, dir)
+  const work = workdir(t)
+  const image = path.join(work, 'tree.image')
+  execFileSync('cp', [`${dir}.image`, image])
+  execFileSync('cp', ['-a', dir, path.join(work, 'saved')])
+  const loaded = await readImage(image)
+  t.same(loaded.header.formatVersion, { major: 1, minor: 3 }, 'format 1.3')
+  t.equal(loaded.pid, pids.p, 'the root is the header\'s process')
+  t.same(loaded.others.map((o) => o.pid), [pids.a, pids.g, pids.b], 'the other processes, parents first')
+  t.same(loaded.others.map((o) => o.process.ppid), [pids.p, pids.a, pids.p], 'with their parents')
+  t.same(loaded.zombies.map((z) => [z.pid, z.ppid, z.exitStatus]), [[pids.z, pids.p, 7 << 8]], 'and the zombie with its status')
+  const saved = fdRefs(path.join(work, 'saved'), pids.b)
+  t.same(new Map(loaded.others.find((o) => o.pid === pids.b)!.fds.map((fd) => [fd.fd, String(fd.objref)])), saved, "B's fds name the same OBJREFs in the image as in the tree")
+  t.equal(loaded.fileTable.files.length, fs.readdirSync(path.join(dir, 'files')).length, "the image's files are the tree's files/")
+  fs.writeFileSync(path.join(dir, 'done'), 'kill!')
+
+  for (const input of [image, path.join(work, 'saved')]) {
+    const r = ckptfs('restore', input, '--no-mount')
+    t.equal(r.status, 1, `restore ${path.basename(input)} is refused`)
+    t.match(r.stderr, /a checkpoint of a process tree \(task-\d+ and 4 more: .*\), which cannot be restored yet/, 'as a tree, after it was read and validated whole')
+  }
+  for (const pid of [pids.p, pids.a, pids.b, pids.g]) t.not(lifeState(pid), 'alive', `no process ${pid} was made`)
+})
+
+t.test('the validator checks the links of a saved tree, naming the file', async (t) => {
+  const { pids } = await startTree(t)
+  const dir = ckptfsOk('checkpoint', String(pids.p), '--mount', mnt, '--inspect')
+  endAtTeardown(t, dir)
+  const work = workdir(t)
+  const original = path.join(work, 'original')
+  execFileSync('cp', ['-a', dir, original])
+  fs.writeFileSync(path.join(dir, 'done'), 'resume')
+  const unrelated = 1
+  const cases = [
+    { file: `task-${pids.g}/ppid`, value: String(unrelated), says: new RegExp(`task-${pids.g}/ppid: ${unrelated} is not a process of the tree listed before it`) },
+    { file: `task-${pids.z}/ppid`, value: String(pids.b), says: null },
+    { file: `task-${pids.p}/ppid`, value: String(pids.a), says: new RegExp(`task-${pids.p}/ppid: ${pids.a}: the root's parent is a process of its own tree`) },
+    { file: `task-${pids.b}/sid`, value: '4000000', says: new RegExp(`task-${pids.b}/sid: session 4000000 is neither the root's session \\(${pids.p}\\) nor led by a process of the tree`) },
+    { file: `task-${pids.g}/pgid`, value: String(pids.b), says: new RegExp(`task-${pids.g}/pgid: process group ${pids.b} is in session ${pids.b}, not in this process's session ${pids.p}`) },
+    { file: `task-${pids.a}/fds/1/fd`, value: '999', says: new RegExp(`task-${pids.a}/fds/1/fd: names files/999, which does not exist`) },
+  ]
+  for (const c of cases) {
+    const copy = path.join(work, `case-${cases.indexOf(c)}`)
+    execFileSync('cp', ['-a', original, copy])
+    fs.chmodSync(path.join(copy, path.dirname(c.file)), 0o700)
+    fs.chmodSync(path.join(copy, c.file), 0o600)
+    fs.writeFileSync(path.join(copy, c.file), `${c.value}\n`)
+    const r = ckptfs('restore', copy, '--no-mount')
+    t.equal(r.status, 1, `${c.file} = ${c.value}: refused`)
+    // A zombie whose parent is another process of the tree is a valid tree: refused only as a tree.
+    t.match(r.stderr, c.says ?? /a checkpoint of a process tree/, c.says ? 'naming the file and the problem' : 'a valid tree, refused as a tree')
+  }
 })
