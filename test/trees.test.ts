@@ -252,6 +252,12 @@ t.test('the image holds the whole tree; a restore validates it, then refuses it 
   fs.writeFileSync(path.join(dir, 'done'), 'kill!')
 
   for (const input of [image, path.join(work, 'saved')]) {
+    const shown = ckptfsOk('show', input)
+    t.match(shown, /^process tree: 5 processes \(the root above, 3 more, 1 zombies\)$/m, `show ${path.basename(input)} tells of the tree`)
+    t.match(shown, new RegExp(`^\\s*${pids.g}\\s+${pids.a}\\s+${pids.a}\\s+${pids.p}\\s+1\\s`, 'm'), 'with each process\'s ppid, pgid, sid and threads')
+    t.match(shown, new RegExp(`^\\s*${pids.z}\\s+${pids.p}\\s.*zombie.*\\(exit status 1792\\)$`, 'm'), 'and the zombie')
+  }
+  for (const input of [image, path.join(work, 'saved')]) {
     const r = ckptfs('restore', input, '--no-mount')
     t.equal(r.status, 1, `restore ${path.basename(input)} is refused`)
     t.match(r.stderr, /a checkpoint of a process tree \(task-\d+ and 4 more: .*\), which cannot be restored yet/, 'as a tree, after it was read and validated whole')

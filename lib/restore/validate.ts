@@ -308,6 +308,7 @@ function validateTree(saved: CheckpointParts): void {
     ...others.map((o) => ({ pid: o.pid, ppid: o.process.ppid, pgid: o.process.pgid, sid: o.process.sid, zombie: false })),
     ...zombies.map((z) => ({ pid: z.pid, ppid: z.ppid, pgid: z.pgid, sid: z.sid, zombie: true })),
   ]
+  for (const z of zombies) checkComm(z.comm, `task-${z.pid}/comm`)
   const byPid = new Map<number, (typeof members)[number]>()
   const tids = new Map<number, number>()
   for (const task of [{ pid: saved.pid, threads: saved.threads }, ...others]) {
