@@ -294,3 +294,97 @@ t.test('the validator checks the links of a saved tree, naming the file', async 
     t.match(r.stderr, c.says ?? /a checkpoint of a process tree/, c.says ? 'naming the file and the problem' : 'a valid tree, refused as a tree')
   }
 })
+
+/** The numbers of a log of one number per line. */
+const numbersIn = (text: string) => text.split('\n').filter(Boolean).map(Number)
+
+/** Frozen means frozen: the log does not grow while the tree is checkpointed. */
+async function expectStill(t: Test, out: () => string, what: string): Promise<void> {
+  const before = out().length
+  await sleep(300)
+  t.equal(out().length, before, `${what}: nothing is written while the tree is frozen`)
+}
+
+t.test('a bash pipeline: the shell, its loop and cat are one tree sharing one pipe; resumed, the count goes on with no gap and no repeat', async (t) => {
+  const dir = workdir(t)
+  const script = 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done | cat'
+  const target = await launch(t, ['bash', '-c', script], { dir, ready: (tg) => tg.lines().length >= 5 })
+  const members = () => [target.pid, ...descendants(target.pid)]
+  let seen: number[] = []
+  t.teardown(() => {
+    for (const pid of seen.reverse()) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
+  })
+  seen = members()
+  const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  endAtTeardown(t, ck)
+  seen = members()
+  const tasks = fs.readdirSync(ck).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5)))
+  t.same([...tasks].sort((a, b) => a - b), [...seen].sort((a, b) => a - b), `the checkpoint holds the ${seen.length} processes of the pipeline`)
+  const comms = new Map(tasks.map((pid) => [pid, read(path.join(ck, `task-${pid}`, 'comm'))]))
+  const cat = tasks.find((pid) => comms.get(pid) === 'cat')!
+  const loop = tasks.find((pid) => pid !== target.pid && comms.get(pid) === 'bash')!
+  t.ok(cat && loop, 'cat and the loop\'s subshell are in it')
+  const pipeOf = (pid: number, fd: number) => {
+    const ref = read(path.join(ck, `task-${pid}`, 'fds', String(fd), 'fd'))
+    return { ref, type: read(path.join(ck, 'files', ref, 'fd_type')), id: read(path.join(ck, 'files', ref, 'pipe_id')) }
+  }
+  const writeEnd = pipeOf(loop, 1)
+  const readEnd = pipeOf(cat, 0)
+  t.same([writeEnd.type, readEnd.type], ['pipe', 'pipe'], 'the loop writes into a pipe that cat reads')
+  t.equal(writeEnd.id, readEnd.id, 'one pipe, its two ends in two processes')
+  t.not(writeEnd.ref, readEnd.ref, 'as two descriptions')
+  await expectStill(t, () => target.text(), 'bash pipeline')
+  fs.writeFileSync(path.join(ck, 'done'), 'resume')
+  const count = numbersIn(target.text()).length
+  await target.waitFor(new RegExp(`^${count + 20}$`, 'm'))
+  const numbers = numbersIn(target.text())
+  t.same(numbers.slice(0, count + 20), Array.from({ length: count + 20 }, (_, i) => i), 'the count went on from where it was: no gap, no repeat')
+})
+
+t.test('python3 multiprocessing.Pool: the parent and its workers are one tree; resumed, the pool carries on', async (t) => {
+  const dir = workdir(t)
+  const program = [
+    'import multiprocessing as mp, time',
+    'if __name__ == "__main__":',
+    '    with mp.get_context("fork").Pool(3) as pool:',
+    '        i = 0',
+    '        while True:',
+    '            print(sum(pool.map(abs, range(i, i + 10))), flush=True)',
+    '            i += 1',
+    '            time.sleep(0.01)',
+  ].join('\n')
+  fs.writeFileSync(path.join(dir, 'pool.py'), program)
+  const target = await launch(t, ['python3', path.join(dir, 'pool.py')], { dir, ready: (tg) => tg.lines().length >= 3 })
+  let seen: number[] = []
+  t.teardown(() => {
+    for (const pid of seen.reverse()) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
+  })
+  seen = [target.pid, ...descendants(target.pid)]
+  const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  endAtTeardown(t, ck)
+  const workers = fs.readdirSync(ck).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5))).filter((pid) => pid !== target.pid)
+  t.ok(workers.length >= 3, `the pool's ${workers.length} worker processes are in the checkpoint`)
+  for (const w of workers) t.equal(read(path.join(ck, `task-${w}`, 'ppid')), String(target.pid), `worker ${w} is the parent's child`)
+  // The pool's queues are pipes the workers inherited: every worker's fds name descriptions the parent holds too.
+  const parentRefs = new Set(fdRefs(ck, target.pid).values())
+  const shared = workers.map((w) => [...fdRefs(ck, w).values()].filter((ref) => parentRefs.has(ref) && read(path.join(ck, 'files', ref, 'fd_type')) === 'pipe').length)
+  t.ok(shared.every((n) => n >= 2), `each worker shares the pool's pipes with the parent (${shared.join(', ')} shared pipe descriptions)`)
+  await expectStill(t, () => target.text(), 'pool')
+  fs.writeFileSync(path.join(ck, 'done'), 'resume')
+  const lines = target.lines().length
+  await target.waitFor(new RegExp(`(?:.*\\n){${lines + 5}}`))
+  const sums = numbersIn(target.text())
+  t.same(sums, sums.map((_, i) => 10 * i + 45), 'every map of the pool returned the right sum, in order, after the resume')
+})
