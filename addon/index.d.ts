@@ -95,6 +95,12 @@ export interface Addon {
    * so the call is issued again (its timeout restarts from the full value).
    */
   thaw(pid: number, kill: boolean): Promise<void>
+  /**
+   * Freezes several processes side by side (their threads are all interrupted before any
+   * stop is awaited): the children of a process tree found in one pass. Each succeeds or
+   * fails on its own: its threads, or the error freeze would have thrown for it.
+   */
+  freezeMany(pids: number[]): Promise<Array<{ pid: number; threads?: FrozenThread[]; error?: Error & { code?: string } }>>
   /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
   getThreadRegisters(tid: number): Promise<ThreadRegisters>
   /** PTRACE_SETREGS on a frozen thread (used to fix up restart state before thaw). */

@@ -114,21 +114,38 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
   const left = new Map<number, string>()
   const skip = new Map(leaveOut)
   skip.set(process.pid, 'this ckptfs process')
-  const freezeOne = async (pid: number): Promise<void> => {
-    try {
-      const threads = await native.freeze(pid)
-      frozen.set(pid, threads.map((t) => asTid(t.tid)))
-    } catch (err) {
-      const zombie = readZombie(pid)
-      if (zombie) zombies.set(pid, zombie)
-      else if (pid === root) throw err
-      else if (fs.existsSync(`/proc/${pid}`)) throw new CkptError(`cannot freeze process ${pid} (a descendant of ${root}): ${messageOf(err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')
-      // Otherwise it exited and was reaped meanwhile: no longer part of the tree.
+  /** Children that could not be frozen: zombies are recorded, the gone forgotten, the rest fail. */
+  const notFrozen = (pid: number, err: unknown): void => {
+    const zombie = readZombie(pid)
+    if (zombie) zombies.set(pid, zombie)
+    else if (fs.existsSync(`/proc/${pid}`)) throw new CkptError(`cannot freeze process ${pid} (a descendant of ${root}): ${messageOf(err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')
+    // Otherwise it exited and was reaped meanwhile: no longer part of the tree.
+  }
+  // Each pass's children are frozen side by side (all interrupted, then all awaited).
+  const freezeChildren = async (pids: number[]): Promise<void> => {
+    const results = await native.freezeMany(pids)
+    let failure: unknown
+    for (const r of results) {
+      if (r.threads) frozen.set(r.pid, r.threads.map((t) => asTid(t.tid)))
+      else {
+        try {
+          notFrozen(r.pid, r.error)
+        } catch (err) {
+          failure ??= err
+        }
+      }
     }
+    // Thrown once every frozen one is recorded, so the caller thaws them all.
+    if (failure !== undefined) throw failure
   }
   try {
-    await freezeOne(root)
-    if (!frozen.has(root)) throw new CkptError(`process ${root} has exited (a zombie): there is nothing to checkpoint`, 'ESRCH')
+    try {
+      const threads = await native.freeze(root)
+      frozen.set(root, threads.map((t) => asTid(t.tid)))
+    } catch (err) {
+      if (readZombie(root)) throw new CkptError(`process ${root} has exited (a zombie): there is nothing to checkpoint`, 'ESRCH')
+      throw err
+    }
     let scan = [root as number]
     for (;;) {
       const found: number[] = []
@@ -145,7 +162,7 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
         }
       }
       if (found.length > 0) {
-        await Promise.all(found.map(freezeOne))
+        await freezeChildren(found)
         // Children of the newly frozen processes, then (next round) of everyone again.
         scan = found.filter((pid) => frozen.has(pid))
         continue

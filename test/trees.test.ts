@@ -140,7 +140,7 @@ t.test('a checkpoint holds the whole tree: every process, its links, the zombie,
   fs.writeFileSync(path.join(dir, 'done'), 'resume')
   for (const pid of [pids.p, pids.a, pids.b, pids.g]) t.not(threadState(pid), 't', `process ${pid} runs again`)
   process.kill(pids.p, 'SIGUSR1')
-  await target.waitFor(/^checked \d+ failures$/)
+  await target.waitFor(/^checked \d+ failures$/, 30_000)
   t.same(target.lines.filter((l) => /^(FAIL|PASS)/.test(l)), ['PASS'], 'the tree checks itself: PASS')
 })
 
