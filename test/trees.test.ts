@@ -9,6 +9,7 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
 import { exists, launch, waitUntil, workdir } from './lib/restore'
+import { asUser, attacker, runAs } from './lib/unprivileged'
 import { buildTarget, sleep, startTarget, threadState, type Target } from './lib/targets'
 import { childrenOf } from '../lib/pstree'
 import { readImage } from '../lib/image/decode'
@@ -387,4 +388,29 @@ t.test('python3 multiprocessing.Pool: the parent and its workers are one tree; r
   await target.waitFor(new RegExp(`(?:.*\\n){${lines + 5}}`))
   const sums = numbersIn(target.text())
   t.same(sums, sums.map((_, i) => 10 * i + 45), 'every map of the pool returned the right sum, in order, after the resume')
+})
+
+t.test('a user\'s tree holding a setuid-root child: its private files belong to root, so a copy shows the user nothing of the child', async (t) => {
+  const user = attacker()
+  const dir = workdir(t)
+  fs.chmodSync(dir, 0o755)
+  const suid = path.join(dir, 'suid-sleep')
+  fs.copyFileSync('/bin/sleep', suid)
+  fs.chmodSync(suid, 0o4755)
+  const target = await launch(t, asUser(user, ['sh', '-c', `"${suid}" 1000 & echo "child=$!"; wait`]), { dir, ready: (tg) => /^child=\d+$/m.test(tg.text()) })
+  const child = Number(/^child=(\d+)$/m.exec(target.text())![1])
+  target.alsoKill(child)
+  await waitUntil('the setuid child to run its program', () => fs.statSync(`/proc/${child}/environ`).uid === 0)
+  t.equal(fs.statSync(`/proc/${target.pid}/environ`).uid, user.uid, 'the shell\'s private files are the user\'s in /proc')
+  const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  endAtTeardown(t, ck)
+  t.ok(fs.existsSync(path.join(ck, `task-${child}`)), 'the setuid child is in the tree')
+  for (const pid of [target.pid, child]) t.equal(fs.statSync(path.join(ck, `task-${pid}`, 'environ')).uid, 0, `task-${pid}/environ belongs to root`)
+  t.equal(fs.statSync(`${ck}.image`).uid, 0, 'and so does the image')
+  const copy = path.join(dir, 'copy')
+  execFileSync('cp', ['-a', ck, copy])
+  fs.chmodSync(copy, 0o755)
+  const read = runAs(user, ['cat', path.join(copy, `task-${child}`, 'environ')])
+  t.not(read.status, 0, 'the user cannot read the child\'s environ in a copy')
+  t.match(read.stderr, /Permission denied/, 'Permission denied')
 })
