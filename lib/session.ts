@@ -62,8 +62,12 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   private async openCheckpoint(pid: number, mode: CheckpointMode, inspect: boolean): Promise<string> {
-    const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
-    if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
+    // Frozen as the root of a tree, or as one of its descendants.
+    const running = [...this.checkpoints.values()].find((c) => c.mode === 'lazy' && !c.ended && c.tree.tasks.some((task) => task.pid === pid))
+    if (running) {
+      const within = running.pid === pid ? '' : ` (in the tree of ${running.pid})`
+      throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already${within}`, 'EBUSY'))
+    }
     // PID 1 is everyone's ancestor: Checkpoint.open refuses it with its own reason.
     if (mode === 'lazy' && pid !== 1) this.refuseCallerAncestor(pid)
     // A copy of the caller's ancestor: the caller waits inside the mount for the answer and
