@@ -101,6 +101,12 @@ export interface Addon {
    * so the call is issued again (its timeout restarts from the full value).
    */
   thaw(pid: number, kill: boolean): Promise<void>
+  /**
+   * Freezes several processes side by side (their threads are all interrupted before any
+   * stop is awaited): the children of a process tree found in one pass. Each succeeds or
+   * fails on its own: its threads, or the error freeze would have thrown for it.
+   */
+  freezeMany(pids: number[]): Promise<Array<{ pid: number; threads?: FrozenThread[]; error?: Error & { code?: string } }>>
   /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
   getThreadRegisters(tid: number): Promise<ThreadRegisters>
   /** PTRACE_SETREGS on a frozen thread (used to fix up restart state before thaw). */
@@ -157,6 +163,8 @@ export interface Addon {
   // ---- files (synchronous: each is one fast system call) ----
   /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */
   kcmpFile(pid: number, fd1: number, fd2: number): number
+  /** kcmp(pid1, pid2, KCMP_FILE, fd1, fd2): the same answer across two processes of a tree. */
+  kcmpFileAcross(pid1: number, fd1: number, pid2: number, fd2: number): number
   /**
    * Sorts `fds` with kcmp(KCMP_FILE) in one call and returns, for each fd (same positions),
    * the lowest fd sharing its open file description. Throws if kcmp cannot compare two.

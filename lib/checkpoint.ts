@@ -1,5 +1,5 @@
-// One checkpoint of one process: freezing it, capturing it (lazily or all at once), the
-// checkpoint-N directory, and ending it through `done`.
+// One checkpoint of a process and all its descendants (lib/pstree.ts): freezing them,
+// capturing them (lazily or all at once), the checkpoint-N directory, and ending it through `done`.
 //
 // Why no task is ever left frozen: threads are seized without PTRACE_O_EXITKILL, so if this
 // server dies for any reason the kernel detaches them and they run on; `done`, `umount` and
@@ -9,18 +9,20 @@
 import * as fs from 'fs'
 import { currentBootId } from './boot'
 import { CkptError, errnoOf, messageOf } from './errors'
-import { captureFileTable } from './fdtable'
 import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
-import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, asTid } from './model'
+import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, type TreeImage } from './model'
 import { lifeState, waitUntil } from './lifecycle'
 import { native } from './native'
+import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
 import { readProcText, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
+import { zombieDir } from './task/zombie'
+import { captureTreeFiles, taskFileTables } from './treefiles'
 import { attr, bytes, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
 
 export type CheckpointState = 'frozen' | 'running' | 'ended'
@@ -34,7 +36,7 @@ export class Checkpoint {
   private failure: string | undefined
   private ending: Promise<void> | undefined
   /** The condensed image, sized once and then read in pieces. */
-  readonly image = lazy(() => imageSource(this.task, { mode: this.mode, bootId: this.bootId }))
+  readonly image = lazy(() => imageSource(this.task, { mode: this.mode, bootId: this.bootId, others: this.tree.tasks.slice(1), zombies: this.tree.zombies }))
   /** The boot this checkpoint was made on (lib/boot.ts). */
   readonly bootId = currentBootId()
 
@@ -42,10 +44,21 @@ export class Checkpoint {
     readonly id: number,
     readonly pid: Pid,
     readonly mode: CheckpointMode,
-    readonly task: TaskImage,
+    /** PID (the root) and its descendants, parents first. */
+    readonly tree: TreeImage,
     /** Who the tree and image belong to: whom /proc shows as the owners of /proc/PID and its files. */
     readonly owner: TaskOwners,
   ) {}
+
+  /** The root process, PID itself. */
+  get task(): TaskImage {
+    return this.tree.tasks[0]
+  }
+
+  /** Every live process of the tree, root first. */
+  private get pids(): Pid[] {
+    return this.tree.tasks.map((t) => t.pid)
+  }
 
   get name(): string {
     return `checkpoint-${this.id}`
@@ -56,72 +69,80 @@ export class Checkpoint {
   }
 
   /**
-   * Freezes `pid` and opens a checkpoint of it. In copy mode everything is captured now and
-   * the task runs on before this returns; in lazy mode it stays frozen until end().
+   * Freezes `pid` with all its descendants and opens a checkpoint of them. In copy mode
+   * everything is captured now and the tree runs on before this returns; in lazy mode it
+   * stays frozen until end().
    */
-  static async open(id: number, pid: Pid, mode: CheckpointMode): Promise<Checkpoint> {
+  static async open(id: number, pid: Pid, mode: CheckpointMode, leaveOut: ReadonlyMap<number, string> = new Map()): Promise<Checkpoint> {
     assertProcessExists(pid)
     // Copy mode: the buffer for the pages is sized and touched while the task still runs, so
     // the task is stopped only for the copy itself (first touches are the costly part here).
     const arena = mode === 'copy' ? await native.allocTouched(Math.ceil((await planCopy(pid)).bytes * 1.02) + 4096) : undefined
-    const frozen = await native.freeze(pid).catch((err: unknown) => {
+    const frozen: FrozenTree = await freezeTree(pid, leaveOut).catch((err: unknown) => {
+      if (err instanceof CkptError) throw err
       throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(pid, err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')
     })
-    const tids: Tid[] = frozen.map((t) => asTid(t.tid))
+    const frozenPids = frozen.live.map((t) => t.pid)
     let owner: TaskOwners
     try {
-      owner = procOwner(pid)
+      owner = treeOwner(frozenPids)
     } catch (err) {
-      await native.thaw(pid, false).catch(() => undefined)
+      await thawTasks(frozenPids, false).catch(() => undefined)
       throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
     }
     const copy = mode === 'copy'
-    const task: TaskImage = {
-      pid,
+    // One files/ for the whole tree: a description several tasks hold is captured once.
+    const tableOf = taskFileTables(lazy(() => captureTreeFiles(frozenPids, { copy })))
+    const tasks = frozen.live.map(({ pid: taskPid, tids }): TaskImage => ({
+      pid: taskPid,
       tids,
-      process: lazy(() => captureProcess(pid, tids)),
-      threads: lazy(() => captureThreads(pid, tids)),
-      vmas: lazy(() => captureVmas(pid, mode, arena)),
-      fileTable: lazy(() => captureFileTable(pid, { copy })),
-    }
-    const checkpoint = new Checkpoint(id, pid, mode, task, owner)
+      process: lazy(() => captureProcess(taskPid, tids)),
+      threads: lazy(() => captureThreads(taskPid, tids)),
+      // The arena was sized for the root's pages; the others get buffers of their own.
+      vmas: lazy(() => captureVmas(taskPid, mode, taskPid === pid ? arena : undefined)),
+      fileTable: tableOf(taskPid),
+    }))
+    const checkpoint = new Checkpoint(id, pid, mode, { root: pid, tasks, zombies: frozen.zombies, left: frozen.left }, owner)
     if (copy) {
       try {
-        await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
+        await Promise.all(tasks.flatMap((task) => [task.process(), task.threads(), task.vmas(), task.fileTable()]))
       } catch (err) {
-        await native.thaw(pid, false).catch(() => undefined)
+        await thawTasks(frozenPids, false).catch(() => undefined)
         throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
       }
-      await native.thaw(pid, false)
+      await thawTasks(frozenPids, false)
       checkpoint.state = 'running'
     }
     return checkpoint
   }
 
   /**
-   * Ends the checkpoint: resumes the task (or kills it) and forgets the captured state. A kill
-   * returns once every thread is dead (gone, or a zombie only its parent can reap), so a
-   * script may restore right after it.
+   * Ends the checkpoint: resumes every task of the tree (or kills them all) and forgets the
+   * captured state. A kill returns once every thread is dead (gone, or a zombie only its
+   * parent can reap), so a script may restore right after it.
    */
   end(action: 'resume' | 'kill'): Promise<void> {
     this.ending ??= (async () => {
       const wasFrozen = this.state === 'frozen' && this.failure === undefined
       this.state = 'ended'
       if (action === 'kill') {
-        if (wasFrozen) await native.thaw(this.pid, true)
-        else if (this.mode === 'copy') safeKill(this.pid)
+        if (wasFrozen) await thawTasks(this.pids, true)
+        else if (this.mode === 'copy') [...this.pids].reverse().forEach(safeKill)
         await this.awaitDeath()
       } else if (wasFrozen) {
-        await native.thaw(this.pid, false)
+        await thawTasks(this.pids, false)
       }
     })()
     return this.ending
   }
 
   private async awaitDeath(): Promise<void> {
-    const ids = [this.pid, ...this.task.tids]
+    const ids = this.tree.tasks.flatMap((t) => [t.pid, ...t.tids])
     const dead = await waitUntil(() => ids.every((id) => lifeState(id) !== 'alive'), { limitMs: KILL_WAIT_MS })
-    if (!dead) throw new CkptError(`process ${this.pid} was sent SIGKILL but is still alive after ${KILL_WAIT_MS / 1000} s`, 'EBUSY')
+    if (!dead) {
+      const alive = this.pids.filter((p) => lifeState(p) === 'alive')
+      throw new CkptError(`process ${alive.join(', ')} of the tree of ${this.pid} was sent SIGKILL but is still alive after ${KILL_WAIT_MS / 1000} s`, 'EBUSY')
+    }
   }
 
   /**
@@ -139,10 +160,13 @@ export class Checkpoint {
   /** One line: frozen | running | error: WHY (SPEC "The tree"). */
   async status(): Promise<string> {
     if (this.failure) return `error: ${this.failure}`
-    if (this.state === 'frozen' && !isAlive(this.pid)) {
-      this.failure = `process ${this.pid} exited while frozen`
-      // Reaps the ptrace notifications so the real parent can see the exit.
-      await native.thaw(this.pid, false).catch(() => undefined)
+    const exited = this.state === 'frozen' ? this.pids.find((p) => !isAlive(p)) : undefined
+    if (exited !== undefined) {
+      const tree = this.pids.length > 1 ? ` (of the tree of ${this.pid}; the others run on)` : ''
+      this.failure = `process ${exited} exited while frozen${tree}`
+      // Reaps the ptrace notifications so the real parent can see the exit; the tree can no
+      // longer be restored whole, so nothing stays frozen for it.
+      await thawTasks(this.pids, false).catch(() => undefined)
       return `error: ${this.failure}`
     }
     const problems = await this.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
@@ -160,19 +184,26 @@ export class Checkpoint {
    * blocked in a call is seen elsewhere, a single-step trap kills the task if the server dies).
    */
   async problems(): Promise<Problem[]> {
-    const [table, vmas, state] = await Promise.all([this.task.fileTable(), this.task.vmas(), this.processFacts()])
+    const table = await this.task.fileTable()
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
-    return [...fileProblems, ...processProblems({ pid: this.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)]
+    // A lone process keeps the words it always had; in a tree each problem names its task.
+    const inTree = this.tree.tasks.length + this.tree.zombies.length + this.tree.left.length > 1
+    const taskProblems = await Promise.all(this.tree.tasks.map(async (task) => {
+      const [vmas, state] = await Promise.all([task.vmas(), this.processFacts(task)])
+      const found = processProblems({ pid: task.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)
+      return inTree ? found.map((p) => ({ where: `task-${task.pid}/${p.where}`, why: p.why })) : found
+    }))
+    return [...fileProblems, ...taskProblems.flat(), ...treeProblems(this.tree)]
   }
 
   /** Seccomp mode and live threads: as captured in copy mode (the task runs on), else from /proc. */
-  private async processFacts(): Promise<{ seccompMode: number; liveTids: number[] }> {
+  private async processFacts(task: TaskImage): Promise<{ seccompMode: number; liveTids: number[] }> {
     if (this.mode === 'copy') {
-      const [proc, threads] = await Promise.all([this.task.process(), this.task.threads()])
+      const [proc, threads] = await Promise.all([task.process(), task.threads()])
       return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
     }
-    const status = new StatusFields(await readProcText(this.pid, 'status'))
-    return { seccompMode: status.number('Seccomp'), liveTids: this.task.tids.filter((tid) => threadAlive(this.pid, tid)) }
+    const status = new StatusFields(await readProcText(task.pid, 'status'))
+    return { seccompMode: status.number('Seccomp'), liveTids: task.tids.filter((tid) => threadAlive(task.pid, tid)) }
   }
 
   /**
@@ -200,16 +231,21 @@ export class Checkpoint {
       // One line per problem; none makes an empty file (not a lone newline), so `[ -s problems ]` tests it.
       bytes('problems', async (c) => Buffer.from((await c.problems()).map((p) => `${p.where}: ${p.why}\n`).join(''))),
       { name: 'files', make: (c, s) => filesDir(c.task.fileTable, { key: `${s.key}/files`, cache: s.cache }) },
-      {
-        name: `task-${this.pid}`,
+      // One task-PID/ per process of the tree; listing them captures nothing.
+      ...this.tree.tasks.map((task): TableEntry<Checkpoint> => ({
+        name: `task-${task.pid}`,
         make: (c, s) => {
-          const key = `${s.key}/task-${c.pid}`
+          const key = `${s.key}/task-${task.pid}`
           // A frozen task's fd numbers do not change: list them straight from /proc. A task
           // that runs on (copy mode) is shown as captured.
-          const names = c.mode === 'lazy' ? () => listFds(c.pid) : undefined
-          return taskDir(c.task, { key, cache: s.cache }, fdsDir(c.task.fileTable, { key: `${key}/fds`, cache: s.cache }, names))
+          const names = c.mode === 'lazy' ? () => listFds(task.pid) : undefined
+          return taskDir(task, { key, cache: s.cache }, fdsDir(task.fileTable, { key: `${key}/fds`, cache: s.cache }, names))
         },
-      },
+      })),
+      ...this.tree.zombies.map((zombie): TableEntry<Checkpoint> => ({
+        name: `task-${zombie.pid}`,
+        make: (_c, s) => zombieDir(zombie, { key: `${s.key}/task-${zombie.pid}`, cache: s.cache }),
+      })),
     ]
     return { ...tableDir<Checkpoint>(this, entries, scope, PUBLIC), owner: this.owner }
   }
@@ -222,6 +258,28 @@ function assertProcessExists(pid: Pid): void {
   // Freezing init would stall every process that waits on it (reaping, shutdown).
   if (pid === 1) throw new CkptError('process 1 is init: it cannot be checkpointed', 'EPERM')
   if (pid === process.pid) throw new CkptError(`process ${pid} is this ckptfs server`, 'EINVAL')
+}
+
+/**
+ * The owners of a tree's checkpoint: the root's, as below; if another task's private files
+ * belong to someone else (a setuid child, a child that dropped privileges), the private part
+ * belongs to root, so no copy shows one user another's memory.
+ */
+function treeOwner(pids: Pid[]): TaskOwners {
+  const [root, ...others] = pids.map(procOwner)
+  const mixed = others.some((o) => o.data.uid !== root.data.uid || o.data.gid !== root.data.gid)
+  return mixed ? { task: root.task, data: { uid: 0, gid: 0 } } : root
+}
+
+/**
+ * What keeps a tree from being restored today: restore brings back one process (the root),
+ * so every other process of the tree is a problem (README, Limitations).
+ */
+function treeProblems(tree: TreeImage): Problem[] {
+  const others = [...tree.tasks.slice(1).map((t) => ({ pid: t.pid, what: 'process' })), ...tree.zombies.map((z) => ({ pid: z.pid, what: 'zombie' }))]
+  const notRestorable = others.map(({ pid, what }) => ({ where: `task-${pid}`, why: `a ${what} of the tree of ${tree.root}: process trees cannot be restored yet (a restore brings back the root process alone)` }))
+  const leftOut = tree.left.map(({ pid, why }) => ({ where: `process ${pid}`, why: `a descendant of ${tree.root} left out of the checkpoint, with its own descendants: ${why}` }))
+  return [...notRestorable, ...leftOut]
 }
 
 /**

@@ -47,6 +47,25 @@ interface Sharing {
   /** The fds of one description, ascending. */
   probes: FdProbe[]
   handler: FileHandler
+  /** What every fd of the description shows alike: only descriptions with one key can be one. */
+  key: string
+}
+
+/**
+ * Who numbers the descriptions: the task alone (1..N by lowest fd), or a process tree whose
+ * tasks share descriptions (lib/treefiles.ts). `claim` answers the ObjRef of the description
+ * whose lowest fd in task `pid` is `fd`, and whether it is new to the checkpoint (captured
+ * here) or was captured with another task of the tree already.
+ */
+export interface DescriptionClaims {
+  claim(pid: Pid, fd: number, key: string): { objref: ObjRef; fresh: boolean }
+  /** Pipe and fifo peeks by pipe identity, so the bytes of a pipe are read once per checkpoint. */
+  readonly peeks: Map<string, Lazy<Buffer>>
+}
+
+function ownClaims(): DescriptionClaims {
+  let next = 0
+  return { claim: () => ({ objref: asObjRef(++next), fresh: true }), peeks: new Map() }
 }
 
 /**
@@ -64,7 +83,7 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
     const key = `${mntId}\0${ino}\0${flags & ~O_CLOEXEC}\0${pos}\0${probe.target}\0${handler.identity?.(probe) ?? ''}`
     const group = groups.get(key)
     if (group) group.probes.push(probe)
-    else groups.set(key, { probes: [probe], handler })
+    else groups.set(key, { probes: [probe], handler, key })
   }
   const shared: Sharing[] = []
   for (const group of groups.values()) {
@@ -84,7 +103,7 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
       if (run) run.push(probe)
       else byLowest.set(lowest[i], [probe])
     })
-    for (const run of byLowest.values()) shared.push({ probes: run, handler: group.handler })
+    for (const run of byLowest.values()) shared.push({ probes: run, handler: group.handler, key: group.key })
   }
   for (const s of shared) s.probes.sort((a, b) => a.fd - b.fd)
   return shared.sort((a, b) => a.probes[0].fd - b.probes[0].fd)
@@ -96,7 +115,7 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
  * Lazy parts (pipe data, unlinked contents, other links) are read when first asked for, or
  * all before this returns with `copy`, after which the task may run on.
  */
-export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promise<FileTable> {
+export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims: DescriptionClaims = ownClaims()): Promise<FileTable> {
   const fds = await listFds(pid)
   const probes = await readFds(pid, fds)
   // The socket tables take long to generate when there are many sockets: start now, while kcmp sorts.
@@ -105,10 +124,11 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
   const shared = shareDescriptions(pid, probes, native.kcmpGroups.bind(native))
 
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
+  const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
   shared.forEach((s, i) => {
-    for (const probe of s.probes) described.set(probe.fd, { objref: asObjRef(i + 1), probe })
+    for (const probe of s.probes) described.set(probe.fd, { objref: claimed[i].objref, probe })
   })
-  const peeks = new Map<string, Lazy<Buffer>>()
+  const peeks = claims.peeks
   const pathStats = new Map<string, Promise<InodeStat | undefined>>()
   const root = `/proc/${pid}/root`
   // /proc/PID/fd links show paths as seen from OUR root. For a task whose root is ours (or the
@@ -126,7 +146,7 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
     },
     openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
     described: (fd) => described.get(fd),
-    descriptions: shared.map((s, i) => ({ objref: asObjRef(i + 1), probe: s.probes[0] })),
+    descriptions: shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
     epollTargetIs: (fd, efd, tfd, toff) => {
       try {
         return native.kcmpEpollTarget(pid, fd, efd, tfd, toff) === 0
@@ -144,7 +164,9 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promi
     links: linkFinder(root, mounts),
   }
 
-  const captured = await mapLimit(shared, captureConcurrency, async (s): Promise<[FileHandler, FileDescription]> => {
+  // A description another task of the tree holds too was captured with that task.
+  const fresh = shared.filter((_, i) => claimed[i].fresh)
+  const captured = await mapLimit(fresh, captureConcurrency, async (s): Promise<[FileHandler, FileDescription]> => {
     const first = s.probes[0]
     // fdinfo adds O_CLOEXEC for a close-on-exec fd; the description's own flags are what all its fds show.
     const flags = s.probes.reduce((all, p) => all & p.fdinfo.flags, -1) >>> 0
@@ -239,6 +261,12 @@ async function taskDirName(top: SavedDir, taskDir: string | undefined): Promise<
  * epoll items, ranges) is checked by lib/restore/validate.ts, for trees and images alike.
  * Errors are CkptErrors naming the file relative to the tree root. Lazy parts read the saved files.
  */
+/** Reads TASK/fds/FD/ of a saved tree alone: a tree's other tasks, whose fds name the files loadFileTable read. */
+export async function loadTaskFds(root: StoredDir, taskDir: string): Promise<FdEntry[]> {
+  const fdsDir = new SavedDir(root, '').dir(taskDir).dir('fds')
+  return mapInOrder(fdsDir.decimalNames(0), (fd) => loadFd(fdsDir.numbered(fd), fd))
+}
+
 export async function loadFileTable(root: StoredDir, taskDir?: string): Promise<FileTable> {
   const top = new SavedDir(root, '')
   const filesDir = top.dir('files')

@@ -427,3 +427,26 @@ export type CheckpointMode = 'lazy' | 'copy'
 
 /** Things that prevent a restore, one line each ("files/7: socket: not checkpointable ..."). */
 export type Problem = { where: string; why: string }
+
+// ---------------------------------------------------------------------------------------
+// Process trees: a checkpoint holds a process and all its descendants
+
+/** A process of the tree that has exited and waits for its parent (also of the tree) to reap it. */
+export interface ZombieTask {
+  pid: Pid
+  ppid: number
+  pgid: number
+  sid: number
+  comm: string
+  /** What the parent's waitpid gets (exit code << 8, or the signal number | 0x80 with a core dump). */
+  exitStatus: number
+}
+
+/** A checkpoint's processes: the root first, parents before their children. */
+export interface TreeImage {
+  root: Pid
+  tasks: TaskImage[]
+  zombies: ZombieTask[]
+  /** Descendants not in the checkpoint (the ckptfs process asking for it), and why. */
+  left: Array<{ pid: Pid; why: string }>
+}

@@ -62,14 +62,22 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   private async openCheckpoint(pid: number, mode: CheckpointMode, inspect: boolean): Promise<string> {
-    const running = [...this.checkpoints.values()].find((c) => c.pid === pid && c.mode === 'lazy' && !c.ended)
-    if (running) throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already`, 'EBUSY'))
+    // Frozen as the root of a tree, or as one of its descendants.
+    const running = [...this.checkpoints.values()].find((c) => c.mode === 'lazy' && !c.ended && c.tree.tasks.some((task) => task.pid === pid))
+    if (running) {
+      const within = running.pid === pid ? '' : ` (in the tree of ${running.pid})`
+      throw this.remember(pid, new CkptError(`process ${pid} is frozen by ${running.name} already${within}`, 'EBUSY'))
+    }
     // PID 1 is everyone's ancestor: Checkpoint.open refuses it with its own reason.
     if (mode === 'lazy' && pid !== 1) this.refuseCallerAncestor(pid)
+    // A copy of the caller's ancestor: the caller waits inside the mount for the answer and
+    // could not stop; it (with anything below it) stays out of the tree.
+    const caller = mode === 'copy' ? this.callerBelow(pid) : undefined
+    const leaveOut = new Map(caller !== undefined && caller !== pid ? [[caller, 'the process asking for the checkpoint']] : [])
     const id = this.nextId++
     let checkpoint: Checkpoint
     try {
-      checkpoint = await Checkpoint.open(id, asPid(pid), mode)
+      checkpoint = await Checkpoint.open(id, asPid(pid), mode, leaveOut)
     } catch (err) {
       throw this.remember(pid, asCommandError(err))
     }
@@ -90,12 +98,17 @@ export class Session extends EventEmitter<SessionEvents> {
    * them (its shell, or any ancestor of the command), nothing could ever write `done`.
    */
   private refuseCallerAncestor(pid: number): void {
-    const file = this.controlFilePath
-    if (file === undefined) return
-    const caller = [pid, ...descendantsOf(pid)].find((p) => p !== process.pid && holds(p, file))
+    const caller = this.callerBelow(pid)
     if (caller === undefined) return
     const who = caller === pid ? 'the process asking for it' : `an ancestor of the process asking for it (pid ${caller})`
     throw this.remember(pid, new CkptError(`process ${pid} is ${who}: freezing it would freeze the caller for good; use --copy (write "${pid} copy") to inspect it`, 'EDEADLK'))
+  }
+
+  /** PID or the descendant of PID that holds the control file open (the one asking), if any. */
+  private callerBelow(pid: number): number | undefined {
+    const file = this.controlFilePath
+    if (file === undefined) return undefined
+    return [pid, ...descendantsOf(pid)].find((p) => p !== process.pid && holds(p, file))
   }
 
   /**

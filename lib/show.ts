@@ -10,8 +10,10 @@ import { CkptError } from './errors'
 import { handlerOf } from './files/index'
 import { loadTree } from './image/convert'
 import { readImage } from './image/decode'
-import type { CheckpointMode, FileDescription, FileTable, ProcessState, ThreadState, Vma } from './model'
-import { imageFileIn } from './restore/load'
+import { DiskDir } from './files/saved'
+import type { CheckpointMode, FileDescription, FileTable, ProcessState, ThreadState, Vma, ZombieTask } from './model'
+import { imageFileIn, parseSaved } from './restore/load'
+import type { TreeTaskParts } from './restore/validate'
 
 interface Shown {
   source: string
@@ -20,6 +22,9 @@ interface Shown {
   threads: ThreadState[]
   vmas: Vma[]
   fileTable: FileTable
+  /** The rest of a process tree: its other processes and zombies. */
+  others?: TreeTaskParts[]
+  zombies?: ZombieTask[]
 }
 
 export async function showCheckpoint(target: string): Promise<string> {
@@ -33,7 +38,14 @@ async function load(target: string): Promise<Shown> {
   let image = target
   if (stat.isDirectory()) {
     const names = await fs.promises.readdir(target)
-    if (names.some((n) => /^task-[0-9]+$/.test(n))) {
+    const taskDirs = names.filter((n) => /^task-[0-9]+$/.test(n))
+    if (taskDirs.length > 1) {
+      // A process tree: parsed (not validated) as a restore would read it.
+      const saved = await parseSaved(new DiskDir(target), target)
+      const mode = names.includes('mode') ? fs.readFileSync(path.join(target, 'mode'), 'utf8').trim() : 'unknown'
+      return { source: `saved tree ${target}`, mode: mode === 'lazy' || mode === 'copy' ? mode : 'unknown', ...saved }
+    }
+    if (taskDirs.length === 1) {
       const { task, mode } = await loadTree(target)
       const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
       return { source: `saved tree ${target}`, mode: mode ?? 'unknown', process, threads, vmas, fileTable }
@@ -97,7 +109,24 @@ function summary(s: Shown): string {
       lines.push(`  files/${f.objref} (fd ${used.join(', ') || '-'}): ${f.notCheckpointable}`)
     }
   }
+  lines.push(...treeSummary(s))
   return lines.join('\n') + '\n'
+}
+
+/** The other processes of a tree, one line each (the root is shown above in full). */
+function treeSummary(s: Shown): string[] {
+  const others = s.others ?? []
+  const zombies = s.zombies ?? []
+  if (others.length === 0 && zombies.length === 0) return []
+  return [
+    '',
+    `process tree: ${1 + others.length + zombies.length} processes (the root above, ${others.length} more, ${zombies.length} zombies)`,
+    ...table([
+      ['PID', 'PPID', 'PGID', 'SID', 'THREADS', 'STORED', 'FDS', 'COMM'],
+      ...others.map((o) => [String(o.pid), String(o.process.ppid), String(o.process.pgid), String(o.process.sid), String(o.threads.length), size(o.vmas.reduce((sum, v) => sum + v.pages.size, 0)), String(o.fds.length), o.process.comm]),
+      ...zombies.map((z) => [String(z.pid), String(z.ppid), String(z.pgid), String(z.sid), 'zombie', '-', '-', `${z.comm} (exit status ${z.exitStatus})`]),
+    ]),
+  ]
 }
 
 /** The target, and what only this type has that a reader wants at a glance (its handler says). */

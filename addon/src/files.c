@@ -36,6 +36,22 @@ napi_value js_kcmp_file(napi_env env, napi_callback_info info) {
   return make_i32(env, (int32_t)r);
 }
 
+// kcmpFileAcross: the same comparison between fds of two processes (a tree's tasks share
+// descriptions inherited over fork or passed over SCM_RIGHTS).
+napi_value js_kcmp_file_across(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t pid1, fd1, pid2, fd2;
+  if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid1", &pid1) || !get_i32(env, argv[1], "fd1", &fd1) ||
+      !get_i32(env, argv[2], "pid2", &pid2) || !get_i32(env, argv[3], "fd2", &fd2))
+    return NULL;
+  long r = syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2);
+  if (r < 0) {
+    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid1, pid2, fd1, fd2);
+    return NULL;
+  }
+  return make_i32(env, (int32_t)r);
+}
+
 // kcmpGroups: sorts fds with kcmp(KCMP_FILE) as the comparator (the kernel's order of the
 // struct file pointers) and labels each fd with the lowest fd of its open file description.
 // One native call instead of n log n calls from JavaScript: 10,000 fds of /dev/null form one

@@ -252,6 +252,79 @@ typedef struct {
   size_t nout;
 } freeze_task_t;
 
+// Seizes and interrupts every thread /proc/PID/task lists that p does not hold yet. Returns
+// how many were new (0: every listed thread is held), or -1 with err set.
+static long seize_listed(frozen_proc_t *p, nerr_t *err) {
+  size_t n;
+  pid_t *tids = list_tasks(p->pid, &n);
+  if (!tids) {
+    nerr_set(err, errno == ENOENT ? ESRCH : errno, "opendir(/proc/%d/task)", p->pid);
+    return -1;
+  }
+  long added = 0;
+  for (size_t i = 0; i < n; i++) {
+    pid_t tid = tids[i];
+    int known = 0;
+    for (size_t j = 0; j < p->n && !known; j++) known = p->threads[j].tid == tid;
+    if (known) continue;
+    if (ptrace(PTRACE_SEIZE, tid, 0, 0) < 0) {
+      int e = errno;
+      if (e == ESRCH) continue;  // exited meanwhile
+      // A zombie (e.g. a leader that called pthread_exit) cannot be seized and needs no stop;
+      // nor can a thread that is exiting (the kernel refuses once its exit state is set),
+      // which may be gone (or dead, 'X') by the time we look.
+      if (e == EPERM) {
+        char state = thread_state(p->pid, tid);
+        if (state == 'Z' || state == 'X' || state == '?') continue;
+      }
+      nerr_set(err, e, "ptrace(PTRACE_SEIZE, tid %d)", tid);
+      free(tids);
+      return -1;
+    }
+    if (proc_add_thread(p, tid) < 0) {
+      ptrace(PTRACE_INTERRUPT, tid, 0, 0);
+      orphan_add(tid, ORPHAN_DETACH);
+      nerr_set(err, ENOMEM, "freeze(pid %d)", p->pid);
+      free(tids);
+      return -1;
+    }
+    added++;
+    if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0 && errno != ESRCH) {
+      nerr_set(err, errno, "ptrace(PTRACE_INTERRUPT, tid %d)", tid);
+      free(tids);
+      return -1;
+    }
+  }
+  free(tids);
+  return added;
+}
+
+// Round after round: collect the stops of the threads seized last round (dropping the ones
+// that died), then seize what /proc lists anew. A round that finds nothing new means every
+// thread is stopped (a clone in progress shows its child in /proc before the parent can stop).
+// The first round's threads must have been seized already (seize_listed).
+static int freeze_rounds(frozen_proc_t *p, size_t first_new, int64_t deadline, nerr_t *err) {
+  for (;;) {
+    for (size_t i = first_new; i < p->n;) {
+      int r = wait_event_stop(&p->threads[i], deadline, err);
+      if (r < 0) return -1;
+      if (r == 0)
+        p->threads[i] = p->threads[--p->n];
+      else
+        i++;
+    }
+    first_new = p->n;
+    long added = seize_listed(p, err);
+    if (added < 0) return -1;
+    if (added == 0) break;
+  }
+  if (p->n == 0) {
+    nerr_set(err, ESRCH, "freeze(pid %d): no live thread", p->pid);
+    return -1;
+  }
+  return 0;
+}
+
 static void freeze_run(task_t *t) {
   freeze_task_t *ft = (freeze_task_t *)t;
   pid_t pid = ft->pid;
@@ -260,67 +333,7 @@ static void freeze_run(task_t *t) {
     return;
   }
   frozen_proc_t p = {.pid = pid};
-  int64_t deadline = mono_ms() + FREEZE_TIMEOUT_MS;
-
-  // Round after round: seize and interrupt every listed thread we do not have yet, then
-  // collect their stops. A round that finds nothing new means every thread is stopped (a
-  // clone in progress shows its child in /proc before the parent can stop).
-  for (;;) {
-    size_t n;
-    pid_t *tids = list_tasks(pid, &n);
-    if (!tids) {
-      nerr_set(&t->err, errno == ENOENT ? ESRCH : errno, "opendir(/proc/%d/task)", pid);
-      goto fail;
-    }
-    size_t first_new = p.n;
-    for (size_t i = 0; i < n; i++) {
-      pid_t tid = tids[i];
-      int known = 0;
-      for (size_t j = 0; j < p.n && !known; j++) known = p.threads[j].tid == tid;
-      if (known) continue;
-      if (ptrace(PTRACE_SEIZE, tid, 0, 0) < 0) {
-        int e = errno;
-        if (e == ESRCH) continue;  // exited meanwhile
-        // A zombie (e.g. a leader that called pthread_exit) cannot be seized and needs no stop;
-        // nor can a thread that is exiting (the kernel refuses once its exit state is set),
-        // which may be gone (or dead, 'X') by the time we look.
-        if (e == EPERM) {
-          char state = thread_state(pid, tid);
-          if (state == 'Z' || state == 'X' || state == '?') continue;
-        }
-        nerr_set(&t->err, e, "ptrace(PTRACE_SEIZE, tid %d)", tid);
-        free(tids);
-        goto fail;
-      }
-      if (proc_add_thread(&p, tid) < 0) {
-        ptrace(PTRACE_INTERRUPT, tid, 0, 0);
-        orphan_add(tid, ORPHAN_DETACH);
-        nerr_set(&t->err, ENOMEM, "freeze(pid %d)", pid);
-        free(tids);
-        goto fail;
-      }
-      if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0 && errno != ESRCH) {
-        nerr_set(&t->err, errno, "ptrace(PTRACE_INTERRUPT, tid %d)", tid);
-        free(tids);
-        goto fail;
-      }
-    }
-    free(tids);
-    if (p.n == first_new) break;
-    // Collect the stops of this round's threads; drop the ones that died.
-    for (size_t i = first_new; i < p.n;) {
-      int r = wait_event_stop(&p.threads[i], deadline, &t->err);
-      if (r < 0) goto fail;
-      if (r == 0)
-        p.threads[i] = p.threads[--p.n];
-      else
-        i++;
-    }
-  }
-  if (p.n == 0) {
-    nerr_set(&t->err, ESRCH, "freeze(pid %d): no live thread", pid);
-    goto fail;
-  }
+  if (seize_listed(&p, &t->err) < 0 || freeze_rounds(&p, 0, mono_ms() + FREEZE_TIMEOUT_MS, &t->err) < 0) goto fail;
   ft->out = malloc(p.n * sizeof *ft->out);
   if (!ft->out || procs_insert(&p) < 0) {
     nerr_set(&t->err, ENOMEM, "freeze(pid %d)", pid);
@@ -367,6 +380,139 @@ napi_value js_freeze(napi_env env, napi_callback_info info) {
   ft->t.destroy = freeze_destroy;
   ft->pid = pid;
   return tracer_submit(env, &ft->t);
+}
+
+// freezeMany: several processes at once (the children found in one pass over a process
+// tree). Every process's threads are interrupted first, then the stops are collected, so the
+// processes stop side by side rather than one after the other. Each process succeeds or
+// fails on its own: the answer holds, per PID, its threads or its error.
+typedef struct {
+  task_t t;
+  size_t n;
+  pid_t *pids;
+  frozen_proc_t *procs;  // per PID; .threads NULL after a failure
+  nerr_t *errs;
+} freeze_many_t;
+
+static void freeze_many_run(task_t *t) {
+  freeze_many_t *fm = (freeze_many_t *)t;
+  int64_t deadline = mono_ms() + FREEZE_TIMEOUT_MS;
+  char *failed = calloc(fm->n ? fm->n : 1, 1);
+  if (!failed) {
+    nerr_set(&t->err, ENOMEM, "freezeMany");
+    return;
+  }
+  for (size_t i = 0; i < fm->n; i++) {
+    fm->procs[i] = (frozen_proc_t){.pid = fm->pids[i]};
+    if (frozen_find(fm->pids[i])) {
+      nerr_set(&fm->errs[i], EBUSY, "freeze(pid %d): already frozen", fm->pids[i]);
+      failed[i] = 1;
+    } else if (seize_listed(&fm->procs[i], &fm->errs[i]) < 0) {
+      failed[i] = 1;
+    }
+  }
+  for (size_t i = 0; i < fm->n; i++) {
+    if (!failed[i] && freeze_rounds(&fm->procs[i], 0, deadline, &fm->errs[i]) < 0) failed[i] = 1;
+  }
+  for (size_t i = 0; i < fm->n; i++) {
+    frozen_proc_t *p = &fm->procs[i];
+    if (!failed[i]) {
+      // The caller's copy of the threads; the tracker keeps its own.
+      frozen_thread_t *copy = malloc(p->n * sizeof *copy);
+      frozen_proc_t kept = *p;
+      if (copy && procs_insert(&kept) == 0) {
+        memcpy(copy, p->threads, p->n * sizeof *copy);
+        p->threads = copy;
+        continue;
+      }
+      free(copy);
+      nerr_set(&fm->errs[i], ENOMEM, "freeze(pid %d)", p->pid);
+    }
+    undo_seize(p);  // frees and clears p->threads
+  }
+  free(failed);
+}
+
+static napi_value freeze_many_settle(napi_env env, task_t *t) {
+  freeze_many_t *fm = (freeze_many_t *)t;
+  napi_value arr;
+  napi_create_array_with_length(env, fm->n, &arr);
+  for (size_t i = 0; i < fm->n; i++) {
+    napi_value o;
+    napi_create_object(env, &o);
+    napi_set_named_property(env, o, "pid", make_i32(env, fm->pids[i]));
+    frozen_proc_t *p = &fm->procs[i];
+    if (p->threads) {
+      napi_value threads;
+      napi_create_array_with_length(env, p->n, &threads);
+      for (size_t j = 0; j < p->n; j++) {
+        napi_value th;
+        napi_create_object(env, &th);
+        napi_set_named_property(env, th, "tid", make_i32(env, p->threads[j].tid));
+        napi_set_named_property(env, th, "status", make_i32(env, p->threads[j].status));
+        napi_set_element(env, threads, (uint32_t)j, th);
+      }
+      napi_set_named_property(env, o, "threads", threads);
+    } else {
+      napi_set_named_property(env, o, "error", nerr_to_js(env, &fm->errs[i]));
+    }
+    napi_set_element(env, arr, (uint32_t)i, o);
+  }
+  return arr;
+}
+
+static void freeze_many_destroy(task_t *t) {
+  freeze_many_t *fm = (freeze_many_t *)t;
+  for (size_t i = 0; i < fm->n; i++) free(fm->procs[i].threads);
+  free(fm->pids);
+  free(fm->procs);
+  free(fm->errs);
+  free(fm);
+}
+
+napi_value js_freeze_many(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!arg_count(env, info, 1, argv)) return NULL;
+  uint32_t n = 0;
+  bool is_array = false;
+  napi_is_array(env, argv[0], &is_array);
+  if (!is_array || napi_get_array_length(env, argv[0], &n) != napi_ok) {
+    throw_errno(env, EINVAL, "freezeMany: pids must be an array");
+    return NULL;
+  }
+  freeze_many_t *fm = calloc(1, sizeof *fm);
+  if (!fm) return NULL;
+  fm->n = n;
+  fm->pids = calloc(n ? n : 1, sizeof *fm->pids);
+  fm->procs = calloc(n ? n : 1, sizeof *fm->procs);
+  fm->errs = calloc(n ? n : 1, sizeof *fm->errs);
+  if (!fm->pids || !fm->procs || !fm->errs) {
+    free(fm->pids);
+    free(fm->procs);
+    free(fm->errs);
+    free(fm);
+    throw_errno(env, ENOMEM, "freezeMany");
+    return NULL;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    int32_t pid = 0;
+    napi_get_element(env, argv[0], i, &v);
+    int ok = get_i32(env, v, "pid", &pid);
+    if (!ok || pid <= 0) {
+      if (ok) throw_errno(env, EINVAL, "freezeMany(pid %d)", pid);
+      free(fm->pids);
+      free(fm->procs);
+      free(fm->errs);
+      free(fm);
+      return NULL;
+    }
+    fm->pids[i] = pid;
+  }
+  fm->t.run = freeze_many_run;
+  fm->t.settle = freeze_many_settle;
+  fm->t.destroy = freeze_many_destroy;
+  return tracer_submit(env, &fm->t);
 }
 
 // ---- thaw ----

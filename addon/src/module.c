@@ -311,19 +311,19 @@ static const async_entry_t async_fns[] = {
   {js_freeze}, {js_thaw}, {js_get_thread_registers}, {js_set_thread_registers}, {js_inject_batch},
   {js_peek_siginfo}, {js_read_memory}, {js_read_memory_into}, {js_scan_pagemap}, {js_peek_pipe},
   {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread}, {js_alloc_touched},
-  {js_crc32c_of_memory},
+  {js_crc32c_of_memory}, {js_freeze_many},
 };
 static const char *const async_names[] = {
   "freeze", "thaw", "getThreadRegisters", "setThreadRegisters", "injectBatch",
   "peekSiginfo", "readMemory", "readMemoryInto", "scanPagemap", "peekPipe",
   "spawnRestorer", "writeMemory", "setThreadState", "seizeThread", "allocTouched",
-  "crc32cOfMemory",
+  "crc32cOfMemory", "freezeMany",
 };
 
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 8];
+  napi_property_descriptor props[NASYNC + 9];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -336,7 +336,8 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 5] = (napi_property_descriptor){"xstateSize", NULL, js_xstate_size, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 6] = (napi_property_descriptor){"readMemoryIntoNow", NULL, js_read_memory_into_now, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 7] = (napi_property_descriptor){"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 8, props);
+  props[NASYNC + 8] = (napi_property_descriptor){"kcmpFileAcross", NULL, js_kcmp_file_across, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 9, props);
   return exports;
 }
 

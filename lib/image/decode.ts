@@ -7,11 +7,11 @@
 import * as fs from 'fs'
 import * as zlib from 'zlib'
 import { CkptError, messageOf } from '../errors'
-import { clipped, intoSource, type ByteSource, type FileExtent, type FdEntry, type FileDescription, type FileTable, type Pid, type ProcessState, type TaskImage, type ThreadState, type Vma } from '../model'
+import { clipped, intoSource, type ByteSource, type FileExtent, type FdEntry, type FileDescription, type FileTable, type Pid, type ProcessState, type TaskImage, type ThreadState, type Tid, type Vma, type ZombieTask } from '../model'
 import { handlerOf } from '../files/index'
 import { decodeMessage } from './codec'
 import {
-  descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, RecordPlace, threadFrom, vmaFrom,
+  descriptionFrom, fdEntryFrom, Fields, headerFrom, processFrom, RecordPlace, taskFrom, threadFrom, vmaFrom, zombieFrom,
   type ImageHeader, type RecordedVma,
 } from './records'
 import { CHUNK_SIZE, imageSchema, type ChunkFields, type RecordKind } from './schema'
@@ -30,6 +30,19 @@ export interface LoadedImage {
   /** The boot that made the checkpoint (lib/boot.ts), when the image says. */
   bootId: string | undefined
   /** The same parts as the TaskImage every consumer takes. */
+  task: TaskImage
+  /** The rest of a process tree (1.3): its other processes, parents first, and its zombies. */
+  others: LoadedTask[]
+  zombies: ZombieTask[]
+}
+
+/** A process of the tree other than the root; its fds refer to the root's files. */
+export interface LoadedTask {
+  pid: Pid
+  process: ProcessState
+  threads: ThreadState[]
+  vmas: Vma[]
+  fds: FdEntry[]
   task: TaskImage
 }
 
@@ -211,6 +224,20 @@ interface FileEntry {
 
 type MetadataKind = Exclude<RecordKind, 'pageChunk' | 'fileChunk' | 'trailer'>
 
+/** One process's records: the root's (after the header), or those after a task record. */
+interface TaskSection {
+  pid: Pid
+  tids: Tid[]
+  /** The task record; undefined for the root, which the header names. */
+  where: RecordPlace | undefined
+  process: ProcessState | undefined
+  threads: Array<{ thread: ThreadState; where: RecordPlace }>
+  fds: Array<{ fd: FdEntry; where: RecordPlace }>
+  vmas: Map<bigint, VmaEntry>
+}
+
+const newSection = (pid: Pid, tids: Tid[], where: RecordPlace | undefined): TaskSection => ({ pid, tids, where, process: undefined, threads: [], fds: [], vmas: new Map() })
+
 /** A record's kind, place and extent, from its tag and length. */
 interface RecordHead {
   kind: RecordKind | undefined
@@ -232,11 +259,10 @@ class ImageReader {
   /** Bytes of contents announced so far: never more than the image holds. */
   private announced = 0
   private header: ImageHeader | undefined
-  private process: ProcessState | undefined
-  private readonly threads: Array<{ thread: ThreadState; where: RecordPlace }> = []
+  /** The root's records, then one section per task record (a process tree). */
+  private readonly sections: TaskSection[] = []
   private readonly files = new Map<number, FileEntry>()
-  private readonly fds: Array<{ fd: FdEntry; where: RecordPlace }> = []
-  private readonly vmas = new Map<bigint, VmaEntry>()
+  private readonly zombies: Array<{ zombie: ZombieTask; where: RecordPlace }> = []
   private trailerSeen = false
   /** File bytes [unsummedFrom, unsummedTo), in the window, read but not yet fed to the checksum. */
   private unsummedFrom = 0
@@ -365,33 +391,48 @@ class ImageReader {
     if (kind === 'header') {
       if (this.header) f.fail('header', 'a second header')
       this.header = headerFrom(f)
+      this.sections.push(newSection(this.header.pid, this.header.tids, undefined))
       return
     }
     if (!this.header) throw new CkptError(`image: ${f.where}: before the header`, 'EINVAL')
+    const section = this.sections[this.sections.length - 1]
     switch (kind) {
-      case 'process':
-        if (this.process) f.fail('process', 'a second process record')
-        this.process = processFrom(f)
-        if (this.process.pid !== this.header.pid) f.fail('pid', `${this.process.pid}, but the header says ${this.header.pid}`)
+      case 'process': {
+        if (section.process) f.fail('process', section.where ? `a second process record after ${section.where}` : 'a second process record')
+        const process = processFrom(f)
+        if (process.pid !== section.pid) f.fail('pid', `${process.pid}, but ${section.where ?? 'the header'} says ${section.pid}`)
+        section.process = process
         return
+      }
       case 'thread':
-        this.threads.push({ thread: threadFrom(f), where: f.where })
+        section.threads.push({ thread: threadFrom(f), where: f.where })
+        return
+      case 'task': {
+        const task = taskFrom(f)
+        const twice = this.sections.find((other) => other.pid === task.pid)
+        if (twice) f.fail('pid', `process ${task.pid} is recorded twice (${twice.where ?? 'the header'} names it too)`)
+        this.sections.push(newSection(task.pid, task.tids, f.where))
+        return
+      }
+      case 'zombie':
+        this.zombies.push({ zombie: zombieFrom(f), where: f.where })
         return
       case 'file': {
+        if (section.where) f.fail('objref', `a file record after ${section.where}: a tree's files are described with the root, before the first task record`)
         const { description, contentsSize } = descriptionFrom(f, this.file.size)
         if (this.files.has(description.objref)) f.fail('objref', `${description.objref} is described twice`)
         this.files.set(description.objref, { description, where: f.where, contents: contentsSize === undefined ? undefined : this.announce(Number(contentsSize), f, 'pathFile.contentsSize') })
         return
       }
       case 'fd':
-        this.fds.push({ fd: fdEntryFrom(f), where: f.where })
+        section.fds.push({ fd: fdEntryFrom(f), where: f.where })
         return
       case 'vma': {
         const vma = vmaFrom(f)
-        if (this.vmas.has(vma.start)) f.fail('start', `a second mapping at 0x${vma.start.toString(16)}`)
+        if (section.vmas.has(vma.start)) f.fail('start', `a second mapping at 0x${vma.start.toString(16)}`)
         const stored = vma.stored.reduce((sum, run) => sum + run.length, 0n)
         if (stored > BigInt(this.file.size)) f.fail('stored', `${stored} bytes, more than the whole image`)
-        this.vmas.set(vma.start, { vma, where: f.where, contents: this.announce(Number(stored), f, 'stored') })
+        section.vmas.set(vma.start, { vma, where: f.where, contents: this.announce(Number(stored), f, 'stored') })
         return
       }
     }
@@ -463,7 +504,8 @@ class ImageReader {
       const missing = [key === undefined && fields.key.name, offset === undefined && 'offset', data === undefined && 'data', crc === undefined && 'crc32c'].filter(Boolean).join(', ')
       throw new CkptError(`image: ${where}: ${missing} missing`, 'EINVAL')
     }
-    const contents = kind === 'pageChunk' ? this.vmas.get(key)?.contents : this.files.get(Number(key))?.contents
+    // A page chunk belongs to a mapping of the process whose records it is among.
+    const contents = kind === 'pageChunk' ? this.sections[this.sections.length - 1]?.vmas.get(key)?.contents : this.files.get(Number(key))?.contents
     if (!contents) {
       const owner = kind === 'pageChunk' ? `mapping 0x${key.toString(16)}` : `objref ${key} with contents`
       throw new CkptError(`image: ${where}: no ${owner} described before it`, 'EINVAL')
@@ -528,19 +570,6 @@ class ImageReader {
 
   assemble(file: ImageFile): LoadedImage {
     const header = this.header!
-    const process = this.process
-    if (!process) throw new CkptError('image: no process record', 'EINVAL')
-
-    const listed = new Set(header.tids)
-    const threads = this.threads.map(({ thread, where }) => {
-      if (!listed.has(thread.tid)) throw new CkptError(`image: ${where}: thread ${thread.tid} is not in the header's thread list`, 'EINVAL')
-      return thread
-    })
-    const threadIds = new Set(threads.map((t) => t.tid))
-    if (threadIds.size !== threads.length) throw new CkptError('image: a thread is recorded twice', 'EINVAL')
-    const missing = header.tids.filter((tid) => !threadIds.has(tid))
-    if (missing.length > 0) throw new CkptError(`image: no thread record for thread ${missing.join(', ')}`, 'EINVAL')
-
     const files: FileDescription[] = []
     for (const { description, where, contents } of this.files.values()) {
       const mapping = handlerOf(description).image
@@ -553,8 +582,44 @@ class ImageReader {
         files.push(withContents(mapping.withContents, description, chunkedSource(file, contents), where))
       } else files.push(description)
     }
+
+    const [root, ...others] = this.sections.map((section) => this.assembleTask(section, file, files))
+    // A thread ID names one thread of the whole tree; a zombie is none of its live processes.
+    const tidOwner = new Map<number, Pid>()
+    for (const task of [root, ...others]) {
+      for (const tid of task.task.tids) {
+        const owner = tidOwner.get(tid)
+        if (owner !== undefined) throw new CkptError(`image: thread ${tid} is recorded for process ${owner} and for process ${task.pid}`, 'EINVAL')
+        tidOwner.set(tid, task.pid)
+      }
+    }
+    const zombies: ZombieTask[] = []
+    for (const { zombie, where } of this.zombies) {
+      if (tidOwner.has(zombie.pid)) throw new CkptError(`image: ${where}: process ${zombie.pid} is recorded as a zombie and as a live task`, 'EINVAL')
+      if (zombies.some((z) => z.pid === zombie.pid)) throw new CkptError(`image: ${where}: zombie ${zombie.pid} is recorded twice`, 'EINVAL')
+      zombies.push(zombie)
+    }
+    const fileTable: FileTable = { fds: root.fds, files }
+    return { header, pid: header.pid, bootId: header.bootId, process: root.process, threads: root.threads, vmas: root.vmas, fileTable, task: root.task, others, zombies }
+  }
+
+  /** One process's records, checked against each other; `files` are the tree's. */
+  private assembleTask(section: TaskSection, file: ImageFile, files: FileDescription[]): LoadedTask {
+    const process = section.process
+    const named = section.where ? ` after ${section.where}` : ''
+    if (!process) throw new CkptError(`image: no process record${named}`, 'EINVAL')
+    const listed = new Set(section.tids)
+    const threads = section.threads.map(({ thread, where }) => {
+      if (!listed.has(thread.tid)) throw new CkptError(`image: ${where}: thread ${thread.tid} is not in ${section.where ? `the thread list of ${section.where}` : "the header's thread list"}`, 'EINVAL')
+      return thread
+    })
+    const threadIds = new Set(threads.map((t) => t.tid))
+    if (threadIds.size !== threads.length) throw new CkptError(`image: a thread is recorded twice${named}`, 'EINVAL')
+    const missing = section.tids.filter((tid) => !threadIds.has(tid))
+    if (missing.length > 0) throw new CkptError(`image: no thread record for thread ${missing.join(', ')}${named}`, 'EINVAL')
+
     const fdNumbers = new Set<number>()
-    const fds = this.fds.map(({ fd, where }) => {
+    const fds = section.fds.map(({ fd, where }) => {
       if (fdNumbers.has(fd.fd)) throw new CkptError(`image: ${where}: fd ${fd.fd} is recorded twice`, 'EINVAL')
       fdNumbers.add(fd.fd)
       if (!this.files.has(fd.objref)) throw new CkptError(`image: ${where}: fd ${fd.fd} refers to objref ${fd.objref}, which is not described`, 'EINVAL')
@@ -563,7 +628,7 @@ class ImageReader {
 
     const vmas: Vma[] = []
     let previous: VmaEntry | undefined
-    for (const entry of [...this.vmas.values()].sort((a, b) => (a.vma.start < b.vma.start ? -1 : 1))) {
+    for (const entry of [...section.vmas.values()].sort((a, b) => (a.vma.start < b.vma.start ? -1 : 1))) {
       if (previous && entry.vma.start < previous.vma.end) {
         throw new CkptError(`image: ${entry.where}: mapping 0x${entry.vma.start.toString(16)} overlaps the one at 0x${previous.vma.start.toString(16)}`, 'EINVAL')
       }
@@ -574,14 +639,14 @@ class ImageReader {
 
     const fileTable: FileTable = { fds, files }
     const task: TaskImage = {
-      pid: header.pid,
-      tids: header.tids,
+      pid: section.pid,
+      tids: section.tids,
       process: async () => process,
       threads: async () => threads,
       vmas: async () => vmas,
       fileTable: async () => fileTable,
     }
-    return { header, pid: header.pid, bootId: header.bootId, process, threads, vmas, fileTable, task }
+    return { pid: section.pid, process, threads, vmas, fds, task }
   }
 
   private complete(contents: Contents, where: string): void {
@@ -591,12 +656,12 @@ class ImageReader {
 }
 
 const schemaName = {
-  header: 'Header', process: 'Process', thread: 'Thread', file: 'FileDescription', fd: 'FdEntry', vma: 'Vma',
+  header: 'Header', process: 'Process', thread: 'Thread', file: 'FileDescription', fd: 'FdEntry', vma: 'Vma', task: 'Task', zombie: 'Zombie',
 } as const
 
 const recordNames: Record<RecordKind, string> = {
   header: 'header', process: 'process', thread: 'thread', file: 'file', fd: 'fd', vma: 'vma',
-  pageChunk: 'page chunk', fileChunk: 'file chunk', trailer: 'trailer',
+  pageChunk: 'page chunk', fileChunk: 'file chunk', task: 'task', zombie: 'zombie', trailer: 'trailer',
 }
 
 /** A description with its file_chunk bytes; the handler's refusal named by the record. */

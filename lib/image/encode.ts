@@ -7,7 +7,7 @@
 import * as zlib from 'zlib'
 import { crc32c, knownPieceCrc, notePieceCrc } from '../checksum'
 import { CkptError } from '../errors'
-import { intoSource, type ByteSource, type CheckpointMode, type Sized, type TaskImage } from '../model'
+import { intoSource, type ByteSource, type CheckpointMode, type Sized, type TaskImage, type ThreadState, type Vma, type ZombieTask } from '../model'
 import { handlerOf } from '../files/index'
 import { encodeMessage } from './codec'
 import { CHUNK_SIZE, FORMAT_MAJOR, FORMAT_MINOR, imageSchema, MAGIC, type MessageSchema, type RecordKind } from './schema'
@@ -18,6 +18,9 @@ export interface ImageOptions {
   mode?: CheckpointMode
   /** The boot that made the checkpoint (lib/boot.ts); left out, the header has none. */
   bootId?: string
+  /** The other processes of the tree, parents first (their fds refer to the root's files). */
+  others?: readonly TaskImage[]
+  zombies?: readonly ZombieTask[]
 }
 
 /** One piece of the image: `head` bytes, then optionally `dataLength` bytes of `data`. */
@@ -101,7 +104,7 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     bootId: options.bootId,
   })
   image.record('process', schema.Process, process)
-  for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })
+  recordThreads(image, threads)
   for (const file of fileTable.files) {
     const mapping = handlerOf(file).image
     image.record('file', schema.FileDescription, mapping ? { ...file, [mapping.field]: await mapping.write(file) } : file)
@@ -109,6 +112,27 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     if (contents) image.chunks('fileChunk', file.objref, contents)
   }
   for (const fd of fileTable.fds) image.record('fd', schema.FdEntry, fd)
+  recordMemory(image, vmas)
+  // The rest of the tree: each process's own records after its task record.
+  for (const other of options.others ?? []) {
+    const [otherProcess, otherThreads, otherVmas, otherTable] = await Promise.all([other.process(), other.threads(), other.vmas(), other.fileTable()])
+    image.record('task', schema.Task, { pid: other.pid, tids: other.tids })
+    image.record('process', schema.Process, otherProcess)
+    recordThreads(image, otherThreads)
+    for (const fd of otherTable.fds) image.record('fd', schema.FdEntry, fd)
+    recordMemory(image, otherVmas)
+  }
+  for (const zombie of options.zombies ?? []) image.record('zombie', schema.Zombie, zombie)
+  return image.finish()
+}
+
+function recordThreads(image: ImageBuilder, threads: ThreadState[]): void {
+  const schema = imageSchema()
+  for (const thread of threads) image.record('thread', schema.Thread, { ...thread, robustListHead: thread.robustList.head, robustListLen: thread.robustList.length })
+}
+
+function recordMemory(image: ImageBuilder, vmas: Vma[]): void {
+  const schema = imageSchema()
   for (const vma of vmas) {
     const stored = vma.stored.reduce((sum, run) => sum + run.length, 0n)
     if (BigInt(vma.pages.size) !== stored) {
@@ -117,7 +141,6 @@ export async function imageSource(task: TaskImage, options: ImageOptions = {}): 
     image.record('vma', schema.Vma, vma)
   }
   for (const vma of vmas) image.chunks('pageChunk', vma.start, vma.pages)
-  return image.finish()
 }
 
 /** Lays the image out as segments, keeping the running CRC the trailer records. */

@@ -9,7 +9,7 @@ import {
   type CheckpointMode, type Credentials, type FdEntry, type FileDescription,
   type ITimer, type MmFields, type Pid, type PosixTimer, type ProcessState,
   type Rlimit, type SigAction, type StoredRun, type ThreadState, type Tid, type VmaKind,
-  type Vma,
+  type Vma, type ZombieTask,
   type FileLock,
 } from '../model'
 import type { RecordedDescription } from '../files/handler'
@@ -358,6 +358,28 @@ export function descriptionFrom(f: Fields, fileSize: number): RecordedDescriptio
   }
   if (!image) return { description: described<FileDescription>(base, { type } as Omit<FileDescription, keyof typeof base>), contentsSize: undefined }
   return image.read(f.msg(image.field), base, type, fileSize)
+}
+
+/** A task record (1.3): a process of the tree other than the root, and its threads. */
+export function taskFrom(f: Fields): { pid: Pid; tids: Tid[] } {
+  const pid = asPid(f.num('pid', { min: 1, max: 0x7fffffff }))
+  const tids = f.nums('tids').map(asTid)
+  unique(tids, (t) => t, (t) => f.fail('tids', `thread ${t} is listed twice`))
+  for (const tid of tids) if (tid < 1 || tid > 0x7fffffff) f.fail('tids', `${tid} is not a thread ID`)
+  if (!tids.includes(asTid(pid))) f.fail('tids', `the main thread ${pid} is missing`)
+  return { pid, tids }
+}
+
+/** A zombie record (1.3). */
+export function zombieFrom(f: Fields): ZombieTask {
+  return {
+    pid: asPid(f.num('pid', { min: 1, max: 0x7fffffff })),
+    ppid: f.num('ppid', { max: 0x7fffffff }),
+    pgid: f.num('pgid', { max: 0x7fffffff }),
+    sid: f.num('sid', { max: 0x7fffffff }),
+    comm: f.str('comm'),
+    exitStatus: f.num('exitStatus', { max: 0xffff }),
+  }
 }
 
 export function fdEntryFrom(f: Fields): FdEntry {

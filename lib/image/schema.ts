@@ -15,7 +15,7 @@ export const CHUNK_SIZE = 1 << 20
 export const PAGE_SIZE = 4096n
 
 /** The fields of `Image`: the kinds of top-level record. */
-export const recordKinds = ['header', 'process', 'thread', 'file', 'fd', 'vma', 'pageChunk', 'fileChunk', 'trailer'] as const
+export const recordKinds = ['header', 'process', 'thread', 'file', 'fd', 'vma', 'pageChunk', 'fileChunk', 'task', 'zombie', 'trailer'] as const
 export type RecordKind = (typeof recordKinds)[number]
 
 export type ScalarKind = 'uint32' | 'int32' | 'uint64' | 'int64' | 'bool' | 'string' | 'bytes' | 'fixed32'
@@ -82,6 +82,8 @@ export interface ImageSchema {
   Vma: MessageSchema
   PageChunk: MessageSchema
   FileChunk: MessageSchema
+  Task: MessageSchema
+  Zombie: MessageSchema
 }
 
 let loaded: ImageSchema | undefined
@@ -116,6 +118,8 @@ export function imageSchema(): ImageSchema {
     Vma: get('Vma'),
     PageChunk: get('PageChunk'),
     FileChunk: get('FileChunk'),
+    Task: get('Task'),
+    Zombie: get('Zombie'),
   }
   return loaded
 }

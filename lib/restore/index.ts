@@ -10,12 +10,14 @@ import { PhaseTimer } from '../trace'
 import { restoreProcess, type RestoreOptions } from './engine'
 import { loadSaved } from './load'
 import { checkStoredCredentials, storedByOwners, type StoredBy } from './owner'
+import { refuseTree } from './pstree'
 import { validateCheckpoint } from './validate'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
 export async function restoreSaved(root: StoredDir, name: string, options: RestoreOptions = {}): Promise<number> {
   const timer = new PhaseTimer('restore')
   const saved = await loadSaved(root, name)
+  refuseTree(saved, name)
   timer.mark('load and validate')
   return restoreProcess(saved, timer, options)
 }
@@ -35,12 +37,14 @@ export async function restorePath(p: string, options: RestoreOptions = {}, store
     const root = new DiskDir(p)
     const isTree = [...root.list().keys()].some((n) => /^task-[0-9]+$/.test(n))
     const saved = await loadSaved(root, path.basename(p))
+    refuseTree(saved, p)
     checkStoredCredentials(saved.process.creds, saved.pid, trust, isTree ? `${p}/` : `${p}: `)
     timer.mark('load and validate')
     return restoreProcess(saved, timer, options)
   }
   const saved = await readImage(p)
   await validateCheckpoint(saved)
+  refuseTree(saved, p)
   checkStoredCredentials(saved.process.creds, saved.pid, trust, `${p}: `)
   timer.mark('load and validate')
   return restoreProcess(saved, timer, options)

@@ -10,7 +10,7 @@ import { validateCommon } from '../files/common'
 import type { ValidationContext } from '../files/handler'
 import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
-import type { FileTable, ProcessState, ThreadState, Vma } from '../model'
+import type { FdEntry, FileTable, ProcessState, ThreadState, Vma, ZombieTask } from '../model'
 import { storageOf, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
@@ -24,6 +24,18 @@ export interface CheckpointParts {
   threads: ThreadState[]
   vmas: Vma[]
   fileTable: FileTable
+  /** The rest of a process tree (lib/restore/pstree.ts): its other processes and zombies. */
+  others?: TreeTaskParts[]
+  zombies?: ZombieTask[]
+}
+
+/** A process of the tree other than the root: its fds name the root's files. */
+export interface TreeTaskParts {
+  pid: number
+  process: ProcessState
+  threads: ThreadState[]
+  vmas: Vma[]
+  fds: FdEntry[]
 }
 
 const PAGE = 4096n
@@ -46,7 +58,13 @@ const hex = (n: bigint | number): string => `0x${n.toString(16)}`
 export async function validateCheckpoint(saved: CheckpointParts): Promise<void> {
   if (saved.process.pid !== saved.pid) throw fail(`task-${saved.pid}`, `the process record is for PID ${saved.process.pid}`)
   validateTask(saved)
-  await validateFileTable(saved.fileTable, `task-${saved.pid}`)
+  const others = saved.others ?? []
+  for (const other of others) {
+    if (other.process.pid !== other.pid) throw fail(`task-${other.pid}`, `the process record is for PID ${other.process.pid}`)
+    validateTask(other)
+  }
+  await validateFileTable(saved.fileTable, `task-${saved.pid}`, others.map((o) => ({ task: `task-${o.pid}`, fds: o.fds })))
+  validateTree(saved)
 }
 
 /** The process, its threads and its memory (task-PID/ without fds/). */
@@ -239,25 +257,28 @@ function validateVmas(vmas: Vma[], task: string): void {
 // The file table
 
 /** The file table of task `task` (task-PID): fds, descriptions and what each type's handler checks. */
-export async function validateFileTable(table: FileTable, task: string): Promise<void> {
+export async function validateFileTable(table: FileTable, task: string, otherTasks: Array<{ task: string; fds: FdEntry[] }> = []): Promise<void> {
   const objrefs = new Set<number>()
   for (const d of table.files) {
     if (d.objref < 1 || d.objref > 0x7fffffff) throw fail(`files/${d.objref}`, 'not an object reference')
     if (objrefs.has(d.objref)) throw fail(`files/${d.objref}`, 'described twice')
     objrefs.add(d.objref)
   }
-  const fdNumbers = new Set<number>()
   const named = new Set<number>()
-  for (const e of table.fds) {
-    const where = `${task}/fds/${e.fd}`
-    if (e.fd < 0 || e.fd > 0x7fffffff) throw fail(where, 'not an fd number')
-    if (fdNumbers.has(e.fd)) throw fail(where, 'the fd is given twice')
-    fdNumbers.add(e.fd)
-    if (!objrefs.has(e.objref)) throw fail(`${where}/fd`, `names files/${e.objref}, which does not exist`)
-    named.add(e.objref)
+  // A tree's files are every task's: each task's fds name them, and each is named by some fd.
+  for (const { task: owner, fds } of [{ task, fds: table.fds }, ...otherTasks]) {
+    const fdNumbers = new Set<number>()
+    for (const e of fds) {
+      const where = `${owner}/fds/${e.fd}`
+      if (e.fd < 0 || e.fd > 0x7fffffff) throw fail(where, 'not an fd number')
+      if (fdNumbers.has(e.fd)) throw fail(where, 'the fd is given twice')
+      fdNumbers.add(e.fd)
+      if (!objrefs.has(e.objref)) throw fail(`${where}/fd`, `names files/${e.objref}, which does not exist`)
+      named.add(e.objref)
+    }
   }
   const unnamed = table.files.find((d) => !named.has(d.objref))
-  if (unnamed) throw fail(`files/${unnamed.objref}`, `no fd in ${task}/fds refers to it`)
+  if (unnamed) throw fail(`files/${unnamed.objref}`, otherTasks.length > 0 ? 'no fd of any task-PID/fds refers to it' : `no fd in ${task}/fds refers to it`)
 
   const ctx: ValidationContext = { table, objrefs }
   for (const d of table.files) {
@@ -265,5 +286,60 @@ export async function validateFileTable(table: FileTable, task: string): Promise
     // Most handlers check synchronously: no promise for each of 10,000 /dev/null fds.
     const checked = handlerOf(d).validate?.(d, ctx)
     if (checked instanceof Promise) await checked
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The process tree
+
+/**
+ * The links between the processes of a tree: each process other than the root, and each
+ * zombie, has its parent in the tree, listed before it (parents first); the root's parent is
+ * outside; a PID names one process; a session or process group other than the root's is led
+ * by a process of the tree (a restore makes the leader first, then its members join).
+ */
+function validateTree(saved: CheckpointParts): void {
+  const others = saved.others ?? []
+  const zombies = saved.zombies ?? []
+  if (others.length === 0 && zombies.length === 0) return
+  const root = saved.process
+  const members = [
+    { pid: saved.pid, ppid: root.ppid, pgid: root.pgid, sid: root.sid, zombie: false },
+    ...others.map((o) => ({ pid: o.pid, ppid: o.process.ppid, pgid: o.process.pgid, sid: o.process.sid, zombie: false })),
+    ...zombies.map((z) => ({ pid: z.pid, ppid: z.ppid, pgid: z.pgid, sid: z.sid, zombie: true })),
+  ]
+  for (const z of zombies) checkComm(z.comm, `task-${z.pid}/comm`)
+  const byPid = new Map<number, (typeof members)[number]>()
+  const tids = new Map<number, number>()
+  for (const task of [{ pid: saved.pid, threads: saved.threads }, ...others]) {
+    for (const { tid } of task.threads) {
+      if (tids.has(tid) && tids.get(tid) !== task.pid) throw fail(`task-${task.pid}/threads/${tid}`, `thread ${tid} is also a thread of task-${tids.get(tid)}`)
+      tids.set(tid, task.pid)
+    }
+  }
+  members.forEach((m, i) => {
+    const where = `task-${m.pid}`
+    if (byPid.has(m.pid)) throw fail(where, `process ${m.pid} is in the tree twice`)
+    if (i > 0 && tids.has(m.pid) && tids.get(m.pid) !== m.pid) throw fail(where, `${m.pid} is a thread of task-${tids.get(m.pid)}`)
+    if (i === 0) {
+      if (members.some((o) => o.pid === m.ppid)) throw fail(`${where}/ppid`, `${m.ppid}: the root's parent is a process of its own tree`)
+    } else {
+      const parent = byPid.get(m.ppid)
+      if (!parent) throw fail(`${where}/ppid`, `${m.ppid} is not a process of the tree listed before it (the root is ${saved.pid}; parents come first)`)
+      if (parent.zombie) throw fail(`${where}/ppid`, `${m.ppid} is a zombie: it cannot have children`)
+    }
+    byPid.set(m.pid, m)
+  })
+  for (const m of members) {
+    const where = `task-${m.pid}`
+    if (m.sid !== root.sid) {
+      const leader = byPid.get(m.sid)
+      if (!leader || leader.sid !== leader.pid) throw fail(`${where}/sid`, `session ${m.sid} is neither the root's session (${root.sid}) nor led by a process of the tree`)
+    }
+    if (m.pgid !== root.pgid) {
+      const leader = byPid.get(m.pgid)
+      if (!leader || leader.pgid !== leader.pid) throw fail(`${where}/pgid`, `process group ${m.pgid} is neither the root's group (${root.pgid}) nor led by a process of the tree`)
+      if (leader.sid !== m.sid) throw fail(`${where}/pgid`, `process group ${m.pgid} is in session ${leader.sid}, not in this process's session ${m.sid}`)
+    }
   }
 }

@@ -1,0 +1,68 @@
+// The file table of a process tree: one files/ for every task, in which an open file
+// description that several tasks hold (inherited over fork, passed over SCM_RIGHTS) is one
+// OBJREF, as dup'ed fds of one task are. Tasks are captured one after the other in tree order,
+// so the numbering is stable: the root's descriptions are 1..N as for a lone process, and a
+// later task's description is new only if no earlier task holds it (kcmp KCMP_FILE).
+
+import { CkptError, messageOf } from './errors'
+import { captureFileTable, type DescriptionClaims } from './fdtable'
+import { asObjRef, lazy, type FdEntry, type FileDescription, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
+import { native } from './native'
+
+export interface TreeFileTable {
+  /** Every description of the tree, by OBJREF. */
+  files: FileDescription[]
+  /** Each task's fds. */
+  fds: Map<Pid, FdEntry[]>
+}
+
+/**
+ * Numbers descriptions across the tree. Candidates are those whose fds show the same mount,
+ * inode, flags, offset and target (the key captureFileTable groups by); only between those
+ * does kcmp decide, so unrelated files cost nothing.
+ */
+class TreeClaims implements DescriptionClaims {
+  readonly peeks = new Map<string, Lazy<Buffer>>()
+  private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
+  private next = 0
+
+  claim(pid: Pid, fd: number, key: string): { objref: ObjRef; fresh: boolean } {
+    let seen = this.byKey.get(key)
+    if (!seen) this.byKey.set(key, (seen = []))
+    for (const other of seen) {
+      if (other.pid === pid) continue // one task's fds were grouped already: a different description
+      let order: number
+      try {
+        order = native.kcmpFileAcross(other.pid, other.fd, pid, fd)
+      } catch (err) {
+        throw new CkptError(`task ${pid}: fd ${fd}: cannot tell whether it shares a file with task ${other.pid} fd ${other.fd}: ${messageOf(err)}`)
+      }
+      if (order === 0) return { objref: other.objref, fresh: false }
+    }
+    const objref = asObjRef(++this.next)
+    seen.push({ pid, fd, objref })
+    return { objref, fresh: true }
+  }
+}
+
+/** Captures the file tables of `pids` (all frozen; tree order) as one table. */
+export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boolean }): Promise<TreeFileTable> {
+  const claims = new TreeClaims()
+  const files: FileDescription[] = []
+  const fds = new Map<Pid, FdEntry[]>()
+  for (const pid of pids) {
+    const table = await captureFileTable(pid, opts, claims)
+    files.push(...table.files)
+    fds.set(pid, table.fds)
+  }
+  files.sort((a, b) => a.objref - b.objref)
+  return { files, fds }
+}
+
+/** Each task's view of a tree's table: its own fds over the whole tree's descriptions. */
+export function taskFileTables(tree: Lazy<TreeFileTable>): (pid: Pid) => Lazy<FileTable> {
+  return (pid) => lazy(async () => {
+    const table = await tree()
+    return { fds: table.fds.get(pid) ?? [], files: table.files }
+  })
+}
