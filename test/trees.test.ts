@@ -7,7 +7,7 @@ import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { cliPath, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
+import { cliShellWords, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
 import { exists, launch, waitUntil, workdir } from './lib/restore'
 import { asUser, attacker, runAs } from './lib/unprivileged'
 import { buildTarget, sleep, startTarget, threadState, type Target } from './lib/targets'
@@ -224,8 +224,8 @@ t.test('a process waiting for its child: the child is in the checkpoint; a resto
 })
 
 t.test('--copy of the asking shell: the tree leaves out the ckptfs command that asks, and says so', async (t) => {
-  const script = 'sleep 30 & echo "sleep=$!"; echo "shell=$$"; "$NODE" "$CLI" checkpoint $$ --mount "$MNT" --copy --inspect; kill $!'
-  const r = spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 60_000, env: { ...userEnv, CLI: cliPath, NODE: process.execPath, MNT: mnt } })
+  const script = `sleep 30 & echo "sleep=$!"; echo "shell=$$"; ${cliShellWords} checkpoint $$ --mount "$MNT" --copy --inspect; kill $!`
+  const r = spawnSync('bash', ['-c', script], { encoding: 'utf8', timeout: 60_000, env: { ...userEnv, MNT: mnt } })
   t.equal(r.status, 0, `the shell did not hang (${r.stderr.trim()})`)
   const shell = Number(/^shell=(\d+)$/m.exec(r.stdout)![1])
   const sleeper = Number(/^sleep=(\d+)$/m.exec(r.stdout)![1])
