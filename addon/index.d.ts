@@ -28,6 +28,12 @@ export interface InjectedCall {
   args: bigint[]
   /** Bit i set: args[i] is an offset into the scratch area; the tracee sees scratch base + offset. */
   scratchArgs?: number
+  /**
+   * Interrupt the thread (PTRACE_INTERRUPT) at the call's syscall-entry stop: the call runs
+   * with a signal pending, so a sleeping call returns at once as a signal would have made it
+   * (restore primes a thread's restart block this way).
+   */
+  interruptAtEntry?: boolean
 }
 
 /** Where injectBatch puts its scratch area and which `syscall` instruction it runs (restore). */

@@ -6,7 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, launchSaveRestore, restoreCli, runChecks, workdir, type Checks } from './lib/restore'
+import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, restoreCli, restoreOk, runChecks, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
 const mnt = mountFor(t)
@@ -132,4 +132,25 @@ t.test('private mappings of a file unlinked and closed while mapped come back fr
   const stored = deleted.map((v) => fs.statSync(path.join(vmas, v, 'pages')).size).sort((a, b) => a - b)
   t.same(stored, [4096, 4096, 4096], 'the pages the file covers are stored')
   expectChecks(t, await runChecks(target), ['unlinked mmap: the read-only mapping', 'unlinked mmap: the writable mapping and its private copy', 'unlinked mmap: the last page of the file'])
+})
+
+t.test('a thread blocked in a call with a timeout waits only the time it had left, where the call shows it (issue 15, zdtm poll)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'sleeps'], { dir, ready: (tg) => /^ready pid=\d+$/m.test(tg.text()) })
+  const since = BigInt((await target.waitFor(/^sleeping since=(\d+)$/m))[1])
+  // Let some of the 600 s pass, so a call that started over would be seen to: not an assertion on time.
+  await new Promise((resolve) => setTimeout(resolve, 3000))
+  const requested = process.hrtime.bigint() // CLOCK_MONOTONIC, as the fixture's
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  restoreOk(mnt, saved, target.pid)
+  const go = path.join(dir, 'go')
+  fs.writeFileSync(`${go}.part`, `${requested - since}\n`)
+  fs.renameSync(`${go}.part`, go)
+  const names = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll', 'poll', 'epoll_wait', 'nanosleep without rem']
+  const withLeft = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll']
+  expectChecks(t, await collectChecks(target), [
+    ...names.map((n) => `sleep: ${n} still waiting after the restore`),
+    ...withLeft.map((n) => `sleep: ${n} waits only the time left`),
+  ])
 })

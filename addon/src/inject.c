@@ -59,6 +59,7 @@ typedef struct {
   int32_t nr;
   uint32_t scratch_args;
   uint64_t args[MAX_CALL_ARGS];
+  int interrupt_at_entry;  // PTRACE_INTERRUPT at the syscall-entry stop (see inject_one)
 } call_t;
 
 typedef struct {
@@ -252,7 +253,12 @@ static int other_stop(ictx_t *c, int st, uint64_t rip) {
   return 0;
 }
 
-static int inject_one(ictx_t *c, uint64_t nr, const uint64_t a[MAX_CALL_ARGS], int64_t *result) {
+// With `interrupt_at_entry`, the call runs in syscall mode and the thread is interrupted at
+// its syscall-entry stop: the call then executes with a signal pending, so a sleeping call
+// returns at once as if a signal had woken it (for nanosleep, -ERESTART_RESTARTBLOCK with the
+// thread's restart block set, as a restore needs it). The trap is taken at the batch's end.
+static int inject_one(ictx_t *c, uint64_t nr, const uint64_t a[MAX_CALL_ARGS], int interrupt_at_entry, int64_t *result) {
+  if (interrupt_at_entry && set_syscall_mode(c) < 0) return -1;
   struct user_regs_struct regs = *c->saved;
   regs.rip = c->insn;
   regs.rax = nr;
@@ -283,6 +289,10 @@ static int inject_one(ictx_t *c, uint64_t nr, const uint64_t a[MAX_CALL_ARGS], i
       if ((st >> 16) == 0 && WSTOPSIG(st) == (SIGTRAP | 0x80)) {
         if (!entered) {
           entered = 1;
+          if (interrupt_at_entry && ptrace(PTRACE_INTERRUPT, c->tid, 0, 0) < 0) {
+            nerr_set(c->err, errno, "ptrace(PTRACE_INTERRUPT, tid %d) at the entry of call %llu", c->tid, (unsigned long long)nr);
+            return -1;
+          }
           continue;
         }
         c->in_exit_stop = 1;
@@ -328,13 +338,13 @@ static int changes_layout(int32_t nr) {
 }
 
 // Runs a call, keeping the instruction address valid across calls that may move the vdso.
-static int run_call(ictx_t *c, int32_t nr, const uint64_t a[MAX_CALL_ARGS], int64_t *result) {
+static int run_call(ictx_t *c, int32_t nr, const uint64_t a[MAX_CALL_ARGS], int interrupt_at_entry, int64_t *result) {
   if (nr == SYS_rt_sigprocmask) {
     *result = emulate_sigprocmask(c, a);
     return 0;
   }
   if (nr == SYS_rt_sigaction && a[0] == SIGTRAP && set_syscall_mode(c) < 0) return -1;
-  if (inject_one(c, (uint64_t)(uint32_t)nr, a, result) < 0) return -1;
+  if (inject_one(c, (uint64_t)(uint32_t)nr, a, interrupt_at_entry, result) < 0) return -1;
   if (changes_layout(nr) && !insn_still_there(c->tid, c->insn)) {
     uint64_t moved;
     nerr_t ignored = {0};
@@ -419,7 +429,7 @@ static void inject_run(task_t *t) {
     uint64_t flags = MAP_PRIVATE | MAP_ANONYMOUS | (it->scratch_addr ? MAP_FIXED_NOREPLACE : 0);
     uint64_t a[MAX_CALL_ARGS] = {it->scratch_addr, it->scratch_size, PROT_READ | PROT_WRITE, flags, (uint64_t)-1, 0};
     int64_t r;
-    if (run_call(&c, SYS_mmap, a, &r) < 0) goto out;
+    if (run_call(&c, SYS_mmap, a, 0, &r) < 0) goto out;
     if (r < 0 && r > -4096) {
       nerr_set(err, (int)-r, "injected mmap(0x%llx, %zu) in tid %d", (unsigned long long)it->scratch_addr,
                it->scratch_size, it->tid);
@@ -447,7 +457,7 @@ static void inject_run(task_t *t) {
     for (int j = 0; j < MAX_CALL_ARGS; j++)
       a[j] = call->args[j] + ((call->scratch_args >> j) & 1 ? base : 0);
     if (changes_layout(call->nr)) layout_changed = 1;
-    if (run_call(&c, call->nr, a, &it->results[i]) < 0) goto unmap;
+    if (run_call(&c, call->nr, a, call->interrupt_at_entry, &it->results[i]) < 0) goto unmap;
   }
   if (it->scratch_size) {
     it->scratch = malloc(it->scratch_size);
@@ -464,7 +474,7 @@ unmap:
     err->code = 0;
     uint64_t a[MAX_CALL_ARGS] = {base, it->scratch_size, 0, 0, 0, 0};
     int64_t r = 0;
-    if (run_call(&c, SYS_munmap, a, &r) == 0 && r < 0)
+    if (run_call(&c, SYS_munmap, a, 0, &r) == 0 && r < 0)
       nerr_set(err, (int)-r, "injected munmap(0x%llx, %zu) in tid %d", (unsigned long long)base,
                it->scratch_size, it->tid);
     if (saved_err.code) *err = saved_err;
@@ -569,6 +579,11 @@ napi_value js_inject_batch(napi_env env, napi_callback_info info) {
       napi_get_element(env, v, j, &e);
       if (!get_u64(env, e, "calls[].args[]", &it->calls[i].args[j])) goto bad;
     }
+    napi_get_named_property(env, call, "interruptAtEntry", &v);
+    bool interrupt_at_entry = false;
+    napi_typeof(env, v, &vt);
+    if (vt == napi_boolean) napi_get_value_bool(env, v, &interrupt_at_entry);
+    it->calls[i].interrupt_at_entry = interrupt_at_entry;
     napi_get_named_property(env, call, "scratchArgs", &v);
     napi_typeof(env, v, &vt);
     if (vt != napi_undefined && vt != napi_null) {

@@ -16,6 +16,7 @@ import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
+import { resumeRegisters } from './restart'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 
@@ -814,26 +815,6 @@ async function requeue(pid: number, tid: number, records: Buffer, layout: Layout
   await inject(pid, layout, calls, scratch.buffer())
 }
 
-/** The kernel's restart codes: -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK. */
-const RESTART_CODES = new Set([-512n, -513n, -514n, -516n])
-
-/**
- * A thread stopped inside a system call the kernel would restart is set to issue the call
- * again (restart-pitfalls §6); orig_rax is always -1 so no restart logic of the restorer's
- * own state fires.
- */
-export function restartFixup(regs: Buffer): Buffer {
-  const out = Buffer.from(regs)
-  const origRax = out.readBigInt64LE(REG.orig_rax * 8)
-  const rax = out.readBigInt64LE(REG.rax * 8)
-  if (origRax >= 0n && RESTART_CODES.has(rax)) {
-    out.writeBigInt64LE(origRax, REG.rax * 8)
-    out.writeBigUInt64LE(out.readBigUInt64LE(REG.rip * 8) - 2n, REG.rip * 8)
-  }
-  out.writeBigInt64LE(-1n, REG.orig_rax * 8)
-  return out
-}
-
 // ---------------------------------------------------------------------------------------
 // Threads: the main thread is the stub's; every other one is made by an injected clone3 with
 // its saved TID. Per-thread state is set in each; registers come last, and no thread runs
@@ -848,7 +829,7 @@ async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadSt
   await restoreCredentials(pid, proc, threads, layout)
   // The restorer's page goes away through the vdso's own syscall, now at its saved place.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
-  for (const thread of threads) await restoreRegisters(thread)
+  for (const thread of threads) await restoreRegisters(thread, proc)
 }
 
 async function createThread(pid: number, tid: number, layout: Layout): Promise<void> {
@@ -890,12 +871,13 @@ async function restoreThreadState(pid: number, thread: ThreadState, layout: Layo
   await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
 }
 
-async function restoreRegisters(thread: ThreadState): Promise<void> {
+async function restoreRegisters(thread: ThreadState, proc: ProcessState): Promise<void> {
   const tid = thread.tid
   if (thread.rseq.pointer !== 0n) {
     const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.rseq, args: [thread.rseq.pointer, BigInt(thread.rseq.size), 0n, BigInt(thread.rseq.signature)] }])).results
     if (r < 0n) throw new CkptError(`restore: rseq registration of thread ${tid}: ${errnoText(Number(-r))}`)
   }
-  await native.setThreadRegisters(tid, restartFixup(thread.regs))
+  // Last of all injections into the thread: it may make the thread's restart block.
+  await native.setThreadRegisters(tid, await resumeRegisters(thread, proc))
   await native.setThreadState(tid, thread.xstate, thread.sigmask)
 }
