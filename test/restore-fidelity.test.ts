@@ -126,12 +126,15 @@ t.test('an unlinked sparse file keeps its holes (zdtm ghost_holes00)', async (t)
 t.test('private mappings of a file unlinked and closed while mapped come back from the saved contents (zdtm unlink_mmap00)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['unlinked-mmap'])
   const vmas = path.join(saved, `task-${target.pid}`, 'memory', 'vmas')
-  const deleted = fs.readdirSync(vmas).filter((v) => fs.readFileSync(path.join(vmas, v, 'path'), 'utf8').endsWith(' (deleted)\n'))
+  const deleted = fs.readdirSync(vmas).filter((v) => /\/mapped \(deleted\)\n$/.test(fs.readFileSync(path.join(vmas, v, 'path'), 'utf8')))
   t.equal(deleted.length, 3, 'three mappings of the deleted file')
   // Every page the file covers is stored (the tail mapping's second page lies beyond its end).
   const stored = deleted.map((v) => fs.statSync(path.join(vmas, v, 'pages')).size).sort((a, b) => a - b)
   t.same(stored, [4096, 4096, 4096], 'the pages the file covers are stored')
-  expectChecks(t, await runChecks(target), ['unlinked mmap: the read-only mapping', 'unlinked mmap: the writable mapping and its private copy', 'unlinked mmap: the last page of the file'])
+  expectChecks(t, await runChecks(target), [
+    'unlinked mmap: the read-only mapping', 'unlinked mmap: the writable mapping and its private copy', 'unlinked mmap: the last page of the file',
+    "unlinked mmap: a memfd's private mapping",
+  ])
 })
 
 t.test('a thread blocked in a call with a timeout waits only the time it had left, where the call shows it (issue 15, zdtm poll)', async (t) => {
