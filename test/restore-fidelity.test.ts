@@ -5,7 +5,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { mountFor } from './lib/mount'
+import { ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, restoreCli, restoreOk, runChecks, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
@@ -137,23 +137,46 @@ t.test('private mappings of a file unlinked and closed while mapped come back fr
   ])
 })
 
-t.test('a thread blocked in a call with a timeout waits only the time it had left, where the call shows it (issue 15, zdtm poll)', async (t) => {
-  const dir = workdir(t)
-  const target = await launch(t, [bin, dir, 'sleeps'], { dir, ready: (tg) => /^ready pid=\d+$/m.test(tg.text()) })
-  const since = BigInt((await target.waitFor(/^sleeping since=(\d+)$/m))[1])
-  // Let some of the 600 s pass, so a call that started over would be seen to: not an assertion on time.
-  await new Promise((resolve) => setTimeout(resolve, 3000))
-  const requested = process.hrtime.bigint() // CLOCK_MONOTONIC, as the fixture's
-  const saved = path.join(dir, 'saved')
-  await checkpointSaveKill(mnt, target.pid, saved)
-  restoreOk(mnt, saved, target.pid)
-  const go = path.join(dir, 'go')
-  fs.writeFileSync(`${go}.part`, `${requested - since}\n`)
-  fs.renameSync(`${go}.part`, go)
-  const names = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll', 'poll', 'epoll_wait', 'nanosleep without rem']
-  const withLeft = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll']
-  expectChecks(t, await collectChecks(target), [
-    ...names.map((n) => `sleep: ${n} still waiting after the restore`),
-    ...withLeft.map((n) => `sleep: ${n} waits only the time left`),
-  ])
-})
+for (const resumedFirst of [false, true]) {
+  // A task frozen and resumed before (here by a checkpoint resumed with done) resumes its
+  // sleeps through restart_syscall: its registers no longer name the call.
+  const how = resumedFirst ? ', also after a checkpoint it was resumed from (restart_syscall)' : ''
+  t.test(`a thread blocked in a call with a timeout waits only the time it had left, where the call shows it${how} (issue 15, zdtm poll)`, async (t) => {
+    const dir = workdir(t)
+    const target = await launch(t, [bin, dir, 'sleeps'], { dir, ready: (tg) => /^ready pid=\d+$/m.test(tg.text()) })
+    const since = BigInt((await target.waitFor(/^sleeping since=(\d+)$/m))[1])
+    if (resumedFirst) {
+      const first = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
+      fs.writeFileSync(path.join(first, 'done'), 'resume\n')
+    }
+    // Let some of the 600 s pass, so a call that started over would be seen to: not an assertion on time.
+    await new Promise((resolve) => setTimeout(resolve, 3000))
+    const requested = process.hrtime.bigint() // CLOCK_MONOTONIC, as the fixture's
+    const saved = path.join(dir, 'saved')
+    await checkpointSaveKill(mnt, target.pid, saved)
+    if (resumedFirst) {
+      const restarting = fs.readdirSync(path.join(saved, `task-${target.pid}`, 'threads'))
+        .filter((tid) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'threads', tid, 'syscall_nr'), 'utf8') === '219\n')
+      t.ok(restarting.length >= 4, `threads in restart_syscall at the checkpoint (${restarting.length})`)
+    }
+    restoreOk(mnt, saved, target.pid)
+    const go = path.join(dir, 'go')
+    fs.writeFileSync(`${go}.part`, `${requested - since}\n`)
+    fs.renameSync(`${go}.part`, go)
+    const names = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll', 'poll', 'epoll_wait', 'nanosleep without rem']
+    const withLeft = ['nanosleep', 'clock_nanosleep', 'select', 'pselect6', 'ppoll']
+    const checks = await collectChecks(target)
+    if (resumedFirst) {
+      // The fixture's nanosleep goes through syscall(2), which loads the call's number from a
+      // register, not with a `mov $35, %eax` before its syscall instruction: not identified, it
+      // returns EINTR (with the time left in rem, as the next check shows), as documented.
+      t.match(checks.failed, [/^FAIL: sleep: nanosleep still waiting after the restore: returned -1 \(Interrupted system call\) before our signal$/], 'the raw nanosleep returns EINTR')
+      checks.failed = checks.failed.slice(1)
+      names.splice(names.indexOf('nanosleep'), 1)
+    }
+    expectChecks(t, checks, [
+      ...names.map((n) => `sleep: ${n} still waiting after the restore`),
+      ...withLeft.map((n) => `sleep: ${n} waits only the time left`),
+    ])
+  })
+}

@@ -15,6 +15,11 @@
 // - An epoll_wait, epoll_pwait, epoll_pwait2 or rt_sigtimedwait that the checkpoint alone woke
 //   (-EINTR, and no signal waiting that would interrupt it) is issued again, as a resumed
 //   task's is (addon/src/freeze.c, fix_interrupted_wait).
+// - A thread resuming through restart_syscall (-ERESTART_RESTARTBLOCK with orig_rax
+//   restart_syscall: it was frozen and resumed before, by ckptfs or a SIGSTOP, or restored as
+//   above) no longer says which call it made; the `mov $NR, %eax` right before its syscall
+//   instruction (how glibc and most code make a call) does, and it is treated as that call.
+//   Unidentified, it gets EINTR, as restart_syscall in a new process would give it.
 // A poll(), epoll_wait() or rem-less nanosleep keeps its timeout in a register, or in the
 // kernel only: the time it had left is not visible from user space, so it waits its whole
 // timeout again.
@@ -64,10 +69,15 @@ export function restartFixup(saved: Buffer): Buffer {
  */
 export async function resumeRegisters(thread: ThreadState, proc: ProcessState): Promise<Buffer> {
   const saved = thread.regs
-  const nr = get(saved, R.orig_rax)
   const rax = get(saved, R.rax)
+  let nr = get(saved, R.orig_rax)
+  if (nr === NR.restartSyscall && rax === ERESTART_RESTARTBLOCK) {
+    const made = await callBeforeSyscallInsn(thread)
+    if (made === undefined || made === NR.restartSyscall) return restartFixup(saved)
+    nr = made
+  }
   if (nr >= 0n && rax === ERESTART_RESTARTBLOCK) {
-    const call = sleepWithTimeLeft(saved)
+    const call = sleepWithTimeLeft(nr, saved)
     if (call) {
       const [result] = (await native.injectBatch(thread.tid, 0, null, [call])).results
       const regs = Buffer.from(saved)
@@ -85,6 +95,11 @@ export async function resumeRegisters(thread: ThreadState, proc: ProcessState): 
       }
       // The saved rem is not a time the kernel takes (a damaged tree): start the call over.
     }
+    const regs = Buffer.from(saved)
+    set(regs, R.rax, nr)
+    set(regs, R.rip, get(regs, R.rip) - 2n)
+    set(regs, R.orig_rax, -1n)
+    return regs
   }
   if (nr >= 0n && rax === EINTR && WAITS_WITHOUT_RESTART.has(nr) && !signalWaiting(thread, proc) && (await afterSyscallInsn(thread))) {
     const regs = Buffer.from(saved)
@@ -97,8 +112,7 @@ export async function resumeRegisters(thread: ThreadState, proc: ProcessState): 
 }
 
 /** The same sleep, asking for the time that `rem` says was left, interrupted at its entry; none when that time is not known. */
-function sleepWithTimeLeft(regs: Buffer): InjectedCall | undefined {
-  const nr = get(regs, R.orig_rax)
+function sleepWithTimeLeft(nr: bigint, regs: Buffer): InjectedCall | undefined {
   if (nr === NR.nanosleep) {
     const rem = get(regs, R.rsi)
     return rem === 0n ? undefined : { nr: Number(NR.nanosleep), args: [rem, rem], interruptAtEntry: true }
@@ -123,6 +137,14 @@ function signalWaiting(thread: ThreadState, proc: ProcessState): boolean {
     return true
   }
   return false
+}
+
+/** The number a `mov $NR, %eax` right before the syscall instruction that the saved rip follows loads. */
+async function callBeforeSyscallInsn(thread: ThreadState): Promise<bigint | undefined> {
+  const rip = BigInt.asUintN(64, get(thread.regs, R.rip))
+  const code = await native.readMemory(thread.tid, rip - 7n, 7).catch(() => undefined)
+  if (!code || code[0] !== 0xb8 || code[5] !== 0x0f || code[6] !== 0x05) return undefined
+  return BigInt(code.readUInt32LE(1))
 }
 
 /** Whether the two bytes before the saved rip are a `syscall` instruction (0f 05). */
