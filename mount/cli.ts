@@ -1,17 +1,14 @@
 // The `ckptfs` command line (SPEC "Command line"). Each command is a thin use of the mount's
 // file interface or of lib; exit status 0 success, 1 failure (one line on stderr), 2 bad usage.
 
-import { execFileSync, spawn } from 'child_process'
+import { spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import { checkProcess } from '../lib/check'
 import { CkptError, errnoOf, messageOf } from '../lib/errors'
 import { ancestryOf } from '../lib/lifecycle'
-import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
-import { openRestoreInput, type RestoreInput } from '../lib/restore/input'
-import { imageFileIn } from '../lib/restore/load'
-import { checkImageCredentials } from '../lib/restore/owner'
+import { openRestoreInput } from '../lib/restore/input'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
 import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
@@ -45,8 +42,8 @@ is not empty) is still made, but the command fails and names the reason, unless 
 such a checkpoint is expected; a lazy checkpoint of this command's own ancestor is refused.`,
   restore: `Restores from PATH: a saved checkpoint-N tree, a directory holding only its image, an image
 file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Prints the PID.
-Through the mount (--mount, or your only mount); with no mount of yours, or --no-mount, this
-command restores by itself. --allow-replaced accepts files replaced since the checkpoint (a
+This command restores by itself, the pages read where they lie (a mount is not needed; a
+--mount given must answer); a PATH inside MNT/restore/ is restored by its server. --allow-replaced accepts files replaced since the checkpoint (a
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
@@ -297,10 +294,11 @@ async function restore(parsed: Parsed): Promise<void> {
   // A directory already in the restore area is restored where it is.
   const resolved = path.resolve(given)
   const inArea = given !== '-' && path.basename(path.dirname(resolved)) === 'restore' && ownCkptfsMounts().includes(path.dirname(path.dirname(resolved)))
-  // With no mount of the caller's (or --no-mount) there is no server to ask: this process
-  // restores it, and the task is not its child either.
-  const direct = !inArea && (parsed.flags.has('no-mount') || (!parsed.flags.has('mount') && ownCkptfsMounts().length === 0))
-  const mnt = direct ? undefined : chooseMount(mountFlag(parsed))
+  // A saved copy on disk (a tree, an image, a tar, stdin) is restored by this process from
+  // where it lies, mount or not: its pages are read by the task from the saved files, never
+  // pushed through FUSE into restore/ (issue 16). A mount named with --mount must still answer.
+  if (!inArea && parsed.flags.has('mount')) chooseMount(mountFlag(parsed))
+  const mnt = inArea ? path.dirname(path.dirname(resolved)) : undefined
   const input = inArea ? undefined : await openRestoreInput(given)
   // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
   const allowReplaced = parsed.flags.has('allow-replaced')
@@ -310,62 +308,28 @@ async function restore(parsed: Parsed): Promise<void> {
       ? await restorePath(input!.path, { allowReplaced }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
-      : await restoreThroughMount(mnt, given, input, explain, allowReplaced)
+      : await restoreInArea(mnt, resolved, explain, allowReplaced)
     process.stdout.write(`${pid}\n`)
   } finally {
     input?.dispose()
   }
 }
 
-async function restoreThroughMount(mnt: string, given: string, input: RestoreInput | undefined, explain: (err: unknown) => CkptError, allowReplaced: boolean): Promise<number> {
-  const area = path.join(mnt, 'restore')
-  let dir: string
-  if (!input) {
-    dir = path.resolve(given)
-  } else {
-    const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
-    dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
-    try {
-      // The restore area trusts what is copied in (the mount's owner chose it); what is read
-      // here from the user's disk is first held to its owners' rule (lib/restore/owner.ts).
-      if (!input.isDirectory) {
-        await checkImageCredentials(input.path, input.storedBy, input.path)
-        fs.copyFileSync(input.path, path.join(dir, 'image'))
-      } else if (holdsTaskDir(input.path)) {
-        // A saved tree goes in as the image made from it (read and validated here, as a
-        // restore would): one file through the mount instead of one per value, seconds
-        // instead of minutes for a 10,000-fd tree's 181,065 files.
-        await treeToImage(input.path, path.join(dir, 'image'), { validate: true, storedBy: input.storedBy })
-      } else {
-        // a directory holding an image
-        const image = imageFileIn(fs.readdirSync(input.path), input.path)
-        if (image !== undefined) await checkImageCredentials(path.join(input.path, image), input.storedBy, path.join(input.path, image))
-        execFileSync('cp', ['-a', `${input.path}/.`, dir])
-      }
-    } catch (err) {
-      fs.rmSync(dir, { recursive: true, force: true })
-      throw explain(errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err)
-    }
-  }
+/** Restores a tree already in the restore area of `mnt` by writing to its `done`. */
+async function restoreInArea(mnt: string, dir: string, explain: (err: unknown) => CkptError, allowReplaced: boolean): Promise<number> {
   try {
-    try {
-      await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
-        throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
-      })
-    } catch (err) {
-      if (errnoOf(err) === 'ENOTCONN') throw err
-      const status = readOrUndefined(path.join(dir, 'status'))
-      throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${input?.label ?? dir}: ${messageOf(err)}`)
-    }
-    const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
-    const m = /^restored ([0-9]+)$/.exec(status)
-    if (!m) throw explain(`restore of ${input?.label ?? dir}: ${status}`)
-    return Number(m[1])
-  } finally {
-    // A copy made here has given its answer (printed above); kept, it would hold the
-    // server's memory or disk until the unmount.
-    if (input) fs.rmSync(dir, { recursive: true, force: true })
+    await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
+      throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
+    })
+  } catch (err) {
+    if (errnoOf(err) === 'ENOTCONN') throw err
+    const status = readOrUndefined(path.join(dir, 'status'))
+    throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${dir}: ${messageOf(err)}`)
   }
+  const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+  const m = /^restored ([0-9]+)$/.exec(status)
+  if (!m) throw explain(`restore of ${dir}: ${status}`)
+  return Number(m[1])
 }
 
 /**
@@ -387,27 +351,6 @@ async function startRestore(dir: string, word: string): Promise<void> {
     await fs.promises.writeFile(path.join(dir, 'done'), word)
   } finally {
     clearInterval(watch)
-  }
-}
-
-/** Whether `dir` holds a task-PID directory (a saved tree rather than a directory holding an image). */
-function holdsTaskDir(dir: string): boolean {
-  return fs.readdirSync(dir).some((name) => /^task-[0-9]+$/.test(name))
-}
-
-/**
- * Makes a new directory in the restore area named after `base` (base, base-2, ...). mkdir is
- * the claim: two restores started at once never pick the same name.
- */
-function claimRestoreDir(area: string, base: string): string {
-  for (let n = 1; ; n++) {
-    const dir = path.join(area, n === 1 ? base : `${base}-${n}`)
-    try {
-      fs.mkdirSync(dir)
-      return dir
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CkptError(`${dir}: ${messageOf(err)}`)
-    }
   }
 }
 
