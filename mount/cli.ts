@@ -9,6 +9,7 @@ import { CkptError, errnoOf, messageOf } from '../lib/errors'
 import { ancestryOf } from '../lib/lifecycle'
 import { restorePath } from '../lib/restore/index'
 import { openRestoreInput } from '../lib/restore/input'
+import { readFirstTouched, writeFirstTouched, type LazyOutcome } from '../lib/restore/lazy'
 import { showCheckpoint } from '../lib/show'
 import { runDemo } from './demo'
 import { chooseMount, deadMount, ownCkptfsMounts } from './mounts'
@@ -21,7 +22,7 @@ const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
   ckptfs checkpoint PID [--mount MNT] [--copy] [--inspect]
-  ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced]
+  ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced] [--lazy]
   ckptfs check PID
   ckptfs show PATH
   ckptfs demo
@@ -43,7 +44,9 @@ such a checkpoint is expected; a lazy checkpoint of this command's own ancestor 
   restore: `Restores from PATH: a saved checkpoint-N tree, a directory holding only its image, an image
 file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Prints the PID.
 This command restores by itself, the pages read where they lie (a mount is not needed; a
---mount given must answer); a PATH inside MNT/restore/ is restored by its server. --allow-replaced accepts files replaced since the checkpoint (a
+--mount given must answer); a PATH inside MNT/restore/ is restored by its server. --lazy: the
+process runs before its memory is back, pages come in on first touch and in the background;
+the PID is printed at once, and the command ends when the last page is in. --allow-replaced accepts files replaced since the checkpoint (a
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
@@ -303,22 +306,57 @@ async function restore(parsed: Parsed): Promise<void> {
   // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
   const allowReplaced = parsed.flags.has('allow-replaced')
   const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
+  // --lazy: the PID is printed as soon as the process runs; the command ends when its last
+  // page is in (lib/restore/lazy.ts), and says so on stderr.
+  const lazy = parsed.flags.has('lazy')
+  let fill: Promise<LazyOutcome> | undefined
+  // A saved tree on disk keeps the record of the pages its last lazy restore touched first
+  // (task-PID/memory/first_touched): they are filled first next time.
+  const treeTask = lazy && input?.isDirectory && input.path === resolved ? fs.readdirSync(resolved).find((n) => /^task-[0-9]+$/.test(n)) : undefined
+  const prefetch = treeTask ? readFirstTouched(resolved, Number(treeTask.slice(5))) : undefined
   try {
     const pid = mnt === undefined
-      ? await restorePath(input!.path, { allowReplaced }, input!.storedBy).catch((err: unknown) => {
+      ? await restorePath(input!.path, { allowReplaced, lazy: lazy ? (f) => { fill = f } : undefined, prefetch }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
-      : await restoreInArea(mnt, resolved, explain, allowReplaced)
+      : await restoreInArea(mnt, resolved, explain, allowReplaced, lazy)
     process.stdout.write(`${pid}\n`)
+    if (lazy && mnt === undefined) {
+      // This process serves the missing pages: ending it now would leave them reading zero.
+      const refuse = (signal: string) => process.stderr.write(`ckptfs restore: ${signal} ignored: ${pid} still needs this command until its last page is in\n`)
+      for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, refuse)
+      try {
+        const done = fill ? await fill.catch((err: unknown) => { throw explain(err) }) : undefined
+        process.stderr.write(`ckptfs restore: ${lazyReport(pid, done)}\n`)
+        if (treeTask && done && !done.ended) {
+          try {
+            writeFirstTouched(resolved, pid, done.firstTouched)
+          } catch (err) {
+            process.stderr.write(`ckptfs restore: the record of first touches was not kept: ${messageOf(err)}\n`)
+          }
+        }
+      } finally {
+        for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(signal, refuse)
+      }
+    }
   } finally {
     input?.dispose()
   }
 }
 
+/** What a lazy restore says once its last page is in (`done`: undefined when nothing was left to fill). */
+function lazyReport(pid: number, done: LazyOutcome | undefined): string {
+  if (!done) return `${pid}: every page was in before it ran (nothing to fill lazily)`
+  const counts = `${done.pages} pages copied in, ${done.zeroPages} zero pages, ${done.faults} faults` +
+    (done.prefetched ? `, ${done.prefetched} MiB pieces filled first as recorded last time` : '')
+  if (done.ended) return `${pid} ended before its last page was in (${counts} in ${done.seconds.toFixed(3)} s)`
+  return `${pid}: the last page is in, ${done.seconds.toFixed(3)} s after it started (${counts})`
+}
+
 /** Restores a tree already in the restore area of `mnt` by writing to its `done`. */
-async function restoreInArea(mnt: string, dir: string, explain: (err: unknown) => CkptError, allowReplaced: boolean): Promise<number> {
+async function restoreInArea(mnt: string, dir: string, explain: (err: unknown) => CkptError, allowReplaced: boolean, lazy: boolean): Promise<number> {
   try {
-    await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
+    await startRestore(dir, lazy ? 'lazy\n' : allowReplaced ? 'allow-replaced\n' : '1\n').catch((err: unknown) => {
       throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
     })
   } catch (err) {
@@ -327,7 +365,7 @@ async function restoreInArea(mnt: string, dir: string, explain: (err: unknown) =
     throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${dir}: ${messageOf(err)}`)
   }
   const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
-  const m = /^restored ([0-9]+)$/.exec(status)
+  const m = /^restored ([0-9]+)($|, )/.exec(status)
   if (!m) throw explain(`restore of ${dir}: ${status}`)
   return Number(m[1])
 }
@@ -376,7 +414,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
   checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy', 'inspect'] },
-  restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
+  restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced', 'lazy'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
   demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await runDemo() }, valued: [], plain: [] },
