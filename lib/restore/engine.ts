@@ -410,7 +410,11 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   }
   for (const v of eager) {
     for (const run of v.stored) {
-      if (run.length >= 1n << 20n) populate.push({ nr: SYS.madvise, args: [v.start + run.offset, run.length, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
+      if (run.length < 1n << 20n) continue
+      for (let done = 0n; done < run.length; done += BigInt(READ_PIECE)) {
+        const n = run.length - done < BigInt(READ_PIECE) ? run.length - done : BigInt(READ_PIECE)
+        populate.push({ nr: SYS.madvise, args: [v.start + run.offset + done, n, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
+      }
     }
   }
   timer.mark('mappings')
@@ -542,8 +546,12 @@ interface PageRead {
   what: string
 }
 
-/** The kernel moves at most 2 GiB - 4 KiB per read call; larger runs take several. */
-const READ_PIECE = 1 << 30
+/**
+ * Bytes per injected pread64 and per MADV_POPULATE_WRITE: each injected call must return
+ * within the tracer's per-call limit (10 s), and on a loaded machine one call over 1 GiB of
+ * fresh memory took longer (issue 16's benchmark); a call per 64 MiB costs nothing measurable.
+ */
+const READ_PIECE = 64 << 20
 /** Pages with no file behind them are copied through a buffer of this size. */
 const COPY_PIECE = 32 << 20
 
