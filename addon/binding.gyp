@@ -11,7 +11,8 @@
         "src/memory.c",
         "src/checksum.c",
         "src/files.c",
-        "src/restore.c"
+        "src/restore.c",
+        "src/uffd.c"
       ],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
       "cflags_c": ["-std=c11", "-Wall", "-Wextra"]

@@ -148,6 +148,17 @@ export interface Addon {
    */
   crc32cOfMemory(pid: number, ranges: PagemapRun[], pieceSize: number): Promise<number[]>
   /**
+   * Lazy restore (addon/src/uffd.c): registers `ranges` (u64 start, u64 length pairs) of pid's
+   * memory on `uffd` (a userfaultfd the task made, taken with getFd; owned by the fill from
+   * now on, closed when it ends) and fills them on first touch and in the background, from
+   * `pieces` (per piece: u32 crc32c, u32 segment count, u32 source count, u32 0, then segments
+   * u64 address, u64 length, then sources i64 fd, u64 offset, u64 length), in `order` (u32
+   * piece indices) for the background. Settles when every stored page is in, or with
+   * `failure` once a piece could not be read or checked (the task and its descendants are
+   * killed first).
+   */
+  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer): Promise<LazyFillResult>
+  /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the
    * anonymous copies of a private mapping). Adjacent pages are merged into one run.
@@ -218,4 +229,19 @@ export interface Addon {
    * held by freeze or spawnRestorer: a thread a restore created with an injected clone3.
    */
   seizeThread(pid: number, tid: number): Promise<void>
+}
+
+export interface LazyFillResult {
+  copiedPages: bigint
+  zeroPages: bigint
+  faults: bigint
+  /** Seconds from the registration to the last page. */
+  seconds: number
+  /** Piece indices in the order their first fault asked for them. */
+  firstTouched: number[]
+  /** The process ended (or was killed) before its last page was in. */
+  ended: boolean
+  failure?: string
+  /** The piece that failed, or -1 when the failure was not one piece's. */
+  failedPiece?: number
 }

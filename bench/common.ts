@@ -45,6 +45,10 @@ export interface Options {
   leakTrim: boolean
   /** Run the ckptfs server under node --cpu-prof and summarise where its time went. */
   profile: boolean
+  /** Whether the restore benchmark restores the 10,000-fd task too (--restore-mem-only: not). */
+  restoreFds: boolean
+  /** MiB of the targets the compare benchmark runs through ckptfs and CRIU (issue 16: 64, 1024, 4096). */
+  compareMibs: number[]
 }
 
 // ---- clean-up: everything started is stopped and unmounted, even on failure or ^C ----

@@ -73,13 +73,13 @@ function rawCopy(rawcopy: string, target: Target, addr: string, len: number): Ra
 
 // ---- the target's own stop measurement ----
 
-interface Gap {
+export interface Gap {
   start: bigint
   len: bigint
 }
 
 /** Asks the target for the gaps its spinning thread saw since the last report (and forgets them). */
-async function gaps(target: Target): Promise<Gap[]> {
+export async function gaps(target: Target): Promise<Gap[]> {
   const from = target.lines.length
   process.kill(target.pid, 'SIGUSR1')
   const m = await target.waitFor(/^gaps (\d+)(.*)$/, 10_000, from)
@@ -90,7 +90,7 @@ async function gaps(target: Target): Promise<Gap[]> {
 }
 
 /** The gap that overlaps [t0, t1] most: the stop of a checkpoint requested at t0 that returned at t1. */
-function stopIn(all: Gap[], t0: bigint, t1: bigint): Gap | undefined {
+export function stopIn(all: Gap[], t0: bigint, t1: bigint): Gap | undefined {
   let best: Gap | undefined
   let bestOverlap = 0n
   for (const g of all) {

@@ -6,6 +6,9 @@
 //   gaps N START:LENGTH ...
 // (times are CLOCK_MONOTONIC ns, comparable with the benchmark's clock) and forgets them.
 // Prints "ready pid=PID addr=0xADDR len=BYTES" once the memory is touched.
+// memtarget MIB DIR: also answers requests, for the lazy restore's time to first response: a
+// byte written to the fifo DIR/req is answered on the fifo DIR/resp with one byte, the sum of
+// the first bytes of 64 pages spread over the memory (a request touches them).
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -17,6 +20,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #define MAX_GAPS 32
 #define MIN_GAP_NS 200000
@@ -65,6 +69,23 @@ static void *spin(void *arg) {
   return NULL;
 }
 
+static unsigned char *memory;
+static size_t memory_len;
+static int req_fd = -1, resp_fd = -1;
+
+static void *answer(void *arg) {
+  (void)arg;
+  size_t pages = memory_len / 4096, next = 0;
+  for (;;) {
+    char c;
+    if (read(req_fd, &c, 1) != 1) continue;
+    unsigned char sum = 0;
+    for (int i = 0; i < 64; i++, next += 7919) sum += memory[(next % pages) * 4096 + 8];
+    if (write(resp_fd, &sum, 1) != 1) continue;
+  }
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   close_range(3, ~0U, 0); // nothing inherited beyond stdio
   size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 1024;
@@ -76,6 +97,20 @@ int main(int argc, char **argv) {
   }
   memset(mem, 0x5a, len);
   for (size_t off = 0; off < len; off += 4096) memcpy(mem + off, &off, sizeof off); // pages differ
+  memory = (unsigned char *)mem;
+  memory_len = len;
+  if (argc > 2) {
+    // Opened read-write: a fifo opened so never waits for the other end.
+    char path[4096];
+    snprintf(path, sizeof path, "%s/req", argv[2]);
+    req_fd = open(path, O_RDWR | O_CLOEXEC);
+    snprintf(path, sizeof path, "%s/resp", argv[2]);
+    resp_fd = open(path, O_RDWR | O_CLOEXEC);
+    if (req_fd < 0 || resp_fd < 0) {
+      perror("memtarget: open the fifos");
+      return 1;
+    }
+  }
 
   sigset_t set;
   sigemptyset(&set);
@@ -83,6 +118,8 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &set, NULL); // the spinner inherits the mask
   pthread_t thread;
   if (pthread_create(&thread, NULL, spin, NULL) != 0) return 1;
+  pthread_t answerer;
+  if (req_fd >= 0 && pthread_create(&answerer, NULL, answer, NULL) != 0) return 1;
 
   printf("ready pid=%d addr=%p len=%zu\n", (int)getpid(), (void *)mem, len);
   fflush(stdout);

@@ -4,6 +4,7 @@
 //   memory    2. memory: copy-mode stop time, lazy stop-to-ready, read throughput (issue 4)
 //   restore   3. restore (issue 6)
 //   leak      4. the server's RSS after --leak-early and --leak-cycles checkpoint/done cycles (issue 13)
+//   compare   5. ckptfs and CRIU side by side (issue 16; needs CKPTFS_BENCH_CRIU=PATH of a criu binary)
 //   (none)    all of them
 //
 // Options:
@@ -18,6 +19,8 @@
 //   --leak-early N   the cycle whose RSS is the baseline (default 500)
 //   --leak-trim      also the RSS left at each mark once the server's allocator has given its
 //                    free memory back (malloc_trim(0), called in the server with gdb)
+//   --compare-mib N,N  MiB of the targets of the compare part (default 64,1024,4096)
+//   --restore-mem-only  the restore part skips the 10,000-fd task
 //   --profile        run the ckptfs server under node --cpu-prof and print where its time went
 //
 // Prints a table (date, machine, each figure, each ratio vs its target: meets or misses) and
@@ -31,6 +34,7 @@ import { benchFds } from './fds'
 import { benchMemory } from './memory'
 import { benchRestore } from './restore'
 import { benchLeak } from './leak'
+import { benchCompare } from './compare'
 import { summariseProfiles } from './profile'
 import { machineLines, markdownTable, Report, textTable, writeMarkdown } from './report'
 
@@ -39,18 +43,24 @@ const BENCHMARKS: Record<string, { title: string; run: (opts: Options, rep: Repo
   memory: { title: '2. Memory (issue 4)', run: benchMemory },
   restore: { title: '3. Restore (issue 6)', run: benchRestore },
   leak: { title: '4. Server memory over many checkpoints (issue 13)', run: benchLeak },
+  compare: { title: '5. Side by side with CRIU (issue 16)', run: benchCompare },
 }
 
-const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--leak-trim] [--profile]'
+const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak|compare ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--leak-trim] [--compare-mib N,N] [--restore-mem-only] [--profile]'
 
 function parseArgs(argv: string[]): { names: string[]; opts: Options } {
-  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, leakTrim: false, profile: false }
+  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, leakTrim: false, profile: false, restoreFds: true, compareMibs: [64, 1024, 4096] }
   const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats', '--leak-cycles': 'leakCycles', '--leak-early': 'leakEarly' }
   const names: string[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--profile') opts.profile = true
     else if (a === '--leak-trim') opts.leakTrim = true
+    else if (a === '--restore-mem-only') opts.restoreFds = false
+    else if (a === '--compare-mib') {
+      opts.compareMibs = (argv[++i] ?? '').split(',').map(Number)
+      if (!opts.compareMibs.every((n) => Number.isInteger(n) && n > 0)) throw new Error('--compare-mib needs positive integers, comma-separated')
+    }
     else if (a in numeric) {
       const n = Number(argv[++i])
       if (!Number.isInteger(n) || n <= 0) throw new Error(`${a} needs a positive integer`)

@@ -4,14 +4,14 @@
 // The modules a command needs are loaded when it runs (`await import`): loading all of lib for
 // every command cost about 0.18 s of CPU per run, more than node itself takes to start.
 
-import { execFile, spawn } from 'child_process'
+import { spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
-import { promisify } from 'util'
 import { CkptError, errnoOf, messageOf } from '../lib/errors'
 import type { RestoreInput } from '../lib/restore/input'
 import { Progress } from './progress'
 import { allCkptfsMounts, chooseMount, deadMount, ownCkptfsMounts } from './mounts'
+import type { LazyOutcome } from '../lib/restore/lazy'
 import { readRecord, removeLeftovers, serverRuns } from './records'
 import type { Server } from './server'
 
@@ -19,7 +19,7 @@ const USAGE = `usage:
   ckptfs mount MNT [--foreground] [--cache-size BYTES]
   ckptfs umount MNT
   ckptfs checkpoint PID [--mount MNT] [--copy] [--inspect]
-  ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced]
+  ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced] [--lazy]
   ckptfs check PID
   ckptfs show PATH
   ckptfs demo
@@ -40,8 +40,10 @@ is not empty) is still made, but the command fails and names the reason, unless 
 such a checkpoint is expected; a lazy checkpoint of this command's own ancestor is refused.`,
   restore: `Restores from PATH: a saved checkpoint-N tree, a directory holding only its image, an image
 file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Prints the PID.
-Through the mount (--mount, or your only mount); with no mount of yours, or --no-mount, this
-command restores by itself. --allow-replaced accepts files replaced since the checkpoint (a
+This command restores by itself, the pages read where they lie (a mount is not needed; a
+--mount given must answer); a PATH inside MNT/restore/ is restored by its server. --lazy: the
+process runs before its memory is back, pages come in on first touch and in the background;
+the PID is printed at once, and the command ends when the last page is in. --allow-replaced accepts files replaced since the checkpoint (a
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
@@ -293,15 +295,6 @@ async function readAnswer(handle: fs.promises.FileHandle): Promise<string> {
 }
 
 /** Runs an operation on the mount; a server that is gone is named as such. */
-function throughMount<T>(mnt: string, op: () => T): T {
-  try {
-    return op()
-  } catch (err) {
-    if (errnoOf(err) === 'ENOTCONN') throw deadMount(mnt)
-    throw err
-  }
-}
-
 async function throughMountAsync<T>(mnt: string, op: () => Promise<T>): Promise<T> {
   try {
     return await op()
@@ -322,10 +315,11 @@ async function restore(parsed: Parsed): Promise<void> {
   // A directory already in the restore area is restored where it is.
   const resolved = path.resolve(given)
   const inArea = given !== '-' && path.basename(path.dirname(resolved)) === 'restore' && ownCkptfsMounts().includes(path.dirname(path.dirname(resolved)))
-  // With no mount of the caller's (or --no-mount) there is no server to ask: this process
-  // restores it, and the task is not its child either.
-  const direct = !inArea && (parsed.flags.has('no-mount') || (!parsed.flags.has('mount') && ownCkptfsMounts().length === 0))
-  const mnt = direct ? undefined : chooseMount(mountFlag(parsed))
+  // A saved copy on disk (a tree, an image, a tar, stdin) is restored by this process from
+  // where it lies, mount or not: its pages are read by the task from the saved files, never
+  // pushed through FUSE into restore/ (issue 16). A mount named with --mount must still answer.
+  if (!inArea && parsed.flags.has('mount')) chooseMount(mountFlag(parsed))
+  const mnt = inArea ? path.dirname(path.dirname(resolved)) : undefined
   const progress = new Progress('restore')
   let input: RestoreInput | undefined
   try {
@@ -338,90 +332,77 @@ async function restore(parsed: Parsed): Promise<void> {
     // Files replaced on purpose since the checkpoint are accepted (never files the task could not open).
     const allowReplaced = parsed.flags.has('allow-replaced')
     const explain = (err: unknown) => new CkptError(input ? input.explain(messageOf(err)) : messageOf(err), errnoOf(err))
+    // --lazy: the PID is printed as soon as the process runs; the command ends when its last
+    // page is in (lib/restore/lazy.ts), and says so on stderr.
+    const lazy = parsed.flags.has('lazy')
+    const lazyModule = lazy ? await import('../lib/restore/lazy') : undefined
+    let fill: Promise<LazyOutcome> | undefined
+    // A saved tree on disk keeps the record of the pages its last lazy restore touched first
+    // (task-PID/memory/first_touched): they are filled first next time.
+    const treeTask = lazy && input?.isDirectory && input.path === resolved ? fs.readdirSync(resolved).find((n) => /^task-[0-9]+$/.test(n)) : undefined
+    const prefetch = treeTask ? lazyModule!.readFirstTouched(resolved, Number(treeTask.slice(5))) : undefined
     let pid: number
     if (mnt === undefined) {
       progress.step(`restoring ${input!.label}`)
       const { restorePath } = await import('../lib/restore/index')
-      pid = await restorePath(input!.path, { allowReplaced, note: progress.note }, input!.storedBy).catch((err: unknown) => {
+      pid = await restorePath(input!.path, { allowReplaced, note: progress.note, lazy: lazy ? (f) => { fill = f } : undefined, prefetch }, input!.storedBy).catch((err: unknown) => {
         throw explain(err)
       })
     } else {
-      pid = await restoreThroughMount(mnt, given, input, explain, allowReplaced, progress)
+      progress.step(`restoring ${resolved}`)
+      pid = await restoreInArea(mnt, resolved, explain, allowReplaced, lazy, progress)
     }
     progress.finish()
     process.stdout.write(`${pid}\n`)
+    process.stdout.write(`${pid}\n`)
+    if (lazy && mnt === undefined) {
+      // This process serves the missing pages: ending it now would leave them reading zero.
+      const refuse = (signal: string) => process.stderr.write(`ckptfs restore: ${signal} ignored: ${pid} still needs this command until its last page is in\n`)
+      for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, refuse)
+      try {
+        const done = fill ? await fill.catch((err: unknown) => { throw explain(err) }) : undefined
+        process.stderr.write(`ckptfs restore: ${lazyReport(pid, done)}\n`)
+        if (treeTask && done && !done.ended) {
+          try {
+            lazyModule!.writeFirstTouched(resolved, pid, done.firstTouched)
+          } catch (err) {
+            process.stderr.write(`ckptfs restore: the record of first touches was not kept: ${messageOf(err)}\n`)
+          }
+        }
+      } finally {
+        for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(signal, refuse)
+      }
+    }
   } finally {
     progress.finish()
     input?.dispose()
   }
 }
 
-async function restoreThroughMount(mnt: string, given: string, input: RestoreInput | undefined, explain: (err: unknown) => CkptError, allowReplaced: boolean, progress: Progress): Promise<number> {
-  const area = path.join(mnt, 'restore')
-  let dir: string
-  if (!input) {
-    dir = path.resolve(given)
-  } else {
-    const base = given === '-' ? 'stdin' : path.basename(path.resolve(given)).replace(/\.tar\.gz$|\.[^.]*$/, '')
-    dir = throughMount(mnt, () => claimRestoreDir(area, base || 'saved'))
-    try {
-      const { checkImageCredentials } = await import('../lib/restore/owner')
-      // The restore area trusts what is copied in (the mount's owner chose it); what is read
-      // here from the user's disk is first held to its owners' rule (lib/restore/owner.ts).
-      if (!input.isDirectory) {
-        progress.step(`checking ${input.label}`)
-        await checkImageCredentials(input.path, input.storedBy, input.path)
-        await copyWithProgress(input.path, path.join(dir, 'image'), progress, `copying the image into ${dir}`)
-      } else if (holdsTaskDir(input.path)) {
-        // A saved tree goes in as the image made from it (read and validated here, as a
-        // restore would): one file through the mount instead of one per value, seconds
-        // instead of minutes for a 10,000-fd tree's 181,065 files.
-        progress.step(`reading and checking ${input.label}`)
-        let writing = false
-        const { treeToImage } = await import('../lib/image/convert')
-        await treeToImage(input.path, path.join(dir, 'image'), {
-          validate: true,
-          storedBy: input.storedBy,
-          onProgress: (written, total) => {
-            if (!writing) progress.step(`writing its image into ${dir}`, total)
-            writing = true
-            progress.advance(written)
-          },
-        })
-      } else {
-        // a directory holding an image
-        const { imageFileIn } = await import('../lib/restore/load')
-        const image = imageFileIn(fs.readdirSync(input.path), input.path)
-        progress.step(`checking ${input.label}`)
-        if (image !== undefined) await checkImageCredentials(path.join(input.path, image), input.storedBy, path.join(input.path, image))
-        progress.step(`copying ${input.label} into ${dir}`)
-        await execFileAsync('cp', ['-a', `${input.path}/.`, dir])
-      }
-    } catch (err) {
-      fs.rmSync(dir, { recursive: true, force: true })
-      throw explain(errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err)
-    }
-  }
+/** What a lazy restore says once its last page is in (`done`: undefined when nothing was left to fill). */
+function lazyReport(pid: number, done: LazyOutcome | undefined): string {
+  if (!done) return `${pid}: every page was in before it ran (nothing to fill lazily)`
+  const counts = `${done.pages} pages copied in, ${done.zeroPages} zero pages, ${done.faults} faults` +
+    (done.prefetched ? `, ${done.prefetched} MiB pieces filled first as recorded last time` : '')
+  if (done.ended) return `${pid} ended before its last page was in (${counts} in ${done.seconds.toFixed(3)} s)`
+  return `${pid}: the last page is in, ${done.seconds.toFixed(3)} s after it started (${counts})`
+}
+
+/** Restores a tree already in the restore area of `mnt` by writing to its `done`. */
+async function restoreInArea(mnt: string, dir: string, explain: (err: unknown) => CkptError, allowReplaced: boolean, lazy: boolean, progress: Progress): Promise<number> {
   try {
-    try {
-      progress.step(`restoring ${dir}`)
-      await startRestore(dir, allowReplaced ? 'allow-replaced\n' : '1\n', progress).catch((err: unknown) => {
-        throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
-      })
-    } catch (err) {
-      if (errnoOf(err) === 'ENOTCONN') throw err
-      const status = readOrUndefined(path.join(dir, 'status'))
-      throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${input?.label ?? dir}: ${messageOf(err)}`)
-    }
-    const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
-    const m = /^restored ([0-9]+)$/.exec(status)
-    if (!m) throw explain(`restore of ${input?.label ?? dir}: ${status}`)
-    return Number(m[1])
-  } finally {
-    // A copy made here has given its answer (printed above); kept, it would hold the
-    // server's memory or disk until the unmount.
-    if (input) fs.rmSync(dir, { recursive: true, force: true })
+    await startRestore(dir, lazy ? 'lazy\n' : allowReplaced ? 'allow-replaced\n' : '1\n', progress).catch((err: unknown) => {
+      throw errnoOf(err) === 'ENOTCONN' ? deadMount(mnt) : err
+    })
+  } catch (err) {
+    if (errnoOf(err) === 'ENOTCONN') throw err
+    const status = readOrUndefined(path.join(dir, 'status'))
+    throw explain(status?.startsWith('error: ') ? status.slice(7) : `restore of ${dir}: ${messageOf(err)}`)
   }
+  const status = fs.readFileSync(path.join(dir, 'status'), 'utf8').trim()
+  const m = /^restored ([0-9]+)($|, )/.exec(status)
+  if (!m) throw explain(`restore of ${dir}: ${status}`)
+  return Number(m[1])
 }
 
 /**
@@ -443,53 +424,6 @@ async function startRestore(dir: string, word: string, progress: Progress): Prom
     await fs.promises.writeFile(path.join(dir, 'done'), word)
   } finally {
     clearInterval(watch)
-  }
-}
-
-/** Copies `from` to `to` (a new file) a MiB at a time, telling `progress` how far it got. */
-async function copyWithProgress(from: string, to: string, progress: Progress, what: string): Promise<void> {
-  const source = await fs.promises.open(from, 'r')
-  try {
-    const total = (await source.stat()).size
-    progress.step(what, total)
-    const target = await fs.promises.open(to, 'wx', 0o600)
-    try {
-      const buf = Buffer.alloc(1 << 20)
-      for (let at = 0; at < total;) {
-        const { bytesRead } = await source.read(buf, 0, buf.length, at)
-        if (bytesRead === 0) throw new CkptError(`${from}: shorter than its ${total} bytes while copying it (changed meanwhile?)`, 'EIO')
-        for (let done = 0; done < bytesRead;) done += (await target.write(buf, done, bytesRead - done, at + done)).bytesWritten
-        at += bytesRead
-        progress.advance(at)
-      }
-    } finally {
-      await target.close()
-    }
-  } finally {
-    await source.close()
-  }
-}
-
-const execFileAsync = promisify(execFile)
-
-/** Whether `dir` holds a task-PID directory (a saved tree rather than a directory holding an image). */
-function holdsTaskDir(dir: string): boolean {
-  return fs.readdirSync(dir).some((name) => /^task-[0-9]+$/.test(name))
-}
-
-/**
- * Makes a new directory in the restore area named after `base` (base, base-2, ...). mkdir is
- * the claim: two restores started at once never pick the same name.
- */
-function claimRestoreDir(area: string, base: string): string {
-  for (let n = 1; ; n++) {
-    const dir = path.join(area, n === 1 ? base : `${base}-${n}`)
-    try {
-      fs.mkdirSync(dir)
-      return dir
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new CkptError(`${dir}: ${messageOf(err)}`)
-    }
   }
 }
 
@@ -517,7 +451,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   mount: { run: mount, valued: ['cache-size'], plain: ['foreground'] },
   umount: { run: umount, valued: [], plain: [] },
   checkpoint: { run: checkpoint, valued: ['mount'], plain: ['copy', 'inspect'] },
-  restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced'] },
+  restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced', 'lazy'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
   demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await (await import('./demo')).runDemo() }, valued: [], plain: [] },

@@ -109,6 +109,8 @@ static uint32_t crc32c(uint32_t seed, const void *p, size_t n) {
   return ~crc_table(crc, p, n);
 }
 
+uint32_t ckptfs_crc32c(uint32_t seed, const void *p, size_t n) { return crc32c(seed, p, n); }
+
 // ---- crc32c(buffer, seed): synchronous, for bytes already in our memory ----
 
 napi_value js_crc32c(napi_env env, napi_callback_info info) {

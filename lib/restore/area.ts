@@ -3,8 +3,11 @@
 // large ones in a private backing directory on disk. Each top-level entry restore/NAME also
 // has two virtual files:
 //   done    write 1 to restore NAME (empty writes, as cp makes, change nothing);
-//           `allow-replaced` restores it accepting files replaced since the checkpoint
-//   status  "saved" | "restoring" | "restoring: WHAT IT WAITS FOR" | "restored PID" | "error: WHY"
+//           `allow-replaced` restores it accepting files replaced since the checkpoint;
+//           `lazy` restores it lazily (lib/restore/lazy.ts: the write returns once it runs)
+//   status  "saved" | "restoring" | "restoring: WHAT IT WAITS FOR" | "restored PID" | "error: WHY";
+//           after a lazy restore "restored PID, filling its pages" until the last page is
+//           in, then "restored PID, every page in after S s"
 // They appear once they are created (cp and tar create them with O_EXCL: a name that existed
 // already would fail the copy) or, for status, once a restore has started; the saved copies
 // of done and status that cp writes are accepted and dropped.
@@ -15,6 +18,7 @@ import { asCommandError, CkptError, messageOf } from '../errors'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from '../tree/node'
 import { AreaDir, AreaTree, type AreaEntry, type AreaFile } from './areatree'
 import type { RestoreOptions } from './engine'
+import type { LazyOutcome } from './lazy'
 import { restoreSaved } from './index'
 
 const VIRTUAL = new Set(['done', 'status'])
@@ -59,14 +63,19 @@ export class RestoreArea {
   async restore(name: string, options: RestoreOptions = {}): Promise<number> {
     const state = this.states.get(name)
     if (state === 'restoring') throw new CkptError(`restore/${name}: a restore is already running`, 'EBUSY')
-    const restored = /^restored ([0-9]+)$/.exec(state ?? '')
+    const restored = /^restored ([0-9]+)/.exec(state ?? '')
     if (restored && running(Number(restored[1]))) throw new CkptError(`restore/${name}: ${state} already, and that process still runs`, 'EBUSY')
     const dir = this.tree.root.entries.get(name)
     if (dir?.kind !== 'dir') throw new CkptError(`restore/${name}: no such saved checkpoint`, 'ENOENT')
     this.states.set(name, 'restoring')
     try {
-      const pid = await restoreSaved(dir, name, { ...options, note: (line) => this.waits.set(name, line) })
-      this.states.set(name, `restored ${pid}`)
+      let fill: Promise<LazyOutcome> | undefined
+      const lazy = options.lazy ? (f: Promise<LazyOutcome>) => { fill = f } : undefined
+      const pid = await restoreSaved(dir, name, { ...options, lazy, note: (line) => this.waits.set(name, line) })
+      this.states.set(name, fill ? `restored ${pid}, filling its pages` : `restored ${pid}`)
+      fill?.then((done) => {
+        this.states.set(name, done.ended ? `restored ${pid}, which ended before its last page was in` : `restored ${pid}, every page in after ${done.seconds.toFixed(3)} s`)
+      }, (err: unknown) => this.states.set(name, `error: ${messageOf(err)}`))
       return pid
     } catch (err) {
       this.states.set(name, `error: ${messageOf(err)}`)
@@ -178,7 +187,7 @@ export class RestoreArea {
   }
 
   private virtual(name: string, file: string): FileNode {
-    if (file === 'done') return commandFile((text) => this.restore(name, { allowReplaced: text === 'allow-replaced' }).then(() => undefined))
+    if (file === 'done') return commandFile((text) => this.restore(name, { allowReplaced: text === 'allow-replaced', lazy: text === 'lazy' ? () => undefined : undefined }).then(() => undefined))
     // The saved status that cp -a copies in is accepted and dropped.
     const status = lineFile(async () => {
       const state = this.states.get(name) ?? 'saved'

@@ -15,6 +15,7 @@ import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
+import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
 import { resumeRegisters } from './restart'
 import { lockCalls } from './locks'
@@ -70,6 +71,14 @@ export interface RestoreOptions {
   allowReplaced?: boolean
   /** Where to say what the restore waits for (a zombie holding its PID); stderr by default. */
   note?: RestoreNote
+  /**
+   * Lazy restore (lib/restore/lazy.ts): the process runs before its private anonymous pages
+   * are in; they are filled on first touch and in the background. Called, before the
+   * process runs, with the fill, which settles when the last page is in.
+   */
+  lazy?: (fill: Promise<LazyOutcome>) => void
+  /** The pieces to fill first in a lazy restore (the record of the last one's first touches). */
+  prefetch?: Array<{ start: bigint; at: number }>
 }
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
@@ -88,6 +97,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     throw new CkptError(`restore of ${pid}: ${messageOf(err)}`)
   })
   timer.mark('stub and file table')
+  let fill: Promise<LazyOutcome> | undefined
   try {
     // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
     const layout = new Layout(vmas, mappedRanges(pid))
@@ -97,7 +107,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
     timer.mark('threads created')
     await restoreThpDisable(pid, proc, layout)
-    await restoreMemory(pid, vmas, proc, layout, timer, access)
+    await restoreMemory(pid, vmas, proc, layout, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) })
     await restoreProcessState(pid, proc, layout)
     await restoreLocks(pid, saved, layout)
     timer.mark('process state')
@@ -109,6 +119,9 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     return pid
   } catch (err) {
     await native.thaw(pid, true).catch(() => undefined)
+    // A lazy fill that found a damaged page kills the process itself: its reason is the one.
+    const filled = fill && await fill.then(() => undefined, (e: unknown) => e)
+    if (filled) throw filled
     throw err instanceof CkptError ? err : new CkptError(`restore of ${pid}: ${messageOf(err)}`)
   }
 }
@@ -339,9 +352,12 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess): Promise<void> {
+async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
   // AIO rings are made by io_setup, not mapped: the last step.
   const vmas = allVmas.filter((v) => v.kind !== 'aio')
+  // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
+  const lazily = options.lazy ? vmas.filter(isLazy) : []
+  const eager = vmas.filter((v) => !lazily.includes(v))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -395,18 +411,28 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
       if (HUGEPAGE_FLAGS.has(flag)) populate.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(MADVISE_BY_FLAG[flag])], what: `madvise ${vmaName(v)} ${flag}` })
     }
   }
-  for (const v of vmas) {
+  for (const v of eager) {
     for (const run of v.stored) {
-      if (run.length >= 1n << 20n) populate.push({ nr: SYS.madvise, args: [v.start + run.offset, run.length, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
+      if (run.length < 1n << 20n) continue
+      for (let done = 0n; done < run.length; done += BigInt(READ_PIECE)) {
+        const n = run.length - done < BigInt(READ_PIECE) ? run.length - done : BigInt(READ_PIECE)
+        populate.push({ nr: SYS.madvise, args: [v.start + run.offset + done, n, BigInt(MADV_POPULATE_WRITE)], what: `populate ${vmaName(v)}` })
+      }
     }
   }
   timer.mark('mappings')
   await inject(pid, layout, populate)
   timer.mark('populate')
-  await writePages(pid, vmas, layout)
+  await writePages(pid, eager, layout)
   timer.mark('pages')
-  await verifyPages(pid, vmas)
+  await verifyPages(pid, eager)
   timer.mark('pages checked')
+  if (lazily.length > 0) {
+    const { done: fill } = await startLazy(pid, layout, lazily, options.prefetch)
+    fill.catch(() => undefined) // a restore that fails later kills the process: the fill then ends
+    options.lazy!(fill)
+    timer.mark('lazy fill started')
+  }
 
   // 6. Final protections and madvise flags.
   const finish: Call[] = []
@@ -431,6 +457,22 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
   await setMmMap(pid, proc, vmas, layout, access)
   timer.mark('protections and mm')
+}
+
+/**
+ * Makes a userfaultfd inside the task (its mm is the one the uffd serves; kernel-mode faults
+ * are handled too, the restorer is privileged), takes it over with pidfd_getfd and closes the
+ * task's copy, then starts the fill on it.
+ */
+async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome> }> {
+  const [fd] = await inject(pid, layout, [{ nr: SYS.userfaultfd, args: [BigInt(O_CLOEXEC | O_NONBLOCK)], what: 'userfaultfd for the lazy fill' }])
+  let ours: number
+  try {
+    ours = native.getFd(pid, Number(fd))
+  } finally {
+    await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: 'close the task\'s userfaultfd (the fill holds it)' }])
+  }
+  return startLazyFill(pid, ours, vmas, prefetch)
 }
 
 /**
@@ -510,8 +552,12 @@ interface PageRead {
   what: string
 }
 
-/** The kernel moves at most 2 GiB - 4 KiB per read call; larger runs take several. */
-const READ_PIECE = 1 << 30
+/**
+ * Bytes per injected pread64 and per MADV_POPULATE_WRITE: each injected call must return
+ * within the tracer's per-call limit (10 s), and on a loaded machine one call over 1 GiB of
+ * fresh memory took longer (issue 16's benchmark); a call per 64 MiB costs nothing measurable.
+ */
+const READ_PIECE = 64 << 20
 /** Pages with no file behind them are copied through a buffer of this size. */
 const COPY_PIECE = 32 << 20
 

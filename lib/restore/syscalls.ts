@@ -35,6 +35,7 @@ export const SYS = {
   rseq: 334,
   openat: 257,
   clone3: 435,
+  userfaultfd: 323,
   set_tid_address: 218,
   set_robust_list: 273,
 } as const

@@ -1,0 +1,747 @@
+// Lazy restore (docs/RESTORE.md "Lazy restore"): a restored task's private anonymous pages are
+// filled on first touch through userfaultfd, from the saved files, by a thread of our own
+// (never the tracer thread, never the JS thread), and everything else in the background.
+//
+// lazyFill(uffd, pid, ranges, pieces, order) registers `ranges` (MISSING mode) on `uffd` (a
+// userfaultfd the task made, taken with pidfd_getfd: its ioctls act on the task's mm) and
+// returns a promise that settles when every stored page is in (or the fill failed). The
+// bytes come in pieces: each is the unit the saved copy recorded one CRC32C for (1 MiB of a
+// mapping's stored pages): where it lies (fd, offset, length: one or more file extents) and
+// where it goes (task addresses). A piece is read whole and checked before any byte of it is
+// copied in (UFFDIO_COPY), so the task never sees an unchecked byte. Pages of a registered
+// range with no stored data get UFFDIO_ZEROPAGE.
+//
+// What the task does meanwhile is followed through the non-cooperative events:
+//   REMOVE (madvise DONTNEED/REMOVE) and UNMAP: those pages are never filled any more
+//     (a later touch gets a zero page, as without the fill);
+//   REMAP (mremap): the moved pages are found at their new address;
+//   FORK: the child gets a uffd of its own (installed here on read); its missing pages are
+//     filled as the parent's, from a copy of the parent's page states.
+// A piece that cannot be read whole, or whose CRC32C differs, ends the fill: the task and its
+// descendants are killed (SIGKILL) while their faults still wait, so no process runs on with
+// a page it should not have; the promise resolves with the error and the piece's index.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "module.h"
+
+#define PAGE 4096ull
+#define NO_PIECE (-1)
+#define NO_ADDR UINT64_MAX
+#define MAX_SPACES 64  // the task and the children it forks during the fill
+
+enum { MISSING = 0, FILLED = 1, GONE = 2 };  // page states
+
+typedef struct { uint64_t addr, len; } seg_t;      // task addresses, as saved
+typedef struct { int32_t fd; uint64_t at, len; } src_t;  // where the bytes lie
+typedef struct {
+  uint32_t crc, nseg, nsrc;
+  uint64_t len;
+  seg_t *seg;
+  src_t *src;
+} piece_t;
+typedef struct {
+  uint64_t start, len;
+  int32_t *piece_of;  // per page: the piece holding its bytes, or NO_PIECE
+  uint64_t *data_off; // per page: its offset in that piece's bytes
+} range_t;
+// Where saved addresses are now in one process (mremap moves them): [cur, cur+len) holds
+// what was at [orig, orig+len).
+typedef struct { uint64_t cur, len, orig; } move_t;
+
+typedef struct {
+  int uffd;
+  uint8_t **state;  // per range, per page
+  move_t *moves;
+  size_t nmoves, capmoves;
+  size_t cursor;    // background: next index into `order`
+} space_t;
+
+typedef struct {
+  task_t task;
+  pid_t pid;
+  range_t *ranges;
+  size_t nranges;
+  piece_t *pieces;
+  size_t npieces;
+  uint32_t *order;
+  size_t norder;
+  space_t spaces[MAX_SPACES];
+  size_t nspaces;
+  uint8_t *buf;           // the bytes of one checked piece
+  int32_t buf_piece;      // which (NO_PIECE: none)
+  uint8_t *touched;       // per piece: asked for by a fault first
+  uint32_t *first;        // pieces in the order of their first fault
+  size_t nfirst;
+  uint64_t copied, zeroed, faults;
+  struct timespec t0;
+  double seconds;
+  int32_t failed_piece;
+  char failure[240];
+  int root_uffd;          // the restored process's own uffd (the others are its children's)
+  int root_ended;         // it ended (or was killed) before its last page was in
+  napi_threadsafe_function tsfn;
+  uint8_t *blob[3];       // the argument buffers, copied
+} lazy_t;
+
+// ---- page bookkeeping ----
+
+static range_t *range_of(lazy_t *l, uint64_t orig, size_t *ri) {
+  size_t lo = 0, hi = l->nranges;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    range_t *r = &l->ranges[mid];
+    if (orig < r->start) hi = mid;
+    else if (orig >= r->start + r->len) lo = mid + 1;
+    else {
+      *ri = mid;
+      return r;
+    }
+  }
+  return NULL;
+}
+
+static uint64_t to_orig(space_t *s, uint64_t cur) {
+  for (size_t i = 0; i < s->nmoves; i++)
+    if (cur >= s->moves[i].cur && cur < s->moves[i].cur + s->moves[i].len) return s->moves[i].orig + (cur - s->moves[i].cur);
+  return NO_ADDR;
+}
+
+static uint64_t to_cur(space_t *s, uint64_t orig) {
+  for (size_t i = 0; i < s->nmoves; i++)
+    if (orig >= s->moves[i].orig && orig < s->moves[i].orig + s->moves[i].len) return s->moves[i].cur + (orig - s->moves[i].orig);
+  return NO_ADDR;
+}
+
+static uint8_t *state_at(lazy_t *l, space_t *s, uint64_t orig) {
+  size_t ri;
+  range_t *r = range_of(l, orig, &ri);
+  return r ? &s->state[ri][(orig - r->start) / PAGE] : NULL;
+}
+
+static int add_move(space_t *s, uint64_t cur, uint64_t len, uint64_t orig) {
+  if (len == 0) return 0;
+  if (s->nmoves == s->capmoves) {
+    size_t cap = s->capmoves ? 2 * s->capmoves : 16;
+    move_t *m = realloc(s->moves, cap * sizeof *m);
+    if (!m) return -ENOMEM;
+    s->moves = m;
+    s->capmoves = cap;
+  }
+  s->moves[s->nmoves++] = (move_t){cur, len, orig};
+  return 0;
+}
+
+// Cuts [from, from+len) (current addresses) out of the moves; with `shift`, the cut parts
+// come back at from+shift (an mremap), else they are gone (an unmap).
+static int cut_moves(space_t *s, uint64_t from, uint64_t len, int shift_it, uint64_t to) {
+  size_t n = s->nmoves;
+  for (size_t i = 0; i < n; i++) {
+    move_t m = s->moves[i];
+    uint64_t a = m.cur > from ? m.cur : from;
+    uint64_t b = m.cur + m.len < from + len ? m.cur + m.len : from + len;
+    if (a >= b) continue;
+    // keep the parts before and after; the middle moves or goes
+    s->moves[i].len = 0;
+    if (add_move(s, m.cur, a - m.cur, m.orig) || add_move(s, b, m.cur + m.len - b, m.orig + (b - m.cur))) return -ENOMEM;
+    if (shift_it && add_move(s, to + (a - from), b - a, m.orig + (a - m.cur))) return -ENOMEM;
+  }
+  size_t k = 0;  // drop the emptied entries
+  for (size_t i = 0; i < s->nmoves; i++)
+    if (s->moves[i].len) s->moves[k++] = s->moves[i];
+  s->nmoves = k;
+  return 0;
+}
+
+// ---- failing: the task and its descendants die before any fault of theirs is answered ----
+
+// The process and its descendants (every thread's children file: a fork from any thread
+// makes a child of the process).
+static size_t collect_tree(pid_t pid, pid_t *out, size_t n, size_t cap) {
+  if (n >= cap) return n;
+  out[n++] = pid;
+  char path[96];
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR *d = opendir(path);
+  if (!d) return n;
+  pid_t kids[256];
+  size_t nk = 0;
+  for (struct dirent *e; (e = readdir(d)) && nk < 256;) {
+    if (e->d_name[0] == '.') continue;
+    snprintf(path, sizeof path, "/proc/%d/task/%s/children", pid, e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    long child;
+    while (nk < 256 && fscanf(f, "%ld", &child) == 1) kids[nk++] = (pid_t)child;
+    fclose(f);
+  }
+  closedir(d);
+  for (size_t i = 0; i < nk; i++) n = collect_tree(kids[i], out, n, cap);
+  return n;
+}
+
+static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) {
+  if (l->failure[0]) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(l->failure, sizeof l->failure, fmt, ap);
+  va_end(ap);
+  l->failed_piece = piece;
+  pid_t tree[1024];
+  size_t n = collect_tree(l->pid, tree, 0, 1024);
+  for (size_t i = 0; i < n; i++) kill(tree[i], SIGKILL);
+}
+
+// ---- reading and checking one piece ----
+
+static int load_piece(lazy_t *l, int32_t p) {
+  if (l->buf_piece == p) return 0;
+  piece_t *pc = &l->pieces[p];
+  uint64_t at = 0;
+  for (uint32_t i = 0; i < pc->nsrc; i++) {
+    src_t *s = &pc->src[i];
+    uint64_t done = 0;
+    while (done < s->len) {
+      ssize_t r = pread(s->fd, l->buf + at + done, s->len - done, (off_t)(s->at + done));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        fail(l, p, "read of %llu bytes at byte %llu: %s", (unsigned long long)s->len, (unsigned long long)s->at, strerror(errno));
+        return -1;
+      }
+      if (r == 0) {
+        fail(l, p, "the file ends at byte %llu, %llu bytes short (cut since the restore began)", (unsigned long long)(s->at + done),
+             (unsigned long long)(s->len - done));
+        return -1;
+      }
+      done += (uint64_t)r;
+    }
+    at += s->len;
+  }
+  uint32_t crc = ckptfs_crc32c(0, l->buf, pc->len);
+  if (crc != pc->crc) {
+    l->buf_piece = NO_PIECE;
+    fail(l, p, "CRC32C %08x where %08x was saved: the saved copy is damaged (or changed since the restore began)", crc, pc->crc);
+    return -1;
+  }
+  l->buf_piece = p;
+  return 0;
+}
+
+// ---- filling ----
+
+// UFFDIO_COPY of [cur, cur+len) from `from`; pages found present are skipped (and woken).
+// Returns 0, -EAGAIN (the task's address space is changing: read its events first) or
+// -ESRCH (the process is gone).
+static int copy_in(lazy_t *l, space_t *s, uint64_t cur, const uint8_t *from, uint64_t len) {
+  while (len > 0) {
+    struct uffdio_copy c = {.dst = cur, .src = (uint64_t)(uintptr_t)from, .len = len, .mode = 0};
+    int r = ioctl(s->uffd, UFFDIO_COPY, &c);
+    uint64_t done = c.copy > 0 ? (uint64_t)c.copy : 0;
+    l->copied += done / PAGE;
+    cur += done, from += done, len -= done;
+    if (r == 0) continue;
+    int e = errno;
+    if (e == EEXIST) {  // a page already there (the task wrote it, or another fault filled it)
+      struct uffdio_range w = {.start = cur, .len = PAGE};
+      ioctl(s->uffd, UFFDIO_WAKE, &w);
+      cur += PAGE, from += PAGE, len -= PAGE;
+      continue;
+    }
+    if (e == EAGAIN && done > 0) continue;
+    if (e == EAGAIN) return -EAGAIN;
+    if (e == ESRCH || e == ENOENT) return -ESRCH;
+    return -e;
+  }
+  return 0;
+}
+
+// Copies in every page of piece p that is still MISSING in space s (and `also`, a faulting
+// page whatever its state: see the fork note in handle_fault).
+static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) {
+  if (load_piece(l, p)) return -EIO;
+  piece_t *pc = &l->pieces[p];
+  uint64_t off = 0;
+  for (uint32_t i = 0; i < pc->nseg; i++) {
+    seg_t *g = &pc->seg[i];
+    uint64_t run_orig = 0, run_len = 0, run_off = 0;
+    for (uint64_t o = 0; o <= g->len; o += PAGE) {
+      int take = 0;
+      uint64_t orig = g->addr + o;
+      uint8_t *st = NULL;
+      if (o < g->len) {
+        st = state_at(l, s, orig);
+        take = st && (*st == MISSING || orig == also) && to_cur(s, orig) != NO_ADDR;
+      }
+      // a run ends where a page is not taken or the current address is not contiguous
+      if (run_len && (!take || to_cur(s, orig) != to_cur(s, run_orig) + run_len)) {
+        int r = copy_in(l, s, to_cur(s, run_orig), l->buf + run_off, run_len);
+        if (r) return r;
+        for (uint64_t k = 0; k < run_len; k += PAGE) *state_at(l, s, run_orig + k) = FILLED;
+        run_len = 0;
+      }
+      if (take) {
+        if (!run_len) run_orig = orig, run_off = off + o;
+        run_len += PAGE;
+      }
+    }
+    off += g->len;
+  }
+  return 0;
+}
+
+static int zero_page(lazy_t *l, space_t *s, uint64_t cur) {
+  struct uffdio_zeropage z = {.range = {.start = cur, .len = PAGE}, .mode = 0};
+  if (ioctl(s->uffd, UFFDIO_ZEROPAGE, &z) == 0) {
+    l->zeroed++;
+    return 0;
+  }
+  int e = errno;
+  if (e == EEXIST) {
+    struct uffdio_range w = {.start = cur, .len = PAGE};
+    ioctl(s->uffd, UFFDIO_WAKE, &w);
+    return 0;
+  }
+  return e == EAGAIN ? -EAGAIN : e == ESRCH || e == ENOENT ? -ESRCH : -e;
+}
+
+static int handle_fault(lazy_t *l, space_t *s, uint64_t addr) {
+  uint64_t cur = addr & ~(PAGE - 1);
+  l->faults++;
+  uint64_t orig = to_orig(s, cur);
+  size_t ri;
+  range_t *r = orig == NO_ADDR ? NULL : range_of(l, orig, &ri);
+  if (!r) return zero_page(l, s, cur);  // grown by mremap: never stored
+  uint64_t pg = (orig - r->start) / PAGE;
+  int32_t p = r->piece_of[pg];
+  uint8_t *st = &s->state[ri][pg];
+  if (p == NO_PIECE || *st == GONE) {
+    int e = zero_page(l, s, cur);
+    if (!e) *st = FILLED;
+    return e;
+  }
+  if (!l->touched[p]) {
+    l->touched[p] = 1;
+    l->first[l->nfirst++] = (uint32_t)p;
+  }
+  // A page FILLED here may still be missing in a child forked while we filled it in the
+  // parent (its page tables were copied before our copy): such a fault takes the saved bytes,
+  // which is what the child had (the parent had not touched the page before the fork).
+  return fill_piece(l, s, p, orig);
+}
+
+static int mark_gone(lazy_t *l, space_t *s, uint64_t start, uint64_t end) {
+  for (uint64_t cur = start & ~(PAGE - 1); cur < end; cur += PAGE) {
+    uint64_t orig = to_orig(s, cur);
+    uint8_t *st = orig == NO_ADDR ? NULL : state_at(l, s, orig);
+    if (st) *st = GONE;
+  }
+  return 0;
+}
+
+// Whether space s still has a stored page missing.
+static int background_left(lazy_t *l, space_t *s) {
+  for (size_t c = s->cursor; c < l->norder; c++) {
+    piece_t *pc = &l->pieces[l->order[c]];
+    for (uint32_t g = 0; g < pc->nseg; g++)
+      for (uint64_t o = 0; o < pc->seg[g].len; o += PAGE) {
+        uint8_t *st = state_at(l, s, pc->seg[g].addr + o);
+        if (st && *st == MISSING && to_cur(s, pc->seg[g].addr + o) != NO_ADDR) return 1;
+      }
+  }
+  return 0;
+}
+
+static int add_space(lazy_t *l, int uffd, space_t *parent) {
+  if (l->nspaces == MAX_SPACES) return -EMFILE;
+  space_t *s = &l->spaces[l->nspaces];
+  memset(s, 0, sizeof *s);
+  s->uffd = uffd;
+  s->state = calloc(l->nranges ? l->nranges : 1, sizeof *s->state);
+  if (!s->state) return -ENOMEM;
+  for (size_t i = 0; i < l->nranges; i++) {
+    size_t pages = l->ranges[i].len / PAGE;
+    s->state[i] = parent ? malloc(pages) : calloc(pages, 1);
+    if (!s->state[i]) return -ENOMEM;
+    if (parent) memcpy(s->state[i], parent->state[i], pages);
+  }
+  if (parent) {
+    for (size_t i = 0; i < parent->nmoves; i++)
+      if (add_move(s, parent->moves[i].cur, parent->moves[i].len, parent->moves[i].orig)) return -ENOMEM;
+  } else {
+    for (size_t i = 0; i < l->nranges; i++)
+      if (add_move(s, l->ranges[i].start, l->ranges[i].len, l->ranges[i].start)) return -ENOMEM;
+  }
+  l->nspaces++;
+  return 0;
+}
+
+static void drop_space(lazy_t *l, size_t i) {
+  space_t *s = &l->spaces[i];
+  if (s->uffd == l->root_uffd && background_left(l, s)) l->root_ended = 1;
+  close(s->uffd);
+  for (size_t k = 0; k < l->nranges; k++) free(s->state[k]);
+  free(s->state);
+  free(s->moves);
+  l->spaces[i] = l->spaces[--l->nspaces];
+}
+
+// Handles every message waiting on space i. Returns 0, or -ESRCH when the process is gone.
+static int read_messages(lazy_t *l, size_t i) {
+  struct uffd_msg msgs[32];
+  for (;;) {
+    space_t *s = &l->spaces[i];
+    ssize_t n = read(s->uffd, msgs, sizeof msgs);
+    if (n < 0) return errno == EAGAIN || errno == EINTR ? 0 : -ESRCH;
+    if (n == 0) return -ESRCH;
+    for (size_t k = 0; k < (size_t)n / sizeof msgs[0]; k++) {
+      struct uffd_msg *m = &msgs[k];
+      s = &l->spaces[i];  // add_space may not move it, but keep it fresh
+      int r = 0;
+      switch (m->event) {
+        case UFFD_EVENT_PAGEFAULT:
+          do r = handle_fault(l, s, m->arg.pagefault.address);
+          while (r == -EAGAIN && (r = read_messages(l, i)) == 0);
+          break;
+        case UFFD_EVENT_REMOVE:
+        case UFFD_EVENT_UNMAP:
+          mark_gone(l, s, m->arg.remove.start, m->arg.remove.end);
+          if (m->event == UFFD_EVENT_UNMAP) r = cut_moves(s, m->arg.remove.start, m->arg.remove.end - m->arg.remove.start, 0, 0);
+          break;
+        case UFFD_EVENT_REMAP:
+          r = cut_moves(s, m->arg.remap.from, m->arg.remap.len, 1, m->arg.remap.to);
+          break;
+        case UFFD_EVENT_FORK:
+          r = add_space(l, (int)m->arg.fork.ufd, s);
+          if (r) close((int)m->arg.fork.ufd);
+          if (r) fail(l, NO_PIECE, "a fork of the restored process during the fill: %s", strerror(-r));
+          break;
+      }
+      if (r == -EIO) return -EIO;
+      if (r == -ESRCH) return -ESRCH;
+      if (r < 0 && r != -EAGAIN) {
+        fail(l, NO_PIECE, "userfaultfd: %s", strerror(-r));
+        return -EIO;
+      }
+    }
+  }
+}
+
+// One piece of background work in some space; 0 when no space has any left.
+static int background_step(lazy_t *l, size_t *which) {
+  for (size_t i = 0; i < l->nspaces; i++) {
+    space_t *s = &l->spaces[i];
+    while (s->cursor < l->norder) {
+      int32_t p = (int32_t)l->order[s->cursor];
+      piece_t *pc = &l->pieces[p];
+      int missing = 0;
+      for (uint32_t g = 0; g < pc->nseg && !missing; g++)
+        for (uint64_t o = 0; o < pc->seg[g].len && !missing; o += PAGE) {
+          uint8_t *st = state_at(l, s, pc->seg[g].addr + o);
+          missing = st && *st == MISSING && to_cur(s, pc->seg[g].addr + o) != NO_ADDR;
+        }
+      if (!missing) {
+        s->cursor++;
+        continue;
+      }
+      *which = i;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static void serve(lazy_t *l) {
+  for (;;) {
+    if (l->failure[0] || l->nspaces == 0) return;
+    size_t which = 0;
+    int work = background_step(l, &which);
+    struct pollfd pfd[MAX_SPACES];
+    for (size_t i = 0; i < l->nspaces; i++) pfd[i] = (struct pollfd){.fd = l->spaces[i].uffd, .events = POLLIN};
+    int n = poll(pfd, l->nspaces, 0);
+    if (n < 0 && errno != EINTR) {
+      fail(l, NO_PIECE, "poll: %s", strerror(errno));
+      return;
+    }
+    for (size_t i = l->nspaces; i-- > 0;) {
+      if (n > 0 && !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      int r = read_messages(l, i);
+      if (r == -EIO) return;
+      if (r == -ESRCH) drop_space(l, i);
+    }
+    if (!work) {
+      // Nothing missing anywhere: answer what is still queued, then let go (closing the
+      // uffds ends every registration: later touches are ordinary faults).
+      if (background_step(l, &which)) continue;
+      for (size_t i = l->nspaces; i-- > 0;) {
+        if (read_messages(l, i) == -EIO) return;
+      }
+      if (background_step(l, &which)) continue;
+      while (l->nspaces) drop_space(l, l->nspaces - 1);
+      return;
+    }
+    if (which >= l->nspaces) continue;
+    space_t *s = &l->spaces[which];
+    int r = fill_piece(l, s, (int32_t)l->order[s->cursor], NO_ADDR);
+    if (r == -EIO) return;
+    if (r == -ESRCH) drop_space(l, which);
+    else if (r == 0) s->cursor++;
+    else if (r != -EAGAIN) {
+      fail(l, (int32_t)l->order[s->cursor], "UFFDIO_COPY: %s", strerror(-r));
+      return;
+    }
+  }
+}
+
+// ---- the thread and the JS side ----
+
+static void lazy_destroy(task_t *t) {
+  lazy_t *l = (lazy_t *)t;
+  if (l->nspaces == 0 && l->spaces[0].uffd > 0) close(l->spaces[0].uffd);  // refused before it was served
+  while (l->nspaces) drop_space(l, l->nspaces - 1);
+  for (size_t i = 0; i < l->nranges; i++) {
+    free(l->ranges[i].piece_of);
+    free(l->ranges[i].data_off);
+  }
+  free(l->ranges);
+  free(l->pieces);
+  free(l->buf);
+  free(l->touched);
+  free(l->first);
+  for (int i = 0; i < 3; i++) free(l->blob[i]);
+  free(l);
+}
+
+static napi_value set_prop(napi_env env, napi_value o, const char *name, napi_value v) {
+  napi_set_named_property(env, o, name, v);
+  return o;
+}
+
+static napi_value lazy_settle(napi_env env, task_t *t) {
+  lazy_t *l = (lazy_t *)t;
+  napi_value o, s;
+  napi_create_object(env, &o);
+  set_prop(env, o, "copiedPages", make_u64(env, l->copied));
+  set_prop(env, o, "zeroPages", make_u64(env, l->zeroed));
+  set_prop(env, o, "faults", make_u64(env, l->faults));
+  napi_create_double(env, l->seconds, &s);
+  set_prop(env, o, "seconds", s);
+  napi_value first;
+  napi_create_array_with_length(env, l->nfirst, &first);
+  for (size_t i = 0; i < l->nfirst; i++) {
+    napi_value v;
+    napi_create_uint32(env, l->first[i], &v);
+    napi_set_element(env, first, (uint32_t)i, v);
+  }
+  set_prop(env, o, "firstTouched", first);
+  napi_value ended;
+  napi_get_boolean(env, l->root_ended != 0, &ended);
+  set_prop(env, o, "ended", ended);
+  if (l->failure[0]) {
+    napi_value msg;
+    napi_create_string_utf8(env, l->failure, NAPI_AUTO_LENGTH, &msg);
+    set_prop(env, o, "failure", msg);
+    set_prop(env, o, "failedPiece", make_i32(env, l->failed_piece));
+  }
+  return o;
+}
+
+static void call_js(napi_env env, napi_value cb, void *context, void *data) {
+  (void)cb;
+  (void)context;
+  lazy_t *l = data;
+  napi_threadsafe_function tsfn = l->tsfn;
+  if (env) task_finish(env, &l->task);
+  else lazy_destroy(&l->task);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+}
+
+static void *lazy_thread(void *arg) {
+  lazy_t *l = arg;
+  serve(l);
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  l->seconds = (double)(t1.tv_sec - l->t0.tv_sec) + (double)(t1.tv_nsec - l->t0.tv_nsec) / 1e9;
+  napi_call_threadsafe_function(l->tsfn, l, napi_tsfn_blocking);
+  return NULL;
+}
+
+// Copies a Buffer argument (the caller may reuse it).
+static uint8_t *copy_arg(napi_env env, napi_value v, const char *name, size_t *len) {
+  void *data;
+  if (!get_buffer(env, v, name, &data, len)) return NULL;
+  uint8_t *p = malloc(*len ? *len : 1);
+  if (p) memcpy(p, data, *len);
+  else throw_errno(env, ENOMEM, "lazyFill: %s", name);
+  return p;
+}
+
+// Parses pieces: per piece u32 crc, u32 nseg, u32 nsrc, u32 0, then nseg * (u64 addr, u64 len),
+// then nsrc * (i64 fd, u64 at, u64 len).
+static int parse_pieces(lazy_t *l, const uint8_t *p, size_t len) {
+  size_t at = 0, n = 0, cap = 0;
+  while (at < len) {
+    if (len - at < 16) return -1;
+    piece_t pc;
+    memcpy(&pc.crc, p + at, 4);
+    memcpy(&pc.nseg, p + at + 4, 4);
+    memcpy(&pc.nsrc, p + at + 8, 4);
+    at += 16;
+    if ((len - at) / 16 < pc.nseg || (len - at - 16ull * pc.nseg) / 24 < pc.nsrc) return -1;
+    pc.seg = (seg_t *)(uintptr_t)(p + at);  // 8-aligned: the blob is malloc()ed, records are multiples of 8
+    at += 16ull * pc.nseg;
+    pc.src = malloc((pc.nsrc ? pc.nsrc : 1) * sizeof *pc.src);
+    if (!pc.src) return -1;
+    pc.len = 0;
+    uint64_t seglen = 0;
+    for (uint32_t i = 0; i < pc.nseg; i++) seglen += pc.seg[i].len;
+    for (uint32_t i = 0; i < pc.nsrc; i++) {
+      int64_t fd;
+      memcpy(&fd, p + at, 8);
+      memcpy(&pc.src[i].at, p + at + 8, 8);
+      memcpy(&pc.src[i].len, p + at + 16, 8);
+      pc.src[i].fd = (int32_t)fd;
+      pc.len += pc.src[i].len;
+      at += 24;
+    }
+    if (pc.len != seglen || pc.len > (64u << 20)) return -1;
+    if (n == cap) {
+      cap = cap ? 2 * cap : 64;
+      piece_t *np = realloc(l->pieces, cap * sizeof *np);
+      if (!np) return -1;
+      l->pieces = np;
+    }
+    l->pieces[n++] = pc;
+  }
+  l->npieces = n;
+  return 0;
+}
+
+napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int32_t uffd, pid;
+  if (!arg_count(env, info, 5, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid)) return NULL;
+  // From here the uffd is ours: closed on every failure, and when the fill ends.
+  lazy_t *l = calloc(1, sizeof *l);
+  if (!l) {
+    close(uffd);
+    throw_errno(env, ENOMEM, "lazyFill");
+    return NULL;
+  }
+  l->spaces[0].uffd = uffd;
+  l->task.destroy = lazy_destroy;
+  l->task.settle = lazy_settle;
+  l->pid = pid;
+  l->buf_piece = NO_PIECE;
+  size_t rlen, plen, olen;
+  if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||
+      !(l->blob[2] = copy_arg(env, argv[4], "order", &olen))) {
+    lazy_destroy(&l->task);
+    return NULL;
+  }
+  int bad = rlen % 16 || olen % 4 || parse_pieces(l, l->blob[1], plen);
+  l->nranges = rlen / 16;
+  l->ranges = calloc(l->nranges ? l->nranges : 1, sizeof *l->ranges);
+  l->order = (uint32_t *)(uintptr_t)l->blob[2];
+  l->norder = olen / 4;
+  l->touched = calloc(l->npieces ? l->npieces : 1, 1);
+  l->first = calloc(l->npieces ? l->npieces : 1, sizeof *l->first);
+  uint64_t maxlen = 0;
+  for (size_t i = 0; i < l->npieces; i++) maxlen = l->pieces[i].len > maxlen ? l->pieces[i].len : maxlen;
+  l->buf = malloc(maxlen ? maxlen : 1);
+  if (bad || !l->ranges || !l->touched || !l->first || !l->buf) {
+    lazy_destroy(&l->task);
+    throw_errno(env, EINVAL, "lazyFill(pid %d): malformed ranges, pieces or order", pid);
+    return NULL;
+  }
+  for (size_t i = 0; i < l->norder; i++) bad |= l->order[i] >= l->npieces;
+  for (size_t i = 0; i < l->nranges && !bad; i++) {
+    range_t *r = &l->ranges[i];
+    memcpy(&r->start, l->blob[0] + 16 * i, 8);
+    memcpy(&r->len, l->blob[0] + 16 * i + 8, 8);
+    bad |= r->start % PAGE || r->len % PAGE || r->len == 0 || (i && r->start < l->ranges[i - 1].start + l->ranges[i - 1].len);
+    if (bad) break;
+    r->piece_of = malloc(r->len / PAGE * sizeof *r->piece_of);
+    r->data_off = malloc(r->len / PAGE * sizeof *r->data_off);
+    if (!r->piece_of || !r->data_off) bad = 1;
+    else for (uint64_t k = 0; k < r->len / PAGE; k++) r->piece_of[k] = NO_PIECE;
+  }
+  // Every stored page lies in a registered range, once.
+  for (size_t p = 0; p < l->npieces && !bad; p++) {
+    uint64_t off = 0;
+    for (uint32_t g = 0; g < l->pieces[p].nseg && !bad; g++) {
+      seg_t *s = &l->pieces[p].seg[g];
+      bad |= s->addr % PAGE || s->len % PAGE;
+      for (uint64_t o = 0; o < s->len && !bad; o += PAGE, off += PAGE) {
+        size_t ri;
+        range_t *r = range_of(l, s->addr + o, &ri);
+        if (!r || r->piece_of[(s->addr + o - r->start) / PAGE] != NO_PIECE) bad = 1;
+        else {
+          r->piece_of[(s->addr + o - r->start) / PAGE] = (int32_t)p;
+          r->data_off[(s->addr + o - r->start) / PAGE] = off;
+        }
+      }
+    }
+  }
+  if (bad) {
+    lazy_destroy(&l->task);
+    throw_errno(env, EINVAL, "lazyFill(pid %d): a piece outside the ranges, twice, or not page-aligned", pid);
+    return NULL;
+  }
+  // The handshake and the registrations act on the task's mm (the uffd's own).
+  struct uffdio_api api = {.api = UFFD_API,
+                           .features = UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP};
+  if (ioctl(uffd, UFFDIO_API, &api) < 0) {
+    int e = errno;
+    lazy_destroy(&l->task);
+    throw_errno(env, e, "lazyFill(pid %d): UFFDIO_API", pid);
+    return NULL;
+  }
+  for (size_t i = 0; i < l->nranges; i++) {
+    struct uffdio_register reg = {.range = {.start = l->ranges[i].start, .len = l->ranges[i].len}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0) {
+      int e = errno;
+      lazy_destroy(&l->task);
+      throw_errno(env, e, "lazyFill(pid %d): UFFDIO_REGISTER %llx-%llx", pid, (unsigned long long)l->ranges[i].start,
+                  (unsigned long long)(l->ranges[i].start + l->ranges[i].len));
+      return NULL;
+    }
+  }
+  l->root_uffd = uffd;
+  if (add_space(l, uffd, NULL)) {
+    l->nspaces = 0;
+    lazy_destroy(&l->task);
+    throw_errno(env, ENOMEM, "lazyFill(pid %d)", pid);
+    return NULL;
+  }
+  napi_value promise = task_promise(env, &l->task);
+  napi_value name;
+  napi_create_string_utf8(env, "ckptfs-lazy-fill", NAPI_AUTO_LENGTH, &name);
+  if (!promise || napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &l->tsfn) != napi_ok) {
+    lazy_destroy(&l->task);
+    return NULL;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &l->t0);
+  pthread_t th;
+  int rc = pthread_create(&th, NULL, lazy_thread, l);
+  if (rc) {
+    nerr_set(&l->task.err, rc, "pthread_create(lazy fill of pid %d)", pid);
+    napi_release_threadsafe_function(l->tsfn, napi_tsfn_release);
+    task_finish(env, &l->task);
+    return promise;
+  }
+  pthread_detach(th);
+  return promise;
+}

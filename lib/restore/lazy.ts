@@ -1,0 +1,208 @@
+// Lazy restore (issue 16): the restored process runs once its non-memory state is back; its
+// private anonymous pages come in on first touch and in the background (addon/src/uffd.c),
+// read from the saved files and checked piece by piece (CRC32C per 1 MiB, as saved) before
+// the process sees a byte. This file decides which mappings are filled that way and
+// describes their pieces to the addon; the engine makes the userfaultfd inside the task.
+
+import { spawnSync } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import type { LazyFillResult } from '../../addon/index'
+import { CRC_PIECE } from '../checksum'
+import { CkptError } from '../errors'
+import type { Vma } from '../model'
+import { native } from '../native'
+import { rangesOf, vmaName } from '../task/memory'
+
+/**
+ * Mappings filled lazily: private anonymous memory (heap included) whose stored pages lie in
+ * a file. Locked memory (mlock faults it all in at once), droppable memory and the stack
+ * (small; the kernel grows it below its start) are written before the process runs, as in an
+ * eager restore; so are file mappings and shared memory, which userfaultfd's missing mode
+ * does not cover (file mappings) or which other processes see (shared).
+ */
+export function isLazy(v: Vma): boolean {
+  const flags = v.vmFlags.split(' ')
+  return (v.kind === 'anonymous' || v.kind === 'heap') && v.stored.length > 0 && v.pages.extents !== undefined && v.pages.crc32c !== undefined &&
+    !flags.includes('lo') && !flags.includes('lf') && !flags.includes('dp')
+}
+
+/** One checked unit of bytes: where it lies and where it goes. */
+interface Piece {
+  v: Vma
+  /** Offset in the mapping's stored pages. */
+  at: number
+  length: number
+  crc: number
+  segments: Array<{ start: bigint; length: bigint }>
+  sources: Array<{ file: string; at: number; length: number }>
+}
+
+export interface LazyOutcome {
+  pid: number
+  pages: number
+  zeroPages: number
+  faults: number
+  seconds: number
+  /** The process ended (or was killed) before its last page was in. */
+  ended: boolean
+  /** The pieces the process asked for first, in order: `pages` offsets per mapping start. */
+  firstTouched: Array<{ start: bigint; at: number }>
+  /** How many pieces were filled first because the record of a previous restore named them. */
+  prefetched: number
+}
+
+async function piecesOf(vmas: Vma[]): Promise<Piece[]> {
+  const pieces: Piece[] = []
+  for (const v of vmas) {
+    const runs = v.stored.map((r) => ({ start: v.start + r.offset, length: r.length }))
+    for (let at = 0, i = 0; at < v.pages.size; at += CRC_PIECE, i++) {
+      const length = Math.min(CRC_PIECE, v.pages.size - at)
+      const sources = (await v.pages.extents!(at, length)).map((e) => ({ file: e.file, at: e.at, length: e.length }))
+      pieces.push({ v, at, length, crc: v.pages.crc32c![i], segments: rangesOf(runs, at, length), sources })
+    }
+  }
+  return pieces
+}
+
+/**
+ * Registers the lazy mappings on `uffd` (ours, taken from the task; the fill owns it from
+ * now on) and starts filling them. Returns once they are registered; `done` settles when
+ * the last page is in, or rejects (the process already killed) naming the mapping and
+ * the file when a piece could not be read or did not match its checksum.
+ */
+export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firstTouched: Array<{ start: bigint; at: number }> = []): Promise<{ done: Promise<LazyOutcome> }> {
+  let pieces: Piece[]
+  const fds = new Map<string, number>()
+  try {
+    pieces = await piecesOf(vmas)
+    for (const p of pieces) {
+      for (const s of p.sources) {
+        if (!fds.has(s.file)) fds.set(s.file, fs.openSync(s.file, 'r'))
+      }
+    }
+  } catch (err) {
+    native.close(uffd)
+    for (const fd of fds.values()) fs.closeSync(fd)
+    throw err
+  }
+  const closeFiles = () => {
+    for (const fd of fds.values()) fs.closeSync(fd)
+  }
+  const ranges = Buffer.alloc(16 * vmas.length)
+  vmas.forEach((v, i) => {
+    ranges.writeBigUInt64LE(v.start, 16 * i)
+    ranges.writeBigUInt64LE(v.end - v.start, 16 * i + 8)
+  })
+  const blob = Buffer.alloc(pieces.reduce((n, p) => n + 16 + 16 * p.segments.length + 24 * p.sources.length, 0))
+  let o = 0
+  for (const p of pieces) {
+    o = blob.writeUInt32LE(p.crc >>> 0, o)
+    o = blob.writeUInt32LE(p.segments.length, o)
+    o = blob.writeUInt32LE(p.sources.length, o)
+    o = blob.writeUInt32LE(0, o)
+    for (const s of p.segments) {
+      o = blob.writeBigUInt64LE(s.start, o)
+      o = blob.writeBigUInt64LE(s.length, o)
+    }
+    for (const s of p.sources) {
+      o = blob.writeBigInt64LE(BigInt(fds.get(s.file)!), o)
+      o = blob.writeBigUInt64LE(BigInt(s.at), o)
+      o = blob.writeBigUInt64LE(BigInt(s.length), o)
+    }
+  }
+  const order = Buffer.alloc(4 * pieces.length)
+  const byKey = new Map(pieces.map((p, i) => [`${p.v.start}:${p.at}`, i]))
+  let n = 0
+  const placed = new Set<number>()
+  // The pieces touched first last time come first (the record kept with the checkpoint).
+  for (const want of firstTouched) {
+    const i = byKey.get(`${want.start}:${want.at}`)
+    if (i !== undefined && !placed.has(i)) {
+      placed.add(i)
+      n = order.writeUInt32LE(i, n)
+    }
+  }
+  for (let i = 0; i < pieces.length; i++) if (!placed.has(i)) n = order.writeUInt32LE(i, n)
+  let fill: Promise<LazyFillResult>
+  try {
+    fill = native.lazyFill(uffd, pid, ranges, blob, order)
+    // Registration happens in the call: a refusal has rejected the promise before the next
+    // turn of the event loop. Nothing may run on before the ranges are registered.
+    await Promise.race([fill, new Promise((resolve) => setImmediate(resolve))])
+  } catch (err) {
+    closeFiles()
+    throw new CkptError(`restore of ${pid}: lazy fill: ${(err as Error).message}`)
+  }
+  const done = fill.then((r) => {
+    closeFiles()
+    if (r.failure !== undefined) {
+      const p = r.failedPiece !== undefined && r.failedPiece >= 0 ? pieces[r.failedPiece] : undefined
+      const where = p ? `task-${pid}/memory/vmas/${vmaName(p.v)}/pages (${p.sources.map((s) => s.file).join(', ')}, bytes ${p.at}-${p.at + p.length - 1})` : `task-${pid}`
+      throw new CkptError(`restore of ${pid}: lazy fill: ${where}: ${r.failure}; the process was killed`, 'EIO')
+    }
+    return {
+      pid,
+      pages: Number(r.copiedPages),
+      zeroPages: Number(r.zeroPages),
+      faults: Number(r.faults),
+      seconds: r.seconds,
+      ended: r.ended,
+      prefetched: placed.size,
+      firstTouched: r.firstTouched.map((i) => ({ start: pieces[i].v.start, at: pieces[i].at })),
+    }
+  }, (err: unknown) => {
+    closeFiles()
+    throw new CkptError(`restore of ${pid}: lazy fill: ${(err as Error).message}`)
+  })
+  return { done }
+}
+
+// ---- the record of first touches (kept with a saved tree, for the next lazy restore) ----
+
+/** The record's name, in task-PID/memory/ of a saved tree. */
+export const FIRST_TOUCHED = 'first_touched'
+const RECORD_LINE = /^([0-9a-f]+) ([0-9]+)$/
+const RECORD_MAX = 16 << 20
+
+/**
+ * The pieces a lazy restore of the saved tree at `tree` should fill first: the record a
+ * previous lazy restore left (`ADDRESS OFFSET` per line: a mapping's start in hexadecimal, as
+ * its vmas/ directory is named, and the offset of a 1 MiB piece in its pages). It decides
+ * only the order of the fill, never a byte (pieces are checked as always): a line that does
+ * not name a piece is skipped. None when there is no record.
+ */
+export function readFirstTouched(tree: string, pid: number): Array<{ start: bigint; at: number }> {
+  const file = path.join(tree, `task-${pid}`, 'memory', FIRST_TOUCHED)
+  let text: string
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
+    try {
+      const size = fs.fstatSync(fd).size
+      if (size > RECORD_MAX) return []
+      const buf = Buffer.alloc(size)
+      fs.readSync(fd, buf, 0, size, 0)
+      text = buf.toString('utf8')
+    } finally {
+      fs.closeSync(fd)
+    }
+  } catch {
+    return []
+  }
+  return text.split('\n').map((line) => RECORD_LINE.exec(line)).filter((m) => m !== null).map((m) => ({ start: BigInt(`0x${m![1]}`), at: Number(m![2]) }))
+}
+
+/**
+ * Writes the record of this restore's first touches into the saved tree at `tree`, as the
+ * user who owns the tree (a child process with its uid and gid: root never writes into a
+ * user's files), through a new file renamed into place.
+ */
+export function writeFirstTouched(tree: string, pid: number, touched: Array<{ start: bigint; at: number }>): void {
+  const dir = path.join(tree, `task-${pid}`, 'memory')
+  const owner = fs.lstatSync(tree)
+  const text = touched.map((p) => `${p.start.toString(16)} ${p.at}\n`).join('')
+  const script = "const fs = require('fs'); const [dir, text, name] = process.argv.slice(1); const tmp = `${dir}/.${name}-${process.pid}`;" +
+    " fs.writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 }); fs.renameSync(tmp, `${dir}/${name}`)"
+  const r = spawnSync(process.execPath, ['-e', script, dir, text, FIRST_TOUCHED], { uid: owner.uid, gid: owner.gid, encoding: 'utf8', env: {} })
+  if (r.status !== 0) throw new CkptError(`${path.join(dir, FIRST_TOUCHED)}: could not be written: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`)
+}
