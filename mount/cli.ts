@@ -354,7 +354,6 @@ async function restore(parsed: Parsed): Promise<void> {
     }
     progress.finish()
     process.stdout.write(`${pid}\n`)
-    process.stdout.write(`${pid}\n`)
     if (lazy && mnt === undefined) {
       // This process serves the missing pages: ending it now would leave them reading zero.
       const refuse = (signal: string) => process.stderr.write(`ckptfs restore: ${signal} ignored: ${pid} still needs this command until its last page is in\n`)

@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, cliPath, mountFor, userEnv } from './lib/mount'
+import { ckptfs, cliCommand, mountFor, userEnv } from './lib/mount'
 import { checkpointSaveKill, collectChecks, exists, launch, waitUntil, workdir, type Checks, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
@@ -45,7 +45,7 @@ interface LazyRun {
 /** Starts `ckptfs restore --lazy ARGS` and waits until it prints the PID. */
 async function restoreLazy(t: Test, args: string[]): Promise<LazyRun> {
   // Without tap's loader in NODE_OPTIONS, as test/lib/mount.ts's ckptfs() runs it.
-  const child = spawn('env', ['-u', 'NODE_OPTIONS', process.execPath, cliPath, 'restore', '--lazy', ...args], { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(...cliCommand('restore', '--lazy', ...args), { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL')
   })
