@@ -357,32 +357,42 @@ export class SavedDir {
   }
 
   /**
-   * The directory's manifest, read once and held to the listing: every value file listed is
-   * in it, everything in it is listed as a regular file. A directory without one is refused:
-   * a tree edited on purpose is accepted again once `ckptfs seal` has rewritten its checks.
+   * The directory's manifest, read once. A directory without one is refused: a tree edited on
+   * purpose is accepted again once `ckptfs seal` has rewritten its checks.
    */
   private values(): Map<string, number> {
     if (this.manifest) return this.manifest
     if (!this.has(MANIFEST)) throw this.fail(MANIFEST, `missing: every directory of values carries one; if this tree was edited on purpose, run "ckptfs seal TREE" (as the tree's owner) to accept it`)
     const parsed = parseManifest(this.unchecked(MANIFEST, maxManifestBytes))
     if (typeof parsed === 'string') throw this.fail(MANIFEST, parsed)
-    const listing = this.list()
-    if (listing) {
-      const has = (n: string): boolean => listing.has(n)
-      const extra = firstBad([...listing.keys()], (n) => listing.get(n)!.kind === 'file' && isValueFile(n, has) && !parsed.has(n))
-      if (extra !== undefined) throw this.fail(extra, `not in ${MANIFEST}: not a value this checkpoint saved (or the manifest is damaged)`)
-      const lost = firstBad([...parsed.keys()], (n) => listing.get(n)?.kind !== 'file')
-      if (lost !== undefined) throw this.fail(lost, `listed in ${MANIFEST} but ${listing.has(lost) ? 'not a regular file' : 'missing'}`)
-    }
     this.manifest = parsed
     return parsed
   }
 
   /**
-   * Checks every value of the directory against its manifest, read or not (the top of a
-   * tree, whose values are read by several loaders and some by none).
+   * Holds the manifest to the listing: every value file listed is in it, everything in it is
+   * listed as a regular file. Run once the loaders are done with the directory (`finish`), so
+   * a file they read and found missing or of the wrong kind is reported in their words first.
+   */
+  private checkCoverage(): void {
+    const listing = this.list()
+    if (!listing) return
+    const recorded = this.values()
+    const has = (n: string): boolean => listing.has(n)
+    const extra = firstBad([...listing.keys()], (n) => listing.get(n)!.kind === 'file' && isValueFile(n, has) && !recorded.has(n))
+    if (extra !== undefined) throw this.fail(extra, `not in ${MANIFEST}: not a value this checkpoint saved (or the manifest is damaged)`)
+    const lost = firstBad([...recorded.keys()], (n) => listing.get(n)?.kind !== 'file')
+    if (lost !== undefined) throw this.fail(lost, `listed in ${MANIFEST} but ${listing.has(lost) ? 'not a regular file' : 'missing'}`)
+  }
+
+  /**
+   * Checks every value of the directory against its manifest, read or not, and the manifest
+   * against the listing: for the top of a tree, whose values are read by several loaders,
+   * some by none, and which no loader finishes.
    */
   checkAllValues(): void {
+    if (!this.has(MANIFEST) && !this.unorderedNames().some((n) => this.list()?.get(n)?.kind === 'file' && isValueFile(n, (m) => this.has(m)))) return
+    this.checkCoverage()
     for (const name of this.values().keys()) this.raw(name, maxListBytes)
   }
 
@@ -551,7 +561,12 @@ export class SavedDir {
   /** Refuses every entry of this directory that no reader asked for. */
   finish(): void {
     if (this.allUsed) return
-    if (this.has(MANIFEST)) this.values()
+    // The manifest first: a file it does not know is damage (or an edit not sealed) before
+    // it is an entry the loaders do not know.
+    if (this.has(MANIFEST)) {
+      this.markUsed(MANIFEST)
+      this.checkCoverage()
+    }
     const unknown = firstBad(this.unorderedNames(), (name) => !this.isUsed(name))
     if (unknown !== undefined) throw this.fail(unknown, 'unknown entry')
   }
