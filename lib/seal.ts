@@ -14,8 +14,11 @@ import { isValueFile, MANIFEST, manifestText } from './manifest'
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = fs.constants
 
-/** Reseals the saved tree at `tree`; returns the files it rewrote, relative to the tree. */
-export function sealTree(tree: string): string[] {
+/**
+ * Reseals the saved tree at `tree`; returns the files it rewrote, relative to the tree. They
+ * are also added to `rewrote` as they are written, so a caller knows them after a failure.
+ */
+export function sealTree(tree: string, rewrote: string[] = []): string[] {
   const root = path.resolve(tree)
   const st = lstatOrFail(root, tree)
   if (st.isSymbolicLink()) throw new CkptError(`${tree}: a symbolic link: name the tree's directory itself (seal follows no link)`, 'EINVAL')
@@ -25,7 +28,6 @@ export function sealTree(tree: string): string[] {
   // Every directory is looked at before anything is written: a link or a device anywhere
   // refuses the whole seal.
   const dirs = treeDirs(root, '')
-  const rewrote: string[] = []
   for (const { dir, rel, files } of dirs) sealDir(dir, rel, files, rewrote)
   return rewrote
 }
