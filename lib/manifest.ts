@@ -36,8 +36,12 @@ export function manifestSize(names: readonly string[]): number {
 
 const hex8 = (crc: number): string => crc.toString(16).padStart(8, '0')
 
-/** Sorts by the names' bytes, as `sort` in the C locale does (and the manifest is written). */
-export const byName = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b))
+/**
+ * The manifest's order: by code unit, which for the tree's names (ASCII) is the byte order
+ * `LC_ALL=C sort` gives. A restore compares each line with the one before it (20,000
+ * directories in a 10,000-fd tree), so no Buffer is made per name.
+ */
+export const byName = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0)
 
 /** The manifest's text for these files (sorted here). */
 export function manifestText(crcs: ReadonlyMap<string, number>): Buffer {
