@@ -59,11 +59,15 @@ export function parseManifest(text: string): Map<string, number> | string {
     const end = text.indexOf('\n', at)
     const entry = text.slice(at, end)
     at = end + 1
-    const m = /^([^ /\0]+) ([0-9a-f]{8})$/.exec(entry)
-    if (!m) return `line ${line + 1}: not "NAME CRC32C" (eight lowercase hexadecimal digits): ${JSON.stringify(entry.slice(0, 60))}`
-    const name = m[1]
+    // The checksum is after the last space: a name may hold spaces, never a slash or a NUL.
+    const space = entry.lastIndexOf(' ')
+    const name = entry.slice(0, Math.max(space, 0))
+    const digits = entry.slice(space + 1)
+    if (space <= 0 || !/^[0-9a-f]{8}$/.test(digits) || /[/\0]/.test(name)) {
+      return `line ${line + 1}: not "NAME CRC32C" (eight lowercase hexadecimal digits): ${JSON.stringify(entry.slice(0, 60))}`
+    }
     if (previous !== undefined && byName(previous, name) >= 0) return `line ${line + 1}: ${name} is not after ${previous} (names are sorted, each once)`
-    crcs.set(name, parseInt(m[2], 16))
+    crcs.set(name, parseInt(digits, 16))
     previous = name
   }
   return crcs

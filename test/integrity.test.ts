@@ -303,6 +303,20 @@ t.test('the JavaScript CRC32C of short values agrees with the addon', async (t) 
   }
 })
 
+t.test('values_crc32c: its text round-trips; damaged, unsorted or repeated lines are refused', async (t) => {
+  const { manifestSize, manifestText, parseManifest } = await import('../lib/manifest')
+  const crcs = new Map([['f_pos', 0xdacd4d69], ['a name', 0x00000001], ['uid', 0xffffffff]])
+  const text = manifestText(crcs)
+  t.equal(text.toString(), 'a name 00000001\nf_pos dacd4d69\nuid ffffffff\n', 'sorted by name, eight lowercase digits')
+  t.equal(text.length, manifestSize([...crcs.keys()]), 'its size from the names alone')
+  t.same(parseManifest(text.toString()), new Map([...crcs].sort()), 'parsed back')
+  t.match(parseManifest('uid dacd4d69\nf_pos dacd4d69\n'), /^line 2: f_pos is not after uid/, 'unsorted')
+  t.match(parseManifest('uid dacd4d69\nuid dacd4d69\n'), /^line 2: uid is not after uid/, 'a name twice')
+  t.match(parseManifest('uid DACD4D69\n'), /^line 1: not "NAME CRC32C"/, 'upper-case digits')
+  t.match(parseManifest('uid dacd4d6\n'), /^line 1: not "NAME CRC32C"/, 'seven digits')
+  t.match(parseManifest('uid dacd4d69'), /no newline/, 'no newline at the end')
+})
+
 t.test('values_crc32c: one line per value file, sized without reading a value, as private as its values', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [small, dir], { dir })
