@@ -4,7 +4,10 @@
 // refuse, naming the mapping or file and the damaged bytes, and leave no process behind (the
 // PID is free afterwards). The undamaged copies still restore. The mount's checksum files
 // agree with the bytes it shows, lazy and --copy. An unprivileged user who damages a tree
-// they own that root then restores is refused the same way.
+// they own that root then restores is refused the same way. Value files are covered by their
+// directory's values_crc32c: a changed digit, an extra or a missing value file and a tree
+// without manifests are refused by name; `ckptfs seal` after a deliberate edit hands the
+// verdict back to the validator, as the tree's owner, following no link.
 
 import { execFileSync } from 'child_process'
 import * as fs from 'fs'
