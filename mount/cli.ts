@@ -22,6 +22,7 @@ const USAGE = `usage:
   ckptfs restore PATH|- [--mount MNT | --no-mount] [--allow-replaced] [--lazy]
   ckptfs check PID
   ckptfs show PATH
+  ckptfs seal TREE
   ckptfs demo
   ckptfs help [COMMAND] | --help | -h | --version
 
@@ -47,6 +48,9 @@ the PID is printed at once, and the command ends when the last page is in. --all
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
+  seal: `Rewrites the checks of a saved tree after a deliberate edit (every values_crc32c and
+NAME_crc32c), as the tree's owner, so a restore judges the edited values instead of refusing
+them as damage. Follows no symbolic link. Prints each file it rewrote.`,
   demo: 'Runs the whole cycle on a sample program in a temporary mount, as a shell transcript.',
 }
 
@@ -438,6 +442,13 @@ async function show(parsed: Parsed): Promise<void> {
   process.stdout.write(await showCheckpoint(path.resolve(given)))
 }
 
+async function seal(parsed: Parsed): Promise<void> {
+  const [tree] = exactly(parsed, 1, 'TREE')
+  const { sealTree } = await import('../lib/seal')
+  const rewrote = sealTree(tree)
+  process.stdout.write(rewrote.length === 0 ? `nothing rewritten: every check of ${tree} matches\n` : rewrote.map((rel) => `rewrote ${rel}\n`).join(''))
+}
+
 function readOrUndefined(file: string): string | undefined {
   try {
     return fs.readFileSync(file, 'utf8').trim()
@@ -453,6 +464,7 @@ const COMMANDS: Record<string, { run: (p: Parsed) => Promise<void>; valued: stri
   restore: { run: restore, valued: ['mount'], plain: ['no-mount', 'allow-replaced', 'lazy'] },
   check: { run: check, valued: [], plain: [] },
   show: { run: show, valued: [], plain: [] },
+  seal: { run: seal, valued: [], plain: [] },
   demo: { run: async (p) => { exactly(p, 0, 'no arguments'); await (await import('./demo')).runDemo() }, valued: [], plain: [] },
 }
 

@@ -51,6 +51,7 @@ import { asObjRef, asTid, type FileDescription, type PathDescription, type TaskI
 import { loadSaved, parseSaved, type SavedCheckpoint } from '../lib/restore/load'
 import { vmaName } from '../lib/task/memory'
 import { writeTree } from '../lib/tree/write'
+import { sealTree } from '../lib/seal'
 
 // ---------------------------------------------------------------------------------------
 // Seeded randomness
@@ -711,6 +712,22 @@ function mutateTree(root: string, info: TreeInfo, rng: Rng, level2: boolean): Tr
   }
 }
 
+/**
+ * Reseals a mutated tree (lib/seal.ts, what `ckptfs seal` runs; in process, as the fuzz makes
+ * thousands), so the loaders and the validator judge the mutation rather than values_crc32c.
+ * A tree seal refuses (a link, a FIFO, no task directory) is judged as it is. Returns the files
+ * it rewrote, for the undo (also those written before a failure).
+ */
+function resealMutated(root: string): string[] {
+  const rewrote: string[] = []
+  try {
+    sealTree(root, rewrote)
+  } catch (err) {
+    if (!(err instanceof CkptError)) throw err
+  }
+  return rewrote
+}
+
 /** 1 to 3 mutations; their undo. */
 function mutateTreeSome(root: string, info: TreeInfo, rng: Rng, level2: boolean): TreeMutation {
   const n = rng.weighted([[6, 1], [3, 2], [1, 3]] as const)
@@ -1123,7 +1140,8 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
   fs.mkdirSync(imgDir)
   const taskName = fs.readdirSync(req.saved).find((n) => n.startsWith('task-'))!
   // boot_id: the one top-level file a restore reads (which boot made the checkpoint).
-  const treeNames = new RegExp(`^(files|${taskName}|task-[^\\s:/]*|image|boot_id|${path.basename(work)})(/[^:]*)?: \\S`)
+  // values_crc32c (lib/files/saved.ts) names a top-level file it lists or does not know, whatever its name.
+  const treeNames = new RegExp(`^(files|${taskName}|task-[^\\s:/]*|image|boot_id|values_crc32c|${path.basename(work)})(/[^:]*)?: \\S|^[^:/]+: (not in|listed in) values_crc32c`)
   // Checks after loading (planning a restore) name the part as the tree would: files/7/f_mode.
   const imageNames = new RegExp(`^(image|${path.basename(imgDir)}|files/\\d+[^:]*|task-\\d+[^:]*): \\S`)
   const result: Level1Result = {
@@ -1205,6 +1223,7 @@ async function level1(req: Level1Request, post: (m: FromWorker) => void): Promis
       if (verdict.ok === false && verdict.hung) releaseFifos(imgDir)
     } else {
       const m = mutateTreeSome(work, info, rng, false)
+      m.touched.push(...resealMutated(work))
       what = m.what
       post({ type: 'progress', i, kind, what })
       verdict = await judge(() => loadAndPlan(work), req.callMs, treeNames)
@@ -1588,7 +1607,7 @@ function mainThread(): void {
       if (!control && kind === 'tree') {
         const m = mutateTreeSome(base, info, rng, true)
         what = m.what
-        touched = m.touched
+        touched = [...m.touched, ...resealMutated(base)]
       } else if (!control) {
         const m = mutateImage(pristineImage, rng, true)
         what = m.what.join('; ')

@@ -4,7 +4,10 @@
 // refuse, naming the mapping or file and the damaged bytes, and leave no process behind (the
 // PID is free afterwards). The undamaged copies still restore. The mount's checksum files
 // agree with the bytes it shows, lazy and --copy. An unprivileged user who damages a tree
-// they own that root then restores is refused the same way.
+// they own that root then restores is refused the same way. Value files are covered by their
+// directory's values_crc32c: a changed digit, an extra or a missing value file and a tree
+// without manifests are refused by name; `ckptfs seal` after a deliberate edit hands the
+// verdict back to the validator, as the tree's owner, following no link.
 
 import { execFileSync } from 'child_process'
 import * as fs from 'fs'
@@ -13,10 +16,10 @@ import t, { type Test } from 'tap'
 import { crc32c, CRC_PIECE, pieceCrcs } from '../lib/checksum'
 import { readImage } from '../lib/image/decode'
 import { treeToImage } from '../lib/image/convert'
-import { ckptfsOk, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
+import { ckptfs, ckptfsOk, cliCommand, mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, reseal, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
 import { buildTarget } from './lib/targets'
-import { attacker, launchAs, shAs } from './lib/unprivileged'
+import { asUser, attacker, launchAs, runAs, shAs } from './lib/unprivileged'
 
 const mem = buildTarget('restore_mem')
 const small = buildTarget('restore_small', ['-static'])
@@ -260,4 +263,196 @@ t.test('an unprivileged user who damages a tree they own is refused when root re
   t.equal(fs.readFileSync(pages)[vma.size - 2], changed, 'the attacker changed the byte')
   await expectRefused(t, 'a byte rewritten by the attacker', saved, target.pid,
     new RegExp(`${task}/memory/vmas/${vma.name}/pages: ${range(vma.size - 2, vma.size)} do not match their CRC32C`))
+})
+
+// ---------------------------------------------------------------------------------------
+// Value files: values_crc32c in every directory of values (lib/manifest.ts)
+
+/** The manifest a directory of a tree on disk should hold: its value files and their CRC32C, sorted. */
+function expectedManifest(dir: string): string {
+  const names = fs.readdirSync(dir).filter((n) => fs.lstatSync(path.join(dir, n)).isFile())
+  const has = (n: string) => names.includes(n)
+  return names
+    .filter((n) => !['done', 'status', 'values_crc32c'].includes(n) && !has(`${n}_crc32c`) && !(n.endsWith('_crc32c') && has(n.slice(0, -7))))
+    .sort()
+    .map((n) => `${n} ${crc32c(fs.readFileSync(path.join(dir, n))).toString(16).padStart(8, '0')}\n`)
+    .join('')
+}
+
+/** The objref of a saved regular file description (fd_type file, not unlinked). */
+function regularObjref(saved: string): string {
+  const filesDir = path.join(saved, 'files')
+  return fs.readdirSync(filesDir).find((o) => fs.readFileSync(path.join(filesDir, o, 'fd_type'), 'utf8') === 'file\n' && !fs.existsSync(path.join(filesDir, o, 'contents')))!
+}
+
+/** Writes `text` into the saved file `file` (made writable first, as a user editing a copy would). */
+function edit(file: string, text: string): void {
+  fs.chmodSync(path.dirname(file), 0o700)
+  fs.rmSync(file, { force: true })
+  fs.writeFileSync(file, text, { mode: 0o400 })
+}
+
+t.test('the JavaScript CRC32C of short values agrees with the addon', async (t) => {
+  const { smallCrc32c, textCrc32c } = await import('../lib/checksum')
+  for (const text of ['', '0\n', '1234567\n', '/tmp/ä file\n', 'x'.repeat(9000)]) {
+    const bytes = Buffer.from(text)
+    t.equal(smallCrc32c(bytes), crc32c(bytes), `bytes of ${JSON.stringify(text.slice(0, 12))}`)
+    t.equal(textCrc32c(text), crc32c(bytes), `text ${JSON.stringify(text.slice(0, 12))}`)
+  }
+})
+
+t.test('values_crc32c: its text round-trips; damaged, unsorted or repeated lines are refused', async (t) => {
+  const { manifestSize, manifestText, parseManifest } = await import('../lib/manifest')
+  const crcs = new Map([['f_pos', 0xdacd4d69], ['a name', 0x00000001], ['uid', 0xffffffff]])
+  const text = manifestText(crcs)
+  t.equal(text.toString(), 'a name 00000001\nf_pos dacd4d69\nuid ffffffff\n', 'sorted by name, eight lowercase digits')
+  t.equal(text.length, manifestSize([...crcs.keys()]), 'its size from the names alone')
+  t.same(parseManifest(text.toString()), new Map([...crcs].sort()), 'parsed back')
+  t.match(parseManifest('uid dacd4d69\nf_pos dacd4d69\n'), /^line 2: f_pos is not after uid/, 'unsorted')
+  t.match(parseManifest('uid dacd4d69\nuid dacd4d69\n'), /^line 2: uid is not after uid/, 'a name twice')
+  t.match(parseManifest('uid DACD4D69\n'), /^line 1: not "NAME CRC32C"/, 'upper-case digits')
+  t.match(parseManifest('uid dacd4d6\n'), /^line 1: not "NAME CRC32C"/, 'seven digits')
+  t.match(parseManifest('uid dacd4d69'), /no newline/, 'no newline at the end')
+})
+
+t.test('values_crc32c: one line per value file, sized without reading a value, as private as its values', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [small, dir], { dir })
+  const cp = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
+  t.teardown(() => {
+    try {
+      fs.writeFileSync(path.join(cp, 'done'), '1')
+    } catch {
+      // ended below already
+    }
+  })
+  const task = path.join(cp, `task-${target.pid}`)
+  const reg = regularObjref(cp)
+  // stat first: its size is the names' alone, and reading it then gives exactly that many bytes.
+  const dirs = ['', `task-${target.pid}`, `task-${target.pid}/creds`, `task-${target.pid}/threads/${target.pid}`, `task-${target.pid}/mm`, `files/${reg}`, `task-${target.pid}/fds/0`]
+  for (const rel of dirs) {
+    const manifest = path.join(cp, rel, 'values_crc32c')
+    const size = fs.statSync(manifest).size
+    const text = fs.readFileSync(manifest, 'utf8')
+    t.equal(text.length, size, `${rel || '.'}/values_crc32c: stat's size is what read returns`)
+    t.equal(text, expectedManifest(path.join(cp, rel)), `${rel || '.'}/values_crc32c: every value file, sorted, with its CRC32C`)
+  }
+  t.equal(fs.statSync(path.join(task, 'creds', 'values_crc32c')).mode & 0o777, 0o444, 'creds/: every value is public, so is its manifest')
+  t.equal(fs.statSync(path.join(cp, `files/${reg}`, 'values_crc32c')).mode & 0o777, 0o400, 'files/OBJREF: private values, a private manifest')
+  t.equal(fs.statSync(path.join(cp, 'values_crc32c')).mode & 0o777, 0o400, 'the top: boot_id and problems are private, so is the manifest')
+  t.notOk(fs.existsSync(path.join(cp, 'files', 'values_crc32c')), 'files/ holds only directories: no manifest')
+  t.notOk(fs.readFileSync(path.join(task, 'values_crc32c'), 'utf8').includes('cmdline'), 'raw files (cmdline, with cmdline_crc32c) are not listed')
+  fs.writeFileSync(path.join(cp, 'done'), '1')
+})
+
+t.test('a changed value file is refused naming it, by ckptfs restore and through restore/; ckptfs seal makes the validator the judge again', async (t) => {
+  const dir = workdir(t)
+  const copies = workdir(t, 'ckptfs-integrity-')
+  const target = await launch(t, [small, dir], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const task = `task-${target.pid}`
+  const reg = regularObjref(saved)
+  const damage = /damaged: its CRC32C is [0-9a-f]{8}, values_crc32c says [0-9a-f]{8}/
+
+  // A flipped digit: still a valid value, so only the manifest can tell.
+  const fpos = `files/${reg}/f_pos`
+  const flipped = copyOf(saved, copies, 'flipped')
+  const pos = fs.readFileSync(path.join(saved, fpos), 'utf8')
+  edit(path.join(flipped, fpos), pos.replace(/\d(?=\n)/, (d) => String((Number(d) + 1) % 10)))
+  await expectRefused(t, 'a digit of f_pos', flipped, target.pid, new RegExp(`^ckptfs restore: ${fpos}: ${damage.source}`))
+  const uid = `${task}/creds/uid`
+  const otherUid = copyOf(saved, copies, 'uid')
+  edit(path.join(otherUid, uid), '1\n')
+  await expectRefused(t, 'creds/uid', otherUid, target.pid, new RegExp(`${uid}: ${damage.source}`))
+
+  // The same, copied into restore/ by hand and started with done.
+  const area = path.join(mnt, 'restore', 'flipped')
+  t.teardown(() => fs.rmSync(area, { recursive: true, force: true }))
+  execFileSync('cp', ['-a', flipped, area])
+  t.throws(() => fs.writeFileSync(path.join(area, 'done'), '1'), 'restore/: the write to done fails')
+  t.match(fs.readFileSync(path.join(area, 'status'), 'utf8'), new RegExp(`^error: ${fpos}: ${damage.source}`), 'restore/: status names the file')
+  t.notOk(exists(target.pid), 'restore/: no process is left')
+  fs.rmSync(area, { recursive: true, force: true })
+
+  // A value file the checkpoint did not write, one it wrote taken away, no manifest at all.
+  const extra = copyOf(saved, copies, 'extra')
+  edit(path.join(extra, `${task}/creds/extra`), '1\n')
+  await expectRefused(t, 'an extra value file', extra, target.pid, new RegExp(`${task}/creds/extra: not in values_crc32c`))
+  const lost = copyOf(saved, copies, 'lost')
+  fs.chmodSync(lost, 0o700)
+  fs.rmSync(path.join(lost, 'problems'))
+  await expectRefused(t, 'a listed value file removed', lost, target.pid, /^ckptfs restore: problems: listed in values_crc32c but missing/)
+  const bare = copyOf(saved, copies, 'bare')
+  execFileSync('sh', ['-c', 'find "$1" -type d -exec chmod u+w {} + && find "$1" -name values_crc32c -delete', 'sh', bare])
+  await expectRefused(t, 'a tree without manifests', bare, target.pid, /values_crc32c: missing: .*ckptfs seal TREE/)
+
+  // Sealed after a deliberate edit: the validator judges the value again.
+  const negative = copyOf(saved, copies, 'negative')
+  edit(path.join(negative, fpos), 'x\n')
+  await expectRefused(t, 'f_pos x, not sealed', negative, target.pid, new RegExp(`${fpos}: ${damage.source}`))
+  t.same(reseal(negative), [`files/${reg}/values_crc32c`], 'seal rewrote only the manifest of the edited directory')
+  t.same(reseal(negative), [], 'sealing again rewrites nothing')
+  const refused = restoreCli(mnt, negative)
+  t.equal(refused.status, 1, 'sealed: still refused')
+  t.match(refused.stderr, new RegExp(`${fpos}: not a decimal integer`), 'sealed: the refusal names f_pos and what is wrong with it')
+  t.notMatch(refused.stderr, /damaged|values_crc32c/, `sealed: by the validator, not the manifest (${refused.stderr.trim()})`)
+  for (const tree of [bare, extra]) reseal(tree)
+  const sealedExtra = restoreCli(mnt, extra)
+  t.match(sealedExtra.stderr, new RegExp(`${task}/creds/extra: unknown entry`), 'sealed: the extra file is an unknown entry to the loader')
+
+  // A sealed edit the validator accepts restores: the tree without manifests, sealed.
+  restoreOk(mnt, bare, target.pid)
+  const checks = await runChecks(target)
+  t.ok(checks.done, 'the sealed tree restores and the program finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+})
+
+t.test('ckptfs seal follows no symbolic link, refuses what is not a tree, and acts as the tree\'s owner', async (t) => {
+  const user = attacker()
+  const dir = workdir(t)
+  fs.chownSync(dir, user.uid, user.gid)
+  fs.writeFileSync(path.join(dir, 'out'), '', { mode: 0o644 })
+  fs.chownSync(path.join(dir, 'out'), user.uid, user.gid)
+  const target = await launch(t, asUser(user, [small, dir]), { dir })
+  const home = fs.mkdtempSync(path.join(user.home, 'seal-'))
+  t.teardown(() => fs.rmSync(home, { recursive: true, force: true }))
+  const saved = path.join(home, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, home])
+  const task = `task-${target.pid}`
+  const reg = regularObjref(saved)
+
+  // A link out of the tree: the whole seal is refused, nothing rewritten.
+  const before = fs.readFileSync(path.join(saved, `files/${reg}/values_crc32c`))
+  shAs(user, `chmod u+w '${saved}/files/${reg}' && rm '${saved}/files/${reg}/f_pos' && ln -s /etc/shadow '${saved}/files/${reg}/f_pos'`)
+  const linked = ckptfs('seal', saved)
+  t.equal(linked.status, 1, 'a symbolic link: seal fails')
+  t.match(linked.stderr, new RegExp(`files/${reg}/f_pos: a symbolic link`), 'and names it')
+  t.same(fs.readFileSync(path.join(saved, `files/${reg}/values_crc32c`)), before, 'nothing was rewritten')
+  shAs(user, `rm '${saved}/files/${reg}/f_pos' && printf '0\\n' > '${saved}/files/${reg}/f_pos'`)
+
+  const notTree = ckptfs('seal', home)
+  t.equal(notTree.status, 1, 'a directory without task-PID: refused')
+  t.match(notTree.stderr, /not a saved checkpoint tree/, 'says it is not a tree')
+
+  // The user edits their own tree and seals it themselves; root seals as the owner too.
+  const credsMode = fs.statSync(path.join(saved, task, 'creds')).mode & 0o777
+  shAs(user, `chmod u+w '${saved}/${task}/creds' && rm -f '${saved}/${task}/creds/uid' && printf '0\\n' > '${saved}/${task}/creds/uid'`)
+  const [sealCmd, sealArgs] = cliCommand('seal', saved)
+  const asOwner = runAs(user, [sealCmd, ...sealArgs])
+  t.equal(asOwner.status, 0, `the owner seals their tree (${asOwner.stderr.trim()})`)
+  t.match(asOwner.stdout, new RegExp(`rewrote ${task}/creds/values_crc32c`), 'and is told what was rewritten')
+  const manifest = fs.statSync(path.join(saved, task, 'creds', 'values_crc32c'))
+  t.equal(manifest.uid, user.uid, 'the rewritten manifest is the owner\'s')
+  t.equal(fs.statSync(path.join(saved, task, 'creds')).mode & 0o777, credsMode | 0o200, 'the directory keeps the mode the owner gave it')
+  shAs(user, `chmod u+w '${saved}/files/${reg}' && printf '1\\n' > '${saved}/files/${reg}/f_pos' && chmod 0500 '${saved}/files/${reg}'`)
+  t.match(ckptfsOk('seal', saved), new RegExp(`rewrote files/${reg}/values_crc32c`), 'root seals a user\'s tree')
+  t.equal(fs.statSync(path.join(saved, `files/${reg}`)).mode & 0o777, 0o500, 'a directory the owner could not write is given its mode 0500 back')
+  t.equal(fs.statSync(path.join(saved, `files/${reg}/values_crc32c`)).uid, user.uid, 'as the owner: the file is the owner\'s, not root\'s')
+  // uid 0 in a tree the user owns: the validator (not the manifest) judges it, and refuses root credentials from a user's files.
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'the sealed root uid is refused')
+  t.notMatch(r.stderr, /damaged|values_crc32c/, `by the credentials check, not the manifest (${r.stderr.trim()})`)
+  t.notOk(exists(target.pid), 'no process is left')
 })

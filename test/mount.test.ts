@@ -97,7 +97,7 @@ t.test('lazy checkpoint freezes every thread; done resumes, kill kills', async (
   await sleep(500)
   t.equal(cpuTicks(target.pid), before, 'no CPU time while frozen')
   t.equal(fs.readFileSync(path.join(dir, 'status'), 'utf8'), 'frozen\n')
-  t.same(fs.readdirSync(dir).sort(), ['boot_id', 'done', 'files', 'mode', 'pid', 'problems', 'status', `task-${target.pid}`].sort())
+  t.same(fs.readdirSync(dir).sort(), ['boot_id', 'done', 'files', 'mode', 'pid', 'problems', 'status', `task-${target.pid}`, 'values_crc32c'].sort())
   t.same(fs.readdirSync(mnt).filter((n) => n.startsWith('checkpoint-')).sort(), ['checkpoint-1', 'checkpoint-1.image'], 'the image is beside the tree, not in it')
 
   fs.writeFileSync(path.join(dir, 'done'), '')

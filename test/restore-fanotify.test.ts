@@ -9,7 +9,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
 import { ckptfs, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, listTree, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
+import { checkpointSaveKill, exists, launch, listTree, reseal, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 import { asUser, attacker } from './lib/unprivileged'
 
@@ -107,8 +107,10 @@ t.test('a mark that cannot be restored is refused by name; nothing is left behin
   const refused = (what: string, file: string, value: string, expected: RegExp) => {
     const kept = fs.readFileSync(file)
     fs.writeFileSync(file, value)
+    reseal(saved) // edited on purpose: the validator judges it, not values_crc32c
     const r = ckptfs('restore', saved, '--mount', mnt)
     fs.writeFileSync(file, kept)
+    reseal(saved)
     t.equal(r.status, 1, `${what}: exit status 1`)
     t.match(r.stderr, expected, `${what}: says which and why`)
     t.notOk(exists(target.pid), `${what}: no process ${target.pid}`)
@@ -152,8 +154,10 @@ t.test("a user's saved fanotify group comes back; edited to ask for what the use
   const refused = (what: string, edits: Array<[string, string]>, expected: RegExp) => {
     const kept = edits.map(([file]) => fs.readFileSync(path.join(files, file)))
     for (const [file, value] of edits) fs.writeFileSync(path.join(files, file), value)
+    reseal(saved) // edited on purpose: the restore judges it, not values_crc32c
     const r = ckptfs('restore', saved, '--mount', mnt)
     edits.forEach(([file], i) => fs.writeFileSync(path.join(files, file), kept[i]))
+    reseal(saved)
     t.equal(r.status, 1, `${what}: refused`)
     t.match(r.stderr, expected, `${what}: says why`)
     t.notOk(exists(target.pid), `${what}: no process ${target.pid}`)

@@ -6,7 +6,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
-import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, restoreCli, restoreOk, runChecks, workdir, type Checks } from './lib/restore'
+import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, reseal, restoreCli, restoreOk, runChecks, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
 const mnt = mountFor(t)
@@ -43,6 +43,7 @@ t.test('a saved tree that locks more memory than its process could is refused', 
   // As if the process had neither CAP_IPC_LOCK nor room under its RLIMIT_MEMLOCK.
   fs.writeFileSync(path.join(task, 'creds', 'cap_effective'), '0x0\n')
   fs.writeFileSync(path.join(task, 'rlimits', 'memlock', 'soft'), '4096\n')
+  reseal(saved)
   const r = restoreCli(mnt, saved)
   t.equal(r.status, 1, 'ckptfs restore fails')
   t.match(r.stderr, new RegExp(`task-${target.pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+/vm_flags: locked \\(lo\\), \\d+ bytes locked in all, over the saved RLIMIT_MEMLOCK \\(4096\\)`), 'names the mapping and the limit')
@@ -63,6 +64,7 @@ t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as roo
   await checkpointSaveKill(mnt, target.pid, saved)
   const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
   fs.writeFileSync(path.join(saved, 'files', ref, 'inode_mode'), '0104755\n')
+  reseal(saved)
   const r = restoreCli(mnt, saved)
   t.equal(r.status, 1, 'ckptfs restore fails')
   t.match(r.stderr, new RegExp(`files/${ref}/inode_mode: 0104755: a memfd with setuid, setgid or sticky bits is not restored`), 'names the file and the bits')

@@ -11,7 +11,7 @@ import * as path from 'path'
 import t from 'tap'
 import { pieceCrcs } from '../lib/checksum'
 import { ckptfsOk, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, listTree, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
+import { checkpointSaveKill, exists, launch, listTree, reseal, restoreCli, restoreOk, runChecks, waitUntil, workdir } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
 const small = buildTarget('restore_small', ['-static'])
@@ -87,7 +87,19 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     fs.rmSync(path.join(tree, file), { recursive: true, force: true })
     fs.cpSync(path.join(saved, file), path.join(tree, file), { recursive: true })
   }
-  const w = (file: string, text: string | Buffer) => ({ apply: (tree: string) => fs.writeFileSync(path.join(tree, file), text), undo: back(file) })
+  // A value file written on purpose is resealed (ckptfs seal), so the validator judges it and
+  // not values_crc32c; raw files keep their checksum file (what catches their damage).
+  const isValue = (file: string) => !fs.existsSync(path.join(saved, `${file}_crc32c`))
+  const w = (file: string, text: string | Buffer) => ({
+    apply: (tree: string) => {
+      fs.writeFileSync(path.join(tree, file), text)
+      if (isValue(file)) reseal(tree)
+    },
+    undo: (tree: string) => {
+      back(file)(tree)
+      if (isValue(file)) reseal(tree)
+    },
+  })
   // Raw bytes written with a checksum file that matches them, so the checks behind the checksum are reached.
   const wc = (file: string, data: Buffer) => ({
     apply: (tree: string) => {
@@ -164,8 +176,14 @@ t.test('damaged trees are refused, one line each, and leave nothing behind', asy
     },
     {
       name: 'an unknown entry',
-      apply: (tree) => fs.writeFileSync(path.join(tree, task, 'extra'), 'x\n'),
-      undo: (tree) => fs.rmSync(path.join(tree, task, 'extra')),
+      apply: (tree) => {
+        fs.writeFileSync(path.join(tree, task, 'extra'), 'x\n')
+        reseal(tree)
+      },
+      undo: (tree) => {
+        fs.rmSync(path.join(tree, task, 'extra'))
+        reseal(tree)
+      },
       says: new RegExp(`^${task}/extra: unknown entry`),
     },
     { name: 'a thread directory that is not a TID', ...away(thread, `${task}/threads/main`), says: new RegExp(`^${task}/threads/main: not a thread ID`) },

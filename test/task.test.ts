@@ -21,6 +21,7 @@ import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
 import { buildTarget, startTarget, threadIds, threadState } from './lib/targets'
+import { reseal } from './lib/restore'
 
 const PAGE = PAGE_SIZE
 const RESERVATION = 1 << 30
@@ -436,10 +437,17 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
     t.test('damaged copies are refused, naming the file', async (t) => {
       // Each damage changes the saved tree in place and returns how to undo it.
       const file = (rel: string) => path.join(saved, rel)
+      // A value file changed on purpose is resealed (ckptfs seal), so the loaders and the
+      // validator judge it rather than values_crc32c; a raw file's damage is left to its checksum.
+      const isValue = (rel: string) => !fs.existsSync(`${file(rel)}_crc32c`)
       const rewrite = (rel: string, data: string | Buffer) => {
         const original = fs.readFileSync(file(rel))
         fs.writeFileSync(file(rel), data)
-        return () => fs.writeFileSync(file(rel), original)
+        if (isValue(rel)) reseal(saved)
+        return () => {
+          fs.writeFileSync(file(rel), original)
+          if (isValue(rel)) reseal(saved)
+        }
       }
       const truncate = (rel: string, size: number) => rewrite(rel, fs.readFileSync(file(rel)).subarray(0, size))
       const remove = (rel: string) => {
@@ -455,7 +463,14 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
         ['short regs', () => truncate(`${main}/regs`, 215), new RegExp(`^${main}/regs: bytes 0-214 do not match their CRC32C`)],
         ['bad umask', () => rewrite(`${taskName}/umask`, '0999\n'), new RegExp(`^${taskName}/umask: not an octal number`)],
         ['no newline', () => rewrite(`${taskName}/ppid`, '1'), new RegExp(`^${taskName}/ppid: `)],
-        ['unknown entry', () => { fs.writeFileSync(file(`${taskName}/creds/extra`), '1\n'); return () => fs.rmSync(file(`${taskName}/creds/extra`)) },
+        ['unknown entry', () => {
+          fs.writeFileSync(file(`${taskName}/creds/extra`), '1\n')
+          reseal(saved)
+          return () => {
+            fs.rmSync(file(`${taskName}/creds/extra`))
+            reseal(saved)
+          }
+        },
           new RegExp(`^${taskName}/creds/extra: unknown entry`)],
         ['ip not matching regs', () => rewrite(`${main}/ip`, '0x1234\n'), new RegExp(`^${main}/ip: 4660 does not match regs`)],
         ['misaligned run', () => rewrite(`${resDir}/stored_runs`, '0x10 0x1000\n'), new RegExp(`^${resDir}/stored_runs: run 1 .* not whole pages`)],

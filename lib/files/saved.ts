@@ -8,7 +8,8 @@ import { CkptError } from '../errors'
 import type { ByteSource, Lazy } from '../model'
 import { lazy } from '../model'
 import { fileSource } from './source'
-import { checkBuffer, checkCount, CRC_LINE_BYTES, CRC_SUFFIX, parseCrcText, withCrcs } from '../checksum'
+import { checkBuffer, checkCount, crc32c, CRC_LINE_BYTES, CRC_SUFFIX, parseCrcText, smallCrc32c, withCrcs } from '../checksum'
+import { crcHex, isValueFile, MANIFEST, parseManifest } from '../manifest'
 
 /** Longest single-line value accepted (a path of PATH_MAX bytes and some slack). */
 const maxValueBytes = 8192
@@ -20,6 +21,8 @@ const maxCrcBytes = CRC_LINE_BYTES * (64 << 20)
 const decimalLine = /^(0|-?[1-9][0-9]*)\n$/
 const octalLine = /^0[0-7]*\n$/
 const hexLine = /^0x[0-9a-fA-F]+\n$/
+/** Longest manifest accepted: a directory of values holds a few dozen. */
+const maxManifestBytes = 1 << 20
 /** Names a SavedDir keeps in a list before it moves them to a Set. */
 const usedListMax = 32
 
@@ -28,6 +31,12 @@ export const U64_MAX = 0xffffffffffffffffn
 export const S64_MIN = -(1n << 63n)
 export const S64_MAX = (1n << 63n) - 1n
 export const INT_MAX = 0x7fffffff
+
+/** Where StoredDir.text puts the CRC32C of the bytes it read (one object, reused: no allocation per value). */
+export interface CrcOut {
+  crc32c: number
+}
+const lastCrc: CrcOut = { crc32c: 0 }
 
 /** What a directory listing says an entry is (symbolic links, fifos, devices: 'other'). */
 export type EntryKind = 'file' | 'dir' | 'other'
@@ -43,8 +52,11 @@ export interface StoredDir {
   entryKind(name: string): EntryKind | undefined
   /** The subdirectory `name` (checked by the caller to be one). */
   dir(name: string): StoredDir
-  /** The whole regular file as UTF-8, or its size when larger than `limit` (never read then). */
-  text(name: string, limit: number): string | number
+  /**
+   * The whole regular file as UTF-8, or its size when larger than `limit` (never read then);
+   * the CRC32C of the bytes read goes into `crc` (of the bytes, not of the decoded text).
+   */
+  text(name: string, limit: number, crc: CrcOut): string | number
   /** The file's bytes, read when first asked for (pipe data). */
   lazyBytes(name: string): Lazy<Buffer>
   /** The file's bytes read in pieces (contents); the size is fixed now. */
@@ -96,13 +108,16 @@ export class DiskDir implements StoredDir {
     return new DiskDir(this.prefix + name)
   }
 
-  text(name: string, limit: number): string | number {
+  text(name: string, limit: number, crc: CrcOut): string | number {
     const fd = fs.openSync(this.prefix + name, openFlags)
     try {
       // One read of a regular file gives every byte up to the buffer's size; only a file
       // that fills the buffer needs fstat, for its size (too large, or a list to read on).
       const first = fs.readSync(fd, valueBuffer, 0, valueBuffer.length, null)
-      if (first < valueBuffer.length) return valueBuffer.toString('utf8', 0, first)
+      if (first < valueBuffer.length) {
+        crc.crc32c = smallCrc32c(valueBuffer, 0, first)
+        return valueBuffer.toString('utf8', 0, first)
+      }
       const st = fs.fstatSync(fd)
       if (!st.isFile()) throw new Error('not a regular file')
       if (st.size > limit) return st.size
@@ -114,6 +129,7 @@ export class DiskDir implements StoredDir {
         if (n === 0) break
         done += n
       }
+      crc.crc32c = smallCrc32c(data, 0, done)
       return data.toString('utf8', 0, done)
     } finally {
       fs.closeSync(fd)
@@ -151,6 +167,8 @@ export class SavedDir {
   private allUsed = false
   /** Name -> kind of every entry; undefined until first needed, null when it cannot be listed. */
   private listing: ReadonlyMap<string, { readonly kind: EntryKind }> | null | undefined
+  /** The directory's values_crc32c, name -> CRC32C; read (and held to the listing) at the first value read. */
+  private manifest: Map<string, number> | undefined
 
   /**
    * `rel` is this directory's path below the tree root ("files/7"), for messages; a
@@ -306,18 +324,76 @@ export class SavedDir {
     return dirs.map(([, dir]) => dir)
   }
 
-  /** The whole file as text, refused when larger than `limit` (at least maxValueBytes). */
+  /**
+   * The whole value file as text, refused when larger than `limit` (at least maxValueBytes)
+   * or when its bytes do not match the directory's values_crc32c: every value a loader reads
+   * comes through here, or through valueBytes.
+   */
   private raw(name: string, limit: number): string {
+    const data = this.unchecked(name, limit)
+    this.checkValue(name, lastCrc.crc32c)
+    return data
+  }
+
+  /** The whole file as text, its CRC32C in lastCrc; not checked against anything. */
+  private unchecked(name: string, limit: number): string {
     // fromFile's steps, without a closure per value.
     this.entry(name, 'file')
     let data: string | number
     try {
-      data = this.stored.text(name, limit)
+      data = this.stored.text(name, limit, lastCrc)
     } catch (err) {
       throw this.readFailure(name, err)
     }
     if (typeof data === 'number') throw this.fail(name, `too large (${data} bytes, at most ${limit} expected)`)
     return data
+  }
+
+  /** Refuses a value whose bytes' CRC32C is not the one values_crc32c records for it. */
+  private checkValue(name: string, crc: number): void {
+    const recorded = this.values().get(name)
+    if (recorded === undefined) throw this.fail(name, `not in ${MANIFEST}: not a value this checkpoint saved (or the manifest is damaged)`)
+    if (recorded !== crc) throw this.fail(name, `damaged: its CRC32C is ${crcHex(crc)}, ${MANIFEST} says ${crcHex(recorded)}`)
+  }
+
+  /**
+   * The directory's manifest, read once. A directory without one is refused: a tree edited on
+   * purpose is accepted again once `ckptfs seal` has rewritten its checks.
+   */
+  private values(): Map<string, number> {
+    if (this.manifest) return this.manifest
+    if (!this.has(MANIFEST)) throw this.fail(MANIFEST, `missing: every directory of values carries one; if this tree was edited on purpose, run "ckptfs seal TREE" (as the tree's owner) to accept it`)
+    const parsed = parseManifest(this.unchecked(MANIFEST, maxManifestBytes))
+    if (typeof parsed === 'string') throw this.fail(MANIFEST, parsed)
+    this.manifest = parsed
+    return parsed
+  }
+
+  /**
+   * Holds the manifest to the listing: every value file listed is in it, everything in it is
+   * listed as a regular file. Run once the loaders are done with the directory (`finish`), so
+   * a file they read and found missing or of the wrong kind is reported in their words first.
+   */
+  private checkCoverage(): void {
+    const listing = this.list()
+    if (!listing) return
+    const recorded = this.values()
+    const has = (n: string): boolean => listing.has(n)
+    const extra = firstBad([...listing.keys()], (n) => listing.get(n)!.kind === 'file' && isValueFile(n, has) && !recorded.has(n))
+    if (extra !== undefined) throw this.fail(extra, `not in ${MANIFEST}: not a value this checkpoint saved (or the manifest is damaged)`)
+    const lost = firstBad([...recorded.keys()], (n) => listing.get(n)?.kind !== 'file')
+    if (lost !== undefined) throw this.fail(lost, `listed in ${MANIFEST} but ${listing.has(lost) ? 'not a regular file' : 'missing'}`)
+  }
+
+  /**
+   * Checks every value of the directory against its manifest, read or not, and the manifest
+   * against the listing: for the top of a tree, whose values are read by several loaders,
+   * some by none, and which no loader finishes.
+   */
+  checkAllValues(): void {
+    if (!this.has(MANIFEST) && !this.unorderedNames().some((n) => this.list()?.get(n)?.kind === 'file' && isValueFile(n, (m) => this.has(m)))) return
+    this.checkCoverage()
+    for (const name of this.values().keys()) this.raw(name, maxListBytes)
   }
 
   /** One value and a newline (SPEC): the value, without the newline. */
@@ -427,7 +503,7 @@ export class SavedDir {
    */
   checksums(name: string): number[] {
     const crcName = name + CRC_SUFFIX
-    const parsed = parseCrcText(this.raw(crcName, maxCrcBytes))
+    const parsed = parseCrcText(this.unchecked(crcName, maxCrcBytes))
     if (typeof parsed === 'string') throw this.fail(crcName, parsed)
     return parsed
   }
@@ -452,13 +528,22 @@ export class SavedDir {
     return withCrcs(source, crcs)
   }
 
-  /** Raw bytes read when first asked for (pipe data); the file must exist now. */
-  lazyBytes(name: string): Lazy<Buffer> {
+  /** A whole value file of bytes (a list, maps) of at most `maxBytes`, checked against values_crc32c. */
+  async valueBytes(name: string, maxBytes: number): Promise<Buffer> {
+    const source = this.source(name)
+    if (source.size > maxBytes) throw this.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
+    const data = await source.read(0, source.size)
+    this.checkValue(name, crc32c(data))
+    return data
+  }
+
+  /** Raw bytes read when first asked for (pipe data); the file must exist now. Unchecked: see checkedLazyBytes. */
+  private lazyBytes(name: string): Lazy<Buffer> {
     return this.fromFile(name, () => this.stored.lazyBytes(name))
   }
 
-  /** Raw bytes read in pieces (file contents); the size is fixed now. */
-  source(name: string): ByteSource {
+  /** Raw bytes read in pieces (file contents); the size is fixed now. Unchecked: see checkedSource. */
+  private source(name: string): ByteSource {
     return this.fromFile(name, () => this.stored.source(name))
   }
 
@@ -481,6 +566,12 @@ export class SavedDir {
   /** Refuses every entry of this directory that no reader asked for. */
   finish(): void {
     if (this.allUsed) return
+    // The manifest first: a file it does not know is damage (or an edit not sealed) before
+    // it is an entry the loaders do not know.
+    if (this.has(MANIFEST)) {
+      this.markUsed(MANIFEST)
+      this.checkCoverage()
+    }
     const unknown = firstBad(this.unorderedNames(), (name) => !this.isUsed(name))
     if (unknown !== undefined) throw this.fail(unknown, 'unknown entry')
   }

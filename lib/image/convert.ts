@@ -9,7 +9,7 @@ import { loadBootId } from '../boot'
 import { NodeCache } from '../cache'
 import { CkptError } from '../errors'
 import { loadFileTable } from '../fdtable'
-import { DiskDir } from '../files/saved'
+import { DiskDir, SavedDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
@@ -44,12 +44,13 @@ export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mod
     vmas: async () => vmas,
     fileTable: async () => fileTable,
   }
-  return { task, mode: names.includes('mode') ? await readMode(`${treeRoot}/mode`) : undefined, bootId: loadBootId(root) }
+  return { task, mode: names.includes('mode') ? readMode(new SavedDir(root, '')) : undefined, bootId: loadBootId(root) }
 }
 
-async function readMode(file: string): Promise<CheckpointMode> {
-  const text = (await fs.promises.readFile(file, 'utf8')).trim()
-  if (text !== 'lazy' && text !== 'copy') throw new CkptError(`mode: ${JSON.stringify(text.slice(0, 20))} is neither lazy nor copy`, 'EINVAL')
+/** The tree's `mode`, read as every value is (checked against the top's values_crc32c). */
+function readMode(top: SavedDir): CheckpointMode {
+  const text = top.text('mode')
+  if (text !== 'lazy' && text !== 'copy') throw top.fail('mode', `${JSON.stringify(text.slice(0, 20))} is neither lazy nor copy`)
   return text
 }
 

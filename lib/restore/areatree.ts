@@ -13,7 +13,8 @@ import { isUtf8 } from 'buffer'
 import * as fs from 'fs'
 import { CkptError, messageOf } from '../errors'
 import { bufferSource, lazy, type ByteSource, type Lazy } from '../model'
-import type { EntryKind, StoredDir } from '../files/saved'
+import type { CrcOut, EntryKind, StoredDir } from '../files/saved'
+import { smallCrc32c, textCrc32c } from '../checksum'
 import { fileSource } from '../files/source'
 import { CREATE_NEW } from '../privatedir'
 
@@ -65,9 +66,11 @@ export class AreaDir implements StoredDir {
     return entry
   }
 
-  text(name: string, limit: number): string | number {
+  text(name: string, limit: number, crc: CrcOut): string | number {
     const file = this.file(name)
-    return file.size > limit ? file.size : file.text()
+    if (file.size > limit) return file.size
+    crc.crc32c = file.crc32c()
+    return file.text()
   }
 
   lazyBytes(name: string): Lazy<Buffer> {
@@ -183,6 +186,12 @@ export class AreaFile {
   text(): string {
     if (this.string !== undefined) return this.string
     return this.backing === undefined ? (this.data?.toString('utf8', 0, this.size) ?? '') : readWhole(this.backing).toString('utf8')
+  }
+
+  /** The CRC32C of the contents (a value file's, checked against its manifest). */
+  crc32c(): number {
+    if (this.string !== undefined) return textCrc32c(this.string)
+    return this.backing === undefined ? smallCrc32c(this.data ?? Buffer.alloc(0), 0, this.size) : smallCrc32c(readWhole(this.backing))
   }
 
   /** A path on disk holding the contents (moved there first if they are in memory). */

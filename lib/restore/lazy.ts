@@ -8,7 +8,7 @@ import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import type { LazyFillResult } from '../../addon/index'
-import { CRC_PIECE } from '../checksum'
+import { checkBuffer, CRC_PIECE, CRC_SUFFIX, crcText, parseCrcText, pieceCrcs } from '../checksum'
 import { CkptError } from '../errors'
 import type { Vma } from '../model'
 import { native } from '../native'
@@ -174,22 +174,34 @@ const RECORD_MAX = 16 << 20
  */
 export function readFirstTouched(tree: string, pid: number): Array<{ start: bigint; at: number }> {
   const file = path.join(tree, `task-${pid}`, 'memory', FIRST_TOUCHED)
-  let text: string
+  const data = readSmall(file)
+  if (data === undefined) return []
+  // Every byte of a saved tree is checked, this record too (its first_touched_crc32c).
+  const where = `task-${pid}/memory/${FIRST_TOUCHED}`
+  const crcFile = readSmall(file + CRC_SUFFIX)
+  const crcs = crcFile === undefined ? `${FIRST_TOUCHED}${CRC_SUFFIX} is missing` : parseCrcText(crcFile.toString('utf8'))
+  if (typeof crcs === 'string') throw new CkptError(`${where}${CRC_SUFFIX}: ${crcs}`, 'EINVAL')
+  checkBuffer(data, crcs, where)
+  return data.toString('utf8').split('\n').map((line) => RECORD_LINE.exec(line)).filter((m) => m !== null).map((m) => ({ start: BigInt(`0x${m![1]}`), at: Number(m![2]) }))
+}
+
+/** A file of at most RECORD_MAX bytes, not through a link; undefined when there is none. */
+function readSmall(file: string): Buffer | undefined {
+  let fd: number
   try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
-    try {
-      const size = fs.fstatSync(fd).size
-      if (size > RECORD_MAX) return []
-      const buf = Buffer.alloc(size)
-      fs.readSync(fd, buf, 0, size, 0)
-      text = buf.toString('utf8')
-    } finally {
-      fs.closeSync(fd)
-    }
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW)
   } catch {
-    return []
+    return undefined
   }
-  return text.split('\n').map((line) => RECORD_LINE.exec(line)).filter((m) => m !== null).map((m) => ({ start: BigInt(`0x${m![1]}`), at: Number(m![2]) }))
+  try {
+    const size = fs.fstatSync(fd).size
+    if (size > RECORD_MAX) throw new CkptError(`${file}: ${size} bytes, more than a record of first touches holds`, 'EINVAL')
+    const buf = Buffer.alloc(size)
+    fs.readSync(fd, buf, 0, size, 0)
+    return buf
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 /**
@@ -201,8 +213,12 @@ export function writeFirstTouched(tree: string, pid: number, touched: Array<{ st
   const dir = path.join(tree, `task-${pid}`, 'memory')
   const owner = fs.lstatSync(tree)
   const text = touched.map((p) => `${p.start.toString(16)} ${p.at}\n`).join('')
-  const script = "const fs = require('fs'); const [dir, text, name] = process.argv.slice(1); const tmp = `${dir}/.${name}-${process.pid}`;" +
-    " fs.writeFileSync(tmp, text, { flag: 'wx', mode: 0o600 }); fs.renameSync(tmp, `${dir}/${name}`)"
-  const r = spawnSync(process.execPath, ['-e', script, dir, text, FIRST_TOUCHED], { uid: owner.uid, gid: owner.gid, encoding: 'utf8', env: {} })
+  // Its check first: a record without one is refused, a check without its record ignored.
+  const crcs = crcText(pieceCrcs(Buffer.from(text))).toString('utf8')
+  const script = "const fs = require('fs'); const [dir, name, ...pairs] = process.argv.slice(1);" +
+    " for (let i = 0; i < pairs.length; i += 2) { const tmp = `${dir}/.${pairs[i]}-${process.pid}`;" +
+    " fs.writeFileSync(tmp, pairs[i + 1], { flag: 'wx', mode: 0o600 }); fs.renameSync(tmp, `${dir}/${pairs[i]}`) }"
+  const files = [FIRST_TOUCHED + CRC_SUFFIX, crcs, FIRST_TOUCHED, text]
+  const r = spawnSync(process.execPath, ['-e', script, dir, FIRST_TOUCHED, ...files], { uid: owner.uid, gid: owner.gid, encoding: 'utf8', env: {} })
   if (r.status !== 0) throw new CkptError(`${path.join(dir, FIRST_TOUCHED)}: could not be written: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`)
 }

@@ -177,18 +177,17 @@ export function readValue<V>(dir: SavedDir, name: string, codec: Codec<V>): V {
   return parseAt(dir, name, dir.text(name), codec)
 }
 
-/** A whole raw file of at most `maxBytes`. */
+/** A whole value file of bytes (maps, a list) of at most `maxBytes`, checked against values_crc32c. */
 export async function readBytes(dir: SavedDir, name: string, maxBytes: number): Promise<Buffer> {
-  const source = dir.source(name)
-  if (source.size > maxBytes) throw dir.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
-  return source.read(0, source.size)
+  return dir.valueBytes(name, maxBytes)
 }
 
 /** A whole raw file of at most `maxBytes`, checked against its NAME_crc32c. */
 export async function readCheckedBytes(dir: SavedDir, name: string, maxBytes: number): Promise<Buffer> {
-  const crcs = dir.checksums(name)
-  const data = await readBytes(dir, name, maxBytes)
-  checkBuffer(data, crcs, dir.where(name))
+  const source = dir.checkedSource(name)
+  if (source.size > maxBytes) throw dir.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
+  const data = await source.read(0, source.size)
+  checkBuffer(data, source.crc32c!, dir.where(name))
   return data
 }
 

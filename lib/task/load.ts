@@ -22,7 +22,11 @@ export async function loadTask(root: StoredDir, taskDirName: string): Promise<Lo
   const m = /^task-([1-9]\d{0,9})$/.exec(taskDirName)
   if (!m || Number(m[1]) > 2 ** 31 - 1) throw new CkptError(`${taskDirName}: not a task-PID directory`, 'EINVAL')
   const pid = Number(m[1])
-  const dir = await new SavedDir(root, '').dir(taskDirName)
+  const top = new SavedDir(root, '')
+  // The top's values (boot_id, mode, pid, problems) are read by other loaders or by none:
+  // every one is checked here, once, whoever reads it.
+  top.checkAllValues()
+  const dir = top.dir(taskDirName)
 
   const process = await loadProcess(dir, pid)
   const threads = await loadThreads(dir.dir('threads'))

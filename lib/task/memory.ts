@@ -403,9 +403,9 @@ export async function loadVmas(dir: SavedDir): Promise<Vma[]> {
     const line = firstDifferentLine(maps, expected)
     throw dir.fail('maps', `line ${line} does not match vmas/ (expected ${JSON.stringify(expected.split('\n')[line - 1] ?? '')})`)
   }
-  // The record a lazy restore keeps of its first touches (lib/restore/lazy.ts): it only
-  // orders a later fill, every byte filled is checked as always, so it is not read here.
-  if (dir.has('first_touched')) dir.source('first_touched')
+  // The record a lazy restore keeps of its first touches (lib/restore/lazy.ts, which reads
+  // and checks it): it only orders a later fill, so it is not read here.
+  if (dir.has('first_touched')) dir.checkedSource('first_touched')
   dir.finish()
   return vmas
 }

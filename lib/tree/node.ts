@@ -5,6 +5,8 @@
 
 import type { ByteSource, Sized } from '../model'
 import { CkptError } from '../errors'
+import { crc32c } from '../checksum'
+import { isValueFile, MANIFEST, manifestSize, manifestText } from '../manifest'
 
 export interface Owner {
   uid: number
@@ -86,7 +88,12 @@ export type EntryFactory<T> = (subject: T, scope: Scope) => Node
 export interface TableEntry<T> {
   name: string
   make: EntryFactory<T>
-  /** Who may read the entry's file (for entries that make files before knowing their node). */
+  /**
+   * Who may read the entry's file (for entries that make files before knowing their node).
+   * Set by every helper that makes a file (attr, bytes, stream): it is also what marks an
+   * entry as a file for the directory's values_crc32c, whose size is known from the table
+   * alone. A file entry made by hand without it is not covered, and a restore refuses it.
+   */
   access?: Access
 }
 
@@ -166,7 +173,8 @@ export function each<T, U>(name: string, items: (subject: T) => Promise<Map<stri
 }
 
 /** A directory whose entries are given by a table over one subject. */
-export function tableDir<T>(subject: T, entries: TableEntry<T>[], scope: Scope, access: Access = 'private'): DirNode {
+export function tableDir<T>(subject: T, declared: TableEntry<T>[], scope: Scope, access: Access = 'private'): DirNode {
+  const entries = withManifest(declared)
   const byName = indexTable(entries)
   return {
     kind: 'dir',
@@ -176,7 +184,8 @@ export function tableDir<T>(subject: T, entries: TableEntry<T>[], scope: Scope, 
   }
 }
 
-function lazyDir<T>(subject: () => Promise<T>, entries: TableEntry<T>[], scope: Scope, access: Access): DirNode {
+function lazyDir<T>(subject: () => Promise<T>, declared: TableEntry<T>[], scope: Scope, access: Access): DirNode {
+  const entries = withManifest(declared)
   const byName = indexTable(entries)
   return {
     kind: 'dir',
@@ -187,6 +196,58 @@ function lazyDir<T>(subject: () => Promise<T>, entries: TableEntry<T>[], scope: 
       return entry && entry.make(await subject(), scope)
     },
   }
+}
+
+const manifested = new WeakMap<object, TableEntry<never>[]>()
+/** The table and, when it has value files, their manifest (lib/manifest.ts); once per table. */
+function withManifest<T>(entries: TableEntry<T>[]): TableEntry<T>[] {
+  let table = manifested.get(entries) as TableEntry<T>[] | undefined
+  if (!table) {
+    const manifest = manifestEntry(entries)
+    table = manifest ? [...entries, manifest] : entries
+    manifested.set(entries, table as TableEntry<never>[])
+  }
+  return table
+}
+
+/**
+ * values_crc32c over the table's value files: its size comes from their names alone, so a
+ * listing or stat reads no value; its bytes read every value when it is read. Readable by
+ * others only when every value it covers is: a CRC of a short value tells what the value is.
+ */
+function manifestEntry<T>(entries: TableEntry<T>[]): TableEntry<T> | undefined {
+  const names = new Set(entries.map((e) => e.name))
+  const covered = entries.filter((e) => e.access !== undefined && isValueFile(e.name, (n) => names.has(n)))
+  if (covered.length === 0) return undefined
+  const access: Access = covered.every((e) => e.access === 'public') ? 'public' : 'private'
+  const size = manifestSize(covered.map((e) => e.name))
+  return {
+    name: MANIFEST,
+    access,
+    make: (subject, scope) => {
+      const file = cachedFile(`${scope.key}/${MANIFEST}`, scope.cache, async () => {
+        const crcs = await Promise.all(covered.map(async (e) => crc32c(await wholeFile(e.make(subject, scope), `${scope.key}/${e.name}`))))
+        const text = manifestText(new Map(covered.map((e, i) => [e.name, crcs[i]])))
+        if (text.length !== size) throw new CkptError(`tree: ${scope.key}/${MANIFEST}: ${text.length} bytes, ${size} announced`)
+        return text
+      }, FILE_PERM[access])
+      return { ...file, size: async () => size }
+    },
+  }
+}
+
+/** All the bytes of a file node (a value of a few bytes, or a list). */
+async function wholeFile(node: Node, where: string): Promise<Buffer> {
+  if (node.kind !== 'file') throw new CkptError(`tree: ${where}: declared as a file, made as a directory`)
+  const size = await node.size()
+  const pieces: Buffer[] = []
+  for (let at = 0; at < size;) {
+    const piece = await node.read(at, size - at)
+    if (piece.length === 0) throw new CkptError(`tree: ${where}: ended at byte ${at} of the ${size} its size announced`)
+    pieces.push(piece)
+    at += piece.length
+  }
+  return pieces.length === 1 ? pieces[0] : Buffer.concat(pieces)
 }
 
 const tableIndexes = new WeakMap<object, Map<string, TableEntry<never>>>()

@@ -169,6 +169,16 @@ export async function launchSaveRestore(t: Teardownable, mnt: string, program: s
   return { target, dir, saved }
 }
 
+/**
+ * `ckptfs seal TREE`: after a test edits a saved tree on purpose, its checks (values_crc32c,
+ * NAME_crc32c) are rewritten so the validator judges the edit, not the damage check. Returns
+ * the files it rewrote.
+ */
+export function reseal(tree: string): string[] {
+  const said = ckptfsOk('seal', tree)
+  return said.startsWith('nothing rewritten') ? [] : said.split('\n').map((line) => line.replace(/^rewrote /, ''))
+}
+
 /** `ckptfs restore SAVED --mount MNT`. */
 export function restoreCli(mnt: string, saved: string): CliResult {
   return ckptfs('restore', saved, '--mount', mnt)
