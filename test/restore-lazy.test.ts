@@ -11,6 +11,7 @@ import t, { type Test } from 'tap'
 import { ckptfs, cliCommand, mountFor, userEnv } from './lib/mount'
 import { checkpointSaveKill, collectChecks, exists, launch, waitUntil, workdir, type Checks, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
+import { crcText, pieceCrcs } from '../lib/checksum'
 
 const mnt = mountFor(t)
 const lazyBin = buildTarget('restore_lazy')
@@ -84,6 +85,7 @@ t.test('ckptfs restore --lazy TREE: the process runs at once; every access sees 
   // The record of first touches, kept with the tree for the next lazy restore.
   const record = path.join(saved, `task-${target.pid}`, 'memory', 'first_touched')
   t.ok(fs.existsSync(record), 'task-PID/memory/first_touched was written')
+  t.ok(fs.existsSync(`${record}_crc32c`), 'with its first_touched_crc32c')
   const lines = fs.readFileSync(record, 'utf8').split('\n').filter(Boolean)
   t.ok(lines.every((l) => /^[0-9a-f]+ [0-9]+$/.test(l)), `one piece per line, ADDRESS OFFSET (${lines.length} lines)`)
   t.equal(fs.statSync(record).uid, fs.statSync(saved).uid, 'owned by the owner of the tree')
@@ -94,7 +96,12 @@ t.test('the record of first touches: the pieces it names are filled first next t
   const record = path.join(saved, `task-${target.pid}`, 'memory', 'first_touched')
   const start = fs.readdirSync(path.join(saved, `task-${target.pid}`, 'memory', 'vmas')).find((n) => BigInt(`0x${n.split('-')[0]}`) <= addr && BigInt(`0x${n.split('-')[1]}`) > addr)!.split('-')[0]
   // Three pieces of the fixture's region, a line naming nothing and one that is no record.
-  fs.writeFileSync(record, `${start} ${3 << 20}\n${start} 0\n${start} ${1 << 20}\nabc 12\n1000 0\n`)
+  const text = Buffer.from(`${start} ${3 << 20}\n${start} 0\n${start} ${1 << 20}\nabc 12\n1000 0\n`)
+  fs.writeFileSync(record, text)
+  // Without its check the record is refused (every byte of a tree is checked); with it, used.
+  const refused = await restoreLazy(t, [saved, '--mount', mnt]).then(() => 'restored', (err: Error) => err.message)
+  t.match(refused, /first_touched_crc32c: first_touched_crc32c is missing/, 'a record without its first_touched_crc32c is refused')
+  fs.writeFileSync(`${record}_crc32c`, crcText(pieceCrcs(text)))
   const run = await restoreLazy(t, [saved, '--mount', mnt])
   const end = await run.ended
   t.equal(end.status, 0, `restored (${end.stderr.trim()})`)

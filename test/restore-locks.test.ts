@@ -11,7 +11,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
 import { ckptfs, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
+import { checkpointSaveKill, exists, launch, reseal, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
 const bin = buildTarget('restore_locks')
@@ -145,13 +145,23 @@ t.test('a lock another process took meanwhile fails the restore by name; a lock 
   // fd 6 is open read-only: a write lock through it is not something the task could hold.
   const objref6 = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '6', 'fd'), 'utf8').trim()
   const locks6 = path.join(saved, 'files', objref6, 'locks')
-  fs.writeFileSync(locks6, 'posix write 0 EOF\n')
+  // Each edit is sealed (ckptfs seal), so that the validator judges it, not the checksum.
+  const edit = (text: string) => {
+    fs.writeFileSync(locks6, text)
+    reseal(saved)
+  }
+  const unsealed = (() => {
+    fs.writeFileSync(locks6, 'flock write 0 EOF\n')
+    return ckptfs('restore', saved, '--mount', mnt)
+  })()
+  t.match(unsealed.stderr, `files/${objref6}/locks: damaged`, 'an edit not sealed is refused as damage first')
+  edit('posix write 0 EOF\n')
   const bad = ckptfs('restore', saved, '--mount', mnt)
   t.equal(bad.status, 1, 'a write lock on a read-only description: refused')
   t.match(bad.stderr, `files/${objref6}/locks: line 1 (posix write 0 EOF): a write lock needs a description open for writing (f_mode 1)`, 'naming the file and the line')
-  fs.writeFileSync(locks6, 'posix write 9 3\n')
+  edit('posix write 9 3\n')
   t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1 (posix write 9 3): not a range of file offsets`, 'an end before the start: refused')
-  fs.writeFileSync(locks6, 'lease read 0 EOF\n')
+  edit('lease read 0 EOF\n')
   t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1: not "KIND MODE START END"`, 'an unknown kind: refused')
   t.notOk(exists(target.pid), 'no process is left')
 })
