@@ -11,7 +11,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { storedByOwners } from '../lib/restore/owner'
-import { ckptfs, ckptfsOk, cliPath, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, cliShellWords, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, waitUntil, workdir } from './lib/restore'
 import { buildTarget, repo } from './lib/targets'
 import { attacker, launchAs, runAs, shAs } from './lib/unprivileged'
@@ -77,7 +77,7 @@ t.test("a user's checkpoint with edited credentials is refused; unchanged it com
     shAs(user, `cp -a '${saved}' '${tree}' && chmod -R u+w '${tree}' && cd '${tree}/${task}/creds' && ${script}`)
     // The user reseals their edit (ckptfs seal, as they may): values_crc32c detects damage,
     // not tampering, and what stops them is the owner check.
-    shAs(user, `'${process.execPath}' '${cliPath}' seal '${tree}' >/dev/null`)
+    shAs(user, `${cliShellWords} seal '${tree}' >/dev/null`)
     return tree
   }
 

@@ -13,7 +13,7 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { treeToImage } from '../lib/image/convert'
 import { restorePath } from '../lib/restore/index'
-import { ckptfs, cliPath, mountFor } from './lib/mount'
+import { ckptfs, cliShellWords, mountFor } from './lib/mount'
 import * as R from './lib/restore'
 import { buildTarget, repo } from './lib/targets'
 import { asUser, attacker, runAs, shAs } from './lib/unprivileged'
@@ -111,7 +111,7 @@ t.test('trees and images crafted by an unprivileged user are refused alike, nami
     t.equal(fs.readFileSync(path.join(tree, 'files', objref, 'path'), 'utf8'), '/dev/null\n', 'fd 0 is /dev/null')
     shAs(user, `cd '${tree}/files/${objref}' && echo /dev/kmsg > path && echo /dev/kmsg > target && echo 267 > rdev`)
     // The user reseals the edit (ckptfs seal): values_crc32c detects damage, not tampering; the validator decides.
-    shAs(user, `'${process.execPath}' '${cliPath}' seal '${tree}' >/dev/null`)
+    shAs(user, `${cliShellWords} seal '${tree}' >/dev/null`)
     refused(t, tree, `files/${objref}/rdev`, 'the /dev/kmsg tree')
     // The image made from it, as `ckptfs restore TREE --mount` makes it, gets the same verdict from the server.
     const image = path.join(dir, 'kmsg-image')
