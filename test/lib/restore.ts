@@ -7,7 +7,6 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import { ckptfs, ckptfsOk, type CliResult } from './mount'
-import { buildTarget } from './targets'
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
@@ -88,12 +87,10 @@ export interface Target {
  */
 export async function launch(t: Teardownable, argv: string[], opts: { dir: string; cwd?: string; ready?: (target: Target) => boolean }): Promise<Target> {
   const out = path.join(opts.dir, 'out')
-  // pidplace (test/fixtures/pidplace.c) starts it at a PID the kernel will not hand out again
-  // soon, so that no other test's process takes it between a kill and the restore.
-  const sh: ChildProcess = spawn('sh', ['-c', '"$PIDPLACE" --pid-fd 3 "$0" "$@" 3>&1 </dev/null >>"$CKPT_OUT" 2>&1', ...argv], {
+  const sh: ChildProcess = spawn('sh', ['-c', '"$0" "$@" </dev/null >>"$CKPT_OUT" 2>&1 & echo $!; wait', ...argv], {
     stdio: ['ignore', 'pipe', 'ignore'],
     cwd: opts.cwd ?? opts.dir,
-    env: { ...process.env, CKPT_OUT: out, PIDPLACE: buildTarget('pidplace') },
+    env: { ...process.env, CKPT_OUT: out },
   })
   const pid = await new Promise<number>((resolve, reject) => {
     let said = ''

@@ -40,18 +40,12 @@ process.on('exit', () => {
 
 /**
  * Starts a program and waits for its first line matching `ready` (default: "ready"). It runs
- * behind `sh -c 'pidplace PROGRAM | cat'` so that its stdout is a real pipe (Node's own stdio pipes are
+ * behind `sh -c 'PROGRAM | cat'` so that its stdout is a real pipe (Node's own stdio pipes are
  * sockets, which cannot be checkpointed) and it is not a child of this process (libuv would
  * reap a child's ptrace stops). Its PID is read from "pid=N" in the ready line.
  */
 export async function startTarget(file: string, args: string[] = [], ready: RegExp = /ready/, opts: { cwd?: string; stdin?: 'pipe' } = {}): Promise<Target> {
-  // pidplace (test/fixtures/pidplace.c): at a PID the kernel will not hand out again soon, so
-  // that no other test's process takes it between a kill and a restore.
-  const child = spawn('sh', ['-c', '"$PIDPLACE" "$0" "$@" | cat', file, ...args], {
-    stdio: [opts.stdin ?? 'ignore', 'pipe', 'inherit'],
-    cwd: opts.cwd,
-    env: { ...process.env, PIDPLACE: buildTarget('pidplace') },
-  })
+  const child = spawn('sh', ['-c', '"$0" "$@" | cat', file, ...args], { stdio: [opts.stdin ?? 'ignore', 'pipe', 'inherit'], cwd: opts.cwd })
   const lines: string[] = []
   const waiters: Array<() => void> = []
   let buf = ''
