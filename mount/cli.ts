@@ -343,8 +343,8 @@ async function restore(parsed: Parsed): Promise<void> {
     let fill: Promise<LazyOutcome> | undefined
     // A saved tree on disk keeps the record of the pages its last lazy restore touched first
     // (task-PID/memory/first_touched): they are filled first next time.
-    const treeTask = lazy && input?.isDirectory && input.path === resolved ? fs.readdirSync(resolved).find((n) => /^task-[0-9]+$/.test(n)) : undefined
-    const prefetch = treeTask ? lazyModule!.readFirstTouched(resolved, Number(treeTask.slice(5))) : undefined
+    const record = lazy && input?.isDirectory && input.path === resolved ? lazyModule!.firstTouchedRecord(resolved) : undefined
+    const prefetch = record?.prefetch
     let pid: number
     if (mnt === undefined) {
       progress.step(`restoring ${input!.label}`)
@@ -365,9 +365,9 @@ async function restore(parsed: Parsed): Promise<void> {
       try {
         const done = fill ? await fill.catch((err: unknown) => { throw explain(err) }) : undefined
         process.stderr.write(`ckptfs restore: ${lazyReport(pid, done)}\n`)
-        if (treeTask && done && !done.ended) {
+        if (record && done && !done.ended) {
           try {
-            lazyModule!.writeFirstTouched(resolved, pid, done.firstTouched)
+            record.keep(pid, done.firstTouched)
           } catch (err) {
             process.stderr.write(`ckptfs restore: the record of first touches was not kept: ${messageOf(err)}\n`)
           }

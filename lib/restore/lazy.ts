@@ -172,7 +172,7 @@ const RECORD_MAX = 16 << 20
  * only the order of the fill, never a byte (pieces are checked as always): a line that does
  * not name a piece is skipped. None when there is no record.
  */
-export function readFirstTouched(tree: string, pid: number): Array<{ start: bigint; at: number }> {
+function readFirstTouched(tree: string, pid: number): Array<{ start: bigint; at: number }> {
   const file = path.join(tree, `task-${pid}`, 'memory', FIRST_TOUCHED)
   const data = readSmall(file)
   if (data === undefined) return []
@@ -205,11 +205,22 @@ function readSmall(file: string): Buffer | undefined {
 }
 
 /**
+ * The record of first touches of the saved tree directory `tree`, for a lazy restore from it:
+ * the pieces to fill first, and how to keep this restore's record for the next one. Undefined
+ * when `tree` holds no task (a directory holding an image keeps no record).
+ */
+export function firstTouchedRecord(tree: string): { prefetch: Array<{ start: bigint; at: number }>; keep: (pid: number, touched: Array<{ start: bigint; at: number }>) => void } | undefined {
+  const task = fs.readdirSync(tree).find((n) => /^task-[0-9]+$/.test(n))
+  if (task === undefined) return undefined
+  return { prefetch: readFirstTouched(tree, Number(task.slice(5))), keep: (pid, touched) => writeFirstTouched(tree, pid, touched) }
+}
+
+/**
  * Writes the record of this restore's first touches into the saved tree at `tree`, as the
  * user who owns the tree (a child process with its uid and gid: root never writes into a
  * user's files), through a new file renamed into place.
  */
-export function writeFirstTouched(tree: string, pid: number, touched: Array<{ start: bigint; at: number }>): void {
+function writeFirstTouched(tree: string, pid: number, touched: Array<{ start: bigint; at: number }>): void {
   const dir = path.join(tree, `task-${pid}`, 'memory')
   const owner = fs.lstatSync(tree)
   const text = touched.map((p) => `${p.start.toString(16)} ${p.at}\n`).join('')
