@@ -346,18 +346,23 @@ fail:
   undo_seize(&p);
 }
 
-static napi_value freeze_settle(napi_env env, task_t *t) {
-  freeze_task_t *ft = (freeze_task_t *)t;
+// [{tid, status}] of stopped threads, as freeze and freezeMany answer them.
+static napi_value threads_to_js(napi_env env, const frozen_thread_t *threads, size_t n) {
   napi_value arr;
-  napi_create_array_with_length(env, ft->nout, &arr);
-  for (size_t i = 0; i < ft->nout; i++) {
+  napi_create_array_with_length(env, n, &arr);
+  for (size_t i = 0; i < n; i++) {
     napi_value o;
     napi_create_object(env, &o);
-    napi_set_named_property(env, o, "tid", make_i32(env, ft->out[i].tid));
-    napi_set_named_property(env, o, "status", make_i32(env, ft->out[i].status));
+    napi_set_named_property(env, o, "tid", make_i32(env, threads[i].tid));
+    napi_set_named_property(env, o, "status", make_i32(env, threads[i].status));
     napi_set_element(env, arr, (uint32_t)i, o);
   }
   return arr;
+}
+
+static napi_value freeze_settle(napi_env env, task_t *t) {
+  freeze_task_t *ft = (freeze_task_t *)t;
+  return threads_to_js(env, ft->out, ft->nout);
 }
 
 static void freeze_destroy(task_t *t) {
@@ -443,16 +448,7 @@ static napi_value freeze_many_settle(napi_env env, task_t *t) {
     napi_set_named_property(env, o, "pid", make_i32(env, fm->pids[i]));
     frozen_proc_t *p = &fm->procs[i];
     if (p->threads) {
-      napi_value threads;
-      napi_create_array_with_length(env, p->n, &threads);
-      for (size_t j = 0; j < p->n; j++) {
-        napi_value th;
-        napi_create_object(env, &th);
-        napi_set_named_property(env, th, "tid", make_i32(env, p->threads[j].tid));
-        napi_set_named_property(env, th, "status", make_i32(env, p->threads[j].status));
-        napi_set_element(env, threads, (uint32_t)j, th);
-      }
-      napi_set_named_property(env, o, "threads", threads);
+      napi_set_named_property(env, o, "threads", threads_to_js(env, p->threads, p->n));
     } else {
       napi_set_named_property(env, o, "error", nerr_to_js(env, &fm->errs[i]));
     }
