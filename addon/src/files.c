@@ -22,18 +22,23 @@
 #define SYS_pidfd_getfd 438
 #endif
 
+// kcmp(KCMP_FILE) of fd1 of pid1 and fd2 of pid2: 0 when both are one open file description.
+static napi_value kcmp_file(napi_env env, int32_t pid1, int32_t fd1, int32_t pid2, int32_t fd2) {
+  long r = syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2);
+  if (r < 0) {
+    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid1, pid2, fd1, fd2);
+    return NULL;
+  }
+  return make_i32(env, (int32_t)r);
+}
+
 napi_value js_kcmp_file(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   int32_t pid, fd1, fd2;
   if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd1", &fd1) ||
       !get_i32(env, argv[2], "fd2", &fd2))
     return NULL;
-  long r = syscall(SYS_kcmp, pid, pid, KCMP_FILE, fd1, fd2);
-  if (r < 0) {
-    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid, pid, fd1, fd2);
-    return NULL;
-  }
-  return make_i32(env, (int32_t)r);
+  return kcmp_file(env, pid, fd1, pid, fd2);
 }
 
 // kcmpFileAcross: the same comparison between fds of two processes (a tree's tasks share
@@ -44,12 +49,7 @@ napi_value js_kcmp_file_across(napi_env env, napi_callback_info info) {
   if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid1", &pid1) || !get_i32(env, argv[1], "fd1", &fd1) ||
       !get_i32(env, argv[2], "pid2", &pid2) || !get_i32(env, argv[3], "fd2", &fd2))
     return NULL;
-  long r = syscall(SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2);
-  if (r < 0) {
-    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_FILE, %d, %d)", pid1, pid2, fd1, fd2);
-    return NULL;
-  }
-  return make_i32(env, (int32_t)r);
+  return kcmp_file(env, pid1, fd1, pid2, fd2);
 }
 
 // kcmpGroups: sorts fds with kcmp(KCMP_FILE) as the comparator (the kernel's order of the
