@@ -7,7 +7,6 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
-import { readImage } from '../image/decode'
 import type { Credentials, Pid } from '../model'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
@@ -100,13 +99,6 @@ export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: S
   for (const [name, set] of caps) {
     if (set !== 0n) refuse(name, `0x${set.toString(16)} (capabilities)`)
   }
-}
-
-/** Reads the image file `image` and checks its saved credentials against `storedBy` (nothing is read when root stored it). */
-export async function checkImageCredentials(image: string, storedBy: StoredBy, label: string): Promise<void> {
-  if (storedBy.kind === 'root') return
-  const loaded = await readImage(image)
-  checkStoredCredentials(loaded.process.creds, loaded.pid, storedBy, `${label}: `)
 }
 
 /** A user's name from /etc/passwd, or `no account` when it has none. */
