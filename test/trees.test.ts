@@ -418,4 +418,13 @@ t.test('a user\'s tree holding a setuid-root child: its private files belong to 
   const read = runAs(user, ['cat', path.join(copy, `task-${child}`, 'environ')])
   t.not(read.status, 0, 'the user cannot read the child\'s environ in a copy')
   t.match(read.stderr, /Permission denied/, 'Permission denied')
+
+  // Given to the user (every file theirs), the tree may come back only as the user: the
+  // setuid child's saved euid 0 is refused by name, not only the root task's credentials.
+  const given = path.join(dir, 'given')
+  execFileSync('cp', ['-a', ck, given])
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, given])
+  const r = ckptfs('restore', given, '--no-mount')
+  t.equal(r.status, 1, 'root\'s restore of the user\'s tree is refused')
+  t.match(r.stderr, new RegExp(`task-${child}/creds/euid: 0, but .* is owned by uid ${user.uid} `), `the child's credentials are named: ${r.stderr.trim()}`)
 })

@@ -9,7 +9,7 @@ import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
 import { restoreProcess, type RestoreOptions } from './engine'
 import { loadSaved } from './load'
-import { checkStoredCredentials, storedByOwners, type StoredBy } from './owner'
+import { checkTreeCredentials, storedByOwners, type StoredBy } from './owner'
 import { refuseTree } from './pstree'
 import { validateCheckpoint } from './validate'
 
@@ -37,15 +37,15 @@ export async function restorePath(p: string, options: RestoreOptions = {}, store
     const root = new DiskDir(p)
     const isTree = [...root.list().keys()].some((n) => /^task-[0-9]+$/.test(n))
     const saved = await loadSaved(root, path.basename(p))
+    checkTreeCredentials(saved, trust, isTree ? `${p}/` : `${p}: `)
     refuseTree(saved, p)
-    checkStoredCredentials(saved.process.creds, saved.pid, trust, isTree ? `${p}/` : `${p}: `)
     timer.mark('load and validate')
     return restoreProcess(saved, timer, options)
   }
   const saved = await readImage(p)
   await validateCheckpoint(saved)
+  checkTreeCredentials(saved, trust, `${p}: `)
   refuseTree(saved, p)
-  checkStoredCredentials(saved.process.creds, saved.pid, trust, `${p}: `)
   timer.mark('load and validate')
   return restoreProcess(saved, timer, options)
 }

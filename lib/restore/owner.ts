@@ -101,6 +101,16 @@ export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: S
   }
 }
 
+/**
+ * The same check for every process of a saved tree: each comes back with its own saved
+ * credentials, so one task left unchecked would be a way to root (a child saved as uid 0
+ * under a tree a user wrote).
+ */
+export function checkTreeCredentials(saved: { pid: Pid; process: { creds: Credentials }; others?: Array<{ pid: number; process: { creds: Credentials } }> }, storedBy: StoredBy, where: string): void {
+  checkStoredCredentials(saved.process.creds, saved.pid, storedBy, where)
+  for (const other of saved.others ?? []) checkStoredCredentials(other.process.creds, other.pid as Pid, storedBy, where)
+}
+
 /** A user's name from /etc/passwd, or `no account` when it has none. */
 function userName(uid: number): string {
   return passwdEntry(uid)?.[0] ?? 'no account'
