@@ -2,11 +2,12 @@
 // test/fixtures/restore_fidelity.c, checkpointed through the real mount, saved with `cp -a`,
 // killed, restored with `ckptfs restore`, and then checked by the process itself.
 
+import { execFileSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
-import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, reseal, restoreCli, restoreOk, runChecks, workdir, type Checks } from './lib/restore'
+import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, reseal, restoreCli, restoreOk, runChecks, waitUntil, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
 
 const mnt = mountFor(t)
@@ -182,3 +183,31 @@ for (const resumedFirst of [false, true]) {
     ])
   })
 }
+
+t.test('a real interval timer that fired while the task was frozen keeps ticking after the restore (zdtm timers)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'itimer'], { dir })
+  const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt)
+  // Ten periods pass while the task is frozen: the timer fires, and the kernel re-arms a
+  // real interval timer only when its SIGALRM is taken, so until then it reads 0.
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', ck, saved])
+  fs.writeFileSync(path.join(ck, 'done'), 'kill\n')
+  await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
+  const timer = path.join(saved, `task-${target.pid}`, 'timers', 'itimer_real')
+  t.equal(fs.readFileSync(path.join(timer, 'value_us'), 'utf8'), '0\n', 'saved: the timer had fired, its signal not taken yet')
+  t.equal(fs.readFileSync(path.join(timer, 'interval_us'), 'utf8'), '20000\n', 'saved: its interval')
+  restoreOk(mnt, saved, target.pid)
+  expectChecks(t, await runChecks(target), ['itimer: ITIMER_REAL ticks after the restore', 'itimer: its interval'])
+})
+
+t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, holes kept, without passing through memory whole (zdtm unlink_largefile)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['big-unlinked'])
+  const files = path.join(saved, `task-${target.pid}`, 'fds')
+  t.ok(fs.existsSync(files), 'saved')
+  expectChecks(t, await runChecks(target), [
+    'big-unlinked: size', 'big-unlinked: holes take no room', 'big-unlinked: SEEK_DATA and SEEK_HOLE', 'big-unlinked: data', 'big-unlinked: offset',
+    "big-unlinked: the memfd's 3 MiB and offset",
+  ])
+})

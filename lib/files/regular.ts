@@ -4,7 +4,7 @@
 
 import * as fs from 'fs'
 import { CkptError } from '../errors'
-import { bufferSource, type FileTable, type ObjRef, type PathDescription } from '../model'
+import { bufferSource, type ByteSource, type FileTable, type ObjRef, type PathDescription } from '../model'
 import { type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
 import { checkSourceBytes } from '../checksum'
@@ -12,6 +12,7 @@ import { invalid, withCommon } from './common'
 import type { FileHandler } from './handler'
 import { capturePath, loadOtherLinks, loadPath, otherLinksEntry, PATH_KINDS, pathEntries, pathImage, pathRecord, pathSummary, settleLinks, validatePath } from './path'
 import { RecordBuilder } from '../restore/fdplan'
+import { PLAN_CONTENTS_LIMIT } from '../restore/contents'
 
 /** The stub's kinds: reopen by path, recreate an unlinked file, make a memfd anew (restorer.c). */
 const KINDS = { ...PATH_KINDS, unlinked: 2, memfd: 3 } as const
@@ -69,24 +70,29 @@ export const regular: FileHandler<PathDescription> = {
   async planRestore(d, { table }) {
     if (!d.unlinked) return pathRecord(d)
     if (!d.contents) throw new CkptError(`files/${d.objref}: unlinked file without saved contents`, 'EINVAL')
-    const data = await readWhole(d.contents)
-    // Checked in the buffer the stub's plan is made from: what is checked is what is used.
-    checkSourceBytes(d.contents, data, `files/${d.objref}/contents`)
-    const link = await sameFileAs(d, data)
+    const where = `files/${d.objref}/contents`
+    // Small contents travel in the plan, checked in the buffer the plan is made from (what is
+    // checked is what is used); larger ones are written into the made file piece by piece,
+    // each piece checked as it is written (lib/restore/contents.ts).
+    const inPlan = d.contents.size <= PLAN_CONTENTS_LIMIT
+    const data = inPlan ? await readWhole(d.contents) : Buffer.alloc(0)
+    if (inPlan) checkSourceBytes(d.contents, data, where)
+    const link = await sameFileAs(d, inPlan ? data : d.contents)
     if (link) return pathRecord({ ...d, path: link })
+    const fill = inPlan ? undefined : { fd: homeFd(table, d), contents: d.contents, where }
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
     if (memfd) {
       // The stub makes the memfd as root: a setuid, setgid or sticky bit would be root's.
       if (d.inodeMode & 0o7000) throw new CkptError(`files/${d.objref}/inode_mode: 0${d.inodeMode.toString(8)}: a memfd with setuid, setgid or sticky bits is not restored`, 'EPERM')
-      return { kind: KINDS.memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777) }
+      return { kind: KINDS.memfd, objref: d.objref, payload: new RecordBuilder().i32(d.flags).u64(d.pos).string(memfd[1]).bytes(data).u32(d.inodeMode & 0o777), fill }
     }
     // The first description of the inode (by its lowest fd: the stub opens in that order)
     // recreates the file; the others are opened through it and carry no second copy.
     const first = firstOfInode(table).get(inodeKey(d)) ?? d.objref
-    const contents = first === d.objref ? data : Buffer.alloc(0)
     return {
       kind: KINDS.unlinked, objref: d.objref,
-      payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(contents).u32(first === d.objref ? 0 : first),
+      payload: new RecordBuilder().i32(d.flags).u32(d.inodeMode).u32(d.uid).u32(d.gid).u64(d.pos).string(d.path).bytes(first === d.objref ? data : Buffer.alloc(0)).u32(first === d.objref ? 0 : first),
+      fill: first === d.objref ? fill : undefined,
     }
   },
 
@@ -128,16 +134,41 @@ function firstOfInode(table: FileTable): Map<string, ObjRef> {
  * on the machine that made the checkpoint), or else a regular file with exactly the saved
  * contents (a migration that copied the file along). Anything else is another file now.
  */
-async function sameFileAs(d: PathDescription, data: Buffer): Promise<string | undefined> {
+async function sameFileAs(d: PathDescription, data: Buffer | ByteSource): Promise<string | undefined> {
   const links = await d.otherLinks()
   const stats = await Promise.all(links.map((link) => fs.promises.lstat(link, { bigint: true }).catch(() => undefined)))
   const files = links.map((link, i) => ({ link, st: stats[i] })).filter((f): f is { link: string; st: fs.BigIntStats } => f.st?.isFile() === true)
   const same = files.find(({ st }) => st.dev === d.dev && st.ino === d.ino)
   if (same) return same.link
+  const size = Buffer.isBuffer(data) ? data.length : data.size
   for (const { link, st } of files) {
-    if (st.size !== BigInt(data.length)) continue
-    const now = await fs.promises.readFile(link).catch(() => undefined)
-    if (now?.equals(data)) return link
+    if (st.size !== BigInt(size)) continue
+    if (Buffer.isBuffer(data) ? (await fs.promises.readFile(link).catch(() => undefined))?.equals(data) : await sameBytes(link, data)) return link
   }
   return undefined
+}
+
+/** Whether the file at `link` holds exactly the bytes of `source`, compared a piece at a time. */
+async function sameBytes(link: string, source: ByteSource): Promise<boolean> {
+  const file = await fs.promises.open(link, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW).catch(() => undefined)
+  if (!file) return false
+  try {
+    for (let at = 0; at < source.size; at += PLAN_CONTENTS_LIMIT) {
+      const want = await source.read(at, Math.min(PLAN_CONTENTS_LIMIT, source.size - at))
+      const got = Buffer.alloc(want.length)
+      const { bytesRead } = await file.read(got, 0, got.length, at)
+      if (bytesRead !== got.length || !got.equals(want)) return false
+    }
+    return true
+  } finally {
+    await file.close()
+  }
+}
+
+/** The fd where the stub puts a description: the lowest that names it. */
+function homeFd(table: FileTable, d: PathDescription): number {
+  let home: number | undefined
+  for (const f of table.fds) if (f.objref === d.objref && !(home! <= f.fd)) home = f.fd
+  if (home === undefined) throw new CkptError(`files/${d.objref}: an unlinked file of ${d.contents?.size} bytes that no fd names (only an epoll watch) cannot be restored`, 'ENOTSUP')
+  return home
 }

@@ -5,6 +5,9 @@
 import * as fs from 'fs'
 import { clipped, intoSource, type ByteSource } from '../model'
 
+/** node's fs read takes at most 2^31 - 1 bytes per call (more aborts the process). */
+const MAX_READ = 1 << 30
+
 /**
  * A file's bytes, read through a fresh open per piece (nothing stays open between reads).
  * The size is fixed when the source is made; should the file shrink later, the missing tail
@@ -16,7 +19,7 @@ export function fileSource(file: string, size: number): ByteSource {
     try {
       let done = 0
       while (done < length) {
-        const { bytesRead } = await handle.read(into, at + done, length - done, offset + done)
+        const { bytesRead } = await handle.read(into, at + done, Math.min(length - done, MAX_READ), offset + done)
         if (bytesRead === 0) break
         done += bytesRead
       }

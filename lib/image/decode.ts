@@ -154,7 +154,7 @@ class ImageFile {
       for (const range of ranges) {
         // Contents may be large (an unlinked file's whole data): read off the main thread.
         for (let done = 0; done < range.length;) {
-          const { bytesRead } = await handle.read(into, filled + done, range.length - done, range.at + done)
+          const { bytesRead } = await handle.read(into, filled + done, Math.min(range.length - done, 1 << 30), range.at + done)
           if (bytesRead === 0) throw new CkptError(`image: the file ended at byte ${range.at + done} while being read (did it change?)`)
           done += bytesRead
         }

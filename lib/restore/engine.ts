@@ -16,6 +16,7 @@ import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { verifyPages } from './verify'
 import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
+import { fillContents } from './contents'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
 import { resumeRegisters } from './restart'
 import { lockCalls } from './locks'
@@ -99,6 +100,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   timer.mark('stub and file table')
   let fill: Promise<LazyOutcome> | undefined
   try {
+    await fillContents(pid, records.flatMap((r) => (r.fill ? [r.fill] : [])))
     // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
     const layout = new Layout(vmas, mappedRanges(pid))
     await mapCodePage(pid, layout)
@@ -709,11 +711,15 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
   const which = { real: 0, virtual: 1, prof: 2 }
   for (const t of proc.itimers) {
     if (t.valueUs === 0n && t.intervalUs === 0n) continue
+    // A real interval timer that fired while the task was frozen reads 0 until its SIGALRM
+    // (saved pending, queued again) is taken, when the kernel re-arms it; setitimer with 0
+    // would disarm it for good. It runs on from one interval now instead.
+    const valueUs = t.valueUs === 0n ? t.intervalUs : t.valueUs
     const val = Buffer.alloc(32)
     val.writeBigInt64LE(t.intervalUs / 1000000n, 0)
     val.writeBigInt64LE(t.intervalUs % 1000000n, 8)
-    val.writeBigInt64LE(t.valueUs / 1000000n, 16)
-    val.writeBigInt64LE(t.valueUs % 1000000n, 24)
+    val.writeBigInt64LE(valueUs / 1000000n, 16)
+    val.writeBigInt64LE(valueUs % 1000000n, 24)
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })

@@ -2,6 +2,7 @@
 // goes. Each fd type's handler describes its object with a RecordBuilder; this module only
 // frames the records and decides the fd numbers of the stub's working area.
 
+import type { ContentsFill } from './contents'
 import type { FileTable, ObjRef, ProcessState } from '../model'
 
 /**
@@ -126,6 +127,8 @@ export interface PlannedRecord {
   payload: RecordBuilder
   /** Planned after every other record: its payload names fds of other objects (/proc/self/fd/N). */
   last?: boolean
+  /** Contents too large for the plan, written into the file once the stub has made it (contents.ts). */
+  fill?: ContentsFill
 }
 
 /**
