@@ -17,7 +17,7 @@ import { native } from './native'
 import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
-import { readProcText, StatusFields } from './task/procfs'
+import { readProcTextSync, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
@@ -206,7 +206,7 @@ export class Checkpoint {
       const [proc, threads] = await Promise.all([task.process(), task.threads()])
       return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
     }
-    const status = new StatusFields(await readProcText(task.pid, 'status'))
+    const status = new StatusFields(readProcTextSync(task.pid, 'status'))
     return { seccompMode: status.number('Seccomp'), liveTids: task.tids.filter((tid) => threadAlive(task.pid, tid)) }
   }
 
