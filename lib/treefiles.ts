@@ -26,11 +26,20 @@ class TreeClaims implements DescriptionClaims {
   private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
   private next = 0
 
+  /**
+   * The descriptions of one key are kept in the kernel's order (kcmp's 1/2 answers order the
+   * struct file pointers consistently across processes), so a new fd is placed by binary
+   * search: log n kcmp calls where a scan took n (100 children that each opened /dev/null
+   * themselves made 4,950 calls).
+   */
   claim(pid: Pid, fd: number, key: string): { objref: ObjRef; fresh: boolean } {
     let seen = this.byKey.get(key)
     if (!seen) this.byKey.set(key, (seen = []))
-    for (const other of seen) {
-      if (other.pid === pid) continue // one task's fds were grouped already: a different description
+    let lo = 0
+    let hi = seen.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      const other = seen[mid]
       let order: number
       try {
         order = native.kcmpFileAcross(other.pid, other.fd, pid, fd)
@@ -38,9 +47,12 @@ class TreeClaims implements DescriptionClaims {
         throw new CkptError(`task ${pid}: fd ${fd}: cannot tell whether it shares a file with task ${other.pid} fd ${other.fd}: ${messageOf(err)}`)
       }
       if (order === 0) return { objref: other.objref, fresh: false }
+      if (order === 1) lo = mid + 1 // the one seen comes first
+      else if (order === 2) hi = mid
+      else throw new CkptError(`task ${pid}: fd ${fd}: kcmp cannot order it against task ${other.pid} fd ${other.fd} (answer ${order})`)
     }
     const objref = asObjRef(++this.next)
-    seen.push({ pid, fd, objref })
+    seen.splice(lo, 0, { pid, fd, objref })
     return { objref, fresh: true }
   }
 }
