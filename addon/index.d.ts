@@ -164,6 +164,11 @@ export interface Addon {
    * anonymous copies of a private mapping). Adjacent pages are merged into one run.
    */
   scanPagemap(pid: number, start: bigint, end: bigint, privateOnly: boolean): Promise<PagemapRun[]>
+  /**
+   * scanPagemap of each range, in one pool call with one open of pagemap (a small process's
+   * mappings cost one round trip, not one each): the runs of ranges[i] are answer[i].
+   */
+  scanPagemaps(pid: number, ranges: Array<{ start: bigint; end: bigint; privateOnly: boolean }>): Promise<PagemapRun[][]>
 
   /**
    * A zero-filled buffer whose pages are already faulted in (MADV_POPULATE_WRITE): copy-mode

@@ -49,6 +49,8 @@ export interface Options {
   restoreFds: boolean
   /** MiB of the targets the compare benchmark runs through ckptfs and CRIU (issue 16: 64, 1024, 4096). */
   compareMibs: number[]
+  /** Processes of the process-tree benchmark's target (issue 17: 100). */
+  treeProcs: number
 }
 
 // ---- clean-up: everything started is stopped and unmounted, even on failure or ^C ----

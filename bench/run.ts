@@ -5,6 +5,7 @@
 //   restore   3. restore (issue 6)
 //   leak      4. the server's RSS after --leak-early and --leak-cycles checkpoint/done cycles (issue 13)
 //   compare   5. ckptfs and CRIU side by side (issue 16; needs CKPTFS_BENCH_CRIU=PATH of a criu binary)
+//   tree      6. a lazy checkpoint of a process tree, its listing and status (issue 17)
 //   (none)    all of them
 //
 // Options:
@@ -21,6 +22,7 @@
 //                    free memory back (malloc_trim(0), called in the server with gdb)
 //   --compare-mib N,N  MiB of the targets of the compare part (default 64,1024,4096)
 //   --restore-mem-only  the restore part skips the 10,000-fd task
+//   --tree-procs N   processes of the tree benchmark's target (default 100)
 //   --profile        run the ckptfs server under node --cpu-prof and print where its time went
 //
 // Prints a table (date, machine, each figure, each ratio vs its target: meets or misses) and
@@ -35,6 +37,7 @@ import { benchMemory } from './memory'
 import { benchRestore } from './restore'
 import { benchLeak } from './leak'
 import { benchCompare } from './compare'
+import { benchTree } from './tree'
 import { summariseProfiles } from './profile'
 import { machineLines, markdownTable, Report, textTable, writeMarkdown } from './report'
 
@@ -44,13 +47,14 @@ const BENCHMARKS: Record<string, { title: string; run: (opts: Options, rep: Repo
   restore: { title: '3. Restore (issue 6)', run: benchRestore },
   leak: { title: '4. Server memory over many checkpoints (issue 13)', run: benchLeak },
   compare: { title: '5. Side by side with CRIU (issue 16)', run: benchCompare },
+  tree: { title: '6. Process trees (issue 17)', run: benchTree },
 }
 
-const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak|compare ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--leak-trim] [--compare-mib N,N] [--restore-mem-only] [--profile]'
+const USAGE = 'usage: node dist/bench/run.js [fds|memory|restore|leak|compare|tree ...] [--fds N] [--walk-fds N] [--walk-rounds N] [--mem-mib N] [--small-mib N] [--repeats N] [--leak-cycles N] [--leak-early N] [--leak-trim] [--compare-mib N,N] [--restore-mem-only] [--tree-procs N] [--profile]'
 
 function parseArgs(argv: string[]): { names: string[]; opts: Options } {
-  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, leakTrim: false, profile: false, restoreFds: true, compareMibs: [64, 1024, 4096] }
-  const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats', '--leak-cycles': 'leakCycles', '--leak-early': 'leakEarly' }
+  const opts: Options = { fds: 10_000, walkFds: 400, walkRounds: 2, memMib: 1024, smallMemMib: 64, repeats: 3, leakCycles: 5000, leakEarly: 500, leakTrim: false, profile: false, restoreFds: true, compareMibs: [64, 1024, 4096], treeProcs: 100 }
+  const numeric: Record<string, keyof Options> = { '--fds': 'fds', '--walk-fds': 'walkFds', '--walk-rounds': 'walkRounds', '--mem-mib': 'memMib', '--small-mib': 'smallMemMib', '--repeats': 'repeats', '--leak-cycles': 'leakCycles', '--leak-early': 'leakEarly', '--tree-procs': 'treeProcs' }
   const names: string[] = []
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]

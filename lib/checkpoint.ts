@@ -17,10 +17,11 @@ import { native } from './native'
 import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
-import { readProcText, StatusFields } from './task/procfs'
+import { readProcTextSync, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
+import { PhaseTimer } from './trace'
 import { zombieDir } from './task/zombie'
 import { captureTreeFiles, taskFileTables } from './treefiles'
 import { attr, bytes, commandFile, FILE_PERM, lineFile, PUBLIC, stream, tableDir, type ContentCache, type DirNode, type FileNode, type TableEntry, type TaskOwners } from './tree/node'
@@ -73,7 +74,7 @@ export class Checkpoint {
    * everything is captured now and the tree runs on before this returns; in lazy mode it
    * stays frozen until end().
    */
-  static async open(id: number, pid: Pid, mode: CheckpointMode, leaveOut: ReadonlyMap<number, string> = new Map()): Promise<Checkpoint> {
+  static async open(id: number, pid: Pid, mode: CheckpointMode, leaveOut: ReadonlyMap<number, string> = new Map(), timer = new PhaseTimer('checkpoint')): Promise<Checkpoint> {
     assertProcessExists(pid)
     // Copy mode: the buffer for the pages is sized and touched while the task still runs, so
     // the task is stopped only for the copy itself (first touches are the costly part here).
@@ -82,6 +83,7 @@ export class Checkpoint {
       if (err instanceof CkptError) throw err
       throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(pid, err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')
     })
+    timer.mark(`freeze (${frozen.live.length} processes)`)
     const frozenPids = frozen.live.map((t) => t.pid)
     let owner: TaskOwners
     try {
@@ -110,7 +112,9 @@ export class Checkpoint {
         await thawTasks(frozenPids, false).catch(() => undefined)
         throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
       }
+      timer.mark('copy')
       await thawTasks(frozenPids, false)
+      timer.mark('thaw')
       checkpoint.state = 'running'
     }
     return checkpoint
@@ -202,7 +206,7 @@ export class Checkpoint {
       const [proc, threads] = await Promise.all([task.process(), task.threads()])
       return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
     }
-    const status = new StatusFields(await readProcText(task.pid, 'status'))
+    const status = new StatusFields(readProcTextSync(task.pid, 'status'))
     return { seccompMode: status.number('Seccomp'), liveTids: task.tids.filter((tid) => threadAlive(task.pid, tid)) }
   }
 

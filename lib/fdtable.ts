@@ -5,7 +5,7 @@
 
 import * as fs from 'fs'
 import { CkptError, messageOf } from './errors'
-import { asObjRef, lazy, type FdEntry, type FdType, type FileDescription, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
+import { asObjRef, lazy, type FdEntry, type FdType, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
 import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat, type InodeStat } from './procfs'
 import { loadBase, modeFromFlags, parseObjRef } from './files/common'
@@ -61,11 +61,25 @@ export interface DescriptionClaims {
   claim(pid: Pid, fd: number, key: string): { objref: ObjRef; fresh: boolean }
   /** Pipe and fifo peeks by pipe identity, so the bytes of a pipe are read once per checkpoint. */
   readonly peeks: Map<string, Lazy<Buffer>>
+  /** Whether POSIX locks name the process holding them (a checkpoint of several processes). */
+  readonly lockOwners: boolean
+  /**
+   * The POSIX locks a task holds through a description captured with another task: each
+   * process's show only in its own fdinfo, so they are added to the description here.
+   */
+  addLocks(objref: ObjRef, locks: FileLock[], refused: string | undefined): void
 }
 
 function ownClaims(): DescriptionClaims {
   let next = 0
-  return { claim: () => ({ objref: asObjRef(++next), fresh: true }), peeks: new Map() }
+  return {
+    claim: () => ({ objref: asObjRef(++next), fresh: true }),
+    peeks: new Map(),
+    lockOwners: false,
+    addLocks: () => {
+      throw new CkptError('a lone task holds no description captured with another task')
+    },
+  }
 }
 
 /**
@@ -125,8 +139,14 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims
 
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
+  const lockOwner = claims.lockOwners ? pid : undefined
   shared.forEach((s, i) => {
     for (const probe of s.probes) described.set(probe.fd, { objref: claimed[i].objref, probe })
+    if (claimed[i].fresh) return
+    // Captured with another task: only this process's own POSIX locks are new (flock and OFD
+    // locks belong to the description and showed there already).
+    const { locks, refused } = parseLocks(s.probes[0].fdinfo.extra, lockOwner)
+    claims.addLocks(claimed[i].objref, locks.filter((l) => l.kind === 'posix'), refused)
   })
   const peeks = claims.peeks
   const pathStats = new Map<string, Promise<InodeStat | undefined>>()
@@ -170,7 +190,7 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims
     const first = s.probes[0]
     // fdinfo adds O_CLOEXEC for a close-on-exec fd; the description's own flags are what all its fds show.
     const flags = s.probes.reduce((all, p) => all & p.fdinfo.flags, -1) >>> 0
-    const { locks, refused: locksRefused } = parseLocks(first.fdinfo.extra)
+    const { locks, refused: locksRefused } = parseLocks(first.fdinfo.extra, lockOwner)
     const base: DescriptionBase = {
       objref: described.get(first.fd)!.objref,
       target: first.target,

@@ -151,6 +151,13 @@ export interface FileLock {
   start: bigint
   /** The last byte covered (inclusive); undefined: to the end of the file, however long. */
   end: bigint | undefined
+  /**
+   * The process holding a POSIX lock, in a checkpoint of several processes: POSIX locks
+   * belong to a process, and each one's show only in its own fdinfo, so a description shared
+   * by a tree holds each task's under that task. Undefined for flock and OFD locks (they
+   * belong to the description) and for the POSIX locks of a lone process (its own).
+   */
+  owner?: Pid
 }
 
 export interface PathDescription extends DescriptionCommon {

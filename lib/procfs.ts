@@ -93,9 +93,18 @@ const readConcurrency = 64
  * asynchronous API (three thread-pool round trips per fd), and a worker costs 0.1 s to start.
  */
 const workerThreshold = 1000
+/**
+ * Up to this many fds are read with synchronous calls on this thread: about 10 us per fd,
+ * against three thread-pool round trips per fd asynchronously, which is what a tree of 100
+ * small processes (a few fds each) spent most of its file-table capture on (README,
+ * Benchmarks, "Process trees"). 64 fds block the event loop for about a millisecond.
+ */
+const syncThreshold = 64
 // A seq_file read returns as much as fits, so a read shorter than the buffer is the end.
 // Most fdinfo files are a hundred bytes; epoll and inotify ones grow with their items.
 const fdinfoChunk = 4096
+/** The synchronous path's fdinfo buffer, reused: nothing awaits between its uses. */
+const syncFdinfoBuffer = Buffer.allocUnsafe(fdinfoChunk)
 
 /**
  * readlink, fdinfo and (for paths) stat of each of the task's `fds`, in order. An fd that
@@ -110,6 +119,7 @@ export async function readFds(pid: Pid, fds: number[]): Promise<RawFd[]> {
     return { ...r, fdinfo: parseFdinfo(r.fdinfo, `/proc/${pid}/fdinfo/${r.fd}`) }
   }
   if (fds.length >= workerThreshold) return readFdsInWorker(pid, fds, parse)
+  if (fds.length <= syncThreshold) return fds.map((fd) => parse(readFdSync(fs, pid, fd, syncFdinfoBuffer)))
   return (await readFdsAsync(pid, fds)).map(parse)
 }
 
@@ -163,7 +173,7 @@ function readFdsInWorker(pid: Pid, fds: number[], parse: (r: ReadResult) => RawF
   return new Promise((resolve, reject) => {
     const parsed: RawFd[] = []
     // The program is plain JavaScript: no loader flags of this process (test runners add some) are needed.
-    const worker = new Worker(`(${readFdsWorkerMain.toString()})()`, {
+    const worker = new Worker(`(${readFdsWorkerMain.toString()})(${readFdSync.toString()})`, {
       eval: true,
       execArgv: [],
       workerData: { pid, fds, chunk: fdinfoChunk, batch: workerBatch },
@@ -186,35 +196,41 @@ function readFdsInWorker(pid: Pid, fds: number[], parse: (r: ReadResult) => RawF
 /**
  * The worker's program: the same reads as readFdsAsync, as plain synchronous calls (they
  * block only the worker), posted a batch at a time. It runs from its source text, so it must
- * be self-contained: no imports or outer names, only what it requires itself.
+ * be self-contained: no imports or outer names, only what it requires itself and `readOne`
+ * (readFdSync, passed as source too).
  */
-function readFdsWorkerMain(): void {
+function readFdsWorkerMain(readOne: typeof readFdSync): void {
   const fsSync = require('fs') as typeof import('fs')
   const { parentPort, workerData } = require('worker_threads') as typeof import('worker_threads')
   const { pid, fds, chunk, batch } = workerData as { pid: number; fds: number[]; chunk: number; batch: number }
   const buf = Buffer.allocUnsafe(chunk)
-  const readOne = (fd: number): ReadResult => {
-    const link = `/proc/${pid}/fd/${fd}`
+  for (let i = 0; i < fds.length; i += batch) parentPort!.postMessage(fds.slice(i, i + batch).map((fd) => readOne(fsSync, pid, fd, buf)))
+}
+
+/**
+ * readlink, fdinfo and (for paths) stat of one fd with synchronous calls, `buf` holding the
+ * fdinfo pieces. Self-contained (no outer names), as the worker runs it from its source text.
+ */
+function readFdSync(fsSync: typeof import('fs'), pid: number, fd: number, buf: Buffer): ReadResult {
+  const link = `/proc/${pid}/fd/${fd}`
+  try {
+    const target = fsSync.readlinkSync(link)
+    const handle = fsSync.openSync(`/proc/${pid}/fdinfo/${fd}`, 'r')
+    let fdinfo = ''
     try {
-      const target = fsSync.readlinkSync(link)
-      const handle = fsSync.openSync(`/proc/${pid}/fdinfo/${fd}`, 'r')
-      let fdinfo = ''
-      try {
-        for (let n = chunk; n === chunk;) {
-          n = fsSync.readSync(handle, buf, 0, chunk, null)
-          fdinfo += buf.toString('utf8', 0, n)
-        }
-      } finally {
-        fsSync.closeSync(handle)
+      for (let n = buf.length; n === buf.length;) {
+        n = fsSync.readSync(handle, buf, 0, buf.length, null)
+        fdinfo += buf.toString('utf8', 0, n)
       }
-      const st = target.startsWith('/') ? fsSync.statSync(link, { bigint: true }) : undefined
-      const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
-      return { fd, target, fdinfo, stat }
-    } catch (err) {
-      return { fd, code: String((err as NodeJS.ErrnoException).code), message: (err as Error).message }
+    } finally {
+      fsSync.closeSync(handle)
     }
+    const st = target.startsWith('/') ? fsSync.statSync(link, { bigint: true }) : undefined
+    const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
+    return { fd, target, fdinfo, stat }
+  } catch (err) {
+    return { fd, code: String((err as NodeJS.ErrnoException).code), message: (err as Error).message }
   }
-  for (let i = 0; i < fds.length; i += batch) parentPort!.postMessage(fds.slice(i, i + batch).map(readOne))
 }
 
 /** "key: value" lines of the type-specific part of fdinfo (eventfd-count, clockid, ...). */

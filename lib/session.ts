@@ -17,6 +17,7 @@ import { descendantsOf, holds } from './lifecycle'
 import { asPid, type CheckpointMode } from './model'
 import { RestoreArea } from './restore/area'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from './tree/node'
+import { PhaseTimer } from './trace'
 
 export interface SessionEvents {
   /** A checkpoint ended: every node under this path is gone. */
@@ -62,6 +63,15 @@ export class Session extends EventEmitter<SessionEvents> {
   }
 
   private async openCheckpoint(pid: number, mode: CheckpointMode, inspect: boolean): Promise<string> {
+    const timer = new PhaseTimer('checkpoint')
+    try {
+      return await this.openCheckpointTimed(pid, mode, inspect, timer)
+    } finally {
+      timer.report(`of ${pid}`)
+    }
+  }
+
+  private async openCheckpointTimed(pid: number, mode: CheckpointMode, inspect: boolean, timer: PhaseTimer): Promise<string> {
     // Frozen as the root of a tree, or as one of its descendants.
     const running = [...this.checkpoints.values()].find((c) => c.mode === 'lazy' && !c.ended && c.tree.tasks.some((task) => task.pid === pid))
     if (running) {
@@ -74,17 +84,26 @@ export class Session extends EventEmitter<SessionEvents> {
     // could not stop; it (with anything below it) stays out of the tree.
     const caller = mode === 'copy' ? this.callerBelow(pid) : undefined
     const leaveOut = new Map(caller !== undefined && caller !== pid ? [[caller, 'the process asking for the checkpoint']] : [])
+    timer.mark('caller')
     const id = this.nextId++
     let checkpoint: Checkpoint
     try {
-      checkpoint = await Checkpoint.open(id, asPid(pid), mode, leaveOut)
+      checkpoint = await Checkpoint.open(id, asPid(pid), mode, leaveOut, timer)
     } catch (err) {
       throw this.remember(pid, asCommandError(err))
     }
     this.checkpoints.set(id, checkpoint)
     this.lastByPid.set(pid, checkpoint.name)
     if (!inspect) {
+      if (timer.enabled) {
+        // Timed apart for CKPTFS_TRACE; problems() reuses them (a failure is its to report).
+        await checkpoint.task.fileTable().catch(() => undefined)
+        timer.mark('file tables')
+        await Promise.all(checkpoint.tree.tasks.map((task) => task.vmas().catch(() => undefined)))
+        timer.mark('memory maps')
+      }
       const problems = await checkpoint.problems().catch((err: unknown) => [{ where: 'capture', why: messageOf(err) }])
+      timer.mark('problems')
       if (problems.length > 0) {
         const more = problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''
         throw new CkptError(`process ${pid} cannot be restored: ${problems[0].where}: ${problems[0].why}${more}; ${checkpoint.name} stays open for inspection`, 'ENOTRECOVERABLE')

@@ -1,8 +1,8 @@
 // Phase timings for profiling, printed to stderr when CKPTFS_TRACE names the operation
-// (CKPTFS_TRACE=restore, or =all). Off by default; costs one clock read per phase.
+// (CKPTFS_TRACE=restore, =checkpoint, or =all). Off by default; costs one clock read per phase.
 
 export class PhaseTimer {
-  private readonly enabled: boolean
+  readonly enabled: boolean
   private last = process.hrtime.bigint()
   private readonly start = this.last
   private readonly phases: string[] = []

@@ -2,11 +2,12 @@
 // description that several tasks hold (inherited over fork, passed over SCM_RIGHTS) is one
 // OBJREF, as dup'ed fds of one task are. Tasks are captured one after the other in tree order,
 // so the numbering is stable: the root's descriptions are 1..N as for a lone process, and a
-// later task's description is new only if no earlier task holds it (kcmp KCMP_FILE).
+// later task's description is new only if no earlier task holds it (kcmp KCMP_FILE). A
+// description's POSIX locks are gathered from every task holding it, each under its holder.
 
 import { CkptError, messageOf } from './errors'
 import { captureFileTable, type DescriptionClaims } from './fdtable'
-import { asObjRef, lazy, type FdEntry, type FileDescription, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
+import { asObjRef, lazy, type FdEntry, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
 
 export interface TreeFileTable {
@@ -23,14 +24,37 @@ export interface TreeFileTable {
  */
 class TreeClaims implements DescriptionClaims {
   readonly peeks = new Map<string, Lazy<Buffer>>()
+  /** POSIX locks of later tasks, by the description they were taken through. */
+  readonly laterLocks = new Map<ObjRef, { locks: FileLock[]; refused: string | undefined }>()
   private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
   private next = 0
 
+  constructor(readonly lockOwners: boolean) {}
+
+  addLocks(objref: ObjRef, locks: FileLock[], refused: string | undefined): void {
+    const seen = this.laterLocks.get(objref)
+    if (seen) {
+      seen.locks.push(...locks)
+      seen.refused ??= refused
+    } else {
+      this.laterLocks.set(objref, { locks: [...locks], refused })
+    }
+  }
+
+  /**
+   * The descriptions of one key are kept in the kernel's order (kcmp's 1/2 answers order the
+   * struct file pointers consistently across processes), so a new fd is placed by binary
+   * search: log n kcmp calls where a scan took n (100 children that each opened /dev/null
+   * themselves made 4,950 calls).
+   */
   claim(pid: Pid, fd: number, key: string): { objref: ObjRef; fresh: boolean } {
     let seen = this.byKey.get(key)
     if (!seen) this.byKey.set(key, (seen = []))
-    for (const other of seen) {
-      if (other.pid === pid) continue // one task's fds were grouped already: a different description
+    let lo = 0
+    let hi = seen.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      const other = seen[mid]
       let order: number
       try {
         order = native.kcmpFileAcross(other.pid, other.fd, pid, fd)
@@ -38,22 +62,32 @@ class TreeClaims implements DescriptionClaims {
         throw new CkptError(`task ${pid}: fd ${fd}: cannot tell whether it shares a file with task ${other.pid} fd ${other.fd}: ${messageOf(err)}`)
       }
       if (order === 0) return { objref: other.objref, fresh: false }
+      if (order === 1) lo = mid + 1 // the one seen comes first
+      else if (order === 2) hi = mid
+      else throw new CkptError(`task ${pid}: fd ${fd}: kcmp cannot order it against task ${other.pid} fd ${other.fd} (answer ${order})`)
     }
     const objref = asObjRef(++this.next)
-    seen.push({ pid, fd, objref })
+    seen.splice(lo, 0, { pid, fd, objref })
     return { objref, fresh: true }
   }
 }
 
 /** Captures the file tables of `pids` (all frozen; tree order) as one table. */
 export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boolean }): Promise<TreeFileTable> {
-  const claims = new TreeClaims()
+  // A lone process's POSIX locks are its own: they name no owner, as before trees.
+  const claims = new TreeClaims(pids.length > 1)
   const files: FileDescription[] = []
   const fds = new Map<Pid, FdEntry[]>()
   for (const pid of pids) {
     const table = await captureFileTable(pid, opts, claims)
     files.push(...table.files)
     fds.set(pid, table.fds)
+  }
+  for (const file of files) {
+    const later = claims.laterLocks.get(file.objref)
+    if (!later) continue
+    file.locks = [...file.locks, ...later.locks]
+    file.notCheckpointable ??= later.refused
   }
   files.sort((a, b) => a.objref - b.objref)
   return { files, fds }

@@ -411,6 +411,27 @@ t.test('scanPagemap finds exactly the 16 touched pages of a 1 GiB mapping', asyn
   await t.rejects(addon.scanPagemap(fx.pid, base + 1n, end, true), { code: 'EINVAL' })
 })
 
+t.test('scanPagemaps answers each range with its own runs, as scanPagemap would, in one call', async t => {
+  const fx = await startFixture(t, 'pagemap')
+  const base = BigInt((await fx.waitFor(/^map (0x[0-9a-f]+)$/))[1])
+  const page = (n: number) => base + BigInt(n) * 4096n
+  // The cuts fall inside runs (pages 0-2 and 1000-1004): a run must not reach across a cut.
+  const ranges = [
+    { start: page(0), end: page(2), privateOnly: true },
+    { start: page(2), end: page(1001), privateOnly: false },
+    { start: page(1001), end: page(262144), privateOnly: true },
+  ]
+  const answers = await addon.scanPagemaps(fx.pid, ranges)
+  t.same(
+    answers.map((runs) => runs.map((r) => [Number((r.start - base) / 4096n), Number(r.length / 4096n)])),
+    [[[0, 2]], [[2, 1], [100, 1], [1000, 1]], [[1001, 4], [50000, 1], [200000, 5], [262143, 1]]],
+  )
+  for (const [i, r] of ranges.entries()) t.same(answers[i], await addon.scanPagemap(fx.pid, r.start, r.end, r.privateOnly), `range ${i} as scanPagemap answers it`)
+  t.same(await addon.scanPagemaps(fx.pid, []), [], 'no ranges, no answers')
+  await t.rejects(addon.scanPagemaps(fx.pid, [ranges[0], { start: page(0) + 1n, end: page(2), privateOnly: true }]), { code: 'EINVAL', message: /^scanPagemaps\(pid \d+, 0x[0-9a-f]+, 0x[0-9a-f]+\): range must be page-aligned: Invalid argument$/ })
+  await t.rejects(addon.scanPagemaps(2 ** 22 + 1, ranges), { code: 'ESRCH' })
+})
+
 t.test('kcmpFile, getFd, close', async t => {
   const fx = await startFixture(t, 'fds')
   const [a, b, c] = (await fx.waitFor(/^fds (\d+) (\d+) (\d+) (\d+) (\d+)$/)).slice(1).map(Number)

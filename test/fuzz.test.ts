@@ -40,7 +40,7 @@ import * as path from 'path'
 import * as zlib from 'zlib'
 import { isMainThread, parentPort, Worker } from 'worker_threads'
 import { CkptError } from '../lib/errors'
-import { imageSchema, type FieldSchema, type MessageSchema } from '../lib/image/schema'
+import { imageSchema, type FieldSchema, type MessageSchema, type RecordKind } from '../lib/image/schema'
 import { framePlan } from '../lib/restore/fdplan'
 import { planFileRecords } from '../lib/restore/files'
 import { DiskDir } from '../lib/files/saved'
@@ -264,10 +264,11 @@ function recordHead(r: ImageRecord): Buffer {
   return Buffer.concat([varintBytes(BigInt(r.id) * 8n + BigInt(r.wire)), varintBytes(BigInt(r.body.length))])
 }
 
+/** Every record kind's message (a kind missing here is a type error, so no record goes unfuzzed). */
 const KIND_SCHEMA = {
   header: 'Header', process: 'Process', thread: 'Thread', file: 'FileDescription', fd: 'FdEntry', vma: 'Vma',
-  pageChunk: 'PageChunk', fileChunk: 'FileChunk', trailer: 'Trailer',
-} as const
+  pageChunk: 'PageChunk', fileChunk: 'FileChunk', task: 'Task', zombie: 'Zombie', trailer: 'Trailer',
+} as const satisfies Record<RecordKind, string>
 
 function recordSchema(id: number): { kind: string; schema: MessageSchema } | undefined {
   const s = imageSchema()

@@ -9,7 +9,7 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { cliCommand, cliShellWords, ckptfs, ckptfsOk, distDir, mountFor, userEnv, userNode } from './lib/mount'
 import { runWithTerminalStderr } from './lib/pty'
-import { checkpointSaveKill, exists, launch, procState, restoreCli, restoreOk, waitUntil, workdir } from './lib/restore'
+import { checkpointSaveKill, exists, launch, procState, restoreOk, waitUntil, workdir } from './lib/restore'
 import { buildTarget, sleep, startTarget, threadState } from './lib/targets'
 
 const mnt = mountFor(t)

@@ -7,7 +7,7 @@
 
 import * as fs from 'fs'
 import * as path from 'path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { ckptfs, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, reseal, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
@@ -53,7 +53,7 @@ const CHECKS = [
   "group C: the unlinked file's mark reports modify",
 ]
 
-async function expectChecks(tt: typeof t, target: Target, names: string[]): Promise<void> {
+async function expectChecks(tt: Test, target: Target, names: string[]): Promise<void> {
   const { lines, done } = await runChecks(target)
   tt.ok(done, 'the fixture finished its checks')
   tt.same(lines.filter((l) => l.startsWith('FAIL')), [], 'no check failed')

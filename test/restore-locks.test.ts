@@ -162,6 +162,6 @@ t.test('a lock another process took meanwhile fails the restore by name; a lock 
   edit('posix write 9 3\n')
   t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1 (posix write 9 3): not a range of file offsets`, 'an end before the start: refused')
   edit('lease read 0 EOF\n')
-  t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1: not "KIND MODE START END"`, 'an unknown kind: refused')
+  t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1: not "KIND MODE START END [task-PID]"`, 'an unknown kind: refused')
   t.notOk(exists(target.pid), 'no process is left')
 })

@@ -16,7 +16,7 @@ import { validateTask } from '../lib/restore/validate'
 import { captureVmas, PAGE_SIZE, planCopy, rangesOf, vmaKind } from '../lib/task/memory'
 import { captureProcess, processProblems } from '../lib/task/process'
 import { captureThreads } from '../lib/task/threads'
-import { parseLimits, parseTimers, readProcBytes } from '../lib/task/procfs'
+import { parseLimits, parseTimers, readProcBytes, readProcTextSync } from '../lib/task/procfs'
 import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
@@ -161,6 +161,22 @@ t.test('/proc files are read whole, in small pieces (no 64 KiB buffer per file: 
   t.match(status.toString(), /^Name:\tsleep\n/, 'status read whole')
   t.ok(smaps.length > 4000, `smaps (${smaps.length} bytes) is longer than one piece`)
   t.ok(smaps.equals(fs.readFileSync(`/proc/${idle.pid}/smaps`)), 'and read whole, every byte')
+})
+
+t.test('readProcTextSync reads a /proc file longer than its buffer whole', async (t) => {
+  // 1,000 mapped files: a maps file of about 100 KiB, more than the 64 KiB piece (maps, not
+  // smaps: smaps's Pss moves as other processes map the same libraries). The target is
+  // stopped, so two reads see the same text.
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'procsync-'))
+  t.teardown(() => fs.rmSync(work, { recursive: true, force: true }))
+  const target = await startTarget(buildTarget('restore_manymaps'), [work, '1000'], /^ready pid=/)
+  t.teardown(() => target.kill())
+  process.kill(target.pid, 'SIGSTOP')
+  const expected = fs.readFileSync(`/proc/${target.pid}/maps`, 'utf8')
+  t.ok(expected.length > 64 * 1024, `maps is ${expected.length} bytes`)
+  t.equal(readProcTextSync(target.pid, 'maps'), expected, 'every byte, in order')
+  t.equal(readProcTextSync(target.pid, 'stat', target.pid), fs.readFileSync(`/proc/${target.pid}/task/${target.pid}/stat`, 'utf8'), 'a thread\'s file')
+  t.throws(() => readProcTextSync(2 ** 22 + 1, 'stat'), { name: 'CkptError', errno: 'ESRCH', message: /^\/proc\/4194305\/stat: ENOENT/ }, 'a gone process: ESRCH, naming the file')
 })
 
 t.test('/proc parsers', async (t) => {

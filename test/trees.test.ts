@@ -182,6 +182,33 @@ t.test('a checkpoint made while the root forks catches every child and grandchil
   t.same([root, ...known].filter((pid) => lifeState(pid) === 'alive'), [], 'kill! ended every one')
 })
 
+t.test('children that opened the same file each on their own hold descriptions of their own; the inherited one stays one', async (t) => {
+  // fd 3 is the shell's, inherited by every subshell; each subshell opens /dev/null as fd 4
+  // itself: all those look alike to /proc (mount, inode, flags, offset, path), so only kcmp
+  // tells them apart, across 20 processes.
+  const target = await startTarget('bash', ['-c', 'exec 3</dev/null; for i in $(seq 20); do (exec 4</dev/null; echo "child $BASHPID"; exec sleep 100000) & done; echo "ready pid=$$"; wait'], /^ready pid=/)
+  const root = target.pid
+  const children = await (async () => {
+    for (let i = 0; i < 200 && target.lines.filter((l) => l.startsWith('child ')).length < 20; i++) await sleep(50)
+    return target.lines.filter((l) => l.startsWith('child ')).map((l) => Number(l.slice(6)))
+  })()
+  // The subshells exec'd sleep; the root is still the shell.
+  killAtTeardown(t, () => children, fs.realpathSync('/usr/bin/sleep'))
+  killAtTeardown(t, () => [root], fs.readlinkSync(`/proc/${root}/exe`))
+  t.teardown(() => target.kill())
+  t.equal(children.length, 20, 'twenty subshells')
+  // Each has fd 4 open by now (it printed after the open).
+  const dir = ckptfsOk('checkpoint', String(root), '--mount', mnt, '--inspect')
+  endAtTeardown(t, dir)
+  const refs = children.map((pid) => fdRefs(dir, pid))
+  const own = refs.map((m) => m.get(4))
+  t.equal(new Set(own).size, 20, 'twenty fds 4, twenty descriptions')
+  const inherited = new Set(refs.map((m) => m.get(3)))
+  t.same([...inherited], [fdRefs(dir, root).get(3)], 'every fd 3 is the shell\'s fd 3')
+  t.notOk(own.some((ref) => inherited.has(ref)), 'and none of the fds 4 is it')
+  fs.writeFileSync(path.join(dir, 'done'), 'resume')
+})
+
 t.test('check speaks of every process of the tree', async (t) => {
   const { pids } = await startTree(t)
   const r = ckptfs('check', String(pids.p))

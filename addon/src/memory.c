@@ -27,11 +27,10 @@ typedef struct {
 typedef struct {
   task_t t;
   pid_t pid;
-  range_t *ranges;  // readMemoryInto: the ranges; scanPagemap: the runs found
+  range_t *ranges;  // readMemoryInto: the ranges; scanPagemap(s): the runs found
   size_t nranges, cap;
   unsigned char *dst;  // readMemory: malloc()ed result; readMemoryInto: into + intoOffset
-  uint64_t addr, len;  // readMemory / scanPagemap [addr, addr + len)
-  int private_only;
+  uint64_t addr, len;  // readMemory: [addr, addr + len)
   int owned;  // dst is ours (readMemory)
 } mem_task_t;
 
@@ -261,10 +260,11 @@ napi_value js_write_memory(napi_env env, napi_callback_info info) {
   return pool_submit(env, &m->t);
 }
 
-// ---- scanPagemap ----
+// ---- scanPagemap, scanPagemaps ----
 
-static int add_run(mem_task_t *m, uint64_t start, uint64_t len) {
-  if (m->nranges && m->ranges[m->nranges - 1].start + m->ranges[m->nranges - 1].len == start) {
+static int add_run(mem_task_t *m, size_t floor, uint64_t start, uint64_t len) {
+  // Runs of one range merge; a run never merges into the previous range's last one.
+  if (m->nranges > floor && m->ranges[m->nranges - 1].start + m->ranges[m->nranges - 1].len == start) {
     m->ranges[m->nranges - 1].len += len;
     return 0;
   }
@@ -279,9 +279,74 @@ static int add_run(mem_task_t *m, uint64_t start, uint64_t len) {
   return 0;
 }
 
-static void scan_pagemap_run(task_t *t) {
-  mem_task_t *m = (mem_task_t *)t;
+// Appends the kept runs of [addr, addr + len) to m->ranges, reading pagemap through `fd`
+// with `buf` (PAGEMAP_CHUNK entries). Returns 0, or -1 with t->err set.
+static int scan_range(mem_task_t *m, int fd, const char *path, uint64_t *buf, uint64_t addr, uint64_t len,
+                      int private_only) {
   const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  const size_t floor = m->nranges;
+  uint64_t first = addr / page, count = len / page;
+  // Current run of kept pages, extended page by page and flushed when it breaks.
+  uint64_t run_start = 0, run_pages = 0;
+  for (uint64_t done = 0; done < count;) {
+    uint64_t want = count - done;
+    if (want > PAGEMAP_CHUNK) want = PAGEMAP_CHUNK;
+    ssize_t got = pread(fd, buf, want * 8, (off_t)((first + done) * 8));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      nerr_set(&m->t.err, errno, "pread(%s, %llu, 0x%llx)", path, (unsigned long long)want * 8,
+               (unsigned long long)(first + done) * 8);
+      return -1;
+    }
+    if (got == 0) break;  // past the end of the address space: nothing there
+    uint64_t n = (uint64_t)got / 8;
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t e = buf[i];
+      int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(private_only && (e & PM_FILE_OR_SHARED));
+      if (keep) {
+        if (!run_pages) run_start = (first + done + i) * page;
+        run_pages++;
+      } else if (run_pages) {
+        if (add_run(m, floor, run_start, run_pages * page) < 0) goto oom;
+        run_pages = 0;
+      }
+    }
+    done += n;
+  }
+  if (run_pages && add_run(m, floor, run_start, run_pages * page) < 0) goto oom;
+  return 0;
+oom:
+  nerr_set(&m->t.err, ENOMEM, "scanPagemap(pid %d)", m->pid);
+  return -1;
+}
+
+// The ranges to scan: one (scanPagemap) or many (scanPagemaps), each answered by its own
+// runs; ends[i] is where the runs of request i end in m.ranges.
+typedef struct {
+  uint64_t start, len;
+  int private_only;
+} scan_request_t;
+
+typedef struct {
+  mem_task_t m;
+  scan_request_t *requests;
+  size_t *ends;
+  size_t n;
+} scan_many_task_t;
+
+static void scan_many_destroy(task_t *t) {
+  scan_many_task_t *s = (scan_many_task_t *)t;
+  free(s->requests);
+  free(s->ends);
+  free(s->m.ranges);
+  free(s);
+}
+
+// One open of pagemap and one buffer for every range: a small process's two dozen mappings
+// cost one pool round trip instead of one each.
+static void scan_many_run(task_t *t) {
+  scan_many_task_t *s = (scan_many_task_t *)t;
+  mem_task_t *m = &s->m;
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/pagemap", m->pid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -295,56 +360,67 @@ static void scan_pagemap_run(task_t *t) {
     nerr_set(&t->err, ENOMEM, "scanPagemap(pid %d)", m->pid);
     return;
   }
-  uint64_t first = m->addr / page, count = m->len / page;
-  // Current run of kept pages, extended page by page and flushed when it breaks.
-  uint64_t run_start = 0, run_pages = 0;
-  for (uint64_t done = 0; done < count;) {
-    uint64_t want = count - done;
-    if (want > PAGEMAP_CHUNK) want = PAGEMAP_CHUNK;
-    ssize_t got = pread(fd, buf, want * 8, (off_t)((first + done) * 8));
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      nerr_set(&t->err, errno, "pread(%s, %llu, 0x%llx)", path, (unsigned long long)want * 8,
-               (unsigned long long)(first + done) * 8);
-      break;
-    }
-    if (got == 0) break;  // past the end of the address space: nothing there
-    uint64_t n = (uint64_t)got / 8;
-    for (uint64_t i = 0; i < n; i++) {
-      uint64_t e = buf[i];
-      int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(m->private_only && (e & PM_FILE_OR_SHARED));
-      if (keep) {
-        if (!run_pages) run_start = (first + done + i) * page;
-        run_pages++;
-      } else if (run_pages) {
-        if (add_run(m, run_start, run_pages * page) < 0) goto oom;
-        run_pages = 0;
-      }
-    }
-    done += n;
+  for (size_t i = 0; i < s->n; i++) {
+    const scan_request_t *r = &s->requests[i];
+    if (scan_range(m, fd, path, buf, r->start, r->len, r->private_only) < 0) break;
+    s->ends[i] = m->nranges;
   }
-  if (run_pages && add_run(m, run_start, run_pages * page) < 0) goto oom;
-  free(buf);
-  close(fd);
-  return;
-oom:
-  nerr_set(&t->err, ENOMEM, "scanPagemap(pid %d)", m->pid);
   free(buf);
   close(fd);
 }
 
-static napi_value scan_pagemap_settle(napi_env env, task_t *t) {
-  mem_task_t *m = (mem_task_t *)t;
+static napi_value runs_to_js(napi_env env, const range_t *runs, size_t n) {
   napi_value arr;
-  napi_create_array_with_length(env, m->nranges, &arr);
-  for (size_t i = 0; i < m->nranges; i++) {
+  napi_create_array_with_length(env, n, &arr);
+  for (size_t i = 0; i < n; i++) {
     napi_value o;
     napi_create_object(env, &o);
-    napi_set_named_property(env, o, "start", make_u64(env, m->ranges[i].start));
-    napi_set_named_property(env, o, "length", make_u64(env, m->ranges[i].len));
+    napi_set_named_property(env, o, "start", make_u64(env, runs[i].start));
+    napi_set_named_property(env, o, "length", make_u64(env, runs[i].len));
     napi_set_element(env, arr, (uint32_t)i, o);
   }
   return arr;
+}
+
+static napi_value scan_one_settle(napi_env env, task_t *t) {
+  scan_many_task_t *s = (scan_many_task_t *)t;
+  return runs_to_js(env, s->m.ranges, s->m.nranges);
+}
+
+static napi_value scan_many_settle(napi_env env, task_t *t) {
+  scan_many_task_t *s = (scan_many_task_t *)t;
+  napi_value arr;
+  napi_create_array_with_length(env, s->n, &arr);
+  for (size_t i = 0, from = 0; i < s->n; from = s->ends[i], i++)
+    napi_set_element(env, arr, (uint32_t)i, runs_to_js(env, s->m.ranges + from, s->ends[i] - from));
+  return arr;
+}
+
+static scan_many_task_t *scan_task(pid_t pid, size_t n, napi_value (*settle)(napi_env, task_t *)) {
+  scan_many_task_t *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->requests = calloc(n ? n : 1, sizeof *s->requests);
+  s->ends = calloc(n ? n : 1, sizeof *s->ends);
+  if (!s->requests || !s->ends) {
+    scan_many_destroy(&s->m.t);
+    return NULL;
+  }
+  s->m.t.run = scan_many_run;
+  s->m.t.settle = settle;
+  s->m.t.destroy = scan_many_destroy;
+  s->m.pid = pid;
+  s->n = n;
+  return s;
+}
+
+static int check_range(napi_env env, const char *what, int32_t pid, uint64_t start, uint64_t end) {
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  if (end < start || start % page || end % page) {
+    throw_errno(env, EINVAL, "%s(pid %d, 0x%llx, 0x%llx): range must be page-aligned", what, pid,
+                (unsigned long long)start, (unsigned long long)end);
+    return 0;
+  }
+  return 1;
 }
 
 napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
@@ -354,21 +430,49 @@ napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
   int private_only;
   if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid", &pid) ||
       !get_u64(env, argv[1], "start", &start) || !get_u64(env, argv[2], "end", &end) ||
-      !get_bool(env, argv[3], "privateOnly", &private_only))
+      !get_bool(env, argv[3], "privateOnly", &private_only) || !check_range(env, "scanPagemap", pid, start, end))
     return NULL;
-  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  if (end < start || start % page || end % page) {
-    throw_errno(env, EINVAL, "scanPagemap(pid %d, 0x%llx, 0x%llx): range must be page-aligned", pid,
-                (unsigned long long)start, (unsigned long long)end);
+  scan_many_task_t *s = scan_task(pid, 1, scan_one_settle);
+  if (!s) {
+    throw_errno(env, ENOMEM, "scanPagemap(pid %d)", pid);
     return NULL;
   }
-  mem_task_t *m = mem_task(scan_pagemap_run, scan_pagemap_settle);
-  if (!m) return NULL;
-  m->pid = pid;
-  m->addr = start;
-  m->len = end - start;
-  m->private_only = private_only;
-  return pool_submit(env, &m->t);
+  s->requests[0] = (scan_request_t){start, end - start, private_only};
+  return pool_submit(env, &s->m.t);
+}
+
+// scanPagemaps(pid, [{start, end, privateOnly}, ...]): scanPagemap of each range, in one call.
+napi_value js_scan_pagemaps(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid;
+  bool is_array = false;
+  uint32_t n = 0;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid)) return NULL;
+  if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[1], &n) != napi_ok) {
+    throw_errno(env, EINVAL, "scanPagemaps(pid %d): ranges must be an array", pid);
+    return NULL;
+  }
+  scan_many_task_t *s = scan_task(pid, n, scan_many_settle);
+  if (!s) {
+    throw_errno(env, ENOMEM, "scanPagemaps(pid %d, %u ranges)", pid, n);
+    return NULL;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value r, v;
+    uint64_t start, end;
+    int private_only;
+    if (napi_get_element(env, argv[1], i, &r) != napi_ok ||
+        napi_get_named_property(env, r, "start", &v) != napi_ok || !get_u64(env, v, "start", &start) ||
+        napi_get_named_property(env, r, "end", &v) != napi_ok || !get_u64(env, v, "end", &end) ||
+        napi_get_named_property(env, r, "privateOnly", &v) != napi_ok ||
+        !get_bool(env, v, "privateOnly", &private_only) || !check_range(env, "scanPagemaps", pid, start, end)) {
+      scan_many_destroy(&s->m.t);
+      return NULL;
+    }
+    s->requests[i] = (scan_request_t){start, end - start, private_only};
+  }
+  return pool_submit(env, &s->m.t);
 }
 
 // allocTouched: a buffer whose pages are already written once by the kernel, for copy-mode

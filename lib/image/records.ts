@@ -326,6 +326,7 @@ function fileLockFrom(f: Fields): FileLock {
     write: f.bool('write'),
     start: f.big('start'),
     end: f.has('end') ? f.big('end') : undefined,
+    ...(f.has('owner') ? { owner: asPid(f.num('owner', { min: 1, max: 0x7fffffff })) } : {}),
   }
 }
 

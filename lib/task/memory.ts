@@ -13,7 +13,7 @@ import { bytes, each, type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
 import { decimalU64, field, FormatError, hexU64, loadEach, oneOf, readBytes, readLines, readValue, text, type Codec } from './fields'
 import { exclusive } from './inject'
-import { liveThread, parseMaps, procPath, readProcText, type MapsEntry } from './procfs'
+import { liveThread, parseMaps, procPath, readProcTextSync, type MapsEntry } from './procfs'
 
 export const PAGE_SIZE = 4096
 const PAGE = BigInt(PAGE_SIZE)
@@ -93,30 +93,38 @@ interface Layout {
 async function scanLayout(pid: number): Promise<Layout[]> {
   const reader = await liveThread(pid)
   return exclusive(pid, async () => {
-    const entries = parseMaps(await readProcText(pid, 'smaps', reader))
-    return Promise.all(entries.map(async (entry): Promise<Layout> => {
-      const kind = vmaKind(entry)
-      const runs = isDeletedFileCopy({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : await storedRuns(pid, reader, entry, storageOf(kind))
+    const entries = parseMaps(readProcTextSync(pid, 'smaps', reader))
+    const kinds = entries.map(vmaKind)
+    // Every pagemap scan of the task in one native call (a small process has two dozen mappings).
+    const scans: Array<{ start: bigint; end: bigint; privateOnly: boolean }> = []
+    const scanOf = entries.map((entry, i) => {
+      if (isDeletedFileCopy({ kind: kinds[i], path: entry.path })) return -1
+      const storage = storageOf(kinds[i])
+      if (storage !== 'present' && storage !== 'anonymous-copies') return -1
+      // smaps already says when nothing is there: huge untouched reservations cost no scan.
+      const used = storage === 'present' ? entry.rssKb : entry.anonymousKb
+      if (used === 0 && entry.swapKb === 0) return -1
+      return scans.push({ start: entry.start, end: entry.end, privateOnly: storage === 'anonymous-copies' }) - 1
+    })
+    let scanned: PagemapRun[][] = []
+    if (scans.length > 0) {
+      try {
+        scanned = await native.scanPagemaps(reader, scans)
+      } catch (err) {
+        throw new CkptError(`task-${pid}: memory: cannot scan pagemap: ${messageOf(err)}`)
+      }
+    }
+    return Promise.all(entries.map(async (entry, i): Promise<Layout> => {
+      const kind = kinds[i]
+      const runs = isDeletedFileCopy({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : scanOf[i] >= 0 ? scanned[scanOf[i]] : unscannedRuns(entry, storageOf(kind))
       return { reader, entry, kind, runs, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
     }))
   })
 }
 
-async function storedRuns(pid: number, reader: number, entry: MapsEntry, storage: Storage): Promise<PagemapRun[]> {
-  switch (storage) {
-    case 'nothing': return []
-    case 'whole': return [{ start: entry.start, length: entry.end - entry.start }]
-    case 'present': case 'anonymous-copies': {
-      // smaps already says when nothing is there: huge untouched reservations cost no scan.
-      const used = storage === 'present' ? entry.rssKb : entry.anonymousKb
-      if (used === 0 && entry.swapKb === 0) return []
-      try {
-        return await native.scanPagemap(reader, entry.start, entry.end, storage === 'anonymous-copies')
-      } catch (err) {
-        throw new CkptError(`task-${pid}: memory ${vmaName(entry)}: cannot scan pagemap: ${messageOf(err)}`)
-      }
-    }
-  }
+/** The runs of a mapping whose pagemap needs no scan: all of it, or none. */
+function unscannedRuns(entry: MapsEntry, storage: Storage): PagemapRun[] {
+  return storage === 'whole' ? [{ start: entry.start, length: entry.end - entry.start }] : []
 }
 
 /** The pages of a deleted file's mapping that the file covers (beyond its end, a read faults). */
