@@ -1,0 +1,139 @@
+// Restore of whole process trees (issue 17): every process comes back with its PID, its
+// parent, its session and group; a zombie as a zombie its parent reaps with the saved status;
+// a pipe between processes with its bytes once; MAP_SHARED memory shared again. From a `cp -a`
+// copy, from the image, and through restore/NAME + done. All or nothing: a saved PID taken
+// leaves nothing of the tree behind. test/fixtures/tree.c checks itself on SIGUSR1.
+
+import { execFileSync } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { exists, launch, waitUntil, workdir, type Target } from './lib/restore'
+import { buildTarget, sleep } from './lib/targets'
+
+const mnt = mountFor(t)
+const tree = buildTarget('tree')
+// The original tree runs below a subreaper: this machine's PID 1 never reaps, and the
+// original zombie must be gone (reaped) before its PID can be restored.
+const sleeper = buildTarget('sleeper')
+
+interface TreePids {
+  p: number
+  a: number
+  b: number
+  g: number
+  z: number
+}
+
+const exeOf = (pid: number): string | undefined => {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/exe`)
+  } catch {
+    return undefined
+  }
+}
+
+/** /proc's state, ppid, pgid and sid of `pid`. */
+function statOf(pid: number): { state: string; ppid: number; pgid: number; sid: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return { state: f[0], ppid: Number(f[1]), pgid: Number(f[2]), sid: Number(f[3]) }
+}
+
+/** Kills, by PID and only while they still run the fixture, the tree's processes at teardown (children first). */
+function killTreeAtTeardown(t: Test, pids: TreePids): void {
+  t.teardown(() => {
+    for (const pid of [pids.g, pids.a, pids.b, pids.p]) {
+      if (exeOf(pid) === tree) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  })
+}
+
+async function startTree(t: Test): Promise<{ target: Target; pids: TreePids }> {
+  const dir = workdir(t, 'ckptfs-treerestore-')
+  const target = await launch(t, [sleeper, 'subreaper', tree, 'tree'], { dir, ready: (tg) => /^ready pid=\d+ a=/m.test(tg.text()) })
+  const m = /^ready pid=(\d+) a=(\d+) b=(\d+) g=(\d+) z=(\d+)$/m.exec(target.text())!
+  const pids = { p: Number(m[1]), a: Number(m[2]), b: Number(m[3]), g: Number(m[4]), z: Number(m[5]) }
+  killTreeAtTeardown(t, pids)
+  return { target, pids }
+}
+
+const allPids = (pids: TreePids) => [pids.p, pids.a, pids.b, pids.g, pids.z]
+
+/** Checkpoints the tree, copies it (and its image) out, kills it and waits until every PID is free. */
+async function saveAndKill(target: Target, pids: TreePids): Promise<{ saved: string; image: string }> {
+  const dir = ckptfsOk('checkpoint', String(pids.p), '--mount', mnt)
+  const saved = path.join(target.dir, 'saved')
+  execFileSync('cp', ['-a', dir, saved])
+  const image = path.join(target.dir, 'saved-image')
+  fs.mkdirSync(image)
+  execFileSync('cp', ['-a', `${dir}.image`, path.join(image, 'checkpoint.image')])
+  fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
+  await waitUntil('every PID of the original tree to be free', () => allPids(pids).every((pid) => !exists(pid)), 15_000)
+  return { saved, image }
+}
+
+/** The restored tree checks itself (SIGUSR1 to the root): its verdict lines, after what it said before. */
+async function verdict(target: Target, pids: TreePids): Promise<string[]> {
+  const before = target.text().length
+  process.kill(pids.p, 'SIGUSR1')
+  await waitUntil('the restored tree to say its verdict', () => /^checked \d+ failures$/m.test(target.text().slice(before)), 15_000)
+  return target.text().slice(before).split('\n').filter(Boolean)
+}
+
+/** What /proc says of the restored tree, before it runs its own checks. */
+function checkLinks(t: Test, pids: TreePids): void {
+  t.equal(exeOf(pids.p), tree, 'the root is back')
+  const p = statOf(pids.p), a = statOf(pids.a), b = statOf(pids.b), g = statOf(pids.g), z = statOf(pids.z)
+  t.same([p.pgid, p.sid], [pids.p, pids.p], 'the root leads its session and group')
+  t.same([a.ppid, a.pgid, a.sid], [pids.p, pids.a, pids.p], 'A: child of P, leads its group, in P\'s session')
+  t.same([g.ppid, g.pgid, g.sid], [pids.a, pids.a, pids.p], 'G: child of A, in A\'s group')
+  t.same([b.ppid, b.pgid, b.sid], [pids.p, pids.b, pids.b], 'B: child of P, leads its own session')
+  t.same([z.state, z.ppid], ['Z', pids.p], 'Z is a zombie of P')
+}
+
+t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the zombie, the pipe and the shared page', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('a tree restored from its image', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { image } = await saveAndKill(target, pids)
+  const r = ckptfs('restore', image, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('a tree written into restore/NAME and started with done', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const into = path.join(mnt, 'restore', `tree-${pids.p}`)
+  execFileSync('cp', ['-a', saved, into])
+  t.teardown(() => fs.rmSync(into, { recursive: true, force: true }))
+  fs.writeFileSync(path.join(into, 'done'), '1\n')
+  await waitUntil('the restore to end', () => !/^(restoring|$)/.test(fs.readFileSync(path.join(into, 'status'), 'utf8').trim()), 20_000)
+  t.equal(fs.readFileSync(path.join(into, 'status'), 'utf8').trim(), `restored ${pids.p}`, 'status names the root')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
