@@ -9,14 +9,19 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
-import { exists, launch, waitUntil, workdir, type Target } from './lib/restore'
-import { buildTarget, sleep } from './lib/targets'
+import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
+import { childrenOf } from '../lib/pstree'
+import { buildTarget } from './lib/targets'
 
 const mnt = mountFor(t)
 const tree = buildTarget('tree')
 // The original tree runs below a subreaper: this machine's PID 1 never reaps, and the
 // original zombie must be gone (reaped) before its PID can be restored.
 const sleeper = buildTarget('sleeper')
+const pidholder = buildTarget('pidholder')
+
+/** The numbers of a log of one number per line. */
+const numbersIn = (text: string) => text.split('\n').filter(Boolean).map(Number)
 
 interface TreePids {
   p: number
@@ -136,4 +141,63 @@ t.test('a tree written into restore/NAME and started with done', async (t) => {
   const said = await verdict(target, pids)
   t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
   t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('all or nothing: a saved PID taken by another process refuses the tree before any of it is made', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const holder = await launch(t, [pidholder, String(pids.g)], { dir: workdir(t, 'ckptfs-treerestore-holder-'), ready: (tg) => /^holding \d+$/m.test(tg.text()) })
+  t.teardown(() => {
+    if (exeOf(pids.g) === pidholder) process.kill(pids.g, 'SIGKILL')
+  })
+  t.match(holder.text(), new RegExp(`^holding ${pids.g}$`, 'm'), `a process of ours holds G's PID ${pids.g}`)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`task-${pids.g}: PID ${pids.g} is taken: pidholder \\(pid ${pids.g}\\) is running`), 'naming the task and who holds its PID')
+  for (const pid of [pids.p, pids.a, pids.b, pids.z]) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
+  t.equal(exeOf(pids.g), pidholder, 'the holder keeps its PID')
+})
+
+t.test('all or nothing: a task that fails once every process exists (its cwd is gone) takes the whole tree with it', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  // G is made last and rebuilt last: every other process of the tree exists by then.
+  const cwd = path.join(saved, `task-${pids.g}`, 'cwd')
+  fs.chmodSync(path.dirname(cwd), 0o700)
+  fs.chmodSync(cwd, 0o600)
+  fs.writeFileSync(cwd, `${target.dir}/gone\n`)
+  reseal(saved)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`task-${pids.g}: .*chdir ${target.dir}/gone: ENOENT`), 'naming the task and what failed')
+  for (const pid of allPids(pids)) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
+})
+
+t.test('a bash pipeline counting into a file: restored, the count goes on with no gap and no repeat', async (t) => {
+  const dir = workdir(t, 'ckptfs-treerestore-pipeline-')
+  const script = 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done | cat'
+  const launched = await launch(t, [sleeper, 'subreaper', 'bash', '-c', script], { dir, ready: (tg) => tg.text().split('\n').length > 5 })
+  const shell = childrenOf(launched.pid).find((pid) => fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'bash')!
+  t.ok(shell, `the pipeline's shell is ${shell}`)
+  let members: number[] = []
+  const below = (pid: number): number[] => childrenOf(pid).flatMap((c) => [c, ...below(c)])
+  t.teardown(() => {
+    for (const pid of [...below(shell), shell].reverse()) {
+      if (['bash', 'cat', 'sleep'].includes(path.basename(exeOf(pid) ?? ''))) process.kill(pid, 'SIGKILL')
+    }
+  })
+  const dirOf = ckptfsOk('checkpoint', String(shell), '--mount', mnt)
+  members = fs.readdirSync(dirOf).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5)))
+  t.ok(members.length >= 3, `the shell, its loop and cat are in the checkpoint (${members.length} processes)`)
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', dirOf, saved])
+  fs.writeFileSync(path.join(dirOf, 'done'), 'kill\n')
+  await waitUntil('every PID of the pipeline to be free', () => members.every((pid) => !exists(pid)), 15_000)
+  const count = numbersIn(launched.text()).length
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(shell), 'it prints the shell\'s PID')
+  await launched.waitFor(new RegExp(`^${count + 20}$`, 'm'), 20_000)
+  const numbers = numbersIn(launched.text())
+  t.same(numbers.slice(0, count + 20), Array.from({ length: count + 20 }, (_, i) => i), 'the count went on from where it was: no gap, no repeat')
 })
