@@ -163,6 +163,25 @@ function sharedMemory(tasks: SavedCheckpoint[]): Map<number, Map<Vma, SharedSour
   return result
 }
 
+/**
+ * A description's locks are taken again by the first process (in the order made) that holds
+ * it, not by every holder: a POSIX lock belongs to one process, and another taking it again
+ * would conflict with it (flock and OFD locks belong to the description, taken once).
+ */
+function withLocksOnce(tasks: SavedCheckpoint[]): SavedCheckpoint[] {
+  const locked = new Set<ObjRef>()
+  return tasks.map((t) => {
+    const held = new Set(t.fileTable.fds.map((f) => f.objref))
+    const files = t.fileTable.files.map((d) => {
+      if (d.locks.length === 0 || !held.has(d.objref)) return d
+      if (locked.has(d.objref)) return { ...d, locks: [] }
+      locked.add(d.objref)
+      return d
+    })
+    return { ...t, fileTable: { fds: t.fileTable.fds, files } }
+  })
+}
+
 async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: RestoreOptions): Promise<number> {
   const root = saved.pid
   if (options.lazy) throw new CkptError(`task-${root}: a lazy restore of a process tree is not supported yet (restore it without --lazy)`, 'ENOTSUP')
@@ -193,7 +212,7 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     throw new CkptError(`restore of the tree of ${root}: ${messageOf(err)}`, code === 'EINVAL' ? 'EINVAL' : undefined)
   })
   timer.mark('processes and file tables')
-  const live = order.filter((p) => p.member.live).map((p) => p.member.live!)
+  const live = withLocksOnce(order.filter((p) => p.member.live).map((p) => p.member.live!))
   const shared = sharedMemory(live)
   try {
     for (const t of live) {
