@@ -163,6 +163,27 @@ function sharedMemory(tasks: SavedCheckpoint[]): Map<number, Map<Vma, SharedSour
   return result
 }
 
+/** How many processes of a tree are rebuilt at once. */
+const REBUILDS_AT_ONCE = 4
+
+/**
+ * Runs `work` on every item, at most `width` at a time, in the items' order of start; waits
+ * for all (a failure does not stop the others: the caller kills every task only once none is
+ * being worked on).
+ */
+async function inTurns<T>(items: T[], width: number, work: (item: T) => Promise<void>): Promise<PromiseSettledResult<void>[]> {
+  const outcomes: PromiseSettledResult<void>[] = new Array(items.length)
+  let next = 0
+  const lane = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++
+      outcomes[i] = await work(items[i]).then((value) => ({ status: 'fulfilled' as const, value }), (reason: unknown) => ({ status: 'rejected' as const, reason }))
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, lane))
+  return outcomes
+}
+
 /**
  * A description's locks are taken again by the first process (in the order made) that holds
  * it, not by every holder: a POSIX lock belongs to one process, and another taking it again
@@ -215,14 +236,27 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
   const live = withLocksOnce(order.filter((p) => p.member.live).map((p) => p.member.live!))
   const shared = sharedMemory(live)
   try {
-    for (const t of live) {
+    // A few at once: the tracer thread makes each ptrace call in turn, but one task's reads of
+    // /proc, checksums on the pool and planning overlap another's calls. A task whose memory
+    // is shared with one rebuilt before it waits for that one first.
+    const rebuilt = new Map<number, Promise<void>>()
+    const rebuild = async (t: SavedCheckpoint): Promise<void> => {
+      const sources = shared.get(t.pid)!
+      for (const source of sources.values()) await rebuilt.get(source.pid)
       try {
-        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: shared.get(t.pid) })
+        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources })
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)
       }
     }
+    const outcomes = await inTurns(live, REBUILDS_AT_ONCE, (t) => {
+      const p = rebuild(t)
+      rebuilt.set(t.pid, p.catch(() => undefined))
+      return p
+    })
+    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')
+    if (failed) throw failed.reason
   } catch (err) {
     // All or nothing: every task dies, children first; the root's keeper reaps what is left.
     for (const t of [...live].reverse()) await native.thaw(t.pid, true).catch(() => undefined)
