@@ -169,7 +169,15 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
   close(reply[1]);
   plan = ctl[0] = reply[1] = -1;
   if (ptrace(PTRACE_SEIZE, e->pid, 0, (void *)PTRACE_O_EXITKILL) < 0) {
-    nerr_set(err, errno, "task-%d: ptrace(PTRACE_SEIZE, PTRACE_O_EXITKILL)", e->pid);
+    // Gone already: its own reason (a setpgid or exec that failed before it ran the stub).
+    int seize_errno = errno;
+    char said[512];
+    int gone = 1;
+    nerr_t ignored = {0};
+    if (read_reply(e->pid, reply[0], said, sizeof said, 0, &gone, &ignored) == 1)
+      nerr_set_raw(err, EIO, "task-%d: %s", e->pid, said);
+    else
+      nerr_set(err, seize_errno, "task-%d: ptrace(PTRACE_SEIZE, PTRACE_O_EXITKILL)", e->pid);
     goto out;
   }
   if (write(ctl[1], "g", 1) != 1) {
