@@ -8,7 +8,8 @@ import { execFileSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, cliShellWords, mountFor } from './lib/mount'
+import { asUser, attacker, shAs } from './lib/unprivileged'
 import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
 import { childrenOf } from '../lib/pstree'
 import { buildTarget } from './lib/targets'
@@ -200,4 +201,39 @@ t.test('a bash pipeline counting into a file: restored, the count goes on with n
   await launched.waitFor(new RegExp(`^${count + 20}$`, 'm'), 20_000)
   const numbers = numbersIn(launched.text())
   t.same(numbers.slice(0, count + 20), Array.from({ length: count + 20 }, (_, i) => i), 'the count went on from where it was: no gap, no repeat')
+})
+
+// Every description of a tree is opened by the root's stub as the root task (its fsuid,
+// fsgid, groups and capabilities), which the owner checks hold to the tree's owner: a user who
+// points a description only a child holds at a file they may not read gets a refusal.
+t.test('a user\'s tree: a child\'s file edited to /etc/shadow by the user is refused, as the user may not open it', async (t) => {
+  const user = attacker()
+  const dir = workdir(t, 'ckptfs-treerestore-user-')
+  fs.chmodSync(dir, 0o755)
+  const mine = path.join(dir, 'mine')
+  fs.writeFileSync(mine, 'the user\'s own file\n')
+  fs.chownSync(mine, user.uid, user.gid)
+  // The log the tree inherits is the user's too, so it is one the user may open again.
+  fs.writeFileSync(path.join(dir, 'out'), '')
+  fs.chownSync(path.join(dir, 'out'), user.uid, user.gid)
+  const launched = await launch(t, [sleeper, 'subreaper', ...asUser(user, ['sh', '-c', `sleep 1000 3<"${mine}" & echo "child=$!"; wait`])], { dir, ready: (tg) => /^child=\d+$/m.test(tg.text()) })
+  const shell = childrenOf(launched.pid)[0]
+  const child = Number(/^child=(\d+)$/m.exec(launched.text())![1])
+  t.teardown(() => {
+    for (const pid of [child, shell]) if (['sleep', 'dash', 'bash'].includes(path.basename(exeOf(pid) ?? ''))) process.kill(pid, 'SIGKILL')
+  })
+  const ck = ckptfsOk('checkpoint', String(shell), '--mount', mnt)
+  const given = path.join(dir, 'given')
+  execFileSync('cp', ['-a', ck, given])
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, given])
+  fs.writeFileSync(path.join(ck, 'done'), 'kill\n')
+  await waitUntil('the original tree to be gone', () => !exists(shell) && !exists(child), 15_000)
+  const objref = fs.readFileSync(path.join(given, `task-${child}`, 'fds', '3', 'fd'), 'utf8').trim()
+  const shellRefs = fs.readdirSync(path.join(given, `task-${shell}`, 'fds')).map((fd) => fs.readFileSync(path.join(given, `task-${shell}`, 'fds', fd, 'fd'), 'utf8').trim())
+  t.notOk(shellRefs.includes(objref), `files/${objref} (the child's fd 3) is held by the child alone`)
+  shAs(user, `chmod -R u+w '${given}' && echo /etc/shadow > '${given}/files/${objref}/path' && ${cliShellWords} seal '${given}' >/dev/null`)
+  const r = ckptfs('restore', given, '--no-mount')
+  t.equal(r.status, 1, 'the restore is refused')
+  t.match(r.stderr, new RegExp(`files/${objref}: open /etc/shadow: Permission denied`), `naming the description and the refusal: ${r.stderr.trim()}`)
+  for (const pid of [shell, child]) t.notOk(exists(pid), `nothing holds PID ${pid}`)
 })
