@@ -12,6 +12,7 @@
         "src/checksum.c",
         "src/files.c",
         "src/restore.c",
+        "src/tree.c",
         "src/uffd.c"
       ],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],
@@ -21,7 +22,7 @@
       # The restorer stub (docs/RESTORE.md): a static executable, build/Release/restorer.
       "target_name": "restorer",
       "type": "executable",
-      "sources": ["stub/restorer.c"],
+      "sources": ["stub/restorer.c", "stub/tree.c"],
       "cflags_c": ["-std=c11", "-Wall", "-Wextra"],
       "ldflags": ["-static"]
     }

@@ -223,6 +223,14 @@ export interface Addon {
    */
   spawnRestorer(pid: number, stub: string, plan: Buffer, workFdBase: number): Promise<void>
   /**
+   * Makes every process of a saved tree with its PID (docs/RESTORE.md, "A process tree"): the
+   * root as spawnRestorer does, each other task forked by its restored parent's stub (with the
+   * fds it inherits) and exec'ing the stub with its own plan, zombies forked and exited. `script`
+   * is built by lib/restore/pstree.ts. Resolves once every live task is stopped and tracked like
+   * a frozen one; on failure every task made is killed (and reaped) and it rejects naming the task.
+   */
+  spawnTree(stub: string, workFdBase: number, script: Buffer): Promise<void>
+  /**
    * process_vm_writev of `data` at `addr` into a stopped task (writable mappings only: EFAULT
    * naming the address otherwise). Runs on libuv's pool (it needs no ptrace request).
    */

@@ -276,14 +276,11 @@ function treeOwner(pids: Pid[]): TaskOwners {
 }
 
 /**
- * What keeps a tree from being restored today: restore brings back one process (the root),
- * so every other process of the tree is a problem (README, Limitations).
+ * What keeps a tree from being restored whole: a descendant left out of the checkpoint (a
+ * restore makes every process of the tree, lib/restore/pstree.ts, but not one it lacks).
  */
 function treeProblems(tree: TreeImage): Problem[] {
-  const others = [...tree.tasks.slice(1).map((t) => ({ pid: t.pid, what: 'process' })), ...tree.zombies.map((z) => ({ pid: z.pid, what: 'zombie' }))]
-  const notRestorable = others.map(({ pid, what }) => ({ where: `task-${pid}`, why: `a ${what} of the tree of ${tree.root}: process trees cannot be restored yet (a restore brings back the root process alone)` }))
-  const leftOut = tree.left.map(({ pid, why }) => ({ where: `process ${pid}`, why: `a descendant of ${tree.root} left out of the checkpoint, with its own descendants: ${why}` }))
-  return [...notRestorable, ...leftOut]
+  return tree.left.map(({ pid, why }) => ({ where: `process ${pid}`, why: `a descendant of ${tree.root} left out of the checkpoint, with its own descendants: ${why}` }))
 }
 
 /**

@@ -8,7 +8,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
-import { workdir } from './lib/restore'
+import { checkpointSaveKill, restoreOk, workdir } from './lib/restore'
 import { buildTarget, startTarget } from './lib/targets'
 import { readImage } from '../lib/image/decode'
 import { lockProblem, parseLocksText } from '../lib/files/locks'
@@ -76,6 +76,15 @@ t.test('a description shared by parent and child holds each one\'s POSIX locks u
     ['posix', 10n, 19n, c],
   ].sort(), 'the image carries each POSIX lock\'s owner')
   fs.writeFileSync(path.join(dir, 'done'), 'resume')
+})
+
+t.test('restored, each process of the tree holds its own POSIX lock again, and the description its OFD lock once', async (t) => {
+  const { p, c, dir } = await startLocks(t)
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, p, saved)
+  restoreOk(mnt, saved, p)
+  t.same(fdinfoLocks(p).sort(), [`OFDLCK ADVISORY READ -1 50 59`, `POSIX ADVISORY WRITE ${p} 0 4`], 'the parent holds its POSIX lock, through the OFD lock\'s description')
+  t.same(fdinfoLocks(c).sort(), [`OFDLCK ADVISORY READ -1 50 59`, `POSIX ADVISORY WRITE ${c} 10 19`], 'the child holds its own POSIX lock')
 })
 
 t.test('a lone process\'s POSIX locks name no owner, as before trees', async (t) => {

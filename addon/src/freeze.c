@@ -91,6 +91,11 @@ static void procs_remove(frozen_proc_t *p) {
   *p = procs[--nprocs];
 }
 
+void frozen_forget(pid_t pid) {
+  frozen_proc_t *p = frozen_find(pid);
+  if (p) procs_remove(p);
+}
+
 // ---- orphans: threads we still have to wait for (reap) or detach once they stop ----
 
 typedef struct {

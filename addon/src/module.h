@@ -89,6 +89,7 @@ napi_value js_get_fd(napi_env env, napi_callback_info info);
 napi_value js_peek_pipe(napi_env env, napi_callback_info info);
 napi_value js_close(napi_env env, napi_callback_info info);
 napi_value js_spawn_restorer(napi_env env, napi_callback_info info);
+napi_value js_spawn_tree(napi_env env, napi_callback_info info);
 napi_value js_seize_thread(napi_env env, napi_callback_info info);
 napi_value js_write_memory(napi_env env, napi_callback_info info);
 napi_value js_set_thread_state(napi_env env, napi_callback_info info);

@@ -16,6 +16,7 @@
 // writes one byte on the control pipe, and reads the stub's reply line: "ok" -> interrupt it
 // and track it like a frozen task; "error: ..." -> kill it and reject with that line.
 #include "tracer.h"
+#include "spawn.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -96,7 +98,7 @@ static void __attribute__((noreturn)) grandchild(const child_setup_t *cs) {
 // it gets, and would then never answer. Returns 1 with a line, 0 on EOF/death, -1 on error.
 // With until_eof, goes on reading (and discarding) until EOF: the stub closes its working fds
 // after its reply, so EOF means it is done and on its way into pause().
-static int read_reply(pid_t pid, int fd, char *line, size_t cap, int until_eof, int *dead, nerr_t *err) {
+int read_reply(pid_t pid, int fd, char *line, size_t cap, int until_eof, int *dead, nerr_t *err) {
   size_t len = 0;
   int64_t deadline = mono_ms() + REPLY_TIMEOUT_MS;
   for (;;) {
@@ -202,6 +204,9 @@ static void close_all_but(int a, int b) {
 // all, the mask is inherited, and the new process unmasks only after resetting every action.
 static int keeper_main(void *arg) {
   keeper_setup_t *ks = arg;
+  // A subreaper: when a restored tree is ended, its processes (and zombies) whose parents
+  // died first come to the keeper, which reaps them all; init here may not.
+  syscall(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1L, 0L, 0L, 0L);
   long r = clone3_with_stack(ks->ca, grandchild_entry, ks->cs);
   int32_t result = (int32_t)r;  // the raw system call: the pid, or -errno
   close_all_but(ks->status_w, ks->release_r);
@@ -213,6 +218,9 @@ static int keeper_main(void *arg) {
     kill((pid_t)r, SIGKILL);
     int st;
     while (waitpid((pid_t)r, &st, __WALL) < 0 && errno == EINTR) {
+    }
+    // Every other process of the tree was killed before this verdict: reap what came here.
+    while (waitpid(-1, &st, __WALL) > 0 || errno == EINTR) {
     }
   }
   _exit(0);
@@ -233,29 +241,26 @@ void keeper_release(pid_t keeper, int keeper_fd, void *stack, char verdict) {
 #define KEEPER_STACK (64 * 1024)
 #define CHILD_STACK (64 * 1024)
 
-static void spawn_run(task_t *t) {
-  spawn_task_t *sp = (spawn_task_t *)t;
-  nerr_t *err = &t->err;
-  pid_t pid = sp->pid;
-  int base = sp->work_base;
+int restorer_start(pid_t pid, const char *stub, const unsigned char *plan_bytes, size_t plan_len, int base, spawned_t *out, nerr_t *err) {
   int plan = -1, ctl[2] = {-1, -1}, reply[2] = {-1, -1};
-  child_setup_t cs = {.pid = pid, .base = base, .src = {-1, -1, -1}, .stub = sp->stub};
+  child_setup_t cs = {.pid = pid, .base = base, .src = {-1, -1, -1}, .stub = stub};
   int created = 0, seized = 0;
   pid_t keeper = -1;
   int keeper_fd = -1;
   char *keeper_stack = NULL;
   char *child_stack = NULL;
+  *out = (spawned_t){.pid = pid, .keeper = -1, .keeper_fd = -1, .ctl_w = -1, .reply_r = -1};
 
   plan = memfd_create("ckptfs-plan", MFD_CLOEXEC);
   if (plan < 0) {
     nerr_set(err, errno, "memfd_create(ckptfs-plan)");
     goto out;
   }
-  for (size_t done = 0; done < sp->plan_len;) {
-    ssize_t n = write(plan, sp->plan + done, sp->plan_len - done);
+  for (size_t done = 0; done < plan_len;) {
+    ssize_t n = write(plan, plan_bytes + done, plan_len - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      nerr_set(err, n < 0 ? errno : EIO, "write(plan memfd, %zu)", sp->plan_len - done);
+      nerr_set(err, n < 0 ? errno : EIO, "write(plan memfd, %zu)", plan_len - done);
       goto out;
     }
     done += (size_t)n;
@@ -274,7 +279,7 @@ static void spawn_run(task_t *t) {
     }
     snprintf(cs.num[i], sizeof cs.num[i], "%d", base + i);
   }
-  cs.argv[0] = sp->stub;
+  cs.argv[0] = (char *)stub;
   for (int i = 0; i < 3; i++) cs.argv[i + 1] = cs.num[i];
   cs.argv[4] = NULL;
   cs.envp[0] = "GLIBC_TUNABLES=glibc.pthread.rseq=0";
@@ -364,25 +369,12 @@ static void spawn_run(task_t *t) {
     nerr_set_raw(err, EIO, "restorer(pid %d): %s", pid, line);
     goto out;
   }
-  // Ready once its working fds are closed: stop it (in pause()) and keep it like a frozen task.
-  if (read_reply(pid, reply[0], line, sizeof line, 1, &dead, err) < 0) goto out;
-  if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) < 0) {
-    nerr_set(err, errno, "ptrace(PTRACE_INTERRUPT, pid %d)", pid);
-    goto out;
-  }
-  frozen_thread_t th = {.tid = pid};
-  int r = wait_event_stop(&th, mono_ms() + STOP_TIMEOUT_MS, err);
-  if (r <= 0) {
-    if (r == 0) nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply", pid);
-    goto out;
-  }
-  if (frozen_adopt(pid, &th, PTRACE_O_EXITKILL, keeper, keeper_fd, keeper_stack) < 0) {
-    nerr_set(err, ENOMEM, "spawnRestorer(pid %d)", pid);
-    goto out;
-  }
-  keeper = -1;  // owned by the frozen task's record now
+  // Handed over: the caller settles the stub (restorer_settle) or ends it (restorer_abort).
+  *out = (spawned_t){.pid = pid, .keeper = keeper, .keeper_fd = keeper_fd, .keeper_stack = keeper_stack, .ctl_w = ctl[1], .reply_r = reply[0]};
+  keeper = -1;
   keeper_fd = -1;
   keeper_stack = NULL;
+  ctl[1] = reply[0] = -1;
 out:
   if (err->code && created) {
     // Never leave a half-made task behind. Only ever the pid clone3 gave us.
@@ -410,6 +402,57 @@ out:
   int fds[] = {plan, ctl[0], ctl[1], reply[0], reply[1]};
   for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
     if (fds[i] >= 0) close(fds[i]);
+  return err->code ? -1 : 0;
+}
+
+int restorer_settle(spawned_t *sp, nerr_t *err) {
+  pid_t pid = sp->pid;
+  char line[1024];
+  int dead = 0;
+  // Ready once its working fds are closed: stop it (in pause()) and keep it like a frozen task.
+  if (read_reply(pid, sp->reply_r, line, sizeof line, 1, &dead, err) < 0) return -1;
+  if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) < 0) {
+    nerr_set(err, errno, "ptrace(PTRACE_INTERRUPT, pid %d)", pid);
+    return -1;
+  }
+  frozen_thread_t th = {.tid = pid};
+  int r = wait_event_stop(&th, mono_ms() + STOP_TIMEOUT_MS, err);
+  if (r <= 0) {
+    if (r == 0) nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply", pid);
+    return -1;
+  }
+  if (frozen_adopt(pid, &th, PTRACE_O_EXITKILL, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
+    nerr_set(err, ENOMEM, "spawnRestorer(pid %d)", pid);
+    return -1;
+  }
+  sp->keeper = -1;  // owned by the frozen task's record now
+  sp->keeper_fd = -1;
+  sp->keeper_stack = NULL;
+  close(sp->ctl_w);
+  close(sp->reply_r);
+  sp->ctl_w = sp->reply_r = -1;
+  return 0;
+}
+
+void restorer_abort(spawned_t *sp) {
+  if (sp->pid > 0 && !frozen_find(sp->pid)) {
+    kill(sp->pid, SIGKILL);
+    reap_killed(&sp->pid, 1);
+  }
+  if (sp->keeper > 0) keeper_release(sp->keeper, sp->keeper_fd, sp->keeper_stack, 'x');
+  sp->keeper = -1;
+  sp->keeper_fd = -1;
+  sp->keeper_stack = NULL;
+  if (sp->ctl_w >= 0) close(sp->ctl_w);
+  if (sp->reply_r >= 0) close(sp->reply_r);
+  sp->ctl_w = sp->reply_r = -1;
+}
+
+static void spawn_run(task_t *t) {
+  spawn_task_t *sp = (spawn_task_t *)t;
+  spawned_t one;
+  if (restorer_start(sp->pid, sp->stub, sp->plan, sp->plan_len, sp->work_base, &one, &t->err) < 0) return;
+  if (restorer_settle(&one, &t->err) < 0) restorer_abort(&one);
 }
 
 static void spawn_destroy(task_t *t) {

@@ -57,6 +57,8 @@ frozen_proc_t *frozen_find_tid(pid_t tid);
 // Tracks a task seized and stopped elsewhere (the restorer) like a frozen one, with the
 // keeper process that is its parent until the restore ends. 0 or -1 (ENOMEM).
 int frozen_adopt(pid_t pid, const frozen_thread_t *th, int options, pid_t keeper, int keeper_fd, void *keeper_stack);
+// Drops the record of a task adopted above that was killed since (a tree restore that failed).
+void frozen_forget(pid_t pid);
 // Ends a restored task's keeper: 'k' lets it exit so the task is reparented to init and runs
 // on; 'x' makes it reap the (killed) task first. Waits for the keeper. No-op without one.
 void keeper_release(pid_t keeper, int keeper_fd, void *stack, char verdict);

@@ -2,7 +2,10 @@
 // the saved file table with native code, reports, and waits in pause() for the tracer, which
 // then replaces its memory and registers by injected system calls.
 //
-//   restorer PLAN_FD CTL_FD REPLY_FD
+//   restorer PLAN_FD CTL_FD REPLY_FD [INHERITED]
+//
+// INHERITED (a child of a restored tree, forked by its parent's stub, tree.c): that many
+// objects it inherits sit at REPLY_FD+1 ..; the plan names each by its place (KIND_INHERITED).
 //
 // It waits for one byte on CTL_FD (written once the tracer has seized it, so a server that
 // dies before that leaves nothing behind), builds every fd, writes "ok\n" or "error: WHY\n" to
@@ -38,6 +41,8 @@
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "tree.h"
 
 #define REFUSED_FLAGS (O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
 
@@ -336,6 +341,7 @@ static void open_pipe_extras(const int p[2], int *object_fd, uint32_t objects, c
 // user allowed replaced files (no identity check; the credentials still apply).
 #define PLAN_SAME_BOOT 1u
 #define PLAN_ALLOW_REPLACED 2u
+#define PLAN_TREE_COMMANDS 4u  // a task of a tree: serve the server's commands (tree.c) before closing
 static uint32_t plan_flags;
 
 struct creds {
@@ -896,6 +902,18 @@ static const struct object_kind {
   [11] = {"fanotify", open_fanotify_object},
 };
 
+// An object this task inherits from its restored parent (a tree, tree.c): it sits at the
+// working fd its place names, and goes home like any other. Not an fd type: outside the table.
+#define KIND_INHERITED 0x100u
+static uint32_t inherited_count;
+static void open_inherited_object(uint32_t id, const char *what) {
+  uint32_t place = u32("inherited place");
+  if (place >= inherited_count) fail("%s: inherited as object %u of %u", what, place, inherited_count);
+  int fd = work_base + 3 + (int)place;
+  if (fcntl(fd, F_GETFD) < 0) fail("%s: inherited fd %d: %s", what, fd, strerror(errno));
+  object_fd[id] = settle(fd, id, 0, what);
+}
+
 static void print_kinds(void) {
   for (size_t i = 0; i < sizeof object_kinds / sizeof *object_kinds; i++)
     if (object_kinds[i].open) printf("%zu %s\n", i, object_kinds[i].name);
@@ -908,9 +926,10 @@ int main(int argc, char **argv) {
     print_kinds();
     return 0;
   }
-  if (argc != 4) return 2;
+  if (argc != 4 && argc != 5) return 2;
   int plan_fd = atoi(argv[1]), ctl_fd = atoi(argv[2]);
   reply_fd = atoi(argv[3]);
+  if (argc == 5) inherited_count = (uint32_t)atoi(argv[4]);
 
   char go;
   if (read(ctl_fd, &go, 1) != 1) _exit(4);  // the server went away before seizing us
@@ -954,6 +973,10 @@ int main(int argc, char **argv) {
   if (reply_fd < keep_lo) keep_lo = reply_fd;
   if (ctl_fd > keep_hi) keep_hi = ctl_fd;
   if (reply_fd > keep_hi) keep_hi = reply_fd;
+  if (inherited_count) {
+    if (plan_fd != work_base || ctl_fd != work_base + 1 || reply_fd != work_base + 2) fail("inherited objects: the stub's fds are not at %d..%d", work_base, work_base + 2);
+    keep_hi = work_base + 2 + (int)inherited_count;
+  }
   if (keep_lo > 0) syscall(SYS_close_range, 0u, (unsigned)keep_lo - 1, 0u);
   syscall(SYS_close_range, (unsigned)keep_hi + 1, ~0u, 0u);
   next_work = keep_hi + 1;
@@ -977,8 +1000,12 @@ int main(int argc, char **argv) {
     // Refusals name the task's fd too: that is what its owner knows it by.
     int home = home_of(id, &cloexec);
     if (home >= 0) snprintf(what, sizeof what, "fd %d (files/%u)", home, id);
-    if (kind >= sizeof object_kinds / sizeof *object_kinds || !object_kinds[kind].open) fail("%s: unknown object kind %u", what, kind);
-    object_kinds[kind].open(id, cloexec, what);
+    if (kind == KIND_INHERITED) {
+      open_inherited_object(id, what);
+    } else {
+      if (kind >= sizeof object_kinds / sizeof *object_kinds || !object_kinds[kind].open) fail("%s: unknown object kind %u", what, kind);
+      object_kinds[kind].open(id, cloexec, what);
+    }
     if (plan != end) fail("%s: payload length does not match its kind", what);
   }
 
@@ -991,6 +1018,7 @@ int main(int argc, char **argv) {
   become_restorer();
 
   if (write(reply_fd, "ok\n", 3) != 3) _exit(5);
+  if (plan_flags & PLAN_TREE_COMMANDS) serve_tree_commands(ctl_fd, reply_fd, work_base, object_fd, objects);
   syscall(SYS_close_range, (unsigned)work_base, ~0u, 0u);
   for (;;) pause();
 }

@@ -79,7 +79,7 @@ export const regular: FileHandler<PathDescription> = {
     if (inPlan) checkSourceBytes(d.contents, data, where)
     const link = await sameFileAs(d, inPlan ? data : d.contents)
     if (link) return pathRecord({ ...d, path: link })
-    const fill = inPlan ? undefined : { fd: homeFd(table, d), contents: d.contents, where }
+    const fill = inPlan ? undefined : { objref: d.objref, contents: d.contents, where }
     const memfd = /^\/memfd:(.*)$/.exec(d.path)
     if (memfd) {
       // The stub makes the memfd as root: a setuid, setgid or sticky bit would be root's.
@@ -165,10 +165,3 @@ async function sameBytes(link: string, source: ByteSource): Promise<boolean> {
   }
 }
 
-/** The fd where the stub puts a description: the lowest that names it. */
-function homeFd(table: FileTable, d: PathDescription): number {
-  let home: number | undefined
-  for (const f of table.fds) if (f.objref === d.objref && !(home! <= f.fd)) home = f.fd
-  if (home === undefined) throw new CkptError(`files/${d.objref}: an unlinked file of ${d.contents?.size} bytes that no fd names (only an epoll watch) cannot be restored`, 'ENOTSUP')
-  return home
-}

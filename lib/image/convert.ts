@@ -32,7 +32,7 @@ export async function loadTree(treeRoot: string): Promise<{ task: TaskImage; mod
   })
   const taskDirs = names.filter((n) => /^task-[1-9][0-9]*$/.test(n))
   if (taskDirs.length === 0) throw new CkptError(`${treeRoot}: no task-PID directory; a saved checkpoint has one per process`, 'EINVAL')
-  if (taskDirs.length > 1) throw new CkptError(`${treeRoot}: ${taskDirs.length} task-PID directories: a checkpoint of a process tree, which cannot be restored yet (README, Limitations)`, 'EINVAL')
+  if (taskDirs.length > 1) throw new CkptError(`${treeRoot}: ${taskDirs.length} task-PID directories: a checkpoint of a process tree, which this conversion does not write yet (the mount writes a tree's image as checkpoint-N.image; README, Limitations)`, 'EINVAL')
   const root = new DiskDir(treeRoot)
   const { process, threads, vmas } = await loadTask(root, taskDirs[0])
   const fileTable = await loadFileTable(root, taskDirs[0])

@@ -7,7 +7,7 @@
 import * as fs from 'fs'
 import { CRC_PIECE, checkCount, crc32c, damaged } from '../checksum'
 import { CkptError, messageOf } from '../errors'
-import type { ByteSource } from '../model'
+import type { ByteSource, FdEntry, ObjRef } from '../model'
 import { native } from '../native'
 
 /** Contents up to this size travel in the stub's plan; larger ones are filled here. */
@@ -17,19 +17,35 @@ const BLOCK = 4096
 
 /** A file the stub made empty, to be filled once its file table is open. */
 export interface ContentsFill {
-  /** The task's fd that holds it (the lowest fd naming its description: where the stub put it). */
-  fd: number
+  /** Its description: filled through the lowest fd naming it in the first process holding it (where the stub put it). */
+  objref: ObjRef
   contents: ByteSource
   /** Where it is saved, for messages (files/N/contents). */
   where: string
 }
 
-/** Fills every file of `fills` in the new task `pid` (stopped in the stub). */
-export async function fillContents(pid: number, fills: readonly ContentsFill[]): Promise<void> {
-  for (const fill of fills) await fillOne(pid, fill)
+/** A restored process, stopped in the stub, and the fds its plan placed. */
+export interface FillHolder {
+  pid: number
+  fds: readonly FdEntry[]
 }
 
-async function fillOne(pid: number, { fd, contents, where }: ContentsFill): Promise<void> {
+/** Fills every file of `fills` through the first of `holders` (in the order made) that holds it. */
+export async function fillContents(fills: readonly ContentsFill[], holders: readonly FillHolder[]): Promise<void> {
+  for (const fill of fills) {
+    const holder = holders.map(({ pid, fds }) => ({ pid, fd: lowestFd(fds, fill.objref) })).find((h) => h.fd !== undefined)
+    if (!holder) throw new CkptError(`${fill.where}: ${fill.contents.size} bytes of a file no fd names (only an epoll watch): too large to travel in the plan, and nowhere to write them`, 'ENOTSUP')
+    await fillOne(holder.pid, holder.fd!, fill)
+  }
+}
+
+function lowestFd(fds: readonly FdEntry[], objref: ObjRef): number | undefined {
+  let home: number | undefined
+  for (const f of fds) if (f.objref === objref && !(home! <= f.fd)) home = f.fd
+  return home
+}
+
+async function fillOne(pid: number, fd: number, { objref, contents, where }: ContentsFill): Promise<void> {
   if (!contents.crc32c) throw new CkptError(`${where}: no checksums were loaded with it`, 'EINVAL')
   checkCount(where, contents.crc32c, contents.size)
   const held = native.getFd(pid, fd)
@@ -48,7 +64,7 @@ async function fillOne(pid: number, { fd, contents, where }: ContentsFill): Prom
       }
     }
   } catch (err) {
-    throw err instanceof CkptError ? err : new CkptError(`${where}: write the contents into the restored file (fd ${fd} of ${pid}): ${messageOf(err)}`)
+    throw err instanceof CkptError ? err : new CkptError(`${where}: write the contents into the restored file (files/${objref} at fd ${fd} of ${pid}): ${messageOf(err)}`)
   } finally {
     await file?.close()
     fs.closeSync(held)

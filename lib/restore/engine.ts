@@ -51,7 +51,7 @@ const HUGEPAGE_FLAGS = new Set(['hg', 'nh'])
 export const REG = { rax: 10, orig_rax: 15, rip: 16, rsp: 19, fs_base: 21, gs_base: 22 } as const
 
 /** The stub built with the addon (addon/build/Release/restorer). */
-function stubPath(): string {
+export function stubPath(): string {
   for (let dir = __dirname; dir !== path.dirname(dir); dir = path.dirname(dir)) {
     const candidate = path.join(dir, 'addon', 'build', 'Release', 'restorer')
     if (fs.existsSync(candidate)) return candidate
@@ -80,16 +80,22 @@ export interface RestoreOptions {
   lazy?: (fill: Promise<LazyOutcome>) => void
   /** The pieces to fill first in a lazy restore (the record of the last one's first touches). */
   prefetch?: Array<{ start: bigint; at: number }>
+  /** A process of a tree: its MAP_SHARED anonymous mappings that map what a process rebuilt before maps (pstree.ts). */
+  sharedFrom?: Map<Vma, SharedSource>
+}
+
+/** The mapping of a process already rebuilt whose shmem object another process maps too. */
+export interface SharedSource {
+  pid: number
+  vma: Vma
 }
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
 export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTimer('restore'), options: RestoreOptions = {}): Promise<number> {
-  const { process: proc, threads, vmas } = saved
+  const { process: proc } = saved
   const pid = proc.pid
-  refuseUnsupported(saved)
-  await refusePendingAioEvents(saved)
-  await awaitIdsFree(saved, options.note ?? toStderr)
-  const access: FileAccess = { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
+  await checkRestorable(saved, options)
+  const access = fileAccess(saved, options)
   const records = await planFileRecords(saved.fileTable)
   const plan = framePlan(saved.fileTable, proc, records, access)
   timer.mark('plan')
@@ -100,21 +106,8 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   timer.mark('stub and file table')
   let fill: Promise<LazyOutcome> | undefined
   try {
-    await fillContents(pid, records.flatMap((r) => (r.fill ? [r.fill] : [])))
-    // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
-    const layout = new Layout(vmas, mappedRanges(pid))
-    await mapCodePage(pid, layout)
-    // Every thread takes its ID now, before the slow parts: until then a process starting
-    // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
-    for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
-    timer.mark('threads created')
-    await restoreThpDisable(pid, proc, layout)
-    await restoreMemory(pid, vmas, proc, layout, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) })
-    await restoreProcessState(pid, proc, layout)
-    await restoreLocks(pid, saved, layout)
-    timer.mark('process state')
-    await restoreThreads(pid, proc, threads, layout)
-    timer.mark('threads')
+    await fillContents(records.flatMap((r) => (r.fill ? [r.fill] : [])), [{ pid, fds: saved.fileTable.fds }])
+    await rebuildSpawned(saved, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) })
     await native.thaw(pid, false)
     timer.mark('thaw')
     timer.report(`of ${pid}`)
@@ -126,6 +119,41 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     if (filled) throw filled
     throw err instanceof CkptError ? err : new CkptError(`restore of ${pid}: ${messageOf(err)}`)
   }
+}
+
+/** What is refused before anything is made, and the wait for the saved IDs to be free. */
+export async function checkRestorable(saved: SavedCheckpoint, options: RestoreOptions): Promise<void> {
+  refuseUnsupported(saved)
+  await refusePendingAioEvents(saved)
+  await awaitIdsFree(saved, options.note ?? toStderr)
+}
+
+export function fileAccess(saved: SavedCheckpoint, options: RestoreOptions): FileAccess {
+  return { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
+}
+
+/**
+ * A stub that has opened the task's files (spawnRestorer, or spawnTree for a tree) becomes the
+ * saved task: threads, memory, process state, locks, thread state and registers. It is left
+ * stopped: the caller releases it (thaw), or kills it on failure.
+ */
+export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
+  const { process: proc, threads, vmas } = saved
+  const pid = proc.pid
+  // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
+  const layout = new Layout(vmas, mappedRanges(pid))
+  await mapCodePage(pid, layout)
+  // Every thread takes its ID now, before the slow parts: until then a process starting
+  // elsewhere (the PID counter wraps at pid_max, 32768 here) could take one.
+  for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
+  timer.mark('threads created')
+  await restoreThpDisable(pid, proc, layout)
+  await restoreMemory(pid, vmas, proc, layout, timer, access, options)
+  await restoreProcessState(pid, proc, layout)
+  await restoreLocks(pid, saved, layout)
+  timer.mark('process state')
+  await restoreThreads(pid, proc, threads, layout)
+  timer.mark('threads')
 }
 
 function refuseUnsupported(saved: SavedCheckpoint): void {
@@ -357,9 +385,11 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
 async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
   // AIO rings are made by io_setup, not mapped: the last step.
   const vmas = allVmas.filter((v) => v.kind !== 'aio')
+  // Memory another process of the tree holds already: mapped from there, its pages are in.
+  const sharedFrom = options.sharedFrom ?? new Map<Vma, SharedSource>()
   // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
   const lazily = options.lazy ? vmas.filter(isLazy) : []
-  const eager = vmas.filter((v) => !lazily.includes(v))
+  const eager = vmas.filter((v) => !lazily.includes(v) && !sharedFrom.has(v))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -382,6 +412,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   //    once each (one batch), mapped and closed (a second batch).
   const mapped = vmas.filter((v) => !SPECIAL.has(v.path) && v.kind !== 'vsyscall')
   const fileFds = await openMappedFiles(pid, proc, layout, mapped, access)
+  const sharedFds = await openSharedSources(pid, layout, sharedFrom)
   const calls: Call[] = []
   for (const v of mapped) {
     const len = v.end - v.start
@@ -390,7 +421,10 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     if (vmFlags.includes('gd')) flags |= MAP_GROWSDOWN
     const what = `map ${vmaName(v)} (${v.path || v.kind})`
     const prot = BigInt(initialProt(v))
-    if (isMappedFromFile(v)) {
+    const source = sharedFrom.get(v)
+    if (source) {
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), sharedFds.get(v)!, v.offset - source.vma.offset], what: `${what}, shared with task-${source.pid}` })
+    } else if (isMappedFromFile(v)) {
       const shared = v.kind === 'file-shared'
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
     } else {
@@ -399,7 +433,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | type), -1n, 0n], what })
     }
   }
-  for (const fd of fileFds.values()) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
+  for (const fd of [...fileFds.values(), ...sharedFds.values()]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
   await inject(pid, layout, calls)
 
   // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
@@ -491,6 +525,27 @@ function initialProt(v: Vma): number {
   return writes ? saved | PROT_READ | PROT_WRITE : saved
 }
 
+/**
+ * The shmem objects of MAP_SHARED anonymous mappings that a process of the tree rebuilt before
+ * this one maps (/proc/PID/map_files/START-END, opened with the restorer's privileges, which
+ * that needs): each is mapped here from that fd, so both map one object again. Returns the fds
+ * in the task. The saved offsets are the original object's: the source's own maps it from 0.
+ */
+async function openSharedSources(pid: number, layout: Layout, sharedFrom: Map<Vma, SharedSource>): Promise<Map<Vma, bigint>> {
+  const scratch = new Scratch()
+  const entries = [...sharedFrom.entries()]
+  const calls: Call[] = entries.map(([v, source]) => {
+    const offset = v.offset - source.vma.offset
+    if (offset < 0n || offset + (v.end - v.start) > source.vma.end - source.vma.start) {
+      throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}: shares the memory of task-${source.pid}'s ${vmaName(source.vma)} outside that mapping (offset ${v.offset}, theirs ${source.vma.offset}): cannot be restored yet`, 'ENOTSUP')
+    }
+    const file = `/proc/${source.pid}/map_files/${vmaName(source.vma)}`
+    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDWR | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} (memory shared with task-${source.pid})` }
+  })
+  if (calls.length === 0) return new Map()
+  const fds = await inject(pid, layout, calls, scratch.buffer())
+  return new Map(entries.map(([v], i) => [v, fds[i]]))
+}
 /** A file mapping re-made from its path; a deleted file's private mapping is anonymous memory holding its stored pages. */
 const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || v.kind === 'file-shared'
 

@@ -143,7 +143,16 @@ export interface FileAccess {
   allowReplaced: boolean
 }
 
-const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2
+const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2, PLAN_TREE_COMMANDS = 4
+
+/**
+ * A task of a process tree (lib/restore/pstree.ts): every task's working area starts at one
+ * number above every fd of the tree (objects pass from parent to child there), and its stub
+ * serves the server's commands (fork a child, make a zombie) before closing that area.
+ */
+export interface TreePlan {
+  workFdBase: number
+}
 
 export interface FdPlan {
   bytes: Buffer
@@ -157,7 +166,7 @@ export interface FdPlan {
  * at that number, and open() hands out the lowest free number, so in this order most opens
  * land where they belong with no further call.
  */
-export function framePlan(table: FileTable, proc: ProcessState, records: PlannedRecord[], access: FileAccess): FdPlan {
+export function framePlan(table: FileTable, proc: ProcessState, records: PlannedRecord[], access: FileAccess, tree?: TreePlan): FdPlan {
   let maxFd = -1
   let maxRef = 0
   for (const f of table.files) if (f.objref > maxRef) maxRef = f.objref
@@ -166,7 +175,7 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
     if (f.fd > maxFd) maxFd = f.fd
     lowestFd.offer(f.objref, f.fd)
   }
-  const workFdBase = Math.max(3, maxFd + 1)
+  const workFdBase = Math.max(3, maxFd + 1, tree?.workFdBase ?? 0)
   const creds = proc.creds
   let size = 56 + creds.groups.length * 4 + table.fds.length * 12
   for (const r of records) size += 12 + r.payload.length
@@ -179,7 +188,7 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
     .u32(table.fds.length)
     .i32(proc.sid === proc.pid ? 1 : 0)
     .i32(proc.pgid === proc.pid ? 1 : 0)
-    .u32((access.sameBoot ? PLAN_SAME_BOOT : 0) | (access.allowReplaced ? PLAN_ALLOW_REPLACED : 0))
+    .u32((access.sameBoot ? PLAN_SAME_BOOT : 0) | (access.allowReplaced ? PLAN_ALLOW_REPLACED : 0) | (tree ? PLAN_TREE_COMMANDS : 0))
     .u32(creds.fsuid)
     .u32(creds.fsgid)
     .u32(Number(creds.capEffective & 0xffffffffn))

@@ -1,5 +1,6 @@
 // Restore entry point: a saved checkpoint (a copied tree, or a directory holding only
-// `image`) is validated whole before anything is created, then brought back.
+// `image`) is validated whole before anything is created, then brought back: one process,
+// or the whole process tree it holds (pstree.ts).
 
 import * as fs from 'fs'
 import * as path from 'path'
@@ -7,19 +8,18 @@ import { CkptError } from '../errors'
 import { DiskDir, type StoredDir } from '../files/saved'
 import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
-import { restoreProcess, type RestoreOptions } from './engine'
+import type { RestoreOptions } from './engine'
 import { loadSaved } from './load'
 import { checkTreeCredentials, storedByOwners, type StoredBy } from './owner'
-import { refuseTree } from './pstree'
+import { restoreCheckpoint } from './pstree'
 import { validateCheckpoint } from './validate'
 
 /** Restores the saved checkpoint whose top directory is `root`; returns the PID of the restored process. */
 export async function restoreSaved(root: StoredDir, name: string, options: RestoreOptions = {}): Promise<number> {
   const timer = new PhaseTimer('restore')
   const saved = await loadSaved(root, name)
-  refuseTree(saved, name)
   timer.mark('load and validate')
-  return restoreProcess(saved, timer, options)
+  return restoreCheckpoint(saved, timer, options)
 }
 
 /**
@@ -38,14 +38,12 @@ export async function restorePath(p: string, options: RestoreOptions = {}, store
     const isTree = [...root.list().keys()].some((n) => /^task-[0-9]+$/.test(n))
     const saved = await loadSaved(root, path.basename(p))
     checkTreeCredentials(saved, trust, isTree ? `${p}/` : `${p}: `)
-    refuseTree(saved, p)
     timer.mark('load and validate')
-    return restoreProcess(saved, timer, options)
+    return restoreCheckpoint(saved, timer, options)
   }
   const saved = await readImage(p)
   await validateCheckpoint(saved)
   checkTreeCredentials(saved, trust, `${p}: `)
-  refuseTree(saved, p)
   timer.mark('load and validate')
-  return restoreProcess(saved, timer, options)
+  return restoreCheckpoint(saved, timer, options)
 }

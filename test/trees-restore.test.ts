@@ -1,0 +1,239 @@
+// Restore of whole process trees (issue 17): every process comes back with its PID, its
+// parent, its session and group; a zombie as a zombie its parent reaps with the saved status;
+// a pipe between processes with its bytes once; MAP_SHARED memory shared again. From a `cp -a`
+// copy, from the image, and through restore/NAME + done. All or nothing: a saved PID taken
+// leaves nothing of the tree behind. test/fixtures/tree.c checks itself on SIGUSR1.
+
+import { execFileSync } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { ckptfs, ckptfsOk, cliShellWords, mountFor } from './lib/mount'
+import { asUser, attacker, shAs } from './lib/unprivileged'
+import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
+import { childrenOf } from '../lib/pstree'
+import { buildTarget } from './lib/targets'
+
+const mnt = mountFor(t)
+const tree = buildTarget('tree')
+// The original tree runs below a subreaper: this machine's PID 1 never reaps, and the
+// original zombie must be gone (reaped) before its PID can be restored.
+const sleeper = buildTarget('sleeper')
+const pidholder = buildTarget('pidholder')
+
+/** The numbers of a log of one number per line. */
+const numbersIn = (text: string) => text.split('\n').filter(Boolean).map(Number)
+
+interface TreePids {
+  p: number
+  a: number
+  b: number
+  g: number
+  z: number
+}
+
+const exeOf = (pid: number): string | undefined => {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/exe`)
+  } catch {
+    return undefined
+  }
+}
+
+/** /proc's state, ppid, pgid and sid of `pid`. */
+function statOf(pid: number): { state: string; ppid: number; pgid: number; sid: number } {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return { state: f[0], ppid: Number(f[1]), pgid: Number(f[2]), sid: Number(f[3]) }
+}
+
+/** Kills, by PID and only while they still run the fixture, the tree's processes at teardown (children first). */
+function killTreeAtTeardown(t: Test, pids: TreePids): void {
+  t.teardown(() => {
+    for (const pid of [pids.g, pids.a, pids.b, pids.p]) {
+      if (exeOf(pid) === tree) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  })
+}
+
+async function startTree(t: Test): Promise<{ target: Target; pids: TreePids }> {
+  const dir = workdir(t, 'ckptfs-treerestore-')
+  const target = await launch(t, [sleeper, 'subreaper', tree, 'tree'], { dir, ready: (tg) => /^ready pid=\d+ a=/m.test(tg.text()) })
+  const m = /^ready pid=(\d+) a=(\d+) b=(\d+) g=(\d+) z=(\d+)$/m.exec(target.text())!
+  const pids = { p: Number(m[1]), a: Number(m[2]), b: Number(m[3]), g: Number(m[4]), z: Number(m[5]) }
+  killTreeAtTeardown(t, pids)
+  return { target, pids }
+}
+
+const allPids = (pids: TreePids) => [pids.p, pids.a, pids.b, pids.g, pids.z]
+
+/** Checkpoints the tree, copies it (and its image) out, kills it and waits until every PID is free. */
+async function saveAndKill(target: Target, pids: TreePids): Promise<{ saved: string; image: string }> {
+  const dir = ckptfsOk('checkpoint', String(pids.p), '--mount', mnt)
+  const saved = path.join(target.dir, 'saved')
+  execFileSync('cp', ['-a', dir, saved])
+  const image = path.join(target.dir, 'saved-image')
+  fs.mkdirSync(image)
+  execFileSync('cp', ['-a', `${dir}.image`, path.join(image, 'checkpoint.image')])
+  fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
+  await waitUntil('every PID of the original tree to be free', () => allPids(pids).every((pid) => !exists(pid)), 15_000)
+  return { saved, image }
+}
+
+/** The restored tree checks itself (SIGUSR1 to the root): its verdict lines, after what it said before. */
+async function verdict(target: Target, pids: TreePids): Promise<string[]> {
+  const before = target.text().length
+  process.kill(pids.p, 'SIGUSR1')
+  await waitUntil('the restored tree to say its verdict', () => /^checked \d+ failures$/m.test(target.text().slice(before)), 15_000)
+  return target.text().slice(before).split('\n').filter(Boolean)
+}
+
+/** What /proc says of the restored tree, before it runs its own checks. */
+function checkLinks(t: Test, pids: TreePids): void {
+  t.equal(exeOf(pids.p), tree, 'the root is back')
+  const p = statOf(pids.p), a = statOf(pids.a), b = statOf(pids.b), g = statOf(pids.g), z = statOf(pids.z)
+  t.same([p.pgid, p.sid], [pids.p, pids.p], 'the root leads its session and group')
+  t.same([a.ppid, a.pgid, a.sid], [pids.p, pids.a, pids.p], 'A: child of P, leads its group, in P\'s session')
+  t.same([g.ppid, g.pgid, g.sid], [pids.a, pids.a, pids.p], 'G: child of A, in A\'s group')
+  t.same([b.ppid, b.pgid, b.sid], [pids.p, pids.b, pids.b], 'B: child of P, leads its own session')
+  t.same([z.state, z.ppid], ['Z', pids.p], 'Z is a zombie of P')
+}
+
+t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the zombie, the pipe and the shared page', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('a tree restored from its image', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { image } = await saveAndKill(target, pids)
+  const r = ckptfs('restore', image, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('a tree written into restore/NAME and started with done', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const into = path.join(mnt, 'restore', `tree-${pids.p}`)
+  execFileSync('cp', ['-a', saved, into])
+  t.teardown(() => fs.rmSync(into, { recursive: true, force: true }))
+  fs.writeFileSync(path.join(into, 'done'), '1\n')
+  await waitUntil('the restore to end', () => !/^(restoring|$)/.test(fs.readFileSync(path.join(into, 'status'), 'utf8').trim()), 20_000)
+  t.equal(fs.readFileSync(path.join(into, 'status'), 'utf8').trim(), `restored ${pids.p}`, 'status names the root')
+  checkLinks(t, pids)
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
+})
+
+t.test('all or nothing: a saved PID taken by another process refuses the tree before any of it is made', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  const holder = await launch(t, [pidholder, String(pids.g)], { dir: workdir(t, 'ckptfs-treerestore-holder-'), ready: (tg) => /^holding \d+$/m.test(tg.text()) })
+  t.teardown(() => {
+    if (exeOf(pids.g) === pidholder) process.kill(pids.g, 'SIGKILL')
+  })
+  t.match(holder.text(), new RegExp(`^holding ${pids.g}$`, 'm'), `a process of ours holds G's PID ${pids.g}`)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`task-${pids.g}: PID ${pids.g} is taken: pidholder \\(pid ${pids.g}\\) is running`), 'naming the task and who holds its PID')
+  for (const pid of [pids.p, pids.a, pids.b, pids.z]) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
+  t.equal(exeOf(pids.g), pidholder, 'the holder keeps its PID')
+})
+
+t.test('all or nothing: a task that fails once every process exists (its cwd is gone) takes the whole tree with it', async (t) => {
+  const { target, pids } = await startTree(t)
+  const { saved } = await saveAndKill(target, pids)
+  // G is made last and rebuilt last: every other process of the tree exists by then.
+  const cwd = path.join(saved, `task-${pids.g}`, 'cwd')
+  fs.chmodSync(path.dirname(cwd), 0o700)
+  fs.chmodSync(cwd, 0o600)
+  fs.writeFileSync(cwd, `${target.dir}/gone\n`)
+  reseal(saved)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`task-${pids.g}: .*chdir ${target.dir}/gone: ENOENT`), 'naming the task and what failed')
+  for (const pid of allPids(pids)) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
+})
+
+t.test('a bash pipeline counting into a file: restored, the count goes on with no gap and no repeat', async (t) => {
+  const dir = workdir(t, 'ckptfs-treerestore-pipeline-')
+  const script = 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done | cat'
+  const launched = await launch(t, [sleeper, 'subreaper', 'bash', '-c', script], { dir, ready: (tg) => tg.text().split('\n').length > 5 })
+  const shell = childrenOf(launched.pid).find((pid) => fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'bash')!
+  t.ok(shell, `the pipeline's shell is ${shell}`)
+  let members: number[] = []
+  const below = (pid: number): number[] => childrenOf(pid).flatMap((c) => [c, ...below(c)])
+  t.teardown(() => {
+    for (const pid of [...below(shell), shell].reverse()) {
+      if (['bash', 'cat', 'sleep'].includes(path.basename(exeOf(pid) ?? ''))) process.kill(pid, 'SIGKILL')
+    }
+  })
+  const dirOf = ckptfsOk('checkpoint', String(shell), '--mount', mnt)
+  members = fs.readdirSync(dirOf).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5)))
+  t.ok(members.length >= 3, `the shell, its loop and cat are in the checkpoint (${members.length} processes)`)
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', dirOf, saved])
+  fs.writeFileSync(path.join(dirOf, 'done'), 'kill\n')
+  await waitUntil('every PID of the pipeline to be free', () => members.every((pid) => !exists(pid)), 15_000)
+  const count = numbersIn(launched.text()).length
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
+  t.equal(r.stdout.trim(), String(shell), 'it prints the shell\'s PID')
+  await launched.waitFor(new RegExp(`^${count + 20}$`, 'm'), 20_000)
+  const numbers = numbersIn(launched.text())
+  t.same(numbers.slice(0, count + 20), Array.from({ length: count + 20 }, (_, i) => i), 'the count went on from where it was: no gap, no repeat')
+})
+
+// Every description of a tree is opened by the root's stub as the root task (its fsuid,
+// fsgid, groups and capabilities), which the owner checks hold to the tree's owner: a user who
+// points a description only a child holds at a file they may not read gets a refusal.
+t.test('a user\'s tree: a child\'s file edited to /etc/shadow by the user is refused, as the user may not open it', async (t) => {
+  const user = attacker()
+  const dir = workdir(t, 'ckptfs-treerestore-user-')
+  fs.chmodSync(dir, 0o755)
+  const mine = path.join(dir, 'mine')
+  fs.writeFileSync(mine, 'the user\'s own file\n')
+  fs.chownSync(mine, user.uid, user.gid)
+  // The log the tree inherits is the user's too, so it is one the user may open again.
+  fs.writeFileSync(path.join(dir, 'out'), '')
+  fs.chownSync(path.join(dir, 'out'), user.uid, user.gid)
+  const launched = await launch(t, [sleeper, 'subreaper', ...asUser(user, ['sh', '-c', `sleep 1000 3<"${mine}" & echo "child=$!"; wait`])], { dir, ready: (tg) => /^child=\d+$/m.test(tg.text()) })
+  const shell = childrenOf(launched.pid)[0]
+  const child = Number(/^child=(\d+)$/m.exec(launched.text())![1])
+  t.teardown(() => {
+    for (const pid of [child, shell]) if (['sleep', 'dash', 'bash'].includes(path.basename(exeOf(pid) ?? ''))) process.kill(pid, 'SIGKILL')
+  })
+  const ck = ckptfsOk('checkpoint', String(shell), '--mount', mnt)
+  const given = path.join(dir, 'given')
+  execFileSync('cp', ['-a', ck, given])
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, given])
+  fs.writeFileSync(path.join(ck, 'done'), 'kill\n')
+  await waitUntil('the original tree to be gone', () => !exists(shell) && !exists(child), 15_000)
+  const objref = fs.readFileSync(path.join(given, `task-${child}`, 'fds', '3', 'fd'), 'utf8').trim()
+  const shellRefs = fs.readdirSync(path.join(given, `task-${shell}`, 'fds')).map((fd) => fs.readFileSync(path.join(given, `task-${shell}`, 'fds', fd, 'fd'), 'utf8').trim())
+  t.notOk(shellRefs.includes(objref), `files/${objref} (the child's fd 3) is held by the child alone`)
+  shAs(user, `chmod -R u+w '${given}' && echo /etc/shadow > '${given}/files/${objref}/path' && ${cliShellWords} seal '${given}' >/dev/null`)
+  const r = ckptfs('restore', given, '--no-mount')
+  t.equal(r.status, 1, 'the restore is refused')
+  t.match(r.stderr, new RegExp(`files/${objref}: open /etc/shadow: Permission denied`), `naming the description and the refusal: ${r.stderr.trim()}`)
+  for (const pid of [shell, child]) t.notOk(exists(pid), `nothing holds PID ${pid}`)
+})
