@@ -14,7 +14,8 @@ import { framePlan, type FileAccess } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
-import { verifyPages } from './verify'
+import { PageCheck } from './verify'
+import { hugePageCalls } from './hugepages'
 import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
 import { resumeRegisters } from './restart'
@@ -259,6 +260,8 @@ class Layout {
 export interface Call extends InjectedCall {
   /** What the call does, for the error message. */
   what: string
+  /** A failure is not an error (an optimisation the kernel may refuse): its result is returned as is. */
+  mayFail?: boolean
 }
 
 /** Runs calls in the task through the restorer's own syscall page and scratch area; any failure names its call. */
@@ -274,7 +277,7 @@ async function injectReading(tid: number, layout: Layout, calls: Call[], scratch
   if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
   const done = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
   done.results.forEach((r, i) => {
-    if (r < 0n && r > -4096n) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
+    if (r < 0n && r > -4096n && !calls[i].mayFail) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
   })
   return done
 }
@@ -421,11 +424,19 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     }
   }
   timer.mark('mappings')
+  // Whole stored 2 MiB blocks of anonymous memory become huge pages first (hugepages.ts).
+  const huge = hugePageCalls(eager, proc)
+  await inject(pid, layout, huge.touch)
+  timer.mark('huge page blocks touched')
+  await inject(pid, layout, huge.collapse)
+  timer.mark('huge pages')
   await inject(pid, layout, populate)
   timer.mark('populate')
-  await writePages(pid, eager, layout)
+  // Each piece is checked as soon as the task has read it in, while it reads the next.
+  const check = new PageCheck(pid, eager)
+  await writePages(pid, eager, layout, check)
   timer.mark('pages')
-  await verifyPages(pid, eager)
+  await check.finish(eager)
   timer.mark('pages checked')
   if (lazily.length > 0) {
     const { done: fill } = await startLazy(pid, layout, lazily, options.prefetch)
@@ -550,6 +561,9 @@ interface PageRead {
   at: number
   length: number
   what: string
+  /** Its mapping, and the offset in the mapping's stored pages where the read ends. */
+  v: Vma
+  dataEnd: number
 }
 
 /**
@@ -566,7 +580,7 @@ const COPY_PIECE = 32 << 20
  * read by the task itself with pread64 straight into their place: one copy, from the page
  * cache, in a handful of injected calls. Others go through us with process_vm_writev.
  */
-async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<void> {
+async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageCheck): Promise<void> {
   const reads = new Map<string, PageRead[]>()
   const copies: Array<{ v: Vma; addr: bigint; offset: number; length: number }> = []
   for (const v of vmas) {
@@ -577,13 +591,15 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
       let addr = v.start + run.offset
       if (!v.pages.extents) copies.push({ v, addr, offset: sourceOffset, length })
       else {
+        let dataAt = sourceOffset
         for (const extent of await v.pages.extents(sourceOffset, length)) {
           const list = reads.get(extent.file) ?? reads.set(extent.file, []).get(extent.file)!
           for (let done = 0; done < extent.length; done += READ_PIECE) {
             const n = Math.min(READ_PIECE, extent.length - done)
-            list.push({ addr: addr + BigInt(done), at: extent.at + done, length: n, what: `read the pages of ${vmaName(v)} from ${extent.file}` })
+            list.push({ addr: addr + BigInt(done), at: extent.at + done, length: n, what: `read the pages of ${vmaName(v)} from ${extent.file}`, v, dataEnd: dataAt + done + n })
           }
           addr += BigInt(extent.length)
+          dataAt += extent.length
         }
         if (addr !== v.start + run.offset + run.length) throw new CkptError(`restore: ${vmaName(v)}: the page data is shorter than its stored runs`)
       }
@@ -596,10 +612,18 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
     const [fd] = await inject(pid, layout, [{
       nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
     }], scratch.buffer())
-    const results = await inject(pid, layout, list.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
-    results.forEach((n, i) => {
-      if (n !== BigInt(list[i].length)) throw new CkptError(`restore: ${list[i].what}: ${n} of ${list[i].length} bytes at byte ${list[i].at} (did the file change?)`)
-    })
+    // One injected batch per READ_PIECE bytes: the batches already in are checked meanwhile (PageCheck).
+    for (let first = 0; first < list.length;) {
+      let last = first, bytes = 0
+      while (last < list.length && (last === first || bytes + list[last].length <= READ_PIECE)) bytes += list[last++].length
+      const batch = list.slice(first, last)
+      const results = await inject(pid, layout, batch.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
+      batch.forEach((r, i) => {
+        if (results[i] !== BigInt(r.length)) throw new CkptError(`restore: ${r.what}: ${results[i]} of ${r.length} bytes at byte ${r.at} (did the file change?)`)
+        check.written(r.v, r.dataEnd)
+      })
+      first = last
+    }
     await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: `close ${file}` }])
   }
 
@@ -609,6 +633,7 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
       const n = Math.min(buffer.length, length - done)
       if (await v.pages.readInto(offset + done, n, buffer, 0) !== n) throw new CkptError(`restore: ${vmaName(v)}: page data ended early`)
       await native.writeMemory(pid, addr + BigInt(done), buffer.subarray(0, n))
+      check.written(v, offset + done + n)
     }
   }
 }
