@@ -99,6 +99,8 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   })
   timer.mark('stub and file table')
   let fill: Promise<LazyOutcome> | undefined
+  // A lazy fill's background work waits until the task runs (or the restore failed).
+  const lazyHold = { release: () => undefined as void }
   try {
     // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
     const layout = new Layout(vmas, mappedRanges(pid))
@@ -108,18 +110,20 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
     timer.mark('threads created')
     await restoreThpDisable(pid, proc, layout)
-    await restoreMemory(pid, vmas, proc, layout, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) })
+    await restoreMemory(pid, vmas, proc, layout, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) }, lazyHold)
     await restoreProcessState(pid, proc, layout)
     await restoreLocks(pid, saved, layout)
     timer.mark('process state')
     await restoreThreads(pid, proc, threads, layout)
     timer.mark('threads')
     await native.thaw(pid, false)
+    lazyHold.release()
     timer.mark('thaw')
     timer.report(`of ${pid}`)
     return pid
   } catch (err) {
     await native.thaw(pid, true).catch(() => undefined)
+    lazyHold.release() // the fill then finds the task gone and ends
     // A lazy fill that found a damaged page kills the process itself: its reason is the one.
     const filled = fill && await fill.then(() => undefined, (e: unknown) => e)
     if (filled) throw filled
@@ -355,7 +359,7 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
+async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions, lazyHold: { release: () => void }): Promise<void> {
   // AIO rings are made by io_setup, not mapped: the last step.
   const vmas = allVmas.filter((v) => v.kind !== 'aio')
   // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
@@ -439,7 +443,8 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   await check.finish(eager)
   timer.mark('pages checked')
   if (lazily.length > 0) {
-    const { done: fill } = await startLazy(pid, layout, lazily, options.prefetch)
+    const { done: fill, release } = await startLazy(pid, layout, lazily, options.prefetch)
+    lazyHold.release = release
     fill.catch(() => undefined) // a restore that fails later kills the process: the fill then ends
     options.lazy!(fill)
     timer.mark('lazy fill started')
@@ -475,7 +480,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
  * are handled too, the restorer is privileged), takes it over with pidfd_getfd and closes the
  * task's copy, then starts the fill on it.
  */
-async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome> }> {
+async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
   const [fd] = await inject(pid, layout, [{ nr: SYS.userfaultfd, args: [BigInt(O_CLOEXEC | O_NONBLOCK)], what: 'userfaultfd for the lazy fill' }])
   let ours: number
   try {
