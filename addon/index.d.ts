@@ -155,9 +155,11 @@ export interface Addon {
    * u64 address, u64 length, then sources i64 fd, u64 offset, u64 length), in `order` (u32
    * piece indices) for the background. Settles when every stored page is in, or with
    * `failure` once a piece could not be read or checked (the task and its descendants are
-   * killed first).
+   * killed first). `hold` (-1: none; else an fd the caller keeps open until the fill settles,
+   * e.g. eventFd()): faults are served at once, but the background fill waits until `hold`
+   * is readable, so it does not compete with the rest of the restore before the task runs.
    */
-  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer): Promise<LazyFillResult>
+  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer, hold: number): Promise<LazyFillResult>
   /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the
@@ -204,6 +206,8 @@ export interface Addon {
   peekPipe(pid: number, fd: number): Promise<Buffer>
   /** close(2) of an fd of this process. */
   close(fd: number): void
+  /** eventfd(0, EFD_CLOEXEC): lazyFill's hold (an 8-byte write lets the fill go on). Caller closes it. */
+  eventFd(): number
 
   // ---- restore (tracer thread) ----
   /**

@@ -294,15 +294,16 @@ async function memoryRestores(rep: Report, opts: Options, memtarget: string, flo
  * pages the previous restore freed and leave the restore colder ones. The restored task must
  * run with `pid`; `check` looks at it, then it is killed by PID and waited for.
  */
-export async function pairedWithFloor(way: RestoreWay, pid: number, check: (pid: number) => void, floorBin: string, len: number): Promise<{ seconds: number; paired: number; reapSeconds: number; note?: string }> {
-  warmPages(floorBin, 2 * len + 256 * MiB)
-  const pass = await floorPass(floorBin, len)
+export async function pairedWithFloor(way: RestoreWay, pid: number, check: (pid: number) => void, floorBin: string, len: number, withFloor = true): Promise<{ seconds: number; paired: number; reapSeconds: number; note?: string }> {
+  // Without the floor (too big to hold twice next to the saved copies): paired is NaN.
+  if (withFloor) warmPages(floorBin, 2 * len + 256 * MiB)
+  const pass = withFloor ? await floorPass(floorBin, len) : { seconds: NaN, release: () => undefined }
   let restored = 0
   const forget = onCleanup(`kill restored ${pid}`, () => {
     if (restored > 0 && processState(restored) !== undefined) process.kill(restored, 'SIGKILL')
   })
   try {
-    warmPages(floorBin, 2 * len + 256 * MiB)
+    if (withFloor) warmPages(floorBin, 2 * len + 256 * MiB)
     log(`restore: ${way.label}`)
     const r = await way.run()
     restored = r.pid

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -168,6 +169,16 @@ napi_value js_get_fd(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return make_i32(env, r);
+}
+
+napi_value js_event_fd(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, errno, "eventfd");
+    return NULL;
+  }
+  return make_i32(env, fd);
 }
 
 napi_value js_close(napi_env env, napi_callback_info info) {

@@ -88,6 +88,7 @@ napi_value js_kcmp_epoll_target(napi_env env, napi_callback_info info);
 napi_value js_get_fd(napi_env env, napi_callback_info info);
 napi_value js_peek_pipe(napi_env env, napi_callback_info info);
 napi_value js_close(napi_env env, napi_callback_info info);
+napi_value js_event_fd(napi_env env, napi_callback_info info);
 napi_value js_spawn_restorer(napi_env env, napi_callback_info info);
 napi_value js_spawn_tree(napi_env env, napi_callback_info info);
 napi_value js_seize_thread(napi_env env, napi_callback_info info);

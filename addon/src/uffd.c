@@ -2,14 +2,16 @@
 // filled on first touch through userfaultfd, from the saved files, by a thread of our own
 // (never the tracer thread, never the JS thread), and everything else in the background.
 //
-// lazyFill(uffd, pid, ranges, pieces, order) registers `ranges` (MISSING mode) on `uffd` (a
+// lazyFill(uffd, pid, ranges, pieces, order, hold) registers `ranges` (MISSING mode) on `uffd` (a
 // userfaultfd the task made, taken with pidfd_getfd: its ioctls act on the task's mm) and
 // returns a promise that settles when every stored page is in (or the fill failed). The
 // bytes come in pieces: each is the unit the saved copy recorded one CRC32C for (1 MiB of a
 // mapping's stored pages): where it lies (fd, offset, length: one or more file extents) and
 // where it goes (task addresses). A piece is read whole and checked before any byte of it is
 // copied in (UFFDIO_COPY), so the task never sees an unchecked byte. Pages of a registered
-// range with no stored data get UFFDIO_ZEROPAGE.
+// range with no stored data get UFFDIO_ZEROPAGE. Faults are served from the start; the
+// background fill waits until the fd `hold` is readable (the caller's signal that the task
+// runs: until then the fill would only slow the rest of the restore down), when hold >= 0.
 //
 // What the task does meanwhile is followed through the non-cooperative events:
 //   REMOVE (madvise DONTNEED/REMOVE) and UNMAP: those pages are never filled any more
@@ -92,6 +94,7 @@ typedef struct {
   char failure[240];
   int root_uffd;          // the restored process's own uffd (the others are its children's)
   int root_ended;         // it ended (or was killed) before its last page was in
+  int hold;               // >= 0: no background work until this fd is readable (the caller's)
   napi_threadsafe_function tsfn;
   uint8_t *blob[3];       // the argument buffers, copied
 } lazy_t;
@@ -463,9 +466,33 @@ static int background_step(lazy_t *l, size_t *which) {
   return 0;
 }
 
+// Until the caller lets go (hold readable), only faults and events are answered.
+static int serve_held(lazy_t *l) {
+  struct pollfd pfd[MAX_SPACES + 1];
+  for (size_t i = 0; i < l->nspaces; i++) pfd[i] = (struct pollfd){.fd = l->spaces[i].uffd, .events = POLLIN};
+  pfd[l->nspaces] = (struct pollfd){.fd = l->hold, .events = POLLIN};
+  int n = poll(pfd, l->nspaces + 1, -1);
+  if (n < 0 && errno != EINTR) {
+    fail(l, NO_PIECE, "poll: %s", strerror(errno));
+    return -EIO;
+  }
+  if (n > 0 && pfd[l->nspaces].revents) l->hold = -1;
+  for (size_t i = l->nspaces; i-- > 0;) {
+    if (n <= 0 || !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+    int r = read_messages(l, i);
+    if (r == -EIO) return r;
+    if (r == -ESRCH) drop_space(l, i);
+  }
+  return 0;
+}
+
 static void serve(lazy_t *l) {
   for (;;) {
     if (l->failure[0] || l->nspaces == 0) return;
+    if (l->hold >= 0) {
+      if (serve_held(l) == -EIO) return;
+      continue;
+    }
     size_t which = 0;
     int work = background_step(l, &which);
     struct pollfd pfd[MAX_SPACES];
@@ -630,9 +657,11 @@ static int parse_pieces(lazy_t *l, const uint8_t *p, size_t len) {
 }
 
 napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  int32_t uffd, pid;
-  if (!arg_count(env, info, 5, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid)) return NULL;
+  napi_value argv[6];
+  int32_t uffd, pid, hold;
+  if (!arg_count(env, info, 6, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid) ||
+      !get_i32(env, argv[5], "hold", &hold))
+    return NULL;
   // From here the uffd is ours: closed on every failure, and when the fill ends.
   lazy_t *l = calloc(1, sizeof *l);
   if (!l) {
@@ -644,6 +673,7 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->task.destroy = lazy_destroy;
   l->task.settle = lazy_settle;
   l->pid = pid;
+  l->hold = hold < 0 ? -1 : hold;
   l->buf_piece = NO_PIECE;
   size_t rlen, plen, olen;
   if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||

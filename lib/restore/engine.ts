@@ -14,7 +14,8 @@ import { framePlan, type FileAccess } from './fdplan'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
-import { verifyPages } from './verify'
+import { PageCheck } from './verify'
+import { hugePageCalls } from './hugepages'
 import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
 import { fillContents } from './contents'
 import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
@@ -105,15 +106,19 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
   })
   timer.mark('stub and file table')
   let fill: Promise<LazyOutcome> | undefined
+  // A lazy fill's background work waits until the task runs (or the restore failed).
+  const lazyHold = { release: () => undefined as void }
   try {
     await fillContents(records.flatMap((r) => (r.fill ? [r.fill] : [])), [{ pid, fds: saved.fileTable.fds }])
-    await rebuildSpawned(saved, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) })
+    await rebuildSpawned(saved, timer, access, { ...options, lazy: options.lazy && ((f) => { fill = f; options.lazy!(f) }) }, lazyHold)
     await native.thaw(pid, false)
+    lazyHold.release()
     timer.mark('thaw')
     timer.report(`of ${pid}`)
     return pid
   } catch (err) {
     await native.thaw(pid, true).catch(() => undefined)
+    lazyHold.release() // the fill then finds the task gone and ends
     // A lazy fill that found a damaged page kills the process itself: its reason is the one.
     const filled = fill && await fill.then(() => undefined, (e: unknown) => e)
     if (filled) throw filled
@@ -137,7 +142,7 @@ export function fileAccess(saved: SavedCheckpoint, options: RestoreOptions): Fil
  * saved task: threads, memory, process state, locks, thread state and registers. It is left
  * stopped: the caller releases it (thaw), or kills it on failure.
  */
-export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
+export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, access: FileAccess, options: RestoreOptions, lazyHold = { release: (): void => undefined }): Promise<void> {
   const { process: proc, threads, vmas } = saved
   const pid = proc.pid
   // The stub's heap lands anywhere in the GiB above its binary: the holes avoid it too.
@@ -148,7 +153,7 @@ export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, 
   for (const thread of threads.slice(1)) await createThread(pid, thread.tid, layout)
   timer.mark('threads created')
   await restoreThpDisable(pid, proc, layout)
-  await restoreMemory(pid, vmas, proc, layout, timer, access, options)
+  await restoreMemory(pid, vmas, proc, layout, timer, access, options, lazyHold)
   await restoreProcessState(pid, proc, layout)
   await restoreLocks(pid, saved, layout)
   timer.mark('process state')
@@ -289,6 +294,8 @@ class Layout {
 export interface Call extends InjectedCall {
   /** What the call does, for the error message. */
   what: string
+  /** A failure is not an error (an optimisation the kernel may refuse): its result is returned as is. */
+  mayFail?: boolean
 }
 
 /** Runs calls in the task through the restorer's own syscall page and scratch area; any failure names its call. */
@@ -304,7 +311,7 @@ async function injectReading(tid: number, layout: Layout, calls: Call[], scratch
   if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
   const done = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
   done.results.forEach((r, i) => {
-    if (r < 0n && r > -4096n) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
+    if (r < 0n && r > -4096n && !calls[i].mayFail) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
   })
   return done
 }
@@ -382,7 +389,7 @@ async function mapCodePage(pid: number, layout: Layout): Promise<void> {
   await native.writeMemory(pid, layout.codeAddr, Buffer.from([0x0f, 0x05, 0xeb, 0xfe]))
 }
 
-async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions): Promise<void> {
+async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, layout: Layout, timer: PhaseTimer, access: FileAccess, options: RestoreOptions, lazyHold: { release: () => void }): Promise<void> {
   // AIO rings are made by io_setup, not mapped: the last step.
   const vmas = allVmas.filter((v) => v.kind !== 'aio')
   // Memory another process of the tree holds already: mapped from there, its pages are in.
@@ -457,14 +464,23 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     }
   }
   timer.mark('mappings')
+  // Whole stored 2 MiB blocks of anonymous memory become huge pages first (hugepages.ts).
+  const huge = hugePageCalls(eager, proc)
+  await inject(pid, layout, huge.touch)
+  timer.mark('huge page blocks touched')
+  await inject(pid, layout, huge.collapse)
+  timer.mark('huge pages')
   await inject(pid, layout, populate)
   timer.mark('populate')
-  await writePages(pid, eager, layout)
+  // Each piece is checked as soon as the task has read it in, while it reads the next.
+  const check = new PageCheck(pid, eager)
+  await writePages(pid, eager, layout, check)
   timer.mark('pages')
-  await verifyPages(pid, eager)
+  await check.finish(eager)
   timer.mark('pages checked')
   if (lazily.length > 0) {
-    const { done: fill } = await startLazy(pid, layout, lazily, options.prefetch)
+    const { done: fill, release } = await startLazy(pid, layout, lazily, options.prefetch)
+    lazyHold.release = release
     fill.catch(() => undefined) // a restore that fails later kills the process: the fill then ends
     options.lazy!(fill)
     timer.mark('lazy fill started')
@@ -500,7 +516,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
  * are handled too, the restorer is privileged), takes it over with pidfd_getfd and closes the
  * task's copy, then starts the fill on it.
  */
-async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome> }> {
+async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
   const [fd] = await inject(pid, layout, [{ nr: SYS.userfaultfd, args: [BigInt(O_CLOEXEC | O_NONBLOCK)], what: 'userfaultfd for the lazy fill' }])
   let ours: number
   try {
@@ -607,6 +623,9 @@ interface PageRead {
   at: number
   length: number
   what: string
+  /** Its mapping, and the offset in the mapping's stored pages where the read ends. */
+  v: Vma
+  dataEnd: number
 }
 
 /**
@@ -623,7 +642,7 @@ const COPY_PIECE = 32 << 20
  * read by the task itself with pread64 straight into their place: one copy, from the page
  * cache, in a handful of injected calls. Others go through us with process_vm_writev.
  */
-async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<void> {
+async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageCheck): Promise<void> {
   const reads = new Map<string, PageRead[]>()
   const copies: Array<{ v: Vma; addr: bigint; offset: number; length: number }> = []
   for (const v of vmas) {
@@ -634,13 +653,15 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
       let addr = v.start + run.offset
       if (!v.pages.extents) copies.push({ v, addr, offset: sourceOffset, length })
       else {
+        let dataAt = sourceOffset
         for (const extent of await v.pages.extents(sourceOffset, length)) {
           const list = reads.get(extent.file) ?? reads.set(extent.file, []).get(extent.file)!
           for (let done = 0; done < extent.length; done += READ_PIECE) {
             const n = Math.min(READ_PIECE, extent.length - done)
-            list.push({ addr: addr + BigInt(done), at: extent.at + done, length: n, what: `read the pages of ${vmaName(v)} from ${extent.file}` })
+            list.push({ addr: addr + BigInt(done), at: extent.at + done, length: n, what: `read the pages of ${vmaName(v)} from ${extent.file}`, v, dataEnd: dataAt + done + n })
           }
           addr += BigInt(extent.length)
+          dataAt += extent.length
         }
         if (addr !== v.start + run.offset + run.length) throw new CkptError(`restore: ${vmaName(v)}: the page data is shorter than its stored runs`)
       }
@@ -653,10 +674,18 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
     const [fd] = await inject(pid, layout, [{
       nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
     }], scratch.buffer())
-    const results = await inject(pid, layout, list.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
-    results.forEach((n, i) => {
-      if (n !== BigInt(list[i].length)) throw new CkptError(`restore: ${list[i].what}: ${n} of ${list[i].length} bytes at byte ${list[i].at} (did the file change?)`)
-    })
+    // One injected batch per READ_PIECE bytes: the batches already in are checked meanwhile (PageCheck).
+    for (let first = 0; first < list.length;) {
+      let last = first, bytes = 0
+      while (last < list.length && (last === first || bytes + list[last].length <= READ_PIECE)) bytes += list[last++].length
+      const batch = list.slice(first, last)
+      const results = await inject(pid, layout, batch.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
+      batch.forEach((r, i) => {
+        if (results[i] !== BigInt(r.length)) throw new CkptError(`restore: ${r.what}: ${results[i]} of ${r.length} bytes at byte ${r.at} (did the file change?)`)
+        check.written(r.v, r.dataEnd)
+      })
+      first = last
+    }
     await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: `close ${file}` }])
   }
 
@@ -666,6 +695,7 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout): Promise<voi
       const n = Math.min(buffer.length, length - done)
       if (await v.pages.readInto(offset + done, n, buffer, 0) !== n) throw new CkptError(`restore: ${vmaName(v)}: page data ended early`)
       await native.writeMemory(pid, addr + BigInt(done), buffer.subarray(0, n))
+      check.written(v, offset + done + n)
     }
   }
 }

@@ -6,7 +6,6 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
 import { DiskDir, type StoredDir } from '../files/saved'
-import { readImage } from '../image/decode'
 import { PhaseTimer } from '../trace'
 import type { RestoreOptions } from './engine'
 import { loadSaved } from './load'
@@ -41,6 +40,7 @@ export async function restorePath(p: string, options: RestoreOptions = {}, store
     timer.mark('load and validate')
     return restoreCheckpoint(saved, timer, options)
   }
+  const { readImage } = await import('../image/decode')
   const saved = await readImage(p)
   await validateCheckpoint(saved)
   checkTreeCredentials(saved, trust, `${p}: `)

@@ -69,9 +69,11 @@ async function piecesOf(vmas: Vma[]): Promise<Piece[]> {
  * Registers the lazy mappings on `uffd` (ours, taken from the task; the fill owns it from
  * now on) and starts filling them. Returns once they are registered; `done` settles when
  * the last page is in, or rejects (the process already killed) naming the mapping and
- * the file when a piece could not be read or did not match its checksum.
+ * the file when a piece could not be read or did not match its checksum. Faults are served
+ * at once; the background fill waits for `release()` (the caller's: once the task runs, or
+ * once the restore failed), so it does not slow down the steps before the task runs.
  */
-export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firstTouched: Array<{ start: bigint; at: number }> = []): Promise<{ done: Promise<LazyOutcome> }> {
+export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firstTouched: Array<{ start: bigint; at: number }> = []): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
   let pieces: Piece[]
   const fds = new Map<string, number>()
   try {
@@ -86,8 +88,25 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     for (const fd of fds.values()) fs.closeSync(fd)
     throw err
   }
+  let hold: number
+  try {
+    hold = native.eventFd()
+  } catch (err) {
+    native.close(uffd)
+    for (const fd of fds.values()) fs.closeSync(fd)
+    throw err
+  }
+  let held = true
+  const release = () => {
+    if (!held) return
+    held = false
+    const one = Buffer.alloc(8)
+    one.writeBigUInt64LE(1n)
+    fs.writeSync(hold, one)
+  }
   const closeFiles = () => {
     for (const fd of fds.values()) fs.closeSync(fd)
+    native.close(hold) // the fill has ended: nobody polls it any more
   }
   const ranges = Buffer.alloc(16 * vmas.length)
   vmas.forEach((v, i) => {
@@ -126,7 +145,7 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
   for (let i = 0; i < pieces.length; i++) if (!placed.has(i)) n = order.writeUInt32LE(i, n)
   let fill: Promise<LazyFillResult>
   try {
-    fill = native.lazyFill(uffd, pid, ranges, blob, order)
+    fill = native.lazyFill(uffd, pid, ranges, blob, order, hold)
     // Registration happens in the call: a refusal has rejected the promise before the next
     // turn of the event loop. Nothing may run on before the ranges are registered.
     await Promise.race([fill, new Promise((resolve) => setImmediate(resolve))])
@@ -155,7 +174,7 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     closeFiles()
     throw new CkptError(`restore of ${pid}: lazy fill: ${(err as Error).message}`)
   })
-  return { done }
+  return { done, release }
 }
 
 // ---- the record of first touches (kept with a saved tree, for the next lazy restore) ----

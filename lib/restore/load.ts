@@ -7,7 +7,6 @@ import { CkptError } from '../errors'
 import { loadFileTable, loadTaskFds } from '../fdtable'
 import { loadBootId } from '../boot'
 import type { StoredDir } from '../files/saved'
-import { readImage } from '../image/decode'
 import { SavedDir } from '../files/saved'
 import type { FileTable, Pid, ProcessState, ThreadState, Vma, ZombieTask } from '../model'
 import { loadTask } from '../task/load'
@@ -45,7 +44,8 @@ export async function parseSaved(root: StoredDir, name: string): Promise<SavedCh
   }
   if (taskDirs.length > 1) return parseSavedTree(root, name, taskDirs)
   const image = imageFileIn([...listing.keys()], name)
-  if (image !== undefined) return readImage(root.diskPath(image))
+  // The image decoder (protobufjs) is loaded only for an image: it is most of a tree restore's module loading.
+  if (image !== undefined) return (await import('../image/decode')).readImage(root.diskPath(image))
   throw new CkptError(`${name}: neither a task-PID directory nor an image file: not a saved checkpoint`, 'EINVAL')
 }
 
