@@ -6,12 +6,14 @@
 // listening socket accepting a new client. Sockets whose peer is outside the checkpoint are
 // refused by name; a socket path an unprivileged user swapped for something else is refused.
 
+import { execFileSync, spawn, type ChildProcess } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
-import { ckptfs, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, restoreOk, runChecks, waitUntil, workdir, type Target } from './lib/restore'
+import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, listTree, reseal, restoreOk, runChecks, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
+import { attacker, launchAs, shAs, spawnAs } from './lib/unprivileged'
 
 const bin = buildTarget('restore_unixsock')
 const mnt = mountFor(t)
@@ -61,5 +63,147 @@ t.test('every kind of UNIX socket comes back with its queues, from the tree and 
   const fromImage = ckptfs('restore', `${saved}.image`, '--mount', mnt)
   t.equal(fromImage.status, 0, `restored from the image alone (${fromImage.stderr.trim()})`)
   if (fromImage.status === 0) await expectChecks(t, target, since2)
+  await killRestored(target.pid)
+})
+
+/** A python3 program of ours serving on a UNIX socket at `where`; says "serving" once the fixture may connect. */
+function outsideServer(t: Tap.Test, type: 'stream' | 'dgram', where: string): ChildProcess {
+  const script = type === 'stream'
+    ? 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint("serving", flush=True)\nc, _ = s.accept()\nprint("accepted", flush=True)\ntime.sleep(600)'
+    : 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("serving", flush=True)\ntime.sleep(600)'
+  const server = spawn('python3', ['-c', script, where], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    server.kill('SIGKILL')
+  })
+  return server
+}
+
+const said = (child: ChildProcess, word: string): Promise<void> => new Promise((resolve) => {
+  let out = ''
+  child.stdout!.on('data', (chunk: Buffer) => {
+    out += chunk.toString()
+    if (out.includes(word)) resolve()
+  })
+})
+
+for (const type of ['stream', 'dgram'] as const) {
+  t.test(`a ${type} socket connected to a process outside the checkpoint is refused, naming it and its peer`, async (t) => {
+    const dir = workdir(t)
+    const where = path.join(dir, 'outside.sock')
+    const server = outsideServer(t, type, where)
+    const serving = said(server, 'serving')
+    const accepted = said(server, type === 'stream' ? 'accepted' : 'serving')
+    await serving
+    const target = await launch(t, [bin, dir, type, where], { dir })
+    await accepted
+    const reason = new RegExp(`socket: UNIX ${type} socket fd 3 \\(inode \\d+\\) is connected to UNIX ${type} socket \\(inode \\d+, ${where}\\), outside the checkpoint, held by python3 \\(PID ${server.pid}, fd \\d+\\); its peer cannot be restored with it`)
+
+    const check = ckptfs('check', String(target.pid))
+    t.match(check.stdout, reason, '`ckptfs check` says why')
+
+    const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+    const saved = path.join(dir, 'saved')
+    execFileSync('cp', ['-a', checkpoint, saved])
+    const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+    const files = path.join(saved, 'files', ref)
+    t.match(fs.readFileSync(path.join(files, 'checkpointable'), 'utf8'), reason, 'files/N/checkpointable says why')
+    t.equal(fs.readFileSync(path.join(files, 'peer_address'), 'utf8'), `${where}\n`, 'the tree shows the peer\'s name')
+    t.equal(fs.readFileSync(path.join(files, 'peer'), 'utf8'), '\n', 'and no peer OBJREF: it is not in the checkpoint')
+    fs.writeFileSync(path.join(checkpoint, 'done'), 'kill!\n')
+    await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
+
+    const before = listTree(dir)
+    const r = ckptfs('restore', saved, '--mount', mnt)
+    t.equal(r.status, 1, 'the restore is refused')
+    t.match(r.stderr, new RegExp(`^ckptfs restore: files/${ref}: ${reason.source}\\n$`), 'naming the socket and its peer')
+    t.notOk(exists(target.pid), 'no process is left')
+    t.same(listTree(dir), before, 'nothing new in its directory')
+  })
+}
+
+t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const objrefOf = (fd: number) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim()
+  const s3 = objrefOf(3), s4 = objrefOf(4), d6 = objrefOf(6), l11 = objrefOf(11)
+  const write = (ref: string, name: string, data: string | Buffer) => (tree: string) => fs.writeFileSync(path.join(tree, 'files', ref, name), data)
+  const tries: Array<[string, (tree: string) => void, RegExp]> = [
+    // fd 3's description comes first (the lowest OBJREF): the validator names it, not its old peer.
+    ['a peer that is not connected back', write(s3, 'peer', `${objrefOf(12)}\n`), new RegExp(`files/${s3}/peer: files/${objrefOf(12)} is not connected back to this socket`)],
+    ['a peer that is not a socket', write(s3, 'peer', `${objrefOf(0)}\n`), new RegExp(`files/${s3}/peer: files/${objrefOf(0)} is not a UNIX socket of the checkpoint`)],
+    ['a datagram queue cut short', write(d6, 'queue', Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0x41])), new RegExp(`files/${d6}/queue: message 0: 9 bytes announced at byte 0, 1 left`)],
+    ['a listening socket with a queue', write(l11, 'queue', 'data'), new RegExp(`files/${l11}/queue: a listening socket has no queue`)],
+    ['a relative name to bind', write(l11, 'local_address', 'listen.sock\n'), new RegExp(`files/${l11}/local_address: listen.sock is relative`)],
+  ]
+  for (const [what, edit, expected] of tries) {
+    const edited = path.join(dir, 'edited')
+    execFileSync('cp', ['-a', saved, edited])
+    edit(edited)
+    reseal(edited)
+    const r = ckptfs('restore', edited, '--mount', mnt)
+    t.equal(r.status, 1, `${what}: refused`)
+    t.match(r.stderr, expected, `${what}: names the file and the problem`)
+    t.notOk(exists(target.pid), `${what}: no process left`)
+    fs.rmSync(edited, { recursive: true })
+  }
+  // A damaged queue (not resealed) is refused by its checksum.
+  const damaged = path.join(dir, 'damaged')
+  execFileSync('cp', ['-a', saved, damaged])
+  const queue = path.join(damaged, 'files', s4, 'queue')
+  const bytes = fs.readFileSync(queue)
+  bytes[100] ^= 1
+  fs.writeFileSync(queue, bytes)
+  const r = ckptfs('restore', damaged, '--mount', mnt)
+  t.equal(r.status, 1, 'a flipped bit in a queue: refused')
+  t.match(r.stderr, new RegExp(`files/${s4}/queue`), 'naming the queue')
+  t.notOk(exists(target.pid), 'no process left')
+})
+
+t.test("a user's socket path is created with the task's credentials; one the user swapped for something else is refused", async (t) => {
+  const user = attacker()
+  const { target, dir } = await launchAs(t, user, bin)
+  // The saved tree is root's, outside the user's reach; only the user's own directory is theirs to change.
+  const saved = path.join(workdir(t), 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const sock = path.join(dir, 'listen.sock')
+  t.ok(fs.lstatSync(sock).isSocket(), 'the dead process left its socket file behind')
+
+  const refusedWith = (what: string, expected: RegExp) => {
+    const r = ckptfs('restore', saved, '--mount', mnt)
+    t.equal(r.status, 1, `${what}: refused`)
+    t.match(r.stderr, expected, `${what}: names the path and what it is now`)
+    t.notOk(exists(target.pid), `${what}: no process left`)
+  }
+  const quoted = sock.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')
+
+  // As the user: the path becomes a symbolic link to a file of root's, then a file of the user's own.
+  shAs(user, `rm ${sock} && ln -s /etc/passwd ${sock}`)
+  refusedWith('a symbolic link', new RegExp(`socket path ${quoted} is now a symbolic link: refused`))
+  t.equal(fs.readlinkSync(sock), '/etc/passwd', 'the link is left as it was')
+  t.ok(fs.statSync('/etc/passwd').isFile(), 'and /etc/passwd too')
+  shAs(user, `rm ${sock} && echo mine > ${sock}`)
+  refusedWith('a regular file', new RegExp(`socket path ${quoted} is now a regular file: refused`))
+  t.equal(fs.readFileSync(sock, 'utf8'), 'mine\n', 'the file is left as it was')
+
+  // A live socket of the user's at the path: never unlinked.
+  shAs(user, `rm ${sock}`)
+  const squatter = spawnAs(user, ['python3', '-c', 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint("bound", flush=True)\ntime.sleep(600)', sock])
+  t.teardown(() => {
+    squatter.kill('SIGKILL')
+  })
+  await said(squatter, 'bound')
+  refusedWith('a socket in use', new RegExp(`socket path ${quoted} is in use by another socket: refused`))
+  t.ok(fs.lstatSync(sock).isSocket(), 'its file is left in place')
+  squatter.kill('SIGKILL')
+  await new Promise((resolve) => squatter.once('exit', resolve))
+  shAs(user, `rm ${sock}`)
+
+  const since = target.text().length
+  restoreOk(mnt, saved, target.pid)
+  const st = fs.statSync(sock)
+  t.same({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 }, { uid: user.uid, gid: user.gid, mode: 0o640 }, "the socket file is the task's user's, with its saved mode")
+  await expectChecks(t, target, since)
   await killRestored(target.pid)
 })
