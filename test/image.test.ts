@@ -184,13 +184,13 @@ function fileTable(contentsSize: number): FileTable {
     { ...common(15, 'anon_inode:[io_uring]'), type: 'unknown', notCheckpointable: 'io_uring is not supported' },
     {
       ...common(16, 'socket:[1016]', 0o4002), type: 'socket', family: 'unix', sockType: 'dgram', state: 'unconnected',
-      localAddress: Buffer.from('/run/synthetic.sock'), localUnlinked: false, localMode: 0o755, peerAddress: Buffer.alloc(0), peer: undefined,
+      localAddress: Buffer.from('/run/synthetic.sock'), localUnlinked: false, localMode: 0o755, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0,
       backlog: 0, shutdown: 0, rcvbuf: 212992, sndbuf: 212992, passcred: true, rcvtimeoUs: 2500000n, sndtimeoUs: 0n, peekOff: -1,
       queue: [{ data: Buffer.from('first'), sender: asObjRef(17) }, { data: Buffer.alloc(0), sender: undefined }],
     },
     {
       ...common(17, 'socket:[1017]'), type: 'socket', family: 'unix', sockType: 'dgram', state: 'connected',
-      localAddress: Buffer.from('\0abstract\x01'), localUnlinked: false, localMode: 0, peerAddress: Buffer.from('/run/synthetic.sock'), peer: asObjRef(16),
+      localAddress: Buffer.from('\0abstract\x01'), localUnlinked: false, localMode: 0, peerAddress: Buffer.from('/run/synthetic.sock'), peer: asObjRef(16), acceptPosition: 0,
       backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [],
     },
   ]

@@ -29,6 +29,7 @@ const CHECKS = [
   'abstract: its name', 'abstract: the message',
   'unlinked: the message', 'unlinked: no file on disk', 'unlinked: its client is still connected',
   'peer closed: the rest, then end of file',
+  'pending: two waiting connections, accepted in their order', 'pending: no third one', "pending: the client's flags are its own",
 ]
 
 /** Restored processes are not our children: killed by PID, and waited for until the PID is free. */
@@ -67,10 +68,12 @@ t.test('every kind of UNIX socket comes back with its queues, from the tree and 
 })
 
 /** A python3 program of ours serving on a UNIX socket at `where`; says "serving" once the fixture may connect. */
-function outsideServer(t: Tap.Test, type: 'stream' | 'dgram', where: string): ChildProcess {
-  const script = type === 'stream'
+function outsideServer(t: Tap.Test, kind: Outside, where: string): ChildProcess {
+  const script = kind === 'stream'
     ? 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint("serving", flush=True)\nc, _ = s.accept()\nprint("accepted", flush=True)\ntime.sleep(600)'
-    : 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("serving", flush=True)\ntime.sleep(600)'
+    : kind === 'unaccepted stream'
+      ? 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\nprint("serving", flush=True)\ntime.sleep(600)'
+      : 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("serving", flush=True)\ntime.sleep(600)'
   const server = spawn('python3', ['-c', script, where], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => {
     server.kill('SIGKILL')
@@ -86,17 +89,21 @@ const said = (child: ChildProcess, word: string): Promise<void> => new Promise((
   })
 })
 
-for (const type of ['stream', 'dgram'] as const) {
-  t.test(`a ${type} socket connected to a process outside the checkpoint is refused, naming it and its peer`, async (t) => {
+type Outside = 'stream' | 'unaccepted stream' | 'dgram'
+
+for (const kind of ['stream', 'unaccepted stream', 'dgram'] as const) {
+  t.test(`a ${kind} socket connected to a process outside the checkpoint is refused, naming it and its peer`, async (t) => {
     const dir = workdir(t)
     const where = path.join(dir, 'outside.sock')
-    const server = outsideServer(t, type, where)
+    const server = outsideServer(t, kind, where)
     const serving = said(server, 'serving')
-    const accepted = said(server, type === 'stream' ? 'accepted' : 'serving')
+    const accepted = said(server, kind === 'stream' ? 'accepted' : 'serving')
     await serving
+    const type = kind === 'dgram' ? 'dgram' : 'stream'
     const target = await launch(t, [bin, dir, type, where], { dir })
     await accepted
-    const reason = new RegExp(`socket: UNIX ${type} socket fd 3 \\(inode \\d+\\) is connected to UNIX ${type} socket \\(inode \\d+, ${where}\\), outside the checkpoint, held by python3 \\(PID ${server.pid}, fd \\d+\\); its peer cannot be restored with it`)
+    const how = kind === 'unaccepted stream' ? 'waits to be accepted by' : 'is connected to'
+    const reason = new RegExp(`socket: UNIX ${type} socket fd 3 \\(inode \\d+\\) ${how} UNIX ${type} socket \\(inode \\d+, ${where}\\), outside the checkpoint, held by python3 \\(PID ${server.pid}, fd \\d+\\); its peer cannot be restored with it`)
 
     const check = ckptfs('check', String(target.pid))
     t.match(check.stdout, reason, '`ckptfs check` says why')

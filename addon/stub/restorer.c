@@ -890,14 +890,15 @@ static void open_fanotify_object(uint32_t id, int cloexec UNUSED, const char *wh
 // shutdowns made, names of sockets whose path had been unlinked removed again, and the status
 // flags and peek offsets set. Everything runs with the task's credentials (become_task): a
 // name is created as the task would create it, in a directory the task may write to.
-enum unix_link { LINK_NONE = 0, LINK_PAIR = 1, LINK_CONNECT = 2, LINK_PEER_CLOSED = 3 };
+enum unix_link { LINK_NONE = 0, LINK_PAIR = 1, LINK_CONNECT = 2, LINK_PEER_CLOSED = 3, LINK_PENDING = 4 };
 enum unix_bind { BIND_NONE = 0, BIND_PATH = 1, BIND_ABSTRACT = 2 };
 
 struct unix_socket {
   int made;               // the record was read
   int fd;                 // where it lives (its home, or the working area)
   int type, flags, link, shutdown_bits, peek_off;
-  uint32_t peer;          // the peer's object id (LINK_PAIR, LINK_CONNECT)
+  uint32_t peer;          // the peer's object id (LINK_PAIR, LINK_CONNECT; LINK_PENDING: the listener)
+  uint32_t position;      // LINK_PENDING: its place in the listener's queue of connections (1: next)
   struct sockaddr_un addr;
   socklen_t addr_len;     // 0: no name
   int unlink_after;       // the path was unlinked at checkpoint: bound, then removed again
@@ -1018,8 +1019,8 @@ static void set_timeo(int fd, int name, uint64_t us, const char *opt, const char
 
 // Payload: i32 type, i32 flags, u32 bind (0 none, 1 path, 2 abstract), bytes name (sun_path
 // without the terminating NUL; abstract: without the leading NUL), u32 unlinked, u32 mode,
-// i32 backlog (-1: not listening), u32 link (0 none, 1 pair, 2 connect, 3 peer closed),
-// u32 peer id, u32 shutdown (1 read, 2 write), i32 rcvbuf, i32 sndbuf (as getsockopt showed
+// i32 backlog (-1: not listening), u32 link (0 none, 1 pair, 2 connect, 3 peer closed,
+// 4 pending: connected to a listener, not accepted), u32 peer id, u32 accept position, u32 shutdown (1 read, 2 write), i32 rcvbuf, i32 sndbuf (as getsockopt showed
 // them: twice what setsockopt takes), i32 passcred, u64 rcvtimeo_us, u64 sndtimeo_us,
 // i32 peek_off, u32 count, then per queued message u32 sender id (0: none), bytes data.
 static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char *what) {
@@ -1032,6 +1033,7 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   int backlog = i32("backlog");
   s->link = (int)u32("link");
   s->peer = u32("peer");
+  s->position = u32("accept position");
   s->shutdown_bits = (int)u32("shutdown");
   int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), passcred = i32("passcred");
   uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
@@ -1045,7 +1047,9 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   }
   if (s->type != SOCK_STREAM && s->type != SOCK_DGRAM && s->type != SOCK_SEQPACKET) fail("%s: socket type %d is not stream, dgram or seqpacket", what, s->type);
   if (bind_kind > BIND_ABSTRACT || name_len + 1 > sizeof s->addr.sun_path || (bind_kind == BIND_NONE) != (name_len == 0)) fail("%s: bad socket name", what);
-  if (s->link > LINK_PEER_CLOSED || ((s->link == LINK_PAIR || s->link == LINK_CONNECT) != (s->peer != 0)) || s->peer > objects || s->peer == id) fail("%s: bad peer", what);
+  int named_peer = s->link == LINK_PAIR || s->link == LINK_CONNECT || s->link == LINK_PENDING;
+  if (s->link > LINK_PENDING || named_peer != (s->peer != 0) || s->peer > objects || s->peer == id) fail("%s: bad peer", what);
+  if ((s->link == LINK_PENDING) != (s->position != 0) || s->position > objects) fail("%s: bad accept position %u", what, s->position);
   if (s->shutdown_bits & ~3) fail("%s: bad shutdown bits %d", what, s->shutdown_bits);
   s->addr.sun_family = AF_UNIX;
   if (bind_kind == BIND_ABSTRACT) {
@@ -1153,6 +1157,26 @@ static void finish_unix_sockets(void) {
       if (connect(s->fd, (const struct sockaddr *)&p->addr, p->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(p, shown, sizeof shown), strerror(errno));
     }
     if (s->closed_end >= 0) close(s->closed_end);
+  }
+  // Connections waiting to be accepted, in the order the listeners had them: each connect
+  // queues one on its listener, whose accept() hands them out first come, first served.
+  for (uint32_t position = 1, more = 1; more; position++) {
+    more = 0;
+    for (uint32_t id = 1; id <= objects; id++) {
+      struct unix_socket *s = &unix_sockets[id];
+      if (!s->made || s->link != LINK_PENDING || s->position < position) continue;
+      if (s->position > position) {
+        more = 1;
+        continue;
+      }
+      snprintf(what, sizeof what, "files/%u", id);
+      struct unix_socket *l = &unix_sockets[s->peer];
+      char shown[400];
+      if (!l->made || l->addr_len == 0) fail("%s: its listener files/%u has no name to connect to", what, s->peer);
+      // Never waiting: the listener's backlog had room for it.
+      set_status_flags(s->fd, O_NONBLOCK, what);
+      if (connect(s->fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+    }
   }
   for (uint32_t id = 1; id <= objects; id++) {
     struct unix_socket *s = &unix_sockets[id];

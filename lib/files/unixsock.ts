@@ -29,10 +29,11 @@ import type { SocketFamilyHandler } from './socket'
 export type UnixSocketType = 'stream' | 'dgram' | 'seqpacket'
 /**
  * unconnected: no peer (maybe bound); listening; connected: its peer is `peer`;
- * peer-closed: it was connected and its peer has been closed since (a stream reads what is
- * left, then end of file).
+ * pending: connected to the listening socket `peer`, waiting to be accepted (at
+ * `acceptPosition` in its queue); peer-closed: it was connected and its peer has been closed
+ * since (a stream reads what is left, then end of file).
  */
-export type UnixSocketState = 'unconnected' | 'listening' | 'connected' | 'peer-closed'
+export type UnixSocketState = 'unconnected' | 'listening' | 'connected' | 'pending' | 'peer-closed'
 
 /** A queued message: its bytes, and the socket of the checkpoint that sent it (datagrams), if known. */
 export interface UnixMessage {
@@ -54,6 +55,8 @@ export interface UnixSocketDescription extends DescriptionCommon {
   /** The peer's name as the kernel keeps it (shown only). */
   peerAddress: Buffer
   peer: ObjRef | undefined
+  /** A pending connection's place in its listener's queue of connections to accept (1: next); 0 otherwise. */
+  acceptPosition: number
   /** listen()'s backlog (listening sockets; 0 otherwise). */
   backlog: number
   /** 1: receive side shut down, 2: send side, 3: both. */
@@ -83,7 +86,7 @@ const SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_SEQPACKET = 5
 const typeNumbers: Record<UnixSocketType, number> = { stream: SOCK_STREAM, dgram: SOCK_DGRAM, seqpacket: SOCK_SEQPACKET }
 const typeNames = new Map<number, UnixSocketType>([[SOCK_STREAM, 'stream'], [SOCK_DGRAM, 'dgram'], [SOCK_SEQPACKET, 'seqpacket']])
 const sockTypes: readonly UnixSocketType[] = ['stream', 'dgram', 'seqpacket']
-const states: readonly UnixSocketState[] = ['unconnected', 'listening', 'connected', 'peer-closed']
+const states: readonly UnixSocketState[] = ['unconnected', 'listening', 'connected', 'pending', 'peer-closed']
 const TCP_LISTEN = 10
 /** sun_path holds 108 bytes: a path and its NUL, or a NUL and an abstract name. */
 const NAME_MAX = 107
@@ -216,7 +219,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   const me = diag.get(ino)
   const refused = (why: string): UnixSocketDescription => ({
     ...base, type: 'socket', family: 'unix', sockType: 'stream', state: 'unconnected', localAddress: Buffer.alloc(0), localUnlinked: false,
-    localMode: 0, peerAddress: Buffer.alloc(0), peer: undefined, backlog: 0, shutdown: 0, rcvbuf: 0, sndbuf: 0, passcred: false,
+    localMode: 0, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0, backlog: 0, shutdown: 0, rcvbuf: 0, sndbuf: 0, passcred: false,
     rcvtimeoUs: 0n, sndtimeoUs: 0n, peekOff: -1, queue: [], notCheckpointable: `socket: ${why}`,
   })
   if (!me) return refused(`UNIX socket fd ${probe.fd} (inode ${ino}) is not in ckptfs's network namespace (sock_diag does not show it)`)
@@ -232,12 +235,36 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   let state: UnixSocketState = 'unconnected'
   let peer: ObjRef | undefined
   let peerAddress: Buffer = Buffer.alloc(0)
+  let acceptPosition = 0
   let why: string | undefined
   if (me.state === TCP_LISTEN) {
     state = 'listening'
-    if (me.icons.length) why = `${what} has ${me.icons.length} connection(s) waiting to be accepted; ckptfs cannot restore them yet`
+    // Connections waiting to be accepted (unix_diag lists their clients) come back when their
+    // clients are in the checkpoint: each client is captured as `pending`.
+    for (const clientIno of me.icons) {
+      if (objrefOf(clientIno) !== undefined) continue
+      const client = diag.get(clientIno)
+      const holders = await holdersOf(clientIno)
+      why ??= `${what} has a connection waiting to be accepted from ${describeSocket(sockType, undefined, clientIno, kernelName(client?.name))}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; it cannot be restored with it`
+    }
   } else if (me.peer !== undefined) {
-    if (me.peer === 0) {
+    // A connection not accepted yet: its peer is the listener's socket-to-be, which no fd
+    // holds (unix_diag shows its inode as 0); the listener lists this socket as waiting.
+    const listener = [...diag.values()].find((s) => s.state === TCP_LISTEN && s.icons.includes(ino))
+    if (listener) {
+      state = 'pending'
+      peer = objrefOf(listener.ino)
+      peerAddress = kernelName(listener.name)
+      acceptPosition = listener.icons.indexOf(ino) + 1
+      const listenerWhat = describeSocket(sockType, undefined, listener.ino, peerAddress)
+      if (peer === undefined) {
+        const holders = await holdersOf(listener.ino)
+        why = `${what} waits to be accepted by ${listenerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it`
+      } else if ((me.wqueue ?? 0) > 0) {
+        // What it sent is queued on the socket-to-be, which nothing can peek before the accept.
+        why = `${what} already sent data on its connection to ${listenerWhat}, which waits to be accepted; ckptfs cannot read it before the accept`
+      }
+    } else if (me.peer === 0) {
       state = 'peer-closed'
     } else {
       state = 'connected'
@@ -245,14 +272,9 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
       peerAddress = kernelName(other?.name)
       peer = objrefOf(me.peer)
       if (peer === undefined) {
-        const listener = [...diag.values()].find((s) => s.icons.includes(me.peer!))
-        if (listener && objrefOf(listener.ino) !== undefined) {
-          why = `${what} is connected to ${describeSocket(sockType, undefined, listener.ino, kernelName(listener.name))} but not yet accepted; ckptfs cannot restore that yet`
-        } else {
-          const holders = await holdersOf(listener?.ino ?? me.peer)
-          const peerWhat = describeSocket(sockType, undefined, me.peer, peerAddress)
-          why = `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it`
-        }
+        const holders = await holdersOf(me.peer)
+        const peerWhat = describeSocket(sockType, undefined, me.peer, peerAddress)
+        why = `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it`
       }
     }
   }
@@ -299,6 +321,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     localMode,
     peerAddress,
     peer,
+    acceptPosition,
     backlog: state === 'listening' ? me.wqueue ?? 0 : 0,
     shutdown: me.shutdown ?? 0,
     rcvbuf: peeked.rcvbuf,
@@ -323,6 +346,7 @@ const table = withCommon<UnixSocketDescription>([
   attr('local_mode', (d) => octal(d.localMode)),
   attr('peer', (d) => d.peer ?? ''),
   attr('peer_address', (d) => addressText(d.peerAddress)),
+  attr('accept_position', (d) => d.acceptPosition),
   attr('backlog', (d) => d.backlog),
   attr('shutdown', (d) => shutdownNames[d.shutdown]),
   attr('rcvbuf', (d) => d.rcvbuf),
@@ -357,6 +381,7 @@ function loadUnix(dir: SavedDir, base: DescriptionBase): UnixSocketDescription {
     localMode: dir.octal('local_mode', 0o7777n),
     peerAddress: address('peer_address'),
     peer,
+    acceptPosition: dir.int('accept_position', 0, INT_MAX),
     backlog: dir.int('backlog', 0, INT_MAX),
     shutdown: shutdownNames.indexOf(oneOf('shutdown', shutdownNames)),
     rcvbuf: dir.int('rcvbuf', 0, INT_MAX),
@@ -397,6 +422,14 @@ function socketsOf(table: FileTable): Map<number, UnixSocketDescription> {
 }
 
 /** Datagram sockets connected to each other, or any connected stream or seqpacket pair: one socketpair(). */
+/**
+ * Whether the socket's name is bound again: a connected stream or seqpacket socket is one end
+ * of a socketpair, and its name (an accepted socket's is its listener's) is not.
+ */
+function bindsOwnName(d: UnixSocketDescription): boolean {
+  return d.sockType === 'dgram' || d.state === 'listening' || d.state === 'unconnected' || d.state === 'pending'
+}
+
 function isPair(d: UnixSocketDescription, peer: UnixSocketDescription): boolean {
   return d.sockType !== 'dgram' || (peer.state === 'connected' && peer.peer === d.objref)
 }
@@ -407,12 +440,22 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
   const name = d.localAddress
   if (name.length > NAME_MAX + (name[0] === 0 ? 1 : 0)) fail('local_address', `${name.length} bytes is longer than a socket name may be`)
   if (isPathName(name) && name.includes(0)) fail('local_address', 'a path name holds a NUL byte')
-  const bindsName = d.sockType === 'dgram' || d.state === 'listening' || d.state === 'unconnected'
+  const bindsName = bindsOwnName(d)
   if (bindsName && isPathName(name) && name[0] !== 0x2f) fail('local_address', `${addressText(name)} is relative: only absolute names are bound again`)
   if (d.state === 'listening' && d.sockType === 'dgram') fail('state', 'a datagram socket does not listen')
   if (d.state !== 'listening' && d.backlog !== 0) fail('backlog', `${d.backlog}: only a listening socket has a backlog`)
-  if ((d.state === 'connected') !== (d.peer !== undefined)) fail('peer', d.peer === undefined ? 'a connected socket names its peer' : `only a connected socket has a peer (state ${d.state})`)
-  if (d.peer !== undefined) {
+  const hasPeer = d.state === 'connected' || d.state === 'pending'
+  if (hasPeer !== (d.peer !== undefined)) fail('peer', d.peer === undefined ? `a ${d.state} socket names its peer` : `only a connected or pending socket has a peer (state ${d.state})`)
+  if ((d.state === 'pending') !== (d.acceptPosition > 0)) fail('accept_position', `${d.acceptPosition}: only a pending connection has a place in its listener's queue, from 1`)
+  if (d.state === 'pending') {
+    const listener = socketsOf(table).get(d.peer!)
+    if (!listener || listener.state !== 'listening' || listener.sockType !== d.sockType) fail('peer', `files/${d.peer} is not a listening ${d.sockType} UNIX socket of the checkpoint`)
+    const rival = [...socketsOf(table).values()].find((o) => o !== d && o.state === 'pending' && o.peer === d.peer && o.acceptPosition === d.acceptPosition)
+    if (rival) fail('accept_position', `${d.acceptPosition} is files/${rival.objref}'s place too`)
+    const waiting = [...socketsOf(table).values()].filter((o) => o.state === 'pending' && o.peer === d.peer).length
+    if (d.acceptPosition > waiting) fail('accept_position', `${d.acceptPosition}: files/${d.peer} has ${waiting} connection(s) waiting`)
+    if (listener!.localAddress.length === 0) fail('peer', `files/${d.peer} has no name to connect to`)
+  } else if (d.peer !== undefined) {
     const peer = socketsOf(table).get(d.peer)
     if (!peer) return fail('peer', `files/${d.peer} is not a UNIX socket of the checkpoint`)
     if (peer.notCheckpointable !== undefined) fail('peer', `files/${d.peer} cannot be checkpointed`)
@@ -424,7 +467,7 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
     }
   }
   const queue = await queueOf(d)
-  if (d.state === 'listening' && queue.length) fail('queue', 'a listening socket has no queue')
+  if ((d.state === 'listening' || d.state === 'pending') && queue.length) fail('queue', `a ${d.state} socket has no queue`)
   if (d.state === 'unconnected' && queue.length && name.length === 0) fail('queue', 'messages are queued on a socket that has neither a name nor a peer')
   queue.forEach((m, i) => {
     if (m.sender === undefined) return
@@ -435,12 +478,9 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
 
 async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<RecordBuilder> {
   const peer = d.peer === undefined ? undefined : socketsOf(table).get(d.peer)
-  // A connected stream or seqpacket socket is one end of a socketpair: its name (an accepted
-  // socket's is its listener's) is not bound again.
-  const bindsName = d.sockType === 'dgram' || d.state === 'listening' || d.state === 'unconnected'
-  const name = bindsName ? d.localAddress : Buffer.alloc(0)
+  const name = bindsOwnName(d) ? d.localAddress : Buffer.alloc(0)
   const bindKind = name.length === 0 ? 0 : name[0] === 0 ? 2 : 1
-  const link = d.state === 'peer-closed' ? 3 : peer === undefined ? 0 : isPair(d, peer) ? 1 : 2
+  const link = d.state === 'peer-closed' ? 3 : d.state === 'pending' ? 4 : peer === undefined ? 0 : isPair(d, peer) ? 1 : 2
   const payload = new RecordBuilder()
     .i32(typeNumbers[d.sockType])
     .i32(d.flags)
@@ -450,7 +490,8 @@ async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<Rec
     .u32(d.localMode)
     .i32(d.state === 'listening' ? d.backlog : -1)
     .u32(link)
-    .u32(link === 1 || link === 2 ? d.peer! : 0)
+    .u32(link === 1 || link === 2 || link === 4 ? d.peer! : 0)
+    .u32(d.acceptPosition)
     .u32(d.shutdown)
     .i32(d.rcvbuf)
     .i32(d.sndbuf)
@@ -493,6 +534,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
       localMode: d.localMode,
       peerAddress: d.peerAddress,
       peer: d.peer,
+      acceptPosition: d.acceptPosition,
       backlog: d.backlog,
       shutdown: d.shutdown,
       rcvbuf: d.rcvbuf,
@@ -522,6 +564,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
           localMode: f.num('localMode', { max: 0o7777 }),
           peerAddress: f.bytes('peerAddress'),
           peer: peer === undefined ? undefined : asObjRef(peer),
+          acceptPosition: f.num('acceptPosition', { max: INT_MAX }),
           backlog: f.num('backlog', { max: INT_MAX }),
           shutdown: f.num('shutdown', { max: 3 }),
           rcvbuf: f.num('rcvbuf', { min: 0, max: INT_MAX }),
@@ -544,7 +587,8 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
   summary(d) {
     const parts: string[] = [d.sockType, d.state]
     if (d.localAddress.length) parts.push(addressText(d.localAddress) + (d.localUnlinked ? ' (unlinked)' : ''))
-    if (d.peer !== undefined) parts.push(`peer files/${d.peer}`)
+    if (d.state === 'pending') parts.push(`waits at ${d.acceptPosition} to be accepted by files/${d.peer}`)
+    else if (d.peer !== undefined) parts.push(`peer files/${d.peer}`)
     else if (d.peerAddress.length) parts.push(`peer ${addressText(d.peerAddress)}`)
     if (d.state === 'listening') parts.push(`backlog ${d.backlog}`)
     if (d.shutdown) parts.push(`shut down ${shutdownNames[d.shutdown]}`)
