@@ -20,7 +20,7 @@ import { RecordBuilder } from '../restore/fdplan'
 import { checkedBytes } from '../tree/checked'
 import { attr, octal } from '../tree/node'
 import type { Fields } from '../image/records'
-import type { UnixDiagSocket } from '../../addon/index'
+import type { PeekedSocket, UnixDiagSocket } from '../../addon/index'
 import { described, invalid, parseObjRef, withCommon } from './common'
 import type { CaptureContext, DescriptionBase, FdProbe } from './handler'
 import { INT_MAX, S64_MAX, type SavedDir } from './saved'
@@ -213,22 +213,37 @@ async function holdersOf(ino: number): Promise<string[]> {
   return found
 }
 
-async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<UnixSocketDescription> {
-  const ino = Number(base.ino)
-  const diag = diagOf(ctx)
-  const me = diag.get(ino)
-  const refused = (why: string): UnixSocketDescription => ({
+/** A socket that cannot be checkpointed: its kind and why, nothing else. */
+function refusedUnix(base: DescriptionBase, why: string): UnixSocketDescription {
+  return {
     ...base, type: 'socket', family: 'unix', sockType: 'stream', state: 'unconnected', localAddress: Buffer.alloc(0), localUnlinked: false,
     localMode: 0, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0, backlog: 0, shutdown: 0, rcvbuf: 0, sndbuf: 0, passcred: false,
     rcvtimeoUs: 0n, sndtimeoUs: 0n, peekOff: -1, queue: [], notCheckpointable: `socket: ${why}`,
-  })
+  }
+}
+
+async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<UnixSocketDescription> {
+  const ino = Number(base.ino)
+  let diag: Map<number, UnixDiagSocket>
+  try {
+    diag = diagOf(ctx)
+  } catch (err) {
+    return refusedUnix(base, `UNIX socket fd ${probe.fd} (inode ${ino}): sock_diag cannot list UNIX sockets here: ${(err as Error).message}`)
+  }
+  const me = diag.get(ino)
+  const refused = (why: string): UnixSocketDescription => refusedUnix(base, why)
   if (!me) return refused(`UNIX socket fd ${probe.fd} (inode ${ino}) is not in ckptfs's network namespace (sock_diag does not show it)`)
   const sockType = typeNames.get(me.type)
   const localAddress = kernelName(me.name)
   const what = describeSocket(sockType, probe.fd, ino, localAddress)
   if (!sockType) return refused(`${what}: socket type ${me.type} is not stream, dgram or seqpacket`)
 
-  const peeked = native.peekSocket(ctx.pid, probe.fd)
+  let peeked: PeekedSocket
+  try {
+    peeked = native.peekSocket(ctx.pid, probe.fd)
+  } catch (err) {
+    return refused(`${what}: its options and queue cannot be read: ${(err as Error).message}`)
+  }
   // The OBJREF of a socket inode held by the task.
   const objrefOf = (sockIno: number): ObjRef | undefined => ctx.descriptions.find((h) => socketInode(h.probe) === sockIno)?.objref
 
@@ -584,6 +599,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
     ],
   },
 
+  // The queue is not summed up here: a saved tree's is read only when a restore needs it.
   summary(d) {
     const parts: string[] = [d.sockType, d.state]
     if (d.localAddress.length) parts.push(addressText(d.localAddress) + (d.localUnlinked ? ' (unlinked)' : ''))
@@ -592,8 +608,6 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
     else if (d.peerAddress.length) parts.push(`peer ${addressText(d.peerAddress)}`)
     if (d.state === 'listening') parts.push(`backlog ${d.backlog}`)
     if (d.shutdown) parts.push(`shut down ${shutdownNames[d.shutdown]}`)
-    const queued = d.queue.reduce((n, m) => n + m.data.length, 0)
-    if (queued) parts.push(d.sockType === 'stream' ? `${queued} bytes queued` : `${d.queue.length} messages queued`)
     return `${d.target} (unix ${parts.join(', ')})`
   },
 }
