@@ -146,6 +146,29 @@ for (const kind of ['stream', 'unaccepted stream', 'dgram'] as const) {
   })
 }
 
+t.test('a listening socket with a connection from outside waiting to be accepted is refused, naming the client', async (t) => {
+  const dir = workdir(t)
+  const where = path.join(dir, 'listen.sock')
+  const target = await launch(t, [bin, dir, 'listen', where], { dir })
+  const client = spawn('python3', ['-c', 'import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint("connected", flush=True)\ntime.sleep(600)', where], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    client.kill('SIGKILL')
+  })
+  await said(client, 'connected')
+  const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', checkpoint, saved])
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'kill!\n')
+  await waitUntil(`PID ${target.pid} to be gone`, () => !exists(target.pid))
+  const ref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
+  const reason = `socket: UNIX stream socket fd 3 \\(inode \\d+, ${where}\\) has a connection waiting to be accepted from UNIX stream socket \\(inode \\d+\\), outside the checkpoint, held by python3 \\(PID ${client.pid}, fd \\d+\\); it cannot be restored with it`
+  t.match(fs.readFileSync(path.join(saved, 'files', ref, 'checkpointable'), 'utf8'), new RegExp(`^no: ${reason}\n$`), 'files/N/checkpointable says why')
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore is refused')
+  t.match(r.stderr, new RegExp(`^ckptfs restore: files/${ref}: ${reason}\n$`), 'naming the socket and the client')
+  t.notOk(exists(target.pid), 'no process is left')
+})
+
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir], { dir })
