@@ -171,13 +171,39 @@ function queueFromBytes(sockType: UnixSocketType, bytes: Buffer, fail: (why: str
 
 // ---- capture ----
 
-/** The unix_diag dump, made once per capture (all of the checkpoint's sockets are in it). */
-const diagDumps = new WeakMap<CaptureContext, Map<number, UnixDiagSocket>>()
-function diagOf(ctx: CaptureContext): Map<number, UnixDiagSocket> {
-  let dump = diagDumps.get(ctx)
+/**
+ * The unix_diag dump and the task's own sockets, indexed once per capture (a task may hold
+ * thousands of sockets, and the namespace hold more).
+ */
+interface UnixSockets {
+  /** Every UNIX socket of the namespace by inode. */
+  byIno: Map<number, UnixDiagSocket>
+  /** The listening socket a connection waiting to be accepted waits on, by the client's inode. */
+  listenerOf: Map<number, UnixDiagSocket>
+  /** The task's descriptions of UNIX sockets by inode. */
+  objrefs: Map<number, ObjRef>
+  /** The task's named sockets by type and name ("2 /run/x.sock"), for a datagram's sender. */
+  named: Map<string, ObjRef>
+}
+const dumps = new WeakMap<CaptureContext, UnixSockets>()
+function diagOf(ctx: CaptureContext): UnixSockets {
+  let dump = dumps.get(ctx)
   if (!dump) {
-    dump = new Map(native.unixSockets().map((s) => [s.ino, s]))
-    diagDumps.set(ctx, dump)
+    const byIno = new Map(native.unixSockets().map((s) => [s.ino, s]))
+    const listenerOf = new Map<number, UnixDiagSocket>()
+    for (const s of byIno.values()) if (s.state === TCP_LISTEN) for (const client of s.icons) listenerOf.set(client, s)
+    const objrefs = new Map<number, ObjRef>()
+    const named = new Map<string, ObjRef>()
+    for (const h of ctx.descriptions) {
+      const ino = socketInode(h.probe)
+      const s = ino === undefined ? undefined : byIno.get(ino)
+      if (!s) continue
+      objrefs.set(s.ino, h.objref)
+      const name = kernelName(s.name)
+      if (name.length) named.set(`${s.type} ${name.toString('latin1')}`, h.objref)
+    }
+    dump = { byIno, listenerOf, objrefs, named }
+    dumps.set(ctx, dump)
   }
   return dump
 }
@@ -224,12 +250,13 @@ function refusedUnix(base: DescriptionBase, why: string): UnixSocketDescription 
 
 async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureContext): Promise<UnixSocketDescription> {
   const ino = Number(base.ino)
-  let diag: Map<number, UnixDiagSocket>
+  let sockets: UnixSockets
   try {
-    diag = diagOf(ctx)
+    sockets = diagOf(ctx)
   } catch (err) {
     return refusedUnix(base, `UNIX socket fd ${probe.fd} (inode ${ino}): sock_diag cannot list UNIX sockets here: ${(err as Error).message}`)
   }
+  const diag = sockets.byIno
   const me = diag.get(ino)
   const refused = (why: string): UnixSocketDescription => refusedUnix(base, why)
   if (!me) return refused(`UNIX socket fd ${probe.fd} (inode ${ino}) is not in ckptfs's network namespace (sock_diag does not show it)`)
@@ -245,7 +272,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     return refused(`${what}: its options and queue cannot be read: ${(err as Error).message}`)
   }
   // The OBJREF of a socket inode held by the task.
-  const objrefOf = (sockIno: number): ObjRef | undefined => ctx.descriptions.find((h) => socketInode(h.probe) === sockIno)?.objref
+  const objrefOf = (sockIno: number): ObjRef | undefined => sockets.objrefs.get(sockIno)
 
   let state: UnixSocketState = 'unconnected'
   let peer: ObjRef | undefined
@@ -265,7 +292,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   } else if (me.peer !== undefined) {
     // A connection not accepted yet: its peer is the listener's socket-to-be, which no fd
     // holds (unix_diag shows its inode as 0); the listener lists this socket as waiting.
-    const listener = [...diag.values()].find((s) => s.state === TCP_LISTEN && s.icons.includes(ino))
+    const listener = sockets.listenerOf.get(ino)
     if (listener) {
       state = 'pending'
       peer = objrefOf(listener.ino)
@@ -313,14 +340,10 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     queue = bytes.length ? [{ data: bytes, sender: undefined }] : []
   } else {
     // A datagram's sender, when it is a named socket of the checkpoint.
+    // (A seqpacket record always comes from its connection's other end: no sender is kept.)
     const senderOf = (address: Buffer | undefined): ObjRef | undefined => {
       const name = kernelName(address)
-      if (!name.length) return undefined
-      for (const h of ctx.descriptions) {
-        const other = diag.get(socketInode(h.probe) ?? -1)
-        if (other && other.type === me.type && kernelName(other.name).equals(name)) return h.objref
-      }
-      return undefined
+      return name.length && sockType === 'dgram' ? sockets.named.get(`${me.type} ${name.toString('latin1')}`) : undefined
     }
     queue = peeked.queue.map((data, i) => ({ data, sender: senderOf(peeked.senders[i]) }))
   }
