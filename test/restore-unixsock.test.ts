@@ -169,6 +169,32 @@ t.test('a listening socket with a connection from outside waiting to be accepted
   t.notOk(exists(target.pid), 'no process is left')
 })
 
+t.test('an fd in flight (SCM_RIGHTS) is refused by name; looking at it took nothing from the process', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'rights'], { dir })
+  // Who holds the passed file open: nobody while it is in flight (the fixture closed its fd).
+  const passed = path.join(dir, 'passed')
+  const holders = () => fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p)).flatMap((p) => {
+    try {
+      return fs.readdirSync(`/proc/${p}/fd`).filter((fd) => fs.readlinkSync(`/proc/${p}/fd/${fd}`) === passed).map((fd) => `${p}/${fd}`)
+    } catch {
+      return []
+    }
+  })
+  t.same(holders(), [], 'nobody holds the passed file open')
+  const check = ckptfs('check', String(target.pid))
+  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\) has 1 fd\(s\) passed with SCM_RIGHTS queued in it; ckptfs cannot checkpoint fds in flight/, '`ckptfs check` says why')
+  const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  const ref = fs.readFileSync(path.join(checkpoint, `task-${target.pid}`, 'fds', '4', 'fd'), 'utf8').trim()
+  t.match(fs.readFileSync(path.join(checkpoint, 'files', ref, 'checkpointable'), 'utf8'), /^no: socket: .*SCM_RIGHTS/, 'files/N/checkpointable says why')
+  t.same(holders(), [], 'looking at the queue left the passed file open nowhere (not in the server, not in `ckptfs check`)')
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'resume\n')
+  // The process receives its message and the fd, exactly once.
+  const checks = await runChecks(target)
+  t.same(checks.failed, [], 'no check failed')
+  t.same(checks.ok, ['rights: the message and its fd are still there, once'])
+})
+
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir], { dir })
