@@ -12,6 +12,7 @@
 // ends of a connection are one socketpair(), each end naming the other by OBJREF (`peer`), so
 // a pair held by two tasks of a tree is planned the same way.
 
+import * as fs from 'fs'
 import type { DescriptionCommon, FileTable, ObjRef } from '../model'
 import { asObjRef } from '../model'
 import { native } from '../native'
@@ -216,12 +217,11 @@ const socketInode = (probe: FdProbe): number | undefined => {
 /** A socket as a refusal names it: "UNIX stream socket fd 5 (inode 123, /run/x.sock)". */
 function describeSocket(type: UnixSocketType | undefined, fd: number | undefined, ino: number, name: Buffer): string {
   const named = name.length ? `, ${addressText(name)}` : ''
-  return `UNIX ${type ?? ''} socket${fd === undefined ? '' : ` fd ${fd}`} (inode ${ino}${named})`.replace('  ', ' ')
+  return `UNIX ${type === undefined ? '' : `${type} `}socket${fd === undefined ? '' : ` fd ${fd}`} (inode ${ino}${named})`
 }
 
 /** Which processes hold socket inode `ino` (for a refusal: who the peer outside is). */
 async function holdersOf(ino: number): Promise<string[]> {
-  const fs = await import('fs')
   const link = `socket:[${ino}]`
   const found: string[] = []
   for (const pid of await fs.promises.readdir('/proc').catch(() => [] as string[])) {
