@@ -11,6 +11,8 @@
         "src/memory.c",
         "src/checksum.c",
         "src/files.c",
+        "src/sockdiag.c",
+        "src/sockpeek.c",
         "src/restore.c",
         "src/tree.c",
         "src/uffd.c"

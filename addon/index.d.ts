@@ -204,6 +204,23 @@ export interface Addon {
    * data is tee()d into a private pipe and read from there. Never blocks.
    */
   peekPipe(pid: number, fd: number): Promise<Buffer>
+  /**
+   * Every UNIX socket of this process's network namespace (NETLINK_SOCK_DIAG, unix_diag): its
+   * inode, type (SOCK_*), state (TCP_* numbers: 1 established, 7 close, 10 listen), name
+   * (sun_path bytes; a leading 0 for an abstract name), the inode and kernel device its path
+   * names (vfsIno, vfsDev), its peer's inode (0: the peer is gone), the inodes of connections
+   * waiting to be accepted (icons), queue lengths (listening: waiting connections and the
+   * backlog) and its shutdown bits (1 receive, 2 send). Synchronous: one netlink dump.
+   */
+  unixSockets(): UnixDiagSocket[]
+  /**
+   * The task's socket `fd` taken with pidfd_getfd: its family, type and common options, and for
+   * a UNIX socket its receive queue peeked without consuming it (SO_PEEK_OFF walks the queue and
+   * is put back): one Buffer per datagram or seqpacket record, a stream's bytes in pieces, with
+   * each datagram's sender address. Fds passed with SCM_RIGHTS that a peek hands out are closed
+   * at once and counted in rightsInFlight. Synchronous: nothing blocks.
+   */
+  peekSocket(pid: number, fd: number): PeekedSocket
   /** close(2) of an fd of this process. */
   close(fd: number): void
   /** eventfd(0, EFD_CLOEXEC): lazyFill's hold (an 8-byte write lets the fill go on). Caller closes it. */
@@ -261,4 +278,35 @@ export interface LazyFillResult {
   failure?: string
   /** The piece that failed, or -1 when the failure was not one piece's. */
   failedPiece?: number
+}
+
+export interface UnixDiagSocket {
+  ino: number
+  type: number
+  state: number
+  name?: Buffer
+  vfsIno?: number
+  vfsDev?: number
+  peer?: number
+  icons: number[]
+  rqueue?: number
+  wqueue?: number
+  shutdown?: number
+}
+
+export interface PeekedSocket {
+  domain: number
+  type: number
+  acceptconn: number
+  /** As getsockopt reports them (the kernel doubles what setsockopt was given). */
+  rcvbuf: number
+  sndbuf: number
+  passcred: number
+  /** -1: off. */
+  peekOff: number
+  rcvtimeoUs: bigint
+  sndtimeoUs: bigint
+  queue: Buffer[]
+  senders: Array<Buffer | undefined>
+  rightsInFlight: number
 }

@@ -105,7 +105,6 @@ export interface FileDescriptionTypes {
   blk: PathDescription
   fifo: PathDescription
   pipe: PipeDescription
-  socket: OtherDescription
   epoll: EpollDescription
   eventfd: EventfdDescription
   signalfd: SignalfdDescription
@@ -136,7 +135,7 @@ export interface DescriptionCommon {
   pos: bigint
   mntId: number
   ino: bigint
-  /** Set when this description cannot be checkpointed (sockets, ...): says why. */
+  /** Set when this description cannot be checkpointed (a netlink socket, ...): says why. */
   notCheckpointable: NotCheckpointable
   /** Locks the task holds through this description (lib/files/locks.ts). */
   locks: FileLock[]
@@ -248,7 +247,7 @@ export interface InotifyDescription extends DescriptionCommon {
 }
 
 export interface OtherDescription extends DescriptionCommon {
-  type: 'socket' | 'unknown'
+  type: 'unknown'
 }
 
 export type FileDescription = FileDescriptionTypes[FdType]

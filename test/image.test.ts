@@ -169,7 +169,7 @@ function fileTable(contentsSize: number): FileTable {
     { ...common(6, '/tmp/fifo', 0o4000), type: 'fifo', path: '/tmp/fifo', ...pathCommon, inodeMode: 0o10644, buffered: lazy(async () => Buffer.from('in the fifo')) },
     { ...common(7, 'pipe:[777]', 0o0), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
     { ...common(8, 'pipe:[777]', 0o1), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
-    { ...common(9, 'socket:[888]'), type: 'socket', notCheckpointable: 'unix stream socket: sockets are not checkpointable' },
+    { ...common(9, 'socket:[888]'), type: 'socket', family: 'other', notCheckpointable: 'netlink socket: sockets of this kind are not checkpointable' },
     {
       ...common(10, 'anon_inode:[eventpoll]'), type: 'epoll',
       items: [{ tfd: 7, events: 0x19, data: 0xffffffffffffffffn, targetObjref: asObjRef(7) }, { tfd: 99, events: 1, data: 0n, targetObjref: undefined }],
@@ -182,6 +182,17 @@ function fileTable(contentsSize: number): FileTable {
       watches: [{ wd: 1, ino: 12n, sdev: 0x803, mask: 0xfff, ignoredMask: 0, path: '/etc' }, { wd: 2, ino: 13n, sdev: 0x803, mask: 2, ignoredMask: 0, path: undefined }],
     },
     { ...common(15, 'anon_inode:[io_uring]'), type: 'unknown', notCheckpointable: 'io_uring is not supported' },
+    {
+      ...common(16, 'socket:[1016]', 0o4002), type: 'socket', family: 'unix', sockType: 'dgram', state: 'unconnected',
+      localAddress: Buffer.from('/run/synthetic.sock'), localUnlinked: false, localMode: 0o755, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0,
+      backlog: 0, shutdown: 0, rcvbuf: 212992, sndbuf: 212992, passcred: true, rcvtimeoUs: 2500000n, sndtimeoUs: 0n, peekOff: -1,
+      queue: [{ data: Buffer.from('first'), sender: asObjRef(17) }, { data: Buffer.alloc(0), sender: undefined }],
+    },
+    {
+      ...common(17, 'socket:[1017]'), type: 'socket', family: 'unix', sockType: 'dgram', state: 'connected',
+      localAddress: Buffer.from('\0abstract\x01'), localUnlinked: false, localMode: 0, peerAddress: Buffer.from('/run/synthetic.sock'), peer: asObjRef(16), acceptPosition: 0,
+      backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [],
+    },
   ]
   const fds = files.map((f, i) => ({ fd: i, closeOnExec: i % 3 === 0, objref: f.objref }))
   fds.push({ fd: 100, closeOnExec: true, objref: asObjRef(2) }, { fd: 1023, closeOnExec: false, objref: asObjRef(7) })

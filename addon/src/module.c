@@ -323,7 +323,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 10];
+  napi_property_descriptor props[NASYNC + 12];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -338,7 +338,9 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 7] = (napi_property_descriptor){"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 8] = (napi_property_descriptor){"kcmpFileAcross", NULL, js_kcmp_file_across, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 9] = (napi_property_descriptor){"eventFd", NULL, js_event_fd, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 10, props);
+  props[NASYNC + 10] = (napi_property_descriptor){"unixSockets", NULL, js_unix_sockets, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 11] = (napi_property_descriptor){"peekSocket", NULL, js_peek_socket, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 12, props);
   return exports;
 }
 

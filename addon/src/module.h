@@ -79,6 +79,8 @@ napi_value js_read_memory_into(napi_env env, napi_callback_info info);
 napi_value js_read_memory_into_now(napi_env env, napi_callback_info info);
 napi_value js_scan_pagemap(napi_env env, napi_callback_info info);
 napi_value js_scan_pagemaps(napi_env env, napi_callback_info info);
+napi_value js_unix_sockets(napi_env env, napi_callback_info info);
+napi_value js_peek_socket(napi_env env, napi_callback_info info);
 napi_value js_kcmp_file(napi_env env, napi_callback_info info);
 napi_value js_freeze_many(napi_env env, napi_callback_info info);
 napi_value js_kcmp_file_across(napi_env env, napi_callback_info info);

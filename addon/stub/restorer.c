@@ -35,10 +35,14 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
+#include <stddef.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -881,6 +885,317 @@ static void open_fanotify_object(uint32_t id, int cloexec UNUSED, const char *wh
   object_fd[id] = fd;
 }
 
+// ---- UNIX sockets (lib/files/unixsock.ts) ----
+//
+// Each socket is one object. Its record makes the socket at its home, binds its name, sets its
+// options and listens; a connected pair (stream, seqpacket, or datagrams connected to each
+// other) is one socketpair(), made by the first of the two records, whose other end waits in
+// the working area for the peer's record. What needs every socket in place is done in
+// finish_unix_sockets, after the last record: queued messages are sent in (through the peer,
+// from the saved sender, or from a socket of the stub's own), datagram sockets are connected,
+// shutdowns made, names of sockets whose path had been unlinked removed again, and the status
+// flags and peek offsets set. Everything runs with the task's credentials (become_task): a
+// name is created as the task would create it, in a directory the task may write to.
+enum unix_link { LINK_NONE = 0, LINK_PAIR = 1, LINK_CONNECT = 2, LINK_PEER_CLOSED = 3, LINK_PENDING = 4 };
+enum unix_bind { BIND_NONE = 0, BIND_PATH = 1, BIND_ABSTRACT = 2 };
+
+struct unix_socket {
+  int made;               // the record was read
+  int fd;                 // where it lives (its home, or the working area)
+  int type, flags, link, shutdown_bits, peek_off;
+  uint32_t peer;          // the peer's object id (LINK_PAIR, LINK_CONNECT; LINK_PENDING: the listener)
+  uint32_t position;      // LINK_PENDING: its place in the listener's queue of connections (1: next)
+  struct sockaddr_un addr;
+  socklen_t addr_len;     // 0: no name
+  int unlink_after;       // the path was unlinked at checkpoint: bound, then removed again
+  int closed_end;         // LINK_PEER_CLOSED: the other end, closed once the queue is in
+  uint32_t queued;        // messages, each u32 sender id + bytes, at `queue` in the plan
+  const uint8_t *queue;
+};
+static struct unix_socket *unix_sockets;  // by object id, made with the first socket record
+static int *unix_pending;                 // object id -> the other end of a pair made for it (-1)
+
+static struct unix_socket *unix_socket_of(uint32_t id) {
+  if (!unix_sockets) {
+    unix_sockets = calloc(objects + 1, sizeof *unix_sockets);
+    unix_pending = malloc((objects + 1) * sizeof *unix_pending);
+    if (!unix_sockets || !unix_pending) fail("out of memory");
+    for (uint32_t i = 0; i <= objects; i++) unix_pending[i] = -1;
+  }
+  return &unix_sockets[id];
+}
+
+static const char *type_name(int type) {
+  return type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ? "dgram" : type == SOCK_SEQPACKET ? "seqpacket" : "?";
+}
+
+// The name as text for messages: the path, or @ and the abstract name (bytes shown as \xNN).
+static const char *shown_name(const struct unix_socket *s, char *out, size_t size) {
+  size_t len = s->addr_len - offsetof(struct sockaddr_un, sun_path), at = 0;
+  const char *p = s->addr.sun_path;
+  if (len > 0 && p[0] == 0) {
+    snprintf(out, size, "@");
+    at = 1;
+    p++;
+    len--;
+  } else if (len > 0 && p[len - 1] == 0) {
+    len--;
+  }
+  for (size_t i = 0; i < len && at + 5 < size; i++) {
+    unsigned char c = (unsigned char)p[i];
+    at += (size_t)snprintf(out + at, size - at, c >= 0x20 && c < 0x7f && c != '\\' ? "%c" : "\\x%02x", c);
+  }
+  out[at] = 0;
+  return out;
+}
+
+// Whether a socket file is left over from a socket that no longer exists: connecting a datagram
+// socket to it is refused with ECONNREFUSED only when no socket is bound to its inode (a live
+// socket of another type answers EPROTOTYPE, a live datagram one accepts).
+static int stale_socket_file(const struct sockaddr_un *addr, socklen_t len) {
+  int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return 0;
+  int r = connect(probe, (const struct sockaddr *)addr, len);
+  int e = errno;
+  close(probe);
+  return r < 0 && e == ECONNREFUSED;
+}
+
+static const char *file_kind(mode_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFLNK: return "a symbolic link";
+    case S_IFIFO: return "a fifo";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    default: return "not a socket";
+  }
+}
+
+// Binds a path name. A socket file already there that no socket uses any more (the saved
+// process's own, left behind when it died) is removed first; anything else at the path
+// (another file, a symbolic link, a socket in use) is refused and left alone. The file is
+// created with the task's credentials and the saved permission bits.
+static void bind_path(struct unix_socket *s, int fd, mode_t mode, const char *what) {
+  char shown[400];
+  struct stat st;
+  const char *path = s->addr.sun_path;
+  if (lstat(path, &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) fail("%s: socket path %s is now %s: refused", what, shown_name(s, shown, sizeof shown), file_kind(st.st_mode));
+    if (!stale_socket_file(&s->addr, s->addr_len)) fail("%s: socket path %s is in use by another socket: refused", what, shown_name(s, shown, sizeof shown));
+    if (unlink(path) < 0) fail("%s: unlink the stale socket file %s: %s", what, shown_name(s, shown, sizeof shown), strerror(errno));
+  } else if (errno != ENOENT) {
+    fail("%s: lstat %s: %s", what, shown_name(s, shown, sizeof shown), strerror(errno));
+  }
+  mode_t old = umask(~mode & 0777);
+  int r = bind(fd, (const struct sockaddr *)&s->addr, s->addr_len);
+  int e = errno;
+  umask(old);
+  if (r < 0) fail("%s: bind %s: %s", what, shown_name(s, shown, sizeof shown), strerror(e));
+}
+
+// A name whose path was unlinked at checkpoint: bound at the saved path when nothing is there,
+// else at a temporary name beside it; either is unlinked again once every socket is connected
+// (finish_unix_sockets), so the socket has its name but no file on disk, as it had.
+static void bind_unlinked(struct unix_socket *s, int fd, uint32_t id, const char *what) {
+  char shown[400];
+  struct stat st;
+  if (lstat(s->addr.sun_path, &st) == 0 || errno != ENOENT) {
+    char *slash = strrchr(s->addr.sun_path, '/');
+    size_t dir = slash ? (size_t)(slash - s->addr.sun_path) : 0;
+    char temp[sizeof s->addr.sun_path];
+    int n = snprintf(temp, sizeof temp, "%.*s/.ckptfs-%d-%u", (int)dir, s->addr.sun_path, (int)getpid(), id);
+    if (n < 0 || (size_t)n >= sizeof temp) fail("%s: no room for a temporary name beside %s", what, shown_name(s, shown, sizeof shown));
+    memcpy(s->addr.sun_path, temp, (size_t)n + 1);
+    s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+  }
+  if (bind(fd, (const struct sockaddr *)&s->addr, s->addr_len) < 0) fail("%s: bind %s: %s", what, shown_name(s, shown, sizeof shown), strerror(errno));
+  s->unlink_after = 1;
+}
+
+static void set_int_opt(int fd, int name, int value, const char *opt, const char *what) {
+  if (setsockopt(fd, SOL_SOCKET, name, &value, sizeof value) < 0) fail("%s: setsockopt %s %d: %s", what, opt, value, strerror(errno));
+}
+
+static void set_timeo(int fd, int name, uint64_t us, const char *opt, const char *what) {
+  struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+  if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0) fail("%s: setsockopt %s: %s", what, opt, strerror(errno));
+}
+
+// Payload: i32 type, i32 flags, u32 bind (0 none, 1 path, 2 abstract), bytes name (sun_path
+// without the terminating NUL; abstract: without the leading NUL), u32 unlinked, u32 mode,
+// i32 backlog (-1: not listening), u32 link (0 none, 1 pair, 2 connect, 3 peer closed,
+// 4 pending: connected to a listener, not accepted), u32 peer id, u32 accept position, u32 shutdown (1 read, 2 write), i32 rcvbuf, i32 sndbuf (as getsockopt showed
+// them: twice what setsockopt takes), i32 passcred, u64 rcvtimeo_us, u64 sndtimeo_us,
+// i32 peek_off, u32 count, then per queued message u32 sender id (0: none), bytes data.
+static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  struct unix_socket *s = unix_socket_of(id);
+  s->type = i32("socket type");
+  s->flags = i32("flags");
+  uint32_t bind_kind = u32("bind"), name_len;
+  const uint8_t *name = blob("name", &name_len);
+  uint32_t unlinked = u32("unlinked"), mode = u32("mode");
+  int backlog = i32("backlog");
+  s->link = (int)u32("link");
+  s->peer = u32("peer");
+  s->position = u32("accept position");
+  s->shutdown_bits = (int)u32("shutdown");
+  int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), passcred = i32("passcred");
+  uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
+  s->peek_off = i32("peek_off");
+  s->queued = u32("message count");
+  s->queue = plan;
+  for (uint32_t i = 0; i < s->queued; i++) {
+    uint32_t len;
+    if (u32("sender") > objects) fail("%s: queued message %u: sender out of range", what, i);
+    (void)blob("message", &len);
+  }
+  if (s->type != SOCK_STREAM && s->type != SOCK_DGRAM && s->type != SOCK_SEQPACKET) fail("%s: socket type %d is not stream, dgram or seqpacket", what, s->type);
+  if (bind_kind > BIND_ABSTRACT || name_len + 1 > sizeof s->addr.sun_path || (bind_kind == BIND_NONE) != (name_len == 0)) fail("%s: bad socket name", what);
+  int named_peer = s->link == LINK_PAIR || s->link == LINK_CONNECT || s->link == LINK_PENDING;
+  if (s->link > LINK_PENDING || named_peer != (s->peer != 0) || s->peer > objects || s->peer == id) fail("%s: bad peer", what);
+  if ((s->link == LINK_PENDING) != (s->position != 0) || s->position > objects) fail("%s: bad accept position %u", what, s->position);
+  if (s->shutdown_bits & ~3) fail("%s: bad shutdown bits %d", what, s->shutdown_bits);
+  s->addr.sun_family = AF_UNIX;
+  if (bind_kind == BIND_ABSTRACT) {
+    memcpy(s->addr.sun_path + 1, name, name_len);
+    s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + name_len);
+  } else if (bind_kind == BIND_PATH) {
+    memcpy(s->addr.sun_path, name, name_len);
+    if (memchr(name, 0, name_len) || name[0] != '/') fail("%s: a socket path must be absolute and without NUL bytes", what);
+    s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + name_len + 1);
+  }
+
+  int fd;
+  s->closed_end = -1;
+  if (s->link == LINK_PAIR && unix_pending[id] >= 0) {
+    // The peer's record made the pair: this end waited in the working area.
+    struct unix_socket *p = &unix_sockets[s->peer];
+    if (!p->made || p->peer != id || p->type != s->type) fail("%s: the pair made by files/%u does not name this socket", what, s->peer);
+    fd = unix_pending[id];
+    unix_pending[id] = -1;
+  } else if (s->link == LINK_PAIR || s->link == LINK_PEER_CLOSED) {
+    int sv[2];
+    if (socketpair(AF_UNIX, s->type | SOCK_CLOEXEC, 0, sv) < 0) fail("%s: socketpair(%s): %s", what, type_name(s->type), strerror(errno));
+    int other = to_work(sv[1], what);
+    if (s->link == LINK_PAIR) {
+      if (unix_socket_of(s->peer)->made) fail("%s: its peer files/%u was made before it without a pair", what, s->peer);
+      unix_pending[s->peer] = other;
+    } else {
+      s->closed_end = other;
+    }
+    fd = sv[0];
+  } else {
+    fd = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail("%s: socket(AF_UNIX, %s): %s", what, type_name(s->type), strerror(errno));
+  }
+  fd = settle(fd, id, 1, what);
+  s->fd = fd;
+  s->made = 1;
+  object_fd[id] = fd;
+
+  // Buffer sizes first: a queue is sent in later, through them.
+  if (rcvbuf > 0) set_int_opt(fd, SO_RCVBUF, rcvbuf / 2, "SO_RCVBUF", what);
+  if (sndbuf > 0) set_int_opt(fd, SO_SNDBUF, sndbuf / 2, "SO_SNDBUF", what);
+  if (passcred) set_int_opt(fd, SO_PASSCRED, 1, "SO_PASSCRED", what);
+  if (rcvtimeo) set_timeo(fd, SO_RCVTIMEO, rcvtimeo, "SO_RCVTIMEO", what);
+  if (sndtimeo) set_timeo(fd, SO_SNDTIMEO, sndtimeo, "SO_SNDTIMEO", what);
+
+  if (bind_kind == BIND_PATH && unlinked) bind_unlinked(s, fd, id, what);
+  else if (bind_kind == BIND_PATH) bind_path(s, fd, mode & 07777, what);
+  else if (bind_kind == BIND_ABSTRACT && bind(fd, (const struct sockaddr *)&s->addr, s->addr_len) < 0) {
+    char shown[400];
+    fail("%s: bind %s: %s", what, shown_name(s, shown, sizeof shown), strerror(errno));
+  }
+  if (backlog >= 0 && listen(fd, backlog) < 0) fail("%s: listen(%d): %s", what, backlog, strerror(errno));
+}
+
+// Sends all of `data` from `from` (to `to` when given: an unconnected receiver), never waiting:
+// the saved queue fitted the saved buffers, which are set again.
+static void send_queued(int from, const struct unix_socket *to, int by_address, const uint8_t *data, uint32_t len, int type, const char *what) {
+  do {
+    ssize_t n = sendto(from, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, by_address ? (const struct sockaddr *)&to->addr : NULL, by_address ? to->addr_len : 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("%s: sending its queued %u bytes back in: %s", what, len, strerror(errno));
+    if (type != SOCK_STREAM && (uint32_t)n != len) fail("%s: a queued message of %u bytes went in as %zd", what, len, n);
+    data += n;
+    len -= (uint32_t)n;
+  } while (len > 0);
+}
+
+static void finish_unix_sockets(void) {
+  if (!unix_sockets) return;
+  char what[64];
+  // Queues, before any datagram socket is connected (a connected one takes messages only from its peer).
+  for (uint32_t id = 1; id <= objects; id++) {
+    struct unix_socket *s = &unix_sockets[id];
+    if (!s->made || !s->queued) continue;
+    snprintf(what, sizeof what, "files/%u", id);
+    plan = s->queue;
+    int scratch = -1;
+    for (uint32_t i = 0; i < s->queued; i++) {
+      uint32_t sender = u32("sender"), len;
+      const uint8_t *data = blob("message", &len);
+      // Through the other end of its pair; else from the saved sender, addressed; else from a
+      // socket of the stub's own (the message then has no sender address).
+      int from = -1, by_address = 0;
+      if (s->link == LINK_PAIR) from = unix_sockets[s->peer].fd;
+      else if (s->link == LINK_PEER_CLOSED) from = s->closed_end;
+      else if (s->addr_len == 0) fail("%s: messages are queued on a socket that has neither a name nor a peer", what);
+      else if (sender && unix_sockets[sender].made && unix_sockets[sender].type == s->type) from = unix_sockets[sender].fd, by_address = 1;
+      else {
+        if (scratch < 0 && (scratch = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0)) < 0) fail("%s: socket: %s", what, strerror(errno));
+        from = scratch, by_address = 1;
+      }
+      send_queued(from, s, by_address, data, len, s->type, what);
+    }
+    if (scratch >= 0) close(scratch);
+  }
+  for (uint32_t id = 1; id <= objects; id++) {
+    struct unix_socket *s = &unix_sockets[id];
+    if (!s->made) continue;
+    snprintf(what, sizeof what, "files/%u", id);
+    if (s->link == LINK_CONNECT) {
+      struct unix_socket *p = &unix_sockets[s->peer];
+      char shown[400];
+      if (!p->made || p->addr_len == 0) fail("%s: its peer files/%u has no name to connect to", what, s->peer);
+      if (connect(s->fd, (const struct sockaddr *)&p->addr, p->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(p, shown, sizeof shown), strerror(errno));
+    }
+    if (s->closed_end >= 0) close(s->closed_end);
+  }
+  // Connections waiting to be accepted, in the order the listeners had them: each connect
+  // queues one on its listener, whose accept() hands them out first come, first served.
+  for (uint32_t position = 1, more = 1; more; position++) {
+    more = 0;
+    for (uint32_t id = 1; id <= objects; id++) {
+      struct unix_socket *s = &unix_sockets[id];
+      if (!s->made || s->link != LINK_PENDING || s->position < position) continue;
+      if (s->position > position) {
+        more = 1;
+        continue;
+      }
+      snprintf(what, sizeof what, "files/%u", id);
+      struct unix_socket *l = &unix_sockets[s->peer];
+      char shown[400];
+      if (!l->made || l->addr_len == 0) fail("%s: its listener files/%u has no name to connect to", what, s->peer);
+      // Never waiting: the listener's backlog had room for it.
+      set_status_flags(s->fd, O_NONBLOCK, what);
+      if (connect(s->fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+    }
+  }
+  for (uint32_t id = 1; id <= objects; id++) {
+    struct unix_socket *s = &unix_sockets[id];
+    if (!s->made) continue;
+    snprintf(what, sizeof what, "files/%u", id);
+    static const int how[] = {-1, SHUT_RD, SHUT_WR, SHUT_RDWR};
+    if (s->link != LINK_PEER_CLOSED && s->shutdown_bits && shutdown(s->fd, how[s->shutdown_bits]) < 0) fail("%s: shutdown: %s", what, strerror(errno));
+    if (s->unlink_after && unlink(s->addr.sun_path) < 0) fail("%s: unlink %s: %s", what, s->addr.sun_path, strerror(errno));
+    if (s->peek_off >= 0) set_int_opt(s->fd, SO_PEEK_OFF, s->peek_off, "SO_PEEK_OFF", what);
+    set_status_flags(s->fd, s->flags, what);
+  }
+}
+
 // The object kinds, indexed by the number a plan record carries. The TypeScript handlers
 // (lib/files/*.ts) declare the same numbers and names as their `stubKinds`;
 // `restorer --kinds` prints this table and test/fdkinds.test.ts checks that the two agree.
@@ -900,6 +1215,7 @@ static const struct object_kind {
   [9] = {"inotify", open_inotify_object},
   [10] = {"epoll", open_epoll_object},
   [11] = {"fanotify", open_fanotify_object},
+  [12] = {"unix_socket", open_unix_socket_object},
 };
 
 // An object this task inherits from its restored parent (a tree, tree.c): it sits at the
@@ -1014,6 +1330,7 @@ int main(int argc, char **argv) {
     int home = home_of(id, NULL);
     if (home >= 0 && object_fd[id] < 0) fail("fd %d: names files/%u, which was not opened", home, id);
   }
+  finish_unix_sockets();
   add_epoll_items(object_fd, objects);
   become_restorer();
 

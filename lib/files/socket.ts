@@ -1,24 +1,137 @@
-// Sockets cannot be checkpointed yet; capture says which kind each one is (from the socket
-// tables of the task's network namespace) so `ckptfs check` can say precisely what is in the way.
+// Sockets: one fd_type, `socket`, whose description is its family's. This module is only a
+// dispatcher: each family with a handler of its own (lib/files/unixsock.ts for AF_UNIX) adds
+// its description to SocketFamilyTypes and one line to `families`; capture picks the family
+// from the socket tables of the task's network namespace, everything else from the
+// description's `family`. A socket of a family without a handler is shown and refused with
+// its kind, so `ckptfs check` can say precisely what is in the way.
 
-import type { OtherDescription } from '../model'
+import type { DescriptionCommon } from '../model'
+import { CkptError } from '../errors'
+import { attr } from '../tree/node'
+import type { Fields } from '../image/records'
 import { described, requireNotCheckpointable, withCommon } from './common'
-import type { FileHandler } from './handler'
+import type { DescriptionBase, FileHandler, ImageMapping, RecordedDescription } from './handler'
+import { unixSocket } from './unixsock'
 
-const table = withCommon<OtherDescription>([])
+/** A socket of a family that cannot be checkpointed (netlink, packet, ...). */
+export interface OtherSocketDescription extends DescriptionCommon {
+  type: 'socket'
+  family: 'other'
+}
 
-export const socket: FileHandler<OtherDescription> = {
+/** Every family's description, by its `family` (a family module adds its own). */
+export interface SocketFamilyTypes {
+  other: OtherSocketDescription
+}
+export type SocketFamily = keyof SocketFamilyTypes
+export type SocketDescription = SocketFamilyTypes[SocketFamily]
+
+declare module '../model' {
+  interface FileDescriptionTypes {
+    socket: SocketDescription
+  }
+}
+
+/**
+ * A family's handler: a file handler for its own descriptions, which says which sockets it
+ * captures (by the kind the socket tables give them, "UNIX stream ...") and keeps its image
+ * fields in its member of the Socket message's `family` oneof (lib/image/ckptfs.proto).
+ */
+export interface SocketFamilyHandler<D extends SocketDescription> extends Omit<FileHandler<D>, 'types' | 'image'> {
+  readonly family: D['family']
+  /** Whether a socket of this kind (readSocketKinds' description) is this family's. */
+  claims(kind: string): boolean
+  readonly image: Omit<ImageMapping<D>, 'read'> & {
+    read(details: Fields, base: DescriptionBase): RecordedDescription<D>
+  }
+}
+
+const otherTable = withCommon<OtherSocketDescription>([attr('family', (d) => d.family)])
+
+const other: SocketFamilyHandler<OtherSocketDescription> = {
+  family: 'other',
+  claims: () => false,
+  async capture(_probe, base, ctx) {
+    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? 'unknown'
+    return { ...base, type: 'socket', family: 'other', notCheckpointable: `socket: sockets cannot be checkpointed yet (type ${kind}, inode ${base.ino})` }
+  },
+  entries: () => otherTable,
+  load(dir, base) {
+    requireNotCheckpointable(dir, base, 'socket')
+    return described<OtherSocketDescription>(base, { type: 'socket', family: 'other' })
+  },
+  image: {
+    field: 'other',
+    write: () => ({}),
+    read: (_details, base) => ({ description: described<OtherSocketDescription>(base, { type: 'socket', family: 'other' }), contentsSize: undefined }),
+  },
+}
+
+/** The family handlers, one line each. */
+const families: ReadonlyArray<SocketFamilyHandler<SocketDescription>> = [unixSocket as unknown as SocketFamilyHandler<SocketDescription>]
+const byFamily = new Map<string, SocketFamilyHandler<SocketDescription>>([...families, other as unknown as SocketFamilyHandler<SocketDescription>].map((h) => [h.family, h]))
+
+function familyOf(d: SocketDescription): SocketFamilyHandler<SocketDescription> {
+  const h = byFamily.get(d.family)
+  if (!h) throw new CkptError(`files/${d.objref}/family: ${d.family} is not a socket family ckptfs knows`)
+  return h
+}
+
+/** The Socket message's oneof members, one per family. */
+const imageMembers = [...byFamily.values()].map((h) => h.image.field)
+
+export const socket: FileHandler<SocketDescription> = {
   types: ['socket'],
 
   async capture(probe, base, ctx) {
-    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? 'unknown'
-    return { ...base, type: 'socket', notCheckpointable: `socket: sockets cannot be checkpointed yet (type ${kind}, inode ${base.ino})` }
+    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? ''
+    const h = families.find((f) => f.claims(kind)) ?? (other as unknown as SocketFamilyHandler<SocketDescription>)
+    return h.capture(probe, base, ctx)
   },
 
-  entries: () => table,
-
-  load(dir, base) {
-    requireNotCheckpointable(dir, base, 'socket')
-    return described<OtherDescription>(base, { type: 'socket' })
+  async settle(d) {
+    const h = familyOf(d)
+    return h.settle ? h.settle(d) : d
   },
+
+  entries: (d) => familyOf(d).entries(d),
+
+  load(dir, base, type) {
+    // Trees saved before sockets had families show none: those sockets were all refused.
+    const family = dir.has('family') ? dir.text('family') : 'other'
+    const h = byFamily.get(family)
+    if (!h) throw dir.fail('family', `${JSON.stringify(family)} is not one of ${[...byFamily.keys()].join(', ')}`)
+    return h.load(dir, base, type)
+  },
+
+  async validate(d, ctx) {
+    await familyOf(d).validate?.(d, ctx)
+  },
+
+  planRestore(d, ctx) {
+    const h = familyOf(d)
+    if (!h.planRestore) throw new CkptError(`files/${d.objref}: ${d.family} sockets cannot be restored`, 'ENOTSUP')
+    return h.planRestore(d, ctx)
+  },
+
+  get stubKinds() {
+    return Object.assign({}, ...families.map((f) => f.stubKinds ?? {}))
+  },
+
+  image: {
+    field: 'socket',
+    async write(d) {
+      const h = familyOf(d)
+      return { [h.image.field]: await h.image.write(d) }
+    },
+    read(details, base) {
+      const present = imageMembers.filter((m) => details.has(m))
+      if (present.length !== 1) details.fail('family', present.length ? `${present.join(' and ')} are both set` : 'missing')
+      const h = [...byFamily.values()].find((f) => f.image.field === present[0])!
+      return h.image.read(details.msg(present[0]), base)
+    },
+    references: (d) => familyOf(d).image.references?.(d) ?? [],
+  },
+
+  summary: (d) => familyOf(d).summary?.(d) ?? d.target,
 }
