@@ -11,6 +11,7 @@
         "src/memory.c",
         "src/checksum.c",
         "src/files.c",
+        "src/inetsock.c",
         "src/restore.c",
         "src/uffd.c"
       ],

@@ -199,6 +199,12 @@ export interface Addon {
   peekPipe(pid: number, fd: number): Promise<Buffer>
   /** close(2) of an fd of this process. */
   close(fd: number): void
+  /** What a socket of this process (a getFd copy) says about itself: family, type, addresses, TCP state, options. */
+  inetSocket(fd: number): InetSocketInfo
+  /** TCP_REPAIR on: the connection's sequence numbers, queues (peeked), options and window; it stays in repair mode. */
+  tcpRepairDump(fd: number): TcpRepairDump
+  /** TCP_REPAIR off: the connection works again. */
+  tcpRepairOff(fd: number): void
 
   // ---- restore (tracer thread) ----
   /**
@@ -244,4 +250,59 @@ export interface LazyFillResult {
   failure?: string
   /** The piece that failed, or -1 when the failure was not one piece's. */
   failedPiece?: number
+}
+
+export interface InetAddress {
+  addr: string
+  port: number
+  /** IPv6 only. */
+  scopeId?: number
+}
+
+export interface InetSocketInfo {
+  domain: number
+  type: number
+  protocol: number
+  /** Absent for sockets of other families (only domain, type and protocol are read). */
+  local?: InetAddress
+  peer?: InetAddress
+  /** The kernel's sk_state (TCP_ESTABLISHED 1 ... TCP_LISTEN 10); UDP: 1 connected, 7 not. */
+  state: number
+  backlog: number
+  /** Connections waiting in a listening socket's accept queue. */
+  pending: number
+  inq: number
+  outq: number
+  reuseaddr: number
+  reuseport: number
+  keepalive: number
+  broadcast: number
+  rcvbuf: number
+  sndbuf: number
+  v6only: number
+  nodelay: number
+  keepidle: number
+  keepintvl: number
+  keepcnt: number
+  rcvtimeoUs: bigint
+  sndtimeoUs: bigint
+}
+
+export interface TcpRepairDump {
+  sendSeq: bigint
+  sendQueue: Buffer
+  recvSeq: bigint
+  recvQueue: Buffer
+  unsent: number
+  mss: number
+  /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
+  options: number
+  sndWscale: number
+  rcvWscale: number
+  timestamp: bigint
+  sndWl1: bigint
+  sndWnd: bigint
+  maxWindow: bigint
+  rcvWnd: bigint
+  rcvWup: bigint
 }

@@ -105,7 +105,7 @@ export interface FileDescriptionTypes {
   blk: PathDescription
   fifo: PathDescription
   pipe: PipeDescription
-  socket: OtherDescription
+  socket: SocketFamilies[keyof SocketFamilies]
   epoll: EpollDescription
   eventfd: EventfdDescription
   signalfd: SignalfdDescription
@@ -115,6 +115,14 @@ export interface FileDescriptionTypes {
 }
 
 export type FdType = keyof FileDescriptionTypes
+
+/**
+ * A socket's description by family: `none` for a socket that cannot be checkpointed; a
+ * family's module adds its own variant (lib/files/inetsock.ts), told apart by its own field.
+ */
+export interface SocketFamilies {
+  none: OtherDescription
+}
 
 export interface FdEntry {
   fd: number

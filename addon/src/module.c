@@ -323,7 +323,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 9];
+  napi_property_descriptor props[NASYNC + 12];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -337,7 +337,10 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 6] = (napi_property_descriptor){"readMemoryIntoNow", NULL, js_read_memory_into_now, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 7] = (napi_property_descriptor){"crc32c", NULL, js_crc32c, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 8] = (napi_property_descriptor){"kcmpFileAcross", NULL, js_kcmp_file_across, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 9, props);
+  props[NASYNC + 9] = (napi_property_descriptor){"inetSocket", NULL, js_inet_socket, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 10] = (napi_property_descriptor){"tcpRepairDump", NULL, js_tcp_repair_dump, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 11] = (napi_property_descriptor){"tcpRepairOff", NULL, js_tcp_repair_off, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 12, props);
   return exports;
 }
 
