@@ -1,0 +1,246 @@
+// TCP and UDP sockets (issue 14, lib/files/inetsock.ts): a fixture holding listening, bound and
+// connected sockets and an established connection to a peer outside the tree, with data in
+// flight both ways, is checkpointed through the real mount, killed, and restored from a
+// `cp -a` copy and from the image; the connection carries on with no byte lost or repeated,
+// also though the peer sent during the gap. The nftables table that drops the peer's packets
+// meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
+// answers on its port after a restore. A user's saved socket on port 80 is refused.
+
+import { execFileSync } from 'child_process'
+import * as fs from 'fs'
+import * as http from 'http'
+import * as net from 'net'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, listTree, reseal, restoreCli, runChecks, sleep, waitUntil, workdir, type Target } from './lib/restore'
+import { buildTarget, startTarget } from './lib/targets'
+import { asUser, attacker } from './lib/unprivileged'
+
+const fixture = buildTarget('restore_inetsock')
+const peerBin = buildTarget('inet_peer')
+
+/** Our nftables tables (lib/netgap.ts names them ckptfs_gap_...). */
+function ourTables(): string[] {
+  const out = execFileSync('/usr/sbin/nft', ['list', 'tables'], { encoding: 'utf8' })
+  return out.split('\n').filter((l) => l.includes('ckptfs_gap_'))
+}
+
+const read = (file: string) => fs.readFileSync(file, 'utf8').trim()
+
+/** The objrefs under SAVED/files of sockets, with their protocol and state. */
+function sockets(saved: string): Array<{ objref: string; protocol: string; state: string; family: string; dir: string }> {
+  const files = path.join(saved, 'files')
+  return fs.readdirSync(files)
+    .filter((n) => read(path.join(files, n, 'fd_type')) === 'socket' && fs.existsSync(path.join(files, n, 'family')))
+    .map((n) => ({ objref: n, dir: path.join(files, n), protocol: read(path.join(files, n, 'protocol')), state: read(path.join(files, n, 'state')), family: read(path.join(files, n, 'family')) }))
+}
+
+interface Started {
+  target: Target
+  peer: Awaited<ReturnType<typeof startTarget>>
+  dir: string
+}
+
+async function startPair(t: Test): Promise<Started> {
+  const dir = workdir(t, 'ckptfs-inet-')
+  const peer = await startTarget(peerBin, [dir], /^listening port=\d+ pid=\d+$/)
+  t.teardown(() => peer.kill())
+  const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
+  const target = await launch(t, [fixture, dir, String(port)], { dir })
+  await peer.waitFor(/^peer sent \d+$/)
+  return { target, peer, dir }
+}
+
+/** After the kill: the peer sends during the gap; it must not be reset. */
+async function gap(s: Started): Promise<void> {
+  fs.writeFileSync(path.join(s.dir, 'gap'), '')
+  await s.peer.waitFor(/^gap sent$/)
+  // Some of the peer's (re)transmissions meet the dead socket's port meanwhile.
+  await sleep(300)
+}
+
+/** Lets both ends carry on and checks both streams whole. */
+async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
+  const checks = await runChecks(s.target, since, 40_000)
+  t.ok(checks.done, 'the fixture finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+  for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
+    'udp: SO_RCVTIMEO', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
+    'tcp: SO_SNDTIMEO', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    t.ok(checks.ok.includes(name), `ok ${name}`)
+  }
+  const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))
+  const said = await s.peer.waitFor(/^peer received \d+ bytes/, 20_000)
+  t.equal(said.input, `peer received ${total?.[1]} bytes, all in order`, 'the peer got every byte the fixture sent, in order, once')
+}
+
+t.test('listening, UDP and an established connection with data in flight come back from a copied tree', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  const queued = /^queued out (\d+) in (\d+)$/m.exec(s.target.text())!
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  t.equal(ourTables().length, 1, 'after the kill, one table drops the peer\'s packets')
+
+  const found = sockets(saved)
+  const kinds = found.map((k) => `${k.family} ${k.protocol} ${k.state}`).sort()
+  t.same(kinds, ['inet tcp established', 'inet tcp listen', 'inet udp close', 'inet6 tcp listen', 'inet6 udp close', 'inet6 udp established'], 'six sockets, by family, protocol and state')
+  const conn = found.find((k) => k.state === 'established' && k.protocol === 'tcp')!
+  t.equal(fs.statSync(path.join(conn.dir, 'tcp', 'recv_queue')).size, Number(queued[2]), 'recv_queue: the bytes the peer sent that were not read')
+  const sendQueue = fs.statSync(path.join(conn.dir, 'tcp', 'send_queue')).size
+  t.ok(sendQueue > 0 && sendQueue <= Number(queued[1]), `send_queue: bytes in flight out (${sendQueue}; ${queued[1]} when it was ready)`)
+  t.ok(Number(read(path.join(conn.dir, 'tcp', 'unsent'))) <= sendQueue, 'unsent: part of send_queue')
+  t.equal(read(path.join(conn.dir, 'options', 'nodelay')), '1', 'options/nodelay')
+  t.equal(read(path.join(found.find((k) => k.family === 'inet' && k.state === 'listen')!.dir, 'backlog')), '7', 'backlog')
+
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(), [], 'the restore removed the table')
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('the same from the image', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
+  const show = ckptfs('show', `${saved}.image`)
+  t.match(show.stdout, /TCP socket 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+, established/, 'ckptfs show names the connection')
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, `${saved}.image`)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  // Someone takes the listening port meanwhile: the restore fails at its bind.
+  const lst = sockets(saved).find((k) => k.family === 'inet' && k.state === 'listen')!
+  const port = Number(read(path.join(lst.dir, 'local_port')))
+  const squatter = net.createServer().listen(port, '127.0.0.1')
+  await new Promise((resolve) => squatter.once('listening', resolve))
+  const before = listTree(s.dir)
+  const r = restoreCli(mnt, saved)
+  squatter.close()
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`^ckptfs restore: .*fd \\d+ \\(files/${lst.objref}\\): bind: Address already in use\\n$`), 'naming the socket')
+  t.notOk(exists(s.target.pid), 'no process is left')
+  t.same(listTree(s.dir), before, 'nothing new in its directory')
+  t.same(ourTables(), [], 'the failed restore removed the table')
+
+  // A second fixture, checkpointed and resumed: its connection works on.
+  const s2 = await startPair(t)
+  const cp = ckptfsOk('checkpoint', String(s2.target.pid), '--mount', mnt)
+  t.equal(ourTables().length, 1, 'while frozen, the table is there')
+  const since = s2.target.text().length
+  fs.writeFileSync(path.join(cp, 'done'), '1\n')
+  await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
+  t.same(ourTables(), [], 'resumed: the table is gone')
+  fs.writeFileSync(path.join(s2.dir, 'gap'), '')
+  await carriesOn(t, s2, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('states and families that cannot be restored are refused by name', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  const cp = ckptfsOk('checkpoint', String(s.target.pid), '--mount', mnt)
+  execFileSync('cp', ['-a', cp, saved])
+  fs.writeFileSync(path.join(cp, 'done'), '1\n')
+  await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
+  t.same(ourTables(), [], 'resumed: no table')
+  fs.writeFileSync(path.join(s.dir, 'gap'), '')
+  const udp = sockets(saved).find((k) => k.family === 'inet' && k.protocol === 'udp')!
+  const edit = (file: string, value: string, expected: RegExp) => {
+    const kept = fs.readFileSync(file)
+    fs.writeFileSync(file, value)
+    reseal(saved)
+    const r = restoreCli(mnt, saved)
+    fs.writeFileSync(file, kept)
+    reseal(saved)
+    t.equal(r.status, 1, `${value.trim()}: refused`)
+    t.match(r.stderr, expected, `${value.trim()}: says which and why`)
+  }
+  edit(path.join(udp.dir, 'state'), 'syn_sent\n', new RegExp(`files/${udp.objref}/state: "syn_sent" is not one of established, listen, close`))
+  edit(path.join(udp.dir, 'state'), 'listen\n', new RegExp(`files/${udp.objref}/state: a UDP socket does not listen`))
+  edit(path.join(udp.dir, 'local_addr'), '127.0.0.300\n', new RegExp(`files/${udp.objref}/local_addr: "127.0.0.300" is not an IPv4 address`))
+  edit(path.join(udp.dir, 'local_port'), '65536\n', new RegExp(`files/${udp.objref}/local_port: 65536 is out of range`))
+})
+
+/** A free TCP port on 127.0.0.1, by asking the kernel for one. */
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1')
+  await new Promise((resolve) => server.once('listening', resolve))
+  const port = (server.address() as net.AddressInfo).port
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+function httpGet(port: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+  })
+}
+
+t.test('python3 -m http.server answers on its port after a restore', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t, 'ckptfs-http-')
+  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hello from before the checkpoint\n')
+  const port = await freePort()
+  const target = await launch(t, ['python3', '-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', dir], { dir, ready: (tg) => /Serving HTTP/.test(tg.text()) })
+  const before = await httpGet(port)
+  t.equal(before.status, 200, 'it answers before')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  await t.rejects(httpGet(port), 'nothing answers while it is gone')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  const after = await httpGet(port)
+  t.equal(after.status, 200, 'it answers after the restore')
+  t.match(after.body, /hello\.txt/, 'with its directory listing')
+})
+
+t.test('a user\'s saved socket on port 80 is refused: the restore binds with the task\'s credentials', async (t) => {
+  const user = attacker()
+  const mnt = mountFor(t)
+  // The user's own program: python listening on a free port above 1024, as the user may.
+  const dir = workdir(t, 'ckptfs-inet-user-')
+  fs.chownSync(dir, user.uid, user.gid)
+  const out = path.join(dir, 'out')
+  fs.writeFileSync(out, '', { mode: 0o644 })
+  fs.chownSync(out, user.uid, user.gid)
+  const port = await freePort()
+  const code = `import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  // The user's copy says port 80 (edited and resealed, as its owner may).
+  const lst = sockets(saved).find((k) => k.state === 'listen')!
+  fs.writeFileSync(path.join(lst.dir, 'local_port'), '80\n')
+  reseal(saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  const before = listTree(dir)
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'refused')
+  t.match(r.stderr, new RegExp(`files/${lst.objref}\\): bind: Permission denied`), 'the bind of port 80 as the user is refused')
+  t.notOk(exists(target.pid), 'no process is left')
+  t.same(listTree(dir), before, 'nothing new in its directory')
+})
