@@ -4,7 +4,8 @@
 // `cp -a` copy and from the image; the connection carries on with no byte lost or repeated,
 // also though the peer sent during the gap. The nftables table that drops the peer's packets
 // meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
-// answers on its port after a restore. A user's saved socket on port 80 is refused.
+// answers on its port after a restore. A user's saved socket on port 80 and connection
+// (repair mode needs the CAP_NET_ADMIN the user lacks) are refused.
 
 import { execFileSync } from 'child_process'
 import * as fs from 'fs'
@@ -141,7 +142,10 @@ t.test('a failed restore removes the table too and leaves nothing behind; a resu
 
   // A second fixture, checkpointed and resumed: its connection works on.
   const s2 = await startPair(t)
-  const cp = ckptfsOk('checkpoint', String(s2.target.pid), '--mount', mnt)
+  const said = ckptfs('checkpoint', String(s2.target.pid), '--mount', mnt)
+  t.equal(said.status, 0, 'checkpointed')
+  const cp = said.stdout.trim()
+  t.match(said.stderr, /^ckptfs checkpoint: note: checkpoint-\d+ holds 1 established TCP connection \(files\/\d+ 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+\) in repair mode: "echo 1 > .*\/done" lets them carry on/, 'the checkpoint says which connection it holds and what done does to it')
   t.equal(ourTables().length, 1, 'while frozen, the table is there')
   const since = s2.target.text().length
   fs.writeFileSync(path.join(cp, 'done'), '1\n')
@@ -218,29 +222,46 @@ t.test('python3 -m http.server answers on its port after a restore', async (t) =
   t.match(after.body, /hello\.txt/, 'with its directory listing')
 })
 
-t.test('a user\'s saved socket on port 80 is refused: the restore binds with the task\'s credentials', async (t) => {
+t.test('a user\'s sockets come back only as the user could make them: port 80 and repair mode are refused', async (t) => {
   const user = attacker()
   const mnt = mountFor(t)
-  // The user's own program: python listening on a free port above 1024, as the user may.
+  // A peer outside the tree for the user's connection.
+  const accepted: net.Socket[] = []
+  const peer = net.createServer((c) => accepted.push(c.on('error', () => undefined))).listen(0, '127.0.0.1')
+  await new Promise((resolve) => peer.once('listening', resolve))
+  t.teardown(() => {
+    accepted.forEach((c) => c.destroy())
+    peer.close()
+  })
+  const peerPort = (peer.address() as net.AddressInfo).port
+  // The user's own program: python listening on a free port above 1024, as the user may, and
+  // connected to the peer.
   const dir = workdir(t, 'ckptfs-inet-user-')
   fs.chownSync(dir, user.uid, user.gid)
   const out = path.join(dir, 'out')
   fs.writeFileSync(out, '', { mode: 0o644 })
   fs.chownSync(out, user.uid, user.gid)
   const port = await freePort()
-  const code = `import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  const code = `import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
   const saved = path.join(dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  const before = listTree(dir)
+  const refused = (what: string, expected: RegExp) => {
+    const r = ckptfs('restore', saved, '--mount', mnt)
+    t.equal(r.status, 1, `${what}: refused`)
+    t.match(r.stderr, expected, `${what}: says which and why`)
+    t.notOk(exists(target.pid), `${what}: no process is left`)
+    t.same(listTree(dir), before, `${what}: nothing new in its directory`)
+    t.same(ourTables(), [], `${what}: no nftables table of ours is left`)
+  }
+  const conn = sockets(saved).find((k) => k.state === 'established')!
+  refused('the connection', new RegExp(`files/${conn.objref}\\): TCP_REPAIR: Operation not permitted \\(restoring an established connection takes the CAP_NET_ADMIN the task had\\)`))
   // The user's copy says port 80 (edited and resealed, as its owner may).
   const lst = sockets(saved).find((k) => k.state === 'listen')!
   fs.writeFileSync(path.join(lst.dir, 'local_port'), '80\n')
   reseal(saved)
   execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
-  const before = listTree(dir)
-  const r = ckptfs('restore', saved, '--mount', mnt)
-  t.equal(r.status, 1, 'refused')
-  t.match(r.stderr, new RegExp(`files/${lst.objref}\\): bind: Permission denied`), 'the bind of port 80 as the user is refused')
-  t.notOk(exists(target.pid), 'no process is left')
-  t.same(listTree(dir), before, 'nothing new in its directory')
+  refused('port 80', new RegExp(`files/${lst.objref}\\): bind: Permission denied`))
 })
