@@ -15,6 +15,12 @@ const NFT = '/usr/sbin/nft'
 export const GAP_TABLE_PREFIX = 'ckptfs_gap_'
 
 export interface FourTuple {
+  /**
+   * The effective uid of the task that held the connection: part of the table's name, so a
+   * restore removes only tables of its own task's uid (a user's saved tree cannot name another
+   * user's pending connection and let its peer reset it).
+   */
+  uid: number
   /** 4 or 6: the IP version of the packets (an IPv4-mapped IPv6 address is IPv4 on the wire). */
   ip: 4 | 6
   localAddr: string
@@ -24,11 +30,11 @@ export interface FourTuple {
 }
 
 /** The tuple of a connection, from its socket's addresses (IPv4-mapped ones as IPv4). */
-export function fourTuple(local: { addr: string; port: number }, peer: { addr: string; port: number }): FourTuple {
+export function fourTuple(uid: number, local: { addr: string; port: number }, peer: { addr: string; port: number }): FourTuple {
   const mapped = (a: string) => /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a)
   const ip = !local.addr.includes(':') || (mapped(local.addr) && mapped(peer.addr)) ? 4 : 6
   const plain = (a: string) => (ip === 4 ? a.replace(/^::ffff:/i, '') : a)
-  return { ip, localAddr: plain(local.addr), localPort: local.port, peerAddr: plain(peer.addr), peerPort: peer.port }
+  return { uid, ip, localAddr: plain(local.addr), localPort: local.port, peerAddr: plain(peer.addr), peerPort: peer.port }
 }
 
 export function tupleText(t: FourTuple): string {
@@ -39,7 +45,7 @@ export function tupleText(t: FourTuple): string {
 /** The table's name: letters, digits and underscores only (a saved tree's address cannot inject nft syntax). */
 export function gapTableName(t: FourTuple): string {
   const part = (s: string) => s.toLowerCase().replace(/[^0-9a-f]/g, '_')
-  return `${GAP_TABLE_PREFIX}${t.ip}_${part(t.localAddr)}_${t.localPort}_${part(t.peerAddr)}_${t.peerPort}`
+  return `${GAP_TABLE_PREFIX}${t.ip}_u${t.uid >>> 0}_${part(t.localAddr)}_${t.localPort}_${part(t.peerAddr)}_${t.peerPort}`
 }
 
 function nft(args: string[], input?: string): Promise<void> {

@@ -5,6 +5,7 @@
 // `done` (lib/netgap.ts), with its peer's packets dropped from then until its restore.
 // The stub makes each socket again with the task's credentials (restorer.c, open_inet_object).
 
+import * as fs from 'fs'
 import { isIPv4, isIPv6 } from 'net'
 import type { InetSocketInfo } from '../../addon/index'
 import { CkptError } from '../errors'
@@ -162,7 +163,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
     }
     let tcp: TcpRepair | undefined
     if (protocol === 'tcp' && state === 'established') {
-      const tuple = fourTuple(local, peer!)
+      const tuple = fourTuple(effectiveUid(pid), local, peer!)
       // The peer's packets are dropped before the socket goes quiet, so none meets a closed port.
       await openGap(tuple)
       try {
@@ -197,15 +198,25 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
   }
 }
 
-/** The connection's four-tuple when `d` is an established TCP connection (its gap's rule). */
-export function connectionTuple(d: InetSocketDescription): FourTuple | undefined {
-  const s = d.inet
-  return s.protocol === 'tcp' && s.state === 'established' && s.peer ? fourTuple(s.local, s.peer) : undefined
+/** The effective uid of a task, from /proc/PID/status (the gap's owner). */
+function effectiveUid(pid: number): number {
+  const uids = /^Uid:\s+\d+\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+  if (!uids) throw new CkptError(`/proc/${pid}/status: no Uid line`)
+  return Number(uids[1])
 }
 
-/** Ends the gap of every established TCP connection of `table` (after its restore, or a failed one). */
-export async function closeConnectionGaps(table: FileTable): Promise<void> {
-  const tuples = table.files.flatMap((f) => (f.type === 'socket' && 'inet' in f && connectionTuple(f) ? [connectionTuple(f)!] : []))
+/** The gap of `d` when it is an established TCP connection of a task whose effective uid was `uid`. */
+export function connectionTuple(d: InetSocketDescription, uid: number): FourTuple | undefined {
+  const s = d.inet
+  return s.protocol === 'tcp' && s.state === 'established' && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
+}
+
+/**
+ * Ends the gap of every established TCP connection of `table` (after its restore, or a failed
+ * one), for a task whose saved effective uid is `uid`: only the gaps that task's checkpoint made.
+ */
+export async function closeConnectionGaps(table: FileTable, uid: number): Promise<void> {
+  const tuples = table.files.flatMap((f) => (f.type === 'socket' && 'inet' in f ? connectionTuple(f, uid) ?? [] : []))
   await Promise.all(tuples.map((t) => closeGap(t)))
 }
 

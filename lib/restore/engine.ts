@@ -88,7 +88,7 @@ export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTi
     return await restoreTask(saved, timer, options)
   } finally {
     // Restored or not, the task's TCP connections end their gaps: their peers' packets pass again.
-    await closeConnectionGaps(saved.fileTable)
+    await closeConnectionGaps(saved.fileTable, saved.process.creds.euid)
   }
 }
 
