@@ -195,7 +195,7 @@ async function freePort(): Promise<number> {
 
 function httpGet(port: number): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000 }, (res) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000, agent: false }, (res) => {
       let body = ''
       res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }))
     })
@@ -272,4 +272,32 @@ t.test('a user\'s sockets come back only as the user could make them: port 80 an
   reseal(saved)
   execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
   refused('port 80', new RegExp(`files/${lst.objref}\\): bind: Permission denied`))
+})
+
+t.test('a node HTTP server answers on its port after a restore', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t, 'ckptfs-nodehttp-')
+  const port = await freePort()
+  const code = `let n=0;require('http').createServer((q,r)=>r.end('request '+(++n)+'\\n')).listen(${port},'127.0.0.1',()=>console.log('ready'))`
+  // libuv's io_uring (an fd no handler restores) is left out, as a server run for checkpoints would.
+  const target = await launch(t, ['env', 'UV_USE_IO_URING=0', process.execPath, '-e', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  // A connection each (no keep-alive): one kept open would be checkpointed too, and the
+  // agent's keepalive probes (every second, 10 tries) give up during a gap this long.
+  t.same(await httpGet(port), { status: 200, body: 'request 1\n' }, 'it answers before')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  t.same(await httpGet(port), { status: 200, body: 'request 2\n' }, 'it answers after the restore, counting on from where it was')
+  t.same(ourTables(), [], 'no nftables table of ours')
+})
+
+t.test('netlink and packet sockets are refused, naming the socket', async (t) => {
+  const dir = workdir(t, 'ckptfs-netlink-')
+  const code = 'import os,socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,socket.SOCK_DGRAM,0)\nos.dup2(p.fileno(),8)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
+  const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  const r = ckptfs('check', String(target.pid))
+  t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: a netlink raw socket \(protocol 0\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket')
+  t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet datagram socket \(protocol 0, PACKET\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'and the packet socket')
 })

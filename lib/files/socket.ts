@@ -13,6 +13,10 @@ type SocketDescription = FileDescriptionTypes['socket']
 
 const table = withCommon<OtherDescription>([])
 
+/** Address families and socket types by number (linux/socket.h, linux/net.h), for refusals. */
+const FAMILY_NAMES: Record<number, string> = { 1: 'unix', 16: 'netlink', 17: 'packet', 38: 'alg', 40: 'vsock', 44: 'xdp', 30: 'tipc', 29: 'can', 31: 'bluetooth' }
+const TYPE_NAMES: Record<number, string> = { 1: 'stream', 2: 'datagram', 3: 'raw', 4: 'rdm', 5: 'seqpacket', 10: 'packet' }
+
 const isInet = (d: SocketDescription): d is InetSocketDescription => 'inet' in d
 
 export const socket: FileHandler<SocketDescription> = {
@@ -34,8 +38,10 @@ export const socket: FileHandler<SocketDescription> = {
     }
     if (isInetDomain(info.domain)) return captureInet(probe, base, ctx.pid, fd, info)
     native.close(fd)
-    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? 'unknown'
-    return { ...base, type: 'socket', notCheckpointable: `socket: sockets of this family cannot be checkpointed yet (type ${kind}, inode ${base.ino})` }
+    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino)
+    const family = FAMILY_NAMES[info.domain] ?? `family ${info.domain}`
+    const type = TYPE_NAMES[info.type] ?? `type ${info.type}`
+    return { ...base, type: 'socket', notCheckpointable: `socket: a ${family} ${type} socket (protocol ${info.protocol}${kind ? `, ${kind}` : ''}) cannot be checkpointed yet (fd ${probe.fd}, inode ${base.ino})` }
   },
 
   entries: (d) => (isInet(d) ? inetEntries(d) : table) as never,
