@@ -24,9 +24,12 @@ const peerBin = buildTarget('inet_peer')
 
 /** Our nftables tables (lib/netgap.ts names them ckptfs_gap_...). */
 function ourTables(): string[] {
-  const out = execFileSync('/usr/sbin/nft', ['list', 'tables'], { encoding: 'utf8' })
-  return out.split('\n').filter((l) => l.includes('ckptfs_gap_'))
+  const out = execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' })
+  return out.split('\n').filter((l) => l.includes('ckptfs')).filter((l) => l.startsWith('table '))
 }
+
+/** Whether `nft list ruleset` mentions anything of ours at all (a table, chain or rule). */
+const anythingOurs = () => execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' }).includes('ckptfs')
 
 const read = (file: string) => fs.readFileSync(file, 'utf8').trim()
 
@@ -44,12 +47,13 @@ interface Started {
   dir: string
 }
 
-async function startPair(t: Test): Promise<Started> {
+async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
   const dir = workdir(t, 'ckptfs-inet-')
-  const peer = await startTarget(peerBin, [dir], /^listening port=\d+ pid=\d+$/)
+  const six = ip === 6 ? ['6'] : []
+  const peer = await startTarget(peerBin, [dir, ...six], /^listening port=\d+ pid=\d+$/)
   t.teardown(() => peer.kill())
   const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
-  const target = await launch(t, [fixture, dir, String(port)], { dir })
+  const target = await launch(t, [fixture, dir, String(port), ...six], { dir })
   await peer.waitFor(/^peer sent \d+$/)
   return { target, peer, dir }
 }
@@ -120,6 +124,24 @@ t.test('the same from the image', async (t) => {
   if (r.status !== 0) return
   await carriesOn(t, s, since)
   t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('the same over IPv6, from the image', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t, 6)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
+  const tables = ourTables()
+  t.equal(tables.length, 1, 'one table')
+  t.match(tables[0], /^table ip6 ckptfs_gap_6_u0___1_\d+___1_\d+ \{$/, 'an ip6 table for [::1] <-> [::1]')
+  t.match(ckptfs('show', `${saved}.image`).stdout, /TCPv6 socket \[::1\]:\d+ <-> \[::1\]:\d+, established/, 'ckptfs show names the connection')
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, `${saved}.image`)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
 })
 
 t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
@@ -255,7 +277,7 @@ t.test('a user\'s sockets come back only as the user could make them: port 80 an
     t.match(r.stderr, expected, `${what}: says which and why`)
     t.notOk(exists(target.pid), `${what}: no process is left`)
     t.same(listTree(dir), before, `${what}: nothing new in its directory`)
-    t.same(ourTables().map((l) => l.replace(/^table ip6? /, '')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
+    t.same(ourTables().map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
   }
   const conn = sockets(saved).find((k) => k.state === 'established')!
   // A gap of root's on the same four-tuple (a root process's connection, checkpointed and
