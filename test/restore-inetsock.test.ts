@@ -323,3 +323,24 @@ t.test('netlink and packet sockets are refused, naming the socket', async (t) =>
   t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: a netlink raw socket \(protocol 0\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket')
   t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet datagram socket \(protocol 0, PACKET\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'and the packet socket')
 })
+
+t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {
+  // A peer that closes every connection at once: the program's end stays in CLOSE_WAIT.
+  const closer = net.createServer((c) => c.end()).listen(0, '127.0.0.1')
+  await new Promise((resolve) => closer.once('listening', resolve))
+  t.teardown(() => closer.close())
+  const closerPort = (closer.address() as net.AddressInfo).port
+  const port = await freePort()
+  const dir = workdir(t, 'ckptfs-inet-states-')
+  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${closerPort}))\nos.dup2(c.fileno(),8)\nwhile c.recv(10): pass\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
+  const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  // A client the program never accepts.
+  const waiting = net.connect(port, '127.0.0.1')
+  waiting.on('error', () => undefined)
+  t.teardown(() => waiting.destroy())
+  await new Promise((resolve) => waiting.once('connect', resolve))
+  const r = ckptfs('check', String(target.pid))
+  t.match(r.stdout, new RegExp(`^fd 7: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:${port} \\(listening\\) has 1 connection\\(s\\) not yet accepted, which would be lost \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the listening socket with a connection waiting')
+  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
+  t.notOk(anythingOurs(), 'nothing of ours in nft list ruleset')
+})
