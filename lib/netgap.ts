@@ -109,11 +109,6 @@ export function holdConnection(pid: number, fd: number, tuple: FourTuple): void 
   heldByPid.set(pid, list)
 }
 
-/** Whether the server holds connections of any of `pids`. */
-export function holdsConnections(pids: readonly number[]): boolean {
-  return pids.some((pid) => heldByPid.has(pid))
-}
-
 /**
  * Ends the hold of the connections of `pids`. 'resume': each leaves repair mode and works on,
  * and its peer's packets pass again. 'kill' (call it once the tasks are dead): the copies are

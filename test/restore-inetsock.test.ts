@@ -344,3 +344,12 @@ t.test('a connection the peer closed, and a listening socket with connections no
   t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
   t.notOk(anythingOurs(), 'nothing of ours in nft list ruleset')
 })
+
+t.test('a connection killed at its checkpoint and never restored: umount removes its table', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  await checkpointSaveKill(mnt, s.target.pid, path.join(s.dir, 'saved'))
+  t.equal(ourTables().length, 1, 'the table waits for a restore')
+  ckptfsOk('umount', mnt)
+  t.notOk(anythingOurs(), 'after umount, nft list ruleset shows nothing of ours')
+})

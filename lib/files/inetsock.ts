@@ -114,7 +114,7 @@ export function isInetDomain(domain: number): boolean {
   return domain === AF_INET || domain === AF_INET6
 }
 
-export const endpointText = (family: InetFamily, e: InetEndpoint): string => (family === 'inet6' ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`)
+const endpointText = (family: InetFamily, e: InetEndpoint): string => (family === 'inet6' ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`)
 
 function socketName(s: { family: InetFamily; protocol: InetProtocol; local: InetEndpoint; peer: InetEndpoint | undefined }): string {
   const where = endpointText(s.family, s.local) + (s.peer ? ` <-> ${endpointText(s.family, s.peer)}` : '')
@@ -165,7 +165,11 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
     if (protocol === 'tcp' && state === 'established') {
       const tuple = fourTuple(effectiveUid(pid), local, peer!)
       // The peer's packets are dropped before the socket goes quiet, so none meets a closed port.
-      await openGap(tuple)
+      try {
+        await openGap(tuple)
+      } catch (err) {
+        return refuse(`${name}: its peer's packets cannot be held off while it is gone: ${(err as Error).message}`)
+      }
       try {
         const dump = native.tcpRepairDump(fd)
         tcp = {
