@@ -13,7 +13,7 @@ import * as http from 'http'
 import * as net from 'net'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, mountFor, userNode } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, reseal, restoreCli, runChecks, sleep, waitUntil, workdir, type Target } from './lib/restore'
 import { buildTarget, startTarget } from './lib/targets'
 import { asUser, attacker } from './lib/unprivileged'
@@ -302,7 +302,8 @@ t.test('a node HTTP server answers on its port after a restore', async (t) => {
   const port = await freePort()
   const code = `let n=0;require('http').createServer((q,r)=>r.end('request '+(++n)+'\\n')).listen(${port},'127.0.0.1',()=>console.log('ready'))`
   // libuv's io_uring (an fd no handler restores) is left out, as a server run for checkpoints would.
-  const target = await launch(t, ['env', 'UV_USE_IO_URING=0', process.execPath, '-e', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  const [env, nodeArgs] = userNode('-e', code)
+  const target = await launch(t, [env, ...nodeArgs.slice(0, 2), 'UV_USE_IO_URING=0', ...nodeArgs.slice(2)], { dir, ready: (tg) => /ready/.test(tg.text()) })
   // A connection each (no keep-alive): one kept open would be checkpointed too, and the
   // agent's keepalive probes (every second, 10 tries) give up during a gap this long.
   t.same(await httpGet(port), { status: 200, body: 'request 1\n' }, 'it answers before')
