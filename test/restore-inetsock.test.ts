@@ -354,3 +354,16 @@ t.test('a connection killed at its checkpoint and never restored: umount removes
   ckptfsOk('umount', mnt)
   t.notOk(anythingOurs(), 'after umount, nft list ruleset shows nothing of ours')
 })
+
+t.test('the same through the restore area (cp -a into restore/, echo 1 > done): the server removes the table', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  await gap(s)
+  const since = s.target.text().length
+  execFileSync('bash', ['-c', `cp -a "${saved}" "${mnt}/restore/conn" && echo 1 > "${mnt}/restore/conn/done"`])
+  t.equal(fs.readFileSync(path.join(mnt, 'restore', 'conn', 'status'), 'utf8'), `restored ${s.target.pid}\n`, 'status says restored PID')
+  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
+  await carriesOn(t, s, since)
+})
