@@ -13,6 +13,7 @@
         "src/files.c",
         "src/sockdiag.c",
         "src/sockpeek.c",
+        "src/inetsock.c",
         "src/restore.c",
         "src/tree.c",
         "src/uffd.c"

@@ -225,6 +225,12 @@ export interface Addon {
   close(fd: number): void
   /** eventfd(0, EFD_CLOEXEC): lazyFill's hold (an 8-byte write lets the fill go on). Caller closes it. */
   eventFd(): number
+  /** What a socket of this process (a getFd copy) says about itself: family, type, addresses, TCP state, options. */
+  inetSocket(fd: number): InetSocketInfo
+  /** TCP_REPAIR on: the connection's sequence numbers, queues (peeked), options and window; it stays in repair mode. */
+  tcpRepairDump(fd: number): TcpRepairDump
+  /** TCP_REPAIR off: the connection works again. */
+  tcpRepairOff(fd: number): void
 
   // ---- restore (tracer thread) ----
   /**
@@ -309,4 +315,59 @@ export interface PeekedSocket {
   queue: Buffer[]
   senders: Array<Buffer | undefined>
   rightsInFlight: number
+}
+
+export interface InetAddress {
+  addr: string
+  port: number
+  /** IPv6 only. */
+  scopeId?: number
+}
+
+export interface InetSocketInfo {
+  domain: number
+  type: number
+  protocol: number
+  /** Absent for sockets of other families (only domain, type and protocol are read). */
+  local?: InetAddress
+  peer?: InetAddress
+  /** The kernel's sk_state (TCP_ESTABLISHED 1 ... TCP_LISTEN 10); UDP: 1 connected, 7 not. */
+  state: number
+  backlog: number
+  /** Connections waiting in a listening socket's accept queue. */
+  pending: number
+  inq: number
+  outq: number
+  reuseaddr: number
+  reuseport: number
+  keepalive: number
+  broadcast: number
+  rcvbuf: number
+  sndbuf: number
+  v6only: number
+  nodelay: number
+  keepidle: number
+  keepintvl: number
+  keepcnt: number
+  rcvtimeoUs: bigint
+  sndtimeoUs: bigint
+}
+
+export interface TcpRepairDump {
+  sendSeq: bigint
+  sendQueue: Buffer
+  recvSeq: bigint
+  recvQueue: Buffer
+  unsent: number
+  mss: number
+  /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
+  options: number
+  sndWscale: number
+  rcvWscale: number
+  timestamp: bigint
+  sndWl1: bigint
+  sndWnd: bigint
+  maxWindow: bigint
+  rcvWnd: bigint
+  rcvWup: bigint
 }

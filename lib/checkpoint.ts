@@ -14,6 +14,7 @@ import { imageSource } from './image/encode'
 import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, type TreeImage } from './model'
 import { lifeState, waitUntil } from './lifecycle'
 import { native } from './native'
+import { releaseConnections } from './netgap'
 import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
@@ -109,9 +110,12 @@ export class Checkpoint {
       try {
         await Promise.all(tasks.flatMap((task) => [task.process(), task.threads(), task.vmas(), task.fileTable()]))
       } catch (err) {
+        await releaseConnections(frozenPids, 'resume').catch(() => undefined)
         await thawTasks(frozenPids, false).catch(() => undefined)
         throw new CkptError(`checkpoint of process ${pid} failed: ${messageOf(err)}`)
       }
+      // The task runs on: its connections leave repair mode (their saved state ages from now).
+      await releaseConnections(frozenPids, 'resume')
       timer.mark('copy')
       await thawTasks(frozenPids, false)
       timer.mark('thaw')
@@ -132,9 +136,10 @@ export class Checkpoint {
       if (action === 'kill') {
         if (wasFrozen) await thawTasks(this.pids, true)
         else if (this.mode === 'copy') [...this.pids].reverse().forEach(safeKill)
-        await this.awaitDeath()
-      } else if (wasFrozen) {
-        await thawTasks(this.pids, false)
+        // Connections held in repair mode close silently; their peers' packets stay dropped until their restore (lib/netgap.ts).
+        await this.awaitDeath().finally(() => releaseConnections(this.pids, 'kill'))
+      } else {
+        await releaseConnections(this.pids, 'resume').finally(() => (wasFrozen ? thawTasks(this.pids, false) : undefined))
       }
     })()
     return this.ending
@@ -170,6 +175,7 @@ export class Checkpoint {
       this.failure = `process ${exited} exited while frozen${tree}`
       // Reaps the ptrace notifications so the real parent can see the exit; the tree can no
       // longer be restored whole, so nothing stays frozen for it.
+      await releaseConnections(this.pids, 'resume').catch(() => undefined)
       await thawTasks(this.pids, false).catch(() => undefined)
       return `error: ${this.failure}`
     }

@@ -15,6 +15,7 @@ import { Checkpoint } from './checkpoint'
 import { asCommandError, CkptError, messageOf } from './errors'
 import { descendantsOf, holds } from './lifecycle'
 import { asPid, type CheckpointMode } from './model'
+import { dropAllGaps } from './netgap'
 import { RestoreArea } from './restore/area'
 import { commandFile, lineFile, type DirNode, type FileNode, type Node } from './tree/node'
 import { PhaseTimer } from './trace'
@@ -175,6 +176,8 @@ export class Session extends EventEmitter<SessionEvents> {
     const all = [...this.checkpoints.values()]
     this.checkpoints.clear()
     await Promise.allSettled(all.map((c) => c.end('resume')))
+    // Connections killed at a checkpoint and never restored: their peers' packets pass again.
+    await dropAllGaps()
   }
 
   /**

@@ -285,10 +285,38 @@ async function checkpoint(parsed: Parsed): Promise<void> {
   process.stdout.write(dir + '\n')
   if (parsed.flags.has('inspect')) return
   const problems = (readOrUndefined(path.join(dir, 'problems')) ?? '').split('\n').filter(Boolean)
-  if (problems.length === 0) return
+  if (problems.length === 0) {
+    noteConnections(dir, copy)
+    return
+  }
   const more = problems.length > 1 ? ` (and ${problems.length - 1} more in ${dir}/problems)` : ''
   const release = copy ? `end it with "echo resume > ${dir}/done"` : `it stays frozen for inspection: release it with "echo resume > ${dir}/done"`
   throw new CkptError(`process ${pid} cannot be restored from this checkpoint: ${problems[0]}${more}; ${release} (--inspect: such a checkpoint is expected)`)
+}
+
+/**
+ * Says on stderr which established TCP connections the checkpoint holds (README, "TCP and UDP
+ * sockets"): what `done` does to them is not what it does to the rest of the process.
+ */
+function noteConnections(dir: string, copy: boolean): void {
+  const files = path.join(dir, 'files')
+  let names: string[]
+  try {
+    names = fs.readdirSync(files)
+  } catch {
+    return // the checkpoint ended meanwhile: nothing to say
+  }
+  const held = names.filter((n) => fs.existsSync(path.join(files, n, 'tcp'))).map((n) => {
+    const value = (name: string) => (readOrUndefined(path.join(files, n, name)) ?? '').trim()
+    const at = (addr: string, port: string) => (addr.includes(':') ? `[${addr}]:${port}` : `${addr}:${port}`)
+    return `files/${n} ${at(value('local_addr'), value('local_port'))} <-> ${at(value('peer_addr'), value('peer_port'))}`
+  })
+  if (held.length === 0) return
+  const what = `${held.length} established TCP connection${held.length > 1 ? 's' : ''} (${held.join(', ')})`
+  const note = copy
+    ? `saved ${what} as they were at the checkpoint; the process runs on with them, so a restore after it used them resumes from older sequence numbers`
+    : `holds ${what} in repair mode: "echo 1 > ${dir}/done" lets them carry on; after "echo kill > ${dir}/done" they survive only through a restore of this checkpoint (their peers' packets are dropped until then)`
+  process.stderr.write(`ckptfs checkpoint: note: ${path.basename(dir)} ${note}\n`)
 }
 
 /** The one-line answer a control file holds for the request written through `handle`. */

@@ -323,7 +323,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 12];
+  napi_property_descriptor props[NASYNC + 15];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -340,7 +340,10 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 9] = (napi_property_descriptor){"eventFd", NULL, js_event_fd, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 10] = (napi_property_descriptor){"unixSockets", NULL, js_unix_sockets, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 11] = (napi_property_descriptor){"peekSocket", NULL, js_peek_socket, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 12, props);
+  props[NASYNC + 12] = (napi_property_descriptor){"inetSocket", NULL, js_inet_socket, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 13] = (napi_property_descriptor){"tcpRepairDump", NULL, js_tcp_repair_dump, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 14] = (napi_property_descriptor){"tcpRepairOff", NULL, js_tcp_repair_off, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 15, props);
   return exports;
 }
 

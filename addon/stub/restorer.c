@@ -34,6 +34,9 @@
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1199,6 +1202,150 @@ static void finish_unix_sockets(void) {
 // The object kinds, indexed by the number a plan record carries. The TypeScript handlers
 // (lib/files/*.ts) declare the same numbers and names as their `stubKinds`;
 // `restorer --kinds` prints this table and test/fdkinds.test.ts checks that the two agree.
+
+// ---- TCP and UDP sockets (kind 16) ----
+
+static void sock_opt(int fd, int level, int name, int value, const char *opt, const char *what) {
+  if (setsockopt(fd, level, name, &value, sizeof value) < 0) fail("%s: setsockopt(%s, %d): %s", what, opt, value, strerror(errno));
+}
+
+static void sock_timeout(int fd, int name, uint64_t us, const char *opt, const char *what) {
+  if (!us) return;
+  struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+  if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0) fail("%s: setsockopt(%s): %s", what, opt, strerror(errno));
+}
+
+// A buffer size as getsockopt showed it (the kernel doubles what setsockopt is given): set only
+// when it differs from what a new socket has, so a size the program never chose stays tuned
+// by the kernel.
+static void sock_buffer(int fd, int name, int saved, const char *opt, const char *what) {
+  int now = 0;
+  socklen_t len = sizeof now;
+  if (getsockopt(fd, SOL_SOCKET, name, &now, &len) < 0) fail("%s: getsockopt(%s): %s", what, opt, strerror(errno));
+  if (saved > 0 && saved != now) sock_opt(fd, SOL_SOCKET, name, saved / 2, opt, what);
+}
+
+static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int domain, const char *name, const char *what) {
+  if (len == 0) return NULL;
+  size_t want = domain == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  sa_family_t family;
+  memcpy(&family, raw, sizeof family);
+  if (len != want || family != domain) fail("%s: %s address of %u bytes does not match the socket's family", what, name, len);
+  return (const struct sockaddr *)(const void *)raw;
+}
+
+static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, const char *queue, const char *what) {
+  while (len > 0) {
+    ssize_t n = send(fd, data, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("%s: restoring the %s (%u bytes left): %s", what, queue, len, n < 0 ? strerror(errno) : "nothing sent");
+    data += n;
+    len -= (uint32_t)n;
+  }
+}
+
+static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
+  sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what);
+  if (queue != TCP_NO_QUEUE) sock_opt(fd, SOL_TCP, TCP_QUEUE_SEQ, (int)seq, "TCP_QUEUE_SEQ", what);
+}
+
+// u32 domain, u32 type, u32 protocol, i32 flags, u32 state, bytes local, bytes peer, u32 backlog,
+// i32 reuseaddr, reuseport, keepalive, broadcast, rcvbuf, sndbuf, v6only, nodelay, keepidle,
+// keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, u32 repair, then when repair is 1:
+// u32 send_seq, u32 recv_seq, bytes send_queue, u32 unsent, bytes recv_queue, u32 mss,
+// u32 tcpi_options, u32 snd_wscale, u32 rcv_wscale, u32 timestamp, u32 snd_wl1, snd_wnd,
+// max_window, rcv_wnd, rcv_wup. Made with the task's credentials: its bind is checked as the
+// task's (a port below 1024 needs the CAP_NET_BIND_SERVICE it had), and TCP_REPAIR needs the
+// CAP_NET_ADMIN it had.
+static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int domain = (int)u32("domain"), type = (int)u32("type"), protocol = (int)u32("protocol");
+  int flags = i32("flags");
+  uint32_t state = u32("state");
+  uint32_t local_len, peer_len;
+  const uint8_t *local_raw = blob("local address", &local_len), *peer_raw = blob("peer address", &peer_len);
+  uint32_t backlog = u32("backlog");
+  int reuseaddr = i32("reuseaddr"), reuseport = i32("reuseport"), keepalive = i32("keepalive"), broadcast = i32("broadcast");
+  int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), v6only = i32("v6only"), nodelay = i32("nodelay");
+  int keepidle = i32("keepidle"), keepintvl = i32("keepintvl"), keepcnt = i32("keepcnt");
+  uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
+  uint32_t repair = u32("repair");
+  if (domain != AF_INET && domain != AF_INET6) fail("%s: socket family %d is not AF_INET nor AF_INET6", what, domain);
+  const struct sockaddr *local = sock_address(local_raw, local_len, domain, "local", what);
+  const struct sockaddr *peer = sock_address(peer_raw, peer_len, domain, "peer", what);
+
+  int fd = socket(domain, type, protocol);
+  if (fd < 0) fail("%s: socket(%d, %d, %d): %s", what, domain, type, protocol, strerror(errno));
+  if (repair) {
+    int on = TCP_REPAIR_ON;
+    if (setsockopt(fd, SOL_TCP, TCP_REPAIR, &on, sizeof on) < 0)
+      fail("%s: TCP_REPAIR: %s (restoring an established connection takes the CAP_NET_ADMIN the task had)", what, strerror(errno));
+  } else if (reuseaddr) {
+    sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
+  }
+  if (reuseport) sock_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT", what);
+  if (domain == AF_INET6) sock_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only, "IPV6_V6ONLY", what);
+  if (broadcast) sock_opt(fd, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST", what);
+  if (keepalive) sock_opt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE", what);
+  if (protocol == IPPROTO_TCP) {
+    if (keepidle > 0) sock_opt(fd, SOL_TCP, TCP_KEEPIDLE, keepidle, "TCP_KEEPIDLE", what);
+    if (keepintvl > 0) sock_opt(fd, SOL_TCP, TCP_KEEPINTVL, keepintvl, "TCP_KEEPINTVL", what);
+    if (keepcnt > 0) sock_opt(fd, SOL_TCP, TCP_KEEPCNT, keepcnt, "TCP_KEEPCNT", what);
+    if (nodelay) sock_opt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY", what);
+  }
+  sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
+  sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
+  sock_timeout(fd, SO_RCVTIMEO, rcvtimeo, "SO_RCVTIMEO", what);
+  sock_timeout(fd, SO_SNDTIMEO, sndtimeo, "SO_SNDTIMEO", what);
+  if (local && bind(fd, local, local_len) < 0) fail("%s: bind: %s", what, strerror(errno));
+
+  if (repair) {
+    uint32_t send_seq = u32("send_seq"), recv_seq = u32("recv_seq");
+    uint32_t send_len, recv_len;
+    const uint8_t *send_data = blob("send queue", &send_len);
+    uint32_t unsent = u32("unsent");
+    const uint8_t *recv_data = blob("receive queue", &recv_len);
+    uint32_t mss = u32("mss"), options = u32("tcpi_options"), snd_wscale = u32("snd_wscale"), rcv_wscale = u32("rcv_wscale");
+    uint32_t timestamp = u32("timestamp");
+    struct tcp_repair_window window;
+    window.snd_wl1 = u32("snd_wl1");
+    window.snd_wnd = u32("snd_wnd");
+    window.max_window = u32("max_window");
+    window.rcv_wnd = u32("rcv_wnd");
+    window.rcv_wup = u32("rcv_wup");
+    if (!peer) fail("%s: an established connection without a peer address", what);
+    if (unsent > send_len) fail("%s: %u unsent bytes of a send queue of %u", what, unsent, send_len);
+    // The sequence numbers where the queues start: sending them in again moves each to its saved value.
+    repair_queue(fd, TCP_SEND_QUEUE, send_seq - send_len, what);
+    repair_queue(fd, TCP_RECV_QUEUE, recv_seq - recv_len, what);
+    // In repair mode connect sends no SYN: the connection is established at once.
+    if (connect(fd, peer, peer_len) < 0) fail("%s: connect (repair): %s", what, strerror(errno));
+    struct tcp_repair_opt opts[4];
+    int n = 0;
+    opts[n++] = (struct tcp_repair_opt){TCPOPT_MAXSEG, mss};
+    if (options & TCPI_OPT_WSCALE) opts[n++] = (struct tcp_repair_opt){TCPOPT_WINDOW, snd_wscale | (rcv_wscale << 16)};
+    if (options & TCPI_OPT_SACK) opts[n++] = (struct tcp_repair_opt){TCPOPT_SACK_PERMITTED, 0};
+    if (options & TCPI_OPT_TIMESTAMPS) opts[n++] = (struct tcp_repair_opt){TCPOPT_TIMESTAMP, 0};
+    if (setsockopt(fd, SOL_TCP, TCP_REPAIR_OPTIONS, opts, (socklen_t)(n * sizeof *opts)) < 0) fail("%s: TCP_REPAIR_OPTIONS: %s", what, strerror(errno));
+    if (options & TCPI_OPT_TIMESTAMPS) sock_opt(fd, SOL_TCP, TCP_TIMESTAMP, (int)timestamp, "TCP_TIMESTAMP", what);
+    // Bytes the task had sent go back as sent (the peer acknowledges or they are retransmitted);
+    // the unsent ones are sent normally once the connection is out of repair.
+    sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE", what);
+    send_queue_bytes(fd, recv_data, recv_len, 0, "receive queue", what);
+    sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what);
+    send_queue_bytes(fd, send_data, send_len - unsent, 0, "send queue", what);
+    if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &window, sizeof window) < 0) fail("%s: TCP_REPAIR_WINDOW: %s", what, strerror(errno));
+    sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE", what);
+    sock_opt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR", what);
+    send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, "unsent send queue", what);
+    if (reuseaddr) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
+  } else if (peer && connect(fd, peer, peer_len) < 0) {
+    fail("%s: connect: %s", what, strerror(errno));
+  }
+  if (state == TCP_LISTEN && listen(fd, (int)backlog) < 0) fail("%s: listen(%u): %s", what, backlog, strerror(errno));
+  set_status_flags(fd, flags, what);
+  object_fd[id] = settle(fd, id, 0, what);
+}
+
 typedef void open_object_fn(uint32_t id, int cloexec, const char *what);
 static const struct object_kind {
   const char *name;
@@ -1216,6 +1363,7 @@ static const struct object_kind {
   [10] = {"epoll", open_epoll_object},
   [11] = {"fanotify", open_fanotify_object},
   [12] = {"unix_socket", open_unix_socket_object},
+  [16] = {"inet", open_inet_object},
 };
 
 // An object this task inherits from its restored parent (a tree, tree.c): it sits at the

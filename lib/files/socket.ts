@@ -1,9 +1,11 @@
 // Sockets: one fd_type, `socket`, whose description is its family's. This module is only a
-// dispatcher: each family with a handler of its own (lib/files/unixsock.ts for AF_UNIX) adds
-// its description to SocketFamilyTypes and one line to `families`; capture picks the family
-// from the socket tables of the task's network namespace, everything else from the
-// description's `family`. A socket of a family without a handler is shown and refused with
-// its kind, so `ckptfs check` can say precisely what is in the way.
+// dispatcher: each family with a handler of its own (lib/files/unixsock.ts for AF_UNIX,
+// lib/files/inetsock.ts for TCP and UDP over IPv4 and IPv6) adds its description to
+// SocketFamilyTypes and one line to `families`; capture picks the family from the socket
+// tables of the task's network namespace (a socket they do not list, such as an unbound one,
+// is asked itself), everything else from the description's `family`. A socket of a family
+// without a handler is shown and refused with its family, type and protocol, so `ckptfs
+// check` can say precisely what is in the way.
 
 import type { DescriptionCommon } from '../model'
 import { CkptError } from '../errors'
@@ -12,6 +14,9 @@ import type { Fields } from '../image/records'
 import { described, requireNotCheckpointable, withCommon } from './common'
 import type { DescriptionBase, FileHandler, ImageMapping, RecordedDescription } from './handler'
 import { unixSocket } from './unixsock'
+import { native } from '../native'
+import type { FdProbe } from './handler'
+import { captureInet, inetEntries, inetFromImage, inetImage, inetSummary, INET_KINDS, isInetDomain, loadInet, planInet, unreadableSocket, validateInet, type InetSocketDescription } from './inetsock'
 
 /** A socket of a family that cannot be checkpointed (netlink, packet, ...). */
 export interface OtherSocketDescription extends DescriptionCommon {
@@ -51,10 +56,7 @@ const otherTable = withCommon<OtherSocketDescription>([attr('family', (d) => d.f
 const other: SocketFamilyHandler<OtherSocketDescription> = {
   family: 'other',
   claims: () => false,
-  async capture(_probe, base, ctx) {
-    const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? 'unknown'
-    return { ...base, type: 'socket', family: 'other', notCheckpointable: `socket: sockets cannot be checkpointed yet (type ${kind}, inode ${base.ino})` }
-  },
+  capture: (probe, base, ctx) => captureBySocket(probe, base, ctx.pid, ctx.socketKinds) as Promise<OtherSocketDescription>,
   entries: () => otherTable,
   load(dir, base) {
     requireNotCheckpointable(dir, base, 'socket')
@@ -67,9 +69,60 @@ const other: SocketFamilyHandler<OtherSocketDescription> = {
   },
 }
 
+/** Address families and socket types by number (linux/socket.h, linux/net.h), for refusals. */
+const FAMILY_NAMES: Record<number, string> = { 1: 'unix', 16: 'netlink', 17: 'packet', 38: 'alg', 40: 'vsock', 44: 'xdp', 30: 'tipc', 29: 'can', 31: 'bluetooth' }
+const TYPE_NAMES: Record<number, string> = { 1: 'stream', 2: 'datagram', 3: 'raw', 4: 'rdm', 5: 'seqpacket', 10: 'packet' }
+
+/**
+ * A socket the tables do not place in a family with a handler: its family, type and protocol
+ * are asked of the socket itself (a copy taken with pidfd_getfd), so an unbound TCP or UDP
+ * socket is still the inet module's, and anything else is refused by its own name.
+ */
+async function captureBySocket(probe: FdProbe, base: DescriptionBase, pid: number, socketKinds: () => Promise<Map<bigint, string>>): Promise<SocketDescription> {
+  let fd: number
+  let info
+  try {
+    fd = native.getFd(pid, probe.fd)
+  } catch (err) {
+    return unreadableSocket(base, probe, err)
+  }
+  try {
+    info = native.inetSocket(fd)
+  } catch (err) {
+    native.close(fd)
+    return unreadableSocket(base, probe, err)
+  }
+  if (isInetDomain(info.domain)) return captureInet(probe, base, pid, fd, info)
+  native.close(fd)
+  const kind = (await socketKinds().catch(() => new Map<bigint, string>())).get(base.ino)
+  const family = FAMILY_NAMES[info.domain] ?? `family ${info.domain}`
+  const type = TYPE_NAMES[info.type] ?? `type ${info.type}`
+  return { ...base, type: 'socket', family: 'other', notCheckpointable: `socket: a ${family} ${type} socket (protocol ${info.protocol}${kind ? `, ${kind}` : ''}) cannot be checkpointed yet (fd ${probe.fd}, inode ${base.ino})` }
+}
+
+/** TCP and UDP over IPv4 and IPv6 (lib/files/inetsock.ts); `family` is inet or inet6. */
+const inet: SocketFamilyHandler<InetSocketDescription> = {
+  family: 'inet',
+  claims: (kind) => /^(TCP|UDP)/.test(kind),
+  capture: (probe, base, ctx) => captureBySocket(probe, base, ctx.pid, ctx.socketKinds) as Promise<InetSocketDescription>,
+  entries: (d) => inetEntries(d),
+  load: (dir, base) => loadInet(dir, base),
+  validate: (d) => validateInet(d),
+  planRestore: (d) => planInet(d),
+  stubKinds: INET_KINDS,
+  image: {
+    field: 'inet',
+    write: (d) => inetImage(d),
+    read: (details, base) => inetFromImage(details, base),
+  },
+  summary: (d) => inetSummary(d),
+}
+
 /** The family handlers, one line each. */
-const families: ReadonlyArray<SocketFamilyHandler<SocketDescription>> = [unixSocket as unknown as SocketFamilyHandler<SocketDescription>]
+const families: ReadonlyArray<SocketFamilyHandler<SocketDescription>> = [unixSocket as unknown as SocketFamilyHandler<SocketDescription>, inet as unknown as SocketFamilyHandler<SocketDescription>]
 const byFamily = new Map<string, SocketFamilyHandler<SocketDescription>>([...families, other as unknown as SocketFamilyHandler<SocketDescription>].map((h) => [h.family, h]))
+// An IPv6 socket's `family` is inet6; the same module.
+byFamily.set('inet6', inet as unknown as SocketFamilyHandler<SocketDescription>)
 
 function familyOf(d: SocketDescription): SocketFamilyHandler<SocketDescription> {
   const h = byFamily.get(d.family)
@@ -85,8 +138,8 @@ export const socket: FileHandler<SocketDescription> = {
 
   async capture(probe, base, ctx) {
     const kind = (await ctx.socketKinds().catch(() => new Map<bigint, string>())).get(base.ino) ?? ''
-    const h = families.find((f) => f.claims(kind)) ?? (other as unknown as SocketFamilyHandler<SocketDescription>)
-    return h.capture(probe, base, ctx)
+    const h = families.find((f) => f.claims(kind))
+    return h ? h.capture(probe, base, ctx) : captureBySocket(probe, base, ctx.pid, ctx.socketKinds)
   },
 
   async settle(d) {

@@ -8,6 +8,7 @@ import { CkptError, messageOf } from '../errors'
 import { lifeState, waitUntil } from '../lifecycle'
 import type { ProcessState, ThreadState, Vma } from '../model'
 import { native } from '../native'
+import { closeConnectionGaps } from '../files/inetsock'
 import { currentBootId } from '../boot'
 import { asTask, capsetCall, checkMappedFile, STAT_SIZE } from './access'
 import { framePlan, type FileAccess } from './fdplan'
@@ -93,6 +94,15 @@ export interface SharedSource {
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
 export async function restoreProcess(saved: SavedCheckpoint, timer = new PhaseTimer('restore'), options: RestoreOptions = {}): Promise<number> {
+  try {
+    return await restoreTask(saved, timer, options)
+  } finally {
+    // Restored or not, the task's TCP connections end their gaps: their peers' packets pass again.
+    await closeConnectionGaps(saved.fileTable, saved.process.creds.euid)
+  }
+}
+
+async function restoreTask(saved: SavedCheckpoint, timer: PhaseTimer, options: RestoreOptions): Promise<number> {
   const { process: proc } = saved
   const pid = proc.pid
   await checkRestorable(saved, options)

@@ -14,6 +14,7 @@ import { native } from '../native'
 import { PhaseTimer } from '../trace'
 import { checkRestorable, fileAccess, rebuildSpawned, restoreProcess, stubPath, ZOMBIE_WAIT_MS, type RestoreOptions, type SharedSource } from './engine'
 import { framePlan, RecordBuilder, type PlannedRecord } from './fdplan'
+import { closeConnectionGaps } from '../files/inetsock'
 import { fillContents } from './contents'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
@@ -24,7 +25,12 @@ const KIND_INHERITED = 0x100
 /** Restores a saved checkpoint: one process, or the whole tree it holds. Returns the root's PID. */
 export async function restoreCheckpoint(saved: SavedCheckpoint, timer: PhaseTimer, options: RestoreOptions = {}): Promise<number> {
   if ((saved.others ?? []).length === 0 && (saved.zombies ?? []).length === 0) return restoreProcess(saved, timer, options)
-  return restoreTree(saved, timer, options)
+  try {
+    return await restoreTree(saved, timer, options)
+  } finally {
+    // Restored or not, every process's TCP connections end their gaps (lib/netgap.ts).
+    for (const t of liveTasks(saved)) await closeConnectionGaps(t.fileTable, t.process.creds.euid)
+  }
 }
 
 /** One process of the tree in the order it is made: a live task (its saved parts) or a zombie. */

@@ -1,0 +1,515 @@
+// TCP and UDP sockets over IPv4 and IPv6 (issue 14): listening and bound sockets with their
+// options, connected UDP sockets, and established TCP connections through TCP_REPAIR (as
+// CRIU's --tcp-established). Capture reads a copy of the task's socket (pidfd_getfd): an
+// established connection is put in repair mode at once and held so by the server until
+// `done` (lib/netgap.ts), with its peer's packets dropped from then until its restore.
+// The stub makes each socket again with the task's credentials (restorer.c, open_inet_object).
+
+import * as fs from 'fs'
+import { isIPv4, isIPv6 } from 'net'
+import type { InetSocketInfo } from '../../addon/index'
+import { CkptError } from '../errors'
+import type { DescriptionCommon, FileTable, Lazy } from '../model'
+import type { OtherSocketDescription } from './socket'
+import { native } from '../native'
+import { closeGap, fourTuple, holdConnection, openGap, type FourTuple } from '../netgap'
+import { RecordBuilder } from '../restore/fdplan'
+import type { Fields } from '../image/records'
+import { checkedBytes } from '../tree/checked'
+import { attr, sub, type TableEntry } from '../tree/node'
+import { described, invalid, O_NONBLOCK, withCommon } from './common'
+import type { DescriptionBase, FdProbe, RecordedDescription } from './handler'
+import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
+
+/** The stub's kind (restorer.c, open_inet_object). */
+export const INET_KINDS = { inet: 16 } as const
+
+export interface InetEndpoint {
+  addr: string
+  /** 0: not bound. */
+  port: number
+}
+
+export interface InetSocketOptions {
+  reuseaddr: boolean
+  reuseport: boolean
+  keepalive: boolean
+  keepidle: number
+  keepintvl: number
+  keepcnt: number
+  nodelay: boolean
+  /** As getsockopt shows them: twice what setsockopt was given. */
+  rcvbuf: number
+  sndbuf: number
+  rcvtimeoUs: bigint
+  sndtimeoUs: bigint
+  v6only: boolean
+  broadcast: boolean
+}
+
+/** An established TCP connection as TCP_REPAIR read it (sequence numbers are mod 2^32). */
+export interface TcpRepair {
+  sendSeq: number
+  recvSeq: number
+  sendQueue: Lazy<Buffer>
+  /** The last `unsent` bytes of the send queue were never sent. */
+  unsent: number
+  recvQueue: Lazy<Buffer>
+  mss: number
+  /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
+  tcpOptions: number
+  sndWscale: number
+  rcvWscale: number
+  timestamp: number
+  sndWl1: number
+  sndWnd: number
+  maxWindow: number
+  rcvWnd: number
+  rcvWup: number
+}
+
+export type InetFamily = 'inet' | 'inet6'
+export type InetProtocol = 'tcp' | 'udp'
+export type InetState = 'established' | 'listen' | 'close'
+
+export interface InetSocket {
+  family: InetFamily
+  protocol: InetProtocol
+  /** TCP: its state; UDP: established when connected, else close. */
+  state: InetState
+  /** Port 0: not bound. */
+  local: InetEndpoint
+  /** Set when connected. */
+  peer: InetEndpoint | undefined
+  backlog: number
+  options: InetSocketOptions
+  /** Set for an established TCP connection. */
+  tcp: TcpRepair | undefined
+}
+
+export interface InetSocketDescription extends DescriptionCommon {
+  type: 'socket'
+  /** The same as inet.family: the socket dispatcher's (socket.ts) choice of module. */
+  family: InetFamily
+  inet: InetSocket
+}
+
+declare module './socket' {
+  interface SocketFamilyTypes {
+    inet: InetSocketDescription
+  }
+}
+
+const AF_INET = 2, AF_INET6 = 10
+const SOCK_STREAM = 1, SOCK_DGRAM = 2
+const IPPROTO_TCP = 6, IPPROTO_UDP = 17
+const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10
+/** The kernel's sk_state names (include/net/tcp_states.h). */
+const TCP_STATE_NAMES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV']
+const STATES: readonly InetState[] = ['established', 'listen', 'close']
+const FAMILIES: readonly InetFamily[] = ['inet', 'inet6']
+const PROTOCOLS: readonly InetProtocol[] = ['tcp', 'udp']
+/** Window scale shifts above 14 are invalid (RFC 7323). */
+const MAX_WSCALE = 14
+const TCPI_OPT_KNOWN = 1 | 2 | 4
+
+export function isInetDomain(domain: number): boolean {
+  return domain === AF_INET || domain === AF_INET6
+}
+
+const endpointText = (family: InetFamily, e: InetEndpoint): string => (family === 'inet6' ? `[${e.addr}]:${e.port}` : `${e.addr}:${e.port}`)
+
+function socketName(s: { family: InetFamily; protocol: InetProtocol; local: InetEndpoint; peer: InetEndpoint | undefined }): string {
+  const where = endpointText(s.family, s.local) + (s.peer ? ` <-> ${endpointText(s.family, s.peer)}` : '')
+  return `${s.protocol.toUpperCase()}${s.family === 'inet6' ? 'v6' : ''} socket ${where}`
+}
+
+const asEndpoint = (e: { addr: string; port: number } | undefined, family: InetFamily): InetEndpoint => e ?? { addr: family === 'inet' ? '0.0.0.0' : '::', port: 0 }
+
+/**
+ * The description of a TCP or UDP socket; `fd` is this process's copy of it, which this
+ * takes over (kept by lib/netgap.ts for an established connection, else closed).
+ */
+export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: number, fd: number, info: InetSocketInfo): Promise<InetSocketDescription | OtherSocketDescription> {
+  let kept = false
+  try {
+    const family: InetFamily = info.domain === AF_INET ? 'inet' : 'inet6'
+    const protocol: InetProtocol | undefined =
+      info.type === SOCK_STREAM && info.protocol === IPPROTO_TCP ? 'tcp' : info.type === SOCK_DGRAM && info.protocol === IPPROTO_UDP ? 'udp' : undefined
+    const refuse = (why: string): OtherSocketDescription => ({ ...base, type: 'socket', family: 'other', notCheckpointable: `socket: ${why} (fd ${probe.fd}, inode ${base.ino})` })
+    if (!protocol) return refuse(`${family} socket of type ${info.type} and protocol ${info.protocol} (only TCP and UDP are checkpointed)`)
+    const local = asEndpoint(info.local, family)
+    const peer = info.peer && info.peer.port !== 0 ? { addr: info.peer.addr, port: info.peer.port } : undefined
+    const name = socketName({ family, protocol, local, peer })
+    if (info.local?.scopeId || info.peer?.scopeId) return refuse(`${name} has a link-local scope, which is not restored`)
+    let state: InetState
+    if (protocol === 'udp') state = peer ? 'established' : 'close'
+    else if (info.state === TCP_ESTABLISHED) state = 'established'
+    else if (info.state === TCP_LISTEN) state = 'listen'
+    else if (info.state === TCP_CLOSE) state = 'close'
+    else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed`)
+    if (state === 'listen' && info.pending > 0) return refuse(`${name} (listening) has ${info.pending} connection(s) not yet accepted, which would be lost`)
+    const options: InetSocketOptions = {
+      reuseaddr: info.reuseaddr !== 0,
+      reuseport: info.reuseport !== 0,
+      keepalive: info.keepalive !== 0,
+      keepidle: info.keepidle,
+      keepintvl: info.keepintvl,
+      keepcnt: info.keepcnt,
+      nodelay: info.nodelay !== 0,
+      rcvbuf: info.rcvbuf,
+      sndbuf: info.sndbuf,
+      rcvtimeoUs: info.rcvtimeoUs,
+      sndtimeoUs: info.sndtimeoUs,
+      v6only: info.v6only !== 0,
+      broadcast: info.broadcast !== 0,
+    }
+    let tcp: TcpRepair | undefined
+    if (protocol === 'tcp' && state === 'established') {
+      const tuple = fourTuple(effectiveUid(pid), local, peer!)
+      // The peer's packets are dropped before the socket goes quiet, so none meets a closed port.
+      try {
+        await openGap(tuple)
+      } catch (err) {
+        return refuse(`${name}: its peer's packets cannot be held off while it is gone: ${(err as Error).message}`)
+      }
+      try {
+        const dump = native.tcpRepairDump(fd)
+        tcp = {
+          sendSeq: Number(dump.sendSeq),
+          recvSeq: Number(dump.recvSeq),
+          sendQueue: async () => dump.sendQueue,
+          unsent: dump.unsent,
+          recvQueue: async () => dump.recvQueue,
+          mss: dump.mss,
+          tcpOptions: dump.options & TCPI_OPT_KNOWN,
+          sndWscale: dump.sndWscale,
+          rcvWscale: dump.rcvWscale,
+          timestamp: Number(dump.timestamp),
+          sndWl1: Number(dump.sndWl1),
+          sndWnd: Number(dump.sndWnd),
+          maxWindow: Number(dump.maxWindow),
+          rcvWnd: Number(dump.rcvWnd),
+          rcvWup: Number(dump.rcvWup),
+        }
+      } catch (err) {
+        await closeGap(tuple).catch(() => undefined)
+        return refuse(`${name}: TCP_REPAIR failed: ${(err as Error).message}`)
+      }
+      holdConnection(pid, fd, tuple)
+      kept = true
+    }
+    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp } }
+  } finally {
+    if (!kept) native.close(fd)
+  }
+}
+
+/** The effective uid of a task, from /proc/PID/status (the gap's owner). */
+function effectiveUid(pid: number): number {
+  const uids = /^Uid:\s+\d+\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
+  if (!uids) throw new CkptError(`/proc/${pid}/status: no Uid line`)
+  return Number(uids[1])
+}
+
+/** The gap of `d` when it is an established TCP connection of a task whose effective uid was `uid`. */
+export function connectionTuple(d: InetSocketDescription, uid: number): FourTuple | undefined {
+  const s = d.inet
+  return s.protocol === 'tcp' && s.state === 'established' && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
+}
+
+/**
+ * Ends the gap of every established TCP connection of `table` (after its restore, or a failed
+ * one), for a task whose saved effective uid is `uid`: only the gaps that task's checkpoint made.
+ */
+export async function closeConnectionGaps(table: FileTable, uid: number): Promise<void> {
+  const tuples = table.files.flatMap((f) => (f.type === 'socket' && 'inet' in f ? connectionTuple(f, uid) ?? [] : []))
+  await Promise.all(tuples.map((t) => closeGap(t)))
+}
+
+// ---- the tree ----
+
+const optionEntries: TableEntry<InetSocketOptions>[] = [
+  attr('reuseaddr', (o) => o.reuseaddr),
+  attr('reuseport', (o) => o.reuseport),
+  attr('keepalive', (o) => o.keepalive),
+  attr('keepidle', (o) => o.keepidle),
+  attr('keepintvl', (o) => o.keepintvl),
+  attr('keepcnt', (o) => o.keepcnt),
+  attr('nodelay', (o) => o.nodelay),
+  attr('rcvbuf', (o) => o.rcvbuf),
+  attr('sndbuf', (o) => o.sndbuf),
+  attr('rcvtimeo_us', (o) => o.rcvtimeoUs),
+  attr('sndtimeo_us', (o) => o.sndtimeoUs),
+  attr('v6only', (o) => o.v6only),
+  attr('broadcast', (o) => o.broadcast),
+]
+
+const tcpEntries: TableEntry<TcpRepair>[] = [
+  attr('send_seq', (t) => t.sendSeq),
+  attr('recv_seq', (t) => t.recvSeq),
+  ...checkedBytes('send_queue', (t: TcpRepair) => t.sendQueue()),
+  attr('unsent', (t) => t.unsent),
+  ...checkedBytes('recv_queue', (t: TcpRepair) => t.recvQueue()),
+  attr('mss', (t) => t.mss),
+  attr('tcp_options', (t) => t.tcpOptions),
+  attr('snd_wscale', (t) => t.sndWscale),
+  attr('rcv_wscale', (t) => t.rcvWscale),
+  attr('timestamp', (t) => t.timestamp),
+  attr('snd_wl1', (t) => t.sndWl1),
+  attr('snd_wnd', (t) => t.sndWnd),
+  attr('max_window', (t) => t.maxWindow),
+  attr('rcv_wnd', (t) => t.rcvWnd),
+  attr('rcv_wup', (t) => t.rcvWup),
+]
+
+const socketEntries: TableEntry<InetSocketDescription>[] = [
+  attr('family', (d) => d.inet.family),
+  attr('protocol', (d) => d.inet.protocol),
+  attr('state', (d) => d.inet.state),
+  attr('local_addr', (d) => d.inet.local.addr),
+  attr('local_port', (d) => d.inet.local.port),
+  attr('backlog', (d) => d.inet.backlog),
+  sub('options', (d: InetSocketDescription) => d.inet.options, optionEntries),
+]
+const peerEntries: TableEntry<InetSocketDescription>[] = [
+  attr('peer_addr', (d) => d.inet.peer!.addr),
+  attr('peer_port', (d) => d.inet.peer!.port),
+]
+const unconnectedTable = withCommon<InetSocketDescription>(socketEntries)
+const connectedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries])
+const establishedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries, sub('tcp', (d: InetSocketDescription) => d.inet.tcp!, tcpEntries)])
+
+export function inetEntries(d: InetSocketDescription): TableEntry<InetSocketDescription>[] {
+  return d.inet.tcp ? establishedTable : d.inet.peer ? connectedTable : unconnectedTable
+}
+
+const oneOf = <T extends string>(dir: SavedDir, name: string, allowed: readonly T[]): T => {
+  const v = dir.text(name)
+  const found = allowed.find((a) => a === v)
+  if (found === undefined) throw dir.fail(name, `${JSON.stringify(v)} is not one of ${allowed.join(', ')}`)
+  return found
+}
+
+/** Reads a saved files/OBJREF of a TCP or UDP socket (one with a `family` entry). */
+export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescription {
+  const family = oneOf(dir, 'family', FAMILIES)
+  const protocol = oneOf(dir, 'protocol', PROTOCOLS)
+  const state = oneOf(dir, 'state', STATES)
+  const local = { addr: dir.text('local_addr'), port: dir.int('local_port', 0, 65535) }
+  const peer = dir.has('peer_addr') ? { addr: dir.text('peer_addr'), port: dir.int('peer_port', 0, 65535) } : undefined
+  const backlog = dir.int('backlog', 0, INT_MAX)
+  const o = dir.dir('options')
+  const options: InetSocketOptions = {
+    reuseaddr: o.flag('reuseaddr'),
+    reuseport: o.flag('reuseport'),
+    keepalive: o.flag('keepalive'),
+    keepidle: o.int('keepidle', 0, INT_MAX),
+    keepintvl: o.int('keepintvl', 0, INT_MAX),
+    keepcnt: o.int('keepcnt', 0, INT_MAX),
+    nodelay: o.flag('nodelay'),
+    rcvbuf: o.int('rcvbuf', 0, INT_MAX),
+    sndbuf: o.int('sndbuf', 0, INT_MAX),
+    rcvtimeoUs: o.decimal('rcvtimeo_us', 0n, U64_MAX),
+    sndtimeoUs: o.decimal('sndtimeo_us', 0n, U64_MAX),
+    v6only: o.flag('v6only'),
+    broadcast: o.flag('broadcast'),
+  }
+  let tcp: TcpRepair | undefined
+  if (dir.has('tcp')) {
+    const t = dir.dir('tcp')
+    const u32 = (name: string) => Number(t.decimal(name, 0n, U32_MAX))
+    tcp = {
+      sendSeq: u32('send_seq'),
+      recvSeq: u32('recv_seq'),
+      sendQueue: t.checkedLazyBytes('send_queue'),
+      unsent: u32('unsent'),
+      recvQueue: t.checkedLazyBytes('recv_queue'),
+      mss: u32('mss'),
+      tcpOptions: u32('tcp_options'),
+      sndWscale: u32('snd_wscale'),
+      rcvWscale: u32('rcv_wscale'),
+      timestamp: u32('timestamp'),
+      sndWl1: u32('snd_wl1'),
+      sndWnd: u32('snd_wnd'),
+      maxWindow: u32('max_window'),
+      rcvWnd: u32('rcv_wnd'),
+      rcvWup: u32('rcv_wup'),
+    }
+  }
+  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp } })
+}
+
+// ---- validation and restore ----
+
+const addressFits = (family: InetFamily, addr: string): boolean => (family === 'inet' ? isIPv4(addr) : isIPv6(addr))
+
+/** The checks of meaning a restore relies on, named by the tree path of the value. */
+export function validateInet(d: InetSocketDescription): void {
+  const s = d.inet
+  if (!addressFits(s.family, s.local.addr)) throw invalid(d, 'local_addr', `${JSON.stringify(s.local.addr)} is not an ${s.family === 'inet' ? 'IPv4' : 'IPv6'} address`)
+  if (s.peer && !addressFits(s.family, s.peer.addr)) throw invalid(d, 'peer_addr', `${JSON.stringify(s.peer.addr)} is not an ${s.family === 'inet' ? 'IPv4' : 'IPv6'} address`)
+  if (s.peer && s.peer.port === 0) throw invalid(d, 'peer_port', 'port 0 is no peer')
+  if (s.protocol === 'udp' && s.state === 'listen') throw invalid(d, 'state', 'a UDP socket does not listen')
+  if (s.state === 'listen' && s.local.port === 0) throw invalid(d, 'local_port', 'a listening socket is bound to a port')
+  if (s.state === 'established' && !s.peer) throw invalid(d, 'state', 'established, but there is no peer_addr')
+  if (s.state !== 'established' && s.peer) throw invalid(d, 'peer_addr', `a socket in state ${s.state} has no peer`)
+  if (s.protocol === 'tcp' && s.state === 'established' && !s.tcp) throw invalid(d, 'tcp', 'an established TCP connection needs its tcp/ state')
+  if (s.tcp && !(s.protocol === 'tcp' && s.state === 'established')) throw invalid(d, 'tcp', `only an established TCP connection has one (this is ${s.protocol}, ${s.state})`)
+  if (s.state === 'established' && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
+  const t = s.tcp
+  if (t) {
+    if (t.mss < 1 || t.mss > 65535) throw invalid(d, 'tcp/mss', `${t.mss} is out of range [1, 65535]`)
+    if (t.tcpOptions & ~TCPI_OPT_KNOWN) throw invalid(d, 'tcp/tcp_options', `${t.tcpOptions} has bits other than TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK and TCPI_OPT_WSCALE`)
+    if (t.sndWscale > MAX_WSCALE) throw invalid(d, 'tcp/snd_wscale', `${t.sndWscale} is above ${MAX_WSCALE}`)
+    if (t.rcvWscale > MAX_WSCALE) throw invalid(d, 'tcp/rcv_wscale', `${t.rcvWscale} is above ${MAX_WSCALE}`)
+  }
+}
+
+/** A sockaddr_in or sockaddr_in6 as the kernel takes it. */
+export function sockaddr(family: InetFamily, e: InetEndpoint): Buffer {
+  if (family === 'inet') {
+    const b = Buffer.alloc(16)
+    b.writeUInt16LE(AF_INET, 0)
+    b.writeUInt16BE(e.port, 2)
+    e.addr.split('.').forEach((part, i) => b.writeUInt8(Number(part), 4 + i))
+    return b
+  }
+  const b = Buffer.alloc(28)
+  b.writeUInt16LE(AF_INET6, 0)
+  b.writeUInt16BE(e.port, 2)
+  ipv6Bytes(e.addr).copy(b, 8)
+  return b
+}
+
+/** The 16 bytes of an IPv6 address (already checked by isIPv6), "::" and a dotted IPv4 tail included. */
+function ipv6Bytes(addr: string): Buffer {
+  let text = addr
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(addr)
+  if (v4) {
+    const [a, b, c, e] = v4.slice(1).map(Number)
+    text = addr.slice(0, v4.index) + ((a << 8) | b).toString(16) + ':' + ((c << 8) | e).toString(16)
+  }
+  const [head, rest] = text.split('::')
+  const groups = (s: string | undefined) => (s ? s.split(':').map((g) => parseInt(g, 16)) : [])
+  const before = groups(head)
+  const after = groups(rest)
+  const all = [...before, ...new Array<number>(rest === undefined ? 0 : 8 - before.length - after.length).fill(0), ...after]
+  const out = Buffer.alloc(16)
+  all.slice(0, 8).forEach((g, i) => out.writeUInt16BE(g, i * 2))
+  return out
+}
+
+const bit = (b: boolean) => (b ? 1 : 0)
+
+/** The stub's INET record (docs/RESTORE.md, kind 16). */
+export async function planInet(d: InetSocketDescription): Promise<{ kind: number; objref: typeof d.objref; payload: RecordBuilder }> {
+  const s = d.inet
+  const o = s.options
+  const p = new RecordBuilder()
+    .u32(s.family === 'inet' ? AF_INET : AF_INET6)
+    .u32(s.protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM)
+    .u32(s.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP)
+    .i32(d.flags & O_NONBLOCK)
+    .u32(s.state === 'established' ? TCP_ESTABLISHED : s.state === 'listen' ? TCP_LISTEN : TCP_CLOSE)
+    .bytes(s.local.port !== 0 ? sockaddr(s.family, s.local) : Buffer.alloc(0))
+    .bytes(s.peer ? sockaddr(s.family, s.peer) : Buffer.alloc(0))
+    .u32(s.backlog)
+    .i32(bit(o.reuseaddr)).i32(bit(o.reuseport)).i32(bit(o.keepalive)).i32(bit(o.broadcast))
+    .i32(o.rcvbuf).i32(o.sndbuf).i32(bit(o.v6only)).i32(bit(o.nodelay))
+    .i32(o.keepidle).i32(o.keepintvl).i32(o.keepcnt)
+    .u64(o.rcvtimeoUs).u64(o.sndtimeoUs)
+    .u32(s.tcp ? 1 : 0)
+  const t = s.tcp
+  if (t) {
+    const [sendQueue, recvQueue] = await Promise.all([t.sendQueue(), t.recvQueue()])
+    if (t.unsent > sendQueue.length) throw invalid(d, 'tcp/unsent', `${t.unsent} is more than the ${sendQueue.length} bytes of send_queue`)
+    p.u32(t.sendSeq).u32(t.recvSeq).bytes(sendQueue).u32(t.unsent).bytes(recvQueue)
+      .u32(t.mss).u32(t.tcpOptions).u32(t.sndWscale).u32(t.rcvWscale).u32(t.timestamp)
+      .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup)
+  }
+  return { kind: INET_KINDS.inet, objref: d.objref, payload: p }
+}
+
+// ---- the image ----
+
+export async function inetImage(d: InetSocketDescription): Promise<object> {
+  const s = d.inet
+  const t = s.tcp
+  return {
+    family: s.family,
+    protocol: s.protocol,
+    state: s.state,
+    local: s.local,
+    peer: s.peer,
+    backlog: s.backlog,
+    options: s.options,
+    tcp: t && { ...t, sendQueue: await t.sendQueue(), recvQueue: await t.recvQueue() },
+  }
+}
+
+export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescription<InetSocketDescription> {
+  const family = f.oneOf('family', FAMILIES)
+  const endpoint = (m: Fields): InetEndpoint => ({ addr: m.str('addr', true), port: m.num('port', { max: 65535 }) })
+  const o = f.msg('options')
+  const options: InetSocketOptions = {
+    reuseaddr: o.bool('reuseaddr'),
+    reuseport: o.bool('reuseport'),
+    keepalive: o.bool('keepalive'),
+    keepidle: o.num('keepidle', { max: INT_MAX }),
+    keepintvl: o.num('keepintvl', { max: INT_MAX }),
+    keepcnt: o.num('keepcnt', { max: INT_MAX }),
+    nodelay: o.bool('nodelay'),
+    rcvbuf: o.num('rcvbuf', { max: INT_MAX }),
+    sndbuf: o.num('sndbuf', { max: INT_MAX }),
+    rcvtimeoUs: o.big('rcvtimeoUs'),
+    sndtimeoUs: o.big('sndtimeoUs'),
+    v6only: o.bool('v6only'),
+    broadcast: o.bool('broadcast'),
+  }
+  let tcp: TcpRepair | undefined
+  if (f.has('tcp')) {
+    const t = f.msg('tcp')
+    const sendQueue = t.bytes('sendQueue')
+    const recvQueue = t.bytes('recvQueue')
+    tcp = {
+      sendSeq: t.num('sendSeq'),
+      recvSeq: t.num('recvSeq'),
+      sendQueue: async () => sendQueue,
+      unsent: t.num('unsent', { max: sendQueue.length }),
+      recvQueue: async () => recvQueue,
+      mss: t.num('mss'),
+      tcpOptions: t.num('tcpOptions'),
+      sndWscale: t.num('sndWscale'),
+      rcvWscale: t.num('rcvWscale'),
+      timestamp: t.num('timestamp'),
+      sndWl1: t.num('sndWl1'),
+      sndWnd: t.num('sndWnd'),
+      maxWindow: t.num('maxWindow'),
+      rcvWnd: t.num('rcvWnd'),
+      rcvWup: t.num('rcvWup'),
+    }
+  }
+  const inet: InetSocket = {
+    family,
+    protocol: f.oneOf('protocol', PROTOCOLS),
+    state: f.oneOf('state', STATES),
+    local: f.has('local') ? endpoint(f.msg('local')) : asEndpoint(undefined, family),
+    peer: f.has('peer') ? endpoint(f.msg('peer')) : undefined,
+    backlog: f.num('backlog', { max: INT_MAX }),
+    options,
+    tcp,
+  }
+  return { description: described<InetSocketDescription>(base, { type: 'socket', family, inet }), contentsSize: undefined }
+}
+
+export function inetSummary(d: InetSocketDescription): string {
+  const s = d.inet
+  const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `established, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
+  return `${d.target} (${socketName(s)}, ${what})`
+}
+
+/** Why `capture` could not look at a socket at all (pidfd_getfd refused), as a refusal. */
+export function unreadableSocket(base: DescriptionBase, probe: FdProbe, err: unknown): OtherSocketDescription {
+  return { ...base, type: 'socket', family: 'other', notCheckpointable: `socket: fd ${probe.fd} (inode ${base.ino}) could not be read: ${err instanceof CkptError || err instanceof Error ? err.message : String(err)}` }
+}

@@ -1,0 +1,371 @@
+// TCP and UDP sockets (issue 14, lib/files/inetsock.ts): a fixture holding listening, bound and
+// connected sockets and an established connection to a peer outside the tree, with data in
+// flight both ways, is checkpointed through the real mount, killed, and restored from a
+// `cp -a` copy and from the image; the connection carries on with no byte lost or repeated,
+// also though the peer sent during the gap. The nftables table that drops the peer's packets
+// meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
+// answers on its port after a restore. A user's saved socket on port 80 and connection
+// (repair mode needs the CAP_NET_ADMIN the user lacks) are refused.
+
+import { execFileSync } from 'child_process'
+import * as fs from 'fs'
+import * as http from 'http'
+import * as net from 'net'
+import * as path from 'path'
+import t, { type Test } from 'tap'
+import { ckptfs, ckptfsOk, mountFor, userNode } from './lib/mount'
+import { checkpointSaveKill, exists, launch, listTree, reseal, restoreCli, runChecks, sleep, waitUntil, workdir, type Target } from './lib/restore'
+import { buildTarget, startTarget } from './lib/targets'
+import { asUser, attacker } from './lib/unprivileged'
+import { closeGap, fourTuple, gapTableName, openGap } from '../lib/netgap'
+
+const fixture = buildTarget('restore_inetsock')
+const peerBin = buildTarget('inet_peer')
+
+/** Our nftables tables (lib/netgap.ts names them ckptfs_gap_...). */
+function ourTables(): string[] {
+  const out = execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' })
+  return out.split('\n').filter((l) => l.includes('ckptfs')).filter((l) => l.startsWith('table '))
+}
+
+/** Whether `nft list ruleset` mentions anything of ours at all (a table, chain or rule). */
+const anythingOurs = () => execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' }).includes('ckptfs')
+
+const read = (file: string) => fs.readFileSync(file, 'utf8').trim()
+
+/** The objrefs under SAVED/files of sockets, with their protocol and state. */
+function sockets(saved: string): Array<{ objref: string; protocol: string; state: string; family: string; dir: string }> {
+  const files = path.join(saved, 'files')
+  return fs.readdirSync(files)
+    .filter((n) => read(path.join(files, n, 'fd_type')) === 'socket' && fs.existsSync(path.join(files, n, 'family')))
+    .map((n) => ({ objref: n, dir: path.join(files, n), protocol: read(path.join(files, n, 'protocol')), state: read(path.join(files, n, 'state')), family: read(path.join(files, n, 'family')) }))
+}
+
+interface Started {
+  target: Target
+  peer: Awaited<ReturnType<typeof startTarget>>
+  dir: string
+}
+
+async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
+  const dir = workdir(t, 'ckptfs-inet-')
+  const six = ip === 6 ? ['6'] : []
+  const peer = await startTarget(peerBin, [dir, ...six], /^listening port=\d+ pid=\d+$/)
+  t.teardown(() => peer.kill())
+  const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
+  const target = await launch(t, [fixture, dir, String(port), ...six], { dir })
+  await peer.waitFor(/^peer sent \d+$/)
+  return { target, peer, dir }
+}
+
+/** After the kill: the peer sends during the gap; it must not be reset. */
+async function gap(s: Started): Promise<void> {
+  fs.writeFileSync(path.join(s.dir, 'gap'), '')
+  await s.peer.waitFor(/^gap sent$/)
+  // Some of the peer's (re)transmissions meet the dead socket's port meanwhile.
+  await sleep(300)
+}
+
+/** Lets both ends carry on and checks both streams whole. */
+async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
+  const checks = await runChecks(s.target, since, 40_000)
+  t.ok(checks.done, 'the fixture finished its checks')
+  t.same(checks.failed, [], 'no check failed')
+  for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
+    'udp: SO_RCVTIMEO', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
+    'tcp: SO_SNDTIMEO', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    t.ok(checks.ok.includes(name), `ok ${name}`)
+  }
+  const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))
+  // Polled, not waitFor: the peer exits right after its last line, and its exit may be seen before that line.
+  const received = () => s.peer.lines.find((l) => /^peer received \d+ bytes/.test(l))
+  await waitUntil('the peer to say what it received', () => received() !== undefined, 20_000).catch(() => undefined)
+  t.equal(received(), `peer received ${total?.[1]} bytes, all in order`, 'the peer got every byte the fixture sent, in order, once')
+}
+
+t.test('listening, UDP and an established connection with data in flight come back from a copied tree', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  const queued = /^queued out (\d+) in (\d+)$/m.exec(s.target.text())!
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  t.equal(ourTables().length, 1, 'after the kill, one table drops the peer\'s packets')
+
+  const found = sockets(saved)
+  const kinds = found.map((k) => `${k.family} ${k.protocol} ${k.state}`).sort()
+  t.same(kinds, ['inet tcp established', 'inet tcp listen', 'inet udp close', 'inet6 tcp listen', 'inet6 udp close', 'inet6 udp established'], 'six sockets, by family, protocol and state')
+  const conn = found.find((k) => k.state === 'established' && k.protocol === 'tcp')!
+  t.equal(fs.statSync(path.join(conn.dir, 'tcp', 'recv_queue')).size, Number(queued[2]), 'recv_queue: the bytes the peer sent that were not read')
+  const sendQueue = fs.statSync(path.join(conn.dir, 'tcp', 'send_queue')).size
+  t.ok(sendQueue > 0 && sendQueue <= Number(queued[1]), `send_queue: bytes in flight out (${sendQueue}; ${queued[1]} when it was ready)`)
+  t.ok(Number(read(path.join(conn.dir, 'tcp', 'unsent'))) <= sendQueue, 'unsent: part of send_queue')
+  t.equal(read(path.join(conn.dir, 'options', 'nodelay')), '1', 'options/nodelay')
+  t.equal(read(path.join(found.find((k) => k.family === 'inet' && k.state === 'listen')!.dir, 'backlog')), '7', 'backlog')
+
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(), [], 'the restore removed the table')
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('the same from the image', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
+  const show = ckptfs('show', `${saved}.image`)
+  t.match(show.stdout, /TCP socket 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+, established/, 'ckptfs show names the connection')
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, `${saved}.image`)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('the same over IPv6, from the image', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t, 6)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
+  const tables = ourTables()
+  t.equal(tables.length, 1, 'one table')
+  t.match(tables[0], /^table ip6 ckptfs_gap_6_u0___1_\d+___1_\d+ \{$/, 'an ip6 table for [::1] <-> [::1]')
+  t.match(ckptfs('show', `${saved}.image`).stdout, /TCPv6 socket \[::1\]:\d+ <-> \[::1\]:\d+, established/, 'ckptfs show names the connection')
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, `${saved}.image`)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  await carriesOn(t, s, since)
+  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
+})
+
+t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  // Someone takes the listening port meanwhile: the restore fails at its bind.
+  const lst = sockets(saved).find((k) => k.family === 'inet' && k.state === 'listen')!
+  const port = Number(read(path.join(lst.dir, 'local_port')))
+  const squatter = net.createServer().listen(port, '127.0.0.1')
+  await new Promise((resolve) => squatter.once('listening', resolve))
+  const before = listTree(s.dir)
+  const r = restoreCli(mnt, saved)
+  squatter.close()
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`^ckptfs restore: .*fd \\d+ \\(files/${lst.objref}\\): bind: Address already in use\\n$`), 'naming the socket')
+  t.notOk(exists(s.target.pid), 'no process is left')
+  t.same(listTree(s.dir), before, 'nothing new in its directory')
+  t.same(ourTables(), [], 'the failed restore removed the table')
+
+  // A second fixture, checkpointed and resumed: its connection works on.
+  const s2 = await startPair(t)
+  const said = ckptfs('checkpoint', String(s2.target.pid), '--mount', mnt)
+  t.equal(said.status, 0, 'checkpointed')
+  const cp = said.stdout.trim()
+  t.match(said.stderr, /^ckptfs checkpoint: note: checkpoint-\d+ holds 1 established TCP connection \(files\/\d+ 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+\) in repair mode: "echo 1 > .*\/done" lets them carry on/, 'the checkpoint says which connection it holds and what done does to it')
+  t.equal(ourTables().length, 1, 'while frozen, the table is there')
+  const since = s2.target.text().length
+  fs.writeFileSync(path.join(cp, 'done'), '1\n')
+  await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
+  t.same(ourTables(), [], 'resumed: the table is gone')
+  fs.writeFileSync(path.join(s2.dir, 'gap'), '')
+  await carriesOn(t, s2, since)
+  t.same(ourTables(), [], 'no nftables table of ours is left')
+})
+
+t.test('states and families that cannot be restored are refused by name', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  const cp = ckptfsOk('checkpoint', String(s.target.pid), '--mount', mnt)
+  execFileSync('cp', ['-a', cp, saved])
+  fs.writeFileSync(path.join(cp, 'done'), '1\n')
+  await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
+  t.same(ourTables(), [], 'resumed: no table')
+  fs.writeFileSync(path.join(s.dir, 'gap'), '')
+  const udp = sockets(saved).find((k) => k.family === 'inet' && k.protocol === 'udp')!
+  const edit = (file: string, value: string, expected: RegExp) => {
+    const kept = fs.readFileSync(file)
+    fs.writeFileSync(file, value)
+    reseal(saved)
+    const r = restoreCli(mnt, saved)
+    fs.writeFileSync(file, kept)
+    reseal(saved)
+    t.equal(r.status, 1, `${value.trim()}: refused`)
+    t.match(r.stderr, expected, `${value.trim()}: says which and why`)
+  }
+  edit(path.join(udp.dir, 'state'), 'syn_sent\n', new RegExp(`files/${udp.objref}/state: "syn_sent" is not one of established, listen, close`))
+  edit(path.join(udp.dir, 'state'), 'listen\n', new RegExp(`files/${udp.objref}/state: a UDP socket does not listen`))
+  edit(path.join(udp.dir, 'local_addr'), '127.0.0.300\n', new RegExp(`files/${udp.objref}/local_addr: "127.0.0.300" is not an IPv4 address`))
+  edit(path.join(udp.dir, 'local_port'), '65536\n', new RegExp(`files/${udp.objref}/local_port: 65536 is out of range`))
+})
+
+/** A free TCP port on 127.0.0.1, by asking the kernel for one. */
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1')
+  await new Promise((resolve) => server.once('listening', resolve))
+  const port = (server.address() as net.AddressInfo).port
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+function httpGet(port: number): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', timeout: 5000, agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (c: string) => (body += c)).on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+  })
+}
+
+t.test('python3 -m http.server answers on its port after a restore', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t, 'ckptfs-http-')
+  fs.writeFileSync(path.join(dir, 'hello.txt'), 'hello from before the checkpoint\n')
+  const port = await freePort()
+  const target = await launch(t, ['python3', '-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', dir], { dir, ready: (tg) => /Serving HTTP/.test(tg.text()) })
+  const before = await httpGet(port)
+  t.equal(before.status, 200, 'it answers before')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  await t.rejects(httpGet(port), 'nothing answers while it is gone')
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  const after = await httpGet(port)
+  t.equal(after.status, 200, 'it answers after the restore')
+  t.match(after.body, /hello\.txt/, 'with its directory listing')
+})
+
+t.test('a user\'s sockets come back only as the user could make them: port 80 and repair mode are refused', async (t) => {
+  const user = attacker()
+  const mnt = mountFor(t)
+  // A peer outside the tree for the user's connection.
+  const accepted: net.Socket[] = []
+  const peer = net.createServer((c) => accepted.push(c.on('error', () => undefined))).listen(0, '127.0.0.1')
+  await new Promise((resolve) => peer.once('listening', resolve))
+  t.teardown(() => {
+    accepted.forEach((c) => c.destroy())
+    peer.close()
+  })
+  const peerPort = (peer.address() as net.AddressInfo).port
+  // The user's own program: python listening on a free port above 1024, as the user may, and
+  // connected to the peer.
+  const dir = workdir(t, 'ckptfs-inet-user-')
+  fs.chownSync(dir, user.uid, user.gid)
+  const out = path.join(dir, 'out')
+  fs.writeFileSync(out, '', { mode: 0o644 })
+  fs.chownSync(out, user.uid, user.gid)
+  const port = await freePort()
+  const code = `import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  const before = listTree(dir)
+  const refused = (what: string, expected: RegExp, tablesLeft: string[] = []) => {
+    const r = ckptfs('restore', saved, '--mount', mnt)
+    t.equal(r.status, 1, `${what}: refused`)
+    t.match(r.stderr, expected, `${what}: says which and why`)
+    t.notOk(exists(target.pid), `${what}: no process is left`)
+    t.same(listTree(dir), before, `${what}: nothing new in its directory`)
+    t.same(ourTables().map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
+  }
+  const conn = sockets(saved).find((k) => k.state === 'established')!
+  // A gap of root's on the same four-tuple (a root process's connection, checkpointed and
+  // killed): the user's restore must not remove it.
+  const value = (name: string) => read(path.join(conn.dir, name))
+  const rootsGap = fourTuple(0, { addr: value('local_addr'), port: Number(value('local_port')) }, { addr: value('peer_addr'), port: Number(value('peer_port')) })
+  await openGap(rootsGap)
+  t.teardown(() => closeGap(rootsGap))
+  refused('the connection', new RegExp(`files/${conn.objref}\\): TCP_REPAIR: Operation not permitted \\(restoring an established connection takes the CAP_NET_ADMIN the task had\\)`), [gapTableName(rootsGap)])
+  await closeGap(rootsGap)
+  // The user's copy says port 80 (edited and resealed, as its owner may).
+  const lst = sockets(saved).find((k) => k.state === 'listen')!
+  fs.writeFileSync(path.join(lst.dir, 'local_port'), '80\n')
+  reseal(saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  refused('port 80', new RegExp(`files/${lst.objref}\\): bind: Permission denied`))
+})
+
+t.test('a node HTTP server answers on its port after a restore', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t, 'ckptfs-nodehttp-')
+  const port = await freePort()
+  const code = `let n=0;require('http').createServer((q,r)=>r.end('request '+(++n)+'\\n')).listen(${port},'127.0.0.1',()=>console.log('ready'))`
+  // libuv's io_uring (an fd no handler restores) is left out, as a server run for checkpoints would.
+  const [env, nodeArgs] = userNode('-e', code)
+  const target = await launch(t, [env, ...nodeArgs.slice(0, 2), 'UV_USE_IO_URING=0', ...nodeArgs.slice(2)], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  // A connection each (no keep-alive): one kept open would be checkpointed too, and the
+  // agent's keepalive probes (every second, 10 tries) give up during a gap this long.
+  t.same(await httpGet(port), { status: 200, body: 'request 1\n' }, 'it answers before')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  if (r.status !== 0) return
+  t.same(await httpGet(port), { status: 200, body: 'request 2\n' }, 'it answers after the restore, counting on from where it was')
+  t.same(ourTables(), [], 'no nftables table of ours')
+})
+
+t.test('netlink and packet sockets are refused, naming the socket', async (t) => {
+  const dir = workdir(t, 'ckptfs-netlink-')
+  const code = 'import os,socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,socket.SOCK_DGRAM,0)\nos.dup2(p.fileno(),8)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
+  const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  const r = ckptfs('check', String(target.pid))
+  t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: a netlink raw socket \(protocol 0\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket')
+  t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet datagram socket \(protocol 0, PACKET\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'and the packet socket')
+})
+
+t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {
+  // A peer that closes every connection at once: the program's end stays in CLOSE_WAIT.
+  const closer = net.createServer((c) => c.end()).listen(0, '127.0.0.1')
+  await new Promise((resolve) => closer.once('listening', resolve))
+  t.teardown(() => closer.close())
+  const closerPort = (closer.address() as net.AddressInfo).port
+  const port = await freePort()
+  const dir = workdir(t, 'ckptfs-inet-states-')
+  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${closerPort}))\nos.dup2(c.fileno(),8)\nwhile c.recv(10): pass\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
+  const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  // A client the program never accepts.
+  const waiting = net.connect(port, '127.0.0.1')
+  waiting.on('error', () => undefined)
+  t.teardown(() => waiting.destroy())
+  await new Promise((resolve) => waiting.once('connect', resolve))
+  const r = ckptfs('check', String(target.pid))
+  t.match(r.stdout, new RegExp(`^fd 7: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:${port} \\(listening\\) has 1 connection\\(s\\) not yet accepted, which would be lost \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the listening socket with a connection waiting')
+  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
+  t.notOk(anythingOurs(), 'nothing of ours in nft list ruleset')
+})
+
+t.test('a connection killed at its checkpoint and never restored: umount removes its table', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  await checkpointSaveKill(mnt, s.target.pid, path.join(s.dir, 'saved'))
+  t.equal(ourTables().length, 1, 'the table waits for a restore')
+  ckptfsOk('umount', mnt)
+  t.notOk(anythingOurs(), 'after umount, nft list ruleset shows nothing of ours')
+})
+
+t.test('the same through the restore area (cp -a into restore/, echo 1 > done): the server removes the table', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  await gap(s)
+  const since = s.target.text().length
+  execFileSync('bash', ['-c', `cp -a "${saved}" "${mnt}/restore/conn" && echo 1 > "${mnt}/restore/conn/done"`])
+  t.equal(fs.readFileSync(path.join(mnt, 'restore', 'conn', 'status'), 'utf8'), `restored ${s.target.pid}\n`, 'status says restored PID')
+  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
+  await carriesOn(t, s, since)
+})
