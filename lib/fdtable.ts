@@ -130,13 +130,42 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
  * all before this returns with `copy`, after which the task may run on.
  */
 export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims: DescriptionClaims = ownClaims()): Promise<FileTable> {
+  return captureProbed(await probeFileTable(pid), opts, claims)
+}
+
+/** A task's fds as /proc shows them, grouped into descriptions, before any is numbered. */
+export interface ProbedTable {
+  pid: Pid
+  probes: FdProbe[]
+  shared: Sharing[]
+  socketKinds: Lazy<Map<bigint, string>>
+  /** What a path an fd shows is resolved below (see probeFileTable). */
+  statRoot: string
+}
+
+/** Reads task `pid`'s fds from /proc and splits them into descriptions (the task is frozen). */
+export async function probeFileTable(pid: Pid): Promise<ProbedTable> {
   const fds = await listFds(pid)
   const probes = await readFds(pid, fds)
   // The socket tables take long to generate when there are many sockets: start now, while kcmp sorts.
   const socketKinds = lazy(() => readSocketKinds(pid))
   if (probes.some((p) => p.target.startsWith('socket:'))) socketKinds().catch(() => undefined)
   const shared = shareDescriptions(pid, probes, native.kcmpGroups.bind(native))
+  // /proc/PID/fd links show paths as seen from OUR root. For a task whose root is ours (or the
+  // root of another mount namespace, which shows as "/") they resolve below /proc/PID/root; for a
+  // chrooted task they are our paths already (prefixing the chroot would miss every file).
+  const root = `/proc/${pid}/root`
+  const statRoot = (await fs.promises.readlink(root).catch(() => '/')) === '/' ? root : ''
+  return { pid, probes, shared, socketKinds, statRoot }
+}
 
+/**
+ * Numbers a probed task's descriptions through `claims`, then captures those new to the
+ * checkpoint. The numbering is done before the first await, so tasks captured side by side,
+ * started in tree order, are numbered as if captured one after the other.
+ */
+export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }, claims: DescriptionClaims): Promise<FileTable> {
+  const { pid, probes, shared, socketKinds, statRoot } = probed
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
   const lockOwner = claims.lockOwners ? pid : undefined
@@ -151,10 +180,6 @@ export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims
   const peeks = claims.peeks
   const pathStats = new Map<string, Promise<InodeStat | undefined>>()
   const root = `/proc/${pid}/root`
-  // /proc/PID/fd links show paths as seen from OUR root. For a task whose root is ours (or the
-  // root of another mount namespace, which shows as "/") they resolve below /proc/PID/root; for a
-  // chrooted task they are our paths already (prefixing the chroot would miss every file).
-  const statRoot = (await fs.promises.readlink(root).catch(() => '/')) === '/' ? root : ''
   const mounts = lazy(() => readMountInfo(pid))
   const ctx: CaptureContext = {
     pid,

@@ -1,12 +1,12 @@
 // The file table of a process tree: one files/ for every task, in which an open file
 // description that several tasks hold (inherited over fork, passed over SCM_RIGHTS) is one
-// OBJREF, as dup'ed fds of one task are. Tasks are captured one after the other in tree order,
-// so the numbering is stable: the root's descriptions are 1..N as for a lone process, and a
+// OBJREF, as dup'ed fds of one task are. Tasks are numbered one after the other in tree order
+// (their /proc reads and captures run side by side), so the numbering is stable: the root's descriptions are 1..N as for a lone process, and a
 // later task's description is new only if no earlier task holds it (kcmp KCMP_FILE). A
 // description's POSIX locks are gathered from every task holding it, each under its holder.
 
 import { CkptError, messageOf } from './errors'
-import { captureFileTable, type DescriptionClaims } from './fdtable'
+import { captureProbed, probeFileTable, type DescriptionClaims } from './fdtable'
 import { asObjRef, lazy, type FdEntry, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
 
@@ -19,7 +19,7 @@ export interface TreeFileTable {
 
 /**
  * Numbers descriptions across the tree. Candidates are those whose fds show the same mount,
- * inode, flags, offset and target (the key captureFileTable groups by); only between those
+ * inode, flags, offset and target (the key probeFileTable groups by); only between those
  * does kcmp decide, so unrelated files cost nothing.
  */
 class TreeClaims implements DescriptionClaims {
@@ -78,11 +78,14 @@ export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boole
   const claims = new TreeClaims(pids.length > 1)
   const files: FileDescription[] = []
   const fds = new Map<Pid, FdEntry[]>()
-  for (const pid of pids) {
-    const table = await captureFileTable(pid, opts, claims)
+  // Every task's /proc reads at once; then each numbers its descriptions in tree order as it
+  // starts (captureProbed numbers before its first await), and all are captured side by side.
+  const probed = await Promise.all(pids.map(probeFileTable))
+  const tables = await Promise.all(probed.map((task) => captureProbed(task, opts, claims)))
+  tables.forEach((table, i) => {
     files.push(...table.files)
-    fds.set(pid, table.fds)
-  }
+    fds.set(pids[i], table.fds)
+  })
   for (const file of files) {
     const later = claims.laterLocks.get(file.objref)
     if (!later) continue
