@@ -131,7 +131,7 @@ function familyOf(d: SocketDescription): SocketFamilyHandler<SocketDescription> 
 }
 
 /** The Socket message's oneof members, one per family. */
-const imageMembers = [...byFamily.values()].map((h) => h.image.field)
+const imageMembers = [...new Set([...byFamily.values()].map((h) => h.image.field))]
 
 export const socket: FileHandler<SocketDescription> = {
   types: ['socket'],
