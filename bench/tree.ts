@@ -14,6 +14,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { buildC, ckptfsOk, log, median, mountCkptfs, outDir, q, sameShape, scratchDir, shapeFromLs, startTarget, startTrivialServer, timeSh, timeShOk, type Options } from './common'
 import { fmtN, fmtS, fmtX, Report } from './report'
+import { descendantsOf } from '../lib/lifecycle'
 
 /** The issue's target for a lazy checkpoint of a 100-process tree, request to ready. */
 const READY_TARGET_S = 0.1
@@ -68,6 +69,14 @@ export async function benchTree(opts: Options, rep: Report): Promise<void> {
     rep.ref('`cat status` (works out the problems of every process), median', fmtS(median(status)), all(status))
     await walkAgainstTrivial(rep, pid, mnt, n, median(listing), median(status))
   } finally {
+    // Its children and grandchildren by PID first: killing the root alone would orphan them.
+    for (const pid of descendantsOf(target.pid).reverse()) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
     target.kill()
     unmount()
   }
