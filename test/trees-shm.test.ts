@@ -100,8 +100,8 @@ t.test('a parent and child sharing a deleted /dev/shm page (semaphores) and a me
 
 t.test('the same tree restored from its image', (t) => restoreTree(t, 'image'))
 
-async function startAlone(t: Test, dir: string, files: string): Promise<{ target: Target; pid: number }> {
-  const target = await launch(t, [fixture, 'alone', files], { dir, ready: (tg) => /^round 3$/m.test(tg.text()) })
+async function startAlone(t: Test, dir: string, files: string, ...more: string[]): Promise<{ target: Target; pid: number }> {
+  const target = await launch(t, [fixture, 'alone', files, ...more], { dir, ready: (tg) => /^round 3$/m.test(tg.text()) })
   const pid = Number(/^ready pid=(\d+)$/m.exec(target.text())![1])
   killAtTeardown(t, () => [pid], (p) => exeOf(p) === fixture)
   return { target, pid }
@@ -136,6 +136,19 @@ t.test('a lone process whose deleted file\'s directory is gone: the file comes b
   const maps = deletedShared(pid)
   t.match(maps[0]?.path, /^\/memfd:ckptfs-shmalone-\d+ \(deleted\)$/, 'a memfd named after the file')
   await carriesOn(t, target, count)
+})
+
+t.test('a deleted file both mapped shared and held open by an fd is refused by name, and nothing is left', async (t) => {
+  const dir = workdir(t, 'ckptfs-shmalone-')
+  const files = path.join(dir, 'files')
+  fs.mkdirSync(files)
+  const { pid } = await startAlone(t, dir, files, 'open')
+  const { saved } = await saveAndKill(dir, pid, [pid])
+  const r = ckptfs('restore', saved, '--mount', mnt)
+  t.equal(r.status, 1, 'the restore fails')
+  t.match(r.stderr, new RegExp(`task-${pid}/memory/vmas/[0-9a-f]+-[0-9a-f]+: maps ${files}/ckptfs-shmalone-${pid} \\(deleted\\), a deleted file that files/\\d+ holds open too`), 'naming the mapping, the file and its description')
+  t.notOk(exists(pid), 'no process is left')
+  t.same(fs.readdirSync(files), [], 'nor any file')
 })
 
 async function restorePool(t: Test, from: 'saved' | 'image'): Promise<void> {

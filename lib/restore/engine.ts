@@ -24,6 +24,7 @@ import { resumeRegisters } from './restart'
 import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
+import { majorMinor } from '../procfs'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -184,6 +185,26 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
+    }
+  }
+  refuseDeletedFileAlsoOpen(saved)
+}
+
+/**
+ * A deleted file mapped shared is recreated from the mapping's pages, an unlinked file held
+ * open from its description's contents: were it both, the two would come back as two files,
+ * and a write through the fd would no longer show in the mapping. Refused until they are one.
+ */
+function refuseDeletedFileAlsoOpen(saved: SavedCheckpoint): void {
+  for (const v of saved.vmas.filter(isDeletedSharedFile)) {
+    const [major, minor] = v.dev.split(':').map((h) => parseInt(h, 16))
+    const open = saved.fileTable.files.find((d) => {
+      if (d.type !== 'file' || d.ino !== v.inode) return false
+      const dev = majorMinor(d.dev)
+      return dev.major === major && dev.minor === minor
+    })
+    if (open) {
+      throw new CkptError(`task-${saved.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file that files/${open.objref} holds open too: the mapping and the fd would come back as two files: cannot be restored yet`, 'ENOTSUP')
     }
   }
 }
