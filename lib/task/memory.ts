@@ -55,7 +55,8 @@ export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
  * file or the zero page gives the rest back); shared anonymous memory keeps every present
  * page; the vdso is stored whole so a restore can compare it, and an AIO ring so a restore can
  * check that no completed event waits in it; file-shared mappings keep
- * nothing (the file holds the data) and vvar/vsyscall cannot be read at all.
+ * nothing (the file holds the data; a deleted file's do keep it: isDeletedSharedFile) and
+ * vvar/vsyscall cannot be read at all.
  */
 type Storage = 'anonymous-copies' | 'present' | 'whole' | 'nothing'
 
