@@ -399,6 +399,10 @@ t.test('python3 multiprocessing.Pool: the parent and its workers are one tree; r
   const workers = fs.readdirSync(ck).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5))).filter((pid) => pid !== target.pid)
   t.ok(workers.length >= 3, `the pool's ${workers.length} worker processes are in the checkpoint`)
   for (const w of workers) t.equal(read(path.join(ck, `task-${w}`, 'ppid')), String(target.pid), `worker ${w} is the parent's child`)
+  // Its semaphores are MAP_SHARED mappings of deleted /dev/shm files: saved with their pages, no longer problems.
+  t.equal(fs.readFileSync(path.join(ck, 'problems'), 'utf8'), '', 'problems is empty: the deleted /dev/shm semaphores can be restored')
+  const semaphores = fs.readFileSync(path.join(ck, `task-${target.pid}`, 'memory', 'maps'), 'utf8').split('\n').filter((l) => / \/dev\/shm\/sem\.\S+ \(deleted\)$/.test(l))
+  t.ok(semaphores.length > 0 && semaphores.every((l) => l.split(' ')[6] !== '0'), `the parent's semaphore pages are stored (${semaphores.length} mappings)`)
   // The pool's queues are pipes the workers inherited: every worker's fds name descriptions the parent holds too.
   const parentRefs = new Set(fdRefs(ck, target.pid).values())
   const shared = workers.map((w) => [...fdRefs(ck, w).values()].filter((ref) => parentRefs.has(ref) && read(path.join(ck, 'files', ref, 'fd_type')) === 'pipe').length)

@@ -19,11 +19,12 @@ import { PageCheck } from './verify'
 import { hugePageCalls } from './hugepages'
 import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
 import { fillContents } from './contents'
-import { AIO_RING_PATH, isDeletedFileCopy } from '../task/memory'
+import { AIO_RING_PATH, isDeletedFileCopy, isDeletedSharedFile } from '../task/memory'
 import { resumeRegisters } from './restart'
 import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
+import { majorMinor } from '../procfs'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -182,8 +183,28 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
   if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
-    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v)) {
+    if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
       throw new CkptError(`task-${proc.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file: cannot be restored yet`, 'ENOTSUP')
+    }
+  }
+  refuseDeletedFileAlsoOpen(saved)
+}
+
+/**
+ * A deleted file mapped shared is recreated from the mapping's pages, an unlinked file held
+ * open from its description's contents: were it both, the two would come back as two files,
+ * and a write through the fd would no longer show in the mapping. Refused until they are one.
+ */
+function refuseDeletedFileAlsoOpen(saved: SavedCheckpoint): void {
+  for (const v of saved.vmas.filter(isDeletedSharedFile)) {
+    const [major, minor] = v.dev.split(':').map((h) => parseInt(h, 16))
+    const open = saved.fileTable.files.find((d) => {
+      if (d.type !== 'file' || d.ino !== v.inode) return false
+      const dev = majorMinor(d.dev)
+      return dev.major === major && dev.minor === minor
+    })
+    if (open) {
+      throw new CkptError(`task-${saved.pid}/memory/vmas/${vmaName(v)}: maps ${v.path}, a deleted file that files/${open.objref} holds open too: the mapping and the fd would come back as two files: cannot be restored yet`, 'ENOTSUP')
     }
   }
 }
@@ -406,7 +427,10 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const sharedFrom = options.sharedFrom ?? new Map<Vma, SharedSource>()
   // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
   const lazily = options.lazy ? vmas.filter(isLazy) : []
-  const eager = vmas.filter((v) => !lazily.includes(v) && !sharedFrom.has(v))
+  // A deleted file shared with a process rebuilt before is written again from this one's
+  // stored pages: they are the same bytes, and this mapping may cover parts of the file the
+  // other's does not.
+  const eager = vmas.filter((v) => !lazily.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v)))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -430,6 +454,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const mapped = vmas.filter((v) => !SPECIAL.has(v.path) && v.kind !== 'vsyscall')
   const fileFds = await openMappedFiles(pid, proc, layout, mapped, access)
   const sharedFds = await openSharedSources(pid, layout, sharedFrom)
+  const deletedFds = await recreateDeletedFiles(pid, proc, layout, mapped.filter((v) => isDeletedSharedFile(v) && !sharedFrom.has(v)))
   const calls: Call[] = []
   for (const v of mapped) {
     const len = v.end - v.start
@@ -440,7 +465,11 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     const prot = BigInt(initialProt(v))
     const source = sharedFrom.get(v)
     if (source) {
-      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), sharedFds.get(v)!, v.offset - source.vma.offset], what: `${what}, shared with task-${source.pid}` })
+      // The recreated file of a deleted one is mapped at the saved offsets; shared anonymous memory from 0.
+      const offset = isDeletedSharedFile(v) ? v.offset : v.offset - source.vma.offset
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), sharedFds.get(v)!, offset], what: `${what}, shared with task-${source.pid}` })
+    } else if (isDeletedSharedFile(v)) {
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), deletedFds.get(fileIdentity(v))!, v.offset], what: `${what}, recreated` })
     } else if (isMappedFromFile(v)) {
       const shared = v.kind === 'file-shared'
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | (shared ? MAP_SHARED : MAP_PRIVATE)), fileFds.get(fileKey(v))!, v.offset], what })
@@ -450,7 +479,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | type), -1n, 0n], what })
     }
   }
-  for (const fd of [...fileFds.values(), ...sharedFds.values()]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
+  for (const fd of [...fileFds.values(), ...sharedFds.values(), ...deletedFds.values()]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
   await inject(pid, layout, calls)
 
   // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
@@ -546,7 +575,7 @@ async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Arr
  */
 function initialProt(v: Vma): number {
   const saved = protOf(v.perms)
-  if (v.kind === 'file-shared') return saved
+  if (v.kind === 'file-shared' && !isDeletedSharedFile(v)) return saved
   const writes = v.stored.length > 0 || v.vmFlags.split(' ').includes('ac') || v.kind === 'shared-anonymous'
   return writes ? saved | PROT_READ | PROT_WRITE : saved
 }
@@ -562,7 +591,7 @@ async function openSharedSources(pid: number, layout: Layout, sharedFrom: Map<Vm
   const entries = [...sharedFrom.entries()]
   const calls: Call[] = entries.map(([v, source]) => {
     const offset = v.offset - source.vma.offset
-    if (offset < 0n || offset + (v.end - v.start) > source.vma.end - source.vma.start) {
+    if (!isDeletedSharedFile(v) && (offset < 0n || offset + (v.end - v.start) > source.vma.end - source.vma.start)) {
       throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}: shares the memory of task-${source.pid}'s ${vmaName(source.vma)} outside that mapping (offset ${v.offset}, theirs ${source.vma.offset}): cannot be restored yet`, 'ENOTSUP')
     }
     const file = `/proc/${source.pid}/map_files/${vmaName(source.vma)}`
@@ -570,10 +599,74 @@ async function openSharedSources(pid: number, layout: Layout, sharedFrom: Map<Vm
   })
   if (calls.length === 0) return new Map()
   const fds = await inject(pid, layout, calls, scratch.buffer())
+  // A recreated file is as long as the first process's mappings needed: grown (never cut) to cover this one's too.
+  const grow: Call[] = entries.flatMap(([v, source], i) => (isDeletedSharedFile(v) && coveredEnd(v) > 0n
+    ? [{ nr: SYS.fallocate, args: [fds[i], 0n, 0n, coveredEnd(v)], what: `grow the recreated ${deletedPath(v)} (shared with task-${source.pid}) to ${coveredEnd(v)} bytes` }]
+    : []))
+  await inject(pid, layout, grow)
   return new Map(entries.map(([v], i) => [v, fds[i]]))
 }
+
+/** The file a mapping maps, by device and inode: two mappings of one deleted file share it. */
+const fileIdentity = (v: Vma): string => `${v.dev} ${v.inode}`
+
+const deletedPath = (v: Vma): string => v.path.slice(0, -' (deleted)'.length)
+
+/** The end, in the file, of the pages a deleted file's mapping stored (the file covered them). */
+const coveredEnd = (v: Vma): bigint => (v.stored.length === 0 ? 0n : v.offset + v.stored[v.stored.length - 1].offset + v.stored[v.stored.length - 1].length)
+
+const O_TMPFILE = 0o20000000 | O_DIRECTORY, O_EXCL = 0o200, MFD_CLOEXEC = 1n
+const ENOENT = 2, ENOTDIR = 20, EISDIR = 21, EOPNOTSUPP = 95
+/** memfd_create takes at most 249 bytes of name. */
+const MEMFD_NAME_MAX = 249
+
+/**
+ * Deleted files this process maps shared and no process rebuilt before recreated: each is
+ * made once, with the task's credentials, as an unnamed O_TMPFILE (mode 0600, which the
+ * mapping does not record) in the directory it was deleted from, so only where the task
+ * could create it and where no one can open it by name. A memfd comes back as a memfd of
+ * its name; a file whose directory is gone (or whose file system has no O_TMPFILE) as a
+ * memfd named after it. It is made as long as the stored pages reach (whole pages); the
+ * pages themselves are written through the mappings. Returns the fds by fileIdentity.
+ */
+async function recreateDeletedFiles(pid: number, proc: ProcessState, layout: Layout, vmas: Vma[]): Promise<Map<string, bigint>> {
+  const byFile = new Map<string, Vma[]>()
+  for (const v of vmas) byFile.get(fileIdentity(v))?.push(v) ?? byFile.set(fileIdentity(v), [v])
+  const made = new Map<string, bigint>()
+  for (const [identity, maps] of byFile) {
+    const file = deletedPath(maps[0])
+    const where = `task-${pid}/memory/vmas/${vmaName(maps[0])}`
+    let fd: bigint
+    if (file.startsWith('/memfd:')) {
+      fd = await memfdAsTask(pid, proc, layout, file.slice('/memfd:'.length), where, file)
+    } else {
+      const scratch = new Scratch()
+      const dir = path.posix.dirname(file)
+      ;[fd] = await injectAsTask(pid, proc, layout, scratch, [{
+        nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(dir), BigInt(O_TMPFILE | O_EXCL | O_RDWR | O_CLOEXEC), 0o600n], scratchArgs: 0b10, what: `recreate ${file} as an unnamed file in ${dir}`, mayFail: true,
+      }])
+      if (fd < 0n && [ENOENT, ENOTDIR, EISDIR, EOPNOTSUPP].includes(Number(-fd))) {
+        fd = await memfdAsTask(pid, proc, layout, path.posix.basename(file), where, file)
+      } else if (fd < 0n) {
+        throw new CkptError(`${where}: maps the deleted ${file}: recreate it as an unnamed file in ${dir}: ${errnoText(Number(-fd))}`)
+      }
+    }
+    const size = maps.reduce((most, v) => (coveredEnd(v) > most ? coveredEnd(v) : most), 0n)
+    await inject(pid, layout, [{ nr: SYS.ftruncate, args: [fd, size], what: `${where}: size the recreated ${file} to ${size} bytes` }])
+    made.set(identity, fd)
+  }
+  return made
+}
+
+async function memfdAsTask(pid: number, proc: ProcessState, layout: Layout, name: string, where: string, file: string): Promise<bigint> {
+  const scratch = new Scratch()
+  const [fd] = await injectAsTask(pid, proc, layout, scratch, [{
+    nr: SYS.memfd_create, args: [scratch.cstring(Buffer.from(name).subarray(0, MEMFD_NAME_MAX).toString()), MFD_CLOEXEC], scratchArgs: 0b1, what: `${where}: recreate ${file} as a memfd`,
+  }])
+  return fd
+}
 /** A file mapping re-made from its path; a deleted file's private mapping is anonymous memory holding its stored pages. */
-const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || v.kind === 'file-shared'
+const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || (v.kind === 'file-shared' && !isDeletedSharedFile(v))
 
 const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
 

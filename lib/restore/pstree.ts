@@ -18,6 +18,7 @@ import { closeConnectionGaps } from '../files/inetsock'
 import { fillContents } from './contents'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
+import { isDeletedSharedFile } from '../task/memory'
 
 /** The stub's record of an object inherited from the parent (addon/stub/restorer.c, KIND_INHERITED). */
 const KIND_INHERITED = 0x100
@@ -150,16 +151,17 @@ async function awaitZombiePidFree(z: ZombieTask): Promise<void> {
 }
 
 /**
- * MAP_SHARED anonymous memory that two processes of the tree mapped (the same shmem object:
- * the same device and inode in their maps): the first to be rebuilt maps it and gets its
- * pages, each later one maps that same object (engine.ts, sharedFrom).
+ * MAP_SHARED anonymous memory, or a deleted file mapped shared (a /dev/shm semaphore, a
+ * memfd), that two processes of the tree mapped (the same device and inode in their maps):
+ * the first to be rebuilt maps it (recreating the deleted file) and gets its pages, each
+ * later one maps that same object (engine.ts, sharedFrom).
  */
 function sharedMemory(tasks: SavedCheckpoint[]): Map<number, Map<Vma, SharedSource>> {
   const owners = new Map<string, SharedSource>()
   const result = new Map<number, Map<Vma, SharedSource>>()
   for (const t of tasks) {
     const mine = new Map<Vma, SharedSource>()
-    for (const v of t.vmas.filter((m) => m.kind === 'shared-anonymous')) {
+    for (const v of t.vmas.filter((m) => m.kind === 'shared-anonymous' || isDeletedSharedFile(m))) {
       const key = `${v.dev} ${v.inode}`
       const owner = owners.get(key)
       if (!owner) owners.set(key, { pid: t.pid, vma: v })

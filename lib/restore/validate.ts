@@ -11,7 +11,7 @@ import type { ValidationContext } from '../files/handler'
 import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
 import type { FdEntry, FileTable, ProcessState, ThreadState, Vma, ZombieTask } from '../model'
-import { storageOf, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
+import { storesPages, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
@@ -248,7 +248,7 @@ function validateVmas(vmas: Vma[], task: string): void {
       after = run.offset + run.length
       stored += run.length
     }
-    if (storageOf(v.kind) === 'nothing' && v.stored.length > 0) throw fail(`${where}/stored_runs`, `a ${v.kind} mapping stores no pages`)
+    if (!storesPages(v) && v.stored.length > 0) throw fail(`${where}/stored_runs`, `a ${v.kind} mapping stores no pages`)
     if (BigInt(v.pages.size) !== stored) throw fail(`${where}/pages`, `${v.pages.size} bytes, stored runs need ${stored}`)
   }
 }

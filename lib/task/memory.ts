@@ -55,7 +55,8 @@ export function vmaKind(entry: Pick<MapsEntry, 'perms' | 'path'>): VmaKind {
  * file or the zero page gives the rest back); shared anonymous memory keeps every present
  * page; the vdso is stored whole so a restore can compare it, and an AIO ring so a restore can
  * check that no completed event waits in it; file-shared mappings keep
- * nothing (the file holds the data) and vvar/vsyscall cannot be read at all.
+ * nothing (the file holds the data; a deleted file's do keep it: isDeletedSharedFile) and
+ * vvar/vsyscall cannot be read at all.
  */
 type Storage = 'anonymous-copies' | 'present' | 'whole' | 'nothing'
 
@@ -76,6 +77,22 @@ export function storageOf(kind: VmaKind): Storage {
 export function isDeletedFileCopy(v: { kind: VmaKind; path: string }): boolean {
   return v.kind === 'file-private' && v.path.endsWith(' (deleted)')
 }
+
+/**
+ * A MAP_SHARED mapping of a deleted file (a /dev/shm semaphore unlinked after sem_open, a
+ * memfd, any file unlinked while mapped): its path names nothing, so the pages the file
+ * covers are stored as the mapping shows them, and a restore recreates the file from them
+ * once and maps it again everywhere it was mapped (lib/restore/engine.ts, pstree.ts).
+ */
+export function isDeletedSharedFile(v: { kind: VmaKind; path: string }): boolean {
+  return v.kind === 'file-shared' && v.path.endsWith(' (deleted)')
+}
+
+/** Whether a mapping stores the file's bytes it covers (rather than what storageOf says of its kind). */
+export const storesFileCovered = (v: { kind: VmaKind; path: string }): boolean => isDeletedFileCopy(v) || isDeletedSharedFile(v)
+
+/** Whether a mapping may have stored runs at all (the loaders refuse runs where none belong). */
+export const storesPages = (v: { kind: VmaKind; path: string }): boolean => storageOf(v.kind) !== 'nothing' || storesFileCovered(v)
 
 // ---------------------------------------------------------------------------------------
 // Capture
@@ -98,7 +115,7 @@ async function scanLayout(pid: number): Promise<Layout[]> {
     // Every pagemap scan of the task in one native call (a small process has two dozen mappings).
     const scans: Array<{ start: bigint; end: bigint; privateOnly: boolean }> = []
     const scanOf = entries.map((entry, i) => {
-      if (isDeletedFileCopy({ kind: kinds[i], path: entry.path })) return -1
+      if (storesFileCovered({ kind: kinds[i], path: entry.path })) return -1
       const storage = storageOf(kinds[i])
       if (storage !== 'present' && storage !== 'anonymous-copies') return -1
       // smaps already says when nothing is there: huge untouched reservations cost no scan.
@@ -116,7 +133,7 @@ async function scanLayout(pid: number): Promise<Layout[]> {
     }
     return Promise.all(entries.map(async (entry, i): Promise<Layout> => {
       const kind = kinds[i]
-      const runs = isDeletedFileCopy({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : scanOf[i] >= 0 ? scanned[scanOf[i]] : unscannedRuns(entry, storageOf(kind))
+      const runs = storesFileCovered({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : scanOf[i] >= 0 ? scanned[scanOf[i]] : unscannedRuns(entry, storageOf(kind))
       return { reader, entry, kind, runs, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
     }))
   })
@@ -445,7 +462,7 @@ async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> 
     after = run.offset + run.length
     storedBytes += run.length
   }
-  if (storageOf(kind) === 'nothing' && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
+  if (!storesPages({ kind, path }) && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
   const pages = dir.checkedSource('pages')
   if (BigInt(pages.size) !== storedBytes) throw dir.fail('pages', `${pages.size} bytes, stored runs need ${storedBytes}`)
 

@@ -186,10 +186,6 @@ function vmaProblem(vma: Vma): string | undefined {
   if (vma.kind === 'special') return `special mapping ${vma.path}: cannot be saved or re-created`
   if (flags.includes('ht')) return 'hugetlbfs mapping: not supported'
   if (flags.includes('io') || flags.includes('pf')) return `device memory (${vma.path || 'no path'}): not checkpointable`
-  // A private mapping of a deleted file keeps its pages (lib/task/memory.ts); a shared one would need the file.
-  if (vma.kind === 'file-shared' && vma.path.endsWith(' (deleted)')) {
-    return `backing file ${vma.path}: deleted, a shared mapping of it cannot be re-created from its path`
-  }
   return undefined
 }
 
