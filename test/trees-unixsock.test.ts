@@ -21,7 +21,7 @@ const bin = buildTarget('unix_tree')
 const sleeper = buildTarget('sleeper')
 
 const CHECKS = [
-  "P: the stream pair's bytes from A", "P: the datagram pair's message from A",
+  "P: the stream pair's bytes from A", "P: the datagram pair's message from A", 'P: the datagram socket connected to itself',
   "A: the stream pair's 30000 bytes from P, none lost or repeated", "A: the datagram pair's messages from P, boundaries kept",
   "S: the accepted connection's bytes from K", "S: a request's sender is K's name", "S: K's requests on the named datagram socket",
   'S: the connection waiting to be accepted is accepted', "S: the late connection's bytes from K", 'S: no other connection waits',
@@ -126,8 +126,11 @@ t.test('sockets between processes: captured as connections of the tree, each pee
   const [pStream, aStream] = [byType(p, 'stream')[0], byType(a, 'stream')[0]]
   t.same([pStream?.state, pStream?.peer, aStream?.peer], ['connected', aStream?.objref, pStream?.objref], "the stream pair: P's end and A's end name each other")
   t.not(pStream?.objref, aStream?.objref, 'two descriptions, one per end')
-  const [pDgram, aDgram] = [byType(p, 'dgram')[0], byType(a, 'dgram')[0]]
-  t.same([pDgram?.peer, aDgram?.peer], [aDgram?.objref, pDgram?.objref], 'the datagram pair: the same')
+  const aDgram = byType(a, 'dgram')[0]
+  const pDgram = byType(p, 'dgram').find((x) => x.peer === aDgram?.objref)
+  t.equal(aDgram?.peer, pDgram?.objref, "the datagram pair: the same (P's end names A's and back)")
+  const self = byType(p, 'dgram').find((x) => x !== pDgram)
+  t.same([self?.state, self?.peer], ['connected', self?.objref], 'a datagram socket connected to itself names its own OBJREF')
   t.equal(fs.statSync(path.join(saved, 'files', aStream.objref, 'queue')).size, 30000, "A's end holds P's 30000 queued bytes")
   const listener = s.find((x) => x.state === 'listening')!
   const accepted = s.find((x) => x.sockType === 'stream' && x.state === 'connected')!

@@ -474,7 +474,8 @@ function bindsOwnName(d: UnixSocketDescription): boolean {
 }
 
 function isPair(d: UnixSocketDescription, peer: UnixSocketDescription): boolean {
-  return d.sockType !== 'dgram' || (peer.state === 'connected' && peer.peer === d.objref)
+  // A datagram socket connected to its own name is connected by name again, not paired with itself.
+  return d.sockType !== 'dgram' || (peer !== d && peer.state === 'connected' && peer.peer === d.objref)
 }
 
 async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise<void> {
@@ -503,10 +504,11 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
     if (!peer) return fail('peer', `files/${d.peer} is not a UNIX socket of the checkpoint`)
     if (peer.notCheckpointable !== undefined) fail('peer', `files/${d.peer} cannot be checkpointed`)
     if (peer.sockType !== d.sockType) fail('peer', `files/${d.peer} is a ${peer.sockType} socket, this one ${d.sockType}`)
+    if (peer === d && d.sockType !== 'dgram') fail('peer', `a ${d.sockType} socket is not connected to itself (only a datagram socket may be)`)
     if (d.sockType !== 'dgram' && (peer.state !== 'connected' || peer.peer !== d.objref)) fail('peer', `files/${d.peer} is not connected back to this socket`)
     if (!isPair(d, peer)) {
       if (peer.localAddress.length === 0) fail('peer', `files/${d.peer} has no name to connect to`)
-      if (peer.state !== 'unconnected') fail('peer', `files/${d.peer} is ${peer.state}: a datagram socket connects to an unconnected one`)
+      if (peer.state !== 'unconnected' && peer !== d) fail('peer', `files/${d.peer} is ${peer.state}: a datagram socket connects to an unconnected one (or to itself)`)
     }
   }
   const queue = await queueOf(d)
