@@ -68,6 +68,12 @@ export interface DescriptionClaims {
    * process's show only in its own fdinfo, so they are added to the description here.
    */
   addLocks(objref: ObjRef, locks: FileLock[], refused: string | undefined): void
+  /**
+   * Every description of the checkpoint numbered so far, with the task that captures it and
+   * its lowest fd there: after the first await of any task's capture, the whole tree's (a UNIX
+   * socket's peer may be held by another process of the tree).
+   */
+  readonly numbered: Array<{ pid: Pid; objref: ObjRef; probe: FdProbe }>
 }
 
 function ownClaims(): DescriptionClaims {
@@ -76,6 +82,7 @@ function ownClaims(): DescriptionClaims {
     claim: () => ({ objref: asObjRef(++next), fresh: true }),
     peeks: new Map(),
     lockOwners: false,
+    numbered: [],
     addLocks: () => {
       throw new CkptError('a lone task holds no description captured with another task')
     },
@@ -168,6 +175,9 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
   const { pid, probes, shared, socketKinds, statRoot } = probed
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
+  shared.forEach((s, i) => {
+    if (claimed[i].fresh) claims.numbered.push({ pid, objref: claimed[i].objref, probe: s.probes[0] })
+  })
   const lockOwner = claims.lockOwners ? pid : undefined
   shared.forEach((s, i) => {
     for (const probe of s.probes) described.set(probe.fd, { objref: claimed[i].objref, probe })
@@ -192,6 +202,7 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
     openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
     described: (fd) => described.get(fd),
     descriptions: shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
+    checkpointDescriptions: claims.numbered,
     epollTargetIs: (fd, efd, tfd, toff) => {
       try {
         return native.kcmpEpollTarget(pid, fd, efd, tfd, toff) === 0

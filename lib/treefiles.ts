@@ -26,6 +26,7 @@ class TreeClaims implements DescriptionClaims {
   readonly peeks = new Map<string, Lazy<Buffer>>()
   /** POSIX locks of later tasks, by the description they were taken through. */
   readonly laterLocks = new Map<ObjRef, { locks: FileLock[]; refused: string | undefined }>()
+  readonly numbered: DescriptionClaims['numbered'] = []
   private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
   private next = 0
 

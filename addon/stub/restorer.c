@@ -1057,7 +1057,8 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   if (s->type != SOCK_STREAM && s->type != SOCK_DGRAM && s->type != SOCK_SEQPACKET) fail("%s: socket type %d is not stream, dgram or seqpacket", what, s->type);
   if (bind_kind > BIND_ABSTRACT || name_len + 1 > sizeof s->addr.sun_path || (bind_kind == BIND_NONE) != (name_len == 0)) fail("%s: bad socket name", what);
   int named_peer = s->link == LINK_PAIR || s->link == LINK_CONNECT || s->link == LINK_PENDING;
-  if (s->link > LINK_PENDING || named_peer != (s->peer != 0) || s->peer > objects || s->peer == id) fail("%s: bad peer", what);
+  // A datagram socket may be connected to its own name (link connect to itself); nothing else names itself.
+  if (s->link > LINK_PENDING || named_peer != (s->peer != 0) || s->peer > objects || (s->peer == id && s->link != LINK_CONNECT)) fail("%s: bad peer", what);
   if ((s->link == LINK_PENDING) != (s->position != 0) || s->position > objects) fail("%s: bad accept position %u", what, s->position);
   if (s->shutdown_bits & ~3) fail("%s: bad shutdown bits %d", what, s->shutdown_bits);
   s->addr.sun_family = AF_UNIX;

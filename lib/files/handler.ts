@@ -36,6 +36,13 @@ export interface CaptureContext {
   /** Every description of the task, each with the probe of its lowest fd, in objref order. */
   descriptions: ReadonlyArray<{ objref: ObjRef; probe: FdProbe }>
   /**
+   * Every description of the checkpoint (the whole process tree's, one entry each, with the
+   * task holding it): complete once a handler's capture has awaited anything, since every
+   * task numbers its descriptions before its first await. The same array for every task of
+   * one checkpoint, so a module may key what it reads once per checkpoint on it.
+   */
+  checkpointDescriptions: ReadonlyArray<{ pid: Pid; objref: ObjRef; probe: FdProbe }>
+  /**
    * Whether the task's `fd` holds the file that its epoll `efd` watches as item (tfd, toff)
    * (kcmp KCMP_EPOLL_TFD; toff ranks the items added with fd number tfd in fdinfo order);
    * undefined when the kernel cannot tell.

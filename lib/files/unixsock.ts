@@ -4,8 +4,10 @@
 //
 // Capture asks the kernel's unix_diag (addon unixSockets: names, peers, waiting connections,
 // backlog, shutdown) and takes each socket with pidfd_getfd to read its options and peek its
-// receive queue (addon peekSocket). A socket is refused, naming it and its peer, when its peer
-// is outside the checkpoint (as CRIU does without --ext-unix-sk), when connections wait to
+// receive queue (addon peekSocket). Peers are looked up among the sockets of the whole
+// checkpoint (every process of the tree), so a socketpair made before fork, or a client in one
+// process connected to a server in another, is one connection of the checkpoint. A socket is
+// refused, naming it and its peer, when its peer is outside the checkpoint (as CRIU does without --ext-unix-sk), when connections wait to
 // be accepted on it, or when fds passed with SCM_RIGHTS are queued in it.
 //
 // Restore (stub kind unix_socket, addon/stub/restorer.c): each socket is one object; the two
@@ -173,29 +175,32 @@ function queueFromBytes(sockType: UnixSocketType, bytes: Buffer, fail: (why: str
 // ---- capture ----
 
 /**
- * The unix_diag dump and the task's own sockets, indexed once per capture (a task may hold
- * thousands of sockets, and the namespace hold more).
+ * The unix_diag dump and the checkpoint's sockets, indexed once per checkpoint (a tree may
+ * hold thousands of sockets, and the namespace hold more). The checkpoint's are every task's
+ * of the tree, so a connection between two of its processes names its peer by OBJREF.
  */
 interface UnixSockets {
   /** Every UNIX socket of the namespace by inode. */
   byIno: Map<number, UnixDiagSocket>
   /** The listening socket a connection waiting to be accepted waits on, by the client's inode. */
   listenerOf: Map<number, UnixDiagSocket>
-  /** The task's descriptions of UNIX sockets by inode. */
+  /** The checkpoint's descriptions of UNIX sockets by inode, whichever task of the tree holds them. */
   objrefs: Map<number, ObjRef>
-  /** The task's named sockets by type and name ("2 /run/x.sock"), for a datagram's sender. */
+  /** The checkpoint's named sockets by type and name ("2 /run/x.sock"), for a datagram's sender. */
   named: Map<string, ObjRef>
 }
-const dumps = new WeakMap<CaptureContext, UnixSockets>()
+const dumps = new WeakMap<object, UnixSockets>()
 function diagOf(ctx: CaptureContext): UnixSockets {
-  let dump = dumps.get(ctx)
+  // Read after the capture's first await: every task of the tree has numbered its descriptions.
+  const checkpoint = ctx.checkpointDescriptions
+  let dump = dumps.get(checkpoint)
   if (!dump) {
     const byIno = new Map(native.unixSockets().map((s) => [s.ino, s]))
     const listenerOf = new Map<number, UnixDiagSocket>()
     for (const s of byIno.values()) if (s.state === TCP_LISTEN) for (const client of s.icons) listenerOf.set(client, s)
     const objrefs = new Map<number, ObjRef>()
     const named = new Map<string, ObjRef>()
-    for (const h of ctx.descriptions) {
+    for (const h of checkpoint) {
       const ino = socketInode(h.probe)
       const s = ino === undefined ? undefined : byIno.get(ino)
       if (!s) continue
@@ -204,7 +209,7 @@ function diagOf(ctx: CaptureContext): UnixSockets {
       if (name.length) named.set(`${s.type} ${name.toString('latin1')}`, h.objref)
     }
     dump = { byIno, listenerOf, objrefs, named }
-    dumps.set(ctx, dump)
+    dumps.set(checkpoint, dump)
   }
   return dump
 }
@@ -271,7 +276,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   } catch (err) {
     return refused(`${what}: its options and queue cannot be read: ${(err as Error).message}`)
   }
-  // The OBJREF of a socket inode held by the task.
+  // The OBJREF of a socket inode held by a task of the checkpoint (this one or another of its tree).
   const objrefOf = (sockIno: number): ObjRef | undefined => sockets.objrefs.get(sockIno)
 
   let state: UnixSocketState = 'unconnected'
@@ -469,7 +474,8 @@ function bindsOwnName(d: UnixSocketDescription): boolean {
 }
 
 function isPair(d: UnixSocketDescription, peer: UnixSocketDescription): boolean {
-  return d.sockType !== 'dgram' || (peer.state === 'connected' && peer.peer === d.objref)
+  // A datagram socket connected to its own name is connected by name again, not paired with itself.
+  return d.sockType !== 'dgram' || (peer !== d && peer.state === 'connected' && peer.peer === d.objref)
 }
 
 async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise<void> {
@@ -498,10 +504,11 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
     if (!peer) return fail('peer', `files/${d.peer} is not a UNIX socket of the checkpoint`)
     if (peer.notCheckpointable !== undefined) fail('peer', `files/${d.peer} cannot be checkpointed`)
     if (peer.sockType !== d.sockType) fail('peer', `files/${d.peer} is a ${peer.sockType} socket, this one ${d.sockType}`)
+    if (peer === d && d.sockType !== 'dgram') fail('peer', `a ${d.sockType} socket is not connected to itself (only a datagram socket may be)`)
     if (d.sockType !== 'dgram' && (peer.state !== 'connected' || peer.peer !== d.objref)) fail('peer', `files/${d.peer} is not connected back to this socket`)
     if (!isPair(d, peer)) {
       if (peer.localAddress.length === 0) fail('peer', `files/${d.peer} has no name to connect to`)
-      if (peer.state !== 'unconnected') fail('peer', `files/${d.peer} is ${peer.state}: a datagram socket connects to an unconnected one`)
+      if (peer.state !== 'unconnected' && peer !== d) fail('peer', `files/${d.peer} is ${peer.state}: a datagram socket connects to an unconnected one (or to itself)`)
     }
   }
   const queue = await queueOf(d)
