@@ -194,13 +194,12 @@ export class Checkpoint {
    * blocked in a call is seen elsewhere, a single-step trap kills the task if the server dies).
    */
   async problems(): Promise<Problem[]> {
-    // A lone process keeps the words it always had; in a tree each problem names its task.
-    const inTree = this.tree.tasks.length + this.tree.zombies.length + this.tree.left.length > 1
     // The file tables and the memory maps side by side: each waits on /proc reads.
     const [table, taskProblems] = await Promise.all([this.task.fileTable(), Promise.all(this.tree.tasks.map(async (task) => {
       const [vmas, state] = await Promise.all([task.vmas(), this.processFacts(task)])
       const found = processProblems({ pid: task.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)
-      return inTree ? found.map((p) => ({ where: `task-${task.pid}/${p.where}`, why: p.why })) : found
+      // Already named task-PID/...: in a tree as for a lone process.
+      return found
     }))])
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
     return [...fileProblems, ...taskProblems.flat(), ...treeProblems(this.tree)]
