@@ -10,9 +10,10 @@ import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
 import { exists, launch, waitUntil, workdir, type Target } from './lib/restore'
-import { buildTarget } from './lib/targets'
+import { buildTarget, repo } from './lib/targets'
 import { childrenOf } from '../lib/pstree'
 
+const poolScript = path.join(repo, 'test', 'fixtures', 'pool.py')
 const mnt = mountFor(t)
 const fixture = buildTarget('shm_deleted')
 // Below a subreaper: this machine's PID 1 never reaps, and a killed child's PID must be free to restore it.
@@ -153,18 +154,7 @@ t.test('a deleted file both mapped shared and held open by an fd is refused by n
 
 async function restorePool(t: Test, from: 'saved' | 'image'): Promise<void> {
   const dir = workdir(t, 'ckptfs-shmpool-')
-  const program = [
-    'import multiprocessing as mp, time',
-    'if __name__ == "__main__":',
-    '    with mp.get_context("fork").Pool(3) as pool:',
-    '        i = 0',
-    '        while True:',
-    '            print(sum(pool.map(abs, range(i, i + 10))), flush=True)',
-    '            i += 1',
-    '            time.sleep(0.01)',
-  ].join('\n')
-  fs.writeFileSync(path.join(dir, 'pool.py'), program)
-  const target = await launch(t, [sleeper, 'subreaper', 'python3', path.join(dir, 'pool.py')], { dir, ready: (tg) => tg.lines().length >= 3 })
+  const target = await launch(t, [sleeper, 'subreaper', 'python3', poolScript], { dir, ready: (tg) => tg.lines().length >= 3 })
   // python3 may be a launcher (pyenv's shim) that execs the interpreter: the subreaper's one child runs it by now.
   const [root] = childrenOf(target.pid)
   const python = exeOf(root)

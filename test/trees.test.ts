@@ -10,11 +10,12 @@ import t, { type Test } from 'tap'
 import { cliShellWords, ckptfs, ckptfsOk, mountFor, userEnv } from './lib/mount'
 import { exists, launch, reseal, waitUntil, workdir } from './lib/restore'
 import { asUser, attacker, runAs } from './lib/unprivileged'
-import { buildTarget, sleep, startTarget, threadState, type Target } from './lib/targets'
+import { buildTarget, repo, sleep, startTarget, threadState, type Target } from './lib/targets'
 import { childrenOf } from '../lib/pstree'
 import { readImage } from '../lib/image/decode'
 import { lifeState } from '../lib/lifecycle'
 
+const poolScript = path.join(repo, 'test', 'fixtures', 'pool.py')
 const mnt = mountFor(t)
 const tree = buildTarget('tree')
 const cpu = buildTarget('restore_cpu')
@@ -371,18 +372,7 @@ t.test('a bash pipeline: the shell, its loop and cat are one tree sharing one pi
 
 t.test('python3 multiprocessing.Pool: the parent and its workers are one tree; resumed, the pool carries on', async (t) => {
   const dir = workdir(t)
-  const program = [
-    'import multiprocessing as mp, time',
-    'if __name__ == "__main__":',
-    '    with mp.get_context("fork").Pool(3) as pool:',
-    '        i = 0',
-    '        while True:',
-    '            print(sum(pool.map(abs, range(i, i + 10))), flush=True)',
-    '            i += 1',
-    '            time.sleep(0.01)',
-  ].join('\n')
-  fs.writeFileSync(path.join(dir, 'pool.py'), program)
-  const target = await launch(t, ['python3', path.join(dir, 'pool.py')], { dir, ready: (tg) => tg.lines().length >= 3 })
+  const target = await launch(t, ['python3', poolScript], { dir, ready: (tg) => tg.lines().length >= 3 })
   let seen: number[] = []
   t.teardown(() => {
     for (const pid of seen.reverse()) {
