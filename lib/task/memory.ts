@@ -157,7 +157,7 @@ export async function planCopy(pid: number): Promise<{ bytes: number }> {
  * Captures every mapping of frozen task `pid`. Lazy: `pages` reads the frozen task when read.
  * Copy: all stored pages are read now, first into `into` (when given), then into new buffers.
  */
-export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer): Promise<Vma[]> {
+export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer[]): Promise<Vma[]> {
   const layout = await scanLayout(pid)
   if (mode === 'lazy') {
     return layout.map((l) => toVma(l, taskPages(pid, l)))
@@ -268,18 +268,32 @@ async function copyPages(pid: number, layout: Layout, pieces: Buffer[]): Promise
   }
 }
 
-/** Largest single buffer a copy allocates (Node's own limit is higher, the allocator's may not be). */
+/**
+ * Largest single buffer a copy allocates: node 20 makes no Buffer over 4 GiB, and the addon
+ * makes none over 1 GiB (its BUFFER_MAX), so a bigger copy is held in several.
+ */
 const MAX_PIECE = 1024 * 1024 * 1024
+
+/**
+ * The pre-touched storage for a copy of `bytes` (allocTouched), in pieces of at most MAX_PIECE.
+ * The pieces are touched one after the other, so a failure leaves at most one half-made.
+ */
+export async function allocCopyArena(bytes: number): Promise<Buffer[]> {
+  const pieces: Buffer[] = []
+  for (let missing = bytes; missing > 0; missing -= MAX_PIECE) pieces.push(await native.allocTouched(Math.min(missing, MAX_PIECE)))
+  return pieces
+}
 
 /** Hands out the copy-mode storage: the caller's pre-touched buffer first, then new buffers. */
 class Arena {
   private readonly free: Buffer[] = []
 
-  constructor(into: Buffer | undefined, total: number) {
+  constructor(into: Buffer[] | undefined, total: number) {
     let missing = total
-    if (into) {
-      this.free.push(into.subarray(0, Math.min(into.length, total)))
-      missing -= this.free[0].length
+    for (const piece of into ?? []) {
+      if (missing <= 0) break
+      this.free.push(piece.subarray(0, Math.min(piece.length, missing)))
+      missing -= piece.length
     }
     for (; missing > 0; missing -= MAX_PIECE) this.free.push(Buffer.allocUnsafeSlow(Math.min(missing, MAX_PIECE)))
   }

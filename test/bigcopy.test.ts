@@ -1,0 +1,63 @@
+// Big inputs never crash the server: a copy-mode checkpoint of a process over node's 4 GiB
+// Buffer limit (held in several buffers), and the addon's refusal of one buffer over its
+// limit (which aborted node with a double free before).
+
+import { spawnSync } from 'child_process'
+import * as fs from 'fs'
+import * as path from 'path'
+import t from 'tap'
+import { ckptfsOk, mountFor } from './lib/mount'
+import { buildTarget, startTarget } from './lib/targets'
+
+const addonPath = path.join(__dirname, '..', 'addon', 'build', 'Release', 'ckptfs.node')
+const GiB = 1024 * 1024 * 1024
+const PAGE = 4096
+
+/** Runs `script` in a node of its own (an abort there must not take the test runner with it). */
+function inChild(script: string): { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ['-e', `const addon = require(${JSON.stringify(addonPath)});\n${script}`], { encoding: 'utf8', timeout: 60_000 })
+  return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr }
+}
+
+t.test('allocTouched over its limit is refused with ERANGE, node lives on', async (t) => {
+  const r = inChild(`addon.allocTouched(${Math.ceil(4.08 * GiB)}).then(() => console.log('made'), (e) => console.log('refused', e.code, e.message))`)
+  t.equal(r.signal, null, `no abort (stderr: ${r.stderr.slice(0, 300)})`)
+  t.equal(r.status, 0)
+  t.match(r.stdout, /^refused ERANGE allocTouched\(4380866642\): a buffer holds 1 to 1073741824 bytes/)
+})
+
+t.test('readMemory over its limit is refused, not allocated', async (t) => {
+  const r = inChild(`addon.readMemory(process.pid, 0n, ${5 * GiB}).then(() => console.log('read'), (e) => console.log('refused', e.code, e.message))`)
+  t.equal(r.signal, null)
+  t.match(r.stdout, /^refused ERANGE readMemory\(pid \d+, 0x0, 5368709120\): at most 1073741824 bytes at once/)
+})
+
+t.test('checkpoint --copy of a process over 4 GiB: every page is copied, the server lives on', async (t) => {
+  const mib = 4200 // over node's 4 GiB Buffer limit with the 2% margin, and over 4 pieces of 1 GiB
+  const mnt = mountFor(t)
+  const target = await startTarget(buildTarget('bigmem'), [String(mib)], /start=0x[0-9a-f]+/)
+  t.teardown(() => target.kill())
+  const start = BigInt((await target.waitFor(/start=(0x[0-9a-f]+)/))[1])
+  await target.waitFor(/^filled$/, 180_000)
+  const end = start + BigInt(mib) * 1024n * 1024n
+  const dir = ckptfsOk('checkpoint', String(target.pid), '--copy', '--mount', mnt)
+  t.equal(fs.readFileSync(path.join(dir, 'status'), 'utf8'), 'running\n')
+  const vma = path.join(dir, `task-${target.pid}`, 'memory', 'vmas', `${start.toString(16)}-${end.toString(16)}`)
+  const pages = path.join(vma, 'pages')
+  t.equal(fs.statSync(pages).size, mib * 1024 * 1024, 'every page stored')
+  const fd = fs.openSync(pages, 'r')
+  try {
+    // Pages at the pieces' edges and past 4 GiB each hold their own index.
+    const lastPage = (mib * 1024 * 1024) / PAGE - 1
+    for (const page of [0, GiB / PAGE - 1, GiB / PAGE, 3 * (GiB / PAGE) + 7, 4 * (GiB / PAGE), lastPage]) {
+      const word = Buffer.alloc(8)
+      t.equal(fs.readSync(fd, word, 0, 8, page * PAGE), 8)
+      t.equal(word.readBigUInt64LE(0), BigInt(page), `page ${page}`)
+    }
+  } finally {
+    fs.closeSync(fd)
+  }
+  fs.writeFileSync(path.join(dir, 'done'), 'kill')
+  // The server still answers after it.
+  t.ok(fs.readdirSync(mnt).includes('checkpoint'))
+})
