@@ -2,11 +2,12 @@
 // Buffer limit (held in several buffers), and the addon's refusal of one buffer over its
 // limit (which aborted node with a double free before).
 
-import { spawnSync } from 'child_process'
+import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, restoreCli, workdir } from './lib/restore'
 import { buildTarget, startTarget } from './lib/targets'
 
 const addonPath = path.join(__dirname, '..', 'addon', 'build', 'Release', 'ckptfs.node')
@@ -73,4 +74,32 @@ t.test('checkpoint --copy of more than one 1 GiB buffer: pages on both sides of 
 t.test('checkpoint --copy of a process over 4 GiB: every page is copied, the server lives on', { skip: process.env.CKPTFS_BIG_TESTS !== '1' && 'set CKPTFS_BIG_TESTS=1 (takes minutes and 8.5 GiB)' }, async (t) => {
   const mib = 4200 // over node's 4 GiB Buffer limit with the 2% margin, and over 4 pieces of 1 GiB
   await copyCheckpointKeepsEveryPage(t, mib, [0, PIECE_PAGES - 1, PIECE_PAGES, 3 * PIECE_PAGES + 7, 4 * PIECE_PAGES, (mib * 1024 * 1024) / PAGE - 1])
+})
+
+// A saved tree whose pipe data is a 3 GiB sparse file (cheap on disk): node's readFile refused
+// it with a message naming no file before, and a smaller one was read whole into memory. Now
+// it is refused by name, before anything is read, by the CLI and by the server alike.
+t.test('a huge queue file in a saved tree is refused by name, nothing read', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t)
+  const target = await launch(t, [buildTarget('restore_small', ['-static']), dir], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const filesDir = path.join(saved, 'files')
+  const pipe = fs.readdirSync(filesDir).find((o) => fs.readFileSync(path.join(filesDir, o, 'fd_type'), 'utf8') === 'pipe\n')!
+  t.ok(pipe, 'the saved tree has a pipe')
+  fs.truncateSync(path.join(filesDir, pipe, 'buffered'), 3 * GiB)
+  const says = new RegExp(`files/${pipe}/buffered: ${3 * GiB} bytes, more than the 268435456 a queue may hold`)
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1)
+  t.match(r.stderr, says)
+  t.notOk(exists(target.pid), 'nothing restored')
+  // The server's own restore from restore/: the tree copied in (sparse), then done written.
+  const area = path.join(mnt, 'restore', 'big')
+  execFileSync('cp', ['-a', '--sparse=always', saved, area], { timeout: 120_000 })
+  t.teardown(() => fs.rmSync(area, { recursive: true, force: true }))
+  t.throws(() => fs.writeFileSync(path.join(area, 'done'), '1'), 'the write to done fails')
+  t.match(fs.readFileSync(path.join(area, 'status'), 'utf8'), says)
+  t.notOk(exists(target.pid), 'nothing restored')
+  t.ok(fs.readdirSync(mnt).includes('checkpoint'), 'the server still answers')
 })
