@@ -6,9 +6,9 @@ import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfsOk, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, restoreCli, workdir } from './lib/restore'
-import { buildTarget, startTarget } from './lib/targets'
+import { buildTarget, startTarget, threadState } from './lib/targets'
 
 const addonPath = path.join(__dirname, '..', 'addon', 'build', 'Release', 'ckptfs.node')
 const GiB = 1024 * 1024 * 1024
@@ -101,5 +101,23 @@ t.test('a huge queue file in a saved tree is refused by name, nothing read', asy
   t.throws(() => fs.writeFileSync(path.join(area, 'done'), '1'), 'the write to done fails')
   t.match(fs.readFileSync(path.join(area, 'status'), 'utf8'), says)
   t.notOk(exists(target.pid), 'nothing restored')
+  t.ok(fs.readdirSync(mnt).includes('checkpoint'), 'the server still answers')
+})
+
+// A copy needing more memory than the machine has: before, allocTouched touched it all and
+// the OOM killer came (it may pick the server). Now refused before anything is frozen. The
+// target stores 64 GiB (a private mapping of a sparse memfd stores every page the file
+// covers) and uses none.
+t.test('checkpoint --copy needing more than MemAvailable is refused before the freeze', async (t) => {
+  const gib = 64
+  const total = Number(/^MemTotal:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024
+  t.ok(gib * GiB > total, `the copy would need more than the machine's ${total} bytes`)
+  const mnt = mountFor(t)
+  const target = await startTarget(buildTarget('hugememfd'), [String(gib)])
+  t.teardown(() => target.kill())
+  const r = ckptfs('checkpoint', String(target.pid), '--copy', '--mount', mnt)
+  t.equal(r.status, 1)
+  t.match(r.stderr, new RegExp(`checkpoint of process ${target.pid} failed: no memory for its copy: \\d+ bytes needed, \\d+ available \\(MemAvailable in /proc/meminfo\\)`))
+  t.equal(threadState(target.pid), 'S', 'the target runs on (sleeping, not stopped)')
   t.ok(fs.readdirSync(mnt).includes('checkpoint'), 'the server still answers')
 })

@@ -532,6 +532,12 @@ static void touched_run(task_t *t) {
   }
   if (zero >= 0) close(zero);
   if (off < tt->len && madvise((char *)tt->data + off, tt->len - off, 23 /* MADV_POPULATE_WRITE */) < 0) {
+    // Touching by hand is only for kernels without MADV_POPULATE_WRITE (EINVAL): after a
+    // real failure (ENOMEM) it would call the OOM killer, which may pick the server.
+    if (errno != EINVAL) {
+      nerr_set(&t->err, errno, "allocTouched(%zu): populating byte %zu on", tt->len, off);
+      return;
+    }
     for (; off < tt->len; off += 4096) ((volatile char *)tt->data)[off] = 0;
   }
 }

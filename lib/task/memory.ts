@@ -274,11 +274,21 @@ async function copyPages(pid: number, layout: Layout, pieces: Buffer[]): Promise
  */
 const MAX_PIECE = 1024 * 1024 * 1024
 
+/** MemAvailable of /proc/meminfo in bytes: what can be had without swapping or the OOM killer. */
+function availableMemory(): number {
+  const found = /^MemAvailable:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))
+  return found ? Number(found[1]) * 1024 : Infinity
+}
+
 /**
  * The pre-touched storage for a copy of `bytes` (allocTouched), in pieces of at most MAX_PIECE.
  * The pieces are touched one after the other, so a failure leaves at most one half-made.
  */
 export async function allocCopyArena(bytes: number): Promise<Buffer[]> {
+  // More than the kernel can give without reclaiming everything would call the OOM killer,
+  // which may pick the server: refused before anything is made.
+  const available = availableMemory()
+  if (bytes > available) throw new CkptError(`${bytes} bytes needed, ${available} available (MemAvailable in /proc/meminfo)`)
   const pieces: Buffer[] = []
   for (let missing = bytes; missing > 0; missing -= MAX_PIECE) pieces.push(await native.allocTouched(Math.min(missing, MAX_PIECE)))
   return pieces
