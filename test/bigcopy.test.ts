@@ -113,11 +113,26 @@ t.test('checkpoint --copy needing more than MemAvailable is refused before the f
   const total = Number(/^MemTotal:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))![1]) * 1024
   t.ok(gib * GiB > total, `the copy would need more than the machine's ${total} bytes`)
   const mnt = mountFor(t)
-  const target = await startTarget(buildTarget('hugememfd'), [String(gib)])
+  const target = await startTarget(buildTarget('hugememfd'), [String(gib), 'map'])
   t.teardown(() => target.kill())
   const r = ckptfs('checkpoint', String(target.pid), '--copy', '--mount', mnt)
   t.equal(r.status, 1)
   t.match(r.stderr, new RegExp(`checkpoint of process ${target.pid} failed: no memory for its copy: \\d+ bytes needed, \\d+ available \\(MemAvailable in /proc/meminfo\\)`))
+  t.equal(threadState(target.pid), 'S', 'the target runs on (sleeping, not stopped)')
+  t.ok(fs.readdirSync(mnt).includes('checkpoint'), 'the server still answers')
+})
+
+// An unlinked file's contents are copied whole in copy mode: a sparse 64 GiB memfd held open
+// made one Buffer of 64 GiB before (refused by node with a message naming no file; a smaller
+// one over 4 GiB the same, one under it held whole). Now copied in pieces of at most 1 GiB,
+// and one larger than the memory available is refused by name.
+t.test('checkpoint --copy of an unlinked file larger than MemAvailable is refused by name', async (t) => {
+  const mnt = mountFor(t)
+  const target = await startTarget(buildTarget('hugememfd'), ['64', 'fd'])
+  t.teardown(() => target.kill())
+  const r = ckptfs('checkpoint', String(target.pid), '--copy', '--mount', mnt)
+  t.equal(r.status, 1)
+  t.match(r.stderr, new RegExp(`checkpoint of process ${target.pid} failed: files/\\d+/contents: ${64 * GiB} bytes, more than the \\d+ available for its copy`))
   t.equal(threadState(target.pid), 'S', 'the target runs on (sleeping, not stopped)')
   t.ok(fs.readdirSync(mnt).includes('checkpoint'), 'the server still answers')
 })

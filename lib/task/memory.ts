@@ -5,9 +5,10 @@
 
 import * as fs from 'fs'
 import type { PagemapRun } from '../../addon/index'
-import { intoSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
+import { intoSource, piecesSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
+import { availableMemory } from '../meminfo'
 import { native } from '../native'
 import { bytes, each, type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
@@ -274,12 +275,6 @@ async function copyPages(pid: number, layout: Layout, pieces: Buffer[]): Promise
  */
 const MAX_PIECE = 1024 * 1024 * 1024
 
-/** MemAvailable of /proc/meminfo in bytes: what can be had without swapping or the OOM killer. */
-function availableMemory(): number {
-  const found = /^MemAvailable:\s+(\d+) kB$/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'))
-  return found ? Number(found[1]) * 1024 : Infinity
-}
-
 /**
  * The pre-touched storage for a copy of `bytes` (allocTouched), in pieces of at most MAX_PIECE.
  * The pieces are touched one after the other, so a failure leaves at most one half-made.
@@ -319,34 +314,6 @@ class Arena {
       size -= n
     }
     return pieces
-  }
-}
-
-/** Bytes held in memory as consecutive pieces. */
-function piecesSource(pieces: Buffer[]): ByteSource {
-  const size = pieces.reduce((sum, p) => sum + p.length, 0)
-  const parts = (offset: number, length: number): Buffer[] => {
-    const found: Buffer[] = []
-    let at = 0
-    for (const piece of pieces) {
-      const from = Math.max(offset, at)
-      const to = Math.min(offset + length, at + piece.length)
-      if (from < to) found.push(piece.subarray(from - at, to - at))
-      at += piece.length
-    }
-    return found
-  }
-  return {
-    size,
-    read: async (offset, length) => {
-      const found = parts(offset, length)
-      return found.length === 1 ? found[0] : Buffer.concat(found)
-    },
-    readInto: (offset, length, into, at) => {
-      let done = 0
-      for (const part of parts(offset, length)) done += part.copy(into, at + done)
-      return done
-    },
   }
 }
 
