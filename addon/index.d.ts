@@ -176,7 +176,7 @@ export interface Addon {
    * A zero-filled buffer whose pages are already faulted in (MADV_POPULATE_WRITE): copy-mode
    * captures copy into it while the task is stopped. Pool thread.
    */
-  allocTouched(length: number): Promise<Buffer>
+  allocTouched(length: number): Promise<Buffer>  // 1 byte to 1 GiB (ERANGE above: take several)
 
   // ---- files (synchronous: each is one fast system call) ----
   /** kcmp(pid, pid, KCMP_FILE, fd1, fd2): 0 same description, 1 or 2 ordering, 3 not comparable. */

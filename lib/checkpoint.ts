@@ -13,14 +13,13 @@ import { filesDir, fdsDir } from './files/tree'
 import { imageSource } from './image/encode'
 import { lazy, type CheckpointMode, type Pid, type Problem, type TaskImage, type Tid, type TreeImage } from './model'
 import { lifeState, waitUntil } from './lifecycle'
-import { native } from './native'
 import { releaseConnections } from './netgap'
 import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
 import { readProcTextSync, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
-import { captureVmas, planCopy } from './task/memory'
+import { allocCopyArena, captureVmas, planCopy } from './task/memory'
 import { taskDir } from './task/tree'
 import { PhaseTimer } from './trace'
 import { zombieDir } from './task/zombie'
@@ -79,7 +78,10 @@ export class Checkpoint {
     assertProcessExists(pid)
     // Copy mode: the buffer for the pages is sized and touched while the task still runs, so
     // the task is stopped only for the copy itself (first touches are the costly part here).
-    const arena = mode === 'copy' ? await native.allocTouched(Math.ceil((await planCopy(pid)).bytes * 1.02) + 4096) : undefined
+    // A copy of more than 1 GiB is held in several buffers (node makes none over 4 GiB).
+    const arena = mode === 'copy' ? await allocCopyArena(Math.ceil((await planCopy(pid)).bytes * 1.02) + 4096).catch((err: unknown) => {
+      throw new CkptError(`checkpoint of process ${pid} failed: no memory for its copy: ${messageOf(err)}`)
+    }) : undefined
     const frozen: FrozenTree = await freezeTree(pid, leaveOut).catch((err: unknown) => {
       if (err instanceof CkptError) throw err
       throw new CkptError(`cannot freeze process ${pid}: ${explainFreezeError(pid, err)}`, errnoOf(err) === 'ESRCH' ? 'ESRCH' : 'EPERM')

@@ -81,6 +81,34 @@ export function intoSource(size: number, readInto: ByteSource['readInto']): Byte
   }
 }
 
+/** Bytes held in memory as consecutive pieces. */
+export function piecesSource(pieces: Buffer[]): ByteSource {
+  const size = pieces.reduce((sum, p) => sum + p.length, 0)
+  const parts = (offset: number, length: number): Buffer[] => {
+    const found: Buffer[] = []
+    let at = 0
+    for (const piece of pieces) {
+      const from = Math.max(offset, at)
+      const to = Math.min(offset + length, at + piece.length)
+      if (from < to) found.push(piece.subarray(from - at, to - at))
+      at += piece.length
+    }
+    return found
+  }
+  return {
+    size,
+    read: async (offset, length) => {
+      const found = parts(offset, length)
+      return found.length === 1 ? found[0] : Buffer.concat(found)
+    },
+    readInto: (offset, length, into, at) => {
+      let done = 0
+      for (const part of parts(offset, length)) done += part.copy(into, at + done)
+      return done
+    },
+  }
+}
+
 export function bufferSource(data: Buffer): ByteSource {
   return {
     size: data.length,

@@ -398,7 +398,8 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
   t.test('copy mode reads the same bytes', async (t) => {
     const total = vmas.reduce((sum, v) => sum + v.pages.size, 0)
     t.ok(planned.bytes > 0 && Math.abs(planned.bytes - total) < 64 * PAGE, `planned ${planned.bytes}, stored ${total}`)
-    const into = Buffer.alloc(Math.floor(total / 2))
+    // Two given buffers, then one of its own: a copy held in several pieces.
+    const into = [Buffer.alloc(Math.floor(total / 4)), Buffer.alloc(Math.floor(total / 4))]
     const copied = await captureVmas(pid, 'copy', into)
     t.same(copied.map((v) => [v.start, v.stored]), vmas.map((v) => [v.start, v.stored]))
     for (const [i, v] of copied.entries()) {

@@ -15,6 +15,9 @@
 #define IOV_BATCH 1024            // IOV_MAX: the most iovecs one process_vm_readv accepts
 #define READ_CHUNK (1ULL << 30)   // bytes per call, well below MAX_RW_COUNT (2 GiB - 4 KiB)
 #define PAGEMAP_CHUNK 8192        // entries per pread: 64 KiB
+// The largest buffer made here (readMemory, allocTouched): below node's Buffer limit (node 20:
+// 4 GiB), so node never refuses its length; bigger copies take several buffers.
+#define BUFFER_MAX (1ULL << 30)
 
 #define PM_PRESENT (1ULL << 63)
 #define PM_SWAPPED (1ULL << 62)
@@ -117,6 +120,11 @@ napi_value js_read_memory(napi_env env, napi_callback_info info) {
   if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) ||
       !get_u64(env, argv[1], "addr", &addr) || !get_u64(env, argv[2], "length", &len))
     return NULL;
+  if (len > BUFFER_MAX) {
+    throw_errno(env, ERANGE, "readMemory(pid %d, 0x%llx, %llu): at most %llu bytes at once", pid,
+                (unsigned long long)addr, (unsigned long long)len, BUFFER_MAX);
+    return NULL;
+  }
   mem_task_t *m = mem_task(read_memory_run, read_memory_settle);
   if (!m) return NULL;
   m->pid = pid;
@@ -524,6 +532,12 @@ static void touched_run(task_t *t) {
   }
   if (zero >= 0) close(zero);
   if (off < tt->len && madvise((char *)tt->data + off, tt->len - off, 23 /* MADV_POPULATE_WRITE */) < 0) {
+    // Touching by hand is only for kernels without MADV_POPULATE_WRITE (EINVAL): after a
+    // real failure (ENOMEM) it would call the OOM killer, which may pick the server.
+    if (errno != EINVAL) {
+      nerr_set(&t->err, errno, "allocTouched(%zu): populating byte %zu on", tt->len, off);
+      return;
+    }
     for (; off < tt->len; off += 4096) ((volatile char *)tt->data)[off] = 0;
   }
 }
@@ -531,11 +545,16 @@ static void touched_run(task_t *t) {
 static napi_value touched_settle(napi_env env, task_t *t) {
   touched_task_t *tt = (touched_task_t *)t;
   napi_value b;
-  if (napi_create_external_buffer(env, tt->len, tt->data, touched_finalize, tt, &b) != napi_ok) {
-    throw_errno(env, ENOMEM, "allocTouched(%zu): external buffers are not allowed here", tt->len);
+  napi_status status = napi_create_external_buffer(env, tt->len, tt->data, touched_finalize, tt, &b);
+  // node refuses a length over its Buffer limit (a generic failure) after calling the
+  // finalizer itself: freeing here too was the double free. Other refusals leave it ours.
+  if (status == napi_ok || status == napi_generic_failure) tt->handed = 1;
+  if (status != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) throw_errno(env, ENOMEM, "allocTouched(%zu): node made no Buffer of it", tt->len);
     return NULL;
   }
-  tt->handed = 1;
   return b;
 }
 
@@ -550,8 +569,9 @@ napi_value js_alloc_touched(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   uint64_t len;
   if (!arg_count(env, info, 1, argv) || !get_u64(env, argv[0], "length", &len)) return NULL;
-  if (len == 0 || len > (1ULL << 40)) {
-    throw_errno(env, EINVAL, "allocTouched(%llu)", (unsigned long long)len);
+  if (len == 0 || len > BUFFER_MAX) {
+    throw_errno(env, len ? ERANGE : EINVAL, "allocTouched(%llu): a buffer holds 1 to %llu bytes (take several for more)",
+                (unsigned long long)len, BUFFER_MAX);
     return NULL;
   }
   touched_task_t *tt = calloc(1, sizeof *tt);

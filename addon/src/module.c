@@ -187,7 +187,11 @@ napi_value make_owned_buffer(napi_env env, void *data, size_t len) {
     return r;
   }
   // External buffers avoid a copy of possibly large reads.
-  if (napi_create_external_buffer(env, len, data, free_data, NULL, &r) == napi_ok) return r;
+  napi_status status = napi_create_external_buffer(env, len, data, free_data, NULL, &r);
+  if (status == napi_ok) return r;
+  // node refuses a length over its Buffer limit as a generic failure after freeing data
+  // through free_data: copying or freeing it here would be a use after free and a double free.
+  if (status == napi_generic_failure) return NULL;
   // Some embedders forbid external buffers: fall back to one copy.
   bool pending = false;
   napi_is_exception_pending(env, &pending);

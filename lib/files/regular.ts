@@ -4,7 +4,7 @@
 
 import * as fs from 'fs'
 import { CkptError } from '../errors'
-import { bufferSource, type ByteSource, type FileTable, type ObjRef, type PathDescription } from '../model'
+import { type ByteSource, type FileTable, type ObjRef, type PathDescription } from '../model'
 import { type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
 import { checkSourceBytes } from '../checksum'
@@ -16,7 +16,7 @@ import { PLAN_CONTENTS_LIMIT } from '../restore/contents'
 
 /** The stub's kinds: reopen by path, recreate an unlinked file, make a memfd anew (restorer.c). */
 const KINDS = { ...PATH_KINDS, unlinked: 2, memfd: 3 } as const
-import { fileSource, readWhole } from './source'
+import { copyWhole, fileSource, readWhole } from './source'
 
 const linked = withCommon<PathDescription>([...pathEntries, otherLinksEntry])
 const unlinked = withCommon<PathDescription>([
@@ -39,7 +39,7 @@ export const regular: FileHandler<PathDescription> = {
 
   async settle(desc) {
     const settled = await settleLinks(desc)
-    return desc.contents ? { ...settled, contents: bufferSource(await readWhole(desc.contents)) } : settled
+    return desc.contents ? { ...settled, contents: await copyWhole(desc.contents, `files/${desc.objref}/contents`) } : settled
   },
 
   entries: (desc): TableEntry<PathDescription>[] => (desc.unlinked ? unlinked : linked),

@@ -15,6 +15,12 @@ import { crcHex, isValueFile, MANIFEST, parseManifest } from '../manifest'
 const maxValueBytes = 8192
 /** Longest list file accepted (other_links). */
 const maxListBytes = 1 << 20
+/**
+ * Largest queue file (pipe `buffered`, socket `queue`, TCP queues) a restore reads: far above
+ * what the kernel queues hold by default (a pipe 1 MiB, a socket some MiB), far below node's
+ * Buffer limit; each is held whole in memory.
+ */
+const maxQueueBytes = 256 << 20
 /** Longest checksum file accepted: one line per MiB of a mapping of up to 64 TiB. */
 const maxCrcBytes = CRC_LINE_BYTES * (64 << 20)
 /** A whole value file holding one number of each form (decimalText, octal, hex say what else is wrong). */
@@ -57,8 +63,6 @@ export interface StoredDir {
    * the CRC32C of the bytes read goes into `crc` (of the bytes, not of the decoded text).
    */
   text(name: string, limit: number, crc: CrcOut): string | number
-  /** The file's bytes, read when first asked for (pipe data). */
-  lazyBytes(name: string): Lazy<Buffer>
   /** The file's bytes read in pieces (contents); the size is fixed now. */
   source(name: string): ByteSource
   /** A path on disk that holds the file (the image reader's random access). */
@@ -134,11 +138,6 @@ export class DiskDir implements StoredDir {
     } finally {
       fs.closeSync(fd)
     }
-  }
-
-  lazyBytes(name: string): Lazy<Buffer> {
-    const file = this.prefix + name
-    return lazy(() => fs.promises.readFile(file))
   }
 
   source(name: string): ByteSource {
@@ -508,13 +507,18 @@ export class SavedDir {
     return parsed
   }
 
-  /** lazyBytes, checked against NAME_crc32c when read. */
+  /**
+   * Queued bytes (pipe data, socket queues) read whole when first asked for, checked against
+   * NAME_crc32c. Their size is fixed and bounded now: a huge file in a crafted tree is refused
+   * by name before anything is read, never read into one buffer (node aborted or ran out).
+   */
   checkedLazyBytes(name: string): Lazy<Buffer> {
     const crcs = this.checksums(name)
-    const data = this.lazyBytes(name)
+    const source = this.source(name)
+    if (source.size > maxQueueBytes) throw this.fail(name, `${source.size} bytes, more than the ${maxQueueBytes} a queue may hold`)
     const where = this.where(name)
     return lazy(async () => {
-      const bytes = await data()
+      const bytes = await source.read(0, source.size)
       checkBuffer(bytes, crcs, where)
       return bytes
     })
@@ -535,11 +539,6 @@ export class SavedDir {
     const data = await source.read(0, source.size)
     this.checkValue(name, crc32c(data))
     return data
-  }
-
-  /** Raw bytes read when first asked for (pipe data); the file must exist now. Unchecked: see checkedLazyBytes. */
-  private lazyBytes(name: string): Lazy<Buffer> {
-    return this.fromFile(name, () => this.stored.lazyBytes(name))
   }
 
   /** Raw bytes read in pieces (file contents); the size is fixed now. Unchecked: see checkedSource. */

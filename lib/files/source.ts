@@ -3,7 +3,9 @@
 // task's file position never moves).
 
 import * as fs from 'fs'
-import { clipped, intoSource, type ByteSource } from '../model'
+import { CkptError } from '../errors'
+import { availableMemory } from '../meminfo'
+import { clipped, intoSource, piecesSource, type ByteSource } from '../model'
 
 /** node's fs read takes at most 2^31 - 1 bytes per call (more aborts the process). */
 const MAX_READ = 1 << 30
@@ -36,4 +38,17 @@ export function fileSource(file: string, size: number): ByteSource {
 /** Every byte of a source, in one buffer (copy mode). */
 export async function readWhole(source: ByteSource): Promise<Buffer> {
   return source.read(0, source.size)
+}
+
+/**
+ * Every byte of a source copied into memory (copy mode), in pieces of at most MAX_READ: one
+ * Buffer could not hold more than 4 GiB. A copy larger than the memory available is refused,
+ * naming `where` (a task's sparse file of many GiB needs no memory in the task).
+ */
+export async function copyWhole(source: ByteSource, where: string): Promise<ByteSource> {
+  const available = availableMemory()
+  if (source.size > available) throw new CkptError(`${where}: ${source.size} bytes, more than the ${available} available for its copy (MemAvailable in /proc/meminfo)`)
+  const pieces: Buffer[] = []
+  for (let at = 0; at < source.size; at += MAX_READ) pieces.push(await source.read(at, Math.min(MAX_READ, source.size - at)))
+  return piecesSource(pieces)
 }

@@ -12,7 +12,7 @@
 import { isUtf8 } from 'buffer'
 import * as fs from 'fs'
 import { CkptError, messageOf } from '../errors'
-import { bufferSource, lazy, type ByteSource, type Lazy } from '../model'
+import { bufferSource, type ByteSource } from '../model'
 import type { CrcOut, EntryKind, StoredDir } from '../files/saved'
 import { smallCrc32c, textCrc32c } from '../checksum'
 import { fileSource } from '../files/source'
@@ -71,16 +71,6 @@ export class AreaDir implements StoredDir {
     if (file.size > limit) return file.size
     crc.crc32c = file.crc32c()
     return file.text()
-  }
-
-  lazyBytes(name: string): Lazy<Buffer> {
-    const file = this.file(name)
-    if (!file.onDisk) {
-      const bytes = file.snapshot()
-      return lazy(async () => bytes)
-    }
-    const path = file.diskPath()
-    return lazy(() => fs.promises.readFile(path))
   }
 
   source(name: string): ByteSource {

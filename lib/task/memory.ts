@@ -5,9 +5,10 @@
 
 import * as fs from 'fs'
 import type { PagemapRun } from '../../addon/index'
-import { intoSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
+import { intoSource, piecesSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
+import { availableMemory } from '../meminfo'
 import { native } from '../native'
 import { bytes, each, type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
@@ -174,7 +175,7 @@ export async function planCopy(pid: number): Promise<{ bytes: number }> {
  * Captures every mapping of frozen task `pid`. Lazy: `pages` reads the frozen task when read.
  * Copy: all stored pages are read now, first into `into` (when given), then into new buffers.
  */
-export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer): Promise<Vma[]> {
+export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer[]): Promise<Vma[]> {
   const layout = await scanLayout(pid)
   if (mode === 'lazy') {
     return layout.map((l) => toVma(l, taskPages(pid, l)))
@@ -285,18 +286,36 @@ async function copyPages(pid: number, layout: Layout, pieces: Buffer[]): Promise
   }
 }
 
-/** Largest single buffer a copy allocates (Node's own limit is higher, the allocator's may not be). */
+/**
+ * Largest single buffer a copy allocates: node 20 makes no Buffer over 4 GiB, and the addon
+ * makes none over 1 GiB (its BUFFER_MAX), so a bigger copy is held in several.
+ */
 const MAX_PIECE = 1024 * 1024 * 1024
+
+/**
+ * The pre-touched storage for a copy of `bytes` (allocTouched), in pieces of at most MAX_PIECE.
+ * The pieces are touched one after the other, so a failure leaves at most one half-made.
+ */
+export async function allocCopyArena(bytes: number): Promise<Buffer[]> {
+  // More than the kernel can give without reclaiming everything would call the OOM killer,
+  // which may pick the server: refused before anything is made.
+  const available = availableMemory()
+  if (bytes > available) throw new CkptError(`${bytes} bytes needed, ${available} available (MemAvailable in /proc/meminfo)`)
+  const pieces: Buffer[] = []
+  for (let missing = bytes; missing > 0; missing -= MAX_PIECE) pieces.push(await native.allocTouched(Math.min(missing, MAX_PIECE)))
+  return pieces
+}
 
 /** Hands out the copy-mode storage: the caller's pre-touched buffer first, then new buffers. */
 class Arena {
   private readonly free: Buffer[] = []
 
-  constructor(into: Buffer | undefined, total: number) {
+  constructor(into: Buffer[] | undefined, total: number) {
     let missing = total
-    if (into) {
-      this.free.push(into.subarray(0, Math.min(into.length, total)))
-      missing -= this.free[0].length
+    for (const piece of into ?? []) {
+      if (missing <= 0) break
+      this.free.push(piece.subarray(0, Math.min(piece.length, missing)))
+      missing -= piece.length
     }
     for (; missing > 0; missing -= MAX_PIECE) this.free.push(Buffer.allocUnsafeSlow(Math.min(missing, MAX_PIECE)))
   }
@@ -312,34 +331,6 @@ class Arena {
       size -= n
     }
     return pieces
-  }
-}
-
-/** Bytes held in memory as consecutive pieces. */
-function piecesSource(pieces: Buffer[]): ByteSource {
-  const size = pieces.reduce((sum, p) => sum + p.length, 0)
-  const parts = (offset: number, length: number): Buffer[] => {
-    const found: Buffer[] = []
-    let at = 0
-    for (const piece of pieces) {
-      const from = Math.max(offset, at)
-      const to = Math.min(offset + length, at + piece.length)
-      if (from < to) found.push(piece.subarray(from - at, to - at))
-      at += piece.length
-    }
-    return found
-  }
-  return {
-    size,
-    read: async (offset, length) => {
-      const found = parts(offset, length)
-      return found.length === 1 ? found[0] : Buffer.concat(found)
-    },
-    readInto: (offset, length, into, at) => {
-      let done = 0
-      for (const part of parts(offset, length)) done += part.copy(into, at + done)
-      return done
-    },
   }
 }
 
