@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, ckptfsOk, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, mountFor, userNode } from './lib/mount'
 import { checkpointSaveKill, exists, launch, restoreCli, workdir } from './lib/restore'
 import { buildTarget, startTarget, threadState } from './lib/targets'
 
@@ -16,7 +16,8 @@ const PAGE = 4096
 
 /** Runs `script` in a node of its own (an abort there must not take the test runner with it). */
 function inChild(script: string): { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['-e', `const addon = require(${JSON.stringify(addonPath)});\n${script}`], { encoding: 'utf8', timeout: 60_000 })
+  const [command, args] = userNode('-e', `const addon = require(${JSON.stringify(addonPath)});\n${script}`)
+  const r = spawnSync(command, args, { encoding: 'utf8', timeout: 60_000 })
   return { status: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr }
 }
 
