@@ -691,3 +691,41 @@ t.test('an idle tracer does not keep node alive', async t => {
   const ticks = lastTick(fx)
   await fx.waitFor(/^tick /, ticks + 1)
 })
+
+t.test('lazyFill refuses pieces that overlap or lie outside the registered ranges, before touching the uffd', async t => {
+  // Ranges and pieces as lib/restore/lazy.ts encodes them; an eventfd stands in for the uffd
+  // (refused before any ioctl, and closed as a uffd would be). The checks are per segment
+  // (addon/src/uffd.c keeps no per-page table): a page twice, a segment past its range's end
+  // or across a gap between ranges, and one not page-aligned are all refused.
+  const range = (start: bigint, len: bigint) => {
+    const b = Buffer.alloc(16)
+    b.writeBigUInt64LE(start)
+    b.writeBigUInt64LE(len, 8)
+    return b
+  }
+  const piece = (segs: Array<[bigint, bigint]>) => {
+    const b = Buffer.alloc(16 + 16 * segs.length + 24)
+    b.writeUInt32LE(segs.length, 4)
+    b.writeUInt32LE(1, 8)
+    let total = 0n
+    segs.forEach(([a, n], i) => {
+      b.writeBigUInt64LE(a, 16 + 16 * i)
+      b.writeBigUInt64LE(n, 24 + 16 * i)
+      total += n
+    })
+    b.writeBigInt64LE(0n, 16 + 16 * segs.length)
+    b.writeBigUInt64LE(total, 32 + 16 * segs.length)
+    return b
+  }
+  const order = Buffer.from([0, 0, 0, 0, 1, 0, 0, 0])
+  const refused = async (ranges: Buffer, pieces: Buffer[]) => {
+    const fd = addon.eventFd()
+    await t.rejects(addon.lazyFill(fd, process.pid, ranges, Buffer.concat(pieces), order, -1), /a piece outside the ranges, twice, or not page-aligned/)
+    t.throws(() => fs.fstatSync(fd), { code: 'EBADF' }, 'the fd given was closed')
+  }
+  const base = 0x7f0000000000n
+  await refused(range(base, 0x10000n), [piece([[base, 0x2000n]]), piece([[base + 0x1000n, 0x2000n]])]) // a page twice
+  await refused(range(base, 0x10000n), [piece([[base + 0x2000n, 0x1000n]]), piece([[base + 0x8000n, 0x9000n]])]) // past the range's end
+  await refused(Buffer.concat([range(base, 0x4000n), range(base + 0x8000n, 0x4000n)]), [piece([[base, 0x1000n]]), piece([[base + 0x3000n, 0x2000n]])]) // across a gap
+  await refused(range(base, 0x10000n), [piece([[base, 0x1000n]]), piece([[base + 0x1800n, 0x1000n]])]) // not page-aligned
+})

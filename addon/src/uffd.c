@@ -43,6 +43,7 @@
 #define NO_PIECE (-1)
 #define NO_ADDR UINT64_MAX
 #define MAX_SPACES 64  // the task and the children it forks during the fill
+#define FAULT_WINDOW (64ull << 10)  // what a fault copies in at least: aligned, a power of two
 
 enum { MISSING = 0, FILLED = 1, GONE = 2 };  // page states
 
@@ -54,11 +55,11 @@ typedef struct {
   seg_t *seg;
   src_t *src;
 } piece_t;
-typedef struct {
-  uint64_t start, len;
-  int32_t *piece_of;  // per page: the piece holding its bytes, or NO_PIECE
-  uint64_t *data_off; // per page: its offset in that piece's bytes
-} range_t;
+typedef struct { uint64_t start, len; } range_t;
+// Every segment of every piece, sorted by address: which piece holds a page is found by a
+// binary search here. Nothing is kept per page but its state (one byte, calloc()ed and so
+// untouched until used): the set-up before the task runs does no per-page work.
+typedef struct { uint64_t addr, len; int32_t piece; } segref_t;
 // Where saved addresses are now in one process (mremap moves them): [cur, cur+len) holds
 // what was at [orig, orig+len).
 typedef struct { uint64_t cur, len, orig; } move_t;
@@ -78,6 +79,8 @@ typedef struct {
   size_t nranges;
   piece_t *pieces;
   size_t npieces;
+  segref_t *segs;         // sorted by addr, not overlapping
+  size_t nsegs;
   uint32_t *order;
   size_t norder;
   space_t spaces[MAX_SPACES];
@@ -114,6 +117,19 @@ static range_t *range_of(lazy_t *l, uint64_t orig, size_t *ri) {
     }
   }
   return NULL;
+}
+
+// The piece holding saved address `orig`, or NO_PIECE.
+static int32_t piece_at(lazy_t *l, uint64_t orig) {
+  size_t lo = 0, hi = l->nsegs;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    segref_t *g = &l->segs[mid];
+    if (orig < g->addr) hi = mid;
+    else if (orig >= g->addr + g->len) lo = mid + 1;
+    else return g->piece;
+  }
+  return NO_PIECE;
 }
 
 static uint64_t to_orig(space_t *s, uint64_t cur) {
@@ -271,9 +287,9 @@ static int copy_in(lazy_t *l, space_t *s, uint64_t cur, const uint8_t *from, uin
   return 0;
 }
 
-// Copies in every page of piece p that is still MISSING in space s (and `also`, a faulting
-// page whatever its state: see the fork note in handle_fault).
-static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) {
+// Copies in every page of piece p in [lo, hi) (saved addresses) that is still MISSING in
+// space s (and `also`, a faulting page whatever its state: see the fork note in handle_fault).
+static int fill_window(lazy_t *l, space_t *s, int32_t p, uint64_t also, uint64_t lo, uint64_t hi) {
   if (load_piece(l, p)) return -EIO;
   piece_t *pc = &l->pieces[p];
   uint64_t off = 0;
@@ -284,7 +300,7 @@ static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) {
       int take = 0;
       uint64_t orig = g->addr + o;
       uint8_t *st = NULL;
-      if (o < g->len) {
+      if (o < g->len && orig >= lo && orig < hi) {
         st = state_at(l, s, orig);
         take = st && (*st == MISSING || orig == also) && to_cur(s, orig) != NO_ADDR;
       }
@@ -304,6 +320,9 @@ static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) {
   }
   return 0;
 }
+
+// Every page of piece p still MISSING in space s (and `also`).
+static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) { return fill_window(l, s, p, also, 0, NO_ADDR); }
 
 static int zero_page(lazy_t *l, space_t *s, uint64_t cur) {
   struct uffdio_zeropage z = {.range = {.start = cur, .len = PAGE}, .mode = 0};
@@ -328,7 +347,7 @@ static int handle_fault(lazy_t *l, space_t *s, uint64_t addr) {
   range_t *r = orig == NO_ADDR ? NULL : range_of(l, orig, &ri);
   if (!r) return zero_page(l, s, cur);  // grown by mremap: never stored
   uint64_t pg = (orig - r->start) / PAGE;
-  int32_t p = r->piece_of[pg];
+  int32_t p = piece_at(l, orig);
   uint8_t *st = &s->state[ri][pg];
   if (p == NO_PIECE || *st == GONE) {
     int e = zero_page(l, s, cur);
@@ -342,7 +361,13 @@ static int handle_fault(lazy_t *l, space_t *s, uint64_t addr) {
   // A page FILLED here may still be missing in a child forked while we filled it in the
   // parent (its page tables were copied before our copy): such a fault takes the saved bytes,
   // which is what the child had (the parent had not touched the page before the fork).
-  return fill_piece(l, s, p, orig);
+  // The first fault in a piece gets the aligned FAULT_WINDOW around it (the whole piece is
+  // still read and checked first): copying all of a 1 MiB piece would make the task wait
+  // for 256 pages where it asked for one; the background fill brings the rest. A second
+  // fault in the piece just checked (a task walking through it) takes the rest of it.
+  if (l->buf_piece == p) return fill_piece(l, s, p, orig);
+  uint64_t lo = orig & ~(FAULT_WINDOW - 1);
+  return fill_window(l, s, p, orig, lo, lo + FAULT_WINDOW);
 }
 
 static int mark_gone(lazy_t *l, space_t *s, uint64_t start, uint64_t end) {
@@ -534,15 +559,17 @@ static void serve(lazy_t *l) {
 
 // ---- the thread and the JS side ----
 
+static int segref_cmp(const void *a, const void *b) {
+  uint64_t x = ((const segref_t *)a)->addr, y = ((const segref_t *)b)->addr;
+  return x < y ? -1 : x > y;
+}
+
 static void lazy_destroy(task_t *t) {
   lazy_t *l = (lazy_t *)t;
   if (l->nspaces == 0 && l->spaces[0].uffd > 0) close(l->spaces[0].uffd);  // refused before it was served
   while (l->nspaces) drop_space(l, l->nspaces - 1);
-  for (size_t i = 0; i < l->nranges; i++) {
-    free(l->ranges[i].piece_of);
-    free(l->ranges[i].data_off);
-  }
   free(l->ranges);
+  free(l->segs);
   free(l->pieces);
   free(l->buf);
   free(l->touched);
@@ -703,27 +730,25 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
     memcpy(&r->len, l->blob[0] + 16 * i + 8, 8);
     bad |= r->start % PAGE || r->len % PAGE || r->len == 0 || (i && r->start < l->ranges[i - 1].start + l->ranges[i - 1].len);
     if (bad) break;
-    r->piece_of = malloc(r->len / PAGE * sizeof *r->piece_of);
-    r->data_off = malloc(r->len / PAGE * sizeof *r->data_off);
-    if (!r->piece_of || !r->data_off) bad = 1;
-    else for (uint64_t k = 0; k < r->len / PAGE; k++) r->piece_of[k] = NO_PIECE;
   }
-  // Every stored page lies in a registered range, once.
-  for (size_t p = 0; p < l->npieces && !bad; p++) {
-    uint64_t off = 0;
-    for (uint32_t g = 0; g < l->pieces[p].nseg && !bad; g++) {
-      seg_t *s = &l->pieces[p].seg[g];
-      bad |= s->addr % PAGE || s->len % PAGE;
-      for (uint64_t o = 0; o < s->len && !bad; o += PAGE, off += PAGE) {
-        size_t ri;
-        range_t *r = range_of(l, s->addr + o, &ri);
-        if (!r || r->piece_of[(s->addr + o - r->start) / PAGE] != NO_PIECE) bad = 1;
-        else {
-          r->piece_of[(s->addr + o - r->start) / PAGE] = (int32_t)p;
-          r->data_off[(s->addr + o - r->start) / PAGE] = off;
-        }
-      }
+  // Every stored page lies in a registered range, once: the segments, sorted, each inside
+  // one range and none overlapping the one before.
+  size_t nsegs = 0;
+  for (size_t p = 0; p < l->npieces; p++) nsegs += l->pieces[p].nseg;
+  l->segs = malloc((nsegs ? nsegs : 1) * sizeof *l->segs);
+  if (!l->segs) bad = 1;
+  for (size_t p = 0; p < l->npieces && !bad; p++)
+    for (uint32_t g = 0; g < l->pieces[p].nseg; g++) {
+      seg_t *sg = &l->pieces[p].seg[g];
+      bad |= sg->addr % PAGE || sg->len % PAGE || sg->addr + sg->len < sg->addr;
+      if (sg->len) l->segs[l->nsegs++] = (segref_t){sg->addr, sg->len, (int32_t)p};
     }
+  if (!bad) qsort(l->segs, l->nsegs, sizeof *l->segs, segref_cmp);
+  for (size_t i = 0; i < l->nsegs && !bad; i++) {
+    segref_t *g = &l->segs[i];
+    size_t ri;
+    range_t *r = range_of(l, g->addr, &ri);
+    bad |= !r || g->addr + g->len > r->start + r->len || (i && g->addr < l->segs[i - 1].addr + l->segs[i - 1].len);
   }
   if (bad) {
     lazy_destroy(&l->task);

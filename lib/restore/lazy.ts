@@ -52,17 +52,52 @@ export interface LazyOutcome {
   prefetched: number
 }
 
+/** The pieces of `vmas`, their extents asked for all at once (an image's are checked with a stat each). */
 async function piecesOf(vmas: Vma[]): Promise<Piece[]> {
-  const pieces: Piece[] = []
+  const pending: Array<Promise<Piece>> = []
   for (const v of vmas) {
     const runs = v.stored.map((r) => ({ start: v.start + r.offset, length: r.length }))
     for (let at = 0, i = 0; at < v.pages.size; at += CRC_PIECE, i++) {
       const length = Math.min(CRC_PIECE, v.pages.size - at)
-      const sources = (await v.pages.extents!(at, length)).map((e) => ({ file: e.file, at: e.at, length: e.length }))
-      pieces.push({ v, at, length, crc: v.pages.crc32c![i], segments: rangesOf(runs, at, length), sources })
+      const crc = v.pages.crc32c![i]
+      const segments = rangesOf(runs, at, length)
+      pending.push(v.pages.extents!(at, length).then((extents) => ({ v, at, length, crc, segments, sources: extents.map((e) => ({ file: e.file, at: e.at, length: e.length })) })))
     }
   }
-  return pieces
+  return Promise.all(pending)
+}
+
+/**
+ * The pieces as lazyFill reads them (addon/src/uffd.c, parse_pieces): per piece u32 crc, u32
+ * segments, u32 sources, u32 0, then per segment u64 address and length, per source i64 fd,
+ * u64 offset and length. Written as pairs of u32 (every value is below 2^53): no BigInt per
+ * field, the encoding of a 1 GiB mapping's 1,024 pieces stays well under a millisecond.
+ */
+function encodePieces(pieces: Piece[], fds: Map<string, number>): Buffer {
+  let size = 0
+  for (const p of pieces) size += 16 + 16 * p.segments.length + 24 * p.sources.length
+  const words = new Uint32Array(size / 4)
+  let w = 0
+  const u64 = (n: number) => {
+    words[w++] = n >>> 0
+    words[w++] = Math.floor(n / 0x1_0000_0000)
+  }
+  for (const p of pieces) {
+    words[w++] = p.crc >>> 0
+    words[w++] = p.segments.length
+    words[w++] = p.sources.length
+    words[w++] = 0
+    for (const s of p.segments) {
+      u64(Number(s.start))
+      u64(Number(s.length))
+    }
+    for (const s of p.sources) {
+      u64(fds.get(s.file)!)
+      u64(s.at)
+      u64(s.length)
+    }
+  }
+  return Buffer.from(words.buffer, words.byteOffset, words.byteLength)
 }
 
 /**
@@ -113,23 +148,7 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     ranges.writeBigUInt64LE(v.start, 16 * i)
     ranges.writeBigUInt64LE(v.end - v.start, 16 * i + 8)
   })
-  const blob = Buffer.alloc(pieces.reduce((n, p) => n + 16 + 16 * p.segments.length + 24 * p.sources.length, 0))
-  let o = 0
-  for (const p of pieces) {
-    o = blob.writeUInt32LE(p.crc >>> 0, o)
-    o = blob.writeUInt32LE(p.segments.length, o)
-    o = blob.writeUInt32LE(p.sources.length, o)
-    o = blob.writeUInt32LE(0, o)
-    for (const s of p.segments) {
-      o = blob.writeBigUInt64LE(s.start, o)
-      o = blob.writeBigUInt64LE(s.length, o)
-    }
-    for (const s of p.sources) {
-      o = blob.writeBigInt64LE(BigInt(fds.get(s.file)!), o)
-      o = blob.writeBigUInt64LE(BigInt(s.at), o)
-      o = blob.writeBigUInt64LE(BigInt(s.length), o)
-    }
-  }
+  const blob = encodePieces(pieces, fds)
   const order = Buffer.alloc(4 * pieces.length)
   const byKey = new Map(pieces.map((p, i) => [`${p.v.start}:${p.at}`, i]))
   let n = 0
