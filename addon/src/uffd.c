@@ -44,6 +44,8 @@
 #define NO_ADDR UINT64_MAX
 #define MAX_SPACES 64  // the task and the children it forks during the fill
 #define FAULT_WINDOW (64ull << 10)  // what a fault copies in at least: aligned, a power of two
+#define BG_STEP (256ull << 10)      // the background fill's step: faults are answered between steps
+enum { FOR_FAULTS = 0, FOR_BACKGROUND = 1 };  // the two checked-piece buffers
 
 enum { MISSING = 0, FILLED = 1, GONE = 2 };  // page states
 
@@ -59,7 +61,7 @@ typedef struct { uint64_t start, len; } range_t;
 // Every segment of every piece, sorted by address: which piece holds a page is found by a
 // binary search here. Nothing is kept per page but its state (one byte, calloc()ed and so
 // untouched until used): the set-up before the task runs does no per-page work.
-typedef struct { uint64_t addr, len; int32_t piece; } segref_t;
+typedef struct { uint64_t addr, len, off; int32_t piece; } segref_t;  // off: in the piece's bytes
 // Where saved addresses are now in one process (mremap moves them): [cur, cur+len) holds
 // what was at [orig, orig+len).
 typedef struct { uint64_t cur, len, orig; } move_t;
@@ -70,6 +72,7 @@ typedef struct {
   move_t *moves;
   size_t nmoves, capmoves;
   size_t cursor;    // background: next index into `order`
+  uint64_t part;    // background: next offset in that piece's bytes
 } space_t;
 
 typedef struct {
@@ -85,8 +88,8 @@ typedef struct {
   size_t norder;
   space_t spaces[MAX_SPACES];
   size_t nspaces;
-  uint8_t *buf;           // the bytes of one checked piece
-  int32_t buf_piece;      // which (NO_PIECE: none)
+  uint8_t *buf[2];        // the bytes of a checked piece: one for faults, one for the background
+  int32_t buf_piece[2];   // which (NO_PIECE: none)
   uint8_t *touched;       // per piece: asked for by a fault first
   uint32_t *first;        // pieces in the order of their first fault
   size_t nfirst;
@@ -119,17 +122,17 @@ static range_t *range_of(lazy_t *l, uint64_t orig, size_t *ri) {
   return NULL;
 }
 
-// The piece holding saved address `orig`, or NO_PIECE.
-static int32_t piece_at(lazy_t *l, uint64_t orig) {
+// The segment holding saved address `orig`, or NULL.
+static segref_t *seg_at(lazy_t *l, uint64_t orig) {
   size_t lo = 0, hi = l->nsegs;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
     segref_t *g = &l->segs[mid];
     if (orig < g->addr) hi = mid;
     else if (orig >= g->addr + g->len) lo = mid + 1;
-    else return g->piece;
+    else return g;
   }
-  return NO_PIECE;
+  return NULL;
 }
 
 static uint64_t to_orig(space_t *s, uint64_t cur) {
@@ -226,37 +229,40 @@ static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) {
 
 // ---- reading and checking one piece ----
 
-static int load_piece(lazy_t *l, int32_t p) {
-  if (l->buf_piece == p) return 0;
+// The checked bytes of piece p: from either buffer if one holds it, else read into `slot`'s.
+static const uint8_t *load_piece(lazy_t *l, int32_t p, int slot) {
+  if (l->buf_piece[FOR_FAULTS] == p) return l->buf[FOR_FAULTS];
+  if (l->buf_piece[FOR_BACKGROUND] == p) return l->buf[FOR_BACKGROUND];
+  uint8_t *buf = l->buf[slot];
+  l->buf_piece[slot] = NO_PIECE;
   piece_t *pc = &l->pieces[p];
   uint64_t at = 0;
   for (uint32_t i = 0; i < pc->nsrc; i++) {
     src_t *s = &pc->src[i];
     uint64_t done = 0;
     while (done < s->len) {
-      ssize_t r = pread(s->fd, l->buf + at + done, s->len - done, (off_t)(s->at + done));
+      ssize_t r = pread(s->fd, buf + at + done, s->len - done, (off_t)(s->at + done));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) {
         fail(l, p, "read of %llu bytes at byte %llu: %s", (unsigned long long)s->len, (unsigned long long)s->at, strerror(errno));
-        return -1;
+        return NULL;
       }
       if (r == 0) {
         fail(l, p, "the file ends at byte %llu, %llu bytes short (cut since the restore began)", (unsigned long long)(s->at + done),
              (unsigned long long)(s->len - done));
-        return -1;
+        return NULL;
       }
       done += (uint64_t)r;
     }
     at += s->len;
   }
-  uint32_t crc = ckptfs_crc32c(0, l->buf, pc->len);
+  uint32_t crc = ckptfs_crc32c(0, buf, pc->len);
   if (crc != pc->crc) {
-    l->buf_piece = NO_PIECE;
     fail(l, p, "CRC32C %08x where %08x was saved: the saved copy is damaged (or changed since the restore began)", crc, pc->crc);
-    return -1;
+    return NULL;
   }
-  l->buf_piece = p;
-  return 0;
+  l->buf_piece[slot] = p;
+  return buf;
 }
 
 // ---- filling ----
@@ -287,10 +293,12 @@ static int copy_in(lazy_t *l, space_t *s, uint64_t cur, const uint8_t *from, uin
   return 0;
 }
 
-// Copies in every page of piece p in [lo, hi) (saved addresses) that is still MISSING in
-// space s (and `also`, a faulting page whatever its state: see the fork note in handle_fault).
-static int fill_window(lazy_t *l, space_t *s, int32_t p, uint64_t also, uint64_t lo, uint64_t hi) {
-  if (load_piece(l, p)) return -EIO;
+// Copies in every page of piece p whose bytes lie at [lo, hi) of the piece that is still
+// MISSING in space s (and `also`, a faulting page whatever its state: see the fork note in
+// handle_fault).
+static int fill_window(lazy_t *l, space_t *s, int32_t p, uint64_t also, uint64_t lo, uint64_t hi, int slot) {
+  const uint8_t *buf = load_piece(l, p, slot);
+  if (!buf) return -EIO;
   piece_t *pc = &l->pieces[p];
   uint64_t off = 0;
   for (uint32_t i = 0; i < pc->nseg; i++) {
@@ -300,13 +308,13 @@ static int fill_window(lazy_t *l, space_t *s, int32_t p, uint64_t also, uint64_t
       int take = 0;
       uint64_t orig = g->addr + o;
       uint8_t *st = NULL;
-      if (o < g->len && orig >= lo && orig < hi) {
+      if (o < g->len && off + o >= lo && off + o < hi) {
         st = state_at(l, s, orig);
         take = st && (*st == MISSING || orig == also) && to_cur(s, orig) != NO_ADDR;
       }
       // a run ends where a page is not taken or the current address is not contiguous
       if (run_len && (!take || to_cur(s, orig) != to_cur(s, run_orig) + run_len)) {
-        int r = copy_in(l, s, to_cur(s, run_orig), l->buf + run_off, run_len);
+        int r = copy_in(l, s, to_cur(s, run_orig), buf + run_off, run_len);
         if (r) return r;
         for (uint64_t k = 0; k < run_len; k += PAGE) *state_at(l, s, run_orig + k) = FILLED;
         run_len = 0;
@@ -320,9 +328,6 @@ static int fill_window(lazy_t *l, space_t *s, int32_t p, uint64_t also, uint64_t
   }
   return 0;
 }
-
-// Every page of piece p still MISSING in space s (and `also`).
-static int fill_piece(lazy_t *l, space_t *s, int32_t p, uint64_t also) { return fill_window(l, s, p, also, 0, NO_ADDR); }
 
 static int zero_page(lazy_t *l, space_t *s, uint64_t cur) {
   struct uffdio_zeropage z = {.range = {.start = cur, .len = PAGE}, .mode = 0};
@@ -347,7 +352,8 @@ static int handle_fault(lazy_t *l, space_t *s, uint64_t addr) {
   range_t *r = orig == NO_ADDR ? NULL : range_of(l, orig, &ri);
   if (!r) return zero_page(l, s, cur);  // grown by mremap: never stored
   uint64_t pg = (orig - r->start) / PAGE;
-  int32_t p = piece_at(l, orig);
+  segref_t *g = seg_at(l, orig);
+  int32_t p = g ? g->piece : NO_PIECE;
   uint8_t *st = &s->state[ri][pg];
   if (p == NO_PIECE || *st == GONE) {
     int e = zero_page(l, s, cur);
@@ -361,13 +367,14 @@ static int handle_fault(lazy_t *l, space_t *s, uint64_t addr) {
   // A page FILLED here may still be missing in a child forked while we filled it in the
   // parent (its page tables were copied before our copy): such a fault takes the saved bytes,
   // which is what the child had (the parent had not touched the page before the fork).
-  // The first fault in a piece gets the aligned FAULT_WINDOW around it (the whole piece is
-  // still read and checked first): copying all of a 1 MiB piece would make the task wait
-  // for 256 pages where it asked for one; the background fill brings the rest. A second
-  // fault in the piece just checked (a task walking through it) takes the rest of it.
-  if (l->buf_piece == p) return fill_piece(l, s, p, orig);
-  uint64_t lo = orig & ~(FAULT_WINDOW - 1);
-  return fill_window(l, s, p, orig, lo, lo + FAULT_WINDOW);
+  // The first fault in a piece gets the aligned FAULT_WINDOW of its bytes around the page
+  // (the whole piece is still read and checked first): copying all of a 1 MiB piece would
+  // make the task wait for 256 pages where it asked for one; the background fill brings the
+  // rest. A second fault in the piece last checked for faults (a task walking through it)
+  // takes the rest of it.
+  if (l->buf_piece[FOR_FAULTS] == p) return fill_window(l, s, p, orig, 0, UINT64_MAX, FOR_FAULTS);
+  uint64_t lo = (g->off + (orig - g->addr)) & ~(FAULT_WINDOW - 1);
+  return fill_window(l, s, p, orig, lo, lo + FAULT_WINDOW, FOR_FAULTS);
 }
 
 static int mark_gone(lazy_t *l, space_t *s, uint64_t start, uint64_t end) {
@@ -379,16 +386,25 @@ static int mark_gone(lazy_t *l, space_t *s, uint64_t start, uint64_t end) {
   return 0;
 }
 
+// The offset in piece p's bytes of its first page at or after `from` still MISSING in
+// space s, or NO_ADDR.
+static uint64_t missing_from(lazy_t *l, space_t *s, int32_t p, uint64_t from) {
+  piece_t *pc = &l->pieces[p];
+  uint64_t off = 0;
+  for (uint32_t g = 0; g < pc->nseg; off += pc->seg[g].len, g++) {
+    if (off + pc->seg[g].len <= from) continue;
+    for (uint64_t o = from > off ? from - off : 0; o < pc->seg[g].len; o += PAGE) {
+      uint8_t *st = state_at(l, s, pc->seg[g].addr + o);
+      if (st && *st == MISSING && to_cur(s, pc->seg[g].addr + o) != NO_ADDR) return off + o;
+    }
+  }
+  return NO_ADDR;
+}
+
 // Whether space s still has a stored page missing.
 static int background_left(lazy_t *l, space_t *s) {
-  for (size_t c = s->cursor; c < l->norder; c++) {
-    piece_t *pc = &l->pieces[l->order[c]];
-    for (uint32_t g = 0; g < pc->nseg; g++)
-      for (uint64_t o = 0; o < pc->seg[g].len; o += PAGE) {
-        uint8_t *st = state_at(l, s, pc->seg[g].addr + o);
-        if (st && *st == MISSING && to_cur(s, pc->seg[g].addr + o) != NO_ADDR) return 1;
-      }
-  }
+  for (size_t c = s->cursor; c < l->norder; c++)
+    if (missing_from(l, s, (int32_t)l->order[c], c == s->cursor ? s->part : 0) != NO_ADDR) return 1;
   return 0;
 }
 
@@ -472,18 +488,13 @@ static int background_step(lazy_t *l, size_t *which) {
   for (size_t i = 0; i < l->nspaces; i++) {
     space_t *s = &l->spaces[i];
     while (s->cursor < l->norder) {
-      int32_t p = (int32_t)l->order[s->cursor];
-      piece_t *pc = &l->pieces[p];
-      int missing = 0;
-      for (uint32_t g = 0; g < pc->nseg && !missing; g++)
-        for (uint64_t o = 0; o < pc->seg[g].len && !missing; o += PAGE) {
-          uint8_t *st = state_at(l, s, pc->seg[g].addr + o);
-          missing = st && *st == MISSING && to_cur(s, pc->seg[g].addr + o) != NO_ADDR;
-        }
-      if (!missing) {
+      uint64_t at = missing_from(l, s, (int32_t)l->order[s->cursor], s->part);
+      if (at == NO_ADDR) {
         s->cursor++;
+        s->part = 0;
         continue;
       }
+      s->part = at & ~(BG_STEP - 1);  // the step holding the first missing page
       *which = i;
       return 1;
     }
@@ -528,7 +539,7 @@ static void serve(lazy_t *l) {
       return;
     }
     for (size_t i = l->nspaces; i-- > 0;) {
-      if (n > 0 && !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP))) continue;
+      if (n == 0 || (n > 0 && !(pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))) continue;
       int r = read_messages(l, i);
       if (r == -EIO) return;
       if (r == -ESRCH) drop_space(l, i);
@@ -545,11 +556,12 @@ static void serve(lazy_t *l) {
       return;
     }
     if (which >= l->nspaces) continue;
+    // One step of a piece, then the faults again: a fault waits for BG_STEP at most.
     space_t *s = &l->spaces[which];
-    int r = fill_piece(l, s, (int32_t)l->order[s->cursor], NO_ADDR);
+    int r = fill_window(l, s, (int32_t)l->order[s->cursor], NO_ADDR, s->part, s->part + BG_STEP, FOR_BACKGROUND);
     if (r == -EIO) return;
     if (r == -ESRCH) drop_space(l, which);
-    else if (r == 0) s->cursor++;
+    else if (r == 0) s->part += BG_STEP;
     else if (r != -EAGAIN) {
       fail(l, (int32_t)l->order[s->cursor], "UFFDIO_COPY: %s", strerror(-r));
       return;
@@ -571,7 +583,8 @@ static void lazy_destroy(task_t *t) {
   free(l->ranges);
   free(l->segs);
   free(l->pieces);
-  free(l->buf);
+  free(l->buf[0]);
+  free(l->buf[1]);
   free(l->touched);
   free(l->first);
   for (int i = 0; i < 3; i++) free(l->blob[i]);
@@ -701,7 +714,7 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->task.settle = lazy_settle;
   l->pid = pid;
   l->hold = hold < 0 ? -1 : hold;
-  l->buf_piece = NO_PIECE;
+  l->buf_piece[0] = l->buf_piece[1] = NO_PIECE;
   size_t rlen, plen, olen;
   if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||
       !(l->blob[2] = copy_arg(env, argv[4], "order", &olen))) {
@@ -717,8 +730,9 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->first = calloc(l->npieces ? l->npieces : 1, sizeof *l->first);
   uint64_t maxlen = 0;
   for (size_t i = 0; i < l->npieces; i++) maxlen = l->pieces[i].len > maxlen ? l->pieces[i].len : maxlen;
-  l->buf = malloc(maxlen ? maxlen : 1);
-  if (bad || !l->ranges || !l->touched || !l->first || !l->buf) {
+  l->buf[0] = malloc(maxlen ? maxlen : 1);
+  l->buf[1] = malloc(maxlen ? maxlen : 1);
+  if (bad || !l->ranges || !l->touched || !l->first || !l->buf[0] || !l->buf[1]) {
     lazy_destroy(&l->task);
     throw_errno(env, EINVAL, "lazyFill(pid %d): malformed ranges, pieces or order", pid);
     return NULL;
@@ -737,12 +751,15 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   for (size_t p = 0; p < l->npieces; p++) nsegs += l->pieces[p].nseg;
   l->segs = malloc((nsegs ? nsegs : 1) * sizeof *l->segs);
   if (!l->segs) bad = 1;
-  for (size_t p = 0; p < l->npieces && !bad; p++)
+  for (size_t p = 0; p < l->npieces && !bad; p++) {
+    uint64_t off = 0;
     for (uint32_t g = 0; g < l->pieces[p].nseg; g++) {
       seg_t *sg = &l->pieces[p].seg[g];
       bad |= sg->addr % PAGE || sg->len % PAGE || sg->addr + sg->len < sg->addr;
-      if (sg->len) l->segs[l->nsegs++] = (segref_t){sg->addr, sg->len, (int32_t)p};
+      if (sg->len) l->segs[l->nsegs++] = (segref_t){sg->addr, sg->len, off, (int32_t)p};
+      off += sg->len;
     }
+  }
   if (!bad) qsort(l->segs, l->nsegs, sizeof *l->segs, segref_cmp);
   for (size_t i = 0; i < l->nsegs && !bad; i++) {
     segref_t *g = &l->segs[i];
