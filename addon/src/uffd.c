@@ -529,8 +529,6 @@ static void serve(lazy_t *l) {
       if (serve_held(l) == -EIO) return;
       continue;
     }
-    size_t which = 0;
-    int work = background_step(l, &which);
     struct pollfd pfd[MAX_SPACES];
     for (size_t i = 0; i < l->nspaces; i++) pfd[i] = (struct pollfd){.fd = l->spaces[i].uffd, .events = POLLIN};
     int n = poll(pfd, l->nspaces, 0);
@@ -544,10 +542,13 @@ static void serve(lazy_t *l) {
       if (r == -EIO) return;
       if (r == -ESRCH) drop_space(l, i);
     }
+    // Chosen after the messages: a fork adds a space and an exit drops one (the last moves
+    // into its place), so an index taken before them could name another space.
+    size_t which = 0;
+    int work = background_step(l, &which);
     if (!work) {
       // Nothing missing anywhere: answer what is still queued, then let go (closing the
       // uffds ends every registration: later touches are ordinary faults).
-      if (background_step(l, &which)) continue;
       for (size_t i = l->nspaces; i-- > 0;) {
         if (read_messages(l, i) == -EIO) return;
       }
