@@ -256,7 +256,10 @@ export function firstTouchedRecord(tree: string): { prefetch: Array<{ start: big
 /**
  * Writes the record of this restore's first touches into the saved tree at `tree`, as the
  * user who owns the tree (a child process with its uid and gid: root never writes into a
- * user's files), through a new file renamed into place.
+ * user's files), each file made new by mktemp (O_EXCL, mode 0600) and renamed into place.
+ * The child is a shell, not a second node, whose start-up was most of the time between the
+ * last page and the command's end (writing a record took 224-319 ms with node, 85-233 ms
+ * with the shell, three runs each, 2026-12-07 13:28 UTC, load 12).
  */
 function writeFirstTouched(tree: string, pid: number, touched: Array<{ start: bigint; at: number }>): void {
   const dir = path.join(tree, `task-${pid}`, 'memory')
@@ -264,10 +267,10 @@ function writeFirstTouched(tree: string, pid: number, touched: Array<{ start: bi
   const text = touched.map((p) => `${p.start.toString(16)} ${p.at}\n`).join('')
   // Its check first: a record without one is refused, a check without its record ignored.
   const crcs = crcText(pieceCrcs(Buffer.from(text))).toString('utf8')
-  const script = "const fs = require('fs'); const [dir, name, ...pairs] = process.argv.slice(1);" +
-    " for (let i = 0; i < pairs.length; i += 2) { const tmp = `${dir}/.${pairs[i]}-${process.pid}`;" +
-    " fs.writeFileSync(tmp, pairs[i + 1], { flag: 'wx', mode: 0o600 }); fs.renameSync(tmp, `${dir}/${pairs[i]}`) }"
-  const files = [FIRST_TOUCHED + CRC_SUFFIX, crcs, FIRST_TOUCHED, text]
-  const r = spawnSync(process.execPath, ['-e', script, dir, FIRST_TOUCHED, ...files], { uid: owner.uid, gid: owner.gid, encoding: 'utf8', env: {} })
+  // $1: the directory, $2: the check's text; the record comes on stdin (it may be larger than an argument may be).
+  const script = `set -e; umask 077
+t=$(mktemp -p "$1" .${FIRST_TOUCHED}${CRC_SUFFIX}-XXXXXX); printf '%s' "$2" > "$t"; mv -fT -- "$t" "$1/${FIRST_TOUCHED}${CRC_SUFFIX}"
+t=$(mktemp -p "$1" .${FIRST_TOUCHED}-XXXXXX); cat > "$t"; mv -fT -- "$t" "$1/${FIRST_TOUCHED}"`
+  const r = spawnSync('/bin/sh', ['-c', script, 'ckptfs-first-touched', dir, crcs], { uid: owner.uid, gid: owner.gid, input: text, encoding: 'utf8', env: { PATH: '/usr/bin:/bin' } })
   if (r.status !== 0) throw new CkptError(`${path.join(dir, FIRST_TOUCHED)}: could not be written: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}`)
 }
