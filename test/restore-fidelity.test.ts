@@ -110,13 +110,14 @@ t.test('an AIO ring holding a completed event not read yet is refused', async (t
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('two open file descriptions of one unlinked file, its names all removed, come back as one file (zdtm unlink_fstat02)', async (t) => {
+t.test('two open file descriptions of one unlinked file, its names all removed, come back as one file (zdtm unlink_fstat02); files made with O_TMPFILE come back (zdtm fd01)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['unlinked-links'])
   const refs = [3, 4].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
   t.not(refs[0], refs[1], 'two open file descriptions')
   for (const ref of refs) t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'unlinked'), 'utf8'), '1\n', `files/${ref} is unlinked`)
   expectChecks(t, await runChecks(target), [
     'unlinked: both descriptions are one file', 'unlinked: size, no name, mode', 'unlinked: access modes', 'unlinked: a write through one is read through the other',
+    'unlinked: a tmpfile(3) file keeps its flags (O_TMPFILE) and contents', 'unlinked: a file made with O_TMPFILE and linked in is reopened by its name',
   ])
   t.equal(fs.readdirSync(path.dirname(saved)).filter((name) => name.startsWith('twice')).length, 0, 'no name was made for it')
 })
