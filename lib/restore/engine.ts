@@ -42,7 +42,7 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
 const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
-const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
+const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1
 const MADVISE_BY_FLAG: Record<string, number> = {
   rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
   hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
@@ -85,6 +85,12 @@ export interface RestoreOptions {
   prefetch?: Array<{ start: bigint; at: number }>
   /** A process of a tree: its MAP_SHARED anonymous mappings that map what a process rebuilt before maps (pstree.ts). */
   sharedFrom?: Map<Vma, SharedSource>
+  /**
+   * A process of a tree other than its root: its parent is restored with it, so its
+   * parent-death signal is set again. The root's parent is the restore's keeper, whose exit
+   * would send it: the root's is not.
+   */
+  parentRestored?: boolean
 }
 
 /** The mapping of a process already rebuilt whose shmem object another process maps too. */
@@ -168,8 +174,11 @@ export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, 
   await restoreProcessState(pid, proc, layout)
   await restoreLocks(pid, saved, layout)
   timer.mark('process state')
-  await restoreThreads(pid, proc, threads, layout)
+  await restoreThreads(pid, proc, threads, layout, options.parentRestored === true)
   timer.mark('threads')
+  // Queued last, while every thread is still held: the stop happens when the task is let go,
+  // as a real one (its parent's waitpid(WUNTRACED) sees it; a SIGCONT resumes it).
+  if (proc.stopSignal !== 0) process.kill(pid, proc.stopSignal)
 }
 
 function refuseUnsupported(saved: SavedCheckpoint): void {
@@ -991,9 +1000,10 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
  * Credentials, the capability sets and no_new_privs belong to each thread: they are set in
  * every thread once all exist (creating a thread with a chosen TID takes privileges the saved
  * credentials may not hold), with the process's saved values. Changing ids makes the task
- * non-dumpable: the saved dumpable flag goes last.
+ * non-dumpable and clears the parent-death signal: the saved dumpable flag and that signal
+ * go last.
  */
-async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
+async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   for (const thread of [...threads.slice(1), threads[0]]) {
     const scratch = new Scratch()
     const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
@@ -1001,7 +1011,11 @@ async function restoreCredentials(pid: number, proc: ProcessState, threads: Thre
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
     await inject(thread.tid, layout, calls, scratch.buffer())
   }
-  await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }])
+  const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
+  if (parentRestored && proc.pdeathSignal !== 0) {
+    last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
+  }
+  await inject(pid, layout, last)
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
@@ -1072,10 +1086,10 @@ async function requeue(pid: number, tid: number, records: Buffer, layout: Layout
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // VM FS FILES SIGHAND THREAD SYSVSEM
 
 /** The threads exist already (created right after the stub, stopped): their state, then the process's. */
-async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
+async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
   await restorePosixTimers(pid, proc, layout)
-  await restoreCredentials(pid, proc, threads, layout)
+  await restoreCredentials(pid, proc, threads, layout, parentRestored)
   // The restorer's page goes away through the vdso's own syscall, now at its saved place.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
   for (const thread of threads) await restoreRegisters(thread, proc)
