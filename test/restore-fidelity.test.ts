@@ -203,6 +203,27 @@ t.test('a real interval timer that fired while the task was frozen keeps ticking
   expectChecks(t, await runChecks(target), ['itimer: ITIMER_REAL ticks after the restore', 'itimer: its interval'])
 })
 
+/** The state letter of /proc/PID/stat (T: stopped). */
+const stateOf = (pid: number): string => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+}
+
+t.test('a process stopped by SIGSTOP comes back stopped, and SIGCONT resumes it (zdtm stopped)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'stopped'], { dir, ready: (tg) => /^stopping pid=\d+$/m.test(tg.text()) })
+  await waitUntil('the fixture to stop itself', () => stateOf(target.pid) === 'T')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'stop_signal'), 'utf8'), '19\n', 'task-PID/stop_signal: SIGSTOP')
+  restoreOk(mnt, saved, target.pid)
+  // Let go with SIGSTOP queued: it stops as soon as it runs (a process left running never does).
+  await waitUntil('the restored process to stop', () => stateOf(target.pid) === 'T')
+  t.equal(stateOf(target.pid), 'T', 'it is stopped (T)')
+  process.kill(target.pid, 'SIGCONT')
+  expectChecks(t, await runChecks(target), ['stopped: resumed by SIGCONT'])
+})
+
 t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, holes kept, without passing through memory whole (zdtm unlink_largefile)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['big-unlinked'])
   const files = path.join(saved, `task-${target.pid}`, 'fds')
