@@ -141,6 +141,11 @@ export interface FileAccess {
   sameBoot: boolean
   /** The user said saved files may have been replaced on purpose: the identity check is skipped (never the credential check). */
   allowReplaced: boolean
+  /**
+   * Root alone stored the checkpoint (lib/restore/owner.ts): a file the task mapped but could
+   * not open itself (it dropped its ids since) is opened by the restorer, if it is the saved file.
+   */
+  storedByRoot?: boolean
 }
 
 const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2, PLAN_TREE_COMMANDS = 4
