@@ -9,6 +9,7 @@ import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, reseal, restoreCli, restoreOk, runChecks, waitUntil, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
+import { attacker } from './lib/unprivileged'
 
 const mnt = mountFor(t)
 const bin = buildTarget('restore_fidelity')
@@ -222,6 +223,26 @@ t.test('a process stopped by SIGSTOP comes back stopped, and SIGCONT resumes it 
   t.equal(stateOf(target.pid), 'T', 'it is stopped (T)')
   process.kill(target.pid, 'SIGCONT')
   expectChecks(t, await runChecks(target), ['stopped: resumed by SIGCONT'])
+})
+
+t.test('a file, a mapping and a cwd the process can no longer open (it dropped its ids) come back when root stored the checkpoint, not when a user did (zdtm pid00)', async (t) => {
+  const user = attacker()
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'dropped-ids', String(user.uid), String(user.gid)], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  // Stored by the user it runs as, the restorer must not open for it what it cannot open itself.
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'a copy the user owns: refused')
+  // Its stdout, the test's log (root's, 0644), is the first file it can no longer open.
+  t.match(r.stderr, new RegExp(`fd 1 \\(files/\\d+\\): open ${dir}/out: Permission denied`), 'names the file')
+  t.notOk(exists(target.pid), 'no process is left')
+  execFileSync('chown', ['-R', '0:0', saved])
+  restoreOk(mnt, saved, target.pid)
+  expectChecks(t, await runChecks(target), [
+    'dropped ids: the mapping of a file it can no longer open', 'dropped ids: the cwd it can no longer enter', 'dropped ids: its ids', 'dropped ids: it still cannot open the file',
+  ])
 })
 
 t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, holes kept, without passing through memory whole (zdtm unlink_largefile)', async (t) => {

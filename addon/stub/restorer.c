@@ -354,6 +354,7 @@ static void open_pipe_extras(const int p[2], int *object_fd, uint32_t objects, c
 #define PLAN_SAME_BOOT 1u
 #define PLAN_ALLOW_REPLACED 2u
 #define PLAN_TREE_COMMANDS 4u  // a task of a tree: serve the server's commands (tree.c) before closing
+#define PLAN_STORED_BY_ROOT 8u  // root alone stored the checkpoint (lib/restore/owner.ts)
 static uint32_t plan_flags;
 
 struct creds {
@@ -715,12 +716,42 @@ static void add_epoll_items(int *object_fd, uint32_t objects) {
 // which only an open by path needs (settle sets it for the others).
 #define UNUSED __attribute__((unused))
 
+// A task may hold a file it can no longer open itself: it opened it before it changed its ids
+// (a daemon's log, zdtm pid00). Opened as the task, that fails with EACCES. The restorer opens
+// it in the task's place only when that gives the task nothing it did not have: root alone
+// stored the checkpoint (a user's could name any file), it was made on this boot and files may
+// not have been replaced, and the path names a regular file that is the saved one (type,
+// owner, mode, device, inode, birth time): looked up with O_PATH (opening nothing), checked,
+// and only then opened, through /proc/self/fd. Anything else fails as the task's open did.
+static int open_path_or_saved(const char *path, int flags, int cloexec, const struct identity *saved, const char *what) {
+  if (flags & REFUSED_FLAGS) fail("%s: open flags 0%o include O_CREAT, O_EXCL, O_TRUNC or O_NOCTTY", what, flags);
+  if (flags & TMPFILE_BIT) flags &= ~(TMPFILE_BIT | O_DIRECTORY);
+  int fd = open(path, (flags & ~O_CLOEXEC) | (cloexec ? O_CLOEXEC : 0));
+  if (fd >= 0) return fd;
+  int e = errno;
+  int trusted = (plan_flags & PLAN_STORED_BY_ROOT) && (plan_flags & PLAN_SAME_BOOT) && !(plan_flags & PLAN_ALLOW_REPLACED);
+  if ((e != EACCES && e != EPERM) || !trusted || (saved->mode & S_IFMT) != S_IFREG) fail("%s: open %s: %s", what, path, strerror(e));
+  become_restorer();
+  int found = open(path, O_PATH | O_CLOEXEC);
+  if (found < 0) fail("%s: open %s: %s (as the task); look it up as the restorer: %s", what, path, strerror(e), strerror(errno));
+  // /proc's inode numbers say nothing of identity (on_procfs): never there.
+  if (on_procfs(found, path, what)) fail("%s: open %s: %s (as the task), and a file of /proc is not opened in its place", what, path, strerror(e));
+  check_identity(found, saved, path, what);
+  char self[64];
+  snprintf(self, sizeof self, "/proc/self/fd/%d", found);
+  fd = open(self, (flags & ~O_CLOEXEC) | (cloexec ? O_CLOEXEC : 0));
+  if (fd < 0) fail("%s: open %s: %s (as the task); as the restorer: %s", what, path, strerror(e), strerror(errno));
+  close(found);
+  become_task();
+  return fd;
+}
+
 static void open_path_object(uint32_t id, int cloexec, const char *what) {
   int flags = i32("flags");
   uint64_t pos = u64("pos");
   char *path = string("path");
   struct identity saved = read_identity();
-  int fd = open_path(path, flags, cloexec, what);
+  int fd = open_path_or_saved(path, flags, cloexec, &saved, what);
   check_identity(fd, &saved, path, what);
   fd = settle(fd, id, cloexec, what);
   seek_to(fd, pos, what);
