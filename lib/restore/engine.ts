@@ -842,8 +842,8 @@ interface RefusedOpen {
  * through /proc/self/fd. Anything else fails as the task's open did.
  */
 async function openRefused(pid: number, proc: ProcessState, layout: Layout, access: FileAccess, open: RefusedOpen): Promise<bigint> {
+  if (open.errno !== EACCES && open.errno !== EPERM) throw new CkptError(`restore: ${open.what}: ${errnoText(open.errno)}`)
   const asTaskFailed = `restore: ${open.what} as the task (fsuid ${proc.creds.fsuid}, fsgid ${proc.creds.fsgid}): ${errnoText(open.errno)}`
-  if (open.errno !== EACCES && open.errno !== EPERM) throw new CkptError(asTaskFailed)
   if (!access.storedByRoot || !access.sameBoot || access.allowReplaced || open.mapped.length === 0) {
     const why = !access.storedByRoot ? 'the checkpoint is not stored by root alone'
       : !access.sameBoot ? 'the checkpoint was made on another boot, so the file cannot be known to be the one mapped'
@@ -1032,8 +1032,8 @@ async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout
  * none is a symbolic link. Anything else fails as the task's chdir did.
  */
 async function enterRefusedCwd(pid: number, proc: ProcessState, layout: Layout, access: FileAccess, errno: number): Promise<void> {
+  if (errno !== EACCES && errno !== EPERM) throw new CkptError(`restore: chdir ${proc.cwd}: ${errnoText(errno)}`)
   const failed = `restore: chdir ${proc.cwd} as the task (fsuid ${proc.creds.fsuid}, fsgid ${proc.creds.fsgid}): ${errnoText(errno)}`
-  if (errno !== EACCES && errno !== EPERM) throw new CkptError(failed)
   if (!access.storedByRoot) throw new CkptError(`${failed}; the restorer does not enter it in the task's place: the checkpoint is not stored by root alone`, 'EACCES')
   const unsafe = pathOnlyRootControls(proc.cwd)
   if (unsafe) throw new CkptError(`${failed}; the restorer does not enter it in the task's place: ${unsafe}`, 'EACCES')
