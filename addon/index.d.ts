@@ -17,7 +17,7 @@ export interface NativeError extends Error {
 /** What a stopped thread showed when it was frozen. */
 export interface FrozenThread {
   tid: number
-  /** The raw wait status of the ptrace stop (for diagnostics). */
+  /** The raw wait status of the ptrace stop (a group stop's shows its stop signal). */
   status: number
 }
 

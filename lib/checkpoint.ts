@@ -98,10 +98,10 @@ export class Checkpoint {
     const copy = mode === 'copy'
     // One files/ for the whole tree: a description several tasks hold is captured once.
     const tableOf = taskFileTables(lazy(() => captureTreeFiles(frozenPids, { copy })))
-    const tasks = frozen.live.map(({ pid: taskPid, tids }): TaskImage => ({
+    const tasks = frozen.live.map(({ pid: taskPid, tids, stopSignal }): TaskImage => ({
       pid: taskPid,
       tids,
-      process: lazy(() => captureProcess(taskPid, tids)),
+      process: lazy(() => captureProcess(taskPid, tids, stopSignal)),
       threads: lazy(() => captureThreads(taskPid, tids)),
       // The arena was sized for the root's pages; the others get buffers of their own.
       vmas: lazy(() => captureVmas(taskPid, mode, taskPid === pid ? arena : undefined)),

@@ -434,6 +434,16 @@ export interface ProcessState {
    * 3 disabled except in mappings advised MADV_HUGEPAGE (PR_THP_DISABLE_EXCEPT_ADVISED).
    */
   thpDisable: number
+  /**
+   * prctl(PR_GET_PDEATHSIG) of the main thread: the signal it gets when its parent dies (0:
+   * none). Set again where the parent is restored with it (a process of the tree, not its root).
+   */
+  pdeathSignal: number
+  /**
+   * The stop signal of a process that was in a group stop at the checkpoint (SIGSTOP, SIGTSTP,
+   * SIGTTIN or SIGTTOU), sent again so it comes back stopped; 0 if it was not stopped.
+   */
+  stopSignal: number
   /** 0 disabled, 1 strict, 2 filter. */
   seccompMode: number
   creds: Credentials

@@ -18,6 +18,7 @@ import { CkptError, errnoOf, messageOf } from './errors'
 import { asPid, asTid, type Pid, type Tid, type ZombieTask } from './model'
 import { native } from './native'
 import { StatFields, STAT } from './task/procfs'
+import { STOP_SIGNALS } from './task/process'
 
 /** proc(5): the exit status a zombie's parent would get from waitpid. */
 const STAT_EXIT_CODE = 52
@@ -26,6 +27,8 @@ const STAT_EXIT_CODE = 52
 export interface FrozenTask {
   pid: Pid
   tids: Tid[]
+  /** The stop signal if the process was in a group stop when it was frozen (0: it ran). */
+  stopSignal: number
 }
 
 export interface FrozenTree {
@@ -109,6 +112,7 @@ function treeOrder(root: Pid, parentOf: Map<number, number>): number[] {
  */
 export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string> = new Map()): Promise<FrozenTree> {
   const frozen = new Map<number, Tid[]>()
+  const stopped = new Map<number, number>()
   const zombies = new Map<number, ZombieTask>()
   const parentOf = new Map<number, number>()
   const left = new Map<number, string>()
@@ -126,7 +130,10 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
     const results = await native.freezeMany(pids)
     let failure: unknown
     for (const r of results) {
-      if (r.threads) frozen.set(r.pid, r.threads.map((t) => asTid(t.tid)))
+      if (r.threads) {
+        frozen.set(r.pid, r.threads.map((t) => asTid(t.tid)))
+        stopped.set(r.pid, stopSignalOf(r.pid, r.threads))
+      }
       else {
         try {
           notFrozen(r.pid, r.error)
@@ -142,6 +149,7 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
     try {
       const threads = await native.freeze(root)
       frozen.set(root, threads.map((t) => asTid(t.tid)))
+      stopped.set(root, stopSignalOf(root, threads))
     } catch (err) {
       if (readZombie(root)) throw new CkptError(`process ${root} has exited (a zombie): there is nothing to checkpoint`, 'ESRCH')
       throw err
@@ -178,10 +186,25 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
   const order = treeOrder(root, parentOf)
   return {
     root,
-    live: order.filter((pid) => frozen.has(pid)).map((pid) => ({ pid: asPid(pid), tids: frozen.get(pid)! })),
+    live: order.filter((pid) => frozen.has(pid)).map((pid) => ({ pid: asPid(pid), tids: frozen.get(pid)!, stopSignal: stopped.get(pid) ?? 0 })),
     zombies: order.filter((pid) => zombies.has(pid)).map((pid) => zombies.get(pid)!),
     left: [...left].map(([pid, why]) => ({ pid: asPid(pid), why })),
   }
+}
+
+const PTRACE_EVENT_STOP = 128
+const SIGTRAP = 5
+
+/**
+ * The stop signal of a process frozen in a group stop: the ptrace stop freeze collected from
+ * its main thread (or its first) is that group stop (PTRACE_EVENT_STOP with the stop signal)
+ * rather than the interrupt's (with SIGTRAP). 0: it was running.
+ */
+function stopSignalOf(pid: number, threads: Array<{ tid: number; status: number }>): number {
+  const main = threads.find((t) => t.tid === pid) ?? threads[0]
+  if (!main || (main.status & 0xff) !== 0x7f || main.status >>> 16 !== PTRACE_EVENT_STOP) return 0
+  const signal = (main.status >> 8) & 0xff
+  return signal !== SIGTRAP && STOP_SIGNALS.includes(signal) ? signal : 0
 }
 
 /**

@@ -9,6 +9,7 @@ import t, { type Test } from 'tap'
 import { ckptfsOk, mountFor } from './lib/mount'
 import { checkpointSaveKill, collectChecks, exists, launch, launchSaveRestore, reseal, restoreCli, restoreOk, runChecks, waitUntil, workdir, type Checks } from './lib/restore'
 import { buildTarget } from './lib/targets'
+import { attacker } from './lib/unprivileged'
 
 const mnt = mountFor(t)
 const bin = buildTarget('restore_fidelity')
@@ -110,13 +111,14 @@ t.test('an AIO ring holding a completed event not read yet is refused', async (t
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('two open file descriptions of one unlinked file, its names all removed, come back as one file (zdtm unlink_fstat02)', async (t) => {
+t.test('two open file descriptions of one unlinked file, its names all removed, come back as one file (zdtm unlink_fstat02); files made with O_TMPFILE come back (zdtm fd01)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['unlinked-links'])
   const refs = [3, 4].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
   t.not(refs[0], refs[1], 'two open file descriptions')
   for (const ref of refs) t.equal(fs.readFileSync(path.join(saved, 'files', ref, 'unlinked'), 'utf8'), '1\n', `files/${ref} is unlinked`)
   expectChecks(t, await runChecks(target), [
     'unlinked: both descriptions are one file', 'unlinked: size, no name, mode', 'unlinked: access modes', 'unlinked: a write through one is read through the other',
+    'unlinked: a tmpfile(3) file keeps its flags (O_TMPFILE) and contents', 'unlinked: a file made with O_TMPFILE and linked in is reopened by its name',
   ])
   t.equal(fs.readdirSync(path.dirname(saved)).filter((name) => name.startsWith('twice')).length, 0, 'no name was made for it')
 })
@@ -200,6 +202,47 @@ t.test('a real interval timer that fired while the task was frozen keeps ticking
   t.equal(fs.readFileSync(path.join(timer, 'interval_us'), 'utf8'), '20000\n', 'saved: its interval')
   restoreOk(mnt, saved, target.pid)
   expectChecks(t, await runChecks(target), ['itimer: ITIMER_REAL ticks after the restore', 'itimer: its interval'])
+})
+
+/** The state letter of /proc/PID/stat (T: stopped). */
+const stateOf = (pid: number): string => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+}
+
+t.test('a process stopped by SIGSTOP comes back stopped, and SIGCONT resumes it (zdtm stopped)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'stopped'], { dir, ready: (tg) => /^stopping pid=\d+$/m.test(tg.text()) })
+  await waitUntil('the fixture to stop itself', () => stateOf(target.pid) === 'T')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'stop_signal'), 'utf8'), '19\n', 'task-PID/stop_signal: SIGSTOP')
+  restoreOk(mnt, saved, target.pid)
+  // Let go with SIGSTOP queued: it stops as soon as it runs (a process left running never does).
+  await waitUntil('the restored process to stop', () => stateOf(target.pid) === 'T')
+  t.equal(stateOf(target.pid), 'T', 'it is stopped (T)')
+  process.kill(target.pid, 'SIGCONT')
+  expectChecks(t, await runChecks(target), ['stopped: resumed by SIGCONT'])
+})
+
+t.test('a file, a mapping and a cwd the process can no longer open (it dropped its ids) come back when root stored the checkpoint, not when a user did (zdtm pid00)', async (t) => {
+  const user = attacker()
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'dropped-ids', String(user.uid), String(user.gid)], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  // Stored by the user it runs as, the restorer must not open for it what it cannot open itself.
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, 'a copy the user owns: refused')
+  // Its stdout, the test's log (root's, 0644), is the first file it can no longer open.
+  t.match(r.stderr, new RegExp(`fd 1 \\(files/\\d+\\): open ${dir}/out: Permission denied`), 'names the file')
+  t.notOk(exists(target.pid), 'no process is left')
+  execFileSync('chown', ['-R', '0:0', saved])
+  restoreOk(mnt, saved, target.pid)
+  expectChecks(t, await runChecks(target), [
+    'dropped ids: the mapping of a file it can no longer open', 'dropped ids: the cwd it can no longer enter', 'dropped ids: its ids', 'dropped ids: it still cannot open the file',
+  ])
 })
 
 t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, holes kept, without passing through memory whole (zdtm unlink_largefile)', async (t) => {

@@ -105,15 +105,16 @@ function checkLinks(t: Test, pids: TreePids): void {
   t.same([z.state, z.ppid], ['Z', pids.p], 'Z is a zombie of P')
 }
 
-t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the zombie, the pipe and the shared page', async (t) => {
+t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the zombie, the pipe, the shared page and a parent-death signal', async (t) => {
   const { target, pids } = await startTree(t)
   const { saved } = await saveAndKill(target, pids)
   const r = ckptfs('restore', saved, '--mount', mnt)
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
   checkLinks(t, pids)
+  t.equal(fs.readFileSync(path.join(saved, `task-${pids.g}`, 'pdeath_signal'), 'utf8'), '28\n', "G's parent-death signal (SIGWINCH) is saved")
   const said = await verdict(target, pids)
-  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself (G checks its parent-death signal, zdtm pdeath_sig)')
   t.ok(said.includes('PASS'), 'and says PASS')
 })
 

@@ -52,6 +52,8 @@
 #include "tree.h"
 
 #define REFUSED_FLAGS (O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
+// The bit O_TMPFILE adds to O_DIRECTORY (the kernel's __O_TMPFILE).
+#define TMPFILE_BIT 020000000
 
 static int reply_fd = -1;
 static int work_base;        // first fd number of the stub's working area
@@ -318,6 +320,9 @@ static void set_status_flags(int fd, int flags, const char *what) {
 // not the file's: it comes from the fd table). Returns the new fd, wherever it landed.
 static int open_path(const char *path, int flags, int cloexec, const char *what) {
   if (flags & REFUSED_FLAGS) fail("%s: open flags 0%o include O_CREAT, O_EXCL, O_TRUNC or O_NOCTTY", what, flags);
+  // A file made with O_TMPFILE keeps both of its bits in its flags (F_GETFL shows them); opened
+  // by a path with them, the open would make a new file in a directory, or fail (ENOTDIR).
+  if (flags & TMPFILE_BIT) flags &= ~(TMPFILE_BIT | O_DIRECTORY);
   int fd = open(path, (flags & ~O_CLOEXEC) | (cloexec ? O_CLOEXEC : 0));
   if (fd < 0) fail("%s: open %s: %s", what, path, strerror(errno));
   return fd;
@@ -349,6 +354,7 @@ static void open_pipe_extras(const int p[2], int *object_fd, uint32_t objects, c
 #define PLAN_SAME_BOOT 1u
 #define PLAN_ALLOW_REPLACED 2u
 #define PLAN_TREE_COMMANDS 4u  // a task of a tree: serve the server's commands (tree.c) before closing
+#define PLAN_STORED_BY_ROOT 8u  // root alone stored the checkpoint (lib/restore/owner.ts)
 static uint32_t plan_flags;
 
 struct creds {
@@ -483,20 +489,30 @@ static int open_unlinked(const char *path, int flags, int cloexec, mode_t mode, 
   const char *slash = strrchr(path, '/');
   if (!slash) fail("%s: %s is not an absolute path", what, path);
   snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
-  int tmp = open(dir, O_TMPFILE | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  // A description the task made with O_TMPFILE (tmpfile(3)) is the unnamed file itself, made
+  // with its access mode (O_TMPFILE needs write access), so its flags are the saved ones.
+  int made_so = (flags & TMPFILE_BIT) && (flags & O_ACCMODE) != O_RDONLY;
+  int tmp = open(dir, O_TMPFILE | O_EXCL | (made_so ? flags & O_ACCMODE : O_RDWR) | O_CLOEXEC, 0600);
   if (tmp < 0) fail("%s: recreate %s as an unnamed file in %s: %s", what, path, dir, strerror(errno));
   tmp = to_work(tmp, what);
   write_sparse(tmp, data, len, what);
-  char self[64];
-  snprintf(self, sizeof self, "/proc/self/fd/%d", tmp);
-  int reopened = open_path(self, flags, cloexec, what);
+  int reopened = tmp;
+  if (made_so) {
+    // Status flags after the contents (a write with O_APPEND would go to the end).
+    set_status_flags(tmp, flags, what);
+    if (fcntl(tmp, F_SETFD, cloexec ? FD_CLOEXEC : 0) < 0) fail("%s: F_SETFD: %s", what, strerror(errno));
+  } else {
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", tmp);
+    reopened = open_path(self, flags, cloexec, what);
+  }
   struct stat made;
   if (fstat(tmp, &made) < 0) fail("%s: fstat the recreated %s: %s", what, path, strerror(errno));
   if ((made.st_uid != uid || made.st_gid != gid) && fchown(tmp, uid, gid) < 0) {
     fail("%s: give the recreated %s its saved owner %u:%u: %s", what, path, (unsigned)uid, (unsigned)gid, strerror(errno));
   }
   if (fchmod(tmp, mode & 07777) < 0) fail("%s: give the recreated %s its saved mode 0%o: %s", what, path, mode & 07777, strerror(errno));
-  close(tmp);
+  if (reopened != tmp) close(tmp);
   return reopened;
 }
 
@@ -700,12 +716,42 @@ static void add_epoll_items(int *object_fd, uint32_t objects) {
 // which only an open by path needs (settle sets it for the others).
 #define UNUSED __attribute__((unused))
 
+// A task may hold a file it can no longer open itself: it opened it before it changed its ids
+// (a daemon's log, zdtm pid00). Opened as the task, that fails with EACCES. The restorer opens
+// it in the task's place only when that gives the task nothing it did not have: root alone
+// stored the checkpoint (a user's could name any file), it was made on this boot and files may
+// not have been replaced, and the path names a regular file that is the saved one (type,
+// owner, mode, device, inode, birth time): looked up with O_PATH (opening nothing), checked,
+// and only then opened, through /proc/self/fd. Anything else fails as the task's open did.
+static int open_path_or_saved(const char *path, int flags, int cloexec, const struct identity *saved, const char *what) {
+  if (flags & REFUSED_FLAGS) fail("%s: open flags 0%o include O_CREAT, O_EXCL, O_TRUNC or O_NOCTTY", what, flags);
+  if (flags & TMPFILE_BIT) flags &= ~(TMPFILE_BIT | O_DIRECTORY);
+  int fd = open(path, (flags & ~O_CLOEXEC) | (cloexec ? O_CLOEXEC : 0));
+  if (fd >= 0) return fd;
+  int e = errno;
+  int trusted = (plan_flags & PLAN_STORED_BY_ROOT) && (plan_flags & PLAN_SAME_BOOT) && !(plan_flags & PLAN_ALLOW_REPLACED);
+  if ((e != EACCES && e != EPERM) || !trusted || (saved->mode & S_IFMT) != S_IFREG) fail("%s: open %s: %s", what, path, strerror(e));
+  become_restorer();
+  int found = open(path, O_PATH | O_CLOEXEC);
+  if (found < 0) fail("%s: open %s: %s (as the task); look it up as the restorer: %s", what, path, strerror(e), strerror(errno));
+  // /proc's inode numbers say nothing of identity (on_procfs): never there.
+  if (on_procfs(found, path, what)) fail("%s: open %s: %s (as the task), and a file of /proc is not opened in its place", what, path, strerror(e));
+  check_identity(found, saved, path, what);
+  char self[64];
+  snprintf(self, sizeof self, "/proc/self/fd/%d", found);
+  fd = open(self, (flags & ~O_CLOEXEC) | (cloexec ? O_CLOEXEC : 0));
+  if (fd < 0) fail("%s: open %s: %s (as the task); as the restorer: %s", what, path, strerror(e), strerror(errno));
+  close(found);
+  become_task();
+  return fd;
+}
+
 static void open_path_object(uint32_t id, int cloexec, const char *what) {
   int flags = i32("flags");
   uint64_t pos = u64("pos");
   char *path = string("path");
   struct identity saved = read_identity();
-  int fd = open_path(path, flags, cloexec, what);
+  int fd = open_path_or_saved(path, flags, cloexec, &saved, what);
   check_identity(fd, &saved, path, what);
   fd = settle(fd, id, cloexec, what);
   seek_to(fd, pos, what);

@@ -18,6 +18,7 @@ import { isMessage, type FieldValue, type Message } from './codec'
 import { FORMAT_MAJOR, MAGIC, PAGE_SIZE } from './schema'
 import { BOOT_ID } from '../boot'
 import { NGROUPS_MAX, NSIG, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
+import { STOP_SIGNALS } from '../task/process'
 
 /** x86-64 struct user_regs_struct, and the words of it that ThreadState repeats. */
 const USER_REGS_SIZE = 216
@@ -200,6 +201,8 @@ export function processFrom(f: Fields): ProcessState {
     noNewPrivs: f.bool('noNewPrivs'),
     dumpable: f.num('dumpable', { max: 2 }),
     thpDisable: thpDisableFrom(f),
+    pdeathSignal: f.num('pdeathSignal', { max: 64 }),
+    stopSignal: stopSignalFrom(f),
     seccompMode: f.num('seccompMode', { max: 2 }),
     creds: credentialsFrom(creds),
     rlimits: unique(f.list('rlimits').map(rlimitFrom), (r) => r.resource, (r) => f.fail('rlimits', `resource ${r} is listed twice`)),
@@ -210,6 +213,12 @@ export function processFrom(f: Fields): ProcessState {
     posixTimers: unique(f.list('posixTimers').map(posixTimerFrom), (t) => t.id, (id) => f.fail('posixTimers', `timer ${id} is listed twice`)),
     mm: mmFrom(mm),
   }
+}
+
+function stopSignalFrom(f: Fields): number {
+  const value = f.num('stopSignal', { max: 64 })
+  if (value !== 0 && !STOP_SIGNALS.includes(value)) f.fail('stopSignal', `${value} is not a stop signal (19, 20, 21, 22) or 0`)
+  return value
 }
 
 function thpDisableFrom(f: Fields): number {

@@ -34,7 +34,7 @@ const MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_GROWSDOWN
 const MAP_DROPPABLE = 0x08, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000
 const MLOCK_ONFAULT = 1
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
-const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_DIRECTORY = 0o200000, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000
+const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_DIRECTORY = 0o200000, O_NOFOLLOW = 0o400000, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000
 const AT_FDCWD = -100n
 const MADV_POPULATE_WRITE = 23
 const PR_TIMER_CREATE_RESTORE_IDS = 77
@@ -42,7 +42,7 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
 const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
-const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38
+const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1
 const MADVISE_BY_FLAG: Record<string, number> = {
   rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
   hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
@@ -85,6 +85,14 @@ export interface RestoreOptions {
   prefetch?: Array<{ start: bigint; at: number }>
   /** A process of a tree: its MAP_SHARED anonymous mappings that map what a process rebuilt before maps (pstree.ts). */
   sharedFrom?: Map<Vma, SharedSource>
+  /**
+   * A process of a tree other than its root: its parent is restored with it, so its
+   * parent-death signal is set again. The root's parent is the restore's keeper, whose exit
+   * would send it: the root's is not.
+   */
+  parentRestored?: boolean
+  /** Root alone stored the checkpoint (lib/restore/owner.ts, set by restorePath): see FileAccess.storedByRoot. */
+  storedByRoot?: boolean
 }
 
 /** The mapping of a process already rebuilt whose shmem object another process maps too. */
@@ -145,7 +153,7 @@ export async function checkRestorable(saved: SavedCheckpoint, options: RestoreOp
 }
 
 export function fileAccess(saved: SavedCheckpoint, options: RestoreOptions): FileAccess {
-  return { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true }
+  return { sameBoot: saved.bootId !== undefined && saved.bootId === currentBootId(), allowReplaced: options.allowReplaced === true, storedByRoot: options.storedByRoot === true }
 }
 
 /**
@@ -165,11 +173,14 @@ export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, 
   timer.mark('threads created')
   await restoreThpDisable(pid, proc, layout)
   await restoreMemory(pid, vmas, proc, layout, timer, access, options, lazyHold)
-  await restoreProcessState(pid, proc, layout)
+  await restoreProcessState(pid, proc, layout, access)
   await restoreLocks(pid, saved, layout)
   timer.mark('process state')
-  await restoreThreads(pid, proc, threads, layout)
+  await restoreThreads(pid, proc, threads, layout, options.parentRestored === true)
   timer.mark('threads')
+  // Queued last, while every thread is still held: the stop happens when the task is let go,
+  // as a real one (its parent's waitpid(WUNTRACED) sees it; a SIGCONT resumes it).
+  if (proc.stopSignal !== 0) process.kill(pid, proc.stopSignal)
 }
 
 function refuseUnsupported(saved: SavedCheckpoint): void {
@@ -681,9 +692,14 @@ async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, 
   const keys = [...new Set(files.map(fileKey))]
   const calls: Call[] = keys.map((key) => {
     const [mode, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
-    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((mode === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it` }
+    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((mode === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it`, mayFail: true }
   })
   const fds = await injectAsTask(pid, proc, layout, scratch, calls)
+  for (const [i, key] of keys.entries()) {
+    if (fds[i] >= 0n) continue
+    const file = key.slice(key.indexOf(':') + 1)
+    fds[i] = await openRefused(pid, proc, layout, access, { file, flags: key.startsWith('rw:') ? O_RDWR : O_RDONLY, what: `open ${file} to map it`, errno: Number(-fds[i]), mapped: files.filter((v) => fileKey(v) === key) })
+  }
   const fileFds = new Map(keys.map((k, i) => [k, fds[i]]))
   if (access.sameBoot && !access.allowReplaced && keys.length > 0) {
     const stats = new Scratch()
@@ -803,6 +819,56 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
   }
 }
 
+const EACCES = 13, EPERM = 1, S_IFMT = 0o170000, S_IFREG = 0o100000
+
+/** A file the task itself could not open for a mapping: `errno` is why. */
+interface RefusedOpen {
+  file: string
+  flags: number
+  what: string
+  errno: number
+  /** The saved mappings of it: what it must be. */
+  mapped: Vma[]
+}
+
+/**
+ * A task may map a file it can no longer open itself: it mapped it before it changed its ids
+ * (zdtm pid00: its executable, in a directory only root may enter). Opened as the task, that
+ * fails with EACCES. The restorer opens it with its own credentials only when that gives the
+ * task nothing it did not have: root alone stored the checkpoint (a user's could name any
+ * file), it was made on this boot and files may not have been replaced, so the file is known
+ * to be the one mapped. It is looked up with O_PATH (opening nothing: no device or FIFO side
+ * effect), must be a regular file with the saved device and inode, and only then opened,
+ * through /proc/self/fd. Anything else fails as the task's open did.
+ */
+async function openRefused(pid: number, proc: ProcessState, layout: Layout, access: FileAccess, open: RefusedOpen): Promise<bigint> {
+  if (open.errno !== EACCES && open.errno !== EPERM) throw new CkptError(`restore: ${open.what}: ${errnoText(open.errno)}`)
+  const asTaskFailed = `restore: ${open.what} as the task (fsuid ${proc.creds.fsuid}, fsgid ${proc.creds.fsgid}): ${errnoText(open.errno)}`
+  if (!access.storedByRoot || !access.sameBoot || access.allowReplaced || open.mapped.length === 0) {
+    const why = !access.storedByRoot ? 'the checkpoint is not stored by root alone'
+      : !access.sameBoot ? 'the checkpoint was made on another boot, so the file cannot be known to be the one mapped'
+        : access.allowReplaced ? 'files may have been replaced (--allow-replaced), so the file cannot be known to be the one mapped'
+          : 'no saved mapping says which file it must be'
+    throw new CkptError(`${asTaskFailed}; the restorer does not open it in the task's place: ${why}`, 'EACCES')
+  }
+  const scratch = new Scratch()
+  const [found] = await inject(pid, layout, [{ nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(open.file), BigInt(O_PATH | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `look up ${open.file} (O_PATH)` }], scratch.buffer())
+  try {
+    const stats = new Scratch()
+    const at = stats.put(Buffer.alloc(STAT_SIZE))
+    const { scratch: read } = await injectReading(pid, layout, [{ nr: SYS.fstat, args: [found, at], scratchArgs: 0b10, what: `fstat ${open.file}` }], stats.buffer())
+    const stat = read.subarray(Number(at), Number(at) + STAT_SIZE)
+    const mode = stat.readUInt32LE(24) // st_mode (x86-64 struct stat)
+    if ((mode & S_IFMT) !== S_IFREG) throw new CkptError(`${asTaskFailed}; ${open.file} is no longer a regular file (mode 0${mode.toString(8)})`, 'EACCES')
+    for (const v of open.mapped) checkMappedFile(proc.pid, v, stat, vmaName(v))
+    const reopen = new Scratch()
+    const [fd] = await inject(pid, layout, [{ nr: SYS.openat, args: [AT_FDCWD, reopen.cstring(`/proc/self/fd/${found}`), BigInt(open.flags | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `${open.what} (the saved file, by the restorer)` }], reopen.buffer())
+    return fd
+  } finally {
+    await inject(pid, layout, [{ nr: SYS.close, args: [found], what: `close the O_PATH fd of ${open.file}` }])
+  }
+}
+
 async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: Layout, access: FileAccess): Promise<void> {
   const mm = proc.mm
   const scratch = new Scratch()
@@ -812,9 +878,10 @@ async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: La
   const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd]
   fields.forEach((f, i) => map.writeBigUInt64LE(f, i * 8))
   const mapOffset = scratch.put(map)
-  const [exeFd] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}` }])
+  let [exeFd] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}`, mayFail: true }])
   // On the boot that saved it, the executable must be the file its text mapping had.
   const text = vmas.find((v) => v.kind === 'file-private' && v.path === mm.exe)
+  if (exeFd < 0n) exeFd = await openRefused(pid, proc, layout, access, { file: mm.exe, flags: O_RDONLY, what: `open the executable ${mm.exe}`, errno: Number(-exeFd), mapped: text ? [text] : [] })
   if (text && access.sameBoot && !access.allowReplaced) {
     const stats = new Scratch()
     const at = stats.put(Buffer.alloc(STAT_SIZE))
@@ -884,7 +951,7 @@ async function restoreThpDisable(pid: number, proc: ProcessState, layout: Layout
   await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_THP_DISABLE), 1n, BigInt(exceptAdvised), 0n, 0n], what: `prctl(PR_SET_THP_DISABLE, 1, ${exceptAdvised})` }])
 }
 
-async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout, access: FileAccess): Promise<void> {
   const scratch = new Scratch()
   const calls: Call[] = []
   for (const a of proc.sigactions) {
@@ -919,7 +986,7 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
   }
   await inject(pid, layout, calls, scratch.buffer())
-  await restoreCwdAndRoot(pid, proc, layout)
+  await restoreCwdAndRoot(pid, proc, layout, access)
   await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
 }
 
@@ -928,10 +995,11 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
  * other than / is opened as the task first and entered through that fd, so the directory
  * chroot (which needs the restorer's CAP_SYS_CHROOT) takes is the one the task could reach.
  */
-async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout): Promise<void> {
+async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout, access: FileAccess): Promise<void> {
   const scratch = new Scratch()
   if (proc.root === '/') {
-    await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}` }])
+    const [entered] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}`, mayFail: true }])
+    if (entered < 0n) await enterRefusedCwd(pid, proc, layout, access, Number(-entered))
     return
   }
   const dirFlags = BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC)
@@ -952,6 +1020,53 @@ async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout
   const results = await inject(pid, layout, calls, enter.buffer())
   intoRoot.verify(results)
   intoCwd.verify(results.slice(intoRoot.calls.length + 1))
+}
+
+/**
+ * A task may have a cwd it could not enter itself now: it entered it before it changed its ids
+ * (zdtm pid00: a directory only root may enter). The restorer enters it in the task's place
+ * only when that gives the task nothing it did not have: root alone stored the checkpoint (a
+ * user's could name any directory), and no one but root can have put another directory at
+ * that path: every directory above it is root's and writable by root alone (or sticky, as
+ * /tmp, where only an entry's owner may rename it, and the entries on the way are root's), and
+ * none is a symbolic link. Anything else fails as the task's chdir did.
+ */
+async function enterRefusedCwd(pid: number, proc: ProcessState, layout: Layout, access: FileAccess, errno: number): Promise<void> {
+  if (errno !== EACCES && errno !== EPERM) throw new CkptError(`restore: chdir ${proc.cwd}: ${errnoText(errno)}`)
+  const failed = `restore: chdir ${proc.cwd} as the task (fsuid ${proc.creds.fsuid}, fsgid ${proc.creds.fsgid}): ${errnoText(errno)}`
+  if (!access.storedByRoot) throw new CkptError(`${failed}; the restorer does not enter it in the task's place: the checkpoint is not stored by root alone`, 'EACCES')
+  const unsafe = pathOnlyRootControls(proc.cwd)
+  if (unsafe) throw new CkptError(`${failed}; the restorer does not enter it in the task's place: ${unsafe}`, 'EACCES')
+  const scratch = new Scratch()
+  const [fd] = await inject(pid, layout, [{ nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(proc.cwd), BigInt(O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the cwd ${proc.cwd} (O_PATH, by the restorer)` }], scratch.buffer())
+  await inject(pid, layout, [
+    { nr: SYS.fchdir, args: [fd], what: `chdir ${proc.cwd} (by the restorer)` },
+    { nr: SYS.close, args: [fd], what: 'close the cwd' },
+  ])
+}
+
+/** Why someone other than root could have changed what absolute path `dir` names (undefined: no one could). */
+function pathOnlyRootControls(dir: string): string | undefined {
+  if (!path.isAbsolute(dir) || path.normalize(dir) !== dir) return `${dir} is not a plain absolute path`
+  const parts = dir.split('/').filter(Boolean)
+  let inSticky = false // the entry is in a sticky directory others may write: its owner may rename it
+  for (let i = 0; i <= parts.length; i++) {
+    const at = '/' + parts.slice(0, i).join('/')
+    let s: fs.Stats
+    try {
+      s = fs.lstatSync(at)
+    } catch (err) {
+      return `${at}: ${messageOf(err)}`
+    }
+    if (!s.isDirectory()) return `${at} is not a directory (a symbolic link?)`
+    if (inSticky && s.uid !== 0) return `${at} is owned by uid ${s.uid}, not root, in a directory others may write: its owner could have put another directory there`
+    if (i === parts.length) break // the cwd itself: its own entries do not change where it is
+    if (s.uid !== 0) return `${at} is owned by uid ${s.uid}, not root: its owner could have put another directory at ${dir}`
+    const othersWrite = (s.mode & 0o022) !== 0
+    if (othersWrite && (s.mode & 0o1000) === 0) return `${at} is writable by others (mode 0${(s.mode & 0o7777).toString(8)}): anyone could have put another directory at ${dir}`
+    inSticky = othersWrite
+  }
+  return undefined
 }
 
 /**
@@ -991,9 +1106,10 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
  * Credentials, the capability sets and no_new_privs belong to each thread: they are set in
  * every thread once all exist (creating a thread with a chosen TID takes privileges the saved
  * credentials may not hold), with the process's saved values. Changing ids makes the task
- * non-dumpable: the saved dumpable flag goes last.
+ * non-dumpable and clears the parent-death signal: the saved dumpable flag and that signal
+ * go last.
  */
-async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
+async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   for (const thread of [...threads.slice(1), threads[0]]) {
     const scratch = new Scratch()
     const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
@@ -1001,7 +1117,11 @@ async function restoreCredentials(pid: number, proc: ProcessState, threads: Thre
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
     await inject(thread.tid, layout, calls, scratch.buffer())
   }
-  await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }])
+  const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
+  if (parentRestored && proc.pdeathSignal !== 0) {
+    last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
+  }
+  await inject(pid, layout, last)
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
@@ -1072,10 +1192,10 @@ async function requeue(pid: number, tid: number, records: Buffer, layout: Layout
 const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // VM FS FILES SIGHAND THREAD SYSVSEM
 
 /** The threads exist already (created right after the stub, stopped): their state, then the process's. */
-async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout): Promise<void> {
+async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
   await restorePosixTimers(pid, proc, layout)
-  await restoreCredentials(pid, proc, threads, layout)
+  await restoreCredentials(pid, proc, threads, layout, parentRestored)
   // The restorer's page goes away through the vdso's own syscall, now at its saved place.
   await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
   for (const thread of threads) await restoreRegisters(thread, proc)

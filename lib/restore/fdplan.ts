@@ -141,9 +141,14 @@ export interface FileAccess {
   sameBoot: boolean
   /** The user said saved files may have been replaced on purpose: the identity check is skipped (never the credential check). */
   allowReplaced: boolean
+  /**
+   * Root alone stored the checkpoint (lib/restore/owner.ts): a file the task mapped but could
+   * not open itself (it dropped its ids since) is opened by the restorer, if it is the saved file.
+   */
+  storedByRoot?: boolean
 }
 
-const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2, PLAN_TREE_COMMANDS = 4
+const PLAN_SAME_BOOT = 1, PLAN_ALLOW_REPLACED = 2, PLAN_TREE_COMMANDS = 4, PLAN_STORED_BY_ROOT = 8
 
 /**
  * A task of a process tree (lib/restore/pstree.ts): every task's working area starts at one
@@ -188,7 +193,7 @@ export function framePlan(table: FileTable, proc: ProcessState, records: Planned
     .u32(table.fds.length)
     .i32(proc.sid === proc.pid ? 1 : 0)
     .i32(proc.pgid === proc.pid ? 1 : 0)
-    .u32((access.sameBoot ? PLAN_SAME_BOOT : 0) | (access.allowReplaced ? PLAN_ALLOW_REPLACED : 0) | (tree ? PLAN_TREE_COMMANDS : 0))
+    .u32((access.sameBoot ? PLAN_SAME_BOOT : 0) | (access.allowReplaced ? PLAN_ALLOW_REPLACED : 0) | (tree ? PLAN_TREE_COMMANDS : 0) | (access.storedByRoot ? PLAN_STORED_BY_ROOT : 0))
     .u32(creds.fsuid)
     .u32(creds.fsgid)
     .u32(Number(creds.capEffective & 0xffffffffn))

@@ -38,12 +38,12 @@ export async function restorePath(p: string, options: RestoreOptions = {}, store
     const saved = await loadSaved(root, path.basename(p))
     checkTreeCredentials(saved, trust, isTree ? `${p}/` : `${p}: `)
     timer.mark('load and validate')
-    return restoreCheckpoint(saved, timer, options)
+    return restoreCheckpoint(saved, timer, { ...options, storedByRoot: trust.kind === 'root' })
   }
   const { readImage } = await import('../image/decode')
   const saved = await readImage(p)
   await validateCheckpoint(saved)
   checkTreeCredentials(saved, trust, `${p}: `)
   timer.mark('load and validate')
-  return restoreCheckpoint(saved, timer, options)
+  return restoreCheckpoint(saved, timer, { ...options, storedByRoot: trust.kind === 'root' })
 }

@@ -260,7 +260,7 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
       const sources = shared.get(t.pid)!
       for (const source of sources.values()) await rebuilt.get(source.pid)
       try {
-        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources })
+        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, parentRestored: t.pid !== root })
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)

@@ -36,6 +36,9 @@ export function signalName(signal: number): string {
   return SIGNAL_NAMES[signal - 1] ?? `SIG${signal}`
 }
 
+/** SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: the signals that stop a process. */
+export const STOP_SIGNALS = [19, 20, 21, 22]
+
 /** Signals whose action can be read and set: all but SIGKILL and SIGSTOP. */
 export const ACTION_SIGNALS = Array.from({ length: 64 }, (_, i) => i + 1).filter((s) => s !== SIGKILL && s !== SIGSTOP)
 
@@ -45,6 +48,7 @@ export const SIGINFO_SIZE = 128
 // ---------------------------------------------------------------------------------------
 // Capture
 
+const PR_GET_PDEATHSIG = 2
 const PR_GET_DUMPABLE = 3
 const PR_GET_SECUREBITS = 27
 const PR_GET_NO_NEW_PRIVS = 39
@@ -54,10 +58,11 @@ const ITIMER_WHICH = ['real', 'virtual', 'prof'] as const
 const FOUR_WORDS = 32
 
 /**
- * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen).
- * A task under seccomp is refused: an injected call could be killed or faked by its filter.
+ * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen;
+ * `stopSignal`: the group stop it was frozen in, 0 if none). A task under seccomp is refused:
+ * an injected call could be killed or faked by its filter.
  */
-export async function captureProcess(pid: number, tids: number[]): Promise<ProcessState> {
+export async function captureProcess(pid: number, tids: number[], stopSignal = 0): Promise<ProcessState> {
   const live = await liveThread(pid, tids)
   const [statText, statusText, limitsText, timersText, personalityText, comm, cmdline, environ, auxv, exe, cwd, root] = await Promise.all([
     readProcText(pid, 'stat', live), readProcText(pid, 'status', live), readProcText(pid, 'limits', live),
@@ -84,6 +89,8 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
     { nr: SYS.prctl, args: [BigInt(PR_GET_DUMPABLE), 0n, 0n, 0n, 0n] },
     { nr: SYS.prctl, args: [BigInt(PR_GET_SECUREBITS), 0n, 0n, 0n, 0n] },
     { nr: SYS.prctl, args: [BigInt(PR_GET_THP_DISABLE), 0n, 0n, 0n, 0n] },
+    // The thread injected into: the main thread unless it has exited.
+    { nr: SYS.prctl, args: [BigInt(PR_GET_PDEATHSIG), 0n, 0n, 0n, 0n], out: { arg: 1, size: 4 } },
     { nr: SYS.brk, args: [0n] },
   ]
   const results = await inject(pid, live, calls)
@@ -107,6 +114,7 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
   const dumpable = Number(take('prctl(PR_GET_DUMPABLE)').ret)
   const securebits = Number(take('prctl(PR_GET_SECUREBITS)').ret)
   const thpDisable = Number(take('prctl(PR_GET_THP_DISABLE)').ret)
+  const pdeathSignal = take('prctl(PR_GET_PDEATHSIG)').out.readInt32LE(0)
   const brk = take('brk(0)').ret
 
   const [uid, euid, suid, fsuid] = status.numbers('Uid')
@@ -141,6 +149,8 @@ export async function captureProcess(pid: number, tids: number[]): Promise<Proce
     noNewPrivs,
     dumpable,
     thpDisable,
+    pdeathSignal,
+    stopSignal,
     seccompMode,
     creds,
     rlimits: parseLimits(limitsText),
@@ -205,6 +215,15 @@ const thpDisableValue: Codec<number> = {
   parse: (value) => {
     const v = decimal(0, 3).parse(value)
     if (v === 2) throw new FormatError('2 is not a PR_GET_THP_DISABLE value (0, 1 or 3)')
+    return v
+  },
+}
+/** A stop signal (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) or 0. */
+const stopSignalValue: Codec<number> = {
+  show: (v) => v,
+  parse: (value) => {
+    const v = decimal(0, 64).parse(value)
+    if (v !== 0 && !STOP_SIGNALS.includes(v)) throw new FormatError(`${v} is not a stop signal (SIGSTOP 19, SIGTSTP 20, SIGTTIN 21, SIGTTOU 22) or 0`)
     return v
   },
 }
@@ -305,6 +324,9 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('no_new_privs', flag, (p) => p.noNewPrivs, PUBLIC),
   field('dumpable', decimal(0, 2), (p) => p.dumpable),
   field('thp_disable', thpDisableValue, (p) => p.thpDisable),
+  field('pdeath_signal', decimal(0, 64), (p) => p.pdeathSignal),
+  // /proc/PID/stat shows every user the state (T: stopped).
+  field('stop_signal', stopSignalValue, (p) => p.stopSignal, PUBLIC),
   field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode, PUBLIC),
 ]
 
@@ -359,6 +381,8 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     noNewPrivs: readValue(dir, 'no_new_privs', flag),
     dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
     thpDisable: readValue(dir, 'thp_disable', thpDisableValue),
+    pdeathSignal: readValue(dir, 'pdeath_signal', decimal(0, 64)),
+    stopSignal: readValue(dir, 'stop_signal', stopSignalValue),
     seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
     creds: await loadCreds(dir.dir('creds')),
     rlimits: await loadRlimits(dir.dir('rlimits')),
