@@ -314,6 +314,8 @@ export interface PeekedSocket {
   sndtimeoUs: bigint
   queue: Buffer[]
   senders: Array<Buffer | undefined>
+  /** The fds passed with each message (SCM_RIGHTS), open in this process: the caller closes them. */
+  rights: Array<number[] | undefined>
   rightsInFlight: number
 }
 

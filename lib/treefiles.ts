@@ -27,6 +27,7 @@ class TreeClaims implements DescriptionClaims {
   /** POSIX locks of later tasks, by the description they were taken through. */
   readonly laterLocks = new Map<ObjRef, { locks: FileLock[]; refused: string | undefined }>()
   readonly numbered: DescriptionClaims['numbered'] = []
+  readonly heldFds: number[] = []
   private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
   private next = 0
 
@@ -81,8 +82,14 @@ export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boole
   const fds = new Map<Pid, FdEntry[]>()
   // Every task's /proc reads at once; then each numbers its descriptions in tree order as it
   // starts (captureProbed numbers before its first await), and all are captured side by side.
-  const probed = await Promise.all(pids.map(probeFileTable))
-  const tables = await Promise.all(probed.map((task) => captureProbed(task, opts, claims)))
+  const probed = await Promise.all(pids.map((pid) => probeFileTable(pid)))
+  // Every capture is waited for, failed or not, before the fds of descriptions in flight are
+  // closed: those were captured whole through them, and no claim compares with them after.
+  const outcomes = await Promise.allSettled(probed.map((task) => captureProbed(task, opts, claims)))
+  for (const fd of claims.heldFds.splice(0)) native.close(fd)
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')
+  if (failed) throw failed.reason
+  const tables = outcomes.map((o) => (o as PromiseFulfilledResult<FileTable>).value)
   tables.forEach((table, i) => {
     files.push(...table.files)
     fds.set(pids[i], table.fds)

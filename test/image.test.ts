@@ -186,12 +186,12 @@ function fileTable(contentsSize: number): FileTable {
       ...common(16, 'socket:[1016]', 0o4002), type: 'socket', family: 'unix', sockType: 'dgram', state: 'unconnected',
       localAddress: Buffer.from('/run/synthetic.sock'), localUnlinked: false, localMode: 0o755, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0,
       backlog: 0, shutdown: 0, rcvbuf: 212992, sndbuf: 212992, passcred: true, rcvtimeoUs: 2500000n, sndtimeoUs: 0n, peekOff: -1,
-      queue: [{ data: Buffer.from('first'), sender: asObjRef(17) }, { data: Buffer.alloc(0), sender: undefined }],
+      localDir: '', queue: [{ data: Buffer.from('first'), sender: asObjRef(17), fds: [asObjRef(14), asObjRef(2)] }, { data: Buffer.alloc(0), sender: undefined, fds: [] }],
     },
     {
       ...common(17, 'socket:[1017]'), type: 'socket', family: 'unix', sockType: 'dgram', state: 'connected',
       localAddress: Buffer.from('\0abstract\x01'), localUnlinked: false, localMode: 0, peerAddress: Buffer.from('/run/synthetic.sock'), peer: asObjRef(16), acceptPosition: 0,
-      backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [],
+      backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [], localDir: '',
     },
   ]
   const fds = files.map((f, i) => ({ fd: i, closeOnExec: i % 3 === 0, objref: f.objref }))
@@ -368,7 +368,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 3 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 4 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')

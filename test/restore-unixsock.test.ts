@@ -169,7 +169,14 @@ t.test('a listening socket with a connection from outside waiting to be accepted
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('an fd in flight (SCM_RIGHTS) is refused by name; looking at it took nothing from the process', async (t) => {
+const RIGHTS_CHECKS = [
+  'rights: stream: the bytes and the regular file passed with them, once', 'rights: stream: the bytes after them, without fds',
+  'rights: dgram: the message before, without fds', 'rights: dgram: a pipe\'s read end with its data and the regular file, in their order',
+  'rights: one file passed twice is one open file', 'rights: dgram: the message after, without fds', 'rights: a socket passed in its own queue is that socket',
+  'relative name: bound again in its directory, as a relative name, and listening',
+]
+
+t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree and from the image; looking took nothing from the process', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir, 'rights'], { dir })
   // Who holds the passed file open: nobody while it is in flight (the fixture closed its fd).
@@ -182,17 +189,30 @@ t.test('an fd in flight (SCM_RIGHTS) is refused by name; looking at it took noth
     }
   })
   t.same(holders(), [], 'nobody holds the passed file open')
-  const check = ckptfs('check', String(target.pid))
-  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\) has 1 fd\(s\) passed with SCM_RIGHTS queued in it; ckptfs cannot checkpoint fds in flight/, '`ckptfs check` says why')
-  const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
-  const ref = fs.readFileSync(path.join(checkpoint, `task-${target.pid}`, 'fds', '4', 'fd'), 'utf8').trim()
-  t.match(fs.readFileSync(path.join(checkpoint, 'files', ref, 'checkpointable'), 'utf8'), /^no: socket: .*SCM_RIGHTS/, 'files/N/checkpointable says why')
-  t.same(holders(), [], 'looking at the queue left the passed file open nowhere (not in the server, not in `ckptfs check`)')
-  fs.writeFileSync(path.join(checkpoint, 'done'), 'resume\n')
-  // The process receives its message and the fd, exactly once.
-  const checks = await runChecks(target)
-  t.same(checks.failed, [], 'no check failed')
-  t.same(checks.ok, ['rights: the message and its fd are still there, once'])
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved, { image: true })
+  t.same(holders(), [], 'looking at the queues left the passed file open nowhere')
+  const objrefOf = (fd: number) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim()
+  const entry = (ref: string, name: string) => fs.readFileSync(path.join(saved, 'files', ref, name), 'utf8')
+  const [streamFds, dgramFds, selfFds] = [entry(objrefOf(4), 'queue_fds'), entry(objrefOf(6), 'queue_fds'), entry(objrefOf(8), 'queue_fds')]
+  const file = /^8 (\d+)\n$/.exec(streamFds)?.[1] ?? ''
+  t.equal(file !== '' && entry(file, 'path'), `${passed}\n`, 'the stream\'s queue_fds: the fd passed with the bytes up to offset 8 is files/N of the passed file')
+  const pipe = new RegExp(`^1 (\\d+) ${file}\\n$`).exec(dgramFds)?.[1] ?? ''
+  t.equal(pipe !== '' && entry(pipe, 'buffered'), 'piped', 'the datagram queue_fds: message 1 passes files/N of a pipe (its bytes buffered), then the same file')
+  t.equal(selfFds, `0 ${objrefOf(8)}\n`, 'a socket passed in its own queue is its own OBJREF')
+  t.same([entry(objrefOf(9), 'local_address'), entry(objrefOf(9), 'local_dir')], ['rel.sock\n', `${dir}\n`], 'a relative name, with the directory it is bound in')
+
+  for (const from of [saved, `${saved}.image`]) {
+    fs.rmSync(path.join(dir, 'go'), { force: true })
+    fs.rmSync(path.join(dir, 'rel.sock'), { force: true })
+    const since = target.text().length
+    restoreOk(mnt, from, target.pid)
+    const checks = await runChecks(target, since)
+    t.ok(checks.done, `restored from ${path.basename(from)}: the fixture finished its checks`)
+    t.same(checks.failed, [], 'no check failed')
+    t.same(checks.ok, RIGHTS_CHECKS, 'every check passed')
+    await killRestored(target.pid)
+  }
 })
 
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {

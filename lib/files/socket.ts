@@ -186,5 +186,7 @@ export const socket: FileHandler<SocketDescription> = {
     references: (d) => familyOf(d).image.references?.(d) ?? [],
   },
 
+  passes: (d) => familyOf(d).passes?.(d) ?? [],
+
   summary: (d) => familyOf(d).summary?.(d) ?? d.target,
 }
