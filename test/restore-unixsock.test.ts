@@ -3,8 +3,10 @@
 // checkpointed through the real mount, saved with `cp -a` (and its image), ended with `echo kill
 // > done`, restored from the tree and from the image, and checks itself: no byte lost or
 // repeated, message boundaries kept, names, options and shutdown state as they were, the
-// listening socket accepting a new client. Sockets whose peer is outside the checkpoint are
-// refused by name; a socket path an unprivileged user swapped for something else is refused.
+// listening socket accepting a new client. Fds in flight (SCM_RIGHTS) come back with their
+// messages, and a name relative to the working directory is bound there again. Sockets whose
+// peer is outside the checkpoint, and an fd in flight ckptfs cannot checkpoint, are refused
+// by name; a socket path an unprivileged user swapped for something else is refused.
 
 import { execFileSync, spawn, type ChildProcess } from 'child_process'
 import * as fs from 'fs'
@@ -24,7 +26,7 @@ const CHECKS = [
   'seqpacket pair: records kept', 'seqpacket pair: the other direction', 'seqpacket pair: O_NONBLOCK',
   'shutdown: the rest, then end of file', 'shutdown: the other direction still works', 'shutdown: the shut side cannot send',
   'listening: its name', 'listening: listens', "listening: its socket file, mode 0640, owned by the task's user", 'listening: accepts a new client', 'listening: the new connection carries data',
-  'accepted: what the client sent', 'client: what the server sent', 'client and accepted socket: still connected',
+  'accepted: what the client sent', 'client: what the server sent', 'client and accepted socket: still connected', "accepted socket and client: the listener's name, its own and its peer's",
   "dgram server: a request's sender is the client's name", 'dgram server: the requests', 'dgram client: the answer', 'dgram client: still connected to the server',
   'abstract: its name', 'abstract: the message',
   'unlinked: the message', 'unlinked: no file on disk', 'unlinked: its client is still connected',
@@ -215,6 +217,13 @@ t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree 
   }
 })
 
+t.test('an fd in flight of a kind ckptfs cannot checkpoint is refused, naming it', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'rights-netlink'], { dir })
+  const check = ckptfs('check', String(target.pid))
+  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\): fd 1 passed with SCM_RIGHTS in queued message 1 \(files\/\d+\) cannot be checkpointed: socket: a netlink raw socket/, '`ckptfs check` names the socket, the message and the fd in flight')
+})
+
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir], { dir })
@@ -229,7 +238,7 @@ t.test('an edited peer or queue is refused by the validator, naming the file', a
     ['a peer that is not a socket', write(s3, 'peer', `${objrefOf(0)}\n`), new RegExp(`files/${s3}/peer: files/${objrefOf(0)} is not a UNIX socket of the checkpoint`)],
     ['a datagram queue cut short', write(d6, 'queue', Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0x41])), new RegExp(`files/${d6}/queue: message 0: 9 bytes announced at byte 0, 1 left`)],
     ['a listening socket with a queue', write(l11, 'queue', 'data'), new RegExp(`files/${l11}/queue: a listening socket has no queue`)],
-    ['a relative name to bind', write(l11, 'local_address', 'listen.sock\n'), new RegExp(`files/${l11}/local_address: listen.sock is relative`)],
+    ['a relative name to bind', write(l11, 'local_address', 'listen.sock\n'), new RegExp(`files/${l11}/local_dir: listen.sock is relative: the directory to bind it in must be an absolute path`)],
   ]
   for (const [what, edit, expected] of tries) {
     const edited = path.join(dir, 'edited')

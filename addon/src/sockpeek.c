@@ -157,17 +157,21 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
       int err = errno;
       napi_value passed = n >= 0 ? take_rights(env, &msg, &rights) : NULL;
       if (n >= 0 && (msg.msg_flags & MSG_CTRUNC)) {
-        // Fds that did not fit were closed by the kernel: the queue cannot be captured whole.
+        // Fds that did not fit (or that this process had no room for) were dropped by the
+        // kernel: the queue cannot be captured whole.
         napi_set_element(env, rights_list, count, passed);
-        count++;
+        close_rights(env, rights_list, count + 1);
         free(buf);
-        e = EMSGSIZE;
-        break;
+        setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off);
+        close(fd);
+        throw_errno(env, EMFILE, "recvmsg(pid %d, fd %d, MSG_PEEK): queued message %u: its control data (fds passed with SCM_RIGHTS) did not all come through", pid, tfd, count + 1);
+        return NULL;
       }
       if (n < 0) {
         free(buf);
-        // EAGAIN: the end of the queue; EINVAL: a stream socket that is not connected.
-        e = err == EAGAIN || err == EINVAL ? 0 : err;
+        // EAGAIN: the end of the queue; EINVAL: a stream socket that is not connected;
+        // ENOTCONN: a seqpacket socket that is not (zdtm sk-unix-rel-seqpacket's listener).
+        e = err == EAGAIN || err == EINVAL || err == ENOTCONN ? 0 : err;
         break;
       }
       if (records && (size_t)n > cap) {

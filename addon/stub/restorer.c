@@ -202,6 +202,16 @@ static int home_of(uint32_t id, int *cloexec) {
 // Puts the new fd of object `id` in place: at its home, moved there unless it is there
 // already, with the object's other fds duplicated from it; an object without a home goes to
 // the working area. `cloexec_set`: whether fd was made close-on-exec. Returns where it is.
+// Puts `fd` in the place of object `id`, already settled (each fd of it, or its working fd),
+// with the same close-on-exec flags; closes `fd`.
+static void resettle(int fd, uint32_t id, int work_fd, const char *what) {
+  if (slots_at[id] == slots_at[id + 1] && dup3(fd, work_fd, O_CLOEXEC) < 0) fail("%s: dup3 to fd %d: %s", what, work_fd, strerror(errno));
+  for (uint32_t i = slots_at[id]; i < slots_at[id + 1]; i++) {
+    if (dup3(fd, slots[i].fd, slots[i].cloexec ? O_CLOEXEC : 0) < 0) fail("%s: dup3 to fd %d: %s", what, slots[i].fd, strerror(errno));
+  }
+  close(fd);
+}
+
 static int settle(int fd, uint32_t id, int cloexec_set, const char *what) {
   int cloexec = 0, home = home_of(id, &cloexec);
   if (home < 0) return to_work(fd, what);
@@ -910,6 +920,9 @@ struct unix_socket {
   int type, flags, link, shutdown_bits, peek_off;
   uint32_t peer;          // the peer's object id (LINK_PAIR, LINK_CONNECT; LINK_PENDING: the listener)
   uint32_t position;      // LINK_PENDING: its place in the listener's queue of connections (1: next)
+  uint32_t via;           // LINK_PAIR: the listening socket that accepted it (its name is this socket's), or 0
+  int rcvbuf, sndbuf, passcred;
+  uint64_t rcvtimeo, sndtimeo;
   struct sockaddr_un addr;
   socklen_t addr_len;     // 0: no name
   char *dir;              // a relative name's directory (NULL: the name is not relative)
@@ -1046,14 +1059,48 @@ static void set_timeo(int fd, int name, uint64_t us, const char *opt, const char
   if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0) fail("%s: setsockopt %s: %s", what, opt, strerror(errno));
 }
 
+// Buffer sizes first: a queue is sent in later, through them.
+static void set_unix_options(const struct unix_socket *s, const char *what) {
+  if (s->rcvbuf > 0) set_int_opt(s->fd, SO_RCVBUF, s->rcvbuf / 2, "SO_RCVBUF", what);
+  if (s->sndbuf > 0) set_int_opt(s->fd, SO_SNDBUF, s->sndbuf / 2, "SO_SNDBUF", what);
+  if (s->passcred) set_int_opt(s->fd, SO_PASSCRED, 1, "SO_PASSCRED", what);
+  if (s->rcvtimeo) set_timeo(s->fd, SO_RCVTIMEO, s->rcvtimeo, "SO_RCVTIMEO", what);
+  if (s->sndtimeo) set_timeo(s->fd, SO_SNDTIMEO, s->sndtimeo, "SO_SNDTIMEO", what);
+}
+
+// A connection its server accepted from a listening socket of the checkpoint is made again
+// that way, in place of the socketpair: a client connects to the listener by name and the
+// listener accepts it, so the accepted socket has the listener's name and the client sees it
+// as its peer's (getsockname, getpeername), as they did. The listener has no connection
+// waiting yet (those connect after), so the accept never waits.
+static void accept_again(uint32_t id, const char *what) {
+  struct unix_socket *s = &unix_sockets[id], *l = &unix_sockets[s->via], *c = &unix_sockets[s->peer];
+  char shown[400];
+  if (!l->made || l->addr_len == 0 || l->type != s->type) fail("%s: files/%u is not a listening %s socket with a name", what, s->via, type_name(s->type));
+  if (!c->made || c->link != LINK_PAIR || c->peer != id) fail("%s: its peer files/%u is not its other end", what, s->peer);
+  int client = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0);
+  if (client < 0) fail("%s: socket: %s", what, strerror(errno));
+  int back = enter_dir(l->dir, what);
+  if (connect(client, (const struct sockaddr *)&l->addr, l->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+  leave_dir(back, what);
+  int accepted = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (accepted < 0) fail("%s: accept on %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+  if (fcntl(accepted, F_SETFL, 0) < 0) fail("%s: F_SETFL: %s", what, strerror(errno));
+  resettle(accepted, id, s->fd, what);
+  resettle(client, s->peer, c->fd, what);
+  set_unix_options(s, what);
+  set_unix_options(c, what);
+}
+
 // Payload: i32 type, i32 flags, u32 bind (0 none, 1 path, 2 abstract), bytes name (sun_path
 // without the terminating NUL; abstract: without the leading NUL), bytes dir (a relative path
 // name's directory, absolute; else empty), u32 unlinked, u32 mode,
 // i32 backlog (-1: not listening), u32 link (0 none, 1 pair, 2 connect, 3 peer closed,
 // 4 pending: connected to a listener, not accepted), u32 peer id, u32 accept position, u32 shutdown (1 read, 2 write), i32 rcvbuf, i32 sndbuf (as getsockopt showed
 // them: twice what setsockopt takes), i32 passcred, u64 rcvtimeo_us, u64 sndtimeo_us,
-// i32 peek_off, u32 count, then per queued message u32 sender id (0: none), bytes data, u32 fd
-// count and the object id of each fd passed with it (SCM_RIGHTS).
+// i32 peek_off, u32 via (a connected socket accepted by a listening socket of the
+// checkpoint: that socket's id; else 0), u32 count, then per queued message u32 sender id
+// (0: none), bytes data, u32 fd count and the object id of each fd passed with it (SCM_RIGHTS).
 static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char *what) {
   struct unix_socket *s = unix_socket_of(id);
   s->type = i32("socket type");
@@ -1068,9 +1115,11 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   s->peer = u32("peer");
   s->position = u32("accept position");
   s->shutdown_bits = (int)u32("shutdown");
-  int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), passcred = i32("passcred");
-  uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
+  s->rcvbuf = i32("rcvbuf"), s->sndbuf = i32("sndbuf"), s->passcred = i32("passcred");
+  s->rcvtimeo = u64("rcvtimeo"), s->sndtimeo = u64("sndtimeo");
   s->peek_off = i32("peek_off");
+  s->via = u32("via");
+  if (s->via > objects || s->via == id || (s->via && (s->link != LINK_PAIR || s->type == SOCK_DGRAM))) fail("%s: bad listening socket files/%u", what, s->via);
   s->queued = u32("message count");
   s->queue = plan;
   for (uint32_t i = 0; i < s->queued; i++) {
@@ -1136,12 +1185,7 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   s->made = 1;
   object_fd[id] = fd;
 
-  // Buffer sizes first: a queue is sent in later, through them.
-  if (rcvbuf > 0) set_int_opt(fd, SO_RCVBUF, rcvbuf / 2, "SO_RCVBUF", what);
-  if (sndbuf > 0) set_int_opt(fd, SO_SNDBUF, sndbuf / 2, "SO_SNDBUF", what);
-  if (passcred) set_int_opt(fd, SO_PASSCRED, 1, "SO_PASSCRED", what);
-  if (rcvtimeo) set_timeo(fd, SO_RCVTIMEO, rcvtimeo, "SO_RCVTIMEO", what);
-  if (sndtimeo) set_timeo(fd, SO_SNDTIMEO, sndtimeo, "SO_SNDTIMEO", what);
+  set_unix_options(s, what);
 
   if (bind_kind == BIND_PATH) {
     int back = enter_dir(s->dir, what);
@@ -1192,6 +1236,11 @@ static void send_queued(int from, const struct unix_socket *to, int by_address, 
 static void finish_unix_sockets(void) {
   if (!unix_sockets) return;
   char what[64];
+  for (uint32_t id = 1; id <= objects; id++) {
+    if (!unix_sockets[id].made || !unix_sockets[id].via) continue;
+    snprintf(what, sizeof what, "files/%u", id);
+    accept_again(id, what);
+  }
   // Queues, before any datagram socket is connected (a connected one takes messages only from its peer).
   for (uint32_t id = 1; id <= objects; id++) {
     struct unix_socket *s = &unix_sockets[id];

@@ -651,6 +651,19 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable, objrefs:
   })
 }
 
+/**
+ * The listening socket of the checkpoint that accepted a connected stream or seqpacket socket:
+ * the one listening by the socket's own name (an accepted socket's name is its listener's),
+ * which its peer names as its peer's name too. The restore makes the
+ * connection through it again, so both ends' names are as they were.
+ */
+function acceptedBy(d: UnixSocketDescription, peer: UnixSocketDescription | undefined, table: FileTable): UnixSocketDescription | undefined {
+  if (d.sockType === 'dgram' || d.state !== 'connected' || !peer || peer === d || d.localAddress.length === 0 || !d.localAddress.equals(peer.peerAddress)) return undefined
+  // A relative name shows no directory: two listeners by one relative name are not told apart.
+  const listeners = [...socketsOf(table).values()].filter((l) => l.state === 'listening' && l.sockType === d.sockType && l.notCheckpointable === undefined && l.localAddress.equals(d.localAddress))
+  return listeners.length === 1 ? listeners[0] : undefined
+}
+
 async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<RecordBuilder> {
   const peer = d.peer === undefined ? undefined : socketsOf(table).get(d.peer)
   const name = bindsOwnName(d.sockType, d.state) ? d.localAddress : Buffer.alloc(0)
@@ -675,6 +688,7 @@ async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<Rec
     .u64(d.rcvtimeoUs)
     .u64(d.sndtimeoUs)
     .i32(d.peekOff)
+    .u32(link === 1 ? acceptedBy(d, peer, table)?.objref ?? 0 : 0)
   const queue = await queueOf(d)
   payload.u32(queue.length)
   for (const m of queue) {
