@@ -1072,7 +1072,8 @@ static void set_unix_options(const struct unix_socket *s, const char *what) {
 // that way, in place of the socketpair: a client connects to the listener by name and the
 // listener accepts it, so the accepted socket has the listener's name and the client sees it
 // as its peer's (getsockname, getpeername), as they did. The listener has no connection
-// waiting yet (those connect after), so the accept never waits.
+// waiting yet (those connect after), so the accept never waits. A task that may not connect
+// to it (the socket file's mode) keeps the socketpair, whose ends have no names.
 static void accept_again(uint32_t id, const char *what) {
   struct unix_socket *s = &unix_sockets[id], *l = &unix_sockets[s->via], *c = &unix_sockets[s->peer];
   char shown[400];
@@ -1081,8 +1082,14 @@ static void accept_again(uint32_t id, const char *what) {
   int client = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0);
   if (client < 0) fail("%s: socket: %s", what, strerror(errno));
   int back = enter_dir(l->dir, what);
-  if (connect(client, (const struct sockaddr *)&l->addr, l->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+  int r = connect(client, (const struct sockaddr *)&l->addr, l->addr_len), e = errno;
   leave_dir(back, what);
+  if (r < 0 && (e == EACCES || e == EPERM)) {
+    // The task may not connect to its own listener (its socket file's mode): the socketpair stays.
+    close(client);
+    return;
+  }
+  if (r < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(e));
   int accepted = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
   if (accepted < 0) fail("%s: accept on %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
   if (fcntl(accepted, F_SETFL, 0) < 0) fail("%s: F_SETFL: %s", what, strerror(errno));
