@@ -9,6 +9,7 @@ import { CkptError, messageOf } from './errors'
 import { captureProbed, probeFileTable, type DescriptionClaims } from './fdtable'
 import { asObjRef, lazy, type FdEntry, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
+import { handlerOf } from './files/index'
 
 export interface TreeFileTable {
   /** Every description of the tree, by OBJREF. */
@@ -94,6 +95,8 @@ export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boole
     files.push(...table.files)
     fds.set(pids[i], table.fds)
   })
+  // What needed every description (in flight too) to be captured.
+  for (const file of files) handlerOf(file).concluded?.(file)
   for (const file of files) {
     const later = claims.laterLocks.get(file.objref)
     if (!later) continue

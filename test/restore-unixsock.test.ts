@@ -175,6 +175,7 @@ const RIGHTS_CHECKS = [
   'rights: stream: the bytes and the regular file passed with them, once', 'rights: stream: the bytes after them, without fds',
   'rights: dgram: the message before, without fds', 'rights: dgram: a pipe\'s read end with its data and the regular file, in their order',
   'rights: one file passed twice is one open file', 'rights: dgram: the message after, without fds', 'rights: a socket passed in its own queue is that socket',
+  'rights: a connected socket in flight, with its queue, still connected to the process\'s end',
   'relative name: bound again in its directory, as a relative name, and listening',
 ]
 
@@ -202,6 +203,8 @@ t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree 
   const pipe = new RegExp(`^1 (\\d+) ${file}\\n$`).exec(dgramFds)?.[1] ?? ''
   t.equal(pipe !== '' && entry(pipe, 'buffered'), 'piped', 'the datagram queue_fds: message 1 passes files/N of a pipe (its bytes buffered), then the same file')
   t.equal(selfFds, `0 ${objrefOf(8)}\n`, 'a socket passed in its own queue is its own OBJREF')
+  const sockInFlight = /^4 (\d+)\n$/.exec(entry(objrefOf(11), 'queue_fds'))?.[1] ?? 'none'
+  t.same([entry(objrefOf(12), 'peer'), entry(sockInFlight, 'peer')], [`${sockInFlight}\n`, `${objrefOf(12)}\n`], 'a connected socket in flight and the end the process holds name each other as peers')
   t.same([entry(objrefOf(9), 'local_address'), entry(objrefOf(9), 'local_dir')], ['rel.sock\n', `${dir}\n`], 'a relative name, with the directory it is bound in')
 
   for (const from of [saved, `${saved}.image`]) {

@@ -145,6 +145,11 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
   /** How the image keeps the type's own fields; absent when it has none (sockets, unknown files). */
   readonly image?: ImageMapping<D>
   /**
+   * A last look once every description of the checkpoint is captured (those in flight too),
+   * for what needs all of them (a socket's peer found in flight).
+   */
+  concluded?(desc: D): void
+  /**
    * The descriptions this one holds in flight (the fds a socket's queue passes with
    * SCM_RIGHTS): no fd needs to name those, as this one is reachable.
    */

@@ -188,5 +188,7 @@ export const socket: FileHandler<SocketDescription> = {
 
   passes: (d) => familyOf(d).passes?.(d) ?? [],
 
+  concluded: (d) => familyOf(d).concluded?.(d),
+
   summary: (d) => familyOf(d).summary?.(d) ?? d.target,
 }

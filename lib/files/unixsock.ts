@@ -366,6 +366,8 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   let peerAddress: Buffer = Buffer.alloc(0)
   let acceptPosition = 0
   let why: string | undefined
+  // A peer no task holds: it may be in flight, captured later (see concludeUnix).
+  let peerOutside: { ino: number; why: string } | undefined
   if (me.state === TCP_LISTEN) {
     state = 'listening'
     // Connections waiting to be accepted (unix_diag lists their clients) come back when their
@@ -403,7 +405,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
       if (peer === undefined) {
         const holders = await holdersOf(me.peer)
         const peerWhat = describeSocket(sockType, undefined, me.peer, peerAddress)
-        why = `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it`
+        peerOutside = { ino: me.peer, why: `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it` }
       }
     }
   }
@@ -470,7 +472,7 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     queue = peeked.queue.map((data, i) => ({ data, sender: senderOf(peeked.senders[i]), fds: fdsOf(i) }))
   }
 
-  return {
+  const d: UnixSocketDescription = {
     ...base,
     type: 'socket',
     family: 'unix',
@@ -492,8 +494,28 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     sndtimeoUs: peeked.sndtimeoUs,
     peekOff: peeked.peekOff,
     queue,
-    notCheckpointable: why === undefined ? base.notCheckpointable : `socket: ${why}`,
+    notCheckpointable: (peerOutside?.why ?? why) === undefined ? base.notCheckpointable : `socket: ${peerOutside?.why ?? why}`,
   }
+  if (peerOutside) peersToFind.set(d, { ino: peerOutside.ino, sockets, otherwise: why === undefined ? base.notCheckpointable : `socket: ${why}` })
+  return d
+}
+
+/** Connected sockets whose peer no task holds, with what they are refused for besides. */
+const peersToFind = new WeakMap<UnixSocketDescription, { ino: number; sockets: UnixSockets; otherwise: string | undefined }>()
+
+/**
+ * Once the whole checkpoint is captured: a socket whose peer no task holds is connected to
+ * that peer after all when the peer was found in flight (passed with SCM_RIGHTS, captured
+ * after the socket was).
+ */
+function concludeUnix(d: UnixSocketDescription): void {
+  const pending = peersToFind.get(d)
+  if (!pending) return
+  peersToFind.delete(d)
+  const peer = pending.sockets.objrefs.get(pending.ino)
+  if (peer === undefined) return
+  d.peer = peer
+  d.notCheckpointable = pending.otherwise
 }
 
 // ---- the tree ----
@@ -784,6 +806,8 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
   },
 
   passes: async (d) => (await queueOf(d)).flatMap((m) => m.fds),
+
+  concluded: concludeUnix,
 
   // The queue is not summed up here: a saved tree's is read only when a restore needs it.
   summary(d) {
