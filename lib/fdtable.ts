@@ -167,7 +167,17 @@ export async function probeFileTable(pid: Pid, only?: number[]): Promise<ProbedT
  * checkpoint. The numbering is done before the first await, so tasks captured side by side,
  * started in tree order, are numbered as if captured one after the other.
  */
-export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }, claims: DescriptionClaims): Promise<FileTable> {
+/**
+ * The task whose socket queues descriptions in flight: an epoll in flight names the files it
+ * watches by that task's fd numbers (it was passed by the task that added them).
+ */
+interface Sender {
+  pid: Pid
+  described: CaptureContext['described']
+  descriptions: CaptureContext['descriptions']
+}
+
+export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }, claims: DescriptionClaims, sender?: Sender): Promise<FileTable> {
   const { pid, probes, shared, socketKinds, statRoot } = probed
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
@@ -197,12 +207,12 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
       return st
     },
     openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
-    described: (fd) => described.get(fd),
-    descriptions: shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
+    described: sender?.described ?? ((fd) => described.get(fd)),
+    descriptions: sender?.descriptions ?? shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
     checkpointDescriptions: claims.numbered,
     epollTargetIs: (fd, efd, tfd, toff) => {
       try {
-        return native.kcmpEpollTarget(pid, fd, efd, tfd, toff) === 0
+        return (sender ? native.kcmpEpollTarget(sender.pid, fd, efd, tfd, toff, pid) : native.kcmpEpollTarget(pid, fd, efd, tfd, toff)) === 0
       } catch {
         return undefined
       }
@@ -217,7 +227,7 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
     links: linkFinder(root, mounts),
     inFlight: (fd) => {
       claims.heldFds.push(fd)
-      return captureInFlight(fd, claims).then(({ objref, files }) => {
+      return captureInFlight(fd, claims, sender ?? { pid, described: ctx.described, descriptions: ctx.descriptions }).then(({ objref, files }) => {
         passed.push(...files)
         return { objref, notCheckpointable: files.find((f) => f.objref === objref)?.notCheckpointable }
       }, (err: unknown) => ({ refused: messageOf(err) }))
@@ -275,8 +285,8 @@ const self = asPid(process.pid)
  * A socket in flight that carries itself, or a loop of them, ends at the claim: the
  * description is known by then.
  */
-async function captureInFlight(fd: number, claims: DescriptionClaims): Promise<{ objref: ObjRef; files: FileDescription[] }> {
-  const table = await captureProbed(await probeFileTable(self, [fd]), { copy: true }, claims)
+async function captureInFlight(fd: number, claims: DescriptionClaims, sender: Sender): Promise<{ objref: ObjRef; files: FileDescription[] }> {
+  const table = await captureProbed(await probeFileTable(self, [fd]), { copy: true }, claims, sender)
   return { objref: table.fds[0].objref, files: table.files }
 }
 

@@ -176,6 +176,7 @@ const RIGHTS_CHECKS = [
   'rights: dgram: the message before, without fds', 'rights: dgram: a pipe\'s read end with its data and the regular file, in their order',
   'rights: one file passed twice is one open file', 'rights: dgram: the message after, without fds', 'rights: a socket passed in its own queue is that socket',
   'rights: a connected socket in flight, with its queue, still connected to the process\'s end',
+  'rights: an epoll in flight, still watching the process\'s fd 12',
   'relative name: bound again in its directory, as a relative name, and listening',
 ]
 
@@ -203,8 +204,9 @@ t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree 
   const pipe = new RegExp(`^1 (\\d+) ${file}\\n$`).exec(dgramFds)?.[1] ?? ''
   t.equal(pipe !== '' && entry(pipe, 'buffered'), 'piped', 'the datagram queue_fds: message 1 passes files/N of a pipe (its bytes buffered), then the same file')
   t.equal(selfFds, `0 ${objrefOf(8)}\n`, 'a socket passed in its own queue is its own OBJREF')
-  const sockInFlight = /^4 (\d+)\n$/.exec(entry(objrefOf(11), 'queue_fds'))?.[1] ?? 'none'
+  const [, sockInFlight, epollInFlight] = /^4 (\d+)\n6 (\d+)\n$/.exec(entry(objrefOf(11), 'queue_fds')) ?? ['', 'none', 'none']
   t.same([entry(objrefOf(12), 'peer'), entry(sockInFlight, 'peer')], [`${sockInFlight}\n`, `${objrefOf(12)}\n`], 'a connected socket in flight and the end the process holds name each other as peers')
+  t.equal(entry(epollInFlight, 'items/0/target'), `${objrefOf(12)}\n`, 'an epoll in flight: its item watches the file fd 12 holds')
   t.same([entry(objrefOf(9), 'local_address'), entry(objrefOf(9), 'local_dir')], ['rel.sock\n', `${dir}\n`], 'a relative name, with the directory it is bound in')
 
   for (const from of [saved, `${saved}.image`]) {
