@@ -195,7 +195,8 @@ export interface Addon {
    * its epoll `efd` watches as item (tfd, toff) (toff: the item's rank among those added with fd
    * number tfd, in fdinfo order), 1 or 2 otherwise. Throws ENOENT when there is no such item.
    */
-  kcmpEpollTarget(pid: number, fd: number, efd: number, tfd: number, toff: number): number
+  /** kcmp KCMP_EPOLL_TFD: whether `pid`'s fd is item (tfd, toff) of the epoll `efd` of `epollPid` (default `pid`); 0: it is. */
+  kcmpEpollTarget(pid: number, fd: number, efd: number, tfd: number, toff: number, epollPid?: number): number
   /** pidfd_open + pidfd_getfd: a duplicate of the task's fd in this process (caller closes it). */
   getFd(pid: number, fd: number): number
   /**
@@ -314,6 +315,8 @@ export interface PeekedSocket {
   sndtimeoUs: bigint
   queue: Buffer[]
   senders: Array<Buffer | undefined>
+  /** The fds passed with each message (SCM_RIGHTS), open in this process: the caller closes them. */
+  rights: Array<number[] | undefined>
   rightsInFlight: number
 }
 

@@ -5,7 +5,7 @@
 
 import * as fs from 'fs'
 import { CkptError, messageOf } from './errors'
-import { asObjRef, lazy, type FdEntry, type FdType, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
+import { asObjRef, asPid, lazy, type FdEntry, type FdType, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
 import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat, type InodeStat } from './procfs'
 import { loadBase, modeFromFlags, parseObjRef } from './files/common'
@@ -13,6 +13,7 @@ import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './fi
 import { handlerFor, handlerForType } from './files/index'
 import { INT_MAX, SavedDir, type StoredDir } from './files/saved'
 import { linkFinder } from './files/search'
+import { captureTreeFiles } from './treefiles'
 import { parseLocks } from './files/locks'
 
 /** Descriptions captured at once (their handlers read /proc and stat paths). */
@@ -74,19 +75,12 @@ export interface DescriptionClaims {
    * socket's peer may be held by another process of the tree).
    */
   readonly numbered: Array<{ pid: Pid; objref: ObjRef; probe: FdProbe }>
-}
-
-function ownClaims(): DescriptionClaims {
-  let next = 0
-  return {
-    claim: () => ({ objref: asObjRef(++next), fresh: true }),
-    peeks: new Map(),
-    lockOwners: false,
-    numbered: [],
-    addLocks: () => {
-      throw new CkptError('a lone task holds no description captured with another task')
-    },
-  }
+  /**
+   * Fds of this process that hold descriptions in flight (passed with SCM_RIGHTS, peeked out
+   * of a socket's queue): kept open until the whole checkpoint's file table is captured, as
+   * kcmp compares later claims with them (a closed one's number could be reused by another).
+   */
+  readonly heldFds: number[]
 }
 
 /**
@@ -136,8 +130,10 @@ function shareDescriptions(pid: Pid, probes: FdProbe[], kcmpGroups: (pid: number
  * Lazy parts (pipe data, unlinked contents, other links) are read when first asked for, or
  * all before this returns with `copy`, after which the task may run on.
  */
-export async function captureFileTable(pid: Pid, opts: { copy: boolean }, claims: DescriptionClaims = ownClaims()): Promise<FileTable> {
-  return captureProbed(await probeFileTable(pid), opts, claims)
+export async function captureFileTable(pid: Pid, opts: { copy: boolean }): Promise<FileTable> {
+  // A tree of one: its claims also tell a description in flight that the task holds too.
+  const tree = await captureTreeFiles([pid], opts)
+  return { fds: tree.fds.get(pid) ?? [], files: tree.files }
 }
 
 /** A task's fds as /proc shows them, grouped into descriptions, before any is numbered. */
@@ -151,8 +147,8 @@ export interface ProbedTable {
 }
 
 /** Reads task `pid`'s fds from /proc and splits them into descriptions (the task is frozen). */
-export async function probeFileTable(pid: Pid): Promise<ProbedTable> {
-  const fds = await listFds(pid)
+export async function probeFileTable(pid: Pid, only?: number[]): Promise<ProbedTable> {
+  const fds = only ?? await listFds(pid)
   const probes = await readFds(pid, fds)
   // The socket tables take long to generate when there are many sockets: start now, while kcmp sorts.
   const socketKinds = lazy(() => readSocketKinds(pid))
@@ -171,7 +167,17 @@ export async function probeFileTable(pid: Pid): Promise<ProbedTable> {
  * checkpoint. The numbering is done before the first await, so tasks captured side by side,
  * started in tree order, are numbered as if captured one after the other.
  */
-export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }, claims: DescriptionClaims): Promise<FileTable> {
+/**
+ * The task whose socket queues descriptions in flight: an epoll in flight names the files it
+ * watches by that task's fd numbers (it was passed by the task that added them).
+ */
+interface Sender {
+  pid: Pid
+  described: CaptureContext['described']
+  descriptions: CaptureContext['descriptions']
+}
+
+export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }, claims: DescriptionClaims, sender?: Sender): Promise<FileTable> {
   const { pid, probes, shared, socketKinds, statRoot } = probed
   const described = new Map<number, { objref: ObjRef; probe: FdProbe }>()
   const claimed = shared.map((s) => claims.claim(pid, s.probes[0].fd, s.key))
@@ -181,7 +187,8 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
   const lockOwner = claims.lockOwners ? pid : undefined
   shared.forEach((s, i) => {
     for (const probe of s.probes) described.set(probe.fd, { objref: claimed[i].objref, probe })
-    if (claimed[i].fresh) return
+    // A description in flight holds no lock of its own (its fd here is ckptfs's).
+    if (claimed[i].fresh || pid === self) return
     // Captured with another task: only this process's own POSIX locks are new (flock and OFD
     // locks belong to the description and showed there already).
     const { locks, refused } = parseLocks(s.probes[0].fdinfo.extra, lockOwner)
@@ -200,12 +207,12 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
       return st
     },
     openPaths: [...new Set(probes.filter((p) => p.stat).map((p) => p.target.replace(/ \(deleted\)$/, '')))],
-    described: (fd) => described.get(fd),
-    descriptions: shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
+    described: sender?.described ?? ((fd) => described.get(fd)),
+    descriptions: sender?.descriptions ?? shared.map((s, i) => ({ objref: claimed[i].objref, probe: s.probes[0] })),
     checkpointDescriptions: claims.numbered,
     epollTargetIs: (fd, efd, tfd, toff) => {
       try {
-        return native.kcmpEpollTarget(pid, fd, efd, tfd, toff) === 0
+        return (sender ? native.kcmpEpollTarget(sender.pid, fd, efd, tfd, toff, pid) : native.kcmpEpollTarget(pid, fd, efd, tfd, toff)) === 0
       } catch {
         return undefined
       }
@@ -218,7 +225,16 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
       return peek
     },
     links: linkFinder(root, mounts),
+    inFlight: (fd) => {
+      claims.heldFds.push(fd)
+      return captureInFlight(fd, claims, sender ?? { pid, described: ctx.described, descriptions: ctx.descriptions }).then(({ objref, files }) => {
+        passed.push(...files)
+        return { objref, notCheckpointable: files.find((f) => f.objref === objref)?.notCheckpointable }
+      }, (err: unknown) => ({ refused: messageOf(err) }))
+    },
   }
+  /** Descriptions in flight that this table's sockets queue (and those they queue in turn). */
+  const passed: FileDescription[] = []
 
   // A description another task of the tree holds too was captured with that task.
   const fresh = shared.filter((_, i) => claimed[i].fresh)
@@ -250,12 +266,28 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
   const files = opts.copy
     ? await mapLimit(captured, captureConcurrency, async ([handler, desc]) => (handler.settle ? handler.settle(desc) : desc))
     : captured.map(([, desc]) => desc)
+  files.push(...passed)
   const fdEntries: FdEntry[] = probes.map((p) => ({
     fd: p.fd,
     closeOnExec: (p.fdinfo.flags & O_CLOEXEC) !== 0,
     objref: described.get(p.fd)!.objref,
   }))
   return { fds: fdEntries, files }
+}
+
+/** This process: descriptions in flight are captured through fds of its own. */
+const self = asPid(process.pid)
+
+/**
+ * The description that `fd` (of this process, peeked out of a socket's queue) holds: the
+ * OBJREF a task of the checkpoint knows it by, or a new one, captured here like a task's
+ * (with every lazy part read now: the fd is closed once the checkpoint's table is captured).
+ * A socket in flight that carries itself, or a loop of them, ends at the claim: the
+ * description is known by then.
+ */
+async function captureInFlight(fd: number, claims: DescriptionClaims, sender: Sender): Promise<{ objref: ObjRef; files: FileDescription[] }> {
+  const table = await captureProbed(await probeFileTable(self, [fd]), { copy: true }, claims, sender)
+  return { objref: table.fds[0].objref, files: table.files }
 }
 
 // ---------------------------------------------------------------------------------------

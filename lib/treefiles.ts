@@ -9,6 +9,7 @@ import { CkptError, messageOf } from './errors'
 import { captureProbed, probeFileTable, type DescriptionClaims } from './fdtable'
 import { asObjRef, lazy, type FdEntry, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
+import { handlerOf } from './files/index'
 
 export interface TreeFileTable {
   /** Every description of the tree, by OBJREF. */
@@ -27,6 +28,7 @@ class TreeClaims implements DescriptionClaims {
   /** POSIX locks of later tasks, by the description they were taken through. */
   readonly laterLocks = new Map<ObjRef, { locks: FileLock[]; refused: string | undefined }>()
   readonly numbered: DescriptionClaims['numbered'] = []
+  readonly heldFds: number[] = []
   private readonly byKey = new Map<string, Array<{ pid: Pid; fd: number; objref: ObjRef }>>()
   private next = 0
 
@@ -81,12 +83,20 @@ export async function captureTreeFiles(pids: readonly Pid[], opts: { copy: boole
   const fds = new Map<Pid, FdEntry[]>()
   // Every task's /proc reads at once; then each numbers its descriptions in tree order as it
   // starts (captureProbed numbers before its first await), and all are captured side by side.
-  const probed = await Promise.all(pids.map(probeFileTable))
-  const tables = await Promise.all(probed.map((task) => captureProbed(task, opts, claims)))
+  const probed = await Promise.all(pids.map((pid) => probeFileTable(pid)))
+  // Every capture is waited for, failed or not, before the fds of descriptions in flight are
+  // closed: those were captured whole through them, and no claim compares with them after.
+  const outcomes = await Promise.allSettled(probed.map((task) => captureProbed(task, opts, claims)))
+  for (const fd of claims.heldFds.splice(0)) native.close(fd)
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected')
+  if (failed) throw failed.reason
+  const tables = outcomes.map((o) => (o as PromiseFulfilledResult<FileTable>).value)
   tables.forEach((table, i) => {
     files.push(...table.files)
     fds.set(pids[i], table.fds)
   })
+  // What needed every description (in flight too) to be captured.
+  for (const file of files) handlerOf(file).concluded?.(file)
   for (const file of files) {
     const later = claims.laterLocks.get(file.objref)
     if (!later) continue

@@ -188,12 +188,12 @@ function fileTable(contentsSize: number): FileTable {
       ...common(16, 'socket:[1016]', 0o4002), type: 'socket', family: 'unix', sockType: 'dgram', state: 'unconnected',
       localAddress: Buffer.from('/run/synthetic.sock'), localUnlinked: false, localMode: 0o755, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0,
       backlog: 0, shutdown: 0, rcvbuf: 212992, sndbuf: 212992, passcred: true, rcvtimeoUs: 2500000n, sndtimeoUs: 0n, peekOff: -1,
-      queue: [{ data: Buffer.from('first'), sender: asObjRef(17) }, { data: Buffer.alloc(0), sender: undefined }],
+      localDir: '', queue: [{ data: Buffer.from('first'), sender: asObjRef(17), fds: [asObjRef(14), asObjRef(2)] }, { data: Buffer.alloc(0), sender: undefined, fds: [] }],
     },
     {
       ...common(17, 'socket:[1017]'), type: 'socket', family: 'unix', sockType: 'dgram', state: 'connected',
       localAddress: Buffer.from('\0abstract\x01'), localUnlinked: false, localMode: 0, peerAddress: Buffer.from('/run/synthetic.sock'), peer: asObjRef(16), acceptPosition: 0,
-      backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [],
+      backlog: 0, shutdown: 2, rcvbuf: 4608, sndbuf: 4608, passcred: false, rcvtimeoUs: 0n, sndtimeoUs: 1000n, peekOff: 0, queue: [], localDir: '',
     },
   ]
   const fds = files.map((f, i) => ({ fd: i, closeOnExec: i % 3 === 0, objref: f.objref }))

@@ -3,8 +3,10 @@
 // checkpointed through the real mount, saved with `cp -a` (and its image), ended with `echo kill
 // > done`, restored from the tree and from the image, and checks itself: no byte lost or
 // repeated, message boundaries kept, names, options and shutdown state as they were, the
-// listening socket accepting a new client. Sockets whose peer is outside the checkpoint are
-// refused by name; a socket path an unprivileged user swapped for something else is refused.
+// listening socket accepting a new client. Fds in flight (SCM_RIGHTS) come back with their
+// messages, and a name relative to the working directory is bound there again. Sockets whose
+// peer is outside the checkpoint, and an fd in flight ckptfs cannot checkpoint, are refused
+// by name; a socket path an unprivileged user swapped for something else is refused.
 
 import { execFileSync, spawn, type ChildProcess } from 'child_process'
 import * as fs from 'fs'
@@ -24,7 +26,7 @@ const CHECKS = [
   'seqpacket pair: records kept', 'seqpacket pair: the other direction', 'seqpacket pair: O_NONBLOCK',
   'shutdown: the rest, then end of file', 'shutdown: the other direction still works', 'shutdown: the shut side cannot send',
   'listening: its name', 'listening: listens', "listening: its socket file, mode 0640, owned by the task's user", 'listening: accepts a new client', 'listening: the new connection carries data',
-  'accepted: what the client sent', 'client: what the server sent', 'client and accepted socket: still connected',
+  'accepted: what the client sent', 'client: what the server sent', 'client and accepted socket: still connected', "accepted socket and client: the listener's name, its own and its peer's",
   "dgram server: a request's sender is the client's name", 'dgram server: the requests', 'dgram client: the answer', 'dgram client: still connected to the server',
   'abstract: its name', 'abstract: the message',
   'unlinked: the message', 'unlinked: no file on disk', 'unlinked: its client is still connected',
@@ -169,7 +171,16 @@ t.test('a listening socket with a connection from outside waiting to be accepted
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('an fd in flight (SCM_RIGHTS) is refused by name; looking at it took nothing from the process', async (t) => {
+const RIGHTS_CHECKS = [
+  'rights: stream: the bytes and the regular file passed with them, once', 'rights: stream: the bytes after them, without fds',
+  'rights: dgram: the message before, without fds', 'rights: dgram: a pipe\'s read end with its data and the regular file, in their order',
+  'rights: one file passed twice is one open file', 'rights: dgram: the message after, without fds', 'rights: a socket passed in its own queue is that socket',
+  'rights: a connected socket in flight, with its queue, still connected to the process\'s end',
+  'rights: an epoll in flight, still watching the process\'s fd 12',
+  'relative name: bound again in its directory, as a relative name, and listening',
+]
+
+t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree and from the image; looking took nothing from the process', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir, 'rights'], { dir })
   // Who holds the passed file open: nobody while it is in flight (the fixture closed its fd).
@@ -182,17 +193,40 @@ t.test('an fd in flight (SCM_RIGHTS) is refused by name; looking at it took noth
     }
   })
   t.same(holders(), [], 'nobody holds the passed file open')
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved, { image: true })
+  t.same(holders(), [], 'looking at the queues left the passed file open nowhere')
+  const objrefOf = (fd: number) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim()
+  const entry = (ref: string, name: string) => fs.readFileSync(path.join(saved, 'files', ref, name), 'utf8')
+  const [streamFds, dgramFds, selfFds] = [entry(objrefOf(4), 'queue_fds'), entry(objrefOf(6), 'queue_fds'), entry(objrefOf(8), 'queue_fds')]
+  const file = /^8 (\d+)\n$/.exec(streamFds)?.[1] ?? ''
+  t.equal(file !== '' && entry(file, 'path'), `${passed}\n`, 'the stream\'s queue_fds: the fd passed with the bytes up to offset 8 is files/N of the passed file')
+  const pipe = new RegExp(`^1 (\\d+) ${file}\\n$`).exec(dgramFds)?.[1] ?? ''
+  t.equal(pipe !== '' && entry(pipe, 'buffered'), 'piped', 'the datagram queue_fds: message 1 passes files/N of a pipe (its bytes buffered), then the same file')
+  t.equal(selfFds, `0 ${objrefOf(8)}\n`, 'a socket passed in its own queue is its own OBJREF')
+  const [, sockInFlight, epollInFlight] = /^4 (\d+)\n6 (\d+)\n$/.exec(entry(objrefOf(11), 'queue_fds')) ?? ['', 'none', 'none']
+  t.same([entry(objrefOf(12), 'peer'), entry(sockInFlight, 'peer')], [`${sockInFlight}\n`, `${objrefOf(12)}\n`], 'a connected socket in flight and the end the process holds name each other as peers')
+  t.equal(entry(epollInFlight, 'items/0/target'), `${objrefOf(12)}\n`, 'an epoll in flight: its item watches the file fd 12 holds')
+  t.same([entry(objrefOf(9), 'local_address'), entry(objrefOf(9), 'local_dir')], ['rel.sock\n', `${dir}\n`], 'a relative name, with the directory it is bound in')
+
+  for (const from of [saved, `${saved}.image`]) {
+    fs.rmSync(path.join(dir, 'go'), { force: true })
+    fs.rmSync(path.join(dir, 'rel.sock'), { force: true })
+    const since = target.text().length
+    restoreOk(mnt, from, target.pid)
+    const checks = await runChecks(target, since)
+    t.ok(checks.done, `restored from ${path.basename(from)}: the fixture finished its checks`)
+    t.same(checks.failed, [], 'no check failed')
+    t.same(checks.ok, RIGHTS_CHECKS, 'every check passed')
+    await killRestored(target.pid)
+  }
+})
+
+t.test('an fd in flight of a kind ckptfs cannot checkpoint is refused, naming it', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'rights-netlink'], { dir })
   const check = ckptfs('check', String(target.pid))
-  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\) has 1 fd\(s\) passed with SCM_RIGHTS queued in it; ckptfs cannot checkpoint fds in flight/, '`ckptfs check` says why')
-  const checkpoint = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
-  const ref = fs.readFileSync(path.join(checkpoint, `task-${target.pid}`, 'fds', '4', 'fd'), 'utf8').trim()
-  t.match(fs.readFileSync(path.join(checkpoint, 'files', ref, 'checkpointable'), 'utf8'), /^no: socket: .*SCM_RIGHTS/, 'files/N/checkpointable says why')
-  t.same(holders(), [], 'looking at the queue left the passed file open nowhere (not in the server, not in `ckptfs check`)')
-  fs.writeFileSync(path.join(checkpoint, 'done'), 'resume\n')
-  // The process receives its message and the fd, exactly once.
-  const checks = await runChecks(target)
-  t.same(checks.failed, [], 'no check failed')
-  t.same(checks.ok, ['rights: the message and its fd are still there, once'])
+  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\): fd 1 passed with SCM_RIGHTS in queued message 1 \(files\/\d+\) cannot be checkpointed: socket: a netlink raw socket/, '`ckptfs check` names the socket, the message and the fd in flight')
 })
 
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {
@@ -209,7 +243,7 @@ t.test('an edited peer or queue is refused by the validator, naming the file', a
     ['a peer that is not a socket', write(s3, 'peer', `${objrefOf(0)}\n`), new RegExp(`files/${s3}/peer: files/${objrefOf(0)} is not a UNIX socket of the checkpoint`)],
     ['a datagram queue cut short', write(d6, 'queue', Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0x41])), new RegExp(`files/${d6}/queue: message 0: 9 bytes announced at byte 0, 1 left`)],
     ['a listening socket with a queue', write(l11, 'queue', 'data'), new RegExp(`files/${l11}/queue: a listening socket has no queue`)],
-    ['a relative name to bind', write(l11, 'local_address', 'listen.sock\n'), new RegExp(`files/${l11}/local_address: listen.sock is relative`)],
+    ['a relative name to bind', write(l11, 'local_address', 'listen.sock\n'), new RegExp(`files/${l11}/local_dir: listen.sock is relative: the directory to bind it in must be an absolute path`)],
   ]
   for (const [what, edit, expected] of tries) {
     const edited = path.join(dir, 'edited')

@@ -137,15 +137,23 @@ napi_value js_kcmp_groups(napi_env env, napi_callback_info info) {
 // with the one its epoll `efd` watches as item (tfd, toff), toff counting the items with the
 // same fd number in the order fdinfo lists them. Finds an item's file after its fd was closed.
 napi_value js_kcmp_epoll_target(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  int32_t pid, fd, efd, tfd, toff;
-  if (!arg_count(env, info, 5, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd) ||
+  napi_value argv[6];
+  int32_t pid, fd, efd, tfd, toff, epoll_pid;
+  size_t argc = 6;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5) {
+    napi_throw_type_error(env, NULL, "kcmpEpollTarget(pid, fd, efd, tfd, toff[, epollPid])");
+    return NULL;
+  }
+  if (!get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd) ||
       !get_i32(env, argv[2], "efd", &efd) || !get_i32(env, argv[3], "tfd", &tfd) || !get_i32(env, argv[4], "toff", &toff))
     return NULL;
+  // The epoll may be another process's (one in flight is ckptfs's own fd).
+  epoll_pid = pid;
+  if (argc >= 6 && !get_i32(env, argv[5], "epollPid", &epoll_pid)) return NULL;
   struct kcmp_epoll_slot slot = {(uint32_t)efd, (uint32_t)tfd, (uint32_t)toff};
-  long r = syscall(SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, (unsigned long)&slot);
+  long r = syscall(SYS_kcmp, pid, epoll_pid, KCMP_EPOLL_TFD, fd, (unsigned long)&slot);
   if (r < 0) {
-    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_EPOLL_TFD, %d, {%d, %d, %d})", pid, pid, fd, efd, tfd, toff);
+    throw_errno(env, errno, "kcmp(pid %d, pid %d, KCMP_EPOLL_TFD, %d, {%d, %d, %d})", pid, epoll_pid, fd, efd, tfd, toff);
     return NULL;
   }
   return make_i32(env, (int32_t)r);

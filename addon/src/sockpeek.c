@@ -3,6 +3,10 @@
 // queue with SO_PEEK_OFF (measured on 6.18: each peek advances the offset by the bytes it
 // copied; a datagram peeked whole comes back as one message), the task's own SO_PEEK_OFF put
 // back afterwards. The task is frozen; every call is non-blocking, so this runs synchronously.
+//
+// Fds passed with SCM_RIGHTS and still queued come with the peek as new fds of this process
+// (close-on-exec), new descriptors of the very descriptions in flight: they are handed to the
+// caller, who captures what they hold and must close them.
 #include "module.h"
 
 #include <errno.h>
@@ -36,17 +40,44 @@ static int get_timeo_us(int fd, int name, int64_t *out) {
   return 0;
 }
 
-// Closes every fd an SCM_RIGHTS message handed us; returns how many there were.
-static int drop_rights(struct msghdr *msg) {
-  int count = 0;
+// The fds an SCM_RIGHTS message handed us, as a JS array (undefined when there were none);
+// adds their number to *count. Without a JS array (an error on the way) they are closed.
+static napi_value take_rights(napi_env env, struct msghdr *msg, int *count) {
+  napi_value list = NULL;
+  uint32_t at = 0;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     int *fds = (int *)CMSG_DATA(c);
-    for (size_t i = 0; i < n; i++) close(fds[i]);
-    count += (int)n;
+    if (!list && n > 0 && napi_create_array(env, &list) != napi_ok) list = NULL;
+    for (size_t i = 0; i < n; i++) {
+      if (list) napi_set_element(env, list, at++, make_i32(env, fds[i]));
+      else close(fds[i]);
+    }
+    *count += (int)n;
   }
-  return count;
+  return list ? list : make_undefined(env);
+}
+
+// Closes the fds of one take_rights array (undefined: none).
+static void close_list(napi_env env, napi_value list) {
+  napi_value v;
+  uint32_t n = 0;
+  bool is_array = false;
+  if (!list || napi_is_array(env, list, &is_array) != napi_ok || !is_array) return;
+  napi_get_array_length(env, list, &n);
+  for (uint32_t j = 0; j < n; j++) {
+    int32_t fd;
+    if (napi_get_element(env, list, j, &v) == napi_ok && napi_get_value_int32(env, v, &fd) == napi_ok) close(fd);
+  }
+}
+
+// Closes the fds of the first `count` messages' arrays (an error after some were taken).
+static void close_rights(napi_env env, napi_value rights, uint32_t count) {
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value list;
+    if (napi_get_element(env, rights, i, &list) == napi_ok) close_list(env, list);
+  }
 }
 
 typedef struct {
@@ -57,9 +88,11 @@ typedef struct {
 } peeked_t;
 
 // peekSocket(pid, fd): { domain, type, acceptconn, rcvbuf, sndbuf, passcred, rcvtimeoUs,
-// sndtimeoUs, peekOff, queue: Buffer[], senders: (Buffer|undefined)[], rightsInFlight }.
-// queue holds one Buffer per datagram or seqpacket record, and the bytes of a stream in
-// pieces; senders the sender's address of each (datagrams; undefined when it had none).
+// sndtimeoUs, peekOff, queue: Buffer[], senders: (Buffer|undefined)[], rights:
+// (number[]|undefined)[], rightsInFlight }. queue holds one Buffer per datagram or seqpacket
+// record, and the bytes of a stream in pieces (a piece ends where fds came with the bytes);
+// senders the sender's address of each (datagrams; undefined when it had none); rights the
+// fds passed with each, now open in this process (the caller closes them).
 napi_value js_peek_socket(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int32_t pid, tfd;
@@ -87,10 +120,11 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
     close(fd);
     return NULL;
   }
-  napi_value obj, queue, senders;
+  napi_value obj, queue, senders, rights_list;
   napi_create_object(env, &obj);
   napi_create_array(env, &queue);
   napi_create_array(env, &senders);
+  napi_create_array(env, &rights_list);
   int rights = 0;
   uint32_t count = 0;
   // Only a socket that has a queue to read: not a listening one, not one of another family
@@ -121,11 +155,23 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
                            .msg_control = &control, .msg_controllen = sizeof control};
       ssize_t n = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC | (records ? MSG_TRUNC : 0));
       int err = errno;
-      if (n >= 0) rights += drop_rights(&msg);
+      napi_value passed = n >= 0 ? take_rights(env, &msg, &rights) : NULL;
+      if (n >= 0 && (msg.msg_flags & MSG_CTRUNC)) {
+        // Fds that did not fit (or that this process had no room for) were dropped by the
+        // kernel: the queue cannot be captured whole.
+        napi_set_element(env, rights_list, count, passed);
+        close_rights(env, rights_list, count + 1);
+        free(buf);
+        setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off);
+        close(fd);
+        throw_errno(env, EMFILE, "recvmsg(pid %d, fd %d, MSG_PEEK): queued message %u: its control data (fds passed with SCM_RIGHTS) did not all come through", pid, tfd, count + 1);
+        return NULL;
+      }
       if (n < 0) {
         free(buf);
-        // EAGAIN: the end of the queue; EINVAL: a stream socket that is not connected.
-        e = err == EAGAIN || err == EINVAL ? 0 : err;
+        // EAGAIN: the end of the queue; EINVAL: a stream socket that is not connected;
+        // ENOTCONN: a seqpacket socket that is not (zdtm sk-unix-rel-seqpacket's listener).
+        e = err == EAGAIN || err == EINVAL || err == ENOTCONN ? 0 : err;
         break;
       }
       if (records && (size_t)n > cap) {
@@ -133,9 +179,11 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
         free(buf);
         cap = (size_t)n;
         setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &offset, sizeof offset);
+        close_list(env, passed);  // they come again with the whole datagram
         continue;
       }
       if (n == 0 && !records) {
+        close_list(env, passed);
         free(buf);
         e = 0;
         break;  // end of stream (shut down): nothing more
@@ -152,12 +200,14 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
         sender = make_undefined(env);
       }
       napi_set_element(env, senders, count, sender);
+      napi_set_element(env, rights_list, count, passed);
       count++;
       // A zero-length datagram is marked peeked by the kernel and skipped by the next peek.
     }
     // The task's own peek offset (-1: off) comes back whatever happened above.
     if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off) < 0 && !e) e = errno;
     if (e) {
+      close_rights(env, rights_list, count);
       throw_errno(env, e, "recvmsg(pid %d, fd %d, MSG_PEEK)", pid, tfd);
       close(fd);
       return NULL;
@@ -175,6 +225,7 @@ napi_value js_peek_socket(napi_env env, napi_callback_info info) {
   set_named(env, obj, "sndtimeoUs", make_i64(env, sndtimeo));
   set_named(env, obj, "queue", queue);
   set_named(env, obj, "senders", senders);
+  set_named(env, obj, "rights", rights_list);
   set_named(env, obj, "rightsInFlight", make_i32(env, rights));
   return obj;
 }

@@ -51,6 +51,8 @@
 
 #include "tree.h"
 
+// The most fds one SCM_RIGHTS message passes (the kernel's SCM_MAX_FD, not in the user headers).
+#define SCM_MAX_FD 253
 #define REFUSED_FLAGS (O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)
 // The bit O_TMPFILE adds to O_DIRECTORY (the kernel's __O_TMPFILE).
 #define TMPFILE_BIT 020000000
@@ -202,6 +204,16 @@ static int home_of(uint32_t id, int *cloexec) {
 // Puts the new fd of object `id` in place: at its home, moved there unless it is there
 // already, with the object's other fds duplicated from it; an object without a home goes to
 // the working area. `cloexec_set`: whether fd was made close-on-exec. Returns where it is.
+// Puts `fd` in the place of object `id`, already settled (each fd of it, or its working fd),
+// with the same close-on-exec flags; closes `fd`.
+static void resettle(int fd, uint32_t id, int work_fd, const char *what) {
+  if (slots_at[id] == slots_at[id + 1] && dup3(fd, work_fd, O_CLOEXEC) < 0) fail("%s: dup3 to fd %d: %s", what, work_fd, strerror(errno));
+  for (uint32_t i = slots_at[id]; i < slots_at[id + 1]; i++) {
+    if (dup3(fd, slots[i].fd, slots[i].cloexec ? O_CLOEXEC : 0) < 0) fail("%s: dup3 to fd %d: %s", what, slots[i].fd, strerror(errno));
+  }
+  close(fd);
+}
+
 static int settle(int fd, uint32_t id, int cloexec_set, const char *what) {
   int cloexec = 0, home = home_of(id, &cloexec);
   if (home < 0) return to_work(fd, what);
@@ -954,11 +966,15 @@ struct unix_socket {
   int type, flags, link, shutdown_bits, peek_off;
   uint32_t peer;          // the peer's object id (LINK_PAIR, LINK_CONNECT; LINK_PENDING: the listener)
   uint32_t position;      // LINK_PENDING: its place in the listener's queue of connections (1: next)
+  uint32_t via;           // LINK_PAIR: the listening socket that accepted it (its name is this socket's), or 0
+  int rcvbuf, sndbuf, passcred;
+  uint64_t rcvtimeo, sndtimeo;
   struct sockaddr_un addr;
   socklen_t addr_len;     // 0: no name
+  char *dir;              // a relative name's directory (NULL: the name is not relative)
   int unlink_after;       // the path was unlinked at checkpoint: bound, then removed again
   int closed_end;         // LINK_PEER_CLOSED: the other end, closed once the queue is in
-  uint32_t queued;        // messages, each u32 sender id + bytes, at `queue` in the plan
+  uint32_t queued;        // messages, each u32 sender id + bytes + u32 count + ids of fds passed, at `queue` in the plan
   const uint8_t *queue;
 };
 static struct unix_socket *unix_sockets;  // by object id, made with the first socket record
@@ -972,6 +988,22 @@ static struct unix_socket *unix_socket_of(uint32_t id) {
     for (uint32_t i = 0; i <= objects; i++) unix_pending[i] = -1;
   }
   return &unix_sockets[id];
+}
+
+// A relative name is bound, connected to, sent to and unlinked in its directory: the stub
+// goes there for the call (as the task: its search permission counts), then comes back.
+static int enter_dir(const char *dir, const char *what) {
+  if (!dir) return -1;
+  int back = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (back < 0) fail("%s: open the working directory: %s", what, strerror(errno));
+  if (chdir(dir) < 0) fail("%s: chdir %s to bind its relative name: %s", what, dir, strerror(errno));
+  return back;
+}
+
+static void leave_dir(int back, const char *what) {
+  if (back < 0) return;
+  if (fchdir(back) < 0) fail("%s: back to the working directory: %s", what, strerror(errno));
+  close(back);
 }
 
 static const char *type_name(int type) {
@@ -1054,7 +1086,8 @@ static void bind_unlinked(struct unix_socket *s, int fd, uint32_t id, const char
     char *slash = strrchr(s->addr.sun_path, '/');
     size_t dir = slash ? (size_t)(slash - s->addr.sun_path) : 0;
     char temp[sizeof s->addr.sun_path];
-    int n = snprintf(temp, sizeof temp, "%.*s/.ckptfs-%d-%u", (int)dir, s->addr.sun_path, (int)getpid(), id);
+    int n = slash ? snprintf(temp, sizeof temp, "%.*s/.ckptfs-%d-%u", (int)dir, s->addr.sun_path, (int)getpid(), id)
+                  : snprintf(temp, sizeof temp, ".ckptfs-%d-%u", (int)getpid(), id);
     if (n < 0 || (size_t)n >= sizeof temp) fail("%s: no room for a temporary name beside %s", what, shown_name(s, shown, sizeof shown));
     memcpy(s->addr.sun_path, temp, (size_t)n + 1);
     s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
@@ -1072,33 +1105,86 @@ static void set_timeo(int fd, int name, uint64_t us, const char *opt, const char
   if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0) fail("%s: setsockopt %s: %s", what, opt, strerror(errno));
 }
 
+// Buffer sizes first: a queue is sent in later, through them.
+static void set_unix_options(const struct unix_socket *s, const char *what) {
+  if (s->rcvbuf > 0) set_int_opt(s->fd, SO_RCVBUF, s->rcvbuf / 2, "SO_RCVBUF", what);
+  if (s->sndbuf > 0) set_int_opt(s->fd, SO_SNDBUF, s->sndbuf / 2, "SO_SNDBUF", what);
+  if (s->passcred) set_int_opt(s->fd, SO_PASSCRED, 1, "SO_PASSCRED", what);
+  if (s->rcvtimeo) set_timeo(s->fd, SO_RCVTIMEO, s->rcvtimeo, "SO_RCVTIMEO", what);
+  if (s->sndtimeo) set_timeo(s->fd, SO_SNDTIMEO, s->sndtimeo, "SO_SNDTIMEO", what);
+}
+
+// A connection its server accepted from a listening socket of the checkpoint is made again
+// that way, in place of the socketpair: a client connects to the listener by name and the
+// listener accepts it, so the accepted socket has the listener's name and the client sees it
+// as its peer's (getsockname, getpeername), as they did. The listener has no connection
+// waiting yet (those connect after), so the accept never waits. A task that may not connect
+// to it (the socket file's mode) keeps the socketpair, whose ends have no names.
+static void accept_again(uint32_t id, const char *what) {
+  struct unix_socket *s = &unix_sockets[id], *l = &unix_sockets[s->via], *c = &unix_sockets[s->peer];
+  char shown[400];
+  if (!l->made || l->addr_len == 0 || l->type != s->type) fail("%s: files/%u is not a listening %s socket with a name", what, s->via, type_name(s->type));
+  if (!c->made || c->link != LINK_PAIR || c->peer != id) fail("%s: its peer files/%u is not its other end", what, s->peer);
+  int client = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0);
+  if (client < 0) fail("%s: socket: %s", what, strerror(errno));
+  int back = enter_dir(l->dir, what);
+  int r = connect(client, (const struct sockaddr *)&l->addr, l->addr_len), e = errno;
+  leave_dir(back, what);
+  if (r < 0 && (e == EACCES || e == EPERM)) {
+    // The task may not connect to its own listener (its socket file's mode): the socketpair stays.
+    close(client);
+    return;
+  }
+  if (r < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(e));
+  int accepted = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  if (accepted < 0) fail("%s: accept on %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+  if (fcntl(accepted, F_SETFL, 0) < 0) fail("%s: F_SETFL: %s", what, strerror(errno));
+  resettle(accepted, id, s->fd, what);
+  resettle(client, s->peer, c->fd, what);
+  set_unix_options(s, what);
+  set_unix_options(c, what);
+}
+
 // Payload: i32 type, i32 flags, u32 bind (0 none, 1 path, 2 abstract), bytes name (sun_path
-// without the terminating NUL; abstract: without the leading NUL), u32 unlinked, u32 mode,
+// without the terminating NUL; abstract: without the leading NUL), bytes dir (a relative path
+// name's directory, absolute; else empty), u32 unlinked, u32 mode,
 // i32 backlog (-1: not listening), u32 link (0 none, 1 pair, 2 connect, 3 peer closed,
 // 4 pending: connected to a listener, not accepted), u32 peer id, u32 accept position, u32 shutdown (1 read, 2 write), i32 rcvbuf, i32 sndbuf (as getsockopt showed
 // them: twice what setsockopt takes), i32 passcred, u64 rcvtimeo_us, u64 sndtimeo_us,
-// i32 peek_off, u32 count, then per queued message u32 sender id (0: none), bytes data.
+// i32 peek_off, u32 via (a connected socket accepted by a listening socket of the
+// checkpoint: that socket's id; else 0), u32 count, then per queued message u32 sender id
+// (0: none), bytes data, u32 fd count and the object id of each fd passed with it (SCM_RIGHTS).
 static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char *what) {
   struct unix_socket *s = unix_socket_of(id);
   s->type = i32("socket type");
   s->flags = i32("flags");
   uint32_t bind_kind = u32("bind"), name_len;
   const uint8_t *name = blob("name", &name_len);
+  uint32_t dir_len;
+  const uint8_t *dir = blob("dir", &dir_len);
   uint32_t unlinked = u32("unlinked"), mode = u32("mode");
   int backlog = i32("backlog");
   s->link = (int)u32("link");
   s->peer = u32("peer");
   s->position = u32("accept position");
   s->shutdown_bits = (int)u32("shutdown");
-  int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), passcred = i32("passcred");
-  uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
+  s->rcvbuf = i32("rcvbuf"), s->sndbuf = i32("sndbuf"), s->passcred = i32("passcred");
+  s->rcvtimeo = u64("rcvtimeo"), s->sndtimeo = u64("sndtimeo");
   s->peek_off = i32("peek_off");
+  s->via = u32("via");
+  if (s->via > objects || s->via == id || (s->via && (s->link != LINK_PAIR || s->type == SOCK_DGRAM))) fail("%s: bad listening socket files/%u", what, s->via);
   s->queued = u32("message count");
   s->queue = plan;
   for (uint32_t i = 0; i < s->queued; i++) {
     uint32_t len;
     if (u32("sender") > objects) fail("%s: queued message %u: sender out of range", what, i);
     (void)blob("message", &len);
+    uint32_t passed = u32("fd count");
+    if (passed > SCM_MAX_FD) fail("%s: queued message %u passes %u fds, more than %d", what, i, passed, SCM_MAX_FD);
+    for (uint32_t j = 0; j < passed; j++) {
+      uint32_t ref = u32("passed fd");
+      if (ref == 0 || ref > objects) fail("%s: queued message %u: passed fd %u out of range", what, i, j);
+    }
   }
   if (s->type != SOCK_STREAM && s->type != SOCK_DGRAM && s->type != SOCK_SEQPACKET) fail("%s: socket type %d is not stream, dgram or seqpacket", what, s->type);
   if (bind_kind > BIND_ABSTRACT || name_len + 1 > sizeof s->addr.sun_path || (bind_kind == BIND_NONE) != (name_len == 0)) fail("%s: bad socket name", what);
@@ -1113,8 +1199,15 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
     s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + name_len);
   } else if (bind_kind == BIND_PATH) {
     memcpy(s->addr.sun_path, name, name_len);
-    if (memchr(name, 0, name_len) || name[0] != '/') fail("%s: a socket path must be absolute and without NUL bytes", what);
+    if (memchr(name, 0, name_len)) fail("%s: a socket path must be without NUL bytes", what);
+    // A relative name comes with the absolute directory it is bound in; an absolute one with none.
+    if ((name[0] != '/') != (dir_len > 0)) fail("%s: a socket path must be absolute, or relative with a directory", what);
     s->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + name_len + 1);
+  }
+  if (dir_len > 0) {
+    if (bind_kind != BIND_PATH || dir[0] != '/' || memchr(dir, 0, dir_len)) fail("%s: bad directory for a relative name", what);
+    s->dir = strndup((const char *)dir, dir_len);
+    if (!s->dir) fail("out of memory");
   }
 
   int fd;
@@ -1145,16 +1238,14 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
   s->made = 1;
   object_fd[id] = fd;
 
-  // Buffer sizes first: a queue is sent in later, through them.
-  if (rcvbuf > 0) set_int_opt(fd, SO_RCVBUF, rcvbuf / 2, "SO_RCVBUF", what);
-  if (sndbuf > 0) set_int_opt(fd, SO_SNDBUF, sndbuf / 2, "SO_SNDBUF", what);
-  if (passcred) set_int_opt(fd, SO_PASSCRED, 1, "SO_PASSCRED", what);
-  if (rcvtimeo) set_timeo(fd, SO_RCVTIMEO, rcvtimeo, "SO_RCVTIMEO", what);
-  if (sndtimeo) set_timeo(fd, SO_SNDTIMEO, sndtimeo, "SO_SNDTIMEO", what);
+  set_unix_options(s, what);
 
-  if (bind_kind == BIND_PATH && unlinked) bind_unlinked(s, fd, id, what);
-  else if (bind_kind == BIND_PATH) bind_path(s, fd, mode & 07777, what);
-  else if (bind_kind == BIND_ABSTRACT && bind(fd, (const struct sockaddr *)&s->addr, s->addr_len) < 0) {
+  if (bind_kind == BIND_PATH) {
+    int back = enter_dir(s->dir, what);
+    if (unlinked) bind_unlinked(s, fd, id, what);
+    else bind_path(s, fd, mode & 07777, what);
+    leave_dir(back, what);
+  } else if (bind_kind == BIND_ABSTRACT && bind(fd, (const struct sockaddr *)&s->addr, s->addr_len) < 0) {
     char shown[400];
     fail("%s: bind %s: %s", what, shown_name(s, shown, sizeof shown), strerror(errno));
   }
@@ -1163,20 +1254,46 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
 
 // Sends all of `data` from `from` (to `to` when given: an unconnected receiver), never waiting:
 // the saved queue fitted the saved buffers, which are set again.
-static void send_queued(int from, const struct unix_socket *to, int by_address, const uint8_t *data, uint32_t len, int type, const char *what) {
+// The fds in flight go with the first bytes of the message (a stream's piece went in whole
+// when it was queued: it fits the buffers that held it).
+static void send_queued(int from, const struct unix_socket *to, int by_address, const uint8_t *data, uint32_t len, const int *fds, uint32_t nfds, int type, const char *what) {
+  union {
+    struct cmsghdr align;
+    char space[CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
+  } control;
+  int back = by_address ? enter_dir(to->dir, what) : -1;
   do {
-    ssize_t n = sendto(from, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, by_address ? (const struct sockaddr *)&to->addr : NULL, by_address ? to->addr_len : 0);
+    struct iovec iov = {(void *)data, len};
+    struct msghdr msg = {.msg_name = by_address ? (void *)&to->addr : NULL, .msg_namelen = by_address ? to->addr_len : 0, .msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds) {
+      msg.msg_control = control.space;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n = sendmsg(from, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("%s: sending its queued %u bytes back in: %s", what, len, strerror(errno));
+    if (n < 0) fail("%s: sending its queued %u bytes%s back in: %s", what, len, nfds ? " and the fds passed with them" : "", strerror(errno));
     if (type != SOCK_STREAM && (uint32_t)n != len) fail("%s: a queued message of %u bytes went in as %zd", what, len, n);
+    if (type == SOCK_STREAM && nfds && (uint32_t)n != len) fail("%s: a queued piece of %u bytes that passes fds went in as %zd", what, len, n);
+    nfds = 0;
     data += n;
     len -= (uint32_t)n;
   } while (len > 0);
+  leave_dir(back, what);
 }
 
 static void finish_unix_sockets(void) {
   if (!unix_sockets) return;
   char what[64];
+  for (uint32_t id = 1; id <= objects; id++) {
+    if (!unix_sockets[id].made || !unix_sockets[id].via) continue;
+    snprintf(what, sizeof what, "files/%u", id);
+    accept_again(id, what);
+  }
   // Queues, before any datagram socket is connected (a connected one takes messages only from its peer).
   for (uint32_t id = 1; id <= objects; id++) {
     struct unix_socket *s = &unix_sockets[id];
@@ -1187,6 +1304,13 @@ static void finish_unix_sockets(void) {
     for (uint32_t i = 0; i < s->queued; i++) {
       uint32_t sender = u32("sender"), len;
       const uint8_t *data = blob("message", &len);
+      uint32_t nfds = u32("fd count");
+      int fds[SCM_MAX_FD];
+      for (uint32_t j = 0; j < nfds; j++) {
+        uint32_t ref = u32("passed fd");
+        if (object_fd[ref] < 0) fail("%s: queued message %u passes files/%u, which was not opened", what, i, ref);
+        fds[j] = object_fd[ref];
+      }
       // Through the other end of its pair; else from the saved sender, addressed; else from a
       // socket of the stub's own (the message then has no sender address).
       int from = -1, by_address = 0;
@@ -1198,7 +1322,7 @@ static void finish_unix_sockets(void) {
         if (scratch < 0 && (scratch = socket(AF_UNIX, s->type | SOCK_CLOEXEC, 0)) < 0) fail("%s: socket: %s", what, strerror(errno));
         from = scratch, by_address = 1;
       }
-      send_queued(from, s, by_address, data, len, s->type, what);
+      send_queued(from, s, by_address, data, len, fds, nfds, s->type, what);
     }
     if (scratch >= 0) close(scratch);
   }
@@ -1210,7 +1334,9 @@ static void finish_unix_sockets(void) {
       struct unix_socket *p = &unix_sockets[s->peer];
       char shown[400];
       if (!p->made || p->addr_len == 0) fail("%s: its peer files/%u has no name to connect to", what, s->peer);
+      int back = enter_dir(p->dir, what);
       if (connect(s->fd, (const struct sockaddr *)&p->addr, p->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(p, shown, sizeof shown), strerror(errno));
+      leave_dir(back, what);
     }
     if (s->closed_end >= 0) close(s->closed_end);
   }
@@ -1231,7 +1357,9 @@ static void finish_unix_sockets(void) {
       if (!l->made || l->addr_len == 0) fail("%s: its listener files/%u has no name to connect to", what, s->peer);
       // Never waiting: the listener's backlog had room for it.
       set_status_flags(s->fd, O_NONBLOCK, what);
+      int back = enter_dir(l->dir, what);
       if (connect(s->fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0) fail("%s: connect to %s: %s", what, shown_name(l, shown, sizeof shown), strerror(errno));
+      leave_dir(back, what);
     }
   }
   for (uint32_t id = 1; id <= objects; id++) {
@@ -1240,7 +1368,11 @@ static void finish_unix_sockets(void) {
     snprintf(what, sizeof what, "files/%u", id);
     static const int how[] = {-1, SHUT_RD, SHUT_WR, SHUT_RDWR};
     if (s->link != LINK_PEER_CLOSED && s->shutdown_bits && shutdown(s->fd, how[s->shutdown_bits]) < 0) fail("%s: shutdown: %s", what, strerror(errno));
-    if (s->unlink_after && unlink(s->addr.sun_path) < 0) fail("%s: unlink %s: %s", what, s->addr.sun_path, strerror(errno));
+    if (s->unlink_after) {
+      int back = enter_dir(s->dir, what);
+      if (unlink(s->addr.sun_path) < 0) fail("%s: unlink %s: %s", what, s->addr.sun_path, strerror(errno));
+      leave_dir(back, what);
+    }
     if (s->peek_off >= 0) set_int_opt(s->fd, SO_PEEK_OFF, s->peek_off, "SO_PEEK_OFF", what);
     set_status_flags(s->fd, s->flags, what);
   }

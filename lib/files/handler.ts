@@ -54,6 +54,14 @@ export interface CaptureContext {
   /** The bytes buffered in one pipe or fifo (`key` names it), peeked once however many ends the task holds. */
   peekOnce(key: string, fd: number): Lazy<Buffer>
   links: LinkFinder
+  /**
+   * Takes `fd`, an fd of this process holding a description in flight (passed with
+   * SCM_RIGHTS, peeked out of a socket's queue), and answers its OBJREF: a description of the
+   * checkpoint, captured now (through `fd`) if no task holds it, with its own refusal if it
+   * cannot be checkpointed; or why it cannot be captured at all. The fd is closed once the
+   * checkpoint's file table is captured, whatever the answer.
+   */
+  inFlight(fd: number): Promise<{ objref: ObjRef; notCheckpointable?: string } | { refused: string }>
 }
 
 /** What planning one description's restore may look at besides the description itself. */
@@ -136,6 +144,16 @@ export interface FileHandler<D extends FileDescription = FileDescription> {
   readonly stubKinds?: StubKinds
   /** How the image keeps the type's own fields; absent when it has none (sockets, unknown files). */
   readonly image?: ImageMapping<D>
+  /**
+   * A last look once every description of the checkpoint is captured (those in flight too),
+   * for what needs all of them (a socket's peer found in flight).
+   */
+  concluded?(desc: D): void
+  /**
+   * The descriptions this one holds in flight (the fds a socket's queue passes with
+   * SCM_RIGHTS): no fd needs to name those, as this one is reachable.
+   */
+  passes?(desc: D): ObjRef[] | Promise<ObjRef[]>
   /** `ckptfs show`'s text for the file: the target and what a reader wants at a glance (default: the target). */
   summary?(desc: D): string
 }

@@ -186,5 +186,9 @@ export const socket: FileHandler<SocketDescription> = {
     references: (d) => familyOf(d).image.references?.(d) ?? [],
   },
 
+  passes: (d) => familyOf(d).passes?.(d) ?? [],
+
+  concluded: (d) => familyOf(d).concluded?.(d),
+
   summary: (d) => familyOf(d).summary?.(d) ?? d.target,
 }

@@ -7,8 +7,15 @@
 // receive queue (addon peekSocket). Peers are looked up among the sockets of the whole
 // checkpoint (every process of the tree), so a socketpair made before fork, or a client in one
 // process connected to a server in another, is one connection of the checkpoint. A socket is
-// refused, naming it and its peer, when its peer is outside the checkpoint (as CRIU does without --ext-unix-sk), when connections wait to
-// be accepted on it, or when fds passed with SCM_RIGHTS are queued in it.
+// refused, naming it and its peer, when its peer is outside the checkpoint (as CRIU does without --ext-unix-sk), or when connections wait to
+// be accepted on it from outside.
+//
+// Fds passed with SCM_RIGHTS and still queued (in flight) come out of the peek as fds of
+// ckptfs; each is the description a task of the checkpoint holds too (kcmp), or is captured
+// as a description of the checkpoint of its own (CaptureContext.inFlight). A message names
+// them by OBJREF (queue_fds), and the restore sends them again with it. A name relative to
+// the task's working directory is kept with that directory (local_dir), where the restore
+// binds it again.
 //
 // Restore (stub kind unix_socket, addon/stub/restorer.c): each socket is one object; the two
 // ends of a connection are one socketpair(), each end naming the other by OBJREF (`peer`), so
@@ -21,7 +28,7 @@ import { native } from '../native'
 import { userDevFromKernel } from '../procfs'
 import { RecordBuilder } from '../restore/fdplan'
 import { checkedBytes } from '../tree/checked'
-import { attr, octal } from '../tree/node'
+import { attr, bytes, octal } from '../tree/node'
 import type { Fields } from '../image/records'
 import type { PeekedSocket, UnixDiagSocket } from '../../addon/index'
 import { described, invalid, parseObjRef, withCommon } from './common'
@@ -38,10 +45,15 @@ export type UnixSocketType = 'stream' | 'dgram' | 'seqpacket'
  */
 export type UnixSocketState = 'unconnected' | 'listening' | 'connected' | 'pending' | 'peer-closed'
 
-/** A queued message: its bytes, and the socket of the checkpoint that sent it (datagrams), if known. */
+/**
+ * A queued message: its bytes, the socket of the checkpoint that sent it (datagrams), if
+ * known, and the descriptions passed with it (SCM_RIGHTS), in order. A stream's queue is
+ * its bytes in pieces, each but the last ending where fds came with the bytes.
+ */
 export interface UnixMessage {
   data: Buffer
   sender: ObjRef | undefined
+  fds: ObjRef[]
 }
 
 export interface UnixSocketDescription extends DescriptionCommon {
@@ -51,6 +63,11 @@ export interface UnixSocketDescription extends DescriptionCommon {
   state: UnixSocketState
   /** sun_path as the kernel keeps it: a path (no terminating NUL), an abstract name (a leading NUL), or empty (no name). */
   localAddress: Buffer
+  /**
+   * A name relative to a working directory: that directory (the task's at checkpoint, where
+   * the socket file was found), in which the restore binds it; empty for any other name.
+   */
+  localDir: string
   /** A path name whose file was removed (or replaced) since bind. */
   localUnlinked: boolean
   /** Permission bits of the socket file (0: none, an abstract or unlinked name). */
@@ -94,6 +111,8 @@ const TCP_LISTEN = 10
 /** sun_path holds 108 bytes: a path and its NUL, or a NUL and an abstract name. */
 const NAME_MAX = 107
 const shutdownNames = ['none', 'read', 'write', 'both']
+/** The most fds one SCM_RIGHTS message passes (SCM_MAX_FD). */
+const SCM_MAX_FD = 253
 
 // ---- names as text ----
 
@@ -146,7 +165,7 @@ const isPathName = (name: Buffer): boolean => name.length > 0 && name[0] !== 0
 // checkpoint), then the bytes.
 
 function queueBytes(d: UnixSocketDescription, queue: UnixMessage[]): Buffer {
-  if (d.sockType === 'stream') return queue.length ? queue[0].data : Buffer.alloc(0)
+  if (d.sockType === 'stream') return queue.length === 1 ? queue[0].data : Buffer.concat(queue.map((m) => m.data))
   const parts: Buffer[] = []
   for (const m of queue) {
     const head = Buffer.alloc(8)
@@ -158,7 +177,7 @@ function queueBytes(d: UnixSocketDescription, queue: UnixMessage[]): Buffer {
 }
 
 function queueFromBytes(sockType: UnixSocketType, bytes: Buffer, fail: (why: string) => never): UnixMessage[] {
-  if (sockType === 'stream') return bytes.length ? [{ data: bytes, sender: undefined }] : []
+  if (sockType === 'stream') return bytes.length ? [{ data: bytes, sender: undefined, fds: [] }] : []
   const out: UnixMessage[] = []
   for (let at = 0; at < bytes.length;) {
     if (bytes.length - at < 8) fail(`message ${out.length}: truncated header at byte ${at}`)
@@ -166,9 +185,68 @@ function queueFromBytes(sockType: UnixSocketType, bytes: Buffer, fail: (why: str
     const sender = bytes.readUInt32LE(at + 4)
     if (len > bytes.length - at - 8) fail(`message ${out.length}: ${len} bytes announced at byte ${at}, ${bytes.length - at - 8} left`)
     if (sender > INT_MAX) fail(`message ${out.length}: sender ${sender} is not an OBJREF`)
-    out.push({ data: bytes.subarray(at + 8, at + 8 + len), sender: sender ? asObjRef(sender) : undefined })
+    out.push({ data: bytes.subarray(at + 8, at + 8 + len), sender: sender ? asObjRef(sender) : undefined, fds: [] })
     at += 8 + len
   }
+  return out
+}
+
+// ---- the fds in flight (queue_fds) ----
+// One line per message that carries fds: its place, then the OBJREF of each fd in the order
+// they were passed. A datagram's or record's place is its index in the queue (from 0); a
+// stream piece's is the byte offset where it ends (the bytes from the previous line's offset
+// come with the fds).
+
+function queueFdsText(d: UnixSocketDescription, queue: UnixMessage[]): string {
+  let out = ''
+  let end = 0
+  queue.forEach((m, i) => {
+    end += m.data.length
+    if (m.fds.length) out += `${d.sockType === 'stream' ? end : i} ${m.fds.join(' ')}\n`
+  })
+  return out
+}
+
+interface QueueFdsLine {
+  place: number
+  fds: ObjRef[]
+}
+
+function parseQueueFds(text: string, fail: (why: string) => never): QueueFdsLine[] {
+  if (text === '') return []
+  if (!text.endsWith('\n')) fail('list is truncated (no trailing newline)')
+  return text.slice(0, -1).split('\n').map((line, i) => {
+    const words = line.split(' ')
+    if (words.length < 2 || !words.every((w) => /^(0|[1-9][0-9]{0,9})$/.test(w))) fail(`line ${i + 1}: ${JSON.stringify(line)} is not a place and OBJREFs`)
+    const [place, ...refs] = words.map(Number)
+    if (refs.some((r) => r < 1 || r > INT_MAX)) fail(`line ${i + 1}: an OBJREF is out of range`)
+    if (refs.length > SCM_MAX_FD) fail(`line ${i + 1}: ${refs.length} fds is more than one message passes (${SCM_MAX_FD})`)
+    return { place, fds: refs.map(asObjRef) }
+  })
+}
+
+/** The queue with the fds of queue_fds attached (a stream's bytes cut where fds came). */
+function withQueueFds(sockType: UnixSocketType, queue: UnixMessage[], lines: QueueFdsLine[], fail: (why: string) => never): UnixMessage[] {
+  if (lines.length === 0) return queue
+  lines.forEach((l, i) => {
+    if (i > 0 && l.place <= lines[i - 1].place) fail(`line ${i + 1}: places must increase`)
+  })
+  if (sockType !== 'stream') {
+    for (const l of lines) {
+      if (l.place >= queue.length) fail(`message ${l.place} is not in the queue (${queue.length} messages)`)
+      queue[l.place] = { ...queue[l.place], fds: l.fds }
+    }
+    return queue
+  }
+  const bytes = queue.length ? queue[0].data : Buffer.alloc(0)
+  const out: UnixMessage[] = []
+  let from = 0
+  for (const l of lines) {
+    if (l.place === 0 || l.place > bytes.length) fail(`offset ${l.place} is not inside the queue's ${bytes.length} bytes`)
+    out.push({ data: bytes.subarray(from, l.place), sender: undefined, fds: l.fds })
+    from = l.place
+  }
+  if (from < bytes.length) out.push({ data: bytes.subarray(from), sender: undefined, fds: [] })
   return out
 }
 
@@ -249,7 +327,7 @@ function refusedUnix(base: DescriptionBase, why: string): UnixSocketDescription 
   return {
     ...base, type: 'socket', family: 'unix', sockType: 'stream', state: 'unconnected', localAddress: Buffer.alloc(0), localUnlinked: false,
     localMode: 0, peerAddress: Buffer.alloc(0), peer: undefined, acceptPosition: 0, backlog: 0, shutdown: 0, rcvbuf: 0, sndbuf: 0, passcred: false,
-    rcvtimeoUs: 0n, sndtimeoUs: 0n, peekOff: -1, queue: [], notCheckpointable: `socket: ${why}`,
+    rcvtimeoUs: 0n, sndtimeoUs: 0n, peekOff: -1, queue: [], localDir: '', notCheckpointable: `socket: ${why}`,
   }
 }
 
@@ -276,6 +354,10 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   } catch (err) {
     return refused(`${what}: its options and queue cannot be read: ${(err as Error).message}`)
   }
+  // A socket in flight is known by its OBJREF from now on too (the checkpoint's were listed before).
+  if (!sockets.objrefs.has(ino)) sockets.objrefs.set(ino, base.objref)
+  // The fds in flight: each is the capture's at once (it closes them), then found or captured.
+  const passed = await Promise.all(peeked.rights.map((fds) => Promise.all((fds ?? []).map((fd) => ctx.inFlight(fd)))))
   // The OBJREF of a socket inode held by a task of the checkpoint (this one or another of its tree).
   const objrefOf = (sockIno: number): ObjRef | undefined => sockets.objrefs.get(sockIno)
 
@@ -284,6 +366,8 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
   let peerAddress: Buffer = Buffer.alloc(0)
   let acceptPosition = 0
   let why: string | undefined
+  // A peer no task holds: it may be in flight, captured later (see concludeUnix).
+  let peerOutside: { ino: number; why: string } | undefined
   if (me.state === TCP_LISTEN) {
     state = 'listening'
     // Connections waiting to be accepted (unix_diag lists their clients) come back when their
@@ -321,28 +405,63 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
       if (peer === undefined) {
         const holders = await holdersOf(me.peer)
         const peerWhat = describeSocket(sockType, undefined, me.peer, peerAddress)
-        why = `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it`
+        peerOutside = { ino: me.peer, why: `${what} is connected to ${peerWhat}, outside the checkpoint${holders.length ? `, held by ${holders.join(', ')}` : ''}; its peer cannot be restored with it` }
       }
     }
   }
-  if (peeked.rightsInFlight > 0) why ??= `${what} has ${peeked.rightsInFlight} fd(s) passed with SCM_RIGHTS queued in it; ckptfs cannot checkpoint fds in flight`
+  const fdsOf = (i: number): ObjRef[] => {
+    const refs: ObjRef[] = []
+    passed[i].forEach((p, j) => {
+      if ('refused' in p) why ??= `${what}: fd ${j + 1} passed with SCM_RIGHTS in queued message ${i + 1} cannot be checkpointed: ${p.refused}`
+      else if (p.notCheckpointable !== undefined) why ??= `${what}: fd ${j + 1} passed with SCM_RIGHTS in queued message ${i + 1} (files/${p.objref}) cannot be checkpointed: ${p.notCheckpointable}`
+      refs.push('refused' in p ? asObjRef(0) : p.objref)
+    })
+    return refs
+  }
 
-  // A path name: still the socket's own file on disk, or unlinked (or replaced) since.
+  // A path name: still the socket's own file on disk, or unlinked (or replaced) since. A
+  // relative name was bound in the working directory of its day: the task's now, when the
+  // socket file is found there (else the directory is unknown, and a name that is bound again
+  // on restore is refused).
   let localUnlinked = false
   let localMode = 0
+  let localDir = ''
   if (isPathName(localAddress)) {
     const path = localAddress.toString('latin1')
-    if (!path.startsWith('/') && (state === 'listening' || sockType === 'dgram')) why ??= `${what}: a relative name cannot be bound again`
-    const st = path.startsWith('/') ? await ctx.statPath(path) : undefined
+    const relative = !path.startsWith('/')
+    let st
+    if (!relative) {
+      st = await ctx.statPath(path)
+    } else if (bindsOwnName(sockType, state)) {
+      const cwd = await fs.promises.readlink(`/proc/${ctx.pid}/cwd`).catch(() => undefined)
+      if (cwd?.startsWith('/')) {
+        st = await ctx.statPath(cwd === '/' ? `/${path}` : `${cwd}/${path}`)
+        localDir = cwd
+      }
+    }
     const same = st !== undefined && me.vfsIno !== undefined && me.vfsDev !== undefined && st.ino === BigInt(me.vfsIno) && st.dev === userDevFromKernel(me.vfsDev)
-    localUnlinked = !same
+    if (relative && bindsOwnName(sockType, state) && !same) {
+      why ??= `${what}: its relative name is not the socket file in the working directory${localDir ? ` ${localDir}` : ''}: the directory it was bound in is unknown`
+      localDir = ''
+    }
+    localUnlinked = !same && !relative
     localMode = same ? st!.mode & 0o7777 : 0
   }
 
-  let queue: UnixMessage[]
+  let queue: UnixMessage[] = []
   if (sockType === 'stream') {
-    const bytes = Buffer.concat(peeked.queue)
-    queue = bytes.length ? [{ data: bytes, sender: undefined }] : []
+    // A piece of the peek ends where fds came with the bytes: the bytes since the last such
+    // piece are one message with them; the bytes after the last, one without.
+    let pieces: Buffer[] = []
+    peeked.queue.forEach((data, i) => {
+      pieces.push(data)
+      const fds = fdsOf(i)
+      if (fds.length === 0) return
+      queue.push({ data: Buffer.concat(pieces), sender: undefined, fds })
+      pieces = []
+    })
+    const rest = Buffer.concat(pieces)
+    if (rest.length) queue.push({ data: rest, sender: undefined, fds: [] })
   } else {
     // A datagram's sender, when it is a named socket of the checkpoint.
     // (A seqpacket record always comes from its connection's other end: no sender is kept.)
@@ -350,16 +469,17 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
       const name = kernelName(address)
       return name.length && sockType === 'dgram' ? sockets.named.get(`${me.type} ${name.toString('latin1')}`) : undefined
     }
-    queue = peeked.queue.map((data, i) => ({ data, sender: senderOf(peeked.senders[i]) }))
+    queue = peeked.queue.map((data, i) => ({ data, sender: senderOf(peeked.senders[i]), fds: fdsOf(i) }))
   }
 
-  return {
+  const d: UnixSocketDescription = {
     ...base,
     type: 'socket',
     family: 'unix',
     sockType,
     state,
     localAddress,
+    localDir,
     localUnlinked,
     localMode,
     peerAddress,
@@ -374,8 +494,28 @@ async function captureUnix(probe: FdProbe, base: DescriptionBase, ctx: CaptureCo
     sndtimeoUs: peeked.sndtimeoUs,
     peekOff: peeked.peekOff,
     queue,
-    notCheckpointable: why === undefined ? base.notCheckpointable : `socket: ${why}`,
+    notCheckpointable: (peerOutside?.why ?? why) === undefined ? base.notCheckpointable : `socket: ${peerOutside?.why ?? why}`,
   }
+  if (peerOutside) peersToFind.set(d, { ino: peerOutside.ino, sockets, otherwise: why === undefined ? base.notCheckpointable : `socket: ${why}` })
+  return d
+}
+
+/** Connected sockets whose peer no task holds, with what they are refused for besides. */
+const peersToFind = new WeakMap<UnixSocketDescription, { ino: number; sockets: UnixSockets; otherwise: string | undefined }>()
+
+/**
+ * Once the whole checkpoint is captured: a socket whose peer no task holds is connected to
+ * that peer after all when the peer was found in flight (passed with SCM_RIGHTS, captured
+ * after the socket was).
+ */
+function concludeUnix(d: UnixSocketDescription): void {
+  const pending = peersToFind.get(d)
+  if (!pending) return
+  peersToFind.delete(d)
+  const peer = pending.sockets.objrefs.get(pending.ino)
+  if (peer === undefined) return
+  d.peer = peer
+  d.notCheckpointable = pending.otherwise
 }
 
 // ---- the tree ----
@@ -385,6 +525,7 @@ const table = withCommon<UnixSocketDescription>([
   attr('sock_type', (d) => d.sockType),
   attr('state', (d) => d.state),
   attr('local_address', (d) => addressText(d.localAddress)),
+  attr('local_dir', (d) => d.localDir),
   attr('local_unlinked', (d) => d.localUnlinked),
   attr('local_mode', (d) => octal(d.localMode)),
   attr('peer', (d) => d.peer ?? ''),
@@ -399,6 +540,7 @@ const table = withCommon<UnixSocketDescription>([
   attr('sndtimeo_us', (d) => d.sndtimeoUs),
   attr('peek_off', (d) => d.peekOff),
   ...checkedBytes('queue', async (d: UnixSocketDescription) => queueBytes(d, await queueOf(d))),
+  bytes('queue_fds', async (d: UnixSocketDescription) => Buffer.from(queueFdsText(d, await queueOf(d)))),
 ])
 
 function loadUnix(dir: SavedDir, base: DescriptionBase): UnixSocketDescription {
@@ -414,12 +556,16 @@ function loadUnix(dir: SavedDir, base: DescriptionBase): UnixSocketDescription {
   const peer = peerText === '' ? undefined : parseObjRef(peerText)
   if (peerText !== '' && peer === undefined) throw dir.fail('peer', `${JSON.stringify(peerText)} is not an OBJREF`)
   const queueData = dir.checkedLazyBytes('queue')
+  // Trees saved before fds in flight and relative names were kept show neither.
+  const queueFds = parseQueueFds(dir.has('queue_fds') ? dir.listText('queue_fds') : '', (why) => { throw dir.fail('queue_fds', why) })
+  const localDir = dir.has('local_dir') ? dir.text('local_dir') : ''
   const d = described<UnixSocketDescription>(base, {
     type: 'socket',
     family: 'unix',
     sockType,
     state: oneOf('state', states),
     localAddress: address('local_address'),
+    localDir,
     localUnlinked: dir.flag('local_unlinked'),
     localMode: dir.octal('local_mode', 0o7777n),
     peerAddress: address('peer_address'),
@@ -436,7 +582,7 @@ function loadUnix(dir: SavedDir, base: DescriptionBase): UnixSocketDescription {
     queue: [],
   })
   // The queue is read (and its checksum checked) when the restore plans it.
-  lazyQueues.set(d, async () => queueFromBytes(sockType, await queueData(), (why) => { throw dir.fail('queue', why) }))
+  lazyQueues.set(d, async () => withQueueFds(sockType, queueFromBytes(sockType, await queueData(), (why) => { throw dir.fail('queue', why) }), queueFds, (why) => { throw dir.fail('queue_fds', why) }))
   return d
 }
 
@@ -469,8 +615,8 @@ function socketsOf(table: FileTable): Map<number, UnixSocketDescription> {
  * Whether the socket's name is bound again: a connected stream or seqpacket socket is one end
  * of a socketpair, and its name (an accepted socket's is its listener's) is not.
  */
-function bindsOwnName(d: UnixSocketDescription): boolean {
-  return d.sockType === 'dgram' || d.state === 'listening' || d.state === 'unconnected' || d.state === 'pending'
+function bindsOwnName(sockType: UnixSocketType, state: UnixSocketState): boolean {
+  return sockType === 'dgram' || state === 'listening' || state === 'unconnected' || state === 'pending'
 }
 
 function isPair(d: UnixSocketDescription, peer: UnixSocketDescription): boolean {
@@ -478,14 +624,17 @@ function isPair(d: UnixSocketDescription, peer: UnixSocketDescription): boolean 
   return d.sockType !== 'dgram' || (peer !== d && peer.state === 'connected' && peer.peer === d.objref)
 }
 
-async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise<void> {
+async function validateUnix(d: UnixSocketDescription, table: FileTable, objrefs: ReadonlySet<number>): Promise<void> {
   if (d.notCheckpointable !== undefined) return
   const fail = (name: string, why: string): never => { throw invalid(d, name, why) }
   const name = d.localAddress
   if (name.length > NAME_MAX + (name[0] === 0 ? 1 : 0)) fail('local_address', `${name.length} bytes is longer than a socket name may be`)
   if (isPathName(name) && name.includes(0)) fail('local_address', 'a path name holds a NUL byte')
-  const bindsName = bindsOwnName(d)
-  if (bindsName && isPathName(name) && name[0] !== 0x2f) fail('local_address', `${addressText(name)} is relative: only absolute names are bound again`)
+  const bindsName = bindsOwnName(d.sockType, d.state)
+  const relative = isPathName(name) && name[0] !== 0x2f
+  if (bindsName && relative && !d.localDir.startsWith('/')) fail('local_dir', `${addressText(d.localAddress)} is relative: the directory to bind it in must be an absolute path`)
+  if (d.localDir !== '' && !(bindsName && relative)) fail('local_dir', 'only a relative name that is bound again has a directory')
+  if (d.localDir.includes('\0')) fail('local_dir', 'holds a NUL byte')
   if (d.state === 'listening' && d.sockType === 'dgram') fail('state', 'a datagram socket does not listen')
   if (d.state !== 'listening' && d.backlog !== 0) fail('backlog', `${d.backlog}: only a listening socket has a backlog`)
   const hasPeer = d.state === 'connected' || d.state === 'pending'
@@ -515,15 +664,31 @@ async function validateUnix(d: UnixSocketDescription, table: FileTable): Promise
   if ((d.state === 'listening' || d.state === 'pending') && queue.length) fail('queue', `a ${d.state} socket has no queue`)
   if (d.state === 'unconnected' && queue.length && name.length === 0) fail('queue', 'messages are queued on a socket that has neither a name nor a peer')
   queue.forEach((m, i) => {
+    if (m.fds.length > SCM_MAX_FD) fail('queue_fds', `message ${i}: ${m.fds.length} fds is more than one message passes (${SCM_MAX_FD})`)
+    for (const ref of m.fds) if (!objrefs.has(ref)) fail('queue_fds', `message ${i}: files/${ref} is not a description of the checkpoint`)
+    if (d.sockType === 'stream' && m.fds.length === 0 && i < queue.length - 1) fail('queue', `piece ${i} of the stream carries no fds, and is not the last`)
     if (m.sender === undefined) return
     const sender = socketsOf(table).get(m.sender)
     if (!sender || sender.sockType !== d.sockType) fail('queue', `message ${i}: sender files/${m.sender} is not a ${d.sockType} UNIX socket of the checkpoint`)
   })
 }
 
+/**
+ * The listening socket of the checkpoint that accepted a connected stream or seqpacket socket:
+ * the one listening by the socket's own name (an accepted socket's name is its listener's),
+ * which its peer names as its peer's name too. The restore makes the
+ * connection through it again, so both ends' names are as they were.
+ */
+function acceptedBy(d: UnixSocketDescription, peer: UnixSocketDescription | undefined, table: FileTable): UnixSocketDescription | undefined {
+  if (d.sockType === 'dgram' || d.state !== 'connected' || !peer || peer === d || d.localAddress.length === 0 || !d.localAddress.equals(peer.peerAddress)) return undefined
+  // A relative name shows no directory: two listeners by one relative name are not told apart.
+  const listeners = [...socketsOf(table).values()].filter((l) => l.state === 'listening' && l.sockType === d.sockType && l.notCheckpointable === undefined && l.localAddress.equals(d.localAddress))
+  return listeners.length === 1 ? listeners[0] : undefined
+}
+
 async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<RecordBuilder> {
   const peer = d.peer === undefined ? undefined : socketsOf(table).get(d.peer)
-  const name = bindsOwnName(d) ? d.localAddress : Buffer.alloc(0)
+  const name = bindsOwnName(d.sockType, d.state) ? d.localAddress : Buffer.alloc(0)
   const bindKind = name.length === 0 ? 0 : name[0] === 0 ? 2 : 1
   const link = d.state === 'peer-closed' ? 3 : d.state === 'pending' ? 4 : peer === undefined ? 0 : isPair(d, peer) ? 1 : 2
   const payload = new RecordBuilder()
@@ -531,6 +696,7 @@ async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<Rec
     .i32(d.flags)
     .u32(bindKind)
     .bytes(bindKind === 2 ? name.subarray(1) : name)
+    .bytes(bindKind === 1 ? Buffer.from(d.localDir, 'utf8') : Buffer.alloc(0))
     .u32(d.localUnlinked ? 1 : 0)
     .u32(d.localMode)
     .i32(d.state === 'listening' ? d.backlog : -1)
@@ -544,9 +710,13 @@ async function planUnix(d: UnixSocketDescription, table: FileTable): Promise<Rec
     .u64(d.rcvtimeoUs)
     .u64(d.sndtimeoUs)
     .i32(d.peekOff)
+    .u32(link === 1 ? acceptedBy(d, peer, table)?.objref ?? 0 : 0)
   const queue = await queueOf(d)
   payload.u32(queue.length)
-  for (const m of queue) payload.u32(m.sender ?? 0).bytes(m.data)
+  for (const m of queue) {
+    payload.u32(m.sender ?? 0).bytes(m.data).u32(m.fds.length)
+    for (const ref of m.fds) payload.u32(ref)
+  }
   return payload
 }
 
@@ -560,7 +730,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
 
   load: (dir, base) => loadUnix(dir, base),
 
-  validate: (d, { table }) => validateUnix(d, table),
+  validate: (d, { table, objrefs }) => validateUnix(d, table, objrefs),
 
   async planRestore(d, { table }) {
     if (d.notCheckpointable !== undefined) throw invalid(d, 'checkpointable', d.notCheckpointable, 'ENOTSUP')
@@ -575,6 +745,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
       sockType: d.sockType,
       state: d.state,
       localAddress: d.localAddress,
+      localDir: d.localDir,
       localUnlinked: d.localUnlinked,
       localMode: d.localMode,
       peerAddress: d.peerAddress,
@@ -588,15 +759,18 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
       rcvtimeoUs: d.rcvtimeoUs,
       sndtimeoUs: d.sndtimeoUs,
       peekOff: d.peekOff,
-      queue: (await queueOf(d)).map((m) => ({ data: m.data, sender: m.sender ?? 0 })),
+      queue: (await queueOf(d)).map((m) => ({ data: m.data, sender: m.sender ?? 0, fds: m.fds })),
     }),
     read(f: Fields, base: DescriptionBase) {
       const sockType = f.oneOf('sockType', sockTypes)
       const queue = f.list('queue').map((m) => {
         const sender = m.num('sender', { max: INT_MAX })
-        return { data: m.bytes('data'), sender: sender ? asObjRef(sender) : undefined }
+        const fds = (m.has('fds') ? m.nums('fds') : []).map((r, j) => (r >= 1 && r <= INT_MAX ? asObjRef(r) : m.fail(`fds[${j}]`, `${r} is not an OBJREF`)))
+        if (fds.length > SCM_MAX_FD) m.fail('fds', `${fds.length} fds is more than one message passes (${SCM_MAX_FD})`)
+        return { data: m.bytes('data'), sender: sender ? asObjRef(sender) : undefined, fds }
       })
-      if (sockType === 'stream' && queue.length > 1) f.fail('queue', 'a stream socket keeps its queue as one message')
+      // A stream's queue is one message, or pieces each ending where fds came.
+      if (sockType === 'stream' && queue.some((m, i) => i < queue.length - 1 && m.fds.length === 0)) f.fail('queue', 'a stream socket keeps its queue as pieces that end where fds came')
       const peer = f.has('peer') ? f.num('peer', { min: 1, max: INT_MAX }) : undefined
       return {
         description: described<UnixSocketDescription>(base, {
@@ -605,6 +779,7 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
           sockType,
           state: f.oneOf('state', states),
           localAddress: f.bytes('localAddress'),
+          localDir: f.has('localDir') ? f.str('localDir') : '',
           localUnlinked: f.bool('localUnlinked'),
           localMode: f.num('localMode', { max: 0o7777 }),
           peerAddress: f.bytes('peerAddress'),
@@ -626,8 +801,13 @@ export const unixSocket: SocketFamilyHandler<UnixSocketDescription> = {
     references: (d) => [
       ...(d.peer === undefined ? [] : [{ objref: d.peer, what: 'peer' }]),
       ...d.queue.flatMap((m, i) => (m.sender === undefined ? [] : [{ objref: m.sender, what: `queue[${i}].sender` }])),
+      ...d.queue.flatMap((m, i) => m.fds.map((objref, j) => ({ objref, what: `queue[${i}].fds[${j}]` }))),
     ],
   },
+
+  passes: async (d) => (await queueOf(d)).flatMap((m) => m.fds),
+
+  concluded: concludeUnix,
 
   // The queue is not summed up here: a saved tree's is read only when a restore needs it.
   summary(d) {

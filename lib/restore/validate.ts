@@ -256,6 +256,25 @@ function validateVmas(vmas: Vma[], task: string): void {
 // ---------------------------------------------------------------------------------------
 // The file table
 
+/**
+ * Adds to `named` the descriptions in flight (passed with SCM_RIGHTS, queued in a socket) that a
+ * named description holds, and those they hold in turn: reachable, though no fd names them.
+ */
+async function addInFlight(table: FileTable, named: Set<number>): Promise<void> {
+  const byRef = new Map(table.files.map((d) => [d.objref as number, d]))
+  const todo = [...named]
+  while (todo.length) {
+    const d = byRef.get(todo.pop()!)
+    const passes = d && handlerOf(d).passes
+    if (!passes) continue
+    for (const ref of await passes(d)) {
+      if (named.has(ref) || !byRef.has(ref)) continue
+      named.add(ref)
+      todo.push(ref)
+    }
+  }
+}
+
 /** The file table of task `task` (task-PID): fds, descriptions and what each type's handler checks. */
 export async function validateFileTable(table: FileTable, task: string, otherTasks: Array<{ task: string; fds: FdEntry[] }> = []): Promise<void> {
   const objrefs = new Set<number>()
@@ -277,6 +296,7 @@ export async function validateFileTable(table: FileTable, task: string, otherTas
       named.add(e.objref)
     }
   }
+  if (table.files.some((d) => !named.has(d.objref))) await addInFlight(table, named)
   const unnamed = table.files.find((d) => !named.has(d.objref))
   if (unnamed) throw fail(`files/${unnamed.objref}`, otherTasks.length > 0 ? 'no fd of any task-PID/fds refers to it' : `no fd in ${task}/fds refers to it`)
 
