@@ -14,9 +14,9 @@
 //   top:   u32 mode, u32 uid, then the top directory's block
 //   block: u32 entry count, then each entry:
 //          u8 kind (0 regular file, 1 directory, 2 other), u8 flags (1 symbolic link, 2 inlined),
-//          u16 name length, u32 mode, u32 uid, u32 crc32c (inlined only), f64 size,
-//          u32 data length (inlined only, else 0), the name, the data;
-//          a directory's own block follows its entry at once.
+//          u16 name length, u32 mode, u32 uid, u32 crc32c (a file held) or the length of the
+//          block that follows (a directory), f64 size, u32 data length (a file held, else 0),
+//          the name, the data; a directory's own block follows its entry at once.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +50,10 @@ typedef struct {
 
 // Room for `n` more bytes at the end of the output; its offset, or -1 (ENOMEM set).
 static ssize_t reserve(tree_read_t *r, size_t n) {
+  if (r->len + n > UINT32_MAX) {  // offsets are u32, and node holds no larger Buffer
+    nerr_set_raw(&r->task.err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", r->top);
+    return -1;
+  }
   if (r->len + n > r->cap) {
     size_t cap = r->cap ? r->cap : 1 << 20;
     while (cap < r->len + n) cap *= 2;
@@ -169,7 +173,14 @@ static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, 
     close(fd);
   } else if (kind == KIND_DIR) {
     size_t cut = rel_push(r, name);
-    rc = depth + 1 >= MAX_DEPTH ? fail(r, ELOOP, "nested too deep for a saved checkpoint") : walk(r, fd, depth + 1);
+    size_t block = r->len;
+    if (depth + 1 >= MAX_DEPTH) {
+      close(fd);
+      rc = fail(r, ELOOP, "nested too deep for a saved checkpoint");
+    } else {
+      rc = walk(r, fd, depth + 1);
+    }
+    if (rc == 0) put32(r, head + 12, (uint32_t)(r->len - block));
     r->rel[cut] = 0;
     fd = -1;  // walk closed it
   }

@@ -8,7 +8,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
 import type { Credentials, Pid } from '../model'
-import type { Snapshot, SnapshotDir } from './snapshot'
+import type { Owned, Snapshot } from './snapshot'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
 export type StoredBy =
@@ -21,13 +21,6 @@ const ROOT_ONLY: StoredBy = { kind: 'root', reason: 'owned by root' }
 /** `ckptfs restore -`: no file, no owner; what was piped in is the caller's choice. */
 export const CALLERS_CHOICE: StoredBy = { kind: 'root', reason: 'read from stdin' }
 const RULE = "a checkpoint stored in a user's files comes back only as that user"
-
-/** Owner and mode of one entry, as lstat (or fstat of what was read) gave them. */
-interface Owned {
-  symlink: boolean
-  mode: number
-  uid: number
-}
 
 /**
  * Walks the saved checkpoint at `top` (a tree, a directory holding an image, an image or tar
@@ -57,18 +50,9 @@ export function storedByOwners(top: string): StoredBy {
  */
 export function storedBySnapshot(top: string, snapshot: Snapshot): StoredBy {
   const owners = new Owners()
-  owners.consider(top, { symlink: false, mode: snapshot.mode, uid: snapshot.uid })
-  // The lstat walk's order (each directory's entries, then the last directory found first),
-  // so both name the same file when several are wrong.
-  const pending: Array<[string, SnapshotDir]> = [[top, snapshot.root]]
-  for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
-    const [dir, listing] = next
-    for (const [name, entry] of listing.entries) {
-      // Root's entries that others cannot write (nearly all) need no path built.
-      if (entry.uid !== 0 || (!entry.symlink && (entry.mode & 0o022) !== 0)) owners.consider(`${dir}/${name}`, entry)
-      if (entry.dir) pending.push([`${dir}/${name}`, entry.dir])
-    }
-  }
+  owners.consider(top, snapshot.owned)
+  // Root's entries that others cannot write (nearly all) change nothing: only the rest are looked at.
+  for (const [file, owned] of snapshot.entriesWhere((symlink, mode, uid) => uid !== 0 || (!symlink && (mode & 0o022) !== 0))) owners.consider(file, owned)
   return owners.withAncestors(top)
 }
 

@@ -19,48 +19,75 @@ export const INLINE_BUDGET = 256 << 20
 
 const ENTRY_HEAD = 24
 const KINDS: readonly EntryKind[] = ['file', 'dir', 'other']
+const KIND_DIR = 1
 const FLAG_SYMLINK = 1
 const FLAG_INLINED = 2
 
-/** One entry as the walk found it (fstat of the fd it read, or lstat for what it did not open). */
-export interface SnapshotEntry {
-  readonly kind: EntryKind
-  readonly symlink: boolean
-  readonly mode: number
-  readonly uid: number
-  /** Bytes: what was read, for a file held here. */
-  readonly size: number
-  /** Where its bytes start in the walk's Buffer; -1 when they were not read. */
-  readonly start: number
-  /** CRC32C of the bytes read. */
-  readonly crc32c: number
-  readonly dir: SnapshotDir | undefined
+/** An entry of a directory's listing; the rest of what the walk found is read from its record when asked. */
+export class SnapshotEntry {
+  constructor(readonly kind: EntryKind, private readonly data: Buffer, readonly at: number) {}
+
+  get symlink(): boolean {
+    return (this.data[this.at + 1] & FLAG_SYMLINK) !== 0
+  }
+
+  get mode(): number {
+    return this.data.readUInt32LE(this.at + 4)
+  }
+
+  get uid(): number {
+    return this.data.readUInt32LE(this.at + 8)
+  }
 }
 
+/**
+ * One directory of the walk. Its listing is made from its block when first asked for, and a
+ * subdirectory is made when opened, not kept: the loaders take the 20,000 directories of a
+ * 10,000-fd tree one at a time, and 240,000 entries held at once cost more in garbage
+ * collection than reading them.
+ */
 export class SnapshotDir implements StoredDir {
-  readonly entries = new Map<string, SnapshotEntry>()
+  private listing: Map<string, SnapshotEntry> | undefined
   private disk: DiskDir | undefined
 
-  constructor(readonly path: string, private readonly data: Buffer) {}
+  constructor(readonly path: string, private readonly data: Buffer, private readonly block: number) {}
 
   list(): ReadonlyMap<string, SnapshotEntry> {
-    return this.entries
+    if (this.listing) return this.listing
+    const listing = new Map<string, SnapshotEntry>()
+    const data = this.data
+    let at = this.block + 4
+    for (let i = data.readUInt32LE(this.block); i > 0; i--) {
+      const kind = KINDS[data[at]]
+      const nameAt = at + ENTRY_HEAD
+      const nameEnd = nameAt + data.readUInt16LE(at + 2)
+      listing.set(data.toString('utf8', nameAt, nameEnd), new SnapshotEntry(kind, data, at))
+      at = recordEnd(data, at, nameEnd)
+    }
+    this.listing = listing
+    return listing
   }
 
   entryKind(name: string): EntryKind | undefined {
-    return this.entries.get(name)?.kind
+    return this.list().get(name)?.kind
   }
 
   dir(name: string): SnapshotDir {
-    const entry = this.entries.get(name)
-    if (!entry?.dir) throw new CkptError(`${name}: not a directory`, 'ENOTDIR')
-    return entry.dir
+    const entry = this.list().get(name)
+    if (entry?.kind !== 'dir') throw new CkptError(`${name}: not a directory`, 'ENOTDIR')
+    const nameEnd = entry.at + ENTRY_HEAD + this.data.readUInt16LE(entry.at + 2)
+    return new SnapshotDir(`${this.path.endsWith('/') ? this.path : `${this.path}/`}${name}`, this.data, nameEnd + 4)
   }
 
-  private file(name: string): SnapshotEntry {
-    const entry = this.entries.get(name)
+  /** Where the bytes of the file `name` are in the walk's Buffer; undefined when the walk did not hold them. */
+  private held(name: string): { start: number; size: number; crc32c: number } | undefined {
+    const entry = this.list().get(name)
     if (entry?.kind !== 'file') throw new CkptError(entry ? `${name}: not a regular file` : `${name}: no such file`, entry ? 'EISDIR' : 'ENOENT')
-    return entry
+    const data = this.data
+    const at = entry.at
+    if ((data[at + 1] & FLAG_INLINED) === 0) return undefined
+    const nameEnd = at + ENTRY_HEAD + data.readUInt16LE(at + 2)
+    return { start: nameEnd + 4, size: data.readUInt32LE(nameEnd), crc32c: data.readUInt32LE(at + 12) }
   }
 
   /** The directory on disk, for a file the walk did not hold. */
@@ -69,17 +96,17 @@ export class SnapshotDir implements StoredDir {
   }
 
   text(name: string, limit: number, crc: CrcOut): string | number {
-    const entry = this.file(name)
-    if (entry.start < 0) return this.onDisk().text(name, limit, crc)
-    if (entry.size > limit) return entry.size
-    crc.crc32c = entry.crc32c
-    return this.data.toString('utf8', entry.start, entry.start + entry.size)
+    const held = this.held(name)
+    if (!held) return this.onDisk().text(name, limit, crc)
+    if (held.size > limit) return held.size
+    crc.crc32c = held.crc32c
+    return this.data.toString('utf8', held.start, held.start + held.size)
   }
 
   source(name: string): ByteSource {
-    const entry = this.file(name)
-    if (entry.start < 0) return this.onDisk().source(name)
-    return bufferSource(this.data.subarray(entry.start, entry.start + entry.size))
+    const held = this.held(name)
+    if (!held) return this.onDisk().source(name)
+    return bufferSource(this.data.subarray(held.start, held.start + held.size))
   }
 
   diskPath(name: string): string {
@@ -87,12 +114,56 @@ export class SnapshotDir implements StoredDir {
   }
 }
 
-/** The walk of a saved tree: its top directory (followed if a symbolic link, as named) and everything below. */
-export interface Snapshot {
-  root: SnapshotDir
-  /** The top directory's own mode and owner. */
+/** Where the record at `at` (its name ending at `nameEnd`) ends, its data and a directory's block included. */
+function recordEnd(data: Buffer, at: number, nameEnd: number): number {
+  const end = nameEnd + 4 + data.readUInt32LE(nameEnd)
+  return data[at] === KIND_DIR ? end + data.readUInt32LE(at + 12) : end
+}
+
+/** Owner and mode of an entry, as the walk found them. */
+export interface Owned {
+  symlink: boolean
   mode: number
   uid: number
+}
+
+/** The walk of a saved tree: its top directory (followed if a symbolic link, as named) and everything below. */
+export class Snapshot {
+  readonly root: SnapshotDir
+
+  constructor(readonly top: string, private readonly data: Buffer) {
+    this.root = new SnapshotDir(top, data, 8)
+  }
+
+  /** The top directory's own mode and owner. */
+  get owned(): Owned {
+    return { symlink: false, mode: this.data.readUInt32LE(0), uid: this.data.readUInt32LE(4) }
+  }
+
+  /**
+   * The entries below the top for which `notable(symlink, mode, uid)` holds, with their paths
+   * (top/...), in the order of the lstat walk (owner.ts): each directory's entries, then the
+   * directory found last first. Read from the records, without making a listing: only what
+   * is notable (for the owner check, nearly nothing) makes an object.
+   */
+  *entriesWhere(notable: (symlink: boolean, mode: number, uid: number) => boolean): Generator<[string, Owned]> {
+    const data = this.data
+    const pending: Array<[string, number]> = [[this.top, 8]]
+    for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
+      const [dir, block] = next
+      let at = block + 4
+      for (let i = data.readUInt32LE(block); i > 0; i--) {
+        const nameAt = at + ENTRY_HEAD
+        const nameEnd = nameAt + data.readUInt16LE(at + 2)
+        const symlink = (data[at + 1] & FLAG_SYMLINK) !== 0
+        const mode = data.readUInt32LE(at + 4)
+        const uid = data.readUInt32LE(at + 8)
+        if (notable(symlink, mode, uid)) yield [`${dir}/${data.toString('utf8', nameAt, nameEnd)}`, { symlink, mode, uid }]
+        if (data[at] === KIND_DIR) pending.push([`${dir}/${data.toString('utf8', nameAt, nameEnd)}`, nameEnd + 4])
+        at = recordEnd(data, at, nameEnd)
+      }
+    }
+  }
 }
 
 /** Reads the tree at `top` (an absolute path) in one walk off the JavaScript thread. */
@@ -103,39 +174,5 @@ export async function readSnapshot(top: string): Promise<Snapshot> {
   } catch (err) {
     throw new CkptError((err as Error).message, errnoOf(err))
   }
-  const root = new SnapshotDir(top, data)
-  const end = parseBlock(data, 8, root)
-  if (end !== data.length) throw new CkptError(`${top}: the tree walk returned ${data.length} bytes, ${end} parsed`)
-  return { root, mode: data.readUInt32LE(0), uid: data.readUInt32LE(4) }
-}
-
-/** Fills `dir` from the block at `at` (and its subdirectories from theirs); returns where the block ends. */
-function parseBlock(data: Buffer, at: number, dir: SnapshotDir): number {
-  const count = data.readUInt32LE(at)
-  at += 4
-  const prefix = dir.path.endsWith('/') ? dir.path : `${dir.path}/`
-  for (let i = 0; i < count; i++) {
-    const kind = KINDS[data[at]]
-    const flags = data[at + 1]
-    const nameLength = data.readUInt16LE(at + 2)
-    const nameAt = at + ENTRY_HEAD
-    const name = data.toString('utf8', nameAt, nameAt + nameLength)
-    const dataLength = data.readUInt32LE(nameAt + nameLength)
-    const start = nameAt + nameLength + 4
-    const inlined = (flags & FLAG_INLINED) !== 0
-    const sub = kind === 'dir' ? new SnapshotDir(prefix + name, data) : undefined
-    dir.entries.set(name, {
-      kind,
-      symlink: (flags & FLAG_SYMLINK) !== 0,
-      mode: data.readUInt32LE(at + 4),
-      uid: data.readUInt32LE(at + 8),
-      crc32c: data.readUInt32LE(at + 12),
-      size: data.readDoubleLE(at + 16),
-      start: inlined ? start : -1,
-      dir: sub,
-    })
-    at = start + dataLength
-    if (sub) at = parseBlock(data, at, sub)
-  }
-  return at
+  return new Snapshot(top, data)
 }
