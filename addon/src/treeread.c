@@ -10,6 +10,10 @@
 // is checked is what is read), and only what getdents calls a regular file or a directory (or
 // does not say) is opened at all, with O_NONBLOCK (a fifo swapped in does not block the walk).
 //
+// The top directory's entries (files/, each task-PID/) are walked by two threads, each into a
+// buffer of its own, joined in order at the end: the walk is system calls, and a second core
+// halves it.
+//
 // Layout (little-endian), directories in depth-first order:
 //   top:   u32 mode, u32 uid, then the top directory's block
 //   block: u32 entry count, then each entry:
@@ -21,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -36,30 +41,32 @@
 #define KIND_OTHER 2
 #define FLAG_SYMLINK 1
 #define FLAG_INLINED 2
+#define THREADS 2
 
+// What one thread writes: the records of the top entries it took, and its first failure.
 typedef struct {
-  task_t task;
-  char *top;
+  const char *top;
   size_t inline_max;  // files up to this size are read whole
   size_t budget;      // at most this many file bytes in all
-  size_t inlined;     // file bytes read so far
+  size_t *inlined;    // file bytes read so far, all threads together
   char *out;
   size_t len, cap;
+  nerr_t err;
   char rel[PATH_MAX];  // the path below the top of what is being read, for errors
 } tree_read_t;
 
 // Room for `n` more bytes at the end of the output; its offset, or -1 (ENOMEM set).
 static ssize_t reserve(tree_read_t *r, size_t n) {
   if (r->len + n > UINT32_MAX) {  // offsets are u32, and node holds no larger Buffer
-    nerr_set_raw(&r->task.err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", r->top);
+    nerr_set_raw(&r->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", r->top);
     return -1;
   }
   if (r->len + n > r->cap) {
-    size_t cap = r->cap ? r->cap : 1 << 20;
+    size_t cap = r->cap ? r->cap : 1 << 16;
     while (cap < r->len + n) cap *= 2;
     char *p = realloc(r->out, cap);
     if (!p) {
-      nerr_set(&r->task.err, ENOMEM, "readTree(%s): %zu bytes", r->top, cap);
+      nerr_set(&r->err, ENOMEM, "readTree(%s): %zu bytes", r->top, cap);
       return -1;
     }
     r->out = p;
@@ -83,14 +90,18 @@ static size_t rel_push(tree_read_t *r, const char *name) {
 }
 
 static int fail(tree_read_t *r, int code, const char *what) {
-  nerr_set(&r->task.err, code, "%s/%s: %s", r->top, r->rel, what);
+  nerr_set(&r->err, code, "%s/%s: %s", r->top, r->rel, what);
   return -1;
 }
 
 // Reads the open regular file `fd` of `size` bytes into the output when it fits; returns
 // the bytes read (-2 when it is not inlined, -1 on failure).
 static ssize_t read_small(tree_read_t *r, int fd, off_t size) {
-  if ((size_t)size > r->inline_max || r->inlined + (size_t)size > r->budget) return -2;
+  if ((size_t)size > r->inline_max) return -2;
+  if (__atomic_add_fetch(r->inlined, (size_t)size, __ATOMIC_RELAXED) > r->budget) {
+    __atomic_sub_fetch(r->inlined, (size_t)size, __ATOMIC_RELAXED);
+    return -2;
+  }
   ssize_t at = reserve(r, (size_t)size);
   if (at < 0) return -1;
   size_t done = 0;
@@ -102,14 +113,13 @@ static ssize_t read_small(tree_read_t *r, int fd, off_t size) {
     done += (size_t)n;
   }
   r->len = (size_t)at + done;
-  r->inlined += done;
   return (ssize_t)done;
 }
 
 static int walk(tree_read_t *r, int dfd, int depth);
 
 // One entry of the directory `dfd`: its record, its data, and (a directory) its block.
-static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, int depth, uint32_t *count) {
+static int entry_in(tree_read_t *r, int dfd, const char *name, unsigned char type, int depth, uint32_t *count) {
   size_t name_len = strlen(name);
   if (name_len > 0xffff) return fail(r, ENAMETOOLONG, "name");
   int fd = -1;
@@ -158,7 +168,6 @@ static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, 
   (*count)++;
   int rc = 0;
   if (kind == KIND_FILE) {
-    size_t cut = rel_push(r, name);
     size_t data_at = r->len;
     ssize_t n = read_small(r, fd, st.st_size);
     if (n >= 0) {
@@ -169,10 +178,8 @@ static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, 
       put32(r, data_len_at, (uint32_t)n);
     }
     if (n == -1) rc = -1;
-    r->rel[cut] = 0;
     close(fd);
   } else if (kind == KIND_DIR) {
-    size_t cut = rel_push(r, name);
     size_t block = r->len;
     if (depth + 1 >= MAX_DEPTH) {
       close(fd);
@@ -181,10 +188,17 @@ static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, 
       rc = walk(r, fd, depth + 1);
     }
     if (rc == 0) put32(r, head + 12, (uint32_t)(r->len - block));
-    r->rel[cut] = 0;
     fd = -1;  // walk closed it
   }
   r->out[head + 1] = (char)flags;
+  return rc;
+}
+
+// The same, with its path in r->rel for messages.
+static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, int depth, uint32_t *count) {
+  size_t cut = rel_push(r, name);
+  int rc = entry_in(r, dfd, name, type, depth, count);
+  r->rel[cut] = 0;
   return rc;
 }
 
@@ -221,42 +235,154 @@ static int walk(tree_read_t *r, int dfd, int depth) {
   return rc;
 }
 
+// The request: the top, then its entries shared out between the threads.
+typedef struct {
+  task_t task;
+  char *top;
+  size_t inline_max, budget, inlined;
+  int top_fd;
+  size_t count;           // entries of the top
+  char **names;
+  unsigned char *types;
+  tree_read_t *parts;     // one per entry of the top
+  uint32_t *found;        // records each part holds (0: gone since listed)
+  size_t next;            // the next entry to take
+  int failed;
+  char *out;
+  size_t len;
+} read_request_t;
+
+static void *take_entries(void *arg) {
+  read_request_t *q = arg;
+  for (;;) {
+    if (__atomic_load_n(&q->failed, __ATOMIC_RELAXED)) break;
+    size_t i = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED);
+    if (i >= q->count) break;
+    if (entry(&q->parts[i], q->top_fd, q->names[i], q->types[i], 0, &q->found[i]) < 0) __atomic_store_n(&q->failed, 1, __ATOMIC_RELAXED);
+  }
+  return NULL;
+}
+
+// Lists the top (names and types) into q; -1 with t->err set on failure.
+static int list_top(read_request_t *q) {
+  DIR *d = fdopendir(dup(q->top_fd));
+  if (!d) {
+    nerr_set(&q->task.err, errno, "opendir(%s)", q->top);
+    return -1;
+  }
+  size_t cap = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (!e) {
+      if (errno) nerr_set(&q->task.err, errno, "readdir(%s)", q->top);
+      break;
+    }
+    if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (q->count == cap) {
+      cap = cap ? cap * 2 : 64;
+      char **names = realloc(q->names, cap * sizeof *names);
+      if (names) q->names = names;
+      unsigned char *types = realloc(q->types, cap);
+      if (types) q->types = types;
+      if (!names || !types) {
+        nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+        break;
+      }
+    }
+    if (!(q->names[q->count] = strdup(e->d_name))) {
+      nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+      break;
+    }
+    q->types[q->count++] = e->d_type;
+  }
+  closedir(d);
+  return q->task.err.code ? -1 : 0;
+}
+
 static void read_tree_run(task_t *t) {
-  tree_read_t *r = (tree_read_t *)t;
+  read_request_t *q = (read_request_t *)t;
   // The top is the path the caller named: a symbolic link to it is followed, as stat does.
-  int fd = open(r->top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    nerr_set(&t->err, errno, "%s", r->top);
+  q->top_fd = open(q->top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (q->top_fd < 0) {
+    nerr_set(&t->err, errno, "%s", q->top);
     return;
   }
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    nerr_set(&t->err, errno, "fstat(%s)", r->top);
-    close(fd);
+  if (fstat(q->top_fd, &st) < 0) {
+    nerr_set(&t->err, errno, "fstat(%s)", q->top);
     return;
   }
-  ssize_t at = reserve(r, 8);
-  if (at < 0) {
-    close(fd);
+  if (list_top(q) < 0) return;
+  q->parts = calloc(q->count ? q->count : 1, sizeof *q->parts);
+  q->found = calloc(q->count ? q->count : 1, sizeof *q->found);
+  if (!q->parts || !q->found) {
+    nerr_set(&t->err, ENOMEM, "readTree(%s)", q->top);
     return;
   }
-  put32(r, (size_t)at, st.st_mode);
-  put32(r, (size_t)at + 4, st.st_uid);
-  walk(r, fd, 0);
+  for (size_t i = 0; i < q->count; i++) {
+    q->parts[i].top = q->top;
+    q->parts[i].inline_max = q->inline_max;
+    q->parts[i].budget = q->budget;
+    q->parts[i].inlined = &q->inlined;
+  }
+  pthread_t helpers[THREADS - 1];
+  int started = 0;
+  for (; started < THREADS - 1 && (size_t)started + 1 < q->count; started++)
+    if (pthread_create(&helpers[started], NULL, take_entries, q) != 0) break;  // fewer threads: still correct
+  take_entries(q);
+  for (int i = 0; i < started; i++) pthread_join(helpers[i], NULL);
+  // The first failure in the top's order is the one reported.
+  size_t len = 12;
+  uint32_t records = 0;
+  for (size_t i = 0; i < q->count; i++) {
+    if (q->parts[i].err.code) {
+      t->err = q->parts[i].err;
+      return;
+    }
+    len += q->parts[i].len;
+    records += q->found[i];
+  }
+  if (len > UINT32_MAX) {
+    nerr_set_raw(&t->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", q->top);
+    return;
+  }
+  if (!(q->out = malloc(len))) {
+    nerr_set(&t->err, ENOMEM, "readTree(%s): %zu bytes", q->top, len);
+    return;
+  }
+  uint32_t head[3] = {st.st_mode, st.st_uid, records};
+  memcpy(q->out, head, 12);
+  q->len = 12;
+  for (size_t i = 0; i < q->count; i++) {
+    if (q->parts[i].len) memcpy(q->out + q->len, q->parts[i].out, q->parts[i].len);
+    q->len += q->parts[i].len;
+    free(q->parts[i].out);
+    q->parts[i].out = NULL;
+  }
 }
 
 static napi_value read_tree_settle(napi_env env, task_t *t) {
-  tree_read_t *r = (tree_read_t *)t;
-  napi_value buf = make_owned_buffer(env, r->out, r->len);
-  r->out = NULL;
+  read_request_t *q = (read_request_t *)t;
+  napi_value buf = make_owned_buffer(env, q->out, q->len);
+  q->out = NULL;
   return buf;
 }
 
 static void read_tree_destroy(task_t *t) {
-  tree_read_t *r = (tree_read_t *)t;
-  free(r->out);
-  free(r->top);
-  free(r);
+  read_request_t *q = (read_request_t *)t;
+  if (q->top_fd >= 0) close(q->top_fd);
+  for (size_t i = 0; i < q->count; i++) {
+    free(q->names[i]);
+    if (q->parts) free(q->parts[i].out);
+  }
+  free(q->names);
+  free(q->types);
+  free(q->parts);
+  free(q->found);
+  free(q->out);
+  free(q->top);
+  free(q);
 }
 
 napi_value js_read_tree(napi_env env, napi_callback_info info) {
@@ -273,17 +399,18 @@ napi_value js_read_tree(napi_env env, napi_callback_info info) {
     type_error(env, "inlineMax and budget must be numbers >= 0");
     return NULL;
   }
-  tree_read_t *r = calloc(1, sizeof *r);
-  if (!r || !(r->top = malloc(top_len + 1))) {
-    free(r);
+  read_request_t *q = calloc(1, sizeof *q);
+  if (!q || !(q->top = malloc(top_len + 1))) {
+    free(q);
     throw_errno(env, ENOMEM, "readTree");
     return NULL;
   }
-  napi_get_value_string_utf8(env, argv[0], r->top, top_len + 1, &top_len);
-  r->inline_max = (size_t)inline_max;
-  r->budget = (size_t)budget;
-  r->task.run = read_tree_run;
-  r->task.settle = read_tree_settle;
-  r->task.destroy = read_tree_destroy;
-  return pool_submit(env, &r->task);
+  q->top_fd = -1;
+  napi_get_value_string_utf8(env, argv[0], q->top, top_len + 1, &top_len);
+  q->inline_max = (size_t)inline_max;
+  q->budget = (size_t)budget;
+  q->task.run = read_tree_run;
+  q->task.settle = read_tree_settle;
+  q->task.destroy = read_tree_destroy;
+  return pool_submit(env, &q->task);
 }
