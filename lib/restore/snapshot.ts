@@ -4,12 +4,12 @@
 // 240,000 small files of a 10,000-fd tree one by one from JavaScript (open, read, close by
 // path, and an lstat of each for the owner check) was most of a restore's time; and as the
 // owner check and the loaders now see the same bytes, a file swapped between the two is not
-// possible any more. A file too large to hold (pages, contents) is read from disk when asked
-// for, as DiskDir reads it.
+// possible any more for the values. Raw files (pages, contents, queues) are read from disk
+// when asked for, as DiskDir reads them.
 
 import { CkptError, errnoOf } from '../errors'
 import { DiskDir, type CrcOut, type EntryKind, type StoredDir } from '../files/saved'
-import { bufferSource, type ByteSource } from '../model'
+import type { ByteSource } from '../model'
 import { native } from '../native'
 
 /** Files up to this size are read in the walk (values, lists, manifests, checksum files). */
@@ -79,10 +79,15 @@ export class SnapshotDir implements StoredDir {
     return new SnapshotDir(`${this.path.endsWith('/') ? this.path : `${this.path}/`}${name}`, this.data, nameEnd + 4)
   }
 
-  /** Where the bytes of the file `name` are in the walk's Buffer; undefined when the walk did not hold them. */
-  private held(name: string): { start: number; size: number; crc32c: number } | undefined {
+  private file(name: string): SnapshotEntry {
     const entry = this.list().get(name)
     if (entry?.kind !== 'file') throw new CkptError(entry ? `${name}: not a regular file` : `${name}: no such file`, entry ? 'EISDIR' : 'ENOENT')
+    return entry
+  }
+
+  /** Where the bytes of the file `name` are in the walk's Buffer; undefined when the walk did not hold them. */
+  private held(name: string): { start: number; size: number; crc32c: number } | undefined {
+    const entry = this.file(name)
     const data = this.data
     const at = entry.at
     if ((data[at + 1] & FLAG_INLINED) === 0) return undefined
@@ -103,10 +108,14 @@ export class SnapshotDir implements StoredDir {
     return this.data.toString('utf8', held.start, held.start + held.size)
   }
 
+  /**
+   * Raw bytes (pages, contents, queues) are read from disk even when the walk held them: a
+   * file's source then tells where its bytes lie (extents), so the task reads its pages
+   * itself and a lazy restore serves them from the file, whatever their size.
+   */
   source(name: string): ByteSource {
-    const held = this.held(name)
-    if (!held) return this.onDisk().source(name)
-    return bufferSource(this.data.subarray(held.start, held.start + held.size))
+    this.file(name)
+    return this.onDisk().source(name)
   }
 
   diskPath(name: string): string {
