@@ -16,6 +16,7 @@
         "src/inetsock.c",
         "src/restore.c",
         "src/tree.c",
+        "src/treeread.c",
         "src/uffd.c"
       ],
       "defines": ["_GNU_SOURCE", "NAPI_VERSION=8"],

@@ -148,6 +148,14 @@ export interface Addon {
    */
   crc32cOfMemory(pid: number, ranges: PagemapRun[], pieceSize: number): Promise<number[]>
   /**
+   * One walk of the directory tree at `path` on the pool (addon/src/treeread.c): every entry's
+   * kind, owner and mode, and the bytes and CRC32C of each regular file of at most `inlineMax`
+   * bytes while `budget` bytes in all allow, in one Buffer (lib/restore/snapshot.ts reads it).
+   * Entries below `path` are opened relative to their directory with O_NOFOLLOW; symbolic
+   * links are recorded, never followed.
+   */
+  readTree(path: string, inlineMax: number, budget: number): Promise<Buffer>
+  /**
    * Lazy restore (addon/src/uffd.c): registers `ranges` (u64 start, u64 length pairs) of pid's
    * memory on `uffd` (a userfaultfd the task made, taken with getFd; owned by the fill from
    * now on, closed when it ends) and fills them on first touch and in the background, from

@@ -55,22 +55,35 @@ export function parseManifest(text: string): Map<string, number> | string {
   if (!text.endsWith('\n')) return 'no newline at the end of the last line'
   let previous: string | undefined
   let line = 0
+  // Read in place, without a regular expression or a string per field: a restore of a
+  // 10,000-fd tree parses 20,000 manifests.
   for (let at = 0; at < text.length; line++) {
     const end = text.indexOf('\n', at)
-    const entry = text.slice(at, end)
-    at = end + 1
     // The checksum is after the last space: a name may hold spaces, never a slash or a NUL.
-    const space = entry.lastIndexOf(' ')
-    const name = entry.slice(0, Math.max(space, 0))
-    const digits = entry.slice(space + 1)
-    if (space <= 0 || !/^[0-9a-f]{8}$/.test(digits) || /[/\0]/.test(name)) {
-      return `line ${line + 1}: not "NAME CRC32C" (eight lowercase hexadecimal digits): ${JSON.stringify(entry.slice(0, 60))}`
+    const space = text.lastIndexOf(' ', end)
+    const crc = space === end - 9 ? hexDigits(text, space + 1, end) : -1
+    const name = space > at ? text.slice(at, space) : ''
+    if (name === '' || crc < 0 || name.includes('/') || name.includes('\0')) {
+      return `line ${line + 1}: not "NAME CRC32C" (eight lowercase hexadecimal digits): ${JSON.stringify(text.slice(at, Math.min(end, at + 60)))}`
     }
     if (previous !== undefined && byName(previous, name) >= 0) return `line ${line + 1}: ${name} is not after ${previous} (names are sorted, each once)`
-    crcs.set(name, parseInt(digits, 16))
+    crcs.set(name, crc)
     previous = name
+    at = end + 1
   }
   return crcs
+}
+
+/** The value of text[start, end) as lowercase hexadecimal digits; -1 when another character is there. */
+function hexDigits(text: string, start: number, end: number): number {
+  let value = 0
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i)
+    const digit = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1
+    if (digit < 0) return -1
+    value = value * 16 + digit
+  }
+  return value
 }
 
 export { hex8 as crcHex }

@@ -377,7 +377,7 @@ async function restore(parsed: Parsed): Promise<void> {
     if (mnt === undefined) {
       progress.step(`restoring ${input!.label}`)
       const { restorePath } = await import('../lib/restore/index')
-      pid = await restorePath(input!.path, { allowReplaced, note: progress.note, lazy: lazy ? (f) => { fill = f } : undefined, prefetch }, input!.storedBy).catch((err: unknown) => {
+      pid = await restorePath(input!.path, { allowReplaced, note: progress.note, lazy: lazy ? (f) => { fill = f } : undefined, prefetch }, input!.storedBy, input!.tree).catch((err: unknown) => {
         throw explain(err)
       })
     } else {

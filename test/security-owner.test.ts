@@ -10,7 +10,9 @@ import { execFileSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { storedByOwners } from '../lib/restore/owner'
+import { smallCrc32c } from '../lib/checksum'
+import { storedByOwners, storedBySnapshot } from '../lib/restore/owner'
+import { readSnapshot } from '../lib/restore/snapshot'
 import { ckptfs, ckptfsOk, cliShellWords, mountFor } from './lib/mount'
 import { checkpointSaveKill, exists, launch, listTree, waitUntil, workdir } from './lib/restore'
 import { buildTarget, repo } from './lib/targets'
@@ -186,18 +188,42 @@ t.test('owners decide: root, one user, or refused (two users; a group-writable d
   fs.mkdirSync(path.join(tree, 'sub'), { recursive: true, mode: 0o755 })
   fs.writeFileSync(path.join(tree, 'sub', 'a'), 'a', { mode: 0o644 })
   fs.writeFileSync(path.join(tree, 'b'), 'b', { mode: 0o644 })
-  t.same(storedByOwners(tree), { kind: 'root', reason: 'owned by root' }, 'all root\'s')
+  // The lstat walk (images, tar files) and the one-walk read of a tree (snapshot.ts) give one verdict.
+  const verdicts = async (): Promise<unknown[]> => {
+    const of = async (check: () => unknown | Promise<unknown>) => {
+      try {
+        return await check()
+      } catch (err) {
+        return { refused: (err as Error).message }
+      }
+    }
+    return [await of(() => storedByOwners(tree)), await of(async () => storedBySnapshot(tree, await readSnapshot(tree)))]
+  }
+  const same = async (want: unknown, what: string) => t.same(await verdicts(), [want, want], what)
+  await same({ kind: 'root', reason: 'owned by root' }, 'all root\'s')
   fs.symlinkSync('/etc/passwd', path.join(tree, 'link'))
-  t.same(storedByOwners(tree), { kind: 'root', reason: 'owned by root' }, 'a root symlink (mode 0777) is not "writable by others"')
+  await same({ kind: 'root', reason: 'owned by root' }, 'a root symlink (mode 0777) is not "writable by others"')
   fs.lchownSync(path.join(tree, 'link'), user.uid, user.gid)
-  t.same(storedByOwners(tree), { kind: 'user', uid: user.uid, file: path.join(tree, 'link') }, 'a symlink counts by its own owner')
+  await same({ kind: 'user', uid: user.uid, file: path.join(tree, 'link') }, 'a symlink counts by its own owner')
   fs.rmSync(path.join(tree, 'link'))
   fs.chownSync(path.join(tree, 'sub', 'a'), user.uid, user.gid)
-  t.same(storedByOwners(tree), { kind: 'user', uid: user.uid, file: path.join(tree, 'sub', 'a') }, 'one file of the user\'s decides')
+  await same({ kind: 'user', uid: user.uid, file: path.join(tree, 'sub', 'a') }, 'one file of the user\'s decides')
   const other = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
   fs.chownSync(path.join(tree, 'b'), other, other)
-  t.throws(() => storedByOwners(tree), /owned by uid \d+ \(.*\), but .* by uid \d+ .*: a saved checkpoint is stored by root or by one user$/, 'two users: refused')
+  const [twoUsers, twoUsersSnapshot] = await verdicts()
+  t.match(twoUsers, { refused: /owned by uid \d+ \(.*\), but .* by uid \d+ .*: a saved checkpoint is stored by root or by one user$/ }, 'two users: refused')
+  t.same(twoUsersSnapshot, twoUsers, 'two users: refused alike, naming the same files')
   fs.chownSync(path.join(tree, 'b'), 0, 0)
   fs.chmodSync(path.join(tree, 'sub'), 0o775)
-  t.throws(() => storedByOwners(tree), { message: `${path.join(tree, 'sub')}: writable by others (mode 0775): anyone could have changed it; a restore does not trust it` }, 'a group-writable directory: refused')
+  await same({ refused: `${path.join(tree, 'sub')}: writable by others (mode 0775): anyone could have changed it; a restore does not trust it` }, 'a group-writable directory: refused')
+  fs.chmodSync(path.join(tree, 'sub'), 0o755)
+  // What the walk read is what the loaders get, and what it must not open it records only:
+  // a symbolic link to a directory is not followed, a fifo is not opened (it would block).
+  fs.symlinkSync(path.join(tree, 'sub'), path.join(tree, 'dirlink'))
+  execFileSync('mkfifo', [path.join(tree, 'fifo')])
+  const { root } = await readSnapshot(tree)
+  t.same([...root.list()].map(([n, e]) => [n, e.kind, e.symlink]).sort(), [['b', 'file', false], ['dirlink', 'other', true], ['fifo', 'other', false], ['sub', 'dir', false]], 'kinds as lstat says them')
+  const crc = { crc32c: 0 }
+  t.equal(root.dir('sub').text('a', 100, crc), 'a', 'a file\'s bytes')
+  t.equal(crc.crc32c, smallCrc32c(Buffer.from('a')), 'and their CRC32C')
 })

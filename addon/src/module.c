@@ -315,13 +315,13 @@ static const async_entry_t async_fns[] = {
   {js_freeze}, {js_thaw}, {js_get_thread_registers}, {js_set_thread_registers}, {js_inject_batch},
   {js_peek_siginfo}, {js_read_memory}, {js_read_memory_into}, {js_scan_pagemap}, {js_scan_pagemaps}, {js_peek_pipe},
   {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread}, {js_alloc_touched},
-  {js_crc32c_of_memory}, {js_freeze_many}, {js_lazy_fill}, {js_spawn_tree},
+  {js_crc32c_of_memory}, {js_freeze_many}, {js_lazy_fill}, {js_spawn_tree}, {js_read_tree},
 };
 static const char *const async_names[] = {
   "freeze", "thaw", "getThreadRegisters", "setThreadRegisters", "injectBatch",
   "peekSiginfo", "readMemory", "readMemoryInto", "scanPagemap", "scanPagemaps", "peekPipe",
   "spawnRestorer", "writeMemory", "setThreadState", "seizeThread", "allocTouched",
-  "crc32cOfMemory", "freezeMany", "lazyFill", "spawnTree",
+  "crc32cOfMemory", "freezeMany", "lazyFill", "spawnTree", "readTree",
 };
 
 static napi_value init(napi_env env, napi_value exports) {

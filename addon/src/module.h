@@ -102,6 +102,7 @@ napi_value js_set_thread_state(napi_env env, napi_callback_info info);
 napi_value js_crc32c(napi_env env, napi_callback_info info);
 napi_value js_crc32c_of_memory(napi_env env, napi_callback_info info);
 napi_value js_lazy_fill(napi_env env, napi_callback_info info);
+napi_value js_read_tree(napi_env env, napi_callback_info info);
 
 // CRC32C of p[0, n) continuing from `seed` (lib/checksum.ts's, for any thread).
 uint32_t ckptfs_crc32c(uint32_t seed, const void *p, size_t n);

@@ -12,7 +12,9 @@ import { Readable, Transform } from 'stream'
 import { pipeline } from 'stream/promises'
 import { createGunzip } from 'zlib'
 import { CkptError, messageOf } from '../errors'
-import { CALLERS_CHOICE, storedByOwners, type StoredBy } from './owner'
+import type { StoredDir } from '../files/saved'
+import { CALLERS_CHOICE, storedByOwners, storedBySnapshot, type StoredBy } from './owner'
+import { readSnapshot } from './snapshot'
 import { extractTar, isTarHeader } from './tar'
 
 export interface RestoreInput {
@@ -25,6 +27,11 @@ export interface RestoreInput {
    * is the caller's choice.
    */
   storedBy: StoredBy
+  /**
+   * The tree at `path` as read in one walk with the owner check (snapshot.ts), for the
+   * loaders: a saved tree given as a directory. Undefined for the other inputs.
+   */
+  tree?: StoredDir
   /** What the user gave (`stdin` for `-`), for messages. */
   label: string
   /** Says `message` in the user's terms: scratch paths become the name the user gave. */
@@ -46,7 +53,11 @@ export async function openRestoreInput(given: string, onRead?: (done: number, to
   const source = path.resolve(given)
   const stat = fs.statSync(source, { throwIfNoEntry: false })
   if (!stat) throw new CkptError(`${source}: no such file or directory`, 'ENOENT')
-  if (stat.isDirectory()) return local(source, true, source, storedByOwners(source))
+  if (stat.isDirectory()) {
+    // One walk serves the owner check and the loaders: what was checked is what is parsed.
+    const snapshot = await readSnapshot(source)
+    return { ...local(source, true, source, storedBySnapshot(source, snapshot)), tree: snapshot.root }
+  }
   if (!stat.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory), an image file nor a tar`, 'EINVAL')
   const head = readHead(source)
   if (isImage(head)) return local(source, false, source, storedByOwners(source))

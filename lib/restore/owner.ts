@@ -8,6 +8,7 @@ import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
 import type { Credentials, Pid } from '../model'
+import type { Owned, Snapshot } from './snapshot'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
 export type StoredBy =
@@ -28,37 +29,63 @@ const RULE = "a checkpoint stored in a user's files comes back only as that user
  * Refuses a group- or other-writable entry and entries owned by two different users.
  */
 export function storedByOwners(top: string): StoredBy {
+  const owners = new Owners()
   const st = fs.statSync(top) // the path the caller named: its target is what is read
-  let found: StoredBy = ROOT_ONLY
-  const consider = (file: string, s: fs.Stats) => {
-    if (!s.isSymbolicLink() && (s.mode & 0o022) !== 0) {
-      throw new CkptError(`${file}: writable by others (mode 0${(s.mode & 0o7777).toString(8)}): anyone could have changed it; a restore does not trust it`, 'EPERM')
-    }
-    if (s.uid === 0) return
-    if (found.kind === 'root') found = { kind: 'user', uid: s.uid, file }
-    else if (found.uid !== s.uid) {
-      throw new CkptError(`${file}: owned by uid ${s.uid} (${userName(s.uid)}), but ${found.file} by uid ${found.uid} (${userName(found.uid)}): a saved checkpoint is stored by root or by one user`, 'EPERM')
-    }
-  }
-  consider(top, st)
+  owners.consider(top, { symlink: false, mode: st.mode, uid: st.uid })
   const pending = st.isDirectory() ? [top] : []
   for (let dir = pending.pop(); dir !== undefined; dir = pending.pop()) {
     for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
       const file = `${dir}/${entry.name}`
-      consider(file, fs.lstatSync(file))
+      const s = fs.lstatSync(file)
+      owners.consider(file, { symlink: s.isSymbolicLink(), mode: s.mode, uid: s.uid })
       if (entry.isDirectory()) pending.push(file)
     }
   }
-  // Whoever may rename entries in a directory above could swap the checkpoint for another
-  // between this walk and the read: each directory on the way to it (as named, and its real
-  // path) counts as an owner too, and one others may write is refused unless root's and
-  // sticky (/tmp), where only an entry's owner may rename it.
-  for (const dir of ancestors(top)) {
-    const s = fs.lstatSync(dir)
-    if (s.isDirectory() && (s.mode & 0o1000) !== 0 && s.uid === 0) continue
-    consider(dir, s)
+  return owners.withAncestors(top)
+}
+
+/**
+ * The same rule over a tree read in one walk (snapshot.ts), whose entries' owners and modes
+ * are those of the very files the loaders then parse: one pass over the tree, not two.
+ */
+export function storedBySnapshot(top: string, snapshot: Snapshot): StoredBy {
+  const owners = new Owners()
+  owners.consider(top, snapshot.owned)
+  // Root's entries that others cannot write (nearly all) change nothing: only the rest are looked at.
+  for (const [file, owned] of snapshot.entriesWhere((symlink, mode, uid) => uid !== 0 || (!symlink && (mode & 0o022) !== 0))) owners.consider(file, owned)
+  return owners.withAncestors(top)
+}
+
+/** Who the entries considered so far say stored the checkpoint. */
+class Owners {
+  private found: StoredBy = ROOT_ONLY
+
+  consider(file: string, s: Owned): void {
+    if (!s.symlink && (s.mode & 0o022) !== 0) {
+      throw new CkptError(`${file}: writable by others (mode 0${(s.mode & 0o7777).toString(8)}): anyone could have changed it; a restore does not trust it`, 'EPERM')
+    }
+    if (s.uid === 0) return
+    const found = this.found
+    if (found.kind === 'root') this.found = { kind: 'user', uid: s.uid, file }
+    else if (found.uid !== s.uid) {
+      throw new CkptError(`${file}: owned by uid ${s.uid} (${userName(s.uid)}), but ${found.file} by uid ${found.uid} (${userName(found.uid)}): a saved checkpoint is stored by root or by one user`, 'EPERM')
+    }
   }
-  return found
+
+  /**
+   * Whoever may rename entries in a directory above could swap the checkpoint for another
+   * between this walk and the read: each directory on the way to it (as named, and its real
+   * path) counts as an owner too, and one others may write is refused unless root's and
+   * sticky (/tmp), where only an entry's owner may rename it.
+   */
+  withAncestors(top: string): StoredBy {
+    for (const dir of ancestors(top)) {
+      const s = fs.lstatSync(dir)
+      if (s.isDirectory() && (s.mode & 0o1000) !== 0 && s.uid === 0) continue
+      this.consider(dir, { symlink: s.isSymbolicLink(), mode: s.mode, uid: s.uid })
+    }
+    return this.found
+  }
 }
 
 /** The directories above `top`, from / down, as named and as its real path resolves them. */

@@ -1,0 +1,416 @@
+// readTree(path, inlineMax, budget): one walk of a saved tree on a pool thread, returning every
+// entry's kind, owner and mode, and the bytes and CRC32C of each small regular file, in one
+// Buffer (lib/restore/snapshot.ts reads it). A restore reads a 10,000-fd tree's 240,000 small
+// files; one open, read and close per file by path from JavaScript, and an lstat per entry for
+// the owner check, cost most of its time in system calls and their bindings.
+//
+// The tree may be in a directory a user controls and changes while root reads it: every entry
+// below the top is opened relative to its directory's fd with O_NOFOLLOW (a symbolic link is
+// recorded, never followed), owner and mode come from fstat of the very fd that is read (what
+// is checked is what is read), and only what getdents calls a regular file or a directory (or
+// does not say) is opened at all, with O_NONBLOCK (a fifo swapped in does not block the walk).
+//
+// The top directory's entries (files/, each task-PID/) are walked by two threads, each into a
+// buffer of its own, joined in order at the end: the walk is system calls, and a second core
+// halves it.
+//
+// Layout (little-endian), directories in depth-first order:
+//   top:   u32 mode, u32 uid, then the top directory's block
+//   block: u32 entry count, then each entry:
+//          u8 kind (0 regular file, 1 directory, 2 other), u8 flags (1 symbolic link, 2 inlined),
+//          u16 name length, u32 mode, u32 uid, u32 crc32c (a file held) or the length of the
+//          block that follows (a directory), f64 size, u32 data length (a file held, else 0),
+//          the name, the data; a directory's own block follows its entry at once.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "module.h"
+
+// Deeper than any saved tree (task-PID/memory/vmas/NAME/... is a few levels): each level holds a directory fd.
+#define MAX_DEPTH 64
+#define ENTRY_HEAD 24
+#define KIND_FILE 0
+#define KIND_DIR 1
+#define KIND_OTHER 2
+#define FLAG_SYMLINK 1
+#define FLAG_INLINED 2
+#define THREADS 2
+
+// What one thread writes: the records of the top entries it took, and its first failure.
+typedef struct {
+  const char *top;
+  size_t inline_max;  // files up to this size are read whole
+  size_t budget;      // at most this many file bytes in all
+  size_t *inlined;    // file bytes read so far, all threads together
+  char *out;
+  size_t len, cap;
+  nerr_t err;
+  char rel[PATH_MAX];  // the path below the top of what is being read, for errors
+} tree_read_t;
+
+// Room for `n` more bytes at the end of the output; its offset, or -1 (ENOMEM set).
+static ssize_t reserve(tree_read_t *r, size_t n) {
+  if (r->len + n > UINT32_MAX) {  // offsets are u32, and node holds no larger Buffer
+    nerr_set_raw(&r->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", r->top);
+    return -1;
+  }
+  if (r->len + n > r->cap) {
+    size_t cap = r->cap ? r->cap : 1 << 16;
+    while (cap < r->len + n) cap *= 2;
+    char *p = realloc(r->out, cap);
+    if (!p) {
+      nerr_set(&r->err, ENOMEM, "readTree(%s): %zu bytes", r->top, cap);
+      return -1;
+    }
+    r->out = p;
+    r->cap = cap;
+  }
+  ssize_t at = (ssize_t)r->len;
+  r->len += n;
+  return at;
+}
+
+static void put32(tree_read_t *r, size_t at, uint32_t v) { memcpy(r->out + at, &v, 4); }
+
+// Appends `name` to r->rel for messages; returns the length to cut back to.
+static size_t rel_push(tree_read_t *r, const char *name) {
+  size_t was = strlen(r->rel);
+  if (was + 1 + strlen(name) < sizeof r->rel) {
+    if (was) r->rel[was] = '/';
+    strcpy(r->rel + (was ? was + 1 : 0), name);
+  }
+  return was;
+}
+
+static int fail(tree_read_t *r, int code, const char *what) {
+  nerr_set(&r->err, code, "%s/%s: %s", r->top, r->rel, what);
+  return -1;
+}
+
+// Reads the open regular file `fd` of `size` bytes into the output when it fits; returns
+// the bytes read (-2 when it is not inlined, -1 on failure).
+static ssize_t read_small(tree_read_t *r, int fd, off_t size) {
+  if ((size_t)size > r->inline_max) return -2;
+  if (__atomic_add_fetch(r->inlined, (size_t)size, __ATOMIC_RELAXED) > r->budget) {
+    __atomic_sub_fetch(r->inlined, (size_t)size, __ATOMIC_RELAXED);
+    return -2;
+  }
+  ssize_t at = reserve(r, (size_t)size);
+  if (at < 0) return -1;
+  size_t done = 0;
+  while (done < (size_t)size) {
+    ssize_t n = read(fd, r->out + at + done, (size_t)size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(r, errno, "read");
+    if (n == 0) break;  // shorter now than fstat said: what was read is the file
+    done += (size_t)n;
+  }
+  r->len = (size_t)at + done;
+  return (ssize_t)done;
+}
+
+static int walk(tree_read_t *r, int dfd, int depth);
+
+// One entry of the directory `dfd`: its record, its data, and (a directory) its block.
+static int entry_in(tree_read_t *r, int dfd, const char *name, unsigned char type, int depth, uint32_t *count) {
+  size_t name_len = strlen(name);
+  if (name_len > 0xffff) return fail(r, ENAMETOOLONG, "name");
+  int fd = -1;
+  struct stat st;
+  if (type == DT_REG || type == DT_DIR || type == DT_UNKNOWN) {
+    fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0 && errno != ELOOP && errno != ENOENT && errno != ENXIO) return fail(r, errno, "open");
+    if (fd < 0 && errno == ENOENT) return 0;  // gone since it was listed: as if listed later
+  }
+  if (fd >= 0) {
+    if (fstat(fd, &st) < 0) {
+      close(fd);
+      return fail(r, errno, "fstat");
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+      close(fd);  // something else swapped in since getdents: recorded, never read
+      fd = -1;
+    }
+  } else if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT) return 0;
+    return fail(r, errno, "lstat");
+  }
+  ssize_t head = reserve(r, ENTRY_HEAD + name_len);
+  if (head < 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  unsigned char kind = fd < 0 ? KIND_OTHER : S_ISDIR(st.st_mode) ? KIND_DIR : KIND_FILE;
+  unsigned char flags = S_ISLNK(st.st_mode) ? FLAG_SYMLINK : 0;
+  uint16_t len16 = (uint16_t)name_len;
+  double size = (double)st.st_size;
+  r->out[head] = (char)kind;
+  memcpy(r->out + head + 2, &len16, 2);
+  put32(r, head + 4, st.st_mode);
+  put32(r, head + 8, st.st_uid);
+  put32(r, head + 12, 0);
+  memcpy(r->out + head + 16, &size, 8);
+  memcpy(r->out + head + ENTRY_HEAD, name, name_len);
+  // The data length follows the name (u32), then the data.
+  ssize_t data_len_at = reserve(r, 4);
+  if (data_len_at < 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  put32(r, data_len_at, 0);
+  (*count)++;
+  int rc = 0;
+  if (kind == KIND_FILE) {
+    size_t data_at = r->len;
+    ssize_t n = read_small(r, fd, st.st_size);
+    if (n >= 0) {
+      flags |= FLAG_INLINED;
+      put32(r, head + 12, ckptfs_crc32c(0, r->out + data_at, (size_t)n));
+      double got = (double)n;
+      memcpy(r->out + head + 16, &got, 8);
+      put32(r, data_len_at, (uint32_t)n);
+    }
+    if (n == -1) rc = -1;
+    close(fd);
+  } else if (kind == KIND_DIR) {
+    size_t block = r->len;
+    if (depth + 1 >= MAX_DEPTH) {
+      close(fd);
+      rc = fail(r, ELOOP, "nested too deep for a saved checkpoint");
+    } else {
+      rc = walk(r, fd, depth + 1);
+    }
+    if (rc == 0) put32(r, head + 12, (uint32_t)(r->len - block));
+    fd = -1;  // walk closed it
+  }
+  r->out[head + 1] = (char)flags;
+  return rc;
+}
+
+// The same, with its path in r->rel for messages.
+static int entry(tree_read_t *r, int dfd, const char *name, unsigned char type, int depth, uint32_t *count) {
+  size_t cut = rel_push(r, name);
+  int rc = entry_in(r, dfd, name, type, depth, count);
+  r->rel[cut] = 0;
+  return rc;
+}
+
+// The block of the directory `dfd` (closed here).
+static int walk(tree_read_t *r, int dfd, int depth) {
+  ssize_t count_at = reserve(r, 4);
+  if (count_at < 0) {
+    close(dfd);
+    return -1;
+  }
+  DIR *d = fdopendir(dfd);
+  if (!d) {
+    int code = errno;
+    close(dfd);
+    return fail(r, code, "opendir");
+  }
+  uint32_t count = 0;
+  int rc = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (!e) {
+      if (errno) rc = fail(r, errno, "readdir");
+      break;
+    }
+    if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (entry(r, dirfd(d), e->d_name, e->d_type, depth, &count) < 0) {
+      rc = -1;
+      break;
+    }
+  }
+  closedir(d);
+  if (rc == 0) put32(r, (size_t)count_at, count);
+  return rc;
+}
+
+// The request: the top, then its entries shared out between the threads.
+typedef struct {
+  task_t task;
+  char *top;
+  size_t inline_max, budget, inlined;
+  int top_fd;
+  size_t count;           // entries of the top
+  char **names;
+  unsigned char *types;
+  tree_read_t *parts;     // one per entry of the top
+  uint32_t *found;        // records each part holds (0: gone since listed)
+  size_t next;            // the next entry to take
+  int failed;
+  char *out;
+  size_t len;
+} read_request_t;
+
+static void *take_entries(void *arg) {
+  read_request_t *q = arg;
+  for (;;) {
+    if (__atomic_load_n(&q->failed, __ATOMIC_RELAXED)) break;
+    size_t i = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED);
+    if (i >= q->count) break;
+    if (entry(&q->parts[i], q->top_fd, q->names[i], q->types[i], 0, &q->found[i]) < 0) __atomic_store_n(&q->failed, 1, __ATOMIC_RELAXED);
+  }
+  return NULL;
+}
+
+// Lists the top (names and types) into q; -1 with t->err set on failure.
+static int list_top(read_request_t *q) {
+  DIR *d = fdopendir(dup(q->top_fd));
+  if (!d) {
+    nerr_set(&q->task.err, errno, "opendir(%s)", q->top);
+    return -1;
+  }
+  size_t cap = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (!e) {
+      if (errno) nerr_set(&q->task.err, errno, "readdir(%s)", q->top);
+      break;
+    }
+    if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (q->count == cap) {
+      cap = cap ? cap * 2 : 64;
+      char **names = realloc(q->names, cap * sizeof *names);
+      if (names) q->names = names;
+      unsigned char *types = realloc(q->types, cap);
+      if (types) q->types = types;
+      if (!names || !types) {
+        nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+        break;
+      }
+    }
+    if (!(q->names[q->count] = strdup(e->d_name))) {
+      nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+      break;
+    }
+    q->types[q->count++] = e->d_type;
+  }
+  closedir(d);
+  return q->task.err.code ? -1 : 0;
+}
+
+static void read_tree_run(task_t *t) {
+  read_request_t *q = (read_request_t *)t;
+  // The top is the path the caller named: a symbolic link to it is followed, as stat does.
+  q->top_fd = open(q->top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (q->top_fd < 0) {
+    nerr_set(&t->err, errno, "%s", q->top);
+    return;
+  }
+  struct stat st;
+  if (fstat(q->top_fd, &st) < 0) {
+    nerr_set(&t->err, errno, "fstat(%s)", q->top);
+    return;
+  }
+  if (list_top(q) < 0) return;
+  q->parts = calloc(q->count ? q->count : 1, sizeof *q->parts);
+  q->found = calloc(q->count ? q->count : 1, sizeof *q->found);
+  if (!q->parts || !q->found) {
+    nerr_set(&t->err, ENOMEM, "readTree(%s)", q->top);
+    return;
+  }
+  for (size_t i = 0; i < q->count; i++) {
+    q->parts[i].top = q->top;
+    q->parts[i].inline_max = q->inline_max;
+    q->parts[i].budget = q->budget;
+    q->parts[i].inlined = &q->inlined;
+  }
+  pthread_t helpers[THREADS - 1];
+  int started = 0;
+  for (; started < THREADS - 1 && (size_t)started + 1 < q->count; started++)
+    if (pthread_create(&helpers[started], NULL, take_entries, q) != 0) break;  // fewer threads: still correct
+  take_entries(q);
+  for (int i = 0; i < started; i++) pthread_join(helpers[i], NULL);
+  // The first failure in the top's order is the one reported.
+  size_t len = 12;
+  uint32_t records = 0;
+  for (size_t i = 0; i < q->count; i++) {
+    if (q->parts[i].err.code) {
+      t->err = q->parts[i].err;
+      return;
+    }
+    len += q->parts[i].len;
+    records += q->found[i];
+  }
+  if (len > UINT32_MAX) {
+    nerr_set_raw(&t->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", q->top);
+    return;
+  }
+  if (!(q->out = malloc(len))) {
+    nerr_set(&t->err, ENOMEM, "readTree(%s): %zu bytes", q->top, len);
+    return;
+  }
+  uint32_t head[3] = {st.st_mode, st.st_uid, records};
+  memcpy(q->out, head, 12);
+  q->len = 12;
+  for (size_t i = 0; i < q->count; i++) {
+    if (q->parts[i].len) memcpy(q->out + q->len, q->parts[i].out, q->parts[i].len);
+    q->len += q->parts[i].len;
+    free(q->parts[i].out);
+    q->parts[i].out = NULL;
+  }
+}
+
+static napi_value read_tree_settle(napi_env env, task_t *t) {
+  read_request_t *q = (read_request_t *)t;
+  napi_value buf = make_owned_buffer(env, q->out, q->len);
+  q->out = NULL;
+  return buf;
+}
+
+static void read_tree_destroy(task_t *t) {
+  read_request_t *q = (read_request_t *)t;
+  if (q->top_fd >= 0) close(q->top_fd);
+  for (size_t i = 0; i < q->count; i++) {
+    free(q->names[i]);
+    if (q->parts) free(q->parts[i].out);
+  }
+  free(q->names);
+  free(q->types);
+  free(q->parts);
+  free(q->found);
+  free(q->out);
+  free(q->top);
+  free(q);
+}
+
+napi_value js_read_tree(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t inline_max, budget;
+  if (!arg_count(env, info, 3, argv)) return NULL;
+  size_t top_len;
+  if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &top_len) != napi_ok) {
+    type_error(env, "path must be a string");
+    return NULL;
+  }
+  if (napi_get_value_int64(env, argv[1], &inline_max) != napi_ok || inline_max < 0 ||
+      napi_get_value_int64(env, argv[2], &budget) != napi_ok || budget < 0) {
+    type_error(env, "inlineMax and budget must be numbers >= 0");
+    return NULL;
+  }
+  read_request_t *q = calloc(1, sizeof *q);
+  if (!q || !(q->top = malloc(top_len + 1))) {
+    free(q);
+    throw_errno(env, ENOMEM, "readTree");
+    return NULL;
+  }
+  q->top_fd = -1;
+  napi_get_value_string_utf8(env, argv[0], q->top, top_len + 1, &top_len);
+  q->inline_max = (size_t)inline_max;
+  q->budget = (size_t)budget;
+  q->task.run = read_tree_run;
+  q->task.settle = read_tree_settle;
+  q->task.destroy = read_tree_destroy;
+  return pool_submit(env, &q->task);
+}
