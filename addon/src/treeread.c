@@ -42,6 +42,9 @@
 #define FLAG_SYMLINK 1
 #define FLAG_INLINED 2
 #define THREADS 2
+// A bound on what a walk holds (names, records and small files): a saved tree of 1,000 processes
+// is far below it, and a tree a user crafted to exhaust root's memory stops here.
+#define OUTPUT_MAX ((size_t)1 << 30)
 
 // What one thread writes: the records of the top entries it took, and its first failure.
 typedef struct {
@@ -57,8 +60,8 @@ typedef struct {
 
 // Room for `n` more bytes at the end of the output; its offset, or -1 (ENOMEM set).
 static ssize_t reserve(tree_read_t *r, size_t n) {
-  if (r->len + n > UINT32_MAX) {  // offsets are u32, and node holds no larger Buffer
-    nerr_set_raw(&r->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", r->top);
+  if (r->len + n > OUTPUT_MAX) {
+    nerr_set_raw(&r->err, E2BIG, "%s: too many entries to read (over 1 GiB of names and small files): not a saved checkpoint", r->top);
     return -1;
   }
   if (r->len + n > r->cap) {
@@ -343,8 +346,8 @@ static void read_tree_run(task_t *t) {
     len += q->parts[i].len;
     records += q->found[i];
   }
-  if (len > UINT32_MAX) {
-    nerr_set_raw(&t->err, E2BIG, "%s: too many entries to read (over 4 GiB of names and small files): not a saved checkpoint", q->top);
+  if (len > OUTPUT_MAX) {
+    nerr_set_raw(&t->err, E2BIG, "%s: too many entries to read (over 1 GiB of names and small files): not a saved checkpoint", q->top);
     return;
   }
   if (!(q->out = malloc(len))) {
