@@ -48,6 +48,12 @@ export interface InjectPlacement {
    * than one ptrace stop each (addon/src/inject.c, "Runner").
    */
   runnerPage?: bigint
+  /**
+   * Size of a scratch area kept mapped at scratchAddr from this batch to the next ones that
+   * also say so (mapped whole by the first, never unmapped by injectBatch: the caller does);
+   * a batch without it forgets the area.
+   */
+  keepScratch?: bigint
 }
 
 export interface InjectResult {

@@ -23,6 +23,12 @@
 // Placement (restore): the scratch area can be mapped at a given address (MAP_FIXED_NOREPLACE)
 // and a given `syscall` instruction used instead of the vdso's.
 //
+// Kept scratch (restore, placement.keepScratch): the scratch area is mapped at its given
+// address by the first batch and left there for the next ones (the caller unmaps it), which
+// saves the two calls that map and unmap it per batch. It is recorded on the frozen process;
+// a batch without keepScratch forgets it (the caller's last batch unmaps it). Bytes past the
+// batch's own are zeroed, as a fresh mapping's are.
+//
 // Runner (restore, placement.runnerPage): a page of the tracee's that the restore mapped for
 // itself (read, write, execute). Consecutive plain calls then run in one go instead of one
 // stop each: a loop that makes each call of a table and stores its result is written into the
@@ -75,6 +81,7 @@ typedef struct {
   task_t t;
   pid_t tid;
   uint64_t runner_page;    // placement, 0: no runner
+  uint64_t keep_scratch;   // placement: size of the kept scratch area at scratch_addr, 0: not kept
   size_t scratch_size;
   unsigned char *init;  // scratchInit copy
   size_t init_len;
@@ -537,9 +544,26 @@ static void inject_run(task_t *t) {
 
   uint64_t base = 0;
   int layout_changed = 0;
-  if (it->scratch_size) {
+  int kept = 0;
+  if (p && !it->keep_scratch) p->kept_scratch = 0;
+  if (it->scratch_size && p && it->keep_scratch && it->scratch_addr && p->kept_scratch == it->scratch_addr) {
+    // Mapped by an earlier batch: this batch's bytes, then zeros to the end of its size.
+    unsigned char *fill = calloc(1, it->scratch_size);
+    if (fill && it->init_len) memcpy(fill, it->init, it->init_len);
+    struct iovec l = {fill, it->scratch_size}, rv = {(void *)(uintptr_t)it->scratch_addr, it->scratch_size};
+    if (fill && process_vm_writev(it->tid, &l, 1, &rv, 1, 0) == (ssize_t)it->scratch_size) {
+      base = it->scratch_addr;
+      kept = 1;
+    } else {
+      p->kept_scratch = 0;  // gone meanwhile: mapped again below
+    }
+    free(fill);
+  }
+  size_t mapped_size = it->scratch_size;  // a kept area is mapped whole
+  if (it->scratch_size && !kept) {
+    if (it->keep_scratch) mapped_size = it->keep_scratch;
     uint64_t flags = MAP_PRIVATE | MAP_ANONYMOUS | (it->scratch_addr ? MAP_FIXED_NOREPLACE : 0);
-    uint64_t a[MAX_CALL_ARGS] = {it->scratch_addr, it->scratch_size, PROT_READ | PROT_WRITE, flags, (uint64_t)-1, 0};
+    uint64_t a[MAX_CALL_ARGS] = {it->scratch_addr, mapped_size, PROT_READ | PROT_WRITE, flags, (uint64_t)-1, 0};
     int64_t r;
     if (run_call(&c, SYS_mmap, a, 0, &r) < 0) goto out;
     if (r < 0 && r > -4096) {
@@ -561,6 +585,10 @@ static void inject_run(task_t *t) {
                  (unsigned long long)base, it->init_len);
         goto unmap;
       }
+    }
+    if (it->keep_scratch && it->scratch_addr && p) {
+      p->kept_scratch = base;
+      kept = 1;
     }
   }
   for (size_t i = 0; i < it->ncalls;) {
@@ -604,11 +632,11 @@ static void inject_run(task_t *t) {
                it->tid, (unsigned long long)base, it->scratch_size);
   }
 unmap:
-  if (base && !c.dead) {
+  if (base && !c.dead && !kept) {
     // Unmap even after a failure; keep the first error.
     nerr_t saved_err = *err;
     err->code = 0;
-    uint64_t a[MAX_CALL_ARGS] = {base, it->scratch_size, 0, 0, 0, 0};
+    uint64_t a[MAX_CALL_ARGS] = {base, mapped_size, 0, 0, 0, 0};
     int64_t r = 0;
     if (run_call(&c, SYS_munmap, a, 0, &r) == 0 && r < 0)
       nerr_set(err, (int)-r, "injected munmap(0x%llx, %zu) in tid %d", (unsigned long long)base,
@@ -744,6 +772,14 @@ napi_value js_inject_batch(napi_env env, napi_callback_info info) {
     napi_typeof(env, v, &vt);
     if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.syscallAddr", &it->syscall_addr))
       goto bad;
+    napi_get_named_property(env, argv[4], "keepScratch", &v);
+    napi_typeof(env, v, &vt);
+    if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.keepScratch", &it->keep_scratch))
+      goto bad;
+    if (it->keep_scratch && (it->keep_scratch & 4095 || it->scratch_size > it->keep_scratch || !it->scratch_addr)) {
+      throw_errno(env, EINVAL, "injectBatch(tid %d): placement.keepScratch %llu needs a scratchAddr and page-aligned size of at least scratchSize", tid, (unsigned long long)it->keep_scratch);
+      goto bad;
+    }
     napi_get_named_property(env, argv[4], "runnerPage", &v);
     napi_typeof(env, v, &vt);
     if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.runnerPage", &it->runner_page))

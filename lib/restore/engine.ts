@@ -337,11 +337,12 @@ async function inject(tid: number, layout: Layout, calls: Call[], scratch: Buffe
 /** inject, also returning the scratch area as the calls left it (what they wrote there). */
 async function injectReading(tid: number, layout: Layout, calls: Call[], scratch: Buffer | null = null): Promise<{ results: bigint[]; scratch: Buffer }> {
   if (calls.length === 0) return { results: [], scratch: Buffer.alloc(0) }
-  // The code page also holds the runner (addon/src/inject.c): runs of calls without a stop each.
-  const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr, runnerPage: layout.codeAddr }
+  // The code page also holds the runner (addon/src/inject.c): runs of calls without a stop
+  // each; the scratch area stays mapped from batch to batch until restoreThreads unmaps it.
+  const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr, runnerPage: layout.codeAddr, keepScratch: Layout.SCRATCH }
   const size = scratch ? roundUp(BigInt(scratch.length), PAGE) : 0n
   if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
-  const done = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr, runnerPage: placement.runnerPage })
+  const done = await native.injectBatch(tid, Number(size), scratch, calls, placement)
   done.results.forEach((r, i) => {
     if (r < 0n && r > -4096n && !calls[i].mayFail) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
   })
@@ -1088,8 +1089,10 @@ async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadSt
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
   await restorePosixTimers(pid, proc, layout)
   await restoreCredentials(pid, proc, threads, layout)
-  // The restorer's page goes away through the vdso's own syscall, now at its saved place.
-  await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
+  // The restorer's page and scratch area go away through the vdso's own syscall, now at its saved place.
+  const { results: unmapped } = await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }, { nr: SYS.munmap, args: [layout.scratchAddr, Layout.SCRATCH] }])
+  const failed = unmapped.findIndex((r) => r < 0n)
+  if (failed >= 0) throw new CkptError(`restore: munmap the restorer's ${failed === 0 ? 'code page' : 'scratch area'}: ${errnoText(Number(-unmapped[failed]))}`)
   for (const thread of threads) await restoreRegisters(thread, proc)
 }
 
