@@ -42,6 +42,18 @@ export interface InjectPlacement {
   scratchAddr?: bigint
   /** Address of a `syscall` instruction (0f 05) to use instead of the one found in the vdso. */
   syscallAddr?: bigint
+  /**
+   * A page of the tracee's own (mapped read, write and execute by the restore, its first 64
+   * bytes left alone) where runs of plain calls are made in one go by a small loop rather
+   * than one ptrace stop each (addon/src/inject.c, "Runner").
+   */
+  runnerPage?: bigint
+  /**
+   * Size of a scratch area kept mapped at scratchAddr from this batch to the next ones that
+   * also say so (mapped whole by the first, never unmapped by injectBatch: the caller does);
+   * a batch without it forgets the area.
+   */
+  keepScratch?: bigint
 }
 
 export interface InjectResult {

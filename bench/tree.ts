@@ -8,16 +8,21 @@
 //     the same run: node's start-up (`ckptfs --help`);
 //   - `ls checkpoint-N` and `cat status` of the checkpoint;
 // then once `ls -laR checkpoint-N`, and `ls`, `ls -laR` and `cat status` of the same tree
-// shape on the trivial fuse-native server (the floor of a FUSE walk here).
+// shape on the trivial fuse-native server (the floor of a FUSE walk here); last, the tree is
+// checkpointed, copied out with `cp -a`, killed, and the whole `ckptfs restore SAVED --mount
+// MNT` of the copy timed --repeats times (the restored tree killed after each), against the
+// same floor; target: under 1 s (issue 17).
 
 import * as fs from 'fs'
 import * as path from 'path'
 import { buildC, ckptfsOk, log, median, mountCkptfs, outDir, q, sameShape, scratchDir, shapeFromLs, startTarget, startTrivialServer, timeSh, timeShOk, type Options } from './common'
 import { fmtN, fmtS, fmtX, Report } from './report'
-import { descendantsOf } from '../lib/lifecycle'
+import { descendantsOf, lifeState, waitUntil } from '../lib/lifecycle'
 
 /** The issue's target for a lazy checkpoint of a 100-process tree, request to ready. */
 const READY_TARGET_S = 0.1
+/** The issue's target for restoring a 100-process tree of small processes. */
+const RESTORE_TARGET_S = 1
 
 export async function benchTree(opts: Options, rep: Report): Promise<void> {
   const bin = buildC('treetarget')
@@ -68,6 +73,7 @@ export async function benchTree(opts: Options, rep: Report): Promise<void> {
     rep.ref('`ls checkpoint-N`, median', fmtS(median(listing)), all(listing))
     rep.ref('`cat status` (works out the problems of every process), median', fmtS(median(status)), all(status))
     await walkAgainstTrivial(rep, pid, mnt, n, median(listing), median(status))
+    await restoreRounds(opts, rep, pid, mnt, n, startup)
   } finally {
     // Its children and grandchildren by PID first: killing the root alone would orphan them.
     for (const pid of descendantsOf(target.pid).reverse()) {
@@ -116,6 +122,47 @@ async function walkAgainstTrivial(rep: Report, pid: number, mnt: string, n: numb
   } finally {
     stop()
   }
+}
+
+/**
+ * The tree checkpointed, copied with `cp -a`, killed; then restored from the copy --repeats
+ * times, each restored tree checked (every process back) and killed before the next.
+ */
+async function restoreRounds(opts: Options, rep: Report, root: number, mnt: string, n: number, startup: number): Promise<void> {
+  const pids = [root, ...descendantsOf(root)]
+  const saved = path.join(scratchDir('ckptfs-bench-'), 'saved')
+  const top = ckptfsOk('checkpoint', String(root), '--mount', mnt).stdout.trim()
+  try {
+    timeShOk(`cp -a ${q(top)} ${q(saved)}`)
+  } finally {
+    fs.writeFileSync(path.join(top, 'done'), 'kill\n')
+  }
+  const times: number[] = []
+  for (let round = 1; round <= opts.repeats; round++) {
+    await allGone(pids)
+    log(`tree: round ${round} of ${opts.repeats}: restore of a ${n}-process tree from a cp -a copy`)
+    const r = ckptfsOk('restore', saved, '--mount', mnt)
+    times.push(r.seconds)
+    const back = pids.filter((p) => lifeState(p) !== 'gone').length
+    if (r.stdout.trim() !== String(root) || back !== n) rep.note(`restore round ${round}: printed ${r.stdout.trim()}, ${back} of ${n} processes back`)
+    for (const p of [...descendantsOf(root).reverse(), root]) {
+      try {
+        process.kill(p, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
+  }
+  const all = times.map(fmtS).join(', ')
+  const m = median(times)
+  rep.check(`whole \`ckptfs restore SAVED --mount MNT\` of the ${n}-process tree from a cp -a copy, median`, fmtS(m), `< ${fmtS(RESTORE_TARGET_S)}`, m < RESTORE_TARGET_S, `${fmtX(m / RESTORE_TARGET_S)} the target`, all)
+  rep.ref('the same restore over the floor (node start-up, `ckptfs --help`), median', `${fmtS(m - startup)} over ${fmtS(startup)}`)
+}
+
+/** Waits until no process of `pids` is left, not even a zombie (a restore needs them free). */
+async function allGone(pids: number[]): Promise<void> {
+  const gone = () => pids.every((p) => lifeState(p) === 'gone')
+  if (!(await waitUntil(gone, { limitMs: 15_000 }))) throw new Error(`tree: the killed tree's PIDs are still taken after 15 s: ${pids.filter((p) => lifeState(p) !== 'gone').slice(0, 5).join(' ')} ...`)
 }
 
 /** Ends a checkpoint: writing to `done` resumes the tree. */

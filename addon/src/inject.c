@@ -21,7 +21,22 @@
 // ends with PTRACE_INTERRUPT + PTRACE_CONT to get back into such a stop.
 //
 // Placement (restore): the scratch area can be mapped at a given address (MAP_FIXED_NOREPLACE)
-// and a given `syscall` instruction used instead of the vdso's. The vdso address found is
+// and a given `syscall` instruction used instead of the vdso's.
+//
+// Kept scratch (restore, placement.keepScratch): the scratch area is mapped at its given
+// address by the first batch and left there for the next ones (the caller unmaps it), which
+// saves the two calls that map and unmap it per batch. It is recorded on the frozen process;
+// a batch without keepScratch forgets it (the caller's last batch unmaps it). Bytes past the
+// batch's own are zeroed, as a fresh mapping's are.
+//
+// Runner (restore, placement.runnerPage): a page of the tracee's that the restore mapped for
+// itself (read, write, execute). Consecutive plain calls then run in one go instead of one
+// stop each: a loop that makes each call of a table and stores its result is written into the
+// page with the table, the thread runs it with PTRACE_CONT and stops at its final int3 (a
+// SIGTRAP, as a single step's, so used only in single-step mode). Each stop costs two context
+// switches, which on a loaded machine is most of a restore's time. Calls the tracer must see
+// one at a time (the emulated rt_sigprocmask, rt_sigaction(SIGTRAP), interruptAtEntry, calls
+// that make a thread or process, which would run the loop too) keep the one-stop-per-call way. The vdso address found is
 // cached per frozen process and forgotten after any batch that may have changed the layout.
 #include "tracer.h"
 
@@ -65,6 +80,8 @@ typedef struct {
 typedef struct {
   task_t t;
   pid_t tid;
+  uint64_t runner_page;    // placement, 0: no runner
+  uint64_t keep_scratch;   // placement: size of the kept scratch area at scratch_addr, 0: not kept
   size_t scratch_size;
   unsigned char *init;  // scratchInit copy
   size_t init_len;
@@ -88,6 +105,7 @@ typedef struct {
   uint64_t vmask;       // the thread's signal mask as the batch's calls see it
   int requeue[8];       // unblockable signals suppressed on the way, sent again at the end
   int nrequeue;
+  int timeout_ms;        // per resume: INJECT_TIMEOUT_MS per call it runs
   nerr_t *err;
 } ictx_t;
 
@@ -210,7 +228,7 @@ static int resume_wait(ictx_t *c, int req, const char *reqname, int *st) {
     return -1;
   }
   for (;;) {
-    pid_t r = tracer_wait(c->tid, st, INJECT_TIMEOUT_MS);
+    pid_t r = tracer_wait(c->tid, st, c->timeout_ms);
     if (r == 0) {
       // The injected call blocks: interrupt it so the thread is stopped again for the
       // register restore, and report the timeout.
@@ -218,7 +236,7 @@ static int resume_wait(ictx_t *c, int req, const char *reqname, int *st) {
       r = tracer_wait(c->tid, st, 1000);
       c->in_exit_stop = 0;
       nerr_set(c->err, ETIMEDOUT, "injectBatch(tid %d): injected call did not return within %d ms", c->tid,
-               INJECT_TIMEOUT_MS);
+               c->timeout_ms);
       if (r > 0 && (WIFEXITED(*st) || WIFSIGNALED(*st))) c->dead = 1;
       return -1;
     }
@@ -357,6 +375,107 @@ static int run_call(ictx_t *c, int32_t nr, const uint64_t a[MAX_CALL_ARGS], int 
   return 0;
 }
 
+// ---- the runner (see the top) ----
+
+// x86-64: r12 = table, r13 = count; each entry nr, six arguments, result (8 words).
+//   loop: test r13,r13; jz done; rax..r9 = entry; syscall; entry.result = rax;
+//         r12 += 64; r13--; jmp loop
+//   done: int3
+static const unsigned char RUNNER_CODE[] = {
+    0x4d, 0x85, 0xed, 0x74, 0x32, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b,
+    0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44,
+    0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x49, 0x83,
+    0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc9, 0xcc};
+#define RUNNER_DONE 0x37  // offset of the int3
+#define RUNNER_CODE_AT 64   // the page's first bytes are the restore's own (syscall; jmp .)
+#define RUNNER_TABLE_AT 256
+#define RUNNER_ENTRY_WORDS 8
+#define RUNNER_SLOTS ((4096 - RUNNER_TABLE_AT) / (RUNNER_ENTRY_WORDS * 8))
+
+// Whether a call may run in the runner: the tracer need not act at it, and it makes no thread
+// or process (a clone's child would go on running the loop).
+static int runner_may_run(const call_t *call, const uint64_t a[MAX_CALL_ARGS]) {
+  if (call->interrupt_at_entry) return 0;
+  switch (call->nr) {
+    case SYS_rt_sigprocmask:
+    case SYS_clone:
+    case SYS_clone3:
+    case SYS_fork:
+    case SYS_vfork:
+    case SYS_execve:
+    case SYS_execveat:
+    case SYS_exit:
+    case SYS_exit_group:
+    case SYS_rt_sigreturn:
+      return 0;
+    case SYS_rt_sigaction:
+      return a[0] != SIGTRAP;
+    default:
+      return 1;
+  }
+}
+
+// Runs n calls (n <= RUNNER_SLOTS) through the runner. Returns 1 when done, 0 when the runner
+// could not be used (nothing ran: the caller runs the calls one by one), -1 on error.
+static int run_in_runner(ictx_t *c, uint64_t page, const int32_t *nrs, const uint64_t (*args)[MAX_CALL_ARGS], size_t n, int64_t *results) {
+  size_t len = RUNNER_TABLE_AT - RUNNER_CODE_AT + n * RUNNER_ENTRY_WORDS * 8;
+  unsigned char buf[4096];
+  memset(buf, 0, sizeof buf);
+  memcpy(buf, RUNNER_CODE, sizeof RUNNER_CODE);
+  uint64_t *table = (uint64_t *)(buf + RUNNER_TABLE_AT - RUNNER_CODE_AT);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t *e = table + i * RUNNER_ENTRY_WORDS;
+    e[0] = (uint64_t)(uint32_t)nrs[i];
+    memcpy(e + 1, args[i], MAX_CALL_ARGS * 8);
+    e[7] = (uint64_t)-ENOSYS;  // what a call that never ran reports
+  }
+  struct iovec l = {buf, len}, r = {(void *)(uintptr_t)(page + RUNNER_CODE_AT), len};
+  if (process_vm_writev(c->tid, &l, 1, &r, 1, 0) != (ssize_t)len) return 0;
+  struct user_regs_struct regs = *c->saved;
+  regs.rip = page + RUNNER_CODE_AT;
+  regs.r12 = page + RUNNER_TABLE_AT;
+  regs.r13 = n;
+  regs.orig_rax = (unsigned long long)-1;
+  if (ptrace(PTRACE_SETREGS, c->tid, 0, &regs) < 0) {
+    nerr_set(c->err, errno, "ptrace(PTRACE_SETREGS, tid %d)", c->tid);
+    return -1;
+  }
+  c->in_exit_stop = 0;
+  c->timeout_ms = INJECT_TIMEOUT_MS * (int)n;
+  uint64_t done = page + RUNNER_CODE_AT + RUNNER_DONE + 1;  // rip after the int3
+  for (;;) {
+    int st;
+    int rc = resume_wait(c, PTRACE_CONT, "PTRACE_CONT", &st);
+    if (rc < 0) break;
+    struct user_regs_struct now;
+    if (ptrace(PTRACE_GETREGS, c->tid, 0, &now) < 0) {
+      nerr_set(c->err, errno, "ptrace(PTRACE_GETREGS, tid %d)", c->tid);
+      break;
+    }
+    if ((st >> 16) == 0 && WSTOPSIG(st) == SIGTRAP && now.rip == done) {
+      c->timeout_ms = INJECT_TIMEOUT_MS;
+      l = (struct iovec){table, n * RUNNER_ENTRY_WORDS * 8};
+      r = (struct iovec){(void *)(uintptr_t)(page + RUNNER_TABLE_AT), l.iov_len};
+      if (process_vm_readv(c->tid, &l, 1, &r, 1, 0) != (ssize_t)l.iov_len) {
+        nerr_set(c->err, errno, "process_vm_readv(pid %d, runner results)", c->tid);
+        return -1;
+      }
+      for (size_t i = 0; i < n; i++) results[i] = (int64_t)table[i * RUNNER_ENTRY_WORDS + 7];
+      return 1;
+    }
+    int sig = (st >> 16) == 0 ? WSTOPSIG(st) : 0;
+    if ((sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGTRAP) && now.rip >= page && now.rip < page + 4096) {
+      // A call of the run took the runner's page away (or the page is not ours): never go on.
+      nerr_set(c->err, EFAULT, "injectBatch(tid %d): the runner at 0x%llx stopped with signal %d at 0x%llx", c->tid,
+               (unsigned long long)page, sig, (unsigned long long)now.rip);
+      break;
+    }
+    if (other_stop(c, st, now.rip) < 0) break;
+  }
+  c->timeout_ms = INJECT_TIMEOUT_MS;
+  return -1;
+}
+
 // Puts the thread back: registers, then (after a syscall-exit stop) a stop inside
 // get_signal(), options, mask, and the signals suppressed on the way.
 static void finish(ictx_t *c) {
@@ -384,7 +503,7 @@ static void finish(ictx_t *c) {
 static void inject_run(task_t *t) {
   inject_task_t *it = (inject_task_t *)t;
   nerr_t *err = &t->err;
-  ictx_t c = {.tid = it->tid, .err = err};
+  ictx_t c = {.tid = it->tid, .err = err, .timeout_ms = INJECT_TIMEOUT_MS};
   frozen_proc_t *p = frozen_find_tid(it->tid);
   c.tgid = p ? p->pid : read_tgid(it->tid);
   if (c.tgid <= 0) {
@@ -425,9 +544,26 @@ static void inject_run(task_t *t) {
 
   uint64_t base = 0;
   int layout_changed = 0;
-  if (it->scratch_size) {
+  int kept = 0;
+  if (p && !it->keep_scratch) p->kept_scratch = 0;
+  if (it->scratch_size && p && it->keep_scratch && it->scratch_addr && p->kept_scratch == it->scratch_addr) {
+    // Mapped by an earlier batch: this batch's bytes, then zeros to the end of its size.
+    unsigned char *fill = calloc(1, it->scratch_size);
+    if (fill && it->init_len) memcpy(fill, it->init, it->init_len);
+    struct iovec l = {fill, it->scratch_size}, rv = {(void *)(uintptr_t)it->scratch_addr, it->scratch_size};
+    if (fill && process_vm_writev(it->tid, &l, 1, &rv, 1, 0) == (ssize_t)it->scratch_size) {
+      base = it->scratch_addr;
+      kept = 1;
+    } else {
+      p->kept_scratch = 0;  // gone meanwhile: mapped again below
+    }
+    free(fill);
+  }
+  size_t mapped_size = it->scratch_size;  // a kept area is mapped whole
+  if (it->scratch_size && !kept) {
+    if (it->keep_scratch) mapped_size = it->keep_scratch;
     uint64_t flags = MAP_PRIVATE | MAP_ANONYMOUS | (it->scratch_addr ? MAP_FIXED_NOREPLACE : 0);
-    uint64_t a[MAX_CALL_ARGS] = {it->scratch_addr, it->scratch_size, PROT_READ | PROT_WRITE, flags, (uint64_t)-1, 0};
+    uint64_t a[MAX_CALL_ARGS] = {it->scratch_addr, mapped_size, PROT_READ | PROT_WRITE, flags, (uint64_t)-1, 0};
     int64_t r;
     if (run_call(&c, SYS_mmap, a, 0, &r) < 0) goto out;
     if (r < 0 && r > -4096) {
@@ -450,14 +586,42 @@ static void inject_run(task_t *t) {
         goto unmap;
       }
     }
+    if (it->keep_scratch && it->scratch_addr && p) {
+      p->kept_scratch = base;
+      kept = 1;
+    }
   }
-  for (size_t i = 0; i < it->ncalls; i++) {
+  for (size_t i = 0; i < it->ncalls;) {
+    // A run of at least two calls the runner may make, in single-step mode: in one go.
+    size_t n = 0;
+    int32_t nrs[RUNNER_SLOTS];
+    uint64_t runs[RUNNER_SLOTS][MAX_CALL_ARGS];
+    int run_changes_layout = 0;
+    while (it->runner_page && !c.syscall_mode && i + n < it->ncalls && n < RUNNER_SLOTS) {
+      call_t *call = &it->calls[i + n];
+      for (int j = 0; j < MAX_CALL_ARGS; j++)
+        runs[n][j] = call->args[j] + ((call->scratch_args >> j) & 1 ? base : 0);
+      if (!runner_may_run(call, runs[n])) break;
+      nrs[n] = call->nr;
+      if (changes_layout(call->nr)) run_changes_layout = 1;
+      n++;
+    }
+    if (n >= 2) {
+      if (run_changes_layout) layout_changed = 1;
+      int ran = run_in_runner(&c, it->runner_page, nrs, (const uint64_t(*)[MAX_CALL_ARGS])runs, n, &it->results[i]);
+      if (ran < 0) goto unmap;
+      if (ran > 0) {
+        i += n;
+        continue;
+      }
+    }
     call_t *call = &it->calls[i];
     uint64_t a[MAX_CALL_ARGS];
     for (int j = 0; j < MAX_CALL_ARGS; j++)
       a[j] = call->args[j] + ((call->scratch_args >> j) & 1 ? base : 0);
     if (changes_layout(call->nr)) layout_changed = 1;
     if (run_call(&c, call->nr, a, call->interrupt_at_entry, &it->results[i]) < 0) goto unmap;
+    i++;
   }
   if (it->scratch_size) {
     it->scratch = malloc(it->scratch_size);
@@ -468,11 +632,11 @@ static void inject_run(task_t *t) {
                it->tid, (unsigned long long)base, it->scratch_size);
   }
 unmap:
-  if (base && !c.dead) {
+  if (base && !c.dead && !kept) {
     // Unmap even after a failure; keep the first error.
     nerr_t saved_err = *err;
     err->code = 0;
-    uint64_t a[MAX_CALL_ARGS] = {base, it->scratch_size, 0, 0, 0, 0};
+    uint64_t a[MAX_CALL_ARGS] = {base, mapped_size, 0, 0, 0, 0};
     int64_t r = 0;
     if (run_call(&c, SYS_munmap, a, 0, &r) == 0 && r < 0)
       nerr_set(err, (int)-r, "injected munmap(0x%llx, %zu) in tid %d", (unsigned long long)base,
@@ -608,6 +772,22 @@ napi_value js_inject_batch(napi_env env, napi_callback_info info) {
     napi_typeof(env, v, &vt);
     if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.syscallAddr", &it->syscall_addr))
       goto bad;
+    napi_get_named_property(env, argv[4], "keepScratch", &v);
+    napi_typeof(env, v, &vt);
+    if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.keepScratch", &it->keep_scratch))
+      goto bad;
+    if (it->keep_scratch && (it->keep_scratch & 4095 || it->scratch_size > it->keep_scratch || !it->scratch_addr)) {
+      throw_errno(env, EINVAL, "injectBatch(tid %d): placement.keepScratch %llu needs a scratchAddr and page-aligned size of at least scratchSize", tid, (unsigned long long)it->keep_scratch);
+      goto bad;
+    }
+    napi_get_named_property(env, argv[4], "runnerPage", &v);
+    napi_typeof(env, v, &vt);
+    if (vt != napi_undefined && vt != napi_null && !get_u64(env, v, "placement.runnerPage", &it->runner_page))
+      goto bad;
+    if (it->runner_page & 4095) {
+      throw_errno(env, EINVAL, "injectBatch(tid %d): placement.runnerPage 0x%llx is not page-aligned", tid, (unsigned long long)it->runner_page);
+      goto bad;
+    }
   } else if (vt != napi_undefined && vt != napi_null) {
     type_error(env, "placement must be an object");
     goto bad;

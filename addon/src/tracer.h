@@ -46,6 +46,7 @@ typedef struct frozen_proc {
   size_t n, cap;
   frozen_thread_t *threads;
   uint64_t syscall_insn;  // address of a `syscall` instruction in its vdso (0: not looked up)
+  uint64_t kept_scratch;  // a scratch area injectBatch left mapped there (placement.keepScratch; 0: none)
   int options;            // ptrace options set at seize (kept across injections)
   pid_t keeper;           // restored tasks: their parent until the restore ends (0: none)
   int keeper_fd;          // write end of the keeper's release pipe

@@ -132,7 +132,9 @@ static int command(spawned_t *to, const void *cmd, size_t len, const char *what,
 }
 
 // A child of a restored task: its stub forks it (with the fds it inherits), it execs the stub
-// with its own plan, and is seized here before it reads its "go".
+// with its own plan, and is seized here before it reads its "go". Its "ok" (its file table is
+// open) is read later, by child_ready, once something needs it: meanwhile the next processes
+// are forked, so the stubs open their file tables side by side rather than one by one.
 static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, int *created, nerr_t *err) {
   int plan = memfd_create("ckptfs-plan", MFD_CLOEXEC);
   int ctl[2] = {-1, -1}, reply[2] = {-1, -1};
@@ -184,14 +186,6 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
     nerr_set(err, errno, "task-%d: write(restorer control pipe)", e->pid);
     goto out;
   }
-  char line[1024];
-  int dead = 0;
-  int got = read_reply(e->pid, reply[0], line, sizeof line, 0, &dead, err);
-  if (got < 0) goto out;
-  if (got == 0 || strcmp(line, "ok") != 0) {
-    nerr_set_raw(err, EIO, "restorer(pid %d): %s", e->pid, got == 0 ? "exited without a reply" : line);
-    goto out;
-  }
   *out = (spawned_t){.pid = e->pid, .keeper = -1, .keeper_fd = -1, .ctl_w = ctl[1], .reply_r = reply[0]};
   ctl[1] = reply[0] = -1;
   rc = 0;
@@ -201,6 +195,19 @@ out:
   for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
     if (fds[i] >= 0) close(fds[i]);
   return rc;
+}
+
+// The "ok" of a child made by make_child: its stub has its file table and serves commands.
+static int child_ready(spawned_t *child, nerr_t *err) {
+  char line[1024];
+  int dead = 0;
+  int got = read_reply(child->pid, child->reply_r, line, sizeof line, 0, &dead, err);
+  if (got < 0) return -1;
+  if (got == 0 || strcmp(line, "ok") != 0) {
+    nerr_set_raw(err, EIO, "restorer(pid %d): %s", child->pid, got == 0 ? "exited without a reply" : line);
+    return -1;
+  }
+  return 0;
 }
 
 static int make_zombie(spawned_t *parent, const tree_entry_t *e, nerr_t *err) {
@@ -226,7 +233,8 @@ static void tree_run(task_t *t) {
   spawned_t *s = calloc(n, sizeof *s);
   int *made = calloc(n, sizeof *made);      // the PID exists (live or zombie)
   int *adopted = calloc(n, sizeof *adopted);  // settled: kept like a frozen task
-  if (!s || !made || !adopted) {
+  int *unready = calloc(n, sizeof *unready);  // forked, its "ok" not read yet
+  if (!s || !made || !adopted || !unready) {
     nerr_set(err, ENOMEM, "spawnTree");
     goto out;
   }
@@ -243,21 +251,36 @@ static void tree_run(task_t *t) {
       nerr_set_raw(err, EINVAL, "task-%d: its parent %d is not made before it", e[i].pid, e[i].parent);
       goto out;
     }
+    size_t p = (size_t)(parent - s);
+    if (unready[p]) {
+      if (child_ready(parent, err) < 0) goto out;
+      unready[p] = 0;
+    }
     if (e[i].kind == KIND_ZOMBIE) {
       // The zombie exists once its parent answers (it waits for the exit, WNOWAIT).
       made[i] = 1;
       if (make_zombie(parent, &e[i], err) < 0) goto out;
     } else {
       if (make_child(parent, &e[i], &s[i], &made[i], err) < 0) goto out;
+      unready[i] = 1;
     }
   }
+  for (uint32_t i = 1; i < n; i++) {
+    if (!unready[i]) continue;
+    if (child_ready(&s[i], err) < 0) goto out;
+    unready[i] = 0;
+  }
   // Every task exists: each closes its working area (what it passed on), then is stopped.
+  // All are told first, so that they close theirs side by side, not one after another.
   for (uint32_t k = n; k-- > 0;) {
     if (e[k].kind != KIND_LIVE) continue;
     if (write(s[k].ctl_w, "E", 1) != 1) {
       nerr_set(err, errno, "task-%d: write(restorer control pipe)", e[k].pid);
       goto out;
     }
+  }
+  for (uint32_t k = n; k-- > 0;) {
+    if (e[k].kind != KIND_LIVE) continue;
     if (restorer_settle(&s[k], err) < 0) goto out;
     adopted[k] = 1;
   }
@@ -289,6 +312,7 @@ out:
   free(s);
   free(made);
   free(adopted);
+  free(unready);
   free(e);
 }
 

@@ -348,10 +348,12 @@ async function inject(tid: number, layout: Layout, calls: Call[], scratch: Buffe
 /** inject, also returning the scratch area as the calls left it (what they wrote there). */
 async function injectReading(tid: number, layout: Layout, calls: Call[], scratch: Buffer | null = null): Promise<{ results: bigint[]; scratch: Buffer }> {
   if (calls.length === 0) return { results: [], scratch: Buffer.alloc(0) }
-  const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr }
+  // The code page also holds the runner (addon/src/inject.c): runs of calls without a stop
+  // each; the scratch area stays mapped from batch to batch until restoreThreads unmaps it.
+  const placement = { scratchAddr: layout.scratchAddr, syscallAddr: layout.codeAddr, runnerPage: layout.codeAddr, keepScratch: Layout.SCRATCH }
   const size = scratch ? roundUp(BigInt(scratch.length), PAGE) : 0n
   if (size > Layout.SCRATCH) throw new CkptError(`restore: ${size} bytes of system call arguments is more than the scratch area`)
-  const done = await native.injectBatch(tid, Number(size), scratch, calls, size > 0n ? placement : { syscallAddr: placement.syscallAddr })
+  const done = await native.injectBatch(tid, Number(size), scratch, calls, placement)
   done.results.forEach((r, i) => {
     if (r < 0n && r > -4096n && !calls[i].mayFail) throw new CkptError(`restore: ${calls[i].what}: ${errnoText(Number(-r))}`)
   })
@@ -753,6 +755,8 @@ interface PageRead {
  * fresh memory took longer (issue 16's benchmark); a call per 64 MiB costs nothing measurable.
  */
 const READ_PIECE = 64 << 20
+/** Page files opened at once by the task, and calls per batch of reads (each a few machine words). */
+const FILES_AT_ONCE = 256
 /** Pages with no file behind them are copied through a buffer of this size. */
 const COPY_PIECE = 32 << 20
 
@@ -788,24 +792,33 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
     }
   }
 
-  for (const [file, list] of reads) {
+  // The files are opened a group at a time, in one injected batch, their reads batched across
+  // files, and closed in one batch: a saved tree keeps each mapping's pages in a file of its
+  // own, and a batch per file and step was most of a small process's injected batches.
+  const files = [...reads.keys()]
+  for (let first = 0; first < files.length;) {
+    let last = first, pathBytes = 0
+    while (last < files.length && (last === first || (last - first < FILES_AT_ONCE && pathBytes + Buffer.byteLength(files[last]) < Number(Layout.SCRATCH) / 2))) pathBytes += Buffer.byteLength(files[last++]) + 8
+    const group = files.slice(first, last)
     const scratch = new Scratch()
-    const [fd] = await inject(pid, layout, [{
+    const fds = await inject(pid, layout, group.map((file) => ({
       nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
-    }], scratch.buffer())
+    })), scratch.buffer())
+    const list = group.flatMap((file, i) => reads.get(file)!.map((r) => ({ ...r, fd: fds[i] })))
     // One injected batch per READ_PIECE bytes: the batches already in are checked meanwhile (PageCheck).
-    for (let first = 0; first < list.length;) {
-      let last = first, bytes = 0
-      while (last < list.length && (last === first || bytes + list[last].length <= READ_PIECE)) bytes += list[last++].length
-      const batch = list.slice(first, last)
-      const results = await inject(pid, layout, batch.map((r) => ({ nr: SYS.pread64, args: [fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
+    for (let at = 0; at < list.length;) {
+      let end = at, bytes = 0
+      while (end < list.length && (end === at || (bytes + list[end].length <= READ_PIECE && end - at < FILES_AT_ONCE))) bytes += list[end++].length
+      const batch = list.slice(at, end)
+      const results = await inject(pid, layout, batch.map((r) => ({ nr: SYS.pread64, args: [r.fd, r.addr, BigInt(r.length), BigInt(r.at)], what: r.what })))
       batch.forEach((r, i) => {
         if (results[i] !== BigInt(r.length)) throw new CkptError(`restore: ${r.what}: ${results[i]} of ${r.length} bytes at byte ${r.at} (did the file change?)`)
         check.written(r.v, r.dataEnd)
       })
-      first = last
+      at = end
     }
-    await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: `close ${file}` }])
+    await inject(pid, layout, group.map((file, i) => ({ nr: SYS.close, args: [fds[i]], what: `close ${file}` })))
+    first = last
   }
 
   const buffer = copies.length ? Buffer.allocUnsafe(Math.min(COPY_PIECE, Math.max(...copies.map((c) => c.length)))) : Buffer.alloc(0)
@@ -1196,8 +1209,10 @@ async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadSt
   for (const thread of threads) await restoreThreadState(pid, thread, layout)
   await restorePosixTimers(pid, proc, layout)
   await restoreCredentials(pid, proc, threads, layout, parentRestored)
-  // The restorer's page goes away through the vdso's own syscall, now at its saved place.
-  await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }])
+  // The restorer's page and scratch area go away through the vdso's own syscall, now at its saved place.
+  const { results: unmapped } = await native.injectBatch(pid, 0, null, [{ nr: SYS.munmap, args: [layout.codeAddr, PAGE] }, { nr: SYS.munmap, args: [layout.scratchAddr, Layout.SCRATCH] }])
+  const failed = unmapped.findIndex((r) => r < 0n)
+  if (failed >= 0) throw new CkptError(`restore: munmap the restorer's ${failed === 0 ? 'code page' : 'scratch area'}: ${errnoText(Number(-unmapped[failed]))}`)
   for (const thread of threads) await restoreRegisters(thread, proc)
 }
 
