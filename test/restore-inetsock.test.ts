@@ -22,14 +22,21 @@ import { closeGap, fourTuple, gapTableName, openGap } from '../lib/netgap'
 const fixture = buildTarget('restore_inetsock')
 const peerBin = buildTarget('inet_peer')
 
-/** Our nftables tables (lib/netgap.ts names them ckptfs_gap_...). */
-function ourTables(): string[] {
+/**
+ * Our nftables tables: lib/netgap.ts names them ckptfs_gap_FAMILY_uEUID_LADDR_LPORT_RADDR_RPORT,
+ * and a test's connections all have one of its own ports at one end (the peer's or its server's).
+ * Filtered by those ports, so another test run's tables (another mount, the same test in CI
+ * beside this one) are not counted.
+ */
+function ourTables(...ports: number[]): string[] {
   const out = execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' })
-  return out.split('\n').filter((l) => l.includes('ckptfs')).filter((l) => l.startsWith('table '))
+  return out.split('\n')
+    .filter((l) => l.startsWith('table ') && l.includes('ckptfs'))
+    .filter((l) => ports.some((p) => new RegExp(`_${p}(_| |$)`).test(l)))
 }
 
-/** Whether `nft list ruleset` mentions anything of ours at all (a table, chain or rule). */
-const anythingOurs = () => execFileSync('/usr/sbin/nft', ['list', 'ruleset'], { encoding: 'utf8' }).includes('ckptfs')
+/** Whether nftables holds anything of ours (a table of one of these ports; its chains and rules go with it). */
+const anythingOurs = (...ports: number[]) => ourTables(...ports).length > 0
 
 const read = (file: string) => fs.readFileSync(file, 'utf8').trim()
 
@@ -45,6 +52,8 @@ interface Started {
   target: Target
   peer: Awaited<ReturnType<typeof startTarget>>
   dir: string
+  /** The peer's listening port: the far end of the fixture's connection. */
+  port: number
 }
 
 async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
@@ -55,7 +64,7 @@ async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
   const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
   const target = await launch(t, [fixture, dir, String(port), ...six], { dir })
   await peer.waitFor(/^peer sent \d+$/)
-  return { target, peer, dir }
+  return { target, peer, dir, port }
 }
 
 /** After the kill: the peer sends during the gap; it must not be reset. */
@@ -89,7 +98,7 @@ t.test('listening, UDP and an established connection with data in flight come ba
   const saved = path.join(s.dir, 'saved')
   const queued = /^queued out (\d+) in (\d+)$/m.exec(s.target.text())!
   await checkpointSaveKill(mnt, s.target.pid, saved)
-  t.equal(ourTables().length, 1, 'after the kill, one table drops the peer\'s packets')
+  t.equal(ourTables(s.port).length, 1, 'after the kill, one table drops the peer\'s packets')
 
   const found = sockets(saved)
   const kinds = found.map((k) => `${k.family} ${k.protocol} ${k.state}`).sort()
@@ -106,10 +115,10 @@ t.test('listening, UDP and an established connection with data in flight come ba
   const since = s.target.text().length
   const r = restoreCli(mnt, saved)
   t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
-  t.same(ourTables(), [], 'the restore removed the table')
+  t.same(ourTables(s.port), [], 'the restore removed the table')
   if (r.status !== 0) return
   await carriesOn(t, s, since)
-  t.same(ourTables(), [], 'no nftables table of ours is left')
+  t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
 t.test('the same from the image', async (t) => {
@@ -125,7 +134,7 @@ t.test('the same from the image', async (t) => {
   t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
   if (r.status !== 0) return
   await carriesOn(t, s, since)
-  t.same(ourTables(), [], 'no nftables table of ours is left')
+  t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
 t.test('the same over IPv6, from the image', async (t) => {
@@ -133,7 +142,7 @@ t.test('the same over IPv6, from the image', async (t) => {
   const s = await startPair(t, 6)
   const saved = path.join(s.dir, 'saved')
   await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
-  const tables = ourTables()
+  const tables = ourTables(s.port)
   t.equal(tables.length, 1, 'one table')
   t.match(tables[0], /^table ip6 ckptfs_gap_6_u0___1_\d+___1_\d+ \{$/, 'an ip6 table for [::1] <-> [::1]')
   t.match(ckptfs('show', `${saved}.image`).stdout, /TCPv6 socket \[::1\]:\d+ <-> \[::1\]:\d+, established/, 'ckptfs show names the connection')
@@ -143,7 +152,7 @@ t.test('the same over IPv6, from the image', async (t) => {
   t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
   if (r.status !== 0) return
   await carriesOn(t, s, since)
-  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
+  t.notOk(anythingOurs(s.port), 'nft list ruleset shows nothing of ours')
 })
 
 t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
@@ -163,7 +172,7 @@ t.test('a failed restore removes the table too and leaves nothing behind; a resu
   t.match(r.stderr, new RegExp(`^ckptfs restore: .*fd \\d+ \\(files/${lst.objref}\\): bind: Address already in use\\n$`), 'naming the socket')
   t.notOk(exists(s.target.pid), 'no process is left')
   t.same(listTree(s.dir), before, 'nothing new in its directory')
-  t.same(ourTables(), [], 'the failed restore removed the table')
+  t.same(ourTables(s.port), [], 'the failed restore removed the table')
 
   // A second fixture, checkpointed and resumed: its connection works on.
   const s2 = await startPair(t)
@@ -171,14 +180,14 @@ t.test('a failed restore removes the table too and leaves nothing behind; a resu
   t.equal(said.status, 0, 'checkpointed')
   const cp = said.stdout.trim()
   t.match(said.stderr, /^ckptfs checkpoint: note: checkpoint-\d+ holds 1 established TCP connection \(files\/\d+ 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+\) in repair mode: "echo 1 > .*\/done" lets them carry on/, 'the checkpoint says which connection it holds and what done does to it')
-  t.equal(ourTables().length, 1, 'while frozen, the table is there')
+  t.equal(ourTables(s2.port).length, 1, 'while frozen, the table is there')
   const since = s2.target.text().length
   fs.writeFileSync(path.join(cp, 'done'), '1\n')
   await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
-  t.same(ourTables(), [], 'resumed: the table is gone')
+  t.same(ourTables(s2.port), [], 'resumed: the table is gone')
   fs.writeFileSync(path.join(s2.dir, 'gap'), '')
   await carriesOn(t, s2, since)
-  t.same(ourTables(), [], 'no nftables table of ours is left')
+  t.same(ourTables(s2.port), [], 'no nftables table of ours is left')
 })
 
 t.test('states and families that cannot be restored are refused by name', async (t) => {
@@ -189,7 +198,7 @@ t.test('states and families that cannot be restored are refused by name', async 
   execFileSync('cp', ['-a', cp, saved])
   fs.writeFileSync(path.join(cp, 'done'), '1\n')
   await waitUntil('the checkpoint to end', () => !fs.existsSync(cp))
-  t.same(ourTables(), [], 'resumed: no table')
+  t.same(ourTables(s.port), [], 'resumed: no table')
   fs.writeFileSync(path.join(s.dir, 'gap'), '')
   const udp = sockets(saved).find((k) => k.family === 'inet' && k.protocol === 'udp')!
   const edit = (file: string, value: string, expected: RegExp) => {
@@ -279,7 +288,7 @@ t.test('a user\'s sockets come back only as the user could make them: port 80 an
     t.match(r.stderr, expected, `${what}: says which and why`)
     t.notOk(exists(target.pid), `${what}: no process is left`)
     t.same(listTree(dir), before, `${what}: nothing new in its directory`)
-    t.same(ourTables().map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
+    t.same(ourTables(peerPort).map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
   }
   const conn = sockets(saved).find((k) => k.state === 'established')!
   // A gap of root's on the same four-tuple (a root process's connection, checkpointed and
@@ -315,7 +324,7 @@ t.test('a node HTTP server answers on its port after a restore', async (t) => {
   t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
   if (r.status !== 0) return
   t.same(await httpGet(port), { status: 200, body: 'request 2\n' }, 'it answers after the restore, counting on from where it was')
-  t.same(ourTables(), [], 'no nftables table of ours')
+  t.same(ourTables(port), [], 'no nftables table of ours')
 })
 
 t.test('netlink and packet sockets are refused, naming the socket', async (t) => {
@@ -345,16 +354,16 @@ t.test('a connection the peer closed, and a listening socket with connections no
   const r = ckptfs('check', String(target.pid))
   t.match(r.stdout, new RegExp(`^fd 7: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:${port} \\(listening\\) has 1 connection\\(s\\) not yet accepted, which would be lost \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the listening socket with a connection waiting')
   t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
-  t.notOk(anythingOurs(), 'nothing of ours in nft list ruleset')
+  t.notOk(anythingOurs(port, closerPort), 'nothing of ours in nft list ruleset')
 })
 
 t.test('a connection killed at its checkpoint and never restored: umount removes its table', async (t) => {
   const mnt = mountFor(t)
   const s = await startPair(t)
   await checkpointSaveKill(mnt, s.target.pid, path.join(s.dir, 'saved'))
-  t.equal(ourTables().length, 1, 'the table waits for a restore')
+  t.equal(ourTables(s.port).length, 1, 'the table waits for a restore')
   ckptfsOk('umount', mnt)
-  t.notOk(anythingOurs(), 'after umount, nft list ruleset shows nothing of ours')
+  t.notOk(anythingOurs(s.port), 'after umount, nft list ruleset shows nothing of ours')
 })
 
 t.test('the same through the restore area (cp -a into restore/, echo 1 > done): the server removes the table', async (t) => {
@@ -366,6 +375,6 @@ t.test('the same through the restore area (cp -a into restore/, echo 1 > done): 
   const since = s.target.text().length
   execFileSync('bash', ['-c', `cp -a "${saved}" "${mnt}/restore/conn" && echo 1 > "${mnt}/restore/conn/done"`])
   t.equal(fs.readFileSync(path.join(mnt, 'restore', 'conn', 'status'), 'utf8'), `restored ${s.target.pid}\n`, 'status says restored PID')
-  t.notOk(anythingOurs(), 'nft list ruleset shows nothing of ours')
+  t.notOk(anythingOurs(s.port), 'nft list ruleset shows nothing of ours')
   await carriesOn(t, s, since)
 })

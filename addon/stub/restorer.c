@@ -34,6 +34,7 @@
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -1413,10 +1414,30 @@ static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int
   return (const struct sockaddr *)(const void *)raw;
 }
 
+// The kernel may refuse a large piece (a queue restored in repair mode is one linear skb per
+// send, ENOMEM) or have no room for it yet (EAGAIN under memory pressure, while the unsent
+// part waits for acknowledgements): smaller pieces first, then a wait for room, bounded so a
+// restore never hangs on a queue.
 static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, const char *queue, const char *what) {
+  uint32_t piece = len;
+  struct timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
   while (len > 0) {
-    ssize_t n = send(fd, data, len, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = send(fd, data, len < piece ? len : piece, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == ENOMEM || errno == ENOBUFS)) {
+      if (piece > 1024) {
+        piece /= 2;
+        continue;
+      }
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      if (now.tv_sec - start.tv_sec < 10) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        poll(&p, 1, 100);
+        continue;
+      }
+    }
     if (n <= 0) fail("%s: restoring the %s (%u bytes left): %s", what, queue, len, n < 0 ? strerror(errno) : "nothing sent");
     data += n;
     len -= (uint32_t)n;
