@@ -56,6 +56,16 @@ export function syscallOf(pid: number): number | undefined {
   }
 }
 
+/** A process's start time (clock ticks after boot, /proc/PID/stat field 22): the same across exec, another for a reused PID. */
+function startOf(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+  } catch {
+    return undefined
+  }
+}
+
 function exeOf(pid: number): string | undefined {
   try {
     return fs.readlinkSync(`/proc/${pid}/exe`)
@@ -100,7 +110,9 @@ export async function launch(t: Teardownable, argv: string[], opts: { dir: strin
     })
     sh.on('exit', () => reject(new Error(`${argv[0]}: the launching shell exited`)))
   })
-  const others: number[] = []
+  // Each further PID with its own executable and start time, read when it is named (a child may
+  // run another program than the target, or not have exec'd it yet).
+  const others: Array<{ pid: number; exe: string | undefined; start?: string }> = []
   let exe = ''
   const target: Target = {
     pid,
@@ -119,14 +131,19 @@ export async function launch(t: Teardownable, argv: string[], opts: { dir: strin
       }, ms)
       return hit!
     },
-    alsoKill: (p) => others.push(p),
+    alsoKill: (p) => {
+      const start = startOf(p)
+      if (start !== undefined) others.push({ pid: p, exe: exeOf(p), start }) // gone already: nothing to kill
+    },
   }
   t.teardown(() => {
-    for (const p of [pid, ...others]) {
-      // Only what is still ours: the PID may belong to someone else once ours is gone.
-      if (exe && exeOf(p) !== exe) continue
+    for (const o of [{ pid, exe, start: undefined }, ...others]) {
+      // Only what is still ours: the PID may belong to someone else once ours is gone (the same
+      // process, exec'd or not, or a restored one running the same program).
+      const same = (o.start !== undefined && startOf(o.pid) === o.start) || !o.exe || exeOf(o.pid) === o.exe
+      if (!same) continue
       try {
-        process.kill(p, 'SIGKILL')
+        process.kill(o.pid, 'SIGKILL')
       } catch {
         // gone meanwhile
       }
