@@ -399,6 +399,15 @@ t.test('netlink and packet sockets come back from a copied tree and from the ima
   fs.writeFileSync(ifname, 'lo\n')
   reseal(saved)
 
+  // Another socket takes ub's portid meanwhile: the restore is refused, naming the socket.
+  const portid = read(path.join(ub, 'portid'))
+  const squatter = await startTarget('python3', ['-c', `import os,socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,15)\ns.bind((${portid},0))\nprint('bound pid=%d' % os.getpid(),flush=True)\ntime.sleep(60)\n`], /^bound/)
+  const taken = restoreCli(mnt, saved)
+  squatter.kill()
+  t.equal(taken.status, 1, 'a portid taken: refused')
+  t.match(taken.stderr, new RegExp(`files/${path.basename(ub)}\\): bind to netlink portid ${portid} \\(protocol 15\\): Address already in use \\(another socket holds that portid now\\)`), 'naming the socket and the portid')
+  await waitUntil('the squatter to exit', () => !exists(squatter.pid))
+
   for (const from of [saved, `${saved}.image`]) {
     const since = target.text().length
     const r = restoreCli(mnt, from)
