@@ -422,14 +422,16 @@ t.test('netlink and packet sockets come back from a copied tree and from the ima
   }
 })
 
-t.test('a netlink socket with an answer queued, and a SOCK_PACKET socket, are refused, naming the socket', async (t) => {
+t.test('a netlink socket with an answer queued, a SOCK_PACKET socket and a mapped packet ring are refused, naming each', async (t) => {
   const dir = workdir(t, 'ckptfs-netlink-')
   // An RTM_GETLINK dump request (struct nlmsghdr + struct ifinfomsg) whose answer is never read.
-  const code = 'import os,socket,struct,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\nn.send(struct.pack("=IHHII",32,18,0x301,1,0)+bytes(16))\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,10,0)\nos.dup2(p.fileno(),8)\ntime.sleep(0.2)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
+  // And a raw packet socket whose RX ring (PACKET_RX_RING, 263/5) is mapped.
+  const code = 'import mmap,os,socket,struct,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\nn.send(struct.pack("=IHHII",32,18,0x301,1,0)+bytes(16))\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,10,0)\nos.dup2(p.fileno(),8)\nr=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,0)\nr.setsockopt(263,5,struct.pack("IIII",4096,1,2048,2))\nm=mmap.mmap(r.fileno(),4096)\ntime.sleep(0.2)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
   const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
   const r = ckptfs('check', String(target.pid))
   t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: netlink socket \(protocol 0, portid \d+\) has \d+ bytes queued to be read: a kernel's answer or notification cannot be sent again, so it would be lost \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket and what is queued')
   t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet socket of type 10 \(SOCK_PACKET, the obsolete interface\) is not checkpointed \(fd \d+, inode \1\)$/m, 'and the SOCK_PACKET socket')
+  t.match(r.stdout, /^task-\d+\/memory\/vmas\/[0-9a-f]+-[0-9a-f]+: not checkpointable: a mapping of socket:\[\d+\] \(a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped\): its frames are the kernel's, which a restore cannot map again$/m, 'and the mapped ring')
 })
 
 t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {
