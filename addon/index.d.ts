@@ -416,6 +416,8 @@ export interface PacketSocketInfo extends RawSocketCommon {
   copyThresh?: number
   diagFlags?: number
   mclist?: Array<{ ifindex: number; count: number; type: number; addr: Buffer }>
+  /** Set when the socket is in a fanout group (then `fanout` is that group's value, 0 included). */
+  inFanout?: number
   rxRing?: PacketRingInfo
   txRing?: PacketRingInfo
 }

@@ -330,7 +330,7 @@ t.test('a user\'s sockets come back only as the user could make them: port 80, r
   fs.rmSync(path.join(nl, 'options'), { recursive: true })
   fs.mkdirSync(path.join(nl, 'options'))
   const options = { version: '0', reserve: '0', auxdata: '0', origdev: '0', vnet_hdr: '0', timestamp: '0', copy_thresh: '0', loss: '0', qdisc_bypass: '0', ignore_outgoing: '0', rcvbuf: '212992', sndbuf: '212992' }
-  edit({ family: 'packet\n', sock_type: 'dgram\n', protocol: '35061\n', ifindex: '1\n', ifname: 'lo\n', fanout: '0\n', memberships: '', ...Object.fromEntries(Object.entries(options).map(([n, v]) => [`options/${n}`, `${v}\n`])) })
+  edit({ family: 'packet\n', sock_type: 'dgram\n', protocol: '35061\n', ifindex: '1\n', ifname: 'lo\n', fanout: '\n', memberships: '', ...Object.fromEntries(Object.entries(options).map(([n, v]) => [`options/${n}`, `${v}\n`])) })
   refused('a packet socket', new RegExp(`files/${path.basename(nl)}\\): socket\\(AF_PACKET, SOCK_DGRAM, 0x88f5\\): Operation not permitted \\(a packet socket takes the CAP_NET_RAW the task had\\)`))
   for (const n of ['ifindex', 'ifname', 'fanout', 'memberships']) fs.rmSync(path.join(nl, n))
   fs.rmSync(path.join(nl, 'options'), { recursive: true })
@@ -385,6 +385,7 @@ t.test('netlink and packet sockets come back from a copied tree and from the ima
   t.same([read(path.join(pk, 'ifname')), read(path.join(pk, 'ifindex')), read(path.join(pk, 'protocol'))], ['lo', '1', String(0x88b5)], 'ifname, ifindex and protocol')
   t.equal(fs.readFileSync(path.join(pk, 'memberships'), 'utf8'), '1 multicast 01005e0000fb 1\n', 'memberships')
   t.equal(read(path.join(pr, 'rx_ring', 'frame_nr')), '4', 'rx_ring/')
+  t.equal(read(path.join(pr, 'fanout')), '', 'fanout: empty, in no group')
   const show = ckptfs('show', `${saved}.image`).stdout
   t.match(show, /netlink raw socket, protocol 15, portid \d+, connected to portid \d+ group 32/, 'ckptfs show names the connected netlink socket')
   t.match(show, /dgram packet socket \(protocol 0x88b5, bound to lo \(index 1\)\), fanout group \d+/, 'and the packet socket')

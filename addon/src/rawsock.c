@@ -309,6 +309,10 @@ static void packet_found(napi_env env, napi_value obj, const void *msg, size_t l
         }
         break;
       }
+      case PACKET_DIAG_FANOUT:
+        // Present only for a socket in a group: getsockopt's 0 is also group 0 of type hash.
+        set_prop(env, obj, "inFanout", make_i32(env, 1));
+        break;
       case PACKET_DIAG_RX_RING:
         if (dlen >= sizeof(struct packet_diag_ring)) set_prop(env, obj, "rxRing", ring_to_js(env, data));
         break;
@@ -321,7 +325,7 @@ static void packet_found(napi_env env, napi_value obj, const void *msg, size_t l
 
 // packetSocket(pid, fd): { protocol (host order), type, ifindex, ifname?, version, reserve,
 // auxdata, origdev, vnetHdr, timestamp, fanout, loss, qdiscBypass, ignoreOutgoing, rcvbuf,
-// sndbuf, queued, filter, diagFound?, copyThresh?, diagFlags?, mclist?, rxRing?, txRing? }.
+// sndbuf, queued, filter, diagFound?, copyThresh?, diagFlags?, mclist?, inFanout?, rxRing?, txRing? }.
 napi_value js_packet_socket(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int32_t pid, fd;
@@ -370,7 +374,7 @@ napi_value js_packet_socket(napi_env env, napi_callback_info info) {
     struct packet_diag_req r;
   } req = {
     .h = {.nlmsg_len = sizeof req, .nlmsg_type = SOCK_DIAG_BY_FAMILY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = 1},
-    .r = {.sdiag_family = AF_PACKET, .pdiag_ino = (uint32_t)st.st_ino, .pdiag_show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG},
+    .r = {.sdiag_family = AF_PACKET, .pdiag_ino = (uint32_t)st.st_ino, .pdiag_show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT},
   };
   if (diag_find(env, pid, &req, sizeof req, (uint32_t)st.st_ino, sizeof(struct packet_diag_msg), offsetof(struct packet_diag_msg, pdiag_ino), packet_found, obj) < 0) return NULL;
   return obj;

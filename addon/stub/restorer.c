@@ -1641,7 +1641,7 @@ static void packet_ring(int fd, int name, const char *opt, const char *what) {
 
 // u32 type, u32 protocol, i32 flags, u32 ifindex, string ifname, i32 version, reserve, auxdata,
 // origdev, vnet_hdr, timestamp, copy_thresh, loss, qdisc_bypass, ignore_outgoing, rcvbuf,
-// sndbuf, u32 fanout, u32 membership count, each: u32 ifindex, u32 type, bytes address, u32
+// sndbuf, u32 in a fanout group (0, 1), u32 fanout, u32 membership count, each: u32 ifindex, u32 type, bytes address, u32
 // count; then the RX ring and the TX ring: u32 present and when 1 its seven u32s. Made with
 // the task's credentials: socket() needs the CAP_NET_RAW the task had. The interface is
 // found by its saved name, which must still have the saved index. The options that a ring
@@ -1655,7 +1655,7 @@ static void open_packet_object(uint32_t id, int cloexec UNUSED, const char *what
   int version = i32("version"), reserve = i32("reserve"), auxdata = i32("auxdata"), origdev = i32("origdev"), vnet_hdr = i32("vnet_hdr");
   int timestamp = i32("timestamp"), copy_thresh = i32("copy_thresh"), loss = i32("loss"), qdisc_bypass = i32("qdisc_bypass");
   int ignore_outgoing = i32("ignore_outgoing"), rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf");
-  uint32_t fanout = u32("fanout");
+  uint32_t in_fanout = u32("in a fanout group"), fanout = u32("fanout");
   if (type != SOCK_RAW && type != SOCK_DGRAM) fail("%s: packet socket type %d is neither SOCK_RAW nor SOCK_DGRAM", what, type);
   if (protocol > 0xffff) fail("%s: packet protocol %d is above 0xffff", what, protocol);
 
@@ -1704,7 +1704,7 @@ static void open_packet_object(uint32_t id, int cloexec UNUSED, const char *what
   packet_ring(fd, PACKET_RX_RING, "PACKET_RX_RING", what);
   packet_ring(fd, PACKET_TX_RING, "PACKET_TX_RING", what);
   // The group id is given again: a kernel-chosen one (PACKET_FANOUT_FLAG_UNIQUEID) cannot be asked for by number.
-  if (fanout) sock_opt(fd, SOL_PACKET, PACKET_FANOUT, (int)(fanout & ~((uint32_t)PACKET_FANOUT_FLAG_UNIQUEID << 16)), "PACKET_FANOUT", what);
+  if (in_fanout) sock_opt(fd, SOL_PACKET, PACKET_FANOUT, (int)(fanout & ~((uint32_t)PACKET_FANOUT_FLAG_UNIQUEID << 16)), "PACKET_FANOUT", what);
   sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
   sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
   set_status_flags(fd, flags, what);

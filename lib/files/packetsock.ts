@@ -74,8 +74,8 @@ export interface PacketSocket {
   ifindex: number
   ifname: string
   options: PacketSocketOptions
-  /** PACKET_FANOUT as getsockopt shows it: id | type << 16 | flags << 24; 0: none. */
-  fanout: number
+  /** PACKET_FANOUT as getsockopt shows it: id | type << 16 | flags << 24; undefined: in no group. */
+  fanout: number | undefined
   memberships: PacketMembership[]
   rxRing: PacketRing | undefined
   txRing: PacketRing | undefined
@@ -106,8 +106,9 @@ export function capturePacket(probe: FdProbe, base: DescriptionBase, info: Packe
   if (!info.diagFound || !info.mclist || info.copyThresh === undefined) return refuse(`${what}: packet_diag does not list it in the task's network namespace`)
   if (info.ifindex && !info.ifname) return refuse(`${what}: its interface has no name any more`)
   if (info.filter > 0) return refuse(`${what} has a BPF filter attached (SO_ATTACH_FILTER, ${info.filter} instructions), which is not restored`)
+  const fanout = info.inFanout ? info.fanout : undefined
   const fanoutType = (info.fanout >>> 16) & 0xff
-  if (info.fanout && (fanoutType === FANOUT_CBPF || fanoutType === FANOUT_EBPF)) return refuse(`${what} is in a fanout group steered by a BPF program (PACKET_FANOUT type ${fanoutType}), which is not restored`)
+  if (fanout !== undefined && (fanoutType === FANOUT_CBPF || fanoutType === FANOUT_EBPF)) return refuse(`${what} is in a fanout group steered by a BPF program (PACKET_FANOUT type ${fanoutType}), which is not restored`)
   const memberships: PacketMembership[] = []
   for (const m of info.mclist) {
     const type = MR_TYPES[m.type]
@@ -128,7 +129,7 @@ export function capturePacket(probe: FdProbe, base: DescriptionBase, info: Packe
     rcvbuf: info.rcvbuf,
     sndbuf: info.sndbuf,
   }
-  const packet: PacketSocket = { sockType, protocol: info.protocol, ifindex: info.ifindex, ifname: info.ifname ?? '', options, fanout: info.fanout, memberships, rxRing: info.rxRing, txRing: info.txRing }
+  const packet: PacketSocket = { sockType, protocol: info.protocol, ifindex: info.ifindex, ifname: info.ifname ?? '', options, fanout, memberships, rxRing: info.rxRing, txRing: info.txRing }
   return { ...base, type: 'socket', family: 'packet', packet }
 }
 
@@ -177,7 +178,7 @@ const baseEntries: TableEntry<PacketSocketDescription>[] = [
   attr('protocol', (d) => d.packet.protocol),
   attr('ifindex', (d) => d.packet.ifindex),
   attr('ifname', (d) => d.packet.ifname),
-  attr('fanout', (d) => d.packet.fanout),
+  attr('fanout', (d) => d.packet.fanout ?? ''),
   bytes('memberships', (d) => Buffer.from(membershipsText(d.packet.memberships))),
   sub('options', (d: PacketSocketDescription) => d.packet.options, optionEntries),
 ]
@@ -209,7 +210,7 @@ export function loadPacket(dir: SavedDir, base: DescriptionBase): PacketSocketDe
     protocol: dir.int('protocol', 0, 0xffff),
     ifindex: dir.int('ifindex', 0, INT_MAX),
     ifname: dir.text('ifname'),
-    fanout: Number(dir.decimal('fanout', 0n, U32_MAX)),
+    fanout: dir.text('fanout') === '' ? undefined : Number(dir.decimal('fanout', 0n, U32_MAX)),
     memberships: parseMemberships(dir.listText('memberships'), (why) => dir.fail('memberships', why)),
     options: {
       version: o.int('version', 0, MAX_VERSION),
@@ -238,9 +239,9 @@ export function validatePacket(d: PacketSocketDescription): void {
   if (s.ifindex === 0 && s.ifname !== '') throw invalid(d, 'ifname', 'a socket bound to no interface has no interface name')
   if (s.ifindex !== 0 && !/^[^/\s:]{1,15}$/.test(s.ifname)) throw invalid(d, 'ifname', `${JSON.stringify(s.ifname)} is not an interface name (1 to 15 characters, no "/", ":" or space)`)
   if (s.options.version > MAX_VERSION) throw invalid(d, 'options/version', `${s.options.version} is not TPACKET_V1, V2 or V3 (0, 1, 2)`)
-  const fanoutType = (s.fanout >>> 16) & 0xff
-  if (s.fanout && (fanoutType > FANOUT_MAX_TYPE || fanoutType === FANOUT_CBPF || fanoutType === FANOUT_EBPF)) throw invalid(d, 'fanout', `type ${fanoutType} is not a fanout type restored without a program`)
-  if (s.fanout && s.ifindex === 0 && s.protocol === 0) throw invalid(d, 'fanout', 'a socket that receives nothing (no protocol) cannot be in a fanout group')
+  const fanoutType = ((s.fanout ?? 0) >>> 16) & 0xff
+  if (s.fanout !== undefined && (fanoutType > FANOUT_MAX_TYPE || fanoutType === FANOUT_CBPF || fanoutType === FANOUT_EBPF)) throw invalid(d, 'fanout', `type ${fanoutType} is not a fanout type restored without a program`)
+  if (s.fanout !== undefined && s.ifindex === 0 && s.protocol === 0) throw invalid(d, 'fanout', 'a socket that receives nothing (no protocol) cannot be in a fanout group')
   for (const m of s.memberships) {
     if (m.addr.length > MAX_ADDR_LEN) throw invalid(d, 'memberships', `an address of ${m.addr.length} bytes is longer than ${MAX_ADDR_LEN}`)
     if (m.count < 1 || m.count > MAX_MEMBERSHIP_COUNT) throw invalid(d, 'memberships', `count ${m.count} is out of range [1, ${MAX_MEMBERSHIP_COUNT}]`)
@@ -257,7 +258,8 @@ function ringRecord(p: RecordBuilder, r: PacketRing | undefined): void {
 /**
  * The stub's PACKET record (docs/RESTORE.md, kind 18): u32 type, u32 protocol, i32 flags,
  * u32 ifindex, string ifname, i32 version, reserve, auxdata, origdev, vnet_hdr, timestamp,
- * copy_thresh, loss, qdisc_bypass, ignore_outgoing, rcvbuf, sndbuf, u32 fanout, u32 membership
+ * copy_thresh, loss, qdisc_bypass, ignore_outgoing, rcvbuf, sndbuf, u32 in a fanout group
+ * (0, 1), u32 fanout, u32 membership
  * count, each: u32 ifindex, u32 type, bytes address, u32 count; then the RX and the TX ring:
  * u32 present, and when 1 its u32 block_size, block_nr, frame_size, frame_nr, retire_tmo,
  * sizeof_priv, features.
@@ -270,7 +272,7 @@ export function planPacket(d: PacketSocketDescription): { kind: number; objref: 
     .u32(s.ifindex).string(s.ifname)
     .i32(o.version).i32(o.reserve).i32(bit(o.auxdata)).i32(bit(o.origdev)).i32(bit(o.vnetHdr)).i32(o.timestamp)
     .i32(o.copyThresh).i32(bit(o.loss)).i32(bit(o.qdiscBypass)).i32(bit(o.ignoreOutgoing)).i32(o.rcvbuf).i32(o.sndbuf)
-    .u32(s.fanout)
+    .u32(s.fanout !== undefined ? 1 : 0).u32(s.fanout ?? 0)
     .u32(s.memberships.length)
   for (const m of s.memberships) p.u32(m.ifindex).u32(MR_TYPES.indexOf(m.type)).bytes(m.addr).u32(m.count)
   ringRecord(p, s.rxRing)
@@ -293,7 +295,7 @@ export function packetFromImage(f: Fields, base: DescriptionBase): RecordedDescr
     protocol: f.num('protocol', { max: 0xffff }),
     ifindex: f.num('ifindex', { max: INT_MAX }),
     ifname: f.str('ifname'),
-    fanout: f.num('fanout'),
+    fanout: f.has('fanout') ? f.num('fanout') : undefined,
     memberships: f.list('memberships').map((m) => ({ ifindex: m.num('ifindex', { max: INT_MAX }), type: m.oneOf('type', MR_TYPES), addr: m.bytes('addr'), count: m.num('count', { max: MAX_MEMBERSHIP_COUNT }) })),
     options: {
       version: o.num('version', { max: MAX_VERSION }),
@@ -317,6 +319,6 @@ export function packetFromImage(f: Fields, base: DescriptionBase): RecordedDescr
 
 export function packetSummary(d: PacketSocketDescription): string {
   const s = d.packet
-  const extra = [s.fanout ? `fanout group ${s.fanout & 0xffff}` : '', s.rxRing ? 'RX ring' : '', s.txRing ? 'TX ring' : ''].filter(Boolean)
+  const extra = [s.fanout !== undefined ? `fanout group ${s.fanout & 0xffff}` : '', s.rxRing ? 'RX ring' : '', s.txRing ? 'TX ring' : ''].filter(Boolean)
   return `${d.target} (${s.sockType} ${name(s)}${extra.length ? `, ${extra.join(', ')}` : ''})`
 }
