@@ -14,6 +14,7 @@
         "src/sockdiag.c",
         "src/sockpeek.c",
         "src/inetsock.c",
+        "src/rawsock.c",
         "src/restore.c",
         "src/tree.c",
         "src/treeread.c",

@@ -194,6 +194,7 @@ function vmaProblem(vma: Vma): string | undefined {
   if (vma.kind === 'vvar' || vma.kind === 'vsyscall' || vma.kind === 'vdso') return undefined
   if (vma.path === '/secretmem (deleted)') return 'memfd_secret memory: its contents cannot be read from outside the task'
   if (vma.kind === 'special') return `special mapping ${vma.path}: cannot be saved or re-created`
+  if (/^socket:\[\d+\]$/.test(vma.path)) return `a mapping of ${vma.path} (a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped): its frames are the kernel's, which a restore cannot map again`
   if (flags.includes('ht')) return 'hugetlbfs mapping: not supported'
   if (flags.includes('io') || flags.includes('pf')) return `device memory (${vma.path || 'no path'}): not checkpointable`
   return undefined
