@@ -26,7 +26,7 @@ import { captureVmas } from '../lib/task/memory'
 import { captureProcess } from '../lib/task/process'
 import { captureThreads } from '../lib/task/threads'
 import { writeTree } from '../lib/tree/write'
-import { buildTarget, startTarget } from './lib/targets'
+import { buildTarget, identityOf, killIfSame, startTarget } from './lib/targets'
 
 // ---------------------------------------------------------------------------------------
 // Synthetic checkpoints
@@ -541,10 +541,11 @@ for (const fixture of ['fdzoo', 'taskzoo']) {
     const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, scratch], /^ready/, { cwd: scratch, stdin: 'pipe' })
     // fdzoo says "ready pid=N", taskzoo a "pid=N" line of its own.
     const pid = Number(target.lines.map((l) => /(?:^|\s)pid=(\d+)/.exec(l)).find((m) => m)![1])
+    const identity = identityOf(pid)
     let frozen = false
     t.teardown(async () => {
       if (frozen) await native.thaw(pid, true).catch(() => undefined)
-      try { process.kill(pid, 'SIGKILL') } catch { /* gone already */ }
+      killIfSame(pid, identity)
       target.kill()
     })
 

@@ -20,7 +20,7 @@ import { parseLimits, parseTimers, readProcBytes, readProcTextSync } from '../li
 import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
-import { buildTarget, startTarget, threadIds, threadState } from './lib/targets'
+import { buildTarget, identityOf, killIfSame, startTarget, threadIds, threadState } from './lib/targets'
 import { reseal } from './lib/restore'
 
 const PAGE = PAGE_SIZE
@@ -201,10 +201,11 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
   const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, work], /^ready$/, { cwd: work, stdin: 'pipe' })
   const said = new Map(target.lines.filter((l) => l.includes('=')).map((l) => l.split('=') as [string, string]))
   const pid = Number(said.get('pid'))
+  const identity = identityOf(pid)
   let frozen = false
   t.teardown(async () => {
     if (frozen) await native.thaw(pid, false).catch(() => undefined)
-    try { process.kill(pid, 'SIGKILL') } catch { /* gone already */ }
+    killIfSame(pid, identity)
     target.kill()
     fs.rmSync(work, { recursive: true, force: true })
   })

@@ -207,7 +207,10 @@ int wait_event_stop(frozen_thread_t *th, int64_t deadline_ms, nerr_t *err) {
       nerr_set(err, errno, "waitpid(tid %d, __WALL)", th->tid);
       return -1;
     }
-    if (WIFEXITED(st) || WIFSIGNALED(st)) return 0;  // reaped just now
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+      th->status = st;  // reaped just now: how it ended, for the caller's message
+      return 0;
+    }
     if (!WIFSTOPPED(st)) continue;
     if ((st >> 16) == 0) {
       // Signal-delivery-stop (see the comment at the top): deliver it, then wait for the trap.

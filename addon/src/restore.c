@@ -415,10 +415,19 @@ int restorer_settle(spawned_t *sp, nerr_t *err) {
     nerr_set(err, errno, "ptrace(PTRACE_INTERRUPT, pid %d)", pid);
     return -1;
   }
-  frozen_thread_t th = {.tid = pid};
+  frozen_thread_t th = {.tid = pid, .status = -1};
   int r = wait_event_stop(&th, mono_ms() + STOP_TIMEOUT_MS, err);
   if (r <= 0) {
-    if (r == 0) nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply", pid);
+    if (r == 0) {
+      char how[64];
+      if (th.status == -1) snprintf(how, sizeof how, " (no longer our tracee: ECHILD)");
+      else if (WIFSIGNALED(th.status)) snprintf(how, sizeof how, " (killed by signal %d)", WTERMSIG(th.status));
+      else snprintf(how, sizeof how, " (exit status %d)", WEXITSTATUS(th.status));
+      // Whether its keeper still holds it: a keeper that saw its release pipe close kills it.
+      char keeper[96] = "";
+      if (sp->keeper > 0) snprintf(keeper, sizeof keeper, "; its keeper (pid %d) is %s", sp->keeper, kill(sp->keeper, 0) == 0 ? "still there" : "gone");
+      nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply%s%s", pid, how, keeper);
+    }
     return -1;
   }
   if (frozen_adopt(pid, &th, PTRACE_O_EXITKILL, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
