@@ -341,7 +341,7 @@ int restorer_start(pid_t pid, const char *stub, const unsigned char *plan_bytes,
   close(reply[1]);
   ctl[0] = reply[1] = -1;
 
-  if (ptrace(PTRACE_SEIZE, pid, 0, (void *)PTRACE_O_EXITKILL) < 0) {
+  if (ptrace(PTRACE_SEIZE, pid, 0, (void *)(long)RESTORED_OPTIONS) < 0) {
     int e = errno;
     char line[512];
     int dead = 1;
@@ -349,7 +349,7 @@ int restorer_start(pid_t pid, const char *stub, const unsigned char *plan_bytes,
     if (read_reply(pid, reply[0], line, sizeof line, 0, &dead, &ignored) == 1)
       nerr_set_raw(err, EIO, "restorer(pid %d): %s", pid, line);
     else
-      nerr_set(err, e, "ptrace(PTRACE_SEIZE, pid %d, PTRACE_O_EXITKILL)", pid);
+      nerr_set(err, e, "ptrace(PTRACE_SEIZE, pid %d, PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP)", pid);
     goto out;
   }
   seized = 1;
@@ -421,7 +421,7 @@ int restorer_settle(spawned_t *sp, nerr_t *err) {
     if (r == 0) nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply", pid);
     return -1;
   }
-  if (frozen_adopt(pid, &th, PTRACE_O_EXITKILL, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
+  if (frozen_adopt(pid, &th, RESTORED_OPTIONS, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
     nerr_set(err, ENOMEM, "spawnRestorer(pid %d)", pid);
     return -1;
   }
