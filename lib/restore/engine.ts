@@ -25,6 +25,7 @@ import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
+import { chainOf, SOCK_FILTER_SIZE } from '../task/seccomp'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -191,7 +192,7 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
     }
   }
-  if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
+  if (proc.seccompMode === 1) throw new CkptError(`task-${proc.pid}/seccomp_mode: 1: seccomp strict mode cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
@@ -1125,16 +1126,48 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
 async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   for (const thread of [...threads.slice(1), threads[0]]) {
     const scratch = new Scratch()
-    const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
-    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: `no_new_privs in thread ${thread.tid}` })
+    const calls = credentialCalls(pid, proc, scratch)
+    // The thread's seccomp filters go in while the effective set is still full (the kernel
+    // wants no_new_privs or CAP_SYS_ADMIN; the task had one or the other when it installed
+    // them, or was root then: lib/restore/owner.ts decides who may ask for that), right before
+    // the saved sets. They do not act on the calls that follow nor on any injected later: the
+    // task is held with PTRACE_O_SUSPEND_SECCOMP until it is let go.
+    const { calls: install, fixups } = seccompCalls(proc, thread.tid, scratch)
+    calls.splice(calls.length - 1, 0, ...install)
+    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
+    const buffer = scratch.buffer()
+    for (const { at, offset } of fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(at))
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
-    await inject(thread.tid, layout, calls, scratch.buffer())
+    await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
   }
   const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
   if (parentRestored && proc.pdeathSignal !== 0) {
     last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
   }
   await inject(pid, layout, last)
+}
+
+const SECCOMP_SET_MODE_FILTER = 1n
+
+/**
+ * seccomp(SECCOMP_SET_MODE_FILTER) for each filter of the thread's saved chain, oldest first,
+ * with the flags it had (LOG at most: validateSeccomp). Each struct sock_fprog points into the
+ * scratch area: `fixups` are the places where the absolute address of the program goes.
+ */
+function seccompCalls(proc: ProcessState, tid: number, scratch: Scratch): { calls: Call[]; fixups: Array<{ at: bigint; offset: bigint }> } {
+  const calls: Call[] = []
+  const fixups: Array<{ at: bigint; offset: bigint }> = []
+  const newest = proc.seccompThreads.find((t) => t.tid === tid)?.filter ?? 0
+  const chain = chainOf(proc.seccompFilters, newest)
+  chain.forEach((filter, i) => {
+    const insns = scratch.put(filter.insns)
+    const fprog = Buffer.alloc(16) // struct sock_fprog {unsigned short len; struct sock_filter *filter}
+    fprog.writeUInt16LE(filter.insns.length / SOCK_FILTER_SIZE, 0)
+    const at = scratch.put(fprog)
+    fixups.push({ at: at + 8n, offset: insns })
+    calls.push({ nr: SYS.seccomp, args: [SECCOMP_SET_MODE_FILTER, BigInt(filter.flags), at], scratchArgs: 0b100, what: `install seccomp filter ${i + 1} of ${chain.length} (task-${proc.pid}/seccomp/filters/${proc.seccompFilters.indexOf(filter) + 1})` })
+  })
+  return { calls, fixups }
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
