@@ -118,7 +118,13 @@ const processState = (pid: number): ProcessState => ({
   thpDisable: 3,
   pdeathSignal: 10,
   stopSignal: 20,
-  seccompMode: 0,
+  seccompMode: 2,
+  // Two filters (SECCOMP_RET_ALLOW; SECCOMP_RET_ERRNO | 1), the second logged, in one chain.
+  seccompFilters: [
+    { prev: 0, flags: 0, insns: Buffer.from('060000000000ff7f', 'hex') },
+    { prev: 1, flags: 2, insns: Buffer.from('0600000001000500', 'hex') },
+  ],
+  seccompThreads: [{ tid: pid, filter: 2 }],
   creds: {
     uid: 1000, euid: 1000, suid: 1000, fsuid: 1000, gid: 100, egid: 100, sgid: 100, fsgid: 100,
     groups: [100, 27, 0xfffffffe],
@@ -370,7 +376,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 4 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 5 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')
