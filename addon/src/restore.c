@@ -12,8 +12,9 @@
 // and mask (the server ignores SIGPIPE and the tracer thread blocks everything: neither may
 // leak into the restored task, since the plan restores only non-default actions), and execs
 // the stub with GLIBC_TUNABLES=glibc.pthread.rseq=0 as its only environment.
-// The tracer seizes it with PTRACE_O_EXITKILL (a half-restored task dies with the server),
-// writes one byte on the control pipe, and reads the stub's reply line: "ok" -> interrupt it
+// The tracer seizes it with PTRACE_O_EXITKILL (a half-restored task dies with the server)
+// and PTRACE_O_SUSPEND_SECCOMP (the seccomp filters the restore installs act only once the
+// task is let go, not on the calls injected after them: tracer.h), writes one byte on the control pipe, and reads the stub's reply line: "ok" -> interrupt it
 // and track it like a frozen task; "error: ..." -> kill it and reject with that line.
 #include "tracer.h"
 #include "spawn.h"
