@@ -15,6 +15,7 @@ import { native } from '../native'
 import { checkedBytes } from '../tree/checked'
 import { each, sub, type TableEntry } from '../tree/node'
 import { decimal, field, hexNumber, readCheckedBytes, readValue } from './fields'
+import { readProcText } from './procfs'
 
 /** struct sock_filter: u16 code, u8 jt, u8 jf, u32 k. */
 export const SOCK_FILTER_SIZE = 8
@@ -36,12 +37,19 @@ export const SECCOMP_FILTER_FLAG_LOG = 2
  */
 export async function captureSeccomp(pid: number, tids: readonly number[]): Promise<Pick<ProcessState, 'seccompFilters' | 'seccompThreads'>> {
   const chains = await Promise.all(tids.map(async (tid) => {
+    let chain: Array<{ flags: number; insns: Buffer }>
     try {
-      return { tid, chain: await native.getSeccompFilters(tid) }
+      chain = await native.getSeccompFilters(tid)
     } catch (err) {
       if ((err as { code?: string }).code === 'ESRCH') return { tid, chain: [] } // an exited thread (a zombie leader)
       throw new CkptError(`task-${pid}/threads/${tid}: cannot read its seccomp filters: ${messageOf(err)}`, errnoOf(err))
     }
+    // No filter can also mean strict mode, which belongs to a thread: one in it is refused as a
+    // process is (seccomp_mode shows the main thread's).
+    if (chain.length === 0 && tid !== pid && /^Seccomp:\s*1$/m.test(await readProcText(pid, 'status', tid).catch(() => ''))) {
+      throw new CkptError(`task-${pid}/threads/${tid}: seccomp strict mode: not checkpointable`, 'ENOTSUP')
+    }
+    return { tid, chain }
   }))
   return seccompTable(chains)
 }
