@@ -25,7 +25,7 @@ import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
-import { chainOf, SOCK_FILTER_SIZE } from '../task/seccomp'
+import { seccompCalls } from './seccomp'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -1124,7 +1124,9 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
  * go last.
  */
 async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
-  for (const thread of [...threads.slice(1), threads[0]]) {
+  const order = [...threads.slice(1), threads[0]]
+  const tids = order.map((t) => t.tid)
+  for (const [n, thread] of order.entries()) {
     const scratch = new Scratch()
     const calls = credentialCalls(pid, proc, scratch)
     // The thread's seccomp filters go in while the effective set is still full (the kernel
@@ -1132,42 +1134,21 @@ async function restoreCredentials(pid: number, proc: ProcessState, threads: Thre
     // them, or was root then: lib/restore/owner.ts decides who may ask for that), right before
     // the saved sets. They do not act on the calls that follow nor on any injected later: the
     // task is held with PTRACE_O_SUSPEND_SECCOMP until it is let go.
-    const { calls: install, fixups } = seccompCalls(proc, thread.tid, scratch)
-    calls.splice(calls.length - 1, 0, ...install)
+    const install = seccompCalls(proc, tids, thread.tid, n === 0, scratch)
+    const at = calls.length - 1
+    calls.splice(at, 0, ...install.calls)
     if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
     const buffer = scratch.buffer()
-    for (const { at, offset } of fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(at))
+    for (const { at: where, offset } of install.fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(where))
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
-    await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
+    const results = await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
+    install.check(results.slice(at, at + install.calls.length))
   }
   const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
   if (parentRestored && proc.pdeathSignal !== 0) {
     last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
   }
   await inject(pid, layout, last)
-}
-
-const SECCOMP_SET_MODE_FILTER = 1n
-
-/**
- * seccomp(SECCOMP_SET_MODE_FILTER) for each filter of the thread's saved chain, oldest first,
- * with the flags it had (LOG at most: validateSeccomp). Each struct sock_fprog points into the
- * scratch area: `fixups` are the places where the absolute address of the program goes.
- */
-function seccompCalls(proc: ProcessState, tid: number, scratch: Scratch): { calls: Call[]; fixups: Array<{ at: bigint; offset: bigint }> } {
-  const calls: Call[] = []
-  const fixups: Array<{ at: bigint; offset: bigint }> = []
-  const newest = proc.seccompThreads.find((t) => t.tid === tid)?.filter ?? 0
-  const chain = chainOf(proc.seccompFilters, newest)
-  chain.forEach((filter, i) => {
-    const insns = scratch.put(filter.insns)
-    const fprog = Buffer.alloc(16) // struct sock_fprog {unsigned short len; struct sock_filter *filter}
-    fprog.writeUInt16LE(filter.insns.length / SOCK_FILTER_SIZE, 0)
-    const at = scratch.put(fprog)
-    fixups.push({ at: at + 8n, offset: insns })
-    calls.push({ nr: SYS.seccomp, args: [SECCOMP_SET_MODE_FILTER, BigInt(filter.flags), at], scratchArgs: 0b100, what: `install seccomp filter ${i + 1} of ${chain.length} (task-${proc.pid}/seccomp/filters/${proc.seccompFilters.indexOf(filter) + 1})` })
-  })
-  return { calls, fixups }
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
