@@ -7,6 +7,7 @@
         "src/tracer.c",
         "src/freeze.c",
         "src/regs.c",
+        "src/seccomp.c",
         "src/inject.c",
         "src/memory.c",
         "src/checksum.c",

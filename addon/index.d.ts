@@ -121,6 +121,11 @@ export interface Addon {
   freezeMany(pids: number[]): Promise<Array<{ pid: number; threads?: FrozenThread[]; error?: Error & { code?: string } }>>
   /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
   getThreadRegisters(tid: number): Promise<ThreadRegisters>
+  /**
+   * The seccomp filter chain of one frozen thread, oldest first (empty: none): each filter's
+   * struct sock_filter[] (8 bytes per instruction) and the flags the kernel kept (SECCOMP_FILTER_FLAG_LOG).
+   */
+  getSeccompFilters(tid: number): Promise<Array<{ flags: number; insns: Buffer }>>
   /** PTRACE_SETREGS on a frozen thread (used to fix up restart state before thaw). */
   setThreadRegisters(tid: number, regs: Buffer): Promise<void>
   /**

@@ -316,12 +316,14 @@ static const async_entry_t async_fns[] = {
   {js_peek_siginfo}, {js_read_memory}, {js_read_memory_into}, {js_scan_pagemap}, {js_scan_pagemaps}, {js_peek_pipe},
   {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread}, {js_alloc_touched},
   {js_crc32c_of_memory}, {js_freeze_many}, {js_lazy_fill}, {js_spawn_tree}, {js_read_tree},
+  {js_get_seccomp_filters},
 };
 static const char *const async_names[] = {
   "freeze", "thaw", "getThreadRegisters", "setThreadRegisters", "injectBatch",
   "peekSiginfo", "readMemory", "readMemoryInto", "scanPagemap", "scanPagemaps", "peekPipe",
   "spawnRestorer", "writeMemory", "setThreadState", "seizeThread", "allocTouched",
   "crc32cOfMemory", "freezeMany", "lazyFill", "spawnTree", "readTree",
+  "getSeccompFilters",
 };
 
 static napi_value init(napi_env env, napi_value exports) {

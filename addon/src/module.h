@@ -71,6 +71,7 @@ napi_value js_freeze(napi_env env, napi_callback_info info);
 napi_value js_thaw(napi_env env, napi_callback_info info);
 napi_value js_get_thread_registers(napi_env env, napi_callback_info info);
 napi_value js_set_thread_registers(napi_env env, napi_callback_info info);
+napi_value js_get_seccomp_filters(napi_env env, napi_callback_info info);
 napi_value js_peek_siginfo(napi_env env, napi_callback_info info);
 napi_value js_inject_batch(napi_env env, napi_callback_info info);
 napi_value js_read_memory(napi_env env, napi_callback_info info);

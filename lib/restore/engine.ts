@@ -25,6 +25,7 @@ import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
+import { seccompCalls } from './seccomp'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -199,7 +200,7 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
     }
   }
-  if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
+  if (proc.seccompMode === 1) throw new CkptError(`task-${proc.pid}/seccomp_mode: 1: seccomp strict mode cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
@@ -1172,12 +1173,25 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
  * go last.
  */
 async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
-  for (const thread of [...threads.slice(1), threads[0]]) {
+  const order = [...threads.slice(1), threads[0]]
+  const tids = order.map((t) => t.tid)
+  for (const [n, thread] of order.entries()) {
     const scratch = new Scratch()
-    const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
-    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: `no_new_privs in thread ${thread.tid}` })
+    const calls = credentialCalls(pid, proc, scratch)
+    // The thread's seccomp filters go in while the effective set is still full (the kernel
+    // wants no_new_privs or CAP_SYS_ADMIN; the task had one or the other when it installed
+    // them, or was root then: lib/restore/owner.ts decides who may ask for that), right before
+    // the saved sets. They do not act on the calls that follow nor on any injected later: the
+    // task is held with PTRACE_O_SUSPEND_SECCOMP until it is let go.
+    const install = seccompCalls(proc, tids, thread.tid, n === 0, scratch)
+    const at = calls.length - 1
+    calls.splice(at, 0, ...install.calls)
+    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
+    const buffer = scratch.buffer()
+    for (const { at: where, offset } of install.fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(where))
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
-    await inject(thread.tid, layout, calls, scratch.buffer())
+    const results = await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
+    install.check(results.slice(at, at + install.calls.length))
   }
   const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
   if (parentRestored && proc.pdeathSignal !== 0) {
