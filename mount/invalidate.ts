@@ -1,6 +1,6 @@
 // Tells the kernel to forget a top-level entry of the mount (FUSE_NOTIFY_INVAL_ENTRY), so a
 // checkpoint-N that ended vanishes at once although the kernel may keep attributes and
-// entries for ATTR_TIMEOUT_S (mount/server.ts). fuse-native exposes no notification, so the
+// entries for ATTR_TIMEOUT_S (mount/fuseoptions.ts). fuse-native exposes no notification, so the
 // message is written to the server's own /dev/fuse connection: a duplicate of the fd that
 // libfuse opened for this mount, so it can never hit another file that reuses the number.
 // Only children of the root can be named (its node id is always 1; libfuse keeps the others),
@@ -8,6 +8,7 @@
 
 import * as fs from 'fs'
 import { native } from '../lib/native'
+import { ATTR_TIMEOUT_S } from './fuseoptions'
 
 const FUSE_NOTIFY_INVAL_ENTRY = 3
 const FUSE_ROOT_ID = 1n
@@ -33,12 +34,12 @@ export class EntryInvalidator {
   /**
    * Takes the /dev/fuse fd the mount just opened (the one not in `before`); with none or more
    * than one new (another mount started meanwhile in this process), `describe` says so and
-   * nothing is invalidated: the entries then last ATTR_TIMEOUT_S at most.
+   * nothing is invalidated: the entries then last ATTR_TIMEOUT_S at most (mount/fuseoptions.ts).
    */
   constructor(before: Set<number>, private readonly onError: (message: string) => void) {
     const fresh = [...fuseFds()].filter((fd) => !before.has(fd))
     if (fresh.length !== 1) {
-      onError(`cannot tell this mount's /dev/fuse fd (${fresh.length} new): ended checkpoints may stay visible to stat for up to a second`)
+      onError(`cannot tell this mount's /dev/fuse fd (${fresh.length} new): ended checkpoints may stay visible to stat for up to ${ATTR_TIMEOUT_S} s`)
       return
     }
     this.fd = native.getFd(process.pid, fresh[0])

@@ -9,6 +9,7 @@ import { makePrivateDir } from '../lib/privatedir'
 import { Session } from '../lib/session'
 import type { Sized } from '../lib/model'
 import { ownerOf, type DirNode, type FileNode, type Node, type Owner } from '../lib/tree/node'
+import { fuseOptions } from './fuseoptions'
 import { EntryInvalidator, fuseFds } from './invalidate'
 import { OpCounts } from './opcounts'
 import { BACKING_PREFIX, readRecord, removeBacking, removeLeftovers, removeRecord, serverRuns, writeRecord, type ServerRecord } from './records'
@@ -22,13 +23,6 @@ type FuseConstructor = new (mnt: string, ops: Record<string, unknown>, opts: Rec
 const Fuse: FuseConstructor & { unmount(mnt: string, cb: (err: Error | null) => void): void } = require('fuse-native')
 
 type Reply = (code: number, ...values: unknown[]) => void
-
-/**
- * How long the kernel may keep a node's attributes and a name's entry without asking: long
- * enough for the several requests one `stat`, `cp` or `ls -l` of a file makes, short enough
- * that a size that changed (status, by-pid/PID, a restore's status) shows soon in `stat`.
- */
-const ATTR_TIMEOUT_S = 1
 
 const S_IFDIR = 0o040000
 const S_IFREG = 0o100000
@@ -76,24 +70,7 @@ export class Server {
     await cleanUpDeadMount(this.mnt)
     if (before) removeLeftovers(before)
     this.record = writeRecord(this.mnt, this.backing)
-    const fuse = new Fuse(this.mnt, this.opCounts ? this.opCounts.wrap(this.operations()) : this.operations(), {
-      mkdir: true,
-      force: true,
-      // A safety net for operations that wait on a task or a restore; reads never wait long
-      // (memory is read synchronously, files from local disk) and a timer per 128 KiB read
-      // costs 10-20% of the read rate (notes/fuse-native.md); release answers at once.
-      timeout: { default: 120_000, read: false, release: false },
-      // fuse-native has no direct_io option and drops zero-valued ones; libfuse takes both from
-      // the fsname string. direct_io doubles read throughput (no page-cache copy) and lets
-      // files whose size changes (status) be read whole, whatever size the kernel keeps.
-      // Attributes and entries are kept ATTR_TIMEOUT_S (libfuse 2 has one setting for every
-      // node): with none, `cp -a` made 7 requests per file and `ls -lR` 2 per entry, with it 5
-      // and 1 (README Benchmarks). What ends or changes on the server's side is forgotten at
-      // once where the kernel can be told (forgetTop); a volatile file's size in `stat` may
-      // otherwise be up to ATTR_TIMEOUT_S old.
-      fsname: `ckptfs,direct_io,attr_timeout=${ATTR_TIMEOUT_S},entry_timeout=${ATTR_TIMEOUT_S}`,
-      subtype: 'ckptfs',
-    })
+    const fuse = new Fuse(this.mnt, this.opCounts ? this.opCounts.wrap(this.operations()) : this.operations(), fuseOptions('ckptfs'))
     const fuseFdsBefore = fuseFds()
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
     this.fuse = fuse
