@@ -42,7 +42,11 @@ export class EntryInvalidator {
       onError(`cannot tell this mount's /dev/fuse fd (${fresh.length} new): ended checkpoints may stay visible to stat for up to ${ATTR_TIMEOUT_S} s`)
       return
     }
-    this.fd = native.getFd(process.pid, fresh[0])
+    try {
+      this.fd = native.getFd(process.pid, fresh[0])
+    } catch (err) {
+      onError(`cannot duplicate this mount's /dev/fuse fd: ${(err as Error).message}: ended checkpoints may stay visible to stat for up to ${ATTR_TIMEOUT_S} s`)
+    }
   }
 
   /**
