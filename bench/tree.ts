@@ -15,7 +15,7 @@
 
 import * as fs from 'fs'
 import * as path from 'path'
-import { buildC, ckptfsOk, log, median, mountCkptfs, outDir, q, sameShape, scratchDir, shapeFromLs, startTarget, startTrivialServer, timeSh, timeShOk, type Options } from './common'
+import { buildC, ckptfsOk, log, median, mountCkptfs, outDir, q, sameShape, scratchDir, shapeFromLs, startTarget, startTrivialServer, timeSh, timeShOk, treeTotals, type Options } from './common'
 import { fmtN, fmtS, fmtX, Report } from './report'
 import { descendantsOf, lifeState, waitUntil } from '../lib/lifecycle'
 
@@ -132,11 +132,19 @@ async function restoreRounds(opts: Options, rep: Report, root: number, mnt: stri
   const pids = [root, ...descendantsOf(root)]
   const saved = path.join(scratchDir('ckptfs-bench-'), 'saved')
   const top = ckptfsOk('checkpoint', String(root), '--mount', mnt).stdout.trim()
+  let copy
   try {
-    timeShOk(`cp -a ${q(top)} ${q(saved)}`)
+    copy = timeShOk(`cp -a ${q(top)} ${q(saved)}`).seconds
   } finally {
     fs.writeFileSync(path.join(top, 'done'), 'kill\n')
   }
+  // Its floor: the same copy made again from where it now lies, without FUSE.
+  const again = `${saved}-again`
+  const floor = timeShOk(`cp -a ${q(saved)} ${q(again)}`).seconds
+  const entries = treeTotals(again).entries
+  fs.rmSync(again, { recursive: true, force: true })
+  rep.ref(`\`cp -a checkpoint-N\` of the ${n}-process tree (${fmtN(entries)} entries) / the same cp -a of the copy`, `${fmtS(copy)} / ${fmtS(floor)}: ${fmtX(copy / floor)}`,
+    `per entry ${Math.round((copy / entries) * 1e6)} us / ${Math.round((floor / entries) * 1e6)} us; the copy lies on ${path.dirname(saved)}`)
   const times: number[] = []
   for (let round = 1; round <= opts.repeats; round++) {
     await allGone(pids)

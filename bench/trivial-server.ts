@@ -1,6 +1,7 @@
 // A trivial fuse-native server, the baseline the benchmarks compare ckptfs with: the same
-// library and the same mount options as mount/server.ts (direct_io and attr_timeout=0 via
-// fsname, the same per-operation timers), but every answer comes at once from memory.
+// library and the same mount options as mount/server.ts (mount/fuseoptions.ts: direct_io,
+// the attribute and entry timeouts, the same per-operation timers), but every answer comes at
+// once from memory.
 //
 //   node dist/bench/trivial-server.js MNT tree SHAPE.json
 //       serves the tree SHAPE.json describes (bench/common.ts TreeShape: the same names,
@@ -15,6 +16,7 @@
 import * as fs from 'fs'
 import * as os from 'os'
 import type { TreeShape } from './common'
+import { fuseOptions } from '../mount/fuseoptions'
 
 interface FuseInstance {
   mount(cb: (err: Error | null) => void): void
@@ -113,14 +115,8 @@ function main(): void {
     },
     statfs: (_p: string, cb: Reply) => cb(0, { bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, favail: 0, fsid: 0, flag: 0, namemax: 255 }),
   }
-  const fuse = new Fuse(mnt, ops, {
-    mkdir: true,
-    force: true,
-    // The same as mount/server.ts: no timer on reads, a safety net on every other operation.
-    timeout: { default: 120_000, read: false },
-    fsname: 'ckptfsbench,direct_io,attr_timeout=0',
-    subtype: 'ckptfsbench',
-  })
+  // The same options as ckptfs's mounts (attribute and entry timeouts, direct_io, timers).
+  const fuse = new Fuse(mnt, ops, fuseOptions('ckptfsbench'))
   let closing = false
   const close = () => {
     if (closing) return

@@ -23,6 +23,8 @@ import { PhaseTimer } from './trace'
 export interface SessionEvents {
   /** A checkpoint ended: every node under this path is gone. */
   removed: [path: string]
+  /** What a node under this path shows changed (by-pid/PID): the mount must not keep its size. */
+  changed: [path: string]
 }
 
 export class Session extends EventEmitter<SessionEvents> {
@@ -95,6 +97,7 @@ export class Session extends EventEmitter<SessionEvents> {
     }
     this.checkpoints.set(id, checkpoint)
     this.lastByPid.set(pid, checkpoint.name)
+    this.emit('changed', '/by-pid')
     if (!inspect) {
       if (timer.enabled) {
         // Timed apart for CKPTFS_TRACE; problems() reuses them (a failure is its to report).
@@ -137,7 +140,10 @@ export class Session extends EventEmitter<SessionEvents> {
    * never finds another request's error there.
    */
   private remember(pid: number, err: CkptError): CkptError {
-    if (!this.openCheckpointName(pid)) this.lastByPid.set(pid, `error: ${err.message}`)
+    if (!this.openCheckpointName(pid)) {
+      this.lastByPid.set(pid, `error: ${err.message}`)
+      this.emit('changed', '/by-pid')
+    }
     return err
   }
 
@@ -166,6 +172,7 @@ export class Session extends EventEmitter<SessionEvents> {
     this.cache.dropPrefix(`c${id}/`)
     this.emit('removed', `/${checkpoint.name}`)
     this.emit('removed', `/${checkpoint.name}.image`)
+    this.emit('changed', '/by-pid') // "ended: checkpoint-N"
     await checkpoint.end(kill ? 'kill' : 'resume').catch((err: unknown) => {
       throw asCommandError(err)
     })

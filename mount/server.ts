@@ -9,6 +9,9 @@ import { makePrivateDir } from '../lib/privatedir'
 import { Session } from '../lib/session'
 import type { Sized } from '../lib/model'
 import { ownerOf, type DirNode, type FileNode, type Node, type Owner } from '../lib/tree/node'
+import { fuseOptions } from './fuseoptions'
+import { EntryInvalidator, fuseFds } from './invalidate'
+import { OpCounts } from './opcounts'
 import { BACKING_PREFIX, readRecord, removeBacking, removeLeftovers, removeRecord, serverRuns, writeRecord, type ServerRecord } from './records'
 
 // fuse-native has no type declarations; this is the part of its API we use.
@@ -38,6 +41,9 @@ export class Server {
   private readonly started = new Date()
   private readonly uid = process.getuid?.() ?? 0
   private readonly gid = process.getgid?.() ?? 0
+  /** CKPTFS_TRACE=fuse: how many of each FUSE operation came, and their time, printed at close. */
+  private readonly opCounts = OpCounts.ifTraced()
+  private invalidator: EntryInvalidator | undefined
 
   /** The restore area's private backing directory, made here when the server starts. */
   readonly backing: string
@@ -49,7 +55,9 @@ export class Server {
     this.session.controlFilePath = path.join(realParent(mnt), path.basename(mnt), 'checkpoint')
     this.session.on('removed', (prefix) => {
       for (const key of this.nodes.keys()) if (key === prefix || key.startsWith(prefix + '/')) this.nodes.delete(key)
+      this.forgetTop(prefix)
     })
+    this.session.on('changed', (p) => this.forgetTop(p))
   }
 
   /**
@@ -62,22 +70,11 @@ export class Server {
     await cleanUpDeadMount(this.mnt)
     if (before) removeLeftovers(before)
     this.record = writeRecord(this.mnt, this.backing)
-    const fuse = new Fuse(this.mnt, this.operations(), {
-      mkdir: true,
-      force: true,
-      // A safety net for operations that wait on a task or a restore; reads never wait long
-      // (memory is read synchronously, files from local disk) and a timer per 128 KiB read
-      // costs 10-20% of the read rate (notes/fuse-native.md).
-      timeout: { default: 120_000, read: false },
-      // fuse-native has no direct_io option and drops zero-valued ones; libfuse takes both from
-      // the fsname string. direct_io doubles read throughput (no page-cache copy) and lets
-      // files whose size changes (status) be read whole. attr_timeout=0: a checkpoint-N that
-      // ended must vanish at once, so every stat asks the server.
-      fsname: 'ckptfs,direct_io,attr_timeout=0',
-      subtype: 'ckptfs',
-    })
+    const fuse = new Fuse(this.mnt, this.opCounts ? this.opCounts.wrap(this.operations()) : this.operations(), fuseOptions('ckptfs'))
+    const fuseFdsBefore = fuseFds()
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())))
     this.fuse = fuse
+    this.invalidator = new EntryInvalidator(fuseFdsBefore, (message) => console.error(`ckptfs: ${message}`))
   }
 
   /** Thaws every frozen task, unmounts, then removes the restore area's backing files and the record. */
@@ -85,7 +82,10 @@ export class Server {
     await this.session.close()
     const fuse = this.fuse
     this.fuse = undefined
+    await this.invalidator?.close()
+    this.invalidator = undefined
     if (fuse) await new Promise<void>((resolve) => fuse.unmount(() => resolve()))
+    this.opCounts?.report(this.mnt)
     this.session.disposeRestoreArea()
     this.removeLeftovers()
   }
@@ -95,6 +95,12 @@ export class Server {
     removeBacking(this.backing)
     if (this.record) removeRecord(this.record)
     this.record = undefined
+  }
+
+  /** Makes the kernel forget the top-level entry that `p` is in (a checkpoint that ended, by-pid). */
+  private forgetTop(p: string): void {
+    const name = p.split('/')[1]
+    if (name) this.invalidator?.forget(name)
   }
 
   // ---- path resolution ----
@@ -193,6 +199,8 @@ export class Server {
         const node = this.open.get(handle) ?? (await this.resolveFile(p))
         if (!node.write) throw new CkptError(`${p}: read-only`, 'EACCES')
         await node.write(pos, Buffer.from(buf.subarray(0, len)))
+        // A write to done ends a checkpoint: the kernel forgets it before the writer goes on.
+        await this.invalidator?.settled()
         return len
       }),
       truncate: (p: string, size: number, cb: Reply) => this.answer(cb, async () => {

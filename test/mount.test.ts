@@ -104,9 +104,17 @@ t.test('lazy checkpoint freezes every thread; done resumes, kill kills', async (
   t.ok(allStopped(target.pid), 'an empty write to done changes nothing')
   t.ok(fs.existsSync(dir))
 
+  // Stat'ed just before done, so the kernel holds their attributes (kept a second: server.ts).
+  const status = path.join(dir, 'status')
+  const byPid = path.join(mnt, 'by-pid', String(target.pid))
+  t.equal(fs.statSync(byPid).size, 'checkpoint-1\n'.length)
+  t.ok(fs.statSync(status).isFile() && fs.statSync(`${dir}.image`).isFile())
   const ticks = target.lines.length
   fs.writeFileSync(path.join(dir, 'done'), '1\n')
   t.ok(ended(dir), 'the checkpoint directory is gone after done')
+  t.ok(ended(`${dir}.image`), 'at once, with its image')
+  t.throws(() => fs.statSync(status), { code: 'ENOENT' }, 'and every node in it')
+  t.equal(fs.statSync(byPid).size, fs.readFileSync(byPid).length, 'by-pid/PID changed: its size in stat is what it reads')
   await target.waitFor(new RegExp(`^tick ${ticks + 1}$`))
   t.ok(cpuTicks(target.pid) > before, 'runs on after done')
 
