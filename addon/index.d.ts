@@ -121,6 +121,11 @@ export interface Addon {
   freezeMany(pids: number[]): Promise<Array<{ pid: number; threads?: FrozenThread[]; error?: Error & { code?: string } }>>
   /** Registers, xsave area, signal mask and rseq registration of one frozen thread. */
   getThreadRegisters(tid: number): Promise<ThreadRegisters>
+  /**
+   * The seccomp filter chain of one frozen thread, oldest first (empty: none): each filter's
+   * struct sock_filter[] (8 bytes per instruction) and the flags the kernel kept (SECCOMP_FILTER_FLAG_LOG).
+   */
+  getSeccompFilters(tid: number): Promise<Array<{ flags: number; insns: Buffer }>>
   /** PTRACE_SETREGS on a frozen thread (used to fix up restart state before thaw). */
   setThreadRegisters(tid: number, regs: Buffer): Promise<void>
   /**
@@ -253,6 +258,10 @@ export interface Addon {
   tcpRepairDump(fd: number): TcpRepairDump
   /** TCP_REPAIR off: the connection works again. */
   tcpRepairOff(fd: number): void
+  /** A netlink socket (this process's copy `fd` of a socket of task `pid`): addresses, groups, options, and netlink_diag's view in the task's network namespace. */
+  netlinkSocket(pid: number, fd: number): NetlinkSocketInfo
+  /** A packet socket (this process's copy `fd` of a socket of task `pid`): address, options, and packet_diag's view in the task's network namespace. */
+  packetSocket(pid: number, fd: number): PacketSocketInfo
 
   // ---- restore (tracer thread) ----
   /**
@@ -347,6 +356,77 @@ export interface InetAddress {
   port: number
   /** IPv6 only. */
   scopeId?: number
+}
+
+/** What every netlink and packet socket reports besides its family's own fields. */
+export interface RawSocketCommon {
+  type: number
+  /** As getsockopt shows them (twice what setsockopt was given). */
+  rcvbuf: number
+  sndbuf: number
+  /** Bytes in the receive queue (SO_MEMINFO); -1n when the kernel does not say. */
+  queued: bigint
+  /** Instructions of an attached classic BPF filter (0: none). */
+  filter: number
+}
+
+export interface NetlinkSocketInfo extends RawSocketCommon {
+  protocol: number
+  /** 0: not bound. */
+  portid: number
+  dstPortid: number
+  /** 0: none. */
+  dstGroup: number
+  /** Every multicast group joined (1-based), ascending. */
+  groups: number[]
+  pktinfo: number
+  broadcastError: number
+  noEnobufs: number
+  listenAllNsid: number
+  capAck: number
+  extAck: number
+  strictChk: number
+  /** netlink_diag's state and NDIAG_FLAG_* bits; absent when the dump does not list the socket. */
+  diagState?: number
+  diagFlags?: number
+}
+
+export interface PacketRingInfo {
+  blockSize: number
+  blockNr: number
+  frameSize: number
+  frameNr: number
+  retireTmo: number
+  sizeofPriv: number
+  features: number
+}
+
+export interface PacketSocketInfo extends RawSocketCommon {
+  /** The bound protocol (ETH_P_*), host byte order. */
+  protocol: number
+  /** 0: not bound to an interface. */
+  ifindex: number
+  ifname?: string
+  version: number
+  reserve: number
+  auxdata: number
+  origdev: number
+  vnetHdr: number
+  timestamp: number
+  /** PACKET_FANOUT as getsockopt gives it: id | type << 16 | flags << 24 (0: none). */
+  fanout: number
+  loss: number
+  qdiscBypass: number
+  ignoreOutgoing: number
+  /** Set when packet_diag lists the socket (then the fields below are too). */
+  diagFound?: number
+  copyThresh?: number
+  diagFlags?: number
+  mclist?: Array<{ ifindex: number; count: number; type: number; addr: Buffer }>
+  /** Set when the socket is in a fanout group (then `fanout` is that group's value, 0 included). */
+  inFanout?: number
+  rxRing?: PacketRingInfo
+  txRing?: PacketRingInfo
 }
 
 export interface InetSocketInfo {

@@ -400,6 +400,24 @@ export interface PosixTimer {
   overrun: number
 }
 
+/**
+ * One seccomp filter: the classic BPF program the kernel runs (struct sock_filter[], 8 bytes
+ * per instruction), the flags it remembers (SECCOMP_FILTER_FLAG_LOG), and the filter installed
+ * before it in the same chain (its number, 0: the first of its chain). Threads that share a
+ * chain share its filters, as in the kernel.
+ */
+export interface SeccompFilter {
+  prev: number
+  flags: number
+  insns: Buffer
+}
+
+export interface SeccompThread {
+  tid: number
+  /** The newest filter of the thread's chain (a number of ProcessState.seccompFilters, from 1). */
+  filter: number
+}
+
 export interface Credentials {
   uid: number; euid: number; suid: number; fsuid: number
   gid: number; egid: number; sgid: number; fsgid: number
@@ -446,6 +464,13 @@ export interface ProcessState {
   stopSignal: number
   /** 0 disabled, 1 strict, 2 filter. */
   seccompMode: number
+  /**
+   * The seccomp filters of all threads, stored once each: filter N is seccompFilters[N - 1],
+   * and a thread's chain is its newest filter followed back through `prev` (empty: none).
+   */
+  seccompFilters: SeccompFilter[]
+  /** The threads under seccomp filters and the newest filter of each one's chain. */
+  seccompThreads: SeccompThread[]
   creds: Credentials
   rlimits: Rlimit[]
   sigactions: SigAction[]

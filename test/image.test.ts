@@ -24,9 +24,10 @@ import { native } from '../lib/native'
 import { showCheckpoint } from '../lib/show'
 import { captureVmas } from '../lib/task/memory'
 import { captureProcess } from '../lib/task/process'
+import { validateSeccomp } from '../lib/task/seccomp'
 import { captureThreads } from '../lib/task/threads'
 import { writeTree } from '../lib/tree/write'
-import { buildTarget, startTarget } from './lib/targets'
+import { buildTarget, identityOf, killIfSame, startTarget } from './lib/targets'
 
 // ---------------------------------------------------------------------------------------
 // Synthetic checkpoints
@@ -118,7 +119,13 @@ const processState = (pid: number): ProcessState => ({
   thpDisable: 3,
   pdeathSignal: 10,
   stopSignal: 20,
-  seccompMode: 0,
+  seccompMode: 2,
+  // Two filters (SECCOMP_RET_ALLOW; SECCOMP_RET_ERRNO | 1), the second logged, in one chain.
+  seccompFilters: [
+    { prev: 0, flags: 0, insns: Buffer.from('060000000000ff7f', 'hex') },
+    { prev: 1, flags: 2, insns: Buffer.from('0600000001000500', 'hex') },
+  ],
+  seccompThreads: [{ tid: pid, filter: 2 }],
   creds: {
     uid: 1000, euid: 1000, suid: 1000, fsuid: 1000, gid: 100, egid: 100, sgid: 100, fsgid: 100,
     groups: [100, 27, 0xfffffffe],
@@ -370,7 +377,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 4 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 5 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')
@@ -541,10 +548,11 @@ for (const fixture of ['fdzoo', 'taskzoo']) {
     const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, scratch], /^ready/, { cwd: scratch, stdin: 'pipe' })
     // fdzoo says "ready pid=N", taskzoo a "pid=N" line of its own.
     const pid = Number(target.lines.map((l) => /(?:^|\s)pid=(\d+)/.exec(l)).find((m) => m)![1])
+    const identity = identityOf(pid)
     let frozen = false
     t.teardown(async () => {
       if (frozen) await native.thaw(pid, true).catch(() => undefined)
-      try { process.kill(pid, 'SIGKILL') } catch { /* gone already */ }
+      killIfSame(pid, identity)
       target.kill()
     })
 
@@ -600,3 +608,23 @@ for (const fixture of ['fdzoo', 'taskzoo']) {
     t.comment(shown)
   })
 }
+
+t.test('seccomp filters a restore could not install as saved are refused by the validator, naming the entry', async (t) => {
+  const base = processState(4242)
+  const insns = (n: number) => Buffer.alloc(n * 8, 6) // n instructions (their meaning is the kernel's to check)
+  const cases: Array<[string, Partial<ProcessState>, RegExp]> = [
+    ['a listener flag', { seccompFilters: [base.seccompFilters[0], { ...base.seccompFilters[1], flags: 8 }] }, /^task-4242\/seccomp\/filters\/2\/flags: 0x8: only SECCOMP_FILTER_FLAG_LOG/],
+    ['TSYNC', { seccompFilters: [{ ...base.seccompFilters[0], flags: 1 }, base.seccompFilters[1]] }, /^task-4242\/seccomp\/filters\/1\/flags: 0x1:/],
+    ['a part of an instruction', { seccompFilters: [{ ...base.seccompFilters[0], insns: Buffer.alloc(12) }, base.seccompFilters[1]] }, /filters\/1\/insns: 12 bytes: a filter is 1 to 4096 instructions of 8 bytes/],
+    ['a filter after a later one', { seccompFilters: [{ ...base.seccompFilters[0], prev: 2 }, base.seccompFilters[1]] }, /filters\/1\/prev: 2: a filter follows one installed before it/],
+    ['a filter in no chain', { seccompFilters: [...base.seccompFilters, { prev: 0, flags: 0, insns: insns(1) }] }, /seccomp\/filters\/3: in no thread's chain/],
+    ['a thread not of the task', { seccompThreads: [...base.seccompThreads, { tid: 99, filter: 2 }] }, /seccomp\/threads\/99: not a thread of the task/],
+    ['a chain over MAX_INSNS_PER_PATH', {
+      seccompFilters: Array.from({ length: 9 }, (_, i) => ({ prev: i, flags: 0, insns: insns(4096) })),
+      seccompThreads: [{ tid: 4242, filter: 9 }],
+    }, /seccomp\/threads\/4242\/filter: its chain costs 36900 instructions, the kernel allows 32768/],
+    ['mode 2 with no chain for the main thread', { seccompThreads: [] , seccompFilters: [] }, /seccomp\/threads\/4242: missing, but seccomp_mode is 2/],
+  ]
+  t.doesNotThrow(() => validateSeccomp(base, [4242, 4243]), 'the synthetic filters pass')
+  for (const [what, change, pattern] of cases) t.throws(() => validateSeccomp({ ...base, ...change }, [4242, 4243]), pattern, what)
+})

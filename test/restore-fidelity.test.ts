@@ -254,3 +254,49 @@ t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, hole
     "big-unlinked: the memfd's 3 MiB and offset",
   ])
 })
+
+t.test('seccomp filters come back in each thread, oldest first, though the task dropped the ids it installed them with; a bad filter is refused before the task runs (zdtm seccomp_filter)', async (t) => {
+  const user = attacker()
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'seccomp', String(user.uid), String(user.gid)], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const seccomp = path.join(saved, `task-${target.pid}`, 'seccomp')
+  const read = (rel: string) => fs.readFileSync(path.join(seccomp, rel), 'utf8')
+  // The filter both threads inherited is stored once: 1, then 2 (main thread, logged) and 3 (the other thread) after it.
+  t.same(fs.readdirSync(path.join(seccomp, 'filters')).sort(), ['1', '2', '3'], 'seccomp/filters: three filters')
+  t.same([1, 2, 3].map((n) => read(`filters/${n}/prev`)), ['0\n', '1\n', '1\n'], 'filters/N/prev: 2 and 3 follow 1')
+  t.same([1, 2, 3].map((n) => read(`filters/${n}/flags`)), ['0x0\n', '0x2\n', '0x0\n'], 'filters/N/flags: 2 has SECCOMP_FILTER_FLAG_LOG')
+  t.equal(fs.statSync(path.join(seccomp, 'filters', '1', 'insns')).size, 4 * 8, 'filters/1/insns: 4 instructions of 8 bytes')
+  const tids = fs.readdirSync(path.join(seccomp, 'threads')).map(Number).sort((a, b) => a - b)
+  t.equal(tids.length, 2, 'seccomp/threads: both threads')
+  const other = tids.find((tid) => tid !== target.pid)!
+  t.equal(read(`threads/${target.pid}/filter`), '2\n', 'the main thread ends with filter 2')
+  t.equal(read(`threads/${other}/filter`), '3\n', 'the other thread ends with filter 3')
+
+  // A copy whose filter 3 is one load and no return, resealed: the kernel's checker refuses it
+  // (EINVAL) when it is installed. (The validator's refusals: test/image.test.ts.)
+  const invalid = path.join(dir, 'invalid')
+  execFileSync('cp', ['-a', saved, invalid])
+  // The task's entries are its uid's (it dropped to it): root's copy, which seal may rewrite.
+  execFileSync('chown', ['-R', '0:0', invalid])
+  fs.writeFileSync(path.join(invalid, `task-${target.pid}`, 'seccomp', 'filters', '3', 'insns'), Buffer.from('2000000000000000', 'hex'))
+  reseal(invalid)
+  const refused = restoreCli(mnt, invalid)
+  t.equal(refused.status, 1, 'a program the kernel does not take: refused')
+  t.match(refused.stderr, new RegExp(`install seccomp filter 2 of 2 \\(task-${target.pid}/seccomp/filters/3\\) in thread ${other}: EINVAL`), 'names the filter, the thread and EINVAL')
+  t.notOk(exists(target.pid), 'no process is left')
+  // The copy as `cp -a` made it: the task's entries are the user's, so the user stored it.
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 1, "the same filters in a copy the user owns: refused (the task had no no_new_privs)")
+  t.match(r.stderr, new RegExp(`task-${target.pid}/seccomp: seccomp filters without no_new_privs, but .* is owned by uid ${user.uid}`), 'names the rule')
+  t.notOk(exists(target.pid), 'no process is left')
+
+  execFileSync('chown', ['-R', '0:0', saved])
+  restoreOk(mnt, saved, target.pid)
+  t.match(ckptfsOk('show', saved), /seccomp\s+3 filters \(12 instructions, 1 logged\) on 2 threads, no_new_privs off/, 'ckptfs show: a seccomp line')
+  expectChecks(t, await runChecks(target), [
+    'seccomp: main thread: status', 'seccomp: main thread: getppid Operation not permitted', 'seccomp: main thread: getsid Permission denied', 'seccomp: main thread: getpgid allowed',
+    'seccomp: thread: status', 'seccomp: thread: getppid Operation not permitted', 'seccomp: thread: getpgid Invalid cross-device link', 'seccomp: thread: getsid allowed',
+  ])
+})

@@ -5,7 +5,10 @@
 // also though the peer sent during the gap. The nftables table that drops the peer's packets
 // meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
 // answers on its port after a restore. A user's saved socket on port 80 and connection
-// (repair mode needs the CAP_NET_ADMIN the user lacks) are refused.
+// (repair mode needs the CAP_NET_ADMIN the user lacks) are refused. Netlink and packet sockets
+// (lib/files/netlinksock.ts, packetsock.ts: test/fixtures/restore_rawsock.c) come back from a
+// copied tree and from the image and work; a user's saved netlink socket edited into a packet
+// socket (CAP_NET_RAW) or into a privileged group is refused.
 
 import { execFileSync } from 'child_process'
 import * as fs from 'fs'
@@ -40,11 +43,11 @@ const anythingOurs = (...ports: number[]) => ourTables(...ports).length > 0
 
 const read = (file: string) => fs.readFileSync(file, 'utf8').trim()
 
-/** The objrefs under SAVED/files of sockets, with their protocol and state. */
+/** The objrefs under SAVED/files of TCP and UDP sockets, with their protocol and state. */
 function sockets(saved: string): Array<{ objref: string; protocol: string; state: string; family: string; dir: string }> {
   const files = path.join(saved, 'files')
   return fs.readdirSync(files)
-    .filter((n) => read(path.join(files, n, 'fd_type')) === 'socket' && fs.existsSync(path.join(files, n, 'family')))
+    .filter((n) => read(path.join(files, n, 'fd_type')) === 'socket' && fs.existsSync(path.join(files, n, 'family')) && /^inet6?$/.test(read(path.join(files, n, 'family'))))
     .map((n) => ({ objref: n, dir: path.join(files, n), protocol: read(path.join(files, n, 'protocol')), state: read(path.join(files, n, 'state')), family: read(path.join(files, n, 'family')) }))
 }
 
@@ -256,7 +259,7 @@ t.test('python3 -m http.server answers on its port after a restore', async (t) =
   t.match(after.body, /hello\.txt/, 'with its directory listing')
 })
 
-t.test('a user\'s sockets come back only as the user could make them: port 80 and repair mode are refused', async (t) => {
+t.test('a user\'s sockets come back only as the user could make them: port 80, repair mode, a packet socket and a privileged netlink group are refused', async (t) => {
   const user = attacker()
   const mnt = mountFor(t)
   // A peer outside the tree for the user's connection.
@@ -276,12 +279,13 @@ t.test('a user\'s sockets come back only as the user could make them: port 80 an
   fs.writeFileSync(out, '', { mode: 0o644 })
   fs.chownSync(out, user.uid, user.gid)
   const port = await freePort()
-  const code = `import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  // Its netlink socket first: it is restored before the TCP sockets, so an edit of it is what a restore meets first.
+  const code = `import socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
   const saved = path.join(dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
   execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
-  const before = listTree(dir)
+  let before = listTree(dir)
   const refused = (what: string, expected: RegExp, tablesLeft: string[] = []) => {
     const r = ckptfs('restore', saved, '--mount', mnt)
     t.equal(r.status, 1, `${what}: refused`)
@@ -305,6 +309,34 @@ t.test('a user\'s sockets come back only as the user could make them: port 80 an
   reseal(saved)
   execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
   refused('port 80', new RegExp(`files/${lst.objref}\\): bind: Permission denied`))
+  fs.writeFileSync(path.join(lst.dir, 'local_port'), `${port}\n`)
+
+  // Its netlink socket asks for what the user could not have: a packet socket (CAP_NET_RAW),
+  // then NETLINK_ROUTE's group 30 (RTNLGRP_IPV4_MROUTE_R, CAP_NET_ADMIN).
+  const nl = ofFamily(saved, 'netlink')[0]
+  const keep = new Map(['family', 'sock_type', 'protocol', 'portid', 'dst_portid', 'dst_group', 'groups'].map((n) => [n, fs.readFileSync(path.join(nl, n))]))
+  const keptOptions = workdir(t, 'ckptfs-nl-options-')
+  execFileSync('cp', ['-a', path.join(nl, 'options'), keptOptions])
+  const edit = (files: Record<string, string>) => {
+    for (const [n, v] of Object.entries(files)) fs.writeFileSync(path.join(nl, n), v)
+    // ckptfs seal writes as the tree's owner: what root wrote here becomes the user's first.
+    execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+    reseal(saved)
+    execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+    // The edit changes which files the saved copy holds: that is not what a restore left.
+    before = listTree(dir)
+  }
+  for (const n of ['portid', 'dst_portid', 'dst_group', 'groups']) fs.rmSync(path.join(nl, n))
+  fs.rmSync(path.join(nl, 'options'), { recursive: true })
+  fs.mkdirSync(path.join(nl, 'options'))
+  const options = { version: '0', reserve: '0', auxdata: '0', origdev: '0', vnet_hdr: '0', timestamp: '0', copy_thresh: '0', loss: '0', qdisc_bypass: '0', ignore_outgoing: '0', rcvbuf: '212992', sndbuf: '212992' }
+  edit({ family: 'packet\n', sock_type: 'dgram\n', protocol: '35061\n', ifindex: '1\n', ifname: 'lo\n', fanout: '\n', memberships: '', ...Object.fromEntries(Object.entries(options).map(([n, v]) => [`options/${n}`, `${v}\n`])) })
+  refused('a packet socket', new RegExp(`files/${path.basename(nl)}\\): socket\\(AF_PACKET, SOCK_DGRAM, 0x88f5\\): Operation not permitted \\(a packet socket takes the CAP_NET_RAW the task had\\)`))
+  for (const n of ['ifindex', 'ifname', 'fanout', 'memberships']) fs.rmSync(path.join(nl, n))
+  fs.rmSync(path.join(nl, 'options'), { recursive: true })
+  execFileSync('cp', ['-a', path.join(keptOptions, 'options'), nl])
+  edit({ ...Object.fromEntries([...keep].map(([n, v]) => [n, v.toString()])), groups: '30\n' })
+  refused('group 30 of NETLINK_ROUTE', new RegExp(`files/${path.basename(nl)}\\): NETLINK_ADD_MEMBERSHIP \\(protocol 0, group 30\\): Operation not permitted`))
 })
 
 t.test('a node HTTP server answers on its port after a restore', async (t) => {
@@ -327,13 +359,80 @@ t.test('a node HTTP server answers on its port after a restore', async (t) => {
   t.same(ourTables(port), [], 'no nftables table of ours')
 })
 
-t.test('netlink and packet sockets are refused, naming the socket', async (t) => {
+const rawFixture = buildTarget('restore_rawsock')
+
+/** The files/OBJREF directories of SAVED whose socket is of `family`, in objref order. */
+const ofFamily = (saved: string, family: string): string[] =>
+  fs.readdirSync(path.join(saved, 'files')).map(Number).sort((a, b) => a - b).map((n) => path.join(saved, 'files', String(n)))
+    .filter((d) => fs.existsSync(path.join(d, 'family')) && read(path.join(d, 'family')) === family)
+
+t.test('netlink and packet sockets come back from a copied tree and from the image: portids, groups, options, fanout, ring', async (t) => {
+  const mnt = mountFor(t)
+  const dir = workdir(t, 'ckptfs-rawsock-')
+  const target = await launch(t, [rawFixture, dir], { dir })
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved, { image: true })
+  const netlink = ofFamily(saved, 'netlink')
+  const packet = ofFamily(saved, 'packet')
+  t.equal(netlink.length, 4, 'four netlink sockets')
+  t.equal(packet.length, 2, 'two packet sockets')
+  const [rt, , ub, uc] = netlink
+  t.equal(read(path.join(rt, 'groups')), '29 33', 'groups: 29, and 33 (above 32)')
+  t.equal(read(path.join(rt, 'options', 'ext_ack')), '1', 'options/ext_ack')
+  t.equal(read(path.join(uc, 'dst_portid')), read(path.join(ub, 'portid')), 'dst_portid: the portid of the socket it is connected to')
+  t.equal(read(path.join(uc, 'dst_group')), '32', 'dst_group')
+  const [pk, pr] = packet
+  t.same([read(path.join(pk, 'ifname')), read(path.join(pk, 'ifindex')), read(path.join(pk, 'protocol'))], ['lo', '1', String(0x88b5)], 'ifname, ifindex and protocol')
+  t.equal(fs.readFileSync(path.join(pk, 'memberships'), 'utf8'), '1 multicast 01005e0000fb 1\n', 'memberships')
+  t.equal(read(path.join(pr, 'rx_ring', 'frame_nr')), '4', 'rx_ring/')
+  t.equal(read(path.join(pr, 'fanout')), '', 'fanout: empty, in no group')
+  const show = ckptfs('show', `${saved}.image`).stdout
+  t.match(show, /netlink raw socket, protocol 15, portid \d+, connected to portid \d+ group 32/, 'ckptfs show names the connected netlink socket')
+  t.match(show, /dgram packet socket \(protocol 0x88b5, bound to lo \(index 1\)\), fanout group \d+/, 'and the packet socket')
+
+  // A tree whose interface is gone (here: renamed in the copy) is refused, naming it.
+  const ifname = path.join(pk, 'ifname')
+  fs.writeFileSync(ifname, 'ckptfsnone0\n')
+  reseal(saved)
+  const gone = restoreCli(mnt, saved)
+  t.equal(gone.status, 1, 'a gone interface: refused')
+  t.match(gone.stderr, new RegExp(`files/${path.basename(pk)}\\): interface ckptfsnone0 \\(index 1\\) the packet socket was bound to is gone: No such device`), 'naming the interface')
+  fs.writeFileSync(ifname, 'lo\n')
+  reseal(saved)
+
+  // Another socket takes ub's portid meanwhile: the restore is refused, naming the socket.
+  const portid = read(path.join(ub, 'portid'))
+  const squatter = await startTarget('python3', ['-c', `import os,socket,time\ns=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,15)\ns.bind((${portid},0))\nprint('bound pid=%d' % os.getpid(),flush=True)\ntime.sleep(60)\n`], /^bound/)
+  const taken = restoreCli(mnt, saved)
+  squatter.kill()
+  t.equal(taken.status, 1, 'a portid taken: refused')
+  t.match(taken.stderr, new RegExp(`files/${path.basename(ub)}\\): bind to netlink portid ${portid} \\(protocol 15\\): Address already in use \\(another socket holds that portid now\\)`), 'naming the socket and the portid')
+  await waitUntil('the squatter to exit', () => !exists(squatter.pid))
+
+  for (const from of [saved, `${saved}.image`]) {
+    const since = target.text().length
+    const r = restoreCli(mnt, from)
+    t.equal(r.status, 0, `from ${path.basename(from)}: ckptfs restore: ${r.stderr.trim()}`)
+    if (r.status !== 0) return
+    const checks = await runChecks(target, since)
+    t.ok(checks.done, `from ${path.basename(from)}: the fixture finished its checks`)
+    t.same(checks.failed, [], `from ${path.basename(from)}: no check failed`)
+    t.equal(checks.ok.length, 20, `from ${path.basename(from)}: all 20 checks passed`)
+    fs.rmSync(path.join(dir, 'go'))
+    await waitUntil('the restored fixture to exit', () => !exists(target.pid))
+  }
+})
+
+t.test('a netlink socket with an answer queued, a SOCK_PACKET socket and a mapped packet ring are refused, naming each', async (t) => {
   const dir = workdir(t, 'ckptfs-netlink-')
-  const code = 'import os,socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,socket.SOCK_DGRAM,0)\nos.dup2(p.fileno(),8)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
+  // An RTM_GETLINK dump request (struct nlmsghdr + struct ifinfomsg) whose answer is never read.
+  // And a raw packet socket whose RX ring (PACKET_RX_RING, 263/5) is mapped.
+  const code = 'import mmap,os,socket,struct,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\nn.send(struct.pack("=IHHII",32,18,0x301,1,0)+bytes(16))\nos.dup2(n.fileno(),7)\np=socket.socket(socket.AF_PACKET,10,0)\nos.dup2(p.fileno(),8)\nr=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,0)\nr.setsockopt(263,5,struct.pack("IIII",4096,1,2048,2))\nm=mmap.mmap(r.fileno(),4096)\ntime.sleep(0.2)\nprint("ready",flush=True)\nwhile True: time.sleep(1)\n'
   const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
   const r = ckptfs('check', String(target.pid))
-  t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: a netlink raw socket \(protocol 0\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket')
-  t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet datagram socket \(protocol 0, PACKET\) cannot be checkpointed yet \(fd \d+, inode \1\)$/m, 'and the packet socket')
+  t.match(r.stdout, /^fd 7: socket socket:\[(\d+)\]: not checkpointable: socket: netlink socket \(protocol 0, portid \d+\) has \d+ bytes queued to be read: a kernel's answer or notification cannot be sent again, so it would be lost \(fd \d+, inode \1\)$/m, 'ckptfs check names the netlink socket and what is queued')
+  t.match(r.stdout, /^fd 8: socket socket:\[(\d+)\]: not checkpointable: socket: a packet socket of type 10 \(SOCK_PACKET, the obsolete interface\) is not checkpointed \(fd \d+, inode \1\)$/m, 'and the SOCK_PACKET socket')
+  t.match(r.stdout, /^task-\d+\/memory\/vmas\/[0-9a-f]+-[0-9a-f]+: not checkpointable: a mapping of socket:\[\d+\] \(a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped\): its frames are the kernel's, which a restore cannot map again$/m, 'and the mapped ring')
 })
 
 t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {

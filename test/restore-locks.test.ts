@@ -11,8 +11,8 @@ import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
 import { ckptfs, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, reseal, restoreOk, waitUntil, workdir, type Target } from './lib/restore'
-import { buildTarget } from './lib/targets'
+import { checkpointSaveKill, exists, launch, reseal, restoreOk, runChecks, waitUntil, workdir, type Target } from './lib/restore'
+import { buildTarget, repo } from './lib/targets'
 
 const bin = buildTarget('restore_locks')
 const mnt = mountFor(t)
@@ -164,4 +164,59 @@ t.test('a lock another process took meanwhile fails the restore by name; a lock 
   edit('lease read 0 EOF\n')
   t.match(ckptfs('restore', saved, '--mount', mnt).stderr, `files/${objref6}/locks: line 1: not "KIND MODE START END [task-PID]"`, 'an unknown kind: refused')
   t.notOk(exists(target.pid), 'no process is left')
+})
+
+/** Every fd's "lock:" lines of `pid`'s fdinfo, without their running number. */
+function allLockLines(pid: number): Record<string, string[]> {
+  const out: Record<string, string[]> = {}
+  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`)) {
+    const locks = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').filter((l) => l.startsWith('lock:')).map((l) => l.replace(/^lock:\s+\d+:\s+/, ''))
+    if (locks.length > 0) out[fd] = locks
+  }
+  return out
+}
+
+/** For each database: whether another connection may start writing now (sqlite3 says "database is locked" when not). */
+function sqliteWritable(dir: string): Record<string, boolean> {
+  const script = `
+import json, sqlite3, sys
+out = {}
+for mode in ('journal', 'wal'):
+    db = sqlite3.connect(f'{sys.argv[1]}/{mode}.db', timeout=0, isolation_level=None)
+    try:
+        db.execute('BEGIN IMMEDIATE')
+        db.execute('ROLLBACK')
+        out[mode] = True
+    except sqlite3.OperationalError as e:
+        if 'locked' not in str(e):
+            raise
+        out[mode] = False
+    db.close()
+print(json.dumps(out))
+`
+  const r = spawnSync('python3', ['-c', script, dir], { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`python3: ${r.stderr}`)
+  return JSON.parse(r.stdout)
+}
+
+t.test('sqlite3 with a transaction open (journal and WAL) carries on and commits after restore', async (t) => {
+  const dir = workdir(t)
+  const script = path.join(repo, 'test', 'fixtures', 'sqlite_txn.py')
+  const target = await launch(t, ['python3', script, dir], { dir })
+  const before = allLockLines(target.pid)
+  t.ok(Object.keys(before).length >= 2, `sqlite3 holds POSIX locks on its databases (on ${Object.keys(before).length} fds)`)
+  t.same(sqliteWritable(dir), { journal: false, wal: false }, 'another connection cannot write while the transactions are open')
+
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  // Not opened meanwhile: a new connection would roll back the hot journal and delete the WAL
+  // (sqlite3's recovery after a crash), which the restored transactions depend on.
+  restoreOk(mnt, saved, target.pid)
+  t.same(allLockLines(target.pid), before, 'restored: the same locks on the same fds')
+  t.same(sqliteWritable(dir), { journal: false, wal: false }, 'another connection is refused again')
+
+  const checks = await runChecks(target)
+  t.ok(checks.done, 'the restored program finished its transactions')
+  t.same(checks.failed, [], 'every check passed')
+  t.equal(checks.ok.length, 6, 'all six checks ran')
 })

@@ -252,7 +252,7 @@ t.test('a socket is not checkpointable: its tree is refused', async (t) => {
   const before = listTree(dir)
   const r = restoreCli(mnt, saved)
   t.equal(r.status, 1)
-  t.match(r.stderr, new RegExp(`^ckptfs restore: files/${ref}: socket: a netlink \\w+ socket \\(protocol \\d+, NETLINK\\) cannot be checkpointed yet \\(fd 8, inode \\d+\\)\\n$`))
+  t.match(r.stderr, new RegExp(`^ckptfs restore: files/${ref}: socket: a packet socket of type 10 \\(SOCK_PACKET, the obsolete interface\\) is not checkpointed \\(fd 8, inode \\d+\\)\\n$`))
   t.notOk(exists(target.pid), 'no process')
   t.same(listTree(dir), before, 'nothing new')
   await waitUntil('the server to answer', () => fs.readdirSync(mnt).includes('restore'))

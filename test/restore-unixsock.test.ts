@@ -224,9 +224,9 @@ t.test('fds in flight (SCM_RIGHTS) and a relative name come back, from the tree 
 
 t.test('an fd in flight of a kind ckptfs cannot checkpoint is refused, naming it', async (t) => {
   const dir = workdir(t)
-  const target = await launch(t, [bin, dir, 'rights-netlink'], { dir })
+  const target = await launch(t, [bin, dir, 'rights-refused'], { dir })
   const check = ckptfs('check', String(target.pid))
-  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\): fd 1 passed with SCM_RIGHTS in queued message 1 \(files\/\d+\) cannot be checkpointed: socket: a netlink raw socket/, '`ckptfs check` names the socket, the message and the fd in flight')
+  t.match(check.stdout, /socket: UNIX stream socket fd 4 \(inode \d+\): fd 1 passed with SCM_RIGHTS in queued message 1 \(files\/\d+\) cannot be checkpointed: socket: a packet socket of type 10 \(SOCK_PACKET/, '`ckptfs check` names the socket, the message and the fd in flight')
 })
 
 t.test('an edited peer or queue is refused by the validator, naming the file', async (t) => {

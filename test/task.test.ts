@@ -20,7 +20,7 @@ import { parseLimits, parseTimers, readProcBytes, readProcTextSync } from '../li
 import { DiskDir } from '../lib/files/saved'
 import { taskDir } from '../lib/task/tree'
 import type { DirNode } from '../lib/tree/node'
-import { buildTarget, startTarget, threadIds, threadState } from './lib/targets'
+import { buildTarget, identityOf, killIfSame, startTarget, threadIds, threadState } from './lib/targets'
 import { reseal } from './lib/restore'
 
 const PAGE = PAGE_SIZE
@@ -201,10 +201,11 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
   const target = await startTarget('/bin/sh', ['-c', 'exec 3<&0; "$@" <&3 & wait', 'sh', binary, work], /^ready$/, { cwd: work, stdin: 'pipe' })
   const said = new Map(target.lines.filter((l) => l.includes('=')).map((l) => l.split('=') as [string, string]))
   const pid = Number(said.get('pid'))
+  const identity = identityOf(pid)
   let frozen = false
   t.teardown(async () => {
     if (frozen) await native.thaw(pid, false).catch(() => undefined)
-    try { process.kill(pid, 'SIGKILL') } catch { /* gone already */ }
+    killIfSame(pid, identity)
     target.kill()
     fs.rmSync(work, { recursive: true, force: true })
   })
@@ -497,7 +498,8 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
         ['soft above hard', () => rewrite(`${taskName}/rlimits/nofile/hard`, '10\n'), new RegExp(`^${taskName}/rlimits/nofile/soft: 777 is above the hard limit 10`)],
         ['kind not fitting path', () => rewrite(`${resDir}/kind`, 'heap\n'), new RegExp(`^${resDir}/kind: heap does not fit`)],
         ['maps not matching vmas', () => rewrite(`${resDir}/vm_flags`, 'rd wr\n'), new RegExp(`^${taskName}/memory/maps: line \\d+ does not match vmas/`)],
-        ['seccomp filters', () => rewrite(`${taskName}/seccomp_mode`, '2\n'), new RegExp(`^${taskName}/seccomp_mode: seccomp filters: not checkpointable`)],
+        ['seccomp strict mode', () => rewrite(`${taskName}/seccomp_mode`, '1\n'), new RegExp(`^${taskName}/seccomp_mode: seccomp strict mode: not checkpointable`)],
+        ['seccomp filters missing', () => rewrite(`${taskName}/seccomp_mode`, '2\n'), new RegExp(`^${taskName}/seccomp/threads/\\d+: missing, but seccomp_mode is 2 \\(filters\\)`)],
         ['siginfo for a signal not pending', () => rewrite(`${taskName}/signals/pending`, '0x0\n'),
           new RegExp(`^${taskName}/signals/pending_siginfo: record 0 is for signal 10`)],
         ['missing xstate', () => remove(`${main}/xstate`), new RegExp(`^${main}/xstate: missing`)],

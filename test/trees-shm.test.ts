@@ -71,6 +71,11 @@ function deletedShared(pid: number): Array<{ id: string; path: string }> {
     .map((f) => ({ id: `${f[3]} ${f[4]}`, path: f.slice(5).join(' ') }))
 }
 
+/** The inodes of `pid`'s MAP_SHARED anonymous mappings (/dev/zero (deleted)), one per mapping. */
+function sharedAnonymous(pid: number): string[] {
+  return fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((line) => line.split(/\s+/)).filter((f) => f[1][3] === 's' && f.slice(5).join(' ') === '/dev/zero (deleted)').map((f) => f[4])
+}
+
 async function startTree(t: Test): Promise<{ target: Target; p: number; c: number; dir: string }> {
   const dir = workdir(t, 'ckptfs-shmtree-')
   const target = await launch(t, [sleeper, 'subreaper', fixture, 'tree'], { dir, ready: (tg) => /^round 3$/m.test(tg.text()) })
@@ -94,6 +99,9 @@ async function restoreTree(t: Test, from: 'saved' | 'image'): Promise<void> {
   t.same(childMaps.map((m) => m.id).sort(), parentMaps.map((m) => m.id).sort(), 'the child maps the very same two files (device and inode)')
   t.ok(parentMaps.some((m) => m.path.startsWith('/dev/shm/')), 'the /dev/shm file is recreated in /dev/shm')
   t.ok(parentMaps.some((m) => m.path.startsWith('/memfd:ckptfs-shmtree')), 'the memfd is a memfd of its name')
+  const [parentAnon, childAnon] = [sharedAnonymous(p), sharedAnonymous(c)]
+  t.equal(parentAnon.length, 2, 'the parent maps two parts of the shared anonymous object')
+  t.same(new Set([...parentAnon, ...childAnon]).size, 1, 'one object: the parent\'s two parts and the child\'s whole mapping')
   await carriesOn(t, target, count)
 }
 

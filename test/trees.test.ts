@@ -266,7 +266,7 @@ t.test('the image holds the whole tree', async (t) => {
   execFileSync('cp', [`${dir}.image`, image])
   execFileSync('cp', ['-a', dir, path.join(work, 'saved')])
   const loaded = await readImage(image)
-  t.same(loaded.header.formatVersion, { major: 1, minor: 4 }, 'format 1.4')
+  t.same(loaded.header.formatVersion, { major: 1, minor: 5 }, 'format 1.5')
   t.equal(loaded.pid, pids.p, 'the root is the header\'s process')
   t.same(loaded.others.map((o) => o.pid), [pids.a, pids.g, pids.b], 'the other processes, parents first')
   t.same(loaded.others.map((o) => o.process.ppid), [pids.p, pids.a, pids.p], 'with their parents')
@@ -333,20 +333,16 @@ t.test('a bash pipeline: the shell, its loop and cat are one tree sharing one pi
   const script = 'i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done | cat'
   const target = await launch(t, ['bash', '-c', script], { dir, ready: (tg) => tg.lines().length >= 5 })
   const members = () => [target.pid, ...descendants(target.pid)]
+  // Killed at teardown only while each PID is still that process (its start time) or runs its program.
   let seen: number[] = []
-  t.teardown(() => {
-    for (const pid of seen.reverse()) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // gone
-      }
-    }
-  })
-  seen = members()
+  const remember = (pids: number[]) => {
+    for (const pid of pids) target.alsoKill(pid)
+    return pids
+  }
+  seen = remember(members())
   const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
   endAtTeardown(t, ck)
-  seen = members()
+  seen = remember(members())
   const tasks = fs.readdirSync(ck).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5)))
   t.same([...tasks].sort((a, b) => a - b), [...seen].sort((a, b) => a - b), `the checkpoint holds the ${seen.length} processes of the pipeline`)
   const comms = new Map(tasks.map((pid) => [pid, read(path.join(ck, `task-${pid}`, 'comm'))]))
@@ -373,17 +369,8 @@ t.test('a bash pipeline: the shell, its loop and cat are one tree sharing one pi
 t.test('python3 multiprocessing.Pool: the parent and its workers are one tree; resumed, the pool carries on', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, ['python3', poolScript], { dir, ready: (tg) => tg.lines().length >= 3 })
-  let seen: number[] = []
-  t.teardown(() => {
-    for (const pid of seen.reverse()) {
-      try {
-        process.kill(pid, 'SIGKILL')
-      } catch {
-        // gone
-      }
-    }
-  })
-  seen = [target.pid, ...descendants(target.pid)]
+  // Killed at teardown only while each PID is still that process (its start time) or runs its program.
+  for (const pid of descendants(target.pid)) target.alsoKill(pid)
   const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
   endAtTeardown(t, ck)
   const workers = fs.readdirSync(ck).filter((n) => n.startsWith('task-')).map((n) => Number(n.slice(5))).filter((pid) => pid !== target.pid)

@@ -207,7 +207,10 @@ int wait_event_stop(frozen_thread_t *th, int64_t deadline_ms, nerr_t *err) {
       nerr_set(err, errno, "waitpid(tid %d, __WALL)", th->tid);
       return -1;
     }
-    if (WIFEXITED(st) || WIFSIGNALED(st)) return 0;  // reaped just now
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+      th->status = st;  // reaped just now: how it ended, for the caller's message
+      return 0;
+    }
     if (!WIFSTOPPED(st)) continue;
     if ((st >> 16) == 0) {
       // Signal-delivery-stop (see the comment at the top): deliver it, then wait for the trap.
@@ -219,7 +222,7 @@ int wait_event_stop(frozen_thread_t *th, int64_t deadline_ms, nerr_t *err) {
       continue;
     }
     // PTRACE_EVENT_STOP: our interrupt (SIGTRAP) or a group-stop (SIGSTOP, SIGTSTP, ...).
-    // No other event can occur: we set no options.
+    // No other event can occur: our options (FROZEN_OPTIONS) ask for none.
     th->status = st;
     th->flags |= TH_STOPPED;
     return 1;
@@ -272,7 +275,7 @@ static long seize_listed(frozen_proc_t *p, nerr_t *err) {
     int known = 0;
     for (size_t j = 0; j < p->n && !known; j++) known = p->threads[j].tid == tid;
     if (known) continue;
-    if (ptrace(PTRACE_SEIZE, tid, 0, 0) < 0) {
+    if (ptrace(PTRACE_SEIZE, tid, 0, (void *)(long)p->options) < 0) {
       int e = errno;
       if (e == ESRCH) continue;  // exited meanwhile
       // A zombie (e.g. a leader that called pthread_exit) cannot be seized and needs no stop;
@@ -337,7 +340,7 @@ static void freeze_run(task_t *t) {
     nerr_set(&t->err, EBUSY, "freeze(pid %d): already frozen", pid);
     return;
   }
-  frozen_proc_t p = {.pid = pid};
+  frozen_proc_t p = {.pid = pid, .options = FROZEN_OPTIONS};
   if (seize_listed(&p, &t->err) < 0 || freeze_rounds(&p, 0, mono_ms() + FREEZE_TIMEOUT_MS, &t->err) < 0) goto fail;
   ft->out = malloc(p.n * sizeof *ft->out);
   if (!ft->out || procs_insert(&p) < 0) {
@@ -413,7 +416,7 @@ static void freeze_many_run(task_t *t) {
     return;
   }
   for (size_t i = 0; i < fm->n; i++) {
-    fm->procs[i] = (frozen_proc_t){.pid = fm->pids[i]};
+    fm->procs[i] = (frozen_proc_t){.pid = fm->pids[i], .options = FROZEN_OPTIONS};
     if (frozen_find(fm->pids[i])) {
       nerr_set(&fm->errs[i], EBUSY, "freeze(pid %d): already frozen", fm->pids[i]);
       failed[i] = 1;

@@ -316,18 +316,20 @@ static const async_entry_t async_fns[] = {
   {js_peek_siginfo}, {js_read_memory}, {js_read_memory_into}, {js_scan_pagemap}, {js_scan_pagemaps}, {js_peek_pipe},
   {js_spawn_restorer}, {js_write_memory}, {js_set_thread_state}, {js_seize_thread}, {js_alloc_touched},
   {js_crc32c_of_memory}, {js_freeze_many}, {js_lazy_fill}, {js_spawn_tree}, {js_read_tree},
+  {js_get_seccomp_filters},
 };
 static const char *const async_names[] = {
   "freeze", "thaw", "getThreadRegisters", "setThreadRegisters", "injectBatch",
   "peekSiginfo", "readMemory", "readMemoryInto", "scanPagemap", "scanPagemaps", "peekPipe",
   "spawnRestorer", "writeMemory", "setThreadState", "seizeThread", "allocTouched",
   "crc32cOfMemory", "freezeMany", "lazyFill", "spawnTree", "readTree",
+  "getSeccompFilters",
 };
 
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 15];
+  napi_property_descriptor props[NASYNC + 17];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -347,7 +349,9 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 12] = (napi_property_descriptor){"inetSocket", NULL, js_inet_socket, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 13] = (napi_property_descriptor){"tcpRepairDump", NULL, js_tcp_repair_dump, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 14] = (napi_property_descriptor){"tcpRepairOff", NULL, js_tcp_repair_off, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 15, props);
+  props[NASYNC + 15] = (napi_property_descriptor){"netlinkSocket", NULL, js_netlink_socket, NULL, NULL, NULL, napi_enumerable, NULL};
+  props[NASYNC + 16] = (napi_property_descriptor){"packetSocket", NULL, js_packet_socket, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 17, props);
   return exports;
 }
 

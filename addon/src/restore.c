@@ -12,8 +12,9 @@
 // and mask (the server ignores SIGPIPE and the tracer thread blocks everything: neither may
 // leak into the restored task, since the plan restores only non-default actions), and execs
 // the stub with GLIBC_TUNABLES=glibc.pthread.rseq=0 as its only environment.
-// The tracer seizes it with PTRACE_O_EXITKILL (a half-restored task dies with the server),
-// writes one byte on the control pipe, and reads the stub's reply line: "ok" -> interrupt it
+// The tracer seizes it with PTRACE_O_EXITKILL (a half-restored task dies with the server)
+// and PTRACE_O_SUSPEND_SECCOMP (the seccomp filters the restore installs act only once the
+// task is let go, not on the calls injected after them: tracer.h), writes one byte on the control pipe, and reads the stub's reply line: "ok" -> interrupt it
 // and track it like a frozen task; "error: ..." -> kill it and reject with that line.
 #include "tracer.h"
 #include "spawn.h"
@@ -341,7 +342,7 @@ int restorer_start(pid_t pid, const char *stub, const unsigned char *plan_bytes,
   close(reply[1]);
   ctl[0] = reply[1] = -1;
 
-  if (ptrace(PTRACE_SEIZE, pid, 0, (void *)PTRACE_O_EXITKILL) < 0) {
+  if (ptrace(PTRACE_SEIZE, pid, 0, (void *)(long)RESTORED_OPTIONS) < 0) {
     int e = errno;
     char line[512];
     int dead = 1;
@@ -349,7 +350,7 @@ int restorer_start(pid_t pid, const char *stub, const unsigned char *plan_bytes,
     if (read_reply(pid, reply[0], line, sizeof line, 0, &dead, &ignored) == 1)
       nerr_set_raw(err, EIO, "restorer(pid %d): %s", pid, line);
     else
-      nerr_set(err, e, "ptrace(PTRACE_SEIZE, pid %d, PTRACE_O_EXITKILL)", pid);
+      nerr_set(err, e, "ptrace(PTRACE_SEIZE, pid %d, PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP)", pid);
     goto out;
   }
   seized = 1;
@@ -415,13 +416,22 @@ int restorer_settle(spawned_t *sp, nerr_t *err) {
     nerr_set(err, errno, "ptrace(PTRACE_INTERRUPT, pid %d)", pid);
     return -1;
   }
-  frozen_thread_t th = {.tid = pid};
+  frozen_thread_t th = {.tid = pid, .status = -1};
   int r = wait_event_stop(&th, mono_ms() + STOP_TIMEOUT_MS, err);
   if (r <= 0) {
-    if (r == 0) nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply", pid);
+    if (r == 0) {
+      char how[64];
+      if (th.status == -1) snprintf(how, sizeof how, " (no longer our tracee: ECHILD)");
+      else if (WIFSIGNALED(th.status)) snprintf(how, sizeof how, " (killed by signal %d)", WTERMSIG(th.status));
+      else snprintf(how, sizeof how, " (exit status %d)", WEXITSTATUS(th.status));
+      // Whether its keeper still holds it: a keeper that saw its release pipe close kills it.
+      char keeper[96] = "";
+      if (sp->keeper > 0) snprintf(keeper, sizeof keeper, "; its keeper (pid %d) is %s", sp->keeper, kill(sp->keeper, 0) == 0 ? "still there" : "gone");
+      nerr_set_raw(err, ESRCH, "restorer(pid %d): exited after its reply%s%s", pid, how, keeper);
+    }
     return -1;
   }
-  if (frozen_adopt(pid, &th, PTRACE_O_EXITKILL, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
+  if (frozen_adopt(pid, &th, RESTORED_OPTIONS, sp->keeper, sp->keeper_fd, sp->keeper_stack) < 0) {
     nerr_set(err, ENOMEM, "spawnRestorer(pid %d)", pid);
     return -1;
   }

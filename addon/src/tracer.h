@@ -30,6 +30,16 @@ napi_value tracer_submit(napi_env env, task_t *t);
 // -1 with errno on error.
 pid_t tracer_wait(pid_t tid, int *status, int timeout_ms);
 
+// ptrace options. PTRACE_O_SUSPEND_SECCOMP: a tracee's seccomp filters do not apply while we
+// hold it, so neither the checkpoint's injected calls (a frozen task) nor the restore's (a
+// restored one, whose filters are installed before its last calls) can be killed or faked by
+// them; the option ends with the detach, and the filters act again. It needs CAP_SYS_ADMIN
+// and a tracer not itself under seccomp (else the seize fails with EPERM).
+#define PTRACE_O_SUSPEND_SECCOMP_ (1 << 21)
+#define FROZEN_OPTIONS PTRACE_O_SUSPEND_SECCOMP_
+// A restored task also dies with the server (a half-restored task must not run on).
+#define RESTORED_OPTIONS (PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP_)
+
 // What freeze recorded about one stopped thread.
 enum {
   TH_STOPPED = 1,  // in a ptrace stop we can use

@@ -203,7 +203,7 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
   close(ctl[0]);
   close(reply[1]);
   plan = ctl[0] = reply[1] = -1;
-  if (ptrace(PTRACE_SEIZE, e->pid, 0, (void *)PTRACE_O_EXITKILL) < 0) {
+  if (ptrace(PTRACE_SEIZE, e->pid, 0, (void *)(long)RESTORED_OPTIONS) < 0) {
     // Gone already: its own reason (a setpgid or exec that failed before it ran the stub).
     int seize_errno = errno;
     char said[512];
@@ -212,7 +212,7 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
     if (read_reply(e->pid, reply[0], said, sizeof said, 0, &gone, &ignored) == 1)
       nerr_set_raw(err, EIO, "task-%d: %s", e->pid, said);
     else
-      nerr_set(err, seize_errno, "task-%d: ptrace(PTRACE_SEIZE, PTRACE_O_EXITKILL)", e->pid);
+      nerr_set(err, seize_errno, "task-%d: ptrace(PTRACE_SEIZE, PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP)", e->pid);
     goto out;
   }
   if (write(ctl[1], "g", 1) != 1) {

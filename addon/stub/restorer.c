@@ -20,8 +20,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/if_packet.h>
 #include <linux/kcmp.h>
 #include <linux/magic.h>
+#include <linux/netlink.h>
+#include <net/if.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1546,6 +1549,168 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
   object_fd[id] = settle(fd, id, 0, what);
 }
 
+// ---- netlink and packet sockets (kinds 17 and 18) ----
+
+#ifndef SOL_NETLINK
+#define SOL_NETLINK 270
+#endif
+#ifndef NETLINK_EXT_ACK
+#define NETLINK_EXT_ACK 11
+#endif
+#ifndef NETLINK_GET_STRICT_CHK
+#define NETLINK_GET_STRICT_CHK 12
+#endif
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+
+static const char *raw_type_name(int type) { return type == SOCK_RAW ? "SOCK_RAW" : type == SOCK_DGRAM ? "SOCK_DGRAM" : "?"; }
+
+// u32 type, u32 protocol, i32 flags, u32 portid, u32 dst_portid, u32 dst_group, u32 group
+// count, u32 groups..., i32 pktinfo, broadcast_error, no_enobufs, listen_all_nsid, cap_ack,
+// ext_ack, get_strict_chk, rcvbuf, sndbuf. Made with the task's credentials: a protocol, a
+// group or an option (NETLINK_LISTEN_ALL_NSID) that needs a capability the task lacked is
+// refused as it would have been to the task. The queue is never restored (capture refuses a
+// socket with one). The saved portid is bound again, autobound or not, as CRIU does: a peer
+// that knew it reaches the socket again; another socket holding it now fails the restore.
+static void open_netlink_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int type = (int)u32("type"), protocol = (int)u32("protocol");
+  int flags = i32("flags");
+  uint32_t portid = u32("portid"), dst_portid = u32("dst_portid"), dst_group = u32("dst_group");
+  uint32_t ngroups = u32("group count");
+  if (ngroups > 65536) fail("%s: %u netlink groups", what, ngroups);
+  need((size_t)ngroups * 4, "groups");
+  const uint8_t *groups = plan;
+  plan += (size_t)ngroups * 4;
+  static const struct { int name; const char *text; } options[] = {
+    {NETLINK_PKTINFO, "NETLINK_PKTINFO"}, {NETLINK_BROADCAST_ERROR, "NETLINK_BROADCAST_ERROR"},
+    {NETLINK_NO_ENOBUFS, "NETLINK_NO_ENOBUFS"}, {NETLINK_LISTEN_ALL_NSID, "NETLINK_LISTEN_ALL_NSID"},
+    {NETLINK_CAP_ACK, "NETLINK_CAP_ACK"}, {NETLINK_EXT_ACK, "NETLINK_EXT_ACK"}, {NETLINK_GET_STRICT_CHK, "NETLINK_GET_STRICT_CHK"},
+  };
+  int set[sizeof options / sizeof *options];
+  for (size_t i = 0; i < sizeof options / sizeof *options; i++) set[i] = i32(options[i].text);
+  int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf");
+  if (type != SOCK_RAW && type != SOCK_DGRAM) fail("%s: netlink socket type %d is neither SOCK_RAW nor SOCK_DGRAM", what, type);
+  if (dst_group > 32) fail("%s: netlink dst_group %u is above 32", what, dst_group);
+
+  int fd = socket(AF_NETLINK, type, protocol);
+  if (fd < 0) fail("%s: socket(AF_NETLINK, %s, protocol %d): %s", what, raw_type_name(type), protocol, strerror(errno));
+  if (portid) {
+    struct sockaddr_nl a = {.nl_family = AF_NETLINK, .nl_pid = portid};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0)
+      fail("%s: bind to netlink portid %u (protocol %d): %s%s", what, portid, protocol, strerror(errno), errno == EADDRINUSE ? " (another socket holds that portid now)" : "");
+  }
+  for (uint32_t i = 0; i < ngroups; i++) {
+    uint32_t g;
+    memcpy(&g, groups + (size_t)i * 4, 4);
+    if (setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g, sizeof g) < 0) fail("%s: NETLINK_ADD_MEMBERSHIP (protocol %d, group %u): %s", what, protocol, g, strerror(errno));
+  }
+  if (dst_portid || dst_group) {
+    struct sockaddr_nl a = {.nl_family = AF_NETLINK, .nl_pid = dst_portid, .nl_groups = dst_group ? 1u << (dst_group - 1) : 0};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) fail("%s: connect to netlink portid %u group %u: %s", what, dst_portid, dst_group, strerror(errno));
+  }
+  for (size_t i = 0; i < sizeof options / sizeof *options; i++)
+    if (set[i]) sock_opt(fd, SOL_NETLINK, options[i].name, 1, options[i].text, what);
+  sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
+  sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
+  set_status_flags(fd, flags, what);
+  object_fd[id] = settle(fd, id, 0, what);
+}
+
+// A PACKET_ADD_MEMBERSHIP request with room for any address the kernel keeps (MAX_ADDR_LEN).
+struct packet_mreq_max {
+  int mr_ifindex;
+  unsigned short mr_type;
+  unsigned short mr_alen;
+  unsigned char mr_address[32];
+};
+
+static void packet_ring(int fd, int name, const char *opt, const char *what) {
+  if (!u32(opt)) return;
+  struct tpacket_req3 req;
+  req.tp_block_size = u32("block_size");
+  req.tp_block_nr = u32("block_nr");
+  req.tp_frame_size = u32("frame_size");
+  req.tp_frame_nr = u32("frame_nr");
+  req.tp_retire_blk_tov = u32("retire_tmo");
+  req.tp_sizeof_priv = u32("sizeof_priv");
+  req.tp_feature_req_word = u32("features");
+  if (setsockopt(fd, SOL_PACKET, name, &req, sizeof req) < 0)
+    fail("%s: %s (%u blocks of %u bytes, frames of %u): %s", what, opt, req.tp_block_nr, req.tp_block_size, req.tp_frame_size, strerror(errno));
+}
+
+// u32 type, u32 protocol, i32 flags, u32 ifindex, string ifname, i32 version, reserve, auxdata,
+// origdev, vnet_hdr, timestamp, copy_thresh, loss, qdisc_bypass, ignore_outgoing, rcvbuf,
+// sndbuf, u32 in a fanout group (0, 1), u32 fanout, u32 membership count, each: u32 ifindex, u32 type, bytes address, u32
+// count; then the RX ring and the TX ring: u32 present and when 1 its seven u32s. Made with
+// the task's credentials: socket() needs the CAP_NET_RAW the task had. The interface is
+// found by its saved name, which must still have the saved index. The options that a ring
+// fixes (version, reserve, vnet_hdr, loss) go first, the fanout group last (it needs the
+// socket bound and the ring made), as the kernel requires.
+static void open_packet_object(uint32_t id, int cloexec UNUSED, const char *what) {
+  int type = (int)u32("type"), protocol = (int)u32("protocol");
+  int flags = i32("flags");
+  uint32_t ifindex = u32("ifindex");
+  char *ifname = string("ifname");
+  int version = i32("version"), reserve = i32("reserve"), auxdata = i32("auxdata"), origdev = i32("origdev"), vnet_hdr = i32("vnet_hdr");
+  int timestamp = i32("timestamp"), copy_thresh = i32("copy_thresh"), loss = i32("loss"), qdisc_bypass = i32("qdisc_bypass");
+  int ignore_outgoing = i32("ignore_outgoing"), rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf");
+  uint32_t in_fanout = u32("in a fanout group"), fanout = u32("fanout");
+  if (type != SOCK_RAW && type != SOCK_DGRAM) fail("%s: packet socket type %d is neither SOCK_RAW nor SOCK_DGRAM", what, type);
+  if (protocol > 0xffff) fail("%s: packet protocol %d is above 0xffff", what, protocol);
+
+  int fd = socket(AF_PACKET, type, (int)htons((uint16_t)protocol));
+  if (fd < 0)
+    fail("%s: socket(AF_PACKET, %s, 0x%04x): %s%s", what, raw_type_name(type), protocol, strerror(errno), errno == EPERM ? " (a packet socket takes the CAP_NET_RAW the task had)" : "");
+  if (ifindex) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (strlen(ifname) >= IFNAMSIZ) fail("%s: interface name %s is longer than %d", what, ifname, IFNAMSIZ - 1);
+    strcpy(ifr.ifr_name, ifname);
+    if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) fail("%s: interface %s (index %u) the packet socket was bound to is gone: %s", what, ifname, ifindex, strerror(errno));
+    if ((uint32_t)ifr.ifr_ifindex != ifindex) fail("%s: interface %s is index %d now, not %u as when the packet socket was bound to it", what, ifname, ifr.ifr_ifindex, ifindex);
+    struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons((uint16_t)protocol), .sll_ifindex = (int)ifindex};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) fail("%s: bind to interface %s: %s", what, ifname, strerror(errno));
+  }
+  free(ifname);
+  if (version) sock_opt(fd, SOL_PACKET, PACKET_VERSION, version, "PACKET_VERSION", what);
+  if (reserve) sock_opt(fd, SOL_PACKET, PACKET_RESERVE, reserve, "PACKET_RESERVE", what);
+  if (vnet_hdr) sock_opt(fd, SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR", what);
+  if (loss) sock_opt(fd, SOL_PACKET, PACKET_LOSS, 1, "PACKET_LOSS", what);
+  if (auxdata) sock_opt(fd, SOL_PACKET, PACKET_AUXDATA, 1, "PACKET_AUXDATA", what);
+  if (origdev) sock_opt(fd, SOL_PACKET, PACKET_ORIGDEV, 1, "PACKET_ORIGDEV", what);
+  if (timestamp) sock_opt(fd, SOL_PACKET, PACKET_TIMESTAMP, timestamp, "PACKET_TIMESTAMP", what);
+  if (copy_thresh) sock_opt(fd, SOL_PACKET, PACKET_COPY_THRESH, copy_thresh, "PACKET_COPY_THRESH", what);
+  if (qdisc_bypass) sock_opt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS", what);
+  if (ignore_outgoing) sock_opt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING", what);
+  uint32_t memberships = u32("membership count");
+  if (memberships > 65536) fail("%s: %u packet memberships", what, memberships);
+  for (uint32_t i = 0; i < memberships; i++) {
+    struct packet_mreq_max mreq;
+    memset(&mreq, 0, sizeof mreq);
+    mreq.mr_ifindex = (int)u32("membership ifindex");
+    mreq.mr_type = (unsigned short)u32("membership type");
+    uint32_t alen;
+    const uint8_t *addr = blob("membership address", &alen);
+    uint32_t count = u32("membership count");
+    if (alen > sizeof mreq.mr_address) fail("%s: a membership address of %u bytes", what, alen);
+    if (count > 1024) fail("%s: a membership added %u times", what, count);
+    mreq.mr_alen = (unsigned short)alen;
+    memcpy(mreq.mr_address, addr, alen);
+    for (uint32_t n = 0; n < count; n++)
+      if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, sizeof mreq) < 0)
+        fail("%s: PACKET_ADD_MEMBERSHIP (interface index %d, type %u): %s", what, mreq.mr_ifindex, mreq.mr_type, strerror(errno));
+  }
+  packet_ring(fd, PACKET_RX_RING, "PACKET_RX_RING", what);
+  packet_ring(fd, PACKET_TX_RING, "PACKET_TX_RING", what);
+  // The group id is given again: a kernel-chosen one (PACKET_FANOUT_FLAG_UNIQUEID) cannot be asked for by number.
+  if (in_fanout) sock_opt(fd, SOL_PACKET, PACKET_FANOUT, (int)(fanout & ~((uint32_t)PACKET_FANOUT_FLAG_UNIQUEID << 16)), "PACKET_FANOUT", what);
+  sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
+  sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
+  set_status_flags(fd, flags, what);
+  object_fd[id] = settle(fd, id, 0, what);
+}
+
 typedef void open_object_fn(uint32_t id, int cloexec, const char *what);
 static const struct object_kind {
   const char *name;
@@ -1564,6 +1729,8 @@ static const struct object_kind {
   [11] = {"fanotify", open_fanotify_object},
   [12] = {"unix_socket", open_unix_socket_object},
   [16] = {"inet", open_inet_object},
+  [17] = {"netlink", open_netlink_object},
+  [18] = {"packet", open_packet_object},
 };
 
 // An object this task inherits from its restored parent (a tree, tree.c): it sits at the

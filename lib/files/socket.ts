@@ -1,6 +1,7 @@
 // Sockets: one fd_type, `socket`, whose description is its family's. This module is only a
 // dispatcher: each family with a handler of its own (lib/files/unixsock.ts for AF_UNIX,
-// lib/files/inetsock.ts for TCP and UDP over IPv4 and IPv6) adds its description to
+// lib/files/inetsock.ts for TCP and UDP over IPv4 and IPv6, lib/files/netlinksock.ts and
+// lib/files/packetsock.ts for netlink and packet sockets) adds its description to
 // SocketFamilyTypes and one line to `families`; capture picks the family from the socket
 // tables of the task's network namespace (a socket they do not list, such as an unbound one,
 // is asked itself), everything else from the description's `family`. A socket of a family
@@ -16,6 +17,8 @@ import type { DescriptionBase, FileHandler, ImageMapping, RecordedDescription } 
 import { unixSocket } from './unixsock'
 import { native } from '../native'
 import type { FdProbe } from './handler'
+import { AF_NETLINK, captureNetlink, loadNetlink, NETLINK_KINDS, netlinkEntries, netlinkFromImage, netlinkImage, netlinkSummary, planNetlink, validateNetlink, type NetlinkSocketDescription } from './netlinksock'
+import { AF_PACKET, capturePacket, loadPacket, PACKET_KINDS, packetEntries, packetFromImage, packetImage, packetSummary, planPacket, validatePacket, type PacketSocketDescription } from './packetsock'
 import { captureInet, inetEntries, inetFromImage, inetImage, inetSummary, INET_KINDS, isInetDomain, loadInet, planInet, unreadableSocket, validateInet, type InetSocketDescription } from './inetsock'
 
 /** A socket of a family that cannot be checkpointed (netlink, packet, ...). */
@@ -93,6 +96,15 @@ async function captureBySocket(probe: FdProbe, base: DescriptionBase, pid: numbe
     return unreadableSocket(base, probe, err)
   }
   if (isInetDomain(info.domain)) return captureInet(probe, base, pid, fd, info)
+  if (info.domain === AF_NETLINK || info.domain === AF_PACKET) {
+    try {
+      return info.domain === AF_NETLINK ? captureNetlink(probe, base, native.netlinkSocket(pid, fd)) : capturePacket(probe, base, native.packetSocket(pid, fd))
+    } catch (err) {
+      return unreadableSocket(base, probe, err)
+    } finally {
+      native.close(fd)
+    }
+  }
   native.close(fd)
   const kind = (await socketKinds().catch(() => new Map<bigint, string>())).get(base.ino)
   const family = FAMILY_NAMES[info.domain] ?? `family ${info.domain}`
@@ -118,8 +130,49 @@ const inet: SocketFamilyHandler<InetSocketDescription> = {
   summary: (d) => inetSummary(d),
 }
 
+/** Netlink sockets (lib/files/netlinksock.ts): the socket itself says it is one. */
+const netlink: SocketFamilyHandler<NetlinkSocketDescription> = {
+  family: 'netlink',
+  claims: () => false,
+  capture: (probe, base, ctx) => captureBySocket(probe, base, ctx.pid, ctx.socketKinds) as Promise<NetlinkSocketDescription>,
+  entries: () => netlinkEntries(),
+  load: (dir, base) => loadNetlink(dir, base),
+  validate: (d) => validateNetlink(d),
+  planRestore: (d) => planNetlink(d),
+  stubKinds: NETLINK_KINDS,
+  image: {
+    field: 'netlink',
+    write: (d) => netlinkImage(d),
+    read: (details, base) => netlinkFromImage(details, base),
+  },
+  summary: (d) => netlinkSummary(d),
+}
+
+/** Packet sockets (lib/files/packetsock.ts): the socket itself says it is one. */
+const packet: SocketFamilyHandler<PacketSocketDescription> = {
+  family: 'packet',
+  claims: () => false,
+  capture: (probe, base, ctx) => captureBySocket(probe, base, ctx.pid, ctx.socketKinds) as Promise<PacketSocketDescription>,
+  entries: (d) => packetEntries(d),
+  load: (dir, base) => loadPacket(dir, base),
+  validate: (d) => validatePacket(d),
+  planRestore: (d) => planPacket(d),
+  stubKinds: PACKET_KINDS,
+  image: {
+    field: 'packet',
+    write: (d) => packetImage(d),
+    read: (details, base) => packetFromImage(details, base),
+  },
+  summary: (d) => packetSummary(d),
+}
+
 /** The family handlers, one line each. */
-const families: ReadonlyArray<SocketFamilyHandler<SocketDescription>> = [unixSocket as unknown as SocketFamilyHandler<SocketDescription>, inet as unknown as SocketFamilyHandler<SocketDescription>]
+const families: ReadonlyArray<SocketFamilyHandler<SocketDescription>> = [
+  unixSocket as unknown as SocketFamilyHandler<SocketDescription>,
+  inet as unknown as SocketFamilyHandler<SocketDescription>,
+  netlink as unknown as SocketFamilyHandler<SocketDescription>,
+  packet as unknown as SocketFamilyHandler<SocketDescription>,
+]
 const byFamily = new Map<string, SocketFamilyHandler<SocketDescription>>([...families, other as unknown as SocketFamilyHandler<SocketDescription>].map((h) => [h.family, h]))
 // An IPv6 socket's `family` is inet6; the same module.
 byFamily.set('inet6', inet as unknown as SocketFamilyHandler<SocketDescription>)

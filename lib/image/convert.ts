@@ -13,7 +13,7 @@ import { DiskDir, SavedDir } from '../files/saved'
 import { fdsDir, filesDir } from '../files/tree'
 import { asTid, type CheckpointMode, type TaskImage } from '../model'
 import { loadTask } from '../task/load'
-import { checkStoredCredentials, type StoredBy } from '../restore/owner'
+import { checkStoredCredentials, checkStoredSeccomp, type StoredBy } from '../restore/owner'
 import { validateCheckpoint } from '../restore/validate'
 import { taskDir } from '../task/tree'
 import { attr, tableDir, type DirNode, type TableEntry } from '../tree/node'
@@ -67,7 +67,11 @@ export async function treeToImage(treeRoot: string, outFile: string, opts: { val
     const [process, threads, vmas, fileTable] = await Promise.all([task.process(), task.threads(), task.vmas(), task.fileTable()])
     await validateCheckpoint({ pid: task.pid, process, threads, vmas, fileTable })
   }
-  if (opts.storedBy) checkStoredCredentials((await task.process()).creds, task.pid, opts.storedBy, `${treeRoot}/`)
+  if (opts.storedBy) {
+    const process = await task.process()
+    checkStoredCredentials(process.creds, task.pid, opts.storedBy, `${treeRoot}/`)
+    checkStoredSeccomp(process, task.pid, opts.storedBy, `${treeRoot}/`)
+  }
   const source = await imageSource(task, { mode, bootId })
   const out = await fs.promises.open(outFile, 'wx', 0o644)
   try {

@@ -204,6 +204,8 @@ export function processFrom(f: Fields): ProcessState {
     pdeathSignal: f.num('pdeathSignal', { max: 64 }),
     stopSignal: stopSignalFrom(f),
     seccompMode: f.num('seccompMode', { max: 2 }),
+    seccompFilters: f.list('seccompFilters').map((g) => ({ prev: g.num('prev'), flags: g.num('flags'), insns: g.bytes('insns') })),
+    seccompThreads: f.list('seccompThreads').map((g) => ({ tid: g.num('tid', { min: 1, max: 0x7fffffff }), filter: g.num('filter', { min: 1 }) })),
     creds: credentialsFrom(creds),
     rlimits: unique(f.list('rlimits').map(rlimitFrom), (r) => r.resource, (r) => f.fail('rlimits', `resource ${r} is listed twice`)),
     sigactions: unique(f.list('sigactions').map(sigactionFrom), (s) => s.signal, (s) => f.fail('sigactions', `signal ${s} is listed twice`)),

@@ -26,6 +26,7 @@ import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
 import { unstoredRanges, writeDifferingPages, type PremapMode } from './cow'
+import { seccompCalls } from './seccomp'
 
 const PAGE = 4096n
 const SPECIAL = new Set(['[vvar]', '[vvar_vclock]', '[vdso]'])
@@ -87,6 +88,12 @@ export interface RestoreOptions {
   /** A process of a tree: its MAP_SHARED anonymous mappings that map what a process rebuilt before maps (pstree.ts). */
   sharedFrom?: Map<Vma, SharedSource>
   /**
+   * A process of a tree: for each shared anonymous object (by `dev inode`), the size every
+   * process's mappings of it need (the furthest end of one), so the first process makes it
+   * that large.
+   */
+  sharedExtent?: Map<string, bigint>
+  /**
    * A process of a tree other than its root: its parent is restored with it, so its
    * parent-death signal is set again. The root's parent is the restore's keeper, whose exit
    * would send it: the root's is not.
@@ -104,6 +111,8 @@ export interface RestoreOptions {
 export interface SharedSource {
   pid: number
   vma: Vma
+  /** Whether the mappings of that process cover all of this one's: else this one's stored pages are written too. */
+  covered: boolean
 }
 
 /** Restores `saved` (already validated by loading it); returns its PID. */
@@ -196,7 +205,7 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
     }
   }
-  if (proc.seccompMode !== 0) throw new CkptError(`task-${proc.pid}/seccomp_mode: ${proc.seccompMode}: seccomp cannot be restored`, 'ENOTSUP')
+  if (proc.seccompMode === 1) throw new CkptError(`task-${proc.pid}/seccomp_mode: 1: seccomp strict mode cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
@@ -323,6 +332,12 @@ class Layout {
     this.scratchAddr = this.hole(taken, Layout.SCRATCH)
     taken.push([this.scratchAddr, this.scratchAddr + Layout.SCRATCH])
     this.parkAddr = this.hole(taken, Layout.PARK)
+  }
+
+  /** A free range of `size` for a while during the restore: clear of the saved mappings, the restore's own and `also`. */
+  freeRange(size: bigint, also: Array<readonly [bigint, bigint]> = []): bigint {
+    const own: Array<readonly [bigint, bigint]> = [[this.codeAddr, this.codeAddr + PAGE], [this.scratchAddr, this.scratchAddr + Layout.SCRATCH], [this.parkAddr, this.parkAddr + Layout.PARK]]
+    return this.hole([...this.vmas.map((v) => [v.start, v.end] as const), ...own, ...also], size)
   }
 
   /** The lowest free range of `size` above 16 MiB (clear of mmap_min_addr and low mappings). */
@@ -453,7 +468,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const premapped = options.premapped ?? new Set<Vma>()
   const inherited = options.inherited ?? new Set<Vma>()
   const kept = vmas.filter((v) => premapped.has(v) || inherited.has(v))
-  const eager = vmas.filter((v) => !lazily.includes(v) && !kept.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v)))
+  const eager = vmas.filter((v) => !lazily.includes(v) && !kept.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v) || !sharedFrom.get(v)!.covered))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
@@ -478,6 +493,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const mapped = vmas.filter((v) => !SPECIAL.has(v.path) && v.kind !== 'vsyscall')
   const fileFds = await openMappedFiles(pid, proc, layout, mapped, access)
   const sharedFds = await openSharedSources(pid, layout, sharedFrom)
+  const objectFds = await makeSharedObjects(pid, layout, mapped.filter((v) => v.kind === 'shared-anonymous' && !sharedFrom.has(v)), options.sharedExtent)
   const deletedFds = await recreateDeletedFiles(pid, proc, layout, mapped.filter((v) => isDeletedSharedFile(v) && !sharedFrom.has(v)))
   const calls: Call[] = []
   for (const v of mapped) {
@@ -490,9 +506,11 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     const prot = BigInt(initialProt(v))
     const source = sharedFrom.get(v)
     if (source) {
-      // The recreated file of a deleted one is mapped at the saved offsets; shared anonymous memory from 0.
-      const offset = isDeletedSharedFile(v) ? v.offset : v.offset - source.vma.offset
-      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), sharedFds.get(v)!, offset], what: `${what}, shared with task-${source.pid}` })
+      // The object is as it was: the recreated deleted file, or shared anonymous memory made
+      // from offset 0 (makeSharedObjects); mapped at the saved offset.
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), sharedFds.get(v)!, v.offset], what: `${what}, shared with task-${source.pid}` })
+    } else if (objectFds.has(v)) {
+      calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), objectFds.get(v)!, v.offset], what: `${what}, part of a shared object made whole first` })
     } else if (isDeletedSharedFile(v)) {
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_SHARED), deletedFds.get(fileIdentity(v))!, v.offset], what: `${what}, recreated` })
     } else if (isMappedFromFile(v)) {
@@ -504,7 +522,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
       calls.push({ nr: SYS.mmap, args: [v.start, len, prot, BigInt(flags | MAP_ANONYMOUS | type), -1n, 0n], what })
     }
   }
-  for (const fd of [...fileFds.values(), ...sharedFds.values(), ...deletedFds.values()]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
+  for (const fd of [...fileFds.values(), ...sharedFds.values(), ...deletedFds.values(), ...new Set(objectFds.values())]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
   await inject(pid, layout, calls)
 
   // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
@@ -637,10 +655,6 @@ async function openSharedSources(pid: number, layout: Layout, sharedFrom: Map<Vm
   const scratch = new Scratch()
   const entries = [...sharedFrom.entries()]
   const calls: Call[] = entries.map(([v, source]) => {
-    const offset = v.offset - source.vma.offset
-    if (!isDeletedSharedFile(v) && (offset < 0n || offset + (v.end - v.start) > source.vma.end - source.vma.start)) {
-      throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}: shares the memory of task-${source.pid}'s ${vmaName(source.vma)} outside that mapping (offset ${v.offset}, theirs ${source.vma.offset}): cannot be restored yet`, 'ENOTSUP')
-    }
     const file = `/proc/${source.pid}/map_files/${vmaName(source.vma)}`
     return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDWR | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} (memory shared with task-${source.pid})` }
   })
@@ -652,6 +666,42 @@ async function openSharedSources(pid: number, layout: Layout, sharedFrom: Map<Vm
     : []))
   await inject(pid, layout, grow)
   return new Map(entries.map(([v], i) => [v, fds[i]]))
+}
+
+/**
+ * MAP_SHARED anonymous memory this process makes for the tree (no process rebuilt before maps
+ * it). One mapping from offset 0 as large as the object needs is made as it was, by an
+ * anonymous mmap (the common case: nothing here). Otherwise (several mappings of one object:
+ * a part mremapped elsewhere, a part mapped again through /proc/self/map_files, or a part
+ * only another process maps) the object is made whole first, as large as the furthest end
+ * any process maps, in a free range; each mapping then maps it at its saved offset from an fd
+ * of it, and the first mapping is undone. Returns that fd for each such mapping.
+ */
+async function makeSharedObjects(pid: number, layout: Layout, vmas: Vma[], treeExtent: Map<string, bigint> | undefined): Promise<Map<Vma, bigint>> {
+  const objects = new Map<string, Vma[]>()
+  for (const v of vmas) {
+    const key = fileIdentity(v)
+    objects.set(key, [...(objects.get(key) ?? []), v])
+  }
+  const made: Array<{ addr: bigint; size: bigint; vmas: Vma[] }> = []
+  const taken: Array<readonly [bigint, bigint]> = []
+  for (const [key, list] of objects) {
+    let size = treeExtent?.get(key) ?? 0n
+    for (const v of list) if (v.offset + (v.end - v.start) > size) size = v.offset + (v.end - v.start)
+    if (list.length === 1 && list[0].offset === 0n && list[0].end - list[0].start === size) continue
+    const addr = layout.freeRange(size, taken)
+    taken.push([addr, addr + size])
+    made.push({ addr, size, vmas: list })
+  }
+  if (made.length === 0) return new Map()
+  await inject(pid, layout, made.map((m) => ({ nr: SYS.mmap, args: [m.addr, m.size, BigInt(PROT_READ | PROT_WRITE), BigInt(MAP_FIXED_NOREPLACE | MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE), -1n, 0n], what: `make the shared object of ${m.vmas.map(vmaName).join(', ')} (${m.size} bytes)` })))
+  const scratch = new Scratch()
+  const fds = await inject(pid, layout, made.map((m) => {
+    const file = `/proc/self/map_files/${m.addr.toString(16)}-${(m.addr + m.size).toString(16)}`
+    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDWR | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} (the shared object of ${vmaName(m.vmas[0])})` }
+  }), scratch.buffer())
+  await inject(pid, layout, made.map((m) => ({ nr: SYS.munmap, args: [m.addr, m.size], what: `unmap the first mapping of the shared object of ${vmaName(m.vmas[0])}` })))
+  return new Map(made.flatMap((m, i) => m.vmas.map((v) => [v, fds[i]] as const)))
 }
 
 /** The file a mapping maps, by device and inode: two mappings of one deleted file share it. */
@@ -1157,12 +1207,25 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
  * go last.
  */
 async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
-  for (const thread of [...threads.slice(1), threads[0]]) {
+  const order = [...threads.slice(1), threads[0]]
+  const tids = order.map((t) => t.tid)
+  for (const [n, thread] of order.entries()) {
     const scratch = new Scratch()
-    const calls = credentialCalls(pid, proc, scratch).map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` }))
-    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: `no_new_privs in thread ${thread.tid}` })
+    const calls = credentialCalls(pid, proc, scratch)
+    // The thread's seccomp filters go in while the effective set is still full (the kernel
+    // wants no_new_privs or CAP_SYS_ADMIN; the task had one or the other when it installed
+    // them, or was root then: lib/restore/owner.ts decides who may ask for that), right before
+    // the saved sets. They do not act on the calls that follow nor on any injected later: the
+    // task is held with PTRACE_O_SUSPEND_SECCOMP until it is let go.
+    const install = seccompCalls(proc, tids, thread.tid, n === 0, scratch)
+    const at = calls.length - 1
+    calls.splice(at, 0, ...install.calls)
+    if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
+    const buffer = scratch.buffer()
+    for (const { at: where, offset } of install.fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(where))
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
-    await inject(thread.tid, layout, calls, scratch.buffer())
+    const results = await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
+    install.check(results.slice(at, at + install.calls.length))
   }
   const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
   if (parentRestored && proc.pdeathSignal !== 0) {

@@ -7,7 +7,7 @@
 import * as fs from 'fs'
 import * as path from 'path'
 import { CkptError } from '../errors'
-import type { Credentials, Pid } from '../model'
+import type { Credentials, Pid, ProcessState } from '../model'
 import type { Owned, Snapshot } from './snapshot'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
@@ -133,9 +133,31 @@ export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: S
  * credentials, so one task left unchecked would be a way to root (a child saved as uid 0
  * under a tree a user wrote).
  */
-export function checkTreeCredentials(saved: { pid: Pid; process: { creds: Credentials }; others?: Array<{ pid: number; process: { creds: Credentials } }> }, storedBy: StoredBy, where: string): void {
-  checkStoredCredentials(saved.process.creds, saved.pid, storedBy, where)
-  for (const other of saved.others ?? []) checkStoredCredentials(other.process.creds, other.pid as Pid, storedBy, where)
+export function checkTreeCredentials(saved: { pid: Pid; process: StoredProcess; others?: Array<{ pid: number; process: StoredProcess }> }, storedBy: StoredBy, where: string): void {
+  for (const { pid, process } of [saved, ...(saved.others ?? [])]) {
+    checkStoredCredentials(process.creds, pid as Pid, storedBy, where)
+    checkStoredSeccomp(process, pid as Pid, storedBy, where)
+  }
+}
+
+type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads'>
+
+/**
+ * Seccomp filters are installed while the restorer still holds CAP_SYS_ADMIN, as a task that
+ * was root when it installed them and changed ids since needs (zdtm seccomp_filter). Without
+ * no_new_privs a filter can fool a set-user-ID program (a setuid() made to return 0 without
+ * acting), which is why the kernel lets only a task with no_new_privs or CAP_SYS_ADMIN
+ * install one: a user's own checkpoint (no capabilities, checkStoredCredentials) gets its
+ * filters back only with no_new_privs, which it must have had to install them itself.
+ */
+export function checkStoredSeccomp(process: Pick<ProcessState, 'noNewPrivs' | 'seccompThreads'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root' || process.seccompThreads.length === 0 || process.noNewPrivs) return
+  const { uid, file } = storedBy
+  throw new CkptError(
+    `${where}task-${pid}/seccomp: seccomp filters without no_new_privs, but ${file} is owned by uid ${uid} (${userName(uid)}): ` +
+      'a task without CAP_SYS_ADMIN can install a filter only with no_new_privs set, and a checkpoint stored in a user\'s files is restored only with what that user could do',
+    'EPERM',
+  )
 }
 
 /** A user's name from /etc/passwd, or `no account` when it has none. */

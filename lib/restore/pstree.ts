@@ -165,20 +165,40 @@ async function awaitZombiePidFree(z: ZombieTask): Promise<void> {
  * the first to be rebuilt maps it (recreating the deleted file) and gets its pages, each
  * later one maps that same object (engine.ts, sharedFrom).
  */
-function sharedMemory(tasks: SavedCheckpoint[]): Map<number, Map<Vma, SharedSource>> {
-  const owners = new Map<string, SharedSource>()
-  const result = new Map<number, Map<Vma, SharedSource>>()
+function sharedMemory(tasks: SavedCheckpoint[]): { from: Map<number, Map<Vma, SharedSource>>; extent: Map<string, bigint> } {
+  const owners = new Map<string, { pid: number; vmas: Vma[] }>()
+  const extent = new Map<string, bigint>()
+  const from = new Map<number, Map<Vma, SharedSource>>()
   for (const t of tasks) {
-    const mine = new Map<Vma, SharedSource>()
     for (const v of t.vmas.filter((m) => m.kind === 'shared-anonymous' || isDeletedSharedFile(m))) {
       const key = `${v.dev} ${v.inode}`
       const owner = owners.get(key)
-      if (!owner) owners.set(key, { pid: t.pid, vma: v })
-      else if (owner.pid !== t.pid) mine.set(v, owner)
+      if (!owner) owners.set(key, { pid: t.pid, vmas: [v] })
+      else if (owner.pid === t.pid) owner.vmas.push(v)
+      const end = v.offset + (v.end - v.start)
+      if (v.kind === 'shared-anonymous' && end > (extent.get(key) ?? 0n)) extent.set(key, end)
     }
-    result.set(t.pid, mine)
   }
-  return result
+  for (const t of tasks) {
+    const mine = new Map<Vma, SharedSource>()
+    for (const v of t.vmas.filter((m) => m.kind === 'shared-anonymous' || isDeletedSharedFile(m))) {
+      const owner = owners.get(`${v.dev} ${v.inode}`)!
+      if (owner.pid !== t.pid) mine.set(v, { pid: owner.pid, vma: owner.vmas[0], covered: covers(owner.vmas, v.offset, v.offset + (v.end - v.start)) })
+    }
+    from.set(t.pid, mine)
+  }
+  return { from, extent }
+}
+
+/** Whether the mappings `vmas` (of one object) together map its bytes [from, to). */
+function covers(vmas: Vma[], from: bigint, to: bigint): boolean {
+  const ranges = vmas.map((v) => [v.offset, v.offset + (v.end - v.start)] as const).sort((a, b) => (a[0] < b[0] ? -1 : 1))
+  let reached = from
+  for (const [start, end] of ranges) {
+    if (start > reached) break
+    if (end > reached) reached = end
+  }
+  return reached >= to
 }
 
 /** How many processes of a tree are rebuilt at once. */
@@ -286,12 +306,12 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     // is shared with one rebuilt before it waits for that one first.
     const rebuilt = new Map<number, Promise<void>>()
     const rebuild = async (t: SavedCheckpoint): Promise<void> => {
-      const sources = shared.get(t.pid)!
+      const sources = shared.from.get(t.pid)!
       for (const source of sources.values()) await rebuilt.get(source.pid)
       try {
         const parentPremapped = premapped.get(t.process.ppid) ?? new Set<Vma>()
         const inherited = new Set((inheritedBy.get(t.pid) ?? []).filter((pair) => parentPremapped.has(pair.parent)).map((pair) => pair.child))
-        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited })
+        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited })
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)

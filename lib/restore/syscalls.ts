@@ -41,4 +41,5 @@ export const SYS = {
   userfaultfd: 323,
   set_tid_address: 218,
   set_robust_list: 273,
+  seccomp: 317,
 } as const

@@ -14,6 +14,7 @@ import type { FdEntry, FileTable, ProcessState, ThreadState, Vma, ZombieTask } f
 import { storesPages, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
+import { validateSeccomp } from '../task/seccomp'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
 import { NGROUPS_MAX, NSIG, TASK_SIZE, XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
 
@@ -94,6 +95,7 @@ function validateProcess(p: ProcessState, task: string, threads: ThreadState[]):
   validateSignals(p, task)
   validateTimers(p, task, threads)
   validateMm(p, task)
+  validateSeccomp(p, threads.map((t) => t.tid))
 }
 
 function checkComm(comm: string, where: string): void {

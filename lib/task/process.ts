@@ -15,6 +15,7 @@ import {
 } from './fields'
 import { inject, succeeded, SYS, type CallWithResult } from './inject'
 import { vmaName } from './memory'
+import { captureSeccomp, loadSeccomp, seccompEntry } from './seccomp'
 import {
   liveThread, parseLimits, parseTimers, readProcBytes, readProcLink, readProcText, RLIM_INFINITY, RLIMITS, STAT, StatFields,
   StatusFields,
@@ -59,8 +60,8 @@ const FOUR_WORDS = 32
 
 /**
  * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen;
- * `stopSignal`: the group stop it was frozen in, 0 if none). A task under seccomp is refused:
- * an injected call could be killed or faked by its filter.
+ * `stopSignal`: the group stop it was frozen in, 0 if none). A task in seccomp strict mode is
+ * refused (a restore cannot enter it for the task); filters are captured (seccomp.ts).
  */
 export async function captureProcess(pid: number, tids: number[], stopSignal = 0): Promise<ProcessState> {
   const live = await liveThread(pid, tids)
@@ -73,9 +74,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
   const stat = new StatFields(statText)
   const status = new StatusFields(statusText)
   const seccompMode = status.number('Seccomp')
-  if (seccompMode !== 0) {
-    throw new CkptError(`task-${pid}: seccomp ${seccompMode === 1 ? 'strict mode' : 'filters'}: not checkpointable`, 'ENOTSUP')
-  }
+  if (seccompMode === 1) throw new CkptError(`task-${pid}: seccomp strict mode: not checkpointable`, 'ENOTSUP')
   const timerListing = parseTimers(timersText)
 
   const calls: CallWithResult[] = [
@@ -136,6 +135,9 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     auxv, exe,
   }
   const sharedPendingSiginfo = await native.peekSiginfo(live, true)
+  // Every thread's own chain (the frozen threads are seized with PTRACE_O_SUSPEND_SECCOMP, so
+  // the calls injected above ran unfiltered).
+  const seccomp = await captureSeccomp(pid, tids)
   return {
     pid: asPid(pid),
     comm: comm.replace(/\n$/, ''),
@@ -152,6 +154,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     pdeathSignal,
     stopSignal,
     seccompMode,
+    ...seccomp,
     creds,
     rlimits: parseLimits(limitsText),
     sigactions,
@@ -178,9 +181,7 @@ export function processProblems(p: Pick<ProcessState, 'pid' | 'seccompMode'>, li
   if (!liveTids.includes(Number(p.pid))) {
     problems.push({ where: `${task}/threads/${p.pid}`, why: 'the main thread has exited: a restore cannot re-create a process without it' })
   }
-  if (p.seccompMode !== 0) {
-    problems.push({ where: `${task}/seccomp_mode`, why: `seccomp ${p.seccompMode === 1 ? 'strict mode' : 'filters'}: not checkpointable` })
-  }
+  if (p.seccompMode === 1) problems.push({ where: `${task}/seccomp_mode`, why: 'seccomp strict mode: not checkpointable' })
   for (const vma of vmas) {
     const why = vmaProblem(vma)
     if (why) problems.push({ where: `${task}/memory/vmas/${vmaName(vma)}`, why })
@@ -194,6 +195,7 @@ function vmaProblem(vma: Vma): string | undefined {
   if (vma.kind === 'vvar' || vma.kind === 'vsyscall' || vma.kind === 'vdso') return undefined
   if (vma.path === '/secretmem (deleted)') return 'memfd_secret memory: its contents cannot be read from outside the task'
   if (vma.kind === 'special') return `special mapping ${vma.path}: cannot be saved or re-created`
+  if (/^socket:\[\d+\]$/.test(vma.path)) return `a mapping of ${vma.path} (a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped): its frames are the kernel's, which a restore cannot map again`
   if (flags.includes('ht')) return 'hugetlbfs mapping: not supported'
   if (flags.includes('io') || flags.includes('pf')) return `device memory (${vma.path || 'no path'}): not checkpointable`
   return undefined
@@ -339,6 +341,7 @@ export function processEntries(): TableEntry<TaskImage>[] {
     sub('signals', (t: TaskImage) => t.process(), signalEntries, PUBLIC),
     sub('timers', (t: TaskImage) => t.process(), timerEntries),
     sub('mm', async (t: TaskImage) => (await t.process()).mm, mmEntries),
+    seccompEntry(),
   ]
 }
 
@@ -384,6 +387,7 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     pdeathSignal: readValue(dir, 'pdeath_signal', decimal(0, 64)),
     stopSignal: readValue(dir, 'stop_signal', stopSignalValue),
     seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
+    ...(await loadSeccomp(dir)),
     creds: await loadCreds(dir.dir('creds')),
     rlimits: await loadRlimits(dir.dir('rlimits')),
     sigactions,

@@ -140,7 +140,7 @@ export async function launch(t: Teardownable, argv: string[], opts: { dir: strin
     for (const o of [{ pid, exe, start: undefined }, ...others]) {
       // Only what is still ours: the PID may belong to someone else once ours is gone (the same
       // process, exec'd or not, or a restored one running the same program).
-      const same = (o.start !== undefined && startOf(o.pid) === o.start) || !o.exe || exeOf(o.pid) === o.exe
+      const same = (o.start !== undefined && startOf(o.pid) === o.start) || (o.exe !== undefined && o.exe !== '' && exeOf(o.pid) === o.exe)
       if (!same) continue
       try {
         process.kill(o.pid, 'SIGKILL')

@@ -73,18 +73,59 @@ export async function startTarget(file: string, args: string[] = [], ready: RegE
       }
       check()
     }),
+    // Until it is ready only the shell is known (the program's PID comes with its ready line).
     kill: () => {
-      for (const pid of [target.pid, child.pid!]) {
-        try { if (pid > 0) process.kill(pid, 'SIGKILL') } catch { /* already gone */ }
-      }
+      child.kill('SIGKILL')
     },
   }
   const line = await target.waitFor(ready)
   // Without "pid=N" in the ready line (a test that wraps its own shell), the PID is the shell's.
   const pid = /pid=([0-9]+)/.exec(line.input ?? '')
   target.pid = pid ? Number(pid[1]) : child.pid!
+  const identity = identityOf(target.pid)
+  target.kill = () => {
+    killIfSame(target.pid, identity)
+    child.kill('SIGKILL')
+  }
   targets.add(target)
   return target
+}
+
+/** What tells a process from a later one with its PID: its start time and its executable. */
+export interface ProcessIdentity {
+  start: string
+  exe: string | undefined
+}
+
+/** `pid`'s identity now (undefined once it is gone). */
+export function identityOf(pid: number): ProcessIdentity | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+    let exe: string | undefined
+    try {
+      exe = fs.readlinkSync(`/proc/${pid}/exe`)
+    } catch {
+      exe = undefined // a zombie, or exiting
+    }
+    return { start, exe }
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * SIGKILLs `pid` only while it is the process `was` named (the same start time) or a restored
+ * one running its program (the same executable): never a process that took the PID later.
+ */
+export function killIfSame(pid: number, was: ProcessIdentity | undefined): void {
+  const now = identityOf(pid)
+  if (!was || !now || (now.start !== was.start && (was.exe === undefined || now.exe !== was.exe))) return
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {
+    // gone meanwhile
+  }
 }
 
 /** The state letter of a thread in /proc (R, S, t, T, Z ...), or undefined once it is gone. */
