@@ -151,12 +151,12 @@ export interface Addon {
    */
   readMemory(pid: number, addr: bigint, length: number): Promise<Buffer>
   /** process_vm_readv of several ranges into `into` back to back, in one call where possible. */
-  readMemoryInto(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number, viaProcMem?: boolean): Promise<void>
+  readMemoryInto(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): Promise<void>
   /**
    * The same, synchronously, for at most 1 MiB: the mount's reads of a frozen task's resident
    * memory, where a trip through the pool costs more than the copy itself.
    */
-  readMemoryIntoNow(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number, viaProcMem?: boolean): void
+  readMemoryIntoNow(pid: number, ranges: PagemapRun[], into: Buffer, intoOffset: number): void
   /** CRC32C (Castagnoli) of `buffer`, continuing from `seed` (the CRC of what came before; 0 to start). */
   crc32c(buffer: Buffer, seed: number): number
   /**

@@ -35,7 +35,6 @@ typedef struct {
   unsigned char *dst;  // readMemory: malloc()ed result; readMemoryInto: into + intoOffset
   uint64_t addr, len;  // readMemory: [addr, addr + len)
   int owned;  // dst is ours (readMemory)
-  int via_mem;  // readMemoryInto(Now): read through /proc/PID/mem (see read_ranges_via_mem)
 } mem_task_t;
 
 static void mem_destroy(task_t *t) {
@@ -92,35 +91,6 @@ static void read_ranges(pid_t pid, const range_t *r, size_t n, unsigned char *ds
   }
 }
 
-// The same through /proc/PID/mem: process_vm_readv pins the pages it reads, and the kernel
-// gives a pinned anonymous page that another process shares copy-on-write (a forked tree) a
-// copy of its own, even for a read; /proc/PID/mem reads without pinning.
-static void read_ranges_via_mem(pid_t pid, const range_t *r, size_t n, unsigned char *dst, nerr_t *err) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/mem", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    nerr_set(err, errno, "open %s", path);
-    return;
-  }
-  for (size_t i = 0; i < n; i++) {
-    for (uint64_t done = 0; done < r[i].len;) {
-      uint64_t want = r[i].len - done < READ_CHUNK ? r[i].len - done : READ_CHUNK;
-      ssize_t got = pread(fd, dst, (size_t)want, (off_t)(r[i].start + done));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        nerr_set(err, got < 0 ? errno : EFAULT, "pread(%s, 0x%llx, %llu)", path, (unsigned long long)(r[i].start + done),
-                 (unsigned long long)(r[i].len - done));
-        close(fd);
-        return;
-      }
-      dst += got;
-      done += (uint64_t)got;
-    }
-  }
-  close(fd);
-}
-
 // ---- readMemory ----
 
 static void read_memory_run(task_t *t) {
@@ -168,27 +138,16 @@ napi_value js_read_memory(napi_env env, napi_callback_info info) {
 
 static void read_into_run(task_t *t) {
   mem_task_t *m = (mem_task_t *)t;
-  (m->via_mem ? read_ranges_via_mem : read_ranges)(m->pid, m->ranges, m->nranges, m->dst, &t->err);
+  read_ranges(m->pid, m->ranges, m->nranges, m->dst, &t->err);
 }
 
 // Parses (pid, ranges, into, intoOffset) into m; on failure a JS exception is pending.
 static int parse_read_into(napi_env env, napi_callback_info info, const char *name, mem_task_t *m, napi_value *into_value) {
-  napi_value argv[5];
+  napi_value argv[4];
   int32_t pid, off;
   void *into;
   size_t into_len;
-  bool is_array, via_mem = false;
-  size_t argc = 5;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc == 5) {
-    napi_valuetype vt;
-    napi_typeof(env, argv[4], &vt);
-    if (vt != napi_undefined && napi_get_value_bool(env, argv[4], &via_mem) != napi_ok) {
-      type_error(env, "viaProcMem must be a boolean");
-      return 0;
-    }
-  }
-  m->via_mem = via_mem;
+  bool is_array;
   if (!arg_count(env, info, 4, argv) || !get_i32(env, argv[0], "pid", &pid) ||
       !get_buffer(env, argv[2], "into", &into, &into_len) || !get_i32(env, argv[3], "intoOffset", &off))
     return 0;
@@ -259,7 +218,7 @@ napi_value js_read_memory_into_now(napi_env env, napi_callback_info info) {
       throw_errno(env, EINVAL, "readMemoryIntoNow(pid %d): %llu bytes is more than the %u it reads at once", m->pid,
                   (unsigned long long)m->len, READ_NOW_MAX);
     } else {
-      read_into_run(&m->t);
+      read_ranges(m->pid, m->ranges, m->nranges, m->dst, &m->t.err);
       if (m->t.err.code) napi_throw(env, nerr_to_js(env, &m->t.err));
     }
   }

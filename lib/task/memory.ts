@@ -233,7 +233,7 @@ function taskPages(pid: number, layout: Layout): ByteSource {
     const ranges = rangesOf(layout.runs, offset, length)
     if (length > READ_NOW_MAX || layout.entry.perms[0] !== 'r') return readRanges(pid, layout, ranges, into.subarray(at, at + length)).then(() => length)
     try {
-      native.readMemoryIntoNow(layout.reader, ranges, into, at, keepsShared(layout))
+      native.readMemoryIntoNow(layout.reader, ranges, into, at)
     } catch (err) {
       return Promise.reject(new CkptError(`task-${pid}/memory/vmas/${vmaName(layout.entry)}/pages: ${messageOf(err)}`, 'EIO'))
     }
@@ -241,20 +241,11 @@ function taskPages(pid: number, layout: Layout): ByteSource {
   })
 }
 
-/**
- * Private memory of which other processes map pages too (a tree's pages shared copy-on-write
- * since a fork) is read through /proc/PID/mem by the addon (viaProcMem): process_vm_readv pins
- * what it reads, and the kernel gives a pinned anonymous page that another process shares a
- * copy of its own, so reading a frozen tree would unshare its pages (Process trees,
- * "Copy-on-write pages").
- */
-const keepsShared = (layout: Layout): boolean => layout.entry.perms[3] === 'p' && layout.entry.sharedDirtyKb > 0
-
 /** process_vm_readv honours protections; /proc/PID/mem reads what the task could not (PROT_NONE). */
 async function readRanges(pid: number, layout: Layout, ranges: PagemapRun[], into: Buffer): Promise<void> {
   try {
     if (layout.entry.perms[0] === 'r') {
-      await native.readMemoryInto(layout.reader, ranges, into, 0, keepsShared(layout))
+      await native.readMemoryInto(layout.reader, ranges, into, 0)
       return
     }
     const mem = await fs.promises.open(procPath(pid, 'mem', layout.reader), 'r')

@@ -203,11 +203,9 @@ export interface MapsEntry {
   rssKb: number
   anonymousKb: number
   swapKb: number
-  /** Dirty kB that other processes map too (smaps Shared_Dirty: anonymous pages shared copy-on-write after a fork). */
-  sharedDirtyKb: number
 }
 
-const SMAPS_SIZES: Record<string, 'rssKb' | 'anonymousKb' | 'swapKb' | 'sharedDirtyKb'> = { Rss: 'rssKb', Anonymous: 'anonymousKb', Swap: 'swapKb', Shared_Dirty: 'sharedDirtyKb' }
+const SMAPS_SIZES: Record<string, 'rssKb' | 'anonymousKb' | 'swapKb'> = { Rss: 'rssKb', Anonymous: 'anonymousKb', Swap: 'swapKb' }
 
 const MAPS_LINE = /^([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+)(?: +(.*))?$/
 
@@ -220,7 +218,7 @@ export function parseMaps(text: string): MapsEntry[] {
       entries.push({
         start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), perms: m[3],
         offset: BigInt('0x' + m[4]), dev: m[5], inode: BigInt(m[6]), path: m[7] ?? '', vmFlags: '',
-        rssKb: 0, anonymousKb: 0, swapKb: 0, sharedDirtyKb: 0,
+        rssKb: 0, anonymousKb: 0, swapKb: 0,
       })
       continue
     }
