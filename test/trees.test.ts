@@ -319,6 +319,33 @@ t.test('the validator checks the links of a saved tree, naming the file', async 
 })
 
 /** The numbers of a log of one number per line. */
+/** Kilobytes of `pid`'s memory it holds alone (smaps_rollup Private_Clean + Private_Dirty). */
+function privateKb(pid: number): number {
+  const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+  return ['Private_Clean', 'Private_Dirty'].reduce((sum, key) => sum + Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(rollup)![1]), 0)
+}
+
+t.test('reading a checkpoint leaves the pages a child shares copy-on-write with its parent shared', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [buildTarget('forked_pages')], { dir, ready: (tg) => /^ready pid=\d+ child=\d+$/m.test(tg.text()) })
+  const child = Number(/child=(\d+)/.exec(target.text())![1])
+  target.alsoKill(child)
+  const before = privateKb(target.pid) + privateKb(child)
+  const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
+  endAtTeardown(t, ck)
+  let read16 = 0
+  for (const pid of [child, target.pid]) {
+    const vmas = path.join(ck, `task-${pid}`, 'memory', 'vmas')
+    for (const v of fs.readdirSync(vmas)) {
+      const pages = fs.readFileSync(path.join(vmas, v, 'pages'))
+      if (pages.length === 16 << 20) read16++
+    }
+  }
+  t.equal(read16, 2, 'both processes\' 16 MiB mappings were read whole through the mount')
+  const after = privateKb(target.pid) + privateKb(child)
+  t.ok(after - before < 4096, `the two hold ${after - before} kB more of their own after the reads (32768 kB if each had been given its own copy)`)
+})
+
 const numbersIn = (text: string) => text.split('\n').filter(Boolean).map(Number)
 
 /** Frozen means frozen: the log does not grow while the tree is checkpointed. */

@@ -59,6 +59,12 @@ int get_bool(napi_env env, napi_value v, const char *name, int *out);
 int get_buffer(napi_env env, napi_value v, const char *name, void **data, size_t *len);
 int type_error(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// Sends a sock_diag dump request (`req`, NETLINK_SOCK_DIAG socket `nl`) and calls each() with
+// every SOCK_DIAG_BY_FAMILY message of at least `min_len` bytes (its length after the header)
+// until the dump ends. Returns 0, or -1 with a JS error thrown that names `what`.
+typedef void sockdiag_each_fn(napi_env env, const void *msg, size_t len, void *arg);
+int sockdiag_dump(napi_env env, int nl, const void *req, size_t req_len, size_t min_len, const char *what, sockdiag_each_fn *each, void *arg);
+
 napi_value make_u64(napi_env env, uint64_t v);  // BigInt
 napi_value make_i64(napi_env env, int64_t v);   // BigInt
 napi_value make_i32(napi_env env, int32_t v);

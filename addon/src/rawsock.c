@@ -110,55 +110,34 @@ static int diag_socket_of(int pid) {
 // Sends one dump request and calls `found` with the message whose inode is `ino` (the
 // message's length after its header); returns 0 when it was found, 1 when not, -1 on error.
 typedef void diag_found_fn(napi_env env, napi_value obj, const void *msg, size_t len);
+
+typedef struct {
+  uint32_t ino;
+  size_t ino_offset;
+  diag_found_fn *found;
+  napi_value obj;
+  int seen;
+} diag_search_t;
+
+static void diag_match(napi_env env, const void *msg, size_t len, void *arg) {
+  diag_search_t *s = arg;
+  uint32_t ino;
+  memcpy(&ino, (const char *)msg + s->ino_offset, sizeof ino);
+  if (ino != s->ino || s->seen) return;
+  s->found(env, s->obj, msg, len);
+  s->seen = 1;
+}
+
 static int diag_find(napi_env env, int pid, const void *req, size_t req_len, uint32_t ino, size_t min_len, size_t ino_offset, diag_found_fn *found, napi_value obj) {
   int nl = diag_socket_of(pid);
   if (nl < 0) {
     throw_errno(env, errno, "socket(AF_NETLINK, NETLINK_SOCK_DIAG) in the network namespace of pid %d", pid);
     return -1;
   }
-  if (send(nl, req, req_len, 0) != (ssize_t)req_len) {
-    throw_errno(env, errno, "send(sock_diag dump request)");
-    close(nl);
-    return -1;
-  }
-  size_t cap = 1 << 16;
-  char *buf = malloc(cap);
-  int result = 1;
-  if (!buf) {
-    close(nl);
-    throw_errno(env, ENOMEM, "sock_diag buffer");
-    return -1;
-  }
-  for (;;) {
-    ssize_t n = recv(nl, buf, cap, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      throw_errno(env, errno, "recv(sock_diag dump)");
-      result = -1;
-      break;
-    }
-    if (n == 0) break;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type == NLMSG_DONE) goto done;
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        const struct nlmsgerr *e = NLMSG_DATA(h);
-        throw_errno(env, -e->error, "sock_diag dump");
-        result = -1;
-        goto done;
-      }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(min_len)) continue;
-      uint32_t this_ino;
-      memcpy(&this_ino, (const char *)NLMSG_DATA(h) + ino_offset, sizeof this_ino);
-      if (this_ino == ino && result == 1) {
-        found(env, obj, NLMSG_DATA(h), h->nlmsg_len - NLMSG_HDRLEN);
-        result = 0;
-      }
-    }
-  }
-done:
-  free(buf);
+  diag_search_t s = {.ino = ino, .ino_offset = ino_offset, .found = found, .obj = obj};
+  int r = sockdiag_dump(env, nl, req, req_len, min_len, "sock_diag", diag_match, &s);
   close(nl);
-  return result;
+  return r < 0 ? -1 : s.seen ? 0 : 1;
 }
 
 // The next attribute after a diag message of `head` bytes (*at starts at 0); NULL after the last.

@@ -82,6 +82,54 @@ static napi_value socket_to_js(napi_env env, const struct unix_diag_msg *m, size
 
 // unixSockets(): the dump, as an array of { ino, type, state, name?, vfsIno?, vfsDev?, peer?,
 // icons, rqueue?, wqueue?, shutdown? }.
+int sockdiag_dump(napi_env env, int nl, const void *req, size_t req_len, size_t min_len, const char *what, sockdiag_each_fn *each, void *arg) {
+  if (send(nl, req, req_len, 0) != (ssize_t)req_len) {
+    throw_errno(env, errno, "send(%s dump request)", what);
+    return -1;
+  }
+  size_t cap = 1 << 16;
+  char *buf = malloc(cap);
+  if (!buf) {
+    throw_errno(env, ENOMEM, "%s buffer", what);
+    return -1;
+  }
+  int result = 0;
+  for (;;) {
+    ssize_t n = recv(nl, buf, cap, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      throw_errno(env, errno, "recv(%s dump)", what);
+      result = -1;
+      break;
+    }
+    if (n == 0) break;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+      if (h->nlmsg_type == NLMSG_DONE) goto done;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        const struct nlmsgerr *e = NLMSG_DATA(h);
+        throw_errno(env, -e->error, "%s dump", what);
+        result = -1;
+        goto done;
+      }
+      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(min_len)) continue;
+      each(env, NLMSG_DATA(h), h->nlmsg_len - NLMSG_HDRLEN, arg);
+    }
+  }
+done:
+  free(buf);
+  return result;
+}
+
+typedef struct {
+  napi_value list;
+  uint32_t count;
+} unix_list_t;
+
+static void add_unix_socket(napi_env env, const void *msg, size_t len, void *arg) {
+  unix_list_t *l = arg;
+  napi_set_element(env, l->list, l->count++, socket_to_js(env, msg, len));
+}
+
 napi_value js_unix_sockets(napi_env env, napi_callback_info info) {
   (void)info;
   int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
@@ -97,44 +145,9 @@ napi_value js_unix_sockets(napi_env env, napi_callback_info info) {
     .r = {.sdiag_family = AF_UNIX, .udiag_states = ~0u,
           .udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN},
   };
-  if (send(nl, &req, sizeof req, 0) != (ssize_t)sizeof req) {
-    throw_errno(env, errno, "send(unix_diag dump request)");
-    close(nl);
-    return NULL;
-  }
-  napi_value list;
-  napi_create_array(env, &list);
-  uint32_t count = 0;
-  size_t cap = 1 << 16;
-  char *buf = malloc(cap);
-  if (!buf) {
-    close(nl);
-    throw_errno(env, ENOMEM, "unix_diag buffer");
-    return NULL;
-  }
-  for (;;) {
-    ssize_t n = recv(nl, buf, cap, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      throw_errno(env, errno, "recv(unix_diag dump)");
-      break;
-    }
-    if (n == 0) break;
-    for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type == NLMSG_DONE) goto done;
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        const struct nlmsgerr *e = NLMSG_DATA(h);
-        throw_errno(env, -e->error, "unix_diag dump");
-        goto done;
-      }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct unix_diag_msg))) continue;
-      napi_set_element(env, list, count++, socket_to_js(env, NLMSG_DATA(h), h->nlmsg_len - NLMSG_HDRLEN));
-    }
-  }
-done:
-  free(buf);
+  unix_list_t l = {.count = 0};
+  napi_create_array(env, &l.list);
+  int r = sockdiag_dump(env, nl, &req, sizeof req, sizeof(struct unix_diag_msg), "unix_diag", add_unix_socket, &l);
   close(nl);
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  return pending ? NULL : list;
+  return r < 0 ? NULL : l.list;
 }
