@@ -163,7 +163,8 @@ export interface Addon {
    * CRC32C of `ranges` of pid's memory laid back to back, one per `pieceSize` bytes (the
    * last piece holds the rest): read with process_vm_readv into one reused buffer, on the pool.
    */
-  crc32cOfMemory(pid: number, ranges: PagemapRun[], pieceSize: number): Promise<number[]>
+  /** viaProcMem: read through /proc/PID/mem, which keeps pages shared copy-on-write shared (process_vm_readv pins them: the kernel then gives the process a copy of its own). */
+  crc32cOfMemory(pid: number, ranges: PagemapRun[], pieceSize: number, viaProcMem?: boolean): Promise<number[]>
   /**
    * One walk of the directory tree at `path` on the pool (addon/src/treeread.c): every entry's
    * kind, owner and mode, and the bytes and CRC32C of each regular file of at most `inlineMax`
@@ -286,7 +287,8 @@ export interface Addon {
    * is built by lib/restore/pstree.ts. Resolves once every live task is stopped and tracked like
    * a frozen one; on failure every task made is killed (and reaped) and it rejects naming the task.
    */
-  spawnTree(stub: string, workFdBase: number, script: Buffer): Promise<void>
+  /** Resolves with one byte per premapped area of the script: "1" mapped and filled, "0" not. */
+  spawnTree(stub: string, workFdBase: number, script: Buffer): Promise<Buffer>
   /**
    * process_vm_writev of `data` at `addr` into a stopped task (writable mappings only: EFAULT
    * naming the address otherwise). Runs on libuv's pool (it needs no ptrace request).

@@ -62,6 +62,59 @@ function killTreeAtTeardown(t: Test, pids: TreePids): void {
   })
 }
 
+/** The page frame number of each page of `pid` from `addr` on (/proc/PID/pagemap; 0n: not present). Needs CAP_SYS_ADMIN. */
+function framesOf(pid: number, addr: bigint, pages: number): bigint[] {
+  const fd = fs.openSync(`/proc/${pid}/pagemap`, 'r')
+  try {
+    const entries = Buffer.alloc(pages * 8)
+    fs.readSync(fd, entries, 0, entries.length, Number(addr / 4096n) * 8)
+    return Array.from({ length: pages }, (_, i) => {
+      const e = entries.readBigUInt64LE(i * 8)
+      return e >> 63n ? e & ((1n << 55n) - 1n) : 0n
+    })
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/** The first byte of each page of `pid` from `addr` on, checking the page is all that byte. */
+function pageBytes(pid: number, addr: bigint, pages: number): Array<number | string> {
+  const fd = fs.openSync(`/proc/${pid}/mem`, 'r')
+  try {
+    const data = Buffer.alloc(pages * 4096)
+    fs.readSync(fd, data, 0, data.length, Number(addr))
+    return Array.from({ length: pages }, (_, i) => {
+      const page = data.subarray(i * 4096, (i + 1) * 4096)
+      return page.every((b) => b === page[0]) ? page[0] : `mixed ${page[0]}`
+    })
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const COW_PAGES = 32
+const cowAddress = (target: Target) => BigInt('0x' + /^cow ([0-9a-f]+)$/m.exec(target.text())![1])
+
+/**
+ * test/fixtures/tree.c's copy-on-write pages (as zdtm cow00 checks them): A and B have P's
+ * page frames where none of them changed a page since the fork, and each its own content
+ * where it did: A's pages 5 and 6, A's dropped page 9 (zero), P's page 12 (the children keep
+ * the old bytes).
+ */
+function checkCow(t: Test, pids: TreePids, addr: bigint, when = 'restored'): void {
+  const [p, a, b] = [pids.p, pids.a, pids.b].map((pid) => framesOf(pid, addr, COW_PAGES))
+  const changed = new Set([5, 6, 9, 12])
+  const same = Array.from({ length: COW_PAGES }, (_, i) => i).filter((i) => !changed.has(i))
+  t.ok(same.every((i) => p[i] !== 0n), `${when}: P's unchanged pages are present`)
+  t.same(same.filter((i) => a[i] !== p[i]), [], `${when}: A's unchanged pages are P's very page frames (shared copy-on-write)`)
+  t.same(same.filter((i) => b[i] !== p[i]), [], `${when}: so are B's`)
+  t.ok(a[5] !== p[5] && a[6] !== p[6] && a[12] !== p[12] && b[12] !== p[12], `${when}: the pages changed since the fork are copies of their own`)
+  const want = (who: 'p' | 'a' | 'b') => Array.from({ length: COW_PAGES }, (_, i) => (who === 'a' && i === 5 ? 0xa5 : who === 'a' && i === 6 ? 0xa6 : who === 'a' && i === 9 ? 0 : who === 'p' && i === 12 ? 0xcc : i + 1))
+  t.same(pageBytes(pids.p, addr, COW_PAGES), want('p'), `${when}: P's pages hold its bytes`)
+  t.same(pageBytes(pids.a, addr, COW_PAGES), want('a'), `${when}: A's hold its own (its changes, its dropped page zero)`)
+  t.same(pageBytes(pids.b, addr, COW_PAGES), want('b'), `${when}: B's hold the bytes of the fork`)
+}
+
 async function startTree(t: Test): Promise<{ target: Target; pids: TreePids }> {
   const dir = workdir(t, 'ckptfs-treerestore-')
   const target = await launch(t, [sleeper, 'subreaper', tree, 'tree'], { dir, ready: (tg) => /^ready pid=\d+ a=/m.test(tg.text()) })
@@ -74,13 +127,14 @@ async function startTree(t: Test): Promise<{ target: Target; pids: TreePids }> {
 const allPids = (pids: TreePids) => [pids.p, pids.a, pids.b, pids.g, pids.z]
 
 /** Checkpoints the tree, copies it (and its image) out, kills it and waits until every PID is free. */
-async function saveAndKill(target: Target, pids: TreePids): Promise<{ saved: string; image: string }> {
+async function saveAndKill(target: Target, pids: TreePids, copied?: () => void): Promise<{ saved: string; image: string }> {
   const dir = ckptfsOk('checkpoint', String(pids.p), '--mount', mnt)
   const saved = path.join(target.dir, 'saved')
   execFileSync('cp', ['-a', dir, saved])
   const image = path.join(target.dir, 'saved-image')
   fs.mkdirSync(image)
   execFileSync('cp', ['-a', `${dir}.image`, path.join(image, 'checkpoint.image')])
+  copied?.()
   fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
   await waitUntil('every PID of the original tree to be free', () => allPids(pids).every((pid) => !exists(pid)), 15_000)
   return { saved, image }
@@ -107,11 +161,14 @@ function checkLinks(t: Test, pids: TreePids): void {
 
 t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the zombie, the pipe, the shared page and a parent-death signal', async (t) => {
   const { target, pids } = await startTree(t)
-  const { saved } = await saveAndKill(target, pids)
+  checkCow(t, pids, cowAddress(target), 'before the checkpoint')
+  // Reading every page (cp -a of the tree and of the image) leaves the frozen originals' pages shared.
+  const { saved } = await saveAndKill(target, pids, () => checkCow(t, pids, cowAddress(target), 'frozen, once the tree and its image are copied'))
   const r = ckptfs('restore', saved, '--mount', mnt)
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
   checkLinks(t, pids)
+  checkCow(t, pids, cowAddress(target))
   t.equal(fs.readFileSync(path.join(saved, `task-${pids.g}`, 'pdeath_signal'), 'utf8'), '28\n', "G's parent-death signal (SIGWINCH) is saved")
   const said = await verdict(target, pids)
   t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself (G checks its parent-death signal, zdtm pdeath_sig)')
@@ -125,6 +182,7 @@ t.test('a tree restored from its image', async (t) => {
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
   checkLinks(t, pids)
+  checkCow(t, pids, cowAddress(target))
   const said = await verdict(target, pids)
   t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
   t.ok(said.includes('PASS'), 'and says PASS')

@@ -4,6 +4,9 @@
 #include "module.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -143,10 +146,15 @@ typedef struct {
   uint64_t total, piece;
   uint32_t *crcs;  // one per piece of the ranges laid back to back
   size_t ncrcs;
+  // Read through /proc/PID/mem (an open fd) instead of process_vm_readv, which pins the pages
+  // it reads and so gives a page shared copy-on-write with another process a copy of its own
+  // (the kernel unshares anonymous pages it pins, even for reading): -1 when not asked.
+  int mem_fd;
 } crc_task_t;
 
 static void crc_destroy(task_t *t) {
   crc_task_t *c = (crc_task_t *)t;
+  if (c->mem_fd >= 0) close(c->mem_fd);
   free(c->spans);
   free(c->crcs);
   free(c);
@@ -168,9 +176,9 @@ static int read_back_to_back(crc_task_t *c, size_t *si, uint64_t *soff, unsigned
       want += len;
     }
     struct iovec local = {buf, want};
-    ssize_t got = process_vm_readv(c->pid, &local, 1, remote, cnt, 0);
+    ssize_t got = c->mem_fd >= 0 ? pread(c->mem_fd, buf, remote[0].iov_len, (off_t)(uintptr_t)remote[0].iov_base) : process_vm_readv(c->pid, &local, 1, remote, cnt, 0);
     if (got <= 0) {
-      nerr_set(&c->t.err, got < 0 ? errno : EFAULT, "process_vm_readv(pid %d, 0x%llx, %llu)", c->pid,
+      nerr_set(&c->t.err, got < 0 ? errno : EFAULT, "%s(pid %d, 0x%llx, %llu)", c->mem_fd >= 0 ? "pread(/proc/PID/mem)" : "process_vm_readv", c->pid,
                (unsigned long long)(c->spans[*si].start + *soff), (unsigned long long)(c->spans[*si].len - *soff));
       return 0;
     }
@@ -189,6 +197,15 @@ static int read_back_to_back(crc_task_t *c, size_t *si, uint64_t *soff, unsigned
 
 static void crc_memory_run(task_t *t) {
   crc_task_t *c = (crc_task_t *)t;
+  if (c->mem_fd == -2) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/mem", (int)c->pid);
+    c->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (c->mem_fd < 0) {
+      nerr_set(&t->err, errno, "open %s", path);
+      return;
+    }
+  }
   unsigned char *buf = malloc(READ_BUFFER);
   if (!buf) {
     nerr_set(&t->err, ENOMEM, "crc32cOfMemory(pid %d)", c->pid);
@@ -223,10 +240,20 @@ static napi_value crc_memory_settle(napi_env env, task_t *t) {
 }
 
 napi_value js_crc32c_of_memory(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+  napi_value argv[4];
   int32_t pid;
   uint64_t piece;
-  bool is_array;
+  bool is_array, via_mem = false;
+  size_t argc = 4;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc == 4) {
+    napi_valuetype vt;
+    napi_typeof(env, argv[3], &vt);
+    if (vt != napi_undefined && napi_get_value_bool(env, argv[3], &via_mem) != napi_ok) {
+      type_error(env, "viaProcMem must be a boolean");
+      return NULL;
+    }
+  }
   if (!arg_count(env, info, 3, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_u64(env, argv[2], "pieceSize", &piece)) return NULL;
   napi_is_array(env, argv[1], &is_array);
   if (!is_array) {
@@ -244,6 +271,7 @@ napi_value js_crc32c_of_memory(napi_env env, napi_callback_info info) {
   c->t.destroy = crc_destroy;
   c->pid = pid;
   c->piece = piece;
+  c->mem_fd = via_mem ? -2 : -1;  // -2: opened by the run
   uint32_t n;
   napi_get_array_length(env, argv[1], &n);
   c->spans = malloc((n ? n : 1) * sizeof *c->spans);

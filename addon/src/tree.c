@@ -7,10 +7,15 @@
 //   count, then per task, parents first (the root first):
 //   pid, parent pid (0: the root), kind (0 live, 1 zombie), pgid to join (0: none),
 //   exit status (zombie), session leader (zombie: 1), plan length, plan bytes,
-//   passed count, objref * passed count (what the child inherits from its parent, in order)
+//   passed count, objref * passed count (what the child inherits from its parent, in order),
+//   keep memory (1: forked without exec, keeping what its parent premapped),
+//   premap chunk count, per chunk: length, bytes (an 'M' command's body, below)
+// It resolves with one byte per premapped area, in script order: '1' mapped and filled in its
+// task before any child of it was forked, '0' not (the place was taken in that task's stub).
 //
 // Commands to a stub (its control pipe) and its answer ("ok" or "error: WHY" on its reply):
-//   'F' pid server_pid plan_fd ctl_fd reply_fd pgid count objref*count: fork a child
+//   'F' pid server_pid plan_fd ctl_fd reply_fd pgid count keep_memory objref*count: fork a child
+//   'M' area count, areas: premap areas for the children (addon/stub/tree.c), before any 'F'
 //   'Z' pid status session_leader pgid: fork a child that exits at once with status
 //   'E': done; the stub closes its working area and waits in pause()
 // A failure kills every task made so far by PID; the root's keeper, a subreaper, reaps them.
@@ -32,6 +37,10 @@ typedef struct {
   const unsigned char *plan;
   uint32_t plan_len, passed;
   const unsigned char *objrefs;
+  uint32_t keep_memory, premap_chunks;
+  const unsigned char *premap;  // premap_chunks times: length, then that many bytes
+  size_t premap_len;
+  size_t premap_at;  // where its areas' answers go in the whole answer
 } tree_entry_t;
 
 typedef struct {
@@ -40,6 +49,8 @@ typedef struct {
   int work_base;
   unsigned char *script;
   size_t script_len;
+  char *premapped;  // the answer: one '0' or '1' per premapped area
+  size_t npremapped;
 } tree_task_t;
 
 enum { KIND_LIVE = 0, KIND_ZOMBIE = 1 };
@@ -51,7 +62,7 @@ static uint32_t word(const unsigned char *p) {
 }
 
 // Parses the script; -1 (err set) when it does not hold together.
-static int parse_script(const unsigned char *s, size_t len, tree_entry_t **out, uint32_t *count, nerr_t *err) {
+static int parse_script(const unsigned char *s, size_t len, tree_entry_t **out, uint32_t *count, size_t *areas, nerr_t *err) {
   size_t at = 0;
 #define NEED(n)                                                           \
   if (len - at < (size_t)(n)) {                                          \
@@ -61,6 +72,7 @@ static int parse_script(const unsigned char *s, size_t len, tree_entry_t **out, 
     return -1;                                                           \
   }
   *out = NULL;
+  *areas = 0;
   NEED(4);
   *count = word(s);
   at = 4;
@@ -93,6 +105,27 @@ static int parse_script(const unsigned char *s, size_t len, tree_entry_t **out, 
     NEED((size_t)e->passed * 4);
     e->objrefs = s + at;
     at += (size_t)e->passed * 4;
+    NEED(8);
+    e->keep_memory = word(s + at);
+    e->premap_chunks = word(s + at + 4);
+    at += 8;
+    e->premap = s + at;
+    e->premap_at = *areas;
+    for (uint32_t c = 0; c < e->premap_chunks; c++) {
+      NEED(4);
+      uint32_t clen = word(s + at);
+      at += 4;
+      NEED(clen);
+      if (clen < 4) {
+        nerr_set_raw(err, EINVAL, "spawnTree: task-%d: premap chunk of %u bytes", e->pid, clen);
+        free(*out);
+        *out = NULL;
+        return -1;
+      }
+      *areas += word(s + at);
+      at += clen;
+    }
+    e->premap_len = (size_t)(s + at - e->premap);
   }
 #undef NEED
   return 0;
@@ -152,18 +185,18 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
     nerr_set(err, errno, "pipe2(O_CLOEXEC)");
     goto out;
   }
-  size_t words = 8 + e->passed;
+  size_t words = 9 + e->passed;
   cmd = malloc(1 + words * 4);
   if (!cmd) {
     nerr_set(err, ENOMEM, "spawnTree");
     goto out;
   }
   unsigned char *c = (unsigned char *)cmd;
-  uint32_t head[8] = {(uint32_t)e->pid, (uint32_t)getpid(), (uint32_t)plan, (uint32_t)ctl[0], (uint32_t)reply[1], e->pgid, e->passed, 0};
+  uint32_t head[8] = {(uint32_t)e->pid, (uint32_t)getpid(), (uint32_t)plan, (uint32_t)ctl[0], (uint32_t)reply[1], e->pgid, e->passed, e->keep_memory};
   c[0] = 'F';
-  memcpy(c + 1, head, 7 * 4);
-  memcpy(c + 1 + 7 * 4, e->objrefs, (size_t)e->passed * 4);
-  if (command(parent, c, 1 + 7 * 4 + (size_t)e->passed * 4, "fork", e->pid, err) < 0) goto out;
+  memcpy(c + 1, head, 8 * 4);
+  memcpy(c + 1 + 8 * 4, e->objrefs, (size_t)e->passed * 4);
+  if (command(parent, c, 1 + 8 * 4 + (size_t)e->passed * 4, "fork", e->pid, err) < 0) goto out;
   *created = 1;
   // The child has its own copies now; ours go, so EOF on its reply means it is gone.
   close(plan);
@@ -210,6 +243,38 @@ static int child_ready(spawned_t *child, nerr_t *err) {
   return 0;
 }
 
+// Has a task's stub map and fill the memory its children will inherit (its 'M' chunks), before
+// it forks any of them; puts one '0' or '1' per area in its place in the answer.
+static int premap_memory(spawned_t *to, const tree_entry_t *e, tree_task_t *tt, nerr_t *err) {
+  const unsigned char *p = e->premap;
+  size_t at = e->premap_at;
+  for (uint32_t c = 0; c < e->premap_chunks; c++) {
+    uint32_t len = word(p);
+    const unsigned char *body = p + 4;
+    p += 4 + len;
+    uint32_t areas = word(body);
+    if (write_all_fd(to->ctl_w, "M", 1) < 0 || write_all_fd(to->ctl_w, body, len) < 0) {
+      nerr_set(err, errno, "task-%d: write(control pipe)", e->pid);
+      return -1;
+    }
+    char line[1024];
+    int dead = 0;
+    int got = read_reply(to->pid, to->reply_r, line, sizeof line, 0, &dead, err);
+    if (got < 0) return -1;
+    if (got == 0) {
+      nerr_set_raw(err, EIO, "task-%d: exited while mapping the memory its children inherit", e->pid);
+      return -1;
+    }
+    if (strncmp(line, "ok ", 3) != 0 || strlen(line + 3) != areas || strspn(line + 3, "01") != areas) {
+      nerr_set_raw(err, EIO, "task-%d: mapping the memory its children inherit: %s", e->pid, line);
+      return -1;
+    }
+    memcpy(tt->premapped + at, line + 3, areas);
+    at += areas;
+  }
+  return 0;
+}
+
 static int make_zombie(spawned_t *parent, const tree_entry_t *e, nerr_t *err) {
   unsigned char c[1 + 16];
   uint32_t w[4] = {(uint32_t)e->pid, e->status, e->session, e->pgid};
@@ -229,12 +294,22 @@ static void tree_run(task_t *t) {
   nerr_t *err = &t->err;
   tree_entry_t *e = NULL;
   uint32_t n = 0;
-  if (parse_script(tt->script, tt->script_len, &e, &n, err) < 0) return;
+  size_t areas = 0;
+  if (parse_script(tt->script, tt->script_len, &e, &n, &areas, err) < 0) return;
+  tt->premapped = malloc(areas ? areas : 1);
+  if (!tt->premapped) {
+    nerr_set(err, ENOMEM, "spawnTree");
+    free(e);
+    return;
+  }
+  memset(tt->premapped, '0', areas);
+  tt->npremapped = areas;
   spawned_t *s = calloc(n, sizeof *s);
   int *made = calloc(n, sizeof *made);      // the PID exists (live or zombie)
   int *adopted = calloc(n, sizeof *adopted);  // settled: kept like a frozen task
   int *unready = calloc(n, sizeof *unready);  // forked, its "ok" not read yet
-  if (!s || !made || !adopted || !unready) {
+  int *premapped = calloc(n, sizeof *premapped);  // its 'M' chunks are sent
+  if (!s || !made || !adopted || !unready || !premapped) {
     nerr_set(err, ENOMEM, "spawnTree");
     goto out;
   }
@@ -255,6 +330,11 @@ static void tree_run(task_t *t) {
     if (unready[p]) {
       if (child_ready(parent, err) < 0) goto out;
       unready[p] = 0;
+    }
+    if (!premapped[p]) {
+      // Areas are answered in script order: a parent's are sent before its first child.
+      if (premap_memory(parent, &e[p], tt, err) < 0) goto out;
+      premapped[p] = 1;
     }
     if (e[i].kind == KIND_ZOMBIE) {
       // The zombie exists once its parent answers (it waits for the exit, WNOWAIT).
@@ -313,11 +393,20 @@ out:
   free(made);
   free(adopted);
   free(unready);
+  free(premapped);
   free(e);
+}
+
+static napi_value tree_settle(napi_env env, task_t *t) {
+  tree_task_t *tt = (tree_task_t *)t;
+  napi_value b = make_owned_buffer(env, tt->premapped, tt->npremapped);
+  tt->premapped = NULL;
+  return b;
 }
 
 static void tree_destroy(task_t *t) {
   tree_task_t *tt = (tree_task_t *)t;
+  free(tt->premapped);
   free(tt->stub);
   free(tt->script);
   free(tt);
@@ -345,6 +434,7 @@ napi_value js_spawn_tree(napi_env env, napi_callback_info info) {
   if (!tt) return NULL;
   tt->t.run = tree_run;
   tt->t.destroy = tree_destroy;
+  tt->t.settle = tree_settle;
   tt->work_base = base;
   napi_get_value_string_utf8(env, argv[0], NULL, 0, &stub_len);
   tt->stub = malloc(stub_len + 1);

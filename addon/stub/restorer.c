@@ -1752,6 +1752,25 @@ static void print_kinds(void) {
 
 // ---- main ----
 
+// A child its parent's stub forked without exec, to keep the memory the parent mapped for it
+// (tree.c, premap): the parent's plan state is dropped (not freed: it is unmapped with the
+// rest of the stub's memory later) and the stub starts again on this task's own plan.
+int main(int argc, char **argv);
+void restart_stub(int argc, char **argv) {
+  plan = plan_end = NULL;
+  plan_flags = 0;
+  slots = NULL;
+  object_fd = NULL;
+  objects = 0;
+  next_work = 0;
+  epoll_sets = NULL;
+  epoll_set_count = 0;
+  unix_sockets = NULL;
+  unix_pending = NULL;
+  inherited_count = 0;
+  _exit(main(argc, argv));
+}
+
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--kinds") == 0) {
     print_kinds();

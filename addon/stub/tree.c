@@ -8,6 +8,13 @@
 //       the child's plan, control and reply fds are the server's (opened through
 //       /proc/SERVER/fd: this stub still has the restorer's credentials); the child gets them
 //       at work_base .. +2 and the objects at work_base+3 .., in the order given
+//       keep_memory: the child is not exec'd again but restarts the stub in place
+//       (restart_stub), so it keeps the memory premapped here ('M') by fork, shared
+//       copy-on-write with this task
+//   'M' count, per area: start len (u64) prot flags advice path_len extents (u32) path,
+//       per extent: addr at length (u64): maps each area where nothing is mapped yet
+//       (MAP_FIXED_NOREPLACE) and reads its stored pages in from the file at path; answered
+//       "ok " and one '1' (mapped and filled) or '0' (the place is taken here) per area
 //   'Z' pid status session_leader pgid
 //   'E' the children are made: return (the caller closes the working area)
 // Each command is answered "ok\n" or "error: WHY\n" on the reply pipe.
@@ -21,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -73,7 +81,7 @@ static int open_server_fd(uint32_t server, uint32_t fd, int flags) {
 
 // In the forked child: its fds into place (its three at work_base.., the objects after them,
 // nothing else), then the stub again. Failures go to the child's own reply pipe.
-static void __attribute__((noreturn)) exec_child(int work_base, const int mine[3], const int *objects, uint32_t count, uint32_t pgid) {
+static void __attribute__((noreturn)) exec_child(int work_base, const int mine[3], const int *objects, uint32_t count, uint32_t pgid, int keep_memory) {
   int reply = mine[2];
   if (pgid && setpgid(0, (pid_t)pgid) < 0) {
     answer(reply, "error: setpgid(0, %u): %s", pgid, strerror(errno));
@@ -107,15 +115,16 @@ static void __attribute__((noreturn)) exec_child(int work_base, const int mine[3
   char *argv[6] = {"restorer", num[0], num[1], num[2], num[3], NULL};
   for (int i = 0; i < 3; i++) snprintf(num[i], sizeof num[i], "%d", work_base + i);
   snprintf(num[3], sizeof num[3], "%u", count);
+  if (keep_memory) restart_stub(5, argv);
   execve("/proc/self/exe", argv, environ);
   answer(reply, "error: execve of the stub: %s", strerror(errno));
   _exit(127);
 }
 
 static void fork_child(int ctl, int reply, int work_base, const int *object_fd, uint32_t objects) {
-  uint32_t w[7];
+  uint32_t w[8];
   read_exact(ctl, w, sizeof w);
-  uint32_t pid = w[0], server = w[1], count = w[6], pgid = w[5];
+  uint32_t pid = w[0], server = w[1], count = w[6], pgid = w[5], keep_memory = w[7];
   if (count > objects) {
     answer(reply, "error: task-%u: %u objects to pass, the plan has %u", pid, count, objects);
     return;
@@ -138,7 +147,7 @@ static void fork_child(int ctl, int reply, int work_base, const int *object_fd, 
     answer(reply, "error: task-%u: open the server's plan and pipes: %s", pid, strerror(errno));
   } else {
     pid_t child = fork_with_pid((pid_t)pid);
-    if (child == 0) exec_child(work_base, mine, fds, count, pgid);
+    if (child == 0) exec_child(work_base, mine, fds, count, pgid, keep_memory != 0);
     if (child < 0 && errno == EEXIST)
       answer(reply, "error: PID %u is taken", pid);
     else if (child < 0)
@@ -150,6 +159,96 @@ static void fork_child(int ctl, int reply, int work_base, const int *object_fd, 
     if (mine[i] >= 0) close(mine[i]);
   free(refs);
   free(fds);
+}
+
+// The most areas one 'M' command maps (its answer is one line).
+#define PREMAP_MAX 400
+#define PREMAP_PATH_MAX 4096
+
+struct premap_area {
+  uint64_t start, len;
+  uint32_t prot, flags, advice, path_len, extents;
+};
+
+// Reads one area's pages in: each extent, `length` bytes at `at` of the file, to `addr`
+// inside the area. 0, or -1 having answered why (the file is shorter: it changed).
+static int fill_area(int reply, const struct premap_area *a, const char *path, int ctl) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int rc = 0;
+  if (fd < 0) {
+    answer(reply, "error: open %s to read pages from it: %s", path, strerror(errno));
+    rc = -1;
+  }
+  for (uint32_t i = 0; i < a->extents; i++) {
+    uint64_t e[3];
+    read_exact(ctl, e, sizeof e);  // read all of them, whatever happens, to stay in step
+    if (rc < 0) continue;
+    if (e[0] < a->start || e[2] > a->len || e[0] - a->start > a->len - e[2]) {
+      answer(reply, "error: premap: pages for 0x%llx+0x%llx lie outside the area 0x%llx+0x%llx", (unsigned long long)e[0], (unsigned long long)e[2], (unsigned long long)a->start, (unsigned long long)a->len);
+      rc = -1;
+      continue;
+    }
+    for (uint64_t done = 0; done < e[2];) {
+      ssize_t n = pread(fd, (char *)(uintptr_t)(e[0] + done), (size_t)(e[2] - done), (off_t)(e[1] + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        answer(reply, "error: read the pages of 0x%llx from %s: %s at byte %llu (did the file change?)", (unsigned long long)a->start, path, n < 0 ? strerror(errno) : "end of file", (unsigned long long)(e[1] + done));
+        rc = -1;
+        break;
+      }
+      done += (uint64_t)n;
+    }
+  }
+  if (fd >= 0) close(fd);
+  return rc;
+}
+
+static void premap(int ctl, int reply) {
+  uint32_t count;
+  read_exact(ctl, &count, sizeof count);
+  if (count > PREMAP_MAX) {
+    answer(reply, "error: premap: %u areas, at most %u at once", count, PREMAP_MAX);
+    _exit(6);  // out of step with the server: nothing sensible follows
+  }
+  char bits[PREMAP_MAX + 1];
+  char *path = malloc(PREMAP_PATH_MAX + 1);
+  if (!path) _exit(5);
+  int failed = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    struct premap_area a;
+    read_exact(ctl, &a.start, 8);
+    read_exact(ctl, &a.len, 8);
+    read_exact(ctl, &a.prot, 4 * 5);
+    if (a.path_len > PREMAP_PATH_MAX) {
+      answer(reply, "error: premap: a path of %u bytes", a.path_len);
+      _exit(6);
+    }
+    read_exact(ctl, path, a.path_len);
+    path[a.path_len] = 0;
+    bits[i] = '0';
+    void *at = failed ? MAP_FAILED : mmap((void *)(uintptr_t)a.start, (size_t)a.len, (int)a.prot, (int)(a.flags | MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE), -1, 0);
+    if (at != MAP_FAILED && at != (void *)(uintptr_t)a.start) {
+      munmap(at, (size_t)a.len);  // a kernel without MAP_FIXED_NOREPLACE placed it elsewhere
+      at = MAP_FAILED;
+    }
+    if (at == MAP_FAILED) {
+      uint64_t skip[3];
+      for (uint32_t k = 0; k < a.extents; k++) read_exact(ctl, skip, sizeof skip);
+      continue;
+    }
+    // Huge pages allowed or refused before the pages fault in; a refusal here only changes speed.
+    if (a.advice) (void)madvise(at, (size_t)a.len, (int)a.advice);
+    if (fill_area(reply, &a, path, ctl) < 0) {
+      failed = 1;
+      munmap(at, (size_t)a.len);
+      continue;
+    }
+    bits[i] = '1';
+  }
+  free(path);
+  if (failed) return;  // fill_area answered
+  bits[count] = 0;
+  answer(reply, "ok %s", bits);
 }
 
 // A child that exits at once with the saved wait status: by exit code, or killed by the
@@ -208,6 +307,9 @@ void serve_tree_commands(int ctl, int reply, int work_base, const int *object_fd
     switch (cmd) {
       case 'F':
         fork_child(ctl, reply, work_base, object_fd, objects);
+        break;
+      case 'M':
+        premap(ctl, reply);
         break;
       case 'Z':
         make_zombie(ctl, reply);

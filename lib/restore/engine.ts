@@ -25,6 +25,7 @@ import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
+import { unstoredRanges, writeDifferingPages, type PremapMode } from './cow'
 import { seccompCalls } from './seccomp'
 
 const PAGE = 4096n
@@ -37,7 +38,7 @@ const MLOCK_ONFAULT = 1
 const MREMAP_MAYMOVE = 1, MREMAP_FIXED = 2
 const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_DIRECTORY = 0o200000, O_NOFOLLOW = 0o400000, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000
 const AT_FDCWD = -100n
-const MADV_POPULATE_WRITE = 23
+const MADV_POPULATE_WRITE = 23, MADV_DONTNEED = 4
 const PR_TIMER_CREATE_RESTORE_IDS = 77
 /** sigev_notify values (the kernel's; SIGEV_THREAD is glibc's and reaches the kernel as SIGEV_THREAD_ID). */
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
@@ -100,6 +101,10 @@ export interface RestoreOptions {
   parentRestored?: boolean
   /** Root alone stored the checkpoint (lib/restore/owner.ts, set by restorePath): see FileAccess.storedByRoot. */
   storedByRoot?: boolean
+  /** A process of a tree: its mappings its stub mapped and filled before forking its children (cow.ts). */
+  premapped?: Set<Vma>
+  /** A process of a tree: its mappings that hold its parent's premapped pages, by fork (cow.ts). */
+  inherited?: Set<Vma>
 }
 
 /** The mapping of a process already rebuilt whose shmem object another process maps too. */
@@ -458,12 +463,18 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   // A deleted file shared with a process rebuilt before is written again from this one's
   // stored pages: they are the same bytes, and this mapping may cover parts of the file the
   // other's does not.
-  const eager = vmas.filter((v) => !lazily.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v) || !sharedFrom.get(v)!.covered))
+  // Mappings a tree's stub made already (cow.ts): the premapped ones hold their own pages, the
+  // inherited ones their parent's; they stay, and nothing writes a page of them that need not be.
+  const premapped = options.premapped ?? new Set<Vma>()
+  const inherited = options.inherited ?? new Set<Vma>()
+  const kept = vmas.filter((v) => premapped.has(v) || inherited.has(v))
+  const eager = vmas.filter((v) => !lazily.includes(v) && !kept.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v) || !sharedFrom.get(v)!.covered))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
   const stub = readStubMaps(pid)
   const keep: Array<[bigint, bigint]> = [[layout.codeAddr, layout.codeAddr + PAGE], [layout.scratchAddr, layout.scratchAddr + Layout.SCRATCH]]
   for (const m of stub.special) keep.push([m.start, m.end])
+  for (const v of kept) keep.push([v.start, v.end])
   keep.sort((a, b) => (a[0] < b[0] ? -1 : 1))
   const unmap: Call[] = []
   let from = 0n
@@ -486,6 +497,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const deletedFds = await recreateDeletedFiles(pid, proc, layout, mapped.filter((v) => isDeletedSharedFile(v) && !sharedFrom.has(v)))
   const calls: Call[] = []
   for (const v of mapped) {
+    if (kept.includes(v)) continue
     const len = v.end - v.start
     const vmFlags = v.vmFlags.split(' ')
     let flags = MAP_FIXED_NOREPLACE | (vmFlags.includes('nr') ? MAP_NORESERVE : 0)
@@ -543,10 +555,12 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   await inject(pid, layout, populate)
   timer.mark('populate')
   // Each piece is checked as soon as the task has read it in, while it reads the next.
-  const check = new PageCheck(pid, eager)
+  const check = new PageCheck(pid, [...eager, ...kept], new Set(kept))
   await writePages(pid, eager, layout, check)
   timer.mark('pages')
-  await check.finish(eager)
+  await keepParentPages(pid, kept.filter((v) => inherited.has(v)), layout)
+  timer.mark('pages shared with the parent')
+  await check.finish([...eager, ...kept])
   timer.mark('pages checked')
   if (lazily.length > 0) {
     const { done: fill, release } = await startLazy(pid, layout, lazily, options.prefetch)
@@ -561,7 +575,8 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   for (const v of vmas) {
     if (SPECIAL.has(v.path) || v.kind === 'vsyscall') continue
     const prot = protOf(v.perms)
-    if (prot !== initialProt(v)) finish.push({ nr: SYS.mprotect, args: [v.start, v.end - v.start, BigInt(prot)], what: `mprotect ${vmaName(v)} ${v.perms}` })
+    // A kept mapping was made with its parent's initial protection (premapMode), maybe not this one's.
+    if (prot !== initialProt(v) || kept.includes(v)) finish.push({ nr: SYS.mprotect, args: [v.start, v.end - v.start, BigInt(prot)], what: `mprotect ${vmaName(v)} ${v.perms}` })
     for (const flag of v.vmFlags.split(' ')) {
       const advice = MADVISE_BY_FLAG[flag]
       if (advice !== undefined && !HUGEPAGE_FLAGS.has(flag)) finish.push({ nr: SYS.madvise, args: [v.start, v.end - v.start, BigInt(advice)], what: `madvise ${vmaName(v)} ${flag}` })
@@ -604,6 +619,25 @@ async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Arr
  * which the kernel also compares when it merges neighbours: adding write access elsewhere
  * would merge a read-only text mapping with the RELRO mapping next to it.
  */
+/** How a tree's stub premaps `v` (cow.ts, addon/stub/tree.c): as step 4 of restoreMemory would map it. */
+export function premapMode(v: Vma): PremapMode {
+  const vmFlags = v.vmFlags.split(' ')
+  const flags = (vmFlags.includes('nr') ? MAP_NORESERVE : 0) | (vmFlags.includes('gd') ? MAP_GROWSDOWN : 0)
+  const advice = vmFlags.includes('hg') ? MADVISE_BY_FLAG.hg : vmFlags.includes('nh') ? MADVISE_BY_FLAG.nh : 0
+  return { prot: initialProt(v), flags, advice }
+}
+
+/**
+ * Mappings that hold the parent's pages by fork (cow.ts): the pages this task has no saved
+ * content for are dropped (zero again), and only the stored pages that differ are written.
+ */
+async function keepParentPages(pid: number, vmas: Vma[], layout: Layout): Promise<void> {
+  const drop: Call[] = []
+  for (const v of vmas) for (const [start, length] of unstoredRanges(v)) drop.push({ nr: SYS.madvise, args: [start, length, BigInt(MADV_DONTNEED)], what: `drop the unstored pages of ${vmaName(v)}` })
+  await inject(pid, layout, drop)
+  for (const v of vmas) await writeDifferingPages(pid, v)
+}
+
 function initialProt(v: Vma): number {
   const saved = protOf(v.perms)
   if (v.kind === 'file-shared' && !isDeletedSharedFile(v)) return saved

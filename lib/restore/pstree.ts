@@ -12,7 +12,8 @@ import { lifeState, waitUntil } from '../lifecycle'
 import { asPid, type FdEntry, type ObjRef, type Vma, type ZombieTask } from '../model'
 import { native } from '../native'
 import { PhaseTimer } from '../trace'
-import { checkRestorable, fileAccess, rebuildSpawned, restoreProcess, stubPath, ZOMBIE_WAIT_MS, type RestoreOptions, type SharedSource } from './engine'
+import { checkRestorable, fileAccess, premapMode, rebuildSpawned, restoreProcess, stubPath, ZOMBIE_WAIT_MS, type RestoreOptions, type SharedSource } from './engine'
+import { inheritedMappings, premapChunks } from './cow'
 import { framePlan, RecordBuilder, type PlannedRecord } from './fdplan'
 import { closeConnectionGaps } from '../files/inetsock'
 import { fillContents } from './contents'
@@ -128,7 +129,7 @@ function subtreeObjects(tasks: SavedCheckpoint[]): Map<number, ObjRef[]> {
 }
 
 /** The addon's spawnTree script (addon/src/tree.c). */
-function encodeScript(entries: Array<{ pid: number; parent: number; zombie: boolean; joinGroup: number; status: number; sessionLeader: boolean; plan: Buffer; passed: ObjRef[] }>): Buffer {
+function encodeScript(entries: Array<{ pid: number; parent: number; zombie: boolean; joinGroup: number; status: number; sessionLeader: boolean; plan: Buffer; passed: ObjRef[]; keepMemory: boolean; premap: Buffer[] }>): Buffer {
   const parts: Buffer[] = []
   const head = Buffer.alloc(4)
   head.writeUInt32LE(entries.length)
@@ -139,7 +140,15 @@ function encodeScript(entries: Array<{ pid: number; parent: number; zombie: bool
     const passed = Buffer.alloc(4 + e.passed.length * 4)
     passed.writeUInt32LE(e.passed.length)
     e.passed.forEach((r, i) => passed.writeUInt32LE(r, 4 + i * 4))
-    parts.push(fixed, e.plan, passed)
+    const memory = Buffer.alloc(8)
+    memory.writeUInt32LE(e.keepMemory ? 1 : 0, 0)
+    memory.writeUInt32LE(e.premap.length, 4)
+    parts.push(fixed, e.plan, passed, memory)
+    for (const chunk of e.premap) {
+      const length = Buffer.alloc(4)
+      length.writeUInt32LE(chunk.length)
+      parts.push(length, chunk)
+    }
   }
   return Buffer.concat(parts)
 }
@@ -245,22 +254,33 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
   const access = fileAccess(saved, options)
   const workFdBase = Math.max(3, ...tasks.flatMap((t) => t.fileTable.fds.map((f) => f.fd + 1)))
   const subtree = subtreeObjects(tasks)
+  // Copy-on-write memory (cow.ts): what each parent maps and fills before forking its children.
+  const inheritedBy = inheritedMappings(tasks)
+  const premapByParent = new Map<number, { chunks: Buffer[]; planned: Vma[] }>()
+  for (const t of tasks) {
+    const areas = new Map<bigint, Vma>()
+    for (const child of tasks) if (child.process.ppid === t.pid) for (const pair of inheritedBy.get(child.pid) ?? []) areas.set(pair.parent.start, pair.parent)
+    if (areas.size > 0) premapByParent.set(t.pid, await premapChunks([...areas.values()].sort((a, b) => (a.start < b.start ? -1 : 1)), premapMode))
+  }
   const rootRecords = await planFileRecords(saved.fileTable)
   const rootPlan = framePlan(saved.fileTable, saved.process, rootRecords, access, { workFdBase })
   const entries = order.map(({ member, joinGroup, sessionLeader }) => {
     if (member.zombie) {
       const z = member.zombie
-      return { pid: z.pid, parent: z.ppid, zombie: true, joinGroup, status: z.exitStatus, sessionLeader, plan: Buffer.alloc(0), passed: [] }
+      return { pid: z.pid, parent: z.ppid, zombie: true, joinGroup, status: z.exitStatus, sessionLeader, plan: Buffer.alloc(0), passed: [], keepMemory: false, premap: [] }
     }
     const t = member.live!
-    if (t.pid === root) return { pid: root, parent: 0, zombie: false, joinGroup: 0, status: 0, sessionLeader: false, plan: rootPlan.bytes, passed: [] }
+    const premap = premapByParent.get(t.pid)?.chunks ?? []
+    if (t.pid === root) return { pid: root, parent: 0, zombie: false, joinGroup: 0, status: 0, sessionLeader: false, plan: rootPlan.bytes, passed: [], keepMemory: false, premap }
     const passed = subtree.get(t.pid)!
     const records: PlannedRecord[] = passed.map((objref, place) => ({ kind: KIND_INHERITED, objref, payload: new RecordBuilder().u32(place) }))
     const plan = framePlan(t.fileTable, t.process, records, access, { workFdBase })
-    return { pid: t.pid, parent: t.process.ppid, zombie: false, joinGroup, status: 0, sessionLeader: false, plan: plan.bytes, passed }
+    const planned = premapByParent.get(t.process.ppid)?.planned ?? []
+    const keepMemory = (inheritedBy.get(t.pid) ?? []).some((pair) => planned.includes(pair.parent))
+    return { pid: t.pid, parent: t.process.ppid, zombie: false, joinGroup, status: 0, sessionLeader: false, plan: plan.bytes, passed, keepMemory, premap }
   })
   timer.mark('plan')
-  await native.spawnTree(stubPath(), rootPlan.workFdBase, encodeScript(entries)).catch((err: unknown) => {
+  const premapAnswer = await native.spawnTree(stubPath(), rootPlan.workFdBase, encodeScript(entries)).catch((err: unknown) => {
     const code = (err as { code?: string }).code
     if (code === 'EEXIST') throw new CkptError(`task-${root}: PID ${root} is taken (by a process that started meanwhile)`, 'EEXIST')
     throw new CkptError(`restore of the tree of ${root}: ${messageOf(err)}`, code === 'EINVAL' ? 'EINVAL' : undefined)
@@ -268,7 +288,16 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
   timer.mark('processes and file tables')
   const live = withLocksOnce(order.filter((p) => p.member.live).map((p) => p.member.live!))
   const shared = sharedMemory(live)
+  // The answer: one '1' (mapped and filled) or '0' (its place was taken in the stub) per area, in script order.
+  const premapped = new Map<number, Set<Vma>>()
+  let answered = 0
+  for (const e of entries) {
+    const areas = e.zombie ? [] : premapByParent.get(e.pid)?.planned ?? []
+    premapped.set(e.pid, new Set(areas.filter((_, i) => premapAnswer[answered + i] === 0x31)))
+    answered += areas.length
+  }
   try {
+    if (answered !== premapAnswer.length) throw new CkptError(`restore of the tree of ${root}: ${premapAnswer.length} premapped areas answered, ${answered} asked`)
     // Large unlinked files and memfds, opened by the root's stub and inherited, are filled
     // through the first process holding them (lib/restore/contents.ts).
     await fillContents(rootRecords.flatMap((r) => (r.fill ? [r.fill] : [])), live.map((t) => ({ pid: t.pid, fds: t.fileTable.fds })))
@@ -280,7 +309,9 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
       const sources = shared.from.get(t.pid)!
       for (const source of sources.values()) await rebuilt.get(source.pid)
       try {
-        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root })
+        const parentPremapped = premapped.get(t.process.ppid) ?? new Set<Vma>()
+        const inherited = new Set((inheritedBy.get(t.pid) ?? []).filter((pair) => parentPremapped.has(pair.parent)).map((pair) => pair.child))
+        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited })
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)

@@ -43,7 +43,8 @@ export class PageCheck {
   private failure: unknown
   private idle: (() => void) | undefined
 
-  constructor(private readonly pid: number, vmas: Vma[]) {
+  /** `shared`: mappings whose pages may be shared copy-on-write with another process, read so that they stay shared (crc32cOfMemory). */
+  constructor(private readonly pid: number, vmas: Vma[], private readonly shared: ReadonlySet<Vma> = new Set()) {
     for (const v of vmas) {
       if (v.pages.size === 0 || SPECIAL.has(v.path)) continue
       const where = `task-${pid}/memory/vmas/${vmaName(v)}/pages`
@@ -92,7 +93,7 @@ export class PageCheck {
   }
 
   private async checkGroup({ v, where, first, ranges }: Group): Promise<void> {
-    const found = await native.crc32cOfMemory(this.pid, ranges, CRC_PIECE)
+    const found = await native.crc32cOfMemory(this.pid, ranges, CRC_PIECE, this.shared.has(v))
     const recorded = v.pages.crc32c!
     const bad = found.findIndex((crc, i) => crc !== recorded[first + i])
     if (bad >= 0) throw damaged(where, first + bad, v.pages.size, recorded[first + bad], found[bad])
