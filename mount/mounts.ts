@@ -63,7 +63,9 @@ export function chooseMount(given: string | undefined): string {
 /** Refuses a mount whose server has died: the kernel answers ENOTCONN for everything in it. */
 export function assertServing(mnt: string): void {
   try {
-    fs.statSync(mnt)
+    // statfs always asks the server; a stat may be answered from the kernel's attribute cache
+    // (kept 1 s, mount/fuseoptions.ts) after the server died.
+    fs.statfsSync(mnt)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOTCONN') throw deadMount(mnt)
     throw new CkptError(`${mnt}: ${messageOf(err)}`)

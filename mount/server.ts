@@ -321,7 +321,9 @@ export function ckptfsMounts(): string[] {
 export async function cleanUpDeadMount(mnt: string): Promise<boolean> {
   if (!ckptfsMounts().includes(mnt)) return false
   try {
-    fs.statSync(mnt)
+    // statfs, not stat: the kernel may answer a stat from its attribute cache for a while
+    // after the server died.
+    fs.statfsSync(mnt)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw new CkptError(`${mnt}: ${messageOf(err)}`)
     await forceUnmount(mnt)

@@ -380,7 +380,7 @@ t.test('fdzoo: capture, tree, load-back', async (t) => {
       ['hex without 0x', write(`files/${ep}/items/1/data`, '1111\n'), /^files\/\d+\/items\/1\/data: not hexadecimal with a leading 0x/],
       ['contents that do not match the size', (c) => fs.appendFileSync(path.join(c, `files/${gone}/contents`), 'x'), `files/${gone}/contents: 14 bytes, but size says 13`],
       ['a relative path', write(`files/${reg}/path`, 'regular\n'), `files/${reg}/path: not an absolute path: "regular"`],
-      ['a socket family ckptfs does not know', write(`files/${sock}/family`, 'bluetooth\n'), `files/${sock}/family: "bluetooth" is not one of unix, inet, other, inet6`],
+      ['a socket family ckptfs does not know', write(`files/${sock}/family`, 'bluetooth\n'), `files/${sock}/family: "bluetooth" is not one of unix, inet, netlink, packet, other, inet6`],
       ['a symbolic link for a value', (c) => {
         fs.rmSync(path.join(c, `files/${reg}/f_pos`))
         fs.symlinkSync('/etc/passwd', path.join(c, `files/${reg}/f_pos`))

@@ -15,6 +15,9 @@ import {
 } from './fields'
 import { inject, succeeded, SYS, type CallWithResult } from './inject'
 import { vmaName } from './memory'
+
+/** A process ID as saved: 0 (none) up to the largest int32. */
+const PID_NUMBER = decimal(0, 0x7fffffff)
 import { captureSeccomp, loadSeccomp, seccompEntry } from './seccomp'
 import {
   liveThread, parseLimits, parseTimers, readProcBytes, readProcLink, readProcText, RLIM_INFINITY, RLIMITS, STAT, StatFields,
@@ -377,9 +380,10 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     environ: await readCheckedBytes(dir, 'environ', MAX_ARGS_BYTES),
     umask: readValue(dir, 'umask', octalNumber(0o777)),
     personality: readValue(dir, 'personality', u32Hex),
-    ppid: readValue(dir, 'ppid', uint32),
-    pgid: readValue(dir, 'pgid', uint32),
-    sid: readValue(dir, 'sid', uint32),
+    // PIDs: the image holds them as int32, so a larger number is refused here too.
+    ppid: readValue(dir, 'ppid', PID_NUMBER),
+    pgid: readValue(dir, 'pgid', PID_NUMBER),
+    sid: readValue(dir, 'sid', PID_NUMBER),
     ttyNr: readValue(dir, 'tty_nr', uint32),
     noNewPrivs: readValue(dir, 'no_new_privs', flag),
     dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
