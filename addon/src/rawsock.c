@@ -44,6 +44,20 @@
 
 static void set_prop(napi_env env, napi_value obj, const char *name, napi_value v) { napi_set_named_property(env, obj, name, v); }
 
+// The socket's own address (`size` bytes at `addr`) and its inode; 0, or -1 with a JS error thrown.
+static int name_and_stat(napi_env env, int fd, void *addr, socklen_t size, struct stat *st) {
+  memset(addr, 0, size);
+  if (getsockname(fd, (struct sockaddr *)addr, &size) < 0) {
+    throw_errno(env, errno, "getsockname(fd %d)", fd);
+    return -1;
+  }
+  if (fstat(fd, st) < 0) {
+    throw_errno(env, errno, "fstat(fd %d)", fd);
+    return -1;
+  }
+  return 0;
+}
+
 static napi_value make_u32v(napi_env env, uint32_t v) {
   napi_value r;
   napi_create_uint32(env, v, &r);
@@ -171,21 +185,12 @@ napi_value js_netlink_socket(napi_env env, napi_callback_info info) {
   int32_t pid, fd;
   if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd)) return NULL;
   struct sockaddr_nl self, peer;
-  socklen_t len = sizeof self;
-  memset(&self, 0, sizeof self);
-  if (getsockname(fd, (struct sockaddr *)&self, &len) < 0) {
-    throw_errno(env, errno, "getsockname(fd %d)", fd);
-    return NULL;
-  }
-  len = sizeof peer;
+  struct stat st;
+  if (name_and_stat(env, fd, &self, sizeof self, &st) < 0) return NULL;
+  socklen_t len = sizeof peer;
   memset(&peer, 0, sizeof peer);
   if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0) {
     throw_errno(env, errno, "getpeername(fd %d)", fd);
-    return NULL;
-  }
-  struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, errno, "fstat(fd %d)", fd);
     return NULL;
   }
   napi_value obj;
@@ -310,17 +315,8 @@ napi_value js_packet_socket(napi_env env, napi_callback_info info) {
   int32_t pid, fd;
   if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd)) return NULL;
   struct sockaddr_ll self;
-  socklen_t len = sizeof self;
-  memset(&self, 0, sizeof self);
-  if (getsockname(fd, (struct sockaddr *)&self, &len) < 0) {
-    throw_errno(env, errno, "getsockname(fd %d)", fd);
-    return NULL;
-  }
   struct stat st;
-  if (fstat(fd, &st) < 0) {
-    throw_errno(env, errno, "fstat(fd %d)", fd);
-    return NULL;
-  }
+  if (name_and_stat(env, fd, &self, sizeof self, &st) < 0) return NULL;
   napi_value obj;
   napi_create_object(env, &obj);
   set_prop(env, obj, "protocol", make_i32(env, ntohs(self.sll_protocol)));

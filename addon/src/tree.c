@@ -143,22 +143,29 @@ static int write_all_fd(int fd, const void *data, size_t len) {
   return 0;
 }
 
-// Sends one command to a running stub and reads its answer.
-static int command(spawned_t *to, const void *cmd, size_t len, const char *what, pid_t about, nerr_t *err) {
-  if (write_all_fd(to->ctl_w, cmd, len) < 0) {
-    nerr_set(err, errno, "task-%d: %s %d: write(control pipe of %d)", about, what, about, to->pid);
+// Sends a command (head, then body) to a running stub and reads its answer line. `doing`
+// names the work for the messages; `about` is the task the command is for.
+static int ask(spawned_t *to, const void *head, size_t head_len, const void *body, size_t body_len, char *line, size_t cap, const char *doing, pid_t about, nerr_t *err) {
+  if (write_all_fd(to->ctl_w, head, head_len) < 0 || (body_len && write_all_fd(to->ctl_w, body, body_len) < 0)) {
+    nerr_set(err, errno, "task-%d: %s: write(control pipe of %d)", about, doing, to->pid);
     return -1;
   }
-  char line[1024];
   int dead = 0;
-  int got = read_reply(to->pid, to->reply_r, line, sizeof line, 0, &dead, err);
+  int got = read_reply(to->pid, to->reply_r, line, cap, 0, &dead, err);
   if (got < 0) return -1;
   if (got == 0) {
-    nerr_set_raw(err, EIO, "task-%d: its parent %d exited while making it", about, to->pid);
+    nerr_set_raw(err, EIO, "task-%d: %d exited while %s", about, to->pid, doing);
     return -1;
   }
+  return 0;
+}
+
+// Sends one command to a running stub; its answer must be "ok".
+static int command(spawned_t *to, const void *cmd, size_t len, const char *what, pid_t about, nerr_t *err) {
+  char line[1024];
+  if (ask(to, cmd, len, NULL, 0, line, sizeof line, what, about, err) < 0) return -1;
   if (strcmp(line, "ok") != 0) {
-    nerr_set_raw(err, EIO, "task-%d: %s by its parent %d: %s", about, what, to->pid, line);
+    nerr_set_raw(err, EIO, "task-%d: %s (asked of %d): %s", about, what, to->pid, line);
     return -1;
   }
   return 0;
@@ -196,7 +203,7 @@ static int make_child(spawned_t *parent, const tree_entry_t *e, spawned_t *out, 
   c[0] = 'F';
   memcpy(c + 1, head, 8 * 4);
   memcpy(c + 1 + 8 * 4, e->objrefs, (size_t)e->passed * 4);
-  if (command(parent, c, 1 + 8 * 4 + (size_t)e->passed * 4, "fork", e->pid, err) < 0) goto out;
+  if (command(parent, c, 1 + 8 * 4 + (size_t)e->passed * 4, "forking it", e->pid, err) < 0) goto out;
   *created = 1;
   // The child has its own copies now; ours go, so EOF on its reply means it is gone.
   close(plan);
@@ -253,18 +260,8 @@ static int premap_memory(spawned_t *to, const tree_entry_t *e, tree_task_t *tt, 
     const unsigned char *body = p + 4;
     p += 4 + len;
     uint32_t areas = word(body);
-    if (write_all_fd(to->ctl_w, "M", 1) < 0 || write_all_fd(to->ctl_w, body, len) < 0) {
-      nerr_set(err, errno, "task-%d: write(control pipe)", e->pid);
-      return -1;
-    }
     char line[1024];
-    int dead = 0;
-    int got = read_reply(to->pid, to->reply_r, line, sizeof line, 0, &dead, err);
-    if (got < 0) return -1;
-    if (got == 0) {
-      nerr_set_raw(err, EIO, "task-%d: exited while mapping the memory its children inherit", e->pid);
-      return -1;
-    }
+    if (ask(to, "M", 1, body, len, line, sizeof line, "mapping the memory its children inherit", e->pid, err) < 0) return -1;
     if (strncmp(line, "ok ", 3) != 0 || strlen(line + 3) != areas || strspn(line + 3, "01") != areas) {
       nerr_set_raw(err, EIO, "task-%d: mapping the memory its children inherit: %s", e->pid, line);
       return -1;
@@ -280,7 +277,7 @@ static int make_zombie(spawned_t *parent, const tree_entry_t *e, nerr_t *err) {
   uint32_t w[4] = {(uint32_t)e->pid, e->status, e->session, e->pgid};
   c[0] = 'Z';
   memcpy(c + 1, w, sizeof w);
-  return command(parent, c, sizeof c, "make the zombie", e->pid, err);
+  return command(parent, c, sizeof c, "making the zombie", e->pid, err);
 }
 
 static spawned_t *spawned_of(spawned_t *all, const tree_entry_t *entries, uint32_t n, pid_t pid) {
