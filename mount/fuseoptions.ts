@@ -2,10 +2,11 @@
 // server too (bench/trivial-server.ts), so that its floor is measured under the same rules.
 
 /**
- * How long the kernel may keep a node's attributes and a name's entry without asking: long
- * enough for the several requests one `stat`, `cp` or `ls -l` of a file makes, short enough
- * that a size that changed (status, a restore's status) shows soon in `stat`. What the server
- * ends or changes itself at the top level is forgotten at once (mount/invalidate.ts).
+ * How long the kernel may keep a name's entry without asking again. Attributes are not kept
+ * (attr_timeout=0): a kept size of a file whose contents change (status, a restore's status)
+ * made readers that trust st_size (node's readFile) read it cut short ("restor"), and kept
+ * attributes answered `stat` for a while after the server died. What the server ends at the
+ * top level is forgotten at once (mount/invalidate.ts).
  */
 export const ATTR_TIMEOUT_S = 1
 
@@ -21,10 +22,9 @@ export function fuseOptions(name: string): Record<string, unknown> {
     // fuse-native has no direct_io option and drops zero-valued ones; libfuse takes both from
     // the fsname string. direct_io doubles read throughput (no page-cache copy) and lets
     // files whose size changes (status) be read whole, whatever size the kernel keeps.
-    // Attributes and entries are kept ATTR_TIMEOUT_S (libfuse 2 has one setting for every
-    // node): with none, `cp -a` made 7 requests per file and `ls -lR` 2 per entry, with it 5
-    // and 1 (README Benchmarks); a volatile file's size in `stat` may be up to ATTR_TIMEOUT_S old.
-    fsname: `${name},direct_io,attr_timeout=${ATTR_TIMEOUT_S},entry_timeout=${ATTR_TIMEOUT_S}`,
+    // Entries are kept ATTR_TIMEOUT_S, attributes not at all (above; libfuse 2 has one
+    // setting for every node).
+    fsname: `${name},direct_io,attr_timeout=0,entry_timeout=${ATTR_TIMEOUT_S}`,
     subtype: name,
   }
 }
