@@ -10,12 +10,18 @@
 //     interleaved (ckptfs, CRIU, ckptfs, CRIU, ...) so both see the same machine.
 //   a process holding --fds fds (bench/fdtarget.c): the whole restore command of each tool,
 //     interleaved the same way (unless --restore-mem-only).
+//   a tree of --tree-procs processes (bench/treetarget.c, as the tree benchmark): the whole
+//     checkpoint command of each (CRIU's "Frozen time" beside it; ckptfs `checkpoint --copy`,
+//     whose tasks are stopped no longer than the command runs), then the whole restore command
+//     of each from a copy on /dev/shm, interleaved, every process of the tree checked back
+//     (unless --restore-mem-only).
 // Without CKPTFS_BENCH_CRIU (or when it does not run) the part is skipped with a note.
 // Every figure is printed with the load average at its start (the machine is shared).
 
 import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
+import { descendantsOf, lifeState, waitUntil } from '../lib/lifecycle'
 import { buildC, ckptfs, ckptfsOk, log, MiB, onCleanup, processState, mountCkptfs, nowNs, q, scratchDir, sleep, startTarget, timeSh, timeShOk, type Options } from './common'
 import { gaps, stopIn } from './memory'
 import { fmtN, fmtS, fmtX, Report } from './report'
@@ -44,6 +50,7 @@ export async function benchCompare(opts: Options, rep: Report): Promise<void> {
   try {
     const parts: Array<() => Promise<void>> = opts.compareMibs.map((mib) => () => compareSize(rep, opts, mib, criu, memtarget, floorBin, mnt, shm))
     if (opts.restoreFds) parts.push(() => compareFds(rep, opts, criu, work, mnt, shm))
+    if (opts.restoreFds && opts.treeProcs > 1) parts.push(() => compareTree(rep, opts, criu, work, mnt, shm))
     for (const part of parts) {
       try {
         await part()
@@ -55,7 +62,7 @@ export async function benchCompare(opts: Options, rep: Report): Promise<void> {
   } finally {
     unmount()
   }
-  rep.note('not compared yet: a 100-process tree (process-tree restore is not on this branch); CRIU\'s lazy restore (criu lazy-pages) is not run')
+  rep.note('not compared yet: CRIU\'s lazy restore (criu lazy-pages) is not run')
 }
 
 /** The 1, 5 and 15 minute load averages, for the figures measured from now on. */
@@ -218,5 +225,98 @@ function verifier(floorBin: string, lines: string[]): (pid: number) => void {
   return (pid) => {
     const v = spawnSync(floorBin, ['verify', String(pid), addr, len], { encoding: 'utf8', timeout: 300_000 })
     if (v.status !== 0) throw new Error(`the restored memory of ${pid} is wrong: ${v.stdout.trim()} ${v.stderr.trim()}`)
+  }
+}
+
+/**
+ * A tree of --tree-procs processes through both tools: each checkpoints its own tree (CRIU
+ * dumps and kills it; ckptfs makes a --copy checkpoint, copies it out and ends it with kill),
+ * then the whole restore commands run interleaved, each checked by every PID of the tree
+ * being back, and the restored tree killed before the next.
+ */
+async function compareTree(rep: Report, opts: Options, criu: string, work: string, mnt: string, shm: string): Promise<void> {
+  const n = opts.treeProcs
+  const bin = buildC('treetarget')
+  const treeOf = (root: number) => [root, ...descendantsOf(root)]
+  const gone = async (pids: number[]) => {
+    if (!(await waitUntil(() => pids.every((p) => lifeState(p) === 'gone'), { limitMs: 60_000 }))) throw new Error(`compare: the ${n}-process tree is not gone 60 s after it was killed`)
+  }
+  const killTree = (root: number) => {
+    for (const p of [...descendantsOf(root).reverse(), root]) {
+      try {
+        process.kill(p, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
+  }
+
+  log(`compare: CRIU, a ${n}-process tree`)
+  const cWork = path.join(work, 'tree-criu')
+  fs.mkdirSync(cWork)
+  const c = await startTarget(bin, [String(n), cWork])
+  const cPids = treeOf(c.pid)
+  const images = path.join(shm, 'criu-tree')
+  fs.mkdirSync(images)
+  const dumpLoad = loadAverage()
+  const dump = timeSh(`${q(criu)} dump -t ${c.pid} -D ${q(images)} -j --display-stats -o dump.log`, { stdout: true })
+  if (dump.status !== 0) {
+    killTree(c.pid)
+    c.kill()
+    throw new Error(`criu dump of the tree exited ${dump.status}: see ${images}/dump.log`)
+  }
+  const frozen = /Frozen time: ([0-9]+) us/.exec(dump.stdout)
+  await gone(cPids)
+  c.kill()
+
+  log(`compare: ckptfs, a ${n}-process tree`)
+  const tWork = path.join(work, 'tree-ckptfs')
+  fs.mkdirSync(tWork)
+  const t = await startTarget(bin, [String(n), tWork])
+  const tPids = treeOf(t.pid)
+  const saved = path.join(shm, 'ckptfs-tree')
+  let checkpoint
+  try {
+    const ckptLoad = loadAverage()
+    checkpoint = ckptfsOk('checkpoint', String(t.pid), '--mount', mnt, '--copy')
+    const dir = checkpoint.stdout.trim()
+    try {
+      const problems = fs.readFileSync(path.join(dir, 'problems'), 'utf8').trim()
+      if (problems) throw new Error(`the tree's checkpoint lists problems: ${problems.split('\n')[0]}`)
+      timeShOk(`cp -a ${q(dir)} ${q(saved)}`)
+    } finally {
+      fs.writeFileSync(path.join(dir, 'done'), 'kill\n')
+    }
+    const theirs = frozen ? `CRIU frozen ${fmtS(Number(frozen[1]) / 1e6)} (\`criu dump\` ${fmtS(dump.seconds)} in all)` : `\`criu dump\` ${fmtS(dump.seconds)} (no Frozen time printed)`
+    rep.ref(`checkpoint of a ${n}-process tree`, `ckptfs ${fmtS(checkpoint.seconds)}, ${theirs}`,
+      `ckptfs: the whole \`checkpoint --copy\` command (its tasks are stopped at most that long; they resume or end at done); ${ckptLoad}; CRIU: ${dumpLoad}, images on /dev/shm`)
+  } finally {
+    killTree(t.pid)
+    await gone(tPids).catch((err) => log((err as Error).message))
+    t.kill()
+  }
+
+  const round = async (label: string, root: number, pids: number[], run: () => { status: number; seconds: number }): Promise<number> => {
+    const forget = onCleanup(`kill the restored tree of ${root}`, () => killTree(root))
+    try {
+      log(`compare: ${label}`)
+      const r = run()
+      const back = pids.filter((p) => lifeState(p) !== 'gone').length
+      if (r.status !== 0) throw new Error(`${label} exited ${r.status}`)
+      if (back !== pids.length) throw new Error(`${label}: ${back} of the tree's ${pids.length} processes are back`)
+      return r.seconds
+    } finally {
+      killTree(root)
+      forget()
+      await gone(pids).catch((err) => log((err as Error).message))
+    }
+  }
+  for (let i = 0; i < Math.max(1, opts.repeats); i++) {
+    const load = loadAverage()
+    const ours = await round('`ckptfs restore TREE --mount MNT` of the tree', t.pid, tPids, () => ckptfs('restore', saved, '--mount', mnt))
+    const theirs = await round('`criu restore -j -d` of the tree', c.pid, cPids, () => timeSh(`${q(criu)} restore -D ${q(images)} -j -d -o restore.log`))
+    const ratio = ours / theirs
+    rep.check(`restore of a ${n}-process tree, the whole command${opts.repeats > 1 ? ` #${i + 1}` : ''}`, `ckptfs ${fmtS(ours)}, CRIU ${fmtS(theirs)}`, '<= 1.0x CRIU', ratio <= 1, fmtX(ratio),
+      `${fmtX(ratio)}; ${load}; saved copies on /dev/shm; every process of the tree back with its PID`)
   }
 }

@@ -20,7 +20,8 @@
 //   --leak-early N   the cycle whose RSS is the baseline (default 500)
 //   --leak-trim      also the RSS left at each mark once the server's allocator has given its
 //                    free memory back (malloc_trim(0), called in the server with gdb)
-//   --compare-mib N,N  MiB of the targets of the compare part (default 64,1024,4096)
+//   --compare-mib N,N  MiB of the targets of the compare part (default 64,1024,4096; none: no
+//                    memory targets, only the fds and tree parts)
 //   --restore-mem-only  the restore part skips the 10,000-fd task
 //   --tree-procs N   processes of the tree benchmark's target (default 100)
 //   --profile        run the ckptfs server under node --cpu-prof and print where its time went
@@ -62,7 +63,8 @@ function parseArgs(argv: string[]): { names: string[]; opts: Options } {
     else if (a === '--leak-trim') opts.leakTrim = true
     else if (a === '--restore-mem-only') opts.restoreFds = false
     else if (a === '--compare-mib') {
-      opts.compareMibs = (argv[++i] ?? '').split(',').map(Number)
+      const sizes = argv[++i] ?? ''
+      opts.compareMibs = sizes === 'none' ? [] : sizes.split(',').map(Number)
       if (!opts.compareMibs.every((n) => Number.isInteger(n) && n > 0)) throw new Error('--compare-mib needs positive integers, comma-separated')
     }
     else if (a in numeric) {
