@@ -974,9 +974,10 @@ const CORPUS: Array<{ name: string; where: (s: SavedCheckpoint) => string; chang
     change: (s) => withDescription(s, (objref) => ({ ...firstFile(s, 'eventfd'), objref }), false),
   },
   {
-    name: 'a missing signal action (SIGUSR1)',
-    where: (s) => `task-${s.pid}/signals/actions/10`,
-    change: (s) => ({ ...s, process: { ...s.process, sigactions: s.process.sigactions.filter((a) => a.signal !== 10) } }),
+    // A missing action is SIG_DFL in a tree (only other actions are shown): one for SIGKILL is refused.
+    name: 'an action for SIGKILL',
+    where: (s) => `task-${s.pid}/signals/actions/9`,
+    change: (s) => ({ ...s, process: { ...s.process, sigactions: [...s.process.sigactions, { signal: 9, handler: 1n, flags: 0n, restorer: 0n, mask: 0n }] } }),
   },
   {
     name: 'a hugetlbfs mapping',

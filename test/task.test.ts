@@ -438,6 +438,8 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
     const at = (rel: string) => fs.readFileSync(path.join(saved, taskName, rel), 'utf8')
     t.equal(at('signals/actions/12/name'), 'SIGUSR2\n')
     t.equal(at('signals/actions/12/mask'), '0x4002\n')
+    const shown = fs.readdirSync(path.join(saved, taskName, 'signals', 'actions'))
+    t.ok(shown.includes('12') && !shown.includes('10') && shown.length < 10, `signals/actions/ shows the non-default actions only (SIGUSR2, not SIGUSR1): ${shown.join(' ')}`)
     t.equal(at('rlimits/nofile/soft'), '777\n')
     t.equal(at('rlimits/as/hard'), 'unlimited\n')
     t.equal(at(`threads/${pid}/syscall_result`), '-512\n')

@@ -12,7 +12,7 @@ import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
 import type { FdEntry, FileTable, ProcessState, ThreadState, Vma, ZombieTask } from '../model'
 import { storesPages, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
-import { ACTION_SIGNALS, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
+import { ACTION_SIGNALS, notAnActionSignal, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { validateSeccomp } from '../task/seccomp'
 import { ROBUST_LIST_HEAD_SIZE, USER_REGS_SIZE } from '../task/threads'
@@ -118,8 +118,8 @@ function validateRlimits(p: ProcessState, task: string): void {
 
 function validateSignals(p: ProcessState, task: string): void {
   const actions = `${task}/signals/actions`
-  const extra = p.sigactions.find((a) => !ACTION_SIGNALS.includes(a.signal))
-  if (extra) throw fail(`${actions}/${extra.signal}`, 'unknown entry')
+  const extra = p.sigactions.find((a) => notAnActionSignal(a.signal))
+  if (extra) throw fail(`${actions}/${extra.signal}`, notAnActionSignal(extra.signal)!)
   for (const signal of ACTION_SIGNALS) {
     const found = p.sigactions.filter((a) => a.signal === signal).length
     if (found === 0) throw fail(`${actions}/${signal}`, 'missing')

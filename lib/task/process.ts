@@ -270,7 +270,10 @@ const signalEntries: TableEntry<ProcessState>[] = [
   // The pending set is in /proc/PID/status (ShdPnd); siginfo and handler addresses are not.
   field('pending', hexU64, (p) => p.sharedPendingMask, PUBLIC),
   ...checkedBytes('pending_siginfo', (p: ProcessState) => p.sharedPendingSiginfo),
-  each('actions', async (p) => new Map(p.sigactions.map((a) => [String(a.signal), a])), actionEntries),
+  // Only the signals whose action is not the default (SIG_DFL, no flags, no mask): a process
+  // that handles three signals shows three directories, not 62 (each of 6 files: most of a
+  // small process's tree, and of what `cp -a` copies through FUSE). A missing one is SIG_DFL.
+  each('actions', async (p) => new Map(p.sigactions.filter((a) => !isDefaultAction(a)).map((a) => [String(a.signal), a])), actionEntries),
 ]
 
 const itimerEntries: TableEntry<ITimer>[] = [
@@ -433,9 +436,24 @@ async function loadRlimits(dir: SavedDir): Promise<Rlimit[]> {
   return limits
 }
 
+/** Why `signal` can have no saved action (the same words for a tree and an image), or undefined. */
+export function notAnActionSignal(signal: number): string | undefined {
+  if (ACTION_SIGNALS.includes(signal)) return undefined
+  return signal === SIGKILL || signal === SIGSTOP ? `${signalName(signal)}'s action cannot be set` : 'not the number of a signal with an action (1-64 but SIGKILL and SIGSTOP)'
+}
+
+/** SIG_DFL with no flags, mask or restorer: what a process starts with, and what `actions/` leaves out. */
+export function isDefaultAction(a: SigAction): boolean {
+  return a.handler === 0n && a.flags === 0n && a.restorer === 0n && a.mask === 0n
+}
+
+/** The saved actions (`actions/SIGNUM/`, the non-default ones), and SIG_DFL for every other signal. */
 async function loadActions(dir: SavedDir): Promise<SigAction[]> {
-  const actions = await loadEach(ACTION_SIGNALS, async (signal): Promise<SigAction> => {
-    const one = dir.dir(String(signal))
+  const saved = await loadEach(dir.names(), async (entry): Promise<SigAction> => {
+    const signal = /^[1-9][0-9]?$/.test(entry) ? Number(entry) : NaN
+    const wrong = notAnActionSignal(signal)
+    if (wrong) throw dir.fail(entry, wrong)
+    const one = dir.dir(entry)
     const name = one.text('name')
     if (name !== signalName(signal)) throw one.fail('name', `${JSON.stringify(name)} is not signal ${signal} (${signalName(signal)})`)
     const action = {
@@ -449,7 +467,8 @@ async function loadActions(dir: SavedDir): Promise<SigAction[]> {
     return action
   })
   dir.finish()
-  return actions
+  const bySignal = new Map(saved.map((a) => [a.signal, a]))
+  return ACTION_SIGNALS.map((signal) => bySignal.get(signal) ?? { signal, handler: 0n, flags: 0n, restorer: 0n, mask: 0n })
 }
 
 /** siginfo records (lib/restore/validate.ts checks they are whole and for pending signals). */
