@@ -201,6 +201,9 @@ t.test('owners decide: root, one user, or refused (two users; a group-writable d
   }
   const same = async (want: unknown, what: string) => t.same(await verdicts(), [want, want], what)
   await same({ kind: 'root', reason: 'owned by root' }, 'all root\'s')
+  // The walk's count lets the owner check skip the records of a tree root alone wrote: it must count every entry that matters, at any depth.
+  const counted = async () => (await readSnapshot(tree)).userOrWritable
+  t.equal(await counted(), 0, 'all root\'s: no entry for the owner check to look at')
   fs.symlinkSync('/etc/passwd', path.join(tree, 'link'))
   await same({ kind: 'root', reason: 'owned by root' }, 'a root symlink (mode 0777) is not "writable by others"')
   fs.lchownSync(path.join(tree, 'link'), user.uid, user.gid)
@@ -208,6 +211,7 @@ t.test('owners decide: root, one user, or refused (two users; a group-writable d
   fs.rmSync(path.join(tree, 'link'))
   fs.chownSync(path.join(tree, 'sub', 'a'), user.uid, user.gid)
   await same({ kind: 'user', uid: user.uid, file: path.join(tree, 'sub', 'a') }, 'one file of the user\'s decides')
+  t.equal(await counted(), 1, 'the user\'s file below sub/ is counted')
   const other = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).trim())
   fs.chownSync(path.join(tree, 'b'), other, other)
   const [twoUsers, twoUsersSnapshot] = await verdicts()
@@ -216,6 +220,7 @@ t.test('owners decide: root, one user, or refused (two users; a group-writable d
   fs.chownSync(path.join(tree, 'b'), 0, 0)
   fs.chmodSync(path.join(tree, 'sub'), 0o775)
   await same({ refused: `${path.join(tree, 'sub')}: writable by others (mode 0775): anyone could have changed it; a restore does not trust it` }, 'a group-writable directory: refused')
+  t.equal(await counted(), 2, 'the group-writable directory is counted too')
   fs.chmodSync(path.join(tree, 'sub'), 0o755)
   // What the walk read is what the loaders get, and what it must not open it records only:
   // a symbolic link to a directory is not followed, a fifo is not opened (it would block).

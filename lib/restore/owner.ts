@@ -51,8 +51,11 @@ export function storedByOwners(top: string): StoredBy {
 export function storedBySnapshot(top: string, snapshot: Snapshot): StoredBy {
   const owners = new Owners()
   owners.consider(top, snapshot.owned)
-  // Root's entries that others cannot write (nearly all) change nothing: only the rest are looked at.
-  for (const [file, owned] of snapshot.entriesWhere((symlink, mode, uid) => uid !== 0 || (!symlink && (mode & 0o022) !== 0))) owners.consider(file, owned)
+  // Root's entries that others cannot write (nearly all) change nothing: only the rest are
+  // looked at, and when the walk counted none (a tree root stored), no record is read.
+  if (snapshot.userOrWritable > 0) {
+    for (const [file, owned] of snapshot.entriesWhere((symlink, mode, uid) => uid !== 0 || (!symlink && (mode & 0o022) !== 0))) owners.consider(file, owned)
+  }
   return owners.withAncestors(top)
 }
 

@@ -22,6 +22,8 @@ const KINDS: readonly EntryKind[] = ['file', 'dir', 'other']
 const KIND_DIR = 1
 const FLAG_SYMLINK = 1
 const FLAG_INLINED = 2
+/** Where the top directory's block starts: after its mode, its owner and the count of entries the owner check looks at. */
+const TOP_BLOCK = 12
 
 /** An entry of a directory's listing; the rest of what the walk found is read from its record when asked. */
 export class SnapshotEntry {
@@ -141,7 +143,16 @@ export class Snapshot {
   readonly root: SnapshotDir
 
   constructor(readonly top: string, private readonly data: Buffer) {
-    this.root = new SnapshotDir(top, data, 8)
+    this.root = new SnapshotDir(top, data, TOP_BLOCK)
+  }
+
+  /**
+   * How many entries below the top the walk found owned by a user other than root, or
+   * writable by group or others (symbolic links aside): 0 for a tree root alone wrote, whose
+   * records the owner check then need not read.
+   */
+  get userOrWritable(): number {
+    return this.data.readUInt32LE(8)
   }
 
   /** The top directory's own mode and owner. */
@@ -157,7 +168,7 @@ export class Snapshot {
    */
   *entriesWhere(notable: (symlink: boolean, mode: number, uid: number) => boolean): Generator<[string, Owned]> {
     const data = this.data
-    const pending: Array<[string, number]> = [[this.top, 8]]
+    const pending: Array<[string, number]> = [[this.top, TOP_BLOCK]]
     for (let next = pending.pop(); next !== undefined; next = pending.pop()) {
       const [dir, block] = next
       let at = block + 4
