@@ -104,6 +104,18 @@ t.test("a user's checkpoint with edited credentials is refused; unchanged it com
     refused(t, [gid, '--mount', mnt], `${gid}/${task}/creds/egid`, `0 (not a group of uid ${user.uid})`, gid, 'egid 0')
   })
 
+  t.test('the user raises a hard limit above the restorer\'s own (a real-time priority)', async (t) => {
+    // The command (the restorer) inherits this process's limits.
+    const own = Number(/^Max realtime priority\s+\S+\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))![1])
+    const raised = own + 1
+    const tree = edited('rtprio', `cd ../rlimits/rtprio && echo ${raised} > soft && echo ${raised} > hard`)
+    const r = ckptfs('restore', tree, '--no-mount')
+    t.equal(r.status, 1, 'refused')
+    const expected = `${tree}/${task}/rlimits/rtprio/hard: ${raised}, above the restorer's own ${own}, but ${tree} is owned by uid ${user.uid} (${user.name}): a checkpoint stored in a user's files gets no limit its user could not have raised`
+    t.equal(r.stderr.trim(), `ckptfs restore: ${expected}`, 'naming the limit and the owner')
+    t.notOk(exists(pid), 'no process is left')
+  })
+
   t.test('an image with euid 0, made by the user with the project converter', async (t) => {
     const tree = edited('image-src', 'echo 0 > euid')
     const image = path.join(dir, 'evil.image')

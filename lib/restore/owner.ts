@@ -9,6 +9,7 @@ import * as path from 'path'
 import { CkptError } from '../errors'
 import type { Credentials, Pid, ProcessState } from '../model'
 import type { Owned, Snapshot } from './snapshot'
+import { parseLimits, RLIM_INFINITY } from '../task/procfs'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
 export type StoredBy =
@@ -137,10 +138,33 @@ export function checkTreeCredentials(saved: { pid: Pid; process: StoredProcess; 
   for (const { pid, process } of [saved, ...(saved.others ?? [])]) {
     checkStoredCredentials(process.creds, pid as Pid, storedBy, where)
     checkStoredSeccomp(process, pid as Pid, storedBy, where)
+    checkStoredRlimits(process, pid as Pid, storedBy, where)
   }
 }
 
-type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads'>
+type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits'>
+
+/**
+ * The restorer sets the saved limits with CAP_SYS_RESOURCE, which raises a hard limit no user
+ * can raise (RLIMIT_RTPRIO 99 is a real-time scheduler to starve the machine with; MEMLOCK,
+ * NPROC, NICE the like): a user's own checkpoint gets no hard limit above the restorer's own
+ * (what its process inherits, as a user's login does).
+ */
+export function checkStoredRlimits(process: Pick<ProcessState, 'rlimits'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root') return
+  const own = parseLimits(fs.readFileSync('/proc/self/limits', 'utf8'))
+  for (const r of process.rlimits) {
+    const mine = own.find((o) => o.resource === r.resource)
+    const hard = BigInt.asUintN(64, r.hard)
+    if (!mine || hard <= mine.hard) continue
+    const { uid, file } = storedBy
+    throw new CkptError(
+      `${where}task-${pid}/rlimits/${r.name}/hard: ${hard === RLIM_INFINITY ? 'unlimited' : hard}, above the restorer's own ${mine.hard === RLIM_INFINITY ? 'unlimited' : mine.hard}, but ${file} is owned by uid ${uid} (${userName(uid)}): ` +
+        "a checkpoint stored in a user's files gets no limit its user could not have raised",
+      'EPERM',
+    )
+  }
+}
 
 /**
  * Seccomp filters are installed while the restorer still holds CAP_SYS_ADMIN, as a task that
