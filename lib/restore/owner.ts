@@ -127,7 +127,12 @@ export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: S
   for (const [name, set] of caps) {
     if (set !== 0n) refuse(name, `0x${set.toString(16)} (capabilities)`)
   }
+  // Set only with CAP_SETPCAP, kept across execve: a set-user-ID-root program run under it keeps
+  // every capability after it drops root with setuid() (the restrictive bits are harmless).
+  if (creds.securebits & SECBIT_NO_SETUID_FIXUP) refuse('securebits', `0x${creds.securebits.toString(16)} (SECBIT_NO_SETUID_FIXUP: a set-user-ID program would keep root's capabilities after it drops root)`)
 }
+
+const SECBIT_NO_SETUID_FIXUP = 1 << 2
 
 /**
  * The same check for every process of a saved tree: each comes back with its own saved
@@ -139,10 +144,26 @@ export function checkTreeCredentials(saved: { pid: Pid; process: StoredProcess; 
     checkStoredCredentials(process.creds, pid as Pid, storedBy, where)
     checkStoredSeccomp(process, pid as Pid, storedBy, where)
     checkStoredRlimits(process, pid as Pid, storedBy, where)
+    checkStoredRoot(process, pid as Pid, storedBy, where)
   }
 }
 
-type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits'>
+type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits' | 'root'>
+
+/**
+ * The restorer chroots a task whose saved root is not / (CAP_SYS_CHROOT, which no user has):
+ * a user's process chrooted into a directory of theirs, its cwd outside, runs a set-user-ID
+ * program of the host whose loader (/lib64/ld-linux-x86-64.so.2), libraries and /etc are the
+ * user's files: root. A user's own checkpoint comes back with / as its root.
+ */
+export function checkStoredRoot(process: Pick<ProcessState, 'root'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root' || process.root === '/') return
+  const { uid, file } = storedBy
+  throw new CkptError(
+    `${where}task-${pid}/root: ${process.root}, but ${file} is owned by uid ${uid} (${userName(uid)}): a checkpoint stored in a user's files comes back with / as its root (a user cannot chroot)`,
+    'EPERM',
+  )
+}
 
 /**
  * The restorer sets the saved limits with CAP_SYS_RESOURCE, which raises a hard limit no user
