@@ -292,12 +292,21 @@ function treeProblems(tree: TreeImage): Problem[] {
 
 /**
  * The owners /proc shows: of /proc/PID (the task's euid and egid) and of its private files
- * (the same, or root when the task is not dumpable). Read while the task is frozen.
+ * (the same, or root when the task is not dumpable). Read while the task is frozen. /proc
+ * also keeps the private files' contents behind a ptrace check, which a copy's mode cannot
+ * make: their owner may read them only if all the task's uids and gids are that owner's and it
+ * holds no capability (a dumpable root daemon with its euid set to a user's keeps root's
+ * memory and environment); else the private files are root's.
  */
 function procOwner(pid: Pid): TaskOwners {
   const dir = fs.statSync(`/proc/${pid}`)
   const data = fs.statSync(`/proc/${pid}/environ`)
-  return { task: { uid: dir.uid, gid: dir.gid }, data: { uid: data.uid, gid: data.gid } }
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  const ids = (name: string) => (new RegExp(`^${name}:\\s+(.*)$`, 'm').exec(status)?.[1] ?? '').trim().split(/\s+/).slice(0, 3).map(Number)
+  const only = (list: number[], id: number) => list.length === 3 && list.every((x) => x === id)
+  const capPrm = /^CapPrm:\s+([0-9a-f]+)$/m.exec(status)?.[1]
+  const ownersAlone = only(ids('Uid'), data.uid) && only(ids('Gid'), data.gid) && capPrm !== undefined && /^0+$/.test(capPrm)
+  return { task: { uid: dir.uid, gid: dir.gid }, data: ownersAlone || data.uid === 0 ? { uid: data.uid, gid: data.gid } : { uid: 0, gid: 0 } }
 }
 
 function explainFreezeError(pid: Pid, err: unknown): string {

@@ -11,6 +11,7 @@ import * as path from 'path'
 import { crc32c, crcText, CRC_PIECE, CRC_SUFFIX } from './checksum'
 import { CkptError, messageOf } from './errors'
 import { isValueFile, MANIFEST, manifestText } from './manifest'
+import { storedByOwners } from './restore/owner'
 
 const { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = fs.constants
 
@@ -24,7 +25,7 @@ export function sealTree(tree: string, rewrote: string[] = []): string[] {
   if (st.isSymbolicLink()) throw new CkptError(`${tree}: a symbolic link: name the tree's directory itself (seal follows no link)`, 'EINVAL')
   if (!st.isDirectory()) throw new CkptError(`${tree}: not a directory: seal rewrites the checks of a saved tree`, 'ENOTDIR')
   if (!fs.readdirSync(root).some((n) => /^task-[0-9]+$/.test(n))) throw new CkptError(`${tree}: no task-PID directory: not a saved checkpoint tree`, 'EINVAL')
-  actAsOwner(st, tree)
+  actAsOwner(st, tree, root)
   // Every directory is looked at before anything is written: a link or a device anywhere
   // refuses the whole seal.
   const dirs = treeDirs(root, '')
@@ -57,14 +58,26 @@ function treeDirs(dir: string, rel: string): TreeDir[] {
   return found
 }
 
-/** A root caller takes the owner's ids (every capability goes with euid 0); anyone else must be the owner. */
-function actAsOwner(st: fs.Stats, tree: string): void {
+/**
+ * A root caller takes the ids of the user the tree belongs to (every capability goes with
+ * euid 0); anyone else must own its top. Whose it is, is the restore's rule
+ * (lib/restore/owner.ts): a user's entry anywhere in it, or a user's directory above it, makes
+ * it that user's even under a top of root's. Root alone acts as root, only on a tree no user
+ * could change: a user's directory in it, swapped for a link to /etc/cron.d between the walk
+ * and a rename, would have had root write a file there whose lines the user's names make.
+ */
+function actAsOwner(st: fs.Stats, tree: string, top: string): void {
   const euid = process.geteuid!()
-  if (euid === st.uid) return
-  if (euid !== 0) throw new CkptError(`${tree}: belongs to uid ${st.uid}: only its owner (or root, acting as the owner) may seal it`, 'EPERM')
-  process.setgroups!([st.gid])
-  process.setegid!(st.gid)
-  process.seteuid!(st.uid)
+  if (euid !== 0) {
+    if (euid === st.uid) return
+    throw new CkptError(`${tree}: belongs to uid ${st.uid}: only its owner (or root, acting as the owner) may seal it`, 'EPERM')
+  }
+  const storedBy = storedByOwners(top)
+  if (storedBy.kind === 'root') return
+  const gid = storedBy.file === top ? st.gid : fs.lstatSync(storedBy.file).gid
+  process.setgroups!([gid])
+  process.setegid!(gid)
+  process.seteuid!(storedBy.uid)
 }
 
 function lstatOrFail(file: string, name: string): fs.Stats {

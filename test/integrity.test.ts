@@ -455,4 +455,11 @@ t.test('ckptfs seal follows no symbolic link, refuses what is not a tree, and ac
   t.equal(r.status, 1, 'the sealed root uid is refused')
   t.notMatch(r.stderr, /damaged|values_crc32c/, `by the credentials check, not the manifest (${r.stderr.trim()})`)
   t.notOk(exists(target.pid), 'no process is left')
+
+  // A top of root's over the user's directories: still the user's tree (as a restore judges
+  // it), sealed as the user, so no directory the user swaps for a link can have root write.
+  fs.chownSync(saved, 0, 0)
+  shAs(user, `chmod u+w '${saved}/files/${reg}' && printf '2\\n' > '${saved}/files/${reg}/f_pos' && chmod 0500 '${saved}/files/${reg}'`)
+  t.match(ckptfsOk('seal', saved), new RegExp(`rewrote files/${reg}/values_crc32c`), 'root seals a tree of root\'s top and the user\'s entries')
+  t.equal(fs.statSync(path.join(saved, `files/${reg}/values_crc32c`)).uid, user.uid, 'as the user whose entries it holds, not as root')
 })

@@ -313,5 +313,9 @@ t.test("a user's socket path is created with the task's credentials; one the use
   const st = fs.statSync(sock)
   t.same({ uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 }, { uid: user.uid, gid: user.gid, mode: 0o640 }, "the socket file is the task's user's, with its saved mode")
   await expectChecks(t, target, since)
+  // The restorer's listen() recorded the credentials a client sees (SO_PEERCRED): the user's,
+  // never root's, or the user's server would pass for root with every client that checks.
+  const peer = execFileSync('python3', ['-c', 'import socket, struct, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nprint(*struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)))', sock], { encoding: 'utf8' })
+  t.same(peer.trim().split(' ').map(Number), [target.pid, user.uid, user.gid], "a client of the restored listener sees the user's pid, uid and gid (SO_PEERCRED)")
   await killRestored(target.pid)
 })

@@ -3,14 +3,14 @@
 // saved file; unlinked files come back without ever having a name, owned as saved, and only
 // where the task could write.
 
-import { execFileSync } from 'child_process'
+import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t from 'tap'
 
 type Tap = Pick<typeof t, 'equal' | 'match' | 'notOk'>
-import { ckptfs, mountFor } from './lib/mount'
-import { checkpointSaveKill, exists, launch, listTree, reseal, syscallOf, waitUntil, workdir, type Target } from './lib/restore'
+import { ckptfs, ckptfsAsync, ckptfsOk, mountFor } from './lib/mount'
+import { checkpointSaveKill, exists, launch, listTree, procState, reseal, syscallOf, waitUntil, workdir, type Target } from './lib/restore'
 import { asUser, attacker, runAs, shAs } from './lib/unprivileged'
 
 interface Teardownable {
@@ -297,4 +297,55 @@ t.test('a tree saved before owners were recorded is refused, naming the file', a
   const objref = fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', '3', 'fd'), 'utf8').trim()
   fs.rmSync(path.join(saved, 'files', objref, 'uid'))
   refused(t, saved, target.pid, new RegExp(`files/${objref}/uid: missing: this tree was saved before ckptfs recorded file owners`), 'no uid file')
+})
+
+t.test("a saved file the user swaps for a link while root restores is never opened: root's fifo keeps its bytes", async (t) => {
+  // The user's own shell starts the target and does not reap it until told: the killed
+  // original stays a zombie holding the PID, so root's restore waits, after reading the tree,
+  // and the user swaps a file of it in that window.
+  const dir = userDir(t)
+  // (Not a shell: one reaps every child while it waits for a command of its own.)
+  const target = `exec >out 2>&1 </dev/null; printf unlinked > gone && exec 4<gone && rm gone && exec sleep 100000`
+  const keeper = `import os, subprocess, time\nopen('child', 'w').write(str(subprocess.Popen(['sh', '-c', ${JSON.stringify(target)}]).pid))\nwhile not os.path.exists('reap'): time.sleep(0.05)`
+  const [file, ...args] = asUser(user, ['python3', '-c', keeper])
+  const parent = spawn(file, args, { cwd: dir, stdio: 'ignore' })
+  t.teardown(() => {
+    fs.writeFileSync(path.join(dir, 'reap'), '')
+    parent.kill('SIGKILL')
+  })
+  await waitUntil('the user\'s target to sleep', () => {
+    const pid = Number(fs.existsSync(path.join(dir, 'child')) && fs.readFileSync(path.join(dir, 'child'), 'utf8'))
+    return pid > 0 && syscallOf(pid) === 230 && fs.existsSync(`/proc/${pid}/fd/4`)
+  })
+  const pid = Number(fs.readFileSync(path.join(dir, 'child'), 'utf8'))
+  const checkpoint = ckptfsOk('checkpoint', String(pid), '--mount', mnt)
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', checkpoint, saved]) // the user's, as the mount gives a task's files to its owner
+  fs.writeFileSync(path.join(checkpoint, 'done'), 'kill\n')
+  await waitUntil(`PID ${pid} to be a zombie`, () => procState(pid) === 'Z')
+  const objref = fs.readFileSync(path.join(saved, `task-${pid}`, 'fds', '4', 'fd'), 'utf8').trim()
+  const contents = path.join(saved, 'files', objref, 'contents')
+
+  // Root's fifo, with bytes in it: opened by root for the user, they would be gone (or, with no
+  // writer, root's restore would wait in open for ever; a device would be opened as root).
+  const fifo = path.join(rootDir(t), 'fifo')
+  execFileSync('mkfifo', ['-m', '0600', fifo])
+  const held = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK)
+  t.teardown(() => fs.closeSync(held))
+  fs.writeSync(held, "root's bytes\n")
+
+  let swapped = false
+  const r = await ckptfsAsync(['restore', saved, '--mount', mnt], {
+    onStderr: (all) => {
+      if (swapped || !/waiting up to 10 s/.test(all)) return
+      swapped = true
+      shAs(user, `chmod u+w ${shQuote(path.dirname(contents))} && rm ${shQuote(contents)} && ln -s ${shQuote(fifo)} ${shQuote(contents)} && touch ${shQuote(path.join(dir, 'reap'))}`)
+    },
+  })
+  t.ok(swapped, 'the user swapped the file while the restore waited for the PID')
+  t.equal(r.status, 1, 'refused')
+  t.match(r.stderr, new RegExp(`${contents.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: is a symbolic link now, not the regular file the walk of the saved checkpoint read: refused`), 'naming the file and what it is now')
+  t.notOk(exists(pid), 'no process left')
+  const left = Buffer.alloc(64)
+  t.equal(left.toString('utf8', 0, fs.readSync(held, left)), "root's bytes\n", "root's fifo was never opened: its bytes are all there")
 })

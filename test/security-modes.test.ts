@@ -190,6 +190,26 @@ t.test("the data of a task that is not dumpable is root's, as /proc shows it", a
   t.match(r.stderr, /Permission denied/)
 })
 
+t.test("a root daemon dumpable again with a user's euid: its memory stays root's, as /proc's ptrace check keeps it", async (t) => {
+  // /proc gives such a task's files to its euid, but lets only a caller with all its uids
+  // (and its capabilities) read them: a copy's owner and mode must not give the user more.
+  const mnt = mountFor(t)
+  const dir = workdir(t)
+  const daemon = `import ctypes, os, sys, time\nsecret = 'root-only ' * 500\nos.setresgid(0, ${user.gid}, 0)\nos.setresuid(0, ${user.uid}, 0)\nctypes.CDLL(None).prctl(4, 1, 0, 0, 0)\nprint('ready pid=%d' % os.getpid(), flush=True)\ntime.sleep(100000)`
+  const target = await launch(t, ['python3', '-c', daemon], { dir })
+  const pid = target.pid
+  t.same(fs.statSync(`/proc/${pid}/environ`).uid, user.uid, '/proc: environ is the euid\'s')
+  t.not(runAs(user, ['cat', `/proc/${pid}/environ`]).status, 0, 'yet /proc keeps it from that user (ptrace check: real and saved uids are root\'s)')
+  const checkpoint = ckptfsOk('checkpoint', String(pid), '--mount', mnt, '--copy')
+  const saved = path.join(dir, 'saved')
+  execFileSync('cp', ['-a', checkpoint, saved])
+  fs.writeFileSync(path.join(checkpoint, 'done'), '1\n')
+  const task = path.join(saved, `task-${pid}`)
+  t.same([fs.statSync(task).uid, fs.statSync(path.join(task, 'environ')).uid, fs.statSync(path.join(task, 'memory')).uid], [user.uid, 0, 0], 'task-PID is the euid\'s, environ and memory/ root\'s')
+  t.not(catAs(user, path.join(task, 'environ')).status, 0, 'the user cannot read its environment from the copy')
+  t.not(runAs(user, ['ls', path.join(task, 'memory')]).status, 0, 'nor list its memory')
+})
+
 t.test('a directory holding two images is refused, naming them', async (t) => {
   const dir = workdir(t)
   fs.writeFileSync(path.join(dir, 'checkpoint-1.image'), 'x')

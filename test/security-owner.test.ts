@@ -102,6 +102,29 @@ t.test("a user's checkpoint with edited credentials is refused; unchanged it com
     refused(t, [caps, '--no-mount'], `${caps}/${task}/creds/cap_permitted`, `0x${BigInt(`0x${full}`).toString(16)} (capabilities)`, caps, 'capabilities')
     const gid = edited('gid', 'echo 0 > egid')
     refused(t, [gid, '--mount', mnt], `${gid}/${task}/creds/egid`, `0 (not a group of uid ${user.uid})`, gid, 'egid 0')
+    const securebits = edited('securebits', 'echo 0x4 > securebits')
+    refused(t, [securebits, '--no-mount'], `${securebits}/${task}/creds/securebits`, "0x4 (SECBIT_NO_SETUID_FIXUP: a set-user-ID program would keep root's capabilities after it drops root)", securebits, 'SECBIT_NO_SETUID_FIXUP')
+  })
+
+  t.test('the user raises a hard limit above the restorer\'s own (a real-time priority)', async (t) => {
+    // The command (the restorer) inherits this process's limits.
+    const own = Number(/^Max realtime priority\s+\S+\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))![1])
+    const raised = own + 1
+    const tree = edited('rtprio', `cd ../rlimits/rtprio && echo ${raised} > soft && echo ${raised} > hard`)
+    const r = ckptfs('restore', tree, '--no-mount')
+    t.equal(r.status, 1, 'refused')
+    const expected = `${tree}/${task}/rlimits/rtprio/hard: ${raised}, above the restorer's own ${own}, but ${tree} is owned by uid ${user.uid} (${user.name}): a checkpoint stored in a user's files gets no limit its user could not have raised`
+    t.equal(r.stderr.trim(), `ckptfs restore: ${expected}`, 'naming the limit and the owner')
+    t.notOk(exists(pid), 'no process is left')
+  })
+
+  t.test('the user gives their process a root directory of their own (a chroot)', async (t) => {
+    // A set-user-ID program run from a cwd outside it would load the user's ld.so as root.
+    const tree = edited('chroot', `cd .. && rm -f root && echo '${dir}' > root`)
+    const r = ckptfs('restore', tree, '--no-mount')
+    t.equal(r.status, 1, 'refused')
+    t.equal(r.stderr.trim(), `ckptfs restore: ${tree}/${task}/root: ${dir}, but ${tree} is owned by uid ${user.uid} (${user.name}): a checkpoint stored in a user's files comes back with / as its root (a user cannot chroot)`, 'naming the root and the owner')
+    t.notOk(exists(pid), 'no process is left')
   })
 
   t.test('an image with euid 0, made by the user with the project converter', async (t) => {

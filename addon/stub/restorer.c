@@ -374,8 +374,8 @@ static void open_pipe_extras(const int p[2], int *object_fd, uint32_t objects, c
 static uint32_t plan_flags;
 
 struct creds {
-  uid_t fsuid;
-  gid_t fsgid;
+  uid_t fsuid, euid;
+  gid_t fsgid, egid;
   int ngroups;
   gid_t *groups;
   struct __user_cap_data_struct caps[2];
@@ -415,6 +415,8 @@ static void read_creds(void) {
   for (uint32_t i = 0; i < n; i++) task.groups[i] = u32("group");
   own.fsuid = (uid_t)setfsuid((uid_t)-1);
   own.fsgid = (gid_t)setfsgid((gid_t)-1);
+  own.euid = geteuid();
+  own.egid = getegid();
   own.ngroups = getgroups(0, NULL);
   if (own.ngroups < 0) fail("getgroups: %s", strerror(errno));
   own.groups = calloc(own.ngroups ? (size_t)own.ngroups : 1, sizeof(gid_t));
@@ -422,10 +424,22 @@ static void read_creds(void) {
   get_caps(own.caps);
 }
 
+// The effective ids too: the kernel records them in what the stub makes for the task (a UNIX
+// socket's SO_PEERCRED, from its listen(), socketpair() or connect(), shows the maker's euid
+// and egid to every peer), so a user's restored server must not answer its clients as root.
+// The fs ids stand for the effective ones (the plan carries no others; they differ only in a
+// task that called setfsuid itself). The real and saved ids stay the restorer's: no user may
+// signal the stub, and it can take its own ids back.
+static void set_effective_ids(uid_t uid, gid_t gid, const char *why) {
+  if (syscall(SYS_setresgid, (gid_t)-1, gid, (gid_t)-1) < 0) fail("setresgid(-1, %u, -1) (%s): %s", (unsigned)gid, why, strerror(errno));
+  if (syscall(SYS_setresuid, (uid_t)-1, uid, (uid_t)-1) < 0) fail("setresuid(-1, %u, -1) (%s): %s", (unsigned)uid, why, strerror(errno));
+}
+
 // From here on, opens and creations are checked as the saved task's would be. The stub is
 // single-threaded: the raw system calls change exactly its credentials.
 static void become_task(void) {
   if (syscall(SYS_setgroups, (size_t)task.ngroups, task.groups) < 0) fail("setgroups to the task's %d groups: %s", task.ngroups, strerror(errno));
+  set_effective_ids(task.fsuid, task.fsgid, "the task's");
   set_fs_ids(task.fsuid, task.fsgid, "the task's");
   struct __user_cap_data_struct caps[2];
   for (int i = 0; i < 2; i++) {
@@ -437,8 +451,11 @@ static void become_task(void) {
 
 static void become_restorer(void) {
   set_caps(own.caps, "the restorer's own");
+  set_effective_ids(own.euid, own.egid, "the restorer's own");
   set_fs_ids(own.fsuid, own.fsgid, "the restorer's own");
   if (syscall(SYS_setgroups, (size_t)own.ngroups, own.groups) < 0) fail("setgroups back: %s", strerror(errno));
+  // An effective uid going back to 0 raised every permitted capability: exactly the own again.
+  set_caps(own.caps, "the restorer's own");
 }
 
 // ---- is it the saved file? ----

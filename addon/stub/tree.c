@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -172,11 +173,33 @@ struct premap_area {
 
 // Reads one area's pages in: each extent, `length` bytes at `at` of the file, to `addr`
 // inside the area. 0, or -1 having answered why (the file is shorter: it changed).
+// The file of a user's saved tree may be a link to a fifo or a device by now: it is looked up
+// with O_PATH (which opens nothing) and opened only while a regular file (as
+// lib/files/source.ts, holdSavedFile). -1 with errno set, EINVAL for anything else.
+static int open_regular(const char *path) {
+  int found = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (found < 0) return -1;
+  struct stat st;
+  int fd = -1;
+  if (fstat(found, &st) == 0) {
+    if (!S_ISREG(st.st_mode)) errno = EINVAL;
+    else {
+      char self[64];
+      snprintf(self, sizeof self, "/proc/self/fd/%d", found);
+      fd = open(self, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    }
+  }
+  int e = errno;
+  close(found);
+  errno = e;
+  return fd;
+}
+
 static int fill_area(int reply, const struct premap_area *a, const char *path, int ctl) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  int fd = open_regular(path);
   int rc = 0;
   if (fd < 0) {
-    answer(reply, "error: open %s to read pages from it: %s", path, strerror(errno));
+    answer(reply, "error: open %s to read pages from it: %s", path, errno == EINVAL ? "not a regular file (any more)" : strerror(errno));
     rc = -1;
   }
   for (uint32_t i = 0; i < a->extents; i++) {

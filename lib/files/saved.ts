@@ -7,7 +7,7 @@ import * as fs from 'fs'
 import { CkptError } from '../errors'
 import type { ByteSource, Lazy } from '../model'
 import { lazy } from '../model'
-import { fileSource } from './source'
+import { savedFileSource } from './source'
 import { checkBuffer, checkCount, crc32c, CRC_LINE_BYTES, CRC_SUFFIX, parseCrcText, smallCrc32c, withCrcs } from '../checksum'
 import { crcHex, isValueFile, MANIFEST, parseManifest } from '../manifest'
 
@@ -142,7 +142,7 @@ export class DiskDir implements StoredDir {
 
   source(name: string): ByteSource {
     const file = this.prefix + name
-    return fileSource(file, fs.lstatSync(file).size)
+    return savedFileSource(file, fs.lstatSync(file).size)
   }
 
   diskPath(name: string): string {

@@ -19,6 +19,7 @@ import { PageCheck } from './verify'
 import { hugePageCalls } from './hugepages'
 import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
 import { fillContents } from './contents'
+import { holdSavedFile } from '../files/source'
 import { AIO_RING_PATH, isDeletedFileCopy, isDeletedSharedFile } from '../task/memory'
 import { resumeRegisters } from './restart'
 import { lockCalls } from './locks'
@@ -885,9 +886,18 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
     while (last < files.length && (last === first || (last - first < FILES_AT_ONCE && pathBytes + Buffer.byteLength(files[last]) < Number(Layout.SCRATCH) / 2))) pathBytes += Buffer.byteLength(files[last++]) + 8
     const group = files.slice(first, last)
     const scratch = new Scratch()
-    const fds = await inject(pid, layout, group.map((file) => ({
-      nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
-    })), scratch.buffer())
+    // The task opens what the server checked is a regular file (a user's tree may have a link
+    // to a device or fifo there by now: holdSavedFile), through the server's own fd of it.
+    const held: number[] = []
+    let fds: bigint[]
+    try {
+      for (const file of group) held.push(holdSavedFile(file))
+      fds = await inject(pid, layout, group.map((file, i) => ({
+        nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(`/proc/${process.pid}/fd/${held[i]}`), BigInt(O_RDONLY | O_CLOEXEC | O_NONBLOCK), 0n], scratchArgs: 0b10, what: `open ${file} to read pages from it`,
+      })), scratch.buffer())
+    } finally {
+      for (const fd of held) fs.closeSync(fd)
+    }
     const list = group.flatMap((file, i) => reads.get(file)!.map((r) => ({ ...r, fd: fds[i] })))
     // One injected batch per READ_PIECE bytes: the batches already in are checked meanwhile (PageCheck).
     for (let at = 0; at < list.length;) {

@@ -60,7 +60,8 @@ export async function openRestoreInput(given: string, onRead?: (done: number, to
   }
   if (!stat.isFile()) throw new CkptError(`${source}: neither a saved tree (a directory), an image file nor a tar`, 'EINVAL')
   const head = readHead(source)
-  if (isImage(head)) return local(source, false, source, storedByOwners(source))
+  // Read through its real path: the image is later opened with O_NOFOLLOW (holdSavedFile).
+  if (isImage(head)) return local(fs.realpathSync(source), false, source, storedByOwners(source))
   if (isTarHeader(head) || isGzip(head)) return fromStream(counted(fs.createReadStream(source), stat.size, onRead), source, storedByOwners(source))
   throw new CkptError(`${source}: neither a ckptfs image nor a tar of a saved checkpoint`, 'EINVAL')
 }

@@ -10,6 +10,7 @@ import * as path from 'path'
 import type { LazyFillResult } from '../../addon/index'
 import { checkBuffer, CRC_PIECE, CRC_SUFFIX, crcText, parseCrcText, pieceCrcs } from '../checksum'
 import { CkptError } from '../errors'
+import { openSavedFile } from '../files/source'
 import type { Vma } from '../model'
 import { native } from '../native'
 import { rangesOf, vmaName } from '../task/memory'
@@ -115,7 +116,7 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     pieces = await piecesOf(vmas)
     for (const p of pieces) {
       for (const s of p.sources) {
-        if (!fds.has(s.file)) fds.set(s.file, fs.openSync(s.file, 'r'))
+        if (!fds.has(s.file)) fds.set(s.file, openSavedFile(s.file)) // a regular file only, whatever a user swapped in since
       }
     }
   } catch (err) {

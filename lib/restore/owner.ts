@@ -9,6 +9,7 @@ import * as path from 'path'
 import { CkptError } from '../errors'
 import type { Credentials, Pid, ProcessState } from '../model'
 import type { Owned, Snapshot } from './snapshot'
+import { parseLimits, RLIM_INFINITY } from '../task/procfs'
 
 /** Who could have written a saved checkpoint, as found from its files' owners and modes. */
 export type StoredBy =
@@ -129,7 +130,12 @@ export function checkStoredCredentials(creds: Credentials, pid: Pid, storedBy: S
   for (const [name, set] of caps) {
     if (set !== 0n) refuse(name, `0x${set.toString(16)} (capabilities)`)
   }
+  // Set only with CAP_SETPCAP, kept across execve: a set-user-ID-root program run under it keeps
+  // every capability after it drops root with setuid() (the restrictive bits are harmless).
+  if (creds.securebits & SECBIT_NO_SETUID_FIXUP) refuse('securebits', `0x${creds.securebits.toString(16)} (SECBIT_NO_SETUID_FIXUP: a set-user-ID program would keep root's capabilities after it drops root)`)
 }
+
+const SECBIT_NO_SETUID_FIXUP = 1 << 2
 
 /**
  * The same check for every process of a saved tree: each comes back with its own saved
@@ -140,10 +146,49 @@ export function checkTreeCredentials(saved: { pid: Pid; process: StoredProcess; 
   for (const { pid, process } of [saved, ...(saved.others ?? [])]) {
     checkStoredCredentials(process.creds, pid as Pid, storedBy, where)
     checkStoredSeccomp(process, pid as Pid, storedBy, where)
+    checkStoredRlimits(process, pid as Pid, storedBy, where)
+    checkStoredRoot(process, pid as Pid, storedBy, where)
   }
 }
 
-type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads'>
+type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits' | 'root'>
+
+/**
+ * The restorer chroots a task whose saved root is not / (CAP_SYS_CHROOT, which no user has):
+ * a user's process chrooted into a directory of theirs, its cwd outside, runs a set-user-ID
+ * program of the host whose loader (/lib64/ld-linux-x86-64.so.2), libraries and /etc are the
+ * user's files: root. A user's own checkpoint comes back with / as its root.
+ */
+export function checkStoredRoot(process: Pick<ProcessState, 'root'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root' || process.root === '/') return
+  const { uid, file } = storedBy
+  throw new CkptError(
+    `${where}task-${pid}/root: ${process.root}, but ${file} is owned by uid ${uid} (${userName(uid)}): a checkpoint stored in a user's files comes back with / as its root (a user cannot chroot)`,
+    'EPERM',
+  )
+}
+
+/**
+ * The restorer sets the saved limits with CAP_SYS_RESOURCE, which raises a hard limit no user
+ * can raise (RLIMIT_RTPRIO 99 is a real-time scheduler to starve the machine with; MEMLOCK,
+ * NPROC, NICE the like): a user's own checkpoint gets no hard limit above the restorer's own
+ * (what its process inherits, as a user's login does).
+ */
+export function checkStoredRlimits(process: Pick<ProcessState, 'rlimits'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root') return
+  const own = parseLimits(fs.readFileSync('/proc/self/limits', 'utf8'))
+  for (const r of process.rlimits) {
+    const mine = own.find((o) => o.resource === r.resource)
+    const hard = BigInt.asUintN(64, r.hard)
+    if (!mine || hard <= mine.hard) continue
+    const { uid, file } = storedBy
+    throw new CkptError(
+      `${where}task-${pid}/rlimits/${r.name}/hard: ${hard === RLIM_INFINITY ? 'unlimited' : hard}, above the restorer's own ${mine.hard === RLIM_INFINITY ? 'unlimited' : mine.hard}, but ${file} is owned by uid ${uid} (${userName(uid)}): ` +
+        "a checkpoint stored in a user's files gets no limit its user could not have raised",
+      'EPERM',
+    )
+  }
+}
 
 /**
  * Seccomp filters are installed while the restorer still holds CAP_SYS_ADMIN, as a task that
