@@ -118,6 +118,16 @@ t.test("a user's checkpoint with edited credentials is refused; unchanged it com
     t.notOk(exists(pid), 'no process is left')
   })
 
+  t.test('the user adds a timer on an alarm clock (CAP_WAKE_ALARM: wakes a suspended machine)', async (t) => {
+    // The task makes its POSIX timers again while it still holds the restorer's capabilities.
+    const timer = `cd ../timers/posix && mkdir 0 && cd 0 && echo 14 > signal && echo 0x0 > sigev_value && echo signal/pid.${pid} > notify && echo 8 > clockid && echo 1000000000 > value_ns && echo 0 > interval_ns && echo 0 > overrun`
+    const tree = edited('alarm', timer)
+    const r = ckptfs('restore', tree, '--no-mount')
+    t.equal(r.status, 1, 'refused')
+    t.equal(r.stderr.trim(), `ckptfs restore: ${tree}/${task}/timers/posix/0/clockid: 8 (CLOCK_REALTIME_ALARM), but ${tree} is owned by uid ${user.uid} (${user.name}): a timer on an alarm clock needs CAP_WAKE_ALARM, and a checkpoint stored in a user's files is restored only with what that user could do`, 'naming the timer and the owner')
+    t.notOk(exists(pid), 'no process is left')
+  })
+
   t.test('the user gives their process a root directory of their own (a chroot)', async (t) => {
     // A set-user-ID program run from a cwd outside it would load the user's ld.so as root.
     const tree = edited('chroot', `cd .. && rm -f root && echo '${dir}' > root`)

@@ -148,10 +148,31 @@ export function checkTreeCredentials(saved: { pid: Pid; process: StoredProcess; 
     checkStoredSeccomp(process, pid as Pid, storedBy, where)
     checkStoredRlimits(process, pid as Pid, storedBy, where)
     checkStoredRoot(process, pid as Pid, storedBy, where)
+    checkStoredTimers(process, pid as Pid, storedBy, where)
   }
 }
 
-type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits' | 'root'>
+type StoredProcess = Pick<ProcessState, 'creds' | 'noNewPrivs' | 'seccompThreads' | 'rlimits' | 'root' | 'posixTimers'>
+
+/** CLOCK_REALTIME_ALARM and CLOCK_BOOTTIME_ALARM: timers that wake a suspended machine. */
+const ALARM_CLOCKS = new Map([[8, 'CLOCK_REALTIME_ALARM'], [9, 'CLOCK_BOOTTIME_ALARM']])
+
+/**
+ * POSIX timers are made again by the task while it still holds the restorer's capabilities
+ * (its credentials are set last), and a timer on an alarm clock needs CAP_WAKE_ALARM, which no
+ * user has: a user's own checkpoint gets no alarm-clock timer.
+ */
+export function checkStoredTimers(process: Pick<ProcessState, 'posixTimers'>, pid: Pid, storedBy: StoredBy, where: string): void {
+  if (storedBy.kind === 'root') return
+  const alarm = process.posixTimers.find((t) => ALARM_CLOCKS.has(t.clockid))
+  if (!alarm) return
+  const { uid, file } = storedBy
+  throw new CkptError(
+    `${where}task-${pid}/timers/posix/${alarm.id}/clockid: ${alarm.clockid} (${ALARM_CLOCKS.get(alarm.clockid)}), but ${file} is owned by uid ${uid} (${userName(uid)}): ` +
+      'a timer on an alarm clock needs CAP_WAKE_ALARM, and a checkpoint stored in a user\'s files is restored only with what that user could do',
+    'EPERM',
+  )
+}
 
 /**
  * The restorer chroots a task whose saved root is not / (CAP_SYS_CHROOT, which no user has):
