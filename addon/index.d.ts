@@ -184,8 +184,10 @@ export interface Addon {
    * killed first). `hold` (-1: none; else an fd the caller keeps open until the fill settles,
    * e.g. eventFd()): faults are served at once, but the background fill waits until `hold`
    * is readable, so it does not compete with the rest of the restore before the task runs.
+   * `kin` (int32 PIDs): the other processes of a restored tree, killed too (with their
+   * descendants) on a failure; empty for a lone process.
    */
-  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer, hold: number): Promise<LazyFillResult>
+  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer, hold: number, kin: Buffer): Promise<LazyFillResult>
   /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the

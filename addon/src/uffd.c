@@ -2,7 +2,7 @@
 // filled on first touch through userfaultfd, from the saved files, by a thread of our own
 // (never the tracer thread, never the JS thread), and everything else in the background.
 //
-// lazyFill(uffd, pid, ranges, pieces, order, hold) registers `ranges` (MISSING mode) on `uffd` (a
+// lazyFill(uffd, pid, ranges, pieces, order, hold, kin) registers `ranges` (MISSING mode) on `uffd` (a
 // userfaultfd the task made, taken with pidfd_getfd: its ioctls act on the task's mm) and
 // returns a promise that settles when every stored page is in (or the fill failed). The
 // bytes come in pieces: each is the unit the saved copy recorded one CRC32C for (1 MiB of a
@@ -22,6 +22,9 @@
 // A piece that cannot be read whole, or whose CRC32C differs, ends the fill: the task and its
 // descendants are killed (SIGKILL) while their faults still wait, so no process runs on with
 // a page it should not have; the promise resolves with the error and the piece's index.
+// `kin` (int32 PIDs) names the other processes of a restored tree, each filled by a lazyFill
+// of its own: a failure here kills them too (through pidfds opened at the call, so a PID
+// reused meanwhile is never hit), with their descendants, as the tree is restored whole.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,10 +37,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "module.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#define MAX_KIN 4096  // the other processes of a tree
 
 #define PAGE 4096ull
 #define NO_PIECE (-1)
@@ -103,6 +115,9 @@ typedef struct {
   int hold;               // >= 0: no background work until this fd is readable (the caller's)
   napi_threadsafe_function tsfn;
   uint8_t *blob[3];       // the argument buffers, copied
+  pid_t *kin;             // the tree's other processes (killed with this one on a failure)
+  int *kin_fd;            // their pidfds (-1: gone already at the call)
+  size_t nkin;
 } lazy_t;
 
 // ---- page bookkeeping ----
@@ -222,8 +237,13 @@ static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) {
   vsnprintf(l->failure, sizeof l->failure, fmt, ap);
   va_end(ap);
   l->failed_piece = piece;
-  pid_t tree[1024];
-  size_t n = collect_tree(l->pid, tree, 0, 1024);
+  // Every descendant is found before anything is killed (a killed parent's children move).
+  static pid_t tree[8192];  // only this fill's thread fails it
+  size_t n = collect_tree(l->pid, tree, 0, 8192);
+  for (size_t i = 0; i < l->nkin; i++)
+    if (l->kin_fd[i] >= 0) n = collect_tree(l->kin[i], tree, n, 8192);
+  for (size_t i = 0; i < l->nkin; i++)
+    if (l->kin_fd[i] >= 0) syscall(SYS_pidfd_send_signal, l->kin_fd[i], SIGKILL, NULL, 0);
   for (size_t i = 0; i < n; i++) kill(tree[i], SIGKILL);
 }
 
@@ -589,6 +609,10 @@ static void lazy_destroy(task_t *t) {
   free(l->touched);
   free(l->first);
   for (int i = 0; i < 3; i++) free(l->blob[i]);
+  for (size_t i = 0; i < l->nkin; i++)
+    if (l->kin_fd[i] >= 0) close(l->kin_fd[i]);
+  free(l->kin);
+  free(l->kin_fd);
   free(l);
 }
 
@@ -698,10 +722,12 @@ static int parse_pieces(lazy_t *l, const uint8_t *p, size_t len) {
 }
 
 napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
+  napi_value argv[7];
   int32_t uffd, pid, hold;
-  if (!arg_count(env, info, 6, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid) ||
-      !get_i32(env, argv[5], "hold", &hold))
+  void *kin;
+  size_t kinlen;
+  if (!arg_count(env, info, 7, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid) ||
+      !get_i32(env, argv[5], "hold", &hold) || !get_buffer(env, argv[6], "kin", &kin, &kinlen))
     return NULL;
   // From here the uffd is ours: closed on every failure, and when the fill ends.
   lazy_t *l = calloc(1, sizeof *l);
@@ -716,6 +742,22 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->pid = pid;
   l->hold = hold < 0 ? -1 : hold;
   l->buf_piece[0] = l->buf_piece[1] = NO_PIECE;
+  if (kinlen % 4 || kinlen / 4 > MAX_KIN) {
+    lazy_destroy(&l->task);
+    throw_errno(env, EINVAL, "lazyFill(pid %d): kin: %zu bytes, not up to %d PIDs", pid, kinlen, MAX_KIN);
+    return NULL;
+  }
+  l->kin = malloc(kinlen ? kinlen : 1);
+  l->kin_fd = malloc((kinlen ? kinlen / 4 : 1) * sizeof *l->kin_fd);
+  if (!l->kin || !l->kin_fd) {
+    lazy_destroy(&l->task);
+    throw_errno(env, ENOMEM, "lazyFill(pid %d)", pid);
+    return NULL;
+  }
+  memcpy(l->kin, kin, kinlen);
+  for (size_t i = 0; i < kinlen / 4; i++, l->nkin++) {
+    l->kin_fd[i] = l->kin[i] > 0 && l->kin[i] != pid ? (int)syscall(SYS_pidfd_open, l->kin[i], 0) : -1;  // close-on-exec
+  }
   size_t rlen, plen, olen;
   if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||
       !(l->blob[2] = copy_arg(env, argv[4], "order", &olen))) {
