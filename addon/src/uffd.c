@@ -238,13 +238,19 @@ static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) {
   va_end(ap);
   l->failed_piece = piece;
   // Every descendant is found before anything is killed (a killed parent's children move).
-  static pid_t tree[8192];  // only this fill's thread fails it
-  size_t n = collect_tree(l->pid, tree, 0, 8192);
-  for (size_t i = 0; i < l->nkin; i++)
-    if (l->kin_fd[i] >= 0) n = collect_tree(l->kin[i], tree, n, 8192);
+  // (The fills of a tree's processes run on threads of their own: each its own list.)
+  size_t cap = 1024 + 4 * l->nkin, n = 0;
+  pid_t *tree = malloc(cap * sizeof *tree);
+  if (tree) {
+    n = collect_tree(l->pid, tree, 0, cap);
+    for (size_t i = 0; i < l->nkin; i++)
+      if (l->kin_fd[i] >= 0) n = collect_tree(l->kin[i], tree, n, cap);
+  }
   for (size_t i = 0; i < l->nkin; i++)
     if (l->kin_fd[i] >= 0) syscall(SYS_pidfd_send_signal, l->kin_fd[i], SIGKILL, NULL, 0);
+  if (!tree) kill(l->pid, SIGKILL);
   for (size_t i = 0; i < n; i++) kill(tree[i], SIGKILL);
+  free(tree);
 }
 
 // ---- reading and checking one piece ----
