@@ -22,9 +22,11 @@
 // A piece that cannot be read whole, or whose CRC32C differs, ends the fill: the task and its
 // descendants are killed (SIGKILL) while their faults still wait, so no process runs on with
 // a page it should not have; the promise resolves with the error and the piece's index.
-// `kin` (int32 PIDs) names the other processes of a restored tree, each filled by a lazyFill
-// of its own: a failure here kills them too (through pidfds opened at the call, so a PID
-// reused meanwhile is never hit), with their descendants, as the tree is restored whole.
+// `kin` (int32 pairs: PID, pidfd) names the other processes of a restored tree, each filled by
+// a lazyFill of its own: a failure here kills them too (through their pidfds, so a PID reused
+// meanwhile is never hit), with their descendants, as the tree is restored whole. The pidfds
+// are the caller's (pidFd, once per tree: not one set per fill), kept open until every fill
+// of the tree has ended.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -116,7 +118,7 @@ typedef struct {
   napi_threadsafe_function tsfn;
   uint8_t *blob[3];       // the argument buffers, copied
   pid_t *kin;             // the tree's other processes (killed with this one on a failure)
-  int *kin_fd;            // their pidfds (-1: gone already at the call)
+  int *kin_fd;            // their pidfds (the caller's)
   size_t nkin;
 } lazy_t;
 
@@ -615,8 +617,6 @@ static void lazy_destroy(task_t *t) {
   free(l->touched);
   free(l->first);
   for (int i = 0; i < 3; i++) free(l->blob[i]);
-  for (size_t i = 0; i < l->nkin; i++)
-    if (l->kin_fd[i] >= 0) close(l->kin_fd[i]);
   free(l->kin);
   free(l->kin_fd);
   free(l);
@@ -748,21 +748,25 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->pid = pid;
   l->hold = hold < 0 ? -1 : hold;
   l->buf_piece[0] = l->buf_piece[1] = NO_PIECE;
-  if (kinlen % 4 || kinlen / 4 > MAX_KIN) {
+  if (kinlen % 8 || kinlen / 8 > MAX_KIN) {
     lazy_destroy(&l->task);
-    throw_errno(env, EINVAL, "lazyFill(pid %d): kin: %zu bytes, not up to %d PIDs", pid, kinlen, MAX_KIN);
+    throw_errno(env, EINVAL, "lazyFill(pid %d): kin: %zu bytes, not up to %d (PID, pidfd) pairs", pid, kinlen, MAX_KIN);
     return NULL;
   }
-  l->kin = malloc(kinlen ? kinlen : 1);
-  l->kin_fd = malloc((kinlen ? kinlen / 4 : 1) * sizeof *l->kin_fd);
+  size_t nkin = kinlen / 8;
+  l->kin = malloc((nkin ? nkin : 1) * sizeof *l->kin);
+  l->kin_fd = malloc((nkin ? nkin : 1) * sizeof *l->kin_fd);
   if (!l->kin || !l->kin_fd) {
     lazy_destroy(&l->task);
     throw_errno(env, ENOMEM, "lazyFill(pid %d)", pid);
     return NULL;
   }
-  memcpy(l->kin, kin, kinlen);
-  for (size_t i = 0; i < kinlen / 4; i++, l->nkin++) {
-    l->kin_fd[i] = l->kin[i] > 0 && l->kin[i] != pid ? (int)syscall(SYS_pidfd_open, l->kin[i], 0) : -1;  // close-on-exec
+  for (size_t i = 0; i < nkin; i++) {
+    int32_t pair[2];
+    memcpy(pair, (const uint8_t *)kin + 8 * i, 8);
+    if (pair[0] <= 0 || pair[0] == pid || pair[1] < 0) continue;
+    l->kin[l->nkin] = pair[0];
+    l->kin_fd[l->nkin++] = pair[1];
   }
   size_t rlen, plen, olen;
   if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||
@@ -865,4 +869,19 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   }
   pthread_detach(th);
   return promise;
+}
+
+// pidFd(pid): a pidfd of process pid (pidfd_open: close-on-exec), for a tree's lazy fills'
+// `kin`. The caller closes it.
+napi_value js_pid_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1], v;
+  int32_t pid;
+  if (!arg_count(env, info, 1, argv) || !get_i32(env, argv[0], "pid", &pid)) return NULL;
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "pidfd_open(pid %d)", pid);
+    return NULL;
+  }
+  napi_create_int32(env, fd, &v);
+  return v;
 }

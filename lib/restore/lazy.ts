@@ -54,10 +54,11 @@ export interface LazyOutcome {
   processes?: LazyOutcome[]
 }
 
-/** The processes of a restored tree a lazy fill kills with its own on a failure. */
+/** The processes of a restored tree a lazy fill kills with its own on a failure, with their pidfds. */
 export interface FillKin {
   root: number
   pids: number[]
+  pidfds: number[]
 }
 
 /** The pieces of `vmas`, their extents asked for all at once (an image's are checked with a stat each). */
@@ -172,8 +173,8 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
   for (let i = 0; i < pieces.length; i++) if (!placed.has(i)) n = order.writeUInt32LE(i, n)
   let fill: Promise<LazyFillResult>
   try {
-    const others = (kin?.pids ?? []).filter((p) => p !== pid)
-    fill = native.lazyFill(uffd, pid, ranges, blob, order, hold, Buffer.from(Int32Array.from(others).buffer))
+    const pairs = (kin?.pids ?? []).flatMap((p, i) => (p === pid || kin!.pidfds[i] === undefined ? [] : [p, kin!.pidfds[i]]))
+    fill = native.lazyFill(uffd, pid, ranges, blob, order, hold, Buffer.from(Int32Array.from(pairs).buffer))
     // Registration happens in the call: a refusal has rejected the promise before the next
     // turn of the event loop. Nothing may run on before the ranges are registered.
     await Promise.race([fill, new Promise((resolve) => setImmediate(resolve))])
@@ -215,14 +216,36 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
  * on a failure (`kin`), so no process runs on while another of the tree is gone.
  */
 export class TreeFill {
-  readonly kin: FillKin
+  private pidfds: number[] | undefined
   private readonly fills: Array<Promise<LazyOutcome>> = []
   private readonly holds: Array<{ release: () => void }> = []
   private started = 0n
   private lastSettled = 0n
 
-  constructor(root: number, pids: number[]) {
-    this.kin = { root, pids }
+  constructor(private readonly root: number, private readonly pids: number[]) {}
+
+  /**
+   * The tree's processes and their pidfds, opened once for all the fills (not a set per
+   * fill: a tree of N processes would hold N^2), on first use, once every process exists;
+   * closed when the last fill has ended.
+   */
+  get kin(): FillKin {
+    if (this.pidfds === undefined) {
+      const fds: number[] = []
+      try {
+        for (const pid of this.pids) fds.push(native.pidFd(pid))
+      } catch (err) {
+        for (const fd of fds) native.close(fd)
+        throw err
+      }
+      this.pidfds = fds
+    }
+    return { root: this.root, pids: this.pids, pidfds: this.pidfds }
+  }
+
+  private close(): void {
+    for (const fd of this.pidfds ?? []) native.close(fd)
+    this.pidfds = []
   }
 
   /** RestoreOptions.lazy for one process of the tree. */
@@ -248,23 +271,26 @@ export class TreeFill {
   /** Lets every fill go on with its background work (the tree runs, or the restore failed). */
   release(): void {
     for (const h of this.holds) h.release()
+    if (this.fills.length === 0) this.close()
   }
 
   /** The first failure of a fill (each settles once released: a failed restore killed its process). */
   async failure(): Promise<unknown> {
     const settled = await Promise.allSettled(this.fills)
+    this.close()
     return settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason
   }
 
   /** Settles when the last page of the last process is in; rejects with the first failure. */
   async done(): Promise<LazyOutcome> {
     const settled = await Promise.allSettled(this.fills)
+    this.close()
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
     if (failed) throw failed.reason
     const processes = settled.map((r) => (r as PromiseFulfilledResult<LazyOutcome>).value)
     const sum = (f: (o: LazyOutcome) => number) => processes.reduce((n, o) => n + f(o), 0)
     return {
-      pid: this.kin.root,
+      pid: this.root,
       pages: sum((o) => o.pages),
       zeroPages: sum((o) => o.zeroPages),
       faults: sum((o) => o.faults),

@@ -342,10 +342,8 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     fills?.release()
     throw (await fills?.failure()) ?? err
   }
-  if (fills?.any) {
-    fills.release()
-    options.lazy!(fills.done())
-  }
+  fills?.release()
+  if (fills?.any) options.lazy!(fills.done())
   timer.mark('thaw')
   timer.report(`of the tree of ${root} (${live.length} processes, ${(saved.zombies ?? []).length} zombies)`)
   return root
