@@ -44,7 +44,7 @@ file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Pri
 This command restores by itself, the pages read where they lie (a mount is not needed; a
 --mount given must answer); a PATH inside MNT/restore/ is restored by its server. --lazy: the
 process runs before its memory is back, pages come in on first touch and in the background;
-the PID is printed at once, and the command ends when the last page is in. --allow-replaced accepts files replaced since the checkpoint (a
+the PID is printed at once, and the command ends when the last page (of every process of a tree) is in. --allow-replaced accepts files replaced since the checkpoint (a
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
