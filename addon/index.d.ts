@@ -184,8 +184,11 @@ export interface Addon {
    * killed first). `hold` (-1: none; else an fd the caller keeps open until the fill settles,
    * e.g. eventFd()): faults are served at once, but the background fill waits until `hold`
    * is readable, so it does not compete with the rest of the restore before the task runs.
+   * `kin` (int32 pairs: PID, pidfd from pidFd, kept open by the caller until the fill
+   * settles): the other processes of a restored tree, killed too (with their descendants)
+   * on a failure; empty for a lone process.
    */
-  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer, hold: number): Promise<LazyFillResult>
+  lazyFill(uffd: number, pid: number, ranges: Buffer, pieces: Buffer, order: Buffer, hold: number, kin: Buffer): Promise<LazyFillResult>
   /**
    * Scans /proc/PID/pagemap over [start, end) and returns the runs of pages whose contents
    * a restore needs: present or swapped, and (when `privateOnly`) not file-backed (i.e. the
@@ -250,6 +253,8 @@ export interface Addon {
   peekSocket(pid: number, fd: number): PeekedSocket
   /** close(2) of an fd of this process. */
   close(fd: number): void
+  /** pidfd_open(pid): a pidfd (close-on-exec) for lazyFill's `kin`. Caller closes it. */
+  pidFd(pid: number): number
   /** eventfd(0, EFD_CLOEXEC): lazyFill's hold (an 8-byte write lets the fill go on). Caller closes it. */
   eventFd(): number
   /** What a socket of this process (a getFd copy) says about itself: family, type, addresses, TCP state, options. */

@@ -44,7 +44,7 @@ file, or a tar (or .tar.gz) of a tree; - reads an image or a tar from stdin. Pri
 This command restores by itself, the pages read where they lie (a mount is not needed; a
 --mount given must answer); a PATH inside MNT/restore/ is restored by its server. --lazy: the
 process runs before its memory is back, pages come in on first touch and in the background;
-the PID is printed at once, and the command ends when the last page is in. --allow-replaced accepts files replaced since the checkpoint (a
+the PID is printed at once, and the command ends when the last page (of every process of a tree) is in. --allow-replaced accepts files replaced since the checkpoint (a
 rotated log, an editor's rename); files are still opened only as the restored process could.`,
   check: 'Says, for every fd and resource of PID, whether it can be checkpointed and if not why.',
   show: 'Prints a readable summary of a checkpoint tree (in the mount or a saved copy).',
@@ -393,9 +393,9 @@ async function restore(parsed: Parsed): Promise<void> {
       try {
         const done = fill ? await fill.catch((err: unknown) => { throw explain(err) }) : undefined
         process.stderr.write(`ckptfs restore: ${lazyReport(pid, done)}\n`)
-        if (record && done && !done.ended) {
+        if (record && done) {
           try {
-            record.keep(pid, done.firstTouched)
+            record.keep(done)
           } catch (err) {
             process.stderr.write(`ckptfs restore: the record of first touches was not kept: ${messageOf(err)}\n`)
           }
@@ -415,6 +415,13 @@ function lazyReport(pid: number, done: LazyOutcome | undefined): string {
   if (!done) return `${pid}: every page was in before it ran (nothing to fill lazily)`
   const counts = `${done.pages} pages copied in, ${done.zeroPages} zero pages, ${done.faults} faults` +
     (done.prefetched ? `, ${done.prefetched} MiB pieces filled first as recorded last time` : '')
+  if (done.processes) {
+    // A tree: the last page of its last process (lazy.ts, TreeFill).
+    const n = done.processes.length
+    const ended = done.processes.filter((p) => p.ended).map((p) => p.pid)
+    const endedText = ended.length ? `; ${ended.join(', ')} ended before ${ended.length === 1 ? 'its' : 'their'} last page was in` : ''
+    return `${pid}: the last page of the tree's ${n} ${n === 1 ? 'process' : 'processes'} with pages to fill is in, ${done.seconds.toFixed(3)} s after the first started (${counts}${endedText})`
+  }
   if (done.ended) return `${pid} ended before its last page was in (${counts} in ${done.seconds.toFixed(3)} s)`
   return `${pid}: the last page is in, ${done.seconds.toFixed(3)} s after it started (${counts})`
 }

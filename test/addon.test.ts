@@ -720,7 +720,7 @@ t.test('lazyFill refuses pieces that overlap or lie outside the registered range
   const order = Buffer.from([0, 0, 0, 0, 1, 0, 0, 0])
   const refused = async (ranges: Buffer, pieces: Buffer[]) => {
     const fd = addon.eventFd()
-    await t.rejects(addon.lazyFill(fd, process.pid, ranges, Buffer.concat(pieces), order, -1), /a piece outside the ranges, twice, or not page-aligned/)
+    await t.rejects(addon.lazyFill(fd, process.pid, ranges, Buffer.concat(pieces), order, -1, Buffer.alloc(0)), /a piece outside the ranges, twice, or not page-aligned/)
     t.throws(() => fs.fstatSync(fd), { code: 'EBADF' }, 'the fd given was closed')
   }
   const base = 0x7f0000000000n

@@ -1,14 +1,15 @@
 // Restore of whole process trees (issue 17): every process comes back with its PID, its
 // parent, its session and group; a zombie as a zombie its parent reaps with the saved status;
 // a pipe between processes with its bytes once; MAP_SHARED memory shared again. From a `cp -a`
-// copy, from the image, and through restore/NAME + done. All or nothing: a saved PID taken
-// leaves nothing of the tree behind. test/fixtures/tree.c checks itself on SIGUSR1.
+// copy, from the image, through restore/NAME + done, and lazily (--lazy). All or nothing: a
+// saved PID taken leaves nothing of the tree behind, nor does a damaged page a lazy fill finds
+// once the tree runs. test/fixtures/tree.c checks itself on SIGUSR1.
 
-import { execFileSync } from 'child_process'
+import { execFileSync, spawn } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, ckptfsOk, cliShellWords, mountFor } from './lib/mount'
+import { ckptfs, ckptfsOk, cliCommand, cliShellWords, mountFor, userEnv } from './lib/mount'
 import { asUser, attacker, shAs } from './lib/unprivileged'
 import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
 import { childrenOf } from '../lib/pstree'
@@ -175,17 +176,43 @@ t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the 
   t.ok(said.includes('PASS'), 'and says PASS')
 })
 
-t.test('a tree restored from its image', async (t) => {
+/** Starts `ckptfs restore --lazy ARGS`; resolves with the PID it prints first, and its end. */
+async function restoreLazy(t: Test, args: string[]): Promise<{ pid: number; ended: Promise<{ status: number | null; stderr: string }> }> {
+  const child = spawn(...cliCommand('restore', '--lazy', ...args), { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
+  let stdout = '', stderr = ''
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s })
+  const ended = new Promise<{ status: number | null; stderr: string }>((resolve) => child.on('close', (status) => resolve({ status, stderr })))
+  const pid = await new Promise<number>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+      stdout += s
+      if (stdout.includes('\n')) resolve(Number(stdout.trim()))
+    })
+    void ended.then((r) => reject(new Error(`ckptfs restore --lazy ended (${r.status}) before printing a PID: ${r.stderr.trim()}`)))
+  })
+  return { pid, ended }
+}
+
+t.test('a lazy restore of the tree: every process runs at once and checks its own, copy-on-write and shared memory; each keeps its record', async (t) => {
   const { target, pids } = await startTree(t)
-  const { image } = await saveAndKill(target, pids)
-  const r = ckptfs('restore', image, '--mount', mnt)
-  t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
-  t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  const { saved } = await saveAndKill(target, pids)
+  const run = await restoreLazy(t, [saved, '--mount', mnt])
+  t.equal(run.pid, pids.p, 'it prints the root\'s PID as soon as the tree runs')
   checkLinks(t, pids)
-  checkCow(t, pids, cowAddress(target))
+  // At once, while the fills may still be at work (4 x 3 MiB: often done by then, 1 fault in 3 runs here).
   const said = await verdict(target, pids)
-  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  const end = await run.ended
+  t.equal(end.status, 0, `the command succeeds (${end.stderr.trim()})`)
+  t.match(end.stderr, new RegExp(`^ckptfs restore: ${pids.p}: the last page of the tree's 4 processes with pages to fill is in, [0-9.]+ s after the first started \\([0-9]+ pages copied in`, 'm'), 'and says when the last page of the last process is in')
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself (its own memory in each process, the shared page)')
   t.ok(said.includes('PASS'), 'and says PASS')
+  checkCow(t, pids, cowAddress(target))
+  for (const pid of [pids.p, pids.a, pids.b, pids.g]) {
+    const record = path.join(saved, `task-${pid}`, 'memory', 'first_touched')
+    t.ok(fs.existsSync(record) && fs.existsSync(`${record}_crc32c`), `task-${pid}/memory/first_touched is written, with its check`)
+  }
 })
 
 t.test('a tree written into restore/NAME and started with done', async (t) => {
@@ -203,9 +230,9 @@ t.test('a tree written into restore/NAME and started with done', async (t) => {
   t.ok(said.includes('PASS'), 'and says PASS')
 })
 
-t.test('all or nothing: a saved PID taken by another process refuses the tree before any of it is made', async (t) => {
+t.test('all or nothing: a saved PID taken by another process refuses the tree before any of it is made; once free, the image restores it', async (t) => {
   const { target, pids } = await startTree(t)
-  const { saved } = await saveAndKill(target, pids)
+  const { saved, image } = await saveAndKill(target, pids)
   const holder = await launch(t, [pidholder, String(pids.g)], { dir: workdir(t, 'ckptfs-treerestore-holder-'), ready: (tg) => /^holding \d+$/m.test(tg.text()) })
   t.teardown(() => {
     if (exeOf(pids.g) === pidholder) process.kill(pids.g, 'SIGKILL')
@@ -216,13 +243,25 @@ t.test('all or nothing: a saved PID taken by another process refuses the tree be
   t.match(r.stderr, new RegExp(`task-${pids.g}: PID ${pids.g} is taken: pidholder \\(pid ${pids.g}\\) is running`), 'naming the task and who holds its PID')
   for (const pid of [pids.p, pids.a, pids.b, pids.z]) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
   t.equal(exeOf(pids.g), pidholder, 'the holder keeps its PID')
+  // The holder gone, the tree's image restores whole.
+  process.kill(pids.g, 'SIGKILL')
+  await waitUntil(`PID ${pids.g} to be free`, () => !exists(pids.g), 15_000)
+  const restored = ckptfs('restore', image, '--mount', mnt)
+  t.equal(restored.status, 0, `restored from its image (${restored.stderr.trim()})`)
+  t.equal(restored.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
+  checkLinks(t, pids)
+  checkCow(t, pids, cowAddress(target))
+  const said = await verdict(target, pids)
+  t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
+  t.ok(said.includes('PASS'), 'and says PASS')
 })
 
-t.test('all or nothing: a task that fails once every process exists (its cwd is gone) takes the whole tree with it', async (t) => {
+t.test('all or nothing: a task that fails once every process exists (its cwd is gone) takes the whole tree with it, as does a damaged page a lazy fill finds', async (t) => {
   const { target, pids } = await startTree(t)
   const { saved } = await saveAndKill(target, pids)
   // G is made last and rebuilt last: every other process of the tree exists by then.
   const cwd = path.join(saved, `task-${pids.g}`, 'cwd')
+  const savedCwd = fs.readFileSync(cwd)
   fs.chmodSync(path.dirname(cwd), 0o700)
   fs.chmodSync(cwd, 0o600)
   fs.writeFileSync(cwd, `${target.dir}/gone\n`)
@@ -231,6 +270,32 @@ t.test('all or nothing: a task that fails once every process exists (its cwd is 
   t.equal(r.status, 1, 'the restore fails')
   t.match(r.stderr, new RegExp(`task-${pids.g}: .*chdir ${target.dir}/gone: ENOENT`), 'naming the task and what failed')
   for (const pid of allPids(pids)) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
+  // Its cwd back, but a byte of G's own memory damaged: a lazy restore runs the tree, G's fill
+  // finds the damage and every process of the tree is killed.
+  fs.writeFileSync(cwd, savedCwd)
+  reseal(saved)
+  const vmas = path.join(saved, `task-${pids.g}`, 'memory', 'vmas')
+  const own = fs.readdirSync(vmas).map((n) => path.join(vmas, n, 'pages')).find((f) => fs.existsSync(f) && fs.statSync(f).size === (3 << 20) + 4 * 4096)!
+  t.ok(own, `G's own memory is saved (${own})`)
+  const at = (2 << 20) + 100
+  const fd = fs.openSync(own, 'r+')
+  const byte = Buffer.alloc(1)
+  fs.readSync(fd, byte, 0, 1, at)
+  fs.writeSync(fd, Buffer.from([byte[0] ^ 0xff]), 0, 1, at)
+  fs.closeSync(fd)
+  const lazy = ckptfs('restore', '--lazy', saved, '--mount', mnt)
+  t.equal(lazy.status, 1, 'the lazy restore fails')
+  t.match(lazy.stderr, `ckptfs restore: restore of ${pids.g}: lazy fill: ${path.relative(saved, own)} (${own}, bytes ${2 << 20}-${(3 << 20) - 1}): CRC32C `, `naming G's mapping, the file and the bytes (${lazy.stderr.trim()})`)
+  t.match(lazy.stderr, new RegExp(`was saved: the saved copy is damaged \\(or changed since the restore began\\); every process of the tree of ${pids.p} was killed \\(4 processes\\)\n$`), 'and that the whole tree was killed')
+  const dead = (pid: number) => {
+    try {
+      return statOf(pid).state === 'Z'
+    } catch {
+      return true // gone
+    }
+  }
+  await waitUntil('every process of the tree to be dead', () => [pids.p, pids.a, pids.b, pids.g].every(dead), 15_000)
+  t.notOk(/^checked \d+ failures$/m.test(target.text()), 'none of it ran its checks on damaged memory')
 })
 
 t.test('a bash pipeline counting into a file: restored, the count goes on with no gap and no repeat', async (t) => {

@@ -111,6 +111,7 @@ napi_value js_set_thread_state(napi_env env, napi_callback_info info);
 napi_value js_crc32c(napi_env env, napi_callback_info info);
 napi_value js_crc32c_of_memory(napi_env env, napi_callback_info info);
 napi_value js_lazy_fill(napi_env env, napi_callback_info info);
+napi_value js_pid_fd(napi_env env, napi_callback_info info);
 napi_value js_read_tree(napi_env env, napi_callback_info info);
 
 // CRC32C of p[0, n) continuing from `seed` (lib/checksum.ts's, for any thread).

@@ -2,7 +2,7 @@
 // filled on first touch through userfaultfd, from the saved files, by a thread of our own
 // (never the tracer thread, never the JS thread), and everything else in the background.
 //
-// lazyFill(uffd, pid, ranges, pieces, order, hold) registers `ranges` (MISSING mode) on `uffd` (a
+// lazyFill(uffd, pid, ranges, pieces, order, hold, kin) registers `ranges` (MISSING mode) on `uffd` (a
 // userfaultfd the task made, taken with pidfd_getfd: its ioctls act on the task's mm) and
 // returns a promise that settles when every stored page is in (or the fill failed). The
 // bytes come in pieces: each is the unit the saved copy recorded one CRC32C for (1 MiB of a
@@ -22,6 +22,11 @@
 // A piece that cannot be read whole, or whose CRC32C differs, ends the fill: the task and its
 // descendants are killed (SIGKILL) while their faults still wait, so no process runs on with
 // a page it should not have; the promise resolves with the error and the piece's index.
+// `kin` (int32 pairs: PID, pidfd) names the other processes of a restored tree, each filled by
+// a lazyFill of its own: a failure here kills them too (through their pidfds, so a PID reused
+// meanwhile is never hit), with their descendants, as the tree is restored whole. The pidfds
+// are the caller's (pidFd, once per tree: not one set per fill), kept open until every fill
+// of the tree has ended.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,10 +39,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "module.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#define MAX_KIN 4096  // the other processes of a tree
 
 #define PAGE 4096ull
 #define NO_PIECE (-1)
@@ -103,6 +117,9 @@ typedef struct {
   int hold;               // >= 0: no background work until this fd is readable (the caller's)
   napi_threadsafe_function tsfn;
   uint8_t *blob[3];       // the argument buffers, copied
+  pid_t *kin;             // the tree's other processes (killed with this one on a failure)
+  int *kin_fd;            // their pidfds (the caller's)
+  size_t nkin;
 } lazy_t;
 
 // ---- page bookkeeping ----
@@ -222,9 +239,20 @@ static void fail(lazy_t *l, int32_t piece, const char *fmt, ...) {
   vsnprintf(l->failure, sizeof l->failure, fmt, ap);
   va_end(ap);
   l->failed_piece = piece;
-  pid_t tree[1024];
-  size_t n = collect_tree(l->pid, tree, 0, 1024);
+  // Every descendant is found before anything is killed (a killed parent's children move).
+  // (The fills of a tree's processes run on threads of their own: each its own list.)
+  size_t cap = 1024 + 4 * l->nkin, n = 0;
+  pid_t *tree = malloc(cap * sizeof *tree);
+  if (tree) {
+    n = collect_tree(l->pid, tree, 0, cap);
+    for (size_t i = 0; i < l->nkin; i++)
+      if (l->kin_fd[i] >= 0) n = collect_tree(l->kin[i], tree, n, cap);
+  }
+  for (size_t i = 0; i < l->nkin; i++)
+    if (l->kin_fd[i] >= 0) syscall(SYS_pidfd_send_signal, l->kin_fd[i], SIGKILL, NULL, 0);
+  if (!tree) kill(l->pid, SIGKILL);
   for (size_t i = 0; i < n; i++) kill(tree[i], SIGKILL);
+  free(tree);
 }
 
 // ---- reading and checking one piece ----
@@ -589,6 +617,8 @@ static void lazy_destroy(task_t *t) {
   free(l->touched);
   free(l->first);
   for (int i = 0; i < 3; i++) free(l->blob[i]);
+  free(l->kin);
+  free(l->kin_fd);
   free(l);
 }
 
@@ -698,10 +728,12 @@ static int parse_pieces(lazy_t *l, const uint8_t *p, size_t len) {
 }
 
 napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
+  napi_value argv[7];
   int32_t uffd, pid, hold;
-  if (!arg_count(env, info, 6, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid) ||
-      !get_i32(env, argv[5], "hold", &hold))
+  void *kin;
+  size_t kinlen;
+  if (!arg_count(env, info, 7, argv) || !get_i32(env, argv[0], "uffd", &uffd) || !get_i32(env, argv[1], "pid", &pid) ||
+      !get_i32(env, argv[5], "hold", &hold) || !get_buffer(env, argv[6], "kin", &kin, &kinlen))
     return NULL;
   // From here the uffd is ours: closed on every failure, and when the fill ends.
   lazy_t *l = calloc(1, sizeof *l);
@@ -716,6 +748,26 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   l->pid = pid;
   l->hold = hold < 0 ? -1 : hold;
   l->buf_piece[0] = l->buf_piece[1] = NO_PIECE;
+  if (kinlen % 8 || kinlen / 8 > MAX_KIN) {
+    lazy_destroy(&l->task);
+    throw_errno(env, EINVAL, "lazyFill(pid %d): kin: %zu bytes, not up to %d (PID, pidfd) pairs", pid, kinlen, MAX_KIN);
+    return NULL;
+  }
+  size_t nkin = kinlen / 8;
+  l->kin = malloc((nkin ? nkin : 1) * sizeof *l->kin);
+  l->kin_fd = malloc((nkin ? nkin : 1) * sizeof *l->kin_fd);
+  if (!l->kin || !l->kin_fd) {
+    lazy_destroy(&l->task);
+    throw_errno(env, ENOMEM, "lazyFill(pid %d)", pid);
+    return NULL;
+  }
+  for (size_t i = 0; i < nkin; i++) {
+    int32_t pair[2];
+    memcpy(pair, (const uint8_t *)kin + 8 * i, 8);
+    if (pair[0] <= 0 || pair[0] == pid || pair[1] < 0) continue;
+    l->kin[l->nkin] = pair[0];
+    l->kin_fd[l->nkin++] = pair[1];
+  }
   size_t rlen, plen, olen;
   if (!(l->blob[0] = copy_arg(env, argv[2], "ranges", &rlen)) || !(l->blob[1] = copy_arg(env, argv[3], "pieces", &plen)) ||
       !(l->blob[2] = copy_arg(env, argv[4], "order", &olen))) {
@@ -817,4 +869,19 @@ napi_value js_lazy_fill(napi_env env, napi_callback_info info) {
   }
   pthread_detach(th);
   return promise;
+}
+
+// pidFd(pid): a pidfd of process pid (pidfd_open: close-on-exec), for a tree's lazy fills'
+// `kin`. The caller closes it.
+napi_value js_pid_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1], v;
+  int32_t pid;
+  if (!arg_count(env, info, 1, argv) || !get_i32(env, argv[0], "pid", &pid)) return NULL;
+  int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (fd < 0) {
+    throw_errno(env, errno, "pidfd_open(pid %d)", pid);
+    return NULL;
+  }
+  napi_create_int32(env, fd, &v);
+  return v;
 }

@@ -17,7 +17,7 @@ import type { SavedCheckpoint } from './load'
 import { SYS } from './syscalls'
 import { PageCheck } from './verify'
 import { hugePageCalls } from './hugepages'
-import { isLazy, startLazyFill, type LazyOutcome } from './lazy'
+import { isLazy, startLazyFill, type FillKin, type LazyOutcome } from './lazy'
 import { fillContents } from './contents'
 import { holdSavedFile } from '../files/source'
 import { AIO_RING_PATH, isDeletedFileCopy, isDeletedSharedFile } from '../task/memory'
@@ -84,8 +84,10 @@ export interface RestoreOptions {
    * process runs, with the fill, which settles when the last page is in.
    */
   lazy?: (fill: Promise<LazyOutcome>) => void
-  /** The pieces to fill first in a lazy restore (the record of the last one's first touches). */
-  prefetch?: Array<{ start: bigint; at: number }>
+  /** The pieces to fill first in a lazy restore, by PID (the record of the last one's first touches). */
+  prefetch?: Map<number, Array<{ start: bigint; at: number }>>
+  /** A lazy restore of a tree: its processes, all killed by any one's fill that fails (lazy.ts). */
+  lazyKin?: FillKin
   /** A process of a tree: its MAP_SHARED anonymous mappings that map what a process rebuilt before maps (pstree.ts). */
   sharedFrom?: Map<Vma, SharedSource>
   /**
@@ -459,8 +461,6 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const vmas = allVmas.filter((v) => v.kind !== 'aio')
   // Memory another process of the tree holds already: mapped from there, its pages are in.
   const sharedFrom = options.sharedFrom ?? new Map<Vma, SharedSource>()
-  // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
-  const lazily = options.lazy ? vmas.filter(isLazy) : []
   // A deleted file shared with a process rebuilt before is written again from this one's
   // stored pages: they are the same bytes, and this mapping may cover parts of the file the
   // other's does not.
@@ -469,6 +469,10 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   const premapped = options.premapped ?? new Set<Vma>()
   const inherited = options.inherited ?? new Set<Vma>()
   const kept = vmas.filter((v) => premapped.has(v) || inherited.has(v))
+  // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
+  // Kept mappings are not among them: their pages are in (premapped), or are the parent's
+  // by fork, which the fill's UFFDIO_COPY could not replace where they differ.
+  const lazily = options.lazy ? vmas.filter((v) => isLazy(v) && !kept.includes(v)) : []
   const eager = vmas.filter((v) => !lazily.includes(v) && !kept.includes(v) && (!sharedFrom.has(v) || isDeletedSharedFile(v) || !sharedFrom.get(v)!.covered))
   // 1. The restorer's code page: mapped by mapCodePage, before the threads were created.
   // 2. Unmap all of the stub but the vdso trio, our code page and the scratch area.
@@ -564,7 +568,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   await check.finish([...eager, ...kept])
   timer.mark('pages checked')
   if (lazily.length > 0) {
-    const { done: fill, release } = await startLazy(pid, layout, lazily, options.prefetch)
+    const { done: fill, release } = await startLazy(pid, layout, lazily, options.prefetch?.get(pid), options.lazyKin)
     lazyHold.release = release
     fill.catch(() => undefined) // a restore that fails later kills the process: the fill then ends
     options.lazy!(fill)
@@ -602,7 +606,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
  * are handled too, the restorer is privileged), takes it over with pidfd_getfd and closes the
  * task's copy, then starts the fill on it.
  */
-async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
+async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Array<{ start: bigint; at: number }> | undefined, kin: FillKin | undefined): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
   const [fd] = await inject(pid, layout, [{ nr: SYS.userfaultfd, args: [BigInt(O_CLOEXEC | O_NONBLOCK)], what: 'userfaultfd for the lazy fill' }])
   let ours: number
   try {
@@ -610,7 +614,7 @@ async function startLazy(pid: number, layout: Layout, vmas: Vma[], prefetch: Arr
   } finally {
     await inject(pid, layout, [{ nr: SYS.close, args: [fd], what: 'close the task\'s userfaultfd (the fill holds it)' }])
   }
-  return startLazyFill(pid, ours, vmas, prefetch)
+  return startLazyFill(pid, ours, vmas, prefetch, kin)
 }
 
 /**

@@ -51,6 +51,15 @@ export interface LazyOutcome {
   firstTouched: Array<{ start: bigint; at: number }>
   /** How many pieces were filled first because the record of a previous restore named them. */
   prefetched: number
+  /** A tree's fill (TreeFill): each process's own, `pid` being the root's and the counts their sums. */
+  processes?: LazyOutcome[]
+}
+
+/** The processes of a restored tree a lazy fill kills with its own on a failure, with their pidfds. */
+export interface FillKin {
+  root: number
+  pids: number[]
+  pidfds: number[]
 }
 
 /** The pieces of `vmas`, their extents asked for all at once (an image's are checked with a stat each). */
@@ -109,7 +118,7 @@ function encodePieces(pieces: Piece[], fds: Map<string, number>): Buffer {
  * at once; the background fill waits for `release()` (the caller's: once the task runs, or
  * once the restore failed), so it does not slow down the steps before the task runs.
  */
-export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firstTouched: Array<{ start: bigint; at: number }> = []): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
+export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firstTouched: Array<{ start: bigint; at: number }> = [], kin?: FillKin): Promise<{ done: Promise<LazyOutcome>; release: () => void }> {
   let pieces: Piece[]
   const fds = new Map<string, number>()
   try {
@@ -165,7 +174,8 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
   for (let i = 0; i < pieces.length; i++) if (!placed.has(i)) n = order.writeUInt32LE(i, n)
   let fill: Promise<LazyFillResult>
   try {
-    fill = native.lazyFill(uffd, pid, ranges, blob, order, hold)
+    const pairs = (kin?.pids ?? []).flatMap((p, i) => (p === pid || kin!.pidfds[i] === undefined ? [] : [p, kin!.pidfds[i]]))
+    fill = native.lazyFill(uffd, pid, ranges, blob, order, hold, Buffer.from(Int32Array.from(pairs).buffer))
     // Registration happens in the call: a refusal has rejected the promise before the next
     // turn of the event loop. Nothing may run on before the ranges are registered.
     await Promise.race([fill, new Promise((resolve) => setImmediate(resolve))])
@@ -178,7 +188,8 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     if (r.failure !== undefined) {
       const p = r.failedPiece !== undefined && r.failedPiece >= 0 ? pieces[r.failedPiece] : undefined
       const where = p ? `task-${pid}/memory/vmas/${vmaName(p.v)}/pages (${p.sources.map((s) => s.file).join(', ')}, bytes ${p.at}-${p.at + p.length - 1})` : `task-${pid}`
-      throw new CkptError(`restore of ${pid}: lazy fill: ${where}: ${r.failure}; the process was killed`, 'EIO')
+      const killed = kin && kin.pids.length > 1 ? `every process of the tree of ${kin.root} was killed (${kin.pids.length} processes)` : 'the process was killed'
+      throw new CkptError(`restore of ${pid}: lazy fill: ${where}: ${r.failure}; ${killed}`, 'EIO')
     }
     return {
       pid,
@@ -195,6 +206,102 @@ export async function startLazyFill(pid: number, uffd: number, vmas: Vma[], firs
     throw new CkptError(`restore of ${pid}: lazy fill: ${(err as Error).message}`)
   })
   return { done, release }
+}
+
+/**
+ * The lazy fill of a restored tree (pstree.ts): one startLazyFill per process, each on the
+ * userfaultfd of that process's own address space, served by a thread of its own; each
+ * process's background fill waits until the whole tree runs (release). The areas a parent
+ * shares copy-on-write with its children are not filled lazily (engine.ts, restoreMemory:
+ * the parent's stub fills them before it forks). Each fill kills every process of the tree
+ * on a failure (`kin`), so no process runs on while another of the tree is gone.
+ */
+export class TreeFill {
+  private pidfds: number[] | undefined
+  private readonly fills: Array<Promise<LazyOutcome>> = []
+  private readonly holds: Array<{ release: () => void }> = []
+  private started = 0n
+  private lastSettled = 0n
+
+  constructor(private readonly root: number, private readonly pids: number[]) {}
+
+  /**
+   * The tree's processes and their pidfds, opened once for all the fills (not a set per
+   * fill: a tree of N processes would hold N^2), on first use, once every process exists;
+   * closed when the last fill has ended.
+   */
+  get kin(): FillKin {
+    if (this.pidfds === undefined) {
+      const fds: number[] = []
+      try {
+        for (const pid of this.pids) fds.push(native.pidFd(pid))
+      } catch (err) {
+        for (const fd of fds) native.close(fd)
+        throw err
+      }
+      this.pidfds = fds
+    }
+    return { root: this.root, pids: this.pids, pidfds: this.pidfds }
+  }
+
+  private close(): void {
+    for (const fd of this.pidfds ?? []) native.close(fd)
+    this.pidfds = []
+  }
+
+  /** RestoreOptions.lazy for one process of the tree. */
+  readonly take = (fill: Promise<LazyOutcome>): void => {
+    if (this.fills.length === 0) this.started = process.hrtime.bigint()
+    const settled = () => { this.lastSettled = process.hrtime.bigint() }
+    fill.then(settled, settled)
+    this.fills.push(fill)
+  }
+
+  /** A process's hold (rebuildSpawned's lazyHold): its fill's release is put there. */
+  hold(): { release: () => void } {
+    const h = { release: (): void => undefined }
+    this.holds.push(h)
+    return h
+  }
+
+  /** Whether any process of the tree has pages to fill. */
+  get any(): boolean {
+    return this.fills.length > 0
+  }
+
+  /** Lets every fill go on with its background work (the tree runs, or the restore failed). */
+  release(): void {
+    for (const h of this.holds) h.release()
+    if (this.fills.length === 0) this.close()
+  }
+
+  /** The first failure of a fill (each settles once released: a failed restore killed its process). */
+  async failure(): Promise<unknown> {
+    const settled = await Promise.allSettled(this.fills)
+    this.close()
+    return settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason
+  }
+
+  /** Settles when the last page of the last process is in; rejects with the first failure. */
+  async done(): Promise<LazyOutcome> {
+    const settled = await Promise.allSettled(this.fills)
+    this.close()
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed) throw failed.reason
+    const processes = settled.map((r) => (r as PromiseFulfilledResult<LazyOutcome>).value)
+    const sum = (f: (o: LazyOutcome) => number) => processes.reduce((n, o) => n + f(o), 0)
+    return {
+      pid: this.root,
+      pages: sum((o) => o.pages),
+      zeroPages: sum((o) => o.zeroPages),
+      faults: sum((o) => o.faults),
+      seconds: Number(this.lastSettled - this.started) / 1e9,
+      ended: processes.every((o) => o.ended),
+      firstTouched: [],
+      prefetched: sum((o) => o.prefetched),
+      processes,
+    }
+  }
 }
 
 // ---- the record of first touches (kept with a saved tree, for the next lazy restore) ----
@@ -244,14 +351,28 @@ function readSmall(file: string): Buffer | undefined {
 }
 
 /**
- * The record of first touches of the saved tree directory `tree`, for a lazy restore from it:
- * the pieces to fill first, and how to keep this restore's record for the next one. Undefined
- * when `tree` holds no task (a directory holding an image keeps no record).
+ * The records of first touches of the saved tree directory `tree` (one per process), for a
+ * lazy restore from it: the pieces to fill first, by PID, and how to keep this restore's
+ * records for the next one (each process's whose last page came in; a tree's processes each
+ * its own). Undefined when `tree` holds no task (a directory holding an image keeps no record).
  */
-export function firstTouchedRecord(tree: string): { prefetch: Array<{ start: bigint; at: number }>; keep: (pid: number, touched: Array<{ start: bigint; at: number }>) => void } | undefined {
-  const task = fs.readdirSync(tree).find((n) => /^task-[0-9]+$/.test(n))
-  if (task === undefined) return undefined
-  return { prefetch: readFirstTouched(tree, Number(task.slice(5))), keep: (pid, touched) => writeFirstTouched(tree, pid, touched) }
+export function firstTouchedRecord(tree: string): { prefetch: Map<number, Array<{ start: bigint; at: number }>>; keep: (done: LazyOutcome) => void } | undefined {
+  const pids = fs.readdirSync(tree).filter((n) => /^task-[0-9]+$/.test(n)).map((n) => Number(n.slice(5)))
+  if (pids.length === 0) return undefined
+  const prefetch = new Map(pids.map((pid) => [pid, readFirstTouched(tree, pid)]))
+  const keep = (done: LazyOutcome) => {
+    const problems: string[] = []
+    for (const p of done.processes ?? [done]) {
+      if (p.ended) continue
+      try {
+        writeFirstTouched(tree, p.pid, p.firstTouched)
+      } catch (err) {
+        problems.push((err as Error).message)
+      }
+    }
+    if (problems.length > 0) throw new CkptError(problems.join('; '))
+  }
+  return { prefetch, keep }
 }
 
 /**

@@ -20,6 +20,7 @@ import { fillContents } from './contents'
 import { planFileRecords } from './files'
 import type { SavedCheckpoint } from './load'
 import { isDeletedSharedFile } from '../task/memory'
+import { TreeFill } from './lazy'
 
 /** The stub's record of an object inherited from the parent (addon/stub/restorer.c, KIND_INHERITED). */
 const KIND_INHERITED = 0x100
@@ -246,8 +247,9 @@ function withLocksOnce(tasks: SavedCheckpoint[]): SavedCheckpoint[] {
 
 async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: RestoreOptions): Promise<number> {
   const root = saved.pid
-  if (options.lazy) throw new CkptError(`task-${root}: a lazy restore of a process tree is not supported yet (restore it without --lazy)`, 'ENOTSUP')
   const tasks = liveTasks(saved)
+  // A lazy restore: each process's own fill (lazy.ts), let go once the whole tree runs.
+  const fills = options.lazy ? new TreeFill(root, tasks.map((t) => t.pid)) : undefined
   const order = creationOrder(saved, tasks)
   for (const t of tasks) await checkRestorable(t, options)
   for (const z of saved.zombies ?? []) await awaitZombiePidFree(z)
@@ -311,7 +313,8 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
       try {
         const parentPremapped = premapped.get(t.process.ppid) ?? new Set<Vma>()
         const inherited = new Set((inheritedBy.get(t.pid) ?? []).filter((pair) => parentPremapped.has(pair.parent)).map((pair) => pair.child))
-        await rebuildSpawned(t, timer, access, { ...options, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited })
+        const lazy = fills && { lazy: fills.take, lazyKin: fills.kin }
+        await rebuildSpawned(t, timer, access, { ...options, ...lazy, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited }, fills?.hold())
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)
@@ -327,10 +330,20 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
   } catch (err) {
     // All or nothing: every task dies, children first; the root's keeper reaps what is left.
     for (const t of [...live].reverse()) await native.thaw(t.pid, true).catch(() => undefined)
-    throw err
+    // A lazy fill that found a damaged page killed the tree itself: its reason is the one.
+    fills?.release()
+    throw (await fills?.failure()) ?? err
   }
   // Every task is complete: only now does any of them run.
-  for (const t of [...live].reverse()) await native.thaw(t.pid, false)
+  try {
+    for (const t of [...live].reverse()) await native.thaw(t.pid, false)
+  } catch (err) {
+    // A fill that failed meanwhile killed the tree: its reason is the one.
+    fills?.release()
+    throw (await fills?.failure()) ?? err
+  }
+  fills?.release()
+  if (fills?.any) options.lazy!(fills.done())
   timer.mark('thaw')
   timer.report(`of the tree of ${root} (${live.length} processes, ${(saved.zombies ?? []).length} zombies)`)
   return root
