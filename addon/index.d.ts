@@ -464,7 +464,12 @@ export interface TcpRepairDump {
   recvSeq: bigint
   recvQueue: Buffer
   unsent: number
+  /** TCP_MAXSEG in repair mode: the MSS clamp (what the peer announced). */
   mss: number
+  /** tcpi_snd_mss: the segment size the connection sends with. */
+  sndMss: number
+  /** tcpi_state (a half-closed connection's queues' sequence numbers count its FIN). */
+  state: number
   /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
   options: number
   sndWscale: number

@@ -85,7 +85,7 @@ async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
   t.same(checks.failed, [], 'no check failed')
   for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
     'udp: SO_RCVTIMEO', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
-    'tcp: SO_SNDTIMEO', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
     t.ok(checks.ok.includes(name), `ok ${name}`)
   }
   const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))

@@ -233,6 +233,10 @@ napi_value js_tcp_repair_dump(napi_env env, napi_callback_info info) {
     goto failed;
   }
   set_prop(env, obj, "mss", make_i32(env, mss));
+  // The MSS the connection sends with (mss_cache): TCP_MAXSEG in repair mode is the clamp
+  // (the peer's MSS), while the segment size was also bounded by half the peer's window.
+  set_prop(env, obj, "sndMss", make_i32(env, (int32_t)ti.tcpi_snd_mss));
+  set_prop(env, obj, "state", make_i32(env, ti.tcpi_state));
   set_prop(env, obj, "options", make_i32(env, ti.tcpi_options));
   set_prop(env, obj, "sndWscale", make_i32(env, ti.tcpi_snd_wscale));
   set_prop(env, obj, "rcvWscale", make_i32(env, ti.tcpi_rcv_wscale));

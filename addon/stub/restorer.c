@@ -1457,7 +1457,7 @@ static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
 // keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, u32 repair, then when repair is 1:
 // u32 send_seq, u32 recv_seq, bytes send_queue, u32 unsent, bytes recv_queue, u32 mss,
 // u32 tcpi_options, u32 snd_wscale, u32 rcv_wscale, u32 timestamp, u32 snd_wl1, snd_wnd,
-// max_window, rcv_wnd, rcv_wup. Made with the task's credentials: its bind is checked as the
+// max_window, rcv_wnd, rcv_wup, snd_mss (0: not known). Made with the task's credentials: its bind is checked as the
 // task's (a port below 1024 needs the CAP_NET_BIND_SERVICE it had), and TCP_REPAIR needs the
 // CAP_NET_ADMIN it had.
 static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) {
@@ -1515,13 +1515,21 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     window.max_window = u32("max_window");
     window.rcv_wnd = u32("rcv_wnd");
     window.rcv_wup = u32("rcv_wup");
+    uint32_t snd_mss = u32("snd_mss");
     if (!peer) fail("%s: an established connection without a peer address", what);
     if (unsent > send_len) fail("%s: %u unsent bytes of a send queue of %u", what, unsent, send_len);
     // The sequence numbers where the queues start: sending them in again moves each to its saved value.
     repair_queue(fd, TCP_SEND_QUEUE, send_seq - send_len, what);
     repair_queue(fd, TCP_RECV_QUEUE, recv_seq - recv_len, what);
+    // The segment size: connect sizes it (mss_cache) from the clamp it finds, TCP_MAXSEG's or
+    // else 536, and nothing later sizes it again (TCP_REPAIR_OPTIONS' MSS only sets the clamp),
+    // so the saved one is the clamp given here. It counts the timestamp option, which connect
+    // takes off (when the host sends timestamps) and which the saved size was without (when
+    // the connection had them). Reset to "not set" after connect, as the program left it.
+    if (snd_mss) sock_opt(fd, SOL_TCP, TCP_MAXSEG, (int)(snd_mss + (options & TCPI_OPT_TIMESTAMPS ? 12 : 0)), "TCP_MAXSEG", what);
     // In repair mode connect sends no SYN: the connection is established at once.
     if (connect(fd, peer, peer_len) < 0) fail("%s: connect (repair): %s", what, strerror(errno));
+    if (snd_mss) sock_opt(fd, SOL_TCP, TCP_MAXSEG, 0, "TCP_MAXSEG", what);
     struct tcp_repair_opt opts[4];
     int n = 0;
     opts[n++] = (struct tcp_repair_opt){TCPOPT_MAXSEG, mss};

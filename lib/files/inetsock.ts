@@ -55,7 +55,13 @@ export interface TcpRepair {
   /** The last `unsent` bytes of the send queue were never sent. */
   unsent: number
   recvQueue: Lazy<Buffer>
+  /** The MSS clamp: what the peer announced (TCP_MAXSEG in repair mode). */
   mss: number
+  /**
+   * The segment size it sent with (tcpi_snd_mss): the clamp bounded by the path's MTU and by
+   * half the peer's window when the connection was made. 0: not known (a tree of before 1.6).
+   */
+  sndMss: number
   /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
   tcpOptions: number
   sndWscale: number
@@ -182,6 +188,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
           unsent: dump.unsent,
           recvQueue: async () => dump.recvQueue,
           mss: dump.mss,
+          sndMss: dump.sndMss,
           tcpOptions: dump.options & TCPI_OPT_KNOWN,
           sndWscale: dump.sndWscale,
           rcvWscale: dump.rcvWscale,
@@ -252,6 +259,7 @@ const tcpEntries: TableEntry<TcpRepair>[] = [
   attr('unsent', (t) => t.unsent),
   ...checkedBytes('recv_queue', (t: TcpRepair) => t.recvQueue()),
   attr('mss', (t) => t.mss),
+  attr('snd_mss', (t) => t.sndMss),
   attr('tcp_options', (t) => t.tcpOptions),
   attr('snd_wscale', (t) => t.sndWscale),
   attr('rcv_wscale', (t) => t.rcvWscale),
@@ -326,6 +334,7 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
       unsent: u32('unsent'),
       recvQueue: t.checkedLazyBytes('recv_queue'),
       mss: u32('mss'),
+      sndMss: t.has('snd_mss') ? u32('snd_mss') : 0,
       tcpOptions: u32('tcp_options'),
       sndWscale: u32('snd_wscale'),
       rcvWscale: u32('rcv_wscale'),
@@ -360,6 +369,7 @@ export function validateInet(d: InetSocketDescription): void {
   const t = s.tcp
   if (t) {
     if (t.mss < 1 || t.mss > 65535) throw invalid(d, 'tcp/mss', `${t.mss} is out of range [1, 65535]`)
+    if (t.sndMss > t.mss) throw invalid(d, 'tcp/snd_mss', `${t.sndMss} is above the clamp tcp/mss (${t.mss})`)
     if (t.tcpOptions & ~TCPI_OPT_KNOWN) throw invalid(d, 'tcp/tcp_options', `${t.tcpOptions} has bits other than TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK and TCPI_OPT_WSCALE`)
     if (t.sndWscale > MAX_WSCALE) throw invalid(d, 'tcp/snd_wscale', `${t.sndWscale} is above ${MAX_WSCALE}`)
     if (t.rcvWscale > MAX_WSCALE) throw invalid(d, 'tcp/rcv_wscale', `${t.rcvWscale} is above ${MAX_WSCALE}`)
@@ -426,7 +436,7 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     if (t.unsent > sendQueue.length) throw invalid(d, 'tcp/unsent', `${t.unsent} is more than the ${sendQueue.length} bytes of send_queue`)
     p.u32(t.sendSeq).u32(t.recvSeq).bytes(sendQueue).u32(t.unsent).bytes(recvQueue)
       .u32(t.mss).u32(t.tcpOptions).u32(t.sndWscale).u32(t.rcvWscale).u32(t.timestamp)
-      .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup)
+      .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup).u32(t.sndMss)
   }
   return { kind: INET_KINDS.inet, objref: d.objref, payload: p }
 }
@@ -479,6 +489,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
       unsent: t.num('unsent', { max: sendQueue.length }),
       recvQueue: async () => recvQueue,
       mss: t.num('mss'),
+      sndMss: t.num('sndMss'),
       tcpOptions: t.num('tcpOptions'),
       sndWscale: t.num('sndWscale'),
       rcvWscale: t.num('rcvWscale'),
