@@ -435,15 +435,87 @@ t.test('a netlink socket with an answer queued, a SOCK_PACKET socket and a mappe
   t.match(r.stdout, /^task-\d+\/memory\/vmas\/[0-9a-f]+-[0-9a-f]+: not checkpointable: a mapping of socket:\[\d+\] \(a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped\): its frames are the kernel's, which a restore cannot map again$/m, 'and the mapped ring')
 })
 
-t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {
-  // A peer that closes every connection at once: the program's end stays in CLOSE_WAIT.
-  const closer = net.createServer((c) => c.end()).listen(0, '127.0.0.1')
-  await new Promise((resolve) => closer.once('listening', resolve))
-  t.teardown(() => closer.close())
-  const closerPort = (closer.address() as net.AddressInfo).port
+/** A TCP server on 127.0.0.1 (closed at teardown) and its port. */
+async function server(t: Test, onConnection: (c: net.Socket) => void, opts: net.ServerOpts = {}): Promise<number> {
+  const accepted: net.Socket[] = []
+  const srv = net.createServer(opts, (c) => {
+    accepted.push(c.on('error', () => undefined))
+    onConnection(c)
+  }).listen(0, '127.0.0.1')
+  await new Promise((resolve) => srv.once('listening', resolve))
+  t.teardown(() => {
+    accepted.forEach((c) => c.destroy())
+    srv.close()
+  })
+  return (srv.address() as net.AddressInfo).port
+}
+
+t.test('half-closed connections come back: CLOSE_WAIT reads its last bytes then EOF, FIN_WAIT2 reads the peer to its end', async (t) => {
+  const mnt = mountFor(t)
+  // One peer says its last bytes and closes (the program's end: CLOSE_WAIT, those bytes unread);
+  // the other stays open after the program shuts its side (FIN_WAIT2) and speaks after the restore.
+  const closerPort = await server(t, (c) => c.end('last bytes'))
+  let open: net.Socket | undefined
+  const openPort = await server(t, (c) => (open = c), { allowHalfOpen: true })
+  const dir = workdir(t, 'ckptfs-inet-half-')
+  const code = [
+    'import os,socket,sys,time',
+    'def state(s): return s.getsockopt(socket.IPPROTO_TCP,socket.TCP_INFO,8)[0]',
+    'def to_eof(s):',
+    '  b=b""',
+    '  while True:',
+    '    x=s.recv(100)',
+    '    if not x: return b.decode()',
+    '    b+=x',
+    `w=socket.create_connection(('127.0.0.1',${closerPort}))`,
+    `f=socket.create_connection(('127.0.0.1',${openPort}))`,
+    'f.shutdown(socket.SHUT_WR)',
+    'while state(w)!=8 or state(f)!=5: time.sleep(0.01)',
+    "print('ready',flush=True)",
+    "while not os.path.exists(sys.argv[1]+'/go'): time.sleep(0.02)",
+    "print('states',state(w),state(f),flush=True)",
+    "print('close_wait read %r then EOF' % to_eof(w),flush=True)",
+    "print('fin_wait2 read %r then EOF' % to_eof(f),flush=True)",
+    'try:',
+    "  f.send(b'x')",
+    "  print('fin_wait2 send: sent',flush=True)",
+    'except OSError as e:',
+    "  print('fin_wait2 send: errno',e.errno,flush=True)",
+    'while True: time.sleep(1)',
+  ].join('\n')
+  const target = await launch(t, ['python3', '-c', code, dir], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  await waitUntil('the open peer to accept the connection', () => open !== undefined)
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const found = sockets(saved)
+  const waiting = found.find((k) => k.state === 'close_wait')
+  const finished = found.find((k) => k.state === 'fin_wait2')
+  t.ok(waiting && finished, `state: close_wait and fin_wait2 (${found.map((k) => k.state).join(', ')})`)
+  if (!waiting || !finished) return
+  t.equal(fs.readFileSync(path.join(waiting.dir, 'tcp', 'recv_queue'), 'utf8'), 'last bytes', 'close_wait: tcp/recv_queue holds the bytes before the FIN')
+  t.equal(ourTables(closerPort, openPort).length, 2, 'a table for each while they are gone')
+  const since = target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(closerPort, openPort), [], 'the restore removed both tables')
+  if (r.status !== 0) return
+  fs.writeFileSync(path.join(dir, 'go'), '')
+  await waitUntil('the program to read its CLOSE_WAIT connection', () => /close_wait read/.test(target.text().slice(since)), 20_000).catch(() => undefined)
+  open!.end('after the restore')
+  await waitUntil('the program to try sending', () => /fin_wait2 send/.test(target.text().slice(since)), 20_000).catch(() => undefined)
+  const said = target.text().slice(since)
+  t.match(said, /^states 8 5$/m, 'after the restore: CLOSE_WAIT (8) and FIN_WAIT2 (5), as before')
+  t.match(said, /^close_wait read 'last bytes' then EOF$/m, 'CLOSE_WAIT: the bytes the peer sent before its FIN, then EOF')
+  t.match(said, /^fin_wait2 read 'after the restore' then EOF$/m, 'FIN_WAIT2: the peer\'s bytes sent after the restore, then its EOF')
+  t.match(said, /^fin_wait2 send: errno 32$/m, 'FIN_WAIT2: its own side stays shut (EPIPE)')
+})
+
+t.test('a connection whose FIN is not acknowledged, and a listening socket with connections not accepted, are refused by name', async (t) => {
+  // A peer that reads nothing: the program's stream and then its FIN wait (FIN_WAIT1).
+  const stuckPort = await server(t, (c) => c.pause())
   const port = await freePort()
   const dir = workdir(t, 'ckptfs-inet-states-')
-  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${closerPort}))\nos.dup2(c.fileno(),8)\nwhile c.recv(10): pass\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
+  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${stuckPort}))\nc.setblocking(False)\ntry:\n  while True: c.send(bytes(65536))\nexcept BlockingIOError: pass\nc.shutdown(socket.SHUT_WR)\nos.dup2(c.fileno(),8)\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
   // A client the program never accepts.
   const waiting = net.connect(port, '127.0.0.1')
@@ -452,8 +524,8 @@ t.test('a connection the peer closed, and a listening socket with connections no
   await new Promise((resolve) => waiting.once('connect', resolve))
   const r = ckptfs('check', String(target.pid))
   t.match(r.stdout, new RegExp(`^fd 7: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:${port} \\(listening\\) has 1 connection\\(s\\) not yet accepted, which would be lost \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the listening socket with a connection waiting')
-  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
-  t.notOk(anythingOurs(port, closerPort), 'nothing of ours in nft list ruleset')
+  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${stuckPort} is in state FIN_WAIT1: only ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, LISTEN and CLOSE connections are checkpointed \\(its FIN is not acknowledged yet; checkpoint it again once the peer has\\) \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in FIN_WAIT1')
+  t.notOk(anythingOurs(port, stuckPort), 'nothing of ours in nft list ruleset')
 })
 
 t.test('a connection killed at its checkpoint and never restored: umount removes its table', async (t) => {

@@ -76,7 +76,12 @@ export interface TcpRepair {
 
 export type InetFamily = 'inet' | 'inet6'
 export type InetProtocol = 'tcp' | 'udp'
-export type InetState = 'established' | 'listen' | 'close'
+/**
+ * close_wait: the peer shut its side (its FIN came after the receive queue); fin_wait2: this
+ * end shut its side and the peer acknowledged the FIN. Both half-closed states are connections
+ * restored as established ones are, then closed on their side again (restorer.c).
+ */
+export type InetState = 'established' | 'listen' | 'close' | 'close_wait' | 'fin_wait2'
 
 export interface InetSocket {
   family: InetFamily
@@ -109,10 +114,14 @@ declare module './socket' {
 const AF_INET = 2, AF_INET6 = 10
 const SOCK_STREAM = 1, SOCK_DGRAM = 2
 const IPPROTO_TCP = 6, IPPROTO_UDP = 17
-const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10
+const TCP_ESTABLISHED = 1, TCP_FIN_WAIT2 = 5, TCP_CLOSE = 7, TCP_CLOSE_WAIT = 8, TCP_LISTEN = 10
 /** The kernel's sk_state names (include/net/tcp_states.h). */
 const TCP_STATE_NAMES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV']
-const STATES: readonly InetState[] = ['established', 'listen', 'close']
+const STATES: readonly InetState[] = ['established', 'listen', 'close', 'close_wait', 'fin_wait2']
+/** The states of a TCP connection (one with a peer and its tcp/ state). */
+const CONNECTED: readonly InetState[] = ['established', 'close_wait', 'fin_wait2']
+const isConnection = (s: { protocol: InetProtocol; state: InetState }): boolean => s.protocol === 'tcp' && CONNECTED.includes(s.state)
+const STATE_NUMBERS: Record<InetState, number> = { established: TCP_ESTABLISHED, listen: TCP_LISTEN, close: TCP_CLOSE, close_wait: TCP_CLOSE_WAIT, fin_wait2: TCP_FIN_WAIT2 }
 const FAMILIES: readonly InetFamily[] = ['inet', 'inet6']
 const PROTOCOLS: readonly InetProtocol[] = ['tcp', 'udp']
 /** Window scale shifts above 14 are invalid (RFC 7323). */
@@ -153,7 +162,9 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
     else if (info.state === TCP_ESTABLISHED) state = 'established'
     else if (info.state === TCP_LISTEN) state = 'listen'
     else if (info.state === TCP_CLOSE) state = 'close'
-    else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed`)
+    else if (info.state === TCP_CLOSE_WAIT) state = 'close_wait'
+    else if (info.state === TCP_FIN_WAIT2) state = 'fin_wait2'
+    else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, LISTEN and CLOSE connections are checkpointed (${closingWhy(info.state)})`)
     if (state === 'listen' && info.pending > 0) return refuse(`${name} (listening) has ${info.pending} connection(s) not yet accepted, which would be lost`)
     const options: InetSocketOptions = {
       reuseaddr: info.reuseaddr !== 0,
@@ -171,7 +182,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       broadcast: info.broadcast !== 0,
     }
     let tcp: TcpRepair | undefined
-    if (protocol === 'tcp' && state === 'established') {
+    if (isConnection({ protocol, state })) {
       const tuple = fourTuple(effectiveUid(pid), local, peer!)
       // The peer's packets are dropped before the socket goes quiet, so none meets a closed port.
       try {
@@ -181,9 +192,17 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       }
       try {
         const dump = native.tcpRepairDump(fd)
+        // The state again, in repair mode: a FIN that came in or was acknowledged meanwhile.
+        if (dump.state !== STATE_NUMBERS[state]) {
+          native.tcpRepairOff(fd)
+          throw new CkptError(`it went from ${state.toUpperCase()} to ${TCP_STATE_NAMES[dump.state] ?? dump.state} while being read`)
+        }
+        // A FIN takes a sequence number: each queue's is kept as the one after its last byte,
+        // the FIN left out (the restore sends it again).
+        const fin = (seq: bigint) => Number((seq - 1n) & 0xffffffffn)
         tcp = {
-          sendSeq: Number(dump.sendSeq),
-          recvSeq: Number(dump.recvSeq),
+          sendSeq: state === 'fin_wait2' ? fin(dump.sendSeq) : Number(dump.sendSeq),
+          recvSeq: state === 'close_wait' ? fin(dump.recvSeq) : Number(dump.recvSeq),
           sendQueue: async () => dump.sendQueue,
           unsent: dump.unsent,
           recvQueue: async () => dump.recvQueue,
@@ -199,6 +218,8 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
           rcvWnd: Number(dump.rcvWnd),
           rcvWup: Number(dump.rcvWup),
         }
+        // The window's left edge may be the FIN's end: moved back with it, the right edge kept (as CRIU does).
+        if (state === 'close_wait') Object.assign(tcp, { rcvWup: fin(dump.rcvWup), rcvWnd: tcp.rcvWnd + 1 })
       } catch (err) {
         await closeGap(tuple).catch(() => undefined)
         return refuse(`${name}: TCP_REPAIR failed: ${(err as Error).message}`)
@@ -212,6 +233,16 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
   }
 }
 
+/** Why a closing state other than CLOSE_WAIT and FIN_WAIT2 is not restored. */
+function closingWhy(state: number): string {
+  switch (TCP_STATE_NAMES[state]) {
+    case 'FIN_WAIT1': return 'its FIN is not acknowledged yet; checkpoint it again once the peer has'
+    case 'LAST_ACK': case 'CLOSING': return 'both sides sent their FIN and one is not acknowledged yet: the connection is all but over'
+    case 'TIME_WAIT': return 'the connection is over'
+    default: return 'a connection not yet established would be lost'
+  }
+}
+
 /** The effective uid of a task, from /proc/PID/status (the gap's owner). */
 function effectiveUid(pid: number): number {
   const uids = /^Uid:\s+\d+\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -222,7 +253,7 @@ function effectiveUid(pid: number): number {
 /** The gap of `d` when it is an established TCP connection of a task whose effective uid was `uid`. */
 export function connectionTuple(d: InetSocketDescription, uid: number): FourTuple | undefined {
   const s = d.inet
-  return s.protocol === 'tcp' && s.state === 'established' && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
+  return isConnection(s) && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
 }
 
 /**
@@ -361,11 +392,14 @@ export function validateInet(d: InetSocketDescription): void {
   if (s.peer && s.peer.port === 0) throw invalid(d, 'peer_port', 'port 0 is no peer')
   if (s.protocol === 'udp' && s.state === 'listen') throw invalid(d, 'state', 'a UDP socket does not listen')
   if (s.state === 'listen' && s.local.port === 0) throw invalid(d, 'local_port', 'a listening socket is bound to a port')
-  if (s.state === 'established' && !s.peer) throw invalid(d, 'state', 'established, but there is no peer_addr')
-  if (s.state !== 'established' && s.peer) throw invalid(d, 'peer_addr', `a socket in state ${s.state} has no peer`)
-  if (s.protocol === 'tcp' && s.state === 'established' && !s.tcp) throw invalid(d, 'tcp', 'an established TCP connection needs its tcp/ state')
-  if (s.tcp && !(s.protocol === 'tcp' && s.state === 'established')) throw invalid(d, 'tcp', `only an established TCP connection has one (this is ${s.protocol}, ${s.state})`)
-  if (s.state === 'established' && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
+  if (s.protocol === 'udp' && s.state !== 'established' && s.state !== 'close') throw invalid(d, 'state', `a UDP socket is established (connected) or close, not ${s.state}`)
+  const connected = CONNECTED.includes(s.state)
+  if (connected && !s.peer) throw invalid(d, 'state', `${s.state}, but there is no peer_addr`)
+  if (!connected && s.peer) throw invalid(d, 'peer_addr', `a socket in state ${s.state} has no peer`)
+  if (isConnection(s) && !s.tcp) throw invalid(d, 'tcp', `a TCP connection (${s.state}) needs its tcp/ state`)
+  if (s.tcp && !isConnection(s)) throw invalid(d, 'tcp', `only a TCP connection has one (this is ${s.protocol}, ${s.state})`)
+  if (s.state === 'fin_wait2' && s.tcp && s.tcp.unsent > 0) throw invalid(d, 'tcp/unsent', 'a connection in fin_wait2 shut its sending side: nothing is left to send')
+  if (connected && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
   const t = s.tcp
   if (t) {
     if (t.mss < 1 || t.mss > 65535) throw invalid(d, 'tcp/mss', `${t.mss} is out of range [1, 65535]`)
@@ -421,7 +455,7 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     .u32(s.protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM)
     .u32(s.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP)
     .i32(d.flags & O_NONBLOCK)
-    .u32(s.state === 'established' ? TCP_ESTABLISHED : s.state === 'listen' ? TCP_LISTEN : TCP_CLOSE)
+    .u32(STATE_NUMBERS[s.state])
     .bytes(s.local.port !== 0 ? sockaddr(s.family, s.local) : Buffer.alloc(0))
     .bytes(s.peer ? sockaddr(s.family, s.peer) : Buffer.alloc(0))
     .u32(s.backlog)
@@ -516,7 +550,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
 
 export function inetSummary(d: InetSocketDescription): string {
   const s = d.inet
-  const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `established, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
+  const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `${s.state === 'established' ? 'established' : s.state.toUpperCase()}, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
   return `${d.target} (${socketName(s)}, ${what})`
 }
 
