@@ -456,6 +456,9 @@ export interface InetSocketInfo {
   keepcnt: number
   rcvtimeoUs: bigint
   sndtimeoUs: bigint
+  /** UDP: the queued datagrams (peeked, in order) and the address each came from. */
+  queue?: Buffer[]
+  senders?: Array<InetAddress | undefined>
 }
 
 export interface TcpRepairDump {

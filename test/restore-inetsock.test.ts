@@ -84,7 +84,7 @@ async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
   t.ok(checks.done, 'the fixture finished its checks')
   t.same(checks.failed, [], 'no check failed')
   for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
-    'udp: SO_RCVTIMEO', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
+    'udp: SO_RCVTIMEO', 'udp: the queued datagrams, in order, from their senders', 'udp6: the connected socket\'s queued datagram, from its peer', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
     'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
     t.ok(checks.ok.includes(name), `ok ${name}`)
   }
@@ -113,6 +113,10 @@ t.test('listening, UDP and an established connection with data in flight come ba
   t.ok(Number(read(path.join(conn.dir, 'tcp', 'unsent'))) <= sendQueue, 'unsent: part of send_queue')
   t.equal(read(path.join(conn.dir, 'options', 'nodelay')), '1', 'options/nodelay')
   t.equal(read(path.join(found.find((k) => k.family === 'inet' && k.state === 'listen')!.dir, 'backlog')), '7', 'backlog')
+  const udp = found.find((k) => k.family === 'inet' && k.protocol === 'udp')!
+  const [, from1, from2] = /^udp queued from (\d+) (\d+)$/m.exec(s.target.text())!
+  t.equal(fs.readFileSync(path.join(udp.dir, 'queue_senders'), 'utf8'), `127.0.0.1 ${from1}\n127.0.0.1 ${from1}\n127.0.0.1 ${from2}\n`, 'queue_senders: each queued datagram\'s sender')
+  t.same(fs.readFileSync(path.join(udp.dir, 'queue')), Buffer.from('05000000666972737400000000050000007468697264', 'hex'), 'queue: each datagram\'s length and bytes')
 
   await gap(s)
   const since = s.target.text().length

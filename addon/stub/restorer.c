@@ -1489,7 +1489,7 @@ static void send_as_peer(const struct sockaddr *from, const struct sockaddr *to,
   const uint8_t *src = v4 ? src4 : ((const struct sockaddr_in6 *)(const void *)from)->sin6_addr.s6_addr;
   const uint8_t *dst = v4 ? dst4 : ((const struct sockaddr_in6 *)(const void *)to)->sin6_addr.s6_addr;
   size_t alen = v4 ? 4 : 16, hlen = v4 ? 20 : 40;
-  if (l4len > 65535 - hlen) fail("%s: %s: %zu bytes do not fit in one IP packet", what, why, l4len);
+  if (l4len > (v4 ? 65535 - hlen : 65535)) fail("%s: %s: %zu bytes do not fit in one IP packet", what, why, l4len);
   // The pseudo-header: addresses, protocol, length.
   uint8_t pseudo[4] = {0, (uint8_t)proto, (uint8_t)(l4len >> 8), (uint8_t)l4len};
   uint32_t sum = sum16(src, alen, 0);
@@ -1582,6 +1582,69 @@ static void await_tcp_state(int fd, int state, const char *why, const char *what
   fail("%s: %s: the connection is in TCP state %u, not %d, after 2 s", what, why, ti.tcpi_state, state);
 }
 
+// How many datagrams a UDP socket holds: its queue walked with MSG_PEEK and SO_PEEK_OFF (each
+// peek moves past one datagram), the peek offset then off again (a new socket's).
+static uint32_t datagrams_queued(int fd, const char *what) {
+  static char buf[65536];
+  sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF", what);
+  uint32_t n = 0;
+  while (recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) >= 0) n++;
+  if (errno != EAGAIN) fail("%s: recv(MSG_PEEK): %s", what, strerror(errno));
+  sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, -1, "SO_PEEK_OFF", what);
+  return n;
+}
+
+// u32 count, then per datagram: bytes sender address, bytes data. Each is sent again in its
+// sender's name to the socket's address (the loopback one of its family when it is bound to
+// any), before the socket is connected (a connected one takes only its peer's), and all are
+// waited for, so the task reads the same datagrams from the same senders, in order.
+static void restore_datagrams(int fd, int domain, const struct sockaddr *local, socklen_t local_len, const char *what) {
+  uint32_t count = u32("datagram count");
+  if (count == 0) return;
+  if (!local) fail("%s: %u datagrams queued on a socket bound to no address", what, count);
+  for (uint32_t i = 0; i < count; i++) {
+    uint32_t from_len, len;
+    const uint8_t *from_raw = blob("datagram sender", &from_len);
+    const uint8_t *data = blob("datagram", &len);
+    char why[64];
+    snprintf(why, sizeof why, "queued datagram %u of %u", i + 1, count);
+    const struct sockaddr *from = sock_address(from_raw, from_len, domain, "sender", what);
+    if (!from) fail("%s: %s has no sender", what, why);
+    struct sockaddr_storage to;
+    memset(&to, 0, sizeof to);
+    memcpy(&to, local, local_len);
+    uint8_t v4[4];
+    if (domain == AF_INET && ((struct sockaddr_in *)&to)->sin_addr.s_addr == htonl(INADDR_ANY)) {
+      ((struct sockaddr_in *)&to)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else if (domain == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&to)->sin6_addr)) {
+      struct in6_addr *a = &((struct sockaddr_in6 *)&to)->sin6_addr;
+      if (mapped_v4(from, v4)) {  // an IPv4 datagram on a dual-stack socket: to ::ffff:127.0.0.1
+        a->s6_addr[10] = a->s6_addr[11] = 0xff;
+        a->s6_addr[12] = 127;
+        a->s6_addr[15] = 1;
+      } else {
+        *a = in6addr_loopback;
+      }
+    }
+    if (len > 65527) fail("%s: %s of %u bytes is larger than a UDP datagram", what, why, len);
+    uint8_t *l4 = malloc(8 + (size_t)len);
+    if (!l4) fail("%s: %s: out of memory", what, why);
+    put16(l4, port_of(from));
+    put16(l4 + 2, port_of((struct sockaddr *)&to));
+    put16(l4 + 4, 8 + len);
+    l4[6] = l4[7] = 0;
+    memcpy(l4 + 8, data, len);
+    send_as_peer(from, (struct sockaddr *)&to, IPPROTO_UDP, l4, 8 + (size_t)len, 6, why, what);
+    free(l4);
+  }
+  uint32_t got = 0;
+  for (int i = 0; i < 200 && (got = datagrams_queued(fd, what)) < count; i++) {
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  if (got != count) fail("%s: %u of the %u queued datagrams sent again reached the socket after 2 s", what, got, count);
+}
+
 static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
   sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what);
   if (queue != TCP_NO_QUEUE) sock_opt(fd, SOL_TCP, TCP_QUEUE_SEQ, (int)seq, "TCP_QUEUE_SEQ", what);
@@ -1592,7 +1655,8 @@ static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
 // keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, u32 repair, then when repair is 1:
 // u32 send_seq, u32 recv_seq, bytes send_queue, u32 unsent, bytes recv_queue, u32 mss,
 // u32 tcpi_options, u32 snd_wscale, u32 rcv_wscale, u32 timestamp, u32 snd_wl1, snd_wnd,
-// max_window, rcv_wnd, rcv_wup, snd_mss (0: not known). Made with the task's credentials: its bind is checked as the
+// max_window, rcv_wnd, rcv_wup, snd_mss (0: not known); then u32 datagram count and the
+// datagrams (restore_datagrams; none for TCP). Made with the task's credentials: its bind is checked as the
 // task's (a port below 1024 needs the CAP_NET_BIND_SERVICE it had), and TCP_REPAIR needs the
 // CAP_NET_ADMIN it had.
 static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) {
@@ -1708,8 +1772,10 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     sock_opt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR", what);
     send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, "unsent send queue", what);
     if (reuseaddr) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
-  } else if (peer && connect(fd, peer, peer_len) < 0) {
-    fail("%s: connect: %s", what, strerror(errno));
+    if (u32("datagram count")) fail("%s: a TCP connection with queued datagrams", what);
+  } else {
+    restore_datagrams(fd, domain, local, local_len, what);
+    if (peer && connect(fd, peer, peer_len) < 0) fail("%s: connect: %s", what, strerror(errno));
   }
   if (state == TCP_LISTEN && listen(fd, (int)backlog) < 0) fail("%s: listen(%u): %s", what, backlog, strerror(errno));
   set_status_flags(fd, flags, what);

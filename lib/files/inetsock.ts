@@ -16,7 +16,7 @@ import { closeGap, fourTuple, holdConnection, openGap, type FourTuple } from '..
 import { RecordBuilder } from '../restore/fdplan'
 import type { Fields } from '../image/records'
 import { checkedBytes } from '../tree/checked'
-import { attr, sub, type TableEntry } from '../tree/node'
+import { attr, bytes, sub, type TableEntry } from '../tree/node'
 import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { DescriptionBase, FdProbe, RecordedDescription } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
@@ -74,6 +74,12 @@ export interface TcpRepair {
   rcvWup: number
 }
 
+/** A datagram queued on a UDP socket and the address it came from. */
+export interface InetDatagram {
+  data: Buffer
+  sender: InetEndpoint
+}
+
 export type InetFamily = 'inet' | 'inet6'
 export type InetProtocol = 'tcp' | 'udp'
 /**
@@ -96,6 +102,8 @@ export interface InetSocket {
   options: InetSocketOptions
   /** Set for an established TCP connection. */
   tcp: TcpRepair | undefined
+  /** UDP: the datagrams queued to be read, in order (restorer.c sends each again in its sender's name). */
+  queue: Lazy<InetDatagram[]>
 }
 
 export interface InetSocketDescription extends DescriptionCommon {
@@ -127,6 +135,8 @@ const PROTOCOLS: readonly InetProtocol[] = ['tcp', 'udp']
 /** Window scale shifts above 14 are invalid (RFC 7323). */
 const MAX_WSCALE = 14
 const TCPI_OPT_KNOWN = 1 | 2 | 4
+/** The largest UDP payload: 65535 less the UDP header (IPv6; over IPv4 also less its 20-byte header). */
+const MAX_UDP_PAYLOAD = 65527
 
 export function isInetDomain(domain: number): boolean {
   return domain === AF_INET || domain === AF_INET6
@@ -181,6 +191,13 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       v6only: info.v6only !== 0,
       broadcast: info.broadcast !== 0,
     }
+    const datagrams: InetDatagram[] = []
+    for (const [i, data] of (info.queue ?? []).entries()) {
+      const from = info.senders?.[i]
+      if (!from) return refuse(`${name}: queued datagram ${i + 1} has no sender address`)
+      if (from.scopeId) return refuse(`${name}: queued datagram ${i + 1} came from a link-local address (scope ${from.scopeId}), which is not restored`)
+      datagrams.push({ data, sender: { addr: from.addr, port: from.port } })
+    }
     let tcp: TcpRepair | undefined
     if (isConnection({ protocol, state })) {
       const tuple = fourTuple(effectiveUid(pid), local, peer!)
@@ -227,7 +244,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       holdConnection(pid, fd, tuple)
       kept = true
     }
-    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp } }
+    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp, queue: async () => datagrams } }
   } finally {
     if (!kept) native.close(fd)
   }
@@ -315,11 +332,56 @@ const peerEntries: TableEntry<InetSocketDescription>[] = [
   attr('peer_addr', (d) => d.inet.peer!.addr),
   attr('peer_port', (d) => d.inet.peer!.port),
 ]
+// ---- the queue file of a UDP socket ----
+// Per datagram a u32 (little-endian) length, then its bytes; queue_senders: per datagram one
+// line, the address and port it came from.
+
+function datagramBytes(queue: InetDatagram[]): Buffer {
+  const parts: Buffer[] = []
+  for (const m of queue) {
+    const head = Buffer.alloc(4)
+    head.writeUInt32LE(m.data.length, 0)
+    parts.push(head, m.data)
+  }
+  return Buffer.concat(parts)
+}
+
+function datagramsFromBytes(bytes: Buffer, fail: (why: string) => never): Buffer[] {
+  const out: Buffer[] = []
+  for (let at = 0; at < bytes.length;) {
+    if (bytes.length - at < 4) fail(`datagram ${out.length}: truncated length at byte ${at}`)
+    const len = bytes.readUInt32LE(at)
+    if (len > MAX_UDP_PAYLOAD) fail(`datagram ${out.length}: ${len} bytes is more than a UDP datagram holds (${MAX_UDP_PAYLOAD})`)
+    if (len > bytes.length - at - 4) fail(`datagram ${out.length}: ${len} bytes announced at byte ${at}, ${bytes.length - at - 4} left`)
+    out.push(bytes.subarray(at + 4, at + 4 + len))
+    at += 4 + len
+  }
+  return out
+}
+
+const sendersText = (queue: InetDatagram[]): string => queue.map((m) => `${m.sender.addr} ${m.sender.port}\n`).join('')
+
+function sendersFromText(text: string, fail: (why: string) => never): InetEndpoint[] {
+  return text.split('\n').filter((l, i, all) => l !== '' || i < all.length - 1).map((line, i) => {
+    const m = /^(\S+) (\d+)$/.exec(line)
+    if (!m || Number(m[2]) > 65535) fail(`line ${i + 1}: ${JSON.stringify(line)} is not "ADDRESS PORT"`)
+    return { addr: m[1], port: Number(m[2]) }
+  })
+}
+
+const udpEntries: TableEntry<InetSocketDescription>[] = [
+  ...checkedBytes('queue', async (d: InetSocketDescription) => datagramBytes(await d.inet.queue())),
+  bytes('queue_senders', async (d: InetSocketDescription) => Buffer.from(sendersText(await d.inet.queue()))),
+]
+
 const unconnectedTable = withCommon<InetSocketDescription>(socketEntries)
 const connectedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries])
+const udpUnconnectedTable = withCommon<InetSocketDescription>([...socketEntries, ...udpEntries])
+const udpConnectedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries, ...udpEntries])
 const establishedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries, sub('tcp', (d: InetSocketDescription) => d.inet.tcp!, tcpEntries)])
 
 export function inetEntries(d: InetSocketDescription): TableEntry<InetSocketDescription>[] {
+  if (d.inet.protocol === 'udp') return d.inet.peer ? udpConnectedTable : udpUnconnectedTable
   return d.inet.tcp ? establishedTable : d.inet.peer ? connectedTable : unconnectedTable
 }
 
@@ -377,7 +439,17 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
       rcvWup: u32('rcv_wup'),
     }
   }
-  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp } })
+  let queue: Lazy<InetDatagram[]> = async () => []
+  if (protocol === 'udp' && dir.has('queue')) {
+    const data = dir.checkedLazyBytes('queue')
+    const senders = sendersFromText(dir.has('queue_senders') ? dir.listText('queue_senders') : '', (why) => { throw dir.fail('queue_senders', why) })
+    queue = async () => {
+      const datagrams = datagramsFromBytes(await data(), (why) => { throw dir.fail('queue', why) })
+      if (datagrams.length !== senders.length) throw dir.fail('queue_senders', `${senders.length} senders for ${datagrams.length} datagrams in queue`)
+      return datagrams.map((d, i) => ({ data: d, sender: senders[i] }))
+    }
+  }
+  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp, queue } })
 }
 
 // ---- validation and restore ----
@@ -465,6 +537,13 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     .u64(o.rcvtimeoUs).u64(o.sndtimeoUs)
     .u32(s.tcp ? 1 : 0)
   const t = s.tcp
+  const queue = await s.queue()
+  if (queue.length && s.protocol !== 'udp') throw invalid(d, 'queue', 'only a UDP socket has queued datagrams')
+  queue.forEach((m, i) => {
+    if (!addressFits(s.family, m.sender.addr)) throw invalid(d, 'queue_senders', `line ${i + 1}: ${JSON.stringify(m.sender.addr)} is not an ${s.family === 'inet' ? 'IPv4' : 'IPv6'} address`)
+    if (m.sender.port === 0) throw invalid(d, 'queue_senders', `line ${i + 1}: port 0 sends nothing`)
+    if (s.local.port === 0) throw invalid(d, 'queue', 'datagrams are queued on a socket bound to no port')
+  })
   if (t) {
     const [sendQueue, recvQueue] = await Promise.all([t.sendQueue(), t.recvQueue()])
     if (t.unsent > sendQueue.length) throw invalid(d, 'tcp/unsent', `${t.unsent} is more than the ${sendQueue.length} bytes of send_queue`)
@@ -472,6 +551,8 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
       .u32(t.mss).u32(t.tcpOptions).u32(t.sndWscale).u32(t.rcvWscale).u32(t.timestamp)
       .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup).u32(t.sndMss)
   }
+  p.u32(queue.length)
+  for (const m of queue) p.bytes(sockaddr(s.family, m.sender)).bytes(m.data)
   return { kind: INET_KINDS.inet, objref: d.objref, payload: p }
 }
 
@@ -489,6 +570,7 @@ export async function inetImage(d: InetSocketDescription): Promise<object> {
     backlog: s.backlog,
     options: s.options,
     tcp: t && { ...t, sendQueue: await t.sendQueue(), recvQueue: await t.recvQueue() },
+    queue: await s.queue(),
   }
 }
 
@@ -535,6 +617,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
       rcvWup: t.num('rcvWup'),
     }
   }
+  const queue: InetDatagram[] = f.list('queue').map((m) => ({ data: m.bytes('data'), sender: endpoint(m.msg('sender')) }))
   const inet: InetSocket = {
     family,
     protocol: f.oneOf('protocol', PROTOCOLS),
@@ -544,6 +627,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
     backlog: f.num('backlog', { max: INT_MAX }),
     options,
     tcp,
+    queue: async () => queue,
   }
   return { description: described<InetSocketDescription>(base, { type: 'socket', family, inet }), contentsSize: undefined }
 }
