@@ -2,9 +2,11 @@
 // connected sockets and an established connection to a peer outside the tree, with data in
 // flight both ways, is checkpointed through the real mount, killed, and restored from a
 // `cp -a` copy and from the image; the connection carries on with no byte lost or repeated,
-// also though the peer sent during the gap. The nftables table that drops the peer's packets
+// also though the peer sent during the gap, sending segments of the size it did; UDP datagrams
+// queued at the checkpoint are read again from their senders. Half-closed connections
+// (CLOSE_WAIT, FIN_WAIT2) come back and end as they would have; FIN_WAIT1 is refused. The nftables table that drops the peer's packets
 // meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
-// answers on its port after a restore. A user's saved socket on port 80 and connection
+// answers on its port after a restore. A user's queued datagram, saved socket on port 80 and connection
 // (repair mode needs the CAP_NET_ADMIN the user lacks) are refused. Netlink and packet sockets
 // (lib/files/netlinksock.ts, packetsock.ts: test/fixtures/restore_rawsock.c) come back from a
 // copied tree and from the image and work; a user's saved netlink socket edited into a packet
@@ -263,7 +265,7 @@ t.test('python3 -m http.server answers on its port after a restore', async (t) =
   t.match(after.body, /hello\.txt/, 'with its directory listing')
 })
 
-t.test('a user\'s sockets come back only as the user could make them: port 80, repair mode, a packet socket and a privileged netlink group are refused', async (t) => {
+t.test('a user\'s sockets come back only as the user could make them: a queued datagram (CAP_NET_RAW), port 80, repair mode, a packet socket and a privileged netlink group are refused', async (t) => {
   const user = attacker()
   const mnt = mountFor(t)
   // A peer outside the tree for the user's connection.
@@ -284,7 +286,8 @@ t.test('a user\'s sockets come back only as the user could make them: port 80, r
   fs.chownSync(out, user.uid, user.gid)
   const port = await freePort()
   // Its netlink socket first: it is restored before the TCP sockets, so an edit of it is what a restore meets first.
-  const code = `import socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  // Then a UDP socket with a datagram queued (sent to itself).
+  const code = `import socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('127.0.0.1',0))\nu.sendto(b'queued',u.getsockname())\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
   const saved = path.join(dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
@@ -298,6 +301,13 @@ t.test('a user\'s sockets come back only as the user could make them: port 80, r
     t.same(listTree(dir), before, `${what}: nothing new in its directory`)
     t.same(ourTables(peerPort).map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
   }
+  // The queued datagram would be sent again in its sender's name: CAP_NET_RAW, which the user lacks.
+  const udp = sockets(saved).find((k) => k.protocol === 'udp')!
+  refused('a queued datagram', new RegExp(`files/${udp.objref}\\): queued datagram 1 of 1: socket\\(SOCK_RAW\\): Operation not permitted \\(sending it in its sender's name takes the CAP_NET_RAW the task had\\)`))
+  for (const n of ['queue', 'queue_senders']) fs.writeFileSync(path.join(udp.dir, n), '')
+  reseal(saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  before = listTree(dir)
   const conn = sockets(saved).find((k) => k.state === 'established')!
   // A gap of root's on the same four-tuple (a root process's connection, checkpointed and
   // killed): the user's restore must not remove it.

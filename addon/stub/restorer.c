@@ -1523,7 +1523,7 @@ static void send_as_peer(const struct sockaddr *from, const struct sockaddr *to,
   }
   memcpy(pkt + hlen, l4, l4len);
   int raw = socket(v4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
-  if (raw < 0) fail("%s: %s: socket(SOCK_RAW): %s (sending it in the peer's name takes the CAP_NET_RAW the task had)", what, why, strerror(errno));
+  if (raw < 0) fail("%s: %s: socket(SOCK_RAW): %s (sending it in its sender's name takes the CAP_NET_RAW the task had)", what, why, strerror(errno));
   int mark = CKPTFS_PEER_MARK;
   if (setsockopt(raw, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) fail("%s: %s: setsockopt(SO_MARK): %s", what, why, strerror(errno));
   struct sockaddr_storage at;
