@@ -3,6 +3,9 @@
 // CRIU's --tcp-established). Capture reads a copy of the task's socket (pidfd_getfd): an
 // established connection is put in repair mode at once and held so by the server until
 // `done` (lib/netgap.ts), with its peer's packets dropped from then until its restore.
+// Half-closed connections (CLOSE_WAIT, FIN_WAIT2) are captured so too, their FIN left out of the
+// sequence numbers; datagrams queued on a UDP socket are peeked with their senders. The stub
+// puts back what the socket API cannot by packets sent in the peer's (sender's) name.
 // The stub makes each socket again with the task's credentials (restorer.c, open_inet_object).
 
 import * as fs from 'fs'
