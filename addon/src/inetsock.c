@@ -86,6 +86,10 @@ static int udp_queue(napi_env env, int fd, napi_value obj) {
       err = errno == EAGAIN ? 0 : errno;
       break;
     }
+    if (count >= 1 << 20) {  // more than any receive buffer holds: the peek offset did not move on
+      err = EOVERFLOW;
+      break;
+    }
     if ((size_t)n > sizeof buf) {  // no UDP datagram is larger than 65535 - 8 bytes
       err = EMSGSIZE;
       break;

@@ -1588,7 +1588,9 @@ static uint32_t datagrams_queued(int fd, const char *what) {
   static char buf[65536];
   sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF", what);
   uint32_t n = 0;
-  while (recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) >= 0) n++;
+  // Bounded: more than any receive buffer holds would be a peek offset that did not move on.
+  while (n < 1 << 20 && recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) >= 0) n++;
+  if (n == 1 << 20) fail("%s: recv(MSG_PEEK): the peek offset does not move past a datagram", what);
   if (errno != EAGAIN) fail("%s: recv(MSG_PEEK): %s", what, strerror(errno));
   sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, -1, "SO_PEEK_OFF", what);
   return n;
