@@ -461,6 +461,9 @@ export interface InetSocketInfo {
   keepcnt: number
   rcvtimeoUs: bigint
   sndtimeoUs: bigint
+  /** UDP: the queued datagrams (peeked, in order) and the address each came from. */
+  queue?: Buffer[]
+  senders?: Array<InetAddress | undefined>
 }
 
 export interface TcpRepairDump {
@@ -469,7 +472,12 @@ export interface TcpRepairDump {
   recvSeq: bigint
   recvQueue: Buffer
   unsent: number
+  /** TCP_MAXSEG in repair mode: the MSS clamp (what the peer announced). */
   mss: number
+  /** tcpi_snd_mss: the segment size the connection sends with. */
+  sndMss: number
+  /** tcpi_state (a half-closed connection's queues' sequence numbers count its FIN). */
+  state: number
   /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
   options: number
   sndWscale: number

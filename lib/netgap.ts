@@ -11,6 +11,12 @@ import { CkptError } from './errors'
 import { native } from './native'
 
 const NFT = '/usr/sbin/nft'
+/**
+ * The packet mark (SO_MARK) of the segments a restore sends its connection in the peer's name
+ * (restorer.c, CKPTFS_PEER_MARK: the FIN of a connection in CLOSE_WAIT, the ACK of ours in
+ * FIN_WAIT2, queued UDP datagrams): they pass the gap. Setting a mark takes CAP_NET_ADMIN.
+ */
+export const PEER_MARK = 0x636b7074
 /** Every table of ours starts so: `nft list tables` shows what is ours. */
 export const GAP_TABLE_PREFIX = 'ckptfs_gap_'
 
@@ -71,7 +77,7 @@ const mine = new Set<string>()
 export async function openGap(t: FourTuple): Promise<void> {
   const name = gapTableName(t)
   const family = t.ip === 4 ? 'ip' : 'ip6'
-  const rule = `${family} saddr ${checkedAddr(t.peerAddr, t.ip)} ${family} daddr ${checkedAddr(t.localAddr, t.ip)} tcp sport ${t.peerPort} tcp dport ${t.localPort} drop`
+  const rule = `meta mark != 0x${PEER_MARK.toString(16)} ${family} saddr ${checkedAddr(t.peerAddr, t.ip)} ${family} daddr ${checkedAddr(t.localAddr, t.ip)} tcp sport ${t.peerPort} tcp dport ${t.localPort} drop`
   // Priority -300 (raw): before connection tracking and every filter of the host's own.
   await nft(['-f', '-'], `table ${family} ${name} {\n  chain peer_in {\n    type filter hook input priority -300; policy accept;\n    ${rule}\n  }\n}\n`)
   mine.add(`${family} ${name}`)

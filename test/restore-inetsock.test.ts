@@ -2,9 +2,11 @@
 // connected sockets and an established connection to a peer outside the tree, with data in
 // flight both ways, is checkpointed through the real mount, killed, and restored from a
 // `cp -a` copy and from the image; the connection carries on with no byte lost or repeated,
-// also though the peer sent during the gap. The nftables table that drops the peer's packets
+// also though the peer sent during the gap, sending segments of the size it did; UDP datagrams
+// queued at the checkpoint are read again from their senders. Half-closed connections
+// (CLOSE_WAIT, FIN_WAIT2) come back and end as they would have; FIN_WAIT1 is refused. The nftables table that drops the peer's packets
 // meanwhile is gone after a restore, a failed one, and a resume. `python3 -m http.server`
-// answers on its port after a restore. A user's saved socket on port 80 and connection
+// answers on its port after a restore. A user's queued datagram, saved socket on port 80 and connection
 // (repair mode needs the CAP_NET_ADMIN the user lacks) are refused. Netlink and packet sockets
 // (lib/files/netlinksock.ts, packetsock.ts: test/fixtures/restore_rawsock.c) come back from a
 // copied tree and from the image and work; a user's saved netlink socket edited into a packet
@@ -84,8 +86,8 @@ async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
   t.ok(checks.done, 'the fixture finished its checks')
   t.same(checks.failed, [], 'no check failed')
   for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
-    'udp: SO_RCVTIMEO', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
-    'tcp: SO_SNDTIMEO', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    'udp: SO_RCVTIMEO', 'udp: the queued datagrams, in order, from their senders', 'udp6: the connected socket\'s queued datagram, from its peer', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
+    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
     t.ok(checks.ok.includes(name), `ok ${name}`)
   }
   const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))
@@ -113,6 +115,10 @@ t.test('listening, UDP and an established connection with data in flight come ba
   t.ok(Number(read(path.join(conn.dir, 'tcp', 'unsent'))) <= sendQueue, 'unsent: part of send_queue')
   t.equal(read(path.join(conn.dir, 'options', 'nodelay')), '1', 'options/nodelay')
   t.equal(read(path.join(found.find((k) => k.family === 'inet' && k.state === 'listen')!.dir, 'backlog')), '7', 'backlog')
+  const udp = found.find((k) => k.family === 'inet' && k.protocol === 'udp')!
+  const [, from1, from2] = /^udp queued from (\d+) (\d+)$/m.exec(s.target.text())!
+  t.equal(fs.readFileSync(path.join(udp.dir, 'queue_senders'), 'utf8'), `127.0.0.1 ${from1}\n127.0.0.1 ${from1}\n127.0.0.1 ${from2}\n`, 'queue_senders: each queued datagram\'s sender')
+  t.same(fs.readFileSync(path.join(udp.dir, 'queue')), Buffer.from('05000000666972737400000000050000007468697264', 'hex'), 'queue: each datagram\'s length and bytes')
 
   await gap(s)
   const since = s.target.text().length
@@ -259,7 +265,7 @@ t.test('python3 -m http.server answers on its port after a restore', async (t) =
   t.match(after.body, /hello\.txt/, 'with its directory listing')
 })
 
-t.test('a user\'s sockets come back only as the user could make them: port 80, repair mode, a packet socket and a privileged netlink group are refused', async (t) => {
+t.test('a user\'s sockets come back only as the user could make them: a queued datagram (CAP_NET_RAW), port 80, repair mode, a packet socket and a privileged netlink group are refused', async (t) => {
   const user = attacker()
   const mnt = mountFor(t)
   // A peer outside the tree for the user's connection.
@@ -280,7 +286,8 @@ t.test('a user\'s sockets come back only as the user could make them: port 80, r
   fs.chownSync(out, user.uid, user.gid)
   const port = await freePort()
   // Its netlink socket first: it is restored before the TCP sockets, so an edit of it is what a restore meets first.
-  const code = `import socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
+  // Then a UDP socket with a datagram queued (sent to itself).
+  const code = `import socket,time\nn=socket.socket(socket.AF_NETLINK,socket.SOCK_RAW,0)\nn.bind((0,0))\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nu.bind(('127.0.0.1',0))\nu.sendto(b'queued',u.getsockname())\ns=socket.socket()\ns.bind(('127.0.0.1',${port}))\ns.listen(3)\nc=socket.create_connection(('127.0.0.1',${peerPort}))\nprint('listening',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /listening/.test(tg.text()) })
   const saved = path.join(dir, 'saved')
   await checkpointSaveKill(mnt, target.pid, saved)
@@ -294,6 +301,13 @@ t.test('a user\'s sockets come back only as the user could make them: port 80, r
     t.same(listTree(dir), before, `${what}: nothing new in its directory`)
     t.same(ourTables(peerPort).map((l) => l.replace(/^table ip6? (\S+) \{$/, '$1')), tablesLeft, `${what}: no nftables table of ours is left${tablesLeft.length ? ' but root\'s' : ''}`)
   }
+  // The queued datagram would be sent again in its sender's name: CAP_NET_RAW, which the user lacks.
+  const udp = sockets(saved).find((k) => k.protocol === 'udp')!
+  refused('a queued datagram', new RegExp(`files/${udp.objref}\\): queued datagram 1 of 1: socket\\(SOCK_RAW\\): Operation not permitted \\(sending it in its sender's name takes the CAP_NET_RAW the task had\\)`))
+  for (const n of ['queue', 'queue_senders']) fs.writeFileSync(path.join(udp.dir, n), '')
+  reseal(saved)
+  execFileSync('chown', ['-R', `${user.uid}:${user.gid}`, saved])
+  before = listTree(dir)
   const conn = sockets(saved).find((k) => k.state === 'established')!
   // A gap of root's on the same four-tuple (a root process's connection, checkpointed and
   // killed): the user's restore must not remove it.
@@ -435,15 +449,87 @@ t.test('a netlink socket with an answer queued, a SOCK_PACKET socket and a mappe
   t.match(r.stdout, /^task-\d+\/memory\/vmas\/[0-9a-f]+-[0-9a-f]+: not checkpointable: a mapping of socket:\[\d+\] \(a packet socket's ring, PACKET_RX_RING or PACKET_TX_RING mapped\): its frames are the kernel's, which a restore cannot map again$/m, 'and the mapped ring')
 })
 
-t.test('a connection the peer closed, and a listening socket with connections not accepted, are refused by name', async (t) => {
-  // A peer that closes every connection at once: the program's end stays in CLOSE_WAIT.
-  const closer = net.createServer((c) => c.end()).listen(0, '127.0.0.1')
-  await new Promise((resolve) => closer.once('listening', resolve))
-  t.teardown(() => closer.close())
-  const closerPort = (closer.address() as net.AddressInfo).port
+/** A TCP server on 127.0.0.1 (closed at teardown) and its port. */
+async function server(t: Test, onConnection: (c: net.Socket) => void, opts: net.ServerOpts = {}): Promise<number> {
+  const accepted: net.Socket[] = []
+  const srv = net.createServer(opts, (c) => {
+    accepted.push(c.on('error', () => undefined))
+    onConnection(c)
+  }).listen(0, '127.0.0.1')
+  await new Promise((resolve) => srv.once('listening', resolve))
+  t.teardown(() => {
+    accepted.forEach((c) => c.destroy())
+    srv.close()
+  })
+  return (srv.address() as net.AddressInfo).port
+}
+
+t.test('half-closed connections come back: CLOSE_WAIT reads its last bytes then EOF, FIN_WAIT2 reads the peer to its end', async (t) => {
+  const mnt = mountFor(t)
+  // One peer says its last bytes and closes (the program's end: CLOSE_WAIT, those bytes unread);
+  // the other stays open after the program shuts its side (FIN_WAIT2) and speaks after the restore.
+  const closerPort = await server(t, (c) => c.end('last bytes'))
+  let open: net.Socket | undefined
+  const openPort = await server(t, (c) => (open = c), { allowHalfOpen: true })
+  const dir = workdir(t, 'ckptfs-inet-half-')
+  const code = [
+    'import os,socket,sys,time',
+    'def state(s): return s.getsockopt(socket.IPPROTO_TCP,socket.TCP_INFO,8)[0]',
+    'def to_eof(s):',
+    '  b=b""',
+    '  while True:',
+    '    x=s.recv(100)',
+    '    if not x: return b.decode()',
+    '    b+=x',
+    `w=socket.create_connection(('127.0.0.1',${closerPort}))`,
+    `f=socket.create_connection(('127.0.0.1',${openPort}))`,
+    'f.shutdown(socket.SHUT_WR)',
+    'while state(w)!=8 or state(f)!=5: time.sleep(0.01)',
+    "print('ready',flush=True)",
+    "while not os.path.exists(sys.argv[1]+'/go'): time.sleep(0.02)",
+    "print('states',state(w),state(f),flush=True)",
+    "print('close_wait read %r then EOF' % to_eof(w),flush=True)",
+    "print('fin_wait2 read %r then EOF' % to_eof(f),flush=True)",
+    'try:',
+    "  f.send(b'x')",
+    "  print('fin_wait2 send: sent',flush=True)",
+    'except OSError as e:',
+    "  print('fin_wait2 send: errno',e.errno,flush=True)",
+    'while True: time.sleep(1)',
+  ].join('\n')
+  const target = await launch(t, ['python3', '-c', code, dir], { dir, ready: (tg) => /ready/.test(tg.text()) })
+  await waitUntil('the open peer to accept the connection', () => open !== undefined)
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const found = sockets(saved)
+  const waiting = found.find((k) => k.state === 'close_wait')
+  const finished = found.find((k) => k.state === 'fin_wait2')
+  t.ok(waiting && finished, `state: close_wait and fin_wait2 (${found.map((k) => k.state).join(', ')})`)
+  if (!waiting || !finished) return
+  t.equal(fs.readFileSync(path.join(waiting.dir, 'tcp', 'recv_queue'), 'utf8'), 'last bytes', 'close_wait: tcp/recv_queue holds the bytes before the FIN')
+  t.equal(ourTables(closerPort, openPort).length, 2, 'a table for each while they are gone')
+  const since = target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(closerPort, openPort), [], 'the restore removed both tables')
+  if (r.status !== 0) return
+  fs.writeFileSync(path.join(dir, 'go'), '')
+  await waitUntil('the program to read its CLOSE_WAIT connection', () => /close_wait read/.test(target.text().slice(since)), 20_000).catch(() => undefined)
+  open!.end('after the restore')
+  await waitUntil('the program to try sending', () => /fin_wait2 send/.test(target.text().slice(since)), 20_000).catch(() => undefined)
+  const said = target.text().slice(since)
+  t.match(said, /^states 8 5$/m, 'after the restore: CLOSE_WAIT (8) and FIN_WAIT2 (5), as before')
+  t.match(said, /^close_wait read 'last bytes' then EOF$/m, 'CLOSE_WAIT: the bytes the peer sent before its FIN, then EOF')
+  t.match(said, /^fin_wait2 read 'after the restore' then EOF$/m, 'FIN_WAIT2: the peer\'s bytes sent after the restore, then its EOF')
+  t.match(said, /^fin_wait2 send: errno 32$/m, 'FIN_WAIT2: its own side stays shut (EPIPE)')
+})
+
+t.test('a connection whose FIN is not acknowledged, and a listening socket with connections not accepted, are refused by name', async (t) => {
+  // A peer that reads nothing: the program's stream and then its FIN wait (FIN_WAIT1).
+  const stuckPort = await server(t, (c) => c.pause())
   const port = await freePort()
   const dir = workdir(t, 'ckptfs-inet-states-')
-  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${closerPort}))\nos.dup2(c.fileno(),8)\nwhile c.recv(10): pass\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
+  const code = `import os,socket,time\nl=socket.socket()\nl.bind(('127.0.0.1',${port}))\nl.listen(4)\nos.dup2(l.fileno(),7)\nc=socket.create_connection(('127.0.0.1',${stuckPort}))\nc.setblocking(False)\ntry:\n  while True: c.send(bytes(65536))\nexcept BlockingIOError: pass\nc.shutdown(socket.SHUT_WR)\nos.dup2(c.fileno(),8)\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`
   const target = await launch(t, ['python3', '-c', code], { dir, ready: (tg) => /ready/.test(tg.text()) })
   // A client the program never accepts.
   const waiting = net.connect(port, '127.0.0.1')
@@ -452,8 +538,8 @@ t.test('a connection the peer closed, and a listening socket with connections no
   await new Promise((resolve) => waiting.once('connect', resolve))
   const r = ckptfs('check', String(target.pid))
   t.match(r.stdout, new RegExp(`^fd 7: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:${port} \\(listening\\) has 1 connection\\(s\\) not yet accepted, which would be lost \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the listening socket with a connection waiting')
-  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${closerPort} is in state CLOSE_WAIT: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in CLOSE_WAIT')
-  t.notOk(anythingOurs(port, closerPort), 'nothing of ours in nft list ruleset')
+  t.match(r.stdout, new RegExp(`^fd 8: socket socket:\\[\\d+\\]: not checkpointable: socket: TCP socket 127\\.0\\.0\\.1:\\d+ <-> 127\\.0\\.0\\.1:${stuckPort} is in state FIN_WAIT1: only ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, LISTEN and CLOSE connections are checkpointed \\(its FIN is not acknowledged yet; checkpoint it again once the peer has\\) \\(fd \\d+, inode \\d+\\)$`, 'm'), 'the connection in FIN_WAIT1')
+  t.notOk(anythingOurs(port, stuckPort), 'nothing of ours in nft list ruleset')
 })
 
 t.test('a connection killed at its checkpoint and never restored: umount removes its table', async (t) => {

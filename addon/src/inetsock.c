@@ -63,7 +63,58 @@ static int64_t timeout_us(int fd, int name) {
   return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
-// inetSocket(fd): family, type, protocol, addresses, TCP state and the options ckptfs keeps.
+// The datagrams queued on a UDP socket and the address each came from, peeked: recvmsg
+// (MSG_PEEK) walking the queue with SO_PEEK_OFF, which each peek of a whole datagram moves past
+// it (a zero-length one is marked peeked and skipped by the next), as sockpeek.c does for UNIX
+// sockets; the socket's own SO_PEEK_OFF is put back. Sets queue and senders on obj; -1 with
+// errno on failure.
+static int udp_queue(napi_env env, int fd, napi_value obj) {
+  int peek_off = -1, zero = 0;
+  if (int_opt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek_off) < 0 || setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) < 0) return -1;
+  napi_value queue, senders;
+  napi_create_array(env, &queue);
+  napi_create_array(env, &senders);
+  static char buf[65536];
+  int err = 0;
+  for (uint32_t count = 0;; count++) {
+    struct sockaddr_storage from;
+    memset(&from, 0, sizeof from);
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
+    if (n < 0) {
+      err = errno == EAGAIN ? 0 : errno;
+      break;
+    }
+    if (count >= 1 << 20) {  // more than any receive buffer holds: the peek offset did not move on
+      err = EOVERFLOW;
+      break;
+    }
+    if ((size_t)n > sizeof buf) {  // no UDP datagram is larger than 65535 - 8 bytes
+      err = EMSGSIZE;
+      break;
+    }
+    char *copy = malloc(n ? (size_t)n : 1);
+    if (!copy) {
+      err = ENOMEM;
+      break;
+    }
+    memcpy(copy, buf, (size_t)n);
+    napi_set_element(env, queue, count, make_owned_buffer(env, copy, (size_t)n));
+    napi_set_element(env, senders, count, address_to_js(env, &from));
+  }
+  if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off) < 0 && !err) err = errno;
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  set_prop(env, obj, "queue", queue);
+  set_prop(env, obj, "senders", senders);
+  return 0;
+}
+
+// inetSocket(fd): family, type, protocol, addresses, TCP state and the options ckptfs keeps;
+// a UDP socket's queued datagrams with their senders.
 napi_value js_inet_socket(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int32_t fd;
@@ -145,6 +196,10 @@ napi_value js_inet_socket(napi_env env, napi_callback_info info) {
   }
   set_prop(env, obj, "rcvtimeoUs", make_i64(env, timeout_us(fd, SO_RCVTIMEO)));
   set_prop(env, obj, "sndtimeoUs", make_i64(env, timeout_us(fd, SO_SNDTIMEO)));
+  if (protocol == IPPROTO_UDP && udp_queue(env, fd, obj) < 0) {
+    throw_errno(env, errno, "recvmsg(fd %d, MSG_PEEK): the queued datagrams", fd);
+    return NULL;
+  }
   return obj;
 }
 
@@ -233,6 +288,10 @@ napi_value js_tcp_repair_dump(napi_env env, napi_callback_info info) {
     goto failed;
   }
   set_prop(env, obj, "mss", make_i32(env, mss));
+  // The MSS the connection sends with (mss_cache): TCP_MAXSEG in repair mode is the clamp
+  // (the peer's MSS), while the segment size was also bounded by half the peer's window.
+  set_prop(env, obj, "sndMss", make_i32(env, (int32_t)ti.tcpi_snd_mss));
+  set_prop(env, obj, "state", make_i32(env, ti.tcpi_state));
   set_prop(env, obj, "options", make_i32(env, ti.tcpi_options));
   set_prop(env, obj, "sndWscale", make_i32(env, ti.tcpi_snd_wscale));
   set_prop(env, obj, "rcvWscale", make_i32(env, ti.tcpi_rcv_wscale));

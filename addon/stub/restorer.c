@@ -1464,6 +1464,206 @@ static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flag
   }
 }
 
+// ---- packets in the peer's name ----
+// What a restore cannot put back through the socket API, the peer's FIN of a connection in
+// CLOSE_WAIT, the peer's ACK of our FIN in FIN_WAIT2, a datagram queued on a UDP socket, is sent
+// again as a packet from the peer's (or sender's) address to the socket's own, through a raw
+// socket (the CAP_NET_RAW the task had) on the local route: it reaches the socket as it first
+// did. Its mark (CKPTFS_PEER_MARK, lib/netgap.ts's PEER_MARK) lets it pass the connection's gap.
+#define CKPTFS_PEER_MARK 0x636b7074
+
+static uint32_t sum16(const void *data, size_t len, uint32_t sum) {
+  const uint8_t *p = data;
+  for (; len > 1; p += 2, len -= 2) sum += (uint32_t)(p[0] << 8 | p[1]);
+  if (len) sum += (uint32_t)(p[0] << 8);
+  return sum;
+}
+
+static uint16_t fold16(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return (uint16_t)~sum;
+}
+
+// An IPv4-mapped IPv6 address's IPv4 address, or 0 (not mapped).
+static int mapped_v4(const struct sockaddr *sa, uint8_t out[4]) {
+  if (sa->sa_family != AF_INET6) return 0;
+  const uint8_t *a = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+  static const uint8_t prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (memcmp(a, prefix, 12) != 0) return 0;
+  memcpy(out, a + 12, 4);
+  return 1;
+}
+
+// Sends `l4` (a TCP or UDP header and payload, its checksum field at `csum_at` zero) from `from`
+// to `to` (both of one family; IPv4-mapped IPv6 ones go as IPv4) with the checksum filled in.
+static void send_as_peer(const struct sockaddr *from, const struct sockaddr *to, int proto, uint8_t *l4, size_t l4len, size_t csum_at, const char *why, const char *what) {
+  uint8_t src4[4], dst4[4];
+  int v4 = from->sa_family == AF_INET || (mapped_v4(from, src4) && mapped_v4(to, dst4));
+  if (from->sa_family == AF_INET) {
+    memcpy(src4, &((const struct sockaddr_in *)(const void *)from)->sin_addr, 4);
+    memcpy(dst4, &((const struct sockaddr_in *)(const void *)to)->sin_addr, 4);
+  }
+  const uint8_t *src = v4 ? src4 : ((const struct sockaddr_in6 *)(const void *)from)->sin6_addr.s6_addr;
+  const uint8_t *dst = v4 ? dst4 : ((const struct sockaddr_in6 *)(const void *)to)->sin6_addr.s6_addr;
+  size_t alen = v4 ? 4 : 16, hlen = v4 ? 20 : 40;
+  if (l4len > (v4 ? 65535 - hlen : 65535)) fail("%s: %s: %zu bytes do not fit in one IP packet", what, why, l4len);
+  // The pseudo-header: addresses, protocol, length.
+  uint8_t pseudo[4] = {0, (uint8_t)proto, (uint8_t)(l4len >> 8), (uint8_t)l4len};
+  uint32_t sum = sum16(src, alen, 0);
+  sum = sum16(dst, alen, sum);
+  sum = sum16(pseudo, 4, sum);
+  if (!v4) sum += (uint32_t)(l4len >> 16);
+  uint16_t csum = fold16(sum16(l4, l4len, sum));
+  if (proto == IPPROTO_UDP && csum == 0) csum = 0xffff;
+  l4[csum_at] = (uint8_t)(csum >> 8);
+  l4[csum_at + 1] = (uint8_t)csum;
+  uint8_t *pkt = malloc(hlen + l4len);
+  if (!pkt) fail("%s: %s: out of memory", what, why);
+  memset(pkt, 0, hlen);
+  if (v4) {
+    pkt[0] = 0x45;
+    pkt[2] = (uint8_t)((hlen + l4len) >> 8);
+    pkt[3] = (uint8_t)(hlen + l4len);
+    pkt[6] = 0x40;  // DF
+    pkt[8] = 64;
+    pkt[9] = (uint8_t)proto;
+    memcpy(pkt + 12, src, 4);
+    memcpy(pkt + 16, dst, 4);  // the kernel fills in the header checksum
+  } else {
+    pkt[0] = 0x60;
+    pkt[4] = (uint8_t)(l4len >> 8);
+    pkt[5] = (uint8_t)l4len;
+    pkt[6] = (uint8_t)proto;
+    pkt[7] = 64;
+    memcpy(pkt + 8, src, 16);
+    memcpy(pkt + 24, dst, 16);
+  }
+  memcpy(pkt + hlen, l4, l4len);
+  int raw = socket(v4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+  if (raw < 0) fail("%s: %s: socket(SOCK_RAW): %s (sending it in its sender's name takes the CAP_NET_RAW the task had)", what, why, strerror(errno));
+  int mark = CKPTFS_PEER_MARK;
+  if (setsockopt(raw, SOL_SOCKET, SO_MARK, &mark, sizeof mark) < 0) fail("%s: %s: setsockopt(SO_MARK): %s", what, why, strerror(errno));
+  struct sockaddr_storage at;
+  memset(&at, 0, sizeof at);
+  socklen_t atlen;
+  if (v4) {
+    struct sockaddr_in *in = (struct sockaddr_in *)&at;
+    in->sin_family = AF_INET;
+    memcpy(&in->sin_addr, dst, 4);
+    atlen = sizeof *in;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&at;
+    in6->sin6_family = AF_INET6;
+    memcpy(&in6->sin6_addr, dst, 16);
+    atlen = sizeof *in6;
+  }
+  ssize_t n = sendto(raw, pkt, hlen + l4len, 0, (struct sockaddr *)&at, atlen);
+  if (n != (ssize_t)(hlen + l4len)) fail("%s: %s: sendto(SOCK_RAW): %s", what, why, n < 0 ? strerror(errno) : "short");
+  close(raw);
+  free(pkt);
+}
+
+static uint16_t port_of(const struct sockaddr *sa) {
+  return ntohs(sa->sa_family == AF_INET ? ((const struct sockaddr_in *)(const void *)sa)->sin_port : ((const struct sockaddr_in6 *)(const void *)sa)->sin6_port);
+}
+
+static void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8), p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16), put16(p + 2, v); }
+
+// A bare TCP segment from the peer to the connection (no options: the timestamp the socket
+// echoes stays the peer's own next one). `window` is the peer's, unscaled as on the wire.
+static void tcp_as_peer(const struct sockaddr *peer, const struct sockaddr *local, uint32_t seq, uint32_t ack, uint8_t flags, uint16_t window, const char *why, const char *what) {
+  uint8_t h[20] = {0};
+  put16(h, port_of(peer));
+  put16(h + 2, port_of(local));
+  put32(h + 4, seq);
+  put32(h + 8, ack);
+  h[12] = 5 << 4;
+  h[13] = flags;
+  put16(h + 14, window);
+  send_as_peer(peer, local, IPPROTO_TCP, h, sizeof h, 16, why, what);
+}
+
+// The packet sent in the peer's name arrives through the loopback's receive path, on this CPU
+// at once in practice: waited for a moment so the task never runs before it is taken.
+static void await_tcp_state(int fd, int state, const char *why, const char *what) {
+  struct tcp_info ti;
+  for (int i = 0; i < 200; i++) {
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &len) < 0) fail("%s: getsockopt(TCP_INFO): %s", what, strerror(errno));
+    if (ti.tcpi_state == state) return;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  fail("%s: %s: the connection is in TCP state %u, not %d, after 2 s", what, why, ti.tcpi_state, state);
+}
+
+// How many datagrams a UDP socket holds: its queue walked with MSG_PEEK and SO_PEEK_OFF (each
+// peek moves past one datagram), the peek offset then off again (a new socket's).
+static uint32_t datagrams_queued(int fd, const char *what) {
+  static char buf[65536];
+  sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF", what);
+  uint32_t n = 0;
+  // Bounded: more than any receive buffer holds would be a peek offset that did not move on.
+  while (n < 1 << 20 && recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) >= 0) n++;
+  if (n == 1 << 20) fail("%s: recv(MSG_PEEK): the peek offset does not move past a datagram", what);
+  if (errno != EAGAIN) fail("%s: recv(MSG_PEEK): %s", what, strerror(errno));
+  sock_opt(fd, SOL_SOCKET, SO_PEEK_OFF, -1, "SO_PEEK_OFF", what);
+  return n;
+}
+
+// u32 count, then per datagram: bytes sender address, bytes data. Each is sent again in its
+// sender's name to the socket's address (the loopback one of its family when it is bound to
+// any), before the socket is connected (a connected one takes only its peer's), and all are
+// waited for, so the task reads the same datagrams from the same senders, in order.
+static void restore_datagrams(int fd, int domain, const struct sockaddr *local, socklen_t local_len, const char *what) {
+  uint32_t count = u32("datagram count");
+  if (count == 0) return;
+  if (!local) fail("%s: %u datagrams queued on a socket bound to no address", what, count);
+  for (uint32_t i = 0; i < count; i++) {
+    uint32_t from_len, len;
+    const uint8_t *from_raw = blob("datagram sender", &from_len);
+    const uint8_t *data = blob("datagram", &len);
+    char why[64];
+    snprintf(why, sizeof why, "queued datagram %u of %u", i + 1, count);
+    const struct sockaddr *from = sock_address(from_raw, from_len, domain, "sender", what);
+    if (!from) fail("%s: %s has no sender", what, why);
+    struct sockaddr_storage to;
+    memset(&to, 0, sizeof to);
+    memcpy(&to, local, local_len);
+    uint8_t v4[4];
+    if (domain == AF_INET && ((struct sockaddr_in *)&to)->sin_addr.s_addr == htonl(INADDR_ANY)) {
+      ((struct sockaddr_in *)&to)->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else if (domain == AF_INET6 && IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&to)->sin6_addr)) {
+      struct in6_addr *a = &((struct sockaddr_in6 *)&to)->sin6_addr;
+      if (mapped_v4(from, v4)) {  // an IPv4 datagram on a dual-stack socket: to ::ffff:127.0.0.1
+        a->s6_addr[10] = a->s6_addr[11] = 0xff;
+        a->s6_addr[12] = 127;
+        a->s6_addr[15] = 1;
+      } else {
+        *a = in6addr_loopback;
+      }
+    }
+    if (len > 65527) fail("%s: %s of %u bytes is larger than a UDP datagram", what, why, len);
+    uint8_t *l4 = malloc(8 + (size_t)len);
+    if (!l4) fail("%s: %s: out of memory", what, why);
+    put16(l4, port_of(from));
+    put16(l4 + 2, port_of((struct sockaddr *)&to));
+    put16(l4 + 4, 8 + len);
+    l4[6] = l4[7] = 0;
+    memcpy(l4 + 8, data, len);
+    send_as_peer(from, (struct sockaddr *)&to, IPPROTO_UDP, l4, 8 + (size_t)len, 6, why, what);
+    free(l4);
+  }
+  uint32_t got = 0;
+  for (int i = 0; i < 200 && (got = datagrams_queued(fd, what)) < count; i++) {
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+  if (got != count) fail("%s: %u of the %u queued datagrams sent again reached the socket after 2 s", what, got, count);
+}
+
 static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
   sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what);
   if (queue != TCP_NO_QUEUE) sock_opt(fd, SOL_TCP, TCP_QUEUE_SEQ, (int)seq, "TCP_QUEUE_SEQ", what);
@@ -1474,7 +1674,8 @@ static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
 // keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, u32 repair, then when repair is 1:
 // u32 send_seq, u32 recv_seq, bytes send_queue, u32 unsent, bytes recv_queue, u32 mss,
 // u32 tcpi_options, u32 snd_wscale, u32 rcv_wscale, u32 timestamp, u32 snd_wl1, snd_wnd,
-// max_window, rcv_wnd, rcv_wup. Made with the task's credentials: its bind is checked as the
+// max_window, rcv_wnd, rcv_wup, snd_mss (0: not known); then u32 datagram count and the
+// datagrams (restore_datagrams; none for TCP). Made with the task's credentials: its bind is checked as the
 // task's (a port below 1024 needs the CAP_NET_BIND_SERVICE it had), and TCP_REPAIR needs the
 // CAP_NET_ADMIN it had.
 static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) {
@@ -1532,13 +1733,24 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     window.max_window = u32("max_window");
     window.rcv_wnd = u32("rcv_wnd");
     window.rcv_wup = u32("rcv_wup");
+    uint32_t snd_mss = u32("snd_mss");
     if (!peer) fail("%s: an established connection without a peer address", what);
     if (unsent > send_len) fail("%s: %u unsent bytes of a send queue of %u", what, unsent, send_len);
     // The sequence numbers where the queues start: sending them in again moves each to its saved value.
     repair_queue(fd, TCP_SEND_QUEUE, send_seq - send_len, what);
     repair_queue(fd, TCP_RECV_QUEUE, recv_seq - recv_len, what);
+    // The segment size: connect sizes it (mss_cache) from the clamp it finds, TCP_MAXSEG's or
+    // else 536, and nothing later sizes it again (TCP_REPAIR_OPTIONS' MSS only sets the clamp),
+    // so the saved one is the clamp given here. It counts the timestamp option, which connect
+    // takes off (when the host sends timestamps) and which the saved size was without (when
+    // the connection had them). TCP_MAXSEG takes at most 32767 (MAX_TCP_WINDOW): a larger
+    // size (32768 on loopback) comes back as 32767 less the option. Reset to "not set" after
+    // connect, as the program left it.
+    uint32_t clamp = snd_mss + (options & TCPI_OPT_TIMESTAMPS ? 12 : 0);
+    if (snd_mss) sock_opt(fd, SOL_TCP, TCP_MAXSEG, clamp > 32767 ? 32767 : (int)clamp, "TCP_MAXSEG", what);
     // In repair mode connect sends no SYN: the connection is established at once.
     if (connect(fd, peer, peer_len) < 0) fail("%s: connect (repair): %s", what, strerror(errno));
+    if (snd_mss) sock_opt(fd, SOL_TCP, TCP_MAXSEG, 0, "TCP_MAXSEG", what);
     struct tcp_repair_opt opts[4];
     int n = 0;
     opts[n++] = (struct tcp_repair_opt){TCPOPT_MAXSEG, mss};
@@ -1554,12 +1766,35 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what);
     send_queue_bytes(fd, send_data, send_len - unsent, 0, "send queue", what);
     if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &window, sizeof window) < 0) fail("%s: TCP_REPAIR_WINDOW: %s", what, strerror(errno));
+    // The first unacknowledged byte, and the peer's window as it sent it (so the segments sent
+    // in its name below leave the saved window as it was).
+    uint32_t snd_una = send_seq - send_len;
+    uint32_t wire_window = options & TCPI_OPT_WSCALE ? window.snd_wnd >> snd_wscale : window.snd_wnd;
+    uint16_t peer_window = wire_window > 0xffff ? 0xffff : (uint16_t)wire_window;
+    if (state == TCP_FIN_WAIT2) {
+      // Our FIN goes into the send queue as sent (as CRIU does), and the peer's ACK of it is
+      // sent again: FIN_WAIT1, then FIN_WAIT2.
+      if (send_len != 0) fail("%s: a connection in FIN_WAIT2 with %u bytes in its send queue", what, send_len);
+      sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what);
+      if (shutdown(fd, SHUT_WR) < 0) fail("%s: shutdown(SHUT_WR) (repair): %s", what, strerror(errno));
+      sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE", what);
+      tcp_as_peer(peer, local, recv_seq, send_seq + 1, 0x10 /* ACK */, peer_window, "the peer's ACK of our FIN (FIN_WAIT2)", what);
+      await_tcp_state(fd, TCP_FIN_WAIT2, "the peer's ACK of our FIN (FIN_WAIT2)", what);
+    } else if (state == TCP_CLOSE_WAIT) {
+      // The peer's FIN, after the bytes of the receive queue: the task reads them, then EOF.
+      tcp_as_peer(peer, local, recv_seq, snd_una, 0x11 /* FIN, ACK */, peer_window, "the peer's FIN (CLOSE_WAIT)", what);
+      await_tcp_state(fd, TCP_CLOSE_WAIT, "the peer's FIN (CLOSE_WAIT)", what);
+    } else if (state != TCP_ESTABLISHED) {
+      fail("%s: TCP state %u is not one a connection is restored in", what, state);
+    }
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE", what);
     sock_opt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR", what);
     send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, "unsent send queue", what);
     if (reuseaddr) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
-  } else if (peer && connect(fd, peer, peer_len) < 0) {
-    fail("%s: connect: %s", what, strerror(errno));
+    if (u32("datagram count")) fail("%s: a TCP connection with queued datagrams", what);
+  } else {
+    restore_datagrams(fd, domain, local, local_len, what);
+    if (peer && connect(fd, peer, peer_len) < 0) fail("%s: connect: %s", what, strerror(errno));
   }
   if (state == TCP_LISTEN && listen(fd, (int)backlog) < 0) fail("%s: listen(%u): %s", what, backlog, strerror(errno));
   set_status_flags(fd, flags, what);

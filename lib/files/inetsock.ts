@@ -3,6 +3,9 @@
 // CRIU's --tcp-established). Capture reads a copy of the task's socket (pidfd_getfd): an
 // established connection is put in repair mode at once and held so by the server until
 // `done` (lib/netgap.ts), with its peer's packets dropped from then until its restore.
+// Half-closed connections (CLOSE_WAIT, FIN_WAIT2) are captured so too, their FIN left out of the
+// sequence numbers; datagrams queued on a UDP socket are peeked with their senders. The stub
+// puts back what the socket API cannot by packets sent in the peer's (sender's) name.
 // The stub makes each socket again with the task's credentials (restorer.c, open_inet_object).
 
 import * as fs from 'fs'
@@ -16,7 +19,7 @@ import { closeGap, fourTuple, holdConnection, openGap, type FourTuple } from '..
 import { RecordBuilder } from '../restore/fdplan'
 import type { Fields } from '../image/records'
 import { checkedBytes } from '../tree/checked'
-import { attr, sub, type TableEntry } from '../tree/node'
+import { attr, bytes, sub, type TableEntry } from '../tree/node'
 import { described, invalid, O_NONBLOCK, withCommon } from './common'
 import type { DescriptionBase, FdProbe, RecordedDescription } from './handler'
 import { INT_MAX, U32_MAX, U64_MAX, type SavedDir } from './saved'
@@ -55,7 +58,13 @@ export interface TcpRepair {
   /** The last `unsent` bytes of the send queue were never sent. */
   unsent: number
   recvQueue: Lazy<Buffer>
+  /** The MSS clamp: what the peer announced (TCP_MAXSEG in repair mode). */
   mss: number
+  /**
+   * The segment size it sent with (tcpi_snd_mss): the clamp bounded by the path's MTU and by
+   * half the peer's window when the connection was made. 0: not known (a tree of before 1.6).
+   */
+  sndMss: number
   /** tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4. */
   tcpOptions: number
   sndWscale: number
@@ -68,9 +77,20 @@ export interface TcpRepair {
   rcvWup: number
 }
 
+/** A datagram queued on a UDP socket and the address it came from. */
+export interface InetDatagram {
+  data: Buffer
+  sender: InetEndpoint
+}
+
 export type InetFamily = 'inet' | 'inet6'
 export type InetProtocol = 'tcp' | 'udp'
-export type InetState = 'established' | 'listen' | 'close'
+/**
+ * close_wait: the peer shut its side (its FIN came after the receive queue); fin_wait2: this
+ * end shut its side and the peer acknowledged the FIN. Both half-closed states are connections
+ * restored as established ones are, then closed on their side again (restorer.c).
+ */
+export type InetState = 'established' | 'listen' | 'close' | 'close_wait' | 'fin_wait2'
 
 export interface InetSocket {
   family: InetFamily
@@ -85,6 +105,8 @@ export interface InetSocket {
   options: InetSocketOptions
   /** Set for an established TCP connection. */
   tcp: TcpRepair | undefined
+  /** UDP: the datagrams queued to be read, in order (restorer.c sends each again in its sender's name). */
+  queue: Lazy<InetDatagram[]>
 }
 
 export interface InetSocketDescription extends DescriptionCommon {
@@ -103,15 +125,21 @@ declare module './socket' {
 const AF_INET = 2, AF_INET6 = 10
 const SOCK_STREAM = 1, SOCK_DGRAM = 2
 const IPPROTO_TCP = 6, IPPROTO_UDP = 17
-const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10
+const TCP_ESTABLISHED = 1, TCP_FIN_WAIT2 = 5, TCP_CLOSE = 7, TCP_CLOSE_WAIT = 8, TCP_LISTEN = 10
 /** The kernel's sk_state names (include/net/tcp_states.h). */
 const TCP_STATE_NAMES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV']
-const STATES: readonly InetState[] = ['established', 'listen', 'close']
+const STATES: readonly InetState[] = ['established', 'listen', 'close', 'close_wait', 'fin_wait2']
+/** The states of a TCP connection (one with a peer and its tcp/ state). */
+const CONNECTED: readonly InetState[] = ['established', 'close_wait', 'fin_wait2']
+const isConnection = (s: { protocol: InetProtocol; state: InetState }): boolean => s.protocol === 'tcp' && CONNECTED.includes(s.state)
+const STATE_NUMBERS: Record<InetState, number> = { established: TCP_ESTABLISHED, listen: TCP_LISTEN, close: TCP_CLOSE, close_wait: TCP_CLOSE_WAIT, fin_wait2: TCP_FIN_WAIT2 }
 const FAMILIES: readonly InetFamily[] = ['inet', 'inet6']
 const PROTOCOLS: readonly InetProtocol[] = ['tcp', 'udp']
 /** Window scale shifts above 14 are invalid (RFC 7323). */
 const MAX_WSCALE = 14
 const TCPI_OPT_KNOWN = 1 | 2 | 4
+/** The largest UDP payload: 65535 less the UDP header (IPv6; over IPv4 also less its 20-byte header). */
+const MAX_UDP_PAYLOAD = 65527
 
 export function isInetDomain(domain: number): boolean {
   return domain === AF_INET || domain === AF_INET6
@@ -147,7 +175,9 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
     else if (info.state === TCP_ESTABLISHED) state = 'established'
     else if (info.state === TCP_LISTEN) state = 'listen'
     else if (info.state === TCP_CLOSE) state = 'close'
-    else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, LISTEN and CLOSE connections are checkpointed`)
+    else if (info.state === TCP_CLOSE_WAIT) state = 'close_wait'
+    else if (info.state === TCP_FIN_WAIT2) state = 'fin_wait2'
+    else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, LISTEN and CLOSE connections are checkpointed (${closingWhy(info.state)})`)
     if (state === 'listen' && info.pending > 0) return refuse(`${name} (listening) has ${info.pending} connection(s) not yet accepted, which would be lost`)
     const options: InetSocketOptions = {
       reuseaddr: info.reuseaddr !== 0,
@@ -164,8 +194,15 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       v6only: info.v6only !== 0,
       broadcast: info.broadcast !== 0,
     }
+    const datagrams: InetDatagram[] = []
+    for (const [i, data] of (info.queue ?? []).entries()) {
+      const from = info.senders?.[i]
+      if (!from) return refuse(`${name}: queued datagram ${i + 1} has no sender address`)
+      if (from.scopeId) return refuse(`${name}: queued datagram ${i + 1} came from a link-local address (scope ${from.scopeId}), which is not restored`)
+      datagrams.push({ data, sender: { addr: from.addr, port: from.port } })
+    }
     let tcp: TcpRepair | undefined
-    if (protocol === 'tcp' && state === 'established') {
+    if (isConnection({ protocol, state })) {
       const tuple = fourTuple(effectiveUid(pid), local, peer!)
       // The peer's packets are dropped before the socket goes quiet, so none meets a closed port.
       try {
@@ -175,13 +212,22 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       }
       try {
         const dump = native.tcpRepairDump(fd)
+        // The state again, in repair mode: a FIN that came in or was acknowledged meanwhile.
+        if (dump.state !== STATE_NUMBERS[state]) {
+          native.tcpRepairOff(fd)
+          throw new CkptError(`it went from ${state.toUpperCase()} to ${TCP_STATE_NAMES[dump.state] ?? dump.state} while being read`)
+        }
+        // A FIN takes a sequence number: each queue's is kept as the one after its last byte,
+        // the FIN left out (the restore sends it again).
+        const fin = (seq: bigint) => Number((seq - 1n) & 0xffffffffn)
         tcp = {
-          sendSeq: Number(dump.sendSeq),
-          recvSeq: Number(dump.recvSeq),
+          sendSeq: state === 'fin_wait2' ? fin(dump.sendSeq) : Number(dump.sendSeq),
+          recvSeq: state === 'close_wait' ? fin(dump.recvSeq) : Number(dump.recvSeq),
           sendQueue: async () => dump.sendQueue,
           unsent: dump.unsent,
           recvQueue: async () => dump.recvQueue,
           mss: dump.mss,
+          sndMss: dump.sndMss,
           tcpOptions: dump.options & TCPI_OPT_KNOWN,
           sndWscale: dump.sndWscale,
           rcvWscale: dump.rcvWscale,
@@ -192,6 +238,8 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
           rcvWnd: Number(dump.rcvWnd),
           rcvWup: Number(dump.rcvWup),
         }
+        // The window's left edge may be the FIN's end: moved back with it, the right edge kept (as CRIU does).
+        if (state === 'close_wait') Object.assign(tcp, { rcvWup: fin(dump.rcvWup), rcvWnd: tcp.rcvWnd + 1 })
       } catch (err) {
         await closeGap(tuple).catch(() => undefined)
         return refuse(`${name}: TCP_REPAIR failed: ${(err as Error).message}`)
@@ -199,9 +247,19 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       holdConnection(pid, fd, tuple)
       kept = true
     }
-    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp } }
+    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp, queue: async () => datagrams } }
   } finally {
     if (!kept) native.close(fd)
+  }
+}
+
+/** Why a closing state other than CLOSE_WAIT and FIN_WAIT2 is not restored. */
+function closingWhy(state: number): string {
+  switch (TCP_STATE_NAMES[state]) {
+    case 'FIN_WAIT1': return 'its FIN is not acknowledged yet; checkpoint it again once the peer has'
+    case 'LAST_ACK': case 'CLOSING': return 'both sides sent their FIN and one is not acknowledged yet: the connection is all but over'
+    case 'TIME_WAIT': return 'the connection is over'
+    default: return 'a connection not yet established would be lost'
   }
 }
 
@@ -215,7 +273,7 @@ function effectiveUid(pid: number): number {
 /** The gap of `d` when it is an established TCP connection of a task whose effective uid was `uid`. */
 export function connectionTuple(d: InetSocketDescription, uid: number): FourTuple | undefined {
   const s = d.inet
-  return s.protocol === 'tcp' && s.state === 'established' && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
+  return isConnection(s) && s.peer ? fourTuple(uid, s.local, s.peer) : undefined
 }
 
 /**
@@ -252,6 +310,7 @@ const tcpEntries: TableEntry<TcpRepair>[] = [
   attr('unsent', (t) => t.unsent),
   ...checkedBytes('recv_queue', (t: TcpRepair) => t.recvQueue()),
   attr('mss', (t) => t.mss),
+  attr('snd_mss', (t) => t.sndMss),
   attr('tcp_options', (t) => t.tcpOptions),
   attr('snd_wscale', (t) => t.sndWscale),
   attr('rcv_wscale', (t) => t.rcvWscale),
@@ -276,11 +335,56 @@ const peerEntries: TableEntry<InetSocketDescription>[] = [
   attr('peer_addr', (d) => d.inet.peer!.addr),
   attr('peer_port', (d) => d.inet.peer!.port),
 ]
+// ---- the queue file of a UDP socket ----
+// Per datagram a u32 (little-endian) length, then its bytes; queue_senders: per datagram one
+// line, the address and port it came from.
+
+function datagramBytes(queue: InetDatagram[]): Buffer {
+  const parts: Buffer[] = []
+  for (const m of queue) {
+    const head = Buffer.alloc(4)
+    head.writeUInt32LE(m.data.length, 0)
+    parts.push(head, m.data)
+  }
+  return Buffer.concat(parts)
+}
+
+function datagramsFromBytes(bytes: Buffer, fail: (why: string) => never): Buffer[] {
+  const out: Buffer[] = []
+  for (let at = 0; at < bytes.length;) {
+    if (bytes.length - at < 4) fail(`datagram ${out.length}: truncated length at byte ${at}`)
+    const len = bytes.readUInt32LE(at)
+    if (len > MAX_UDP_PAYLOAD) fail(`datagram ${out.length}: ${len} bytes is more than a UDP datagram holds (${MAX_UDP_PAYLOAD})`)
+    if (len > bytes.length - at - 4) fail(`datagram ${out.length}: ${len} bytes announced at byte ${at}, ${bytes.length - at - 4} left`)
+    out.push(bytes.subarray(at + 4, at + 4 + len))
+    at += 4 + len
+  }
+  return out
+}
+
+const sendersText = (queue: InetDatagram[]): string => queue.map((m) => `${m.sender.addr} ${m.sender.port}\n`).join('')
+
+function sendersFromText(text: string, fail: (why: string) => never): InetEndpoint[] {
+  return text.split('\n').filter((l, i, all) => l !== '' || i < all.length - 1).map((line, i) => {
+    const m = /^(\S+) (\d+)$/.exec(line)
+    if (!m || Number(m[2]) > 65535) fail(`line ${i + 1}: ${JSON.stringify(line)} is not "ADDRESS PORT"`)
+    return { addr: m[1], port: Number(m[2]) }
+  })
+}
+
+const udpEntries: TableEntry<InetSocketDescription>[] = [
+  ...checkedBytes('queue', async (d: InetSocketDescription) => datagramBytes(await d.inet.queue())),
+  bytes('queue_senders', async (d: InetSocketDescription) => Buffer.from(sendersText(await d.inet.queue()))),
+]
+
 const unconnectedTable = withCommon<InetSocketDescription>(socketEntries)
 const connectedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries])
+const udpUnconnectedTable = withCommon<InetSocketDescription>([...socketEntries, ...udpEntries])
+const udpConnectedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries, ...udpEntries])
 const establishedTable = withCommon<InetSocketDescription>([...socketEntries, ...peerEntries, sub('tcp', (d: InetSocketDescription) => d.inet.tcp!, tcpEntries)])
 
 export function inetEntries(d: InetSocketDescription): TableEntry<InetSocketDescription>[] {
+  if (d.inet.protocol === 'udp') return d.inet.peer ? udpConnectedTable : udpUnconnectedTable
   return d.inet.tcp ? establishedTable : d.inet.peer ? connectedTable : unconnectedTable
 }
 
@@ -326,6 +430,7 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
       unsent: u32('unsent'),
       recvQueue: t.checkedLazyBytes('recv_queue'),
       mss: u32('mss'),
+      sndMss: t.has('snd_mss') ? u32('snd_mss') : 0,
       tcpOptions: u32('tcp_options'),
       sndWscale: u32('snd_wscale'),
       rcvWscale: u32('rcv_wscale'),
@@ -337,7 +442,17 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
       rcvWup: u32('rcv_wup'),
     }
   }
-  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp } })
+  let queue: Lazy<InetDatagram[]> = async () => []
+  if (protocol === 'udp' && dir.has('queue')) {
+    const data = dir.checkedLazyBytes('queue')
+    const senders = sendersFromText(dir.has('queue_senders') ? dir.listText('queue_senders') : '', (why) => { throw dir.fail('queue_senders', why) })
+    queue = async () => {
+      const datagrams = datagramsFromBytes(await data(), (why) => { throw dir.fail('queue', why) })
+      if (datagrams.length !== senders.length) throw dir.fail('queue_senders', `${senders.length} senders for ${datagrams.length} datagrams in queue`)
+      return datagrams.map((d, i) => ({ data: d, sender: senders[i] }))
+    }
+  }
+  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp, queue } })
 }
 
 // ---- validation and restore ----
@@ -352,14 +467,18 @@ export function validateInet(d: InetSocketDescription): void {
   if (s.peer && s.peer.port === 0) throw invalid(d, 'peer_port', 'port 0 is no peer')
   if (s.protocol === 'udp' && s.state === 'listen') throw invalid(d, 'state', 'a UDP socket does not listen')
   if (s.state === 'listen' && s.local.port === 0) throw invalid(d, 'local_port', 'a listening socket is bound to a port')
-  if (s.state === 'established' && !s.peer) throw invalid(d, 'state', 'established, but there is no peer_addr')
-  if (s.state !== 'established' && s.peer) throw invalid(d, 'peer_addr', `a socket in state ${s.state} has no peer`)
-  if (s.protocol === 'tcp' && s.state === 'established' && !s.tcp) throw invalid(d, 'tcp', 'an established TCP connection needs its tcp/ state')
-  if (s.tcp && !(s.protocol === 'tcp' && s.state === 'established')) throw invalid(d, 'tcp', `only an established TCP connection has one (this is ${s.protocol}, ${s.state})`)
-  if (s.state === 'established' && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
+  if (s.protocol === 'udp' && s.state !== 'established' && s.state !== 'close') throw invalid(d, 'state', `a UDP socket is established (connected) or close, not ${s.state}`)
+  const connected = CONNECTED.includes(s.state)
+  if (connected && !s.peer) throw invalid(d, 'state', `${s.state}, but there is no peer_addr`)
+  if (!connected && s.peer) throw invalid(d, 'peer_addr', `a socket in state ${s.state} has no peer`)
+  if (isConnection(s) && !s.tcp) throw invalid(d, 'tcp', `a TCP connection (${s.state}) needs its tcp/ state`)
+  if (s.tcp && !isConnection(s)) throw invalid(d, 'tcp', `only a TCP connection has one (this is ${s.protocol}, ${s.state})`)
+  if (s.state === 'fin_wait2' && s.tcp && s.tcp.unsent > 0) throw invalid(d, 'tcp/unsent', 'a connection in fin_wait2 shut its sending side: nothing is left to send')
+  if (connected && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
   const t = s.tcp
   if (t) {
     if (t.mss < 1 || t.mss > 65535) throw invalid(d, 'tcp/mss', `${t.mss} is out of range [1, 65535]`)
+    if (t.sndMss > t.mss) throw invalid(d, 'tcp/snd_mss', `${t.sndMss} is above the clamp tcp/mss (${t.mss})`)
     if (t.tcpOptions & ~TCPI_OPT_KNOWN) throw invalid(d, 'tcp/tcp_options', `${t.tcpOptions} has bits other than TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK and TCPI_OPT_WSCALE`)
     if (t.sndWscale > MAX_WSCALE) throw invalid(d, 'tcp/snd_wscale', `${t.sndWscale} is above ${MAX_WSCALE}`)
     if (t.rcvWscale > MAX_WSCALE) throw invalid(d, 'tcp/rcv_wscale', `${t.rcvWscale} is above ${MAX_WSCALE}`)
@@ -411,7 +530,7 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     .u32(s.protocol === 'tcp' ? SOCK_STREAM : SOCK_DGRAM)
     .u32(s.protocol === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP)
     .i32(d.flags & O_NONBLOCK)
-    .u32(s.state === 'established' ? TCP_ESTABLISHED : s.state === 'listen' ? TCP_LISTEN : TCP_CLOSE)
+    .u32(STATE_NUMBERS[s.state])
     .bytes(s.local.port !== 0 ? sockaddr(s.family, s.local) : Buffer.alloc(0))
     .bytes(s.peer ? sockaddr(s.family, s.peer) : Buffer.alloc(0))
     .u32(s.backlog)
@@ -421,13 +540,22 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     .u64(o.rcvtimeoUs).u64(o.sndtimeoUs)
     .u32(s.tcp ? 1 : 0)
   const t = s.tcp
+  const queue = await s.queue()
+  if (queue.length && s.protocol !== 'udp') throw invalid(d, 'queue', 'only a UDP socket has queued datagrams')
+  queue.forEach((m, i) => {
+    if (!addressFits(s.family, m.sender.addr)) throw invalid(d, 'queue_senders', `line ${i + 1}: ${JSON.stringify(m.sender.addr)} is not an ${s.family === 'inet' ? 'IPv4' : 'IPv6'} address`)
+    if (m.sender.port === 0) throw invalid(d, 'queue_senders', `line ${i + 1}: port 0 sends nothing`)
+    if (s.local.port === 0) throw invalid(d, 'queue', 'datagrams are queued on a socket bound to no port')
+  })
   if (t) {
     const [sendQueue, recvQueue] = await Promise.all([t.sendQueue(), t.recvQueue()])
     if (t.unsent > sendQueue.length) throw invalid(d, 'tcp/unsent', `${t.unsent} is more than the ${sendQueue.length} bytes of send_queue`)
     p.u32(t.sendSeq).u32(t.recvSeq).bytes(sendQueue).u32(t.unsent).bytes(recvQueue)
       .u32(t.mss).u32(t.tcpOptions).u32(t.sndWscale).u32(t.rcvWscale).u32(t.timestamp)
-      .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup)
+      .u32(t.sndWl1).u32(t.sndWnd).u32(t.maxWindow).u32(t.rcvWnd).u32(t.rcvWup).u32(t.sndMss)
   }
+  p.u32(queue.length)
+  for (const m of queue) p.bytes(sockaddr(s.family, m.sender)).bytes(m.data)
   return { kind: INET_KINDS.inet, objref: d.objref, payload: p }
 }
 
@@ -445,6 +573,7 @@ export async function inetImage(d: InetSocketDescription): Promise<object> {
     backlog: s.backlog,
     options: s.options,
     tcp: t && { ...t, sendQueue: await t.sendQueue(), recvQueue: await t.recvQueue() },
+    queue: await s.queue(),
   }
 }
 
@@ -479,6 +608,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
       unsent: t.num('unsent', { max: sendQueue.length }),
       recvQueue: async () => recvQueue,
       mss: t.num('mss'),
+      sndMss: t.num('sndMss'),
       tcpOptions: t.num('tcpOptions'),
       sndWscale: t.num('sndWscale'),
       rcvWscale: t.num('rcvWscale'),
@@ -490,6 +620,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
       rcvWup: t.num('rcvWup'),
     }
   }
+  const queue: InetDatagram[] = f.list('queue').map((m) => ({ data: m.bytes('data'), sender: endpoint(m.msg('sender')) }))
   const inet: InetSocket = {
     family,
     protocol: f.oneOf('protocol', PROTOCOLS),
@@ -499,13 +630,14 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
     backlog: f.num('backlog', { max: INT_MAX }),
     options,
     tcp,
+    queue: async () => queue,
   }
   return { description: described<InetSocketDescription>(base, { type: 'socket', family, inet }), contentsSize: undefined }
 }
 
 export function inetSummary(d: InetSocketDescription): string {
   const s = d.inet
-  const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `established, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
+  const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `${s.state === 'established' ? 'established' : s.state.toUpperCase()}, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
   return `${d.target} (${socketName(s)}, ${what})`
 }
 
