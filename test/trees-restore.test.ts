@@ -14,6 +14,7 @@ import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/r
 import { childrenOf } from '../lib/pstree'
 import { buildTarget } from './lib/targets'
 import { readImage } from '../lib/image/decode'
+import { validateCheckpoint } from '../lib/restore/validate'
 
 const mnt = mountFor(t)
 const tree = buildTarget('tree')
@@ -217,6 +218,19 @@ t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the 
     t.equal(cowKinds(runs, addr), kinds, `the copy: task-${pid} stores ${kinds.split('s').length - 1} of the ${COW_PAGES} copy-on-write pages, inherits ${kinds.split('i').length - 1}`)
     t.equal(BigInt(runs.pagesBytes), runs.stored.reduce((sum, r) => sum + r.length, 0n), `the copy: task-${pid}'s pages file holds its stored runs only`)
   }
+  // A copy whose A no longer holds a run G inherits from it (the last line of A's
+  // inherited_runs removed, the tree resealed) is refused before any process is made.
+  const edited = path.join(target.dir, 'edited')
+  execFileSync('cp', ['-a', saved, edited])
+  const aRuns = path.join(edited, `task-${pids.a}`, 'memory', 'vmas', fs.readdirSync(path.join(edited, `task-${pids.a}`, 'memory', 'vmas')).find((n) => BigInt('0x' + n.split('-')[0]) === savedRuns(saved, pids.a, addr).start)!, 'inherited_runs')
+  fs.chmodSync(path.dirname(aRuns), 0o700)
+  fs.chmodSync(aRuns, 0o600)
+  fs.writeFileSync(aRuns, fs.readFileSync(aRuns, 'utf8').split('\n').filter(Boolean).slice(0, -1).map((l) => l + '\n').join(''))
+  reseal(edited)
+  const refused = ckptfs('restore', edited, '--mount', mnt)
+  t.equal(refused.status, 1, 'a tree whose child inherits what its parent does not hold is refused')
+  t.match(refused.stderr, new RegExp(`task-${pids.g}/memory/vmas/[0-9a-f]+-[0-9a-f]+/inherited_runs: run \\d+ .*: task-${pids.a} has no content at offset`), `naming G's inherited_runs: ${refused.stderr.trim()}`)
+  for (const pid of allPids(pids)) t.notOk(exists(pid), `nothing holds PID ${pid}`)
   const r = ckptfs('restore', saved, '--mount', mnt)
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
@@ -239,6 +253,47 @@ t.test('a tree restored from its image', async (t) => {
     t.equal(cowKinds(v, addr), COW_KINDS(pids, '-').get(task.pid), `the image: task-${task.pid} stores its own copy-on-write pages, its inherited ones are its parent's`)
     t.equal(BigInt(v.pages.size), v.stored.reduce((sum, r) => sum + r.length, 0n), `the image: task-${task.pid}'s page chunks hold its stored runs only`)
   }
+  // The validator (the same for trees and images) holds each inherited run to its parent's
+  // same area and content: a changed model is refused, naming the file.
+  await validateCheckpoint(loaded)
+  const cowOf = (pid: number) => [loaded, ...loaded.others].find((x) => x.pid === pid)!.vmas.find((x) => x.start <= addr && addr < x.end)!
+  const file = (pid: number) => `task-${pid}/memory/vmas/${cowOf(pid).start.toString(16).padStart(8, '0')}-${cowOf(pid).end.toString(16).padStart(8, '0')}/inherited_runs`
+  const refused = async (what: string, change: () => () => void, why: RegExp) => {
+    const undo = change()
+    try {
+      await t.rejects(validateCheckpoint(loaded), { message: why }, what)
+    } finally {
+      undo()
+    }
+  }
+  const quote = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  await refused('A no longer holds the pages G inherits from it', () => {
+    const saved = cowOf(pids.a).inherited
+    cowOf(pids.a).inherited = undefined
+    return () => { cowOf(pids.a).inherited = saved }
+  }, new RegExp(`^${quote(file(pids.g))}: run 1 \\(.*\\): task-${pids.a} has no content at offset 0x[0-9a-f]+ of .* \\(neither stored nor inherited\\)$`))
+  await refused('P\'s area is wiped on fork (wf): nothing to inherit', () => {
+    const flags = cowOf(pids.p).vmFlags
+    cowOf(pids.p).vmFlags += ' wf'
+    return () => { cowOf(pids.p).vmFlags = flags }
+  }, new RegExp(`^${quote(file(pids.a))}: task-${pids.p} has no anonymous mapping .* that fork passes on`))
+  await refused('B\'s own area is not passed on by fork (dc)', () => {
+    const flags = cowOf(pids.b).vmFlags
+    cowOf(pids.b).vmFlags += ' dc'
+    return () => { cowOf(pids.b).vmFlags = flags }
+  }, new RegExp(`^${quote(file(pids.b))}: this anonymous mapping \\(perms rw-p, VmFlags .*\\) cannot hold its parent's pages`))
+  await refused('a page B stores and inherits at once', () => {
+    const runs = cowOf(pids.b).inherited!
+    cowOf(pids.b).inherited = [...runs, ...cowOf(pids.b).stored].sort((x, y) => (x.offset < y.offset ? -1 : 1))
+    return () => { cowOf(pids.b).inherited = runs }
+  }, new RegExp(`^${quote(file(pids.b))}: run \\d+ .* overlaps`))
+  await refused('G inheriting beyond its mapping', () => {
+    const runs = cowOf(pids.g).inherited!
+    const size = cowOf(pids.g).end - cowOf(pids.g).start
+    cowOf(pids.g).inherited = [...runs, { offset: size, length: 4096n }]
+    return () => { cowOf(pids.g).inherited = runs }
+  }, new RegExp(`^${quote(file(pids.g))}: run \\d+ .* ends beyond the mapping`))
+  await validateCheckpoint(loaded)
   const r = ckptfs('restore', image, '--mount', mnt)
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')

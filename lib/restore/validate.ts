@@ -254,7 +254,7 @@ function validateVmas(vmas: Vma[], task: string): void {
     if (!storesPages(v) && v.stored.length > 0) throw fail(`${where}/stored_runs`, `a ${v.kind} mapping stores no pages`)
     if (BigInt(v.pages.size) !== stored) throw fail(`${where}/pages`, `${v.pages.size} bytes, stored runs need ${stored}`)
     if (v.inherited !== undefined && v.inherited.length > 0) {
-      if (!inheritable(v)) throw fail(`${where}/inherited_runs`, `a ${v.kind} mapping with VmFlags ${JSON.stringify(v.vmFlags)} and perms ${v.perms} cannot hold its parent's pages (only private anonymous, heap and stack memory that fork passes on)`)
+      if (!inheritable(v)) throw fail(`${where}/inherited_runs`, `this ${v.kind} mapping (perms ${v.perms}, VmFlags ${JSON.stringify(v.vmFlags)}) cannot hold its parent's pages (only private anonymous, heap and stack memory that fork passes on)`)
       const badRuns = inheritedRunsProblem(v.inherited, v.stored, v.end - v.start)
       if (badRuns !== undefined) throw fail(`${where}/inherited_runs`, badRuns)
     }
