@@ -73,9 +73,10 @@ export interface InheritedPiece {
 export function resolveInherited(tasks: SavedCheckpoint[]): Map<Vma, InheritedPiece[]> {
   const byPid = new Map<number, SavedCheckpoint>(tasks.map((t) => [t.pid, t]))
   const result = new Map<Vma, InheritedPiece[]>()
+  const vmaAt = new Map<number, Map<bigint, Vma>>(tasks.map((t) => [t.pid, new Map(t.vmas.map((v) => [v.start, v]))]))
   const resolve = (pid: number, v: Vma, start: bigint, length: bigint, into: InheritedPiece[]): void => {
     const parent = byPid.get(byPid.get(pid)!.process.ppid)
-    const p = parent?.vmas.find((x) => x.start === v.start)
+    const p = parent && vmaAt.get(parent.pid)!.get(v.start)
     if (!parent || !p) throw new CkptError(`task-${pid}/memory/vmas/${vmaName(v)}/inherited_runs: its parent has no such mapping`, 'EINVAL')
     for (const part of ownedParts(p, start - p.start, length)) {
       if (part.stored) into.push({ start: p.start + part.offset, length: part.length, owner: parent.pid, ownerVma: p, at: part.at })
@@ -93,25 +94,45 @@ export function resolveInherited(tasks: SavedCheckpoint[]): Map<Vma, InheritedPi
   return result
 }
 
+/** A mapping's stored and inherited runs in address order, each stored one with its place in the pages; made once per mapping. */
+type ContentRun = StoredRun & { stored: boolean; at: number }
+const contentRuns = new WeakMap<Vma, ContentRun[]>()
+
+function contentOf(v: Vma): ContentRun[] {
+  let runs = contentRuns.get(v)
+  if (!runs) {
+    runs = []
+    let at = 0
+    for (const r of v.stored) {
+      runs.push({ ...r, stored: true, at })
+      at += Number(r.length)
+    }
+    for (const r of v.inherited ?? []) runs.push({ ...r, stored: false, at: 0 })
+    runs.sort((a, b) => (a.offset < b.offset ? -1 : 1))
+    contentRuns.set(v, runs)
+  }
+  return runs
+}
+
 /**
  * Splits [offset, offset + length) of `v` into its stored parts (with their place in its
  * pages) and its inherited parts; refuses a part that is neither (validate.ts refuses first).
  */
 function ownedParts(v: Vma, offset: bigint, length: bigint): Array<{ offset: bigint; length: bigint; stored: boolean; at: number }> {
-  const runs: Array<StoredRun & { stored: boolean; at: number }> = []
-  let at = 0
-  for (const r of v.stored) {
-    runs.push({ ...r, stored: true, at })
-    at += Number(r.length)
+  const runs = contentOf(v)
+  // The first run ending after `offset` (runs are apart and ascending).
+  let lo = 0, hi = runs.length
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1
+    if (runs[mid].offset + runs[mid].length <= offset) lo = mid + 1
+    else hi = mid
   }
-  for (const r of v.inherited ?? []) runs.push({ ...r, stored: false, at: 0 })
-  runs.sort((a, b) => (a.offset < b.offset ? -1 : 1))
   const parts: Array<{ offset: bigint; length: bigint; stored: boolean; at: number }> = []
   let pos = offset
   const end = offset + length
-  for (const r of runs) {
-    if (r.offset + r.length <= pos) continue
-    if (r.offset > pos || pos >= end) break
+  for (let i = lo; i < runs.length && pos < end; i++) {
+    const r = runs[i]
+    if (r.offset > pos) break
     const to = r.offset + r.length < end ? r.offset + r.length : end
     parts.push({ offset: pos, length: to - pos, stored: r.stored, at: r.at + Number(pos - r.offset) })
     pos = to

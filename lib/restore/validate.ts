@@ -271,13 +271,15 @@ function validateVmas(vmas: Vma[], task: string): void {
 function validateInherited(saved: CheckpointParts): void {
   const tasks = [{ pid: saved.pid, ppid: saved.process.ppid, vmas: saved.vmas }, ...(saved.others ?? []).map((o) => ({ pid: o.pid, ppid: o.process.ppid, vmas: o.vmas }))]
   const byPid = new Map(tasks.map((t) => [t.pid, t]))
+  const vmaAt = new Map<number, Map<bigint, Vma>>()
   for (const t of tasks) {
     for (const v of t.vmas) {
       if (v.inherited === undefined || v.inherited.length === 0) continue
       const where = `task-${t.pid}/memory/vmas/${vmaName(v)}/inherited_runs`
       const parent = t.pid === saved.pid ? undefined : byPid.get(t.ppid)
       if (!parent) throw fail(where, `its parent (${t.ppid}) is not a process of the tree: there is nothing to inherit from`)
-      const p = parent.vmas.find((x) => x.start === v.start)
+      if (!vmaAt.has(parent.pid)) vmaAt.set(parent.pid, new Map(parent.vmas.map((x) => [x.start, x])))
+      const p = vmaAt.get(parent.pid)!.get(v.start)
       if (!p || !sameInheritableArea(v, p)) throw fail(where, `task-${parent.pid} has no ${v.kind} mapping ${vmaName(v)} that fork passes on (${p ? `its is ${p.kind}, ${vmaName(p)}, VmFlags ${JSON.stringify(p.vmFlags)}` : 'none there'})`)
       const content = [...p.stored, ...(p.inherited ?? [])].sort((a, b) => (a.offset < b.offset ? -1 : 1))
       let c = 0
