@@ -68,7 +68,7 @@ export interface InheritedPiece {
  * Every inherited run of every process, resolved along its ancestors to the process that
  * stores the pages (a grandchild's page its parent inherited too is its grandparent's).
  * Keyed by the process's own mapping. The tree was validated: each inherited run lies in
- * the parent's same area where the parent has content (validate.ts, inheritedRunsRefusal).
+ * the parent's same area where the parent has content (validate.ts, validateInherited).
  */
 export function resolveInherited(tasks: SavedCheckpoint[]): Map<Vma, InheritedPiece[]> {
   const byPid = new Map<number, SavedCheckpoint>(tasks.map((t) => [t.pid, t]))
