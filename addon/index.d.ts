@@ -81,6 +81,28 @@ export interface ThreadRegisters {
   rseq: RseqConfig
 }
 
+/** One range of a scanPagemaps call. */
+export interface PagemapScan {
+  start: bigint
+  end: bigint
+  privateOnly: boolean
+  /** Also answer each page's frame (`frames`): a child's scan compares its own with them. */
+  frames?: boolean
+  /**
+   * The parent's `frames` for the same range: a kept page present at the same frame as the
+   * parent's (not the zero page) is answered in `inherited`, not among the stored runs.
+   */
+  parentFrames?: Buffer
+}
+
+/** The stored runs of one range, with what its request asked for besides. */
+export type PagemapScanned = PagemapRun[] & {
+  /** One little-endian u64 per page: the frame of a kept page, 0 for the others. */
+  frames?: Buffer
+  /** Runs of pages held at the parent's frames (copy-on-write since a fork). */
+  inherited?: PagemapRun[]
+}
+
 export interface PagemapRun {
   /** Start address of a run of pages to store. */
   start: bigint
@@ -199,7 +221,7 @@ export interface Addon {
    * scanPagemap of each range, in one pool call with one open of pagemap (a small process's
    * mappings cost one round trip, not one each): the runs of ranges[i] are answer[i].
    */
-  scanPagemaps(pid: number, ranges: Array<{ start: bigint; end: bigint; privateOnly: boolean }>): Promise<PagemapRun[][]>
+  scanPagemaps(pid: number, ranges: PagemapScan[]): Promise<PagemapScanned[]>
 
   /**
    * A zero-filled buffer whose pages are already faulted in (MADV_POPULATE_WRITE): copy-mode

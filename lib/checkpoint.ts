@@ -19,7 +19,7 @@ import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
 import { readProcTextSync, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
-import { allocCopyArena, captureVmas, planCopy } from './task/memory'
+import { allocCopyArena, captureVmas, planCopy, scanTask, type TaskScan } from './task/memory'
 import { taskDir } from './task/tree'
 import { PhaseTimer } from './trace'
 import { zombieDir } from './task/zombie'
@@ -98,13 +98,21 @@ export class Checkpoint {
     const copy = mode === 'copy'
     // One files/ for the whole tree: a description several tasks hold is captured once.
     const tableOf = taskFileTables(lazy(() => captureTreeFiles(frozenPids, { copy })))
+    // Each task's pagemap is scanned once, when its memory (or a child's) is first needed: a
+    // child's pages at its parent's frames are recorded as inherited, not stored again.
+    const hasChildren = new Set(frozen.live.map((t) => t.parent))
+    const scans = new Map<number, () => Promise<TaskScan>>()
+    for (const t of frozen.live) {
+      const parentScan = t.parent === undefined ? undefined : scans.get(t.parent)
+      scans.set(t.pid, lazy(() => scanTask(t.pid, { frames: hasChildren.has(t.pid), parent: parentScan?.() })))
+    }
     const tasks = frozen.live.map(({ pid: taskPid, tids, stopSignal }): TaskImage => ({
       pid: taskPid,
       tids,
       process: lazy(() => captureProcess(taskPid, tids, stopSignal)),
       threads: lazy(() => captureThreads(taskPid, tids)),
       // The arena was sized for the root's pages; the others get buffers of their own.
-      vmas: lazy(() => captureVmas(taskPid, mode, taskPid === pid ? arena : undefined)),
+      vmas: lazy(() => captureVmas(taskPid, mode, taskPid === pid ? arena : undefined, scans.get(taskPid)!())),
       fileTable: tableOf(taskPid),
     }))
     const checkpoint = new Checkpoint(id, pid, mode, { root: pid, tasks, zombies: frozen.zombies, left: frozen.left }, owner)

@@ -309,6 +309,12 @@ export interface Vma {
   stored: StoredRun[]
   /** The stored pages, back to back, in run order; size = sum of run lengths. */
   pages: ByteSource
+  /**
+   * A process of a tree: runs of pages (relative to `start`, apart from the stored ones) that
+   * hold what its parent holds at the same addresses (the same physical pages at the
+   * checkpoint, copy-on-write since a fork): not stored here; the parent's content gives them.
+   */
+  inherited?: StoredRun[]
 }
 
 export interface StoredRun {

@@ -26,6 +26,8 @@ const STAT_EXIT_CODE = 52
 /** One live process of a frozen tree. */
 export interface FrozenTask {
   pid: Pid
+  /** Its parent in the tree (undefined for the root). */
+  parent?: Pid
   tids: Tid[]
   /** The stop signal if the process was in a group stop when it was frozen (0: it ran). */
   stopSignal: number
@@ -186,7 +188,7 @@ export async function freezeTree(root: Pid, leaveOut: ReadonlyMap<number, string
   const order = treeOrder(root, parentOf)
   return {
     root,
-    live: order.filter((pid) => frozen.has(pid)).map((pid) => ({ pid: asPid(pid), tids: frozen.get(pid)!, stopSignal: stopped.get(pid) ?? 0 })),
+    live: order.filter((pid) => frozen.has(pid)).map((pid) => ({ pid: asPid(pid), parent: pid === root ? undefined : asPid(parentOf.get(pid)!), tids: frozen.get(pid)!, stopSignal: stopped.get(pid) ?? 0 })),
     zombies: order.filter((pid) => zombies.has(pid)).map((pid) => zombies.get(pid)!),
     left: [...left].map(([pid, why]) => ({ pid: asPid(pid), why })),
   }

@@ -14,6 +14,8 @@ import { asUser, attacker, shAs } from './lib/unprivileged'
 import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
 import { childrenOf } from '../lib/pstree'
 import { buildTarget } from './lib/targets'
+import { readImage } from '../lib/image/decode'
+import { validateCheckpoint } from '../lib/restore/validate'
 
 const mnt = mountFor(t)
 const tree = buildTarget('tree')
@@ -116,6 +118,51 @@ function checkCow(t: Test, pids: TreePids, addr: bigint, when = 'restored'): voi
   t.same(pageBytes(pids.b, addr, COW_PAGES), want('b'), `${when}: B's hold the bytes of the fork`)
 }
 
+/** Runs of a mapping ("0xOFFSET 0xLENGTH" lines, or the model's) relative to its start. */
+interface Runs {
+  start: bigint
+  stored: Array<{ offset: bigint; length: bigint }>
+  inherited?: Array<{ offset: bigint; length: bigint }>
+}
+
+/** For each copy-on-write page: 's' stored by the process, 'i' inherited (kept once, by an ancestor), '-' neither. */
+function cowKinds(v: Runs, addr: bigint): string {
+  const at = (runs: Runs['stored'], page: bigint) => runs.some((r) => v.start + r.offset <= page && page < v.start + r.offset + r.length)
+  return Array.from({ length: COW_PAGES }, (_, i) => addr + BigInt(i) * 4096n).map((page) => (at(v.stored, page) ? 's' : at(v.inherited ?? [], page) ? 'i' : '-')).join('')
+}
+
+/** The runs of the saved mapping holding `addr` in task-PID/ of a copied tree. */
+function savedRuns(saved: string, pid: number, addr: bigint): Runs & { pagesBytes: number } {
+  const vmas = path.join(saved, `task-${pid}`, 'memory', 'vmas')
+  const name = fs.readdirSync(vmas).find((n) => {
+    const [start, end] = n.split('-').map((x) => BigInt('0x' + x))
+    return start <= addr && addr < end
+  })!
+  const lines = (file: string) => (fs.existsSync(path.join(vmas, name, file)) ? fs.readFileSync(path.join(vmas, name, file), 'utf8').split('\n').filter(Boolean) : [])
+  const parse = (line: string) => ({ offset: BigInt(line.split(' ')[0]), length: BigInt(line.split(' ')[1]) })
+  return { start: BigInt('0x' + name.split('-')[0]), stored: lines('stored_runs').map(parse), inherited: lines('inherited_runs').map(parse), pagesBytes: fs.statSync(path.join(vmas, name, 'pages')).size }
+}
+
+// What each process keeps of the copy-on-write pages (test/fixtures/tree.c): P all of them;
+// A its pages 5 and 6, the page 12 P changed after the fork, page 9 dropped (or, once
+// checkCow has read it, the zero page: stored, never taken for a shared page), the rest as P's;
+// B page 12; G (forked by A before A wrote) has P's old pages 5, 6 and 9 of its own and
+// holds A's page 12 and the rest as A's (which are P's): each shared page is stored once.
+const COW_KINDS = (pids: TreePids, aPage9: 's' | '-') => new Map([
+  [pids.p, 's'.repeat(COW_PAGES)],
+  [pids.a, `iiiiissii${aPage9}iisiiiiiiiiiiiiiiiiiii`],
+  [pids.b, 'iiiiiiiiiiiisiiiiiiiiiiiiiiiiiii'],
+  [pids.g, 'iiiiissiisiiiiiiiiiiiiiiiiiiiiii'],
+])
+
+/** G (A's child, P's grandchild) shares P's frames where neither A nor P changed a page before G was forked. */
+function checkGrandchildCow(t: Test, pids: TreePids, addr: bigint, when: string): void {
+  const [p, g] = [pids.p, pids.g].map((pid) => framesOf(pid, addr, COW_PAGES))
+  const same = Array.from({ length: COW_PAGES }, (_, i) => i).filter((i) => i !== 12)
+  t.same(same.filter((i) => g[i] !== p[i] || g[i] === 0n), [], `${when}: G's pages but 12 are P's very page frames`)
+  t.same(pageBytes(pids.g, addr, COW_PAGES), Array.from({ length: COW_PAGES }, (_, i) => i + 1), `${when}: G's pages hold the bytes of its fork`)
+}
+
 async function startTree(t: Test): Promise<{ target: Target; pids: TreePids }> {
   const dir = workdir(t, 'ckptfs-treerestore-')
   const target = await launch(t, [sleeper, 'subreaper', tree, 'tree'], { dir, ready: (tg) => /^ready pid=\d+ a=/m.test(tg.text()) })
@@ -164,12 +211,33 @@ t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the 
   const { target, pids } = await startTree(t)
   checkCow(t, pids, cowAddress(target), 'before the checkpoint')
   // Reading every page (cp -a of the tree and of the image) leaves the frozen originals' pages shared.
+  checkGrandchildCow(t, pids, cowAddress(target), 'before the checkpoint')
   const { saved } = await saveAndKill(target, pids, () => checkCow(t, pids, cowAddress(target), 'frozen, once the tree and its image are copied'))
+  const addr = cowAddress(target)
+  for (const [pid, kinds] of COW_KINDS(pids, 's')) {
+    const runs = savedRuns(saved, pid, addr)
+    t.equal(cowKinds(runs, addr), kinds, `the copy: task-${pid} stores ${kinds.split('s').length - 1} of the ${COW_PAGES} copy-on-write pages, inherits ${kinds.split('i').length - 1}`)
+    t.equal(BigInt(runs.pagesBytes), runs.stored.reduce((sum, r) => sum + r.length, 0n), `the copy: task-${pid}'s pages file holds its stored runs only`)
+  }
+  // A copy whose A no longer holds a run G inherits from it (the last line of A's
+  // inherited_runs removed, the tree resealed) is refused before any process is made.
+  const edited = path.join(target.dir, 'edited')
+  execFileSync('cp', ['-a', saved, edited])
+  const aRuns = path.join(edited, `task-${pids.a}`, 'memory', 'vmas', fs.readdirSync(path.join(edited, `task-${pids.a}`, 'memory', 'vmas')).find((n) => BigInt('0x' + n.split('-')[0]) === savedRuns(saved, pids.a, addr).start)!, 'inherited_runs')
+  fs.chmodSync(path.dirname(aRuns), 0o700)
+  fs.chmodSync(aRuns, 0o600)
+  fs.writeFileSync(aRuns, fs.readFileSync(aRuns, 'utf8').split('\n').filter(Boolean).slice(0, -1).map((l) => l + '\n').join(''))
+  reseal(edited)
+  const refused = ckptfs('restore', edited, '--mount', mnt)
+  t.equal(refused.status, 1, 'a tree whose child inherits what its parent does not hold is refused')
+  t.match(refused.stderr, new RegExp(`task-${pids.g}/memory/vmas/[0-9a-f]+-[0-9a-f]+/inherited_runs: run \\d+ .*: task-${pids.a} has no content at offset`), `naming G's inherited_runs: ${refused.stderr.trim()}`)
+  for (const pid of allPids(pids)) t.notOk(exists(pid), `nothing holds PID ${pid}`)
   const r = ckptfs('restore', saved, '--mount', mnt)
   t.equal(r.status, 0, `restore exits 0 (${r.stderr.trim()})`)
   t.equal(r.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
   checkLinks(t, pids)
   checkCow(t, pids, cowAddress(target))
+  checkGrandchildCow(t, pids, cowAddress(target), 'restored')
   t.equal(fs.readFileSync(path.join(saved, `task-${pids.g}`, 'pdeath_signal'), 'utf8'), '28\n', "G's parent-death signal (SIGWINCH) is saved")
   const said = await verdict(target, pids)
   t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself (G checks its parent-death signal, zdtm pdeath_sig)')
@@ -244,6 +312,7 @@ t.test('all or nothing: a saved PID taken by another process refuses the tree be
   for (const pid of [pids.p, pids.a, pids.b, pids.z]) t.notOk(exists(pid), `nothing holds PID ${pid}: no process, no zombie`)
   t.equal(exeOf(pids.g), pidholder, 'the holder keeps its PID')
   // The holder gone, the tree's image restores whole.
+  await checkImageInheritance(t, image, pids, target)
   process.kill(pids.g, 'SIGKILL')
   await waitUntil(`PID ${pids.g} to be free`, () => !exists(pids.g), 15_000)
   const restored = ckptfs('restore', image, '--mount', mnt)
@@ -251,6 +320,7 @@ t.test('all or nothing: a saved PID taken by another process refuses the tree be
   t.equal(restored.stdout.trim(), String(pids.p), 'it prints the root\'s PID')
   checkLinks(t, pids)
   checkCow(t, pids, cowAddress(target))
+  checkGrandchildCow(t, pids, cowAddress(target), 'restored from the image')
   const said = await verdict(target, pids)
   t.same(said.filter((l) => l.startsWith('FAIL')), [], 'the tree finds nothing wrong with itself')
   t.ok(said.includes('PASS'), 'and says PASS')
@@ -361,3 +431,55 @@ t.test('a user\'s tree: a child\'s file edited to /etc/shadow by the user is ref
   t.match(r.stderr, new RegExp(`files/${objref}: open /etc/shadow: Permission denied`), `naming the description and the refusal: ${r.stderr.trim()}`)
   for (const pid of [shell, child]) t.notOk(exists(pid), `nothing holds PID ${pid}`)
 })
+
+/** What the tree's image holds of its copy-on-write pages, and the validator holding each inherited run to its parent's area and content. */
+async function checkImageInheritance(t: Test, image: string, pids: TreePids, target: Awaited<ReturnType<typeof startTree>>['target']): Promise<void> {
+  const addr = cowAddress(target)
+  const loaded = await readImage(path.join(image, 'checkpoint.image'))
+  for (const task of [loaded, ...loaded.others]) {
+    const v = task.vmas.find((x) => x.start <= addr && addr < x.end)!
+    t.equal(cowKinds(v, addr), COW_KINDS(pids, '-').get(task.pid), `the image: task-${task.pid} stores its own copy-on-write pages, its inherited ones are its parent's`)
+    t.equal(BigInt(v.pages.size), v.stored.reduce((sum, r) => sum + r.length, 0n), `the image: task-${task.pid}'s page chunks hold its stored runs only`)
+  }
+  // The validator (the same for trees and images) holds each inherited run to its parent's
+  // same area and content: a changed model is refused, naming the file.
+  await validateCheckpoint(loaded)
+  const cowOf = (pid: number) => [loaded, ...loaded.others].find((x) => x.pid === pid)!.vmas.find((x) => x.start <= addr && addr < x.end)!
+  const file = (pid: number) => `task-${pid}/memory/vmas/${cowOf(pid).start.toString(16).padStart(8, '0')}-${cowOf(pid).end.toString(16).padStart(8, '0')}/inherited_runs`
+  const refused = async (what: string, change: () => () => void, why: RegExp) => {
+    const undo = change()
+    try {
+      await t.rejects(validateCheckpoint(loaded), { message: why }, what)
+    } finally {
+      undo()
+    }
+  }
+  const quote = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  await refused('A no longer holds the pages G inherits from it', () => {
+    const saved = cowOf(pids.a).inherited
+    cowOf(pids.a).inherited = undefined
+    return () => { cowOf(pids.a).inherited = saved }
+  }, new RegExp(`^${quote(file(pids.g))}: run 1 \\(.*\\): task-${pids.a} has no content at offset 0x[0-9a-f]+ of .* \\(neither stored nor inherited\\)$`))
+  await refused('P\'s area is wiped on fork (wf): nothing to inherit', () => {
+    const flags = cowOf(pids.p).vmFlags
+    cowOf(pids.p).vmFlags += ' wf'
+    return () => { cowOf(pids.p).vmFlags = flags }
+  }, new RegExp(`^${quote(file(pids.a))}: task-${pids.p} has no anonymous mapping .* that fork passes on`))
+  await refused('B\'s own area is not passed on by fork (dc)', () => {
+    const flags = cowOf(pids.b).vmFlags
+    cowOf(pids.b).vmFlags += ' dc'
+    return () => { cowOf(pids.b).vmFlags = flags }
+  }, new RegExp(`^${quote(file(pids.b))}: this anonymous mapping \\(perms rw-p, VmFlags .*\\) cannot hold its parent's pages`))
+  await refused('a page B stores and inherits at once', () => {
+    const runs = cowOf(pids.b).inherited!
+    cowOf(pids.b).inherited = [...runs, ...cowOf(pids.b).stored].sort((x, y) => (x.offset < y.offset ? -1 : 1))
+    return () => { cowOf(pids.b).inherited = runs }
+  }, new RegExp(`^${quote(file(pids.b))}: run \\d+ .* overlaps`))
+  await refused('G inheriting beyond its mapping', () => {
+    const runs = cowOf(pids.g).inherited!
+    const size = cowOf(pids.g).end - cowOf(pids.g).start
+    cowOf(pids.g).inherited = [...runs, { offset: size, length: 4096n }]
+    return () => { cowOf(pids.g).inherited = runs }
+  }, new RegExp(`^${quote(file(pids.g))}: run \\d+ .* ends beyond the mapping`))
+  await validateCheckpoint(loaded)
+}

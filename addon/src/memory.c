@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -352,32 +354,98 @@ napi_value js_write_memory(napi_env env, napi_callback_info info) {
 
 // ---- scanPagemap, scanPagemaps ----
 
-static int add_run(mem_task_t *m, size_t floor, uint64_t start, uint64_t len) {
+typedef struct {
+  range_t *runs;
+  size_t n, cap;
+} runlist_t;
+
+static int add_run(runlist_t *l, size_t floor, uint64_t start, uint64_t len) {
   // Runs of one range merge; a run never merges into the previous range's last one.
-  if (m->nranges > floor && m->ranges[m->nranges - 1].start + m->ranges[m->nranges - 1].len == start) {
-    m->ranges[m->nranges - 1].len += len;
+  if (l->n > floor && l->runs[l->n - 1].start + l->runs[l->n - 1].len == start) {
+    l->runs[l->n - 1].len += len;
     return 0;
   }
-  if (m->nranges == m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 256;
-    range_t *n = realloc(m->ranges, cap * sizeof *n);
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 256;
+    range_t *n = realloc(l->runs, cap * sizeof *n);
     if (!n) return -1;
-    m->ranges = n;
-    m->cap = cap;
+    l->runs = n;
+    l->cap = cap;
   }
-  m->ranges[m->nranges++] = (range_t){start, len};
+  l->runs[l->n++] = (range_t){start, len};
   return 0;
 }
 
-// Appends the kept runs of [addr, addr + len) to m->ranges, reading pagemap through `fd`
-// with `buf` (PAGEMAP_CHUNK entries). Returns 0, or -1 with t->err set.
-static int scan_range(mem_task_t *m, int fd, const char *path, uint64_t *buf, uint64_t addr, uint64_t len,
-                      int private_only) {
+#define PM_PFN_MASK ((1ULL << 55) - 1)
+
+// The frame of the kernel's shared zero page (what a read of untouched anonymous memory
+// maps): two processes both showing it share no inherited page, so it is never a match.
+// Found once by reading a fresh page of our own; UINT64_MAX when that cannot be seen.
+static uint64_t zero_pfn = 0;
+static pthread_once_t zero_pfn_once = PTHREAD_ONCE_INIT;
+
+static void find_zero_pfn(void) {
+  zero_pfn = UINT64_MAX;
+  volatile unsigned char *p = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;
+  (void)p[0];
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  uint64_t e = 0;
+  if (fd >= 0) {
+    if (pread(fd, &e, sizeof e, (off_t)((uintptr_t)p / PAGE * 8)) == (ssize_t)sizeof e && (e & PM_PRESENT) && (e & PM_PFN_MASK))
+      zero_pfn = e & PM_PFN_MASK;
+    close(fd);
+  }
+  munmap((void *)p, PAGE);
+}
+
+// The frame of a kept page that another process may hold too (present, a frame the caller
+// can see, not the zero page); 0 otherwise.
+static uint64_t shareable_frame(uint64_t e) {
+  if (!(e & PM_PRESENT)) return 0;
+  uint64_t pfn = e & PM_PFN_MASK;
+  return pfn == zero_pfn ? 0 : pfn;
+}
+
+// The ranges to scan: one (scanPagemap) or many (scanPagemaps), each answered by its own
+// runs; ends[i] is where the runs of request i end in s->stored (and s->inherited).
+// frames: where to record the frame of each page of the range (shareable_frame; 0 for pages
+// not kept), for a child's scan to compare with. parent: the parent's frames for the same
+// range; a kept page whose frame is the parent's at the same address is an inherited run,
+// not a stored one.
+typedef struct {
+  uint64_t start, len;
+  int private_only;
+  uint64_t *frames;
+  uint64_t *parent;
+} scan_request_t;
+
+typedef struct {
+  mem_task_t m;
+  scan_request_t *requests;
+  size_t *ends, *inherited_ends;
+  runlist_t stored, inherited;
+  size_t n;
+} scan_many_task_t;
+
+// Appends the kept runs of request `r` to s->stored (s->inherited), reading pagemap through
+// `fd` with `buf` (PAGEMAP_CHUNK entries). Returns 0, or -1 with the task's error set.
+static int scan_range(scan_many_task_t *s, int fd, const char *path, uint64_t *buf, const scan_request_t *r) {
+  mem_task_t *m = &s->m;
   const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  const size_t floor = m->nranges;
-  uint64_t first = addr / page, count = len / page;
-  // Current run of kept pages, extended page by page and flushed when it breaks.
+  const size_t floor = s->stored.n, inherited_floor = s->inherited.n;
+  uint64_t first = r->start / page, count = r->len / page;
+  // Current run of kept pages, extended page by page and flushed when it breaks; `run_inherited`
+  // says which list it goes to.
   uint64_t run_start = 0, run_pages = 0;
+  int run_inherited = 0;
+#define FLUSH_RUN()                                                                                          \
+  do {                                                                                                       \
+    if (run_pages && (run_inherited ? add_run(&s->inherited, inherited_floor, run_start, run_pages * page)  \
+                                    : add_run(&s->stored, floor, run_start, run_pages * page)) < 0)         \
+      goto oom;                                                                                              \
+    run_pages = 0;                                                                                           \
+  } while (0)
   for (uint64_t done = 0; done < count;) {
     uint64_t want = count - done;
     if (want > PAGEMAP_CHUNK) want = PAGEMAP_CHUNK;
@@ -392,43 +460,42 @@ static int scan_range(mem_task_t *m, int fd, const char *path, uint64_t *buf, ui
     uint64_t n = (uint64_t)got / 8;
     for (uint64_t i = 0; i < n; i++) {
       uint64_t e = buf[i];
-      int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(private_only && (e & PM_FILE_OR_SHARED));
+      int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(r->private_only && (e & PM_FILE_OR_SHARED));
+      uint64_t frame = keep ? shareable_frame(e) : 0;
+      if (r->frames) r->frames[done + i] = frame;
+      int inherited = frame != 0 && r->parent && r->parent[done + i] == frame;
       if (keep) {
-        if (!run_pages) run_start = (first + done + i) * page;
+        if (run_pages && inherited != run_inherited) FLUSH_RUN();
+        if (!run_pages) {
+          run_start = (first + done + i) * page;
+          run_inherited = inherited;
+        }
         run_pages++;
-      } else if (run_pages) {
-        if (add_run(m, floor, run_start, run_pages * page) < 0) goto oom;
-        run_pages = 0;
+      } else {
+        FLUSH_RUN();
       }
     }
     done += n;
   }
-  if (run_pages && add_run(m, floor, run_start, run_pages * page) < 0) goto oom;
+  FLUSH_RUN();
+#undef FLUSH_RUN
   return 0;
 oom:
   nerr_set(&m->t.err, ENOMEM, "scanPagemap(pid %d)", m->pid);
   return -1;
 }
 
-// The ranges to scan: one (scanPagemap) or many (scanPagemaps), each answered by its own
-// runs; ends[i] is where the runs of request i end in m.ranges.
-typedef struct {
-  uint64_t start, len;
-  int private_only;
-} scan_request_t;
-
-typedef struct {
-  mem_task_t m;
-  scan_request_t *requests;
-  size_t *ends;
-  size_t n;
-} scan_many_task_t;
-
 static void scan_many_destroy(task_t *t) {
   scan_many_task_t *s = (scan_many_task_t *)t;
+  for (size_t i = 0; s->requests && i < s->n; i++) {
+    free(s->requests[i].frames);
+    free(s->requests[i].parent);
+  }
   free(s->requests);
   free(s->ends);
-  free(s->m.ranges);
+  free(s->inherited_ends);
+  free(s->stored.runs);
+  free(s->inherited.runs);
   free(s);
 }
 
@@ -437,6 +504,7 @@ static void scan_many_destroy(task_t *t) {
 static void scan_many_run(task_t *t) {
   scan_many_task_t *s = (scan_many_task_t *)t;
   mem_task_t *m = &s->m;
+  pthread_once(&zero_pfn_once, find_zero_pfn);
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/pagemap", m->pid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -451,9 +519,9 @@ static void scan_many_run(task_t *t) {
     return;
   }
   for (size_t i = 0; i < s->n; i++) {
-    const scan_request_t *r = &s->requests[i];
-    if (scan_range(m, fd, path, buf, r->start, r->len, r->private_only) < 0) break;
-    s->ends[i] = m->nranges;
+    if (scan_range(s, fd, path, buf, &s->requests[i]) < 0) break;
+    s->ends[i] = s->stored.n;
+    s->inherited_ends[i] = s->inherited.n;
   }
   free(buf);
   close(fd);
@@ -474,15 +542,26 @@ static napi_value runs_to_js(napi_env env, const range_t *runs, size_t n) {
 
 static napi_value scan_one_settle(napi_env env, task_t *t) {
   scan_many_task_t *s = (scan_many_task_t *)t;
-  return runs_to_js(env, s->m.ranges, s->m.nranges);
+  return runs_to_js(env, s->stored.runs, s->stored.n);
 }
 
+// Each range's stored runs; where frames or parent frames were asked, the array also carries
+// `frames` (a Buffer of one u64 per page) and `inherited` (the runs held as the parent's).
 static napi_value scan_many_settle(napi_env env, task_t *t) {
   scan_many_task_t *s = (scan_many_task_t *)t;
   napi_value arr;
   napi_create_array_with_length(env, s->n, &arr);
-  for (size_t i = 0, from = 0; i < s->n; from = s->ends[i], i++)
-    napi_set_element(env, arr, (uint32_t)i, runs_to_js(env, s->m.ranges + from, s->ends[i] - from));
+  for (size_t i = 0, from = 0, inherited_from = 0; i < s->n; from = s->ends[i], inherited_from = s->inherited_ends[i], i++) {
+    napi_value runs = runs_to_js(env, s->stored.runs + from, s->ends[i] - from);
+    const scan_request_t *r = &s->requests[i];
+    if (r->frames) {
+      napi_value b;
+      void *p;
+      if (napi_create_buffer_copy(env, r->len / PAGE * 8, r->frames, &p, &b) == napi_ok) napi_set_named_property(env, runs, "frames", b);
+    }
+    if (r->parent) napi_set_named_property(env, runs, "inherited", runs_to_js(env, s->inherited.runs + inherited_from, s->inherited_ends[i] - inherited_from));
+    napi_set_element(env, arr, (uint32_t)i, runs);
+  }
   return arr;
 }
 
@@ -491,7 +570,8 @@ static scan_many_task_t *scan_task(pid_t pid, size_t n, napi_value (*settle)(nap
   if (!s) return NULL;
   s->requests = calloc(n ? n : 1, sizeof *s->requests);
   s->ends = calloc(n ? n : 1, sizeof *s->ends);
-  if (!s->requests || !s->ends) {
+  s->inherited_ends = calloc(n ? n : 1, sizeof *s->inherited_ends);
+  if (!s->requests || !s->ends || !s->inherited_ends) {
     scan_many_destroy(&s->m.t);
     return NULL;
   }
@@ -527,11 +607,42 @@ napi_value js_scan_pagemap(napi_env env, napi_callback_info info) {
     throw_errno(env, ENOMEM, "scanPagemap(pid %d)", pid);
     return NULL;
   }
-  s->requests[0] = (scan_request_t){start, end - start, private_only};
+  s->requests[0] = (scan_request_t){start, end - start, private_only, NULL, NULL};
   return pool_submit(env, &s->m.t);
 }
 
-// scanPagemaps(pid, [{start, end, privateOnly}, ...]): scanPagemap of each range, in one call.
+// A request's optional `frames: true` (record each page's frame) and `parentFrames: Buffer`
+// (the parent's frames for the same range, one u64 per page). 1, or 0 having thrown.
+static int scan_frames_of(napi_env env, int32_t pid, napi_value r, scan_request_t *q) {
+  napi_value v;
+  bool has = false, want = false;
+  size_t pages = q->len / PAGE;
+  if (napi_has_named_property(env, r, "frames", &has) == napi_ok && has && napi_get_named_property(env, r, "frames", &v) == napi_ok &&
+      napi_get_value_bool(env, v, &want) == napi_ok && want) {
+    if (!(q->frames = calloc(pages ? pages : 1, 8))) {
+      throw_errno(env, ENOMEM, "scanPagemaps(pid %d): frames of 0x%llx bytes", pid, (unsigned long long)q->len);
+      return 0;
+    }
+  }
+  if (napi_has_named_property(env, r, "parentFrames", &has) == napi_ok && has) {
+    void *data;
+    size_t len;
+    if (napi_get_named_property(env, r, "parentFrames", &v) != napi_ok || !get_buffer(env, v, "parentFrames", &data, &len)) return 0;
+    if (len != pages * 8) {
+      throw_errno(env, EINVAL, "scanPagemaps(pid %d, 0x%llx): parentFrames has %zu bytes, the range %llu pages", pid, (unsigned long long)q->start, len, (unsigned long long)pages);
+      return 0;
+    }
+    if (!(q->parent = malloc(len ? len : 1))) {
+      throw_errno(env, ENOMEM, "scanPagemaps(pid %d): parent frames", pid);
+      return 0;
+    }
+    memcpy(q->parent, data, len);
+  }
+  return 1;
+}
+
+// scanPagemaps(pid, [{start, end, privateOnly, frames?, parentFrames?}, ...]): scanPagemap of
+// each range, in one call; see scan_many_settle for what frames and parentFrames add.
 napi_value js_scan_pagemaps(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int32_t pid;
@@ -560,7 +671,11 @@ napi_value js_scan_pagemaps(napi_env env, napi_callback_info info) {
       scan_many_destroy(&s->m.t);
       return NULL;
     }
-    s->requests[i] = (scan_request_t){start, end - start, private_only};
+    s->requests[i] = (scan_request_t){start, end - start, private_only, NULL, NULL};
+    if (!scan_frames_of(env, pid, r, &s->requests[i])) {
+      scan_many_destroy(&s->m.t);
+      return NULL;
+    }
   }
   return pool_submit(env, &s->m.t);
 }

@@ -138,7 +138,11 @@ function recordMemory(image: ImageBuilder, vmas: Vma[]): void {
     if (BigInt(vma.pages.size) !== stored) {
       throw new CkptError(`image: mapping ${vma.start.toString(16)}: ${vma.pages.size} bytes of pages for ${stored} stored bytes`)
     }
-    image.record('vma', schema.Vma, vma)
+    // Inherited runs are listed among the stored ones too (ckptfs.proto, Vma.inherited): a
+    // reader that does not know them finds the chunks short and refuses.
+    const inherited = vma.inherited ?? []
+    const all = [...vma.stored, ...inherited].sort((a, b) => (a.offset < b.offset ? -1 : 1))
+    image.record('vma', schema.Vma, { ...vma, stored: all, inherited })
   }
   for (const vma of vmas) image.chunks('pageChunk', vma.start, vma.pages)
 }

@@ -407,9 +407,9 @@ export function vmaFrom(f: Fields): RecordedVma {
   if (!isPageAligned(end) || end <= start) f.fail('end', `0x${end.toString(16)} is not a page-aligned address above start 0x${start.toString(16)}`)
   const perms = f.str('perms')
   if (!/^[r-][w-][x-][ps]$/.test(perms)) f.fail('perms', `${JSON.stringify(perms)} is not like "rw-p"`)
-  const stored = f.list('stored').map((run): StoredRun => ({ offset: run.big('offset'), length: run.big('length') }))
+  const listed = f.list('stored').map((run): StoredRun => ({ offset: run.big('offset'), length: run.big('length') }))
   let previousEnd = 0n
-  stored.forEach((run, i) => {
+  listed.forEach((run, i) => {
     if (!isPageAligned(run.offset) || !isPageAligned(run.length) || run.length === 0n) {
       f.fail(`stored[${i}]`, `offset ${run.offset} length ${run.length}: not whole pages`)
     }
@@ -417,7 +417,19 @@ export function vmaFrom(f: Fields): RecordedVma {
     previousEnd = run.offset + run.length
     if (previousEnd > end - start) f.fail(`stored[${i}]`, `ends at ${previousEnd}, past the mapping's ${end - start} bytes`)
   })
+  // (1.6) The inherited runs are some of the listed ones; the others are this mapping's own.
+  const inherited = f.list('inherited').map((run): StoredRun => ({ offset: run.big('offset'), length: run.big('length') }))
+  const stored: StoredRun[] = []
+  let next = 0
+  for (const run of listed) {
+    const i = inherited[next]
+    if (i !== undefined && i.offset === run.offset && i.length === run.length) next++
+    else stored.push(run)
+  }
+  if (next < inherited.length) f.fail(`inherited[${next}]`, `offset ${inherited[next].offset} length ${inherited[next].length}: not one of the stored runs, in their order`)
+  const inheritedRuns = inherited.length > 0 ? { inherited } : {}
   return {
+    ...inheritedRuns,
     start,
     end,
     perms,

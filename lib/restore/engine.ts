@@ -26,7 +26,7 @@ import { lockCalls } from './locks'
 import { PhaseTimer } from '../trace'
 import { TASK_SIZE } from '../abi'
 import { majorMinor } from '../procfs'
-import { unstoredRanges, writeDifferingPages, type PremapMode } from './cow'
+import { unstoredRanges, writeDifferingPages, writeInheritedPieces, type InheritedPiece, type PremapMode } from './cow'
 import { seccompCalls } from './seccomp'
 
 const PAGE = 4096n
@@ -106,8 +106,13 @@ export interface RestoreOptions {
   storedByRoot?: boolean
   /** A process of a tree: its mappings its stub mapped and filled before forking its children (cow.ts). */
   premapped?: Set<Vma>
-  /** A process of a tree: its mappings that hold its parent's premapped pages, by fork (cow.ts). */
-  inherited?: Set<Vma>
+  /**
+   * A process of a tree: its mappings that hold an ancestor's premapped pages, by fork
+   * (cow.ts), each with the PID of the process that premapped it.
+   */
+  inherited?: Map<Vma, number>
+  /** A process of a tree: its mappings' inherited runs, resolved to who stores them (cow.ts, resolveInherited). */
+  inheritedPieces?: Map<Vma, InheritedPiece[]>
 }
 
 /** The mapping of a process already rebuilt whose shmem object another process maps too. */
@@ -467,7 +472,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   // Mappings a tree's stub made already (cow.ts): the premapped ones hold their own pages, the
   // inherited ones their parent's; they stay, and nothing writes a page of them that need not be.
   const premapped = options.premapped ?? new Set<Vma>()
-  const inherited = options.inherited ?? new Set<Vma>()
+  const inherited = options.inherited ?? new Map<Vma, number>()
   const kept = vmas.filter((v) => premapped.has(v) || inherited.has(v))
   // A lazy restore leaves these to the fill (lib/restore/lazy.ts); the others are written now.
   // Kept mappings are not among them: their pages are in (premapped), or are the parent's
@@ -565,6 +570,14 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   timer.mark('pages')
   await keepParentPages(pid, kept.filter((v) => inherited.has(v)), layout)
   timer.mark('pages shared with the parent')
+  // Inherited pages the fork did not bring: written from the process storing them. Those the
+  // process that premapped the area stores came with the fork and are shared as they are.
+  for (const [v, pieces] of options.inheritedPieces ?? []) {
+    if (!vmas.includes(v)) continue
+    const premapper = inherited.get(v)
+    await writeInheritedPieces(pid, pieces.filter((piece) => piece.owner !== premapper))
+  }
+  timer.mark('inherited pages written')
   await check.finish([...eager, ...kept])
   timer.mark('pages checked')
   if (lazily.length > 0) {
@@ -646,7 +659,7 @@ async function keepParentPages(pid: number, vmas: Vma[], layout: Layout): Promis
 function initialProt(v: Vma): number {
   const saved = protOf(v.perms)
   if (v.kind === 'file-shared' && !isDeletedSharedFile(v)) return saved
-  const writes = v.stored.length > 0 || v.vmFlags.split(' ').includes('ac') || v.kind === 'shared-anonymous'
+  const writes = v.stored.length > 0 || (v.inherited ?? []).length > 0 || v.vmFlags.split(' ').includes('ac') || v.kind === 'shared-anonymous'
   return writes ? saved | PROT_READ | PROT_WRITE : saved
 }
 

@@ -13,7 +13,7 @@ import { asPid, type FdEntry, type ObjRef, type Vma, type ZombieTask } from '../
 import { native } from '../native'
 import { PhaseTimer } from '../trace'
 import { checkRestorable, fileAccess, premapMode, rebuildSpawned, restoreProcess, stubPath, ZOMBIE_WAIT_MS, type RestoreOptions, type SharedSource } from './engine'
-import { inheritedMappings, premapChunks } from './cow'
+import { inheritedMappings, premapChunks, resolveInherited } from './cow'
 import { framePlan, RecordBuilder, type PlannedRecord } from './fdplan'
 import { closeConnectionGaps } from '../files/inetsock'
 import { fillContents } from './contents'
@@ -258,12 +258,22 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
   const subtree = subtreeObjects(tasks)
   // Copy-on-write memory (cow.ts): what each parent maps and fills before forking its children.
   const inheritedBy = inheritedMappings(tasks)
+  const inheritedPieces = resolveInherited(tasks)
   const premapByParent = new Map<number, { chunks: Buffer[]; planned: Vma[] }>()
   for (const t of tasks) {
     const areas = new Map<bigint, Vma>()
     for (const child of tasks) if (child.process.ppid === t.pid) for (const pair of inheritedBy.get(child.pid) ?? []) areas.set(pair.parent.start, pair.parent)
     if (areas.size > 0) premapByParent.set(t.pid, await premapChunks([...areas.values()].sort((a, b) => (a.start < b.start ? -1 : 1)), premapMode))
   }
+  // A child keeps its memory over the fork when its parent premaps, or may hold from its own
+  // parent, an area the child inherits: a grandchild gets what its parent got.
+  const mayHold = new Map<number, Set<Vma>>()
+  const heldAtFork = (t: SavedCheckpoint): Array<{ child: Vma; parent: Vma }> => {
+    const planned = premapByParent.get(t.process.ppid)?.planned ?? []
+    const held = mayHold.get(t.process.ppid) ?? new Set<Vma>()
+    return (inheritedBy.get(t.pid) ?? []).filter((pair) => planned.includes(pair.parent) || held.has(pair.parent))
+  }
+  for (const { member } of order) if (member.live && member.live.pid !== root) mayHold.set(member.live.pid, new Set(heldAtFork(member.live).map((pair) => pair.child)))
   const rootRecords = await planFileRecords(saved.fileTable)
   const rootPlan = framePlan(saved.fileTable, saved.process, rootRecords, access, { workFdBase })
   const entries = order.map(({ member, joinGroup, sessionLeader }) => {
@@ -277,8 +287,7 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     const passed = subtree.get(t.pid)!
     const records: PlannedRecord[] = passed.map((objref, place) => ({ kind: KIND_INHERITED, objref, payload: new RecordBuilder().u32(place) }))
     const plan = framePlan(t.fileTable, t.process, records, access, { workFdBase })
-    const planned = premapByParent.get(t.process.ppid)?.planned ?? []
-    const keepMemory = (inheritedBy.get(t.pid) ?? []).some((pair) => planned.includes(pair.parent))
+    const keepMemory = mayHold.get(t.pid)!.size > 0
     return { pid: t.pid, parent: t.process.ppid, zombie: false, joinGroup, status: 0, sessionLeader: false, plan: plan.bytes, passed, keepMemory, premap }
   })
   timer.mark('plan')
@@ -298,6 +307,21 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     premapped.set(e.pid, new Set(areas.filter((_, i) => premapAnswer[answered + i] === 0x31)))
     answered += areas.length
   }
+  // Each kept area, with the process whose premapped pages it holds (its parent's, or what
+  // its parent holds itself): parents first, as they were forked.
+  const heldFrom = new Map<number, Map<Vma, number>>()
+  for (const { member } of order) {
+    const t = member.live
+    if (!t || t.pid === root) continue
+    const held = new Map<Vma, number>()
+    if (mayHold.get(t.pid)!.size > 0) {
+      for (const pair of inheritedBy.get(t.pid) ?? []) {
+        if (premapped.get(t.process.ppid)?.has(pair.parent)) held.set(pair.child, t.process.ppid)
+        else if (heldFrom.get(t.process.ppid)?.has(pair.parent)) held.set(pair.child, heldFrom.get(t.process.ppid)!.get(pair.parent)!)
+      }
+    }
+    heldFrom.set(t.pid, held)
+  }
   try {
     if (answered !== premapAnswer.length) throw new CkptError(`restore of the tree of ${root}: ${premapAnswer.length} premapped areas answered, ${answered} asked`)
     // Large unlinked files and memfds, opened by the root's stub and inherited, are filled
@@ -311,10 +335,9 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
       const sources = shared.from.get(t.pid)!
       for (const source of sources.values()) await rebuilt.get(source.pid)
       try {
-        const parentPremapped = premapped.get(t.process.ppid) ?? new Set<Vma>()
-        const inherited = new Set((inheritedBy.get(t.pid) ?? []).filter((pair) => parentPremapped.has(pair.parent)).map((pair) => pair.child))
+        const inherited = heldFrom.get(t.pid) ?? new Map<Vma, number>()
         const lazy = fills && { lazy: fills.take, lazyKin: fills.kin }
-        await rebuildSpawned(t, timer, access, { ...options, ...lazy, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited }, fills?.hold())
+        await rebuildSpawned(t, timer, access, { ...options, ...lazy, sharedFrom: sources, sharedExtent: shared.extent, parentRestored: t.pid !== root, premapped: premapped.get(t.pid), inherited, inheritedPieces }, fills?.hold())
       } catch (err) {
         const message = messageOf(err)
         throw new CkptError(message.startsWith(`task-${t.pid}`) ? message : `task-${t.pid}: ${message}`, err instanceof CkptError ? err.errno : undefined)

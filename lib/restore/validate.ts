@@ -11,7 +11,7 @@ import type { ValidationContext } from '../files/handler'
 import { handlerOf } from '../files/index'
 import { pathProblem } from '../files/saved'
 import type { FdEntry, FileTable, ProcessState, ThreadState, Vma, ZombieTask } from '../model'
-import { storesPages, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
+import { inheritable, inheritedRunsProblem, sameInheritableArea, storesPages, vmaDevProblem, vmaKind, vmaName, vmFlagsProblem } from '../task/memory'
 import { ACTION_SIGNALS, notAnActionSignal, processProblems, SIGINFO_SIZE, signalName } from '../task/process'
 import { RLIMITS } from '../task/procfs'
 import { validateSeccomp } from '../task/seccomp'
@@ -66,6 +66,7 @@ export async function validateCheckpoint(saved: CheckpointParts): Promise<void> 
   }
   await validateFileTable(saved.fileTable, `task-${saved.pid}`, others.map((o) => ({ task: `task-${o.pid}`, fds: o.fds })))
   validateTree(saved)
+  validateInherited(saved)
 }
 
 /** The process, its threads and its memory (task-PID/ without fds/). */
@@ -252,6 +253,48 @@ function validateVmas(vmas: Vma[], task: string): void {
     }
     if (!storesPages(v) && v.stored.length > 0) throw fail(`${where}/stored_runs`, `a ${v.kind} mapping stores no pages`)
     if (BigInt(v.pages.size) !== stored) throw fail(`${where}/pages`, `${v.pages.size} bytes, stored runs need ${stored}`)
+    if (v.inherited !== undefined && v.inherited.length > 0) {
+      if (!inheritable(v)) throw fail(`${where}/inherited_runs`, `this ${v.kind} mapping (perms ${v.perms}, VmFlags ${JSON.stringify(v.vmFlags)}) cannot hold its parent's pages (only private anonymous, heap and stack memory that fork passes on)`)
+      const badRuns = inheritedRunsProblem(v.inherited, v.stored, v.end - v.start)
+      if (badRuns !== undefined) throw fail(`${where}/inherited_runs`, badRuns)
+    }
+  }
+}
+
+/**
+ * Inherited runs (issue 17): a process holds pages as its parent's only where its parent, a
+ * process of the tree, has the same private anonymous area (same range, kind, and nothing
+ * that keeps fork from passing it on) and content there, stored or itself inherited; so
+ * every inherited page is some ancestor's stored page, and a child gets only what the same
+ * tree gives its parent. The root's parent is outside the tree: it inherits nothing.
+ */
+function validateInherited(saved: CheckpointParts): void {
+  const tasks = [{ pid: saved.pid, ppid: saved.process.ppid, vmas: saved.vmas }, ...(saved.others ?? []).map((o) => ({ pid: o.pid, ppid: o.process.ppid, vmas: o.vmas }))]
+  const byPid = new Map(tasks.map((t) => [t.pid, t]))
+  const vmaAt = new Map<number, Map<bigint, Vma>>()
+  for (const t of tasks) {
+    for (const v of t.vmas) {
+      if (v.inherited === undefined || v.inherited.length === 0) continue
+      const where = `task-${t.pid}/memory/vmas/${vmaName(v)}/inherited_runs`
+      const parent = t.pid === saved.pid ? undefined : byPid.get(t.ppid)
+      if (!parent) throw fail(where, `its parent (${t.ppid}) is not a process of the tree: there is nothing to inherit from`)
+      if (!vmaAt.has(parent.pid)) vmaAt.set(parent.pid, new Map(parent.vmas.map((x) => [x.start, x])))
+      const p = vmaAt.get(parent.pid)!.get(v.start)
+      if (!p || !sameInheritableArea(v, p)) throw fail(where, `task-${parent.pid} has no ${v.kind} mapping ${vmaName(v)} that fork passes on (${p ? `its is ${p.kind}, ${vmaName(p)}, VmFlags ${JSON.stringify(p.vmFlags)}` : 'none there'})`)
+      const content = [...p.stored, ...(p.inherited ?? [])].sort((a, b) => (a.offset < b.offset ? -1 : 1))
+      let c = 0
+      for (const [i, run] of v.inherited.entries()) {
+        // Walk the parent's content runs (ascending, apart) over [run.offset, run.offset + run.length).
+        let at = run.offset
+        const end = run.offset + run.length
+        while (c > 0 && content[c - 1].offset + content[c - 1].length > at) c--
+        while (at < end) {
+          while (c < content.length && content[c].offset + content[c].length <= at) c++
+          if (c >= content.length || content[c].offset > at) throw fail(where, `run ${i + 1} (${hex(run.offset)} ${hex(run.length)}): task-${parent.pid} has no content at offset ${hex(at)} of ${vmaName(p)} (neither stored nor inherited)`)
+          at = content[c].offset + content[c].length
+        }
+      }
+    }
   }
 }
 

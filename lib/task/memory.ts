@@ -4,7 +4,7 @@
 // is read; copy mode reads them all at capture. Also the memory/ entries and their loader.
 
 import * as fs from 'fs'
-import type { PagemapRun } from '../../addon/index'
+import type { PagemapRun, PagemapScan } from '../../addon/index'
 import { intoSource, piecesSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
@@ -95,6 +95,28 @@ export const storesFileCovered = (v: { kind: VmaKind; path: string }): boolean =
 /** Whether a mapping may have stored runs at all (the loaders refuse runs where none belong). */
 export const storesPages = (v: { kind: VmaKind; path: string }): boolean => storageOf(v.kind) !== 'nothing' || storesFileCovered(v)
 
+/**
+ * VmFlags that keep a mapping's pages from being held copy-on-write with a forked child:
+ * dontfork (dc: a fork does not pass it on), wipeonfork (wf), droppable (dp), locked (lo,
+ * lf: mlock faults every page writable, which copies it).
+ */
+const UNINHERITABLE_FLAGS = new Set(['dc', 'wf', 'dp', 'lo', 'lf'])
+
+/**
+ * Whether a child's mapping may hold pages as its parent's (copy-on-write since a fork) and
+ * a restore can give them back that way: private anonymous memory (brk heap, main stack,
+ * mmap) without the flags above. The parent's mapping must be one too, at the same range and
+ * of the same kind (sameInheritableArea).
+ */
+export function inheritable(v: { kind: VmaKind; perms: string; vmFlags: string }): boolean {
+  return (v.kind === 'anonymous' || v.kind === 'heap' || v.kind === 'stack') && v.perms[3] === 'p' && !v.vmFlags.split(' ').some((f) => UNINHERITABLE_FLAGS.has(f))
+}
+
+/** Whether a child's mapping `c` and its parent's `p` are the same area, as inheriting pages needs. */
+export function sameInheritableArea(c: { start: bigint; end: bigint; kind: VmaKind; perms: string; vmFlags: string }, p: typeof c): boolean {
+  return c.start === p.start && c.end === p.end && c.kind === p.kind && inheritable(c) && inheritable(p)
+}
+
 // ---------------------------------------------------------------------------------------
 // Capture
 
@@ -105,16 +127,35 @@ interface Layout {
   entry: MapsEntry
   kind: VmaKind
   runs: PagemapRun[]
+  /** Runs held at the parent's frames (sameInheritableArea), stored by the parent, not here. */
+  inherited: PagemapRun[]
+  /** An inheritable mapping of a task with children in the tree: each page's frame (scanPagemaps). */
+  frames?: Buffer
   bytes: number
 }
 
-async function scanLayout(pid: number): Promise<Layout[]> {
+/** The scan of one frozen task's memory, shared by its capture and its children's. */
+export interface TaskScan {
+  layout: Layout[]
+}
+
+/**
+ * Scans the mappings of `pid`. `frames`: keep the frames of its inheritable mappings for its
+ * children's scans. `parent`: the parent's scan (both frozen): a page at the same frame as
+ * the parent's page at the same address of the same area is recorded as inherited, not stored.
+ */
+export async function scanTask(pid: number, opts: { frames?: boolean; parent?: Promise<TaskScan> } = {}): Promise<TaskScan> {
+  const parentLayout = opts.parent ? (await opts.parent).layout : []
+  return { layout: await scanLayout(pid, opts.frames ?? false, new Map(parentLayout.filter((l) => l.frames).map((l) => [l.entry.start, l]))) }
+}
+
+async function scanLayout(pid: number, frames = false, parentAt = new Map<bigint, Layout>()): Promise<Layout[]> {
   const reader = await liveThread(pid)
   return exclusive(pid, async () => {
     const entries = parseMaps(readProcTextSync(pid, 'smaps', reader))
     const kinds = entries.map(vmaKind)
     // Every pagemap scan of the task in one native call (a small process has two dozen mappings).
-    const scans: Array<{ start: bigint; end: bigint; privateOnly: boolean }> = []
+    const scans: PagemapScan[] = []
     const scanOf = entries.map((entry, i) => {
       if (storesFileCovered({ kind: kinds[i], path: entry.path })) return -1
       const storage = storageOf(kinds[i])
@@ -122,9 +163,16 @@ async function scanLayout(pid: number): Promise<Layout[]> {
       // smaps already says when nothing is there: huge untouched reservations cost no scan.
       const used = storage === 'present' ? entry.rssKb : entry.anonymousKb
       if (used === 0 && entry.swapKb === 0) return -1
-      return scans.push({ start: entry.start, end: entry.end, privateOnly: storage === 'anonymous-copies' }) - 1
+      const scan: PagemapScan = { start: entry.start, end: entry.end, privateOnly: storage === 'anonymous-copies' }
+      const mine = { ...entry, kind: kinds[i] }
+      if (inheritable(mine)) {
+        if (frames) scan.frames = true
+        const parent = parentAt.get(entry.start)
+        if (parent && sameInheritableArea(mine, { ...parent.entry, kind: parent.kind })) scan.parentFrames = parent.frames
+      }
+      return scans.push(scan) - 1
     })
-    let scanned: PagemapRun[][] = []
+    let scanned: Awaited<ReturnType<typeof native.scanPagemaps>> = []
     if (scans.length > 0) {
       try {
         scanned = await native.scanPagemaps(reader, scans)
@@ -134,8 +182,9 @@ async function scanLayout(pid: number): Promise<Layout[]> {
     }
     return Promise.all(entries.map(async (entry, i): Promise<Layout> => {
       const kind = kinds[i]
-      const runs = storesFileCovered({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : scanOf[i] >= 0 ? scanned[scanOf[i]] : unscannedRuns(entry, storageOf(kind))
-      return { reader, entry, kind, runs, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
+      const found = scanOf[i] >= 0 ? scanned[scanOf[i]] : undefined
+      const runs = storesFileCovered({ kind, path: entry.path }) ? await fileCoveredRuns(pid, entry) : found ? [...found] : unscannedRuns(entry, storageOf(kind))
+      return { reader, entry, kind, runs, inherited: found?.inherited ?? [], frames: found?.frames, bytes: runs.reduce((sum, r) => sum + Number(r.length), 0) }
     }))
   })
 }
@@ -172,11 +221,11 @@ export async function planCopy(pid: number): Promise<{ bytes: number }> {
 }
 
 /**
- * Captures every mapping of frozen task `pid`. Lazy: `pages` reads the frozen task when read.
+ * Captures every mapping of frozen task `pid` (from `scan`, when its tree shares one). Lazy: `pages` reads the frozen task when read.
  * Copy: all stored pages are read now, first into `into` (when given), then into new buffers.
  */
-export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer[]): Promise<Vma[]> {
-  const layout = await scanLayout(pid)
+export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buffer[], scan?: Promise<TaskScan>): Promise<Vma[]> {
+  const { layout } = await (scan ?? scanTask(pid))
   if (mode === 'lazy') {
     return layout.map((l) => toVma(l, taskPages(pid, l)))
   }
@@ -190,10 +239,12 @@ export async function captureVmas(pid: number, mode: CheckpointMode, into?: Buff
   return vmas
 }
 
-function toVma({ entry, kind, runs }: Layout, pages: ByteSource): Vma {
+function toVma({ entry, kind, runs, inherited }: Layout, pages: ByteSource): Vma {
   const { start, end, perms, offset, dev, inode, path, vmFlags } = entry
-  const stored: StoredRun[] = runs.map((r) => ({ offset: r.start - start, length: r.length }))
-  return { start, end, perms, offset, dev, inode, path, kind, vmFlags, stored, pages }
+  const relative = (list: PagemapRun[]): StoredRun[] => list.map((r) => ({ offset: r.start - start, length: r.length }))
+  const vma: Vma = { start, end, perms, offset, dev, inode, path, kind, vmFlags, stored: relative(runs), pages }
+  if (inherited.length > 0) vma.inherited = relative(inherited)
+  return vma
 }
 
 /** A mapping's directory name in memory/vmas/: its range as /proc/PID/maps shows it. */
@@ -374,6 +425,13 @@ const vmaEntries: TableEntry<Vma>[] = [
   ...checkedStream('pages', (v: Vma) => v.pages),
 ]
 
+/** A mapping holding pages as its parent's also lists them (only then: other trees look as before). */
+const inheritedVmaEntries: TableEntry<Vma>[] = [
+  ...vmaEntries,
+  bytes('inherited_runs', (v) => Buffer.from((v.inherited ?? []).map((r) => storedRun.show(r) + '\n').join(''))),
+]
+const vmaEntriesOf = (v: Vma): TableEntry<Vma>[] => ((v.inherited ?? []).length > 0 ? inheritedVmaEntries : vmaEntries)
+
 const MAPS_HEADER = '# start-end perms offset dev inode kind stored_bytes vm_flags path\n'
 
 /** Like /proc/PID/maps, with each mapping's kind, stored bytes and VmFlags (comma separated). */
@@ -387,7 +445,7 @@ export function mapsText(vmas: Vma[]): string {
 export function memoryEntries(): TableEntry<TaskImage>[] {
   return [
     bytes('maps', async (t: TaskImage) => Buffer.from(mapsText(await t.vmas()))),
-    each('vmas', async (t: TaskImage) => new Map((await t.vmas()).map((v) => [vmaName(v), v])), vmaEntries),
+    each('vmas', async (t: TaskImage) => new Map((await t.vmas()).map((v) => [vmaName(v), v])), vmaEntriesOf),
   ]
 }
 
@@ -454,6 +512,11 @@ async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> 
     storedBytes += run.length
   }
   if (!storesPages({ kind, path }) && stored.length > 0) throw dir.fail('stored_runs', `a ${kind} mapping stores no pages`)
+  // Whether the parent has this area and content there is the validator's to say (validate.ts).
+  const inherited = dir.has('inherited_runs') ? await readLines(dir, 'inherited_runs', storedRun, MAX_RUNS_BYTES) : []
+  const runsProblem = inheritedRunsProblem(inherited, stored, size)
+  if (runsProblem) throw dir.fail('inherited_runs', runsProblem)
+  if (dir.has('inherited_runs') && inherited.length === 0) throw dir.fail('inherited_runs', 'empty (a mapping without inherited pages has no inherited_runs)')
   const pages = dir.checkedSource('pages')
   if (BigInt(pages.size) !== storedBytes) throw dir.fail('pages', `${pages.size} bytes, stored runs need ${storedBytes}`)
 
@@ -466,8 +529,29 @@ async function loadVma(dir: SavedDir, start: bigint, end: bigint): Promise<Vma> 
     stored,
     pages,
   }
+  if (inherited.length > 0) vma.inherited = inherited
   dir.finish()
   return vma
+}
+
+/**
+ * What is wrong with a mapping's inherited runs, if anything: each whole pages, ascending,
+ * inside the mapping of `size` bytes, and apart from every stored run (a page is stored or
+ * inherited, never both). The tree loader and the image reader both ask.
+ */
+export function inheritedRunsProblem(inherited: StoredRun[], stored: StoredRun[], size: bigint): string | undefined {
+  let after = 0n
+  let s = 0 // stored runs are ascending too (checked before): one walk over both
+  for (const [i, run] of inherited.entries()) {
+    const where = `run ${i + 1} (${storedRun.show(run)})`
+    if (run.offset % PAGE !== 0n || run.length % PAGE !== 0n || run.length === 0n) return `${where} is not whole pages`
+    if (run.offset < after) return `${where} overlaps or precedes the run before it`
+    if (run.offset + run.length > size) return `${where} ends beyond the mapping (0x${size.toString(16)} bytes)`
+    while (s < stored.length && stored[s].offset + stored[s].length <= run.offset) s++
+    if (s < stored.length && stored[s].offset < run.offset + run.length) return `${where} overlaps the stored run ${storedRun.show(stored[s])}`
+    after = run.offset + run.length
+  }
+  return undefined
 }
 
 function firstDifferentLine(a: string, b: string): number {

@@ -152,7 +152,8 @@ export function sub<T, U>(name: string, part: (subject: T) => U | Promise<U>, en
 }
 
 /** A subdirectory with one child per item of a list (fds/FD, files/OBJREF, threads/TID); it and its children have one access. */
-export function each<T, U>(name: string, items: (subject: T) => Promise<Map<string, U>>, entries: TableEntry<U>[], access: Access = 'private'): TableEntry<T> {
+/** `entries` may depend on the item (a mapping's directory lists inherited_runs only where it has some). */
+export function each<T, U>(name: string, items: (subject: T) => Promise<Map<string, U>>, entries: TableEntry<U>[] | ((item: U) => TableEntry<U>[]), access: Access = 'private'): TableEntry<T> {
   return {
     name,
     make: (subject, scope) => {
@@ -165,7 +166,7 @@ export function each<T, U>(name: string, items: (subject: T) => Promise<Map<stri
         list: async () => [...(await get()).keys()],
         lookup: async (child) => {
           const item = (await get()).get(child)
-          return item === undefined ? undefined : tableDir(item, entries, { key: `${key}/${child}`, cache: scope.cache }, access)
+          return item === undefined ? undefined : tableDir(item, typeof entries === 'function' ? entries(item) : entries, { key: `${key}/${child}`, cache: scope.cache }, access)
         },
       }
     },
