@@ -51,6 +51,11 @@ frozen_proc_t *frozen_find_tid(pid_t tid) {
   return NULL;
 }
 
+pid_t restored_process_of(pid_t tid) {
+  frozen_proc_t *p = frozen_find_tid(tid);
+  return p && p->restored ? p->pid : 0;
+}
+
 static int proc_add_thread(frozen_proc_t *p, pid_t tid) {
   if (p->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 16;
@@ -76,7 +81,7 @@ static int procs_insert(frozen_proc_t *p) {
 }
 
 int frozen_adopt(pid_t pid, const frozen_thread_t *th, int options, pid_t keeper, int keeper_fd, void *keeper_stack) {
-  frozen_proc_t p = {.pid = pid, .options = options, .keeper = keeper, .keeper_fd = keeper_fd, .keeper_stack = keeper_stack};
+  frozen_proc_t p = {.pid = pid, .options = options, .keeper = keeper, .keeper_fd = keeper_fd, .keeper_stack = keeper_stack, .restored = 1};
   if (proc_add_thread(&p, th->tid) < 0) return -1;
   p.threads[0] = *th;
   if (procs_insert(&p) < 0) {

@@ -648,6 +648,9 @@ out:
   if (layout_changed && (p = frozen_find(c.tgid))) p->syscall_insn = 0;  // look the vdso up again next time
 }
 
+// A restored process's batches overlap other restored processes' (tracer.c).
+static pid_t inject_process(task_t *t) { return restored_process_of(((inject_task_t *)t)->tid); }
+
 static napi_value inject_settle(napi_env env, task_t *t) {
   inject_task_t *it = (inject_task_t *)t;
   napi_value o, results;
@@ -686,6 +689,7 @@ napi_value js_inject_batch(napi_env env, napi_callback_info info) {
   it->t.run = inject_run;
   it->t.settle = inject_settle;
   it->t.destroy = inject_destroy;
+  it->t.process = inject_process;
   it->tid = tid;
   it->scratch_size = scratch_size;
 

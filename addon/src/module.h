@@ -38,6 +38,10 @@ struct task {
   napi_deferred deferred;
   napi_async_work work;                          // pool tasks only
   struct instance *inst;                         // tracer tasks only
+  // Tracer tasks that work on one process being restored: that process's PID, or 0. Tasks of
+  // different such processes overlap on the tracer thread (tracer.c); NULL or 0: runs alone.
+  // Called on the tracer thread.
+  pid_t (*process)(task_t *t);
   napi_ref keep[2];                              // JS objects the worker uses (buffers)
   nerr_t err;
 };

@@ -136,6 +136,9 @@ static void set_regs_run(task_t *t) {
     nerr_set(&t->err, errno, "ptrace(PTRACE_SETREGS, tid %d)", rt->tid);
 }
 
+// Overlaps other restored processes' work (tracer.c).
+static pid_t regs_process(task_t *t) { return restored_process_of(((regs_task_t *)t)->tid); }
+
 napi_value js_set_thread_registers(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int32_t tid;
@@ -151,6 +154,7 @@ napi_value js_set_thread_registers(napi_env env, napi_callback_info info) {
   }
   regs_task_t *rt = regs_task(set_regs_run, NULL);
   if (!rt) return NULL;
+  rt->t.process = regs_process;
   rt->tid = tid;
   memcpy(&rt->regs, data, len);  // copied now: the caller may reuse its buffer at once
   return tracer_submit(env, &rt->t);
@@ -193,6 +197,7 @@ napi_value js_set_thread_state(napi_env env, napi_callback_info info) {
   }
   memcpy(rt->xstate, data, len);  // copied now: the caller may reuse its buffer
   rt->xstate_len = len;
+  rt->t.process = regs_process;
   rt->tid = tid;
   rt->sigmask = mask;
   return tracer_submit(env, &rt->t);

@@ -27,7 +27,8 @@ napi_value tracer_submit(napi_env env, task_t *t);
 
 // waitpid(tid, __WALL) for at most timeout_ms (polling, so a thread stuck in an
 // uninterruptible sleep cannot hang the tracer forever). Returns tid, 0 on timeout,
-// -1 with errno on error.
+// -1 with errno on error. In a task that overlaps others (task_t.process), the wait lets the
+// other tasks run meanwhile.
 pid_t tracer_wait(pid_t tid, int *status, int timeout_ms);
 
 // ptrace options. PTRACE_O_SUSPEND_SECCOMP: a tracee's seccomp filters do not apply while we
@@ -61,9 +62,13 @@ typedef struct frozen_proc {
   pid_t keeper;           // restored tasks: their parent until the restore ends (0: none)
   int keeper_fd;          // write end of the keeper's release pipe
   void *keeper_stack;     // the keeper runs on it (shared memory) until it exits
+  int restored;           // adopted by a restore (frozen_adopt), not frozen by a checkpoint
 } frozen_proc_t;
 
 frozen_proc_t *frozen_find(pid_t pid);
+// The PID of the process being restored that thread `tid` belongs to, 0 if none: for a task's
+// `process` hook (its work may then overlap other restored processes' work).
+pid_t restored_process_of(pid_t tid);
 frozen_proc_t *frozen_find_tid(pid_t tid);
 // Tracks a task seized and stopped elsewhere (the restorer) like a frozen one, with the
 // keeper process that is its parent until the restore ends. 0 or -1 (ENOMEM).

@@ -195,7 +195,7 @@ export async function rebuildSpawned(saved: SavedCheckpoint, timer: PhaseTimer, 
   timer.mark('threads created')
   await restoreThpDisable(pid, proc, layout)
   await restoreMemory(pid, vmas, proc, layout, timer, access, options, lazyHold)
-  await restoreProcessState(pid, proc, layout, access)
+  await restoreMmAndProcessState(pid, proc, vmas.filter((v) => v.kind !== 'aio'), layout, access)
   await restoreLocks(pid, saved, layout)
   timer.mark('process state')
   await restoreThreads(pid, proc, threads, layout, options.parentRestored === true)
@@ -493,10 +493,9 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     from = end > from ? end : from
   }
   if (TASK_SIZE > from) unmap.push({ nr: SYS.munmap, args: [from, TASK_SIZE - from], what: `munmap the restorer's ${from.toString(16)}-` })
-  await inject(pid, layout, unmap)
-
-  // 3. The vdso trio goes where the saved program expects it (ld.so cached its addresses).
-  await moveVdso(pid, vmas, stub, layout)
+  // 3. The vdso trio goes where the saved program expects it (ld.so cached its addresses):
+  //    in the same batch, as every batch is a stop of the task (the cost of a tree's restore).
+  await inject(pid, layout, [...unmap, ...vdsoMoves(vmas, stub, layout)])
 
   // 4. Every saved mapping, writable first so its pages can be written. Files are opened
   //    once each (one batch), mapped and closed (a second batch).
@@ -533,6 +532,11 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
     }
   }
   for (const fd of [...fileFds.values(), ...sharedFds.values(), ...deletedFds.values(), ...new Set(objectFds.values())]) calls.push({ nr: SYS.close, args: [fd], what: 'close a mapped file' })
+  // Mappings that hold the parent's pages by fork (cow.ts): the pages this task has no saved
+  // content for are dropped (zero again) in the same batch; only the stored pages that differ
+  // are written, after the others (writeDifferingPages, below).
+  const keptFromParent = kept.filter((v) => inherited.has(v))
+  for (const v of keptFromParent) for (const [start, length] of unstoredRanges(v)) calls.push({ nr: SYS.madvise, args: [start, length, BigInt(MADV_DONTNEED)], what: `drop the unstored pages of ${vmaName(v)}` })
   await inject(pid, layout, calls)
 
   // 5. Pages: faulted in first (first-touch faults dominate the cost), then written in big pieces.
@@ -566,9 +570,10 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   timer.mark('populate')
   // Each piece is checked as soon as the task has read it in, while it reads the next.
   const check = new PageCheck(pid, [...eager, ...kept], new Set(kept))
-  await writePages(pid, eager, layout, check)
+  // The page files are closed with the final protections (one stop less).
+  const closePageFiles = await writePages(pid, eager, layout, check)
   timer.mark('pages')
-  await keepParentPages(pid, kept.filter((v) => inherited.has(v)), layout)
+  for (const v of keptFromParent) await writeDifferingPages(pid, v)
   timer.mark('pages shared with the parent')
   // Inherited pages the fork did not bring: written from the process storing them. Those the
   // process that premapped the area stores came with the fork and are shared as they are.
@@ -589,7 +594,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   }
 
   // 6. Final protections and madvise flags.
-  const finish: Call[] = []
+  const finish: Call[] = [...closePageFiles]
   for (const v of vmas) {
     if (SPECIAL.has(v.path) || v.kind === 'vsyscall') continue
     const prot = protOf(v.perms)
@@ -609,9 +614,7 @@ async function restoreMemory(pid: number, allVmas: Vma[], proc: ProcessState, la
   await inject(pid, layout, finish)
   await restoreAioRings(pid, allVmas.filter((v) => v.kind === 'aio'), layout)
 
-  // 7. The mm fields (brk, arg/env areas, auxv) and the exe link, all at once.
-  await setMmMap(pid, proc, vmas, layout, access)
-  timer.mark('protections and mm')
+  timer.mark('protections')
 }
 
 /**
@@ -643,17 +646,6 @@ export function premapMode(v: Vma): PremapMode {
   const flags = (vmFlags.includes('nr') ? MAP_NORESERVE : 0) | (vmFlags.includes('gd') ? MAP_GROWSDOWN : 0)
   const advice = vmFlags.includes('hg') ? MADVISE_BY_FLAG.hg : vmFlags.includes('nh') ? MADVISE_BY_FLAG.nh : 0
   return { prot: initialProt(v), flags, advice }
-}
-
-/**
- * Mappings that hold the parent's pages by fork (cow.ts): the pages this task has no saved
- * content for are dropped (zero again), and only the stored pages that differ are written.
- */
-async function keepParentPages(pid: number, vmas: Vma[], layout: Layout): Promise<void> {
-  const drop: Call[] = []
-  for (const v of vmas) for (const [start, length] of unstoredRanges(v)) drop.push({ nr: SYS.madvise, args: [start, length, BigInt(MADV_DONTNEED)], what: `drop the unstored pages of ${vmaName(v)}` })
-  await inject(pid, layout, drop)
-  for (const v of vmas) await writeDifferingPages(pid, v)
 }
 
 function initialProt(v: Vma): number {
@@ -818,7 +810,8 @@ async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, 
   return fileFds
 }
 
-async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout): Promise<void> {
+/** The calls that move the vdso trio from where the stub has it to its saved place (none if it is there). */
+function vdsoMoves(vmas: Vma[], stub: StubMaps, layout: Layout): Call[] {
   const saved = vmas.filter((v) => SPECIAL.has(v.path))
   const names = stub.special.map((m) => m.name).join(' ')
   if (saved.map((v) => v.path).join(' ') !== names) {
@@ -829,7 +822,7 @@ async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout
       throw new CkptError(`restore: ${saved[i].path} has another size on this kernel: restore on the kernel that made the checkpoint`, 'ENOTSUP')
     }
   }
-  if (saved.length === 0 || saved[0].start === stub.special[0].start) return
+  if (saved.length === 0 || saved[0].start === stub.special[0].start) return []
   const base = stub.special[0].start
   const park: Call[] = stub.special.map((m) => ({
     nr: SYS.mremap, args: [m.start, m.end - m.start, m.end - m.start, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), layout.parkAddr + (m.start - base)], what: `park ${m.name}`,
@@ -837,7 +830,7 @@ async function moveVdso(pid: number, vmas: Vma[], stub: StubMaps, layout: Layout
   const place: Call[] = stub.special.map((m, i) => ({
     nr: SYS.mremap, args: [layout.parkAddr + (m.start - base), m.end - m.start, m.end - m.start, BigInt(MREMAP_MAYMOVE | MREMAP_FIXED), saved[i].start], what: `move ${m.name} to ${saved[i].start.toString(16)}`,
   }))
-  await inject(pid, layout, [...park, ...place])
+  return [...park, ...place]
 }
 
 /** One pread64 the task makes: `length` bytes at `at` of a file, to `addr`. */
@@ -866,8 +859,9 @@ const COPY_PIECE = 32 << 20
  * Writes every stored page. Pages kept in a file (a saved tree's pages files, an image) are
  * read by the task itself with pread64 straight into their place: one copy, from the page
  * cache, in a handful of injected calls. Others go through us with process_vm_writev.
+ * Returns the calls that close the last group of page files, for the caller's next batch.
  */
-async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageCheck): Promise<void> {
+async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageCheck): Promise<Call[]> {
   const reads = new Map<string, PageRead[]>()
   const copies: Array<{ v: Vma; addr: bigint; offset: number; length: number }> = []
   for (const v of vmas) {
@@ -898,6 +892,7 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
   // files, and closed in one batch: a saved tree keeps each mapping's pages in a file of its
   // own, and a batch per file and step was most of a small process's injected batches.
   const files = [...reads.keys()]
+  let closeLast: Call[] = []
   for (let first = 0; first < files.length;) {
     let last = first, pathBytes = 0
     while (last < files.length && (last === first || (last - first < FILES_AT_ONCE && pathBytes + Buffer.byteLength(files[last]) < Number(Layout.SCRATCH) / 2))) pathBytes += Buffer.byteLength(files[last++]) + 8
@@ -928,8 +923,12 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
       })
       at = end
     }
-    await inject(pid, layout, group.map((file, i) => ({ nr: SYS.close, args: [fds[i]], what: `close ${file}` })))
+    const close = group.map((file, i): Call => ({ nr: SYS.close, args: [fds[i]], what: `close ${file}` }))
     first = last
+    // The last group's files are closed by the caller's next batch (a stop less); an earlier
+    // group's now, so no more than FILES_AT_ONCE are open at a time.
+    if (first === files.length) closeLast = close
+    else await inject(pid, layout, close)
   }
 
   const buffer = copies.length ? Buffer.allocUnsafe(Math.min(COPY_PIECE, Math.max(...copies.map((c) => c.length)))) : Buffer.alloc(0)
@@ -941,6 +940,7 @@ async function writePages(pid: number, vmas: Vma[], layout: Layout, check: PageC
       check.written(v, offset + done + n)
     }
   }
+  return closeLast
 }
 
 const EACCES = 13, EPERM = 1, S_IFMT = 0o170000, S_IFREG = 0o100000
@@ -993,7 +993,14 @@ async function openRefused(pid: number, proc: ProcessState, layout: Layout, acce
   }
 }
 
-async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: Layout, access: FileAccess): Promise<void> {
+/**
+ * The last of the memory, the mm fields (brk, arg/env areas, auxv) and the exe link, all at
+ * once; then the process state (signal actions, timers, umask, personality, rlimits, cwd and
+ * root, pending signals). Few batches, as each is a stop of the task: the cwd is entered in
+ * the batch that opens the executable as the task, and the process state is set in the batch
+ * of PR_SET_MM_MAP, after it (a lower RLIMIT_DATA would refuse the saved brk).
+ */
+async function restoreMmAndProcessState(pid: number, proc: ProcessState, vmas: Vma[], layout: Layout, access: FileAccess): Promise<void> {
   const mm = proc.mm
   const scratch = new Scratch()
   const exePath = scratch.cstring(mm.exe)
@@ -1002,7 +1009,11 @@ async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: La
   const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd]
   fields.forEach((f, i) => map.writeBigUInt64LE(f, i * 8))
   const mapOffset = scratch.put(map)
-  let [exeFd] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}`, mayFail: true }])
+  const openExe: Call = { nr: SYS.openat, args: [AT_FDCWD, exePath, BigInt(O_RDONLY | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open the executable ${mm.exe}`, mayFail: true }
+  // A root other than / takes its own batches (restoreCwdAndRoot).
+  const chdir: Call[] = proc.root === '/' ? [{ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}`, mayFail: true }] : []
+  let [exeFd, entered] = await injectAsTask(pid, proc, layout, scratch, [openExe, ...chdir])
+  if (chdir.length > 0 && entered < 0n) await enterRefusedCwd(pid, proc, layout, access, Number(-entered))
   // On the boot that saved it, the executable must be the file its text mapping had.
   const text = vmas.find((v) => v.kind === 'file-private' && v.path === mm.exe)
   if (exeFd < 0n) exeFd = await openRefused(pid, proc, layout, access, { file: mm.exe, flags: O_RDONLY, what: `open the executable ${mm.exe}`, errno: Number(-exeFd), mapped: text ? [text] : [] })
@@ -1012,6 +1023,7 @@ async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: La
     const { scratch: read } = await injectReading(pid, layout, [{ nr: SYS.fstat, args: [exeFd, at], scratchArgs: 0b10, what: `fstat the executable ${mm.exe}` }], stats.buffer())
     checkMappedFile(proc.pid, text, read.subarray(Number(at), Number(at) + STAT_SIZE), vmaName(text))
   }
+  const state = processStateCalls(proc, scratch)
   const buffer = scratch.buffer()
   // struct prctl_mm_map: auxv is a pointer into the scratch area, known only once it is mapped.
   buffer.writeBigUInt64LE(layout.scratchAddr + auxv, Number(mapOffset) + 88)
@@ -1020,7 +1032,10 @@ async function setMmMap(pid: number, proc: ProcessState, vmas: Vma[], layout: La
   await inject(pid, layout, [
     { nr: SYS.prctl, args: [BigInt(PR_SET_MM), BigInt(PR_SET_MM_MAP), mapOffset, 104n, 0n], scratchArgs: 0b100, what: 'prctl(PR_SET_MM_MAP)' },
     { nr: SYS.close, args: [exeFd], what: 'close the executable' },
+    ...state,
   ], buffer)
+  if (proc.root !== '/') await restoreCwdAndRoot(pid, proc, layout, access)
+  await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
 }
 
 /**
@@ -1075,8 +1090,8 @@ async function restoreThpDisable(pid: number, proc: ProcessState, layout: Layout
   await inject(pid, layout, [{ nr: SYS.prctl, args: [BigInt(PR_SET_THP_DISABLE), 1n, BigInt(exceptAdvised), 0n, 0n], what: `prctl(PR_SET_THP_DISABLE, 1, ${exceptAdvised})` }])
 }
 
-async function restoreProcessState(pid: number, proc: ProcessState, layout: Layout, access: FileAccess): Promise<void> {
-  const scratch = new Scratch()
+/** Signal actions, interval timers, umask, personality and rlimits: calls the task makes. */
+function processStateCalls(proc: ProcessState, scratch: Scratch): Call[] {
   const calls: Call[] = []
   for (const a of proc.sigactions) {
     if (a.handler === 0n && a.flags === 0n && a.mask === 0n) continue
@@ -1109,23 +1124,17 @@ async function restoreProcessState(pid: number, proc: ProcessState, layout: Layo
     lim.writeBigUInt64LE(BigInt.asUintN(64, r.hard), 8)
     calls.push({ nr: SYS.prlimit64, args: [0n, BigInt(r.resource), scratch.put(lim), 0n], scratchArgs: 0b100, what: `setrlimit(${r.name})` })
   }
-  await inject(pid, layout, calls, scratch.buffer())
-  await restoreCwdAndRoot(pid, proc, layout, access)
-  await requeue(pid, pid, proc.sharedPendingSiginfo, layout)
+  return calls
 }
 
 /**
- * cwd and root, each entered as the task (the kernel checks its search permission). A root
- * other than / is opened as the task first and entered through that fd, so the directory
- * chroot (which needs the restorer's CAP_SYS_CHROOT) takes is the one the task could reach.
+ * cwd and root other than /, each entered as the task (the kernel checks its search
+ * permission; with root /, the cwd is entered as the task by restoreMmAndProcessState). The
+ * root is opened as the task first and entered through that fd, so the directory chroot
+ * (which needs the restorer's CAP_SYS_CHROOT) takes is the one the task could reach.
  */
 async function restoreCwdAndRoot(pid: number, proc: ProcessState, layout: Layout, access: FileAccess): Promise<void> {
   const scratch = new Scratch()
-  if (proc.root === '/') {
-    const [entered] = await injectAsTask(pid, proc, layout, scratch, [{ nr: SYS.chdir, args: [scratch.cstring(proc.cwd)], scratchArgs: 0b1, what: `chdir ${proc.cwd}`, mayFail: true }])
-    if (entered < 0n) await enterRefusedCwd(pid, proc, layout, access, Number(-entered))
-    return
-  }
   const dirFlags = BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC)
   const [rootFd, cwdFd] = await injectAsTask(pid, proc, layout, scratch, [
     { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(proc.root), dirFlags, 0n], scratchArgs: 0b10, what: `open the root ${proc.root}` },
@@ -1236,9 +1245,14 @@ async function restorePosixTimers(pid: number, proc: ProcessState, layout: Layou
 async function restoreCredentials(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
   const order = [...threads.slice(1), threads[0]]
   const tids = order.map((t) => t.tid)
+  const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
+  if (parentRestored && proc.pdeathSignal !== 0) {
+    last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
+  }
   for (const [n, thread] of order.entries()) {
     const scratch = new Scratch()
-    const calls = credentialCalls(pid, proc, scratch)
+    // The thread's own state first, in the same batch (every batch is a stop of the task).
+    const calls = [...threadStateCalls(thread, scratch), ...credentialCalls(pid, proc, scratch)]
     // The thread's seccomp filters go in while the effective set is still full (the kernel
     // wants no_new_privs or CAP_SYS_ADMIN; the task had one or the other when it installed
     // them, or was root then: lib/restore/owner.ts decides who may ask for that), right before
@@ -1248,17 +1262,14 @@ async function restoreCredentials(pid: number, proc: ProcessState, threads: Thre
     const at = calls.length - 1
     calls.splice(at, 0, ...install.calls)
     if (proc.noNewPrivs) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_NO_NEW_PRIVS), 1n, 0n, 0n, 0n], what: 'no_new_privs' })
+    // The main thread is the last: its batch ends with what must follow every thread's ids.
+    if (n === order.length - 1) calls.push(...last)
     const buffer = scratch.buffer()
     for (const { at: where, offset } of install.fixups) buffer.writeBigUInt64LE(layout.scratchAddr + offset, Number(where))
     // setfsuid/setfsgid return the previous id, never an error code: inject's check passes them.
     const results = await inject(thread.tid, layout, calls.map((c) => ({ ...c, what: `${c.what} in thread ${thread.tid}` })), buffer)
     install.check(results.slice(at, at + install.calls.length))
   }
-  const last: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_DUMPABLE), BigInt(proc.dumpable), 0n, 0n, 0n], what: 'dumpable' }]
-  if (parentRestored && proc.pdeathSignal !== 0) {
-    last.push({ nr: SYS.prctl, args: [BigInt(PR_SET_PDEATHSIG), BigInt(proc.pdeathSignal), 0n, 0n, 0n], what: `parent-death signal ${proc.pdeathSignal}` })
-  }
-  await inject(pid, layout, last)
 }
 
 const PR_CAPBSET_DROP = 24, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2
@@ -1330,7 +1341,9 @@ const CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 // 
 
 /** The threads exist already (created right after the stub, stopped): their state, then the process's. */
 async function restoreThreads(pid: number, proc: ProcessState, threads: ThreadState[], layout: Layout, parentRestored: boolean): Promise<void> {
-  for (const thread of threads) await restoreThreadState(pid, thread, layout)
+  // Queued from the main thread: rt_tgsigqueueinfo of a siginfo the kernel did not make is
+  // allowed only into the caller's own process, which the kernel tells by the caller's TID.
+  for (const thread of threads) await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
   await restorePosixTimers(pid, proc, layout)
   await restoreCredentials(pid, proc, threads, layout, parentRestored)
   // The restorer's page and scratch area go away through the vdso's own syscall, now at its saved place.
@@ -1357,8 +1370,8 @@ async function createThread(pid: number, tid: number, layout: Layout): Promise<v
   await native.seizeThread(pid, tid)
 }
 
-async function restoreThreadState(pid: number, thread: ThreadState, layout: Layout): Promise<void> {
-  const scratch = new Scratch()
+/** A thread's name, alternate stack, clear-child-tid word and robust list: calls it makes itself. */
+function threadStateCalls(thread: ThreadState, scratch: Scratch): Call[] {
   const calls: Call[] = [{ nr: SYS.prctl, args: [BigInt(PR_SET_NAME), scratch.cstring(thread.comm)], scratchArgs: 0b10, what: `name thread ${thread.tid}` }]
   const alt = thread.altstack
   if ((alt.flags & 2) === 0) {
@@ -1375,8 +1388,7 @@ async function restoreThreadState(pid: number, thread: ThreadState, layout: Layo
   // libc registered in memory that is gone now (a thread that had none gets none).
   const { head, length } = thread.robustList
   calls.push({ nr: SYS.set_robust_list, args: [head, head === 0n ? 24n : length], what: `set_robust_list of thread ${thread.tid}` })
-  await inject(thread.tid, layout, calls, scratch.buffer())
-  await requeue(pid, thread.tid, thread.pendingSiginfo, layout)
+  return calls
 }
 
 async function restoreRegisters(thread: ThreadState, proc: ProcessState): Promise<void> {

@@ -202,8 +202,8 @@ function covers(vmas: Vma[], from: bigint, to: bigint): boolean {
   return reached >= to
 }
 
-/** How many processes of a tree are rebuilt at once. */
-const REBUILDS_AT_ONCE = 4
+/** How many processes of a tree are rebuilt at once: as many as the tracer thread overlaps (OVERLAP_MAX, addon/src/tracer.c). */
+const REBUILDS_AT_ONCE = 8
 
 /**
  * Runs `work` on every item, at most `width` at a time, in the items' order of start; waits
@@ -327,9 +327,10 @@ async function restoreTree(saved: SavedCheckpoint, timer: PhaseTimer, options: R
     // Large unlinked files and memfds, opened by the root's stub and inherited, are filled
     // through the first process holding them (lib/restore/contents.ts).
     await fillContents(rootRecords.flatMap((r) => (r.fill ? [r.fill] : [])), live.map((t) => ({ pid: t.pid, fds: t.fileTable.fds })))
-    // A few at once: the tracer thread makes each ptrace call in turn, but one task's reads of
-    // /proc, checksums on the pool and planning overlap another's calls. A task whose memory
-    // is shared with one rebuilt before it waits for that one first.
+    // Several at once: the tracer thread runs one task's injected batches while another's
+    // tracee runs its calls (addon/src/tracer.c), and one task's reads of /proc, checksums on
+    // the pool and planning overlap another's calls. A task whose memory is shared with one
+    // rebuilt before it waits for that one first.
     const rebuilt = new Map<number, Promise<void>>()
     const rebuild = async (t: SavedCheckpoint): Promise<void> => {
       const sources = shared.from.get(t.pid)!
