@@ -251,11 +251,16 @@ async function compareTree(rep: Report, opts: Options, criu: string, work: strin
     }
   }
 
+  // Each tool's tree in a work directory of its own (the target opens WORKDIR/shared.log).
+  const startTree = async (name: string) => {
+    const dir = path.join(work, name)
+    fs.mkdirSync(dir)
+    const target = await startTarget(bin, [String(n), dir])
+    return { target, pids: treeOf(target.pid) }
+  }
+
   log(`compare: CRIU, a ${n}-process tree`)
-  const cWork = path.join(work, 'tree-criu')
-  fs.mkdirSync(cWork)
-  const c = await startTarget(bin, [String(n), cWork])
-  const cPids = treeOf(c.pid)
+  const { target: c, pids: cPids } = await startTree('tree-criu')
   const images = path.join(shm, 'criu-tree')
   fs.mkdirSync(images)
   const dumpLoad = loadAverage()
@@ -270,10 +275,7 @@ async function compareTree(rep: Report, opts: Options, criu: string, work: strin
   c.kill()
 
   log(`compare: ckptfs, a ${n}-process tree`)
-  const tWork = path.join(work, 'tree-ckptfs')
-  fs.mkdirSync(tWork)
-  const t = await startTarget(bin, [String(n), tWork])
-  const tPids = treeOf(t.pid)
+  const { target: t, pids: tPids } = await startTree('tree-ckptfs')
   const saved = path.join(shm, 'ckptfs-tree')
   let checkpoint
   try {

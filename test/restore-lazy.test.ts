@@ -4,12 +4,12 @@
 // read() into a page not yet filled, a fork, madvise(DONTNEED), mprotect, mremap; the test
 // reads it with process_vm_readv meanwhile. A damaged saved page kills it, and says so.
 
-import { spawn, spawnSync } from 'child_process'
+import { spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, cliCommand, mountFor, userEnv } from './lib/mount'
-import { checkpointSaveKill, collectChecks, exists, launch, waitUntil, workdir, type Checks, type Target } from './lib/restore'
+import { ckptfs, mountFor, restoreLazy } from './lib/mount'
+import { checkpointSaveKill, collectChecks, exists, flipByte, launch, waitUntil, workdir, type Checks, type Target } from './lib/restore'
 import { buildTarget } from './lib/targets'
 import { crcText, pieceCrcs } from '../lib/checksum'
 
@@ -37,32 +37,7 @@ async function savedFixture(t: Test): Promise<{ target: Target; dir: string; sav
   return { target, dir, saved, addr: BigInt(m[1]), len: Number(m[2]) }
 }
 
-interface LazyRun {
-  pid: number
-  /** Resolves with the command's exit status and stderr once it ends. */
-  ended: Promise<{ status: number | null; stderr: string }>
-}
 
-/** Starts `ckptfs restore --lazy ARGS` and waits until it prints the PID. */
-async function restoreLazy(t: Test, args: string[]): Promise<LazyRun> {
-  // Without tap's loader in NODE_OPTIONS, as test/lib/mount.ts's ckptfs() runs it.
-  const child = spawn(...cliCommand('restore', '--lazy', ...args), { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL')
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s })
-  const ended = new Promise<{ status: number | null; stderr: string }>((resolve) => child.on('close', (status) => resolve({ status, stderr })))
-  const pid = await new Promise<number>((resolve, reject) => {
-    child.stdout!.setEncoding('utf8').on('data', (s: string) => {
-      stdout += s
-      if (stdout.includes('\n')) resolve(Number(stdout.trim()))
-    })
-    void ended.then((r) => reject(new Error(`ckptfs restore --lazy ended (${r.status}) before printing a PID: ${r.stderr.trim()}`)))
-  })
-  return { pid, ended }
-}
 
 /** The fixture's own process_vm_readv check of `len` bytes at `addr` of `pid` (a debugger's view). */
 function peek(pid: number, addr: bigint, len: number, page: number): { status: number | null; out: string } {
@@ -128,12 +103,8 @@ t.test('a damaged saved page: the lazy restore kills the process and names the f
   const vmas = path.join(saved, `task-${target.pid}`, 'memory', 'vmas')
   const biggest = fs.readdirSync(vmas).map((name) => path.join(vmas, name, 'pages')).filter((f) => fs.existsSync(f))
     .sort((a, b) => fs.statSync(b).size - fs.statSync(a).size)[0]
-  const fd = fs.openSync(biggest, 'r+')
-  const at = Math.floor(fs.fstatSync(fd).size / 2)
-  const byte = Buffer.alloc(1)
-  fs.readSync(fd, byte, 0, 1, at)
-  fs.writeSync(fd, Buffer.from([byte[0] ^ 0xff]), 0, 1, at)
-  fs.closeSync(fd)
+  const at = Math.floor(fs.statSync(biggest).size / 2)
+  flipByte(biggest, at)
   // The fill may find the damage before the process runs (the restore then fails) or after
   // (it is killed): the command says the same either way.
   const end = ckptfs('restore', '--lazy', saved, '--mount', mnt)

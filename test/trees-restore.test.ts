@@ -5,13 +5,13 @@
 // saved PID taken leaves nothing of the tree behind, nor does a damaged page a lazy fill finds
 // once the tree runs. test/fixtures/tree.c checks itself on SIGUSR1.
 
-import { execFileSync, spawn } from 'child_process'
+import { execFileSync } from 'child_process'
 import * as fs from 'fs'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfs, ckptfsOk, cliCommand, cliShellWords, mountFor, userEnv } from './lib/mount'
+import { ckptfs, ckptfsOk, cliShellWords, mountFor, restoreLazy } from './lib/mount'
 import { asUser, attacker, shAs } from './lib/unprivileged'
-import { exists, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
+import { exists, flipByte, launch, reseal, waitUntil, workdir, type Target } from './lib/restore'
 import { childrenOf } from '../lib/pstree'
 import { buildTarget } from './lib/targets'
 import { readImage } from '../lib/image/decode'
@@ -244,24 +244,6 @@ t.test('a tree restored from a cp -a copy: PIDs, parents, sessions, groups, the 
   t.ok(said.includes('PASS'), 'and says PASS')
 })
 
-/** Starts `ckptfs restore --lazy ARGS`; resolves with the PID it prints first, and its end. */
-async function restoreLazy(t: Test, args: string[]): Promise<{ pid: number; ended: Promise<{ status: number | null; stderr: string }> }> {
-  const child = spawn(...cliCommand('restore', '--lazy', ...args), { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => {
-    if (child.exitCode === null) child.kill('SIGKILL')
-  })
-  let stdout = '', stderr = ''
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s })
-  const ended = new Promise<{ status: number | null; stderr: string }>((resolve) => child.on('close', (status) => resolve({ status, stderr })))
-  const pid = await new Promise<number>((resolve, reject) => {
-    child.stdout!.setEncoding('utf8').on('data', (s: string) => {
-      stdout += s
-      if (stdout.includes('\n')) resolve(Number(stdout.trim()))
-    })
-    void ended.then((r) => reject(new Error(`ckptfs restore --lazy ended (${r.status}) before printing a PID: ${r.stderr.trim()}`)))
-  })
-  return { pid, ended }
-}
 
 t.test('a lazy restore of the tree: every process runs at once and checks its own, copy-on-write and shared memory; each keeps its record', async (t) => {
   const { target, pids } = await startTree(t)
@@ -348,11 +330,7 @@ t.test('all or nothing: a task that fails once every process exists (its cwd is 
   const own = fs.readdirSync(vmas).map((n) => path.join(vmas, n, 'pages')).find((f) => fs.existsSync(f) && fs.statSync(f).size === (3 << 20) + 4 * 4096)!
   t.ok(own, `G's own memory is saved (${own})`)
   const at = (2 << 20) + 100
-  const fd = fs.openSync(own, 'r+')
-  const byte = Buffer.alloc(1)
-  fs.readSync(fd, byte, 0, 1, at)
-  fs.writeSync(fd, Buffer.from([byte[0] ^ 0xff]), 0, 1, at)
-  fs.closeSync(fd)
+  flipByte(own, at)
   const lazy = ckptfs('restore', '--lazy', saved, '--mount', mnt)
   t.equal(lazy.status, 1, 'the lazy restore fails')
   t.match(lazy.stderr, `ckptfs restore: restore of ${pids.g}: lazy fill: ${path.relative(saved, own)} (${own}, bytes ${2 << 20}-${(3 << 20) - 1}): CRC32C `, `naming G's mapping, the file and the bytes (${lazy.stderr.trim()})`)

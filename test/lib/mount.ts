@@ -77,6 +77,33 @@ export function ckptfsAsync(args: string[], opts: { env?: NodeJS.ProcessEnv; inp
 }
 
 /** ckptfs that must succeed: returns its trimmed stdout. */
+/** A `ckptfs restore --lazy` under way: the PID it printed first, and its end. */
+export interface LazyRun {
+  pid: number
+  /** Resolves with the command's exit status and stderr once it ends. */
+  ended: Promise<{ status: number | null; stderr: string }>
+}
+
+/** Starts `ckptfs restore --lazy ARGS` and waits until it prints the PID (the command then fills pages until its end). */
+export async function restoreLazy(t: Teardownable, args: string[]): Promise<LazyRun> {
+  const child = spawn(...cliCommand('restore', '--lazy', ...args), { env: userEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s })
+  const ended = new Promise<{ status: number | null; stderr: string }>((resolve) => child.on('close', (status) => resolve({ status, stderr })))
+  const pid = await new Promise<number>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => {
+      stdout += s
+      if (stdout.includes('\n')) resolve(Number(stdout.trim()))
+    })
+    void ended.then((r) => reject(new Error(`ckptfs restore --lazy ended (${r.status}) before printing a PID: ${r.stderr.trim()}`)))
+  })
+  return { pid, ended }
+}
+
 export function ckptfsOk(...args: string[]): string {
   const r = ckptfs(...args)
   if (r.status !== 0) throw new Error(`ckptfs ${args.join(' ')} exited ${r.status}: ${r.stderr.trim()}`)

@@ -183,6 +183,18 @@ export async function launchSaveRestore(t: Teardownable, mnt: string, program: s
   return { target, dir, saved }
 }
 
+/** Damages one byte of `file` at `at` (flips its bits), in place: a saved copy gone bad. */
+export function flipByte(file: string, at: number): void {
+  const fd = fs.openSync(file, 'r+')
+  try {
+    const byte = Buffer.alloc(1)
+    fs.readSync(fd, byte, 0, 1, at)
+    fs.writeSync(fd, Buffer.from([byte[0] ^ 0xff]), 0, 1, at)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
 /**
  * `ckptfs seal TREE`: after a test edits a saved tree on purpose, its checks (values_crc32c,
  * NAME_crc32c) are rewritten so the validator judges the edit, not the damage check. Returns
