@@ -90,7 +90,9 @@ export interface PagemapScan {
   frames?: boolean
   /**
    * The parent's `frames` for the same range: a kept page present at the same frame as the
-   * parent's (not the zero page) is answered in `inherited`, not among the stored runs.
+   * parent's (not the zero page) is answered in `inherited`, not among the stored runs, if
+   * the parent (`parentPid`, frozen) still maps that frame just before and after the read;
+   * without `parentPid` nothing is inherited.
    */
   parentFrames?: Buffer
 }
@@ -221,7 +223,7 @@ export interface Addon {
    * scanPagemap of each range, in one pool call with one open of pagemap (a small process's
    * mappings cost one round trip, not one each): the runs of ranges[i] are answer[i].
    */
-  scanPagemaps(pid: number, ranges: PagemapScan[]): Promise<PagemapScanned[]>
+  scanPagemaps(pid: number, ranges: PagemapScan[], parentPid?: number): Promise<PagemapScanned[]>
 
   /**
    * A zero-filled buffer whose pages are already faulted in (MADV_POPULATE_WRITE): copy-mode

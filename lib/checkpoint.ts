@@ -104,7 +104,7 @@ export class Checkpoint {
     const scans = new Map<number, () => Promise<TaskScan>>()
     for (const t of frozen.live) {
       const parentScan = t.parent === undefined ? undefined : scans.get(t.parent)
-      scans.set(t.pid, lazy(() => scanTask(t.pid, { frames: hasChildren.has(t.pid), parent: parentScan?.() })))
+      scans.set(t.pid, lazy(() => scanTask(t.pid, { frames: hasChildren.has(t.pid), parent: parentScan?.(), parentPid: t.parent })))
     }
     const tasks = frozen.live.map(({ pid: taskPid, tids, stopSignal }): TaskImage => ({
       pid: taskPid,

@@ -431,9 +431,10 @@ t.test('scanPagemaps answers each range with its own runs, as scanPagemap would,
   await t.rejects(addon.scanPagemaps(fx.pid, [ranges[0], { start: page(0) + 1n, end: page(2), privateOnly: true }]), { code: 'EINVAL', message: /^scanPagemaps\(pid \d+, 0x[0-9a-f]+, 0x[0-9a-f]+\): range must be page-aligned: Invalid argument$/ })
   await t.rejects(addon.scanPagemaps(2 ** 22 + 1, ranges), { code: 'ESRCH' })
 
-  // Frames (issue 17): each kept page's frame; a scan given those frames as its parent's
-  // takes every page still at them as inherited. Here the "parent" is the process itself:
-  // all its kept pages but the one whose recorded frame is changed.
+  // Frames (issue 17): each kept page's frame; a scan given those frames as its parent's, and
+  // the parent's PID, takes as inherited every page the parent stored and still maps at that
+  // very frame. Here the "parent" is the process itself: all its kept pages but the one the
+  // recorded frames say the parent did not store.
   const area = { start: page(999), end: page(1006), privateOnly: true }
   const [withFrames] = await addon.scanPagemaps(fx.pid, [{ ...area, frames: true }])
   const frames = withFrames.frames!
@@ -442,11 +443,13 @@ t.test('scanPagemaps answers each range with its own runs, as scanPagemap would,
   t.same([0, 1, 2, 3, 4, 5, 6].map((n) => frameAt(n) !== 0n), [false, true, true, true, true, true, false], 'a frame for each touched page (1000-1004), 0 elsewhere')
   t.equal(withFrames.inherited, undefined, 'no parent frames given: no inherited runs')
   const parent = Buffer.from(frames)
-  parent.writeBigUInt64LE(frameAt(3) + 1n, 3 * 8) // page 1002 "differs from the parent's"
-  const [split] = await addon.scanPagemaps(fx.pid, [{ ...area, parentFrames: parent }])
+  parent.writeBigUInt64LE(0n, 3 * 8) // page 1002: "the parent stored nothing there"
+  const [split] = await addon.scanPagemaps(fx.pid, [{ ...area, parentFrames: parent }], fx.pid)
   const pagesOf = (runs: Array<{ start: bigint; length: bigint }>) => runs.map((r) => [Number((r.start - base) / 4096n), Number(r.length / 4096n)])
   t.same(pagesOf(split), [[1002, 1]], 'the page not at the parent\'s frame is stored')
   t.same(pagesOf(split.inherited!), [[1000, 2], [1003, 2]], 'the pages at the parent\'s frames are inherited')
+  const [unseen] = await addon.scanPagemaps(fx.pid, [{ ...area, parentFrames: parent }])
+  t.same([pagesOf(unseen), pagesOf(unseen.inherited!)], [[[1000, 5]], []], 'without the parent\'s PID (its frames cannot be read again) every page is stored')
   await t.rejects(addon.scanPagemaps(fx.pid, [{ ...area, parentFrames: Buffer.alloc(8) }]), { code: 'EINVAL', message: /parentFrames has 8 bytes, the range 7 pages/ })
 })
 

@@ -106,6 +106,7 @@ async function plain(table: FileTable): Promise<unknown> {
     if ('otherLinks' in d) out.otherLinks = await d.otherLinks()
     if ('buffered' in d && d.buffered) out.buffered = await d.buffered()
     if ('contents' in d && d.contents) out.contents = await d.contents.read(0, d.contents.size)
+    if ('inet' in d) out.inet = { ...d.inet, queue: await d.inet.queue() }
     return out
   }))
   return { fds: table.fds, files }

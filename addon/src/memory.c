@@ -426,7 +426,28 @@ typedef struct {
   size_t *ends, *inherited_ends;
   runlist_t stored, inherited;
   size_t n;
+  // The parent's pagemap, read again around each chunk of the child's (parent_fd, -1: not
+  // asked): a page is inherited only if the parent maps that very frame just before and just
+  // after the child's read. The frames recorded at the parent's own scan may be stale by now
+  // (the kernel migrates pages of frozen tasks too, e.g. compaction): a stale one misses
+  // sharing, and a frame freed meanwhile and reused by a page of the child's own would take
+  // that page for the parent's.
+  int32_t parent_pid;
+  int parent_fd;
+  uint64_t *parent_before, *parent_after;
 } scan_many_task_t;
+
+// The parent's pagemap entries for `n` pages from page `first` into `out`; 1 when all were read.
+static int read_parent_frames(scan_many_task_t *s, uint64_t first, uint64_t n, uint64_t *out) {
+  size_t want = n * 8, got = 0;
+  while (got < want) {
+    ssize_t r = pread(s->parent_fd, (char *)out + got, want - got, (off_t)(first * 8 + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return 0;
+    got += (size_t)r;
+  }
+  return 1;
+}
 
 // Appends the kept runs of request `r` to s->stored (s->inherited), reading pagemap through
 // `fd` with `buf` (PAGEMAP_CHUNK entries). Returns 0, or -1 with the task's error set.
@@ -449,6 +470,7 @@ static int scan_range(scan_many_task_t *s, int fd, const char *path, uint64_t *b
   for (uint64_t done = 0; done < count;) {
     uint64_t want = count - done;
     if (want > PAGEMAP_CHUNK) want = PAGEMAP_CHUNK;
+    int live_before = r->parent && s->parent_fd >= 0 && read_parent_frames(s, first + done, want, s->parent_before);
     ssize_t got = pread(fd, buf, want * 8, (off_t)((first + done) * 8));
     if (got < 0) {
       if (errno == EINTR) continue;
@@ -458,12 +480,17 @@ static int scan_range(scan_many_task_t *s, int fd, const char *path, uint64_t *b
     }
     if (got == 0) break;  // past the end of the address space: nothing there
     uint64_t n = (uint64_t)got / 8;
+    // The parent's frames just after the child's read (parent_before was read just before it).
+    int live = r->parent && s->parent_fd >= 0 && live_before && read_parent_frames(s, first + done, n, s->parent_after);
     for (uint64_t i = 0; i < n; i++) {
       uint64_t e = buf[i];
       int keep = (e & (PM_PRESENT | PM_SWAPPED)) && !(r->private_only && (e & PM_FILE_OR_SHARED));
       uint64_t frame = keep ? shareable_frame(e) : 0;
       if (r->frames) r->frames[done + i] = frame;
-      int inherited = frame != 0 && r->parent && r->parent[done + i] == frame;
+      // The parent stored this page at its scan (its recorded frame is not 0) and maps this very
+      // frame around the child's read; without the parent's pagemap, no page is inherited.
+      int inherited = frame != 0 && r->parent && r->parent[done + i] != 0 && live &&
+                      shareable_frame(s->parent_before[i]) == frame && shareable_frame(s->parent_after[i]) == frame;
       if (keep) {
         if (run_pages && inherited != run_inherited) FLUSH_RUN();
         if (!run_pages) {
@@ -492,6 +519,8 @@ static void scan_many_destroy(task_t *t) {
     free(s->requests[i].parent);
   }
   free(s->requests);
+  free(s->parent_before);
+  free(s->parent_after);
   free(s->ends);
   free(s->inherited_ends);
   free(s->stored.runs);
@@ -518,6 +547,16 @@ static void scan_many_run(task_t *t) {
     nerr_set(&t->err, ENOMEM, "scanPagemap(pid %d)", m->pid);
     return;
   }
+  int compares = 0;
+  for (size_t i = 0; i < s->n; i++) compares |= s->requests[i].parent != NULL;
+  if (compares && s->parent_pid > 0) {
+    char parent_path[64];
+    snprintf(parent_path, sizeof parent_path, "/proc/%d/pagemap", s->parent_pid);
+    s->parent_before = malloc(PAGEMAP_CHUNK * sizeof *s->parent_before);
+    s->parent_after = malloc(PAGEMAP_CHUNK * sizeof *s->parent_after);
+    // Without the parent's pagemap the child's pages are all stored: safe, only bigger.
+    if (s->parent_before && s->parent_after) s->parent_fd = open(parent_path, O_RDONLY | O_CLOEXEC);
+  }
   for (size_t i = 0; i < s->n; i++) {
     if (scan_range(s, fd, path, buf, &s->requests[i]) < 0) break;
     s->ends[i] = s->stored.n;
@@ -525,6 +564,7 @@ static void scan_many_run(task_t *t) {
   }
   free(buf);
   close(fd);
+  if (s->parent_fd >= 0) close(s->parent_fd);
 }
 
 static napi_value runs_to_js(napi_env env, const range_t *runs, size_t n) {
@@ -575,6 +615,7 @@ static scan_many_task_t *scan_task(pid_t pid, size_t n, napi_value (*settle)(nap
     scan_many_destroy(&s->m.t);
     return NULL;
   }
+  s->parent_fd = -1;
   s->m.t.run = scan_many_run;
   s->m.t.settle = settle;
   s->m.t.destroy = scan_many_destroy;
@@ -644,11 +685,18 @@ static int scan_frames_of(napi_env env, int32_t pid, napi_value r, scan_request_
 // scanPagemaps(pid, [{start, end, privateOnly, frames?, parentFrames?}, ...]): scanPagemap of
 // each range, in one call; see scan_many_settle for what frames and parentFrames add.
 napi_value js_scan_pagemaps(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  int32_t pid;
+  napi_value argv[3];
+  size_t argc = 3;
+  int32_t pid, parent_pid = 0;
   bool is_array = false;
   uint32_t n = 0;
-  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid)) return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+    throw_errno(env, EINVAL, "scanPagemaps(pid, ranges[, parentPid]): 2 or 3 arguments");
+    return NULL;
+  }
+  if (!get_i32(env, argv[0], "pid", &pid)) return NULL;
+  napi_valuetype third = napi_undefined;
+  if (argc >= 3 && napi_typeof(env, argv[2], &third) == napi_ok && third != napi_undefined && !get_i32(env, argv[2], "parentPid", &parent_pid)) return NULL;
   if (napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array ||
       napi_get_array_length(env, argv[1], &n) != napi_ok) {
     throw_errno(env, EINVAL, "scanPagemaps(pid %d): ranges must be an array", pid);
@@ -659,6 +707,7 @@ napi_value js_scan_pagemaps(napi_env env, napi_callback_info info) {
     throw_errno(env, ENOMEM, "scanPagemaps(pid %d, %u ranges)", pid, n);
     return NULL;
   }
+  s->parent_pid = parent_pid;
   for (uint32_t i = 0; i < n; i++) {
     napi_value r, v;
     uint64_t start, end;

@@ -144,12 +144,12 @@ export interface TaskScan {
  * children's scans. `parent`: the parent's scan (both frozen): a page at the same frame as
  * the parent's page at the same address of the same area is recorded as inherited, not stored.
  */
-export async function scanTask(pid: number, opts: { frames?: boolean; parent?: Promise<TaskScan> } = {}): Promise<TaskScan> {
+export async function scanTask(pid: number, opts: { frames?: boolean; parent?: Promise<TaskScan>; parentPid?: number } = {}): Promise<TaskScan> {
   const parentLayout = opts.parent ? (await opts.parent).layout : []
-  return { layout: await scanLayout(pid, opts.frames ?? false, new Map(parentLayout.filter((l) => l.frames).map((l) => [l.entry.start, l]))) }
+  return { layout: await scanLayout(pid, opts.frames ?? false, new Map(parentLayout.filter((l) => l.frames).map((l) => [l.entry.start, l])), opts.parentPid) }
 }
 
-async function scanLayout(pid: number, frames = false, parentAt = new Map<bigint, Layout>()): Promise<Layout[]> {
+async function scanLayout(pid: number, frames = false, parentAt = new Map<bigint, Layout>(), parentPid?: number): Promise<Layout[]> {
   const reader = await liveThread(pid)
   return exclusive(pid, async () => {
     const entries = parseMaps(readProcTextSync(pid, 'smaps', reader))
@@ -175,7 +175,7 @@ async function scanLayout(pid: number, frames = false, parentAt = new Map<bigint
     let scanned: Awaited<ReturnType<typeof native.scanPagemaps>> = []
     if (scans.length > 0) {
       try {
-        scanned = await native.scanPagemaps(reader, scans)
+        scanned = await native.scanPagemaps(reader, scans, parentPid)
       } catch (err) {
         throw new CkptError(`task-${pid}: memory: cannot scan pagemap: ${messageOf(err)}`)
       }
