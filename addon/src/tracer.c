@@ -123,6 +123,18 @@ static void co_round(void) {
   }
 }
 
+// Waiting for nothing in particular: a yield for the first SPIN_US of it (a stop usually comes
+// within microseconds), then sleeps doubling from *delay_ns up to 2 ms.
+static void idle(int64_t waited_us, long *delay_ns) {
+  if (waited_us < SPIN_US) {
+    sched_yield();
+    return;
+  }
+  struct timespec ts = {0, *delay_ns};
+  nanosleep(&ts, NULL);
+  if (*delay_ns < 2000000) *delay_ns *= 2;
+}
+
 pid_t tracer_wait(pid_t tid, int *status, int timeout_ms) {
   int64_t start = mono_us();
   int64_t deadline = start + (int64_t)timeout_ms * 1000;
@@ -148,13 +160,7 @@ pid_t tracer_wait(pid_t tid, int *status, int timeout_ms) {
     }
     int64_t now = mono_us();
     if (now >= deadline) return 0;
-    if (now - start < SPIN_US) {
-      sched_yield();
-      continue;
-    }
-    struct timespec ts = {0, delay_ns};
-    nanosleep(&ts, NULL);
-    if (delay_ns < 2000000) delay_ns *= 2;
+    idle(now - start, &delay_ns);
   }
 }
 
@@ -256,13 +262,7 @@ static void *tracer_main(void *arg) {
     }
     int64_t now = mono_us();
     if (!stalled_since) stalled_since = now;
-    if (now - stalled_since < SPIN_US) {
-      sched_yield();
-      continue;
-    }
-    struct timespec ts = {0, delay_ns};
-    nanosleep(&ts, NULL);
-    if (delay_ns < 2000000) delay_ns *= 2;
+    idle(now - stalled_since, &delay_ns);
   }
   return NULL;
 }
