@@ -87,6 +87,46 @@ t.test(`captured ${CAPTURES} times: every thread keeps its pending signals and g
   t.ok(threadIds(fx.pid).every((tid) => threadState(fx.pid, tid) !== 't'), 'no thread left stopped')
 })
 
+t.test('a capture reads no thread\'s status while a call is injected into it', async (t) => {
+  // While a call is injected, the trap of its single step is a queued SIGTRAP for a moment, and
+  // /proc shows it in SigPnd: a capture that read the status then recorded a SIGTRAP the
+  // program never had (CI14), which a restore would queue again. A read made during a batch
+  // shows the batch's mask (everything blocked) in SigBlk: every status read the captures make
+  // is looked at. Both captures run side by side, five times, as a checkpoint runs them.
+  const fx = await startTrapcount(t)
+  const real = signalSets(fx.pid, fx.tids)
+  await fx.freeze()
+  const tidOf = new Map(fx.tids.map((tid) => [`/proc/${fx.pid}/task/${tid}/status`, tid]))
+  const during: string[] = []
+  let reads = 0
+  const realOpen = fs.promises.open
+  ;(fs.promises as { open: typeof realOpen }).open = async (...args: Parameters<typeof realOpen>) => {
+    const handle = await realOpen(...args)
+    const tid = tidOf.get(String(args[0]))
+    if (tid !== undefined) {
+      const realRead = handle.read.bind(handle) as (buffer: Buffer, ...rest: unknown[]) => Promise<{ bytesRead: number }>
+      ;(handle as unknown as { read: typeof realRead }).read = async (buffer: Buffer, ...rest: unknown[]) => {
+        const result = await realRead(buffer, ...rest)
+        const blocked = /^SigBlk:\s*([0-9a-f]+)$/m.exec(buffer.toString('utf8', 0, result.bytesRead))
+        if (blocked) {
+          reads++
+          if (BigInt('0x' + blocked[1]) !== real[tid].blocked) during.push(`thread ${tid}: SigBlk ${blocked[1]}`)
+        }
+        return result
+      }
+    }
+    return handle
+  }
+  try {
+    for (let i = 0; i < 5; i++) await Promise.all([captureProcess(fx.pid, fx.tids), captureThreads(fx.pid, fx.tids)])
+  } finally {
+    ;(fs.promises as { open: typeof realOpen }).open = realOpen
+  }
+  t.ok(reads >= 15, `${reads} status reads looked at`)
+  t.same(during, [], 'none made while a batch ran in the thread (SigBlk is its own)')
+  await fx.thaw()
+})
+
 t.test('a SIGTRAP an injected call queues to its own thread stays pending, with its siginfo, and arrives once', async (t) => {
   const fx = await startTrapcount(t)
   await fx.freeze()
