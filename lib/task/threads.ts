@@ -39,8 +39,9 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
     readProcText(pid, 'comm', tid),
     // Under the task's injection lock: while a call is injected into this thread (below, or
     // the process capture's batch in the main thread), the trap of its single step is a
-    // SIGTRAP the kernel has queued and not yet taken, and SigPnd shows it. Captured, a restore
-    // would queue that SIGTRAP again and kill the program (CI14: SigPnd 0x10 on a busy machine).
+    // SIGTRAP the kernel has queued and not yet taken, and SigPnd shows it. Captured, the
+    // tree's pending set is wrong, and a restore takes an epoll_wait's or sigtimedwait's EINTR
+    // for a genuine one (lib/restore/restart.ts) (CI14: SigPnd 0x10 on a busy machine).
     exclusive(pid, () => readProcText(pid, 'status', tid)),
     native.peekSiginfo(tid, false),
     inject(pid, tid, [
