@@ -156,7 +156,7 @@ for (const b of BLOCKED) {
 }
 
 const PROC_CHECKS = [
-  'every signal action', 'handlers run after restore', 'pending signals', 'queued signals keep their order and values', 'thread-directed queued signal',
+  'every signal action', 'handlers run after restore', 'pending signals', 'queued signals keep their order and values', 'thread-directed queued signal', 'pending SIGTRAP',
   'SIGUSR1 from kill()', 'ITIMER_REAL', 'ITIMER_VIRTUAL', 'ITIMER_PROF unset', 'credentials (/proc/self/status)', 'uids, gids, groups', 'securebits', 'cwd', 'umask', 'rlimits',
   'comm', 'personality', 'session and process group', 'no_new_privs', 'dumpable', 'POSIX timers', 'POSIX timers (/proc/self/timers)',
 ]

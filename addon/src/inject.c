@@ -18,7 +18,14 @@
 // rt_sigaction(SIGTRAP) on, calls run with PTRACE_SYSCALL (+PTRACE_O_TRACESYSGOOD) instead:
 // entry and exit stops, no signal. Since the kernel decides about restarting the original
 // system call only on the way out of get_signal(), a batch that ends in a syscall-exit stop
-// ends with PTRACE_INTERRUPT + PTRACE_CONT to get back into such a stop.
+// ends with PTRACE_INTERRUPT + PTRACE_CONT to get back into such a stop. A call that sends the
+// thread's own process a SIGTRAP (a restore queueing a saved pending one) switches too: in
+// single-step mode SIGTRAP is deliverable and the stepping would consume it. Once in syscall
+// mode SIGTRAP is blocked as well, so one that arrives stays pending with its siginfo.
+//
+// SIGTRAPs the kernel makes during a batch (si_code > 0: the single-step trap, the runner's
+// int3) are ours and are never handed to the program: its default action kills it with a core
+// dump. Only a SIGTRAP someone sent (si_code <= 0) is sent again when the batch ends.
 //
 // Placement (restore): the scratch area can be mapped at a given address (MAP_FIXED_NOREPLACE)
 // and a given `syscall` instruction used instead of the vdso's.
@@ -100,6 +107,7 @@ typedef struct {
   int options;          // the tracee's ptrace options outside the batch
   int syscall_mode;     // resume with PTRACE_SYSCALL instead of PTRACE_SINGLESTEP
   int in_exit_stop;     // last stop was a syscall-exit stop
+  int mask_set;         // the batch's blocking mask is installed
   int dead;             // the thread exited
   const struct user_regs_struct *saved;
   uint64_t vmask;       // the thread's signal mask as the batch's calls see it
@@ -211,6 +219,7 @@ static uint64_t pending_or_ignored(pid_t tid) {
   return bits;
 }
 
+// Switches to syscall mode; from then on SIGTRAP is blocked too (see the top).
 static int set_syscall_mode(ictx_t *c) {
   if (c->syscall_mode) return 0;
   if (ptrace(PTRACE_SETOPTIONS, c->tid, 0, (void *)(long)(c->options | PTRACE_O_TRACESYSGOOD)) < 0) {
@@ -218,7 +227,44 @@ static int set_syscall_mode(ictx_t *c) {
     return -1;
   }
   c->syscall_mode = 1;
+  uint64_t all = ~0ULL;
+  if (c->mask_set && ptrace(PTRACE_SETSIGMASK, c->tid, (void *)8, &all) < 0) {
+    nerr_set(c->err, errno, "ptrace(PTRACE_SETSIGMASK, tid %d): blocking SIGTRAP", c->tid);
+    return -1;
+  }
   return 0;
+}
+
+// Whether the SIGTRAP the thread stopped for was made by the kernel (si_code > 0: a single-step
+// trap, an int3, a hardware breakpoint) rather than sent by someone (kill, tgkill, sigqueue:
+// si_code <= 0). During a batch only our own stepping and the runner's int3 make such traps.
+static int kernel_trap(ictx_t *c) {
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  if (ptrace(PTRACE_GETSIGINFO, c->tid, 0, &si) < 0) return 1;  // gone: nothing to hand back anyway
+  return si.si_code > 0;
+}
+
+// Records a signal taken off the thread on the way, to be sent again when the batch ends.
+static void requeue_later(ictx_t *c, int sig) {
+  for (int i = 0; i < c->nrequeue; i++)
+    if (c->requeue[i] == sig) return;
+  if (c->nrequeue < (int)(sizeof c->requeue / sizeof c->requeue[0])) c->requeue[c->nrequeue++] = sig;
+}
+
+// A call that sends SIGTRAP to a process or thread (possibly the one it runs in).
+static int sends_sigtrap(int32_t nr, const uint64_t a[MAX_CALL_ARGS]) {
+  switch (nr) {
+    case SYS_kill:
+    case SYS_tkill:
+    case SYS_rt_sigqueueinfo:
+      return a[1] == SIGTRAP;
+    case SYS_tgkill:
+    case SYS_rt_tgsigqueueinfo:
+      return a[2] == SIGTRAP;
+    default:
+      return 0;
+  }
 }
 
 // Resumes with `req` and waits for the next stop.
@@ -264,10 +310,10 @@ static int other_stop(ictx_t *c, int st, uint64_t rip) {
     return -1;
   }
   // Only signals our mask cannot block get here (SIGSTOP; SIGTRAP in single-step mode):
-  // suppressed now, sent again when the batch is done.
-  for (int i = 0; i < c->nrequeue; i++)
-    if (c->requeue[i] == sig) return 0;
-  if (c->nrequeue < (int)(sizeof c->requeue / sizeof c->requeue[0])) c->requeue[c->nrequeue++] = sig;
+  // suppressed now, sent again when the batch is done, except a SIGTRAP the kernel made for
+  // our stepping, which the program must never get (see the top).
+  if (sig == SIGTRAP && kernel_trap(c)) return 0;
+  requeue_later(c, sig);
   return 0;
 }
 
@@ -318,6 +364,9 @@ static int inject_one(ictx_t *c, uint64_t nr, const uint64_t a[MAX_CALL_ARGS], i
         return 0;
       }
     } else if ((st >> 16) == 0 && WSTOPSIG(st) == SIGTRAP && now.rip == c->insn + 2) {
+      // The call has run. A SIGTRAP someone sent that arrived meanwhile is taken first (the
+      // step's own trap is then not queued): it is sent again at the end.
+      if (!kernel_trap(c)) requeue_later(c, SIGTRAP);
       *result = (int64_t)now.rax;
       return 0;
     }
@@ -361,7 +410,7 @@ static int run_call(ictx_t *c, int32_t nr, const uint64_t a[MAX_CALL_ARGS], int 
     *result = emulate_sigprocmask(c, a);
     return 0;
   }
-  if (nr == SYS_rt_sigaction && a[0] == SIGTRAP && set_syscall_mode(c) < 0) return -1;
+  if (((nr == SYS_rt_sigaction && a[0] == SIGTRAP) || sends_sigtrap(nr, a)) && set_syscall_mode(c) < 0) return -1;
   if (inject_one(c, (uint64_t)(uint32_t)nr, a, interrupt_at_entry, result) < 0) return -1;
   if (changes_layout(nr) && !insn_still_there(c->tid, c->insn)) {
     uint64_t moved;
@@ -411,7 +460,7 @@ static int runner_may_run(const call_t *call, const uint64_t a[MAX_CALL_ARGS]) {
     case SYS_rt_sigaction:
       return a[0] != SIGTRAP;
     default:
-      return 1;
+      return !sends_sigtrap(call->nr, a);
   }
 }
 
@@ -541,6 +590,7 @@ static void inject_run(task_t *t) {
     if (c.syscall_mode) ptrace(PTRACE_SETOPTIONS, it->tid, 0, (void *)(long)c.options);
     return;
   }
+  c.mask_set = 1;
 
   uint64_t base = 0;
   int layout_changed = 0;

@@ -40,7 +40,8 @@ const locks = new Map<number, Promise<unknown>>()
 
 /**
  * Runs `work` while no other capture of task `pid` maps or scans its address space: injected
- * batches add a scratch mapping for a moment, and a /proc/PID/smaps read must not see it.
+ * batches add a scratch mapping for a moment, and a /proc/PID/smaps read must not see it. The
+ * status reads take it too: a batch's mask and its single-step SIGTRAP show there meanwhile.
  */
 export function exclusive<T>(pid: number, work: () => Promise<T>): Promise<T> {
   const before = locks.get(pid) ?? Promise.resolve()

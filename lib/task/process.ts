@@ -13,7 +13,7 @@ import {
   absolutePath, decimal, decimalList, decimalU64, deferred, field, flag, FormatError, hexNumber, hexU64, int32, loadEach,
   octalNumber, readCheckedBytes, readValue, text, uint32, type Codec,
 } from './fields'
-import { inject, succeeded, SYS, type CallWithResult } from './inject'
+import { exclusive, inject, succeeded, SYS, type CallWithResult } from './inject'
 import { vmaName } from './memory'
 
 /** A process ID as saved: 0 (none) up to the largest int32. */
@@ -68,8 +68,9 @@ const FOUR_WORDS = 32
  */
 export async function captureProcess(pid: number, tids: number[], stopSignal = 0): Promise<ProcessState> {
   const live = await liveThread(pid, tids)
+  // The status under the injection lock: no batch runs in the task while it is read (threads.ts).
   const [statText, statusText, limitsText, timersText, personalityText, comm, cmdline, environ, auxv, exe, cwd, root] = await Promise.all([
-    readProcText(pid, 'stat', live), readProcText(pid, 'status', live), readProcText(pid, 'limits', live),
+    readProcText(pid, 'stat', live), exclusive(pid, () => readProcText(pid, 'status', live)), readProcText(pid, 'limits', live),
     readProcText(pid, 'timers'), readProcText(pid, 'personality', live), readProcText(pid, 'comm'),
     readProcBytes(pid, 'cmdline', live), readProcBytes(pid, 'environ', live), readProcBytes(pid, 'auxv', live),
     readProcLink(pid, 'exe', live), readProcLink(pid, 'cwd', live), readProcLink(pid, 'root', live),

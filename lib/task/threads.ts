@@ -10,7 +10,7 @@ import { native } from '../native'
 import { checkedBytes } from '../tree/checked'
 import { DIR_PERM, PUBLIC, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
 import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readCheckedBytes, readValue, text, uint32 } from './fields'
-import { inject, succeeded, SYS } from './inject'
+import { exclusive, inject, succeeded, SYS } from './inject'
 import { loadSiginfo } from './process'
 import { readProcText, StatusFields } from './procfs'
 import { XSAVE_FEATURES_AT, XSTATE_MAX, XSTATE_MIN } from '../abi'
@@ -37,7 +37,12 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
       throw new CkptError(`${where}: cannot read its registers: ${messageOf(err)}`, 'ESRCH')
     }),
     readProcText(pid, 'comm', tid),
-    readProcText(pid, 'status', tid),
+    // Under the task's injection lock: while a call is injected into this thread (below, or
+    // the process capture's batch in the main thread), the trap of its single step is a
+    // SIGTRAP the kernel has queued and not yet taken, and SigPnd shows it. Captured, the
+    // tree's pending set is wrong, and a restore takes an epoll_wait's or sigtimedwait's EINTR
+    // for a genuine one (lib/restore/restart.ts) (CI14: SigPnd 0x10 on a busy machine).
+    exclusive(pid, () => readProcText(pid, 'status', tid)),
     native.peekSiginfo(tid, false),
     inject(pid, tid, [
       { nr: SYS.sigaltstack, args: [0n, 0n], out: { arg: 1, size: STACK_T_SIZE } },
