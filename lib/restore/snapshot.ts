@@ -110,6 +110,15 @@ export class SnapshotDir implements StoredDir {
     return this.data.toString('utf8', held.start, held.start + held.size)
   }
 
+  /** A copy of the bytes the walk held (a list, registers), or undefined when it did not hold them (too large). */
+  heldBytes(name: string, limit: number, crc: CrcOut): Buffer | number | undefined {
+    const held = this.held(name)
+    if (!held) return undefined
+    if (held.size > limit) return held.size
+    crc.crc32c = held.crc32c
+    return Buffer.from(this.data.subarray(held.start, held.start + held.size))
+  }
+
   /**
    * Raw bytes (pages, contents, queues) are read from disk even when the walk held them: a
    * file's source then tells where its bytes lie (extents), so the task reads its pages
