@@ -11,6 +11,7 @@ import { CkptError, errnoOf } from '../errors'
 import { DiskDir, type CrcOut, type EntryKind, type StoredDir } from '../files/saved'
 import type { ByteSource } from '../model'
 import { native } from '../native'
+import { savedFileSource } from '../files/source'
 
 /** Files up to this size are read in the walk (values, lists, manifests, checksum files). */
 export const INLINE_MAX = 64 << 10
@@ -125,7 +126,10 @@ export class SnapshotDir implements StoredDir {
    * itself and a lazy restore serves them from the file, whatever their size.
    */
   source(name: string): ByteSource {
-    this.file(name)
+    // A file the walk held has its size in the record: no lstat per file (the pages of each
+    // mapping of each process of a tree). Its bytes are still read from disk, and checked.
+    const held = this.held(name)
+    if (held) return savedFileSource(this.onDisk().diskPath(name), held.size)
     return this.onDisk().source(name)
   }
 
