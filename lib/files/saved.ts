@@ -65,6 +65,12 @@ export interface StoredDir {
   text(name: string, limit: number, crc: CrcOut): string | number
   /** The file's bytes read in pieces (contents); the size is fixed now. */
   source(name: string): ByteSource
+  /**
+   * The whole regular file's bytes when they are in memory already (the walk of a saved tree
+   * held them: snapshot.ts), their CRC32C into `crc`; its size when larger than `limit`;
+   * undefined when they are not held (then `source` reads them).
+   */
+  heldBytes?(name: string, limit: number, crc: CrcOut): Buffer | number | undefined
   /** A path on disk that holds the file (the image reader's random access). */
   diskPath(name: string): string
 }
@@ -532,8 +538,38 @@ export class SavedDir {
     return withCrcs(source, crcs)
   }
 
+  /**
+   * A whole raw file of at most `maxBytes` (registers, cmdline, auxv), checked against its
+   * NAME_crc32c: from the bytes the walk of the tree held when it did (no read per file of
+   * each of a tree's processes), else read from disk.
+   */
+  async checkedBytes(name: string, maxBytes: number): Promise<Buffer> {
+    const crcs = this.checksums(name)
+    const held = this.held(name, maxBytes)
+    const source = held === undefined ? this.source(name) : undefined
+    const size = held === undefined ? source!.size : typeof held === 'number' ? held : held.length
+    checkCount(this.where(name), crcs, size)
+    if (size > maxBytes) throw this.fail(name, `${size} bytes, at most ${maxBytes} expected`)
+    const data = held === undefined ? await source!.read(0, size) : (held as Buffer)
+    checkBuffer(data, crcs, this.where(name))
+    return data
+  }
+
+  /** The bytes of `name` as the stored directory holds them in memory (StoredDir.heldBytes), their CRC32C in lastCrc. */
+  private held(name: string, limit: number): Buffer | number | undefined {
+    const stored = this.stored
+    if (stored.heldBytes === undefined) return undefined
+    return this.fromFile(name, () => stored.heldBytes!(name, limit, lastCrc))
+  }
+
   /** A whole value file of bytes (a list, maps) of at most `maxBytes`, checked against values_crc32c. */
   async valueBytes(name: string, maxBytes: number): Promise<Buffer> {
+    const held = this.held(name, maxBytes)
+    if (typeof held === 'number') throw this.fail(name, `${held} bytes, at most ${maxBytes} expected`)
+    if (held !== undefined) {
+      this.checkValue(name, lastCrc.crc32c)
+      return held
+    }
     const source = this.source(name)
     if (source.size > maxBytes) throw this.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
     const data = await source.read(0, source.size)

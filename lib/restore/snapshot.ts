@@ -11,6 +11,7 @@ import { CkptError, errnoOf } from '../errors'
 import { DiskDir, type CrcOut, type EntryKind, type StoredDir } from '../files/saved'
 import type { ByteSource } from '../model'
 import { native } from '../native'
+import { savedFileSource } from '../files/source'
 
 /** Files up to this size are read in the walk (values, lists, manifests, checksum files). */
 export const INLINE_MAX = 64 << 10
@@ -110,13 +111,25 @@ export class SnapshotDir implements StoredDir {
     return this.data.toString('utf8', held.start, held.start + held.size)
   }
 
+  /** A copy of the bytes the walk held (a list, registers), or undefined when it did not hold them (too large). */
+  heldBytes(name: string, limit: number, crc: CrcOut): Buffer | number | undefined {
+    const held = this.held(name)
+    if (!held) return undefined
+    if (held.size > limit) return held.size
+    crc.crc32c = held.crc32c
+    return Buffer.from(this.data.subarray(held.start, held.start + held.size))
+  }
+
   /**
    * Raw bytes (pages, contents, queues) are read from disk even when the walk held them: a
    * file's source then tells where its bytes lie (extents), so the task reads its pages
    * itself and a lazy restore serves them from the file, whatever their size.
    */
   source(name: string): ByteSource {
-    this.file(name)
+    // A file the walk held has its size in the record: no lstat per file (the pages of each
+    // mapping of each process of a tree). Its bytes are still read from disk, and checked.
+    const held = this.held(name)
+    if (held) return savedFileSource(this.onDisk().diskPath(name), held.size)
     return this.onDisk().source(name)
   }
 

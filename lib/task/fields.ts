@@ -1,7 +1,6 @@
 // How task-PID values are written as files and read back from a saved copy: one codec per
 // value format, shared by the tree tables and the loaders so both agree byte for byte.
 
-import { checkBuffer } from '../checksum'
 import { CkptError } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { attr, FILE_PERM, type Access, type AttrValue, type FileNode, type TableEntry } from '../tree/node'
@@ -184,11 +183,7 @@ export async function readBytes(dir: SavedDir, name: string, maxBytes: number): 
 
 /** A whole raw file of at most `maxBytes`, checked against its NAME_crc32c. */
 export async function readCheckedBytes(dir: SavedDir, name: string, maxBytes: number): Promise<Buffer> {
-  const source = dir.checkedSource(name)
-  if (source.size > maxBytes) throw dir.fail(name, `${source.size} bytes, at most ${maxBytes} expected`)
-  const data = await source.read(0, source.size)
-  checkBuffer(data, source.crc32c!, dir.where(name))
-  return data
+  return dir.checkedBytes(name, maxBytes)
 }
 
 /** Values one per line (an empty file: none). */
