@@ -145,8 +145,8 @@ const FUSE_REFUSED = 'CKPTFS_FUSE'
  * such a mount are therefore never stat'ed or read: the fd is refused by its mount ID (from
  * fdinfo, which the kernel writes without asking the file system).
  */
-function fuseMounts(pid: Pid): Map<number, { fsType: string; mountPoint: string }> {
-  const found = new Map<number, { fsType: string; mountPoint: string }>()
+export function fuseMounts(pid: Pid): Map<number, { fsType: string; mountPoint: string; device: string }> {
+  const found = new Map<number, { fsType: string; mountPoint: string; device: string }>()
   let text: string
   try {
     text = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
@@ -158,7 +158,7 @@ function fuseMounts(pid: Pid): Map<number, { fsType: string; mountPoint: string 
     const dash = cols.indexOf('-')
     if (dash < 0) continue
     const fsType = cols[dash + 1] ?? ''
-    if (fsType === 'fuse' || fsType === 'fuseblk' || fsType.startsWith('fuse.')) found.set(Number(cols[0]), { fsType, mountPoint: unescapeMount(cols[4]) })
+    if (fsType === 'fuse' || fsType === 'fuseblk' || fsType.startsWith('fuse.')) found.set(Number(cols[0]), { fsType, mountPoint: unescapeMount(cols[4]), device: cols[2] })
   }
   return found
 }

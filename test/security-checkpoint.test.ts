@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'child_process'
 import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { ckptfsAsync, mountFor } from './lib/mount'
 import { exists, launch, waitUntil, workdir } from './lib/restore'
 import { repo } from './lib/targets'
@@ -26,51 +26,65 @@ function stateOf(pid: number): string {
   return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
 }
 
-t.test("a FUSE server that never answers does not hold a checkpoint of the user's process, nor the mount", async (t) => {
-  const mnt = mountFor(t)
-  // Its own directory, removed only after the FUSE server is gone (teardowns run in order).
+interface StuckFuse {
+  /** Where it is mounted. */
+  mnt: string
+  /** Makes it stop answering (it says so first). */
+  stop(): Promise<void>
+}
+
+/** The FUSE server of test/fixtures/stuck_fuse.js at a mount of its own; killed and unmounted at teardown. */
+async function stuckFuse(t: Test): Promise<StuckFuse> {
+  // Its own directory, reachable by the user, removed only after the FUSE server is gone.
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-fuse-'))
   fs.chmodSync(base, 0o755)
-  const fuseMnt = path.join(base, 'fuse')
-  fs.mkdirSync(fuseMnt)
-  const server = spawn(process.execPath, [path.join(repo, 'test', 'fixtures', 'stuck_fuse.js'), fuseMnt], {
+  const mnt = path.join(base, 'fuse')
+  fs.mkdirSync(mnt)
+  const server = spawn(process.execPath, [path.join(repo, 'test', 'fixtures', 'stuck_fuse.js'), mnt], {
     env: { ...process.env, NODE_OPTIONS: '', FUSE_NATIVE: path.join(repo, 'node_modules', 'fuse-native') },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   let said = ''
   server.stdout!.setEncoding('utf8').on('data', (s: string) => (said += s))
   // Killing the FUSE server ends its connection: whatever waited on it gets ENOTCONN.
-  const stopServer = async () => {
+  t.teardown(async () => {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL')
     await new Promise((resolve) => (server.exitCode !== null || server.signalCode !== null ? resolve(undefined) : server.once('exit', resolve)))
-    spawnSync('umount', ['-l', fuseMnt], { stdio: 'ignore' })
-  }
-  t.teardown(async () => {
-    await stopServer()
+    spawnSync('umount', ['-l', mnt], { stdio: 'ignore' })
     fs.rmSync(base, { recursive: true, force: true })
   })
   await waitUntil('the FUSE server to mount', () => said.includes('mounted') || said.includes('mount failed'), 30_000)
-  t.match(said, /mounted/, `the FUSE server is up at ${fuseMnt}`)
-  t.equal(fs.readFileSync(path.join(fuseMnt, 'file'), 'utf8'), 'hello\n', 'and answers')
+  t.match(said, /mounted/, `the FUSE server is up at ${mnt}`)
+  t.equal(fs.readFileSync(path.join(mnt, 'file'), 'utf8'), 'hello\n', 'and answers')
+  return {
+    mnt,
+    stop: async () => {
+      server.kill('SIGUSR1')
+      await waitUntil('the FUSE server to stop answering', () => said.includes('stuck'))
+    },
+  }
+}
 
-  // The user's process holds the file open.
+/** `python3 -c code` as the user, in a work directory of theirs, ready when it prints `ready`. */
+async function userProcess(t: Test, code: string) {
   const dir = workdir(t)
   fs.chownSync(dir, user.uid, user.gid)
   const out = path.join(dir, 'out')
   fs.writeFileSync(out, '', { mode: 0o644 })
   fs.chownSync(out, user.uid, user.gid)
-  const code = `import time\nf=open(${JSON.stringify(path.join(fuseMnt, 'file'))})\nprint('holding',flush=True)\nwhile True: time.sleep(1)\n`
-  const target = await launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /holding/.test(tg.text()) })
-  const held = fs.readdirSync(`/proc/${target.pid}/fd`).find((fd) => fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`) === path.join(fuseMnt, 'file'))
-  t.ok(held, `${user.name}'s process ${target.pid} holds ${fuseMnt}/file as fd ${held}`)
+  return launch(t, asUser(user, ['python3', '-c', code]), { dir, ready: (tg) => /ready/.test(tg.text()) })
+}
 
-  // The FUSE server stops answering.
-  server.kill('SIGUSR1')
-  await waitUntil('the FUSE server to stop answering', () => said.includes('stuck'))
+// Read through child processes with a bound: a read of the mount that hangs fails the test.
+const bounded = (script: string) => spawnSync('sh', ['-c', script], { encoding: 'utf8', timeout: 60_000 })
 
-  const run = ckptfsAsync(['checkpoint', String(target.pid), '--mount', mnt])
-  // A bound so that a hang fails the test instead of holding it (not a timing assert: 60 s
-  // is hundreds of times what the refusal takes).
+/**
+ * `ckptfs checkpoint PID` while the FUSE server does not answer: it must come back (a hang
+ * fails the test after 60 s, hundreds of times what the refusal takes: not a timing assert),
+ * its status must name `expected`, and the process must run on after `resume`.
+ */
+async function checkpointRefused(t: Test, mnt: string, pid: number, expected: RegExp): Promise<void> {
+  const run = ckptfsAsync(['checkpoint', String(pid), '--mount', mnt])
   const bound = new Promise<'hung'>((resolve) => {
     const timer = setTimeout(() => resolve('hung'), 60_000)
     void run.then(() => clearTimeout(timer))
@@ -78,28 +92,67 @@ t.test("a FUSE server that never answers does not hold a checkpoint of the user'
   const r = await Promise.race([run, bound])
   if (r === 'hung') {
     t.fail('ckptfs checkpoint still waits after 60 s: the FUSE server holds it')
-    await stopServer()
-    await run
     return
   }
   t.equal(r.status, 0, `the checkpoint is made (${r.stderr.trim()})`)
   const ckpt = r.stdout.trim()
-  // Read through child processes with a bound: a read of the mount that hangs fails the test.
-  const bounded = (script: string) => spawnSync('sh', ['-c', script], { encoding: 'utf8', timeout: 60_000 })
   // Its status names what stopped the capture (a capture that fails is reported there, and a
   // read of problems fails with its errno).
   const status = bounded(`cat '${ckpt}/status'`)
   t.equal(status.status, 0, `its status answers (${status.error?.message ?? status.stderr.trim()})`)
-  t.match(status.stdout, new RegExp(`^error: not checkpointable: capture: task ${target.pid}: fd ${held}: ${fuseMnt}/file is on a FUSE file system \\(fuse at ${fuseMnt}, mount \\d+\\): its server answers when it likes`), `naming the fd and the mount: ${status.stdout.trim()}`)
+  t.match(status.stdout, expected, `naming what and where: ${status.stdout.trim()}`)
   const kill = bounded(`echo kill > '${ckpt}/done'`)
   t.not(kill.status, 0, `"kill" is refused, as for any checkpoint that cannot be restored (${kill.stderr.trim()})`)
-  t.ok(exists(target.pid), 'and the process is not killed')
+  t.ok(exists(pid), 'and the process is not killed')
   const resumed = bounded(`echo resume > '${ckpt}/done'`)
   t.equal(resumed.status, 0, `"resume" written to done (${resumed.error?.message ?? resumed.stderr.trim()})`)
-  t.ok(exists(target.pid), 'the process lives on')
-  await waitUntil('the process to run again (not frozen, not stopped)', () => ['R', 'S'].includes(stateOf(target.pid)))
-  t.ok(['R', 'S'].includes(stateOf(target.pid)), `state ${stateOf(target.pid)}: released`)
-  t.ok(fs.readdirSync(`/proc/${target.pid}/fd`).includes(held!), 'and still holds its file')
+  t.ok(exists(pid), 'the process lives on')
+  await waitUntil('the process to run again (not frozen, not stopped)', () => ['R', 'S'].includes(stateOf(pid)))
+  t.ok(['R', 'S'].includes(stateOf(pid)), `state ${stateOf(pid)}: released`)
   const listed = bounded(`ls '${mnt}'`)
   t.equal(listed.status, 0, 'the mount answers')
+}
+
+const FUSE_RULE = 'its server answers when it likes, and one that never answers would hold the checkpoint, the frozen tasks and the mount; ckptfs does not touch files of a FUSE mount'
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+
+t.test("a FUSE server that never answers does not hold a checkpoint of the user's process holding a file of it, nor the mount", async (t) => {
+  const mnt = mountFor(t)
+  const fuse = await stuckFuse(t)
+  const file = path.join(fuse.mnt, 'file')
+  const target = await userProcess(t, `import time\nf=open(${JSON.stringify(file)})\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`)
+  const held = fs.readdirSync(`/proc/${target.pid}/fd`).find((fd) => fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`) === file)
+  t.ok(held, `${user.name}'s process ${target.pid} holds ${file} as fd ${held}`)
+  await fuse.stop()
+  await checkpointRefused(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task ${target.pid}: fd ${held}: ${escape(file)} is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}, mount \\d+\\): ${escape(FUSE_RULE)}`))
+  t.ok(fs.readdirSync(`/proc/${target.pid}/fd`).includes(held!), 'and still holds its file')
+})
+
+t.test("nor a checkpoint of the user's process mapping a deleted file of it (its pages are read whole)", async (t) => {
+  const mnt = mountFor(t)
+  const fuse = await stuckFuse(t)
+  const file = path.join(fuse.mnt, 'file')
+  // Mapped shared, the fd closed, then the file removed: the mapping shows "(deleted)", and a
+  // checkpoint stores every page the file covers.
+  // (libc's mmap: Python's mmap object keeps an fd of its own.)
+  const code = [
+    'import ctypes,os,time',
+    'libc=ctypes.CDLL(None)',
+    'libc.mmap.restype=ctypes.c_void_p',
+    'libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,ctypes.c_long]',
+    `fd=os.open(${JSON.stringify(file)},os.O_RDONLY)`,
+    'p=libc.mmap(None,4096,1,1,fd,0)', // PROT_READ, MAP_SHARED
+    'assert p not in (None,ctypes.c_void_p(-1).value)',
+    'os.close(fd)',
+    `os.unlink(${JSON.stringify(file)})`,
+    "print('ready',flush=True)",
+    'while True: time.sleep(1)',
+  ].join('\n')
+  const target = await userProcess(t, code)
+  const maps = fs.readFileSync(`/proc/${target.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(fuse.mnt))
+  t.equal(maps.length, 1, `${user.name}'s process ${target.pid} maps one file of the FUSE mount: ${maps[0]}`)
+  t.match(maps[0] ?? '', / \(deleted\)$/, 'deleted')
+  t.same(fs.readdirSync(`/proc/${target.pid}/fd`).filter((fd) => fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`).startsWith(fuse.mnt)), [], 'and holds no fd of it')
+  await fuse.stop()
+  await checkpointRefused(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task-${target.pid}: memory .*: the deleted file it maps is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}\\): ${escape(FUSE_RULE)}`))
 })
