@@ -33,13 +33,16 @@ interface StuckFuse {
   stop(): Promise<void>
 }
 
-/** The FUSE server of test/fixtures/stuck_fuse.js at a mount of its own; killed and unmounted at teardown. */
-async function stuckFuse(t: Test): Promise<StuckFuse> {
+/**
+ * The FUSE server of test/fixtures/stuck_fuse.js at a mount of its own (or over `over`, a
+ * directory that exists); killed and unmounted at teardown.
+ */
+async function stuckFuse(t: Test, over?: string): Promise<StuckFuse> {
   // Its own directory, reachable by the user, removed only after the FUSE server is gone.
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'ckptfs-fuse-'))
   fs.chmodSync(base, 0o755)
-  const mnt = path.join(base, 'fuse')
-  fs.mkdirSync(mnt)
+  const mnt = over ?? path.join(base, 'fuse')
+  if (!over) fs.mkdirSync(mnt)
   const server = spawn(process.execPath, [path.join(repo, 'test', 'fixtures', 'stuck_fuse.js'), mnt], {
     env: { ...process.env, NODE_OPTIONS: '', FUSE_NATIVE: path.join(repo, 'node_modules', 'fuse-native') },
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -80,10 +83,10 @@ const bounded = (script: string) => spawnSync('sh', ['-c', script], { encoding: 
 
 /**
  * `ckptfs checkpoint PID` while the FUSE server does not answer: it must come back (a hang
- * fails the test after 60 s, hundreds of times what the refusal takes: not a timing assert),
- * its status must name `expected`, and the process must run on after `resume`.
+ * fails the test after 60 s, hundreds of times what the checkpoint takes: not a timing
+ * assert), its status must match `expected`, and the process must run on after `resume`.
  */
-async function checkpointRefused(t: Test, mnt: string, pid: number, expected: RegExp): Promise<void> {
+async function checkpointAnswered(t: Test, mnt: string, pid: number, expected: RegExp, frozen?: (ckpt: string) => void): Promise<void> {
   const run = ckptfsAsync(['checkpoint', String(pid), '--mount', mnt])
   const bound = new Promise<'hung'>((resolve) => {
     const timer = setTimeout(() => resolve('hung'), 60_000)
@@ -101,9 +104,12 @@ async function checkpointRefused(t: Test, mnt: string, pid: number, expected: Re
   const status = bounded(`cat '${ckpt}/status'`)
   t.equal(status.status, 0, `its status answers (${status.error?.message ?? status.stderr.trim()})`)
   t.match(status.stdout, expected, `naming what and where: ${status.stdout.trim()}`)
-  const kill = bounded(`echo kill > '${ckpt}/done'`)
-  t.not(kill.status, 0, `"kill" is refused, as for any checkpoint that cannot be restored (${kill.stderr.trim()})`)
-  t.ok(exists(pid), 'and the process is not killed')
+  frozen?.(ckpt)
+  if (status.stdout.startsWith('error: not checkpointable')) {
+    const kill = bounded(`echo kill > '${ckpt}/done'`)
+    t.not(kill.status, 0, `"kill" is refused, as for any checkpoint that cannot be restored (${kill.stderr.trim()})`)
+    t.ok(exists(pid), 'and the process is not killed')
+  }
   const resumed = bounded(`echo resume > '${ckpt}/done'`)
   t.equal(resumed.status, 0, `"resume" written to done (${resumed.error?.message ?? resumed.stderr.trim()})`)
   t.ok(exists(pid), 'the process lives on')
@@ -124,7 +130,7 @@ t.test("a FUSE server that never answers does not hold a checkpoint of the user'
   const held = fs.readdirSync(`/proc/${target.pid}/fd`).find((fd) => fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`) === file)
   t.ok(held, `${user.name}'s process ${target.pid} holds ${file} as fd ${held}`)
   await fuse.stop()
-  await checkpointRefused(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task ${target.pid}: fd ${held}: ${escape(file)} is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}, mount \\d+\\): ${escape(FUSE_RULE)}`))
+  await checkpointAnswered(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task ${target.pid}: fd ${held}: ${escape(file)} is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}, mount \\d+\\): ${escape(FUSE_RULE)}`))
   t.ok(fs.readdirSync(`/proc/${target.pid}/fd`).includes(held!), 'and still holds its file')
 })
 
@@ -154,5 +160,35 @@ t.test("nor a checkpoint of the user's process mapping a deleted file of it (its
   t.match(maps[0] ?? '', / \(deleted\)$/, 'deleted')
   t.same(fs.readdirSync(`/proc/${target.pid}/fd`).filter((fd) => fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`).startsWith(fuse.mnt)), [], 'and holds no fd of it')
   await fuse.stop()
-  await checkpointRefused(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task-${target.pid}: memory .*: the deleted file it maps is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}\\): ${escape(FUSE_RULE)}`))
+  await checkpointAnswered(t, mnt, target.pid, new RegExp(`^error: not checkpointable: capture: task-${target.pid}: memory .*: the deleted file it maps is on a FUSE file system \\(fuse at ${escape(fuse.mnt)}\\): ${escape(FUSE_RULE)}`))
+})
+
+t.test("nor a checkpoint of the user's process whose file's directory the user mounted a FUSE file system over", async (t) => {
+  const mnt = mountFor(t)
+  // The user's directory with a file in it, opened by name; then a FUSE mount over the
+  // directory (a user may mount over a directory of theirs): the name now leads into the FUSE
+  // mount, and the capture's stat of the name (is the file still there?) asked its server.
+  const home = workdir(t)
+  fs.chownSync(home, user.uid, user.gid)
+  const sub = path.join(home, 'sub')
+  fs.mkdirSync(sub, { mode: 0o755 })
+  fs.chownSync(sub, user.uid, user.gid)
+  const file = path.join(sub, 'kept')
+  fs.writeFileSync(file, 'kept\n')
+  fs.chownSync(file, user.uid, user.gid)
+  // A second name outside: a checkpoint looks for a file's other names by walking its file
+  // system, and must not step onto the FUSE mount point on the way.
+  const other = path.join(home, 'other-name')
+  fs.linkSync(file, other)
+  const target = await userProcess(t, `import time\nf=open(${JSON.stringify(file)})\nprint('ready',flush=True)\nwhile True: time.sleep(1)\n`)
+  const fuse = await stuckFuse(t, sub)
+  t.notOk(fs.existsSync(file), `${file} is hidden by the FUSE mount over ${sub}`)
+  await fuse.stop()
+  // Not refused: the name no longer leads to the file (as under any mount over it), so the file
+  // is kept as one whose name is gone, its contents read through the task's fd.
+  await checkpointAnswered(t, mnt, target.pid, /^(?!error)\S/, (ckpt) => {
+    const fd = fs.readdirSync(`/proc/${target.pid}/fd`).find((n) => fs.readlinkSync(`/proc/${target.pid}/fd/${n}`).startsWith(file))
+    const links = bounded(`cat "$(cat '${ckpt}/task-${target.pid}/fds/${fd}/fd' | sed 's|^|${ckpt}/files/|')/other_links"`)
+    t.equal(links.status, 0, `its other names are searched for and answered (${links.error?.message ?? links.stderr.trim()}): ${JSON.stringify(links.stdout)}`)
+  })
 })
