@@ -4,10 +4,11 @@
 // Per-type work is done by the handlers in lib/files/.
 
 import * as fs from 'fs'
+import * as path from 'path'
 import { CkptError, messageOf } from './errors'
 import { asObjRef, asPid, lazy, type FdEntry, type FdType, type FileDescription, type FileLock, type FileTable, type Lazy, type ObjRef, type Pid } from './model'
 import { native } from './native'
-import { listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat, type InodeStat } from './procfs'
+import { fuseMounts, listFds, O_CLOEXEC, readFds, readMountInfo, readSocketKinds, inodeStat, type InodeStat } from './procfs'
 import { loadBase, modeFromFlags, parseObjRef } from './files/common'
 import type { CaptureContext, DescriptionBase, FdProbe, FileHandler } from './files/handler'
 import { handlerFor, handlerForType } from './files/index'
@@ -198,10 +199,17 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
   const pathStats = new Map<string, Promise<InodeStat | undefined>>()
   const root = `/proc/${pid}/root`
   const mounts = lazy(() => readMountInfo(pid))
+  // A path at or below a FUSE mount point (the task's, or ours for a chrooted task's paths) is
+  // never stat'ed: its FUSE server, which may be a user's mounted over a directory of theirs
+  // after the file was opened there, may never answer (procfs.ts, fuseMounts). It counts as a
+  // name that does not resolve to the file, as a name covered by any other mount does.
+  const fusePoints = [...fuseMounts(pid).values(), ...fuseMounts(self).values()].map((m) => m.mountPoint)
+  const underFuse = (p: string) => fusePoints.some((m) => p === m || p.startsWith(m === '/' ? '/' : `${m}/`))
   const ctx: CaptureContext = {
     pid,
     root,
     statPath: (taskPath) => {
+      if (underFuse(path.posix.normalize(taskPath))) return Promise.resolve(undefined)
       let st = pathStats.get(taskPath)
       if (!st) pathStats.set(taskPath, (st = fs.promises.stat(statRoot + taskPath, { bigint: true }).then(inodeStat, () => undefined)))
       return st

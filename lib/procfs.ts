@@ -82,7 +82,7 @@ export interface RawFd {
 
 /** An fd as the readers below return it, before fdinfo is parsed (workers can only pass plain data). */
 type UnparsedFd = Omit<RawFd, 'fdinfo'> & { fdinfo: string }
-type ReadResult = UnparsedFd | { fd: number; code: string; message: string }
+type ReadResult = UnparsedFd | { fd: number; target?: string; code: string; message: string }
 
 const isPathTarget = (target: string): boolean => target.startsWith('/')
 /** /proc reads in flight at once on the asynchronous path. */
@@ -111,29 +111,71 @@ const syncFdinfoBuffer = Buffer.allocUnsafe(fdinfoChunk)
  * vanished meanwhile is an error: the caller froze the task, so its table must not change.
  */
 export async function readFds(pid: Pid, fds: number[]): Promise<RawFd[]> {
+  const fuse = fuseMounts(pid)
+  const fuseIds = [...fuse.keys()]
   const parse = (r: ReadResult): RawFd => {
     if ('code' in r) {
+      if (r.code === FUSE_REFUSED) {
+        const m = fuse.get(Number(r.message))
+        throw new CkptError(
+          `task ${pid}: fd ${r.fd}: ${r.target} is on a FUSE file system (${m?.fsType ?? 'fuse'} at ${m?.mountPoint ?? '?'}, mount ${r.message}): ` +
+            'its server answers when it likes, and one that never answers would hold the checkpoint, the frozen tasks and the mount; ckptfs does not touch files of a FUSE mount',
+          'EPERM',
+        )
+      }
       if (r.code === 'ENOENT') throw new CkptError(`task ${pid}: fd ${r.fd} vanished while the file table was read (is the table shared with a task that is not frozen?)`, 'ESRCH')
       throw new CkptError(`task ${pid}: fd ${r.fd}: ${r.message}`)
     }
     return { ...r, fdinfo: parseFdinfo(r.fdinfo, `/proc/${pid}/fdinfo/${r.fd}`) }
   }
-  if (fds.length >= workerThreshold) return readFdsInWorker(pid, fds, parse)
-  if (fds.length <= syncThreshold) return fds.map((fd) => parse(readFdSync(fs, pid, fd, syncFdinfoBuffer)))
-  return (await readFdsAsync(pid, fds)).map(parse)
+  if (fds.length >= workerThreshold) return readFdsInWorker(pid, fds, fuseIds, parse)
+  if (fds.length <= syncThreshold) return fds.map((fd) => parse(readFdSync(fs, pid, fd, syncFdinfoBuffer, fuseIds)))
+  return (await readFdsAsync(pid, fds, fuseIds)).map(parse)
+}
+
+/** ReadResult.code of an fd on a FUSE mount, not stat'ed; its message is the mount ID. */
+const FUSE_REFUSED = 'CKPTFS_FUSE'
+
+/**
+ * The FUSE mounts the task sees (fuse, fuse.NAME, fuseblk), by mount ID. A FUSE file system
+ * is answered by a process that may be a local user's: a stat of a file on it (or a read, a
+ * lookup) waits for that process, and once the request is read, even SIGKILL does not end
+ * the wait. A server that never answers would hold this server's event loop (the fd reads
+ * below are synchronous), the frozen tasks and every later request of the mount. The files of
+ * such a mount are therefore never stat'ed or read: the fd is refused by its mount ID (from
+ * fdinfo, which the kernel writes without asking the file system).
+ */
+export function fuseMounts(pid: Pid): Map<number, { fsType: string; mountPoint: string; device: string }> {
+  const found = new Map<number, { fsType: string; mountPoint: string; device: string }>()
+  let text: string
+  try {
+    text = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
+  } catch {
+    return found // the task is gone: the fd reads say so
+  }
+  for (const line of text.split('\n')) {
+    const cols = line.split(' ')
+    const dash = cols.indexOf('-')
+    if (dash < 0) continue
+    const fsType = cols[dash + 1] ?? ''
+    if (fsType === 'fuse' || fsType === 'fuseblk' || fsType.startsWith('fuse.')) found.set(Number(cols[0]), { fsType, mountPoint: unescapeMount(cols[4]), device: cols[2] })
+  }
+  return found
 }
 
 export function inodeStat(st: fs.BigIntStats): InodeStat {
   return { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
 }
 
-async function readFdsAsync(pid: Pid, fds: number[]): Promise<ReadResult[]> {
+async function readFdsAsync(pid: Pid, fds: number[], fuse: number[]): Promise<ReadResult[]> {
   const results = new Array<ReadResult>(fds.length)
   let next = 0
   const readOne = async (fd: number): Promise<ReadResult> => {
     const link = `/proc/${pid}/fd/${fd}`
     try {
       const [target, fdinfo] = await Promise.all([fs.promises.readlink(link), readFdinfoText(`/proc/${pid}/fdinfo/${fd}`)])
+      const mnt = /^mnt_id:\s+(\d+)$/m.exec(fdinfo)
+      if (mnt && fuse.includes(Number(mnt[1]))) return { fd, target, code: FUSE_REFUSED, message: mnt[1] }
       const stat = isPathTarget(target) ? inodeStat(await fs.promises.stat(link, { bigint: true })) : undefined
       return { fd, target, fdinfo, stat }
     } catch (err) {
@@ -169,14 +211,14 @@ async function readFdinfoText(file: string): Promise<string> {
 /** fds the worker reads between two messages: the main thread parses one batch while the worker reads the next. */
 const workerBatch = 500
 
-function readFdsInWorker(pid: Pid, fds: number[], parse: (r: ReadResult) => RawFd): Promise<RawFd[]> {
+function readFdsInWorker(pid: Pid, fds: number[], fuse: number[], parse: (r: ReadResult) => RawFd): Promise<RawFd[]> {
   return new Promise((resolve, reject) => {
     const parsed: RawFd[] = []
     // The program is plain JavaScript: no loader flags of this process (test runners add some) are needed.
     const worker = new Worker(`(${readFdsWorkerMain.toString()})(${readFdSync.toString()})`, {
       eval: true,
       execArgv: [],
-      workerData: { pid, fds, chunk: fdinfoChunk, batch: workerBatch },
+      workerData: { pid, fds, fuse, chunk: fdinfoChunk, batch: workerBatch },
     })
     worker.on('message', (batch: ReadResult[]) => {
       try {
@@ -202,16 +244,16 @@ function readFdsInWorker(pid: Pid, fds: number[], parse: (r: ReadResult) => RawF
 function readFdsWorkerMain(readOne: typeof readFdSync): void {
   const fsSync = require('fs') as typeof import('fs')
   const { parentPort, workerData } = require('worker_threads') as typeof import('worker_threads')
-  const { pid, fds, chunk, batch } = workerData as { pid: number; fds: number[]; chunk: number; batch: number }
+  const { pid, fds, fuse, chunk, batch } = workerData as { pid: number; fds: number[]; fuse: number[]; chunk: number; batch: number }
   const buf = Buffer.allocUnsafe(chunk)
-  for (let i = 0; i < fds.length; i += batch) parentPort!.postMessage(fds.slice(i, i + batch).map((fd) => readOne(fsSync, pid, fd, buf)))
+  for (let i = 0; i < fds.length; i += batch) parentPort!.postMessage(fds.slice(i, i + batch).map((fd) => readOne(fsSync, pid, fd, buf, fuse)))
 }
 
 /**
  * readlink, fdinfo and (for paths) stat of one fd with synchronous calls, `buf` holding the
  * fdinfo pieces. Self-contained (no outer names), as the worker runs it from its source text.
  */
-function readFdSync(fsSync: typeof import('fs'), pid: number, fd: number, buf: Buffer): ReadResult {
+function readFdSync(fsSync: typeof import('fs'), pid: number, fd: number, buf: Buffer, fuse: number[]): ReadResult {
   const link = `/proc/${pid}/fd/${fd}`
   try {
     const target = fsSync.readlinkSync(link)
@@ -225,6 +267,9 @@ function readFdSync(fsSync: typeof import('fs'), pid: number, fd: number, buf: B
     } finally {
       fsSync.closeSync(handle)
     }
+    // A file of a FUSE mount (readFds, fuseMounts) is not stat'ed: its server may never answer.
+    const mnt = /^mnt_id:\s+(\d+)$/m.exec(fdinfo)
+    if (mnt && fuse.includes(Number(mnt[1]))) return { fd, target, code: 'CKPTFS_FUSE', message: mnt[1] }
     const st = target.startsWith('/') ? fsSync.statSync(link, { bigint: true }) : undefined
     const stat = st && { dev: st.dev, ino: st.ino, mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), nlink: Number(st.nlink), size: st.size, rdev: st.rdev, btime: st.birthtimeNs }
     return { fd, target, fdinfo, stat }

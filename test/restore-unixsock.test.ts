@@ -22,7 +22,7 @@ const mnt = mountFor(t)
 
 const CHECKS = [
   'stream pair: 70005 queued bytes, none lost or repeated', 'stream pair: the other direction', 'stream pair: still connected', 'stream pair: SO_RCVBUF and SO_SNDBUF',
-  'dgram pair: SO_PEEK_OFF', 'dgram pair: three messages, boundaries kept', 'dgram pair: the other direction', 'dgram pair: still connected', 'dgram pair: SO_PASSCRED', 'dgram pair: SO_RCVTIMEO and SO_SNDTIMEO',
+  'dgram pair: SO_PEEK_OFF', 'dgram pair: three messages, boundaries kept', "dgram pair: SCM_CREDENTIALS of the queued message are the task's own", 'dgram pair: the other direction', 'dgram pair: still connected', 'dgram pair: SO_PASSCRED', 'dgram pair: SO_RCVTIMEO and SO_SNDTIMEO',
   'seqpacket pair: records kept', 'seqpacket pair: the other direction', 'seqpacket pair: O_NONBLOCK',
   'shutdown: the rest, then end of file', 'shutdown: the other direction still works', 'shutdown: the shut side cannot send',
   'listening: its name', 'listening: listens', "listening: its socket file, mode 0640, owned by the task's user", 'listening: accepts a new client', 'listening: the new connection carries data',

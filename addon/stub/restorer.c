@@ -1277,19 +1277,31 @@ static void open_unix_socket_object(uint32_t id, int cloexec UNUSED, const char 
 // the saved queue fitted the saved buffers, which are set again.
 // The fds in flight go with the first bytes of the message (a stream's piece went in whole
 // when it was queued: it fits the buffers that held it).
+// Every piece carries SCM_CREDENTIALS naming the task itself (its pid, and the ids the stub
+// has taken as the task's: become_task): a receiver with SO_PASSCRED would otherwise be told
+// the stub's real ids, root's, and a checkpoint stored in a user's files could make its own
+// process receive messages "from root". The saved sender's credentials are not in the
+// checkpoint; the task's own are ones it could always have sent itself.
 static void send_queued(int from, const struct unix_socket *to, int by_address, const uint8_t *data, uint32_t len, const int *fds, uint32_t nfds, int type, const char *what) {
   union {
     struct cmsghdr align;
-    char space[CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
+    char space[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * SCM_MAX_FD)];
   } control;
+  struct ucred self = {.pid = getpid(), .uid = task.fsuid, .gid = task.fsgid};
   int back = by_address ? enter_dir(to->dir, what) : -1;
   do {
     struct iovec iov = {(void *)data, len};
     struct msghdr msg = {.msg_name = by_address ? (void *)&to->addr : NULL, .msg_namelen = by_address ? to->addr_len : 0, .msg_iov = &iov, .msg_iovlen = 1};
+    memset(&control, 0, sizeof control);
+    msg.msg_control = control.space;
+    msg.msg_controllen = CMSG_SPACE(sizeof self) + (nfds ? CMSG_SPACE(sizeof(int) * nfds) : 0);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_CREDENTIALS;
+    c->cmsg_len = CMSG_LEN(sizeof self);
+    memcpy(CMSG_DATA(c), &self, sizeof self);
     if (nfds) {
-      msg.msg_control = control.space;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c = CMSG_NXTHDR(&msg, c);
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_RIGHTS;
       c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);

@@ -7,8 +7,8 @@
 
 import * as fs from 'fs'
 import * as path from 'path'
-import { lazy, type Lazy } from '../model'
-import { majorMinor, type MountInfo } from '../procfs'
+import { asPid, lazy, type Lazy } from '../model'
+import { fuseMounts, majorMinor, type MountInfo } from '../procfs'
 import type { LinkFinder } from './handler'
 
 export interface SearchBound {
@@ -43,6 +43,7 @@ export async function findInodePaths(root: string, wanted: WantedInode[], starts
   const pending = new Map(wanted.filter((w) => w.count > 0).map((w) => [inodeKey(w.dev, w.ino), w]))
   const devs = new Set(wanted.map((w) => w.dev))
   const deadline = Date.now() + bound.maxMs
+  const avoid = fuseCovered(root)
   let budget = bound.maxEntries
   const seenDirs = new Set<string>()
   const queue: string[] = []
@@ -66,7 +67,8 @@ export async function findInodePaths(root: string, wanted: WantedInode[], starts
   }
 
   /** lstat's `paths` (task paths) a batch at a time, noting matches and directories to walk. */
-  const lookAt = async (paths: string[]): Promise<void> => {
+  const lookAt = async (all: string[]): Promise<void> => {
+    const paths = all.filter((p) => !avoid(path.posix.normalize(p)))
     budget -= paths.length
     for (let i = 0; i < paths.length && pending.size && Date.now() < deadline; i += statConcurrency) {
       const batch = paths.slice(i, i + statConcurrency)
@@ -91,6 +93,17 @@ export async function findInodePaths(root: string, wanted: WantedInode[], starts
     await lookAt(names.slice(0, budget).map((name) => path.posix.join(dir, name)))
   }
   return found
+}
+
+/**
+ * Whether a task path is at or below a FUSE mount point (of the task whose root `root` is, and
+ * ours): an lstat there, or of the mount point itself, waits for the FUSE server, which may be
+ * a user's that never answers (procfs.ts, fuseMounts). The walk never looks there.
+ */
+function fuseCovered(root: string): (taskPath: string) => boolean {
+  const task = /^\/proc\/(\d+)\/root$/.exec(root)
+  const points = [...(task ? fuseMounts(asPid(Number(task[1]))).values() : []), ...fuseMounts(asPid(process.pid)).values()].map((m) => m.mountPoint)
+  return (p) => points.some((m) => p === m || p.startsWith(m === '/' ? '/' : `${m}/`))
 }
 
 async function lstatOrUndefined(file: string): Promise<fs.BigIntStats | undefined> {

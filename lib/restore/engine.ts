@@ -993,6 +993,33 @@ async function openRefused(pid: number, proc: ProcessState, layout: Layout, acce
   }
 }
 
+const X_OK = 1, AT_EACCESS = 0x200, AT_EMPTY_PATH = 0x1000
+
+/**
+ * The exe link (PR_SET_MM_MAP's exe_fd) is set by the task while it still holds the
+ * restorer's credentials, and the kernel checks that file as the caller: a regular file that
+ * root may execute (any x bit) on a mount without noexec. A checkpoint stored in a user's files
+ * names its executable as it likes, so /proc/PID/exe of the user's restored process could name
+ * any file the user can open but not run (a program only root may run: 0744 root's). Such a
+ * checkpoint gets the link only to a file its user may execute: the kernel's own check
+ * (faccessat2 X_OK on the opened file, the noexec mount included) with the task's filesystem
+ * ids, groups and no capabilities, the task's effective set.
+ */
+async function checkExecutableAsTask(pid: number, proc: ProcessState, layout: Layout, exeFd: bigint): Promise<void> {
+  const scratch = new Scratch()
+  const empty = scratch.cstring('')
+  const [allowed] = await injectAsTask(pid, proc, layout, scratch, [
+    { nr: SYS.faccessat2, args: [exeFd, empty, BigInt(X_OK), BigInt(AT_EACCESS | AT_EMPTY_PATH)], scratchArgs: 0b10, what: `check that the task may execute ${proc.mm.exe}`, mayFail: true },
+  ])
+  if (allowed < 0n) {
+    throw new CkptError(
+      `task-${proc.pid}/exe: ${proc.mm.exe}: the task (fsuid ${proc.creds.fsuid}, fsgid ${proc.creds.fsgid}) may not execute it: ${errnoText(Number(-allowed))}; ` +
+        "a checkpoint stored in a user's files gets as its executable only a file that user may run (a regular file, execute permission, a mount without noexec)",
+      'EACCES',
+    )
+  }
+}
+
 /**
  * The last of the memory, the mm fields (brk, arg/env areas, auxv) and the exe link, all at
  * once; then the process state (signal actions, timers, umask, personality, rlimits, cwd and
@@ -1017,6 +1044,7 @@ async function restoreMmAndProcessState(pid: number, proc: ProcessState, vmas: V
   // On the boot that saved it, the executable must be the file its text mapping had.
   const text = vmas.find((v) => v.kind === 'file-private' && v.path === mm.exe)
   if (exeFd < 0n) exeFd = await openRefused(pid, proc, layout, access, { file: mm.exe, flags: O_RDONLY, what: `open the executable ${mm.exe}`, errno: Number(-exeFd), mapped: text ? [text] : [] })
+  if (!access.storedByRoot) await checkExecutableAsTask(pid, proc, layout, exeFd)
   if (text && access.sameBoot && !access.allowReplaced) {
     const stats = new Scratch()
     const at = stats.put(Buffer.alloc(STAT_SIZE))

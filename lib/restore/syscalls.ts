@@ -34,6 +34,7 @@ export const SYS = {
   prlimit64: 302,
   rseq: 334,
   openat: 257,
+  faccessat2: 439,
   ftruncate: 77,
   fallocate: 285,
   memfd_create: 319,

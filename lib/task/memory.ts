@@ -5,11 +5,12 @@
 
 import * as fs from 'fs'
 import type { PagemapRun, PagemapScan } from '../../addon/index'
-import { intoSource, piecesSource, type ByteSource, type CheckpointMode, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
+import { intoSource, piecesSource, type ByteSource, type CheckpointMode, type Pid, type StoredRun, type TaskImage, type Vma, type VmaKind } from '../model'
 import { CkptError, messageOf } from '../errors'
 import type { SavedDir } from '../files/saved'
 import { availableMemory } from '../meminfo'
 import { native } from '../native'
+import { fuseMounts } from '../procfs'
 import { bytes, each, type TableEntry } from '../tree/node'
 import { checkedStream } from '../tree/checked'
 import { decimalU64, field, FormatError, hexU64, loadEach, oneOf, readBytes, readLines, readValue, text, type Codec } from './fields'
@@ -198,6 +199,18 @@ function unscannedRuns(entry: MapsEntry, storage: Storage): PagemapRun[] {
 async function fileCoveredRuns(pid: number, entry: MapsEntry): Promise<PagemapRun[]> {
   // map_files/ names a mapping by its range without leading zeros; it opens the mapped file itself.
   const mapFile = `/proc/${pid}/map_files/${entry.start.toString(16)}-${entry.end.toString(16)}`
+  // Its stat, and the read of every page it covers, would wait on a FUSE server, which may be
+  // a user's that never answers (lib/procfs.ts, fuseMounts): such a mapping is refused first,
+  // by the device /proc/PID/maps shows (hex major:minor, mountinfo's in decimal).
+  const [major, minor] = entry.dev.split(':').map((h) => parseInt(h, 16))
+  const fuse = [...fuseMounts(pid as Pid).values()].find((m) => m.device === `${major}:${minor}`)
+  if (fuse) {
+    throw new CkptError(
+      `task-${pid}: memory ${vmaName(entry)}: the deleted file it maps is on a FUSE file system (${fuse.fsType} at ${fuse.mountPoint}): ` +
+        'its server answers when it likes, and one that never answers would hold the checkpoint, the frozen tasks and the mount; ckptfs does not touch files of a FUSE mount',
+      'EPERM',
+    )
+  }
   let size: bigint
   try {
     size = (await fs.promises.stat(mapFile, { bigint: true })).size
