@@ -371,6 +371,11 @@ export interface ThreadState {
   clearChildTid: bigint
   /** set_robust_list: the futexes the kernel releases (owner died) when the thread exits. */
   robustList: { head: bigint; length: bigint }
+  /**
+   * The thread is in seccomp strict mode (SECCOMP_MODE_STRICT: read, write, exit and
+   * sigreturn only), which belongs to a thread; it then has no filters.
+   */
+  seccompStrict: boolean
 }
 
 export interface SigAction {
@@ -468,7 +473,7 @@ export interface ProcessState {
    * SIGTTIN or SIGTTOU), sent again so it comes back stopped; 0 if it was not stopped.
    */
   stopSignal: number
-  /** 0 disabled, 1 strict, 2 filter. */
+  /** The main thread's: 0 disabled, 1 strict, 2 filter (each thread's strict mode: ThreadState.seccompStrict). */
   seccompMode: number
   /**
    * The seccomp filters of all threads, stored once each: filter N is seccompFilters[N - 1],

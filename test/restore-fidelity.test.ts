@@ -255,6 +255,26 @@ t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, hole
   ])
 })
 
+t.test('seccomp strict mode comes back in a thread that is not the main thread and in the main thread of a child, blocked in read() (zdtm seccomp_strict)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'strict'], { dir })
+  const [, child, tid] = (await target.waitFor(/^strict child=(\d+) thread=(\d+)$/m)).map(Number)
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const read = (rel: string) => fs.readFileSync(path.join(saved, rel), 'utf8')
+  t.equal(read(`task-${target.pid}/threads/${tid}/seccomp_strict`), '1\n', 'threads/TID/seccomp_strict: the thread is in strict mode')
+  t.equal(read(`task-${target.pid}/threads/${target.pid}/seccomp_strict`), '0\n', 'its main thread is not')
+  t.equal(read(`task-${target.pid}/seccomp_mode`), '0\n', 'seccomp_mode is the main thread\'s: 0')
+  t.equal(read(`task-${child}/threads/${child}/seccomp_strict`), '1\n', 'the child\'s main thread is in strict mode')
+  t.equal(read(`task-${child}/seccomp_mode`), '1\n', 'the child\'s seccomp_mode: 1')
+  restoreOk(mnt, saved, target.pid)
+  t.match(ckptfsOk('show', saved), /seccomp\s+strict mode on 1 thread\n/, 'ckptfs show: the seccomp line')
+  expectChecks(t, await runChecks(target), [
+    'strict: the thread is in strict mode', 'strict: the main thread is not', 'strict: the thread reads and writes', 'strict: the thread exits',
+    'strict: the child process is in strict mode', 'strict: the child reads and writes', 'strict: the child exits by itself',
+  ])
+})
+
 t.test('seccomp filters come back in each thread, oldest first, though the task dropped the ids it installed them with; a bad filter is refused before the task runs (zdtm seccomp_filter)', async (t) => {
   const user = attacker()
   const dir = workdir(t)

@@ -319,6 +319,7 @@ export function threadFrom(f: Fields): ThreadState {
     altstack: { sp: altstack.big('sp'), flags: altstack.num('flags'), size: altstack.big('size') },
     clearChildTid: f.big('clearChildTid'),
     robustList: { head: f.big('robustListHead'), length: f.big('robustListLen') },
+    seccompStrict: f.bool('seccompStrict'),
   }
   // ThreadState repeats some registers next to the raw ones: they must agree.
   const agree = (name: string, value: bigint, fromRegs: bigint) => {

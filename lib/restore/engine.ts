@@ -213,7 +213,6 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
     }
   }
-  if (proc.seccompMode === 1) throw new CkptError(`task-${proc.pid}/seccomp_mode: 1: seccomp strict mode cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
@@ -1391,11 +1390,21 @@ function threadStateCalls(thread: ThreadState, scratch: Scratch): Call[] {
   return calls
 }
 
+const SECCOMP_SET_MODE_STRICT = 0n
+
 async function restoreRegisters(thread: ThreadState, proc: ProcessState): Promise<void> {
   const tid = thread.tid
   if (thread.rseq.pointer !== 0n) {
     const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.rseq, args: [thread.rseq.pointer, BigInt(thread.rseq.size), 0n, BigInt(thread.rseq.signature)] }])).results
     if (r < 0n) throw new CkptError(`restore: rseq registration of thread ${tid}: ${errnoText(Number(-r))}`)
+  }
+  if (thread.seccompStrict) {
+    // The thread's last call of its own: from here it may only read, write, exit and return
+    // from a signal handler. Calls injected after it still pass (the task is held with
+    // PTRACE_O_SUSPEND_SECCOMP until it is let go), and a thread in strict mode has no
+    // filters (validateSeccomp), so nothing else of the restore needs another mode.
+    const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.seccomp, args: [SECCOMP_SET_MODE_STRICT, 0n, 0n] }])).results
+    if (r < 0n) throw new CkptError(`restore: seccomp strict mode of thread ${tid} (task-${proc.pid}/threads/${tid}/seccomp_strict): ${errnoText(Number(-r))}`)
   }
   // Last of all injections into the thread: it may make the thread's restart block.
   await native.setThreadRegisters(tid, await resumeRegisters(thread, proc))

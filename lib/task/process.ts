@@ -63,8 +63,9 @@ const FOUR_WORDS = 32
 
 /**
  * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen;
- * `stopSignal`: the group stop it was frozen in, 0 if none). A task in seccomp strict mode is
- * refused (a restore cannot enter it for the task); filters are captured (seccomp.ts).
+ * `stopSignal`: the group stop it was frozen in, 0 if none). Seccomp filters are captured
+ * (seccomp.ts); strict mode is each thread's (threads.ts). The calls injected here pass a
+ * thread in strict mode: the task is held with PTRACE_O_SUSPEND_SECCOMP.
  */
 export async function captureProcess(pid: number, tids: number[], stopSignal = 0): Promise<ProcessState> {
   const live = await liveThread(pid, tids)
@@ -77,7 +78,6 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
   const stat = new StatFields(statText)
   const status = new StatusFields(statusText)
   const seccompMode = status.number('Seccomp')
-  if (seccompMode === 1) throw new CkptError(`task-${pid}: seccomp strict mode: not checkpointable`, 'ENOTSUP')
   const timerListing = parseTimers(timersText)
 
   const calls: CallWithResult[] = [
@@ -178,13 +178,12 @@ const timespec = (buf: Buffer, index: number): bigint => word(buf, index) * 1_00
 
 /** Everything about the task that a restore cannot bring back, one problem each, named by its place in the tree. */
 /** `liveTids`: the threads that have not exited (the captured ones, or those /proc shows). */
-export function processProblems(p: Pick<ProcessState, 'pid' | 'seccompMode'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
+export function processProblems(p: Pick<ProcessState, 'pid'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
   const task = `task-${p.pid}`
   const problems: Problem[] = []
   if (!liveTids.includes(Number(p.pid))) {
     problems.push({ where: `${task}/threads/${p.pid}`, why: 'the main thread has exited: a restore cannot re-create a process without it' })
   }
-  if (p.seccompMode === 1) problems.push({ where: `${task}/seccomp_mode`, why: 'seccomp strict mode: not checkpointable' })
   for (const vma of vmas) {
     const why = vmaProblem(vma)
     if (why) problems.push({ where: `${task}/memory/vmas/${vmaName(vma)}`, why })
