@@ -468,6 +468,8 @@ export interface ProcessState {
    * none). Set again where the parent is restored with it (a process of the tree, not its root).
    */
   pdeathSignal: number
+  /** prctl(PR_GET_CHILD_SUBREAPER): orphaned descendants are reparented to this process, not to init. */
+  childSubreaper: boolean
   /**
    * The stop signal of a process that was in a group stop at the checkpoint (SIGSTOP, SIGTSTP,
    * SIGTTIN or SIGTTOU), sent again so it comes back stopped; 0 if it was not stopped.

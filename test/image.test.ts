@@ -119,6 +119,7 @@ const processState = (pid: number): ProcessState => ({
   dumpable: 1,
   thpDisable: 3,
   pdeathSignal: 10,
+  childSubreaper: true,
   stopSignal: 20,
   seccompMode: 2,
   // Two filters (SECCOMP_RET_ALLOW; SECCOMP_RET_ERRNO | 1), the second logged, in one chain.

@@ -255,6 +255,12 @@ t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, hole
   ])
 })
 
+t.test('the child subreaper attribute comes back: an orphaned grandchild is reparented to the restored process (zdtm child_subreaper)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['subreaper'])
+  t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'child_subreaper'), 'utf8'), '1\n', 'task-PID/child_subreaper: 1')
+  expectChecks(t, await runChecks(target), ['subreaper: PR_GET_CHILD_SUBREAPER', 'subreaper: an orphaned grandchild is reparented to it', 'subreaper: it reaps the grandchild'])
+})
+
 t.test('seccomp strict mode comes back in a thread that is not the main thread and in the main thread of a child, blocked in read() (zdtm seccomp_strict)', async (t) => {
   const dir = workdir(t)
   const target = await launch(t, [bin, dir, 'strict'], { dir })

@@ -202,6 +202,7 @@ export function processFrom(f: Fields): ProcessState {
     dumpable: f.num('dumpable', { max: 2 }),
     thpDisable: thpDisableFrom(f),
     pdeathSignal: f.num('pdeathSignal', { max: 64 }),
+    childSubreaper: f.bool('childSubreaper'),
     stopSignal: stopSignalFrom(f),
     seccompMode: f.num('seccompMode', { max: 2 }),
     seccompFilters: f.list('seccompFilters').map((g) => ({ prev: g.num('prev'), flags: g.num('flags'), insns: g.bytes('insns') })),

@@ -45,7 +45,7 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
 const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
-const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1
+const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1, PR_SET_CHILD_SUBREAPER = 36
 const MADVISE_BY_FLAG: Record<string, number> = {
   rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
   hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
@@ -1116,6 +1116,7 @@ function processStateCalls(proc: ProcessState, scratch: Scratch): Call[] {
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
+  if (proc.childSubreaper) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_CHILD_SUBREAPER), 1n, 0n, 0n, 0n], what: 'child subreaper' })
   if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
   for (const r of proc.rlimits) {
     const lim = Buffer.alloc(16)

@@ -53,6 +53,7 @@ export const SIGINFO_SIZE = 128
 // Capture
 
 const PR_GET_PDEATHSIG = 2
+const PR_GET_CHILD_SUBREAPER = 37
 const PR_GET_DUMPABLE = 3
 const PR_GET_SECUREBITS = 27
 const PR_GET_NO_NEW_PRIVS = 39
@@ -93,6 +94,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     { nr: SYS.prctl, args: [BigInt(PR_GET_THP_DISABLE), 0n, 0n, 0n, 0n] },
     // The thread injected into: the main thread unless it has exited.
     { nr: SYS.prctl, args: [BigInt(PR_GET_PDEATHSIG), 0n, 0n, 0n, 0n], out: { arg: 1, size: 4 } },
+    { nr: SYS.prctl, args: [BigInt(PR_GET_CHILD_SUBREAPER), 0n, 0n, 0n, 0n], out: { arg: 1, size: 4 } },
     { nr: SYS.brk, args: [0n] },
   ]
   const results = await inject(pid, live, calls)
@@ -117,6 +119,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
   const securebits = Number(take('prctl(PR_GET_SECUREBITS)').ret)
   const thpDisable = Number(take('prctl(PR_GET_THP_DISABLE)').ret)
   const pdeathSignal = take('prctl(PR_GET_PDEATHSIG)').out.readInt32LE(0)
+  const childSubreaper = take('prctl(PR_GET_CHILD_SUBREAPER)').out.readInt32LE(0) !== 0
   const brk = take('brk(0)').ret
 
   const [uid, euid, suid, fsuid] = status.numbers('Uid')
@@ -155,6 +158,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     dumpable,
     thpDisable,
     pdeathSignal,
+    childSubreaper,
     stopSignal,
     seccompMode,
     ...seccomp,
@@ -332,6 +336,7 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('dumpable', decimal(0, 2), (p) => p.dumpable),
   field('thp_disable', thpDisableValue, (p) => p.thpDisable),
   field('pdeath_signal', decimal(0, 64), (p) => p.pdeathSignal),
+  field('child_subreaper', flag, (p) => p.childSubreaper),
   // /proc/PID/stat shows every user the state (T: stopped).
   field('stop_signal', stopSignalValue, (p) => p.stopSignal, PUBLIC),
   field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode, PUBLIC),
@@ -391,6 +396,8 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
     thpDisable: readValue(dir, 'thp_disable', thpDisableValue),
     pdeathSignal: readValue(dir, 'pdeath_signal', decimal(0, 64)),
+    // A tree saved before it was kept has none: the restore then did not set it.
+    childSubreaper: dir.has('child_subreaper') ? readValue(dir, 'child_subreaper', flag) : false,
     stopSignal: readValue(dir, 'stop_signal', stopSignalValue),
     seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
     ...(await loadSeccomp(dir)),
