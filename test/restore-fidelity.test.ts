@@ -255,6 +255,13 @@ t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, hole
   ])
 })
 
+t.test('a shared file mapping from a file open for writing can be made writable after the restore, one from a read-only fd cannot (zdtm maps_file_prot)', async (t) => {
+  const { target } = await launchSaveRestore(t, mnt, bin, ['may-write'])
+  expectChecks(t, await runChecks(target), [
+    'may-write: mprotect(PROT_WRITE) of the read-only part', 'may-write: both writes reach the file', 'may-write: a file mapped from a read-only fd stays unwritable',
+  ])
+})
+
 t.test('the child subreaper attribute comes back: an orphaned grandchild is reparented to the restored process (zdtm child_subreaper)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['subreaper'])
   t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'child_subreaper'), 'utf8'), '1\n', 'task-PID/child_subreaper: 1')

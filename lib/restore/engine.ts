@@ -774,7 +774,17 @@ async function memfdAsTask(pid: number, proc: ProcessState, layout: Layout, name
 /** A file mapping re-made from its path; a deleted file's private mapping is anonymous memory holding its stored pages. */
 const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || (v.kind === 'file-shared' && !isDeletedSharedFile(v))
 
-const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
+/**
+ * How a mapping's file is opened: 'rw' for a shared mapping that is writable, 'mw' for one
+ * that is not but may be made so (VM_MAYWRITE, `mw` in VmFlags: its file was open for writing
+ * when it was mapped, so mprotect may add PROT_WRITE later, zdtm maps_file_prot), 'r' else.
+ */
+const fileMode = (v: Vma): 'rw' | 'mw' | 'r' => {
+  if (v.kind !== 'file-shared') return 'r'
+  if (v.perms[1] === 'w') return 'rw'
+  return v.vmFlags.split(' ').includes('mw') ? 'mw' : 'r'
+}
+const fileKey = (v: Vma) => `${fileMode(v)}:${v.path}`
 
 /**
  * Opens every file the saved mappings map, once per path and access, with the task's own
@@ -785,11 +795,18 @@ async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, 
   const scratch = new Scratch()
   const files = vmas.filter(isMappedFromFile)
   const keys = [...new Set(files.map(fileKey))]
-  const calls: Call[] = keys.map((key) => {
-    const [mode, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
-    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((mode === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it`, mayFail: true }
-  })
+  const open = (file: string, flags: number, s: Scratch): Call => ({ nr: SYS.openat, args: [AT_FDCWD, s.cstring(file), BigInt(flags | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it`, mayFail: true })
+  const calls: Call[] = keys.map((key) => open(key.slice(key.indexOf(':') + 1), key.startsWith('r:') ? O_RDONLY : O_RDWR, scratch))
   const fds = await injectAsTask(pid, proc, layout, scratch, calls)
+  // A mapping that may only become writable keeps working read-only when the task can no
+  // longer open its file for writing (mprotect to PROT_WRITE then fails, as it would in a
+  // task that opened the file read-only): the task's own access decides, never more.
+  const readOnly = keys.flatMap((key, i) => (key.startsWith('mw:') && fds[i] < 0n ? [i] : []))
+  if (readOnly.length > 0) {
+    const again = new Scratch()
+    const opened = await injectAsTask(pid, proc, layout, again, readOnly.map((i) => open(keys[i].slice(3), O_RDONLY, again)))
+    readOnly.forEach((i, n) => { fds[i] = opened[n] })
+  }
   for (const [i, key] of keys.entries()) {
     if (fds[i] >= 0n) continue
     const file = key.slice(key.indexOf(':') + 1)
