@@ -222,6 +222,8 @@ export interface PipeDescription extends DescriptionCommon {
   pipeId: bigint
   /** Bytes buffered in the pipe, peeked, never consumed. */
   buffered: Lazy<Buffer>
+  /** Its capacity (F_GETPIPE_SZ, F_SETPIPE_SZ) in bytes; 0: not recorded (a tree saved before it was kept). */
+  capacity: number
 }
 
 export interface EventfdDescription extends DescriptionCommon {

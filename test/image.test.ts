@@ -178,8 +178,8 @@ function fileTable(contentsSize: number): FileTable {
     { ...common(4, '/etc', 0o2200000), type: 'dir', path: '/etc', ...pathCommon, inodeMode: 0o40755 },
     { ...common(5, '/dev/sda', 0o0), type: 'blk', path: '/dev/sda', ...pathCommon, inodeMode: 0o60660, rdev: 0x800n },
     { ...common(6, '/tmp/fifo', 0o4000), type: 'fifo', path: '/tmp/fifo', ...pathCommon, inodeMode: 0o10644, buffered: lazy(async () => Buffer.from('in the fifo')) },
-    { ...common(7, 'pipe:[777]', 0o0), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
-    { ...common(8, 'pipe:[777]', 0o1), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
+    { ...common(7, 'pipe:[777]', 0o0), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')), capacity: 1 << 20 },
+    { ...common(8, 'pipe:[777]', 0o1), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')), capacity: 1 << 20 },
     { ...common(9, 'socket:[888]'), type: 'socket', family: 'other', notCheckpointable: 'netlink socket: sockets of this kind are not checkpointable' },
     {
       ...common(10, 'anon_inode:[eventpoll]'), type: 'epoll',

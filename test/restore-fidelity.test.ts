@@ -73,14 +73,16 @@ t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as roo
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('a pipe with more than one open file description per end comes back with all of them (zdtm pipe01, pipe02)', async (t) => {
+t.test('a pipe with more than one open file description per end comes back with all of them, and pipes with their capacity (zdtm pipe01, pipe02, pipe03)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['pipes'])
   const refs = [3, 4, 5, 6, 7].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
   t.equal(new Set(refs).size, 5, 'five open file descriptions')
+  const capacity = (fd: number) => fs.readFileSync(path.join(saved, 'files', fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim(), 'capacity'), 'utf8')
+  t.same([3, 8, 11].map(capacity), ['65536\n', '1048576\n', '4096\n'], 'files/N/capacity: F_GETPIPE_SZ of each pipe')
   expectChecks(t, await runChecks(target), [
     'pipe access modes', 'pipe O_NONBLOCK per description', 'pipe descriptions share one pipe', 'pipe descriptions are not shared',
     'pipe data through a reopened read end', 'pipe writes through the read-write and the write end', 'pipe data through the first read end',
-    'end of file once every writer is closed',
+    'end of file once every writer is closed', 'pipe capacity set with F_SETPIPE_SZ', 'pipe capacity lowered with F_SETPIPE_SZ',
   ])
 })
 
