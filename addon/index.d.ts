@@ -258,6 +258,8 @@ export interface Addon {
    * data is tee()d into a private pipe and read from there. Never blocks.
    */
   peekPipe(pid: number, fd: number): Promise<Buffer>
+  /** F_GETPIPE_SZ of the pipe behind `fd` of `pid` (through a new read end of it). */
+  pipeSize(pid: number, fd: number): number
   /**
    * Every UNIX socket of this process's network namespace (NETLINK_SOCK_DIAG, unix_diag): its
    * inode, type (SOCK_*), state (TCP_* numbers: 1 established, 7 close, 10 listen), name

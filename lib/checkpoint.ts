@@ -17,7 +17,6 @@ import { releaseConnections } from './netgap'
 import { freezeTree, thawTasks, type FrozenTree } from './pstree'
 import { listFds } from './procfs'
 import { captureProcess, processProblems } from './task/process'
-import { readProcTextSync, StatusFields } from './task/procfs'
 import { captureThreads } from './task/threads'
 import { allocCopyArena, captureVmas, planCopy, scanTask, type TaskScan } from './task/memory'
 import { taskDir } from './task/tree'
@@ -206,23 +205,18 @@ export class Checkpoint {
   async problems(): Promise<Problem[]> {
     // The file tables and the memory maps side by side: each waits on /proc reads.
     const [table, taskProblems] = await Promise.all([this.task.fileTable(), Promise.all(this.tree.tasks.map(async (task) => {
-      const [vmas, state] = await Promise.all([task.vmas(), this.processFacts(task)])
-      const found = processProblems({ pid: task.pid, seccompMode: state.seccompMode }, state.liveTids, vmas)
+      const [vmas, liveTids] = await Promise.all([task.vmas(), this.liveTids(task)])
       // Already named task-PID/...: in a tree as for a lone process.
-      return found
+      return processProblems({ pid: task.pid }, liveTids, vmas)
     }))])
     const fileProblems = table.files.filter((f) => f.notCheckpointable).map((f) => ({ where: `files/${f.objref}`, why: f.notCheckpointable! }))
     return [...fileProblems, ...taskProblems.flat(), ...treeProblems(this.tree)]
   }
 
-  /** Seccomp mode and live threads: as captured in copy mode (the task runs on), else from /proc. */
-  private async processFacts(task: TaskImage): Promise<{ seccompMode: number; liveTids: number[] }> {
-    if (this.mode === 'copy') {
-      const [proc, threads] = await Promise.all([task.process(), task.threads()])
-      return { seccompMode: proc.seccompMode, liveTids: threads.map((t) => t.tid) }
-    }
-    const status = new StatusFields(readProcTextSync(task.pid, 'status'))
-    return { seccompMode: status.number('Seccomp'), liveTids: task.tids.filter((tid) => threadAlive(task.pid, tid)) }
+  /** The live threads: as captured in copy mode (the task runs on), else from /proc. */
+  private async liveTids(task: TaskImage): Promise<number[]> {
+    if (this.mode === 'copy') return (await task.threads()).map((t) => t.tid)
+    return task.tids.filter((tid) => threadAlive(task.pid, tid))
   }
 
   /**

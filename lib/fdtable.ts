@@ -232,6 +232,7 @@ export async function captureProbed(probed: ProbedTable, opts: { copy: boolean }
       if (!peek) peeks.set(key, (peek = lazy(() => native.peekPipe(pid, fd))))
       return peek
     },
+    pipeSize: (fd) => native.pipeSize(pid, fd),
     links: linkFinder(root, mounts),
     inFlight: (fd) => {
       claims.heldFds.push(fd)

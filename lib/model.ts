@@ -222,6 +222,8 @@ export interface PipeDescription extends DescriptionCommon {
   pipeId: bigint
   /** Bytes buffered in the pipe, peeked, never consumed. */
   buffered: Lazy<Buffer>
+  /** Its capacity (F_GETPIPE_SZ, F_SETPIPE_SZ) in bytes; 0: not recorded (a tree saved before it was kept). */
+  capacity: number
 }
 
 export interface EventfdDescription extends DescriptionCommon {
@@ -371,6 +373,11 @@ export interface ThreadState {
   clearChildTid: bigint
   /** set_robust_list: the futexes the kernel releases (owner died) when the thread exits. */
   robustList: { head: bigint; length: bigint }
+  /**
+   * The thread is in seccomp strict mode (SECCOMP_MODE_STRICT: read, write, exit and
+   * sigreturn only), which belongs to a thread; it then has no filters.
+   */
+  seccompStrict: boolean
 }
 
 export interface SigAction {
@@ -463,12 +470,14 @@ export interface ProcessState {
    * none). Set again where the parent is restored with it (a process of the tree, not its root).
    */
   pdeathSignal: number
+  /** prctl(PR_GET_CHILD_SUBREAPER): orphaned descendants are reparented to this process, not to init. */
+  childSubreaper: boolean
   /**
    * The stop signal of a process that was in a group stop at the checkpoint (SIGSTOP, SIGTSTP,
    * SIGTTIN or SIGTTOU), sent again so it comes back stopped; 0 if it was not stopped.
    */
   stopSignal: number
-  /** 0 disabled, 1 strict, 2 filter. */
+  /** The main thread's: 0 disabled, 1 strict, 2 filter (each thread's strict mode: ThreadState.seccompStrict). */
   seccompMode: number
   /**
    * The seccomp filters of all threads, stored once each: filter N is seccompFilters[N - 1],

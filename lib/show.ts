@@ -59,14 +59,16 @@ async function load(target: string): Promise<Shown> {
   return { source: `image ${image} (format ${major}.${minor})`, mode: loaded.header.mode, ...loaded }
 }
 
-/** "off", or the filters (each stored once), their instructions and the threads they act on. */
-function seccompText(p: Shown['process']): string {
-  if (p.seccompMode === 1) return 'strict mode'
-  if (p.seccompThreads.length === 0) return 'off'
+/** "off", or the filters (each stored once), their instructions and the threads they act on, and the threads in strict mode. */
+function seccompText(p: Shown['process'], threads: readonly ThreadState[]): string {
+  const strict = threads.filter((t) => t.seccompStrict).length
+  const strictText = strict === 0 ? '' : `strict mode on ${strict} thread${strict === 1 ? '' : 's'}`
+  if (p.seccompThreads.length === 0) return strictText || 'off'
   const insns = p.seccompFilters.reduce((sum, f) => sum + f.insns.length / 8, 0)
   const logged = p.seccompFilters.filter((f) => (f.flags & 2) !== 0).length
-  const threads = p.seccompThreads.length
-  return `${p.seccompFilters.length} filter${p.seccompFilters.length === 1 ? '' : 's'} (${insns} instructions${logged ? `, ${logged} logged` : ''}) on ${threads} thread${threads === 1 ? '' : 's'}, no_new_privs ${p.noNewPrivs ? 'on' : 'off'}`
+  const filtered = p.seccompThreads.length
+  const filters = `${p.seccompFilters.length} filter${p.seccompFilters.length === 1 ? '' : 's'} (${insns} instructions${logged ? `, ${logged} logged` : ''}) on ${filtered} thread${filtered === 1 ? '' : 's'}, no_new_privs ${p.noNewPrivs ? 'on' : 'off'}`
+  return strictText ? `${filters}; ${strictText}` : filters
 }
 
 function summary(s: Shown): string {
@@ -86,7 +88,7 @@ function summary(s: Shown): string {
       ['ids', `ppid ${p.ppid}, pgid ${p.pgid}, sid ${p.sid}`],
       ['creds', `uid ${p.creds.uid}, gid ${p.creds.gid}, groups ${p.creds.groups.join(',') || '-'}`],
       ['signals', `${p.sigactions.filter((a) => a.handler !== 0n).length} of ${p.sigactions.length} not default, pending ${hex(p.sharedPendingMask)}`],
-      ['seccomp', seccompText(p)],
+      ['seccomp', seccompText(p, s.threads)],
     ]),
     '',
     `threads: ${s.threads.length}`,

@@ -97,6 +97,7 @@ function thread(tid: number, nr: number): ThreadState {
     altstack: { sp: 0n, flags: -2147483646, size: 0n },
     clearChildTid: fsBase + 0x2d0n,
     robustList: nr % 2 === 0 ? { head: fsBase + 0x2e0n, length: 24n } : { head: 0n, length: 0n },
+    seccompStrict: tid === 4250,
   }
 }
 
@@ -118,6 +119,7 @@ const processState = (pid: number): ProcessState => ({
   dumpable: 1,
   thpDisable: 3,
   pdeathSignal: 10,
+  childSubreaper: true,
   stopSignal: 20,
   seccompMode: 2,
   // Two filters (SECCOMP_RET_ALLOW; SECCOMP_RET_ERRNO | 1), the second logged, in one chain.
@@ -176,8 +178,8 @@ function fileTable(contentsSize: number): FileTable {
     { ...common(4, '/etc', 0o2200000), type: 'dir', path: '/etc', ...pathCommon, inodeMode: 0o40755 },
     { ...common(5, '/dev/sda', 0o0), type: 'blk', path: '/dev/sda', ...pathCommon, inodeMode: 0o60660, rdev: 0x800n },
     { ...common(6, '/tmp/fifo', 0o4000), type: 'fifo', path: '/tmp/fifo', ...pathCommon, inodeMode: 0o10644, buffered: lazy(async () => Buffer.from('in the fifo')) },
-    { ...common(7, 'pipe:[777]', 0o0), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
-    { ...common(8, 'pipe:[777]', 0o1), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')) },
+    { ...common(7, 'pipe:[777]', 0o0), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')), capacity: 1 << 20 },
+    { ...common(8, 'pipe:[777]', 0o1), type: 'pipe', pipeId: 777n, buffered: lazy(async () => Buffer.from('pipe data')), capacity: 1 << 20 },
     { ...common(9, 'socket:[888]'), type: 'socket', family: 'other', notCheckpointable: 'netlink socket: sockets of this kind are not checkpointable' },
     {
       ...common(10, 'anon_inode:[eventpoll]'), type: 'epoll',
@@ -377,7 +379,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 6 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 7 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')
@@ -627,4 +629,10 @@ t.test('seccomp filters a restore could not install as saved are refused by the 
   ]
   t.doesNotThrow(() => validateSeccomp(base, [4242, 4243]), 'the synthetic filters pass')
   for (const [what, change, pattern] of cases) t.throws(() => validateSeccomp({ ...base, ...change }, [4242, 4243]), pattern, what)
+  // Strict mode (threads/TID/seccomp_strict) is a thread's other mode.
+  t.doesNotThrow(() => validateSeccomp(base, [4242, 4243], [4243]), 'strict mode in a thread without filters passes')
+  t.doesNotThrow(() => validateSeccomp({ ...base, seccompMode: 1, seccompFilters: [], seccompThreads: [] }, [4242, 4243], [4242]), 'strict mode in the main thread, seccomp_mode 1, passes')
+  t.throws(() => validateSeccomp(base, [4242, 4243], [4242]), /^task-4242\/seccomp\/threads\/4242: the thread is in strict mode \(task-4242\/threads\/4242\/seccomp_strict\), which takes no filters/, 'strict mode in a thread with filters')
+  t.throws(() => validateSeccomp({ ...base, seccompMode: 1, seccompFilters: [], seccompThreads: [] }, [4242, 4243], [4243]),
+    /^task-4242\/seccomp_mode: 1, but task-4242\/threads\/4242\/seccomp_strict is 0: both are the main thread's/, 'seccomp_mode 1 without the main thread in strict mode')
 })

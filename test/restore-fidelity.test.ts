@@ -73,14 +73,16 @@ t.test('a saved memfd with a setuid bit is refused (the stub makes memfds as roo
   t.notOk(exists(target.pid), 'no process is left')
 })
 
-t.test('a pipe with more than one open file description per end comes back with all of them (zdtm pipe01, pipe02)', async (t) => {
+t.test('a pipe with more than one open file description per end comes back with all of them, and pipes with their capacity (zdtm pipe01, pipe02, pipe03)', async (t) => {
   const { target, saved } = await launchSaveRestore(t, mnt, bin, ['pipes'])
   const refs = [3, 4, 5, 6, 7].map((fd) => fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim())
   t.equal(new Set(refs).size, 5, 'five open file descriptions')
+  const capacity = (fd: number) => fs.readFileSync(path.join(saved, 'files', fs.readFileSync(path.join(saved, `task-${target.pid}`, 'fds', String(fd), 'fd'), 'utf8').trim(), 'capacity'), 'utf8')
+  t.same([3, 8, 11].map(capacity), ['65536\n', '1048576\n', '4096\n'], 'files/N/capacity: F_GETPIPE_SZ of each pipe')
   expectChecks(t, await runChecks(target), [
     'pipe access modes', 'pipe O_NONBLOCK per description', 'pipe descriptions share one pipe', 'pipe descriptions are not shared',
     'pipe data through a reopened read end', 'pipe writes through the read-write and the write end', 'pipe data through the first read end',
-    'end of file once every writer is closed',
+    'end of file once every writer is closed', 'pipe capacity set with F_SETPIPE_SZ', 'pipe capacity lowered with F_SETPIPE_SZ',
   ])
 })
 
@@ -252,6 +254,39 @@ t.test('an unlinked sparse file of 2 GiB and a 3 MiB memfd come back whole, hole
   expectChecks(t, await runChecks(target), [
     'big-unlinked: size', 'big-unlinked: holes take no room', 'big-unlinked: SEEK_DATA and SEEK_HOLE', 'big-unlinked: data', 'big-unlinked: offset',
     "big-unlinked: the memfd's 3 MiB and offset",
+  ])
+})
+
+t.test('a shared file mapping from a file open for writing can be made writable after the restore, one from a read-only fd cannot (zdtm maps_file_prot)', async (t) => {
+  const { target } = await launchSaveRestore(t, mnt, bin, ['may-write'])
+  expectChecks(t, await runChecks(target), [
+    'may-write: mprotect(PROT_WRITE) of the read-only part', 'may-write: both writes reach the file', 'may-write: a file mapped from a read-only fd stays unwritable',
+  ])
+})
+
+t.test('the child subreaper attribute comes back: an orphaned grandchild is reparented to the restored process (zdtm child_subreaper)', async (t) => {
+  const { target, saved } = await launchSaveRestore(t, mnt, bin, ['subreaper'])
+  t.equal(fs.readFileSync(path.join(saved, `task-${target.pid}`, 'child_subreaper'), 'utf8'), '1\n', 'task-PID/child_subreaper: 1')
+  expectChecks(t, await runChecks(target), ['subreaper: PR_GET_CHILD_SUBREAPER', 'subreaper: an orphaned grandchild is reparented to it', 'subreaper: it reaps the grandchild'])
+})
+
+t.test('seccomp strict mode comes back in a thread that is not the main thread and in the main thread of a child, blocked in read() (zdtm seccomp_strict)', async (t) => {
+  const dir = workdir(t)
+  const target = await launch(t, [bin, dir, 'strict'], { dir })
+  const [, child, tid] = (await target.waitFor(/^strict child=(\d+) thread=(\d+)$/m)).map(Number)
+  const saved = path.join(dir, 'saved')
+  await checkpointSaveKill(mnt, target.pid, saved)
+  const read = (rel: string) => fs.readFileSync(path.join(saved, rel), 'utf8')
+  t.equal(read(`task-${target.pid}/threads/${tid}/seccomp_strict`), '1\n', 'threads/TID/seccomp_strict: the thread is in strict mode')
+  t.equal(read(`task-${target.pid}/threads/${target.pid}/seccomp_strict`), '0\n', 'its main thread is not')
+  t.equal(read(`task-${target.pid}/seccomp_mode`), '0\n', 'seccomp_mode is the main thread\'s: 0')
+  t.equal(read(`task-${child}/threads/${child}/seccomp_strict`), '1\n', 'the child\'s main thread is in strict mode')
+  t.equal(read(`task-${child}/seccomp_mode`), '1\n', 'the child\'s seccomp_mode: 1')
+  restoreOk(mnt, saved, target.pid)
+  t.match(ckptfsOk('show', saved), /seccomp\s+strict mode on 1 thread\n/, 'ckptfs show: the seccomp line')
+  expectChecks(t, await runChecks(target), [
+    'strict: the thread is in strict mode', 'strict: the main thread is not', 'strict: the thread reads and writes', 'strict: the thread exits',
+    'strict: the child process is in strict mode', 'strict: the child reads and writes', 'strict: the child exits by itself',
   ])
 })
 

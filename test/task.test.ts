@@ -500,7 +500,7 @@ t.test('taskzoo: capture, tree, load-back, thaw', async (t) => {
         ['soft above hard', () => rewrite(`${taskName}/rlimits/nofile/hard`, '10\n'), new RegExp(`^${taskName}/rlimits/nofile/soft: 777 is above the hard limit 10`)],
         ['kind not fitting path', () => rewrite(`${resDir}/kind`, 'heap\n'), new RegExp(`^${resDir}/kind: heap does not fit`)],
         ['maps not matching vmas', () => rewrite(`${resDir}/vm_flags`, 'rd wr\n'), new RegExp(`^${taskName}/memory/maps: line \\d+ does not match vmas/`)],
-        ['seccomp strict mode', () => rewrite(`${taskName}/seccomp_mode`, '1\n'), new RegExp(`^${taskName}/seccomp_mode: seccomp strict mode: not checkpointable`)],
+        ['strict mode not the main thread\'s', () => rewrite(`${taskName}/seccomp_mode`, '1\n'), new RegExp(`^${taskName}/seccomp_mode: 1, but ${main}/seccomp_strict is 0: both are the main thread's`)],
         ['seccomp filters missing', () => rewrite(`${taskName}/seccomp_mode`, '2\n'), new RegExp(`^${taskName}/seccomp/threads/\\d+: missing, but seccomp_mode is 2 \\(filters\\)`)],
         ['siginfo for a signal not pending', () => rewrite(`${taskName}/signals/pending`, '0x0\n'),
           new RegExp(`^${taskName}/signals/pending_siginfo: record 0 is for signal 10`)],

@@ -266,7 +266,7 @@ t.test('the image holds the whole tree', async (t) => {
   execFileSync('cp', [`${dir}.image`, image])
   execFileSync('cp', ['-a', dir, path.join(work, 'saved')])
   const loaded = await readImage(image)
-  t.same(loaded.header.formatVersion, { major: 1, minor: 6 }, 'format 1.6')
+  t.same(loaded.header.formatVersion, { major: 1, minor: 7 }, 'format 1.7')
   t.equal(loaded.pid, pids.p, 'the root is the header\'s process')
   t.same(loaded.others.map((o) => o.pid), [pids.a, pids.g, pids.b], 'the other processes, parents first')
   t.same(loaded.others.map((o) => o.process.ppid), [pids.p, pids.a, pids.p], 'with their parents')
@@ -462,18 +462,18 @@ t.test('a user\'s tree holding a setuid-root child: its private files belong to 
   t.match(r.stderr, new RegExp(`task-${child}/creds/euid: 0, but .* is owned by uid ${user.uid} `), `the child's credentials are named: ${r.stderr.trim()}`)
 })
 
-t.test('a problem of a process of the tree names its task once (task-PID/seccomp_mode)', async (t) => {
+t.test('a problem of a process of the tree names its task once (task-PID/memory/vmas/...)', async (t) => {
   const dir = workdir(t)
-  // python3 enters seccomp strict mode, then blocks reading a pipe of its own nobody writes: read is allowed.
-  const script = 'import ctypes, os; r, w = os.pipe(); print(f"child={os.getpid()}", flush=True); ctypes.CDLL(None).prctl(22, 1, 0, 0, 0); os.read(r, 1)'
+  // python3 maps memfd_secret memory (closing its fd), then blocks reading a pipe of its own nobody writes.
+  const script = 'import ctypes, mmap, os; r, w = os.pipe(); fd = ctypes.CDLL(None).syscall(447, 0); os.ftruncate(fd, 4096); m = mmap.mmap(fd, 4096); os.close(fd); print(f"child={os.getpid()}", flush=True); os.read(r, 1)'
   const target = await launch(t, ['bash', '-c', `python3 -c '${script}'; :`], { dir, ready: (tg) => /^child=\d+$/m.test(tg.text()) })
   const child = Number(/^child=(\d+)$/m.exec(target.text())![1])
   target.alsoKill(child)
-  await waitUntil('the child to be in strict mode', () => /^Seccomp:\s+1$/m.test(fs.readFileSync(`/proc/${child}/status`, 'utf8')))
+  await waitUntil('the child to map memfd_secret memory', () => fs.readFileSync(`/proc/${child}/maps`, 'utf8').includes('/secretmem (deleted)'))
   const ck = ckptfsOk('checkpoint', String(target.pid), '--mount', mnt, '--inspect')
   endAtTeardown(t, ck)
   const problems = fs.readFileSync(path.join(ck, 'problems'), 'utf8')
-  t.match(problems, new RegExp(`^task-${child}/seccomp_mode: seccomp strict mode: not checkpointable$`, 'm'), 'named once, under its task')
+  t.match(problems, new RegExp(`^task-${child}/memory/vmas/[0-9a-f]+-[0-9a-f]+: memfd_secret memory: its contents cannot be read from outside the task$`, 'm'), 'named once, under its task')
   t.notMatch(problems, /task-\d+\/task-\d+\//, 'no task is named twice')
   fs.writeFileSync(path.join(ck, 'done'), 'resume')
 })

@@ -201,6 +201,30 @@ napi_value js_close(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// ---- pipeSize ----
+
+// The capacity (F_GETPIPE_SZ) of the pipe behind fd `fd` of `pid`, through a new read end of it.
+napi_value js_pipe_size(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid, fd;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd)) return NULL;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, fd);
+  int src = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (src < 0) {
+    throw_errno(env, errno, "open(%s, O_RDONLY|O_NONBLOCK)", path);
+    return NULL;
+  }
+  int size = fcntl(src, F_GETPIPE_SZ);
+  int err = errno;
+  close(src);
+  if (size < 0) {
+    throw_errno(env, err, "fcntl(%s, F_GETPIPE_SZ)", path);
+    return NULL;
+  }
+  return make_i32(env, size);
+}
+
 // ---- peekPipe ----
 
 typedef struct {

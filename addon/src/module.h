@@ -100,6 +100,7 @@ napi_value js_xstate_size(napi_env env, napi_callback_info info);
 napi_value js_kcmp_epoll_target(napi_env env, napi_callback_info info);
 napi_value js_get_fd(napi_env env, napi_callback_info info);
 napi_value js_peek_pipe(napi_env env, napi_callback_info info);
+napi_value js_pipe_size(napi_env env, napi_callback_info info);
 napi_value js_close(napi_env env, napi_callback_info info);
 napi_value js_event_fd(napi_env env, napi_callback_info info);
 napi_value js_inet_socket(napi_env env, napi_callback_info info);

@@ -840,6 +840,7 @@ static void open_pipe_object(uint32_t id UNUSED, int cloexec UNUSED, const char 
   (void)u64("pipe id");
   uint32_t len;
   const uint8_t *data = blob("buffered", &len);
+  uint32_t capacity = u32("capacity");
   uint32_t read_id = u32("read end");
   int read_flags = i32("read flags");
   uint32_t write_id = u32("write end");
@@ -855,7 +856,11 @@ static void open_pipe_object(uint32_t id UNUSED, int cloexec UNUSED, const char 
     p[0] = to_work(p[0], what);
     p[1] = to_work(p[1], what);
   }
-  if (len > 65536 && fcntl(p[1], F_SETPIPE_SZ, (int)len) < 0) fail("%s: F_SETPIPE_SZ %u: %s", what, len, strerror(errno));
+  // The saved capacity (0: not recorded; then at least room for the bytes). Never less than
+  // the bytes: writing them would block.
+  if (capacity && capacity < len) fail("%s: %u bytes buffered, capacity %u", what, len, capacity);
+  uint32_t want = capacity ? capacity : len > 65536 ? len : 0;
+  if (want && fcntl(p[1], F_SETPIPE_SZ, (int)want) < 0) fail("%s: F_SETPIPE_SZ %u: %s", what, want, strerror(errno));
   write_all(p[1], data, len, what);
   open_pipe_extras(p, object_fd, objects, what);
   if (read_id) {

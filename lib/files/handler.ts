@@ -53,6 +53,8 @@ export interface CaptureContext {
   mounts: Lazy<MountInfo[]>
   /** The bytes buffered in one pipe or fifo (`key` names it), peeked once however many ends the task holds. */
   peekOnce(key: string, fd: number): Lazy<Buffer>
+  /** The capacity (F_GETPIPE_SZ) of the pipe behind the task's `fd`. */
+  pipeSize(fd: number): number
   links: LinkFinder
   /**
    * Takes `fd`, an fd of this process holding a description in flight (passed with

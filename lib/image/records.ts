@@ -202,6 +202,7 @@ export function processFrom(f: Fields): ProcessState {
     dumpable: f.num('dumpable', { max: 2 }),
     thpDisable: thpDisableFrom(f),
     pdeathSignal: f.num('pdeathSignal', { max: 64 }),
+    childSubreaper: f.bool('childSubreaper'),
     stopSignal: stopSignalFrom(f),
     seccompMode: f.num('seccompMode', { max: 2 }),
     seccompFilters: f.list('seccompFilters').map((g) => ({ prev: g.num('prev'), flags: g.num('flags'), insns: g.bytes('insns') })),
@@ -319,6 +320,7 @@ export function threadFrom(f: Fields): ThreadState {
     altstack: { sp: altstack.big('sp'), flags: altstack.num('flags'), size: altstack.big('size') },
     clearChildTid: f.big('clearChildTid'),
     robustList: { head: f.big('robustListHead'), length: f.big('robustListLen') },
+    seccompStrict: f.bool('seccompStrict'),
   }
   // ThreadState repeats some registers next to the raw ones: they must agree.
   const agree = (name: string, value: bigint, fromRegs: bigint) => {

@@ -45,7 +45,7 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77
 const SIGEV = { signal: 0, none: 1, thread: 2 } as const
 const SIGEV_THREAD_ID = 4
 const PR_SET_THP_DISABLE = 41, PR_THP_DISABLE_EXCEPT_ADVISED = 2
-const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1
+const PR_SET_NAME = 15, PR_SET_MM = 35, PR_SET_MM_MAP = 14, PR_SET_DUMPABLE = 4, PR_SET_NO_NEW_PRIVS = 38, PR_SET_PDEATHSIG = 1, PR_SET_CHILD_SUBREAPER = 36
 const MADVISE_BY_FLAG: Record<string, number> = {
   rr: 1 /* RANDOM */, sr: 2 /* SEQUENTIAL */, dc: 10 /* DONTFORK */, mg: 12 /* MERGEABLE */, dd: 16 /* DONTDUMP */,
   hg: 14 /* HUGEPAGE */, nh: 15 /* NOHUGEPAGE */, wf: 18 /* WIPEONFORK */,
@@ -213,7 +213,6 @@ function refuseUnsupported(saved: SavedCheckpoint): void {
       throw new CkptError(`task-${proc.pid}/threads/${t.tid}/xstate: ${t.xstate.length} bytes, this CPU's xsave area is ${xstate}: restore on the same kind of CPU`, 'EINVAL')
     }
   }
-  if (proc.seccompMode === 1) throw new CkptError(`task-${proc.pid}/seccomp_mode: 1: seccomp strict mode cannot be restored`, 'ENOTSUP')
   refuseLockedOverLimit(saved)
   for (const v of vmas) {
     if (v.path.endsWith(' (deleted)') && v.kind !== 'shared-anonymous' && v.kind !== 'aio' && !isDeletedFileCopy(v) && !isDeletedSharedFile(v)) {
@@ -775,7 +774,17 @@ async function memfdAsTask(pid: number, proc: ProcessState, layout: Layout, name
 /** A file mapping re-made from its path; a deleted file's private mapping is anonymous memory holding its stored pages. */
 const isMappedFromFile = (v: Vma): boolean => (v.kind === 'file-private' && !isDeletedFileCopy(v)) || (v.kind === 'file-shared' && !isDeletedSharedFile(v))
 
-const fileKey = (v: Vma) => `${v.kind === 'file-shared' && v.perms[1] === 'w' ? 'rw' : 'r'}:${v.path}`
+/**
+ * How a mapping's file is opened: 'rw' for a shared mapping that is writable, 'mw' for one
+ * that is not but may be made so (VM_MAYWRITE, `mw` in VmFlags: its file was open for writing
+ * when it was mapped, so mprotect may add PROT_WRITE later, zdtm maps_file_prot), 'r' else.
+ */
+const fileMode = (v: Vma): 'rw' | 'mw' | 'r' => {
+  if (v.kind !== 'file-shared') return 'r'
+  if (v.perms[1] === 'w') return 'rw'
+  return v.vmFlags.split(' ').includes('mw') ? 'mw' : 'r'
+}
+const fileKey = (v: Vma) => `${fileMode(v)}:${v.path}`
 
 /**
  * Opens every file the saved mappings map, once per path and access, with the task's own
@@ -786,11 +795,18 @@ async function openMappedFiles(pid: number, proc: ProcessState, layout: Layout, 
   const scratch = new Scratch()
   const files = vmas.filter(isMappedFromFile)
   const keys = [...new Set(files.map(fileKey))]
-  const calls: Call[] = keys.map((key) => {
-    const [mode, file] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)]
-    return { nr: SYS.openat, args: [AT_FDCWD, scratch.cstring(file), BigInt((mode === 'rw' ? O_RDWR : O_RDONLY) | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it`, mayFail: true }
-  })
+  const open = (file: string, flags: number, s: Scratch): Call => ({ nr: SYS.openat, args: [AT_FDCWD, s.cstring(file), BigInt(flags | O_CLOEXEC), 0n], scratchArgs: 0b10, what: `open ${file} to map it`, mayFail: true })
+  const calls: Call[] = keys.map((key) => open(key.slice(key.indexOf(':') + 1), key.startsWith('r:') ? O_RDONLY : O_RDWR, scratch))
   const fds = await injectAsTask(pid, proc, layout, scratch, calls)
+  // A mapping that may only become writable keeps working read-only when the task can no
+  // longer open its file for writing (mprotect to PROT_WRITE then fails, as it would in a
+  // task that opened the file read-only): the task's own access decides, never more.
+  const readOnly = keys.flatMap((key, i) => (key.startsWith('mw:') && fds[i] < 0n ? [i] : []))
+  if (readOnly.length > 0) {
+    const again = new Scratch()
+    const opened = await injectAsTask(pid, proc, layout, again, readOnly.map((i) => open(keys[i].slice(3), O_RDONLY, again)))
+    readOnly.forEach((i, n) => { fds[i] = opened[n] })
+  }
   for (const [i, key] of keys.entries()) {
     if (fds[i] >= 0n) continue
     const file = key.slice(key.indexOf(':') + 1)
@@ -1145,6 +1161,7 @@ function processStateCalls(proc: ProcessState, scratch: Scratch): Call[] {
     calls.push({ nr: SYS.setitimer, args: [BigInt(which[t.which]), scratch.put(val), 0n], scratchArgs: 0b10, what: `setitimer(${t.which})` })
   }
   calls.push({ nr: SYS.umask, args: [BigInt(proc.umask)], what: 'umask' })
+  if (proc.childSubreaper) calls.push({ nr: SYS.prctl, args: [BigInt(PR_SET_CHILD_SUBREAPER), 1n, 0n, 0n, 0n], what: 'child subreaper' })
   if (proc.personality !== 0) calls.push({ nr: SYS.personality, args: [BigInt(proc.personality)], what: 'personality' })
   for (const r of proc.rlimits) {
     const lim = Buffer.alloc(16)
@@ -1419,11 +1436,21 @@ function threadStateCalls(thread: ThreadState, scratch: Scratch): Call[] {
   return calls
 }
 
+const SECCOMP_SET_MODE_STRICT = 0n
+
 async function restoreRegisters(thread: ThreadState, proc: ProcessState): Promise<void> {
   const tid = thread.tid
   if (thread.rseq.pointer !== 0n) {
     const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.rseq, args: [thread.rseq.pointer, BigInt(thread.rseq.size), 0n, BigInt(thread.rseq.signature)] }])).results
     if (r < 0n) throw new CkptError(`restore: rseq registration of thread ${tid}: ${errnoText(Number(-r))}`)
+  }
+  if (thread.seccompStrict) {
+    // The thread's last call of its own: from here it may only read, write, exit and return
+    // from a signal handler. Calls injected after it still pass (the task is held with
+    // PTRACE_O_SUSPEND_SECCOMP until it is let go), and a thread in strict mode has no
+    // filters (validateSeccomp), so nothing else of the restore needs another mode.
+    const [r] = (await native.injectBatch(tid, 0, null, [{ nr: SYS.seccomp, args: [SECCOMP_SET_MODE_STRICT, 0n, 0n] }])).results
+    if (r < 0n) throw new CkptError(`restore: seccomp strict mode of thread ${tid} (task-${proc.pid}/threads/${tid}/seccomp_strict): ${errnoText(Number(-r))}`)
   }
   // Last of all injections into the thread: it may make the thread's restart block.
   await native.setThreadRegisters(tid, await resumeRegisters(thread, proc))

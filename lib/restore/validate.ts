@@ -96,7 +96,7 @@ function validateProcess(p: ProcessState, task: string, threads: ThreadState[]):
   validateSignals(p, task)
   validateTimers(p, task, threads)
   validateMm(p, task)
-  validateSeccomp(p, threads.map((t) => t.tid))
+  validateSeccomp(p, threads.map((t) => t.tid), threads.filter((t) => t.seccompStrict).map((t) => t.tid))
 }
 
 function checkComm(comm: string, where: string): void {

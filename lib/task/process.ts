@@ -53,6 +53,7 @@ export const SIGINFO_SIZE = 128
 // Capture
 
 const PR_GET_PDEATHSIG = 2
+const PR_GET_CHILD_SUBREAPER = 37
 const PR_GET_DUMPABLE = 3
 const PR_GET_SECUREBITS = 27
 const PR_GET_NO_NEW_PRIVS = 39
@@ -63,8 +64,9 @@ const FOUR_WORDS = 32
 
 /**
  * Captures the process-wide state of task `pid` (all of whose threads `tids` are frozen;
- * `stopSignal`: the group stop it was frozen in, 0 if none). A task in seccomp strict mode is
- * refused (a restore cannot enter it for the task); filters are captured (seccomp.ts).
+ * `stopSignal`: the group stop it was frozen in, 0 if none). Seccomp filters are captured
+ * (seccomp.ts); strict mode is each thread's (threads.ts). The calls injected here pass a
+ * thread in strict mode: the task is held with PTRACE_O_SUSPEND_SECCOMP.
  */
 export async function captureProcess(pid: number, tids: number[], stopSignal = 0): Promise<ProcessState> {
   const live = await liveThread(pid, tids)
@@ -78,7 +80,6 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
   const stat = new StatFields(statText)
   const status = new StatusFields(statusText)
   const seccompMode = status.number('Seccomp')
-  if (seccompMode === 1) throw new CkptError(`task-${pid}: seccomp strict mode: not checkpointable`, 'ENOTSUP')
   const timerListing = parseTimers(timersText)
 
   const calls: CallWithResult[] = [
@@ -94,6 +95,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     { nr: SYS.prctl, args: [BigInt(PR_GET_THP_DISABLE), 0n, 0n, 0n, 0n] },
     // The thread injected into: the main thread unless it has exited.
     { nr: SYS.prctl, args: [BigInt(PR_GET_PDEATHSIG), 0n, 0n, 0n, 0n], out: { arg: 1, size: 4 } },
+    { nr: SYS.prctl, args: [BigInt(PR_GET_CHILD_SUBREAPER), 0n, 0n, 0n, 0n], out: { arg: 1, size: 4 } },
     { nr: SYS.brk, args: [0n] },
   ]
   const results = await inject(pid, live, calls)
@@ -118,6 +120,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
   const securebits = Number(take('prctl(PR_GET_SECUREBITS)').ret)
   const thpDisable = Number(take('prctl(PR_GET_THP_DISABLE)').ret)
   const pdeathSignal = take('prctl(PR_GET_PDEATHSIG)').out.readInt32LE(0)
+  const childSubreaper = take('prctl(PR_GET_CHILD_SUBREAPER)').out.readInt32LE(0) !== 0
   const brk = take('brk(0)').ret
 
   const [uid, euid, suid, fsuid] = status.numbers('Uid')
@@ -156,6 +159,7 @@ export async function captureProcess(pid: number, tids: number[], stopSignal = 0
     dumpable,
     thpDisable,
     pdeathSignal,
+    childSubreaper,
     stopSignal,
     seccompMode,
     ...seccomp,
@@ -179,13 +183,12 @@ const timespec = (buf: Buffer, index: number): bigint => word(buf, index) * 1_00
 
 /** Everything about the task that a restore cannot bring back, one problem each, named by its place in the tree. */
 /** `liveTids`: the threads that have not exited (the captured ones, or those /proc shows). */
-export function processProblems(p: Pick<ProcessState, 'pid' | 'seccompMode'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
+export function processProblems(p: Pick<ProcessState, 'pid'>, liveTids: readonly number[], vmas: Vma[]): Problem[] {
   const task = `task-${p.pid}`
   const problems: Problem[] = []
   if (!liveTids.includes(Number(p.pid))) {
     problems.push({ where: `${task}/threads/${p.pid}`, why: 'the main thread has exited: a restore cannot re-create a process without it' })
   }
-  if (p.seccompMode === 1) problems.push({ where: `${task}/seccomp_mode`, why: 'seccomp strict mode: not checkpointable' })
   for (const vma of vmas) {
     const why = vmaProblem(vma)
     if (why) problems.push({ where: `${task}/memory/vmas/${vmaName(vma)}`, why })
@@ -334,6 +337,7 @@ const processFiles: TableEntry<ProcessState>[] = [
   field('dumpable', decimal(0, 2), (p) => p.dumpable),
   field('thp_disable', thpDisableValue, (p) => p.thpDisable),
   field('pdeath_signal', decimal(0, 64), (p) => p.pdeathSignal),
+  field('child_subreaper', flag, (p) => p.childSubreaper),
   // /proc/PID/stat shows every user the state (T: stopped).
   field('stop_signal', stopSignalValue, (p) => p.stopSignal, PUBLIC),
   field('seccomp_mode', decimal(0, 2), (p) => p.seccompMode, PUBLIC),
@@ -393,6 +397,8 @@ export async function loadProcess(dir: SavedDir, pid: number): Promise<ProcessSt
     dumpable: readValue(dir, 'dumpable', decimal(0, 2)),
     thpDisable: readValue(dir, 'thp_disable', thpDisableValue),
     pdeathSignal: readValue(dir, 'pdeath_signal', decimal(0, 64)),
+    // A tree saved before it was kept has none: the restore then did not set it.
+    childSubreaper: dir.has('child_subreaper') ? readValue(dir, 'child_subreaper', flag) : false,
     stopSignal: readValue(dir, 'stop_signal', stopSignalValue),
     seccompMode: readValue(dir, 'seccomp_mode', decimal(0, 2)),
     ...(await loadSeccomp(dir)),

@@ -15,7 +15,6 @@ import { native } from '../native'
 import { checkedBytes } from '../tree/checked'
 import { each, sub, type TableEntry } from '../tree/node'
 import { decimal, field, hexNumber, readCheckedBytes, readValue } from './fields'
-import { readProcText } from './procfs'
 
 /** struct sock_filter: u16 code, u8 jt, u8 jf, u32 k. */
 export const SOCK_FILTER_SIZE = 8
@@ -44,11 +43,7 @@ export async function captureSeccomp(pid: number, tids: readonly number[]): Prom
       if ((err as { code?: string }).code === 'ESRCH') return { tid, chain: [] } // an exited thread (a zombie leader)
       throw new CkptError(`task-${pid}/threads/${tid}: cannot read its seccomp filters: ${messageOf(err)}`, errnoOf(err))
     }
-    // No filter can also mean strict mode, which belongs to a thread: one in it is refused as a
-    // process is (seccomp_mode shows the main thread's).
-    if (chain.length === 0 && tid !== pid && /^Seccomp:\s*1$/m.test(await readProcText(pid, 'status', tid).catch(() => ''))) {
-      throw new CkptError(`task-${pid}/threads/${tid}: seccomp strict mode: not checkpointable`, 'ENOTSUP')
-    }
+    // No filter can also mean strict mode, which belongs to a thread (threads/TID/seccomp_strict).
     return { tid, chain }
   }))
   return seccompTable(chains)
@@ -143,10 +138,11 @@ export async function loadSeccomp(task: SavedDir): Promise<Pick<ProcessState, 's
  * cannot come from a checkpoint: NEW_LISTENER would hand the restore a listener fd nobody
  * reads, TSYNC would reach other threads, SPEC_ALLOW would lift a mitigation), a whole program
  * of 1 to BPF_MAXINSNS instructions, chains that lead back to their first filter and fit in
- * MAX_INSNS_PER_PATH, a thread for each chain, and no filter no thread uses. The program
+ * MAX_INSNS_PER_PATH, a thread for each chain, and no filter no thread uses; no chain for a
+ * thread in strict mode (`strict`: their TIDs), and the main thread's mode as seccomp_mode says. The program
  * itself is the kernel's to check (it refuses a bad one with EINVAL before the task runs).
  */
-export function validateSeccomp(p: Pick<ProcessState, 'pid' | 'seccompMode' | 'seccompFilters' | 'seccompThreads'>, tids: readonly number[]): void {
+export function validateSeccomp(p: Pick<ProcessState, 'pid' | 'seccompMode' | 'seccompFilters' | 'seccompThreads'>, tids: readonly number[], strict: readonly number[] = []): void {
   const where = `task-${p.pid}/seccomp`
   const fail = (name: string, why: string) => new CkptError(`${where}/${name}: ${why}`, 'EINVAL')
   const used = new Set<number>()
@@ -175,4 +171,11 @@ export function validateSeccomp(p: Pick<ProcessState, 'pid' | 'seccompMode' | 's
   })
   // seccomp_mode is the main thread's (another thread may have filters when it has none).
   if (p.seccompMode === 2 && !p.seccompThreads.some((t) => t.tid === p.pid)) throw fail(`threads/${p.pid}`, 'missing, but seccomp_mode is 2 (filters)')
+  // Strict mode is a thread's other mode: the kernel lets a thread into one of the two only.
+  for (const tid of strict) {
+    if (p.seccompThreads.some((t) => t.tid === tid)) throw fail(`threads/${tid}`, `the thread is in strict mode (task-${p.pid}/threads/${tid}/seccomp_strict), which takes no filters`)
+  }
+  if (tids.includes(p.pid) && (p.seccompMode === 1) !== strict.includes(p.pid)) {
+    throw new CkptError(`task-${p.pid}/seccomp_mode: ${p.seccompMode}, but task-${p.pid}/threads/${p.pid}/seccomp_strict is ${strict.includes(p.pid) ? 1 : 0}: both are the main thread's`, 'EINVAL')
+  }
 }

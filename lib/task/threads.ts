@@ -9,7 +9,7 @@ import type { SavedDir } from '../files/saved'
 import { native } from '../native'
 import { checkedBytes } from '../tree/checked'
 import { DIR_PERM, PUBLIC, tableDir, type DirNode, type Scope, type TableEntry } from '../tree/node'
-import { decimalS64, decimalU64, field, hexNumber, hexU64, int32, loadEach, readCheckedBytes, readValue, text, uint32 } from './fields'
+import { decimalS64, decimalU64, field, flag, hexNumber, hexU64, int32, loadEach, readCheckedBytes, readValue, text, uint32 } from './fields'
 import { exclusive, inject, succeeded, SYS } from './inject'
 import { loadSiginfo } from './process'
 import { readProcText, StatusFields } from './procfs'
@@ -53,6 +53,7 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
   const stack = succeeded(altstack[0], `${where}: sigaltstack`).out
   const clearChildTid = succeeded(altstack[1], `${where}: prctl(PR_GET_TID_ADDRESS)`).out.readBigUInt64LE(0)
   const robust = succeeded(altstack[2], `${where}: get_robust_list`).out
+  const fields = new StatusFields(status)
   return {
     tid: asTid(tid),
     comm: comm.replace(/\n$/, ''),
@@ -60,12 +61,13 @@ async function captureThread(pid: number, tid: number): Promise<ThreadState> {
     xstate: cpu.xstate,
     ...fromRegs(cpu.regs),
     sigmask: cpu.sigmask,
-    pendingMask: new StatusFields(status).mask('SigPnd'),
+    pendingMask: fields.mask('SigPnd'),
     pendingSiginfo,
     rseq: cpu.rseq,
     altstack: { sp: stack.readBigUInt64LE(0), flags: stack.readInt32LE(8), size: stack.readBigUInt64LE(16) },
     clearChildTid,
     robustList: { head: robust.readBigUInt64LE(0), length: robust.readBigUInt64LE(8) },
+    seccompStrict: fields.number('Seccomp') === 1,
   }
 }
 
@@ -112,6 +114,8 @@ const threadEntries: TableEntry<ThreadState>[] = [
   field('clear_child_tid', hexU64, (t) => t.clearChildTid),
   field('robust_list_head', hexU64, (t) => t.robustList.head),
   field('robust_list_len', decimalU64, (t) => t.robustList.length),
+  // As /proc/PID/task/TID/status shows every user (its Seccomp line).
+  field('seccomp_strict', flag, (t) => t.seccompStrict, PUBLIC),
 ]
 
 /**
@@ -195,6 +199,8 @@ async function loadThread(dir: SavedDir, tid: number): Promise<ThreadState> {
     altstack: await loadAltstack(dir),
     clearChildTid: readValue(dir, 'clear_child_tid', hexU64),
     robustList: await loadRobustList(dir),
+    // A tree saved before strict mode was kept has none: strict mode was refused then.
+    seccompStrict: dir.has('seccomp_strict') ? readValue(dir, 'seccomp_strict', flag) : false,
   }
   dir.finish()
   return thread
