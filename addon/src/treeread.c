@@ -1,6 +1,6 @@
-// readTree(path, inlineMax, budget): one walk of a saved tree on a pool thread, returning every
-// entry's kind, owner and mode, and the bytes and CRC32C of each small regular file, in one
-// Buffer (lib/restore/snapshot.ts reads it). A restore reads a 10,000-fd tree's 240,000 small
+// readTree(path, inlineMax, budget[, useRing = true]): one walk of a saved tree on a pool
+// thread, returning every entry's kind, owner and mode, and the bytes and CRC32C of each small
+// regular file, in one Buffer (lib/restore/snapshot.ts reads it). A restore reads a 10,000-fd tree's 240,000 small
 // files; one open, read and close per file by path from JavaScript, and an lstat per entry for
 // the owner check, cost most of its time in system calls and their bindings.
 //
@@ -910,6 +910,9 @@ static napi_value read_tree_settle(napi_env env, task_t *t) {
   read_request_t *q = (read_request_t *)t;
   napi_value buf = make_owned_buffer(env, q->out, q->len);
   q->out = NULL;
+  // How many of the walk's threads went through io_uring (0: the synchronous walk), for tests.
+  napi_value ringed;
+  if (buf && napi_create_uint32(env, (uint32_t)q->ringed, &ringed) == napi_ok) napi_set_named_property(env, buf, "ringed", ringed);
   return buf;
 }
 
