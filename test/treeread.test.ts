@@ -102,6 +102,30 @@ t.test('a walk that fails (nested too deep) says so alike and closes every fd', 
   t.equal(openFds(), before, 'no fd left open')
 })
 
+t.test('of two failures, the first in the listing\'s order is reported, whichever thread met it', async (t) => {
+  const top = path.join(workdir(t, 'ckptfs-treeread-'), 'tree')
+  const files = path.join(top, 'files')
+  for (let d = 0; d < 200; d++) {
+    fs.mkdirSync(path.join(files, `n${d}`), { recursive: true })
+    for (let f = 0; f < 10; f++) fs.writeFileSync(path.join(files, `n${d}`, `f${f}`), 'x\n')
+  }
+  // Two chains too deep, far apart in files/ (its entries are shared out between the threads).
+  const listed = execFileSync('ls', ['-U', files], { encoding: 'utf8' }).trim().split('\n')
+  const [early, late] = [listed[10], listed[listed.length - 10]]
+  for (const name of [early, late]) {
+    let dir = path.join(files, name)
+    for (let i = 0; i < 70; i++) dir = path.join(dir, 'd')
+    fs.mkdirSync(dir, { recursive: true })
+  }
+  fs.mkdirSync(path.join(top, 'task-1'))
+  const before = openFds()
+  for (const useRing of [false, true, true, true]) {
+    const message = await readTree(top, 64 << 10, 256 << 20, useRing).then(() => 'read', (err: Error) => err.message)
+    t.match(message, new RegExp(`/files/${early}/d/.*: nested too deep`), `useRing ${useRing}: the first in getdents' order (${early}, not ${late})`)
+  }
+  t.equal(openFds(), before, 'no fd left open')
+})
+
 t.test('useRing must be a boolean', async (t) => {
   await t.rejects(native.readTree('/', 1, 1, 'yes' as unknown as boolean), /useRing must be a boolean/)
 })

@@ -10,9 +10,10 @@
 // is checked is what is read), and only what getdents calls a regular file or a directory (or
 // does not say) is opened at all, with O_NONBLOCK (a fifo swapped in does not block the walk).
 //
-// The top directory's entries (files/, each task-PID/) are walked by two threads, each into a
-// buffer of its own, joined in order at the end: the walk is system calls, and a second core
-// halves it. On a virtual machine each system call's entry and exit cost as much as its work,
+// The walk is shared by two threads, each writing into a buffer of its own, joined in order at
+// the end: the walk is system calls, and a second core halves it. What they share out is the
+// top's entries, and the entries of each directory of the top (files/, task-PID/) in chunks:
+// by whole top entries one thread walked files/ (four fifths of a 10,000-fd tree) alone. On a virtual machine each system call's entry and exit cost as much as its work,
 // so a directory is listed by getdents64 into a buffer of its own (fdopendir would fstat and
 // fcntl the fd again: two calls more for each of a 10,000-fd tree's 20,000 directories).
 //
@@ -34,6 +35,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -62,7 +64,7 @@
 // is far below it, and a tree a user crafted to exhaust root's memory stops here.
 #define OUTPUT_MAX ((size_t)1 << 30)
 
-// What one thread writes: the records of the top entries it took, and its first failure.
+// What one thread writes: the records of the items it took (each a span of `out`), and its first failure.
 typedef struct {
   const char *top;
   size_t inline_max;  // files up to this size are read whole
@@ -73,7 +75,7 @@ typedef struct {
   uint32_t notable;    // entries the owner check must look at (see the layout)
   struct ring *ring;   // this thread's io_uring, or NULL: one system call per step (below)
   nerr_t err;
-  char rel[PATH_MAX];  // the path below the top of what is being read, for errors
+  char *rel;           // the path below the top of what is being read, for errors (PATH_MAX bytes: the thread's)
 } tree_read_t;
 
 // A 10,000-fd tree's walk writes 13 MB. On a virtual machine a first touch of a page costs tens
@@ -114,7 +116,7 @@ static void put32(tree_read_t *r, size_t at, uint32_t v) { memcpy(r->out + at, &
 // Appends `name` to r->rel for messages; returns the length to cut back to.
 static size_t rel_push(tree_read_t *r, const char *name) {
   size_t was = strlen(r->rel);
-  if (was + 1 + strlen(name) < sizeof r->rel) {
+  if (was + 1 + strlen(name) < PATH_MAX) {
     if (was) r->rel[was] = '/';
     strcpy(r->rel + (was ? was + 1 : 0), name);
   }
@@ -664,12 +666,19 @@ broken:;
   return fail(r, code, "io_uring_enter");
 }
 
+// What the walk of `depth` holds (made on first use); NULL with r->err set.
+static level_t *ring_level(tree_read_t *r, int depth) {
+  ring_t *g = r->ring;
+  level_t *lv = g->levels[depth];
+  if (!lv && !(lv = g->levels[depth] = calloc(1, sizeof *lv))) nerr_set(&r->err, ENOMEM, "readTree(%s): %zu bytes", r->top, sizeof *lv);
+  return lv;
+}
+
 // The block of the directory `dfd` (closed here), its entries taken CHUNK at a time.
 static int walk_ring(tree_read_t *r, int dfd, int depth) {
   ring_t *g = r->ring;
-  level_t *lv = g->levels[depth];
-  if (!lv && !(lv = g->levels[depth] = calloc(1, sizeof *lv))) {
-    nerr_set(&r->err, ENOMEM, "readTree(%s): %zu bytes", r->top, sizeof *lv);
+  level_t *lv = ring_level(r, depth);
+  if (!lv) {
     close(dfd);
     return -1;
   }
@@ -753,7 +762,38 @@ static int walk_sync(tree_read_t *r, int dfd, int depth) {
   return rc;
 }
 
-// The request: the top, then its entries shared out between the threads.
+// The request: the top, then its entries shared out between the threads. A directory of the
+// top (files/, task-PID/) is listed here and its entries are shared out one by one: a
+// 10,000-fd tree's files/ alone is four fifths of the walk, and by whole top entries one
+// thread did that while the other waited.
+
+// A directory of the top whose entries are items of their own.
+typedef struct {
+  int split;
+  int fd;
+  struct stat st;
+  size_t first;         // its first item
+  size_t count;         // its entries
+  size_t items;         // its items
+  char **names;
+  unsigned char *types;
+} top_t;
+
+// What a thread takes: one entry of the top, or up to SPLIT_CHUNK entries of a split directory
+// of the top (a chunk of the io_uring walk).
+#define SPLIT_CHUNK 32
+typedef struct {
+  int dfd;              // the directory they are listed in
+  char **names;
+  unsigned char *types;
+  size_t n;
+  int depth;
+  const char *prefix;   // the path of `dfd` below the top, for messages
+  int thread;           // whose output holds its record (and block)
+  size_t start, len;    // where in it
+  uint32_t found;       // records it holds (0: gone since listed)
+} item_t;
+
 typedef struct {
   task_t task;
   char *top;
@@ -762,10 +802,17 @@ typedef struct {
   size_t count;           // entries of the top
   char **names;
   unsigned char *types;
-  tree_read_t *parts;     // one per entry of the top
-  uint32_t *found;        // records each part holds (0: gone since listed)
-  size_t next;            // the next entry to take
-  int failed;
+  top_t *tops;            // one per entry of the top
+  item_t *items;
+  size_t item_count;
+  // Items left to take: [lo, hi). The first thread takes from the front, the second from the
+  // back: a big item at either end (fds/ of a task with many fds, in a task-PID/ of few
+  // entries) is started at once, not left for last.
+  pthread_mutex_t lock;
+  size_t lo, hi;
+  size_t failed_at[THREADS];  // the item each thread failed in (its err), else item_count
+  tree_read_t threads[THREADS];
+  int thread_ids;         // threads handed out
   int use_ring;           // walk through io_uring where it can be set up
   int ringed;             // threads that did
   char *out;
@@ -774,16 +821,53 @@ typedef struct {
 
 static void *take_entries(void *arg) {
   read_request_t *q = arg;
+  int me = __atomic_fetch_add(&q->thread_ids, 1, __ATOMIC_RELAXED);
+  tree_read_t *r = &q->threads[me];
   ring_t ring;
   int ringed = q->use_ring && ring_setup(&ring) == 0;
+  char rel[PATH_MAX];
+  r->top = q->top;
+  r->inline_max = q->inline_max;
+  r->budget = q->budget;
+  r->inlined = &q->inlined;
+  r->ring = ringed ? &ring : NULL;
+  r->rel = rel;
   for (;;) {
-    if (__atomic_load_n(&q->failed, __ATOMIC_RELAXED)) break;
-    size_t i = __atomic_fetch_add(&q->next, 1, __ATOMIC_RELAXED);
-    if (i >= q->count) break;
-    q->parts[i].ring = ringed ? &ring : NULL;
-    if (entry(&q->parts[i], q->top_fd, q->names[i], q->types[i], 0, &q->found[i]) < 0) __atomic_store_n(&q->failed, 1, __ATOMIC_RELAXED);
-    q->parts[i].ring = NULL;
+    size_t i = 0;
+    pthread_mutex_lock(&q->lock);
+    int took = q->lo < q->hi;
+    if (took) i = me == 0 ? q->lo++ : --q->hi;
+    pthread_mutex_unlock(&q->lock);
+    if (!took) break;
+    item_t *it = &q->items[i];
+    snprintf(rel, sizeof rel, "%s", it->prefix);
+    it->thread = me;
+    it->start = r->len;
+    int rc = 0;
+    if (r->ring && it->depth > 0) {
+      level_t *lv = ring_level(r, it->depth);
+      for (size_t j = 0; lv && j < it->n; j++) {
+        lv->slots[j].name = it->names[j];
+        lv->slots[j].type = it->types[j];
+      }
+      rc = lv ? ring_chunk(r, it->dfd, it->depth, lv, (int)it->n, &it->found) : -1;
+    } else {
+      for (size_t j = 0; j < it->n && rc == 0; j++) rc = entry(r, it->dfd, it->names[j], it->types[j], it->depth, &it->found);
+    }
+    if (rc < 0) {
+      // The first failure in order is reported: every item before this one is still taken
+      // (by the other thread), none after it need be.
+      it->len = 0;
+      q->failed_at[me] = i;
+      pthread_mutex_lock(&q->lock);
+      if (q->hi > i) q->hi = i;
+      pthread_mutex_unlock(&q->lock);
+      break;
+    }
+    it->len = r->len - it->start;
   }
+  r->ring = NULL;
+  r->rel = NULL;
   if (ringed) {
     __atomic_add_fetch(&q->ringed, 1, __ATOMIC_RELAXED);
     ring_destroy(&ring);
@@ -791,41 +875,72 @@ static void *take_entries(void *arg) {
   return NULL;
 }
 
-// Lists the top (names and types) into q; -1 with t->err set on failure.
-static int list_top(read_request_t *q) {
-  DIR *d = fdopendir(dup(q->top_fd));
-  if (!d) {
-    nerr_set(&q->task.err, errno, "opendir(%s)", q->top);
-    return -1;
-  }
-  size_t cap = 0;
+// Lists the directory `fd` (names and types, "." and ".." left out); -1 with errno set on failure.
+static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t *count_out) {
+  DIR *d = fdopendir(dup(fd));
+  if (!d) return -1;
+  char **names = NULL;
+  unsigned char *types = NULL;
+  size_t count = 0, cap = 0;
+  int rc = 0;
   for (;;) {
     errno = 0;
     struct dirent *e = readdir(d);
     if (!e) {
-      if (errno) nerr_set(&q->task.err, errno, "readdir(%s)", q->top);
+      if (errno) rc = -1;
       break;
     }
     if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
-    if (q->count == cap) {
+    if (count == cap) {
       cap = cap ? cap * 2 : 64;
-      char **names = realloc(q->names, cap * sizeof *names);
-      if (names) q->names = names;
-      unsigned char *types = realloc(q->types, cap);
-      if (types) q->types = types;
-      if (!names || !types) {
-        nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+      char **n = realloc(names, cap * sizeof *n);
+      if (n) names = n;
+      unsigned char *ty = realloc(types, cap);
+      if (ty) types = ty;
+      if (!n || !ty) {
+        errno = ENOMEM;
+        rc = -1;
         break;
       }
     }
-    if (!(q->names[q->count] = strdup(e->d_name))) {
-      nerr_set(&q->task.err, ENOMEM, "readdir(%s)", q->top);
+    if (!(names[count] = strdup(e->d_name))) {
+      errno = ENOMEM;
+      rc = -1;
       break;
     }
-    q->types[q->count++] = e->d_type;
+    types[count++] = e->d_type;
   }
+  int code = errno;
   closedir(d);
-  return q->task.err.code ? -1 : 0;
+  *names_out = names;
+  *types_out = types;
+  *count_out = count;
+  errno = code;
+  return rc;
+}
+
+// Lists the top (names and types) into q; -1 with t->err set on failure.
+static int list_top(read_request_t *q) {
+  if (list_dir(q->top_fd, &q->names, &q->types, &q->count) < 0) {
+    nerr_set(&q->task.err, errno, "readdir(%s)", q->top);
+    return -1;
+  }
+  return 0;
+}
+
+// Opens and lists the directory `i` of the top so that its entries are shared out. Whatever
+// goes wrong leaves it whole: its walk then meets the same and says so, in the top's order.
+static void split_top(read_request_t *q, size_t i) {
+  top_t *d = &q->tops[i];
+  if (q->types[i] != DT_DIR && q->types[i] != DT_UNKNOWN) return;
+  int fd = openat(q->top_fd, q->names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_DIRECTORY);
+  if (fd < 0) return;
+  if (fstat(fd, &d->st) < 0 || !S_ISDIR(d->st.st_mode) || list_dir(fd, &d->names, &d->types, &d->count) < 0) {
+    close(fd);
+    return;
+  }
+  d->fd = fd;
+  d->split = 1;
 }
 
 static void read_tree_run(task_t *t) {
@@ -842,67 +957,117 @@ static void read_tree_run(task_t *t) {
     return;
   }
   if (list_top(q) < 0) return;
-  q->parts = calloc(q->count ? q->count : 1, sizeof *q->parts);
-  q->found = calloc(q->count ? q->count : 1, sizeof *q->found);
-  if (!q->parts || !q->found) {
+  q->tops = calloc(q->count ? q->count : 1, sizeof *q->tops);
+  if (!q->tops) {
     nerr_set(&t->err, ENOMEM, "readTree(%s)", q->top);
     return;
   }
   for (size_t i = 0; i < q->count; i++) {
-    q->parts[i].top = q->top;
-    q->parts[i].inline_max = q->inline_max;
-    q->parts[i].budget = q->budget;
-    q->parts[i].inlined = &q->inlined;
+    q->tops[i].fd = -1;
+    split_top(q, i);
+    q->tops[i].first = q->item_count;
+    q->tops[i].items = q->tops[i].split ? (q->tops[i].count + SPLIT_CHUNK - 1) / SPLIT_CHUNK : 1;
+    q->item_count += q->tops[i].items;
   }
+  q->items = calloc(q->item_count ? q->item_count : 1, sizeof *q->items);
+  if (!q->items) {
+    nerr_set(&t->err, ENOMEM, "readTree(%s)", q->top);
+    return;
+  }
+  for (size_t i = 0; i < q->count; i++) {
+    top_t *d = &q->tops[i];
+    for (size_t j = 0; j < d->items; j++) {
+      item_t *it = &q->items[d->first + j];
+      it->dfd = d->split ? d->fd : q->top_fd;
+      it->names = d->split ? d->names + j * SPLIT_CHUNK : q->names + i;
+      it->types = d->split ? d->types + j * SPLIT_CHUNK : q->types + i;
+      it->n = d->split ? (j + 1 < d->items ? SPLIT_CHUNK : d->count - j * SPLIT_CHUNK) : 1;
+      it->depth = d->split ? 1 : 0;
+      it->thread = -1;
+      // Messages name an entry of a split directory below it (files/12/fd_type).
+      it->prefix = d->split ? q->names[i] : "";
+    }
+  }
+  q->lo = 0;
+  q->hi = q->item_count;
+  for (int th = 0; th < THREADS; th++) q->failed_at[th] = q->item_count;
   pthread_t helpers[THREADS - 1];
   int started = 0;
-  for (; started < THREADS - 1 && (size_t)started + 1 < q->count; started++)
+  for (; started < THREADS - 1 && (size_t)started + 1 < q->item_count; started++)
     if (pthread_create(&helpers[started], NULL, take_entries, q) != 0) break;  // fewer threads: still correct
   take_entries(q);
   for (int i = 0; i < started; i++) pthread_join(helpers[i], NULL);
   // The first failure in the top's order is the one reported.
+  size_t first_bad = q->item_count;
+  for (int th = 0; th < THREADS; th++) {
+    if (q->failed_at[th] >= first_bad) continue;
+    first_bad = q->failed_at[th];
+    t->err = q->threads[th].err;
+  }
+  if (first_bad < q->item_count) return;
   size_t len = 16;
   uint32_t records = 0, notable = 0;
+  for (int th = 0; th < THREADS; th++) notable += q->threads[th].notable;
+  for (size_t k = 0; k < q->item_count; k++) len += q->items[k].len;
   for (size_t i = 0; i < q->count; i++) {
-    if (q->parts[i].err.code) {
-      t->err = q->parts[i].err;
-      return;
+    top_t *d = &q->tops[i];
+    if (!d->split) {
+      records += q->items[d->first].found;
+      continue;
     }
-    len += q->parts[i].len;
-    records += q->found[i];
-    notable += q->parts[i].notable;
+    // A split directory's record and the count of its block, written below.
+    len += ENTRY_HEAD + strlen(q->names[i]) + 4 + 4;
+    records++;
+    if (d->st.st_uid != 0 || (d->st.st_mode & 022) != 0) notable++;
   }
   if (len > OUTPUT_MAX) {
     nerr_set_raw(&t->err, E2BIG, "%s: too many entries to read (over 1 GiB of names and small files): not a saved checkpoint", q->top);
     return;
   }
-  // The largest part (files/ of a task with many fds: nearly all of it) becomes the output,
-  // grown in place and its bytes moved up: a fresh buffer would be as many first touches again.
-  size_t big = 0, before = 16;
-  for (size_t i = 1; i < q->count; i++)
-    if (q->parts[i].len > q->parts[big].len) big = i;
-  for (size_t i = 0; i < big; i++) before += q->parts[i].len;
-  if (q->count > 0 && q->parts[big].len > 0) {
-    char *grown = realloc(q->parts[big].out, len);
-    if (!grown) {
-      nerr_set(&t->err, ENOMEM, "readTree(%s): %zu bytes", q->top, len);
-      return;
-    }
-    q->parts[big].out = NULL;
-    q->out = grown;
-    memmove(q->out + before, q->out, q->parts[big].len);
-  } else if (!(q->out = malloc(len))) {
+  if (!(q->out = malloc(len))) {
     nerr_set(&t->err, ENOMEM, "readTree(%s): %zu bytes", q->top, len);
     return;
   }
+  want_huge_pages(q->out, len);
   uint32_t head[4] = {st.st_mode, st.st_uid, notable, records};
   memcpy(q->out, head, 16);
   q->len = 16;
   for (size_t i = 0; i < q->count; i++) {
-    if (q->parts[i].out && q->parts[i].len) memcpy(q->out + q->len, q->parts[i].out, q->parts[i].len);
-    q->len += q->parts[i].len;
-    free(q->parts[i].out);
-    q->parts[i].out = NULL;
+    top_t *d = &q->tops[i];
+    size_t rec = q->len;
+    uint32_t found = 0;
+    size_t block_len = 0;
+    size_t name_len = strlen(q->names[i]);
+    if (d->split) {
+      // The directory's record as its walk writes it (entry_in): no data, its block follows.
+      uint16_t len16 = (uint16_t)name_len;
+      double size = (double)d->st.st_size;
+      memset(q->out + rec, 0, ENTRY_HEAD);
+      q->out[rec] = KIND_DIR;
+      memcpy(q->out + rec + 2, &len16, 2);
+      memcpy(q->out + rec + 4, &d->st.st_mode, 4);
+      memcpy(q->out + rec + 8, &d->st.st_uid, 4);
+      memcpy(q->out + rec + 16, &size, 8);
+      memcpy(q->out + rec + ENTRY_HEAD, q->names[i], name_len);
+      memset(q->out + rec + ENTRY_HEAD + name_len, 0, 4);
+      q->len = rec + ENTRY_HEAD + name_len + 4 + 4;
+    }
+    for (size_t j = 0; j < d->items; j++) {
+      item_t *it = &q->items[d->first + j];
+      if (it->len) memcpy(q->out + q->len, q->threads[it->thread].out + it->start, it->len);
+      q->len += it->len;
+      block_len += it->len;
+      found += it->found;
+    }
+    if (d->split) {
+      uint32_t block = (uint32_t)(4 + block_len);
+      memcpy(q->out + rec + 12, &block, 4);
+      memcpy(q->out + rec + ENTRY_HEAD + name_len + 4, &found, 4);
+    }
+  }
+  for (int th = 0; th < THREADS; th++) {
+    free(q->threads[th].out);
+    q->threads[th].out = NULL;
   }
 }
 
@@ -919,18 +1084,25 @@ static napi_value read_tree_settle(napi_env env, task_t *t) {
 static void read_tree_destroy(task_t *t) {
   read_request_t *q = (read_request_t *)t;
   if (q->top_fd >= 0) close(q->top_fd);
+  for (int th = 0; th < THREADS; th++) free(q->threads[th].out);
   for (size_t i = 0; i < q->count; i++) {
     free(q->names[i]);
-    if (q->parts) free(q->parts[i].out);
+    if (!q->tops) continue;
+    if (q->tops[i].fd >= 0) close(q->tops[i].fd);
+    for (size_t j = 0; j < q->tops[i].count; j++) free(q->tops[i].names[j]);
+    free(q->tops[i].names);
+    free(q->tops[i].types);
   }
   free(q->names);
   free(q->types);
-  free(q->parts);
-  free(q->found);
+  free(q->tops);
+  free(q->items);
   free(q->out);
   free(q->top);
+  pthread_mutex_destroy(&q->lock);
   free(q);
 }
+
 
 napi_value js_read_tree(napi_env env, napi_callback_info info) {
   napi_value argv[4];
@@ -963,6 +1135,7 @@ napi_value js_read_tree(napi_env env, napi_callback_info info) {
     return NULL;
   }
   q->top_fd = -1;
+  pthread_mutex_init(&q->lock, NULL);
   napi_get_value_string_utf8(env, argv[0], q->top, top_len + 1, &top_len);
   q->inline_max = (size_t)inline_max;
   q->budget = (size_t)budget;
