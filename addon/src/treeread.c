@@ -782,6 +782,8 @@ typedef struct {
 // What a thread takes: one entry of the top, or up to SPLIT_CHUNK entries of a split directory
 // of the top (a chunk of the io_uring walk).
 #define SPLIT_CHUNK 32
+// Directories of the top with more entries than this are not shared out (see split_top).
+#define SPLIT_MAX ((size_t)1 << 20)
 typedef struct {
   int dfd;              // the directory they are listed in
   char **names;
@@ -875,8 +877,9 @@ static void *take_entries(void *arg) {
   return NULL;
 }
 
-// Lists the directory `fd` (names and types, "." and ".." left out); -1 with errno set on failure.
-static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t *count_out) {
+// Lists the directory `fd` (names and types, "." and ".." left out); -1 with errno set on
+// failure (E2BIG: more than `max` entries).
+static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t *count_out, size_t max) {
   DIR *d = fdopendir(dup(fd));
   if (!d) return -1;
   char **names = NULL;
@@ -891,6 +894,11 @@ static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t
       break;
     }
     if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (count == max) {
+      errno = E2BIG;
+      rc = -1;
+      break;
+    }
     if (count == cap) {
       cap = cap ? cap * 2 : 64;
       char **n = realloc(names, cap * sizeof *n);
@@ -921,7 +929,7 @@ static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t
 
 // Lists the top (names and types) into q; -1 with t->err set on failure.
 static int list_top(read_request_t *q) {
-  if (list_dir(q->top_fd, &q->names, &q->types, &q->count) < 0) {
+  if (list_dir(q->top_fd, &q->names, &q->types, &q->count, SIZE_MAX) < 0) {
     nerr_set(&q->task.err, errno, "readdir(%s)", q->top);
     return -1;
   }
@@ -935,8 +943,16 @@ static void split_top(read_request_t *q, size_t i) {
   if (q->types[i] != DT_DIR && q->types[i] != DT_UNKNOWN) return;
   int fd = openat(q->top_fd, q->names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_DIRECTORY);
   if (fd < 0) return;
-  if (fstat(fd, &d->st) < 0 || !S_ISDIR(d->st.st_mode) || list_dir(fd, &d->names, &d->types, &d->count) < 0) {
+  // A directory of millions of entries (a crafted tree) is not listed whole here: walked as
+  // one item, it meets the bound on the walk's output instead.
+  if (fstat(fd, &d->st) < 0 || !S_ISDIR(d->st.st_mode) || list_dir(fd, &d->names, &d->types, &d->count, SPLIT_MAX) < 0) {
     close(fd);
+    for (size_t j = 0; j < d->count; j++) free(d->names[j]);
+    free(d->names);
+    free(d->types);
+    d->names = NULL;
+    d->types = NULL;
+    d->count = 0;
     return;
   }
   d->fd = fd;
