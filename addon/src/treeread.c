@@ -407,6 +407,20 @@ static void ring_destroy(ring_t *g) {
   }
 }
 
+// Whether the kernel's io_uring does every operation the walk asks of it (5.6 on; before, a
+// ring could be set up but an open through it would fail).
+static int ring_has_ops(int fd) {
+  static const unsigned char needed[] = {IORING_OP_OPENAT, IORING_OP_STATX, IORING_OP_READ, IORING_OP_CLOSE};
+  size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+  struct io_uring_probe *probe = calloc(1, len);
+  if (!probe) return 0;
+  int ok = syscall(__NR_io_uring_register, fd, IORING_REGISTER_PROBE, probe, 256) == 0;
+  for (size_t i = 0; ok && i < sizeof needed; i++)
+    ok = needed[i] <= probe->last_op && needed[i] < probe->ops_len && (probe->ops[needed[i]].flags & IO_URING_OP_SUPPORTED);
+  free(probe);
+  return ok;
+}
+
 // Sets up this thread's ring; -1 where io_uring is not to be had (the synchronous walk runs).
 static int ring_setup(ring_t *g) {
   memset(g, 0, sizeof *g);
@@ -414,6 +428,7 @@ static int ring_setup(ring_t *g) {
   memset(&p, 0, sizeof p);
   g->fd = (int)syscall(__NR_io_uring_setup, RING_ENTRIES, &p);
   if (g->fd < 0) return -1;
+  if (!ring_has_ops(g->fd)) goto fail;
   g->sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
   g->cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
   int single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
