@@ -194,9 +194,11 @@ export interface Addon {
    * kind, owner and mode, and the bytes and CRC32C of each regular file of at most `inlineMax`
    * bytes while `budget` bytes in all allow, in one Buffer (lib/restore/snapshot.ts reads it).
    * Entries below `path` are opened relative to their directory with O_NOFOLLOW; symbolic
-   * links are recorded, never followed.
+   * links are recorded, never followed. The steps go through io_uring, a directory's entries a
+   * chunk at a time, unless `useRing` is false or io_uring cannot be set up; the Buffer's
+   * `ringed` says how many of the walk's threads used it (tests).
    */
-  readTree(path: string, inlineMax: number, budget: number): Promise<Buffer>
+  readTree(path: string, inlineMax: number, budget: number, useRing?: boolean): Promise<Buffer & { ringed: number }>
   /**
    * Lazy restore (addon/src/uffd.c): registers `ranges` (u64 start, u64 length pairs) of pid's
    * memory on `uffd` (a userfaultfd the task made, taken with getFd; owned by the fill from
