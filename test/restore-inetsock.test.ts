@@ -61,13 +61,14 @@ interface Started {
   port: number
 }
 
-async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
+/** full: the fixture's send buffer filled to the brim with 17-byte writes (restore_inetsock.c). */
+async function startPair(t: Test, ip: 4 | 6 = 4, full = false): Promise<Started> {
   const dir = workdir(t, 'ckptfs-inet-')
   const six = ip === 6 ? ['6'] : []
   const peer = await startTarget(peerBin, [dir, ...six], /^listening port=\d+ pid=\d+$/)
   t.teardown(() => peer.kill())
   const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
-  const target = await launch(t, [fixture, dir, String(port), ...six], { dir })
+  const target = await launch(t, [fixture, dir, String(port), ...six, ...(full ? ['full'] : [])], { dir })
   await peer.waitFor(/^peer sent \d+$/)
   return { target, peer, dir, port }
 }
@@ -81,13 +82,13 @@ async function gap(s: Started): Promise<void> {
 }
 
 /** Lets both ends carry on and checks both streams whole. */
-async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
+async function carriesOn(t: Test, s: Started, since: number, extra: string[] = []): Promise<void> {
   const checks = await runChecks(s.target, since, 40_000)
   t.ok(checks.done, 'the fixture finished its checks')
   t.same(checks.failed, [], 'no check failed')
   for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
     'udp: SO_RCVTIMEO', 'udp: the queued datagrams, in order, from their senders', 'udp6: the connected socket\'s queued datagram, from its peer', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
-    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out', ...extra]) {
     t.ok(checks.ok.includes(name), `ok ${name}`)
   }
   const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))
@@ -162,6 +163,32 @@ t.test('the same over IPv6, from the image', async (t) => {
   if (r.status !== 0) return
   await carriesOn(t, s, since)
   t.notOk(anythingOurs(s.port), 'nft list ruleset shows nothing of ours')
+})
+
+// CRIU's socket-tcpbuf: the queue of a send buffer filled by many small writes, nearly all of it
+// unsent, takes more room in a new socket of the same size than it took in the old one. The
+// stub grows the buffer while it fills it and sets it back after; before, it waited 10 s for
+// room the peer could not make (its acknowledgements are dropped until the restore is over)
+// and the restore failed with the process killed.
+t.test('a send buffer filled to the brim, nearly all unsent, comes back whole, with its size', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t, 4, true)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  const conn = sockets(saved).find((k) => k.state === 'established' && k.protocol === 'tcp')!
+  const sendQueue = fs.statSync(path.join(conn.dir, 'tcp', 'send_queue')).size
+  const unsent = Number(read(path.join(conn.dir, 'tcp', 'unsent')))
+  const sndbuf = Number(read(path.join(conn.dir, 'options', 'sndbuf')))
+  t.ok(sendQueue > sndbuf / 4, `send_queue holds ${sendQueue} bytes, more than a quarter of its sndbuf (${sndbuf})`)
+  t.ok(unsent > sendQueue / 2, `most of it unsent (${unsent})`)
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(s.port), [], 'the restore removed the table')
+  if (r.status !== 0) return
+  await carriesOn(t, s, since, ['tcp: SO_SNDBUF as before'])
+  t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
 t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {

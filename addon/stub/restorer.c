@@ -1422,7 +1422,15 @@ static void sock_buffer(int fd, int name, int saved, const char *opt, const char
   int now = 0;
   socklen_t len = sizeof now;
   if (getsockopt(fd, SOL_SOCKET, name, &now, &len) < 0) fail("%s: getsockopt(%s): %s", what, opt, strerror(errno));
-  if (saved > 0 && saved != now) sock_opt(fd, SOL_SOCKET, name, saved / 2, opt, what);
+  if (saved <= 0 || saved == now) return;
+  sock_opt(fd, SOL_SOCKET, name, saved / 2, opt, what);
+  // Above net.core.[rw]mem_max (a size the kernel tuned up, or one forced): forced, when the
+  // task's CAP_NET_ADMIN allows it, else as large as the sysctl lets it be.
+  len = sizeof now;
+  if (getsockopt(fd, SOL_SOCKET, name, &now, &len) == 0 && now < saved) {
+    int half = saved / 2;
+    setsockopt(fd, SOL_SOCKET, name == SO_SNDBUF ? SO_SNDBUFFORCE : SO_RCVBUFFORCE, &half, sizeof half);
+  }
 }
 
 static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int domain, const char *name, const char *what) {
@@ -1434,18 +1442,45 @@ static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int
   return (const struct sockaddr *)(const void *)raw;
 }
 
+// Makes room in the socket's send (SO_SNDBUFFORCE) or receive (SO_RCVBUFFORCE) buffer for
+// `more` bytes: what it holds now, twice those bytes (an skb's overhead) and 1 MiB. Forcing
+// takes the CAP_NET_ADMIN the task had (repair mode took it too, in its own namespace): 0
+// when refused, and the caller waits for room instead.
+static int grow_buffer(int fd, int force, uint32_t more) {
+  int name = force == SO_SNDBUFFORCE ? SO_SNDBUF : SO_RCVBUF, now = 0;
+  socklen_t len = sizeof now;
+  if (getsockopt(fd, SOL_SOCKET, name, &now, &len) < 0) return 0;
+  int64_t want = (int64_t)now + 2 * (int64_t)more + (1 << 20);
+  int half = want / 2 > INT32_MAX / 2 ? INT32_MAX / 2 : (int)(want / 2);
+  return setsockopt(fd, SOL_SOCKET, force, &half, sizeof half) == 0;
+}
+
 // The kernel may refuse a large piece (a queue restored in repair mode is one linear skb per
-// send, ENOMEM) or have no room for it yet (EAGAIN under memory pressure, while the unsent
-// part waits for acknowledgements): smaller pieces first, then a wait for room, bounded so a
-// restore never hangs on a queue.
-static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, const char *queue, const char *what) {
+// send, ENOMEM) or have no room for it (EAGAIN: the buffer the queue was saved from was full,
+// and what the bytes take in it now is not what they took then). The buffer is grown once
+// (`force`: grow_buffer) and set back to its saved size by the caller once every queue is in:
+// a full buffer then is as full as it was, and nothing depends on the peer, whose packets the
+// gap still drops (an unsent queue waiting for its acknowledgements would wait for ever).
+// Without the right to grow it: smaller pieces first, then a wait for room, bounded so a
+// restore never hangs on a queue. Sets *grown when the buffer was grown.
+static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, int force, int *grown, const char *queue, const char *what) {
   uint32_t piece = len;
+  int tried = 0;
   struct timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   while (len > 0) {
     ssize_t n = send(fd, data, len < piece ? len : piece, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == ENOMEM || errno == ENOBUFS)) {
+      int saved_errno = errno;
+      if (!tried) {
+        tried = 1;
+        if (grow_buffer(fd, force, len)) {
+          *grown = 1;
+          continue;
+        }
+      }
+      errno = saved_errno;
       if (piece > 1024) {
         piece /= 2;
         continue;
@@ -1762,9 +1797,10 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     // Bytes the task had sent go back as sent (the peer acknowledges or they are retransmitted);
     // the unsent ones are sent normally once the connection is out of repair.
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE", what);
-    send_queue_bytes(fd, recv_data, recv_len, 0, "receive queue", what);
+    int rcv_grown = 0, snd_grown = 0;
+    send_queue_bytes(fd, recv_data, recv_len, 0, SO_RCVBUFFORCE, &rcv_grown, "receive queue", what);
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what);
-    send_queue_bytes(fd, send_data, send_len - unsent, 0, "send queue", what);
+    send_queue_bytes(fd, send_data, send_len - unsent, 0, SO_SNDBUFFORCE, &snd_grown, "send queue", what);
     if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &window, sizeof window) < 0) fail("%s: TCP_REPAIR_WINDOW: %s", what, strerror(errno));
     // The first unacknowledged byte, and the peer's window as it sent it (so the segments sent
     // in its name below leave the saved window as it was).
@@ -1789,7 +1825,10 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     }
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE", what);
     sock_opt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR", what);
-    send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, "unsent send queue", what);
+    send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, SO_SNDBUFFORCE, &snd_grown, "unsent send queue", what);
+    // The sizes it was saved with again, below what the queues hold now if they were full.
+    if (rcv_grown) sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
+    if (snd_grown) sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
     if (reuseaddr) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
     if (u32("datagram count")) fail("%s: a TCP connection with queued datagrams", what);
   } else {
