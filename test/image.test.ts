@@ -377,7 +377,7 @@ t.test('decode(encode(x)) equals x', async (t) => {
   const file = await writeImage(await readWhole(source))
   const loaded = await readImage(file)
   t.strictSame(await plain(taskParts(loaded.task)), await plain(taskParts(task)))
-  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 6 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
+  t.strictSame(loaded.header, { formatVersion: { major: 1, minor: 7 }, pid: 4242, tids: [4242, 4243, 4250], mode: 'copy' })
   t.equal((await loaded.vmas[1].pages.read(4096 * 299, 8192)).length, 8192, 'page reads cross run and chunk bounds')
   const again = await readWhole(await imageSource(loaded.task, { mode: 'copy' }))
   t.ok(again.equals(await fs.promises.readFile(file)), 're-encoding the decoded image gives the same bytes')

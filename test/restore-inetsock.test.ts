@@ -25,6 +25,7 @@ import { asUser, attacker } from './lib/unprivileged'
 import { closeGap, fourTuple, gapTableName, openGap } from '../lib/netgap'
 
 const fixture = buildTarget('restore_inetsock')
+const stateFixture = buildTarget('restore_inetstate')
 const peerBin = buildTarget('inet_peer')
 
 /**
@@ -190,6 +191,42 @@ t.test('a send buffer filled to the brim, nearly all unsent, comes back whole, w
   await carriesOn(t, s, since, ['tcp: SO_SNDBUF as before'])
   t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
+
+// CRIU's socket_udp_shutdown, sock_tcp_opts00, socket-tcp-reuseport and socket-tcp-close2
+// (test/fixtures/restore_inetstate.c): shutdowns, TCP_CORK, two listening sockets of one port
+// (one turned SO_REUSEPORT off after it listened: made with its saved options alone, the
+// second bind fails) and a connection that ended (its ports went back, the client's is held
+// by its TIME_WAIT: bound again, the restore failed).
+for (const image of [false, true]) {
+  t.test(`shutdowns, TCP_CORK, two listening sockets sharing a port and a connection that ended come back${image ? ', from the image' : ''}`, async (t) => {
+    const mnt = mountFor(t)
+    const dir = workdir(t, 'ckptfs-inetstate-')
+    const target = await launch(t, [stateFixture, dir], { dir })
+    const saved = path.join(dir, 'saved')
+    await checkpointSaveKill(mnt, target.pid, saved, { image })
+    const found = sockets(saved)
+    const at = (k: { dir: string }, name: string) => read(path.join(k.dir, name))
+    t.same(found.filter((k) => k.protocol === 'udp').map((k) => at(k, 'shutdown')).sort(), ['read', 'write'], 'udp: shutdown read and write')
+    const closed = found.filter((k) => k.protocol === 'tcp' && k.state === 'close')
+    t.same(closed.map((k) => at(k, 'options/cork')).sort(), ['0', '0', '1'], 'options/cork: set on the one socket that corked')
+    const ended = closed.filter((k) => at(k, 'options/cork') === '0')
+    t.same(ended.map((k) => `${at(k, 'local_port')} ${at(k, 'shutdown')}`), ['0 read', '0 read'], 'the ended connection\'s ends: no port (it went back), read side shut')
+    const listening = found.filter((k) => k.state === 'listen')
+    t.equal(new Set(listening.map((k) => at(k, 'local_port'))).size, 1, 'both listening sockets on one port')
+    t.same(listening.map((k) => at(k, 'options/reuseport')).sort(), ['0', '1'], 'options/reuseport: off on one, on on the other')
+    const r = restoreCli(mnt, image ? `${saved}.image` : saved)
+    t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+    if (r.status !== 0) return
+    const checks = await runChecks(target, 0)
+    t.ok(checks.done, 'the fixture finished its checks')
+    t.same(checks.failed, [], 'no check failed')
+    for (const name of ['udp: the socket shut for writing cannot send', 'udp: the socket shut for reading sends to its peer', 'udp: the read side shut where it was',
+      'tcp: TCP_CORK and TCP_NODELAY', 'reuseport: both listen on the one port', 'reuseport: SO_REUSEPORT off and on as they were', 'reuseport: connections to the port are accepted',
+      'closed: each end is closed, reads end of file and cannot write']) {
+      t.ok(checks.ok.includes(name), `ok ${name}`)
+    }
+  })
+}
 
 t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
   const mnt = mountFor(t)

@@ -266,7 +266,7 @@ t.test('the image holds the whole tree', async (t) => {
   execFileSync('cp', [`${dir}.image`, image])
   execFileSync('cp', ['-a', dir, path.join(work, 'saved')])
   const loaded = await readImage(image)
-  t.same(loaded.header.formatVersion, { major: 1, minor: 6 }, 'format 1.6')
+  t.same(loaded.header.formatVersion, { major: 1, minor: 7 }, 'format 1.7')
   t.equal(loaded.pid, pids.p, 'the root is the header\'s process')
   t.same(loaded.others.map((o) => o.pid), [pids.a, pids.g, pids.b], 'the other processes, parents first')
   t.same(loaded.others.map((o) => o.process.ppid), [pids.p, pids.a, pids.p], 'with their parents')

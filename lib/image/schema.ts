@@ -8,7 +8,7 @@ import * as protobuf from 'protobufjs'
 import { CkptError } from '../errors'
 
 export const FORMAT_MAJOR = 1
-export const FORMAT_MINOR = 6
+export const FORMAT_MINOR = 7
 export const MAGIC = 'ckptfs-image'
 /** Page and file contents are cut into records of this size; chunk k starts at k * CHUNK_SIZE. */
 export const CHUNK_SIZE = 1 << 20
