@@ -295,6 +295,12 @@ export interface Addon {
   netlinkSocket(pid: number, fd: number): NetlinkSocketInfo
   /** A packet socket (this process's copy `fd` of a socket of task `pid`): address, options, and packet_diag's view in the task's network namespace. */
   packetSocket(pid: number, fd: number): PacketSocketInfo
+  /**
+   * A TCP or UDP socket (this process's copy `fd` of a socket of task `pid`) as inet_diag lists
+   * it in the task's network namespace: whether it is listed (bound, for a closed TCP socket:
+   * one whose connection ended gave its port back) and its shutdown state.
+   */
+  inetDiag(pid: number, fd: number): InetDiagInfo
 
   // ---- restore (tracer thread) ----
   /**
@@ -489,9 +495,27 @@ export interface InetSocketInfo {
   keepcnt: number
   rcvtimeoUs: bigint
   sndtimeoUs: bigint
+  /** TCP_CORK (TCP; 0 for UDP). */
+  cork: number
   /** UDP: the queued datagrams (peeked, in order) and the address each came from. */
   queue?: Buffer[]
   senders?: Array<InetAddress | undefined>
+}
+
+export interface InetDiagInfo {
+  /** 1: inet_diag lists the socket (a bound one; TCP in TCP_CLOSE only where boundListed). */
+  listed: number
+  /**
+   * 1: this kernel lists bound TCP sockets in TCP_CLOSE (TCP_BOUND_INACTIVE, Linux 6.8), so a
+   * closed TCP socket not listed holds no port (probed once with a socket of this process).
+   */
+  boundListed: number
+  diagState?: number
+  /**
+   * sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2 (INET_DIAG_SHUTDOWN). For a socket not listed,
+   * only RCV_SHUTDOWN, from poll's POLLRDHUP: nothing shows SEND_SHUTDOWN on it.
+   */
+  shutdown: number
 }
 
 export interface TcpRepairDump {

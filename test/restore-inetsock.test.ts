@@ -25,6 +25,7 @@ import { asUser, attacker } from './lib/unprivileged'
 import { closeGap, fourTuple, gapTableName, openGap } from '../lib/netgap'
 
 const fixture = buildTarget('restore_inetsock')
+const stateFixture = buildTarget('restore_inetstate')
 const peerBin = buildTarget('inet_peer')
 
 /**
@@ -61,13 +62,14 @@ interface Started {
   port: number
 }
 
-async function startPair(t: Test, ip: 4 | 6 = 4): Promise<Started> {
+/** full: the fixture's send buffer filled to the brim with 17-byte writes (restore_inetsock.c). */
+async function startPair(t: Test, ip: 4 | 6 = 4, full = false): Promise<Started> {
   const dir = workdir(t, 'ckptfs-inet-')
   const six = ip === 6 ? ['6'] : []
   const peer = await startTarget(peerBin, [dir, ...six], /^listening port=\d+ pid=\d+$/)
   t.teardown(() => peer.kill())
   const port = Number(/port=(\d+)/.exec(peer.lines.find((l) => l.startsWith('listening'))!)![1])
-  const target = await launch(t, [fixture, dir, String(port), ...six], { dir })
+  const target = await launch(t, [fixture, dir, String(port), ...six, ...(full ? ['full'] : [])], { dir })
   await peer.waitFor(/^peer sent \d+$/)
   return { target, peer, dir, port }
 }
@@ -81,13 +83,13 @@ async function gap(s: Started): Promise<void> {
 }
 
 /** Lets both ends carry on and checks both streams whole. */
-async function carriesOn(t: Test, s: Started, since: number): Promise<void> {
+async function carriesOn(t: Test, s: Started, since: number, extra: string[] = []): Promise<void> {
   const checks = await runChecks(s.target, since, 40_000)
   t.ok(checks.done, 'the fixture finished its checks')
   t.same(checks.failed, [], 'no check failed')
   for (const name of ['same ports', 'listen: accepts a connection', 'listen6: accepts a connection', 'listen6: IPV6_V6ONLY', 'listen6: SO_REUSEPORT', 'udp: SO_RCVBUF',
     'udp: SO_RCVTIMEO', 'udp: the queued datagrams, in order, from their senders', 'udp6: the connected socket\'s queued datagram, from its peer', 'udp: receives a datagram', 'udp6: the connected socket reaches its peer', 'tcp: O_NONBLOCK', 'tcp: TCP_NODELAY', 'tcp: keepalive 100/10/5',
-    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out']) {
+    'tcp: SO_SNDTIMEO', 'tcp: TCP_MAXSEG as before', 'tcp: timestamps, SACK and window scales as before', 'tcp: every byte the peer sent, in order, once', 'tcp: the rest of its own stream went out', ...extra]) {
     t.ok(checks.ok.includes(name), `ok ${name}`)
   }
   const total = /^sent total (\d+)$/m.exec(s.target.text().slice(since))
@@ -163,6 +165,68 @@ t.test('the same over IPv6, from the image', async (t) => {
   await carriesOn(t, s, since)
   t.notOk(anythingOurs(s.port), 'nft list ruleset shows nothing of ours')
 })
+
+// CRIU's socket-tcpbuf: the queue of a send buffer filled by many small writes, nearly all of it
+// unsent, takes more room in a new socket of the same size than it took in the old one. The
+// stub grows the buffer while it fills it and sets it back after; before, it waited 10 s for
+// room the peer could not make (its acknowledgements are dropped until the restore is over)
+// and the restore failed with the process killed.
+t.test('a send buffer filled to the brim, nearly all unsent, comes back whole, with its size', async (t) => {
+  const mnt = mountFor(t)
+  const s = await startPair(t, 4, true)
+  const saved = path.join(s.dir, 'saved')
+  await checkpointSaveKill(mnt, s.target.pid, saved)
+  const conn = sockets(saved).find((k) => k.state === 'established' && k.protocol === 'tcp')!
+  const sendQueue = fs.statSync(path.join(conn.dir, 'tcp', 'send_queue')).size
+  const unsent = Number(read(path.join(conn.dir, 'tcp', 'unsent')))
+  const sndbuf = Number(read(path.join(conn.dir, 'options', 'sndbuf')))
+  t.ok(sendQueue > sndbuf / 4, `send_queue holds ${sendQueue} bytes, more than a quarter of its sndbuf (${sndbuf})`)
+  t.ok(unsent > sendQueue / 2, `most of it unsent (${unsent})`)
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, saved)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(s.port), [], 'the restore removed the table')
+  if (r.status !== 0) return
+  await carriesOn(t, s, since, ['tcp: SO_SNDBUF as before'])
+  t.same(ourTables(s.port), [], 'no nftables table of ours is left')
+})
+
+// CRIU's socket_udp_shutdown, sock_tcp_opts00, socket-tcp-reuseport and socket-tcp-close2
+// (test/fixtures/restore_inetstate.c): shutdowns, TCP_CORK, two listening sockets of one port
+// (one turned SO_REUSEPORT off after it listened: made with its saved options alone, the
+// second bind fails) and a connection that ended (its ports went back, the client's is held
+// by its TIME_WAIT: bound again, the restore failed).
+for (const image of [false, true]) {
+  t.test(`shutdowns, TCP_CORK, two listening sockets sharing a port and a connection that ended come back${image ? ', from the image' : ''}`, async (t) => {
+    const mnt = mountFor(t)
+    const dir = workdir(t, 'ckptfs-inetstate-')
+    const target = await launch(t, [stateFixture, dir], { dir })
+    const saved = path.join(dir, 'saved')
+    await checkpointSaveKill(mnt, target.pid, saved, { image })
+    const found = sockets(saved)
+    const at = (k: { dir: string }, name: string) => read(path.join(k.dir, name))
+    t.same(found.filter((k) => k.protocol === 'udp').map((k) => at(k, 'shutdown')).sort(), ['read', 'write'], 'udp: shutdown read and write')
+    const closed = found.filter((k) => k.protocol === 'tcp' && k.state === 'close')
+    t.same(closed.map((k) => at(k, 'options/cork')).sort(), ['0', '0', '1'], 'options/cork: set on the one socket that corked')
+    const ended = closed.filter((k) => at(k, 'options/cork') === '0')
+    t.same(ended.map((k) => `${at(k, 'local_port')} ${at(k, 'shutdown')}`), ['0 read', '0 read'], 'the ended connection\'s ends: no port (it went back), read side shut')
+    const listening = found.filter((k) => k.state === 'listen')
+    t.equal(new Set(listening.map((k) => at(k, 'local_port'))).size, 1, 'both listening sockets on one port')
+    t.same(listening.map((k) => at(k, 'options/reuseport')).sort(), ['0', '1'], 'options/reuseport: off on one, on on the other')
+    const r = restoreCli(mnt, image ? `${saved}.image` : saved)
+    t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+    if (r.status !== 0) return
+    const checks = await runChecks(target, 0)
+    t.ok(checks.done, 'the fixture finished its checks')
+    t.same(checks.failed, [], 'no check failed')
+    for (const name of ['udp: the socket shut for writing cannot send', 'udp: the socket shut for reading sends to its peer', 'udp: the read side shut where it was',
+      'tcp: TCP_CORK and TCP_NODELAY', 'reuseport: both listen on the one port', 'reuseport: SO_REUSEPORT off and on as they were', 'reuseport: connections to the port are accepted',
+      'closed: each end is closed, reads end of file and cannot write']) {
+      t.ok(checks.ok.includes(name), `ok ${name}`)
+    }
+  })
+}
 
 t.test('a failed restore removes the table too and leaves nothing behind; a resumed checkpoint keeps its connection', async (t) => {
   const mnt = mountFor(t)

@@ -113,7 +113,8 @@ static int udp_queue(napi_env env, int fd, napi_value obj) {
   return 0;
 }
 
-// inetSocket(fd): family, type, protocol, addresses, TCP state and the options ckptfs keeps;
+// inetSocket(fd): family, type, protocol, addresses, TCP state and the options ckptfs keeps
+// (TCP_CORK among them);
 // a UDP socket's queued datagrams with their senders.
 napi_value js_inet_socket(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -187,7 +188,7 @@ napi_value js_inet_socket(napi_env env, napi_callback_info info) {
   if (domain == AF_INET6 && int_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v) < 0) v = 0;
   set_prop(env, obj, "v6only", make_i32(env, v));
   static const struct { const char *name; int opt; } tcp_opts[] = {
-    {"nodelay", TCP_NODELAY}, {"keepidle", TCP_KEEPIDLE}, {"keepintvl", TCP_KEEPINTVL}, {"keepcnt", TCP_KEEPCNT},
+    {"nodelay", TCP_NODELAY}, {"keepidle", TCP_KEEPIDLE}, {"keepintvl", TCP_KEEPINTVL}, {"keepcnt", TCP_KEEPCNT}, {"cork", TCP_CORK},
   };
   for (size_t i = 0; i < sizeof tcp_opts / sizeof *tcp_opts; i++) {
     v = 0;

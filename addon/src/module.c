@@ -329,7 +329,7 @@ static const char *const async_names[] = {
 static napi_value init(napi_env env, napi_value exports) {
   if (!tracer_init_env(env)) return NULL;
   enum { NASYNC = sizeof async_fns / sizeof async_fns[0] };
-  napi_property_descriptor props[NASYNC + 19];
+  napi_property_descriptor props[NASYNC + 20];
   for (size_t i = 0; i < NASYNC; i++)
     props[i] = (napi_property_descriptor){async_names[i], NULL, async_trampoline, NULL, NULL, NULL,
                                           napi_enumerable, (void *)&async_fns[i]};
@@ -353,7 +353,8 @@ static napi_value init(napi_env env, napi_value exports) {
   props[NASYNC + 16] = (napi_property_descriptor){"packetSocket", NULL, js_packet_socket, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 17] = (napi_property_descriptor){"pidFd", NULL, js_pid_fd, NULL, NULL, NULL, napi_enumerable, NULL};
   props[NASYNC + 18] = (napi_property_descriptor){"pipeSize", NULL, js_pipe_size, NULL, NULL, NULL, napi_enumerable, NULL};
-  napi_define_properties(env, exports, NASYNC + 19, props);
+  props[NASYNC + 19] = (napi_property_descriptor){"inetDiag", NULL, js_inet_diag, NULL, NULL, NULL, napi_enumerable, NULL};
+  napi_define_properties(env, exports, NASYNC + 20, props);
   return exports;
 }
 

@@ -108,6 +108,7 @@ napi_value js_tcp_repair_dump(napi_env env, napi_callback_info info);
 napi_value js_tcp_repair_off(napi_env env, napi_callback_info info);
 napi_value js_netlink_socket(napi_env env, napi_callback_info info);
 napi_value js_packet_socket(napi_env env, napi_callback_info info);
+napi_value js_inet_diag(napi_env env, napi_callback_info info);
 napi_value js_spawn_restorer(napi_env env, napi_callback_info info);
 napi_value js_spawn_tree(napi_env env, napi_callback_info info);
 napi_value js_seize_thread(napi_env env, napi_callback_info info);

@@ -14,9 +14,12 @@
 #include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <linux/netlink_diag.h>
+#include <linux/inet_diag.h>
 #include <linux/packet_diag.h>
 #include <linux/sock_diag.h>
 #include <net/if.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,5 +355,131 @@ napi_value js_packet_socket(napi_env env, napi_callback_info info) {
     .r = {.sdiag_family = AF_PACKET, .pdiag_ino = (uint32_t)st.st_ino, .pdiag_show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT},
   };
   if (diag_find(env, pid, &req, sizeof req, (uint32_t)st.st_ino, sizeof(struct packet_diag_msg), offsetof(struct packet_diag_msg, pdiag_ino), packet_found, obj) < 0) return NULL;
+  return obj;
+}
+
+// ---- TCP and UDP sockets: what only inet_diag tells ----
+
+#ifndef TCP_BOUND_INACTIVE
+#define TCP_BOUND_INACTIVE 13
+#endif
+
+static void inet_found(napi_env env, napi_value obj, const void *msg, size_t len) {
+  const struct inet_diag_msg *m = msg;
+  set_prop(env, obj, "listed", make_i32(env, 1));
+  set_prop(env, obj, "diagState", make_u32v(env, m->idiag_state));
+  const struct nlattr *a;
+  const void *data;
+  size_t dlen, at = 0;
+  while ((a = next_attr(msg, len, sizeof *m, &at, &data, &dlen))) {
+    if (a->nla_type == INET_DIAG_SHUTDOWN && dlen >= 1) set_prop(env, obj, "shutdown", make_u32v(env, *(const uint8_t *)data));
+  }
+}
+
+// One inet_diag dump of `domain`/`protocol` sockets in every state but TCP_NEW_SYN_RECV (a
+// listener's pending requests have no inode), TCP_BOUND_INACTIVE included, looking for `ino`.
+// Only sockets of local port `sport` (and remote port `dport`, when not 0) are sent: a task
+// with thousands of sockets has each looked up in one walk of the kernel's tables, not in
+// thousands of messages.
+static int inet_diag_find(napi_env env, int pid, int domain, int protocol, uint16_t sport, uint16_t dport, uint32_t ino, napi_value obj) {
+  struct {
+    struct nlmsghdr h;
+    struct inet_diag_req_v2 r;
+  } req = {
+    .h = {.nlmsg_len = sizeof req, .nlmsg_type = SOCK_DIAG_BY_FAMILY, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = 1},
+    .r = {.sdiag_family = (uint8_t)domain, .sdiag_protocol = (uint8_t)protocol, .idiag_states = ~(1u << 12),
+          .id = {.idiag_sport = htons(sport), .idiag_dport = htons(dport)}},
+  };
+  return diag_find(env, pid, &req, sizeof req, ino, sizeof(struct inet_diag_msg), offsetof(struct inet_diag_msg, idiag_inode), inet_found, obj);
+}
+
+// Whether this kernel lists bound TCP sockets that neither listen nor connect (Linux 6.8's
+// TCP_BOUND_INACTIVE): a socket of our own bound to a loopback port, looked for once.
+static int bound_listed(napi_env env) {
+  static int known = -1;
+  if (known >= 0) return known;
+  int sk = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof a;
+  struct stat st;
+  if (sk < 0 || bind(sk, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(sk, (struct sockaddr *)&a, &alen) < 0 || fstat(sk, &st) < 0) {
+    if (sk >= 0) close(sk);
+    return 0;  // not known: not relied on this time, asked again next time
+  }
+  napi_value probe;
+  napi_create_object(env, &probe);
+  int r = inet_diag_find(env, getpid(), AF_INET, IPPROTO_TCP, ntohs(a.sin_port), 0, (uint32_t)st.st_ino, probe);
+  close(sk);
+  if (r < 0) {  // a JS error is pending: cleared, the answer is "not known"
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+    return 0;
+  }
+  known = r == 0;
+  return known;
+}
+
+// inetDiag(pid, fd): { listed: 0|1, boundListed: 0|1, diagState?, shutdown } for a TCP or UDP
+// socket (this process's copy `fd` of a socket of task `pid`). `shutdown` is sk_shutdown
+// (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which no getsockopt shows. A TCP socket that listens or is
+// connected is in the tables by its state, and poll (POLLRDHUP) and its state tell all of its
+// shutdown (its write side is shut in FIN_WAIT1 and after, never before): no dump. Else one
+// inet_diag dump of its family, protocol and port in the task's network namespace; for a socket
+// the tables do not hold (not bound; a closed TCP socket whose port went back) only
+// RCV_SHUTDOWN is known, from poll.
+napi_value js_inet_diag(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t pid, fd;
+  if (!arg_count(env, info, 2, argv) || !get_i32(env, argv[0], "pid", &pid) || !get_i32(env, argv[1], "fd", &fd)) return NULL;
+  int domain = opt_int(fd, SOL_SOCKET, SO_DOMAIN), protocol = opt_int(fd, SOL_SOCKET, SO_PROTOCOL);
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    throw_errno(env, errno, "fstat(fd %d)", fd);
+    return NULL;
+  }
+  if ((domain != AF_INET && domain != AF_INET6) || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)) {
+    throw_errno(env, EINVAL, "fd %d: not a TCP or UDP socket", fd);
+    return NULL;
+  }
+  struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+  if (poll(&p, 1, 0) < 0) {
+    throw_errno(env, errno, "poll(fd %d)", fd);
+    return NULL;
+  }
+  uint32_t rcv_shut = p.revents & POLLRDHUP ? 1 : 0;
+  napi_value obj;
+  napi_create_object(env, &obj);
+  if (protocol == IPPROTO_TCP) {
+    struct tcp_info ti;
+    socklen_t tlen = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, SOL_TCP, TCP_INFO, &ti, &tlen) < 0) {
+      throw_errno(env, errno, "getsockopt(fd %d, TCP_INFO)", fd);
+      return NULL;
+    }
+    if (ti.tcpi_state != TCP_CLOSE) {
+      int sent_fin = ti.tcpi_state == TCP_FIN_WAIT1 || ti.tcpi_state == TCP_FIN_WAIT2 || ti.tcpi_state == TCP_CLOSING || ti.tcpi_state == TCP_LAST_ACK || ti.tcpi_state == TCP_TIME_WAIT;
+      set_prop(env, obj, "listed", make_i32(env, 1));
+      set_prop(env, obj, "boundListed", make_i32(env, 1));
+      set_prop(env, obj, "shutdown", make_u32v(env, (ti.tcpi_state == TCP_LISTEN ? 0 : rcv_shut) | (sent_fin ? 2 : 0)));
+      return obj;
+    }
+  }
+  set_prop(env, obj, "listed", make_i32(env, 0));
+  set_prop(env, obj, "boundListed", make_i32(env, protocol == IPPROTO_TCP ? bound_listed(env) : 1));
+  // The ports: sin_port and sin6_port are at the same place. No port: not in the tables.
+  struct sockaddr_in6 self, peer;
+  socklen_t len = sizeof self;
+  memset(&self, 0, sizeof self);
+  memset(&peer, 0, sizeof peer);
+  if (getsockname(fd, (struct sockaddr *)&self, &len) < 0) {
+    throw_errno(env, errno, "getsockname(fd %d)", fd);
+    return NULL;
+  }
+  len = sizeof peer;
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0) peer.sin6_port = 0;
+  int r = self.sin6_port ? inet_diag_find(env, pid, domain, protocol, ntohs(self.sin6_port), ntohs(peer.sin6_port), (uint32_t)st.st_ino, obj) : 1;
+  if (r < 0) return NULL;
+  if (r == 1) set_prop(env, obj, "shutdown", make_u32v(env, rcv_shut));
   return obj;
 }

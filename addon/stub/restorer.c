@@ -1439,7 +1439,15 @@ static void sock_buffer(int fd, int name, int saved, const char *opt, const char
   int now = 0;
   socklen_t len = sizeof now;
   if (getsockopt(fd, SOL_SOCKET, name, &now, &len) < 0) fail("%s: getsockopt(%s): %s", what, opt, strerror(errno));
-  if (saved > 0 && saved != now) sock_opt(fd, SOL_SOCKET, name, saved / 2, opt, what);
+  if (saved <= 0 || saved == now) return;
+  sock_opt(fd, SOL_SOCKET, name, saved / 2, opt, what);
+  // Above net.core.[rw]mem_max (a size the kernel tuned up, or one forced): forced, when the
+  // task's CAP_NET_ADMIN allows it, else as large as the sysctl lets it be.
+  len = sizeof now;
+  if (getsockopt(fd, SOL_SOCKET, name, &now, &len) == 0 && now < saved) {
+    int half = saved / 2;
+    setsockopt(fd, SOL_SOCKET, name == SO_SNDBUF ? SO_SNDBUFFORCE : SO_RCVBUFFORCE, &half, sizeof half);
+  }
 }
 
 static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int domain, const char *name, const char *what) {
@@ -1451,18 +1459,45 @@ static const struct sockaddr *sock_address(const uint8_t *raw, uint32_t len, int
   return (const struct sockaddr *)(const void *)raw;
 }
 
+// Makes room in the socket's send (SO_SNDBUFFORCE) or receive (SO_RCVBUFFORCE) buffer for
+// `more` bytes: what it holds now, twice those bytes (an skb's overhead) and 1 MiB. Forcing
+// takes the CAP_NET_ADMIN the task had (repair mode took it too, in its own namespace): 0
+// when refused, and the caller waits for room instead.
+static int grow_buffer(int fd, int force, uint32_t more) {
+  int name = force == SO_SNDBUFFORCE ? SO_SNDBUF : SO_RCVBUF, now = 0;
+  socklen_t len = sizeof now;
+  if (getsockopt(fd, SOL_SOCKET, name, &now, &len) < 0) return 0;
+  int64_t want = (int64_t)now + 2 * (int64_t)more + (1 << 20);
+  int half = want / 2 > INT32_MAX / 2 ? INT32_MAX / 2 : (int)(want / 2);
+  return setsockopt(fd, SOL_SOCKET, force, &half, sizeof half) == 0;
+}
+
 // The kernel may refuse a large piece (a queue restored in repair mode is one linear skb per
-// send, ENOMEM) or have no room for it yet (EAGAIN under memory pressure, while the unsent
-// part waits for acknowledgements): smaller pieces first, then a wait for room, bounded so a
-// restore never hangs on a queue.
-static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, const char *queue, const char *what) {
+// send, ENOMEM) or have no room for it (EAGAIN: the buffer the queue was saved from was full,
+// and what the bytes take in it now is not what they took then). The buffer is grown once
+// (`force`: grow_buffer) and set back to its saved size by the caller once every queue is in:
+// a full buffer then is as full as it was, and nothing depends on the peer, whose packets the
+// gap still drops (an unsent queue waiting for its acknowledgements would wait for ever).
+// Without the right to grow it: smaller pieces first, then a wait for room, bounded so a
+// restore never hangs on a queue. Sets *grown when the buffer was grown.
+static void send_queue_bytes(int fd, const uint8_t *data, uint32_t len, int flags, int force, int *grown, const char *queue, const char *what) {
   uint32_t piece = len;
+  int tried = 0;
   struct timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   while (len > 0) {
     ssize_t n = send(fd, data, len < piece ? len : piece, flags | MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == ENOMEM || errno == ENOBUFS)) {
+      int saved_errno = errno;
+      if (!tried) {
+        tried = 1;
+        if (grow_buffer(fd, force, len)) {
+          *grown = 1;
+          continue;
+        }
+      }
+      errno = saved_errno;
       if (piece > 1024) {
         piece /= 2;
         continue;
@@ -1681,6 +1716,28 @@ static void restore_datagrams(int fd, int domain, const struct sockaddr *local, 
   if (got != count) fail("%s: %u of the %u queued datagrams sent again reached the socket after 2 s", what, got, count);
 }
 
+// Sockets bound with SO_REUSEADDR and SO_REUSEPORT because another socket of the task shares
+// their port (the order they are made in must not matter: two listening sockets of one port,
+// one of which turned SO_REUSEPORT off after it listened; a listening socket and connections it
+// accepted): their saved values are set once every socket is made (finish_inet_sockets).
+struct shared_port { uint32_t id; int reuseaddr, reuseport; };
+static struct shared_port *shared_ports;
+static uint32_t shared_count;
+
+static void finish_inet_sockets(void) {
+  for (uint32_t i = 0; i < shared_count; i++) {
+    struct shared_port *p = &shared_ports[i];
+    char what[48];
+    snprintf(what, sizeof what, "files/%u", p->id);
+    int fd = object_fd[p->id];
+    sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, p->reuseaddr, "SO_REUSEADDR", what);
+    sock_opt(fd, SOL_SOCKET, SO_REUSEPORT, p->reuseport, "SO_REUSEPORT", what);
+  }
+  free(shared_ports);
+  shared_ports = NULL;
+  shared_count = 0;
+}
+
 static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
   sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE", what);
   if (queue != TCP_NO_QUEUE) sock_opt(fd, SOL_TCP, TCP_QUEUE_SEQ, (int)seq, "TCP_QUEUE_SEQ", what);
@@ -1688,7 +1745,8 @@ static void repair_queue(int fd, int queue, uint32_t seq, const char *what) {
 
 // u32 domain, u32 type, u32 protocol, i32 flags, u32 state, bytes local, bytes peer, u32 backlog,
 // i32 reuseaddr, reuseport, keepalive, broadcast, rcvbuf, sndbuf, v6only, nodelay, keepidle,
-// keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, u32 repair, then when repair is 1:
+// keepintvl, keepcnt, u64 rcvtimeo_us, u64 sndtimeo_us, i32 cork, u32 shutdown (1 read, 2
+// write), u32 shared (another socket of the task has its port), u32 repair, then when repair is 1:
 // u32 send_seq, u32 recv_seq, bytes send_queue, u32 unsent, bytes recv_queue, u32 mss,
 // u32 tcpi_options, u32 snd_wscale, u32 rcv_wscale, u32 timestamp, u32 snd_wl1, snd_wnd,
 // max_window, rcv_wnd, rcv_wup, snd_mss (0: not known); then u32 datagram count and the
@@ -1706,7 +1764,10 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
   int rcvbuf = i32("rcvbuf"), sndbuf = i32("sndbuf"), v6only = i32("v6only"), nodelay = i32("nodelay");
   int keepidle = i32("keepidle"), keepintvl = i32("keepintvl"), keepcnt = i32("keepcnt");
   uint64_t rcvtimeo = u64("rcvtimeo"), sndtimeo = u64("sndtimeo");
+  int cork = i32("cork");
+  uint32_t shut = u32("shutdown"), shared = u32("shared");
   uint32_t repair = u32("repair");
+  if (shut > 3) fail("%s: shutdown %u is not 0 to 3", what, shut);
   if (domain != AF_INET && domain != AF_INET6) fail("%s: socket family %d is not AF_INET nor AF_INET6", what, domain);
   const struct sockaddr *local = sock_address(local_raw, local_len, domain, "local", what);
   const struct sockaddr *peer = sock_address(peer_raw, peer_len, domain, "peer", what);
@@ -1717,10 +1778,16 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     int on = TCP_REPAIR_ON;
     if (setsockopt(fd, SOL_TCP, TCP_REPAIR, &on, sizeof on) < 0)
       fail("%s: TCP_REPAIR: %s (restoring an established connection takes the CAP_NET_ADMIN the task had)", what, strerror(errno));
-  } else if (reuseaddr) {
+  } else if (reuseaddr || shared) {
     sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
   }
-  if (reuseport) sock_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT", what);
+  if (reuseport || shared) sock_opt(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT", what);
+  if (shared) {
+    struct shared_port *grown = realloc(shared_ports, (shared_count + 1) * sizeof *shared_ports);
+    if (!grown) fail("%s: out of memory", what);
+    shared_ports = grown;
+    shared_ports[shared_count++] = (struct shared_port){id, reuseaddr != 0, reuseport != 0};
+  }
   if (domain == AF_INET6) sock_opt(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only, "IPV6_V6ONLY", what);
   if (broadcast) sock_opt(fd, SOL_SOCKET, SO_BROADCAST, 1, "SO_BROADCAST", what);
   if (keepalive) sock_opt(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE", what);
@@ -1729,6 +1796,8 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     if (keepintvl > 0) sock_opt(fd, SOL_TCP, TCP_KEEPINTVL, keepintvl, "TCP_KEEPINTVL", what);
     if (keepcnt > 0) sock_opt(fd, SOL_TCP, TCP_KEEPCNT, keepcnt, "TCP_KEEPCNT", what);
     if (nodelay) sock_opt(fd, SOL_TCP, TCP_NODELAY, 1, "TCP_NODELAY", what);
+    // Before the unsent bytes are sent: a partial segment stays corked, as it was.
+    if (cork) sock_opt(fd, SOL_TCP, TCP_CORK, 1, "TCP_CORK", what);
   }
   sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
   sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
@@ -1779,9 +1848,10 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     // Bytes the task had sent go back as sent (the peer acknowledges or they are retransmitted);
     // the unsent ones are sent normally once the connection is out of repair.
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE", what);
-    send_queue_bytes(fd, recv_data, recv_len, 0, "receive queue", what);
+    int rcv_grown = 0, snd_grown = 0;
+    send_queue_bytes(fd, recv_data, recv_len, 0, SO_RCVBUFFORCE, &rcv_grown, "receive queue", what);
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE", what);
-    send_queue_bytes(fd, send_data, send_len - unsent, 0, "send queue", what);
+    send_queue_bytes(fd, send_data, send_len - unsent, 0, SO_SNDBUFFORCE, &snd_grown, "send queue", what);
     if (setsockopt(fd, SOL_TCP, TCP_REPAIR_WINDOW, &window, sizeof window) < 0) fail("%s: TCP_REPAIR_WINDOW: %s", what, strerror(errno));
     // The first unacknowledged byte, and the peer's window as it sent it (so the segments sent
     // in its name below leave the saved window as it was).
@@ -1806,14 +1876,21 @@ static void open_inet_object(uint32_t id, int cloexec UNUSED, const char *what) 
     }
     sock_opt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE", what);
     sock_opt(fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR", what);
-    send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, "unsent send queue", what);
-    if (reuseaddr) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
+    send_queue_bytes(fd, send_data + (send_len - unsent), unsent, 0, SO_SNDBUFFORCE, &snd_grown, "unsent send queue", what);
+    // The sizes it was saved with again, below what the queues hold now if they were full.
+    if (rcv_grown) sock_buffer(fd, SO_RCVBUF, rcvbuf, "SO_RCVBUF", what);
+    if (snd_grown) sock_buffer(fd, SO_SNDBUF, sndbuf, "SO_SNDBUF", what);
+    if (reuseaddr || shared) sock_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR", what);
     if (u32("datagram count")) fail("%s: a TCP connection with queued datagrams", what);
   } else {
     restore_datagrams(fd, domain, local, local_len, what);
     if (peer && connect(fd, peer, peer_len) < 0) fail("%s: connect: %s", what, strerror(errno));
   }
   if (state == TCP_LISTEN && listen(fd, (int)backlog) < 0) fail("%s: listen(%u): %s", what, backlog, strerror(errno));
+  // The shutdown last (a shut read side would stop a listening socket; lib/files/inetsock.ts
+  // refuses that and a connection's write side shut outside fin_wait2). On a socket that is not
+  // connected the kernel sets the bits and says ENOTCONN, as it did to the program.
+  if (shut && shutdown(fd, (int)shut - 1) < 0 && errno != ENOTCONN) fail("%s: shutdown(%s): %s", what, shut == 1 ? "SHUT_RD" : shut == 2 ? "SHUT_WR" : "SHUT_RDWR", strerror(errno));
   set_status_flags(fd, flags, what);
   object_fd[id] = settle(fd, id, 0, what);
 }
@@ -2134,6 +2211,7 @@ int main(int argc, char **argv) {
     if (home >= 0 && object_fd[id] < 0) fail("fd %d: names files/%u, which was not opened", home, id);
   }
   finish_unix_sockets();
+  finish_inet_sockets();
   add_epoll_items(object_fd, objects);
   become_restorer();
 

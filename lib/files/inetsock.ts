@@ -48,6 +48,8 @@ export interface InetSocketOptions {
   sndtimeoUs: bigint
   v6only: boolean
   broadcast: boolean
+  /** TCP_CORK (TCP only). */
+  cork: boolean
 }
 
 /** An established TCP connection as TCP_REPAIR read it (sequence numbers are mod 2^32). */
@@ -107,6 +109,11 @@ export interface InetSocket {
   tcp: TcpRepair | undefined
   /** UDP: the datagrams queued to be read, in order (restorer.c sends each again in its sender's name). */
   queue: Lazy<InetDatagram[]>
+  /**
+   * sk_shutdown: 1 read (RCV_SHUTDOWN), 2 write (SEND_SHUTDOWN), 3 both. A half-closed TCP
+   * connection's own (close_wait: read; fin_wait2: write) come with its state.
+   */
+  shutdown: number
 }
 
 export interface InetSocketDescription extends DescriptionCommon {
@@ -138,6 +145,8 @@ const PROTOCOLS: readonly InetProtocol[] = ['tcp', 'udp']
 /** Window scale shifts above 14 are invalid (RFC 7323). */
 const MAX_WSCALE = 14
 const TCPI_OPT_KNOWN = 1 | 2 | 4
+const SHUTDOWN_NAMES = ['none', 'read', 'write', 'both'] as const
+const RCV_SHUTDOWN = 1, SEND_SHUTDOWN = 2
 /** The largest UDP payload: 65535 less the UDP header (IPv6; over IPv4 also less its 20-byte header). */
 const MAX_UDP_PAYLOAD = 65527
 
@@ -166,9 +175,15 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       info.type === SOCK_STREAM && info.protocol === IPPROTO_TCP ? 'tcp' : info.type === SOCK_DGRAM && info.protocol === IPPROTO_UDP ? 'udp' : undefined
     const refuse = (why: string): OtherSocketDescription => ({ ...base, type: 'socket', family: 'other', notCheckpointable: `socket: ${why} (fd ${probe.fd}, inode ${base.ino})` })
     if (!protocol) return refuse(`${family} socket of type ${info.type} and protocol ${info.protocol} (only TCP and UDP are checkpointed)`)
-    const local = asEndpoint(info.local, family)
+    let local = asEndpoint(info.local, family)
     const peer = info.peer && info.peer.port !== 0 ? { addr: info.peer.addr, port: info.peer.port } : undefined
     const name = socketName({ family, protocol, local, peer })
+    let diag
+    try {
+      diag = native.inetDiag(pid, fd)
+    } catch (err) {
+      return refuse(`${name}: its shutdown state could not be read: ${(err as Error).message}`)
+    }
     if (info.local?.scopeId || info.peer?.scopeId) return refuse(`${name} has a link-local scope, which is not restored`)
     let state: InetState
     if (protocol === 'udp') state = peer ? 'established' : 'close'
@@ -179,6 +194,10 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
     else if (info.state === TCP_FIN_WAIT2) state = 'fin_wait2'
     else return refuse(`${name} is in state ${TCP_STATE_NAMES[info.state] ?? info.state}: only ESTABLISHED, CLOSE_WAIT, FIN_WAIT2, LISTEN and CLOSE connections are checkpointed (${closingWhy(info.state)})`)
     if (state === 'listen' && info.pending > 0) return refuse(`${name} (listening) has ${info.pending} connection(s) not yet accepted, which would be lost`)
+    // A closed TCP socket still shows the address its connection had, but one the program did
+    // not bind to a port itself gave the port back when the connection ended (another socket may
+    // hold it now, a TIME_WAIT one of this very connection): it stays unbound, as it was.
+    if (protocol === 'tcp' && state === 'close' && local.port !== 0 && diag.boundListed && !diag.listed) local = asEndpoint(undefined, family)
     const options: InetSocketOptions = {
       reuseaddr: info.reuseaddr !== 0,
       reuseport: info.reuseport !== 0,
@@ -193,6 +212,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       sndtimeoUs: info.sndtimeoUs,
       v6only: info.v6only !== 0,
       broadcast: info.broadcast !== 0,
+      cork: protocol === 'tcp' && info.cork !== 0,
     }
     const datagrams: InetDatagram[] = []
     for (const [i, data] of (info.queue ?? []).entries()) {
@@ -247,7 +267,7 @@ export async function captureInet(probe: FdProbe, base: DescriptionBase, pid: nu
       holdConnection(pid, fd, tuple)
       kept = true
     }
-    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp, queue: async () => datagrams } }
+    return { ...base, type: 'socket', family, inet: { family, protocol, state, local, peer, backlog: info.backlog, options, tcp, queue: async () => datagrams, shutdown: diag.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN) } }
   } finally {
     if (!kept) native.close(fd)
   }
@@ -301,6 +321,7 @@ const optionEntries: TableEntry<InetSocketOptions>[] = [
   attr('sndtimeo_us', (o) => o.sndtimeoUs),
   attr('v6only', (o) => o.v6only),
   attr('broadcast', (o) => o.broadcast),
+  attr('cork', (o) => o.cork),
 ]
 
 const tcpEntries: TableEntry<TcpRepair>[] = [
@@ -329,6 +350,7 @@ const socketEntries: TableEntry<InetSocketDescription>[] = [
   attr('local_addr', (d) => d.inet.local.addr),
   attr('local_port', (d) => d.inet.local.port),
   attr('backlog', (d) => d.inet.backlog),
+  attr('shutdown', (d) => SHUTDOWN_NAMES[d.inet.shutdown]),
   sub('options', (d: InetSocketDescription) => d.inet.options, optionEntries),
 ]
 const peerEntries: TableEntry<InetSocketDescription>[] = [
@@ -418,7 +440,10 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
     sndtimeoUs: o.decimal('sndtimeo_us', 0n, U64_MAX),
     v6only: o.flag('v6only'),
     broadcast: o.flag('broadcast'),
+    // Both since 1.7: an older tree has neither (no cork, no shutdown).
+    cork: o.has('cork') ? o.flag('cork') : false,
   }
+  const shutdown = dir.has('shutdown') ? SHUTDOWN_NAMES.indexOf(oneOf(dir, 'shutdown', SHUTDOWN_NAMES)) : 0
   let tcp: TcpRepair | undefined
   if (dir.has('tcp')) {
     const t = dir.dir('tcp')
@@ -452,7 +477,7 @@ export function loadInet(dir: SavedDir, base: DescriptionBase): InetSocketDescri
       return datagrams.map((d, i) => ({ data: d, sender: senders[i] }))
     }
   }
-  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp, queue } })
+  return described<InetSocketDescription>(base, { type: 'socket', family, inet: { family, protocol, state, local, peer, backlog, options, tcp, queue, shutdown } })
 }
 
 // ---- validation and restore ----
@@ -475,6 +500,12 @@ export function validateInet(d: InetSocketDescription): void {
   if (s.tcp && !isConnection(s)) throw invalid(d, 'tcp', `only a TCP connection has one (this is ${s.protocol}, ${s.state})`)
   if (s.state === 'fin_wait2' && s.tcp && s.tcp.unsent > 0) throw invalid(d, 'tcp/unsent', 'a connection in fin_wait2 shut its sending side: nothing is left to send')
   if (connected && s.local.port === 0) throw invalid(d, 'local_port', 'a connected socket is bound to a port')
+  if (!Number.isInteger(s.shutdown) || s.shutdown < 0 || s.shutdown > 3) throw invalid(d, 'shutdown', `${s.shutdown} is not one of 0 (none), 1 (read), 2 (write), 3 (both)`)
+  // Shutting a listening socket's read side stops it listening; its write side is not kept.
+  if (s.state === 'listen' && s.shutdown) throw invalid(d, 'shutdown', `a listening socket is not shut down (${SHUTDOWN_NAMES[s.shutdown]})`)
+  // Shutting the write side of a connection sends its FIN: it is in fin_wait2 (or gone) then.
+  if (s.protocol === 'tcp' && (s.state === 'established' || s.state === 'close_wait') && s.shutdown & SEND_SHUTDOWN) throw invalid(d, 'shutdown', `a connection in ${s.state} has not shut its write side (that is fin_wait2)`)
+  if (s.options.cork && s.protocol !== 'tcp') throw invalid(d, 'options/cork', 'TCP_CORK is an option of TCP sockets')
   const t = s.tcp
   if (t) {
     if (t.mss < 1 || t.mss > 65535) throw invalid(d, 'tcp/mss', `${t.mss} is out of range [1, 65535]`)
@@ -521,8 +552,20 @@ function ipv6Bytes(addr: string): Buffer {
 
 const bit = (b: boolean) => (b ? 1 : 0)
 
+/**
+ * Whether another TCP (UDP) socket of `table` has the same local port as `d`: the stub then
+ * binds each with SO_REUSEADDR and SO_REUSEPORT and sets the saved ones once all are bound, so
+ * the order they are made in does not matter (two listening sockets sharing a port with
+ * SO_REUSEPORT, one of which turned it off since; a listening socket and its connections).
+ */
+function sharesItsPort(d: InetSocketDescription, table: FileTable | undefined): boolean {
+  const s = d.inet
+  if (s.local.port === 0 || !table) return false
+  return table.files.some((f) => f !== d && f.type === 'socket' && 'inet' in f && f.inet.protocol === s.protocol && f.inet.local.port === s.local.port)
+}
+
 /** The stub's INET record (docs/RESTORE.md, kind 16). */
-export async function planInet(d: InetSocketDescription): Promise<{ kind: number; objref: typeof d.objref; payload: RecordBuilder }> {
+export async function planInet(d: InetSocketDescription, table?: FileTable): Promise<{ kind: number; objref: typeof d.objref; payload: RecordBuilder }> {
   const s = d.inet
   const o = s.options
   const p = new RecordBuilder()
@@ -538,6 +581,7 @@ export async function planInet(d: InetSocketDescription): Promise<{ kind: number
     .i32(o.rcvbuf).i32(o.sndbuf).i32(bit(o.v6only)).i32(bit(o.nodelay))
     .i32(o.keepidle).i32(o.keepintvl).i32(o.keepcnt)
     .u64(o.rcvtimeoUs).u64(o.sndtimeoUs)
+    .i32(bit(o.cork)).u32(s.shutdown).u32(sharesItsPort(d, table) ? 1 : 0)
     .u32(s.tcp ? 1 : 0)
   const t = s.tcp
   const queue = await s.queue()
@@ -574,6 +618,7 @@ export async function inetImage(d: InetSocketDescription): Promise<object> {
     options: s.options,
     tcp: t && { ...t, sendQueue: await t.sendQueue(), recvQueue: await t.recvQueue() },
     queue: await s.queue(),
+    shutdown: s.shutdown,
   }
 }
 
@@ -595,6 +640,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
     sndtimeoUs: o.big('sndtimeoUs'),
     v6only: o.bool('v6only'),
     broadcast: o.bool('broadcast'),
+    cork: o.bool('cork'),
   }
   let tcp: TcpRepair | undefined
   if (f.has('tcp')) {
@@ -631,6 +677,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
     options,
     tcp,
     queue: async () => queue,
+    shutdown: f.num('shutdown', { max: 3 }),
   }
   return { description: described<InetSocketDescription>(base, { type: 'socket', family, inet }), contentsSize: undefined }
 }
@@ -638,7 +685,7 @@ export function inetFromImage(f: Fields, base: DescriptionBase): RecordedDescrip
 export function inetSummary(d: InetSocketDescription): string {
   const s = d.inet
   const what = s.state === 'listen' ? `listening, backlog ${s.backlog}` : s.tcp ? `${s.state === 'established' ? 'established' : s.state.toUpperCase()}, ${d.inet.tcp!.unsent} bytes unsent` : s.peer ? 'connected' : s.local.port ? 'bound' : 'not bound'
-  return `${d.target} (${socketName(s)}, ${what})`
+  return `${d.target} (${socketName(s)}, ${what}${s.shutdown ? `, shut down ${SHUTDOWN_NAMES[s.shutdown]}` : ''})`
 }
 
 /** Why `capture` could not look at a socket at all (pidfd_getfd refused), as a refusal. */

@@ -120,7 +120,7 @@ const inet: SocketFamilyHandler<InetSocketDescription> = {
   entries: (d) => inetEntries(d),
   load: (dir, base) => loadInet(dir, base),
   validate: (d) => validateInet(d),
-  planRestore: (d) => planInet(d),
+  planRestore: (d, { table }) => planInet(d, table),
   stubKinds: INET_KINDS,
   image: {
     field: 'inet',
