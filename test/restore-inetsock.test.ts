@@ -99,6 +99,17 @@ async function carriesOn(t: Test, s: Started, since: number, extra: string[] = [
   t.equal(received(), `peer received ${total?.[1]} bytes, all in order`, 'the peer got every byte the fixture sent, in order, once')
 }
 
+/** Waits out the gap, restores `from` with the CLI and checks the connection carries on (with `extra` lines after its usual ones). */
+async function restoreCarriesOn(t: Test, s: Started, mnt: string, from: string, extra: string[] = []): Promise<void> {
+  await gap(s)
+  const since = s.target.text().length
+  const r = restoreCli(mnt, from)
+  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
+  t.same(ourTables(s.port), [], 'the restore removed the table')
+  if (r.status !== 0) return
+  await carriesOn(t, s, since, extra)
+}
+
 t.test('listening, UDP and an established connection with data in flight come back from a copied tree', async (t) => {
   const mnt = mountFor(t)
   const s = await startPair(t)
@@ -122,13 +133,7 @@ t.test('listening, UDP and an established connection with data in flight come ba
   t.equal(fs.readFileSync(path.join(udp.dir, 'queue_senders'), 'utf8'), `127.0.0.1 ${from1}\n127.0.0.1 ${from1}\n127.0.0.1 ${from2}\n`, 'queue_senders: each queued datagram\'s sender')
   t.same(fs.readFileSync(path.join(udp.dir, 'queue')), Buffer.from('05000000666972737400000000050000007468697264', 'hex'), 'queue: each datagram\'s length and bytes')
 
-  await gap(s)
-  const since = s.target.text().length
-  const r = restoreCli(mnt, saved)
-  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
-  t.same(ourTables(s.port), [], 'the restore removed the table')
-  if (r.status !== 0) return
-  await carriesOn(t, s, since)
+  await restoreCarriesOn(t, s, mnt, saved)
   t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
@@ -139,12 +144,7 @@ t.test('the same from the image', async (t) => {
   await checkpointSaveKill(mnt, s.target.pid, saved, { image: true })
   const show = ckptfs('show', `${saved}.image`)
   t.match(show.stdout, /TCP socket 127\.0\.0\.1:\d+ <-> 127\.0\.0\.1:\d+, established/, 'ckptfs show names the connection')
-  await gap(s)
-  const since = s.target.text().length
-  const r = restoreCli(mnt, `${saved}.image`)
-  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
-  if (r.status !== 0) return
-  await carriesOn(t, s, since)
+  await restoreCarriesOn(t, s, mnt, `${saved}.image`)
   t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
@@ -157,12 +157,7 @@ t.test('the same over IPv6, from the image', async (t) => {
   t.equal(tables.length, 1, 'one table')
   t.match(tables[0], /^table ip6 ckptfs_gap_6_u0___1_\d+___1_\d+ \{$/, 'an ip6 table for [::1] <-> [::1]')
   t.match(ckptfs('show', `${saved}.image`).stdout, /TCPv6 socket \[::1\]:\d+ <-> \[::1\]:\d+, established/, 'ckptfs show names the connection')
-  await gap(s)
-  const since = s.target.text().length
-  const r = restoreCli(mnt, `${saved}.image`)
-  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
-  if (r.status !== 0) return
-  await carriesOn(t, s, since)
+  await restoreCarriesOn(t, s, mnt, `${saved}.image`)
   t.notOk(anythingOurs(s.port), 'nft list ruleset shows nothing of ours')
 })
 
@@ -182,13 +177,7 @@ t.test('a send buffer filled to the brim, nearly all unsent, comes back whole, w
   const sndbuf = Number(read(path.join(conn.dir, 'options', 'sndbuf')))
   t.ok(sendQueue > sndbuf / 4, `send_queue holds ${sendQueue} bytes, more than a quarter of its sndbuf (${sndbuf})`)
   t.ok(unsent > sendQueue / 2, `most of it unsent (${unsent})`)
-  await gap(s)
-  const since = s.target.text().length
-  const r = restoreCli(mnt, saved)
-  t.equal(r.status, 0, `ckptfs restore: ${r.stderr.trim()}`)
-  t.same(ourTables(s.port), [], 'the restore removed the table')
-  if (r.status !== 0) return
-  await carriesOn(t, s, since, ['tcp: SO_SNDBUF as before'])
+  await restoreCarriesOn(t, s, mnt, saved, ['tcp: SO_SNDBUF as before'])
   t.same(ourTables(s.port), [], 'no nftables table of ours is left')
 })
 
