@@ -13,7 +13,7 @@ import * as fs from 'fs'
 import * as os from 'os'
 import * as path from 'path'
 import t, { type Test } from 'tap'
-import { ckptfsAsync, mountFor } from './lib/mount'
+import { ckptfsAsync, mountFor, userNode } from './lib/mount'
 import { exists, launch, waitUntil, workdir } from './lib/restore'
 import { repo } from './lib/targets'
 import { asUser, attacker } from './lib/unprivileged'
@@ -43,8 +43,9 @@ async function stuckFuse(t: Test, over?: string): Promise<StuckFuse> {
   fs.chmodSync(base, 0o755)
   const mnt = over ?? path.join(base, 'fuse')
   if (!over) fs.mkdirSync(mnt)
-  const server = spawn(process.execPath, [path.join(repo, 'test', 'fixtures', 'stuck_fuse.js'), mnt], {
-    env: { ...process.env, NODE_OPTIONS: '', FUSE_NATIVE: path.join(repo, 'node_modules', 'fuse-native') },
+  const [node, args] = userNode(path.join(repo, 'test', 'fixtures', 'stuck_fuse.js'), mnt)
+  const server = spawn(node, args, {
+    env: { ...process.env, FUSE_NATIVE: path.join(repo, 'node_modules', 'fuse-native') },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
   let said = ''
