@@ -145,22 +145,15 @@ const FUSE_REFUSED = 'CKPTFS_FUSE'
  * such a mount are therefore never stat'ed or read: the fd is refused by its mount ID (from
  * fdinfo, which the kernel writes without asking the file system).
  */
-export function fuseMounts(pid: Pid): Map<number, { fsType: string; mountPoint: string; device: string }> {
-  const found = new Map<number, { fsType: string; mountPoint: string; device: string }>()
+export function fuseMounts(pid: Pid): Map<number, MountInfo> {
   let text: string
   try {
     text = fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
   } catch {
-    return found // the task is gone: the fd reads say so
+    return new Map() // the task is gone: the fd reads say so
   }
-  for (const line of text.split('\n')) {
-    const cols = line.split(' ')
-    const dash = cols.indexOf('-')
-    if (dash < 0) continue
-    const fsType = cols[dash + 1] ?? ''
-    if (fsType === 'fuse' || fsType === 'fuseblk' || fsType.startsWith('fuse.')) found.set(Number(cols[0]), { fsType, mountPoint: unescapeMount(cols[4]), device: cols[2] })
-  }
-  return found
+  const isFuse = (t: string) => t === 'fuse' || t === 'fuseblk' || t.startsWith('fuse.')
+  return new Map(parseMountInfo(text).filter((m) => isFuse(m.fsType)).map((m) => [m.mntId, m]))
 }
 
 export function inodeStat(st: fs.BigIntStats): InodeStat {
@@ -341,16 +334,21 @@ export interface MountInfo {
   device: string
   /** Where it is mounted, as the task sees it. */
   mountPoint: string
+  /** The file system type after the separator (ext4, fuse.sshfs ...). */
+  fsType: string
 }
 
 /** octal escapes (\040 for space, ...) as mountinfo writes them. */
 const unescapeMount = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, code: string) => String.fromCharCode(parseInt(code, 8)))
 
 export async function readMountInfo(pid: Pid): Promise<MountInfo[]> {
-  const text = await fs.promises.readFile(`/proc/${pid}/mountinfo`, 'utf8')
+  return parseMountInfo(await fs.promises.readFile(`/proc/${pid}/mountinfo`, 'utf8'))
+}
+
+function parseMountInfo(text: string): MountInfo[] {
   return text.split('\n').filter((l) => l).map((line) => {
     const cols = line.split(' ')
-    return { mntId: Number(cols[0]), device: cols[2], mountPoint: unescapeMount(cols[4]) }
+    return { mntId: Number(cols[0]), device: cols[2], mountPoint: unescapeMount(cols[4]), fsType: cols[cols.indexOf('-') + 1] ?? '' }
   })
 }
 

@@ -128,6 +128,19 @@ static int fail(tree_read_t *r, int code, const char *what) {
   return -1;
 }
 
+// "." and "..", which every walk here leaves out.
+static int is_dot_entry(const char *name) { return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2])); }
+
+// The next block of `dfd`'s entries into `dents` (DENTS_SIZE bytes): its length, 0 at the end,
+// -1 on failure (recorded).
+static long next_dirents(tree_read_t *r, int dfd, char *dents) {
+  for (;;) {
+    long got = syscall(SYS_getdents64, dfd, dents, DENTS_SIZE);
+    if (got >= 0) return got;
+    if (errno != EINTR) return fail(r, errno, "getdents64");
+  }
+}
+
 // Reads the open regular file `fd` of `size` bytes into the output when it fits; returns
 // the bytes read (-2 when it is not inlined, -1 on failure).
 static ssize_t read_small(tree_read_t *r, int fd, off_t size) {
@@ -707,19 +720,17 @@ static int walk_ring(tree_read_t *r, int dfd, int depth) {
   uint32_t count = 0;
   int rc = 0;
   for (;;) {
-    long got = syscall(SYS_getdents64, dfd, dents, DENTS_SIZE);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      rc = fail(r, errno, "getdents64");
+    long got = next_dirents(r, dfd, dents);
+    if (got <= 0) {
+      rc = (int)got;
       break;
     }
-    if (got == 0) break;
     for (long at = 0; at < got && rc == 0;) {
       int n = 0;
       while (at < got && n < CHUNK) {
         struct dirent64 *e = (struct dirent64 *)(dents + at);
         at += e->d_reclen;
-        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+        if (is_dot_entry(e->d_name)) continue;
         lv->slots[n].name = e->d_name;
         lv->slots[n].type = e->d_type;
         n++;
@@ -756,17 +767,15 @@ static int walk_sync(tree_read_t *r, int dfd, int depth) {
   uint32_t count = 0;
   int rc = 0;
   for (;;) {
-    long got = syscall(SYS_getdents64, dfd, dents, DENTS_SIZE);
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      rc = fail(r, errno, "getdents64");
+    long got = next_dirents(r, dfd, dents);
+    if (got <= 0) {
+      rc = (int)got;
       break;
     }
-    if (got == 0) break;
     for (long at = 0; at < got && rc == 0;) {
       struct dirent64 *e = (struct dirent64 *)(dents + at);
       at += e->d_reclen;
-      if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+      if (is_dot_entry(e->d_name)) continue;
       if (entry(r, dfd, e->d_name, e->d_type, depth, &count) < 0) rc = -1;
     }
     if (rc < 0) break;
@@ -908,7 +917,7 @@ static int list_dir(int fd, char ***names_out, unsigned char **types_out, size_t
       if (errno) rc = -1;
       break;
     }
-    if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+    if (is_dot_entry(e->d_name)) continue;
     if (count == max) {
       errno = E2BIG;
       rc = -1;
